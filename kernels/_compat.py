@@ -1,0 +1,37 @@
+"""Small pieces the kernels share to run the same way compiled and under Triton 3.6's CPU
+interpreter (TRITON_INTERPRET=1), where three things differ from the GPU:
+
+* fp32 → bf16 casts truncate instead of rounding to nearest even;
+* tl.dot on bf16 operands multiplies their raw uint16 bit patterns;
+* loops with runtime bounds fail under numpy >= 2.4 (triton-lang/triton#9171).
+
+`to_dtype` is the one cast the kernels use for their outputs; it is exact on both sides.
+"""
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+
+def interpreted(kernel):
+    """True when `kernel` (a @triton.jit function) runs under the CPU interpreter."""
+    return isinstance(kernel, InterpretedFunction)
+
+
+def check_device(op, kernel, t):
+    """Compiled kernels take CUDA tensors only; CPU tensors need the interpreter."""
+    if t.device.type != "cuda" and not interpreted(kernel):
+        raise ValueError(f"{op}: tensors on {t.device} need Triton's interpreter (TRITON_INTERPRET=1 set "
+                         "before `kernels` is imported); compiled kernels take CUDA tensors")
+
+
+@triton.jit
+def to_dtype(x, dtype: tl.constexpr):
+    """x (fp32) rounded to nearest even in `dtype`. For bf16 the rounding is done on the bits
+    (add 0x7FFF plus the lowest kept bit, drop 16 bits), identical to the GPU's cvt.rn.bf16.f32
+    for finite values and infinities, and keeping NaNs NaN."""
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(dtype)

@@ -1,0 +1,110 @@
+"""Rotary position embedding, NeoX style (rotate halves), applied in place to q and k."""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._compat import check_device, to_dtype
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INDEX_DTYPES = (torch.int32, torch.int64)
+_MAX_HEAD_DIM = 256  # one head's half is one tile row
+
+
+@triton.jit
+def _rotate_heads(base, stride_h, cos, sin,
+                  N_HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    offs_i = tl.arange(0, BLOCK_HALF)[None, :]
+    # Loop over head chunks so the tile stays small for any head count. The bound is constexpr:
+    # Triton 3.6's interpreter fails on runtime loop bounds under numpy >= 2.4 (triton#9171).
+    for h0 in range(0, N_HEADS, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)[:, None]
+        mask = (offs_h < N_HEADS) & (offs_i < HALF)
+        p1 = base + offs_h * stride_h + offs_i  # [BLOCK_H, BLOCK_HALF], first half
+        x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
+        tl.store(p1, to_dtype(x1 * cos - x2 * sin, base.dtype.element_ty), mask=mask)
+        tl.store(p1 + HALF, to_dtype(x2 * cos + x1 * sin, base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope_kernel(
+    q_ptr, k_ptr, pos_ptr,
+    stride_qb, stride_qh, stride_kb, stride_kh,
+    theta,
+    H: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    pos = tl.load(pos_ptr + b).to(tl.float32)
+    i = tl.arange(0, BLOCK_HALF).to(tl.float64)[None, :]
+    # inv_freq[i] = theta^(-2i/D) = 2^(i · (-2·log2(theta)/D)), in fp64 and then rounded: an fp32
+    # exp2 is off by an ulp or two, which the angle pos·inv_freq multiplies by pos.
+    log2_step = -tl.log2(tl.full([1, 1], theta, tl.float64)) / HALF  # -2·log2(theta)/D, in fp64
+    inv_freq = tl.exp2(i * log2_step).to(tl.float32)
+    angle = pos * inv_freq  # [1, BLOCK_HALF]; one cos/sin per token, shared by all heads
+    cos = tl.cos(angle)
+    sin = tl.sin(angle)
+    _rotate_heads(q_ptr + b * stride_qb, stride_qh, cos, sin, H, HALF, BLOCK_H, BLOCK_HALF)
+    _rotate_heads(k_ptr + b * stride_kb, stride_kh, cos, sin, HKV, HALF, BLOCK_H, BLOCK_HALF)
+
+
+def _check(q, k, positions):
+    if q.dim() != 3 or k.dim() != 3:
+        raise ValueError(f"rope: q and k must be 3-D [B, H, D], got {tuple(q.shape)} and {tuple(k.shape)}")
+    B, H, D = q.shape
+    if k.shape[0] != B or k.shape[2] != D:
+        raise ValueError(f"rope: k must be [B={B}, Hkv, D={D}] like q, got {tuple(k.shape)}")
+    if D % 2 or not 2 <= D <= _MAX_HEAD_DIM:
+        raise ValueError(f"rope: head dim D={D} not supported; allowed: even D in 2..{_MAX_HEAD_DIM} (e.g. 64, 80, 96, 128)")
+    if q.dtype not in _DTYPES or k.dtype != q.dtype:
+        raise ValueError(f"rope: q/k dtypes {q.dtype}/{k.dtype}; both must be one of float32, float16, bfloat16")
+    if positions.shape != (B,) or positions.dtype not in _INDEX_DTYPES:
+        raise ValueError(f"rope: positions must be int32/int64 [B]=[{B}], got {tuple(positions.shape)} {positions.dtype}")
+    for name, t in (("k", k), ("positions", positions)):
+        if t.device != q.device:
+            raise ValueError(f"rope: {name} is on {t.device}, expected {q.device} like q")
+    for name, t in (("q", q), ("k", k)):
+        if t.numel() > 0 and t.stride(2) != 1:
+            raise ValueError(f"rope: {name} must be contiguous in its last dim, got strides {t.stride()}")
+
+
+def rope(q, k, positions, theta=10000.0):
+    """In place: for each head x, with x1 = x[..., :D/2], x2 = x[..., D/2:],
+    x1 ← x1·cos − x2·sin, x2 ← x2·cos + x1·sin, angle[b, i] = positions[b] · theta^(−2i/D).
+    q: [B, H, D], k: [B, Hkv, D] (any batch/head strides), positions: [B]. Returns (q, k)."""
+    _check(q, k, positions)
+    check_device("rope", _rope_kernel, q)
+    B, H, D = q.shape
+    Hkv = k.shape[1]
+    if B > 0:
+        half = D // 2
+        _rope_kernel[(B,)](
+            q, k, positions,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            float(theta),
+            H=H, HKV=Hkv, HALF=half, BLOCK_H=min(triton.next_power_of_2(max(H, Hkv)), 16),
+            BLOCK_HALF=triton.next_power_of_2(half), num_warps=4,
+        )
+    return q, k
+
+
+def rope_ref(q, k, positions, theta=10000.0):
+    """Reference, out of place: angle[b, i] = pos[b] · theta^(−2i/D), i < D/2, and for x in (q, k)
+    out = cat(x1·cos − x2·sin, x2·cos + x1·sin) in fp32, cast to x.dtype. Returns new (q, k).
+
+    Bytes (s = element size, s_i = index size): reads B·(H + Hkv)·D·s + B·s_i, writes B·(H + Hkv)·D·s.
+    """
+    D = q.shape[-1]
+    half = D // 2
+    # inv_freq in fp64, rounded once to fp32, as the kernel does (theta as the fp32 the kernel gets).
+    log2_step = math.log2(float(torch.tensor(theta, dtype=torch.float32))) * (-2.0 / D)
+    inv_freq = torch.exp2(torch.arange(half, device=q.device, dtype=torch.float64) * log2_step).float()
+    angle = positions.to(torch.float32)[:, None, None] * inv_freq  # [B, 1, D/2]
+    cos, sin = torch.cos(angle), torch.sin(angle)
+
+    def rotate(x):
+        x1, x2 = x.float()[..., :half], x.float()[..., half:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+    return rotate(q), rotate(k)

@@ -1,0 +1,187 @@
+"""A toy decoder: real models' shapes, random weights, Triton kernels (or their torch references).
+
+One decode step, per layer:
+
+    x, residual = rmsnorm(h, residual)          # fused add + norm
+    qkv = x @ Wqkv^T                            # one matmul for Q, K and V
+    q, k = rope(q, k, positions)                # in place on views of qkv
+    store_kv(k_cache, v_cache, k, v, slots, positions)
+    o = decode_attention(q, k_cache, v_cache, slots, seq_lens)
+    h = o @ Wo^T                                # residual added by the next fused norm
+    x, residual = rmsnorm(h, residual)
+    g = swiglu(x @ Wgu^T)
+    h = g @ Wdown^T
+
+then a final norm and the tied LM head. The step is written as `n_layers + 1` *pieces* separated
+by the attention calls, so the graph runner can capture the pieces alone (piecewise mode) while
+attention runs eagerly between them, as vLLM's PIECEWISE mode does.
+
+The KV cache holds `max_batch + 1` slots: the last is a scratch slot that no sequence owns; the
+graph runner sends padded rows there.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import kernels
+from microbench.config import ModelShape
+
+BACKENDS = ("triton", "torch")
+
+
+class _Ops:
+    """The five decode kernels of one backend, looked up once."""
+
+    def __init__(self, backend: str):
+        suffix = "" if backend == "triton" else "_ref"
+        for name in ("rmsnorm", "rope", "store_kv", "decode_attention", "swiglu"):
+            setattr(self, name, getattr(kernels, name + suffix))
+
+
+class ToyDecoder:
+    def __init__(self, shape: ModelShape, backend: str = "triton", max_batch: int = 64,
+                 max_seq: int = 1024, dtype: torch.dtype = torch.bfloat16,
+                 device: str | torch.device = "cuda", seed: int = 0):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if max_batch < 1 or max_seq < 1:
+            raise ValueError(f"max_batch and max_seq must be >= 1, got {max_batch}, {max_seq}")
+        self.shape, self.backend = shape, backend
+        self.max_batch, self.max_seq = max_batch, max_seq
+        self.dtype, self.device = dtype, torch.device(device)
+        self.ops = _Ops(backend)
+        self.scratch_slot = max_batch
+        self.scale = shape.head_dim ** -0.5
+        self._init_weights(seed)
+        s = shape
+        cache_shape = (max_batch + 1, s.n_kv_heads, max_seq, s.head_dim)
+        self.k_cache = [torch.zeros(cache_shape, dtype=dtype, device=self.device)
+                        for _ in range(s.n_layers)]
+        self.v_cache = [torch.zeros(cache_shape, dtype=dtype, device=self.device)
+                        for _ in range(s.n_layers)]
+
+    def _init_weights(self, seed: int):
+        s, dev = self.shape, self.device
+        gen = torch.Generator(device=dev).manual_seed(seed)
+
+        def w(out_f, in_f, gain=1.0):
+            t = torch.randn(out_f, in_f, generator=gen, device=dev, dtype=torch.float32)
+            return (t * (gain / in_f ** 0.5)).to(self.dtype)
+
+        def norm_w(n):
+            t = 1.0 + 0.1 * torch.randn(n, generator=gen, device=dev, dtype=torch.float32)
+            return t.to(self.dtype)
+
+        self.embed = (torch.randn(s.vocab, s.hidden, generator=gen, device=dev) * 0.5).to(self.dtype)
+        self.layers = []
+        for _ in range(s.n_layers):
+            self.layers.append(dict(
+                attn_norm=norm_w(s.hidden),
+                wqkv=w(s.qkv_size, s.hidden),
+                # Residual branches at half gain keep activations bounded over many random layers.
+                wo=w(s.hidden, s.q_size, 0.5),
+                ffn_norm=norm_w(s.hidden),
+                wgu=w(2 * s.ffn, s.hidden),
+                wdown=w(s.hidden, s.ffn, 0.5),
+            ))
+        self.final_norm = norm_w(s.hidden)
+
+    # ---- the step, as pieces between attention calls ------------------------------------
+    @property
+    def n_pieces(self) -> int:
+        return self.shape.n_layers + 1
+
+    def _pre_attention(self, l: int, h, residual, positions, slots):
+        """Norm, QKV, RoPE and KV store of layer l; returns (q, residual)."""
+        s, ops, L = self.shape, self.ops, self.layers[l]
+        B = h.shape[0]
+        if residual is None:
+            x, residual = ops.rmsnorm(h, L["attn_norm"], s.norm_eps), h
+        else:
+            x, residual = ops.rmsnorm(h, L["attn_norm"], s.norm_eps, residual=residual)
+        qkv = F.linear(x, L["wqkv"])                                    # [B, (H + 2Hkv) D]
+        q = qkv[:, :s.q_size].view(B, s.n_heads, s.head_dim)            # [B, H, D]
+        k = qkv[:, s.q_size:s.q_size + s.kv_size].view(B, s.n_kv_heads, s.head_dim)
+        v = qkv[:, s.q_size + s.kv_size:].view(B, s.n_kv_heads, s.head_dim)
+        q, k = ops.rope(q, k, positions, s.rope_theta)
+        ops.store_kv(self.k_cache[l], self.v_cache[l], k, v, slots, positions)
+        return q, residual
+
+    def _post_attention(self, l: int, o, residual):
+        """O projection and the FFN of layer l; returns (h, residual) with h not yet added."""
+        s, ops, L = self.shape, self.ops, self.layers[l]
+        h = F.linear(o.reshape(o.shape[0], s.q_size), L["wo"])          # [B, hidden]
+        x, residual = ops.rmsnorm(h, L["ffn_norm"], s.norm_eps, residual=residual)
+        g = ops.swiglu(F.linear(x, L["wgu"]))                           # [B, F]
+        return F.linear(g, L["wdown"]), residual
+
+    def piece(self, i: int, tokens, positions, slots, o=None, residual=None):
+        """Piece i of the step. Piece 0: embedding and layer 0 up to attention. Piece i in
+        1..L-1: layer i-1 after attention and layer i up to attention. Piece L: layer L-1 after
+        attention, final norm, LM head. Returns (q, residual, seq_lens) or logits for the last."""
+        s = self.shape
+        if i == 0:
+            h, res = self.embed[tokens], None                            # [B, hidden]
+        else:
+            h, res = self._post_attention(i - 1, o, residual)
+        if i == s.n_layers:
+            x, _ = self.ops.rmsnorm(h, self.final_norm, s.norm_eps, residual=res)
+            return F.linear(x, self.embed)                              # [B, vocab]
+        q, res = self._pre_attention(i, h, res, positions, slots)
+        return q, res
+
+    def attention(self, l: int, q, slots, seq_lens, out=None):
+        """Decode attention of layer l; with `out`, the result is written there (the graph
+        runner's piecewise mode keeps attention's output at a fixed address)."""
+        args = (q, self.k_cache[l], self.v_cache[l], slots, seq_lens, self.scale)
+        if out is None:
+            return self.ops.decode_attention(*args)
+        if self.backend == "triton":
+            return self.ops.decode_attention(*args, out=out)
+        return out.copy_(self.ops.decode_attention(*args))
+
+    @staticmethod
+    def seq_lens_for(positions):
+        """Sequence i attends to positions [0, positions[i]] (its new token included)."""
+        return (positions + 1).to(torch.int32)
+
+    def step(self, tokens, positions, slots):
+        """One decode step for len(tokens) sequences: returns logits [B, vocab]."""
+        seq_lens = self.seq_lens_for(positions)
+        o = res = None
+        for i in range(self.shape.n_layers):
+            q, res = self.piece(i, tokens, positions, slots, o, res)
+            o = self.attention(i, q, slots, seq_lens)
+        return self.piece(self.shape.n_layers, tokens, positions, slots, o, res)
+
+    __call__ = step
+
+    # ---- helpers -------------------------------------------------------------------------
+    def fill_cache(self, context: int, slots=None, seed: int = 1):
+        """Fill positions [0, context) of the given slots (default: all real slots) with random
+        K and V, so a step at position `context` does attention over a realistic history."""
+        if not 0 <= context <= self.max_seq:
+            raise ValueError(f"context must be in [0, {self.max_seq}], got {context}")
+        slots = range(self.max_batch) if slots is None else slots
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        idx = torch.as_tensor(list(slots), device=self.device, dtype=torch.long)
+        s = self.shape
+        for cache in (*self.k_cache, *self.v_cache):
+            fill = torch.randn(len(idx), s.n_kv_heads, context, s.head_dim, generator=gen,
+                               device=self.device)
+            cache[idx, :, :context] = fill.to(self.dtype)
+
+    def attention_launches(self, b: int = 1) -> int:
+        """Kernels one decode_attention call at batch b launches (split-KV adds a reduce)."""
+        from kernels.decode_attention import num_splits_for
+        return 1 if num_splits_for(b, self.shape.n_kv_heads, self.max_seq, self.device) == 1 else 2
+
+    def launches_per_step(self, b: int = 1) -> dict[str, int]:
+        """Kernel launches of one eager step, by launcher (the triton backend's plan; the
+        profiler's count is reported beside it by the sweep)."""
+        from microbench.workload import launch_counts, step_kernels
+        return launch_counts(step_kernels(self.shape, b, 0, attn_launches=self.attention_launches(b)))
+
+    def weight_bytes(self) -> int:
+        return self.shape.n_params * self.embed.element_size()

@@ -1,0 +1,272 @@
+"""The graph runner: one CUDA graph per captured batch size, padding, eager fallback.
+
+Pool memory is measured from the caching allocator's own books. `torch.cuda.graph` empties the
+allocator's cache when a capture starts, so `memory_reserved()` read before and after a capture
+can fall (cached blocks freed) while the pool grows: the difference is not the pool. Instead,
+`pool_bytes()` sums the segments of `torch.cuda.memory_snapshot()` whose `segment_pool_id` is the
+graph pool's id: exactly the device memory (cudaMalloc'd segments) the private pool holds. After
+each capture the pool's size is read again; the growth is charged to that size.
+"""
+from __future__ import annotations
+
+import functools
+import gc
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from microbench.decoder import ToyDecoder
+from microbench.dispatch import PaddingDispatcher
+
+MODES = ("none", "full", "piecewise")
+POOLS = ("shared", "separate")
+ORDERS = ("largest-first", "smallest-first")
+
+
+@dataclass
+class GraphEntry:
+    """What one captured size owns: its graph(s), static outputs and captured input addresses."""
+    size: int
+    graphs: list
+    output: torch.Tensor                 # logits [size, vocab], lives in the pool
+    pieces: list = field(default_factory=list)   # piecewise: (q, residual) per layer
+    seq_lens: torch.Tensor | None = None
+    input_ptrs: tuple = ()
+    warmup_s: float = 0.0
+    capture_s: float = 0.0
+    pool_bytes: int = 0                  # growth of the pool(s) charged to this size
+
+
+@functools.lru_cache(maxsize=None)
+def _side_stream(device_index: int) -> torch.cuda.Stream:
+    """One warm-up and capture stream per device. cuBLAS keeps a workspace per stream it has
+    run on and never frees it, so a fresh stream per runner would leak one workspace each."""
+    return torch.cuda.Stream(device=device_index)
+
+
+def pool_bytes(pool_id) -> int:
+    """Device memory held by the caching allocator's private pool `pool_id`."""
+    pid = tuple(pool_id)
+    return sum(seg["total_size"] for seg in torch.cuda.memory_snapshot()
+               if tuple(seg.get("segment_pool_id", ())) == pid)
+
+
+class GraphRunner:
+    """Runs `decoder` steps through captured graphs.
+
+    mode: "none" (always eager), "full" (one graph per size for the whole step) or
+    "piecewise" (graphs for the stretches between attention calls, attention eager).
+    pool: "shared" (every graph in one pool from torch.cuda.graph_pool_handle()) or
+    "separate" (each graph its own pool). order: "largest-first" (as vLLM captures, so later,
+    smaller graphs reuse the memory the largest left free) or "smallest-first".
+    debug: check on every replay that the static inputs are at their captured addresses.
+    """
+
+    def __init__(self, decoder: ToyDecoder, sizes, mode: str = "full", pool: str = "shared",
+                 order: str = "largest-first", debug: bool = False, progress: bool = True,
+                 warmup_steps: int = 2):
+        for name, v, allowed in (("mode", mode, MODES), ("pool", pool, POOLS),
+                                 ("order", order, ORDERS)):
+            if v not in allowed:
+                raise ValueError(f"unknown {name} {v!r}; choose one of {', '.join(allowed)}")
+        sizes = sorted(set(int(s) for s in sizes))
+        if mode != "none" and sizes and sizes[-1] > decoder.max_batch:
+            raise ValueError(f"largest capture size {sizes[-1]} exceeds the decoder's "
+                             f"max_batch {decoder.max_batch}")
+        self.decoder, self.mode, self.pool_kind, self.order = decoder, mode, pool, order
+        self.requested_sizes = sizes if mode != "none" else []
+        self.debug, self.progress, self.warmup_steps = debug, progress, warmup_steps
+        self.entries: dict[int, GraphEntry] = {}
+        self.skipped: list[int] = []
+        self.dispatcher = PaddingDispatcher([])
+        self.counts = dict(replays=0, eager_steps=0, fallbacks=0, padded_rows=0, real_rows=0)
+        self._warned: set[int] = set()
+        self._pool_ids: list = []
+        n = max(self.requested_sizes, default=1)
+        dev = decoder.device
+        # Static inputs: rows are tokens, positions, slots. Padding rows point at the
+        # scratch slot, position 0, so padded replays never touch a real sequence's cache.
+        self._pad = torch.zeros(3, n, dtype=torch.long, device=dev)
+        self._pad[2].fill_(decoder.scratch_slot)
+        self._in = self._pad.clone()
+        s = decoder.shape
+        self._attn_out = torch.empty(n, s.n_heads, s.head_dim, dtype=decoder.dtype, device=dev)
+
+    # ---- capture -----------------------------------------------------------------------
+    def capture(self) -> dict:
+        """Capture every requested size; returns the capture report (also kept in .report)."""
+        if self.mode == "none" or not self.requested_sizes:
+            self.report = dict(capture_s=0.0, pool_bytes=0, sizes=[], skipped=[])
+            return self.report
+        sizes = sorted(self.requested_sizes, reverse=self.order == "largest-first")
+        shared = torch.cuda.graph_pool_handle() if self.pool_kind == "shared" else None
+        if shared is not None:
+            self._pool_ids = [shared]
+        dev = self.decoder.device
+        stream = _side_stream(dev.index if dev.index is not None else torch.cuda.current_device())
+        t_all = time.perf_counter()
+        gc.collect()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # a collection during capture could free tensors a graph still reads
+        try:
+            for i, size in enumerate(sizes):
+                self._progress(i, len(sizes))
+                before = self._total_pool_bytes()
+                try:
+                    entry = self._capture_one(size, shared, stream)
+                except torch.OutOfMemoryError as e:
+                    self._skip(size, e)
+                    continue
+                except RuntimeError as e:
+                    if "out of memory" not in str(e).lower():
+                        raise
+                    self._skip(size, e)
+                    continue
+                if shared is None:
+                    self._pool_ids.extend(g.pool() for g in entry.graphs)
+                entry.pool_bytes = self._total_pool_bytes() - before
+                self.entries[size] = entry
+            self._progress(len(sizes), len(sizes))
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        self.dispatcher = PaddingDispatcher(self.entries)
+        self.report = dict(
+            capture_s=time.perf_counter() - t_all,
+            pool_bytes=self._total_pool_bytes(),
+            sizes=[dict(size=e.size, warmup_s=e.warmup_s, capture_s=e.capture_s,
+                        pool_bytes=e.pool_bytes) for e in sorted(self.entries.values(),
+                                                                 key=lambda e: e.size)],
+            skipped=list(self.skipped),
+        )
+        return self.report
+
+    def _skip(self, size: int, err: Exception):
+        self.skipped.append(size)
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        warnings.warn(f"capture of size {size} ran out of device memory and was skipped "
+                      f"({str(err).splitlines()[0][:120]})", RuntimeWarning, stacklevel=3)
+
+    def _views(self, size: int):
+        return self._in[0, :size], self._in[1, :size], self._in[2, :size]
+
+    def _capture_one(self, size: int, shared_pool, stream) -> GraphEntry:
+        dec = self.decoder
+        tokens, positions, slots = self._views(size)
+        self._in.copy_(self._pad)  # warm-up and capture write KV to the scratch slot only
+        t0 = time.perf_counter()
+        # Eager warm-up on a side stream: JIT-compiles the Triton kernels, picks cuBLAS
+        # heuristics and lets lazy allocations happen outside the capture.
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(self.warmup_steps):
+                dec.step(tokens, positions, slots)
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        entry = GraphEntry(size=size, graphs=[], output=None)
+        if self.mode == "full":
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=shared_pool, stream=stream):
+                entry.output = dec.step(tokens, positions, slots)
+            entry.graphs.append(g)
+        else:
+            self._capture_pieces(entry, tokens, positions, slots, shared_pool, stream)
+        torch.cuda.synchronize()
+        entry.warmup_s, entry.capture_s = t1 - t0, time.perf_counter() - t1
+        entry.input_ptrs = tuple(t.data_ptr() for t in (tokens, positions, slots))
+        return entry
+
+    def _capture_pieces(self, entry, tokens, positions, slots, shared_pool, stream):
+        dec, o = self.decoder, self._attn_out[:entry.size]
+        res = None
+        for i in range(dec.n_pieces):
+            g = torch.cuda.CUDAGraph()
+            # Each piece after the first may share the first piece's pool: one pool per size
+            # with pool="separate", one for everything with pool="shared".
+            pool = shared_pool if shared_pool is not None else (entry.graphs[0].pool()
+                                                                 if entry.graphs else None)
+            with torch.cuda.graph(g, pool=pool, stream=stream):
+                if i == 0:
+                    entry.seq_lens = dec.seq_lens_for(positions)
+                    out = dec.piece(0, tokens, positions, slots)
+                else:
+                    out = dec.piece(i, tokens, positions, slots, o=o, residual=res)
+            entry.graphs.append(g)
+            if i == dec.n_pieces - 1:
+                entry.output = out
+            else:
+                q, res = out
+                entry.pieces.append((q, res))
+                dec.attention(i, q, slots, entry.seq_lens, out=o)
+
+    def _total_pool_bytes(self) -> int:
+        ids = {tuple(p) for p in self._pool_ids}
+        return sum(pool_bytes(p) for p in ids)
+
+    def _progress(self, done: int, total: int):
+        if self.progress:
+            end = "\n" if done == total else ""
+            print(f"\rCapturing CUDA graphs ({self.mode}): {done}/{total}", end=end,
+                  file=sys.stderr, flush=True)
+
+    # ---- steps -------------------------------------------------------------------------
+    def step(self, tokens, positions, slots):
+        """One decode step for bs = len(tokens) sequences; logits [bs, vocab]."""
+        bs = tokens.shape[0]
+        padded = self.dispatcher.pad(bs) if self.mode != "none" else None
+        self.counts["real_rows"] += bs
+        if padded is None:
+            if self.mode != "none":
+                self._fallback(bs)
+            self.counts["eager_steps"] += 1
+            return self.decoder.step(tokens, positions, slots)
+        e = self.entries[padded]
+        self._in[0, :bs].copy_(tokens)
+        self._in[1, :bs].copy_(positions)
+        self._in[2, :bs].copy_(slots)
+        if padded > bs:
+            self._in[:, bs:padded].copy_(self._pad[:, bs:padded])
+            self.counts["padded_rows"] += padded - bs
+        if self.debug:
+            self._check_addresses(e)
+        self.counts["replays"] += 1
+        if self.mode == "full":
+            e.graphs[0].replay()
+        else:
+            dec, slot_view, o = self.decoder, self._in[2, :padded], self._attn_out[:padded]
+            e.graphs[0].replay()
+            for l, (q, _) in enumerate(e.pieces):
+                dec.attention(l, q, slot_view, e.seq_lens, out=o)
+                e.graphs[l + 1].replay()
+        return e.output[:bs]
+
+    __call__ = step
+
+    def _fallback(self, bs: int):
+        self.counts["fallbacks"] += 1
+        if bs not in self._warned:
+            self._warned.add(bs)
+            warnings.warn(f"batch size {bs} exceeds the largest captured size "
+                          f"{self.dispatcher.max_size}: running eagerly", RuntimeWarning,
+                          stacklevel=3)
+
+    def _check_addresses(self, e: GraphEntry):
+        now = tuple(t.data_ptr() for t in self._views(e.size))
+        if now != e.input_ptrs:
+            raise RuntimeError(f"static inputs of size {e.size} moved: captured at "
+                               f"{e.input_ptrs}, now at {now}")
+
+    def close(self):
+        """Drop every graph and its pool; memory goes back to the device."""
+        self.entries.clear()
+        self.dispatcher = PaddingDispatcher([])
+        self._pool_ids = []
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()

@@ -1,0 +1,95 @@
+"""Kernel benchmark: each decode kernel at llama-1b's decode shapes, its achieved bandwidth
+against the device-to-device copy bandwidth measured in the same run.
+
+Each kernel is captured `REPS` times back to back in a CUDA graph and the graph is replayed, so
+the figure is GPU time per kernel with no host launch cost in it (events around one launched
+small kernel would time the host's enqueue instead).
+"""
+from __future__ import annotations
+
+import torch
+
+from microbench.config import PRESETS
+from microbench.launch import copy_bandwidth
+from microbench.timing import gpu_time_us
+
+REPS = 20
+
+
+def _graphed(fn, reps: int = REPS):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    return g
+
+
+def cases(preset: str = "llama-1b", batches=(1, 16, 64), context: int = 4096,
+          dtype=torch.bfloat16, device="cuda"):
+    """(name, B, context, bytes, callable) per kernel and batch, bytes as the reference
+    docstrings count them."""
+    import kernels as K
+    s = PRESETS[preset]
+    e = torch.finfo(dtype).bits // 8
+    H, Hkv, D, h, F = s.n_heads, s.n_kv_heads, s.head_dim, s.hidden, s.ffn
+    out = []
+    for B in batches:
+        r = lambda *shape: torch.randn(*shape, device=device, dtype=dtype)
+        x, res, w = r(B, h), r(B, h), r(h)
+        out.append(("rmsnorm", B, 0, (B * h * 2 + h) * e, lambda x=x, w=w: K.rmsnorm(x, w, 1e-5)))
+        out.append(("rmsnorm+residual", B, 0, (4 * B * h + h) * e,
+                    lambda x=x, w=w, res=res: K.rmsnorm(x, w, 1e-5, residual=res)))
+        qkv = r(B, (H + 2 * Hkv) * D)
+        q = qkv[:, :H * D].view(B, H, D)
+        k = qkv[:, H * D:(H + Hkv) * D].view(B, Hkv, D)
+        pos = torch.randint(0, context, (B,), device=device)
+        out.append(("rope", B, 0, 2 * B * (H + Hkv) * D * e, lambda q=q, k=k, pos=pos: K.rope(q, k, pos, 5e5)))
+        kc = torch.randn(B + 1, Hkv, context, D, device=device, dtype=dtype)
+        vc = torch.randn_like(kc)
+        v = qkv[:, (H + Hkv) * D:].view(B, Hkv, D)
+        slots = torch.randperm(B, device=device)
+        out.append(("store_kv", B, 0, 4 * B * Hkv * D * e,
+                    lambda kc=kc, vc=vc, k=k, v=v, slots=slots, pos=pos: K.store_kv(kc, vc, k, v, slots, pos)))
+        seq = torch.full((B,), context, dtype=torch.int32, device=device)
+        qa = r(B, H, D)
+        out.append(("decode_attention", B, context, (2 * B * Hkv * context * D + 2 * B * H * D) * e,
+                    lambda qa=qa, kc=kc, vc=vc, slots=slots, seq=seq:
+                    K.decode_attention(qa, kc, vc, slots, seq, D ** -0.5)))
+        gu = r(B, 2 * F)
+        out.append(("swiglu", B, 0, 3 * B * F * e, lambda gu=gu: K.swiglu(gu)))
+    return out
+
+
+def run_kernel_bench(preset="llama-1b", batches=(1, 16, 64), context=4096, budget_s=0.5) -> dict:
+    from microbench.results import environment
+    dev = torch.device("cuda")
+    copy = copy_bandwidth(dev, budget_s=budget_s)
+    rows = []
+    for name, B, ctx, nbytes, fn in cases(preset, batches, context, device=dev):
+        g = _graphed(fn)
+        st = gpu_time_us(g.replay, inner=5, budget_s=budget_s)
+        t = st.median / REPS
+        bw = nbytes / (t * 1e-6)
+        rows.append(dict(kernel=name, B=B, context=ctx, bytes=nbytes, time_us=t,
+                         p20_us=st.p20 / REPS, p80_us=st.p80 / REPS, n=st.n, bytes_per_s=bw,
+                         frac_of_copy=bw / copy["bytes_per_s"]))
+        del g
+    return dict(kind="kernels", config=dict(preset=preset, batches=list(batches), context=context,
+                                            dtype="bfloat16", reps_per_graph=REPS),
+                env=environment(dev), copy=copy, rows=rows)
+
+
+def kernel_table(run: dict) -> str:
+    from microbench.report import table
+    rows = [[r["kernel"], str(r["B"]), str(r["context"] or "-"), f"{r['bytes'] / 1e6:.3f}",
+             f"{r['time_us']:.2f}", f"{r['bytes_per_s'] / 1e9:.0f}", f"{r['frac_of_copy']:.0%}"]
+            for r in run["rows"]]
+    head = (f"kernels at {run['config']['preset']} decode shapes on {run['env']['gpu']}; copy "
+            f"bandwidth {run['copy']['bytes_per_s'] / 1e12:.2f} TB/s (read + write)")
+    return head + "\n" + table(["kernel", "B", "context", "MB", "us", "GB/s", "of copy"], rows)

@@ -1,0 +1,162 @@
+"""The analytic model of launch overhead and graph speedup: pure functions of a model shape, a
+batch size, a context length and a device profile. Nothing here touches a GPU.
+
+Per kernel k at batch b (its bytes and flops from `workload.step_kernels`):
+
+    t_k(b) = max(t_min, bytes_k(b) / BW, flops_k(b) / F)
+
+t_min is the shortest a kernel takes on the GPU (a tiny kernel's time per node inside a graph).
+
+Eager step, per-kernel pipeline: the host enqueues kernel k after spending c_k (its launcher's
+host cost); the GPU starts it when it has been enqueued and the previous kernel has finished:
+
+    enq_k = enq_{k-1} + c_k ;  end_k = max(enq_k, end_{k-1}) + t_k ;  T_eager = end_last + c_sync
+
+so the GPU waits whenever the host enqueues slower than the GPU drains. Graph step: the runner
+enqueues its input copies (c_torch each), one replay call (host: c_replay), then the GPU runs every
+node back to back with a fixed replay start cost g_0:
+
+    T_graph(b) = n_copy · c_torch + c_replay + g_0 + sum_k t_k(pad(b)) + c_sync
+
+Speedup = T_eager / T_graph. It is largest when sum c_k dominates sum t_k (small batch, small
+model) and fades to 1 as GPU time grows with b.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from microbench.config import ModelShape
+from microbench.workload import Kernel, step_kernels
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    source: str                      # "measured: <run>" or "datasheet" or "options"
+    copy_bw: float                   # bytes/s (read + written)
+    matmul_flops: float              # flop/s, dense bf16
+    # launcher -> host us per launch; the defaults are assumptions, replaced by measurements
+    launch_host_us: dict = field(default_factory=lambda: dict(torch=5.0, cublas=5.0, triton=5.0))
+    kernel_min_us: float = 2.0       # shortest GPU time of one kernel (a graph node)
+    replay_host_us: float = 5.0      # host cost of one replay() call
+    replay_gpu_fixed_us: float = 3.0  # GPU time a replay takes before its first node runs
+    sync_us: float = 10.0            # host round trip of a synchronise after the last kernel
+    n_input_copies: int = 3          # launches the runner makes before each replay
+
+    def host_us(self, launcher: str) -> float:
+        return self.launch_host_us.get(launcher, self.launch_host_us.get("torch", 5.0))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_launch(cls, launch: dict, name: str, source: str) -> "DeviceProfile":
+        """Build a profile from `launch.measure_launch()` output (as saved in a run)."""
+        fit = launch["replay_fit"]
+        return cls(
+            name=name, source=source,
+            copy_bw=launch["copy"]["bytes_per_s"],
+            matmul_flops=launch["matmul"]["flops_per_s"],
+            launch_host_us={k: v["median"] for k, v in launch["host_us"].items()},
+            kernel_min_us=launch["gpu_us_per_kernel"]["torch"]["median"],
+            replay_host_us=launch["replay"]["1"]["host_us"]["median"],
+            replay_gpu_fixed_us=max(0.0, fit["gpu_fixed_us"]),
+            sync_us=launch.get("sync_us", {}).get("median", 10.0),
+        )
+
+
+# Datasheet figures (dense bf16 tensor rate, HBM/GDDR bandwidth): predictions, not measurements.
+DATASHEET = {
+    "H100": dict(copy_bw=3.35e12, matmul_flops=989e12),
+    "H200": dict(copy_bw=4.8e12, matmul_flops=989e12),
+    "A100": dict(copy_bw=2.039e12, matmul_flops=312e12),
+    "L4": dict(copy_bw=300e9, matmul_flops=121e12),
+    "L40S": dict(copy_bw=864e9, matmul_flops=362e12),
+}
+
+
+def datasheet_profile(gpu: str, host: DeviceProfile | None = None) -> DeviceProfile:
+    """A datasheet GPU with the host-side constants of `host` (a measured profile) or the
+    defaults of DeviceProfile, labelled as such."""
+    if gpu not in DATASHEET:
+        raise ValueError(f"unknown GPU {gpu!r}; choose one of {', '.join(DATASHEET)}")
+    base = host or DeviceProfile(name=gpu, source="", copy_bw=1.0, matmul_flops=1.0)
+    src = "datasheet bandwidth and matrix rate; host constants " + (
+        f"from {host.source}" if host else "assumed defaults")
+    return replace(base, name=gpu, source=src, **DATASHEET[gpu])
+
+
+def kernel_time_us(k: Kernel, p: DeviceProfile) -> float:
+    return max(p.kernel_min_us, k.bytes / p.copy_bw * 1e6, k.flops / p.matmul_flops * 1e6)
+
+
+def gpu_time_us(shape: ModelShape, b: int, context: int, p: DeviceProfile, elt: int = 2,
+                attn_launches: int = 2) -> float:
+    return sum(kernel_time_us(k, p) for k in step_kernels(shape, b, context, elt, attn_launches))
+
+
+def eager_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
+                  elt: int = 2, attn_launches: int = 2) -> float:
+    enq = end = 0.0
+    for k in step_kernels(shape, b, context, elt, attn_launches):
+        enq += p.host_us(k.launcher)
+        end = max(enq, end) + kernel_time_us(k, p)
+    return end + p.sync_us
+
+
+def graph_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
+                  padded: int | None = None, elt: int = 2, attn_launches: int = 2) -> float:
+    b = padded or b
+    host = p.n_input_copies * p.host_us("torch") + p.replay_host_us
+    return (host + p.replay_gpu_fixed_us + gpu_time_us(shape, b, context, p, elt, attn_launches)
+            + p.sync_us)
+
+
+def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
+            padded: int | None = None, elt: int = 2, attn_launches: int = 2,
+            padded_attn_launches: int | None = None) -> dict:
+    """Predicted eager and graph step time and speedup at batch b (graph at `padded`).
+    attn_launches: kernels per attention call (2 with split-KV, 1 without) at b and at padded."""
+    e = eager_step_us(shape, b, context, p, elt, attn_launches)
+    g = graph_step_us(shape, b, context, p, padded, elt, padded_attn_launches or attn_launches)
+    ks = step_kernels(shape, b, context, elt, attn_launches)
+    return dict(bs=b, padded_bs=padded or b, predicted_eager_step_us=e,
+                predicted_graph_step_us=g, predicted_speedup=(e / g) if g else None,
+                host_launch_us=sum(p.host_us(k.launcher) for k in ks),
+                gpu_busy_us=sum(kernel_time_us(k, p) for k in ks), kernels=len(ks))
+
+
+def crossover(shape: ModelShape, context: int, p: DeviceProfile, below: float = 1.1,
+              max_bs: int = 4096, elt: int = 2) -> int | None:
+    """Smallest batch size whose predicted speedup (exact capture) falls under `below`."""
+    lo, hi = 1, max_bs
+    sp = lambda b: predict(shape, b, context, p, elt=elt)["predicted_speedup"]
+    if sp(hi) >= below:
+        return None
+    if sp(lo) < below:
+        return lo
+    while hi - lo > 1:  # speedup falls with b: bisect
+        mid = (lo + hi) // 2
+        if sp(mid) < below:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def break_even_steps(capture_s: float, eager_us: float, graph_us: float) -> float | None:
+    """Steps after which a capture's one-time cost is paid back by faster steps."""
+    saved = eager_us - graph_us
+    return capture_s * 1e6 / saved if saved > 0 else None
+
+
+def fit_pool(sizes_bytes: list[tuple[int, int]]) -> tuple[float, float]:
+    """Fit total pool bytes against the number of captured sizes: bytes(n) = a + c·n.
+    Input: (n, bytes) pairs. Returns (a, c)."""
+    import numpy as np
+    if len(sizes_bytes) < 2:
+        n, b = sizes_bytes[0]
+        return 0.0, b / n
+    xs, ys = zip(*sizes_bytes)
+    c, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+    return float(a), float(c)

@@ -1,0 +1,75 @@
+"""What `microbench model` does, as functions the tests call: pick a device profile, predict."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from microbench import model as mdl
+from microbench.config import ModelShape
+from microbench.dispatch import PaddingDispatcher
+from microbench.ladder import resolve_ladder
+from microbench.report import table
+
+
+def resolve_profile(run_path, gpu, copy_bw_gbs, tflops, launch_us) -> mdl.DeviceProfile:
+    """A measured profile from a saved run, a datasheet GPU, explicit numbers, or a mix: later
+    sources override earlier ones (run, then --gpu, then explicit options)."""
+    prof = None
+    if run_path:
+        from microbench.results import load_run
+        try:
+            run = load_run(run_path)
+        except ValueError as e:
+            raise ValueError(f"--profile: {e}") from None
+        if "launch" not in run:
+            raise ValueError(f"--profile: {run_path} holds no launch measurements")
+        prof = mdl.DeviceProfile.from_launch(run["launch"], name=run["env"].get("gpu") or "?",
+                                             source=f"measured: {run_path}")
+    if gpu:
+        prof = mdl.datasheet_profile(gpu, prof)
+    if prof is None:
+        if not (copy_bw_gbs and tflops):
+            raise ValueError("--profile, --gpu, or both --copy-bw and --tflops are needed "
+                             "(a device profile: measured, datasheet, or given)")
+        prof = mdl.DeviceProfile(name="given", source="options", copy_bw=1.0, matmul_flops=1.0)
+    changes = {}
+    if copy_bw_gbs:
+        changes["copy_bw"] = copy_bw_gbs * 1e9
+    if tflops:
+        changes["matmul_flops"] = tflops * 1e12
+    if launch_us is not None:
+        changes["launch_host_us"] = {k: launch_us for k in ("torch", "cublas", "triton")}
+    if changes:
+        prof = replace(prof, source=prof.source + " + options " + ", ".join(changes), **changes)
+    return prof
+
+
+def model_rows(shape: ModelShape, bs, context: int, ladder: str, prof: mdl.DeviceProfile,
+               below: float = 1.1, dtype: str = "bfloat16") -> dict:
+    elt = 4 if dtype == "float32" else 2
+    disp = PaddingDispatcher(resolve_ladder(ladder, max(bs)))
+    rows = [mdl.predict(shape, b, context, prof, padded=disp.pad(b) or b, elt=elt) for b in bs]
+    for r, b in zip(rows, bs):
+        if disp.pad(b) is None:  # no graph: it runs eagerly
+            r.update(predicted_graph_step_us=r["predicted_eager_step_us"], predicted_speedup=1.0,
+                     padded_bs=None)
+    return dict(preset=shape.name, context=context, ladder=ladder, profile=prof.to_dict(),
+                rows=rows, crossover_bs=mdl.crossover(shape, context, prof, below, elt=elt),
+                below=below)
+
+
+def model_table(res: dict) -> str:
+    p = res["profile"]
+    head = (f"PREDICTION for {res['preset']} at context {res['context']} on {p['name']} "
+            f"({p['source']}): copy {p['copy_bw'] / 1e12:.2f} TB/s, matmul "
+            f"{p['matmul_flops'] / 1e12:.0f} TFLOP/s, launch "
+            + ", ".join(f"{k} {v:.1f} us" for k, v in p["launch_host_us"].items()))
+    rows = [[str(r["bs"]), str(r["padded_bs"] or "eager"), str(r["kernels"]),
+             f"{r['host_launch_us']:.0f}", f"{r['gpu_busy_us']:.0f}",
+             f"{r['predicted_eager_step_us']:.0f}", f"{r['predicted_graph_step_us']:.0f}",
+             f"{r['predicted_speedup']:.2f}"] for r in res["rows"]]
+    out = [head, table(["bs", "pad", "kernels", "host us", "GPU us", "eager us", "graph us",
+                        "speedup"], rows)]
+    c = res["crossover_bs"]
+    out.append(f"speedup falls under {res['below']:.2f}x at bs {c}" if c else
+               f"speedup stays above {res['below']:.2f}x up to bs 4096")
+    return "\n".join(out)

@@ -1,0 +1,107 @@
+"""Text tables from saved runs (plots and reports read files, never live objects)."""
+from __future__ import annotations
+
+
+def fmt_bytes(n) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _f(v, spec=".1f", none="-"):
+    return none if v is None else format(v, spec)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+    out = [line(headers), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def sweep_header(run: dict) -> str:
+    c, env = run["config"], run.get("env", {})
+    ladder = run.get("ladder") or []
+    lad = f"{c['ladder']} ({len(ladder)} sizes, max {ladder[-1]})" if ladder else "none"
+    return (f"GPU {env.get('gpu')} | preset {c['preset']} | {c['dtype']} | mode {c['mode']} | "
+            f"ladder {lad} | context {c['context']} | torch {env.get('torch')} "
+            f"triton {env.get('triton')}")
+
+
+def sweep_table(run: dict) -> str:
+    """The sweep's terminal table, from a run dict (live or loaded)."""
+    heads = ["bs", "pad", "ran as", "eager us", "graph us", "speedup", "pred", "eager tok/s",
+             "graph tok/s", "tok/s/seq", "GB/s", "MBU"]
+    rows = []
+    for r in run.get("rows", []):
+        rows.append([
+            str(r["bs"]), _f(r.get("padded_bs"), "d"), r.get("ran_as", "-"),
+            _f(r.get("eager_step_us")), _f(r.get("graph_step_us")),
+            _f(r.get("speedup"), ".2f"), _f(r.get("predicted_speedup"), ".2f"),
+            _f(r.get("eager_tok_s"), ".0f"), _f(r.get("graph_tok_s"), ".0f"),
+            _f(r.get("graph_tok_s_per_seq") or r.get("eager_tok_s_per_seq"), ".0f"),
+            _f(r.get("bw_use") and r["bw_use"] / 1e9, ".0f"), _f(r.get("graph_mbu"), ".0%"),
+        ])
+    out = [sweep_header(run), table(heads, rows)]
+    out.append(sweep_footer(run))
+    return "\n".join(o for o in out if o)
+
+
+def sweep_footer(run: dict) -> str:
+    lines = []
+    cap = run.get("capture") or {}
+    if cap.get("sizes"):
+        lines.append(f"capture: {cap['capture_s']:.2f} s for {len(cap['sizes'])} sizes, "
+                     f"pool {fmt_bytes(cap['pool_bytes'])}"
+                     + (f", skipped (out of memory): {cap['skipped']}" if cap.get("skipped") else ""))
+    k = run.get("kernels_per_step") or {}
+    if k:
+        nodes = k.get("graph_kernels")
+        lines.append(f"kernels per eager step: {k.get('measured')} measured "
+                     f"(plan {sum((k.get('planned') or {}).values())}); kernels per graph replay {nodes}")
+    launch = run.get("launch") or {}
+    if launch:
+        hu = launch.get("host_us", {})
+        lines.append("host us per launch: " + ", ".join(f"{n} {v['median']:.1f}" for n, v in hu.items())
+                     + f" | copy bandwidth {launch['copy']['bytes_per_s'] / 1e12:.2f} TB/s")
+    if run.get("runner_host_us"):
+        lines.append(f"runner host work per graph step (bs {run['config']['bs'][0]}): "
+                     f"{run['runner_host_us']['median']:.1f} us")
+    sc = run.get("shape_check")
+    if sc and sc.get("held") is not None:
+        lines.append(f"published shape (largest at bs 1, fading, never below 1): "
+                     f"{'held' if sc['held'] else 'NOT held: ' + sc['why']}")
+    errs = [abs(r["speedup_error"]) for r in run.get("rows", []) if r.get("speedup_error") is not None]
+    if errs:
+        lines.append(f"model: worst speedup error {max(errs):.1%}")
+    if run.get("interrupted"):
+        lines.append("interrupted: rows above were measured before Ctrl-C")
+    if run.get("wall_s"):
+        lines.append(f"run took {run['wall_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def launch_table(launch: dict) -> str:
+    rows = [[n, _f(v["median"], ".2f"), _f(v["p20"], ".2f"), _f(v["p80"], ".2f"),
+             _f(launch["gpu_us_per_kernel"][n]["median"], ".2f")]
+            for n, v in launch["host_us"].items()]
+    out = ["host time to enqueue one kernel, and GPU time per kernel back to back (in a graph)",
+           table(["launcher", "host us", "p20", "p80", "GPU us/kernel"], rows), ""]
+    rrows = [[n, _f(v["host_us"]["median"], ".2f"), _f(v["gpu_us"]["median"], ".2f")]
+             for n, v in launch["replay"].items()]
+    fit = launch["replay_fit"]
+    out += ["graph replay of n tiny-kernel nodes",
+            table(["nodes", "host us", "GPU us"], rrows),
+            f"fit: host {fit['host_fixed_us']:.2f} us + {fit['host_per_node_us']:.4f} us/node; "
+            f"GPU {fit['gpu_fixed_us']:.2f} us + {fit['gpu_per_node_us']:.3f} us/node", ""]
+    out.append(f"sync round trip {launch['sync_us']['median']:.1f} us | copy bandwidth "
+               f"{launch['copy']['bytes_per_s'] / 1e12:.2f} TB/s (read+write) | bf16 matmul "
+               f"{launch['matmul']['flops_per_s'] / 1e12:.0f} TFLOP/s")
+    out += launch.get("notes", [])
+    return "\n".join(out)

@@ -1,0 +1,163 @@
+"""Results: runs are rows; every run records where and how it was measured.
+
+A run lives in `<out>/<run-id>/`: `run.json` (config, environment, totals, rows, and whatever
+else the command measured) and `<kind>.csv` (one row per batch size, columns in row-field
+order). Files are written to a temporary name and renamed, so an interrupted run never leaves
+a half-written file.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5,
+                               cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _nvidia_smi(fields: str) -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def environment(device=None) -> dict:
+    """GPU, driver, clocks, library versions, git revision, the exact command, the date."""
+    import torch
+    env = dict(
+        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        python=platform.python_version(),
+        platform=platform.platform(),
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        git=git_revision(),
+        gpu=None,
+    )
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    try:
+        import cupy
+        env["cupy"] = cupy.__version__
+    except ImportError:
+        env["cupy"] = None
+    if torch.cuda.is_available():
+        idx = torch.device(device or "cuda").index or 0
+        p = torch.cuda.get_device_properties(idx)
+        env.update(gpu=p.name, sm_count=p.multi_processor_count,
+                   gpu_memory_bytes=p.total_memory, capability=f"{p.major}.{p.minor}")
+        smi = _nvidia_smi("driver_version,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,"
+                          "power.limit,temperature.gpu")
+        if smi:
+            keys = ("driver", "clock_sm_mhz", "clock_mem_mhz", "clock_max_sm_mhz",
+                    "clock_max_mem_mhz", "power_limit", "temperature_c")
+            env.update(zip(keys, [v.strip() for v in smi.split(",")]))
+    return env
+
+
+def run_id(kind: str, env: dict, tag: str = "") -> str:
+    gpu = re.sub(r"[^a-z0-9]+", "-", (env.get("gpu") or "cpu").lower()).strip("-")
+    gpu = gpu.replace("nvidia-", "")
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    parts = [stamp, kind, tag, gpu]
+    return "-".join(p for p in parts if p)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    for r in rows[1:]:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _flat(v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _flat(v):
+    return json.dumps(v) if isinstance(v, (dict, list)) else v
+
+
+def write_run(out_dir: Path, run: dict, csv_name: str = "sweep.csv") -> Path:
+    """Write run.json and the rows' CSV into out_dir (created); returns out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "run.json", json.dumps(run, indent=2, default=_json_default) + "\n")
+    if run.get("rows"):
+        atomic_write(out_dir / csv_name, rows_to_csv(run["rows"]))
+    return out_dir
+
+
+def _json_default(o):
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def load_run(path) -> dict:
+    """Read a run from its folder or its run.json; ValueError with a one-line reason if not."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "run.json"
+    if not p.is_file():
+        raise ValueError(f"no run found at {path} (expected a run folder or its run.json)")
+    try:
+        run = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p} is not valid JSON: {e}") from None
+    if not isinstance(run, dict) or "config" not in run:
+        raise ValueError(f"{p} is not a microbench run (no 'config')")
+    return run
+
+
+def check_writable(out: Path) -> None:
+    """Raise ValueError if `out` cannot be created or written (tries both, leaves the folder)."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to {out} ({e.strerror or e})") from None

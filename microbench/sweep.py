@@ -1,0 +1,234 @@
+"""The sweep: eager against graph step time per batch size, with everything a run must record.
+
+Step time is decode-loop latency: each step is followed by a synchronise, because a real engine
+needs the step's logits on the host (to sample) before it can launch the next step. Eager steps
+therefore pay every kernel launch on the critical path, which is what graphs remove.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from microbench.config import MAX_BATCH, MAX_CONTEXT, DTYPES, ModelShape, PRESETS
+from microbench.graphs import MODES
+from microbench.ladder import LADDERS, parse_int_list, resolve_ladder
+
+DEFAULT_BS = (1, 4, 16, 64)
+
+
+class GPURequired(RuntimeError):
+    """Raised by commands that need CUDA on a machine without it."""
+
+
+def require_cuda(command: str):
+    import torch
+    if not torch.cuda.is_available():
+        raise GPURequired(f"`microbench {command}` needs a CUDA GPU and none was found; "
+                          f"`microbench ladder`, `model` and `show` work without one")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    bs: tuple = DEFAULT_BS
+    preset: str = "opt-125m"
+    mode: str = "full"
+    ladder: str = "vllm"
+    context: int = 512
+    dtype: str = "bfloat16"
+    steps: int = 10            # steps per timing sample
+    time_budget: float = 1.0   # seconds per measured figure, at most (at least 10 samples)
+    backend: str = "triton"
+    seed: int = 0
+    out: str = "results"
+
+    def validate(self) -> "SweepConfig":
+        """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
+        if not self.bs:
+            raise ValueError("--bs: give at least one batch size")
+        for b in self.bs:
+            if not isinstance(b, int) or not 1 <= b <= MAX_BATCH:
+                raise ValueError(f"--bs: {b!r} is out of range; batch sizes are 1..{MAX_BATCH}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"--preset: unknown preset {self.preset!r}; choose one of "
+                             f"{', '.join(PRESETS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"--mode: {self.mode!r}; choose one of {', '.join(MODES)}")
+        if not 1 <= self.context <= MAX_CONTEXT:
+            raise ValueError(f"--context: {self.context} is out of range; 1..{MAX_CONTEXT}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype: {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.steps < 1:
+            raise ValueError(f"--steps: must be >= 1, got {self.steps}")
+        if not self.time_budget > 0:
+            raise ValueError(f"--time-budget: must be > 0 seconds, got {self.time_budget}")
+        try:
+            sizes = self.ladder_sizes()
+        except ValueError as e:
+            raise ValueError(f"--ladder: {e}; use vllm, sglang, pow2 or a list like 1,2,4,8") from None
+        if sizes[-1] > MAX_BATCH:
+            raise ValueError(f"--ladder: size {sizes[-1]} is above the limit {MAX_BATCH}")
+        return self
+
+    def ladder_sizes(self) -> list[int]:
+        return resolve_ladder(self.ladder, max(self.bs))
+
+    @property
+    def shape(self) -> ModelShape:
+        return PRESETS[self.preset]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_bs(text: str) -> tuple:
+    return tuple(parse_int_list(text, "batch sizes"))
+
+
+def _max_seq(context: int) -> int:
+    # room for the new token; a multiple of 64 keeps attention's tiles whole
+    return -(-(context + 1) // 64) * 64
+
+
+def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> dict:
+    """Run the sweep; returns the run dict (config, env, launch, capture, rows, totals).
+    on_row(row) after each batch size, on_run(run) whenever the run changes (to save it),
+    on_progress(text) for status lines."""
+    import torch
+
+    from microbench import model as mdl
+    from microbench.decoder import ToyDecoder
+    from microbench.graphs import GraphRunner
+    from microbench.launch import count_kernels, measure_launch
+    from microbench.results import environment
+    from microbench.timing import gpu_time_us, host_time_us, step_time_us
+    from microbench.workload import launch_counts, step_bytes, step_kernels
+
+    say = on_progress or (lambda s: None)
+    require_cuda("sweep")
+    cfg.validate()
+    t_start = time.perf_counter()
+    dev = torch.device("cuda")
+    shape, dtype = cfg.shape, DTYPES[cfg.dtype]
+    ladder = cfg.ladder_sizes() if cfg.mode != "none" else []
+    max_batch = max(max(cfg.bs), max(ladder, default=1))
+    run = dict(kind="sweep", config=cfg.to_dict(), env=environment(dev), ladder=ladder,
+               shape=shape.to_dict(), rows=[], interrupted=False)
+    run["config"]["preset"] = cfg.preset
+
+    say(f"building {cfg.preset} ({shape.n_params / 1e6:.0f}M params, {cfg.dtype}), "
+        f"max batch {max_batch}, context {cfg.context}")
+    t0 = time.perf_counter()
+    dec = ToyDecoder(shape, backend=cfg.backend, max_batch=max_batch,
+                     max_seq=_max_seq(cfg.context), dtype=dtype, device=dev, seed=cfg.seed)
+    dec.fill_cache(cfg.context)
+    torch.cuda.synchronize()
+    run["build_s"] = time.perf_counter() - t0
+
+    say("measuring launch costs, copy bandwidth and matrix rate")
+    launch = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
+    run["launch"] = launch
+    profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"], source="measured: this run")
+    run["profile"] = profile.to_dict()
+
+    runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=on_progress is not None)
+    cap = runner.capture()
+    run["capture"] = cap
+    run["capture_s"], run["pool_bytes"] = cap["capture_s"], cap["pool_bytes"]
+    elt = torch.finfo(dtype).bits // 8
+    kernels = step_kernels(shape, cfg.bs[0], cfg.context, elt, dec.attention_launches(cfg.bs[0]))
+    run["kernels_per_step"] = dict(planned=launch_counts(kernels))
+    kw = dict(budget_s=cfg.time_budget)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+    try:
+        for bs in cfg.bs:
+            tokens = torch.randint(shape.vocab, (bs,), generator=gen, device=dev)
+            positions = torch.full((bs,), cfg.context, dtype=torch.long, device=dev)
+            slots = torch.arange(bs, dtype=torch.long, device=dev)
+            eager = lambda: dec.step(tokens, positions, slots)
+            graph = lambda: runner.step(tokens, positions, slots)
+            padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
+            if bs == cfg.bs[0]:
+                # The profiler sees every kernel a graph replay runs: the graph's kernel nodes.
+                run["kernels_per_step"]["measured"] = count_kernels(eager)
+                run["kernels_per_step"]["graph_kernels"] = count_kernels(graph) if padded else None
+            say(f"bs {bs}: eager")
+            e_gpu, e_wall = step_time_us(eager, inner=cfg.steps, sync_each=True, **kw)
+            e_host = host_time_us(eager, **kw)
+            row = dict(bs=bs, padded_bs=padded, ran_as="eager" if padded is None else cfg.mode,
+                       eager_step_us=e_wall.median, eager_p20=e_wall.p20,
+                       eager_p80=e_wall.p80, eager_n=e_wall.n, eager_host_us=e_host.median)
+            if cfg.mode != "none":
+                say(f"bs {bs}: graph")
+                want = eager().float()
+                got = graph().float()
+                g_gpu, g_wall = step_time_us(graph, inner=cfg.steps, sync_each=True, **kw)
+                g_busy = gpu_time_us(graph, inner=cfg.steps, **kw)
+                g_host = host_time_us(graph, **kw)
+                row.update(graph_step_us=g_wall.median, graph_p20=g_wall.p20,
+                           graph_p80=g_wall.p80, graph_n=g_wall.n,
+                           graph_gpu_us=g_busy.median, graph_host_us=g_host.median,
+                           speedup=e_wall.median / g_wall.median,
+                           max_abs_diff=float((got - want).abs().max()))
+            else:
+                row.update(graph_step_us=None, speedup=None)
+            best = row["graph_step_us"] or row["eager_step_us"]
+            row.update(eager_tok_s=bs / row["eager_step_us"] * 1e6,
+                       graph_tok_s=(bs / row["graph_step_us"] * 1e6) if row["graph_step_us"] else None)
+            row.update(eager_tok_s_per_seq=row["eager_tok_s"] / bs,
+                       graph_tok_s_per_seq=(row["graph_tok_s"] / bs) if row["graph_tok_s"] else None,
+                       padding_waste=((padded - bs) / padded) if padded else 0.0)
+            nbytes = step_bytes(shape, bs, cfg.context, elt)
+            row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6),
+                       graph_mbu=nbytes / (best * 1e-6) / profile.copy_bw)
+            pred = mdl.predict(shape, bs, cfg.context, profile, padded=padded or bs, elt=elt,
+                               attn_launches=dec.attention_launches(bs),
+                               padded_attn_launches=dec.attention_launches(padded or bs))
+            row.update(predicted_eager_step_us=pred["predicted_eager_step_us"],
+                       predicted_graph_step_us=pred["predicted_graph_step_us"],
+                       predicted_speedup=pred["predicted_speedup"])
+            if row.get("speedup"):
+                row["speedup_error"] = row["predicted_speedup"] / row["speedup"] - 1
+            run["rows"].append(row)
+            if on_row:
+                on_row(row)
+            if on_run:
+                on_run(run)
+        if cfg.mode != "none":
+            one = runner.dispatcher.pad(cfg.bs[0])
+            if one:
+                toks = torch.zeros(cfg.bs[0], dtype=torch.long, device=dev)
+                pos = torch.full_like(toks, cfg.context)
+                sl = torch.arange(cfg.bs[0], device=dev)
+                run["runner_host_us"] = host_time_us(lambda: runner.step(toks, pos, sl), **kw).to_dict()
+        run["runner_counts"] = dict(runner.counts)
+    except KeyboardInterrupt:
+        run["interrupted"] = True
+    run["shape_check"] = check_shape(run["rows"])
+    run["wall_s"] = time.perf_counter() - t_start
+    runner.close()
+    if on_run:
+        on_run(run)
+    return run
+
+
+def check_shape(rows: list[dict], noise: float = 0.03) -> dict:
+    """Do measured speedups hold the published shape? Largest at the smallest batch, not
+    increasing with batch size beyond `noise` (relative), never below 1 - noise."""
+    sp = [(r["bs"], r.get("speedup")) for r in rows if r.get("speedup")]
+    if not sp:
+        return dict(held=None, why="no graph rows")
+    sp.sort()
+    vals = [s for _, s in sp]
+    largest_first = vals[0] >= max(vals) * (1 - noise)
+    monotone = all(b <= a * (1 + noise) for a, b in zip(vals, vals[1:]))
+    above_one = min(vals) >= 1 - noise
+    held = largest_first and monotone and above_one
+    why = []
+    if not largest_first:
+        why.append("speedup is not largest at the smallest batch")
+    if not monotone:
+        why.append("speedup rises with batch size beyond noise")
+    if not above_one:
+        why.append("a graph step is slower than eager")
+    return dict(held=held, largest_at_smallest=largest_first, non_increasing=monotone,
+                never_below_one=above_one, noise=noise, why="; ".join(why) or "held")

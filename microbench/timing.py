@@ -1,0 +1,155 @@
+"""Timing: quantiles, adaptive repetition, GPU time from CUDA events, host time apart.
+
+What is warm and what is cold: every timed figure is *warm*. Before sampling, the callable runs
+`warmup` times, so Triton's JIT compilation, cuBLAS heuristics, the allocator's first cudaMalloc
+calls and the GPU's clock ramp are behind us. Cold costs (compilation, capture) are measured
+once, on their own, and reported as set-up seconds, never mixed into step times.
+
+A trap this module is built around: CUDA events around one small launched kernel measure the
+host's enqueue latency, not the kernel. GPU time is therefore taken over `inner` back-to-back
+calls between two events and divided by `inner`: the GPU drains the queue while the host keeps
+it full, so the figure is the GPU's time per call when the GPU is the bottleneck, and the host's
+when the host is (that is the honest step time of an eager decoder). Host cost of one call is
+measured separately, synchronised before each sample, so it never waits on a full queue.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+QUANTILES = (0.5, 0.2, 0.8)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Median, p20 and p80 of n samples (microseconds unless said otherwise)."""
+    median: float
+    p20: float
+    p80: float
+    n: int
+
+    @property
+    def spread(self) -> float:
+        """(p80 - p20) / median: the relative spread used to decide when to stop."""
+        return (self.p80 - self.p20) / self.median if self.median else 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def quantile(sorted_xs, q: float) -> float:
+    """Linear-interpolated quantile of an already sorted, non-empty sequence."""
+    if not sorted_xs:
+        raise ValueError("quantile of no samples")
+    pos = q * (len(sorted_xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def summarize(samples) -> Stats:
+    xs = sorted(float(x) for x in samples)
+    return Stats(median=statistics.median(xs), p20=quantile(xs, 0.2), p80=quantile(xs, 0.8),
+                 n=len(xs))
+
+
+def settle(sample, min_samples: int = 10, max_samples: int = 200, budget_s: float = 2.0,
+           threshold: float = 0.03) -> Stats:
+    """Call `sample()` (returns one measurement) until the spread (p80 - p20)/median of the
+    samples so far is under `threshold` with at least `min_samples`, or `max_samples` are
+    taken, or `budget_s` seconds have passed (at least `min_samples` are always taken)."""
+    xs, t_end = [], time.perf_counter() + budget_s
+    while len(xs) < max_samples:
+        xs.append(sample())
+        if len(xs) >= min_samples and (time.perf_counter() > t_end or
+                                       summarize(xs).spread < threshold):
+            break
+    return summarize(xs)
+
+
+def gpu_time_us(fn, inner: int = 20, warmup: int = 5, **settle_kw) -> Stats:
+    """GPU time per call of `fn`, from CUDA events around `inner` back-to-back calls."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def sample():
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e3 / inner
+
+    return settle(sample, **settle_kw)
+
+
+def step_time_us(fn, inner: int = 20, warmup: int = 5, sync_each: bool = False,
+                 **settle_kw) -> tuple[Stats, Stats]:
+    """(GPU time, wall time) per call over `inner` calls, from the same samples: CUDA events
+    give the GPU's time; perf_counter up to the end event's completion gives what a caller
+    waiting for the results sees. With `sync_each`, every call is followed by a synchronise
+    (a decode loop that needs each step's logits). Settles on the wall time's spread."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    gpus = []
+
+    def sample():
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        start.record()
+        for _ in range(inner):
+            fn()
+            if sync_each:
+                torch.cuda.synchronize()
+        end.record()
+        end.synchronize()
+        gpus.append(start.elapsed_time(end) * 1e3 / inner)
+        return (time.perf_counter() - t0) * 1e6 / inner
+
+    wall = settle(sample, **settle_kw)
+    return summarize(gpus), wall
+
+
+def wall_time_us(fn, inner: int = 20, warmup: int = 5, **settle_kw) -> Stats:
+    """Wall time per call of `fn` over `inner` back-to-back calls, synchronised at both ends:
+    what a caller waiting for results sees (tokens/s comes from this)."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+
+    def sample():
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e6 / inner
+
+    return settle(sample, **settle_kw)
+
+
+def host_time_us(fn, inner: int = 1, warmup: int = 5, sync=None, **settle_kw) -> Stats:
+    """Host time of `inner` calls of `fn` (per call), with `sync()` (default: CUDA
+    synchronise) before each sample so the call never waits on a full launch queue."""
+    if sync is None:
+        import torch
+        sync = torch.cuda.synchronize
+    for _ in range(warmup):
+        fn()
+    sync()
+
+    def sample():
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - t0) * 1e6 / inner
+
+    return settle(sample, **settle_kw)

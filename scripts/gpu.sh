@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One call on the lent GPU machine: install, run the GPU test suite, then the benchmarks named
+# in $STAGES (default: tests kernels sweep). Full logs and the new results go under $OUT
+# (results packed into one tar); a short table is printed last.
+#   usage (on the device):  bash scripts/gpu.sh [stage ...]
+#   stages: tests, kernels, sweep, sweep3 (three back-to-back default sweeps), launch
+set -u -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+stages=${*:-tests kernels sweep}
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+  || { cat "$OUT/install.log"; exit 1; }
+{ nvidia-smi; python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } \
+  >"$OUT/device.txt" 2>&1
+head -20 "$OUT/device.txt"
+new=$(mktemp -d)
+summary=()
+for st in $stages; do
+  t0=$(date +%s)
+  case $st in
+    tests)
+      python3 -m pytest tests -x -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -15
+      rc=$?; summary+=("tests: $(tail -1 "$OUT/tests.log")") ;;
+    kernels)
+      microbench kernels --out "$new" 2>&1 | tee "$OUT/kernels.log"; rc=$? ;;
+    launch)
+      microbench launch --out "$new" 2>&1 | tee "$OUT/launch.log"; rc=$? ;;
+    sweep)
+      for p in opt-125m llama-1b; do
+        /usr/bin/time -f "wall %e s" microbench sweep --bs 1,4,16,64 --preset $p --out "$new" \
+          2>&1 | tee "$OUT/sweep-$p.log"
+      done; rc=$? ;;
+    sweep3)
+      for i in 1 2 3; do microbench sweep --out "$new" --quiet 2>&1 | tee "$OUT/sweep3-$i.log"; done; rc=$? ;;
+    *) echo "unknown stage $st"; rc=2 ;;
+  esac
+  summary+=("$st: rc=$rc in $(( $(date +%s) - t0 )) s")
+done
+(cd "$new" && tar cf "$OUT/results.tar" .)
+echo "== summary"; printf '%s\n' "${summary[@]}"

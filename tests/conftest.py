@@ -1,0 +1,30 @@
+"""Test configuration.
+
+Without CUDA, Triton kernels run under Triton's CPU interpreter: TRITON_INTERPRET must be set
+before any `@triton.jit` function is defined, so it is set here, before the test modules (and
+through them `kernels`) are imported. With CUDA the kernels run compiled on the GPU.
+`gpu`-marked tests are skipped when CUDA is absent.
+"""
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def device():
+    """Where kernels run in this session: CUDA when present, else the CPU interpreter."""
+    return torch.device("cuda" if HAS_CUDA else "cpu")

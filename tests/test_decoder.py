@@ -1,0 +1,143 @@
+"""The toy decoder on the CPU (Triton kernels under the interpreter) or on CUDA when present."""
+import pytest
+import torch
+
+from microbench.config import PRESETS, ModelShape
+from microbench.decoder import ToyDecoder
+from microbench.workload import launch_counts, step_kernels
+
+TINY = PRESETS["tiny"]
+
+
+def make(backend="triton", device="cpu", dtype=torch.float32, max_batch=4, max_seq=32, seed=0):
+    return ToyDecoder(TINY, backend=backend, max_batch=max_batch, max_seq=max_seq, dtype=dtype,
+                      device=device, seed=seed)
+
+
+def inputs(bs, pos, device, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(TINY.vocab, (bs,), generator=g).to(device)
+    positions = torch.full((bs,), pos, dtype=torch.long, device=device)
+    slots = torch.arange(bs, dtype=torch.long, device=device)
+    return tokens, positions, slots
+
+
+def test_backends_agree(device):
+    a, b = make("triton", device), make("torch", device)
+    for dec in (a, b):
+        dec.fill_cache(9)
+    t, p, s = inputs(3, 9, device)
+    la, lb = a.step(t, p, s), b.step(t, p, s)
+    assert la.shape == (3, TINY.vocab) and torch.isfinite(la).all()
+    # fp32 throughout; the two backends differ only in summation order
+    torch.testing.assert_close(la, lb, atol=2e-4, rtol=2e-4)
+
+
+def _rope_full(x, pos, theta):
+    # x [T, H, D], NeoX halves, positions 0..T-1
+    D = x.shape[-1]
+    inv = theta ** (-torch.arange(0, D // 2, dtype=torch.float64) * 2 / D)
+    ang = (pos[:, None].double() * inv[None, :]).float()                  # [T, D/2]
+    cos, sin = ang.cos()[:, None, :], ang.sin()[:, None, :]
+    x1, x2 = x[..., :D // 2], x[..., D // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def _rms(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def full_forward(dec: ToyDecoder, tokens):
+    """Independent fp32 forward over a whole sequence with causal attention (no KV cache)."""
+    s = dec.shape
+    T = len(tokens)
+    pos = torch.arange(T)
+    cpu = lambda t: t.detach().float().cpu()
+    h = cpu(dec.embed)[tokens]
+    for L in dec.layers:
+        L = {k: cpu(v) for k, v in L.items()}
+        x = _rms(h, L["attn_norm"].float(), s.norm_eps)
+        qkv = x @ L["wqkv"].float().T
+        q = qkv[:, :s.q_size].view(T, s.n_heads, s.head_dim)
+        k = qkv[:, s.q_size:s.q_size + s.kv_size].view(T, s.n_kv_heads, s.head_dim)
+        v = qkv[:, s.q_size + s.kv_size:].view(T, s.n_kv_heads, s.head_dim)
+        q, k = _rope_full(q, pos, s.rope_theta), _rope_full(k, pos, s.rope_theta)
+        g = s.n_heads // s.n_kv_heads
+        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+        att = torch.einsum("thd,uhd->htu", q, k) * s.head_dim ** -0.5
+        att = att.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+        o = torch.einsum("htu,uhd->thd", att.softmax(-1), v).reshape(T, s.q_size)
+        h = h + o @ L["wo"].float().T
+        x = _rms(h, L["ffn_norm"].float(), s.norm_eps)
+        gu = x @ L["wgu"].float().T
+        a, b = gu[:, :s.ffn], gu[:, s.ffn:]
+        h = h + (torch.nn.functional.silu(a) * b) @ L["wdown"].float().T
+    return _rms(h, cpu(dec.final_norm), s.norm_eps) @ cpu(dec.embed).T
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_token_by_token_equals_full_causal_attention(backend, device):
+    dec = make(backend, device, max_batch=3, max_seq=24, seed=5)
+    tokens = torch.randint(TINY.vocab, (11,), generator=torch.Generator().manual_seed(7))
+    want = full_forward(dec, tokens)
+    slot = torch.tensor([2], device=device)
+    for i, tok in enumerate(tokens.tolist()):
+        got = dec.step(torch.tensor([tok], device=device), torch.tensor([i], device=device), slot)
+        torch.testing.assert_close(got[0].cpu(), want[i], atol=3e-4, rtol=3e-4)
+
+
+def test_step_leaves_other_slots_bit_identical(device):
+    dec = make("triton", device, max_batch=4, max_seq=16)
+    dec.fill_cache(6)
+    before = [c.clone() for c in (*dec.k_cache, *dec.v_cache)]
+    t, p, _ = inputs(1, 6, device)
+    dec.step(t, p, torch.tensor([1], device=device))
+    for b, c in zip(before, (*dec.k_cache, *dec.v_cache)):
+        changed = (b != c)
+        assert changed[1, :, 6].any()                     # the new token was written
+        changed[1, :, 6] = False
+        assert not changed.any()                          # and nothing else moved
+
+
+def test_pieces_compose_to_the_step(device):
+    dec = make("triton", device)
+    dec.fill_cache(5)
+    t, p, s = inputs(2, 5, device)
+    want = dec.step(t, p, s)
+    seq = dec.seq_lens_for(p)
+    o = torch.empty(2, TINY.n_heads, TINY.head_dim, device=device)
+    res = None
+    for i in range(dec.n_pieces - 1):
+        q, res = dec.piece(i, t, p, s, o=o if i else None, residual=res)
+        dec.attention(i, q, s, seq, out=o)
+    got = dec.piece(dec.n_pieces - 1, t, p, s, o=o, residual=res)
+    assert torch.equal(got, want)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="backend"):
+        ToyDecoder(TINY, backend="jax", device="cpu")
+    with pytest.raises(ValueError, match="max_batch"):
+        ToyDecoder(TINY, max_batch=0, device="cpu")
+    with pytest.raises(ValueError, match="context"):
+        make().fill_cache(1000)
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        ModelShape("bad", 1, 8, n_heads=3, n_kv_heads=2, head_dim=4, ffn=8, vocab=8)
+    with pytest.raises(ValueError, match="unknown preset"):
+        ModelShape.from_name("gpt-9")
+
+
+def test_presets_have_real_shapes():
+    s = PRESETS["llama-8b"]
+    assert (s.n_layers, s.hidden, s.n_heads, s.n_kv_heads, s.head_dim, s.ffn, s.vocab) == \
+        (32, 4096, 32, 8, 128, 14336, 128256)
+    assert PRESETS["opt-125m"].vocab == 50272 and PRESETS["llama-1b"].n_kv_heads == 8
+
+
+def test_planned_launches_match_the_decoder():
+    dec = make()
+    n = launch_counts(step_kernels(TINY, 1, 8, attn_launches=dec.attention_launches(1)))
+    assert n == dec.launches_per_step(1)
+    L = TINY.n_layers
+    assert n["cublas"] == 4 * L + 1 and n["torch"] == 3
+    assert n["triton"] == L * (5 + dec.attention_launches(1)) + 1

@@ -1,0 +1,194 @@
+"""GPU tests: graph replay equals eager execution, padding is harmless, pools are freed."""
+import gc
+import json
+import warnings
+
+import pytest
+import torch
+
+from microbench.config import PRESETS
+from microbench.decoder import ToyDecoder
+from microbench.graphs import GraphRunner
+
+pytestmark = pytest.mark.gpu
+CTX = 40
+
+
+def make(preset, max_batch, backend="triton", dtype=torch.bfloat16, seed=0):
+    dec = ToyDecoder(PRESETS[preset], backend=backend, max_batch=max_batch, max_seq=64,
+                     dtype=dtype, device="cuda", seed=seed)
+    dec.fill_cache(CTX)
+    return dec
+
+
+def inputs(bs, vocab, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    tokens = torch.randint(vocab, (bs,), generator=g, device="cuda")
+    positions = torch.randint(1, CTX, (bs,), generator=g, device="cuda")  # ragged histories
+    slots = torch.randperm(bs, generator=g, device="cuda")
+    return tokens, positions, slots
+
+
+def test_backends_agree_on_opt125m():
+    a = make("opt-125m", 8, "triton", torch.float32)
+    b = make("opt-125m", 8, "torch", torch.float32)
+    t, p, s = inputs(5, a.shape.vocab)
+    # fp32 (no TF32: torch's default for matmuls); the backends differ in summation order only
+    torch.testing.assert_close(a.step(t, p, s), b.step(t, p, s), atol=1e-3, rtol=1e-3)
+
+
+SIZES = [1, 2, 4, 8, 16]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "opt-125m"])
+@pytest.mark.parametrize("mode", ["none", "full", "piecewise"])
+def test_replay_equals_eager_for_every_batch(preset, mode):
+    max_b = SIZES[-1] + 8
+    dec = make(preset, max_b)
+    ref = make(preset, max_b)  # same seed: same weights and cache, run eagerly
+    runner = GraphRunner(dec, SIZES, mode=mode, progress=False)
+    runner.capture()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # bs above 16 falls back, by design
+        for bs in range(1, max_b + 1):
+            # start every batch from the same cache on both sides (copies keep addresses)
+            for ck, rk in zip(dec.k_cache + dec.v_cache, ref.k_cache + ref.v_cache):
+                ck.copy_(rk)
+            t, p, s = inputs(bs, dec.shape.vocab, seed=bs)
+            got = runner.step(t, p, s)
+            want = ref.step(t, p, s)
+            padded = runner.dispatcher.pad(bs)
+            if padded in (None, bs) or mode == "none":
+                # the same kernels on the same shapes: bitwise equal
+                assert torch.equal(got, want), (bs, (got.float() - want.float()).abs().max())
+            else:
+                # padded rows change the matmul and attention-split shapes, hence rounding;
+                # bf16 logits of magnitude ~5 have an ulp of 1/32
+                torch.testing.assert_close(got.float(), want.float(), atol=0.1, rtol=0.02)
+            # every real sequence's cache holds exactly what eager wrote, except where the
+            # padded batch's matmul rounded differently (same tolerance as above)
+            for ck, rk in zip(dec.k_cache + dec.v_cache, ref.k_cache + ref.v_cache):
+                real = s.long()
+                if padded in (None, bs) or mode == "none":
+                    assert torch.equal(ck[real], rk[real])
+                else:
+                    torch.testing.assert_close(ck[real].float(), rk[real].float(), atol=0.05, rtol=0.02)
+    c = runner.counts
+    n_graph = 0 if mode == "none" else SIZES[-1]
+    assert c["replays"] == n_graph and c["fallbacks"] == (0 if mode == "none" else max_b - SIZES[-1])
+    assert c["padded_rows"] == sum(runner.dispatcher.pad(b) - b for b in range(1, n_graph + 1))
+    runner.close()
+
+
+def test_padded_replay_never_touches_other_slots():
+    dec = make("tiny", 16)
+    runner = GraphRunner(dec, [8], progress=False)
+    runner.capture()
+    before = [c.clone() for c in dec.k_cache + dec.v_cache]
+    t, p, _ = inputs(3, dec.shape.vocab)
+    s = torch.tensor([5, 0, 9], device="cuda")
+    runner.step(t, p, s)
+    for b, c in zip(before, dec.k_cache + dec.v_cache):
+        diff = b != c
+        for i in range(3):
+            diff[s[i], :, p[i]] = False          # the real rows' new tokens
+        diff[dec.scratch_slot] = False           # the padded rows' writes
+        assert not diff.any()
+
+
+def test_pool_is_freed_when_runner_is_dropped():
+    dec = make("opt-125m", 32)
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    start = torch.cuda.memory_reserved()
+    runner = GraphRunner(dec, [1, 2, 4, 8, 16, 32], progress=False)
+    rep = runner.capture()
+    assert rep["pool_bytes"] > 0 and all(s["pool_bytes"] >= 0 for s in rep["sizes"])
+    assert rep["sizes"][-1]["pool_bytes"] > 0  # the largest size, captured first, grew the pool
+    runner.step(*inputs(3, dec.shape.vocab))
+    runner.close()
+    del runner
+    gc.collect()
+    torch.cuda.empty_cache()
+    assert abs(torch.cuda.memory_reserved() - start) <= 1 << 20
+
+
+def test_separate_pools_hold_more_than_one_shared_pool():
+    dec = make("opt-125m", 32)
+    sizes = [1, 2, 4, 8, 16, 32]
+    shared = GraphRunner(dec, sizes, pool="shared", progress=False)
+    a = shared.capture()["pool_bytes"]
+    shared.close()
+    separate = GraphRunner(dec, sizes, pool="separate", progress=False)
+    b = separate.capture()["pool_bytes"]
+    separate.close()
+    assert b > a > 0
+
+
+def test_out_of_memory_skips_a_size_and_captures_the_rest():
+    dec = make("opt-125m", 512)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    # Leave ~48 MiB above what is reserved now: the 512 graph's logits alone need 49 MiB.
+    frac = (torch.cuda.memory_reserved() + (48 << 20)) / total
+    runner = GraphRunner(dec, [1, 2, 4, 512], progress=False)
+    torch.cuda.set_per_process_memory_fraction(frac)
+    try:
+        with pytest.warns(RuntimeWarning, match="out of device memory"):
+            rep = runner.capture()
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert rep["skipped"] == [512] and sorted(runner.entries) == [1, 2, 4]
+    t, p, s = inputs(3, dec.shape.vocab)
+    ref = make("opt-125m", 512)
+    torch.testing.assert_close(runner.step(t, p, s).float(), ref.step(t, p, s).float(),
+                               atol=0.1, rtol=0.02)
+    runner.close()
+
+
+def test_debug_flag_catches_moved_inputs():
+    dec = make("tiny", 8)
+    runner = GraphRunner(dec, [4], debug=True, progress=False)
+    runner.capture()
+    t, p, s = inputs(2, dec.shape.vocab)
+    runner.step(t, p, s)                      # addresses as captured: fine
+    runner._in = runner._in.clone()           # simulate a static buffer that moved
+    with pytest.raises(RuntimeError, match="moved"):
+        runner.step(t, p, s)
+
+
+def test_graph_replay_runs_the_eager_kernels():
+    from microbench.launch import count_kernels
+    dec = make("tiny", 4)
+    runner = GraphRunner(dec, [2], progress=False)
+    runner.capture()
+    t, p, s = inputs(2, dec.shape.vocab)
+    eager = count_kernels(lambda: dec.step(t, p, s))
+    # the plan counts one kernel per cuBLAS call; cuBLAS may add a split-K reduction
+    assert eager >= sum(dec.launches_per_step(2).values())
+    assert count_kernels(lambda: runner.step(t, p, s)) == eager
+    runner.close()
+
+
+def test_short_sweep_end_to_end(tmp_path):
+    from click.testing import CliRunner
+
+    from microbench.cli import main
+    from microbench.results import load_run
+    r = CliRunner().invoke(main, ["sweep", "--preset", "tiny", "--bs", "1,3", "--context", "32",
+                                  "--time-budget", "0.05", "--steps", "2", "--out", str(tmp_path),
+                                  "--quiet"])
+    assert r.exit_code == 0, r.output
+    (run_dir,) = list(tmp_path.iterdir())
+    run = load_run(run_dir)
+    assert [row["bs"] for row in run["rows"]] == [1, 3]
+    row = run["rows"][1]
+    assert row["padded_bs"] == 4 and row["ran_as"] == "full" and row["speedup"] > 0
+    for k in ("eager_step_us", "graph_step_us", "eager_tok_s", "graph_tok_s",
+              "predicted_speedup"):
+        assert row[k] > 0
+    assert run["env"]["gpu"] and run["capture_s"] > 0 and run["pool_bytes"] > 0
+    assert (run_dir / "sweep.csv").read_text().startswith("bs,padded_bs")
+    json.dumps(run)

@@ -1,0 +1,114 @@
+"""The analytic model on hand-computed cases, and its byte and flop counts against the decoder."""
+import pytest
+import torch
+
+from microbench import model as mdl
+from microbench.config import PRESETS
+from microbench.decoder import ToyDecoder
+from microbench.model_cli import model_rows, resolve_profile
+from microbench.workload import step_bytes, step_kernels
+
+TINY = PRESETS["tiny"]
+
+
+def profile(**kw):
+    base = dict(name="test", source="test", copy_bw=1e30, matmul_flops=1e30,
+                launch_host_us=dict(torch=10.0, cublas=10.0, triton=10.0), kernel_min_us=1.0,
+                replay_host_us=7.0, replay_gpu_fixed_us=2.0, sync_us=0.0, n_input_copies=3)
+    base.update(kw)
+    return mdl.DeviceProfile(**base)
+
+
+def test_launch_bound_case_by_hand():
+    p = profile()
+    n = len(step_kernels(TINY, 1, 8))
+    # Every kernel takes 1 us on the GPU but 10 us to enqueue: the GPU idles between launches,
+    # and the step ends 1 us after the last launch.
+    assert mdl.eager_step_us(TINY, 1, 8, p) == pytest.approx(10 * n + 1)
+    # Graph: 3 input copies (30 us) + one replay call (7) + replay start (2) + n nodes of 1 us.
+    assert mdl.graph_step_us(TINY, 1, 8, p) == pytest.approx(30 + 7 + 2 + n)
+    sp = mdl.predict(TINY, 1, 8, p)["predicted_speedup"]
+    assert sp == pytest.approx((10 * n + 1) / (39 + n))
+
+
+def test_bandwidth_bound_case_by_hand():
+    # Free launches, 1 GB/s: each kernel takes bytes/1e9 s and the GPU never waits.
+    p = profile(copy_bw=1e9, kernel_min_us=0.0, launch_host_us=dict(torch=0.0, cublas=0.0, triton=0.0),
+                replay_host_us=0.0, replay_gpu_fixed_us=0.0)
+    total_us = step_bytes(TINY, 4, 8) / 1e9 * 1e6
+    assert mdl.eager_step_us(TINY, 4, 8, p) == pytest.approx(total_us)
+    assert mdl.graph_step_us(TINY, 4, 8, p) == pytest.approx(total_us)
+    assert mdl.predict(TINY, 4, 8, p)["predicted_speedup"] == pytest.approx(1.0)
+
+
+def test_padding_costs_the_padded_size():
+    p = profile(copy_bw=1e9, kernel_min_us=0.0)
+    assert mdl.graph_step_us(TINY, 37, 8, p, padded=64) == pytest.approx(
+        mdl.graph_step_us(TINY, 64, 8, p))
+    assert mdl.graph_step_us(TINY, 37, 8, p, padded=64) > mdl.graph_step_us(TINY, 37, 8, p)
+
+
+def test_crossover_matches_brute_force():
+    shape = PRESETS["opt-125m"]
+    p = profile(copy_bw=2e12, matmul_flops=5e14, kernel_min_us=2.0,
+                launch_host_us=dict(torch=4.0, cublas=6.0, triton=8.0))
+    c = mdl.crossover(shape, 512, p, below=1.2)
+    sp = lambda b: mdl.predict(shape, b, 512, p)["predicted_speedup"]
+    assert c is not None and sp(c) < 1.2 <= sp(c - 1)
+    assert sp(1) > sp(c)
+
+
+def test_break_even_steps():
+    assert mdl.break_even_steps(0.5, 900.0, 400.0) == pytest.approx(1000)
+    assert mdl.break_even_steps(0.5, 400.0, 400.0) is None
+
+
+def test_fit_pool():
+    a, c = mdl.fit_pool([(1, 110), (2, 120), (4, 140)])
+    assert a == pytest.approx(100) and c == pytest.approx(10)
+
+
+def test_byte_and_flop_counts_against_the_decoder():
+    dec = ToyDecoder(TINY, backend="torch", max_batch=2, max_seq=16, dtype=torch.float16,
+                     device="cpu")
+    elt = 2
+    weights = [dec.embed, dec.final_norm] + [t for L in dec.layers for t in L.values()]
+    weight_bytes = sum(t.numel() * t.element_size() for t in weights)
+    assert weight_bytes == TINY.n_params * elt
+    ctx = 9
+    b1, b2 = step_bytes(TINY, 1, ctx, elt), step_bytes(TINY, 2, ctx, elt)
+    # Bytes independent of the batch are the weights, each read once per step.
+    assert 2 * b1 - b2 == weight_bytes
+    # Per sequence, attention reads the K and V of ctx + 1 positions in every layer.
+    kv = sum(c[0, :, :ctx + 1].numel() * elt for c in (*dec.k_cache, *dec.v_cache))
+    attn = sum(k.bytes for k in step_kernels(TINY, 1, ctx, elt) if k.name == "decode_attention")
+    assert attn - TINY.n_layers * 2 * TINY.q_size * elt == kv
+    # Matmul flops: 2 per weight element per sequence (the LM head is the tied embedding).
+    mm_weights = sum(L[k].numel() for L in dec.layers for k in ("wqkv", "wo", "wgu", "wdown"))
+    mm_weights += dec.embed.numel()
+    mm_flops = sum(k.flops for k in step_kernels(TINY, 3, ctx, elt) if k.launcher == "cublas")
+    assert mm_flops == 2 * 3 * mm_weights
+
+
+def test_profile_sources(tmp_path):
+    with pytest.raises(ValueError, match="--profile, --gpu"):
+        resolve_profile(None, None, None, None, None)
+    p = resolve_profile(None, "L4", None, None, 3.0)
+    assert p.copy_bw == 300e9 and p.launch_host_us["triton"] == 3.0 and "datasheet" in p.source
+    p = resolve_profile(None, None, 2000, 500, None)
+    assert p.copy_bw == 2e12 and p.matmul_flops == 5e14
+    with pytest.raises(ValueError, match="--profile"):
+        resolve_profile(tmp_path / "none", None, None, None, None)
+
+
+def test_big_models_gain_less():
+    p = mdl.datasheet_profile("H100")
+    small = model_rows(PRESETS["opt-125m"], (1,), 512, "vllm", p)["rows"][0]["predicted_speedup"]
+    big = model_rows(PRESETS["llama-70b"], (1,), 512, "vllm", p)["rows"][0]["predicted_speedup"]
+    assert small > 1.5 and big < 1.1
+
+
+def test_off_ladder_batch_is_eager_in_the_model():
+    p = mdl.datasheet_profile("H100")
+    r = model_rows(TINY, (3, 700), 64, "1,2,4", p)["rows"]
+    assert r[0]["padded_bs"] == 4 and r[1]["padded_bs"] is None and r[1]["predicted_speedup"] == 1.0
