@@ -46,10 +46,14 @@ def _cupy_launcher(x):
     kern = cupy.RawKernel(CUPY_SRC, "add_one")
     cx = cupy.from_dlpack(x)
     n = np.int32(x.numel())
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+    streams = {}  # torch stream handle -> CuPy's view of it, so captures see the launch
 
     def launch():
-        kern((1,), (64,), (cx, n), stream=stream)
+        h = torch.cuda.current_stream().cuda_stream
+        st = streams.get(h)
+        if st is None:
+            st = streams[h] = cupy.cuda.ExternalStream(h)
+        kern((1,), (64,), (cx, n), stream=st)
     return launch
 
 
@@ -72,6 +76,24 @@ def _graph_of(fn, n: int):
             fn()
     torch.cuda.synchronize()
     return g
+
+
+COPY_SIZES = tuple(1 << k for k in range(16, 29, 2))  # 64 KiB .. 256 MiB
+
+
+def copy_curve(device, sizes=COPY_SIZES, reps: int = 10, **kw) -> dict:
+    """Copy time against size, each inside a graph of `reps` copies (no host in it), fitted as
+    t = fixed + bytes_moved / bw: `fixed` is what any kernel pays before bandwidth counts."""
+    src = torch.empty(max(sizes), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    pts = []
+    for n in sizes:
+        g = _graph_of(lambda n=n: dst[:n].copy_(src[:n]), reps)
+        pts.append((2 * n, gpu_time_us(g.replay, inner=5, **kw).median / reps))
+        del g
+    fixed, per_byte = fit_linear(*zip(*pts))
+    return dict(points=[dict(bytes=b, us=t) for b, t in pts], fixed_us=fixed,
+                bytes_per_s=1e6 / per_byte if per_byte > 0 else None)
 
 
 def copy_bandwidth(device, nbytes: int = 1 << 30, **kw) -> dict:
@@ -128,8 +150,50 @@ def measure_launch(device="cuda", budget_s: float = 1.0) -> dict:
     t = result["host_us"]["torch"]["median"]
     result["sync_us"] = dict(median=rt.median - t, p20=rt.p20 - t, p80=rt.p80 - t, n=rt.n)
     result["copy"] = copy_bandwidth(device, **kw)
+    result["copy_curve"] = copy_curve(device, **kw)
     result["matmul"] = matmul_rate(device, **kw)
     return result
+
+
+def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
+    """Host time to enqueue each op of a decode step through the decoder's own call path (its
+    wrappers, at batch b), keyed by the kernel names of `workload.step_kernels`. A Triton
+    launcher's host cost grows with the arguments it must inspect, so a 3-argument kernel's
+    launch cost understates a 30-argument one's; this measures the real ones."""
+    s, ops, dev = dec.shape, dec.ops, dec.device
+    L = dec.layers[0]
+    g = torch.Generator(device=dev).manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g, device=dev).to(dec.dtype)
+    tokens = torch.zeros(b, dtype=torch.long, device=dev)
+    positions = torch.full((b,), 1, dtype=torch.long, device=dev)
+    slots = torch.full((b,), dec.scratch_slot, dtype=torch.long, device=dev)
+    seq = dec.seq_lens_for(positions)
+    x, res = r(b, s.hidden), r(b, s.hidden)
+    qkv = r(b, s.qkv_size)
+    q = qkv[:, :s.q_size].view(b, s.n_heads, s.head_dim)
+    k = qkv[:, s.q_size:s.q_size + s.kv_size].view(b, s.n_kv_heads, s.head_dim)
+    v = qkv[:, s.q_size + s.kv_size:].view(b, s.n_kv_heads, s.head_dim)
+    o, gu, f = r(b, s.n_heads, s.head_dim), r(b, 2 * s.ffn), r(b, s.ffn)
+    fns = {
+        "embedding": lambda: dec.embed[tokens],
+        "seq_lens_add": lambda: positions + 1,
+        "seq_lens_cast": lambda: positions.to(torch.int32),
+        "rmsnorm": lambda: ops.rmsnorm(x, L["attn_norm"], s.norm_eps, residual=res),
+        "qkv_proj": lambda: F.linear(x, L["wqkv"]),
+        "rope": lambda: ops.rope(q, k, positions, s.rope_theta),
+        "store_kv": lambda: ops.store_kv(dec.k_cache[0], dec.v_cache[0], k, v, slots, positions),
+        "decode_attention": lambda: dec.attention(0, q, slots, seq),
+        "o_proj": lambda: F.linear(o.reshape(b, s.q_size), L["wo"]),
+        "gate_up_proj": lambda: F.linear(x, L["wgu"]),
+        "swiglu": lambda: ops.swiglu(gu),
+        "down_proj": lambda: F.linear(f, L["wdown"]),
+        "lm_head": lambda: F.linear(x, dec.embed),
+    }
+    out = {name: host_time_us(fn, inner=10, budget_s=budget_s).to_dict() for name, fn in fns.items()}
+    out["final_norm"] = out["rmsnorm"]
+    # decode_attention's host cost covers both its launches (split and reduce)
+    out["attention_reduce"] = dict(median=0.0, p20=0.0, p80=0.0, n=0)
+    return out
 
 
 def _scaled(st: Stats, f: float) -> dict:

@@ -42,9 +42,18 @@ class DeviceProfile:
     replay_gpu_fixed_us: float = 3.0  # GPU time a replay takes before its first node runs
     sync_us: float = 10.0            # host round trip of a synchronise after the last kernel
     n_input_copies: int = 3          # launches the runner makes before each replay
+    # kernel name -> host us to enqueue it through the decoder's own wrapper (measured)
+    op_host_us: dict = field(default_factory=dict)
+    # GPU time any kernel pays before bandwidth counts: the intercept of copy time vs size
+    kernel_fixed_us: float = 0.0
 
     def host_us(self, launcher: str) -> float:
         return self.launch_host_us.get(launcher, self.launch_host_us.get("torch", 5.0))
+
+    def kernel_host_us(self, k: Kernel) -> float:
+        """Host cost of enqueueing kernel k: its wrapper's measured cost when known, else its
+        launcher's cost for a trivial kernel."""
+        return self.op_host_us.get(k.name, self.host_us(k.launcher))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +71,8 @@ class DeviceProfile:
             replay_host_us=launch["replay"]["1"]["host_us"]["median"],
             replay_gpu_fixed_us=max(0.0, fit["gpu_fixed_us"]),
             sync_us=launch.get("sync_us", {}).get("median", 10.0),
+            op_host_us={k: v["median"] for k, v in launch.get("ops_host_us", {}).items()},
+            kernel_fixed_us=max(0.0, launch.get("copy_curve", {}).get("fixed_us", 0.0)),
         )
 
 
@@ -87,7 +98,8 @@ def datasheet_profile(gpu: str, host: DeviceProfile | None = None) -> DeviceProf
 
 
 def kernel_time_us(k: Kernel, p: DeviceProfile) -> float:
-    return max(p.kernel_min_us, k.bytes / p.copy_bw * 1e6, k.flops / p.matmul_flops * 1e6)
+    return max(p.kernel_min_us, p.kernel_fixed_us + k.bytes / p.copy_bw * 1e6,
+               k.flops / p.matmul_flops * 1e6)
 
 
 def gpu_time_us(shape: ModelShape, b: int, context: int, p: DeviceProfile, elt: int = 2,
@@ -99,7 +111,7 @@ def eager_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
                   elt: int = 2, attn_launches: int = 2) -> float:
     enq = end = 0.0
     for k in step_kernels(shape, b, context, elt, attn_launches):
-        enq += p.host_us(k.launcher)
+        enq += p.kernel_host_us(k)
         end = max(enq, end) + kernel_time_us(k, p)
     return end + p.sync_us
 
@@ -122,7 +134,7 @@ def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
     ks = step_kernels(shape, b, context, elt, attn_launches)
     return dict(bs=b, padded_bs=padded or b, predicted_eager_step_us=e,
                 predicted_graph_step_us=g, predicted_speedup=(e / g) if g else None,
-                host_launch_us=sum(p.host_us(k.launcher) for k in ks),
+                host_launch_us=sum(p.kernel_host_us(k) for k in ks),
                 gpu_busy_us=sum(kernel_time_us(k, p) for k in ks), kernels=len(ks))
 
 

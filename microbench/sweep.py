@@ -98,7 +98,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     from microbench import model as mdl
     from microbench.decoder import ToyDecoder
     from microbench.graphs import GraphRunner
-    from microbench.launch import count_kernels, measure_launch
+    from microbench.launch import count_kernels, measure_launch, measure_ops
     from microbench.results import environment
     from microbench.timing import gpu_time_us, host_time_us, step_time_us
     from microbench.workload import launch_counts, step_bytes, step_kernels
@@ -126,6 +126,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
 
     say("measuring launch costs, copy bandwidth and matrix rate")
     launch = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
+    launch["ops_host_us"] = measure_ops(dec, 1, budget_s=min(cfg.time_budget, 0.3))
     run["launch"] = launch
     profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"], source="measured: this run")
     run["profile"] = profile.to_dict()
@@ -200,6 +201,11 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
                 pos = torch.full_like(toks, cfg.context)
                 sl = torch.arange(cfg.bs[0], device=dev)
                 run["runner_host_us"] = host_time_us(lambda: runner.step(toks, pos, sl), **kw).to_dict()
+                # where that host time goes: the input copies, and the replay call alone
+                e = runner.entries[one]
+                run["runner_host_parts_us"] = dict(
+                    copies=host_time_us(lambda: runner._in[0, :1].copy_(toks[:1]), **kw).median * 3,
+                    replay=host_time_us(e.graphs[0].replay, **kw).median)
         run["runner_counts"] = dict(runner.counts)
     except KeyboardInterrupt:
         run["interrupted"] = True

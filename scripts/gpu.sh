@@ -20,7 +20,7 @@ for st in $stages; do
   t0=$(date +%s)
   case $st in
     tests)
-      python3 -m pytest tests -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -15
+      python3 -m pytest ${TESTS:-tests} -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -15
       rc=$?; summary+=("tests: $(tail -1 "$OUT/tests.log")") ;;
     kernels)
       microbench kernels --out "$new" 2>&1 | tee "$OUT/kernels.log"; rc=$? ;;
