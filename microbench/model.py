@@ -41,7 +41,7 @@ class DeviceProfile:
     replay_host_us: float = 5.0      # host cost of one replay() call
     replay_gpu_fixed_us: float = 3.0  # GPU time a replay takes before its first node runs
     sync_us: float = 10.0            # host round trip of a synchronise after the last kernel
-    n_input_copies: int = 3          # launches the runner makes before each replay
+    n_input_copies: int = 1          # launches the runner makes before each replay
     # kernel name -> host us to enqueue it through the decoder's own wrapper (measured)
     op_host_us: dict = field(default_factory=dict)
     # GPU time any kernel pays before bandwidth counts: the intercept of copy time vs size

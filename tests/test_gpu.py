@@ -80,6 +80,23 @@ def test_replay_equals_eager_for_every_batch(preset, mode):
     runner.close()
 
 
+def test_packed_steps_with_shrinking_batches():
+    dec, ref = make("opt-125m", 16), make("opt-125m", 16)
+    runner = GraphRunner(dec, [4, 16], progress=False)
+    runner.capture()
+    for bs in (16, 3, 3, 9, 1, 16):
+        for ck, rk in zip(dec.k_cache + dec.v_cache, ref.k_cache + ref.v_cache):
+            ck.copy_(rk)
+        t, p, s = inputs(bs, dec.shape.vocab, seed=bs)
+        got = runner.step_packed(torch.stack([t, p, s]))
+        want = ref.step(t, p, s)
+        torch.testing.assert_close(got.float(), want.float(), atol=0.1, rtol=0.02)
+        # stale rows of a larger batch were pointed back at the scratch slot, not replayed
+        pad = runner.dispatcher.pad(bs)
+        assert (runner._in[2, bs:pad] == dec.scratch_slot).all()
+    assert runner.counts["replays"] == 6 and runner.counts["padded_rows"] == 1 + 1 + 7 + 3
+
+
 def test_padded_replay_never_touches_other_slots():
     dec = make("tiny", 16)
     runner = GraphRunner(dec, [8], progress=False)
