@@ -24,6 +24,8 @@ for st in $stages; do
       rc=$?; summary+=("tests: $(tail -1 "$OUT/tests.log")") ;;
     kernels)
       microbench kernels --out "$new" 2>&1 | tee "$OUT/kernels.log"; rc=$? ;;
+    probe)
+      python3 scripts/probe_replay.py 2>&1 | tee "$OUT/probe.log"; rc=$? ;;
     launch)
       microbench launch --out "$new" 2>&1 | tee "$OUT/launch.log"; rc=$? ;;
     sweep)
