@@ -57,9 +57,12 @@ def _cupy_launcher(x):
     return launch
 
 
-def fit_linear(xs, ys) -> tuple[float, float]:
-    """Least-squares y = a + b·x; returns (a, b)."""
-    b, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+def fit_linear(xs, ys, relative: bool = False) -> tuple[float, float]:
+    """Least-squares y = a + b·x; returns (a, b). With `relative`, each point is weighted by
+    1/y, so points spanning decades count alike (a small kernel's time fixes the intercept)."""
+    ys = np.asarray(ys, float)
+    w = 1.0 / ys if relative else None
+    b, a = np.polyfit(np.asarray(xs, float), ys, 1, w=w)
     return float(a), float(b)
 
 
@@ -91,7 +94,7 @@ def copy_curve(device, sizes=COPY_SIZES, reps: int = 10, **kw) -> dict:
         g = _graph_of(lambda n=n: dst[:n].copy_(src[:n]), reps)
         pts.append((2 * n, gpu_time_us(g.replay, inner=5, **kw).median / reps))
         del g
-    fixed, per_byte = fit_linear(*zip(*pts))
+    fixed, per_byte = fit_linear(*zip(*pts), relative=True)
     return dict(points=[dict(bytes=b, us=t) for b, t in pts], fixed_us=fixed,
                 bytes_per_s=1e6 / per_byte if per_byte > 0 else None)
 
@@ -200,13 +203,37 @@ def _scaled(st: Stats, f: float) -> dict:
     return dict(median=st.median * f, p20=st.p20 * f, p80=st.p80 * f, n=st.n)
 
 
-def count_kernels(fn) -> int:
-    """GPU kernels one call of `fn` launches, counted by the PyTorch profiler."""
+def profile_kernels(fn) -> list[tuple[str, float]]:
+    """(name, GPU us) of every kernel one call of `fn` runs, from the PyTorch profiler (which
+    sees the kernels inside a graph replay too). Copies and memsets are left out."""
     from torch.profiler import ProfilerActivity, profile
     fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
-               and "memcpy" not in e.name.lower() and "memset" not in e.name.lower())
+    return [(e.name, e.device_time) for e in prof.events()
+            if e.device_type == torch.autograd.DeviceType.CUDA
+            and "memcpy" not in e.name.lower() and "memset" not in e.name.lower()]
+
+
+def count_kernels(fn) -> int:
+    """GPU kernels one call of `fn` launches."""
+    return len(profile_kernels(fn))
+
+
+KERNEL_FAMILIES = (("_split_kernel", "decode_attention"), ("_reduce_kernel", "attention_reduce"),
+                   ("_rmsnorm", "rmsnorm"), ("_rope", "rope"), ("_store_kv", "store_kv"),
+                   ("_swiglu", "swiglu"), ("gemm", "matmul"), ("gemv", "matmul"),
+                   ("cutlass", "matmul"), ("sm90", "matmul"), ("index", "embedding"))
+
+
+def kernel_breakdown(kernels: list[tuple[str, float]]) -> dict:
+    """GPU us and count per kernel family (attention, norms, matmuls, ...)."""
+    out: dict = {}
+    for name, us in kernels:
+        fam = next((f for key, f in KERNEL_FAMILIES if key in name.lower()), "other")
+        d = out.setdefault(fam, dict(n=0, us=0.0))
+        d["n"] += 1
+        d["us"] += us
+    return out

@@ -71,8 +71,16 @@ def sweep_footer(run: dict) -> str:
         lines.append("host us per launch: " + ", ".join(f"{n} {v['median']:.1f}" for n, v in hu.items())
                      + f" | copy bandwidth {launch['copy']['bytes_per_s'] / 1e12:.2f} TB/s")
     if run.get("runner_host_us"):
+        parts = run.get("runner_host_parts_us") or {}
         lines.append(f"runner host work per graph step (bs {run['config']['bs'][0]}): "
-                     f"{run['runner_host_us']['median']:.1f} us")
+                     f"{run['runner_host_us']['median']:.1f} us"
+                     + (f" (input copy {parts['copy']:.1f}, replay call {parts['replay']:.1f})"
+                        if parts else ""))
+    for bs, fams in (run.get("graph_gpu_breakdown") or {}).items():
+        tot = sum(f["us"] for f in fams.values())
+        top = sorted(fams.items(), key=lambda kv: -kv[1]["us"])
+        lines.append(f"GPU time of one replay at bs {bs}: {tot:.0f} us = " + ", ".join(
+            f"{k} {v['us']:.0f} ({v['n']})" for k, v in top))
     sc = run.get("shape_check")
     if sc and sc.get("held") is not None:
         lines.append(f"published shape (largest at bs 1, fading, never below 1): "

@@ -74,4 +74,14 @@ def _rows(*speedups):
     ((2.5, 1.6, 1.3, 0.9), False),    # graphs slower than eager
 ])
 def test_shape_check(speedups, held):
-    assert check_shape(_rows(*speedups))["held"] is held
+    assert check_shape(_rows(*speedups), noise=0.03)["held"] is held
+
+
+def test_shape_check_noise_comes_from_measured_spread():
+    rows = _rows(2.0, 2.2)
+    for r in rows:  # eager spread 20%, graph spread 5%: speedup noise 25% per row
+        r.update(eager_step_us=100.0, eager_p20=90.0, eager_p80=110.0,
+                 graph_step_us=50.0, graph_p20=49.0, graph_p80=51.5)
+    res = check_shape(rows)
+    assert res["held"] is True and res["noise"][0] == pytest.approx(0.25)
+    assert check_shape(rows, noise=0.03)["held"] is False
