@@ -29,9 +29,10 @@ for st in $stages; do
     launch)
       microbench launch --out "$new" 2>&1 | tee "$OUT/launch.log"; rc=$? ;;
     sweep)
+      # cold: a fresh Triton cache, so compilation is inside the measured wall time
       for p in opt-125m llama-1b; do
-        /usr/bin/time -f "wall %e s" microbench sweep --bs 1,4,16,64 --preset $p --out "$new" \
-          2>&1 | tee "$OUT/sweep-$p.log"
+        TRITON_CACHE_DIR=$(mktemp -d) /usr/bin/time -f "wall %e s (cold Triton cache)" \
+          microbench sweep --bs 1,4,16,64 --preset $p --out "$new" 2>&1 | tee "$OUT/sweep-$p.log"
       done; rc=$? ;;
     sweep3)
       for i in 1 2 3; do microbench sweep --out "$new" --quiet 2>&1 | tee "$OUT/sweep3-$i.log"; done; rc=$? ;;
