@@ -20,6 +20,10 @@ from pathlib import Path
 
 
 def git_revision() -> str | None:
+    """The checkout's revision (with -dirty if tracked files changed), or MICROBENCH_GIT_REV
+    when set: a copy of the tree without .git (as on a lent GPU machine) is told it that way."""
+    if os.environ.get("MICROBENCH_GIT_REV"):
+        return os.environ["MICROBENCH_GIT_REV"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
                              text=True, timeout=5, cwd=Path(__file__).resolve().parent)

@@ -6,6 +6,8 @@
 #   stages: tests, kernels, sweep, sweep3 (three back-to-back default sweeps), launch
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
+# the device's copy of the tree has no .git: pass the revision in, e.g.
+#   MICROBENCH_GIT_REV=$(git rev-parse --short=12 HEAD) bash scripts/gpu.sh   (hash spelled out)
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 stages=${*:-tests kernels sweep}
