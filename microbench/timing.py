@@ -14,6 +14,7 @@ measured separately, synchronised before each sample, so it never waits on a ful
 """
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -60,11 +61,19 @@ def settle(sample, min_samples: int = 10, max_samples: int = 200, budget_s: floa
     samples so far is under `threshold` with at least `min_samples`, or `max_samples` are
     taken, or `budget_s` seconds have passed (at least `min_samples` are always taken)."""
     xs, t_end = [], time.perf_counter() + budget_s
-    while len(xs) < max_samples:
-        xs.append(sample())
-        if len(xs) >= min_samples and (time.perf_counter() > t_end or
-                                       summarize(xs).spread < threshold):
-            break
+    # As timeit does: no garbage collection pauses inside the samples (a host-bound eager
+    # step allocates hundreds of Python objects, and a gen-2 collection costs milliseconds).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        while len(xs) < max_samples:
+            xs.append(sample())
+            if len(xs) >= min_samples and (time.perf_counter() > t_end or
+                                           summarize(xs).spread < threshold):
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return summarize(xs)
 
 
