@@ -43,3 +43,30 @@ for name, fn in (("torch add_", lambda: x.add_(1.0)), ("triton add_one", lambda:
         g = graph_of(fn, n)
         print(f"{name:15s} nodes {n:5d}: replay host {host_us(g.replay):7.1f} us", flush=True)
 sys.stdout.flush()
+
+# The decoder's own ops at opt-125m decode shapes (bs 1), 150 nodes of each kind, and the
+# decoder's whole step: which part of a real graph makes its replay cost the host more?
+from microbench.config import PRESETS  # noqa: E402
+from microbench.decoder import ToyDecoder  # noqa: E402
+
+for preset in ("tiny", "opt-125m"):
+    dec = ToyDecoder(PRESETS[preset], max_batch=4, max_seq=576, device="cuda")
+    dec.fill_cache(512)
+    s, L = dec.shape, dec.layers[0]
+    t = torch.zeros(1, dtype=torch.long, device="cuda")
+    p = torch.full((1,), 512, dtype=torch.long, device="cuda")
+    sl = torch.zeros(1, dtype=torch.long, device="cuda")
+    x = torch.randn(1, s.hidden, device="cuda", dtype=dec.dtype)
+    q = torch.randn(1, s.n_heads, s.head_dim, device="cuda", dtype=dec.dtype)
+    seq = dec.seq_lens_for(p)
+    cases = {
+        "step": (lambda: dec.step(t, p, sl), 1),
+        "qkv linear": (lambda: F.linear(x, L["wqkv"]), 150),
+        "lm_head linear": (lambda: F.linear(x, dec.embed), 150),
+        "rmsnorm": (lambda: dec.ops.rmsnorm(x, L["attn_norm"], 1e-5, residual=x), 150),
+        "attention": (lambda: dec.attention(0, q, sl, seq), 75),
+    }
+    for name, (fn, n) in cases.items():
+        g = graph_of(fn, n)
+        print(f"{preset:8s} {name:15s} x{n:4d}: replay host {host_us(g.replay):7.1f} us", flush=True)
+        del g
