@@ -76,6 +76,12 @@ def sweep_footer(run: dict) -> str:
                      f"{run['runner_host_us']['median']:.1f} us"
                      + (f" (input copy {parts['copy']:.1f}, replay call {parts['replay']:.1f})"
                         if parts else ""))
+    eb = run.get("eager_breakdown")
+    if eb and run.get("rows"):
+        r0 = run["rows"][0]
+        lines.append(f"eager step at bs {r0['bs']}: host {r0.get('eager_host_us', 0):.0f} us measured; "
+                     "launches by launcher: " + ", ".join(
+                         f"{k} {v['kernels']} kernels {v['host_us']:.0f} us" for k, v in eb.items()))
     for bs, fams in (run.get("graph_gpu_breakdown") or {}).items():
         tot = sum(f["us"] for f in fams.values())
         top = sorted(fams.items(), key=lambda kv: -kv[1]["us"])

@@ -139,6 +139,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     elt = torch.finfo(dtype).bits // 8
     kernels = step_kernels(shape, cfg.bs[0], cfg.context, elt, dec.attention_launches(cfg.bs[0]))
     run["kernels_per_step"] = dict(planned=launch_counts(kernels))
+    run["eager_breakdown"] = eager_breakdown(kernels, profile)
     kw = dict(budget_s=cfg.time_budget)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
     try:
@@ -227,6 +228,17 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     if on_run:
         on_run(run)
     return run
+
+
+def eager_breakdown(kernels, profile) -> dict:
+    """Where one eager step's host time goes: kernels and host us per launcher, from the
+    per-op host costs measured through the decoder's wrappers."""
+    out: dict = {}
+    for k in kernels:
+        d = out.setdefault(k.launcher, dict(kernels=0, host_us=0.0))
+        d["kernels"] += 1
+        d["host_us"] += profile.kernel_host_us(k)
+    return out
 
 
 def speedup_noise(row: dict, floor: float = 0.03) -> float:
