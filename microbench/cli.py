@@ -264,6 +264,79 @@ def kernels(preset, bs, context, time_budget, out):
     click.echo(kernel_table(run) + f"\nsaved: {d}")
 
 
+# ---- reproduce -----------------------------------------------------------------------------
+class ExperimentName(click.ParamType):
+    name = "NAME"
+
+    def convert(self, value, param, ctx):
+        from microbench.phenomena import NAMES
+        if value in NAMES:
+            return value
+        self.fail(f"unknown experiment {value!r}; choose from {', '.join(NAMES)}", param, ctx)
+
+
+@main.command()
+@click.argument("names", nargs=-1, type=ExperimentName(), metavar="[NAMES]...")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="opt-125m", show_default=True)
+@click.option("--bs", type=IntList(1, MAX_BATCH), default="1,4,16,64", show_default=True,
+              help="Batch sizes of speedup-fade, capture-cost and piecewise-vs-full.")
+@click.option("--context", type=click.IntRange(1, MAX_CONTEXT), default=512, show_default=True,
+              help=f"KV length each step attends to, 1..{MAX_CONTEXT} (off-stride uses 128).")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="bfloat16", show_default=True)
+@click.option("--time-budget", type=click.FloatRange(0.01, 600), default=0.5, show_default=True,
+              help="Seconds per measured step time at most (at least 10 samples are taken).")
+@click.option("--steps", type=click.IntRange(1, 10000), default=5, show_default=True,
+              help="Decode steps per timing sample.")
+@click.option("--memory-budget", type=click.FloatRange(0.001, 1e5), default=None,
+              help="GiB for memory-headroom (default: free memory after the decoder's weights "
+                   "and KV cache).")
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Folder the run is written into (as <out>/<run-id>/).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress output; only the verdicts (or JSON).")
+def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budget, out, as_json,
+              quiet):
+    """Reproduce published CUDA-graph phenomena (all eight, or those NAMED) and write a report
+    (needs a CUDA GPU). Names: speedup-fade, ladder-collapse, off-stride, padding-waste,
+    pool-growth, capture-cost, piecewise-vs-full, memory-headroom."""
+    import time
+
+    from microbench.phenomena import NAMES, ReproduceConfig, run_reproduce, save_run
+    from microbench.plots import entry_lines, render_report
+    from microbench.results import check_writable, run_id
+    from microbench.sweep import require_cuda
+    t0 = time.perf_counter()
+    loud = not (quiet or as_json)
+    cfg = ReproduceConfig(names=tuple(dict.fromkeys(names)) or NAMES, preset=preset, bs=bs,
+                          context=context, dtype=dtype, steps=steps, time_budget=time_budget,
+                          memory_budget_gib=memory_budget, out=out, progress=loud)
+    try:
+        cfg.validate()
+        check_writable(Path(out))
+    except ValueError as e:
+        _usage(e if str(e).startswith(("--", "NAMES")) else ValueError(f"--out: {e}"))
+    require_cuda("reproduce")
+    say = (lambda s: click.echo(s, err=True)) if loud else None
+    where = {}
+
+    def save(run):
+        if "dir" not in where:
+            where["dir"] = Path(out) / run_id("reproduce", run["env"], preset)
+        save_run(where["dir"], run)
+
+    show = None if as_json else (lambda e: click.echo(entry_lines(e)))
+    run = run_reproduce(cfg, on_progress=say, on_entry=show, on_run=save)
+    report = render_report(run, where["dir"])
+    if as_json:
+        click.echo(json.dumps(run, indent=2, default=str))
+    else:
+        click.echo(f"report: {report}")
+        click.echo(f"total: {time.perf_counter() - t0:.1f} s")
+    if run.get("interrupted"):
+        return 130
+    return 1 if any(e.get("error") for e in run["phenomena"]) else 0
+
+
 # ---- show ----------------------------------------------------------------------------------
 @main.command()
 @click.argument("run", type=click.Path())
@@ -280,6 +353,9 @@ def show(run, as_json):
         click.echo(json.dumps(data, indent=2))
     elif data.get("kind") == "launch":
         click.echo(launch_table(data["launch"]))
+    elif data.get("kind") == "reproduce":
+        from microbench.plots import entry_lines
+        click.echo("\n\n".join(entry_lines(e) for e in data.get("phenomena", [])))
     elif data.get("kind") == "kernels":
         from microbench.kernel_bench import kernel_table
         click.echo(kernel_table(data))

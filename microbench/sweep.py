@@ -84,7 +84,7 @@ def parse_bs(text: str) -> tuple:
     return tuple(parse_int_list(text, "batch sizes"))
 
 
-def _max_seq(context: int) -> int:
+def max_seq_for(context: int) -> int:
     # room for the new token; a multiple of 64 keeps attention's tiles whole
     return -(-(context + 1) // 64) * 64
 
@@ -120,7 +120,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
         f"max batch {max_batch}, context {cfg.context}")
     t0 = time.perf_counter()
     dec = ToyDecoder(shape, backend=cfg.backend, max_batch=max_batch,
-                     max_seq=_max_seq(cfg.context), dtype=dtype, device=dev, seed=cfg.seed)
+                     max_seq=max_seq_for(cfg.context), dtype=dtype, device=dev, seed=cfg.seed)
     dec.fill_cache(cfg.context)
     torch.cuda.synchronize()
     run["build_s"] = time.perf_counter() - t0

@@ -3,7 +3,8 @@
 # in $STAGES (default: tests kernels sweep). Full logs and the new results go under $OUT
 # (results packed into one tar); a short table is printed last.
 #   usage (on the device):  bash scripts/gpu.sh [stage ...]
-#   stages: tests, kernels, sweep, sweep3 (three back-to-back default sweeps), launch
+#   stages: tests, kernels, sweep, sweep3 (three back-to-back default sweeps), launch,
+#           reproduce, reproduce-smoke, probe
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 # the device's copy of the tree has no .git: pass the revision in, e.g.
@@ -26,6 +27,11 @@ for st in $stages; do
       rc=$?; summary+=("tests: $(tail -1 "$OUT/tests.log")") ;;
     kernels)
       microbench kernels --out "$new" 2>&1 | tee "$OUT/kernels.log"; rc=$? ;;
+    reproduce)
+      /usr/bin/time -f "wall %e s" microbench reproduce --out "$new" 2>&1 | tee "$OUT/reproduce.log"; rc=$? ;;
+    reproduce-smoke)
+      microbench reproduce --preset tiny --context 32 --time-budget 0.05 --steps 2 --out "$OUT/smoke" \
+        --quiet 2>&1 | tail -30; rc=$? ;;
     probe)
       python3 scripts/probe_replay.py 2>&1 | tee "$OUT/probe.log"; rc=$? ;;
     launch)

@@ -209,3 +209,28 @@ def test_short_sweep_end_to_end(tmp_path):
     assert run["env"]["gpu"] and run["capture_s"] > 0 and run["pool_bytes"] > 0
     assert (run_dir / "sweep.csv").read_text().startswith("bs,padded_bs")
     json.dumps(run)
+
+
+def test_reproduce_ladder_collapse_end_to_end(tmp_path):
+    from click.testing import CliRunner
+
+    from microbench.cli import main
+    from microbench.results import load_run
+    r = CliRunner().invoke(main, ["reproduce", "ladder-collapse", "--preset", "tiny",
+                                  "--context", "32", "--time-budget", "0.05", "--steps", "2",
+                                  "--out", str(tmp_path), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "ladder-collapse: " in r.output and "report: " in r.output
+    (run_dir,) = list(tmp_path.iterdir())
+    run = load_run(run_dir)
+    (e,) = run["phenomena"]
+    assert e["name"] == "ladder-collapse" and isinstance(e["held"], bool) and "error" not in e
+    assert e["expected"] and e["measured"] and not e["measured"].startswith("incomplete")
+    ran = {(row["arm"], row["bs"]): row["ran_as"] for row in e["rows"]}
+    assert ran == {("collapsed", 1): "full", ("collapsed", 4): "eager", ("piecewise", 1): "full",
+                   ("piecewise", 4): "piecewise", ("explicit", 1): "full", ("explicit", 4): "full"}
+    assert all(row["step_us"] > 0 and row["tok_s"] > 0 for row in e["rows"])
+    assert run["memory"]["free_after_decoder_bytes"] > 0 and run["wall_s"] > 0
+    assert (run_dir / "ladder-collapse.csv").read_text().startswith("arm,capture_sizes,bs,")
+    report = (run_dir / "report.md").read_text()
+    assert "## ladder-collapse: " in report and e["measured"] in report
