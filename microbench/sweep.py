@@ -142,6 +142,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     run["eager_breakdown"] = eager_breakdown(kernels, profile)
     kw = dict(budget_s=cfg.time_budget)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+    to_profile = []  # (bs, padded, eager, graph): profiled after every timing, see below
     try:
         for bs in cfg.bs:
             tokens = torch.randint(shape.vocab, (bs,), generator=gen, device=dev)
@@ -152,13 +153,8 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             # the runner takes the batch as one tensor, as an engine's persistent batch is
             graph = lambda: runner.step_packed(packed)
             padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
-            if bs == cfg.bs[0]:
-                # The profiler sees every kernel a graph replay runs: the graph's kernel nodes.
-                run["kernels_per_step"]["measured"] = count_kernels(eager)
-                run["kernels_per_step"]["graph_kernels"] = count_kernels(graph) if padded else None
-            if padded and bs in (cfg.bs[0], cfg.bs[-1]):
-                # where the GPU time of one replay goes, by kernel family
-                run.setdefault("graph_gpu_breakdown", {})[str(bs)] = kernel_breakdown(profile_kernels(graph))
+            if bs in (cfg.bs[0], cfg.bs[-1]):
+                to_profile.append((bs, padded, eager, graph))
             say(f"bs {bs}: eager")
             # eager steps are host-bound, and the host is the noisier side: twice the budget
             e_gpu, e_wall = step_time_us(eager, inner=cfg.steps, sync_each=True,
@@ -219,6 +215,18 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
                 run["runner_host_parts_us"] = dict(
                     copy=host_time_us(lambda: view.copy_(packed), **kw).median,
                     replay=host_time_us(e.graphs[0].replay, **kw).median)
+        # The profiler runs last: once it has traced kernels, its CUPTI hooks stay attached
+        # and slow every later launch and graph replay on the host (scripts/probe_replay.py:
+        # 8 us to replay opt-125m's step graph in a process that never profiled; 47 to 123 us
+        # in the sweeps of 2026-11-22 07:08, which had profiled before timing).
+        for bs, padded, eager, graph in to_profile:
+            if bs == cfg.bs[0]:
+                # The profiler sees every kernel a graph replay runs: the graph's kernel nodes.
+                run["kernels_per_step"]["measured"] = count_kernels(eager)
+                run["kernels_per_step"]["graph_kernels"] = count_kernels(graph) if padded else None
+            if padded:
+                # where the GPU time of one replay goes, by kernel family
+                run.setdefault("graph_gpu_breakdown", {})[str(bs)] = kernel_breakdown(profile_kernels(graph))
         run["runner_counts"] = dict(runner.counts)
     except KeyboardInterrupt:
         run["interrupted"] = True
