@@ -149,9 +149,10 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             positions = torch.full((bs,), cfg.context, dtype=torch.long, device=dev)
             slots = torch.arange(bs, dtype=torch.long, device=dev)
             packed = torch.stack([tokens, positions, slots])          # [3, bs]
-            eager = lambda: dec.step(tokens, positions, slots)
+            # (inputs bound as defaults: the profiling pass calls these after the loop)
+            eager = lambda t=tokens, p=positions, s=slots: dec.step(t, p, s)
             # the runner takes the batch as one tensor, as an engine's persistent batch is
-            graph = lambda: runner.step_packed(packed)
+            graph = lambda x=packed: runner.step_packed(x)
             padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
             if bs in (cfg.bs[0], cfg.bs[-1]):
                 to_profile.append((bs, padded, eager, graph))
