@@ -1,0 +1,35 @@
+"""Write results/README.md: one line per saved run, read from the runs' own run.json."""
+import glob
+import json
+import os
+
+HEAD = """# Measured runs
+
+Every folder here was written by a command of this repository on a lent GPU. Each `run.json`
+holds `env` (GPU, driver, clocks, library versions, git revision, the exact command, the date)
+and `config` (every option). Nothing here is edited by hand; `microbench show <folder>` prints
+any of them. Made with `bash scripts/gpu.sh ...` on an `nvidia-h100-x1` lease; the GPU machine's
+copy of the tree has no `.git`, so the revision is passed in as `MICROBENCH_GIT_REV` (runs that
+say `None` were made by commit `a476c0d`).
+
+Sweeps made before commit `81bee6f` were removed: they profiled kernels before timing, and the
+profiler's hooks slowed every later launch and replay on the host.
+
+| folder | kind | GPU | driver | torch | triton | git | command |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+"""
+
+
+def main():
+    lines = []
+    for d in sorted(glob.glob("results/*/*/run.json")):
+        r = json.load(open(d))
+        e = r["env"]
+        lines.append(f"| `{os.path.dirname(d)}` | {r.get('kind')} | {e.get('gpu')} | {e.get('driver')} | "
+                     f"{e.get('torch')} | {e.get('triton')} | {e.get('git')} | `{e.get('command')}` |")
+    with open("results/README.md", "w") as f:
+        f.write(HEAD + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
