@@ -10,24 +10,10 @@ from __future__ import annotations
 import torch
 
 from microbench.config import PRESETS
-from microbench.launch import copy_bandwidth
+from microbench.launch import copy_bandwidth, graph_of
 from microbench.timing import gpu_time_us
 
 REPS = 20
-
-
-def _graphed(fn, reps: int = REPS):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(reps):
-            fn()
-    return g
 
 
 def cases(preset: str = "llama-1b", batches=(1, 16, 64), context: int = 4096,
@@ -72,7 +58,7 @@ def run_kernel_bench(preset="llama-1b", batches=(1, 16, 64), context=4096, budge
     copy = copy_bandwidth(dev, budget_s=budget_s)
     rows = []
     for name, B, ctx, nbytes, fn in cases(preset, batches, context, device=dev):
-        g = _graphed(fn)
+        g = graph_of(fn, REPS)
         st = gpu_time_us(g.replay, inner=5, budget_s=budget_s)
         t = st.median / REPS
         bw = nbytes / (t * 1e-6)

@@ -66,7 +66,8 @@ def fit_linear(xs, ys, relative: bool = False) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def _graph_of(fn, n: int):
+def graph_of(fn, n: int):
+    """A CUDA graph of n back-to-back calls of fn, warmed up once on a side stream first."""
     g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -91,7 +92,7 @@ def copy_curve(device, sizes=COPY_SIZES, reps: int = 10, **kw) -> dict:
     dst = torch.empty_like(src)
     pts = []
     for n in sizes:
-        g = _graph_of(lambda n=n: dst[:n].copy_(src[:n]), reps)
+        g = graph_of(lambda n=n: dst[:n].copy_(src[:n]), reps)
         pts.append((2 * n, gpu_time_us(g.replay, inner=5, **kw).median / reps))
         del g
     fixed, per_byte = fit_linear(*zip(*pts), relative=True)
@@ -126,12 +127,12 @@ def measure_launch(device="cuda", budget_s: float = 1.0) -> dict:
     for name, fn in fns.items():
         # 100 launches per sample: the per-launch host cost, with the queue far from full.
         result["host_us"][name] = host_time_us(fn, inner=100, **kw).to_dict()
-        g = _graph_of(fn, 100)
+        g = graph_of(fn, 100)
         result["gpu_us_per_kernel"][name] = _scaled(gpu_time_us(g.replay, inner=10, **kw), 0.01)
         del g
     host, gpu = [], []
     for n in NODE_COUNTS:
-        g = _graph_of(fns["torch"], n)
+        g = graph_of(fns["torch"], n)
         h = host_time_us(g.replay, inner=1, **kw)
         d = gpu_time_us(g.replay, inner=10, **kw)
         result["replay"][str(n)] = dict(host_us=h.to_dict(), gpu_us=d.to_dict())

@@ -7,21 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.noop import add_one
-
-
-def graph_of(fn, n):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(n):
-            fn()
-    torch.cuda.synchronize()
-    return g
+from microbench.launch import graph_of
 
 
 def host_us(fn, reps=200):
