@@ -8,7 +8,7 @@ HEAD = """# Measured runs
 Every folder here was written by a command of this repository on a lent GPU. Each `run.json`
 holds `env` (GPU, driver, clocks, library versions, git revision, the exact command, the date)
 and `config` (every option). Nothing here is edited by hand; `microbench show <folder>` prints
-any of them. Made with `bash scripts/gpu.sh ...` on an `nvidia-h100-x1` lease; the GPU machine's
+any of them. Made with `bash scripts/gpu.sh ...` on `nvidia-h100-x1` and `nvidia-h200` leases; the GPU machine's
 copy of the tree has no `.git`, so the revision is passed in as `MICROBENCH_GIT_REV` (runs that
 say `None` were made by commit `a476c0d`).
 
