@@ -65,6 +65,12 @@ class CLI(click.Group):
         except GPURequired as e:
             click.echo(f"microbench: {e}", err=True)
             sys.exit(1)
+        except RuntimeError as e:
+            if "out of memory" not in str(e).lower():
+                raise
+            click.echo("microbench: the GPU ran out of memory for these options; lower --bs or "
+                       "--context, or pick a smaller --preset", err=True)
+            sys.exit(1)
         except (click.Abort, KeyboardInterrupt):
             click.echo("microbench: interrupted", err=True)
             sys.exit(130)
@@ -105,7 +111,8 @@ def _usage(e: Exception):
 @click.option("--steps", type=click.IntRange(1, 10000), default=10, show_default=True,
               help="Decode steps per timing sample.")
 @click.option("--time-budget", type=click.FloatRange(0.01, 600), default=1.0, show_default=True,
-              help="Seconds per measured figure at most (at least 10 samples are taken).")
+              help="Seconds per measured figure, at most (eager steps, the noisier side, get twice "
+                   "this; at least 10 samples are always taken).")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
               help="Folder the run is written into (as <out>/<run-id>/).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
@@ -343,24 +350,31 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
 @click.option("--json", "as_json", is_flag=True)
 def show(run, as_json):
     """Print a saved run's table (no GPU needed)."""
-    from microbench.report import launch_table, sweep_table
     from microbench.results import load_run
     try:
         data = load_run(run)
     except ValueError as e:
         _usage(ValueError(f"RUN: {e}"))
+    try:
+        text = _render_run(data, as_json)
+    except (KeyError, TypeError, IndexError) as e:
+        _usage(ValueError(f"RUN: {run} is incomplete (missing {e}); it cannot be shown"))
+    click.echo(text)
+
+
+def _render_run(data: dict, as_json: bool) -> str:
+    from microbench.report import launch_table, sweep_table
     if as_json:
-        click.echo(json.dumps(data, indent=2))
-    elif data.get("kind") == "launch":
-        click.echo(launch_table(data["launch"]))
-    elif data.get("kind") == "reproduce":
+        return json.dumps(data, indent=2)
+    if data.get("kind") == "launch":
+        return launch_table(data["launch"])
+    if data.get("kind") == "reproduce":
         from microbench.plots import entry_lines
-        click.echo("\n\n".join(entry_lines(e) for e in data.get("phenomena", [])))
-    elif data.get("kind") == "kernels":
+        return "\n\n".join(entry_lines(e) for e in data.get("phenomena", []))
+    if data.get("kind") == "kernels":
         from microbench.kernel_bench import kernel_table
-        click.echo(kernel_table(data))
-    else:
-        click.echo(sweep_table(data))
+        return kernel_table(data)
+    return sweep_table(data)
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ class GraphRunner:
             self._capture_pieces(entry, tokens, positions, slots, shared_pool, stream)
         torch.cuda.synchronize()
         entry.warmup_s, entry.capture_s = t1 - t0, time.perf_counter() - t1
-        entry.input_ptrs = tuple(t.data_ptr() for t in (tokens, positions, slots))
+        entry.input_ptrs = self._addresses(size)
         return entry
 
     def _capture_pieces(self, entry, tokens, positions, slots, shared_pool, stream):
@@ -296,11 +296,19 @@ class GraphRunner:
                           f"{self.dispatcher.max_size}: running eagerly", RuntimeWarning,
                           stacklevel=3)
 
+    def _addresses(self, size: int) -> tuple:
+        """Addresses a replay reads or writes outside its pool: the static inputs, the piecewise
+        attention output, and every layer's KV cache."""
+        dec = self.decoder
+        return tuple(t.data_ptr() for t in (*self._views(size), self._attn_out,
+                                             *dec.k_cache, *dec.v_cache))
+
     def _check_addresses(self, e: GraphEntry):
-        now = tuple(t.data_ptr() for t in self._views(e.size))
+        now = self._addresses(e.size)
         if now != e.input_ptrs:
-            raise RuntimeError(f"static inputs of size {e.size} moved: captured at "
-                               f"{e.input_ptrs}, now at {now}")
+            moved = [i for i, (a, b) in enumerate(zip(e.input_ptrs, now)) if a != b]
+            raise RuntimeError(f"buffers read by the graph of size {e.size} moved since capture "
+                               f"(positions {moved} of inputs, attention output, KV caches)")
 
     def close(self):
         """Drop every graph and its pool; memory goes back to the device."""

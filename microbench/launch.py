@@ -68,8 +68,9 @@ def fit_linear(xs, ys, relative: bool = False) -> tuple[float, float]:
 
 def graph_of(fn, n: int):
     """A CUDA graph of n back-to-back calls of fn, warmed up once on a side stream first."""
+    from microbench.graphs import _side_stream
     g = torch.cuda.CUDAGraph()
-    s = torch.cuda.Stream()
+    s = _side_stream(torch.cuda.current_device())  # one per device: cuBLAS keeps a workspace per stream
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         fn()  # warm (JIT, lazy init) outside the capture

@@ -38,6 +38,7 @@ def resolve_profile(run_path, gpu, copy_bw_gbs, tflops, launch_us) -> mdl.Device
         changes["matmul_flops"] = tflops * 1e12
     if launch_us is not None:
         changes["launch_host_us"] = {k: launch_us for k in ("torch", "cublas", "triton")}
+        changes["op_host_us"] = {}  # a given launch cost replaces the measured per-op costs
     if changes:
         prof = replace(prof, source=prof.source + " + options " + ", ".join(changes), **changes)
     return prof

@@ -68,7 +68,7 @@ class Lab:
         from microbench.timing import step_time_us
         gpu, wall = step_time_us(fn, inner=self.cfg.steps, sync_each=True,
                                  budget_s=self.cfg.time_budget)
-        return dict(step_us=wall.median, p20=wall.p20, p80=wall.p80, n=wall.n, gpu_us=gpu.median)
+        return dict(step_us=wall.median, p20=wall.p20, p80=wall.p80, n=wall.n, event_us=gpu.median)
 
     def measure(self, mode: str, sizes, bs_list) -> list[dict]:
         """Step time of each batch when `sizes` are captured in `mode`. Only the graphs these

@@ -158,6 +158,7 @@ def load_run(path) -> dict:
 def check_writable(out: Path) -> None:
     """Raise ValueError if `out` cannot be created or written (tries both, leaves the folder)."""
     out = Path(out)
+    created = [p for p in [out, *out.parents] if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -165,3 +166,9 @@ def check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise ValueError(f"cannot write to {out} ({e.strerror or e})") from None
+    finally:
+        for p in created:  # deepest first: leave no empty folder behind
+            try:
+                p.rmdir()
+            except OSError:
+                pass

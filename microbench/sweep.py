@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from microbench.config import MAX_BATCH, MAX_CONTEXT, DTYPES, ModelShape, PRESETS
 from microbench.graphs import MODES
-from microbench.ladder import LADDERS, parse_int_list, resolve_ladder
+from microbench.ladder import resolve_ladder
 
 DEFAULT_BS = (1, 4, 16, 64)
 
@@ -45,6 +45,8 @@ class SweepConfig:
         """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
         if not self.bs:
             raise ValueError("--bs: give at least one batch size")
+        if len(set(self.bs)) != len(self.bs):
+            raise ValueError(f"--bs: batch sizes must be distinct, got {','.join(map(str, self.bs))}")
         for b in self.bs:
             if not isinstance(b, int) or not 1 <= b <= MAX_BATCH:
                 raise ValueError(f"--bs: {b!r} is out of range; batch sizes are 1..{MAX_BATCH}")
@@ -80,10 +82,6 @@ class SweepConfig:
         return asdict(self)
 
 
-def parse_bs(text: str) -> tuple:
-    return tuple(parse_int_list(text, "batch sizes"))
-
-
 def max_seq_for(context: int) -> int:
     # room for the new token; a multiple of 64 keeps attention's tiles whole
     return -(-(context + 1) // 64) * 64
@@ -114,7 +112,6 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     max_batch = max(max(cfg.bs), max(ladder, default=1))
     run = dict(kind="sweep", config=cfg.to_dict(), env=environment(dev), ladder=ladder,
                shape=shape.to_dict(), rows=[], interrupted=False)
-    run["config"]["preset"] = cfg.preset
 
     say(f"building {cfg.preset} ({shape.n_params / 1e6:.0f}M params, {cfg.dtype}), "
         f"max batch {max_batch}, context {cfg.context}")
@@ -132,18 +129,19 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"], source="measured: this run")
     run["profile"] = profile.to_dict()
 
-    runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=on_progress is not None)
-    cap = runner.capture()
-    run["capture"] = cap
-    run["capture_s"], run["pool_bytes"] = cap["capture_s"], cap["pool_bytes"]
-    elt = torch.finfo(dtype).bits // 8
-    kernels = step_kernels(shape, cfg.bs[0], cfg.context, elt, dec.attention_launches(cfg.bs[0]))
-    run["kernels_per_step"] = dict(planned=launch_counts(kernels))
-    run["eager_breakdown"] = eager_breakdown(kernels, profile)
-    kw = dict(budget_s=cfg.time_budget)
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+    runner = None
     to_profile = []  # (bs, padded, eager, graph): profiled after every timing, see below
     try:
+        runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=on_progress is not None)
+        cap = runner.capture()
+        run["capture"] = cap
+        run["capture_s"], run["pool_bytes"] = cap["capture_s"], cap["pool_bytes"]
+        elt = torch.finfo(dtype).bits // 8
+        kernels = step_kernels(shape, cfg.bs[0], cfg.context, elt, dec.attention_launches(cfg.bs[0]))
+        run["kernels_per_step"] = dict(planned=launch_counts(kernels))
+        run["eager_breakdown"] = eager_breakdown(kernels, profile)
+        kw = dict(budget_s=cfg.time_budget)
+        gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
         for bs in cfg.bs:
             tokens = torch.randint(shape.vocab, (bs,), generator=gen, device=dev)
             positions = torch.full((bs,), cfg.context, dtype=torch.long, device=dev)
@@ -217,25 +215,29 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
                     copy=host_time_us(lambda: view.copy_(packed), **kw).median,
                     replay=host_time_us(e.graphs[0].replay, **kw).median)
         # The profiler runs last: once it has traced kernels, its CUPTI hooks stay attached
-        # and slow every later launch and graph replay on the host (scripts/probe_replay.py:
-        # 8 us to replay opt-125m's step graph in a process that never profiled; 47 to 123 us
-        # in the sweeps of 2026-11-22 07:08, which had profiled before timing).
+        # and slow every later launch and graph replay on the host (replay call of opt-125m's
+        # bs-1 graph: 5 to 13 us in sweeps that profile last; 47 to 123 us in those of commit
+        # a476c0d, which profiled first).
         for bs, padded, eager, graph in to_profile:
+            # The profiler sees every kernel a graph replay runs: the graph's kernel nodes.
+            replay = profile_kernels(graph) if padded else None
             if bs == cfg.bs[0]:
-                # The profiler sees every kernel a graph replay runs: the graph's kernel nodes.
                 run["kernels_per_step"]["measured"] = count_kernels(eager)
-                run["kernels_per_step"]["graph_kernels"] = count_kernels(graph) if padded else None
-            if padded:
+                run["kernels_per_step"]["graph_kernels"] = len(replay) if replay else None
+            if replay:
                 # where the GPU time of one replay goes, by kernel family
-                run.setdefault("graph_gpu_breakdown", {})[str(bs)] = kernel_breakdown(profile_kernels(graph))
-        run["runner_counts"] = dict(runner.counts)
+                run.setdefault("graph_gpu_breakdown", {})[str(bs)] = kernel_breakdown(replay)
     except KeyboardInterrupt:
         run["interrupted"] = True
-    run["shape_check"] = check_shape(run["rows"])
-    run["wall_s"] = time.perf_counter() - t_start
-    runner.close()
-    if on_run:
-        on_run(run)
+    finally:
+        # whatever happened, the rows measured so far are kept and the pool is given back
+        run["shape_check"] = check_shape(run["rows"])
+        run["wall_s"] = time.perf_counter() - t_start
+        if runner is not None:
+            run["runner_counts"] = dict(runner.counts)
+            runner.close()
+        if on_run:
+            on_run(run)
     return run
 
 

@@ -101,7 +101,8 @@ def step_time_us(fn, inner: int = 20, warmup: int = 5, sync_each: bool = False,
     """(GPU time, wall time) per call over `inner` calls, from the same samples: CUDA events
     give the GPU's time; perf_counter up to the end event's completion gives what a caller
     waiting for the results sees. With `sync_each`, every call is followed by a synchronise
-    (a decode loop that needs each step's logits). Settles on the wall time's spread."""
+    (a decode loop that needs each step's logits); the events then span the synchronises too,
+    so the first figure is event time, not GPU busy time. Settles on the wall time's spread."""
     import torch
     for _ in range(warmup):
         fn()
@@ -124,24 +125,6 @@ def step_time_us(fn, inner: int = 20, warmup: int = 5, sync_each: bool = False,
 
     wall = settle(sample, **settle_kw)
     return summarize(gpus), wall
-
-
-def wall_time_us(fn, inner: int = 20, warmup: int = 5, **settle_kw) -> Stats:
-    """Wall time per call of `fn` over `inner` back-to-back calls, synchronised at both ends:
-    what a caller waiting for results sees (tokens/s comes from this)."""
-    import torch
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-
-    def sample():
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) * 1e6 / inner
-
-    return settle(sample, **settle_kw)
 
 
 def host_time_us(fn, inner: int = 1, warmup: int = 5, sync=None, **settle_kw) -> Stats:

@@ -109,3 +109,44 @@ def test_show_missing_or_bad_run(tmp_path):
     assert_usage_error(("show", str(tmp_path / "nope")), "RUN")
     (tmp_path / "run.json").write_text("{not json")
     assert_usage_error(("show", str(tmp_path)), "RUN")
+
+
+@pytest.mark.parametrize("args, option", [
+    (("model", "--gpu", "B200"), "--gpu"),
+    (("model", "--copy-bw", "0", "--tflops", "100"), "--copy-bw"),
+    (("model", "--bs", "0", "--gpu", "H100"), "--bs"),
+    (("model", "--context", "99999", "--gpu", "H100"), "--context"),
+    (("model",), "--profile"),
+    (("kernels", "--bs", "x"), "--bs"),
+    (("sweep", "--bs", "4,4"), "--bs"),
+])
+def test_more_bad_options(args, option):
+    assert_usage_error(args, option)
+
+
+def test_model_profile_must_hold_launch_measurements(tmp_path):
+    d = write_run(tmp_path / "r", dict(kind="sweep", config={}, env={}, rows=[]))
+    assert_usage_error(("model", "--profile", str(d)), "--profile")
+
+
+@pytest.mark.parametrize("run_dict", [dict(config={}), dict(kind="launch", config={})])
+def test_show_incomplete_run_is_one_line(tmp_path, run_dict):
+    d = write_run(tmp_path / "r", run_dict)
+    assert_usage_error(("show", str(d)), "RUN")
+
+
+def test_out_of_memory_is_one_line(monkeypatch, tmp_path):
+    import microbench.sweep as sw
+
+    def boom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80 GiB")
+    monkeypatch.setattr(sw, "require_cuda", lambda name: None)
+    monkeypatch.setattr(sw, "run_sweep", boom)
+    code, out, _ = run("sweep", "--out", str(tmp_path))
+    assert code == 1 and len(out.strip().splitlines()) == 1 and "ran out of memory" in out
+
+
+def test_failed_validation_leaves_no_folder(tmp_path):
+    target = tmp_path / "new" / "results"
+    run("sweep", "--bs", "0", "--out", str(target))
+    assert not (tmp_path / "new").exists()

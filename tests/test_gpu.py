@@ -171,7 +171,13 @@ def test_debug_flag_catches_moved_inputs():
     runner.capture()
     t, p, s = inputs(2, dec.shape.vocab)
     runner.step(t, p, s)                      # addresses as captured: fine
+    saved = runner._in
     runner._in = runner._in.clone()           # simulate a static buffer that moved
+    with pytest.raises(RuntimeError, match="moved"):
+        runner.step(t, p, s)
+    runner._in = saved
+    runner.step(t, p, s)
+    dec.k_cache[1] = dec.k_cache[1].clone()   # a KV cache the graph writes was replaced
     with pytest.raises(RuntimeError, match="moved"):
         runner.step(t, p, s)
 

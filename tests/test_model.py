@@ -112,3 +112,17 @@ def test_off_ladder_batch_is_eager_in_the_model():
     p = mdl.datasheet_profile("H100")
     r = model_rows(TINY, (3, 700), 64, "1,2,4", p)["rows"]
     assert r[0]["padded_bs"] == 4 and r[1]["padded_bs"] is None and r[1]["predicted_speedup"] == 1.0
+
+
+def test_launch_us_overrides_measured_op_costs(tmp_path):
+    import json
+    launch = dict(replay_fit=dict(gpu_fixed_us=2.0), copy=dict(bytes_per_s=3e12),
+                  matmul=dict(flops_per_s=7e14), host_us=dict(torch=dict(median=9.0)),
+                  gpu_us_per_kernel=dict(torch=dict(median=1.0)),
+                  replay={"1": dict(host_us=dict(median=4.0))},
+                  ops_host_us=dict(rmsnorm=dict(median=50.0)))
+    (tmp_path / "run.json").write_text(json.dumps(dict(kind="sweep", config={}, env={}, launch=launch)))
+    p = resolve_profile(str(tmp_path), None, None, None, None)
+    assert p.op_host_us["rmsnorm"] == 50.0
+    q = resolve_profile(str(tmp_path), None, None, None, 1.0)
+    assert q.op_host_us == {} and mdl.eager_step_us(TINY, 1, 8, q) < mdl.eager_step_us(TINY, 1, 8, p)

@@ -64,7 +64,7 @@ class FakeLab(ph.Lab):
         fn()
         bs, pad = self.runner.last
         us = 7000 + 2 * bs if pad is None else 600 + 5 * pad + (300 if self.runner.mode == "piecewise" else 0)
-        return dict(step_us=us, p20=0.99 * us, p80=1.01 * us, n=10, gpu_us=0.9 * us)
+        return dict(step_us=us, p20=0.99 * us, p80=1.01 * us, n=10, event_us=0.9 * us)
 
     def profile(self):
         self.cache["launch"] = {}
