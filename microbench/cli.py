@@ -246,6 +246,10 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
     except ValueError as e:
         _usage(e)
     res = model_rows(PRESETS[preset], bs, context, ladder, prof, below, dtype)
+    if profile_run:
+        from microbench.model_cli import attach_measured
+        from microbench.results import load_run
+        res = attach_measured(res, load_run(profile_run))
     click.echo(json.dumps(res, indent=2) if as_json else model_table(res))
 
 

@@ -58,6 +58,23 @@ def model_rows(shape: ModelShape, bs, context: int, ladder: str, prof: mdl.Devic
                 below=below)
 
 
+def attach_measured(res: dict, run: dict) -> dict:
+    """Put a saved sweep's measurements beside the predictions, for the batch sizes both have,
+    when the sweep ran the same preset at the same context (validating the model on a run)."""
+    cfg = run.get("config", {})
+    if run.get("kind") != "sweep" or cfg.get("preset") != res["preset"] or \
+            cfg.get("context") != res["context"]:
+        return res
+    measured = {r["bs"]: r for r in run.get("rows", []) if r.get("speedup")}
+    for r in res["rows"]:
+        m = measured.get(r["bs"])
+        if m:
+            r.update(measured_eager_step_us=m["eager_step_us"],
+                     measured_graph_step_us=m["graph_step_us"], measured_speedup=m["speedup"],
+                     speedup_error=r["predicted_speedup"] / m["speedup"] - 1)
+    return res
+
+
 def model_table(res: dict) -> str:
     p = res["profile"]
     head = (f"PREDICTION for {res['preset']} at context {res['context']} on {p['name']} "
@@ -68,8 +85,13 @@ def model_table(res: dict) -> str:
              f"{r['host_launch_us']:.0f}", f"{r['gpu_busy_us']:.0f}",
              f"{r['predicted_eager_step_us']:.0f}", f"{r['predicted_graph_step_us']:.0f}",
              f"{r['predicted_speedup']:.2f}"] for r in res["rows"]]
-    out = [head, table(["bs", "pad", "kernels", "host us", "GPU us", "eager us", "graph us",
-                        "speedup"], rows)]
+    heads = ["bs", "pad", "kernels", "host us", "GPU us", "eager us", "graph us", "speedup"]
+    if any("measured_speedup" in r for r in res["rows"]):
+        heads += ["measured", "error"]
+        for cells, r in zip(rows, res["rows"]):
+            cells += ([f"{r['measured_speedup']:.2f}", f"{r['speedup_error']:+.0%}"]
+                      if "measured_speedup" in r else ["-", "-"])
+    out = [head, table(heads, rows)]
     c = res["crossover_bs"]
     out.append(f"speedup falls under {res['below']:.2f}x at bs {c}" if c else
                f"speedup stays above {res['below']:.2f}x up to bs 4096")

@@ -126,3 +126,19 @@ def test_launch_us_overrides_measured_op_costs(tmp_path):
     assert p.op_host_us["rmsnorm"] == 50.0
     q = resolve_profile(str(tmp_path), None, None, None, 1.0)
     assert q.op_host_us == {} and mdl.eager_step_us(TINY, 1, 8, q) < mdl.eager_step_us(TINY, 1, 8, p)
+
+
+def test_measured_runs_sit_beside_predictions():
+    from microbench.model_cli import attach_measured, model_table
+    p = mdl.datasheet_profile("H100")
+    res = model_rows(TINY, (1, 4), 64, "vllm", p)
+    run = dict(kind="sweep", config=dict(preset="tiny", context=64),
+               rows=[dict(bs=1, eager_step_us=900.0, graph_step_us=300.0, speedup=3.0)])
+    out = attach_measured(res, run)
+    r1, r4 = out["rows"]
+    assert r1["measured_speedup"] == 3.0
+    assert r1["speedup_error"] == pytest.approx(r1["predicted_speedup"] / 3.0 - 1)
+    assert "measured_speedup" not in r4
+    assert "measured" in model_table(out).splitlines()[1]
+    other = dict(run, config=dict(preset="tiny", context=128))
+    assert "measured_speedup" not in attach_measured(model_rows(TINY, (1,), 64, "vllm", p), other)["rows"][0]
