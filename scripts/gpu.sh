@@ -42,6 +42,9 @@ for st in $stages; do
         TRITON_CACHE_DIR=$(mktemp -d) /usr/bin/time -f "wall %e s (cold Triton cache)" \
           microbench sweep --bs 1,4,16,64 --preset $p --out "$new" 2>&1 | tee "$OUT/sweep-$p.log"
       done; rc=$? ;;
+    sweep3pin)
+      # the same three sweeps with the process pinned to one CPU core
+      for i in 1 2 3; do taskset -c 3 microbench sweep --out "$new" --quiet 2>&1 | tee "$OUT/sweep3pin-$i.log"; done; rc=$? ;;
     sweep3)
       for i in 1 2 3; do microbench sweep --out "$new" --quiet 2>&1 | tee "$OUT/sweep3-$i.log"; done; rc=$? ;;
     *) echo "unknown stage $st"; rc=2 ;;
