@@ -12,7 +12,9 @@ any of them. Made with `bash scripts/gpu.sh ...` on `nvidia-h100-x1` and `nvidia
 copy of the tree has no `.git`, so the revision is passed in as `MICROBENCH_GIT_REV` (runs that
 say `None` were made by commit `a476c0d`).
 
-Sweeps made before commit `81bee6f` were removed: they profiled kernels before timing, and the
+The three sweeps of commit `9925911` ran pinned to one CPU core (`taskset -c 3`, stage
+`sweep3pin` of `scripts/gpu.sh`; the pin is not part of the recorded command). Sweeps made
+before commit `81bee6f` were removed: they profiled kernels before timing, and the
 profiler's hooks slowed every later launch and replay on the host.
 
 | folder | kind | GPU | driver | torch | triton | git | command |
