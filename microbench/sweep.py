@@ -7,11 +7,12 @@ therefore pay every kernel launch on the critical path, which is what graphs rem
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from microbench.config import MAX_BATCH, MAX_CONTEXT, DTYPES, ModelShape, PRESETS
 from microbench.graphs import MODES
 from microbench.ladder import resolve_ladder
+from microbench.timing import row_noise
 
 DEFAULT_BS = (1, 4, 16, 64)
 
@@ -254,13 +255,8 @@ def eager_breakdown(kernels, profile) -> dict:
 
 def speedup_noise(row: dict, floor: float = 0.03) -> float:
     """Relative noise of a row's speedup: the p20-p80 spreads of its eager and graph times
-    added (a ratio's relative error is about the sum of its parts'), at least `floor`."""
-    spread = 0.0
-    for arm in ("eager", "graph"):
-        med, lo, hi = (row.get(f"{arm}_step_us"), row.get(f"{arm}_p20"), row.get(f"{arm}_p80"))
-        if med and lo is not None and hi is not None:
-            spread += (hi - lo) / med
-    return max(floor, spread)
+    added (a ratio's relative error is about the sum of its parts'), each at least `floor`."""
+    return row_noise(row, "eager_", floor) + row_noise(row, "graph_", floor)
 
 
 def check_shape(rows: list[dict], noise: float | None = None) -> dict:

@@ -39,6 +39,14 @@ class Stats:
         return asdict(self)
 
 
+def row_noise(row: dict, prefix: str = "", floor: float = 0.03) -> float:
+    """Relative spread of a saved timing: (p80 - p20) / median of `{prefix}step_us` with
+    `{prefix}p20` and `{prefix}p80`, at least `floor` (the noise bands of the verdicts)."""
+    med, lo, hi = row.get(f"{prefix}step_us"), row.get(f"{prefix}p20"), row.get(f"{prefix}p80")
+    spread = (hi - lo) / med if med and lo is not None and hi is not None else 0.0
+    return max(floor, spread)
+
+
 def quantile(sorted_xs, q: float) -> float:
     """Linear-interpolated quantile of an already sorted, non-empty sequence."""
     if not sorted_xs:

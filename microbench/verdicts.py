@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from microbench.config import ModelShape
 from microbench.sweep import check_shape
+from microbench.timing import row_noise
 
 MiB, GiB = 1 << 20, 1 << 30
 NOISE_FLOOR = 0.03
@@ -20,9 +21,7 @@ NEAR = 0.8            # "back near bs 1": per-sequence throughput at least 80% o
 # ---- pure helpers (CPU-testable) -----------------------------------------------------------
 def noise(row: dict, p: str = "") -> float:
     """Relative spread of the timing `{p}step_us` (with `{p}p20`, `{p}p80`), at least 3%."""
-    med, lo, hi = row.get(f"{p}step_us"), row.get(f"{p}p20"), row.get(f"{p}p80")
-    spread = (hi - lo) / med if med and lo is not None and hi is not None else 0.0
-    return max(NOISE_FLOOR, spread)
+    return row_noise(row, p, NOISE_FLOOR)
 
 
 def slower(a: dict, b: dict, pa: str = "", pb: str = "") -> bool:
