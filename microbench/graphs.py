@@ -156,6 +156,7 @@ class GraphRunner:
                       f"({str(err).splitlines()[0][:120]})", RuntimeWarning, stacklevel=3)
 
     def _views(self, size: int):
+        # Fresh slices, not the cached _rows: the debug check must see where _in is now.
         return self._in[0, :size], self._in[1, :size], self._in[2, :size]
 
     def _capture_one(self, size: int, shared_pool, stream) -> GraphEntry:
