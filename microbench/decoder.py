@@ -53,6 +53,9 @@ class ToyDecoder:
         self.ops = _Ops(backend)
         self.scratch_slot = max_batch
         self.scale = shape.head_dim ** -0.5
+        # Tensor parallelism: a callable that all-reduces a row-parallel matmul's output in
+        # place (set by microbench.tp on each rank's shard); None on one GPU.
+        self.all_reduce = None
         self._init_weights(seed)
         s = shape
         cache_shape = (max_batch + 1, s.n_kv_heads, max_seq, s.head_dim)
@@ -112,9 +115,14 @@ class ToyDecoder:
         """O projection and the FFN of layer l; returns (h, residual) with h not yet added."""
         s, ops, L = self.shape, self.ops, self.layers[l]
         h = F.linear(o.reshape(o.shape[0], s.q_size), L["wo"])          # [B, hidden]
+        if self.all_reduce is not None:
+            self.all_reduce(h)
         x, residual = ops.rmsnorm(h, L["ffn_norm"], s.norm_eps, residual=residual)
         g = ops.swiglu(F.linear(x, L["wgu"]))                           # [B, F]
-        return F.linear(g, L["wdown"]), residual
+        h = F.linear(g, L["wdown"])
+        if self.all_reduce is not None:
+            self.all_reduce(h)
+        return h, residual
 
     def piece(self, i: int, tokens, positions, slots, o=None, residual=None):
         """Piece i of the step. Piece 0: embedding and layer 0 up to attention. Piece i in
