@@ -49,6 +49,43 @@ def _rope_kernel(
     _rotate_heads(k_ptr + b * stride_kb, stride_kh, cos, sin, HKV, HALF, BLOCK_H, BLOCK_HALF)
 
 
+@triton.jit
+def _rope_store_kv_kernel(
+    q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, slots_ptr,
+    stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
+    stride_cs, stride_ch, stride_cn,
+    theta,
+    H: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    pos_i = tl.load(pos_ptr + b).to(tl.int64)
+    slot = tl.load(slots_ptr + b).to(tl.int64)
+    pos = pos_i.to(tl.float32)
+    i = tl.arange(0, BLOCK_HALF).to(tl.float64)[None, :]
+    log2_step = -tl.log2(tl.full([1, 1], theta, tl.float64)) / HALF
+    inv_freq = tl.exp2(i * log2_step).to(tl.float32)
+    angle = pos * inv_freq
+    cos = tl.cos(angle)
+    sin = tl.sin(angle)
+    _rotate_heads(q_ptr + b * stride_qb, stride_qh, cos, sin, H, HALF, BLOCK_H, BLOCK_HALF)
+    # K: rotated on the way into the cache (the new k itself is not written back); V: copied.
+    kc = kc_ptr + slot * stride_cs + pos_i * stride_cn
+    vc = vc_ptr + slot * stride_cs + pos_i * stride_cn
+    offs_i = tl.arange(0, BLOCK_HALF)[None, :]
+    for h0 in range(0, HKV, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)[:, None]
+        mask = (offs_h < HKV) & (offs_i < HALF)
+        kp = k_ptr + b * stride_kb + offs_h * stride_kh + offs_i
+        x1 = tl.load(kp, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(kp + HALF, mask=mask, other=0.0).to(tl.float32)
+        dt = kc_ptr.dtype.element_ty
+        tl.store(kc + offs_h * stride_ch + offs_i, to_dtype(x1 * cos - x2 * sin, dt), mask=mask)
+        tl.store(kc + offs_h * stride_ch + offs_i + HALF, to_dtype(x2 * cos + x1 * sin, dt), mask=mask)
+        vp = v_ptr + b * stride_vb + offs_h * stride_vh + offs_i
+        tl.store(vc + offs_h * stride_ch + offs_i, tl.load(vp, mask=mask), mask=mask)
+        tl.store(vc + offs_h * stride_ch + offs_i + HALF, tl.load(vp + HALF, mask=mask), mask=mask)
+
+
 def _check(q, k, positions):
     if q.dim() != 3 or k.dim() != 3:
         raise ValueError(f"rope: q and k must be 3-D [B, H, D], got {tuple(q.shape)} and {tuple(k.shape)}")
@@ -108,3 +145,41 @@ def rope_ref(q, k, positions, theta=10000.0):
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
 
     return rotate(q), rotate(k)
+
+
+def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0):
+    """rope and store_kv in one kernel: q is rotated in place; k is rotated on its way into
+    k_cache[slots[i], :, positions[i]] (k itself is left as it was); v is copied into v_cache.
+    Shapes as rope's and store_kv's. Returns q."""
+    from kernels.store_kv import _check as _check_store
+    _check(q, k, positions)
+    _check_store(k_cache, v_cache, k, v, slots, positions)
+    if k_cache.stride() != v_cache.stride():
+        raise ValueError(f"rope_store_kv: k_cache and v_cache must share strides, got "
+                         f"{k_cache.stride()} and {v_cache.stride()}")
+    check_device("rope_store_kv", _rope_store_kv_kernel, q)
+    B, H, D = q.shape
+    Hkv = k.shape[1]
+    if B > 0:
+        half = D // 2
+        _rope_store_kv_kernel[(B,)](
+            q, k, v, k_cache, v_cache, positions, slots,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            float(theta),
+            H=H, HKV=Hkv, HALF=half, BLOCK_H=min(triton.next_power_of_2(max(H, Hkv)), 16),
+            BLOCK_HALF=triton.next_power_of_2(half), num_warps=4,
+        )
+    return q
+
+
+def rope_store_kv_ref(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0):
+    """Reference: q, k = rope_ref(q, k, positions, theta); store_kv_ref(k_cache, v_cache, k, v,
+    slots, positions); returns the new q (out of place; the caches are written in place).
+
+    Bytes (s = element size, s_i = index size): reads B·(H + 2·Hkv)·D·s + 2·B·s_i, writes
+    B·(H + 2·Hkv)·D·s."""
+    from kernels.store_kv import store_kv_ref
+    q2, k2 = rope_ref(q, k, positions, theta)
+    store_kv_ref(k_cache, v_cache, k2, v, slots, positions)
+    return q2

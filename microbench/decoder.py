@@ -12,6 +12,11 @@ One decode step, per layer:
     g = swiglu(x @ Wgu^T)
     h = g @ Wdown^T
 
+With `fuse=True` (the default, triton backend) rope and the KV store are one kernel
+(`rope_store_kv`) at every batch size, and at up to `kernels.gemv.MAX_ROWS` rows the matmuls are
+Triton skinny matmuls with the norm (before QKV, gate/up and the LM head) and swiglu (before down)
+computed in their prologues: six kernels a layer plus attention's reduce, instead of ten.
+
 then a final norm and the tied LM head. The step is written as `n_layers + 1` *pieces* separated
 by the attention calls, so the graph runner can capture the pieces alone (piecewise mode) while
 attention runs eagerly between them, as vLLM's PIECEWISE mode does.
@@ -25,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
+import kernels.gemv
 from microbench.config import ModelShape
 
 BACKENDS = ("triton", "torch")
@@ -42,7 +48,7 @@ class _Ops:
 class ToyDecoder:
     def __init__(self, shape: ModelShape, backend: str = "triton", max_batch: int = 64,
                  max_seq: int = 1024, dtype: torch.dtype = torch.bfloat16,
-                 device: str | torch.device = "cuda", seed: int = 0):
+                 device: str | torch.device = "cuda", seed: int = 0, fuse: bool = True):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if max_batch < 1 or max_seq < 1:
@@ -51,6 +57,7 @@ class ToyDecoder:
         self.max_batch, self.max_seq = max_batch, max_seq
         self.dtype, self.device = dtype, torch.device(device)
         self.ops = _Ops(backend)
+        self.fuse = fuse and backend == "triton"
         self.scratch_slot = max_batch
         self.scale = shape.head_dim ** -0.5
         # Tensor parallelism: a callable that all-reduces a row-parallel matmul's output in
@@ -97,29 +104,22 @@ class ToyDecoder:
 
     def _pre_attention(self, l: int, h, residual, positions, slots):
         """Norm, QKV, RoPE and KV store of layer l; returns (q, residual)."""
-        s, ops, L = self.shape, self.ops, self.layers[l]
+        s, L = self.shape, self.layers[l]
         B = h.shape[0]
-        if residual is None:
-            x, residual = ops.rmsnorm(h, L["attn_norm"], s.norm_eps), h
-        else:
-            x, residual = ops.rmsnorm(h, L["attn_norm"], s.norm_eps, residual=residual)
-        qkv = F.linear(x, L["wqkv"])                                    # [B, (H + 2Hkv) D]
+        qkv, residual = self.norm_linear(h, L["attn_norm"], L["wqkv"], residual)  # [B, (H+2Hkv)D]
         q = qkv[:, :s.q_size].view(B, s.n_heads, s.head_dim)            # [B, H, D]
         k = qkv[:, s.q_size:s.q_size + s.kv_size].view(B, s.n_kv_heads, s.head_dim)
         v = qkv[:, s.q_size + s.kv_size:].view(B, s.n_kv_heads, s.head_dim)
-        q, k = ops.rope(q, k, positions, s.rope_theta)
-        ops.store_kv(self.k_cache[l], self.v_cache[l], k, v, slots, positions)
-        return q, residual
+        return self.rope_store(l, q, k, v, slots, positions), residual
 
     def _post_attention(self, l: int, o, residual):
         """O projection and the FFN of layer l; returns (h, residual) with h not yet added."""
-        s, ops, L = self.shape, self.ops, self.layers[l]
-        h = F.linear(o.reshape(o.shape[0], s.q_size), L["wo"])          # [B, hidden]
+        s, L = self.shape, self.layers[l]
+        h = self.linear(o.reshape(o.shape[0], s.q_size), L["wo"])       # [B, hidden]
         if self.all_reduce is not None:
             self.all_reduce(h)
-        x, residual = ops.rmsnorm(h, L["ffn_norm"], s.norm_eps, residual=residual)
-        g = ops.swiglu(F.linear(x, L["wgu"]))                           # [B, F]
-        h = F.linear(g, L["wdown"])
+        gu, residual = self.norm_linear(h, L["ffn_norm"], L["wgu"], residual)  # [B, 2F]
+        h = self.swiglu_linear(gu, L["wdown"])                          # [B, hidden]
         if self.all_reduce is not None:
             self.all_reduce(h)
         return h, residual
@@ -134,10 +134,45 @@ class ToyDecoder:
         else:
             h, res = self._post_attention(i - 1, o, residual)
         if i == s.n_layers:
-            x, _ = self.ops.rmsnorm(h, self.final_norm, s.norm_eps, residual=res)
-            return F.linear(x, self.embed)                              # [B, vocab]
+            return self.norm_linear(h, self.final_norm, self.embed, res)[0]  # [B, vocab]
         q, res = self._pre_attention(i, h, res, positions, slots)
         return q, res
+
+    # ---- the step's operations, fused or not ------------------------------------------------
+    def skinny(self, b: int) -> bool:
+        """Whether b rows take the fused skinny-matmul path."""
+        return self.fuse and b <= kernels.gemv.MAX_ROWS
+
+    def norm_linear(self, h, norm_w, w, residual=None):
+        """(rmsnorm(h + residual) @ w^T, new residual); without a residual, h is the residual."""
+        eps = self.shape.norm_eps
+        if self.skinny(h.shape[0]):
+            if residual is None:
+                return kernels.rmsnorm_linear(h, norm_w, eps, w), h
+            return kernels.rmsnorm_linear(h, norm_w, eps, w, residual=residual)
+        if residual is None:
+            x, residual = self.ops.rmsnorm(h, norm_w, eps), h
+        else:
+            x, residual = self.ops.rmsnorm(h, norm_w, eps, residual=residual)
+        return F.linear(x, w), residual
+
+    def linear(self, x, w):
+        return kernels.linear(x, w) if self.skinny(x.shape[0]) else F.linear(x, w)
+
+    def swiglu_linear(self, gu, w):
+        if self.skinny(gu.shape[0]):
+            return kernels.swiglu_linear(gu, w)
+        return F.linear(self.ops.swiglu(gu), w)
+
+    def rope_store(self, l: int, q, k, v, slots, positions):
+        """RoPE on q and k, k and v into layer l's cache; returns the rotated q."""
+        s = self.shape
+        if self.fuse:
+            return kernels.rope_store_kv(q, k, v, self.k_cache[l], self.v_cache[l], slots,
+                                         positions, s.rope_theta)
+        q, k = self.ops.rope(q, k, positions, s.rope_theta)
+        self.ops.store_kv(self.k_cache[l], self.v_cache[l], k, v, slots, positions)
+        return q
 
     def attention(self, l: int, q, slots, seq_lens, out=None):
         """Decode attention of layer l; with `out`, the result is written there (the graph
@@ -188,8 +223,16 @@ class ToyDecoder:
     def launches_per_step(self, b: int = 1) -> dict[str, int]:
         """Kernel launches of one eager step, by launcher (the triton backend's plan; the
         profiler's count is reported beside it by the sweep)."""
-        from microbench.workload import launch_counts, step_kernels
-        return launch_counts(step_kernels(self.shape, b, 0, attn_launches=self.attention_launches(b)))
+        from microbench.workload import launch_counts
+        return launch_counts(self.plan(b, 0))
+
+    def plan(self, b: int, context: int, elt: int | None = None):
+        """The kernels one eager step at batch b launches (workload.step_kernels for this
+        decoder's fusion and attention split)."""
+        from microbench.workload import step_kernels
+        elt = self.embed.element_size() if elt is None else elt
+        return step_kernels(self.shape, b, context, elt, self.attention_launches(b),
+                            fuse=self.fuse)
 
     def weight_bytes(self) -> int:
         return self.shape.n_params * self.embed.element_size()

@@ -179,23 +179,34 @@ def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
     k = qkv[:, s.q_size:s.q_size + s.kv_size].view(b, s.n_kv_heads, s.head_dim)
     v = qkv[:, s.q_size + s.kv_size:].view(b, s.n_kv_heads, s.head_dim)
     o, gu, f = r(b, s.n_heads, s.head_dim), r(b, 2 * s.ffn), r(b, s.ffn)
+    nw = L["attn_norm"]
     fns = {
         "embedding": lambda: dec.embed[tokens],
         "seq_lens_add": lambda: positions + 1,
         "seq_lens_cast": lambda: positions.to(torch.int32),
-        "rmsnorm": lambda: ops.rmsnorm(x, L["attn_norm"], s.norm_eps, residual=res),
-        "qkv_proj": lambda: F.linear(x, L["wqkv"]),
-        "rope": lambda: ops.rope(q, k, positions, s.rope_theta),
-        "store_kv": lambda: ops.store_kv(dec.k_cache[0], dec.v_cache[0], k, v, slots, positions),
         "decode_attention": lambda: dec.attention(0, q, slots, seq),
-        "o_proj": lambda: F.linear(o.reshape(b, s.q_size), L["wo"]),
-        "gate_up_proj": lambda: F.linear(x, L["wgu"]),
-        "swiglu": lambda: ops.swiglu(gu),
-        "down_proj": lambda: F.linear(f, L["wdown"]),
-        "lm_head": lambda: F.linear(x, dec.embed),
+        "o_proj": lambda: dec.linear(o.reshape(b, s.q_size), L["wo"]),
+        "down_proj": lambda: dec.swiglu_linear(gu, L["wdown"]),
     }
+    if dec.fuse:
+        fns["rope_store_kv"] = lambda: dec.rope_store(0, q, k, v, slots, positions)
+    else:
+        fns["rope"] = lambda: ops.rope(q, k, positions, s.rope_theta)
+        fns["store_kv"] = lambda: ops.store_kv(dec.k_cache[0], dec.v_cache[0], k, v, slots, positions)
+    if dec.skinny(b):   # the norm is inside the matmul; swiglu inside down_proj
+        fns["qkv_proj"] = lambda: dec.norm_linear(x, nw, L["wqkv"], res)
+        fns["gate_up_proj"] = lambda: dec.norm_linear(x, nw, L["wgu"], res)
+        fns["lm_head"] = lambda: dec.norm_linear(x, nw, dec.embed, res)
+    else:
+        fns["rmsnorm"] = lambda: ops.rmsnorm(x, nw, s.norm_eps, residual=res)
+        fns["qkv_proj"] = lambda: F.linear(x, L["wqkv"])
+        fns["gate_up_proj"] = lambda: F.linear(x, L["wgu"])
+        fns["lm_head"] = lambda: F.linear(x, dec.embed)
+        fns["swiglu"] = lambda: ops.swiglu(gu)
+        fns["down_proj"] = lambda: F.linear(f, L["wdown"])
     out = {name: host_time_us(fn, inner=10, budget_s=budget_s).to_dict() for name, fn in fns.items()}
-    out["final_norm"] = out["rmsnorm"]
+    if "rmsnorm" in out:
+        out["final_norm"] = out["rmsnorm"]
     # decode_attention's host cost covers both its launches (split and reduce)
     out["attention_reduce"] = dict(median=0.0, p20=0.0, p80=0.0, n=0)
     return out
@@ -225,6 +236,7 @@ def count_kernels(fn) -> int:
 
 
 KERNEL_FAMILIES = (("_split_kernel", "decode_attention"), ("_reduce_kernel", "attention_reduce"),
+                   ("_gemv", "matmul"), ("_rope_store_kv", "rope_store_kv"),
                    ("_rmsnorm", "rmsnorm"), ("_rope", "rope"), ("_store_kv", "store_kv"),
                    ("_swiglu", "swiglu"), ("gemm", "matmul"), ("gemv", "matmul"),
                    ("cutlass", "matmul"), ("sm90", "matmul"), ("index", "embedding"))

@@ -103,35 +103,38 @@ def kernel_time_us(k: Kernel, p: DeviceProfile) -> float:
 
 
 def gpu_time_us(shape: ModelShape, b: int, context: int, p: DeviceProfile, elt: int = 2,
-                attn_launches: int = 2) -> float:
-    return sum(kernel_time_us(k, p) for k in step_kernels(shape, b, context, elt, attn_launches))
+                attn_launches: int = 2, fuse: bool = True) -> float:
+    return sum(kernel_time_us(k, p) for k in step_kernels(shape, b, context, elt, attn_launches, fuse))
 
 
 def eager_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
-                  elt: int = 2, attn_launches: int = 2) -> float:
+                  elt: int = 2, attn_launches: int = 2, fuse: bool = True) -> float:
     enq = end = 0.0
-    for k in step_kernels(shape, b, context, elt, attn_launches):
+    for k in step_kernels(shape, b, context, elt, attn_launches, fuse):
         enq += p.kernel_host_us(k)
         end = max(enq, end) + kernel_time_us(k, p)
     return end + p.sync_us
 
 
 def graph_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
-                  padded: int | None = None, elt: int = 2, attn_launches: int = 2) -> float:
+                  padded: int | None = None, elt: int = 2, attn_launches: int = 2,
+                  fuse: bool = True) -> float:
     b = padded or b
     host = p.n_input_copies * p.host_us("torch") + p.replay_host_us
-    return (host + p.replay_gpu_fixed_us + gpu_time_us(shape, b, context, p, elt, attn_launches)
-            + p.sync_us)
+    return (host + p.replay_gpu_fixed_us
+            + gpu_time_us(shape, b, context, p, elt, attn_launches, fuse) + p.sync_us)
 
 
 def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
             padded: int | None = None, elt: int = 2, attn_launches: int = 2,
-            padded_attn_launches: int | None = None) -> dict:
+            padded_attn_launches: int | None = None, fuse: bool = True) -> dict:
     """Predicted eager and graph step time and speedup at batch b (graph at `padded`).
-    attn_launches: kernels per attention call (2 with split-KV, 1 without) at b and at padded."""
-    e = eager_step_us(shape, b, context, p, elt, attn_launches)
-    g = graph_step_us(shape, b, context, p, padded, elt, padded_attn_launches or attn_launches)
-    ks = step_kernels(shape, b, context, elt, attn_launches)
+    attn_launches: kernels per attention call (2 with split-KV, 1 without) at b and at padded.
+    fuse: the decoder's fused plan (workload.step_kernels)."""
+    e = eager_step_us(shape, b, context, p, elt, attn_launches, fuse)
+    g = graph_step_us(shape, b, context, p, padded, elt, padded_attn_launches or attn_launches,
+                      fuse)
+    ks = step_kernels(shape, b, context, elt, attn_launches, fuse)
     return dict(bs=b, padded_bs=padded or b, predicted_eager_step_us=e,
                 predicted_graph_step_us=g, predicted_speedup=(e / g) if g else None,
                 host_launch_us=sum(p.kernel_host_us(k) for k in ks),

@@ -101,7 +101,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
                                    profile_kernels)
     from microbench.results import environment
     from microbench.timing import gpu_time_us, host_time_us, step_time_us
-    from microbench.workload import launch_counts, step_bytes, step_kernels
+    from microbench.workload import launch_counts, step_bytes
 
     say = on_progress or (lambda s: None)
     require_cuda("sweep")
@@ -138,7 +138,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
         run["capture"] = cap
         run["capture_s"], run["pool_bytes"] = cap["capture_s"], cap["pool_bytes"]
         elt = torch.finfo(dtype).bits // 8
-        kernels = step_kernels(shape, cfg.bs[0], cfg.context, elt, dec.attention_launches(cfg.bs[0]))
+        kernels = dec.plan(cfg.bs[0], cfg.context, elt)
         run["kernels_per_step"] = dict(planned=launch_counts(kernels))
         run["eager_breakdown"] = eager_breakdown(kernels, profile)
         kw = dict(budget_s=cfg.time_budget)
@@ -183,12 +183,13 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             row.update(eager_tok_s_per_seq=row["eager_tok_s"] / bs,
                        graph_tok_s_per_seq=(row["graph_tok_s"] / bs) if row["graph_tok_s"] else None,
                        padding_waste=((padded - bs) / padded) if padded else 0.0)
-            nbytes = step_bytes(shape, bs, cfg.context, elt)
+            nbytes = step_bytes(shape, bs, cfg.context, elt, fuse=dec.fuse)
             row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6),
                        graph_mbu=nbytes / (best * 1e-6) / profile.copy_bw)
             pred = mdl.predict(shape, bs, cfg.context, profile, padded=padded or bs, elt=elt,
                                attn_launches=dec.attention_launches(bs),
-                               padded_attn_launches=dec.attention_launches(padded or bs))
+                               padded_attn_launches=dec.attention_launches(padded or bs),
+                               fuse=dec.fuse)
             row.update(predicted_eager_step_us=pred["predicted_eager_step_us"],
                        predicted_graph_step_us=pred["predicted_graph_step_us"],
                        predicted_speedup=pred["predicted_speedup"])

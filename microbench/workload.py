@@ -18,9 +18,13 @@ class Kernel:
 
 
 def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
-                 attn_launches: int = 2) -> list[Kernel]:
+                 attn_launches: int = 2, fuse: bool = True) -> list[Kernel]:
     """Kernels of one eager decode step of the triton backend at batch b, where each sequence
-    attends to `context` cached positions plus its new token. elt: bytes per element."""
+    attends to `context` cached positions plus its new token. elt: bytes per element.
+    fuse: the decoder's fused plan (rope into the KV store; at b <= MAX_ROWS, norms and swiglu
+    in the prologues of Triton skinny matmuls); False: one kernel per operation."""
+    from kernels.gemv import MAX_ROWS
+    skinny = fuse and b <= MAX_ROWS
     s, h = shape, shape.hidden
     H, Hkv, D, Fw, V = s.n_heads, s.n_kv_heads, s.head_dim, s.ffn, s.vocab
     kv_len = context + 1
@@ -28,41 +32,57 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
           Kernel("seq_lens_add", "torch", 2 * b * 8, 0),
           Kernel("seq_lens_cast", "torch", b * 12, 0)]
 
-    def mm(name, n_in, n_out):
-        return Kernel(name, "cublas", (n_in * n_out + b * n_in + b * n_out) * elt, 2 * b * n_in * n_out)
+    def mm(name, n_in, n_out, reads_in=1):
+        launcher = "triton" if skinny else "cublas"
+        return Kernel(name, launcher, (n_in * n_out + reads_in * b * n_in + b * n_out) * elt,
+                      2 * b * n_in * n_out)
+
+    def norm_mm(name, n_in, n_out, fused_res):
+        """rmsnorm (with the residual add) before a matmul: one kernel when skinny."""
+        if not skinny:
+            return [norm("final_norm" if name == "lm_head" else "rmsnorm", fused_res), mm(name, n_in, n_out)]
+        # reads h (and the residual) and the norm weight, writes the sum; then the matmul
+        k = mm(name, n_in, n_out, reads_in=2 if fused_res else 1)
+        extra = (n_in + (b * n_in if fused_res else 0)) * elt
+        return [Kernel(name, "triton", k.bytes + extra, k.flops + 4 * b * n_in)]
 
     def norm(name, fused):
         # reads x (and the residual) and w; writes the normed rows (and the new residual)
         return Kernel(name, "triton", ((2 if fused else 1) * 2 * b * h + h) * elt, 4 * b * h)
 
     for l in range(s.n_layers):
-        ks.append(norm("rmsnorm", fused=l > 0))
-        ks.append(mm("qkv_proj", h, s.qkv_size))
-        ks.append(Kernel("rope", "triton", 2 * b * (H + Hkv) * D * elt, 6 * b * (H + Hkv) * D))
-        ks.append(Kernel("store_kv", "triton", 2 * 2 * b * Hkv * D * elt, 0))
+        ks += norm_mm("qkv_proj", h, s.qkv_size, fused_res=l > 0)
+        rope_flops = 6 * b * (H + Hkv) * D
+        if fuse:
+            ks.append(Kernel("rope_store_kv", "triton", 2 * b * (H + 2 * Hkv) * D * elt, rope_flops))
+        else:
+            ks.append(Kernel("rope", "triton", 2 * b * (H + Hkv) * D * elt, rope_flops))
+            ks.append(Kernel("store_kv", "triton", 2 * 2 * b * Hkv * D * elt, 0))
         kv_bytes = 2 * b * Hkv * kv_len * D * elt
         attn_flops = 4 * b * H * kv_len * D
         ks.append(Kernel("decode_attention", "triton", kv_bytes + 2 * b * H * D * elt, attn_flops))
         for _ in range(attn_launches - 1):
             ks.append(Kernel("attention_reduce", "triton", 2 * b * H * D * 4, 0))
         ks.append(mm("o_proj", H * D, h))
-        ks.append(norm("rmsnorm", fused=True))
-        ks.append(mm("gate_up_proj", h, 2 * Fw))
-        ks.append(Kernel("swiglu", "triton", 3 * b * Fw * elt, 4 * b * Fw))
-        ks.append(mm("down_proj", Fw, h))
-    ks.append(norm("final_norm", fused=True))
-    ks.append(mm("lm_head", h, V))
+        ks += norm_mm("gate_up_proj", h, 2 * Fw, fused_res=True)
+        if skinny:   # swiglu in the down projection's prologue: reads gate and up
+            ks.append(Kernel("down_proj", "triton", (Fw * h + 2 * b * Fw + b * h) * elt,
+                             2 * b * Fw * h + 4 * b * Fw))
+        else:
+            ks.append(Kernel("swiglu", "triton", 3 * b * Fw * elt, 4 * b * Fw))
+            ks.append(mm("down_proj", Fw, h))
+    ks += norm_mm("lm_head", h, V, fused_res=True)
     return ks
 
 
-def step_bytes(shape: ModelShape, b: int, context: int, elt: int = 2) -> int:
+def step_bytes(shape: ModelShape, b: int, context: int, elt: int = 2, fuse: bool = True) -> int:
     """Bytes a step must move: every kernel's reads and writes (weights once, the KV history of
     every sequence, the new KV, activations)."""
-    return sum(k.bytes for k in step_kernels(shape, b, context, elt))
+    return sum(k.bytes for k in step_kernels(shape, b, context, elt, fuse=fuse))
 
 
-def step_flops(shape: ModelShape, b: int, context: int) -> int:
-    return sum(k.flops for k in step_kernels(shape, b, context))
+def step_flops(shape: ModelShape, b: int, context: int, fuse: bool = True) -> int:
+    return sum(k.flops for k in step_kernels(shape, b, context, fuse=fuse))
 
 
 def launch_counts(kernels) -> dict[str, int]:

@@ -136,8 +136,57 @@ def test_presets_have_real_shapes():
 
 def test_planned_launches_match_the_decoder():
     dec = make()
-    n = launch_counts(step_kernels(TINY, 1, 8, attn_launches=dec.attention_launches(1)))
+    n = launch_counts(step_kernels(TINY, 1, 8, attn_launches=dec.attention_launches(1),
+                                   fuse=dec.fuse))
     assert n == dec.launches_per_step(1)
     L = TINY.n_layers
+    # fused, one row: QKV, rope+store, attention, O, gate/up, down per layer, then the LM head
+    assert "cublas" not in n and n["torch"] == 3
+    assert n["triton"] == L * (5 + dec.attention_launches(1)) + 1
+    n = ToyDecoder(TINY, max_batch=4, max_seq=32, device="cpu", fuse=False).launches_per_step(1)
     assert n["cublas"] == 4 * L + 1 and n["torch"] == 3
     assert n["triton"] == L * (5 + dec.attention_launches(1)) + 1
+
+
+@pytest.mark.parametrize("bs", [2, 10], ids=["skinny", "cublas"])
+def test_fused_and_unfused_steps_agree(bs, device):
+    """Fusion changes which kernels run, not what a step computes."""
+    kw = dict(max_batch=12, max_seq=16, dtype=torch.float32, device=device)
+    fused = ToyDecoder(TINY, **kw)
+    plain = ToyDecoder(TINY, fuse=False, **kw)
+    assert fused.fuse and not plain.fuse
+    for dec in (fused, plain):
+        dec.fill_cache(5)
+    t, p, s = inputs(bs, 5, device)
+    torch.testing.assert_close(fused.step(t, p, s), plain.step(t, p, s), atol=2e-4, rtol=2e-4)
+    for a, b in zip(fused.k_cache + fused.v_cache, plain.k_cache + plain.v_cache):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bs, fuse", [(1, True), (9, True), (1, False)], ids=["skinny", "wide", "unfused"])
+def test_plan_counts_the_kernels_a_step_launches(bs, fuse, device, monkeypatch):
+    """The plan the model and the sweep read (decoder.plan) names every launch a step makes:
+    count the calls into each launcher during a real step."""
+    import kernels
+    from microbench import decoder as decoder_mod
+    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device, fuse=fuse)
+    calls = {"triton": 0, "cublas": 0}
+
+    def counting(fn, launcher, n=lambda *a, **k: 1):
+        def wrapped(*a, **k):
+            calls[launcher] += n(*a, **k)
+            return fn(*a, **k)
+        return wrapped
+
+    for name in ("rmsnorm_linear", "linear", "swiglu_linear", "rope_store_kv"):
+        monkeypatch.setattr(kernels, name, counting(getattr(kernels, name), "triton"))
+    for name in ("rmsnorm", "rope", "store_kv", "swiglu"):
+        setattr(dec.ops, name, counting(getattr(dec.ops, name), "triton"))
+    dec.ops.decode_attention = counting(dec.ops.decode_attention, "triton",
+                                        lambda q, *a, **k: dec.attention_launches(q.shape[0]))
+    monkeypatch.setattr(decoder_mod.F, "linear", counting(decoder_mod.F.linear, "cublas"))
+    t, p, s = inputs(bs, 3, device)
+    dec.step(t, p, s)
+    plan = launch_counts(dec.plan(bs, 3))
+    assert {k: plan.get(k, 0) for k in calls} == calls
+    assert plan["torch"] == 3          # embedding gather, seq_lens add and cast

@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
-from kernels import (decode_attention, decode_attention_ref, rmsnorm, rmsnorm_ref, rope, rope_ref,
-                     store_kv, store_kv_ref, swiglu, swiglu_ref)
+from kernels import (decode_attention, decode_attention_ref, linear, linear_ref, rmsnorm,
+                     rmsnorm_linear, rmsnorm_linear_ref, rmsnorm_ref, rope, rope_ref, rope_store_kv,
+                     rope_store_kv_ref, store_kv, store_kv_ref, swiglu, swiglu_linear,
+                     swiglu_linear_ref, swiglu_ref)
 from kernels.decode_attention import _MAX_SPLITS, _MIN_TOKENS_PER_SPLIT, _choose_num_splits
 from tests.utils import assert_close
 
@@ -264,6 +266,98 @@ def test_swiglu(B, F, dtype, device):
     assert_close(swiglu(gate_up), swiglu_ref(gate_up), dtype)
 
 
+# ---- skinny matmuls with fused prologues ----------------------------------------------------
+
+# B rows, K inputs, N outputs: K and N off every block size, B up to the kernel's MAX_ROWS.
+GEMV_SHAPES = [(1, 64, 48), (3, 100, 37), (8, 130, 20), (5, 257, 9), (2, 300, 70)]
+
+
+@pytest.fixture(autouse=True)
+def small_gemv_blocks(monkeypatch):
+    """Under the interpreter, small blocks, so the small shapes here span several programs and
+    several K chunks (on CUDA the autotuner's configs run)."""
+    import kernels.gemv
+    monkeypatch.setattr(kernels.gemv, "_INTERPRETED_CONFIG", dict(BLOCK_N=8, BLOCK_K=64, num_warps=4))
+
+
+def _weight(N, K, g, dtype, device):
+    return (randn(N, K, g=g, dtype=torch.float32, device=device) / K ** 0.5).to(dtype)
+
+
+@pytest.mark.parametrize("B, K, N", GEMV_SHAPES, ids=lambda v: str(v))
+@dtype_param
+def test_linear(B, K, N, dtype, device):
+    g = gen(21)
+    x, w = randn(B, K, g=g, dtype=dtype, device=device), _weight(N, K, g, dtype, device)
+    assert_close(linear(x, w), linear_ref(x, w), dtype)
+
+
+@pytest.mark.parametrize("B, K, N", GEMV_SHAPES, ids=lambda v: str(v))
+@dtype_param
+def test_swiglu_linear(B, K, N, dtype, device):
+    g = gen(22)
+    gate_up = 2 * randn(B, 2 * K, g=g, dtype=dtype, device=device)
+    w = _weight(N, K, g, dtype, device)
+    assert_close(swiglu_linear(gate_up, w), swiglu_linear_ref(gate_up, w), dtype)
+
+
+@pytest.mark.parametrize("B, K, N", GEMV_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@dtype_param
+def test_rmsnorm_linear(B, K, N, with_residual, dtype, device):
+    g = gen(23)
+    h = randn(B, K, g=g, dtype=dtype, device=device)
+    nw = (1 + 0.1 * randn(K, g=g, dtype=torch.float32, device=device)).to(dtype)
+    w = _weight(N, K, g, dtype, device)
+    if not with_residual:
+        assert_close(rmsnorm_linear(h, nw, 1e-5, w), rmsnorm_linear_ref(h, nw, 1e-5, w), dtype)
+        return
+    r = randn(B, K, g=g, dtype=dtype, device=device)
+    h0, r0 = h.clone(), r.clone()
+    y, s = rmsnorm_linear(h, nw, 1e-5, w, residual=r)
+    y_ref, s_ref = rmsnorm_linear_ref(h, nw, 1e-5, w, residual=r)
+    assert_close(y, y_ref, dtype)
+    assert torch.equal(s, s_ref)                       # one correctly rounded add, as unfused
+    assert torch.equal(h, h0) and torch.equal(r, r0)
+
+
+def test_linear_on_strided_rows(device):
+    # rows of a wider tensor (as attention's output or a QKV slice arrives)
+    g = gen(24)
+    big = randn(3, 200, g=g, dtype=torch.float32, device=device)
+    x, w = big[:, 10:110], _weight(17, 100, g, torch.float32, device)
+    assert_close(linear(x, w), linear_ref(x, w), torch.float32)
+
+
+# ---- rope fused into the KV store ------------------------------------------------------------
+
+@pytest.mark.parametrize("B, H, Hkv, D", [(3, 4, 2, 64), (1, 2, 2, 80), (5, 6, 1, 128), (2, 3, 3, 96)],
+                         ids=lambda v: str(v))
+@dtype_param
+def test_rope_store_kv(B, H, Hkv, D, dtype, device):
+    g = gen(25)
+    S, max_seq = B + 2, 24
+    _, q, k, v = fused_qkv(B, H, Hkv, D, g, dtype, device)
+    k_cache = randn(S, Hkv, max_seq, D, g=g, dtype=dtype, device=device)
+    v_cache = randn(S, Hkv, max_seq, D, g=g, dtype=dtype, device=device)
+    slots = torch.randperm(S, generator=g)[:B].to(device)
+    positions = torch.randint(0, max_seq, (B,), generator=g).to(device)
+    positions[0] = max_seq - 1
+    kc_ref, vc_ref = k_cache.clone(), v_cache.clone()
+    q_ref = rope_store_kv_ref(q, k, v, kc_ref, vc_ref, slots, positions, 10000.0)
+    k0 = k.clone()
+    out = rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, 10000.0)
+    assert out is q
+    assert_close(q, q_ref, dtype)
+    assert torch.equal(k, k0)                          # k itself is left as it was
+    assert torch.equal(v_cache, vc_ref)                # v: a copy
+    assert_close(k_cache, kc_ref, dtype)               # k: rotated on the way in
+    untouched = torch.ones(S, max_seq, dtype=torch.bool, device=device)
+    untouched[slots, positions] = False
+    untouched = untouched[:, None, :, None].expand_as(k_cache)
+    assert torch.equal(k_cache[untouched], kc_ref[untouched])
+
+
 # ---- argument checks -------------------------------------------------------------------------
 
 def _f16(*shape, dev):
@@ -303,6 +397,16 @@ BAD_CALLS = [
                                                      _f16(2, 2, 8, 64, dev=d), _i32(1, dev=d), _i32(1, dev=d, fill=1),
                                                      torch.tensor(0.125, device=d)), "scale"),
     ("swiglu-odd", lambda d: swiglu(_f16(2, 7, dev=d)), r"\[B, 2F\]"),
+    ("linear-rows", lambda d: linear(_f16(9, 8, dev=d), _f16(4, 8, dev=d)), "rows; allowed 1..8"),
+    ("linear-k", lambda d: linear(_f16(2, 8, dev=d), _f16(4, 7, dev=d)), r"w must be \[N, 8\]"),
+    ("linear-dtype", lambda d: linear(_f16(2, 8, dev=d), _f16(4, 8, dev=d).float()), "dtypes"),
+    ("swiglu-linear-k", lambda d: swiglu_linear(_f16(2, 8, dev=d), _f16(4, 8, dev=d)), r"w must be \[N, 4\]"),
+    ("rmsnorm-linear-nw", lambda d: rmsnorm_linear(_f16(2, 8, dev=d), _f16(7, dev=d), 1e-5, _f16(4, 8, dev=d)),
+     "norm_w"),
+    ("rope-store-kv-cache", lambda d: rope_store_kv(_f16(1, 2, 64, dev=d), _f16(1, 1, 64, dev=d),
+                                                    _f16(1, 1, 64, dev=d), _f16(2, 2, 8, 64, dev=d),
+                                                    _f16(2, 2, 8, 64, dev=d), _i32(1, dev=d), _i32(1, dev=d)),
+     "k and v"),
 ]
 
 

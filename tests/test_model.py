@@ -86,8 +86,13 @@ def test_byte_and_flop_counts_against_the_decoder():
     # Matmul flops: 2 per weight element per sequence (the LM head is the tied embedding).
     mm_weights = sum(L[k].numel() for L in dec.layers for k in ("wqkv", "wo", "wgu", "wdown"))
     mm_weights += dec.embed.numel()
-    mm_flops = sum(k.flops for k in step_kernels(TINY, 3, ctx, elt) if k.launcher == "cublas")
+    mm_flops = sum(k.flops for k in step_kernels(TINY, 3, ctx, elt, fuse=False)
+                   if k.launcher == "cublas")
     assert mm_flops == 2 * 3 * mm_weights
+    # Fusing moves no weight and saves the activations' round trips between kernels.
+    for b in (1, 3, 9):
+        fused, unfused = step_bytes(TINY, b, ctx, elt), step_bytes(TINY, b, ctx, elt, fuse=False)
+        assert 0 < unfused - fused < b * TINY.n_layers * 40 * TINY.hidden * elt
 
 
 def test_profile_sources(tmp_path):
