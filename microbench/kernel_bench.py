@@ -49,6 +49,42 @@ def cases(preset: str = "llama-1b", batches=(1, 16, 64), context: int = 4096,
                     K.decode_attention(qa, kc, vc, slots, seq, D ** -0.5)))
         gu = r(B, 2 * F)
         out.append(("swiglu", B, 0, 3 * B * F * e, lambda gu=gu: K.swiglu(gu)))
+        kc2, vc2 = kc.clone(), vc.clone()
+        out.append(("rope_store_kv", B, 0, 2 * B * (H + 2 * Hkv) * D * e,
+                    lambda q=q, k=k, v=v, kc=kc2, vc=vc2, slots=slots, pos=pos:
+                    K.rope_store_kv(q, k, v, kc, vc, slots, pos, 5e5)))
+        out += _matmul_cases(s, B, e, r)
+    return out
+
+
+def _matmul_cases(s, B, e, r):
+    """The step's matmuls: the Triton skinny matmul with its fused prologue (at up to MAX_ROWS
+    rows) against cuBLAS (F.linear) on the same weight. Bytes: the weight plus the rows."""
+    import torch.nn.functional as F
+
+    import kernels as K
+    from kernels.gemv import MAX_ROWS
+    h, Fw = s.hidden, s.ffn
+    out = []
+    for name, n_in, n_out, pro in (("qkv_proj", h, s.qkv_size, "norm"), ("o_proj", s.q_size, h, None),
+                                   ("gate_up_proj", h, 2 * Fw, "norm"), ("down_proj", Fw, h, "swiglu"),
+                                   ("lm_head", h, s.vocab, "norm")):
+        w = r(n_out, n_in) * n_in ** -0.5
+        x = r(B, n_in)
+        nbytes = (n_in * n_out + B * n_in + B * n_out) * e
+        out.append((f"{name} cublas", B, 0, nbytes, lambda x=x, w=w: F.linear(x, w)))
+        if B > MAX_ROWS:
+            continue
+        if pro == "norm":
+            res, nw = r(B, n_in), r(n_in)
+            fn = lambda x=x, w=w, res=res, nw=nw: K.rmsnorm_linear(x, nw, 1e-5, w, residual=res)
+            out.append((f"{name} triton+norm", B, 0, nbytes + (2 * B * n_in + n_in) * e, fn))
+        elif pro == "swiglu":
+            gu = r(B, 2 * n_in)
+            out.append((f"{name} triton+swiglu", B, 0, nbytes + B * n_in * e,
+                        lambda gu=gu, w=w: K.swiglu_linear(gu, w)))
+        else:
+            out.append((f"{name} triton", B, 0, nbytes, lambda x=x, w=w: K.linear(x, w)))
     return out
 
 
