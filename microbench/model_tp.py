@@ -1,0 +1,180 @@
+"""The analytic model under tensor parallelism: a shard's kernels plus its all-reduces.
+
+With TP over n GPUs every rank runs the step of a *shard*: the model shape with n_heads/n,
+n_kv_heads/n and ffn/n query heads, KV heads and FFN columns (hidden size, vocabulary and layers
+unchanged: the embedding, the norms and the tied LM head are replicated on every rank). After
+each of a layer's two row-parallel matmuls (O and down projection) the ranks all-reduce the
+[b, hidden] partial sums: 2·L all-reduces of S = b · hidden · elt bytes per step. One costs
+
+    t_ar(S) = alpha + busbytes(S) / BW_bus,      busbytes(S) = 2 (n - 1) / n · S
+
+alpha: the fixed latency of one collective on the GPU (kernel start and the GPUs' handshake);
+BW_bus: the bus bandwidth as NCCL's tests define it for all-reduce, algorithm bandwidth S / t
+times 2(n-1)/n (the share of S each GPU must send and receive in a ring). Both are fitted to the
+collective benchmark's times inside CUDA graphs (`collectives.measure_allreduce`). Eagerly, the
+host also pays c_ar to enqueue each collective through torch.distributed.
+
+    T_eager,TP(b) = model.eager_step_us's pipeline over the shard's kernels with the 2·L
+                    all-reduces in place (c_ar on the host, t_ar on the GPU)
+    T_graph,TP(b) = model.graph_step_us(shard, pad(b)) + 2·L · t_ar(pad(b) · hidden · elt)
+
+With n = 1 there is nothing to reduce and both equal the single-GPU model. Pure functions;
+nothing here touches a GPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+from microbench import model as mdl
+from microbench.config import ModelShape
+from microbench.workload import Kernel, step_kernels
+
+ROW_PARALLEL = ("o_proj", "down_proj")   # kernels whose output each rank holds a partial sum of
+
+
+@dataclass(frozen=True)
+class AllReduceProfile:
+    world: int                 # ranks taking part
+    latency_us: float          # alpha: GPU time of an all-reduce of (almost) no bytes
+    bus_bw: float | None       # bytes/s, NCCL's bus bandwidth; None: no size was bandwidth-bound
+    host_us: float = 10.0      # host cost to enqueue one all-reduce eagerly (torch.distributed)
+    source: str = "assumed"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AllReduceProfile":
+        return cls(**{k: d[k] for k in ("world", "latency_us", "bus_bw", "host_us", "source")
+                      if k in d})
+
+
+# ---- shapes --------------------------------------------------------------------------------
+def valid_tp(shape: ModelShape) -> list[int]:
+    """Every TP degree that splits the heads, the KV heads and the FFN evenly."""
+    g = math.gcd(math.gcd(shape.n_heads, shape.n_kv_heads), shape.ffn)
+    return [d for d in range(1, g + 1) if g % d == 0]
+
+
+def tp_shape(shape: ModelShape, tp: int) -> ModelShape:
+    """One rank's shard of `shape` over `tp` ranks. ValueError (one line, naming the
+    constraint) when tp does not divide the heads, the KV heads or the FFN width."""
+    if tp < 1:
+        raise ValueError(f"--tp: must be >= 1, got {tp}")
+    for what, n in (("attention heads", shape.n_heads), ("KV heads", shape.n_kv_heads),
+                    ("FFN columns", shape.ffn)):
+        if n % tp:
+            raise ValueError(f"--tp: {tp} does not divide {shape.name}'s {n} {what}; use one of "
+                             f"{', '.join(map(str, valid_tp(shape)))}")
+    if tp == 1:
+        return shape
+    return replace(shape, name=f"{shape.name}/tp{tp}", n_heads=shape.n_heads // tp,
+                   n_kv_heads=shape.n_kv_heads // tp, ffn=shape.ffn // tp)
+
+
+# ---- one all-reduce ------------------------------------------------------------------------
+def bus_bytes(nbytes: float, world: int) -> float:
+    """Bytes each GPU sends (and receives) in a ring all-reduce of nbytes: 2 (n-1)/n · nbytes."""
+    return 2 * (world - 1) / world * nbytes
+
+
+def bus_bandwidth(nbytes: float, us: float, world: int) -> float:
+    """NCCL's bus bandwidth of an all-reduce of nbytes that took `us`: bytes/s."""
+    return bus_bytes(nbytes, world) / (us * 1e-6)
+
+
+def allreduce_us(nbytes: float, ar: AllReduceProfile | None) -> float:
+    """GPU time of one all-reduce of nbytes: alpha + busbytes / BW_bus (0 on one rank)."""
+    if ar is None or ar.world <= 1:
+        return 0.0
+    wire = bus_bytes(nbytes, ar.world) / ar.bus_bw * 1e6 if ar.bus_bw else 0.0
+    return ar.latency_us + wire
+
+
+def fit_allreduce(points, world: int, host_us: float = 10.0,
+                  source: str = "fit") -> AllReduceProfile:
+    """Fit t = alpha + busbytes(S) / BW_bus to (S bytes, t us) points, each weighted by 1/t so
+    small (latency-bound) and large (bandwidth-bound) messages count alike."""
+    from microbench.launch import fit_linear
+    pts = [(bus_bytes(s, world), t) for s, t in points]
+    if len(pts) < 2:
+        raise ValueError("fit_allreduce needs at least two message sizes")
+    a, b = fit_linear(*zip(*pts), relative=True)
+    # a bandwidth term under 0.1% of the latency even at the largest size is rounding noise
+    if b * max(x for x, _ in pts) <= 1e-3 * abs(a):
+        return AllReduceProfile(world=world, latency_us=min(t for _, t in pts), bus_bw=None,
+                                host_us=host_us, source=source)
+    return AllReduceProfile(world=world, latency_us=max(0.0, a), bus_bw=1e6 / b,
+                            host_us=host_us, source=source)
+
+
+def allreduce_bytes(shape: ModelShape, b: int, elt: int = 2) -> int:
+    """One all-reduce of the step: the [b, hidden] output of a row-parallel matmul."""
+    return b * shape.hidden * elt
+
+
+# ---- the step ------------------------------------------------------------------------------
+def tp_step_kernels(shape: ModelShape, tp: int, b: int, context: int, elt: int = 2,
+                    attn_launches: int = 2, **plan) -> list[Kernel]:
+    """One rank's kernels at batch b: the shard's (workload.step_kernels at tp_shape) with an
+    `all_reduce` after each row-parallel matmul. An all-reduce's `bytes` is its message size S.
+    `plan`: further keywords of step_kernels (the decoder's fusion plan), passed through."""
+    ks = step_kernels(tp_shape(shape, tp), b, context, elt, attn_launches, **plan)
+    if tp == 1:
+        return ks
+    ar = Kernel("all_reduce", "nccl", allreduce_bytes(shape, b, elt), 0)
+    out = []
+    for k in ks:
+        out.append(k)
+        if k.name in ROW_PARALLEL:
+            out.append(ar)
+    return out
+
+
+def tp_eager_step_us(shape: ModelShape, tp: int, b: int, context: int, p: mdl.DeviceProfile,
+                     ar: AllReduceProfile | None, elt: int = 2, attn_launches: int = 2,
+                     **plan) -> float:
+    """model.eager_step_us's host/GPU pipeline over one rank's kernels and all-reduces."""
+    enq = end = 0.0
+    for k in tp_step_kernels(shape, tp, b, context, elt, attn_launches, **plan):
+        if k.name == "all_reduce":
+            enq += ar.host_us
+            end = max(enq, end) + allreduce_us(k.bytes, ar)
+        else:
+            enq += p.kernel_host_us(k)
+            end = max(enq, end) + mdl.kernel_time_us(k, p)
+    return end + p.sync_us
+
+
+def tp_graph_step_us(shape: ModelShape, tp: int, b: int, context: int, p: mdl.DeviceProfile,
+                     ar: AllReduceProfile | None, padded: int | None = None, elt: int = 2,
+                     attn_launches: int = 2, **plan) -> float:
+    """The shard's graph step at the padded size plus its 2·L all-reduces."""
+    n = padded or b
+    shard = mdl.graph_step_us(tp_shape(shape, tp), b, context, p, padded, elt, attn_launches,
+                              **plan)
+    return shard + n_allreduces(shape, tp) * allreduce_us(allreduce_bytes(shape, n, elt), ar)
+
+
+def n_allreduces(shape: ModelShape, tp: int) -> int:
+    return 0 if tp == 1 else len(ROW_PARALLEL) * shape.n_layers
+
+
+def predict_tp(shape: ModelShape, tp: int, b: int, context: int, p: mdl.DeviceProfile,
+               ar: AllReduceProfile | None, padded: int | None = None, elt: int = 2,
+               attn_launches: int = 2, padded_attn_launches: int | None = None,
+               **plan) -> dict:
+    """Predicted eager and graph step of one rank at batch b (graph at `padded`), with the GPU
+    time the all-reduces take in each and their share of the step."""
+    n = padded or b
+    e = tp_eager_step_us(shape, tp, b, context, p, ar, elt, attn_launches, **plan)
+    g = tp_graph_step_us(shape, tp, b, context, p, ar, padded, elt,
+                         padded_attn_launches or attn_launches, **plan)
+    k = n_allreduces(shape, tp)
+    ar_e = k * allreduce_us(allreduce_bytes(shape, b, elt), ar)
+    ar_g = k * allreduce_us(allreduce_bytes(shape, n, elt), ar)
+    return dict(bs=b, padded_bs=n, tp=tp, predicted_eager_step_us=e,
+                predicted_graph_step_us=g, predicted_speedup=(e / g) if g else None,
+                predicted_allreduce_gpu_us=ar_g, predicted_allreduce_share_graph=ar_g / g if g else None,
+                predicted_allreduce_eager_gpu_us=ar_e, allreduces=k)
