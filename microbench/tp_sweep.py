@@ -1,0 +1,265 @@
+"""The TP sweep, as one rank runs it: eager against graph step time per batch size with every
+rank's graphs holding their all-reduces, beside TP 1 on the same preset.
+
+On each rank, in order (ranks meet at host barriers between the phases):
+
+1. rank 0 alone: launch costs, copy bandwidth and matrix rate (the model's device profile);
+   then, where it fits in rank 0's free memory, the full model at TP 1: build, capture the
+   same ladder, time the same batches (the others wait at a barrier on the host);
+2. every rank: its shard (tp.build_shard, sliced from rank 0's TP-1 model there), the KV cache
+   filled to the context, one eager step so the NCCL communicator is up, then its own graphs
+   captured into its own pool by a GraphRunner (whose warm-up steps all-reduce too);
+3. the all-reduces alone (collectives.measure_allreduce) at this sweep's message sizes, [bs,
+   hidden] and [padded bs, hidden], with k = 2 · layers collectives per sample, plus three
+   bandwidth-bound sizes for the fit the model uses;
+4. per batch size: eager and graph step time (decode-loop latency, synchronised after every
+   step as the single-GPU sweep is), every rank taking the same number of samples.
+
+The all-reduce share of a step is measured apart, not profiled out of it: eager, 2·L
+collectives at [bs, hidden] issued back to back and timed by CUDA events, over the eager step;
+in the graph, the replay of a graph of 2·L collectives at [padded bs, hidden], over the graph
+step. Times are rank 0's; `*_max_rank` fields hold the slowest rank's median.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from microbench.config import DTYPES
+from microbench.tp import (TIMEOUT, bind_all_reduce, build_shard, decoder_plan,
+                           free_device_memory, printer, rank_device, tp_environment,
+                           warm_step)
+
+GIB = 1 << 30
+
+
+def tp1_skip_reason(shape, max_batch: int, max_seq: int, elt: int, free_bytes: int) -> str | None:
+    """Why the full model does not fit one GPU for the TP-1 comparison, or None if it does:
+    weights and KV cache, plus a quarter for activations and graphs and 2 GiB of headroom."""
+    kv = 2 * shape.n_layers * (max_batch + 1) * shape.n_kv_heads * max_seq * shape.head_dim * elt
+    need = int(1.25 * (shape.n_params * elt + kv)) + 2 * GIB
+    if need > free_bytes:
+        return (f"TP 1 needs about {need / GIB:.1f} GiB on one GPU; "
+                f"{free_bytes / GIB:.1f} GiB free")
+    return None
+
+
+def _inputs(shape, bs, context, gen, dev):
+    # tokens drawn on the host: every rank gets the same ones
+    tokens = torch.randint(shape.vocab, (bs,), generator=gen).to(dev)
+    positions = torch.full((bs,), context, dtype=torch.long, device=dev)
+    slots = torch.arange(bs, dtype=torch.long, device=dev)
+    return tokens, positions, slots
+
+
+def single_gpu_steps(dec, ladder, cfg, say) -> dict:
+    """TP 1 on this GPU alone: capture the ladder, time eager and graph steps per batch."""
+    from microbench.graphs import GraphRunner
+    from microbench.timing import step_time_us
+    runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=False)
+    try:
+        cap = runner.capture()
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        rows = []
+        for bs in cfg.bs:
+            t, p, s = _inputs(dec.shape, bs, cfg.context, gen, dec.device)
+            padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
+            say(f"TP 1, bs {bs}")
+            _, e = step_time_us(lambda: dec.step(t, p, s), inner=cfg.steps, sync_each=True,
+                                budget_s=2 * cfg.time_budget)
+            row = dict(bs=bs, padded_bs=padded, eager_step_us=e.median, eager_p20=e.p20,
+                       eager_p80=e.p80, attn_launches=dec.attention_launches(bs),
+                       padded_attn_launches=dec.attention_launches(padded or bs))
+            if cfg.mode != "none":
+                packed = torch.stack([t, p, s])
+                _, g = step_time_us(lambda: runner.step_packed(packed), inner=cfg.steps,
+                                    sync_each=True, budget_s=cfg.time_budget)
+                row.update(graph_step_us=g.median, graph_p20=g.p20, graph_p80=g.p80)
+            rows.append(row)
+        return dict(capture_s=cap["capture_s"], pool_bytes=cap["pool_bytes"],
+                    sizes=len(cap["sizes"]), rows=rows, plan=decoder_plan(dec))
+    finally:
+        runner.close()
+
+
+def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool):
+    """One rank's part of the TP sweep; rank 0 returns (run, saved folder), others None."""
+    import torch.distributed as dist
+
+    from microbench.collectives import BIG_BYTES, gather, lockstep, measure_allreduce
+    from microbench.decoder import ToyDecoder
+    from microbench.graphs import GraphRunner
+    from microbench.launch import measure_launch, measure_ops
+    from microbench.model_tp import tp_shape
+    from microbench.results import run_id, write_run
+    from microbench.sweep import max_seq_for
+    from microbench.timing import step_time_us
+
+    t_start = time.perf_counter()
+    lead = rank == 0
+    say = printer(lead and progress)
+    dev = rank_device()
+    host = dist.new_group(backend="gloo", timeout=TIMEOUT)
+    shape, dtype = cfg.shape, DTYPES[cfg.dtype]
+    elt = torch.finfo(dtype).bits // 8
+    ladder = cfg.ladder_sizes() if cfg.mode != "none" else []
+    max_batch = max(max(cfg.bs), max(ladder, default=1))
+    max_seq = max_seq_for(cfg.context)
+    dec_kw = dict(backend=cfg.backend, max_batch=max_batch, max_seq=max_seq, dtype=dtype,
+                  device=dev, seed=cfg.seed)
+    run = out_dir = full = None
+    tp1 = {}
+    if lead:
+        env = tp_environment(dev, world)
+        run = dict(kind="sweep-tp", config=dict(cfg.to_dict(), tp=world, compare_tp1=compare_tp1),
+                   env=env, ladder=ladder, shape=shape.to_dict(),
+                   shard_shape=tp_shape(shape, world).to_dict(), rows=[], interrupted=False)
+        out_dir = Path(cfg.out) / run_id("sweep", env, f"{cfg.preset}-tp{world}")
+        say("rank 0 alone: launch costs, copy bandwidth, matrix rate")
+        run["launch"] = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
+        why = "not asked" if not compare_tp1 else tp1_skip_reason(
+            shape, max_batch, max_seq, elt, torch.cuda.mem_get_info(dev)[0])
+        if why is None:
+            say(f"rank 0 alone: {cfg.preset} at TP 1")
+            full = ToyDecoder(shape, **dec_kw)
+            full.fill_cache(cfg.context)
+            tp1 = single_gpu_steps(full, ladder, cfg, say)
+            run["tp1"] = {k: v for k, v in tp1.items() if k != "rows"}
+        else:
+            run["tp1"] = dict(skipped=why)
+        write_run(out_dir, run)
+    dist.barrier(group=host)
+
+    t0 = time.perf_counter()
+    say(f"every rank: its shard of {cfg.preset} ({world} ranks)")
+    shard = build_shard(shape, world, rank, full=full, **dec_kw)
+    full = None
+    free_device_memory()
+    shard.fill_cache(cfg.context)
+    if lead:  # host cost per op through the decoder's wrappers, for the model
+        run["launch"]["ops_host_us"] = measure_ops(shard, 1, budget_s=min(cfg.time_budget, 0.3))
+    bind_all_reduce(shard)
+    warm_step(shard)
+    dist.barrier(group=host)
+    build_s = time.perf_counter() - t0
+
+    runner = GraphRunner(shard, ladder, mode=cfg.mode, progress=lead and progress)
+    try:
+        cap = runner.capture()
+        caps = gather(dict(capture_s=cap["capture_s"], pool_bytes=cap["pool_bytes"],
+                           sizes=sorted(runner.entries)), host)
+        if any(c["sizes"] != caps[0]["sizes"] for c in caps):
+            # a replay on one rank against an eager step on another would hang
+            raise RuntimeError("ranks captured different sizes (one ran out of memory): "
+                               + "; ".join(f"rank {r}: {c['sizes']}" for r, c in enumerate(caps)))
+        pads = {bs: runner.dispatcher.pad(bs) if cfg.mode != "none" else None for bs in cfg.bs}
+        msg_rows = set(cfg.bs) | {p for p in pads.values() if p}
+        k = 2 * shape.n_layers
+        say(f"all-reduces alone, {k} per sample")
+        bench = measure_allreduce([b * shape.hidden for b in msg_rows]
+                                  + [n // elt for n in BIG_BYTES[:3]], dtype, dev, k,
+                                  cfg.time_budget, host)
+        if lead:
+            run.update(build_s=build_s, capture=cap, capture_s_per_rank=[c["capture_s"] for c in caps],
+                       pool_bytes_per_rank=[c["pool_bytes"] for c in caps], allreduce=bench)
+            ctx = _Predict(run, shard, cfg, world, elt)
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        for bs in cfg.bs:
+            t, p, s = _inputs(shape, bs, cfg.context, gen, dev)
+            packed = torch.stack([t, p, s])                                    # [3, bs]
+            eager = lambda t=t, p=p, s=s: shard.step(t, p, s)
+            graph = lambda x=packed: runner.step_packed(x)
+            say(f"bs {bs}: eager")
+            _, e = step_time_us(eager, inner=cfg.steps, sync_each=True,
+                                **lockstep(eager, cfg.steps, 2 * cfg.time_budget, host))
+            mine = dict(eager=e.median)
+            g = None
+            if cfg.mode != "none":
+                say(f"bs {bs}: graph")
+                want, got = eager().float(), graph().float()
+                mine["diff"] = float((got - want).abs().max())
+                _, g = step_time_us(graph, inner=cfg.steps, sync_each=True,
+                                    **lockstep(graph, cfg.steps, cfg.time_budget, host))
+                mine["graph"] = g.median
+            everyone = gather(mine, host)
+            if lead:
+                run["rows"].append(ctx.row(bs, pads[bs], e, g, everyone, tp1, bench))
+                write_run(out_dir, run)
+    except KeyboardInterrupt:
+        if not lead:
+            raise
+        run["interrupted"] = True
+    finally:
+        runner.close()
+    if not lead:
+        return None
+    run["wall_s"] = time.perf_counter() - t_start
+    write_run(out_dir, run)
+    return run, str(out_dir)
+
+
+class _Predict:
+    """Rank 0's row builder: the measured figures, the shares, TP 1 and the model beside."""
+
+    def __init__(self, run, shard, cfg, world, elt):
+        from microbench import model as mdl
+        from microbench.model_tp import AllReduceProfile
+        self.mdl, self.shard, self.cfg, self.world, self.elt = mdl, shard, cfg, world, elt
+        launch = run["launch"]
+        self.profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"],
+                                                     source="measured: rank 0, this run")
+        run["profile"] = self.profile.to_dict()
+        fit = run["allreduce"]["fit"]
+        self.ar = AllReduceProfile.from_dict(fit) if fit else None
+
+    def row(self, bs, padded, e, g, everyone, tp1, bench) -> dict:
+        from microbench.collectives import point_at
+        from microbench.model_tp import predict_tp
+        shape, k, hid = self.cfg.shape, 2 * self.cfg.shape.n_layers, self.cfg.shape.hidden
+        row = dict(bs=bs, padded_bs=padded,
+                   ran_as="eager" if padded is None else self.cfg.mode,
+                   eager_step_us=e.median, eager_p20=e.p20, eager_p80=e.p80, eager_n=e.n,
+                   eager_step_us_max_rank=max(x["eager"] for x in everyone))
+        if g is not None:
+            row.update(graph_step_us=g.median, graph_p20=g.p20, graph_p80=g.p80, graph_n=g.n,
+                       graph_step_us_max_rank=max(x["graph"] for x in everyone),
+                       speedup=e.median / g.median,
+                       max_abs_diff=max(x["diff"] for x in everyone))
+        else:
+            row.update(graph_step_us=None, speedup=None)
+        ae = point_at(bench, bs * hid * self.elt)
+        row["allreduce_eager_us"] = k * ae["eager_us"]
+        row["allreduce_share_eager"] = row["allreduce_eager_us"] / e.median
+        if g is not None:
+            ag = point_at(bench, (padded or bs) * hid * self.elt)
+            row["allreduce_graph_us"] = k * ag["graph_us"]
+            row["allreduce_share_graph"] = row["allreduce_graph_us"] / g.median
+        one = next((r for r in tp1.get("rows", []) if r["bs"] == bs), None)
+        if one:
+            row.update(tp1_eager_step_us=one["eager_step_us"],
+                       tp1_graph_step_us=one.get("graph_step_us"),
+                       tp_gain_eager=one["eager_step_us"] / e.median)
+            if g is not None and one.get("graph_step_us"):
+                row.update(tp1_speedup=one["eager_step_us"] / one["graph_step_us"],
+                           tp_gain_graph=one["graph_step_us"] / g.median)
+        pad = padded or bs
+        plan = decoder_plan(self.shard)
+        pred = predict_tp(shape, self.world, bs, self.cfg.context, self.profile, self.ar,
+                          padded=pad, elt=self.elt,
+                          attn_launches=self.shard.attention_launches(bs),
+                          padded_attn_launches=self.shard.attention_launches(pad), **plan)
+        row.update({k_: pred[k_] for k_ in ("predicted_eager_step_us", "predicted_graph_step_us",
+                                            "predicted_speedup", "predicted_allreduce_share_graph")})
+        if one:
+            p1 = self.mdl.predict(shape, bs, self.cfg.context, self.profile, padded=pad,
+                                  elt=self.elt, attn_launches=one["attn_launches"],
+                                  padded_attn_launches=one["padded_attn_launches"],
+                                  **tp1.get("plan", {}))
+            row.update(predicted_tp1_eager_step_us=p1["predicted_eager_step_us"],
+                       predicted_tp1_graph_step_us=p1["predicted_graph_step_us"])
+        if row.get("speedup"):
+            row["speedup_error"] = row["predicted_speedup"] / row["speedup"] - 1
+            row["graph_error"] = row["predicted_graph_step_us"] / row["graph_step_us"] - 1
+        return row

@@ -1,0 +1,452 @@
+"""Tensor parallelism: sharding, ranks, validation, the model's all-reduce term, tables.
+
+CPU: two gloo ranks (torch.multiprocessing spawn) run sharded decoders (torch backend, float32)
+against the unsharded one. GPU (two CUDA GPUs, NCCL): graph replay equals eager execution at
+TP 2 for every batch size of a small ladder; the TP sweep and the all-reduce benchmark end to end.
+"""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from microbench import model as mdl
+from microbench import model_tp as mtp
+from microbench.config import PRESETS, ModelShape
+from microbench.decoder import ToyDecoder
+from microbench.tp import (NO_MULTICAST, RankFailed, bind_all_reduce, build_shard, check_tp,
+                           copy_cache_from, launch_ranks, shard_kv, shard_layer, torchrun_rank)
+from microbench.tp_cli import allreduce_table, render_tp_run, tp_sweep_table, validate_tp
+from microbench.tp_sweep import tp1_skip_reason
+from microbench.workload import step_kernels
+
+TESTS = Path(__file__).resolve().parent
+# GQA 2:1 (tiny), plain multi-head, GQA 4:1 with odd sizes; each splits over 2 ranks.
+SHAPES = [
+    PRESETS["tiny"],
+    ModelShape("mha", n_layers=3, hidden=64, n_heads=4, n_kv_heads=4, head_dim=16, ffn=96,
+               vocab=97),
+    ModelShape("gqa4", n_layers=2, hidden=96, n_heads=8, n_kv_heads=2, head_dim=8, ffn=160,
+               vocab=300),
+]
+# (case, shape, backend): the torch references, and the triton backend's fused plan (at B = 5
+# rows its matmuls are the skinny Triton kernels with norm and swiglu prologues), interpreted
+CASES = [(s.name, s, "torch") for s in SHAPES] + [("tiny-triton", PRESETS["tiny"], "triton")]
+B, CTX, MAX_SEQ, STEPS = 5, 12, 32, 4
+# float32 logits up to ~56 (ulp 3.8e-6): a rank's O and down projections sum half the products
+# and the all-reduce adds the halves, an order the full matmul does not use, so the residual
+# stream (and through it the K and V written to the cache) drifts by a few ulp per layer.
+# Measured worst: 1.9e-5 on the logits (5 ulp), 1.4e-6 on the cache. 1e-4 is 5x that, and far
+# below what a wrong head or column slice gives (O(1)).
+ATOL = 1e-4
+
+
+def _decoder_kw(backend="torch"):
+    return dict(backend=backend, max_batch=B, max_seq=MAX_SEQ, dtype=torch.float32,
+                device="cpu", seed=3)
+
+
+def _inputs(vocab, step, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(vocab, (B,), generator=g)
+    positions = torch.arange(CTX - B + 1, CTX + 1) - 1 + step    # ragged histories, growing
+    slots = torch.randperm(B, generator=g)
+    return tokens, positions, slots
+
+
+# ---- CPU: two gloo ranks against the unsharded decoder --------------------------------------
+def _equality_rank(rank, world, cases):
+    """Runs in each spawned rank: the shard's logits and KV cache against the full decoder's
+    over STEPS decode steps from a filled cache."""
+    out = {}
+    for name, shape, backend in cases:
+        kw = _decoder_kw(backend)
+        full = ToyDecoder(shape, **kw)
+        full.fill_cache(CTX)
+        shard = build_shard(shape, world, rank, **kw)                   # from the seed
+        sliced = build_shard(shape, world, rank, full=full, **kw)       # from `full`
+        same = all(torch.equal(a[k], b[k]) for a, b in zip(shard.layers, sliced.layers) for k in a)
+        copy_cache_from(shard, full, world, rank)
+        bind_all_reduce(shard)
+        worst, scale = 0.0, 0.0
+        for step in range(STEPS if backend == "torch" else 2):   # the interpreter is slow
+            t, p, s = _inputs(shape.vocab, step, seed=step)
+            want, got = full.step(t, p, s), shard.step(t, p, s)
+            worst = max(worst, float((got - want).abs().max()))
+            scale = max(scale, float(want.abs().max()))
+        cache = max(float((mine - shard_kv(theirs, shape, world, rank)).abs().max())
+                    for mine, theirs in zip(shard.k_cache + shard.v_cache,
+                                            full.k_cache + full.v_cache))
+        out[name] = dict(logit_diff=worst, scale=scale, cache_diff=cache, last=got,
+                               same_weights=same)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gloo_ranks():
+    return launch_ranks(_equality_rank, 2, args=(CASES,), backend="gloo")
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CASES])
+def test_sharded_logits_equal_unsharded(gloo_ranks, name):
+    for rank, res in enumerate(gloo_ranks):
+        r = res[name]
+        assert r["scale"] > 1.0  # logits are not trivially small
+        assert r["logit_diff"] <= ATOL, (rank, r["logit_diff"])
+        # each rank's KV cache holds exactly its heads of the full cache after the steps
+        assert r["cache_diff"] <= ATOL, (rank, r["cache_diff"])
+        assert r["same_weights"]  # sliced from the seed or from a built model: the same
+    # the LM head is replicated and its input all-reduced: every rank holds the same logits
+    assert torch.equal(gloo_ranks[0][name]["last"], gloo_ranks[1][name]["last"])
+
+
+def _sum_rank(rank, world):
+    t = torch.tensor([rank + 1.0])
+    torch.distributed.all_reduce(t)
+    return dict(rank=rank, world=world, sum=t.item(),
+                env={k: os.environ.get(k) for k in NO_MULTICAST})
+
+
+def _failing_rank(rank, world):
+    if rank == 1:
+        raise ValueError("rank one fails on purpose")
+    return rank
+
+
+def test_a_failing_rank_is_one_line():
+    with pytest.raises(RankFailed, match="rank 1 failed: ValueError: rank one fails on purpose"):
+        launch_ranks(_failing_rank, 2, backend="gloo")
+
+
+def test_torchrun_style_ranks(tmp_path):
+    """Two processes started as torchrun starts them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)
+    each run their own rank; multicast stays off in both."""
+    from microbench.tp import free_port
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]);"
+            "from microbench.tp import launch_ranks; from test_tp import _sum_rank;"
+            "print(json.dumps(launch_ranks(_sum_rank, 2, backend='gloo')))")
+    port = str(free_port())
+    procs = []
+    for r in range(2):
+        env = {k: v for k, v in os.environ.items() if k not in NO_MULTICAST}
+        env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, "-c", code, str(TESTS)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      cwd=TESTS.parent))
+    outs = [p.communicate(timeout=60) for p in procs]
+    for r, (p, (so, se)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, se
+        res = json.loads(so.strip().splitlines()[-1])
+        assert res[1 - r] is None
+        assert res[r]["rank"] == r and res[r]["sum"] == 3.0
+        assert res[r]["env"] == NO_MULTICAST
+
+
+def test_torchrun_world_must_match_tp(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert torchrun_rank() == (0, 4, 0)
+    with pytest.raises(ValueError, match=r"^--tp: 2, but torchrun started 4 ranks"):
+        launch_ranks(_sum_rank, 2, backend="gloo")
+    with pytest.raises(ValueError, match="--nproc-per-node 2"):
+        validate_tp("tiny", 2, n_gpus=None)
+
+
+# ---- sharding in one process ---------------------------------------------------------------
+@pytest.mark.parametrize("shape, tp", [(PRESETS["tiny"], 2), (SHAPES[1], 4),
+                                       (replace(SHAPES[2], n_kv_heads=4, name="gqa2"), 4)])
+def test_shards_put_back_together_are_the_full_weights(shape, tp):
+    full = ToyDecoder(shape, **_decoder_kw())
+    L, s = full.layers[0], shape
+    parts = [shard_layer(L, shape, tp, r) for r in range(tp)]
+    sq, skv, f = s.q_size // tp, s.kv_size // tp, s.ffn // tp
+    qkv = lambda a, b: torch.cat([p["wqkv"][a:b] for p in parts])
+    assert torch.equal(qkv(0, sq), L["wqkv"][:s.q_size])                          # q heads
+    assert torch.equal(qkv(sq, sq + skv), L["wqkv"][s.q_size:s.q_size + s.kv_size])
+    assert torch.equal(qkv(sq + skv, sq + 2 * skv), L["wqkv"][s.q_size + s.kv_size:])
+    assert torch.equal(torch.cat([p["wo"] for p in parts], 1), L["wo"])
+    assert torch.equal(torch.cat([p["wgu"][:f] for p in parts]), L["wgu"][:s.ffn])   # gate
+    assert torch.equal(torch.cat([p["wgu"][f:] for p in parts]), L["wgu"][s.ffn:])   # up
+    assert torch.equal(torch.cat([p["wdown"] for p in parts], 1), L["wdown"])
+    for p in parts:
+        assert all(t.is_contiguous() for t in p.values())
+        assert p["attn_norm"] is L["attn_norm"]                                   # replicated
+
+
+def test_a_shard_owns_its_weights_and_shape():
+    shape = PRESETS["tiny"]
+    shard = build_shard(shape, 2, 1, **_decoder_kw())
+    assert shard.shape == mtp.tp_shape(shape, 2)
+    assert shard.shape.n_heads == 2 and shard.shape.n_kv_heads == 1 and shard.shape.ffn == 128
+    assert shard.k_cache[0].shape == (B + 1, 1, MAX_SEQ, shape.head_dim)
+    # slices are copies: no full-size storage hides behind a shard's weight
+    w = shard.layers[0]["wo"]
+    assert w.untyped_storage().nbytes() == w.numel() * w.element_size()
+
+
+# ---- validation ----------------------------------------------------------------------------
+@pytest.mark.parametrize("preset, tp, n_gpus, words", [
+    ("llama-8b", 3, 8, "does not divide llama-8b's 32 attention heads; use one of 1, 2, 4, 8"),
+    ("llama-8b", 16, 16, "does not divide llama-8b's 8 KV heads"),
+    ("opt-125m", 8, 8, "opt-125m's 12 attention heads; use one of 1, 2, 3, 4, 6, 12"),
+    ("tiny", 0, 8, "must be >= 1"),
+    ("llama-1b", 4, 2, "4 ranks need 4 GPUs; 2 are present"),
+    ("llama-1b", 2, 1, "2 ranks need 2 GPUs; 1 is present"),
+    (None, 8, 4, "8 ranks need 8 GPUs"),
+])
+def test_bad_tp_is_one_line_naming_the_constraint(preset, tp, n_gpus, words):
+    with pytest.raises(ValueError) as e:
+        validate_tp(preset, tp, n_gpus=n_gpus)
+    msg = str(e.value)
+    assert msg.startswith("--tp: ") and words in msg and "\n" not in msg
+
+
+def test_good_tp_passes_and_no_gpu_defers_to_the_gpu_check():
+    validate_tp("llama-8b", 2, n_gpus=2)
+    validate_tp("llama-8b", 8, n_gpus=None)  # no GPU: the command's require_cuda speaks
+    check_tp(None, 2, 2)
+    assert mtp.valid_tp(PRESETS["llama-8b"]) == [1, 2, 4, 8]
+    assert mtp.tp_shape(PRESETS["llama-1b"], 1) is PRESETS["llama-1b"]
+
+
+def test_tp1_fits_only_where_memory_allows():
+    s = PRESETS["llama-8b"]
+    # 15.0 GB of weights (tied LM head) and 2·32·129·8·576·128·2 = 9.7 GB of KV cache:
+    # 1.25 x 24.7 GB = 28.8 GiB, + 2 GiB
+    assert tp1_skip_reason(s, 128, 576, 2, 140 << 30) is None
+    why = tp1_skip_reason(s, 128, 576, 2, 20 << 30)
+    assert why == "TP 1 needs about 30.8 GiB on one GPU; 20.0 GiB free"
+
+
+# ---- the model's all-reduce term -----------------------------------------------------------
+def _profile(**kw):
+    base = dict(name="test", source="test", copy_bw=1e30, matmul_flops=1e30,
+                launch_host_us=dict(torch=10.0, cublas=10.0, triton=10.0), kernel_min_us=1.0,
+                replay_host_us=4.0, replay_gpu_fixed_us=2.0, sync_us=0.0)
+    base.update(kw)
+    return mdl.DeviceProfile(**base)
+
+
+AR = mtp.AllReduceProfile(world=2, latency_us=5.0, bus_bw=1e9, host_us=20.0)
+
+
+def test_allreduce_time_by_hand():
+    # 1 MB on 2 ranks: bus bytes 1 MB; at 100 GB/s 10 us, + 5 us latency
+    ar = replace(AR, bus_bw=100e9)
+    assert mtp.allreduce_us(1e6, ar) == pytest.approx(15.0)
+    # 4 ranks move 2·3/4 = 1.5x the message: 15 us + 5
+    assert mtp.allreduce_us(1e6, replace(ar, world=4)) == pytest.approx(20.0)
+    assert mtp.allreduce_us(1e6, replace(ar, world=1)) == 0.0
+    assert mtp.bus_bandwidth(1e6, 10.0, 2) == pytest.approx(100e9)
+
+
+def test_fit_recovers_latency_and_bus_bandwidth():
+    pts = [(s, 7.5 + mtp.bus_bytes(s, 2) / 150e9 * 1e6) for s in (4096, 65536, 1 << 20, 1 << 26)]
+    fit = mtp.fit_allreduce(pts, 2, host_us=12.0)
+    assert fit.latency_us == pytest.approx(7.5, rel=1e-6)
+    assert fit.bus_bw == pytest.approx(150e9, rel=1e-6)
+    flat = mtp.fit_allreduce([(1024, 9.0), (2048, 9.0)], 2)  # all latency: no bandwidth term
+    assert flat.bus_bw is None and flat.latency_us == 9.0
+    assert mtp.AllReduceProfile.from_dict(fit.to_dict()) == fit
+
+
+def test_two_allreduces_per_layer_after_the_row_parallel_matmuls():
+    s = PRESETS["tiny"]
+    ks = mtp.tp_step_kernels(s, 2, 4, 16)
+    names = [k.name for k in ks]
+    ars = [i for i, n in enumerate(names) if n == "all_reduce"]
+    assert len(ars) == 2 * s.n_layers and all(names[i - 1] in mtp.ROW_PARALLEL for i in ars)
+    assert all(ks[i].bytes == 4 * s.hidden * 2 for i in ars)          # [b, hidden] in bf16
+    rest = [k for k in ks if k.name != "all_reduce"]
+    assert rest == step_kernels(mtp.tp_shape(s, 2), 4, 16)
+    assert mtp.tp_step_kernels(s, 1, 4, 16) == step_kernels(s, 4, 16)
+
+
+def test_tp_graph_step_by_hand():
+    s, p = PRESETS["tiny"], _profile()
+    # 4 all-reduces of 4·128·2 = 1024 bytes: 5 us + 1024 B / 1 GB/s = 6.024 us each
+    g = mtp.tp_graph_step_us(s, 2, 3, 16, p, AR, padded=4)
+    shard = mdl.graph_step_us(mtp.tp_shape(s, 2), 3, 16, p, padded=4)
+    assert g == pytest.approx(shard + 4 * 6.024)
+
+
+def test_tp_eager_step_by_hand():
+    s, p = PRESETS["tiny"], _profile()
+    # every enqueue (10 us, 20 for an all-reduce) outlasts every GPU time (1 us, 6.024 for an
+    # all-reduce): the GPU waits for the host, and the step is the host's bill plus the last
+    # kernel (the LM head, 1 us)
+    n = len(step_kernels(mtp.tp_shape(s, 2), 4, 16))
+    assert mtp.tp_eager_step_us(s, 2, 4, 16, p, AR) == pytest.approx(10 * n + 20 * 4 + 1.0)
+
+
+def test_tp1_prediction_is_the_single_gpu_model():
+    s, p = PRESETS["llama-1b"], _profile(copy_bw=3e12, matmul_flops=7e14)
+    one = mtp.predict_tp(s, 1, 16, 512, p, None, padded=16)
+    ref = mdl.predict(s, 16, 512, p, padded=16)
+    for k in ("predicted_eager_step_us", "predicted_graph_step_us", "predicted_speedup"):
+        assert one[k] == pytest.approx(ref[k])
+    assert one["allreduces"] == 0 and one["predicted_allreduce_gpu_us"] == 0.0
+
+
+def test_tp_halves_a_weight_bound_step_less_the_allreduces():
+    s = PRESETS["llama-70b"]
+    p = _profile(copy_bw=3.35e12, matmul_flops=989e12)
+    ar = mtp.AllReduceProfile(world=2, latency_us=10.0, bus_bw=300e9, host_us=20.0)
+    one = mtp.predict_tp(s, 1, 1, 512, p, None)
+    two = mtp.predict_tp(s, 2, 1, 512, p, ar)
+    assert two["allreduces"] == 160
+    assert 0.5 < two["predicted_graph_step_us"] / one["predicted_graph_step_us"] < 0.6
+    assert two["predicted_allreduce_share_graph"] == pytest.approx(
+        160 * mtp.allreduce_us(8192 * 2, ar) / two["predicted_graph_step_us"])
+
+
+# ---- tables from saved runs ----------------------------------------------------------------
+def _bench():
+    pts = [dict(numel=n, bytes=2 * n, eager_us=20.0, graph_us=8.0 + n / 1e5, algbw=2 * n / 8e-6,
+                busbw=2 * n / 8e-6) for n in (4096, 1 << 20)]
+    return dict(world=2, k=20, dtype="bfloat16", points=pts, host_us=18.5,
+                fit=dict(world=2, latency_us=8.0, bus_bw=2e11, host_us=18.5, source="t"))
+
+
+def test_tables_from_saved_runs():
+    row = dict(bs=1, padded_bs=1, eager_step_us=9000.0, graph_step_us=1500.0, speedup=6.0,
+               predicted_speedup=5.0, allreduce_share_eager=0.21, allreduce_share_graph=0.12,
+               predicted_allreduce_share_graph=0.1, tp1_eager_step_us=8000.0,
+               tp1_graph_step_us=2100.0, tp_gain_graph=1.4, eager_step_us_max_rank=9090.0,
+               max_abs_diff=0.0, speedup_error=-1 / 6)
+    run = dict(kind="sweep-tp", config=dict(tp=2, preset="llama-8b", dtype="bfloat16",
+                                            mode="full", ladder="vllm", context=512),
+               env=dict(gpu="NVIDIA H200", nccl="2.27.3"), ladder=[1, 2, 4], rows=[row],
+               capture_s_per_rank=[3.0, 3.1], pool_bytes_per_rank=[1 << 20, 1 << 20],
+               tp1=dict(capture_s=2.0, sizes=3, pool_bytes=1 << 21), allreduce=_bench(),
+               wall_s=60.0)
+    text = render_tp_run(json.loads(json.dumps(run)))
+    assert text == tp_sweep_table(run)
+    lines = text.splitlines()
+    assert "llama-8b at TP 2" in lines[0] and "NCCL 2.27.3" in lines[0]
+    body = lines[3].split()
+    assert body[:5] == ["1", "1", "9000.0", "1500.0", "6.00"] and "21%" in body and "1.40" in body
+    assert "capture per rank: 3.00 s, 3.10 s" in text and "200.0 GB/s" in text
+    assert "slowest rank's eager median above rank 0's by at most 1.0%" in text
+    bench = allreduce_table(_bench())
+    assert "fit (graph): 8.00 us + bus bytes / 200.0 GB/s" in bench and "18.5 us" in bench
+    assert render_tp_run(dict(kind="launch-tp", allreduce=_bench())) == bench
+
+
+# ---- GPU: two CUDA GPUs, NCCL --------------------------------------------------------------
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+GPU_SIZES, GPU_MAX_B, GPU_CTX = [1, 2, 4, 8, 16], 24, 40
+
+
+def _replay_rank(rank, world):
+    """Each rank: its shard's graphs (with their all-reduces) against its eager twin, for every
+    batch size 1..24 over the ladder 1..16 (above 16: eager fallback)."""
+    import warnings
+
+    from microbench.graphs import GraphRunner
+    from microbench.tp import warm_step
+    dev = torch.device("cuda", torch.cuda.current_device())
+    kw = dict(backend="triton", max_batch=GPU_MAX_B, max_seq=64, dtype=torch.bfloat16,
+              device=dev, seed=0)
+    dec = bind_all_reduce(build_shard(PRESETS["tiny"], world, rank, **kw))
+    ref = bind_all_reduce(build_shard(PRESETS["tiny"], world, rank, **kw))
+    dec.fill_cache(GPU_CTX)
+    ref.fill_cache(GPU_CTX)
+    warm_step(dec)
+    runner = GraphRunner(dec, GPU_SIZES, mode="full", progress=False)
+    runner.capture()
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # above 16 falls back, by design
+        for bs in range(1, GPU_MAX_B + 1):
+            for ck, rk in zip(dec.k_cache + dec.v_cache, ref.k_cache + ref.v_cache):
+                ck.copy_(rk)
+            g = torch.Generator().manual_seed(bs)     # on the host: the same inputs on each rank
+            t = torch.randint(PRESETS["tiny"].vocab, (bs,), generator=g).to(dev)
+            p = torch.randint(1, GPU_CTX, (bs,), generator=g).to(dev)
+            s = torch.randperm(bs, generator=g).to(dev)
+            got, want = runner.step(t, p, s), ref.step(t, p, s)
+            out.append(dict(bs=bs, padded=runner.dispatcher.pad(bs), equal=torch.equal(got, want),
+                            diff=float((got.float() - want.float()).abs().max()),
+                            cache_equal=all(torch.equal(ck[s], rk[s]) for ck, rk in
+                                            zip(dec.k_cache + dec.v_cache,
+                                                ref.k_cache + ref.v_cache))))
+    counts = dict(runner.counts)
+    runner.close()
+    return dict(rows=out, counts=counts)
+
+
+@pytest.mark.gpu
+@two_gpus
+def test_tp2_graph_replay_equals_eager_for_every_batch():
+    res = launch_ranks(_replay_rank, 2)
+    for r in res:
+        for row in r["rows"]:
+            if row["padded"] in (None, row["bs"]):
+                # the same kernels on the same shapes, and a two-way sum is order-free: bitwise
+                assert row["equal"] and row["cache_equal"], row
+            else:
+                # padded rows change the matmul and split shapes, hence rounding (as test_gpu)
+                assert row["diff"] <= 0.1, row
+        assert r["counts"]["replays"] == GPU_SIZES[-1]
+        assert r["counts"]["fallbacks"] == GPU_MAX_B - GPU_SIZES[-1]
+
+
+def _unsharded_rank(rank, world):
+    """Each rank, triton backend in float32: its shard against the full decoder, at 5 rows
+    (the fused skinny matmuls) and 12 (cuBLAS), three steps each from a filled cache."""
+    dev = torch.device("cuda", torch.cuda.current_device())
+    kw = dict(backend="triton", max_batch=16, max_seq=64, dtype=torch.float32, device=dev, seed=0)
+    out = {}
+    for bs in (5, 12):
+        full = ToyDecoder(PRESETS["tiny"], **kw)
+        full.fill_cache(GPU_CTX)
+        shard = bind_all_reduce(build_shard(PRESETS["tiny"], world, rank, **kw))
+        copy_cache_from(shard, full, world, rank)
+        worst = scale = 0.0
+        for step in range(3):
+            g = torch.Generator().manual_seed(step)
+            t = torch.randint(PRESETS["tiny"].vocab, (bs,), generator=g).to(dev)
+            p = (torch.randint(1, GPU_CTX, (bs,), generator=g) + step).to(dev)
+            s = torch.randperm(bs, generator=g).to(dev)
+            want, got = full.step(t, p, s), shard.step(t, p, s)
+            worst = max(worst, float((got - want).abs().max()))
+            scale = max(scale, float(want.abs().max()))
+        out[bs] = (worst, scale)
+    return out
+
+
+@pytest.mark.gpu
+@two_gpus
+def test_tp2_triton_logits_equal_unsharded():
+    for res in launch_ranks(_unsharded_rank, 2):
+        for bs, (worst, scale) in res.items():
+            # fp32 (no TF32 in matmuls), the tolerance test_gpu gives the backends: different
+            # summation orders only; a wrong slice is off by O(scale)
+            assert worst <= 1e-3 * (1 + scale), (bs, worst, scale)
+
+
+@pytest.mark.gpu
+@two_gpus
+def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
+    from microbench.sweep import SweepConfig
+    from microbench.tp import run_allreduce_bench, run_tp_sweep
+    cfg = SweepConfig(bs=(1, 3), preset="tiny", ladder="1,2,4", context=32, steps=2,
+                      time_budget=0.05, out=str(tmp_path))
+    run, where = run_tp_sweep(cfg, 2, progress=False)
+    saved = json.loads((Path(where) / "run.json").read_text())
+    assert saved["kind"] == "sweep-tp" and len(saved["rows"]) == 2
+    for r in saved["rows"]:
+        assert r["padded_bs"] == (1 if r["bs"] == 1 else 4)
+        assert r["graph_step_us"] > 0 and r["tp1_graph_step_us"] > 0
+        assert 0 < r["allreduce_share_graph"] < 1 and r["predicted_graph_step_us"] > 0
+        assert r["max_abs_diff"] <= 0.1
+    assert len(saved["pool_bytes_per_rank"]) == 2 and saved["env"]["nccl_nvls_enable"] == "0"
+    run, where = run_allreduce_bench(2, time_budget=0.05, hidden=256, k=4, out=str(tmp_path))
+    assert run["kind"] == "launch-tp" and run["allreduce"]["fit"]["latency_us"] > 0
+    assert (Path(where) / "allreduce.csv").is_file()
