@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One call on a lent two-GPU machine (nvidia-h200-x2): install, the TP tests (gpu-marked ones
+# included), the all-reduce benchmark (`launch --tp`), then the TP sweeps of llama-1b and
+# llama-8b. Full logs and the new results go under $OUT (results packed into one tar); a short
+# table is printed last. Every stage runs under a timeout, and spawned ranks die with their
+# parent, so a hung collective costs minutes, not the lease. Expected wall time on 2 H200s:
+# about 5 minutes (no stage measured yet).
+#   usage (on the device):  MICROBENCH_GIT_REV=<hash> bash scripts/gpu_tp.sh [stage ...]
+#   stages: tests, launch, sweep (default: all three); TP (default 2), BUDGET (seconds per
+#   measured figure, default 0.3), BS (default 1,4,16,64), PRESETS (default llama-1b llama-8b)
+set -u -o pipefail
+export PYTHONUNBUFFERED=1
+# NVLink multicast stays off (already set on the lent machines; kept for any other)
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+export TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1}
+export NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
+OUT=${OUT:-/tmp/out}
+TP=${TP:-2}
+BUDGET=${BUDGET:-0.3}
+BS=${BS:-1,4,16,64}
+PRESETS=${PRESETS:-llama-1b llama-8b}
+mkdir -p "$OUT"
+stages=${*:-tests launch sweep}
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+  || { cat "$OUT/install.log"; exit 1; }
+{ nvidia-smi; nvidia-smi topo -m
+  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__,
+"nccl", torch.cuda.nccl.version(), "gpus", torch.cuda.device_count())'
+  env | grep -E '^(NCCL|TORCH_SYMM|NVSHMEM)' ; } >"$OUT/device.txt" 2>&1
+head -30 "$OUT/device.txt"
+# `microbench sweep --tp` once cli.py has it; the standalone entry until then (same options)
+if microbench sweep --help 2>/dev/null | grep -q -- '--tp'; then tpcli=(microbench)
+else tpcli=(python3 -m microbench.tp_cli); fi
+echo "TP commands: ${tpcli[*]}"
+new=$(mktemp -d)
+summary=()
+for st in $stages; do
+  t0=$(date +%s)
+  case $st in
+    tests)
+      timeout -k 10 240 python3 -m pytest tests/test_tp.py -q -p no:cacheprovider 2>&1 \
+        | tee "$OUT/tests-tp.log" | tail -15
+      rc=$?; summary+=("tests: $(tail -1 "$OUT/tests-tp.log")") ;;
+    launch)
+      timeout -k 10 150 "${tpcli[@]}" launch --tp "$TP" --time-budget "$BUDGET" --out "$new" 2>&1 \
+        | tee "$OUT/launch-tp.log"; rc=$? ;;
+    sweep)
+      rc=0
+      for p in $PRESETS; do
+        /usr/bin/time -f "wall %e s" timeout -k 10 300 "${tpcli[@]}" sweep --tp "$TP" --preset "$p" \
+          --bs "$BS" --time-budget "$BUDGET" --out "$new" 2>&1 | tee "$OUT/sweep-tp-$p.log"
+        r=$?; [ $r -ne 0 ] && rc=$r
+      done ;;
+    *) echo "unknown stage $st"; rc=2 ;;
+  esac
+  summary+=("$st: rc=$rc in $(( $(date +%s) - t0 )) s")
+done
+(cd "$new" && tar cf "$OUT/results.tar" .)
+echo "== short table"
+for f in "$OUT"/sweep-tp-*.log; do
+  [ -f "$f" ] || continue
+  echo "-- $(basename "$f" .log)"
+  grep -E '^ *(bs|--|[0-9]+) ' "$f" | grep -v ':' | head -8
+  grep -E '^(capture per rank|TP 1( on|:)|all-reduce model|model:|run took|wall)' "$f"
+done
+[ -f "$OUT/launch-tp.log" ] && grep -E '^(fit|host time)' "$OUT/launch-tp.log"
+echo "== summary"; printf '%s\n' "${summary[@]}"
