@@ -59,11 +59,13 @@ def _gemv_kernel(
     x_ptr, r_ptr, nw_ptr, w_ptr, y_ptr, s_ptr,
     N, stride_xb, stride_rb, stride_wn, stride_yb, stride_sb, eps,
     B: tl.constexpr, K: tl.constexpr, PRO: tl.constexpr, HAS_RES: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    # The product tile is [BLOCK_B, BLOCK_N, BK]: more rows, shorter chunks, same registers.
-    BK: tl.constexpr = BLOCK_K // BLOCK_B
+    # BLOCK_K is fixed per weight shape, never per row count: with num_warps · 32 threads laid
+    # along K, each row's dot product is summed in the same order whatever the batch, so a
+    # padded graph's real rows equal the eager step's bit for bit.
+    BK: tl.constexpr = BLOCK_K
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_b = tl.arange(0, BLOCK_B)
     mask_n = offs_n < N
@@ -86,7 +88,7 @@ def _gemv_kernel(
             ss += tl.sum(sf * sf, axis=1)
         rstd = tl.rsqrt(ss / K + eps)
     acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BK):
+    for k0 in tl.range(0, K, BK, num_stages=STAGES):
         offs_k = k0 + tl.arange(0, BK)
         mask_k = offs_k < K
         w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :],
