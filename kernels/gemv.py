@@ -100,27 +100,22 @@ def _gemv_kernel(
     tl.store(yp, to_dtype(acc, y_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_n[None, :])
 
 
-# (BLOCK_N, BLOCK_K, num_warps): from 4 rows of long chunks to 64 rows of short ones; the
-# autotuner picks per (N, K, rows, prologue) on first use, during the runner's warm-up.
-_CONFIGS = [(4, 512, 4), (8, 256, 4), (8, 512, 4), (16, 256, 4), (16, 512, 8),
-            (32, 128, 4), (32, 256, 8), (64, 128, 8)]
 # Under the interpreter every program costs milliseconds of numpy: few, large ones (the kernel
 # tests shrink these to cover many programs and chunks on small shapes).
 _INTERPRETED_CONFIG = dict(BLOCK_N=128, BLOCK_K=512, num_warps=4)
 
 
-def _quick_bench(fn, quantiles):
-    # Triton's default (25 ms warm-up, 100 ms per config) would add ~20 s to a cold sweep.
-    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
-
-
-if interpreted(_gemv_kernel):
-    _tuned = None
-else:
-    _tuned = triton.autotune(
-        configs=[triton.Config(dict(BLOCK_N=n, BLOCK_K=k), num_warps=w) for n, k, w in _CONFIGS],
-        key=["N", "K", "B", "PRO", "HAS_RES"], do_bench=_quick_bench,
-    )(_gemv_kernel)
+def config(N: int, K: int, B: int, elt: int) -> dict:
+    """Launch parameters for an [N, K] weight and B rows. One 16-byte load per thread per row of
+    the tile, every thread along K: BLOCK_K = (16 / elt) · 32 · num_warps, the same for every
+    batch, so the K reduction's order (and each row's result) does not depend on B. BLOCK_N
+    shrinks as rows grow, to keep the [rows, BLOCK_N, BLOCK_K] product within registers."""
+    if interpreted(_gemv_kernel):
+        return dict(_INTERPRETED_CONFIG, STAGES=1)
+    warps = 4
+    bb = triton.next_power_of_2(B)
+    return dict(BLOCK_N=max(16 // bb, 1), BLOCK_K=(16 // elt) * 32 * warps, STAGES=1,
+                num_warps=warps)
 
 
 def _check(op, x, w, k_in):
@@ -146,12 +141,9 @@ def _launch(x, w, K, pro, r=None, nw=None, s=None, eps=0.0):
     r_, nw_, s_ = (r if r is not None else x), (nw if nw is not None else w), (s if s is not None else y)
     args = (x, r_, nw_, w, y, s_, N, x.stride(0), r_.stride(0), w.stride(0), y.stride(0),
             s_.stride(0), float(eps))
-    meta = dict(B=B, K=K, PRO=pro, HAS_RES=r is not None, BLOCK_B=triton.next_power_of_2(B))
-    if _tuned is None:
-        cfg = _INTERPRETED_CONFIG
-        _gemv_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](*args, **meta, **cfg)
-    else:
-        _tuned[lambda m: (triton.cdiv(N, m["BLOCK_N"]),)](*args, **meta)
+    cfg = config(N, K, B, x.element_size())
+    _gemv_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
+        *args, B=B, K=K, PRO=pro, HAS_RES=r is not None, BLOCK_B=triton.next_power_of_2(B), **cfg)
     return y
 
 

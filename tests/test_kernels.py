@@ -275,7 +275,7 @@ GEMV_SHAPES = [(1, 64, 48), (3, 100, 37), (8, 130, 20), (5, 257, 9), (2, 300, 70
 @pytest.fixture(autouse=True)
 def small_gemv_blocks(monkeypatch):
     """Under the interpreter, small blocks, so the small shapes here span several programs and
-    several K chunks (on CUDA the autotuner's configs run)."""
+    several K chunks (on CUDA, `config` picks them)."""
     import kernels.gemv
     monkeypatch.setattr(kernels.gemv, "_INTERPRETED_CONFIG", dict(BLOCK_N=8, BLOCK_K=64, num_warps=4))
 
