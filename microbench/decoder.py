@@ -13,7 +13,7 @@ One decode step, per layer:
     h = g @ Wdown^T
 
 With `fuse=True` (the default, triton backend) rope and the KV store are one kernel
-(`rope_store_kv`) at every batch size, and at up to `kernels.gemv.MAX_ROWS` rows the matmuls are
+(`rope_store_kv`) at every batch size, and at up to `kernels.gemv.FAST_ROWS` rows the matmuls are
 Triton skinny matmuls with the norm (before QKV, gate/up and the LM head) and swiglu (before down)
 computed in their prologues: six kernels a layer plus attention's reduce, instead of ten.
 
@@ -141,7 +141,7 @@ class ToyDecoder:
     # ---- the step's operations, fused or not ------------------------------------------------
     def skinny(self, b: int) -> bool:
         """Whether b rows take the fused skinny-matmul path."""
-        return self.fuse and b <= kernels.gemv.MAX_ROWS
+        return self.fuse and b <= kernels.gemv.FAST_ROWS
 
     def norm_linear(self, h, norm_w, w, residual=None):
         """(rmsnorm(h + residual) @ w^T, new residual); without a residual, h is the residual."""

@@ -21,10 +21,10 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
                  attn_launches: int = 2, fuse: bool = True) -> list[Kernel]:
     """Kernels of one eager decode step of the triton backend at batch b, where each sequence
     attends to `context` cached positions plus its new token. elt: bytes per element.
-    fuse: the decoder's fused plan (rope into the KV store; at b <= MAX_ROWS, norms and swiglu
+    fuse: the decoder's fused plan (rope into the KV store; at b <= FAST_ROWS, norms and swiglu
     in the prologues of Triton skinny matmuls); False: one kernel per operation."""
-    from kernels.gemv import MAX_ROWS
-    skinny = fuse and b <= MAX_ROWS
+    from kernels.gemv import FAST_ROWS
+    skinny = fuse and b <= FAST_ROWS
     s, h = shape, shape.hidden
     H, Hkv, D, Fw, V = s.n_heads, s.n_kv_heads, s.head_dim, s.ffn, s.vocab
     kv_len = context + 1

@@ -148,7 +148,7 @@ def test_planned_launches_match_the_decoder():
     assert n["triton"] == L * (5 + dec.attention_launches(1)) + 1
 
 
-@pytest.mark.parametrize("bs", [2, 10], ids=["skinny", "cublas"])
+@pytest.mark.parametrize("bs", [1, 10], ids=["skinny", "cublas"])
 def test_fused_and_unfused_steps_agree(bs, device):
     """Fusion changes which kernels run, not what a step computes."""
     kw = dict(max_batch=12, max_seq=16, dtype=torch.float32, device=device)

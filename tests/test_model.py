@@ -76,9 +76,12 @@ def test_byte_and_flop_counts_against_the_decoder():
     weight_bytes = sum(t.numel() * t.element_size() for t in weights)
     assert weight_bytes == TINY.n_params * elt
     ctx = 9
-    b1, b2 = step_bytes(TINY, 1, ctx, elt), step_bytes(TINY, 2, ctx, elt)
     # Bytes independent of the batch are the weights, each read once per step.
-    assert 2 * b1 - b2 == weight_bytes
+    # bytes(b) = weights + b·(per-sequence bytes) within one plan (the fused plan switches
+    # kernels above one row, so it is checked from 2 rows up)
+    for fuse, b in ((False, 1), (True, 2)):
+        assert 2 * step_bytes(TINY, b, ctx, elt, fuse=fuse) - step_bytes(TINY, 2 * b, ctx, elt, fuse=fuse) \
+            == weight_bytes
     # Per sequence, attention reads the K and V of ctx + 1 positions in every layer.
     kv = sum(c[0, :, :ctx + 1].numel() * elt for c in (*dec.k_cache, *dec.v_cache))
     attn = sum(k.bytes for k in step_kernels(TINY, 1, ctx, elt) if k.name == "decode_attention")
