@@ -1,5 +1,4 @@
 """Rotary position embedding, NeoX style (rotate halves), applied in place to q and k."""
-import math
 
 import torch
 import triton
@@ -135,7 +134,9 @@ def rope_ref(q, k, positions, theta=10000.0):
     D = q.shape[-1]
     half = D // 2
     # inv_freq in fp64, rounded once to fp32, as the kernel does (theta as the fp32 the kernel gets).
-    log2_step = math.log2(float(torch.tensor(theta, dtype=torch.float32))) * (-2.0 / D)
+    # (tensor ops only, no .item(): torch.compile traces this reference in one graph)
+    theta32 = torch.tensor(theta, dtype=torch.float32, device=q.device).double()
+    log2_step = torch.log2(theta32) * (-2.0 / D)
     inv_freq = torch.exp2(torch.arange(half, device=q.device, dtype=torch.float64) * log2_step).float()
     angle = positions.to(torch.float32)[:, None, None] * inv_freq  # [B, 1, D/2]
     cos, sin = torch.cos(angle), torch.sin(angle)

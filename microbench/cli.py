@@ -113,23 +113,45 @@ def _usage(e: Exception):
 @click.option("--time-budget", type=click.FloatRange(0.01, 600), default=1.0, show_default=True,
               help="Seconds per measured figure, at most (eager steps, the noisier side, get twice "
                    "this; at least 10 samples are always taken).")
+@click.option("--arms", type=click.STRING, default="eager,graph", show_default=True,
+              help="Arms side by side: eager and graph (Triton, always run), torch-eager, "
+                   "torch-graph (PyTorch reference backend), compile (torch.compile "
+                   "reduce-overhead); e.g. --arms eager,graph,compile.")
+@click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Tensor-parallel ranks, one GPU each (spawned here, or run under "
+                   "torchrun --nproc-per-node N -m microbench.tp_cli sweep --tp N).")
+@click.option("--no-tp1", is_flag=True, help="With --tp: skip the TP-1 comparison on rank 0.")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
               help="Folder the run is written into (as <out>/<run-id>/).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the table (or JSON).")
-def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, out, as_json, quiet):
+def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, arms, tp, no_tp1,
+          out, as_json, quiet):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
     from microbench.results import check_writable, run_id, write_run
     from microbench.report import sweep_table
     from microbench.sweep import SweepConfig, require_cuda, run_sweep
     cfg = SweepConfig(bs=bs, preset=preset, mode=mode, ladder=ladder, context=context,
-                      dtype=dtype, backend=backend, steps=steps, time_budget=time_budget, out=out)
+                      dtype=dtype, backend=backend, steps=steps, time_budget=time_budget, out=out,
+                      arms=tuple(a.strip() for a in arms.split(",") if a.strip()))
     try:
         cfg.validate()
+        if tp > 1:
+            from microbench.tp_cli import validate_tp
+            validate_tp(preset, tp)
+            if set(cfg.arms) - {"eager", "graph"}:
+                raise ValueError("--arms: with --tp only eager and graph run")
         check_writable(Path(out))
     except ValueError as e:
         _usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
     require_cuda("sweep")
+    if tp > 1:
+        from microbench.tp_cli import tp_sweep_main
+        text, code = tp_sweep_main(cfg.to_dict(), tp, compare_tp1=not no_tp1, as_json=as_json,
+                                   quiet=quiet)
+        if text is not None:
+            click.echo(text)
+        return code
     say = None if quiet or as_json else (lambda s: click.echo(s, err=True))
     where = {}
 
@@ -151,9 +173,11 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
 # ---- launch --------------------------------------------------------------------------------
 @main.command()
 @click.option("--time-budget", type=click.FloatRange(0.01, 600), default=1.0, show_default=True)
+@click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="With N > 1: the all-reduce benchmark across N GPUs (latency and bus bandwidth).")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def launch(time_budget, out, as_json):
+def launch(time_budget, tp, out, as_json):
     """Launch overhead per launcher, graph replay cost, copy bandwidth (needs a CUDA GPU)."""
     from microbench.launch import measure_launch
     from microbench.report import launch_table
@@ -161,9 +185,18 @@ def launch(time_budget, out, as_json):
     from microbench.sweep import require_cuda
     try:
         check_writable(Path(out))
+        if tp > 1:
+            from microbench.tp_cli import validate_tp
+            validate_tp(None, tp)
     except ValueError as e:
-        _usage(ValueError(f"--out: {e}"))
+        _usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
     require_cuda("launch")
+    if tp > 1:
+        from microbench.tp_cli import tp_launch_main
+        text, code = tp_launch_main(tp, time_budget, out, as_json)
+        if text is not None:
+            click.echo(text)
+        return code
     env = environment()
     res = measure_launch("cuda", budget_s=time_budget)
     run = dict(kind="launch", config=dict(time_budget=time_budget, out=out), env=env, launch=res)
@@ -378,6 +411,9 @@ def _render_run(data: dict, as_json: bool) -> str:
     if data.get("kind") == "kernels":
         from microbench.kernel_bench import kernel_table
         return kernel_table(data)
+    if data.get("kind") in ("sweep-tp", "launch-tp"):
+        from microbench.tp_cli import render_tp_run
+        return render_tp_run(data)
     return sweep_table(data)
 
 

@@ -36,13 +36,16 @@ def sweep_header(run: dict) -> str:
 
 def sweep_table(run: dict) -> str:
     """The sweep's terminal table, from a run dict (live or loaded)."""
-    heads = ["bs", "pad", "ran as", "eager us", "graph us", "speedup", "pred", "eager tok/s",
-             "graph tok/s", "tok/s/seq", "GB/s", "MBU"]
+    from microbench.arms import EXTRA_ARMS, key
+    extra = [a for a in EXTRA_ARMS if a in (run.get("arms") or {})]
+    heads = ["bs", "pad", "ran as", "eager us", "graph us", *(f"{a} us" for a in extra),
+             "speedup", "pred", "eager tok/s", "graph tok/s", "tok/s/seq", "GB/s", "MBU"]
     rows = []
     for r in run.get("rows", []):
         rows.append([
             str(r["bs"]), _f(r.get("padded_bs"), "d"), r.get("ran_as", "-"),
             _f(r.get("eager_step_us")), _f(r.get("graph_step_us")),
+            *(_f(r.get(f"{key(a)}_step_us")) for a in extra),
             _f(r.get("speedup"), ".2f"), _f(r.get("predicted_speedup"), ".2f"),
             _f(r.get("eager_tok_s"), ".0f"), _f(r.get("graph_tok_s"), ".0f"),
             _f(r.get("graph_tok_s_per_seq") or r.get("eager_tok_s_per_seq"), ".0f"),
@@ -87,6 +90,19 @@ def sweep_footer(run: dict) -> str:
         top = sorted(fams.items(), key=lambda kv: -kv[1]["us"])
         lines.append(f"GPU time of one replay at bs {bs}: {tot:.0f} us = " + ", ".join(
             f"{k} {v['us']:.0f} ({v['n']})" for k, v in top))
+    if run.get("eager_gpu_busy_us") is not None and run.get("rows"):
+        lines.append(f"eager step at bs {run['rows'][0]['bs']}: GPU busy {run['eager_gpu_busy_us']:.0f} us "
+                     f"of a {run['rows'][0]['eager_step_us']:.0f} us step")
+    for arm, info in (run.get("arms") or {}).items():
+        if "graphed" not in info and "setup_s" not in info:
+            continue
+        g = info.get("graphed")
+        bits = [f"graphed: {'yes' if g else 'NO' if g is False else '-'}"]
+        if info.get("setup_s") is not None:
+            bits.append(f"set-up {info['setup_s']:.1f} s ({'compile and record' if arm == 'compile' else 'capture'})")
+        if "inductor_cudagraph_skips" in info:
+            bits.append(f"Inductor skipped {info['inductor_cudagraph_skips']} graphs")
+        lines.append(f"arm {arm}: " + ", ".join(bits))
     sc = run.get("shape_check")
     if sc and sc.get("held") is not None:
         lines.append(f"published shape (largest at bs 1, fading, never below 1): "

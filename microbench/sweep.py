@@ -41,6 +41,7 @@ class SweepConfig:
     backend: str = "triton"
     seed: int = 0
     out: str = "results"
+    arms: tuple = ("eager", "graph")   # eager and graph always run; see microbench.arms
 
     def validate(self) -> "SweepConfig":
         """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
@@ -64,6 +65,10 @@ class SweepConfig:
             raise ValueError(f"--steps: must be >= 1, got {self.steps}")
         if not self.time_budget > 0:
             raise ValueError(f"--time-budget: must be > 0 seconds, got {self.time_budget}")
+        from microbench.arms import parse_arms
+        arms = parse_arms(self.arms)
+        if self.mode == "none" and "torch-graph" in arms:
+            raise ValueError("--arms: torch-graph needs a graph mode; drop --mode none or the arm")
         try:
             sizes = self.ladder_sizes()
         except ValueError as e:
@@ -94,11 +99,11 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     on_progress(text) for status lines."""
     import torch
 
+    from microbench import arms as arms_mod
     from microbench import model as mdl
     from microbench.decoder import ToyDecoder
     from microbench.graphs import GraphRunner
-    from microbench.launch import (count_kernels, kernel_breakdown, measure_launch, measure_ops,
-                                   profile_kernels)
+    from microbench.launch import kernel_breakdown, measure_launch, measure_ops, profile_kernels
     from microbench.results import environment
     from microbench.timing import gpu_time_us, host_time_us, step_time_us
     from microbench.workload import launch_counts, step_bytes
@@ -130,13 +135,25 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"], source="measured: this run")
     run["profile"] = profile.to_dict()
 
-    runner = None
+    runner = trunner = None
     to_profile = []  # (bs, padded, eager, graph): profiled after every timing, see below
+    extra = [a for a in cfg.arms if a in arms_mod.EXTRA_ARMS]
+    arm_fns = {}     # arm -> step callable at the first batch size, for the graphed check
+    run["arms"] = {a: {} for a in ("eager", *(["graph"] if cfg.mode != "none" else []), *extra)}
     try:
         runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=on_progress is not None)
         cap = runner.capture()
         run["capture"] = cap
         run["capture_s"], run["pool_bytes"] = cap["capture_s"], cap["pool_bytes"]
+        if cfg.mode != "none":
+            run["arms"]["graph"].update(setup_s=cap["capture_s"], pool_bytes=cap["pool_bytes"])
+        twin = arms_mod.torch_twin(dec) if extra else None
+        if "torch-graph" in extra:
+            say("capturing the torch backend's graphs (arm torch-graph)")
+            trunner = GraphRunner(twin, ladder, mode=cfg.mode, progress=on_progress is not None)
+            tcap = trunner.capture()
+            run["arms"]["torch-graph"].update(setup_s=tcap["capture_s"], pool_bytes=tcap["pool_bytes"])
+        compiled = arms_mod.CompiledStep(twin) if "compile" in extra else None
         elt = torch.finfo(dtype).bits // 8
         kernels = dec.plan(cfg.bs[0], cfg.context, elt)
         run["kernels_per_step"] = dict(planned=launch_counts(kernels))
@@ -163,9 +180,9 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             row = dict(bs=bs, padded_bs=padded, ran_as="eager" if padded is None else cfg.mode,
                        eager_step_us=e_wall.median, eager_p20=e_wall.p20,
                        eager_p80=e_wall.p80, eager_n=e_wall.n, eager_host_us=e_host.median)
+            want = eager().float()
             if cfg.mode != "none":
                 say(f"bs {bs}: graph")
-                want = eager().float()
                 got = graph().float()
                 g_gpu, g_wall = step_time_us(graph, inner=cfg.steps, sync_each=True, **kw)
                 g_busy = gpu_time_us(graph, inner=cfg.steps, **kw)
@@ -177,6 +194,28 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
                            max_abs_diff=float((got - want).abs().max()))
             else:
                 row.update(graph_step_us=None, speedup=None)
+            for arm in extra:
+                say(f"bs {bs}: {arm}")
+                k = arms_mod.key(arm)
+                if arm == "torch-eager":
+                    fn = lambda t=tokens, p=positions, s=slots: twin.step(t, p, s)
+                elif arm == "torch-graph":
+                    fn = lambda x=packed: trunner.step_packed(x)
+                else:
+                    say(f"bs {bs}: compiling (torch.compile, reduce-overhead)")
+                    compiled.prepare(tokens, positions, slots)
+                    row["compile_setup_s"] = compiled.setup_s[bs]
+                    fn = lambda t=tokens, p=positions, s=slots: compiled(t, p, s)
+                row[f"{k}_max_abs_diff"] = float((fn().float() - want).abs().max())
+                _, a_wall = step_time_us(fn, inner=cfg.steps, sync_each=True, **kw)
+                row.update({f"{k}_step_us": a_wall.median, f"{k}_p20": a_wall.p20,
+                            f"{k}_p80": a_wall.p80, f"{k}_n": a_wall.n})
+                if bs == cfg.bs[0]:
+                    arm_fns[arm] = fn
+            if bs == cfg.bs[0]:
+                arm_fns["eager"] = eager
+                if cfg.mode != "none":
+                    arm_fns["graph"] = graph
             best = row["graph_step_us"] or row["eager_step_us"]
             row.update(eager_tok_s=bs / row["eager_step_us"] * 1e6,
                        graph_tok_s=(bs / row["graph_step_us"] * 1e6) if row["graph_step_us"] else None)
@@ -220,11 +259,21 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
         # and slow every later launch and graph replay on the host (replay call of opt-125m's
         # bs-1 graph: 5 to 13 us in sweeps that profile last; 47 to 123 us in those of commit
         # a476c0d, which profiled first).
+        if compiled is not None:
+            run["arms"]["compile"].update(setup_s=sum(compiled.setup_s.values()),
+                                          setup_s_per_bs={str(b): v for b, v in compiled.setup_s.items()},
+                                          inductor_cudagraph_skips=compiled.skips)
+        # An arm counts as graphed only if one of its steps launched a CUDA graph.
+        for arm, fn in arm_fns.items():
+            run["arms"][arm]["graphed"] = arms_mod.launched_graph(fn)
         for bs, padded, eager, graph in to_profile:
             # The profiler sees every kernel a graph replay runs: the graph's kernel nodes.
             replay = profile_kernels(graph) if padded else None
             if bs == cfg.bs[0]:
-                run["kernels_per_step"]["measured"] = count_kernels(eager)
+                eager_kernels = profile_kernels(eager)
+                run["kernels_per_step"]["measured"] = len(eager_kernels)
+                # GPU busy time of one eager step, against the host time its launches take
+                run["eager_gpu_busy_us"] = sum(us for _, us in eager_kernels)
                 run["kernels_per_step"]["graph_kernels"] = len(replay) if replay else None
             if replay:
                 # where the GPU time of one replay goes, by kernel family
@@ -238,6 +287,9 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
         if runner is not None:
             run["runner_counts"] = dict(runner.counts)
             runner.close()
+        if trunner is not None:
+            run["arms"]["torch-graph"]["runner_counts"] = dict(trunner.counts)
+            trunner.close()
         if on_run:
             on_run(run)
     return run

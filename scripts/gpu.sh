@@ -3,7 +3,7 @@
 # in $STAGES (default: tests kernels sweep). Full logs and the new results go under $OUT
 # (results packed into one tar); a short table is printed last.
 #   usage (on the device):  bash scripts/gpu.sh [stage ...]
-#   stages: tests, kernels, sweep, sweep3 (three back-to-back default sweeps), launch,
+#   stages: tests, kernels, sweep, sweep3 (three back-to-back default sweeps), launch, arms,
 #           reproduce, reproduce-smoke, probe
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
@@ -41,6 +41,12 @@ for st in $stages; do
       for p in opt-125m llama-1b; do
         TRITON_CACHE_DIR=$(mktemp -d) /usr/bin/time -f "wall %e s (cold Triton cache)" \
           microbench sweep --bs 1,4,16,64 --preset $p --out "$new" 2>&1 | tee "$OUT/sweep-$p.log"
+      done; rc=$? ;;
+    arms)
+      # every arm side by side (compile included), per preset in $PRESETS
+      for p in ${PRESETS:-opt-125m llama-1b}; do
+        microbench sweep --bs ${BS:-1,4,16,64} --preset $p --arms eager,graph,torch-eager,torch-graph,compile \
+          --out "$new" 2>&1 | tee "$OUT/arms-$p.log" | grep -v "^bs \|Capturing"
       done; rc=$? ;;
     sweep3pin)
       # the same three sweeps with the process pinned to one CPU core

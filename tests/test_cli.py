@@ -150,3 +150,15 @@ def test_failed_validation_leaves_no_folder(tmp_path):
     target = tmp_path / "new" / "results"
     run("sweep", "--bs", "0", "--out", str(target))
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("args, option", [
+    (("sweep", "--arms", "eager,foo"), "--arms"),
+    (("sweep", "--arms", "compile,compile"), "--arms"),
+    (("sweep", "--mode", "none", "--arms", "torch-graph"), "--arms"),
+    (("sweep", "--tp", "3", "--preset", "llama-8b"), "--tp"),
+    (("sweep", "--tp", "2", "--arms", "compile"), "--arms"),
+    (("sweep", "--tp", "0"), "--tp"),
+], ids=["unknown-arm", "repeated-arm", "torch-graph-without-graphs", "tp-heads", "tp-arms", "tp-zero"])
+def test_arm_and_tp_usage_errors(args, option):
+    assert_usage_error(args, option)

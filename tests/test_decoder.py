@@ -190,3 +190,17 @@ def test_plan_counts_the_kernels_a_step_launches(bs, fuse, device, monkeypatch):
     plan = launch_counts(dec.plan(bs, 3))
     assert {k: plan.get(k, 0) for k in calls} == calls
     assert plan["torch"] == 3          # embedding gather, seq_lens add and cast
+
+
+def test_torch_backend_traces_as_one_graph():
+    """The compile arm compiles the torch backend's step with fullgraph=True: no graph break
+    (no .item(), no data-dependent Python) may hide in the references."""
+    from microbench.arms import torch_twin
+    dec = make("triton", "cpu")
+    twin = torch_twin(dec)
+    assert twin.backend == "torch" and twin.k_cache is dec.k_cache and twin.embed is dec.embed
+    torch._dynamo.reset()
+    step = torch.compile(twin.step, fullgraph=True, dynamic=False, backend="eager")
+    t, p, s = inputs(2, 5, "cpu")
+    torch.testing.assert_close(step(t, p, s), twin.step(t, p, s))
+    torch._dynamo.reset()

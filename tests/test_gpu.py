@@ -217,6 +217,43 @@ def test_short_sweep_end_to_end(tmp_path):
     json.dumps(run)
 
 
+def test_sweep_arms_side_by_side(tmp_path):
+    """Every arm runs, agrees with eager, and is called graphed only if it launched a graph."""
+    from microbench.sweep import SweepConfig, run_sweep
+    cfg = SweepConfig(bs=(1, 3), preset="tiny", context=32, time_budget=0.05, steps=2,
+                      out=str(tmp_path), arms=("eager", "graph", "torch-eager", "torch-graph", "compile"))
+    run = run_sweep(cfg)
+    arms = run["arms"]
+    assert arms["eager"]["graphed"] is False and arms["torch-eager"]["graphed"] is False
+    assert arms["graph"]["graphed"] and arms["torch-graph"]["graphed"]
+    assert arms["compile"]["graphed"] and arms["compile"]["inductor_cudagraph_skips"] == 0
+    assert arms["compile"]["setup_s"] > 0 and arms["torch-graph"]["setup_s"] > 0
+    for row in run["rows"]:
+        for k in ("torch_eager", "torch_graph", "compile"):
+            assert row[f"{k}_step_us"] > 0
+            assert row[f"{k}_max_abs_diff"] < 0.1   # bf16 logits of another backend
+        assert row["compile_setup_s"] > 0
+    assert run["eager_gpu_busy_us"] > 0
+
+
+def test_compile_arm_without_static_addresses_is_not_called_graphed(monkeypatch):
+    """The trap the compile arm is built around: a cache written inside the compiled step that
+    is not marked static makes CUDA-graph trees skip the graph; the check must say so."""
+    import torch._dynamo
+
+    from microbench import arms
+    dec = make("tiny", 4)
+    twin = arms.torch_twin(dec)
+    monkeypatch.setattr(torch._dynamo, "mark_static_address", lambda t: None)
+    torch._dynamo.reset()
+    step = arms.CompiledStep(twin)
+    t, p, s = inputs(2, dec.shape.vocab, seed=5)
+    step.prepare(t, p, s)
+    assert not arms.launched_graph(lambda: step(t, p, s))
+    assert step.skips > 0
+    torch._dynamo.reset()
+
+
 def test_reproduce_ladder_collapse_end_to_end(tmp_path):
     from click.testing import CliRunner
 

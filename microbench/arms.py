@@ -1,0 +1,106 @@
+"""Arms of the sweep: what a user could run instead, timed side by side in one process.
+
+    eager        the Triton decoder, kernel by kernel (always run)
+    graph        the Triton decoder through the graph runner (always run unless --mode none)
+    torch-eager  the PyTorch reference backend, kernel by kernel
+    torch-graph  the PyTorch reference backend through the same graph runner
+    compile      the PyTorch reference backend under torch.compile(mode="reduce-overhead")
+
+The compile arm is set up the way gpt-fast sets up its decode step: static shapes (one compiled
+graph per batch size, dynamic=False), the KV cache and weights at fixed addresses. gpt-fast gets
+the fixed addresses by holding the cache as module buffers; here every weight and cache tensor is
+marked with torch._dynamo.mark_static_address, which tells Inductor's CUDA-graph trees the same
+thing: writes into the cache are then allowed inside the graph. Without it, CUDA-graph trees skip
+the graph ("skipping cudagraphs due to mutated inputs") and the step runs ungraphed.
+
+No arm is reported as graphed on trust: after timing, one step of each arm runs under the
+profiler and the arm counts as graphed only if that step launched a CUDA graph (cudaGraphLaunch);
+Inductor's own count of skipped graphs is reported beside it.
+"""
+from __future__ import annotations
+
+import time
+
+ARMS = ("eager", "graph", "torch-eager", "torch-graph", "compile")
+EXTRA_ARMS = ARMS[2:]
+
+
+def key(arm: str) -> str:
+    """run.json prefix of an arm's fields: torch-graph -> torch_graph (torch_graph_step_us)."""
+    return arm.replace("-", "_")
+
+
+def parse_arms(arms) -> tuple:
+    """Validate a list of arms; eager and graph always run, so they may be named or not."""
+    arms = tuple(arms)
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        raise ValueError(f"--arms: unknown arm {bad[0]!r}; choose from {', '.join(ARMS)}")
+    if len(set(arms)) != len(arms):
+        raise ValueError(f"--arms: arms must be distinct, got {','.join(arms)}")
+    return arms
+
+
+def torch_twin(dec):
+    """The same decoder on the PyTorch reference backend, sharing weights and KV caches."""
+    import copy
+
+    from microbench.decoder import _Ops
+    twin = copy.copy(dec)        # shallow: the same weight and cache tensors
+    twin.backend, twin.ops, twin.fuse = "torch", _Ops("torch"), False
+    return twin
+
+
+def inductor_cudagraph_skips() -> int:
+    from torch._dynamo.utils import counters
+    return int(counters["inductor"].get("cudagraph_skips", 0))
+
+
+class CompiledStep:
+    """torch.compile(step, mode="reduce-overhead", fullgraph=True, dynamic=False) of the torch
+    twin; `setup_s[bs]` is the first three calls at that batch size (compile, CUDA-graph trees'
+    warm-up run, record)."""
+
+    def __init__(self, dec):
+        import torch
+        import torch._dynamo
+        self.dec = dec
+        for t in [dec.embed, dec.final_norm, *dec.k_cache, *dec.v_cache,
+                  *(w for L in dec.layers for w in L.values())]:
+            torch._dynamo.mark_static_address(t)
+        # one compiled graph per batch size: room for every size of a sweep
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+        self.fn = torch.compile(dec.step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        self.setup_s: dict[int, float] = {}
+        self.skips_before = inductor_cudagraph_skips()
+
+    def __call__(self, tokens, positions, slots):
+        import torch
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.fn(tokens, positions, slots)
+
+    def prepare(self, tokens, positions, slots):
+        import torch
+        t0 = time.perf_counter()
+        for _ in range(3):
+            self(tokens, positions, slots)
+        torch.cuda.synchronize()
+        self.setup_s[len(tokens)] = time.perf_counter() - t0
+
+    @property
+    def skips(self) -> int:
+        return inductor_cudagraph_skips() - self.skips_before
+
+
+def launched_graph(fn) -> bool:
+    """Whether one call of fn launches a CUDA graph (a cudaGraphLaunch in the profiler's trace)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return any("cudaGraphLaunch" in e.name for e in prof.events())
