@@ -134,8 +134,9 @@ def rope_ref(q, k, positions, theta=10000.0):
     D = q.shape[-1]
     half = D // 2
     # inv_freq in fp64, rounded once to fp32, as the kernel does (theta as the fp32 the kernel gets).
-    # (tensor ops only, no .item(): torch.compile traces this reference in one graph)
-    theta32 = torch.tensor(theta, dtype=torch.float32, device=q.device).double()
+    # (device tensor ops only: no .item(), which torch.compile's one graph cannot hold, and no
+    # host-to-device copy, which a CUDA graph capture refuses)
+    theta32 = torch.full((), theta, dtype=torch.float32, device=q.device).double()
     log2_step = torch.log2(theta32) * (-2.0 / D)
     inv_freq = torch.exp2(torch.arange(half, device=q.device, dtype=torch.float64) * log2_step).float()
     angle = positions.to(torch.float32)[:, None, None] * inv_freq  # [B, 1, D/2]
