@@ -236,7 +236,7 @@ def test_sweep_arms_side_by_side(tmp_path):
     for row in run["rows"]:
         for k in ("torch_eager", "torch_graph", "compile"):
             assert row[f"{k}_step_us"] > 0
-            assert row[f"{k}_max_abs_diff"] < 0.1   # bf16 logits of another backend
+            assert row[f"{k}_max_abs_diff"] < 0.25  # bf16 logits (|x| ~ 10: ulp 1/16) of another backend
         assert row["compile_setup_s"] > 0
     assert run["eager_gpu_busy_us"] > 0
 
