@@ -48,6 +48,20 @@ def _side_stream(device_index: int) -> torch.cuda.Stream:
     return torch.cuda.Stream(device=device_index)
 
 
+def fresh_cublas_workspaces():
+    """Drop cuBLAS's cached per-stream workspaces (before and after each capture), so the
+    workspace a graph's GEMMs write into is allocated during the capture, in the graph's own
+    pool. Otherwise a graph keeps pointing at a workspace allocated outside it, which anyone may
+    free: Inductor's CUDA-graph trees (torch.compile mode="reduce-overhead") clear the
+    workspaces before and after each recording, and a sweep that ran the compile arm beside this
+    runner then hit an illegal memory access on the next replay of a graph holding cuBLAS GEMMs
+    (H100, torch 2.11; graphs of only Triton kernels were unaffected). Inductor clears them
+    around its own recordings for the same reason."""
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
+
+
 def pool_bytes(pool_id) -> int:
     """Device memory held by the caching allocator's private pool `pool_id`."""
     pid = tuple(pool_id)
@@ -175,6 +189,7 @@ class GraphRunner:
         torch.cuda.synchronize()
         t1 = time.perf_counter()
         entry = GraphEntry(size=size, graphs=[], output=None)
+        fresh_cublas_workspaces()
         if self.mode == "full":
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=shared_pool, stream=stream):
@@ -183,6 +198,7 @@ class GraphRunner:
         else:
             self._capture_pieces(entry, tokens, positions, slots, shared_pool, stream)
         torch.cuda.synchronize()
+        fresh_cublas_workspaces()
         entry.warmup_s, entry.capture_s = t1 - t0, time.perf_counter() - t1
         entry.input_ptrs = self._addresses(size)
         return entry

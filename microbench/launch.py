@@ -68,7 +68,7 @@ def fit_linear(xs, ys, relative: bool = False) -> tuple[float, float]:
 
 def graph_of(fn, n: int):
     """A CUDA graph of n back-to-back calls of fn, warmed up once on a side stream first."""
-    from microbench.graphs import _side_stream
+    from microbench.graphs import _side_stream, fresh_cublas_workspaces
     g = torch.cuda.CUDAGraph()
     s = _side_stream(torch.cuda.current_device())  # one per device: cuBLAS keeps a workspace per stream
     s.wait_stream(torch.cuda.current_stream())
@@ -76,10 +76,12 @@ def graph_of(fn, n: int):
         fn()  # warm (JIT, lazy init) outside the capture
     torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
+    fresh_cublas_workspaces()
     with torch.cuda.graph(g):
         for _ in range(n):
             fn()
     torch.cuda.synchronize()
+    fresh_cublas_workspaces()
     return g
 
 

@@ -241,6 +241,24 @@ def test_sweep_arms_side_by_side(tmp_path):
     assert run["eager_gpu_busy_us"] > 0
 
 
+def test_replay_survives_cublas_workspaces_being_freed():
+    """Inductor's CUDA-graph trees free cuBLAS's workspaces around each recording; graphs
+    holding cuBLAS GEMMs must own theirs (in their pool), or a replay writes freed memory."""
+    dec, ref = make("opt-125m", 8), make("opt-125m", 8)
+    runner = GraphRunner(dec, [4, 8], progress=False)
+    runner.capture()
+    torch._C._cuda_clearCublasWorkspaces()
+    torch.cuda.empty_cache()               # gives freed segments back to the driver
+    junk = torch.empty(256 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+    for bs in (4, 8):
+        t, p, s = inputs(bs, dec.shape.vocab, seed=bs)
+        got = runner.step(t, p, s)
+        torch.cuda.synchronize()
+        assert torch.equal(got, ref.step(t, p, s))
+    del junk
+    runner.close()
+
+
 def test_compile_arm_without_static_addresses_is_not_called_graphed(monkeypatch):
     """The trap the compile arm is built around: a cache written inside the compiled step that
     is not marked static makes CUDA-graph trees skip the graph; the check must say so."""
