@@ -115,8 +115,9 @@ def tp_sweep_table(run: dict) -> str:
 
 
 def tp_sweep_footer(run: dict) -> str:
-    lines = ["AR: share of the step in all-reduce, 2 per layer timed alone (eager: back to "
-             "back at [bs, hidden]; graph: a graph of them at [pad, hidden]); pred AR: the model's"]
+    lines = ["AR: share of the step in all-reduce, 2 per layer timed alone (eager: each at the "
+             "longer of its host enqueue and its time back to back at [bs, hidden]; graph: a "
+             "graph of them at [pad, hidden]); pred AR: the model's"]
     caps, pools = run.get("capture_s_per_rank"), run.get("pool_bytes_per_rank")
     if caps:
         lines.append("capture per rank: " + ", ".join(f"{c:.2f} s" for c in caps)
