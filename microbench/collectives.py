@@ -8,8 +8,8 @@ takes exactly that many.
 
 The all-reduce benchmark, per message size S (elements of one dtype, in place, summed):
 
-* eager: k all-reduces issued back to back, wall time from the first enqueue to the last one's
-  completion (a synchronise), per call. This is what an eager decode step pays per collective:
+* eager: k all-reduces issued back to back, wall time from the first enqueue to a device-wide
+  synchronise after the last, per call. This is what an eager decode step pays per collective:
   the host's enqueue through torch.distributed when that is slower than the GPU, the GPU's time
   when not. (CUDA events on the caller's stream do not see it: NCCL runs on its own stream, and
   events around eager all-reduces read 0.4 us per call on two H200s, the first TP run.)
@@ -66,6 +66,11 @@ def lockstep(fn, inner: int, budget_s: float, group) -> dict:
     return dict(min_samples=n, max_samples=n, budget_s=float("inf"))
 
 
+def _burst(fn, k: int):
+    for _ in range(k):
+        fn()
+
+
 def allreduce_numels(hidden: int, elt: int, rows=LAUNCH_ROWS, big=BIG_BYTES) -> list[int]:
     """Message sizes in elements: [B, hidden] for B in rows, then the big sizes in bytes."""
     return sorted({b * hidden for b in rows} | {n // elt for n in big})
@@ -92,7 +97,11 @@ def measure_allreduce(numels, dtype, device, k: int, budget_s: float, host_group
         fn = functools.partial(dist.all_reduce, buf[:n], group=group)
         if host_us is None:
             host_us = host_time_us(fn, inner=k, **lockstep(fn, k, budget_s, host_group)).median
-        _, e = step_time_us(fn, inner=k, **lockstep(fn, k, budget_s, host_group))
+        # k back to back, then a device-wide synchronise: NCCL's own stream included (the end
+        # event of step_time_us without sync_each sits on the caller's stream, which does not
+        # wait for it: that read 64 MiB in 12.6 us on two H200s, the run of 187c6cb)
+        burst = functools.partial(_burst, fn, k)
+        _, e = step_time_us(burst, inner=1, sync_each=True, **lockstep(burst, 1, budget_s, host_group))
         g = graph_of(fn, k)
         r = gpu_time_us(g.replay, inner=5, **lockstep(g.replay, 5, budget_s, host_group))
         del g
