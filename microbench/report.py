@@ -25,10 +25,14 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+def ladder_desc(run: dict) -> str:
+    ladder = run.get("ladder") or []
+    return f"{run['config']['ladder']} ({len(ladder)} sizes, max {ladder[-1]})" if ladder else "none"
+
+
 def sweep_header(run: dict) -> str:
     c, env = run["config"], run.get("env", {})
-    ladder = run.get("ladder") or []
-    lad = f"{c['ladder']} ({len(ladder)} sizes, max {ladder[-1]})" if ladder else "none"
+    lad = ladder_desc(run)
     return (f"GPU {env.get('gpu')} | preset {c['preset']} | {c['dtype']} | mode {c['mode']} | "
             f"ladder {lad} | context {c['context']} | torch {env.get('torch')} "
             f"triton {env.get('triton')}")

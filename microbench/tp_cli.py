@@ -89,9 +89,9 @@ def allreduce_table(bench: dict) -> str:
 
 
 def tp_sweep_header(run: dict) -> str:
+    from microbench.report import ladder_desc
     c, env = run["config"], run.get("env", {})
-    ladder = run.get("ladder") or []
-    lad = f"{c['ladder']} ({len(ladder)} sizes, max {ladder[-1]})" if ladder else "none"
+    lad = ladder_desc(run)
     return (f"{c['tp']} x {env.get('gpu')} | preset {c['preset']} at TP {c['tp']} | {c['dtype']} | "
             f"mode {c['mode']} | ladder {lad} | context {c['context']} | NCCL {env.get('nccl')} | "
             f"torch {env.get('torch')} triton {env.get('triton')}")
