@@ -8,7 +8,8 @@ HEAD = """# Measured runs
 Every folder here was written by a command of this repository on a lent GPU. Each `run.json`
 holds `env` (GPU, driver, clocks, library versions, git revision, the exact command, the date)
 and `config` (every option). Nothing here is edited by hand; `microbench show <folder>` prints
-any of them. Made with `bash scripts/gpu.sh ...` on `nvidia-h100-x1` and `nvidia-h200` leases; the GPU machine's
+any of them. Made with `bash scripts/gpu.sh ...` on `nvidia-h100-x1` and `nvidia-h200` leases, and
+`bash scripts/gpu_tp.sh` on an `nvidia-h200-x2` lease (`results/h200x2`); the GPU machine's
 copy of the tree has no `.git`, so the revision is passed in as `MICROBENCH_GIT_REV` (runs that
 say `None` were made by commit `a476c0d`).
 
@@ -16,6 +17,11 @@ The three sweeps of commit `9925911` ran pinned to one CPU core (`taskset -c 3`,
 `sweep3pin` of `scripts/gpu.sh`; the pin is not part of the recorded command). Sweeps made
 before commit `81bee6f` were removed: they profiled kernels before timing, and the
 profiler's hooks slowed every later launch and replay on the host.
+
+The all-reduce benchmark of `187c6cb` (`results/h200x2/*-launch-tp2-h200`): its `eager_us`
+figures timed back-to-back all-reduces with an event on the caller's stream, which does not wait
+for NCCL's stream, and read far too low (64 MiB in 12.6 us); the code now times them to a
+device-wide synchronise. Its graph figures and fit, and the sweeps' shares, do not use them.
 
 | folder | kind | GPU | driver | torch | triton | git | command |
 | --- | --- | --- | --- | --- | --- | --- | --- |
