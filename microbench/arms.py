@@ -31,7 +31,8 @@ def key(arm: str) -> str:
 
 
 def parse_arms(arms) -> tuple:
-    """Validate a list of arms; eager and graph always run, so they may be named or not."""
+    """Validate a list of arms; eager and graph (unless --mode none) always run, so they may be
+    named or not; an empty list means just those."""
     arms = tuple(arms)
     bad = [a for a in arms if a not in ARMS]
     if bad:

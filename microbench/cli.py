@@ -66,6 +66,9 @@ class CLI(click.Group):
             click.echo(f"microbench: {e}", err=True)
             sys.exit(1)
         except RuntimeError as e:
+            if type(e).__name__ == "RankFailed":   # microbench.tp: a TP rank died; say which
+                click.echo(f"microbench: {e}", err=True)
+                sys.exit(1)
             if "out of memory" not in str(e).lower():
                 raise
             click.echo("microbench: the GPU ran out of memory for these options; lower --bs or "
@@ -113,10 +116,10 @@ def _usage(e: Exception):
 @click.option("--time-budget", type=click.FloatRange(0.01, 600), default=1.0, show_default=True,
               help="Seconds per measured figure, at most (eager steps, the noisier side, get twice "
                    "this; at least 10 samples are always taken).")
-@click.option("--arms", type=click.STRING, default="eager,graph", show_default=True,
-              help="Arms side by side: eager and graph (Triton, always run), torch-eager, "
-                   "torch-graph (PyTorch reference backend), compile (torch.compile "
-                   "reduce-overhead); e.g. --arms eager,graph,compile.")
+@click.option("--arms", type=click.STRING, default=None,
+              help="Arms side by side: eager and graph (Triton; always run, graph unless "
+                   "--mode none), torch-eager, torch-graph (PyTorch reference backend), compile "
+                   "(torch.compile reduce-overhead); e.g. --arms eager,graph,compile.")
 @click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Tensor-parallel ranks, one GPU each (spawned here, or run under "
                    "torchrun --nproc-per-node N -m microbench.tp_cli sweep --tp N).")
@@ -133,14 +136,19 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
     from microbench.sweep import SweepConfig, require_cuda, run_sweep
     cfg = SweepConfig(bs=bs, preset=preset, mode=mode, ladder=ladder, context=context,
                       dtype=dtype, backend=backend, steps=steps, time_budget=time_budget, out=out,
-                      arms=tuple(a.strip() for a in arms.split(",") if a.strip()))
+                      arms=tuple(a.strip() for a in (arms or "").split(",") if a.strip()))
     try:
+        if arms is not None and not cfg.arms:
+            raise ValueError("--arms: give at least one arm of eager, graph, torch-eager, "
+                             "torch-graph, compile")
         cfg.validate()
         if tp > 1:
             from microbench.tp_cli import validate_tp
             validate_tp(preset, tp)
             if set(cfg.arms) - {"eager", "graph"}:
                 raise ValueError("--arms: with --tp only eager and graph run")
+        elif no_tp1:
+            raise ValueError("--no-tp1: only with --tp 2 or more")
         check_writable(Path(out))
     except ValueError as e:
         _usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
@@ -278,7 +286,12 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
         prof = resolve_profile(profile_run, gpu, copy_bw, tflops, launch_us)
     except ValueError as e:
         _usage(e)
-    res = model_rows(PRESETS[preset], bs, context, ladder, prof, below, dtype)
+    fuse = True
+    if profile_run:
+        from microbench.model_cli import run_fused
+        from microbench.results import load_run
+        fuse = run_fused(load_run(profile_run))   # the plan of the decoder that was measured
+    res = model_rows(PRESETS[preset], bs, context, ladder, prof, below, dtype, fuse=fuse)
     if profile_run:
         from microbench.model_cli import attach_measured
         from microbench.results import load_run

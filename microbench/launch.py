@@ -164,9 +164,28 @@ def measure_launch(device="cuda", budget_s: float = 1.0) -> dict:
 
 def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
     """Host time to enqueue each op of a decode step through the decoder's own call path (its
-    wrappers, at batch b), keyed by the kernel names of `workload.step_kernels`. A Triton
+    wrappers), keyed by the kernel names of `workload.step_kernels`: the plan at batch b and,
+    for a fused decoder, the plan above `kernels.gemv.FAST_ROWS` rows too (cuBLAS matmuls and
+    separate norm and swiglu kernels), so every batch size's plan finds its own costs. A Triton
     launcher's host cost grows with the arguments it must inspect, so a 3-argument kernel's
     launch cost understates a 30-argument one's; this measures the real ones."""
+    from kernels.gemv import FAST_ROWS
+    batches = [b] + ([FAST_ROWS + 1] if dec.fuse and b <= FAST_ROWS else [])
+    out: dict = {}
+    for bb in batches:
+        for name, fn in _op_fns(dec, bb).items():
+            if name not in out:
+                out[name] = host_time_us(fn, inner=10, budget_s=budget_s).to_dict()
+    if "rmsnorm" in out:
+        out["final_norm"] = out["rmsnorm"]
+    # decode_attention's host cost covers both its launches (split and reduce)
+    out["attention_reduce"] = dict(median=0.0, p20=0.0, p80=0.0, n=0)
+    return out
+
+
+def _op_fns(dec, b: int) -> dict:
+    """name -> a call of that op through the decoder at batch b (names as the plan's)."""
+    from microbench.workload import SKINNY
     s, ops, dev = dec.shape, dec.ops, dec.device
     L = dec.layers[0]
     g = torch.Generator(device=dev).manual_seed(0)
@@ -187,8 +206,6 @@ def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
         "seq_lens_add": lambda: positions + 1,
         "seq_lens_cast": lambda: positions.to(torch.int32),
         "decode_attention": lambda: dec.attention(0, q, slots, seq),
-        "o_proj": lambda: dec.linear(o.reshape(b, s.q_size), L["wo"]),
-        "down_proj": lambda: dec.swiglu_linear(gu, L["wdown"]),
     }
     if dec.fuse:
         fns["rope_store_kv"] = lambda: dec.rope_store(0, q, k, v, slots, positions)
@@ -196,22 +213,20 @@ def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
         fns["rope"] = lambda: ops.rope(q, k, positions, s.rope_theta)
         fns["store_kv"] = lambda: ops.store_kv(dec.k_cache[0], dec.v_cache[0], k, v, slots, positions)
     if dec.skinny(b):   # the norm is inside the matmul; swiglu inside down_proj
-        fns["qkv_proj"] = lambda: dec.norm_linear(x, nw, L["wqkv"], res)
-        fns["gate_up_proj"] = lambda: dec.norm_linear(x, nw, L["wgu"], res)
-        fns["lm_head"] = lambda: dec.norm_linear(x, nw, dec.embed, res)
+        fns["qkv_proj" + SKINNY] = lambda: dec.norm_linear(x, nw, L["wqkv"], res)
+        fns["o_proj" + SKINNY] = lambda: dec.linear(o.reshape(b, s.q_size), L["wo"])
+        fns["gate_up_proj" + SKINNY] = lambda: dec.norm_linear(x, nw, L["wgu"], res)
+        fns["down_proj" + SKINNY] = lambda: dec.swiglu_linear(gu, L["wdown"])
+        fns["lm_head" + SKINNY] = lambda: dec.norm_linear(x, nw, dec.embed, res)
     else:
         fns["rmsnorm"] = lambda: ops.rmsnorm(x, nw, s.norm_eps, residual=res)
         fns["qkv_proj"] = lambda: F.linear(x, L["wqkv"])
+        fns["o_proj"] = lambda: F.linear(o.reshape(b, s.q_size), L["wo"])
         fns["gate_up_proj"] = lambda: F.linear(x, L["wgu"])
         fns["lm_head"] = lambda: F.linear(x, dec.embed)
         fns["swiglu"] = lambda: ops.swiglu(gu)
         fns["down_proj"] = lambda: F.linear(f, L["wdown"])
-    out = {name: host_time_us(fn, inner=10, budget_s=budget_s).to_dict() for name, fn in fns.items()}
-    if "rmsnorm" in out:
-        out["final_norm"] = out["rmsnorm"]
-    # decode_attention's host cost covers both its launches (split and reduce)
-    out["attention_reduce"] = dict(median=0.0, p20=0.0, p80=0.0, n=0)
-    return out
+    return fns
 
 
 def _scaled(st: Stats, f: float) -> dict:

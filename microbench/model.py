@@ -142,10 +142,10 @@ def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
 
 
 def crossover(shape: ModelShape, context: int, p: DeviceProfile, below: float = 1.1,
-              max_bs: int = 4096, elt: int = 2) -> int | None:
+              max_bs: int = 4096, elt: int = 2, fuse: bool = True) -> int | None:
     """Smallest batch size whose predicted speedup (exact capture) falls under `below`."""
     lo, hi = 1, max_bs
-    sp = lambda b: predict(shape, b, context, p, elt=elt)["predicted_speedup"]
+    sp = lambda b: predict(shape, b, context, p, elt=elt, fuse=fuse)["predicted_speedup"]
     if sp(hi) >= below:
         return None
     if sp(lo) < below:

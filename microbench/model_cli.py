@@ -44,18 +44,29 @@ def resolve_profile(run_path, gpu, copy_bw_gbs, tflops, launch_us) -> mdl.Device
     return prof
 
 
+def run_fused(run: dict) -> bool:
+    """Whether a saved run's decoder ran the fused step: its `decoder` record, or for runs made
+    before that record existed, whether its per-op host costs were measured through the fused
+    wrappers (`rope_store_kv`); a run with no per-op costs gets today's default, fused."""
+    if "decoder" in run:
+        return bool(run["decoder"].get("fuse"))
+    ops = (run.get("launch") or {}).get("ops_host_us")
+    return True if not ops else "rope_store_kv" in ops
+
+
 def model_rows(shape: ModelShape, bs, context: int, ladder: str, prof: mdl.DeviceProfile,
-               below: float = 1.1, dtype: str = "bfloat16") -> dict:
+               below: float = 1.1, dtype: str = "bfloat16", fuse: bool = True) -> dict:
     elt = 4 if dtype == "float32" else 2
     disp = PaddingDispatcher(resolve_ladder(ladder, max(bs)))
-    rows = [mdl.predict(shape, b, context, prof, padded=disp.pad(b) or b, elt=elt) for b in bs]
+    rows = [mdl.predict(shape, b, context, prof, padded=disp.pad(b) or b, elt=elt, fuse=fuse)
+            for b in bs]
     for r, b in zip(rows, bs):
         if disp.pad(b) is None:  # no graph: it runs eagerly
             r.update(predicted_graph_step_us=r["predicted_eager_step_us"], predicted_speedup=1.0,
                      padded_bs=None)
     return dict(preset=shape.name, context=context, ladder=ladder, profile=prof.to_dict(),
-                rows=rows, crossover_bs=mdl.crossover(shape, context, prof, below, elt=elt),
-                below=below)
+                rows=rows, crossover_bs=mdl.crossover(shape, context, prof, below, elt=elt, fuse=fuse),
+                below=below, fused=fuse)
 
 
 def attach_measured(res: dict, run: dict) -> dict:

@@ -127,7 +127,7 @@ def tp_step_kernels(shape: ModelShape, tp: int, b: int, context: int, elt: int =
     out = []
     for k in ks:
         out.append(k)
-        if k.name in ROW_PARALLEL:
+        if k.name.split(":")[0] in ROW_PARALLEL:   # o_proj or o_proj:skinny
             out.append(ar)
     return out
 

@@ -41,7 +41,7 @@ class SweepConfig:
     backend: str = "triton"
     seed: int = 0
     out: str = "results"
-    arms: tuple = ("eager", "graph")   # eager and graph always run; see microbench.arms
+    arms: tuple = ()   # extra arms; eager and graph (unless mode none) always run: microbench.arms
 
     def validate(self) -> "SweepConfig":
         """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
@@ -67,8 +67,9 @@ class SweepConfig:
             raise ValueError(f"--time-budget: must be > 0 seconds, got {self.time_budget}")
         from microbench.arms import parse_arms
         arms = parse_arms(self.arms)
-        if self.mode == "none" and "torch-graph" in arms:
-            raise ValueError("--arms: torch-graph needs a graph mode; drop --mode none or the arm")
+        for a in ("graph", "torch-graph"):
+            if self.mode == "none" and a in arms:
+                raise ValueError(f"--arms: {a} needs a graph mode; drop --mode none or the arm")
         try:
             sizes = self.ladder_sizes()
         except ValueError as e:
@@ -127,6 +128,8 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     dec.fill_cache(cfg.context)
     torch.cuda.synchronize()
     run["build_s"] = time.perf_counter() - t0
+    from kernels.gemv import FAST_ROWS
+    run["decoder"] = dict(fuse=dec.fuse, fast_rows=FAST_ROWS)   # which plan the step ran
 
     say("measuring launch costs, copy bandwidth and matrix rate")
     launch = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
@@ -138,7 +141,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     runner = trunner = None
     to_profile = []  # (bs, padded, eager, graph): profiled after every timing, see below
     extra = [a for a in cfg.arms if a in arms_mod.EXTRA_ARMS]
-    arm_fns = {}     # arm -> step callable at the first batch size, for the graphed check
+    arm_fns = {}     # (arm, row) -> that row's step callable, for the graphed check
     run["arms"] = {a: {} for a in ("eager", *(["graph"] if cfg.mode != "none" else []), *extra)}
     try:
         runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=on_progress is not None)
@@ -210,12 +213,10 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
                 _, a_wall = step_time_us(fn, inner=cfg.steps, sync_each=True, **kw)
                 row.update({f"{k}_step_us": a_wall.median, f"{k}_p20": a_wall.p20,
                             f"{k}_p80": a_wall.p80, f"{k}_n": a_wall.n})
-                if bs == cfg.bs[0]:
-                    arm_fns[arm] = fn
-            if bs == cfg.bs[0]:
-                arm_fns["eager"] = eager
-                if cfg.mode != "none":
-                    arm_fns["graph"] = graph
+                arm_fns[(arm, id(row))] = (row, fn)
+            arm_fns[("eager", id(row))] = (row, eager)
+            if cfg.mode != "none":
+                arm_fns[("graph", id(row))] = (row, graph)
             best = row["graph_step_us"] or row["eager_step_us"]
             row.update(eager_tok_s=bs / row["eager_step_us"] * 1e6,
                        graph_tok_s=(bs / row["graph_step_us"] * 1e6) if row["graph_step_us"] else None)
@@ -263,9 +264,11 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             run["arms"]["compile"].update(setup_s=sum(compiled.setup_s.values()),
                                           setup_s_per_bs={str(b): v for b, v in compiled.setup_s.items()},
                                           inductor_cudagraph_skips=compiled.skips)
-        # An arm counts as graphed only if one of its steps launched a CUDA graph.
-        for arm, fn in arm_fns.items():
-            run["arms"][arm]["graphed"] = arms_mod.launched_graph(fn)
+        # An arm counts as graphed at a batch size only if its step there launched a CUDA
+        # graph, and as graphed overall only if it did at every batch size.
+        for (arm, _), (row, fn) in arm_fns.items():
+            row[f"{arms_mod.key(arm)}_graphed"] = g = arms_mod.launched_graph(fn)
+            run["arms"][arm]["graphed"] = run["arms"][arm].get("graphed", True) and g
         for bs, padded, eager, graph in to_profile:
             # The profiler sees every kernel a graph replay runs: the graph's kernel nodes.
             replay = profile_kernels(graph) if padded else None

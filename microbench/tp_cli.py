@@ -196,11 +196,16 @@ def _main():
             click.echo(text)
         sys.exit(code)
 
+    from microbench.sweep import GPURequired
+    from microbench.tp import RankFailed
     try:
         cli(standalone_mode=False)
     except (ValueError, click.UsageError) as e:
         click.echo(f"microbench: error: {e}", err=True)
         sys.exit(2)
+    except (GPURequired, RankFailed) as e:
+        click.echo(f"microbench: {e}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -159,6 +159,22 @@ def test_failed_validation_leaves_no_folder(tmp_path):
     (("sweep", "--tp", "3", "--preset", "llama-8b"), "--tp"),
     (("sweep", "--tp", "2", "--arms", "compile"), "--arms"),
     (("sweep", "--tp", "0"), "--tp"),
-], ids=["unknown-arm", "repeated-arm", "torch-graph-without-graphs", "tp-heads", "tp-arms", "tp-zero"])
+    (("sweep", "--no-tp1"), "--no-tp1"),
+    (("sweep", "--arms", ""), "--arms"),
+    (("sweep", "--mode", "none", "--arms", "eager,graph"), "--arms"),
+], ids=["unknown-arm", "repeated-arm", "torch-graph-without-graphs", "tp-heads", "tp-arms", "tp-zero",
+        "no-tp1-alone", "no-arms", "graph-without-graphs"])
 def test_arm_and_tp_usage_errors(args, option):
     assert_usage_error(args, option)
+
+
+def test_tp_entry_point_without_a_gpu_says_so_in_one_line():
+    import subprocess
+    import sys
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-GPU message")
+    p = subprocess.run([sys.executable, "-m", "microbench.tp_cli", "sweep", "--tp", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "GPU" in lines[0] and "Traceback" not in p.stderr

@@ -204,3 +204,25 @@ def test_torch_backend_traces_as_one_graph():
     t, p, s = inputs(2, 5, "cpu")
     torch.testing.assert_close(step(t, p, s), twin.step(t, p, s))
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+def test_measured_host_costs_cover_every_planned_kernel(fuse, device, monkeypatch):
+    """The model looks each planned kernel's host cost up by name: measure_ops must time, through
+    the decoder's own call path, every kernel of the plan at one row and at many."""
+    from microbench import launch
+    from microbench.timing import Stats
+    calls = []
+
+    def once(fn, **kw):   # run the op once (it must work) instead of timing it
+        fn()
+        calls.append(fn)
+        return Stats(1.0, 1.0, 1.0, 1)
+
+    monkeypatch.setattr(launch, "host_time_us", once)
+    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device, fuse=fuse)
+    measured = launch.measure_ops(dec, 1)
+    for b in (1, 2, 9):
+        names = {k.name for k in dec.plan(b, 3)}
+        assert names <= set(measured), (b, names - set(measured))
+    assert len(calls) == len(set(map(id, calls)))

@@ -234,6 +234,8 @@ def test_sweep_arms_side_by_side(tmp_path):
     assert arms["compile"]["graphed"] and arms["compile"]["inductor_cudagraph_skips"] == 0
     assert arms["compile"]["setup_s"] > 0 and arms["torch-graph"]["setup_s"] > 0
     for row in run["rows"]:
+        assert row["graph_graphed"] and row["torch_graph_graphed"] and row["compile_graphed"]
+        assert not row["eager_graphed"] and not row["torch_eager_graphed"]
         for k in ("torch_eager", "torch_graph", "compile"):
             assert row[f"{k}_step_us"] > 0
             assert row[f"{k}_max_abs_diff"] < 0.25  # bf16 logits (|x| ~ 10: ulp 1/16) of another backend

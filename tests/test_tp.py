@@ -33,8 +33,8 @@ SHAPES = [
     ModelShape("gqa4", n_layers=2, hidden=96, n_heads=8, n_kv_heads=2, head_dim=8, ffn=160,
                vocab=300),
 ]
-# (case, shape, backend): the torch references, and the triton backend's fused plan (at B = 5
-# rows its matmuls are the skinny Triton kernels with norm and swiglu prologues), interpreted
+# (case, shape, backend): the torch references, and the triton backend (at B = 5 rows: cuBLAS
+# matmuls and the fused rope+KV store; the one-row skinny path is the _one_row case below)
 # The triton case runs the kernels under the interpreter on CPU tensors, which needs
 # TRITON_INTERPRET=1 (conftest sets it where there is no GPU); on a GPU machine the triton
 # backend's TP is checked by test_tp2_triton_logits_equal_unsharded instead.
@@ -260,6 +260,16 @@ def test_fit_recovers_latency_and_bus_bandwidth():
     assert mtp.AllReduceProfile.from_dict(fit.to_dict()) == fit
 
 
+@pytest.mark.parametrize("b", [1, 4], ids=["skinny", "cublas"])
+def test_allreduces_follow_the_row_parallel_matmuls_at_one_row_too(b):
+    # at one row the matmuls are the skinny kernels (named o_proj:skinny, down_proj:skinny)
+    s = PRESETS["tiny"]
+    names = [k.name for k in mtp.tp_step_kernels(s, 2, b, 16)]
+    ars = [i for i, n in enumerate(names) if n == "all_reduce"]
+    assert len(ars) == 2 * s.n_layers
+    assert all(names[i - 1].split(":")[0] in mtp.ROW_PARALLEL for i in ars)
+
+
 def test_two_allreduces_per_layer_after_the_row_parallel_matmuls():
     s = PRESETS["tiny"]
     ks = mtp.tp_step_kernels(s, 2, 4, 16)
@@ -403,12 +413,13 @@ def test_tp2_graph_replay_equals_eager_for_every_batch():
 
 
 def _unsharded_rank(rank, world):
-    """Each rank, triton backend in float32: its shard against the full decoder, at 5 rows
-    (the fused skinny matmuls) and 12 (cuBLAS), three steps each from a filled cache."""
+    """Each rank, triton backend in float32: its shard against the full decoder, at 1 row (the
+    skinny matmuls with their fused prologues), 5 and 12 (cuBLAS), three steps each from a
+    filled cache."""
     dev = torch.device("cuda", torch.cuda.current_device())
     kw = dict(backend="triton", max_batch=16, max_seq=64, dtype=torch.float32, device=dev, seed=0)
     out = {}
-    for bs in (5, 12):
+    for bs in (1, 5, 12):
         full = ToyDecoder(PRESETS["tiny"], **kw)
         full.fill_cache(GPU_CTX)
         shard = bind_all_reduce(build_shard(PRESETS["tiny"], world, rank, **kw))
