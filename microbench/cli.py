@@ -292,7 +292,9 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
         from microbench.results import load_run
         fuse = run_fused(load_run(profile_run))   # the plan of the decoder that was measured
     res = model_rows(PRESETS[preset], bs, context, ladder, prof, below, dtype, fuse=fuse)
-    if profile_run:
+    # measured beside predicted only when the prediction is of the measured device and host:
+    # with --gpu or other numbers it is a different machine, and the error would mean nothing
+    if profile_run and not (gpu or copy_bw or tflops or launch_us):
         from microbench.model_cli import attach_measured
         from microbench.results import load_run
         res = attach_measured(res, load_run(profile_run))

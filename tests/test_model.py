@@ -150,3 +150,22 @@ def test_measured_runs_sit_beside_predictions():
     assert "measured" in model_table(out).splitlines()[1]
     other = dict(run, config=dict(preset="tiny", context=128))
     assert "measured_speedup" not in attach_measured(model_rows(TINY, (1,), 64, "vllm", p), other)["rows"][0]
+
+
+def test_run_fused_reads_the_plan_a_run_measured():
+    from microbench.model_cli import run_fused
+    assert run_fused({"decoder": {"fuse": False}}) is False
+    assert run_fused({"decoder": {"fuse": True}}) is True
+    # runs from before the record: told apart by the wrappers their host costs came through
+    assert run_fused({"launch": {"ops_host_us": {"rope": {}, "store_kv": {}}}}) is False
+    assert run_fused({"launch": {"ops_host_us": {"rope_store_kv": {}}}}) is True
+    assert run_fused({"launch": {}}) is True
+
+
+def test_fused_and_unfused_plans_give_different_predictions():
+    p = mdl.DeviceProfile(name="x", source="t", copy_bw=3e12, matmul_flops=7e14,
+                          launch_host_us=dict(torch=10.0, cublas=20.0, triton=20.0))
+    fused = mdl.predict(TINY, 1, 64, p)
+    plain = mdl.predict(TINY, 1, 64, p, fuse=False)
+    assert fused["kernels"] < plain["kernels"]
+    assert fused["predicted_eager_step_us"] < plain["predicted_eager_step_us"]
