@@ -4,7 +4,7 @@
 # (results packed into one tar); a short table is printed last.
 #   usage (on the device):  bash scripts/gpu.sh [stage ...]
 #   stages: tests, kernels, sweep, sweep3 (three back-to-back default sweeps), launch, arms,
-#           reproduce, reproduce-smoke, probe
+#           reproduce, reproduce-smoke, probe, probe-gemv
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 # the device's copy of the tree has no .git: pass the revision in, e.g.
@@ -32,6 +32,9 @@ for st in $stages; do
     reproduce-smoke)
       microbench reproduce --preset tiny --context 32 --time-budget 0.05 --steps 2 --out "$OUT/smoke" \
         --quiet 2>&1 | tail -30; rc=$? ;;
+    probe-gemv)
+      # the skinny matmul's configs against cuBLAS; the log is the result (commit it under logs/)
+      python3 scripts/probe_gemv.py 2>&1 | tee "$OUT/probe-gemv.log"; rc=$? ;;
     probe)
       python3 scripts/probe_replay.py 2>&1 | tee "$OUT/probe.log"; rc=$? ;;
     launch)
