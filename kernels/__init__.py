@@ -1,7 +1,7 @@
 """Triton kernels for the toy decoder, each with a plain-PyTorch fp32 reference `<name>_ref`."""
 from kernels.decode_attention import decode_attention, decode_attention_ref
-from kernels.gemv import (linear, linear_ref, rmsnorm_linear, rmsnorm_linear_ref, swiglu_linear,
-                          swiglu_linear_ref)
+from kernels.gemv import (linear, linear_ref, rmsnorm_linear, rmsnorm_linear_ref,
+                          rmsnorm_linear_swiglu, rmsnorm_linear_swiglu_ref)
 from kernels.rmsnorm import rmsnorm, rmsnorm_ref
 from kernels.rope import rope, rope_ref, rope_store_kv, rope_store_kv_ref
 from kernels.store_kv import store_kv, store_kv_ref
@@ -11,7 +11,7 @@ __all__ = [
     "decode_attention", "decode_attention_ref",
     "rmsnorm", "rmsnorm_ref",
     "linear", "linear_ref", "rmsnorm_linear", "rmsnorm_linear_ref",
-    "swiglu_linear", "swiglu_linear_ref",
+    "rmsnorm_linear_swiglu", "rmsnorm_linear_swiglu_ref",
     "rope", "rope_ref", "rope_store_kv", "rope_store_kv_ref",
     "store_kv", "store_kv_ref",
     "swiglu", "swiglu_ref",

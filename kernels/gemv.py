@@ -1,5 +1,5 @@
 """Skinny matmuls for decode (a few rows against a weight matrix), with the step's small
-element-wise work fused into the matmul's prologue.
+element-wise work fused into the matmul's prologue or epilogue.
 
 At batch 1 to 8 a decode step's matmuls are matrix-vector products: each weight is read once and
 used for a handful of rows, so the time is the weight's bytes over the memory bandwidth, and a
@@ -7,20 +7,32 @@ general GEMM library's tiling (plus, at one row, cuBLAS's split-K reduction kern
 latency. One program here owns BLOCK_N output features: it streams their rows of W once, in
 BLOCK_K chunks, and multiplies every input row against each chunk in fp32.
 
-Three prologues, chosen by a constexpr, compute the input rows on the fly instead of reading them
-from a separate kernel's output:
+What is fused, chosen by constexprs:
 
-* PRO=0, `linear(x, w)`: x as it is.
-* PRO=1, `swiglu_linear(gate_up, w)`: x = silu(gate) · up, the FFN's activation (saves the swiglu
-  kernel before the down projection).
-* PRO=2, `rmsnorm_linear(h, norm_w, eps, w, residual)`: s = h + residual, x = s / rms(s) · norm_w
-  (saves the norm kernel before the QKV, gate/up and LM-head projections). Every program computes
-  the row's rms itself (the row is a few KiB, read from L2); program 0 alone writes s, the new
-  residual.
+* NORM (prologue): x = rmsnorm(h) · norm_w, in one pass. rmsnorm(h)·W = rstd · (h·norm_w)·W, so
+  the program accumulates the row's sum of squares from the same h chunks it multiplies, and
+  scales its outputs by rstd = 1/sqrt(mean(h²) + eps) at the end: h is read once, as an unfused
+  matmul reads x. (The first version normalised in a first pass over h and added the residual
+  there too; at BLOCK_N = 4 that re-read 125% of the weight's bytes from L2 on llama-1b.)
+* EPI=1 (epilogue): y = residual + x·Wᵀ: the residual add is a load of BLOCK_N values per row.
+* EPI=2 (epilogue): y = silu(x·W_gᵀ) · (x·W_uᵀ) with W = [W_g; W_u] ([2F, K]): the program
+  streams the gate rows n and the up rows F + n together and writes the FFN's activation, F
+  wide, instead of 2F gate/up values for a separate swiglu kernel.
 
-Each prologue rounds x to the activation dtype before the multiply, as the unfused kernels' outputs
-are rounded, so fused and unfused steps compute the same x.
+Programmatic dependent launch (Hopper and newer, compiled only): each kernel is launched with
+the PDL attribute and first loads its first weight chunk (weights are never written during a
+step), then waits (griddepcontrol.wait) for the kernel before it to finish and flush before it
+reads any activation or writes anything; after its K loop it lets the next kernel launch. So the
+next kernel's launch and its first DRAM round trip overlap this kernel's tail, inside a graph as
+outside. `PDL = False` (or MICROBENCH_PDL=0) turns it off.
+
+Rounding: everything is fp32 from the loads to the output, rounded once to the activation dtype
+at the store (the normalised x, the gate/up values and the matmul before the residual add are
+never rounded). The unfused path rounds each kernel's output, so the two paths differ by up to
+an ulp or two; each path's graph replay equals its own eager step bit for bit.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -35,36 +47,45 @@ MAX_ROWS = 8
 # gate/up (LM head 104% of copy bandwidth against 94%, down 80% against 68%); at four rows
 # cuBLAS wins on all of them (LM head 93% against 77%).
 FAST_ROWS = 1
+PDL = os.environ.get("MICROBENCH_PDL", "1") != "0"
 
 
 @triton.jit
-def _load_x(x_ptr, r_ptr, nw_ptr, offs_b, offs_k, stride_xb, stride_rb, rstd, mask,
-            K: tl.constexpr, PRO: tl.constexpr, HAS_RES: tl.constexpr):
-    """Input rows [BLOCK_B, BLOCK_K] after the prologue, in fp32 (rounded through x's dtype)."""
-    dt = x_ptr.dtype.element_ty
-    xp = x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :]
-    if PRO == 1:
-        g = tl.load(xp, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(xp + K, mask=mask, other=0.0).to(tl.float32)
-        x = to_dtype(g / (1.0 + tl.exp(-g)) * u, dt).to(tl.float32)
-    elif PRO == 2:
-        x = tl.load(xp, mask=mask, other=0.0)
-        if HAS_RES:
-            r = tl.load(r_ptr + offs_b[:, None] * stride_rb + offs_k[None, :], mask=mask, other=0.0)
-            x = to_dtype(x.to(tl.float32) + r.to(tl.float32), dt)
-        nw = tl.load(nw_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
-        x = to_dtype(x.to(tl.float32) * rstd[:, None] * nw[None, :], dt).to(tl.float32)
-    else:
-        x = tl.load(xp, mask=mask, other=0.0).to(tl.float32)
-    return x
+def _gdc_wait(USE_PDL: tl.constexpr):
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def _gdc_launch_dependents(USE_PDL: tl.constexpr):
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb, mask_b,
+           K: tl.constexpr, NORM: tl.constexpr, EPI: tl.constexpr):
+    """One BLOCK_K chunk: acc [BB, BN] += x · wᵀ (and acc2 += x · w2ᵀ for the up rows)."""
+    mask_k = offs_k < K
+    x = tl.load(x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :],
+                mask=mask_b[:, None] & mask_k[None, :], other=0.0).to(tl.float32)  # [BB, BK]
+    if NORM:
+        ss += tl.sum(x * x, axis=1)
+        nw = tl.load(nw_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        x = x * nw[None, :]
+    acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+    if EPI == 2:
+        acc2 += tl.sum(x[:, None, :] * w2[None, :, :], axis=2)
+    return acc, acc2, ss
 
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, r_ptr, nw_ptr, w_ptr, y_ptr, s_ptr,
-    N, stride_xb, stride_rb, stride_wn, stride_yb, stride_sb, eps,
-    B: tl.constexpr, K: tl.constexpr, PRO: tl.constexpr, HAS_RES: tl.constexpr,
+    x_ptr, nw_ptr, w_ptr, r_ptr, y_ptr,
+    N, stride_xb, stride_wn, stride_rb, stride_yb, eps,
+    B: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, EPI: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     # BLOCK_K is fixed per weight shape, never per row count: with num_warps · 32 threads laid
@@ -75,34 +96,44 @@ def _gemv_kernel(
     offs_b = tl.arange(0, BLOCK_B)
     mask_n = offs_n < N
     mask_b = offs_b < B
-    rstd = tl.zeros([BLOCK_B], tl.float32)
-    if PRO == 2:
-        # Pass 1: the rms of s = h (+ residual), s rounded as the unfused kernel rounds it.
-        ss = tl.zeros([BLOCK_B], tl.float32)
-        # K is constexpr: Triton 3.6's interpreter fails on runtime loop bounds (triton#9171).
-        for k0 in range(0, K, BK):
-            offs_k = k0 + tl.arange(0, BK)
-            m = mask_b[:, None] & (offs_k < K)[None, :]
-            xp = x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :]
-            s = tl.load(xp, mask=m, other=0.0)
-            if HAS_RES:
-                r = tl.load(r_ptr + offs_b[:, None] * stride_rb + offs_k[None, :], mask=m, other=0.0)
-                s = to_dtype(s.to(tl.float32) + r.to(tl.float32), x_ptr.dtype.element_ty)
-                tl.store(s_ptr + offs_b[:, None] * stride_sb + offs_k[None, :], s, mask=m & (pid == 0))
-            sf = s.to(tl.float32)
-            ss += tl.sum(sf * sf, axis=1)
-        rstd = tl.rsqrt(ss / K + eps)
+    w_rows = w_ptr + offs_n[:, None] * stride_wn
+    w2_rows = w_rows + N * stride_wn          # EPI=2: the up rows, F = N below the gate rows
     acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
-    for k0 in tl.range(0, K, BK, num_stages=STAGES):
+    acc2 = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
+    ss = tl.zeros([BLOCK_B], tl.float32)
+    # chunk 0's weights before the wait: no kernel of the step writes them
+    offs_k = tl.arange(0, BK)
+    wm = mask_n[:, None] & (offs_k < K)[None, :]
+    w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
+    w2 = w
+    if EPI == 2:
+        w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
+    _gdc_wait(USE_PDL)
+    acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
+                           mask_b, K, NORM, EPI)
+    # K is constexpr: Triton 3.6's interpreter fails on runtime loop bounds (triton#9171).
+    for k0 in tl.range(BK, K, BK, num_stages=STAGES):
         offs_k = k0 + tl.arange(0, BK)
-        mask_k = offs_k < K
-        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :],
-                    mask=mask_n[:, None] & mask_k[None, :], other=0.0).to(tl.float32)  # [BN, BK]
-        x = _load_x(x_ptr, r_ptr, nw_ptr, offs_b, offs_k, stride_xb, stride_rb, rstd,
-                    mask_b[:, None] & mask_k[None, :], K, PRO, HAS_RES)          # [BB, BK]
-        acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
-    yp = y_ptr + offs_b[:, None] * stride_yb + offs_n[None, :]
-    tl.store(yp, to_dtype(acc, y_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_n[None, :])
+        wm = mask_n[:, None] & (offs_k < K)[None, :]
+        w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)   # [BN, BK]
+        w2 = w
+        if EPI == 2:
+            w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
+        acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
+                               mask_b, K, NORM, EPI)
+    _gdc_launch_dependents(USE_PDL)
+    if NORM:
+        rstd = tl.rsqrt(ss / K + eps)
+        acc = acc * rstd[:, None]
+        acc2 = acc2 * rstd[:, None]
+    mask = mask_b[:, None] & mask_n[None, :]
+    if EPI == 1:
+        r = tl.load(r_ptr + offs_b[:, None] * stride_rb + offs_n[None, :], mask=mask, other=0.0)
+        acc = acc + r.to(tl.float32)
+    if EPI == 2:
+        acc = acc / (1.0 + tl.exp(-acc)) * acc2
+    tl.store(y_ptr + offs_b[:, None] * stride_yb + offs_n[None, :],
+             to_dtype(acc, y_ptr.dtype.element_ty), mask=mask)
 
 
 # Under the interpreter every program costs milliseconds of numpy: few, large ones (the kernel
@@ -123,6 +154,12 @@ def config(N: int, K: int, B: int, elt: int) -> dict:
     return dict(BLOCK_N=4, BLOCK_K=(16 // elt) * 32 * warps, STAGES=3, num_warps=warps)
 
 
+def use_pdl(x) -> bool:
+    """Programmatic dependent launch: compiled, on Hopper or newer, unless turned off."""
+    return (PDL and not interpreted(_gemv_kernel) and x.device.type == "cuda"
+            and torch.cuda.get_device_capability(x.device)[0] >= 9)
+
+
 def _check(op, x, w, k_in):
     if x.dim() != 2 or w.dim() != 2:
         raise ValueError(f"{op}: x and w must be 2-D, got {tuple(x.shape)} and {tuple(w.shape)}")
@@ -140,68 +177,81 @@ def _check(op, x, w, k_in):
     check_device(op, _gemv_kernel, x)
 
 
-def _launch(x, w, K, pro, r=None, nw=None, s=None, eps=0.0):
-    B, N = x.shape[0], w.shape[0]
-    y = torch.empty((B, N), dtype=x.dtype, device=x.device)
-    r_, nw_, s_ = (r if r is not None else x), (nw if nw is not None else w), (s if s is not None else y)
-    args = (x, r_, nw_, w, y, s_, N, x.stride(0), r_.stride(0), w.stride(0), y.stride(0),
-            s_.stride(0), float(eps))
-    cfg = config(N, K, B, x.element_size())
-    _gemv_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
-        *args, B=B, K=K, PRO=pro, HAS_RES=r is not None, BLOCK_B=triton.next_power_of_2(B), **cfg)
+def _launch(x, w, n_out, norm=False, epi=0, r=None, nw=None, eps=0.0):
+    B, K = x.shape
+    y = torch.empty((B, n_out), dtype=x.dtype, device=x.device)
+    r_ = r if r is not None else y
+    nw_ = nw if nw is not None else w
+    cfg = config(w.shape[0], K, B, x.element_size())
+    pdl = use_pdl(x)
+    _gemv_kernel[(triton.cdiv(n_out, cfg["BLOCK_N"]),)](
+        x, nw_, w, r_, y, n_out, x.stride(0), w.stride(0), r_.stride(0), y.stride(0), float(eps),
+        B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=triton.next_power_of_2(B), USE_PDL=pdl,
+        **cfg, **({"launch_pdl": True} if pdl else {}))
     return y
 
 
-def linear(x, w):
-    """y = x · wᵀ with fp32 accumulation. x: [B, K] with 1 <= B <= MAX_ROWS; w: [N, K]."""
-    _check("linear", x, w, x.shape[-1] if x.dim() == 2 else -1)
-    return _launch(x, w, x.shape[1], 0)
+def _check_rows(op, name, t, like):
+    if t.shape != like.shape or t.dtype != like.dtype or t.device != like.device or t.stride(-1) != 1:
+        raise ValueError(f"{op}: {name} must match {tuple(like.shape)} {like.dtype} on {like.device} "
+                         f"with contiguous rows, got {tuple(t.shape)} {t.dtype} on {t.device}")
 
 
-def swiglu_linear(gate_up, w):
-    """y = swiglu(gate_up) · wᵀ: gate_up [B, 2F] ([gate | up] halves), w [N, F]."""
-    F = gate_up.shape[-1] // 2
-    if gate_up.dim() != 2 or gate_up.shape[1] != 2 * F or F == 0:
-        raise ValueError(f"swiglu_linear: gate_up must be [B, 2F] with F >= 1, got {tuple(gate_up.shape)}")
-    _check("swiglu_linear", gate_up, w, F)
-    return _launch(gate_up, w, F, 1)
-
-
-def rmsnorm_linear(h, norm_w, eps, w, residual=None):
-    """x = rmsnorm(h (+ residual), norm_w, eps), y = x · wᵀ. h, residual: [B, K]; norm_w: [K];
-    w: [N, K]. Returns y, or (y, s) with s = h + residual when a residual is given."""
-    _check("rmsnorm_linear", h, w, h.shape[-1] if h.dim() == 2 else -1)
+def _check_norm(op, norm_w, h):
     K = h.shape[1]
     if norm_w.shape != (K,) or norm_w.dtype not in _DTYPES or norm_w.device != h.device:
-        raise ValueError(f"rmsnorm_linear: norm_w must be a float [{K}] tensor on {h.device}, "
+        raise ValueError(f"{op}: norm_w must be a float [{K}] tensor on {h.device}, "
                          f"got {tuple(norm_w.shape)} {norm_w.dtype} on {norm_w.device}")
-    if residual is not None and (residual.shape != h.shape or residual.dtype != h.dtype
-                                 or residual.device != h.device or residual.stride(-1) != 1):
-        raise ValueError(f"rmsnorm_linear: residual must match h ({tuple(h.shape)}, {h.dtype}, "
-                         f"contiguous rows), got {tuple(residual.shape)} {residual.dtype}")
-    s = torch.empty_like(h) if residual is not None else None
-    y = _launch(h, w, K, 2, r=residual, nw=norm_w, s=s, eps=eps)
-    return (y, s) if residual is not None else y
 
 
-def linear_ref(x, w):
-    """Reference: x · wᵀ in fp32, cast to x.dtype. Bytes (s = element size): reads
-    (N·K + B·K)·s, writes B·N·s; flops 2·B·N·K."""
-    return (x.float() @ w.float().t()).to(x.dtype)
+def linear(x, w, residual=None):
+    """y = x · wᵀ (+ residual) with fp32 accumulation. x: [B, K] with 1 <= B <= MAX_ROWS;
+    w: [N, K]; residual: [B, N] or None."""
+    _check("linear", x, w, x.shape[-1] if x.dim() == 2 else -1)
+    N = w.shape[0]
+    if residual is not None:
+        _check_rows("linear", "residual", residual, torch.empty((x.shape[0], N), dtype=x.dtype,
+                                                               device=x.device))
+    return _launch(x, w, N, epi=1 if residual is not None else 0, r=residual)
 
 
-def swiglu_linear_ref(gate_up, w):
-    """Reference: linear_ref(swiglu_ref(gate_up), w). Bytes: reads (N·F + 2·B·F)·s, writes B·N·s."""
-    from kernels.swiglu import swiglu_ref
-    return linear_ref(swiglu_ref(gate_up), w)
+def rmsnorm_linear(h, norm_w, eps, w):
+    """y = rmsnorm(h, norm_w, eps) · wᵀ. h: [B, K]; norm_w: [K]; w: [N, K]."""
+    _check("rmsnorm_linear", h, w, h.shape[-1] if h.dim() == 2 else -1)
+    _check_norm("rmsnorm_linear", norm_w, h)
+    return _launch(h, w, w.shape[0], norm=True, nw=norm_w, eps=eps)
 
 
-def rmsnorm_linear_ref(h, norm_w, eps, w, residual=None):
-    """Reference: rmsnorm_ref then linear_ref. Bytes: reads (N·K + K + B·K (+ B·K residual))·s,
-    writes B·N·s (+ B·K·s, the sum, with a residual)."""
-    from kernels.rmsnorm import rmsnorm_ref
-    out = rmsnorm_ref(h, norm_w, eps, residual=residual)
-    if residual is None:
-        return linear_ref(out, w)
-    x, s = out
-    return linear_ref(x, w), s
+def rmsnorm_linear_swiglu(h, norm_w, eps, w_gu):
+    """y = swiglu(rmsnorm(h, norm_w, eps) · w_guᵀ): w_gu [2F, K] = [gate; up] rows, y [B, F]."""
+    _check("rmsnorm_linear_swiglu", h, w_gu, h.shape[-1] if h.dim() == 2 else -1)
+    _check_norm("rmsnorm_linear_swiglu", norm_w, h)
+    if w_gu.shape[0] % 2:
+        raise ValueError(f"rmsnorm_linear_swiglu: w_gu must have 2F rows ([gate; up]), got {w_gu.shape[0]}")
+    return _launch(h, w_gu, w_gu.shape[0] // 2, norm=True, epi=2, nw=norm_w, eps=eps)
+
+
+def linear_ref(x, w, residual=None):
+    """Reference: x · wᵀ (+ residual) in fp32, rounded once to x.dtype. Bytes (s = element
+    size): reads (N·K + B·K (+ B·N residual))·s, writes B·N·s; flops 2·B·N·K."""
+    y = x.float() @ w.float().t()
+    return (y if residual is None else y + residual.float()).to(x.dtype)
+
+
+def _normed(h, norm_w, eps):
+    hf = h.float()
+    return hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps) * norm_w.float()
+
+
+def rmsnorm_linear_ref(h, norm_w, eps, w):
+    """Reference: rmsnorm(h) · wᵀ in fp32 (the normalised rows not rounded), rounded once.
+    Bytes: reads (N·K + B·K + K)·s, writes B·N·s; flops 2·B·N·K + 4·B·K."""
+    return (_normed(h, norm_w, eps) @ w.float().t()).to(h.dtype)
+
+
+def rmsnorm_linear_swiglu_ref(h, norm_w, eps, w_gu):
+    """Reference: silu(g) · u with [g | u] = rmsnorm(h) · w_guᵀ, all fp32, rounded once. Bytes:
+    reads (2F·K + B·K + K)·s, writes B·F·s; flops 4·B·F·K + 4·B·K + 4·B·F."""
+    gu = _normed(h, norm_w, eps) @ w_gu.float().t()
+    F = gu.shape[1] // 2
+    return (torch.nn.functional.silu(gu[:, :F]) * gu[:, F:]).to(h.dtype)

@@ -14,8 +14,14 @@ One decode step, per layer:
 
 With `fuse=True` (the default, triton backend) rope and the KV store are one kernel
 (`rope_store_kv`) at every batch size, and at up to `kernels.gemv.FAST_ROWS` rows the matmuls are
-Triton skinny matmuls with the norm (before QKV, gate/up and the LM head) and swiglu (before down)
-computed in their prologues: six kernels a layer plus attention's reduce, instead of ten.
+Triton skinny matmuls (`kernels.gemv`) that carry the rest: the norm in the prologue of QKV,
+gate/up and the LM head, the residual add in the epilogue of O and down, swiglu in the epilogue
+of gate/up. That path keeps the full hidden state h (no separate residual):
+
+    qkv = rmsnorm(h) @ Wqkv^T ; rope_store_kv ; o = attention
+    h = h + o @ Wo^T ; g = swiglu(rmsnorm(h) @ Wgu^T) ; h = h + g @ Wdown^T
+
+six kernels a layer plus attention's reduce, instead of ten.
 
 then a final norm and the tied LM head. The step is written as `n_layers + 1` *pieces* separated
 by the attention calls, so the graph runner can capture the pieces alone (piecewise mode) while
@@ -61,8 +67,10 @@ class ToyDecoder:
         self.scratch_slot = max_batch
         self.scale = shape.head_dim ** -0.5
         # Tensor parallelism: a callable that all-reduces a row-parallel matmul's output in
-        # place (set by microbench.tp on each rank's shard); None on one GPU.
+        # place (set by microbench.tp on each rank's shard); None on one GPU. With the residual
+        # add in the O and down epilogues, only one rank (the owner) adds it before the sum.
         self.all_reduce = None
+        self.residual_owner = True
         self._init_weights(seed)
         s = shape
         cache_shape = (max_batch + 1, s.n_kv_heads, max_seq, s.head_dim)
@@ -113,13 +121,25 @@ class ToyDecoder:
         return self.rope_store(l, q, k, v, slots, positions), residual
 
     def _post_attention(self, l: int, o, residual):
-        """O projection and the FFN of layer l; returns (h, residual) with h not yet added."""
+        """O projection and the FFN of layer l; returns (h, residual) with h not yet added, or
+        (h, None) with h the full hidden state on the skinny path."""
         s, L = self.shape, self.layers[l]
-        h = self.linear(o.reshape(o.shape[0], s.q_size), L["wo"])       # [B, hidden]
+        o = o.reshape(o.shape[0], s.q_size)
+        if self.skinny(o.shape[0]):
+            # residual is the hidden state (the skinny QKV's norm took it whole)
+            h = self.linear(o, L["wo"], residual if self.residual_owner else None)
+            if self.all_reduce is not None:
+                self.all_reduce(h)
+            g = self.norm_linear_swiglu(h, L["ffn_norm"], L["wgu"])
+            h = self.linear(g, L["wdown"], h if self.residual_owner else None)
+            if self.all_reduce is not None:
+                self.all_reduce(h)
+            return h, None
+        h = F.linear(o, L["wo"])                                        # [B, hidden]
         if self.all_reduce is not None:
             self.all_reduce(h)
         gu, residual = self.norm_linear(h, L["ffn_norm"], L["wgu"], residual)  # [B, 2F]
-        h = self.swiglu_linear(gu, L["wdown"])                          # [B, hidden]
+        h = F.linear(self.ops.swiglu(gu), L["wdown"])                   # [B, hidden]
         if self.all_reduce is not None:
             self.all_reduce(h)
         return h, residual
@@ -144,25 +164,30 @@ class ToyDecoder:
         return self.fuse and b <= kernels.gemv.FAST_ROWS
 
     def norm_linear(self, h, norm_w, w, residual=None):
-        """(rmsnorm(h + residual) @ w^T, new residual); without a residual, h is the residual."""
+        """(rmsnorm(h + residual) @ w^T, new residual); without a residual, h is the residual
+        (on the skinny path there never is one: h is the full hidden state)."""
         eps = self.shape.norm_eps
-        if self.skinny(h.shape[0]):
-            if residual is None:
-                return kernels.rmsnorm_linear(h, norm_w, eps, w), h
-            return kernels.rmsnorm_linear(h, norm_w, eps, w, residual=residual)
+        if self.skinny(h.shape[0]) and residual is None:
+            return kernels.rmsnorm_linear(h, norm_w, eps, w), h
         if residual is None:
             x, residual = self.ops.rmsnorm(h, norm_w, eps), h
         else:
             x, residual = self.ops.rmsnorm(h, norm_w, eps, residual=residual)
         return F.linear(x, w), residual
 
-    def linear(self, x, w):
-        return kernels.linear(x, w) if self.skinny(x.shape[0]) else F.linear(x, w)
+    def linear(self, x, w, residual=None):
+        """x @ w^T (+ residual, skinny path only)."""
+        if self.skinny(x.shape[0]):
+            return kernels.linear(x, w, residual=residual)
+        y = F.linear(x, w)
+        return y if residual is None else y + residual
 
-    def swiglu_linear(self, gu, w):
-        if self.skinny(gu.shape[0]):
-            return kernels.swiglu_linear(gu, w)
-        return F.linear(self.ops.swiglu(gu), w)
+    def norm_linear_swiglu(self, h, norm_w, w_gu):
+        """swiglu(rmsnorm(h) @ w_gu^T)."""
+        eps = self.shape.norm_eps
+        if self.skinny(h.shape[0]):
+            return kernels.rmsnorm_linear_swiglu(h, norm_w, eps, w_gu)
+        return self.ops.swiglu(F.linear(self.ops.rmsnorm(h, norm_w, eps), w_gu))
 
     def rope_store(self, l: int, q, k, v, slots, positions):
         """RoPE on q and k, k and v into layer l's cache; returns the rotated q."""

@@ -66,9 +66,9 @@ def _matmul_cases(s, B, e, r):
     from kernels.gemv import FAST_ROWS
     h, Fw = s.hidden, s.ffn
     out = []
-    for name, n_in, n_out, pro in (("qkv_proj", h, s.qkv_size, "norm"), ("o_proj", s.q_size, h, None),
-                                   ("gate_up_proj", h, 2 * Fw, "norm"), ("down_proj", Fw, h, "swiglu"),
-                                   ("lm_head", h, s.vocab, "norm")):
+    for name, n_in, n_out, fused in (("qkv_proj", h, s.qkv_size, "norm"), ("o_proj", s.q_size, h, "residual"),
+                                     ("gate_up_proj", h, 2 * Fw, "norm+swiglu"),
+                                     ("down_proj", Fw, h, "residual"), ("lm_head", h, s.vocab, "norm")):
         # Each call reads the next of several copies of the weight, 200 MB or more in all, so
         # the graph of back-to-back calls streams weights from DRAM as a step does, not from L2.
         n_copies = max(1, -(-(200 << 20) // (n_in * n_out * e)))
@@ -79,16 +79,17 @@ def _matmul_cases(s, B, e, r):
         out.append((f"{name} cublas", B, 0, nbytes, lambda x=x, w=w: F.linear(x, w.next())))
         if B > FAST_ROWS:
             continue
-        if pro == "norm":
-            res, nw = r(B, n_in), r(n_in)
-            fn = lambda x=x, w=w, res=res, nw=nw: K.rmsnorm_linear(x, nw, 1e-5, w.next(), residual=res)
-            out.append((f"{name} triton+norm", B, 0, nbytes + (2 * B * n_in + n_in) * e, fn))
-        elif pro == "swiglu":
-            gu = r(B, 2 * n_in)
-            out.append((f"{name} triton+swiglu", B, 0, nbytes + B * n_in * e,
-                        lambda gu=gu, w=w: K.swiglu_linear(gu, w.next())))
+        nw = r(n_in)
+        if fused == "norm":
+            fn = lambda x=x, w=w, nw=nw: K.rmsnorm_linear(x, nw, 1e-5, w.next())
+            out.append((f"{name} triton+norm", B, 0, nbytes + n_in * e, fn))
+        elif fused == "norm+swiglu":   # writes F values, not 2F
+            fn = lambda x=x, w=w, nw=nw: K.rmsnorm_linear_swiglu(x, nw, 1e-5, w.next())
+            out.append((f"{name} triton+norm+swiglu", B, 0, nbytes + (n_in - B * Fw) * e, fn))
         else:
-            out.append((f"{name} triton", B, 0, nbytes, lambda x=x, w=w: K.linear(x, w.next())))
+            res = r(B, n_out)
+            out.append((f"{name} triton+residual", B, 0, nbytes + B * n_out * e,
+                        lambda x=x, w=w, res=res: K.linear(x, w.next(), residual=res)))
     return out
 
 

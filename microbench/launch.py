@@ -212,12 +212,12 @@ def _op_fns(dec, b: int) -> dict:
     else:
         fns["rope"] = lambda: ops.rope(q, k, positions, s.rope_theta)
         fns["store_kv"] = lambda: ops.store_kv(dec.k_cache[0], dec.v_cache[0], k, v, slots, positions)
-    if dec.skinny(b):   # the norm is inside the matmul; swiglu inside down_proj
-        fns["qkv_proj" + SKINNY] = lambda: dec.norm_linear(x, nw, L["wqkv"], res)
-        fns["o_proj" + SKINNY] = lambda: dec.linear(o.reshape(b, s.q_size), L["wo"])
-        fns["gate_up_proj" + SKINNY] = lambda: dec.norm_linear(x, nw, L["wgu"], res)
-        fns["down_proj" + SKINNY] = lambda: dec.swiglu_linear(gu, L["wdown"])
-        fns["lm_head" + SKINNY] = lambda: dec.norm_linear(x, nw, dec.embed, res)
+    if dec.skinny(b):   # norms in the prologues; residual adds and swiglu in the epilogues
+        fns["qkv_proj" + SKINNY] = lambda: dec.norm_linear(x, nw, L["wqkv"])
+        fns["o_proj" + SKINNY] = lambda: dec.linear(o.reshape(b, s.q_size), L["wo"], res)
+        fns["gate_up_proj" + SKINNY] = lambda: dec.norm_linear_swiglu(x, nw, L["wgu"])
+        fns["down_proj" + SKINNY] = lambda: dec.linear(f, L["wdown"], res)
+        fns["lm_head" + SKINNY] = lambda: dec.norm_linear(x, nw, dec.embed)
     else:
         fns["rmsnorm"] = lambda: ops.rmsnorm(x, nw, s.norm_eps, residual=res)
         fns["qkv_proj"] = lambda: F.linear(x, L["wqkv"])

@@ -25,8 +25,9 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
                  attn_launches: int = 2, fuse: bool = True) -> list[Kernel]:
     """Kernels of one eager decode step of the triton backend at batch b, where each sequence
     attends to `context` cached positions plus its new token. elt: bytes per element.
-    fuse: the decoder's fused plan (rope into the KV store; at b <= FAST_ROWS, norms and swiglu
-    in the prologues of Triton skinny matmuls); False: one kernel per operation."""
+    fuse: the decoder's fused plan (rope into the KV store; at b <= FAST_ROWS, Triton skinny
+    matmuls with the norms in their prologues and the residual adds and swiglu in their
+    epilogues); False: one kernel per operation."""
     from kernels.gemv import FAST_ROWS
     skinny = fuse and b <= FAST_ROWS
     s, h = shape, shape.hidden
@@ -36,24 +37,22 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
           Kernel("seq_lens_add", "torch", 2 * b * 8, 0),
           Kernel("seq_lens_cast", "torch", b * 12, 0)]
 
-    def mm(name, n_in, n_out, reads_in=1):
+    def mm(name, n_in, n_out, extra_bytes=0, extra_flops=0):
         # the skinny Triton matmuls carry their own names: their wrappers' host costs differ
         # from cuBLAS's, and the model looks host costs up by name
         if skinny:
             name, launcher = name + SKINNY, "triton"
         else:
             launcher = "cublas"
-        return Kernel(name, launcher, (n_in * n_out + reads_in * b * n_in + b * n_out) * elt,
-                      2 * b * n_in * n_out)
+        return Kernel(name, launcher, (n_in * n_out + b * n_in + b * n_out) * elt + extra_bytes,
+                      2 * b * n_in * n_out + extra_flops)
 
     def norm_mm(name, n_in, n_out, fused_res):
-        """rmsnorm (with the residual add) before a matmul: one kernel when skinny."""
+        """rmsnorm (with the residual add) before a matmul: one kernel when skinny (the norm in
+        its prologue reads the norm weight; the residual was added by the kernel before)."""
         if not skinny:
             return [norm("final_norm" if name == "lm_head" else "rmsnorm", fused_res), mm(name, n_in, n_out)]
-        # reads h (and the residual) and the norm weight, writes the sum; then the matmul
-        k = mm(name, n_in, n_out, reads_in=2 if fused_res else 1)
-        extra = (n_in + (b * n_in if fused_res else 0)) * elt
-        return [Kernel(k.name, "triton", k.bytes + extra, k.flops + 4 * b * n_in)]
+        return [mm(name, n_in, n_out, n_in * elt, 4 * b * n_in)]
 
     def norm(name, fused):
         # reads x (and the residual) and w; writes the normed rows (and the new residual)
@@ -72,12 +71,16 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
         ks.append(Kernel("decode_attention", "triton", kv_bytes + 2 * b * H * D * elt, attn_flops))
         for _ in range(attn_launches - 1):
             ks.append(Kernel("attention_reduce", "triton", 2 * b * H * D * 4, 0))
-        ks.append(mm("o_proj", H * D, h))
-        ks += norm_mm("gate_up_proj", h, 2 * Fw, fused_res=True)
-        if skinny:   # swiglu in the down projection's prologue: reads gate and up
-            ks.append(Kernel("down_proj" + SKINNY, "triton", (Fw * h + 2 * b * Fw + b * h) * elt,
-                             2 * b * Fw * h + 4 * b * Fw))
+        if skinny:
+            # the residual add in O's and down's epilogues (reads the hidden state); swiglu in
+            # gate/up's epilogue: it writes F values, not 2F
+            ks.append(mm("o_proj", H * D, h, b * h * elt, b * h))
+            gu = mm("gate_up_proj", h, 2 * Fw, h * elt - b * Fw * elt, 4 * b * h + 4 * b * Fw)
+            ks.append(gu)
+            ks.append(mm("down_proj", Fw, h, b * h * elt, b * h))
         else:
+            ks.append(mm("o_proj", H * D, h))
+            ks += norm_mm("gate_up_proj", h, 2 * Fw, fused_res=True)
             ks.append(Kernel("swiglu", "triton", 3 * b * Fw * elt, 4 * b * Fw))
             ks.append(mm("down_proj", Fw, h))
     ks += norm_mm("lm_head", h, V, fused_res=True)

@@ -1,80 +1,107 @@
-"""Probe: the skinny matmul's bandwidth per (BLOCK_N, num_warps, stages) at the presets' shapes,
-against cuBLAS, with the L2 defeated (each graph cycles through enough weight copies to pass
-4x the L2), and a check that a row's result does not depend on the batch. Prints a table."""
+"""Probe: the fused skinny matmuls (kernels/gemv.py) at one row, per launch config, with
+programmatic dependent launch on and off, against cuBLAS, at opt-125m's and llama-1b's shapes;
+then whole bs-1 decode steps (full graph) with PDL on and off, and where their GPU time goes.
+Weights are cycled past the L2 (each graph streams 4x the L2 of weight copies), as in a step.
+Prints tables; the best config per shape is the last column."""
 import itertools
-import sys
+import time
 
 import torch
 import torch.nn.functional as F
 import triton
 
-from kernels import gemv as G
+import kernels.gemv as G
 from microbench.config import PRESETS
-from microbench.launch import copy_bandwidth, graph_of
+from microbench.launch import copy_bandwidth, graph_of, kernel_breakdown, profile_kernels
 from microbench.timing import gpu_time_us
 
 dev = torch.device("cuda")
 L2 = 50 << 20
 copy = copy_bandwidth(dev, budget_s=0.3)["bytes_per_s"]
-print(f"copy bandwidth {copy / 1e12:.2f} TB/s")
+print(f"copy bandwidth {copy / 1e12:.3f} TB/s", flush=True)
 
 
-def launch(x, w, y, cfg, B):
-    BN, warps, stages = cfg
-    BK = 256 * warps
-    G._gemv_kernel[(triton.cdiv(w.shape[0], BN),)](
-        x, x, w, w, y, y, w.shape[0], x.stride(0), x.stride(0), w.stride(0), y.stride(0), y.stride(0), 0.0,
-        B=B, K=w.shape[1], PRO=0, HAS_RES=False, BLOCK_B=triton.next_power_of_2(B), BLOCK_N=BN,
-        BLOCK_K=BK, STAGES=stages, num_warps=warps)
+def launch(x, nw, w, r, y, n_out, norm, epi, cfg, pdl):
+    BN, warps, stages, kv = cfg
+    G._gemv_kernel[(triton.cdiv(n_out, BN),)](
+        x, nw, w, r, y, n_out, x.stride(0), w.stride(0), r.stride(0), y.stride(0), 1e-5,
+        B=x.shape[0], K=x.shape[1], NORM=norm, EPI=epi, BLOCK_B=1, BLOCK_N=BN,
+        BLOCK_K=8 * 32 * warps * kv, STAGES=stages, USE_PDL=pdl, num_warps=warps,
+        **({"launch_pdl": True} if pdl else {}))
 
 
 def timed(fns, nbytes):
     it = itertools.cycle(fns)
-    reps = max(20, len(fns))
+    reps = max(24, len(fns))
     g = graph_of(lambda: next(it)(), reps)
-    st = gpu_time_us(g.replay, inner=3, budget_s=0.15)
-    t = st.median / reps
+    t = gpu_time_us(g.replay, inner=3, budget_s=0.12).median / reps
     return t, nbytes / (t * 1e-6) / copy
 
 
-shapes = []
+CFGS = [(2, 4, 3, 1), (4, 4, 3, 1), (8, 4, 3, 1), (4, 4, 2, 1), (4, 4, 4, 1), (2, 4, 3, 2),
+        (4, 4, 3, 2), (2, 8, 3, 1), (4, 8, 3, 1), (1, 4, 3, 2), (8, 8, 3, 1), (2, 8, 3, 2)]
+t0 = time.time()
+print(f"{'shape':24s} {'cuBLAS':>13s} | {'default':>13s} {'no PDL':>6s} | best config (BN, warps, stages, vec)", flush=True)
 for p in ("opt-125m", "llama-1b"):
     s = PRESETS[p]
-    shapes += [(p, "qkv", s.hidden, s.qkv_size), (p, "o", s.q_size, s.hidden), (p, "gate_up", s.hidden, 2 * s.ffn),
-               (p, "down", s.ffn, s.hidden), (p, "lm_head", s.hidden, s.vocab)]
-cfgs = [(bn, w, st) for bn in (4, 8, 16, 32) for w in (2, 4, 8) for st in (1, 3)]
-best = {}
-for (p, name, K, N) in shapes:
-    nb = N * K * 2
-    copies = max(1, -(-4 * L2 // nb))
-    ws = [torch.randn(N, K, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
-    for B in (1, 4):
-        x = torch.randn(B, K, device=dev, dtype=torch.bfloat16)
-        y = torch.empty(B, N, device=dev, dtype=torch.bfloat16)
-        t_cb, f_cb = timed([lambda w=w: F.linear(x, w, out=None) for w in ws], nb)
-        res = []
-        for cfg in cfgs:
-            if triton.next_power_of_2(B) * cfg[0] * 8 > 256:
-                continue
-            try:
-                t, f = timed([lambda w=w, cfg=cfg: launch(x, w, y, cfg, B) for w in ws], nb)
-            except Exception as e:  # out of resources
-                print("fail", cfg, str(e).splitlines()[0][:80]); continue
-            res.append((t, f, cfg))
-        res.sort()
-        t, f, cfg = res[0]
-        best[(p, name, B)] = cfg
-        top = " ".join(f"{c}:{ff:.0%}" for _, ff, c in res[:4])
-        print(f"{p:9s} {name:8s} B={B} N={N:6d} K={K:5d} cublas {t_cb:7.2f}us {f_cb:4.0%} | best triton {t:7.2f}us {f:4.0%} {cfg} | {top}", flush=True)
-    del ws
-# rows independent of the batch: B=1 against B=4 and 8 for one config per shape
-for (p, name, K, N) in shapes[:5]:
-    w = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
-    x = torch.randn(8, K, device=dev, dtype=torch.bfloat16)
+    for name, K, N, norm, epi in (("qkv+norm", s.hidden, s.qkv_size, True, 0),
+                                  ("o+res", s.q_size, s.hidden, False, 1),
+                                  ("gate_up+norm+swiglu", s.hidden, 2 * s.ffn, True, 2),
+                                  ("down+res", s.ffn, s.hidden, False, 1),
+                                  ("lm_head+norm", s.hidden, s.vocab, True, 0)):
+        nb = N * K * 2
+        ws = [torch.randn(N, K, device=dev, dtype=torch.bfloat16) * K ** -0.5
+              for _ in range(max(1, -(-4 * L2 // nb)))]
+        n_out = N // 2 if epi == 2 else N
+        x = torch.randn(1, K, device=dev, dtype=torch.bfloat16)
+        nw = torch.randn(K, device=dev, dtype=torch.bfloat16)
+        r = torch.randn(1, n_out, device=dev, dtype=torch.bfloat16)
+        y = torch.empty(1, n_out, device=dev, dtype=torch.bfloat16)
+        t_cb, f_cb = timed([lambda w=w: F.linear(x, w) for w in ws], nb)
+        res = {}
+        for cfg in CFGS:
+            for pdl in (True, False) if cfg == CFGS[1] else (True,):
+                try:
+                    res[cfg, pdl] = timed([lambda w=w, cfg=cfg, pdl=pdl: launch(x, nw, w, r, y, n_out, norm, epi, cfg, pdl)
+                                           for w in ws], nb)
+                except Exception as e:  # out of resources
+                    print("  fail", cfg, str(e).splitlines()[0][:80])
+        best = min((k for k in res if k[1]), key=lambda k: res[k][0])
+        print(f"{p + ' ' + name:24s} {t_cb:6.2f}us {f_cb:4.0%} | {res[CFGS[1], True][0]:6.2f}us "
+              f"{res[CFGS[1], True][1]:4.0%} {res[CFGS[1], False][1]:5.0%} | {best[0]} {res[best][0]:6.2f}us "
+              f"{res[best][1]:4.0%}  others: " + " ".join(f"{c[0]}:{v[1]:.0%}" for c, v in sorted(res.items(), key=lambda kv: kv[1][0])[:5] if c[1]),
+              flush=True)
+        del ws
+print(f"config probe took {time.time() - t0:.0f} s", flush=True)
+
+# whole steps: bs 1, full graph, context 512, PDL on and off
+from microbench.decoder import ToyDecoder
+from microbench.graphs import GraphRunner
+from microbench.sweep import max_seq_for
+from microbench.workload import step_bytes
+
+for p in ("opt-125m", "llama-1b"):
+    dec = ToyDecoder(PRESETS[p], max_batch=1, max_seq=max_seq_for(512), device=dev)
+    dec.fill_cache(512)
+    toks = torch.zeros(1, dtype=torch.long, device=dev)
+    pos = torch.full((1,), 512, dtype=torch.long, device=dev)
+    sl = torch.zeros(1, dtype=torch.long, device=dev)
+    nb = step_bytes(dec.shape, 1, 512)
     outs = {}
-    for B in (1, 3, 4, 8):
-        y = torch.empty(B, N, device=dev, dtype=torch.bfloat16)
-        launch(x[:B], w, y, best[(p, name, 1)], B)
-        outs[B] = y
-    same = all(torch.equal(outs[1][0], outs[B][0]) for B in (3, 4, 8))
-    print(f"row independence {p} {name}: {same}")
+    for pdl in (True, False):
+        G.PDL = pdl
+        runner = GraphRunner(dec, [1], mode="full", progress=False)
+        runner.capture()
+        g = runner.entries[1].graphs[0]
+        t = gpu_time_us(g.replay, inner=10, budget_s=0.5).median
+        outs[pdl] = runner.step(toks, pos, sl).clone()
+        ks = profile_kernels(g.replay)
+        br = kernel_breakdown(ks)
+        print(f"{p} bs1 graph replay PDL={pdl}: {t:7.1f} us GPU, {nb / (t * 1e-6) / copy:4.0%} of copy bw, "
+              f"{len(ks)} kernels; " + ", ".join(f"{k} {v['us']:.0f} ({v['n']})" for k, v in
+                                                  sorted(br.items(), key=lambda kv: -kv[1]['us'])), flush=True)
+        runner.close()
+    G.PDL = True
+    print(f"{p}: PDL on and off give equal logits: {torch.equal(outs[True], outs[False])}")
+    del dec
+    torch.cuda.empty_cache()

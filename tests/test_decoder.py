@@ -178,7 +178,7 @@ def test_plan_counts_the_kernels_a_step_launches(bs, fuse, device, monkeypatch):
             return fn(*a, **k)
         return wrapped
 
-    for name in ("rmsnorm_linear", "linear", "swiglu_linear", "rope_store_kv"):
+    for name in ("rmsnorm_linear", "linear", "rmsnorm_linear_swiglu", "rope_store_kv"):
         monkeypatch.setattr(kernels, name, counting(getattr(kernels, name), "triton"))
     for name in ("rmsnorm", "rope", "store_kv", "swiglu"):
         setattr(dec.ops, name, counting(getattr(dec.ops, name), "triton"))

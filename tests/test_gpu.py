@@ -80,6 +80,30 @@ def test_replay_equals_eager_for_every_batch(preset, mode):
     runner.close()
 
 
+@pytest.mark.parametrize("preset", ["opt-125m", "llama-1b"])
+def test_programmatic_dependent_launch_changes_no_result(preset, monkeypatch):
+    """The skinny matmuls launch with PDL (each waits for its predecessor before reading an
+    activation): a bs-1 step, eager and replayed, equals the same step with PDL off bit for
+    bit. A missing wait would read a half-written activation and differ."""
+    import kernels.gemv
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs Hopper or newer")
+    results = {}
+    for pdl in (True, False):
+        monkeypatch.setattr(kernels.gemv, "PDL", pdl)
+        dec = make(preset, 2)
+        assert kernels.gemv.use_pdl(dec.embed) == pdl
+        runner = GraphRunner(dec, [1], mode="full", progress=False)
+        runner.capture()
+        outs = []
+        for seed in range(3):
+            t, p, s = inputs(1, dec.shape.vocab, seed=seed)
+            outs += [dec.step(t, p, s), runner.step(t, p, s)]
+        results[pdl] = torch.stack(outs)
+        runner.close()
+    assert torch.equal(results[True], results[False])
+
+
 def test_packed_steps_with_shrinking_batches():
     dec, ref = make("opt-125m", 16), make("opt-125m", 16)
     runner = GraphRunner(dec, [4, 16], progress=False)

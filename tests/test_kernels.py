@@ -10,8 +10,8 @@ import torch
 
 from kernels import (decode_attention, decode_attention_ref, linear, linear_ref, rmsnorm,
                      rmsnorm_linear, rmsnorm_linear_ref, rmsnorm_ref, rope, rope_ref, rope_store_kv,
-                     rope_store_kv_ref, store_kv, store_kv_ref, swiglu, swiglu_linear,
-                     swiglu_linear_ref, swiglu_ref)
+                     rope_store_kv_ref, store_kv, store_kv_ref, swiglu, rmsnorm_linear_swiglu,
+                     rmsnorm_linear_swiglu_ref, swiglu_ref)
 from kernels.decode_attention import _MAX_SPLITS, _MIN_TOKENS_PER_SPLIT, _choose_num_splits
 from tests.utils import assert_close
 
@@ -294,31 +294,39 @@ def test_linear(B, K, N, dtype, device):
 
 @pytest.mark.parametrize("B, K, N", GEMV_SHAPES, ids=lambda v: str(v))
 @dtype_param
-def test_swiglu_linear(B, K, N, dtype, device):
-    g = gen(22)
-    gate_up = 2 * randn(B, 2 * K, g=g, dtype=dtype, device=device)
-    w = _weight(N, K, g, dtype, device)
-    assert_close(swiglu_linear(gate_up, w), swiglu_linear_ref(gate_up, w), dtype)
+def test_linear_residual(B, K, N, dtype, device):
+    """The residual add in the epilogue: y = r + x·wᵀ, rounded once."""
+    g = gen(25)
+    x, w = randn(B, K, g=g, dtype=dtype, device=device), _weight(N, K, g, dtype, device)
+    r = randn(B, N, g=g, dtype=dtype, device=device)
+    r0 = r.clone()
+    assert_close(linear(x, w, residual=r), linear_ref(x, w, residual=r), dtype)
+    assert torch.equal(r, r0)
 
 
 @pytest.mark.parametrize("B, K, N", GEMV_SHAPES, ids=lambda v: str(v))
-@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
 @dtype_param
-def test_rmsnorm_linear(B, K, N, with_residual, dtype, device):
+def test_rmsnorm_linear(B, K, N, dtype, device):
     g = gen(23)
-    h = randn(B, K, g=g, dtype=dtype, device=device)
+    h = 3 * randn(B, K, g=g, dtype=dtype, device=device)
     nw = (1 + 0.1 * randn(K, g=g, dtype=torch.float32, device=device)).to(dtype)
     w = _weight(N, K, g, dtype, device)
-    if not with_residual:
-        assert_close(rmsnorm_linear(h, nw, 1e-5, w), rmsnorm_linear_ref(h, nw, 1e-5, w), dtype)
-        return
-    r = randn(B, K, g=g, dtype=dtype, device=device)
-    h0, r0 = h.clone(), r.clone()
-    y, s = rmsnorm_linear(h, nw, 1e-5, w, residual=r)
-    y_ref, s_ref = rmsnorm_linear_ref(h, nw, 1e-5, w, residual=r)
-    assert_close(y, y_ref, dtype)
-    assert torch.equal(s, s_ref)                       # one correctly rounded add, as unfused
-    assert torch.equal(h, h0) and torch.equal(r, r0)
+    h0 = h.clone()
+    assert_close(rmsnorm_linear(h, nw, 1e-5, w), rmsnorm_linear_ref(h, nw, 1e-5, w), dtype)
+    assert torch.equal(h, h0)
+
+
+@pytest.mark.parametrize("B, K, N", GEMV_SHAPES, ids=lambda v: str(v))
+@dtype_param
+def test_rmsnorm_linear_swiglu(B, K, N, dtype, device):
+    """Gate rows n and up rows F + n in one program, silu(g)·u in the epilogue; N = F here."""
+    g = gen(22)
+    h = 2 * randn(B, K, g=g, dtype=dtype, device=device)
+    nw = (1 + 0.1 * randn(K, g=g, dtype=torch.float32, device=device)).to(dtype)
+    w_gu = 2 * _weight(2 * N, K, g, dtype, device)
+    y = rmsnorm_linear_swiglu(h, nw, 1e-5, w_gu)
+    assert y.shape == (B, N)
+    assert_close(y, rmsnorm_linear_swiglu_ref(h, nw, 1e-5, w_gu), dtype)
 
 
 def test_linear_on_strided_rows(device):
@@ -400,7 +408,10 @@ BAD_CALLS = [
     ("linear-rows", lambda d: linear(_f16(9, 8, dev=d), _f16(4, 8, dev=d)), "rows; allowed 1..8"),
     ("linear-k", lambda d: linear(_f16(2, 8, dev=d), _f16(4, 7, dev=d)), r"w must be \[N, 8\]"),
     ("linear-dtype", lambda d: linear(_f16(2, 8, dev=d), _f16(4, 8, dev=d).float()), "dtypes"),
-    ("swiglu-linear-k", lambda d: swiglu_linear(_f16(2, 8, dev=d), _f16(4, 8, dev=d)), r"w must be \[N, 4\]"),
+    ("linear-residual", lambda d: linear(_f16(2, 8, dev=d), _f16(4, 8, dev=d), residual=_f16(2, 5, dev=d)),
+     "residual must match"),
+    ("norm-swiglu-odd", lambda d: rmsnorm_linear_swiglu(_f16(2, 8, dev=d), _f16(8, dev=d), 1e-5, _f16(5, 8, dev=d)),
+     "2F rows"),
     ("rmsnorm-linear-nw", lambda d: rmsnorm_linear(_f16(2, 8, dev=d), _f16(7, dev=d), 1e-5, _f16(4, 8, dev=d)),
      "norm_w"),
     ("rope-store-kv-cache", lambda d: rope_store_kv(_f16(1, 2, 64, dev=d), _f16(1, 1, 64, dev=d),
