@@ -7,9 +7,20 @@ interpreter (TRITON_INTERPRET=1), where three things differ from the GPU:
 
 `to_dtype` is the one cast the kernels use for their outputs; it is exact on both sides.
 """
+import os
+
+import torch
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
+
+# Programmatic dependent launch (Hopper and newer, compiled kernels only): the decode kernels
+# launched with it wait (griddepcontrol.wait) for the kernel before them to finish and flush
+# before they read an activation or write anything, and let the next kernel launch as soon as
+# all their own programs are running, so a kernel's launch (and a matmul's first weight loads,
+# which no kernel of the step writes) overlap the tail of the kernel before. MICROBENCH_PDL=0 or
+# `kernels._compat.PDL = False` turns it off.
+PDL = os.environ.get("MICROBENCH_PDL", "1") != "0"
 
 
 def interpreted(kernel):
@@ -35,3 +46,28 @@ def to_dtype(x, dtype: tl.constexpr):
         return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x.to(dtype)
+
+
+def use_pdl(kernel, t) -> bool:
+    """Launch `kernel` with PDL for tensors like t: compiled, on CUDA, SM 9.0 or newer, PDL on."""
+    return (PDL and not interpreted(kernel) and t.device.type == "cuda"
+            and torch.cuda.get_device_capability(t.device)[0] >= 9)
+
+
+def pdl_launch_kw(on: bool) -> dict:
+    """The launch option that sets the PDL attribute (Triton's `launch_pdl`)."""
+    return {"launch_pdl": True} if on else {}
+
+
+@triton.jit
+def gdc_wait(USE_PDL: tl.constexpr):
+    """Wait for the previous kernel to complete and its writes to be visible (PDL only)."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def gdc_launch_dependents(USE_PDL: tl.constexpr):
+    """Let the next kernel launch once every program of this one has passed here (PDL only)."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()

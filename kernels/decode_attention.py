@@ -8,7 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._compat import check_device, interpreted, to_dtype
+from kernels._compat import (check_device, gdc_launch_dependents, gdc_wait, interpreted, pdl_launch_kw,
+                             to_dtype, use_pdl)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -106,11 +107,13 @@ def _split_kernel(
     H, max_seq, split_size, num_splits, qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, SINGLE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    INTERPRET: tl.constexpr, TILES_PER_SPLIT: tl.constexpr,
+    INTERPRET: tl.constexpr, TILES_PER_SPLIT: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    gdc_wait(USE_PDL)
+    gdc_launch_dependents(USE_PDL)
     # Clamp so a bad seq_len can never read past the slot's rows.
     seq_len = tl.minimum(tl.load(seq_lens_ptr + b), max_seq)
     slot = tl.load(slots_ptr + b).to(tl.int64)
@@ -160,10 +163,12 @@ def _split_kernel(
 @triton.jit
 def _reduce_kernel(
     o_part_ptr, m_part_ptr, l_part_ptr, out_ptr, stride_ob, stride_oh, H, num_splits,
-    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
+    gdc_wait(USE_PDL)
+    gdc_launch_dependents(USE_PDL)
     offs_s = tl.arange(0, BLOCK_S)
     mask_s = offs_s < num_splits
     offs_d = tl.arange(0, BLOCK_D)
@@ -242,6 +247,7 @@ def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=Non
     split_size = triton.cdiv(n_tiles, num_splits) * block_n  # whole tiles per split
     group = H // Hkv
     single = num_splits == 1
+    pdl = use_pdl(_split_kernel, q)
     if single:
         o_part = m_part = l_part = out  # never touched
     else:
@@ -258,12 +264,13 @@ def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=Non
         # fp32 inputs would otherwise go through TF32 (10-bit mantissa) on the GPU.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(_split_kernel), TILES_PER_SPLIT=split_size // block_n,
-        num_warps=4, num_stages=_CUDA_NUM_STAGES,
+        USE_PDL=pdl, num_warps=4, num_stages=_CUDA_NUM_STAGES, **pdl_launch_kw(pdl),
     )
     if not single:
         _reduce_kernel[(B, H)](
             o_part, m_part, l_part, out, out.stride(0), out.stride(1), H, num_splits,
-            HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, num_warps=4,
+            HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, USE_PDL=pdl,
+            num_warps=4, **pdl_launch_kw(pdl),
         )
     return out
 

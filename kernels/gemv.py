@@ -19,25 +19,23 @@ What is fused, chosen by constexprs:
   streams the gate rows n and the up rows F + n together and writes the FFN's activation, F
   wide, instead of 2F gate/up values for a separate swiglu kernel.
 
-Programmatic dependent launch (Hopper and newer, compiled only): each kernel is launched with
-the PDL attribute and first loads its first weight chunk (weights are never written during a
-step), then waits (griddepcontrol.wait) for the kernel before it to finish and flush before it
-reads any activation or writes anything; after its K loop it lets the next kernel launch. So the
-next kernel's launch and its first DRAM round trip overlap this kernel's tail, inside a graph as
-outside. `PDL = False` (or MICROBENCH_PDL=0) turns it off.
+Programmatic dependent launch (kernels._compat.PDL; Hopper and newer, compiled only): a program
+first loads its first weight chunk (weights are never written during a step), then waits for the
+kernel before it to finish and flush, then lets the next kernel launch; so this kernel's launch
+and first DRAM round trip overlap the previous kernel's tail, inside a graph as outside.
 
 Rounding: everything is fp32 from the loads to the output, rounded once to the activation dtype
 at the store (the normalised x, the gate/up values and the matmul before the residual add are
 never rounded). The unfused path rounds each kernel's output, so the two paths differ by up to
 an ulp or two; each path's graph replay equals its own eager step bit for bit.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from kernels._compat import check_device, interpreted, to_dtype
+import kernels._compat as compat
+from kernels._compat import (check_device, gdc_launch_dependents, gdc_wait, interpreted,
+                             pdl_launch_kw, to_dtype)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Rows the kernel takes (one program multiplies all of them against each weight chunk).
@@ -47,19 +45,8 @@ MAX_ROWS = 8
 # gate/up (LM head 104% of copy bandwidth against 94%, down 80% against 68%); at four rows
 # cuBLAS wins on all of them (LM head 93% against 77%).
 FAST_ROWS = 1
-PDL = os.environ.get("MICROBENCH_PDL", "1") != "0"
-
-
-@triton.jit
-def _gdc_wait(USE_PDL: tl.constexpr):
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
-
-
-@triton.jit
-def _gdc_launch_dependents(USE_PDL: tl.constexpr):
-    if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()
+# where a program lets the next kernel launch: right after its wait (True) or after its K loop
+TRIGGER_EARLY = True
 
 
 @triton.jit
@@ -85,7 +72,7 @@ def _gemv_kernel(
     N, stride_xb, stride_wn, stride_rb, stride_yb, eps,
     B: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, EPI: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    USE_PDL: tl.constexpr, EARLY: tl.constexpr,
 ):
     pid = tl.program_id(0)
     # BLOCK_K is fixed per weight shape, never per row count: with num_warps · 32 threads laid
@@ -108,7 +95,9 @@ def _gemv_kernel(
     w2 = w
     if EPI == 2:
         w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
-    _gdc_wait(USE_PDL)
+    gdc_wait(USE_PDL)
+    if EARLY:
+        gdc_launch_dependents(USE_PDL)
     acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                            mask_b, K, NORM, EPI)
     # K is constexpr: Triton 3.6's interpreter fails on runtime loop bounds (triton#9171).
@@ -121,7 +110,8 @@ def _gemv_kernel(
             w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
         acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                                mask_b, K, NORM, EPI)
-    _gdc_launch_dependents(USE_PDL)
+    if not EARLY:
+        gdc_launch_dependents(USE_PDL)
     if NORM:
         rstd = tl.rsqrt(ss / K + eps)
         acc = acc * rstd[:, None]
@@ -148,16 +138,21 @@ def config(N: int, K: int, B: int, elt: int) -> dict:
     bitwise on the H100 for 1, 3, 4 and 8 rows)."""
     if interpreted(_gemv_kernel):
         return dict(_INTERPRETED_CONFIG, STAGES=1)
-    # BLOCK_N 4, 4 warps, 3 stages: within 2% of the best of 24 configs on every shape probed
-    # at one row (scripts/probe_gemv.py), except o_proj (4 points behind).
+    # Measured on the H100 at one row with the fused epilogues (scripts/probe_gemv.py, log in
+    # results/h100/logs/probe-gemv-dc12233.log): a whole row of K <= 2048 in one chunk (two
+    # 16-byte loads per thread per row) gains 4-7 points of copy bandwidth on llama-1b's QKV,
+    # O and gate/up over two chunks of 1024; the long rows of down (K 3072, 8192) do best with
+    # 1024-wide chunks and 2 outputs per program.
     warps = 4
-    return dict(BLOCK_N=4, BLOCK_K=(16 // elt) * 32 * warps, STAGES=3, num_warps=warps)
+    vec = 16 // elt * 32 * warps
+    if K <= 2 * vec:
+        return dict(BLOCK_N=4, BLOCK_K=2 * vec, STAGES=3, num_warps=warps)
+    return dict(BLOCK_N=2, BLOCK_K=vec, STAGES=3, num_warps=warps)
 
 
 def use_pdl(x) -> bool:
-    """Programmatic dependent launch: compiled, on Hopper or newer, unless turned off."""
-    return (PDL and not interpreted(_gemv_kernel) and x.device.type == "cuda"
-            and torch.cuda.get_device_capability(x.device)[0] >= 9)
+    """Whether the skinny matmuls launch with PDL for tensors like x."""
+    return compat.use_pdl(_gemv_kernel, x)
 
 
 def _check(op, x, w, k_in):
@@ -187,7 +182,7 @@ def _launch(x, w, n_out, norm=False, epi=0, r=None, nw=None, eps=0.0):
     _gemv_kernel[(triton.cdiv(n_out, cfg["BLOCK_N"]),)](
         x, nw_, w, r_, y, n_out, x.stride(0), w.stride(0), r_.stride(0), y.stride(0), float(eps),
         B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=triton.next_power_of_2(B), USE_PDL=pdl,
-        **cfg, **({"launch_pdl": True} if pdl else {}))
+        EARLY=TRIGGER_EARLY, **cfg, **pdl_launch_kw(pdl))
     return y
 
 

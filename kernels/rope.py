@@ -4,7 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._compat import check_device, to_dtype
+from kernels._compat import (check_device, gdc_launch_dependents, gdc_wait, pdl_launch_kw, to_dtype,
+                             use_pdl)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -55,10 +56,17 @@ def _rope_store_kv_kernel(
     stride_cs, stride_ch, stride_cn,
     theta,
     H: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    # grid (B, cdiv(H, BLOCK_H) + cdiv(HKV, BLOCK_H)): one chunk of q heads, or of k/v heads,
+    # per program, so a one-row step is a few programs of one round trip each, not one program
+    # walking every head.
     b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
+    NQ: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
+    gdc_wait(USE_PDL)
+    gdc_launch_dependents(USE_PDL)
     pos_i = tl.load(pos_ptr + b).to(tl.int64)
-    slot = tl.load(slots_ptr + b).to(tl.int64)
     pos = pos_i.to(tl.float32)
     i = tl.arange(0, BLOCK_HALF).to(tl.float64)[None, :]
     log2_step = -tl.log2(tl.full([1, 1], theta, tl.float64)) / HALF
@@ -66,23 +74,34 @@ def _rope_store_kv_kernel(
     angle = pos * inv_freq
     cos = tl.cos(angle)
     sin = tl.sin(angle)
-    _rotate_heads(q_ptr + b * stride_qb, stride_qh, cos, sin, H, HALF, BLOCK_H, BLOCK_HALF)
-    # K: rotated on the way into the cache (the new k itself is not written back); V: copied.
-    kc = kc_ptr + slot * stride_cs + pos_i * stride_cn
-    vc = vc_ptr + slot * stride_cs + pos_i * stride_cn
     offs_i = tl.arange(0, BLOCK_HALF)[None, :]
-    for h0 in range(0, HKV, BLOCK_H):
-        offs_h = h0 + tl.arange(0, BLOCK_H)[:, None]
+    dt = q_ptr.dtype.element_ty
+    if c < NQ:
+        offs_h = c * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+        mask = (offs_h < H) & (offs_i < HALF)
+        p1 = q_ptr + b * stride_qb + offs_h * stride_qh + offs_i
+        x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
+        tl.store(p1, to_dtype(x1 * cos - x2 * sin, dt), mask=mask)
+        tl.store(p1 + HALF, to_dtype(x2 * cos + x1 * sin, dt), mask=mask)
+    else:
+        # K: rotated on the way into the cache (the new k itself is not written back); V: copied.
+        slot = tl.load(slots_ptr + b).to(tl.int64)
+        kc = kc_ptr + slot * stride_cs + pos_i * stride_cn
+        vc = vc_ptr + slot * stride_cs + pos_i * stride_cn
+        offs_h = (c - NQ) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
         mask = (offs_h < HKV) & (offs_i < HALF)
         kp = k_ptr + b * stride_kb + offs_h * stride_kh + offs_i
         x1 = tl.load(kp, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(kp + HALF, mask=mask, other=0.0).to(tl.float32)
-        dt = kc_ptr.dtype.element_ty
-        tl.store(kc + offs_h * stride_ch + offs_i, to_dtype(x1 * cos - x2 * sin, dt), mask=mask)
-        tl.store(kc + offs_h * stride_ch + offs_i + HALF, to_dtype(x2 * cos + x1 * sin, dt), mask=mask)
         vp = v_ptr + b * stride_vb + offs_h * stride_vh + offs_i
-        tl.store(vc + offs_h * stride_ch + offs_i, tl.load(vp, mask=mask), mask=mask)
-        tl.store(vc + offs_h * stride_ch + offs_i + HALF, tl.load(vp + HALF, mask=mask), mask=mask)
+        v1 = tl.load(vp, mask=mask)
+        v2 = tl.load(vp + HALF, mask=mask)
+        cdt = kc_ptr.dtype.element_ty
+        tl.store(kc + offs_h * stride_ch + offs_i, to_dtype(x1 * cos - x2 * sin, cdt), mask=mask)
+        tl.store(kc + offs_h * stride_ch + offs_i + HALF, to_dtype(x2 * cos + x1 * sin, cdt), mask=mask)
+        tl.store(vc + offs_h * stride_ch + offs_i, v1, mask=mask)
+        tl.store(vc + offs_h * stride_ch + offs_i + HALF, v2, mask=mask)
 
 
 def _check(q, k, positions):
@@ -164,13 +183,15 @@ def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0):
     Hkv = k.shape[1]
     if B > 0:
         half = D // 2
-        _rope_store_kv_kernel[(B,)](
+        bh = min(triton.next_power_of_2(max(H, Hkv)), 16)
+        pdl = use_pdl(_rope_store_kv_kernel, q)
+        _rope_store_kv_kernel[(B, triton.cdiv(H, bh) + triton.cdiv(Hkv, bh))](
             q, k, v, k_cache, v_cache, positions, slots,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             float(theta),
-            H=H, HKV=Hkv, HALF=half, BLOCK_H=min(triton.next_power_of_2(max(H, Hkv)), 16),
-            BLOCK_HALF=triton.next_power_of_2(half), num_warps=4,
+            H=H, HKV=Hkv, HALF=half, BLOCK_H=bh, BLOCK_HALF=triton.next_power_of_2(half),
+            USE_PDL=pdl, num_warps=4, **pdl_launch_kw(pdl),
         )
     return q
 

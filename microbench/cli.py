@@ -143,10 +143,10 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
                              "torch-graph, compile")
         cfg.validate()
         if tp > 1:
-            from microbench.tp_cli import validate_tp
-            validate_tp(preset, tp)
             if set(cfg.arms) - {"eager", "graph"}:
                 raise ValueError("--arms: with --tp only eager and graph run")
+            from microbench.tp_cli import validate_tp
+            validate_tp(preset, tp)
         elif no_tp1:
             raise ValueError("--no-tp1: only with --tp 2 or more")
         check_writable(Path(out))

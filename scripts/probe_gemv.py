@@ -26,7 +26,7 @@ def launch(x, nw, w, r, y, n_out, norm, epi, cfg, pdl):
     G._gemv_kernel[(triton.cdiv(n_out, BN),)](
         x, nw, w, r, y, n_out, x.stride(0), w.stride(0), r.stride(0), y.stride(0), 1e-5,
         B=x.shape[0], K=x.shape[1], NORM=norm, EPI=epi, BLOCK_B=1, BLOCK_N=BN,
-        BLOCK_K=8 * 32 * warps * kv, STAGES=stages, USE_PDL=pdl, num_warps=warps,
+        BLOCK_K=8 * 32 * warps * kv, STAGES=stages, USE_PDL=pdl, EARLY=G.TRIGGER_EARLY, num_warps=warps,
         **({"launch_pdl": True} if pdl else {}))
 
 
@@ -38,11 +38,14 @@ def timed(fns, nbytes):
     return t, nbytes / (t * 1e-6) / copy
 
 
+import os
 CFGS = [(2, 4, 3, 1), (4, 4, 3, 1), (8, 4, 3, 1), (4, 4, 2, 1), (4, 4, 4, 1), (2, 4, 3, 2),
         (4, 4, 3, 2), (2, 8, 3, 1), (4, 8, 3, 1), (1, 4, 3, 2), (8, 8, 3, 1), (2, 8, 3, 2)]
+if os.environ.get("PROBE_STEPS_ONLY"):
+    CFGS = []
 t0 = time.time()
 print(f"{'shape':24s} {'cuBLAS':>13s} | {'default':>13s} {'no PDL':>6s} | best config (BN, warps, stages, vec)", flush=True)
-for p in ("opt-125m", "llama-1b"):
+for p in ("opt-125m", "llama-1b") if CFGS else ():
     s = PRESETS[p]
     for name, K, N, norm, epi in (("qkv+norm", s.hidden, s.qkv_size, True, 0),
                                   ("o+res", s.q_size, s.hidden, False, 1),
@@ -74,12 +77,17 @@ for p in ("opt-125m", "llama-1b"):
         del ws
 print(f"config probe took {time.time() - t0:.0f} s", flush=True)
 
-# whole steps: bs 1, full graph, context 512, PDL on and off
+# whole steps: bs 1, full graph, context 512: PDL off, PDL with the matmuls' trigger after
+# their K loop ("late") or right after their wait ("early"), and attention's smallest split
+import kernels._compat as compat
+import kernels.decode_attention as A
 from microbench.decoder import ToyDecoder
 from microbench.graphs import GraphRunner
 from microbench.sweep import max_seq_for
 from microbench.workload import step_bytes
 
+VARIANTS = [("no PDL", False, True, 256), ("PDL late", True, False, 256), ("PDL early", True, True, 256),
+            ("PDL early split>=128", True, True, 128), ("PDL early split>=64", True, True, 64)]
 for p in ("opt-125m", "llama-1b"):
     dec = ToyDecoder(PRESETS[p], max_batch=1, max_seq=max_seq_for(512), device=dev)
     dec.fill_cache(512)
@@ -88,20 +96,23 @@ for p in ("opt-125m", "llama-1b"):
     sl = torch.zeros(1, dtype=torch.long, device=dev)
     nb = step_bytes(dec.shape, 1, 512)
     outs = {}
-    for pdl in (True, False):
-        G.PDL = pdl
+    for label, pdl, early, min_split in VARIANTS:
+        compat.PDL, G.TRIGGER_EARLY, A._MIN_TOKENS_PER_SPLIT = pdl, early, min_split
         runner = GraphRunner(dec, [1], mode="full", progress=False)
         runner.capture()
         g = runner.entries[1].graphs[0]
         t = gpu_time_us(g.replay, inner=10, budget_s=0.5).median
-        outs[pdl] = runner.step(toks, pos, sl).clone()
+        outs[label] = runner.step(toks, pos, sl).clone()
         ks = profile_kernels(g.replay)
         br = kernel_breakdown(ks)
-        print(f"{p} bs1 graph replay PDL={pdl}: {t:7.1f} us GPU, {nb / (t * 1e-6) / copy:4.0%} of copy bw, "
-              f"{len(ks)} kernels; " + ", ".join(f"{k} {v['us']:.0f} ({v['n']})" for k, v in
-                                                  sorted(br.items(), key=lambda kv: -kv[1]['us'])), flush=True)
+        print(f"{p} bs1 replay {label:22s}: {t:7.1f} us GPU, {nb / (t * 1e-6) / copy:4.0%} of copy bw, "
+              f"{len(ks)} kernels, splits {A.num_splits_for(1, dec.shape.n_kv_heads, dec.max_seq, dev, dec.shape.head_dim)}; "
+              + ", ".join(f"{k} {v['us']:.0f} ({v['n']})" for k, v in sorted(br.items(), key=lambda kv: -kv[1]['us'])),
+              flush=True)
         runner.close()
-    G.PDL = True
-    print(f"{p}: PDL on and off give equal logits: {torch.equal(outs[True], outs[False])}")
+    compat.PDL, G.TRIGGER_EARLY, A._MIN_TOKENS_PER_SPLIT = True, True, 256
+    same = [torch.equal(outs["no PDL"], outs[v[0]]) for v in VARIANTS[:3]]
+    print(f"{p}: PDL off, late and early give equal logits: {all(same)}; "
+          f"max diff with smaller splits: {max(float((outs[v[0]].float() - outs['no PDL'].float()).abs().max()) for v in VARIANTS[3:]):.4f}")
     del dec
     torch.cuda.empty_cache()

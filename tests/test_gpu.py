@@ -82,15 +82,16 @@ def test_replay_equals_eager_for_every_batch(preset, mode):
 
 @pytest.mark.parametrize("preset", ["opt-125m", "llama-1b"])
 def test_programmatic_dependent_launch_changes_no_result(preset, monkeypatch):
-    """The skinny matmuls launch with PDL (each waits for its predecessor before reading an
-    activation): a bs-1 step, eager and replayed, equals the same step with PDL off bit for
+    """The step's Triton kernels launch with PDL (each waits for its predecessor before reading
+    an activation): a bs-1 step, eager and replayed, equals the same step with PDL off bit for
     bit. A missing wait would read a half-written activation and differ."""
+    import kernels._compat
     import kernels.gemv
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL needs Hopper or newer")
     results = {}
     for pdl in (True, False):
-        monkeypatch.setattr(kernels.gemv, "PDL", pdl)
+        monkeypatch.setattr(kernels._compat, "PDL", pdl)
         dec = make(preset, 2)
         assert kernels.gemv.use_pdl(dec.embed) == pdl
         runner = GraphRunner(dec, [1], mode="full", progress=False)
@@ -173,24 +174,31 @@ def test_separate_pools_hold_more_than_one_shared_pool():
 
 
 def test_out_of_memory_skips_a_size_and_captures_the_rest():
+    # Sizes 1 and 512 only: size 1 runs the skinny Triton matmuls, so its capture needs no
+    # cuBLAS workspace (each capture that calls cuBLAS puts a fresh one, tens of MiB, in the
+    # pool: graphs.fresh_cublas_workspaces), and the headroom below holds it with room to spare.
     dec = make("opt-125m", 512)
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
     # Leave ~48 MiB above what is reserved now: the 512 graph's logits alone need 49 MiB.
     frac = (torch.cuda.memory_reserved() + (48 << 20)) / total
-    runner = GraphRunner(dec, [1, 2, 4, 512], progress=False)
+    runner = GraphRunner(dec, [1, 512], progress=False)
     torch.cuda.set_per_process_memory_fraction(frac)
     try:
         with pytest.warns(RuntimeWarning, match="out of device memory"):
             rep = runner.capture()
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
-    assert rep["skipped"] == [512] and sorted(runner.entries) == [1, 2, 4]
-    t, p, s = inputs(3, dec.shape.vocab)
+    assert rep["skipped"] == [512] and sorted(runner.entries) == [1]
     ref = make("opt-125m", 512)
-    torch.testing.assert_close(runner.step(t, p, s).float(), ref.step(t, p, s).float(),
-                               atol=0.1, rtol=0.02)
+    for bs in (1, 3):   # 1 replays its graph; 3 has none left to pad to and runs eagerly
+        t, p, s = inputs(bs, dec.shape.vocab)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            got = runner.step(t, p, s)
+        assert torch.equal(got, ref.step(t, p, s))
+    assert runner.counts["replays"] == 1 and runner.counts["fallbacks"] == 1
     runner.close()
 
 
