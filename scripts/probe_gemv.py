@@ -80,7 +80,8 @@ print(f"config probe took {time.time() - t0:.0f} s", flush=True)
 # whole steps: bs 1, full graph, context 512: PDL off, PDL with the matmuls' trigger after
 # their K loop ("late") or right after their wait ("early"), and attention's smallest split
 import kernels._compat as compat
-import kernels.decode_attention as A
+import importlib
+A = importlib.import_module("kernels.decode_attention")  # the package exports a function of that name
 from microbench.decoder import ToyDecoder
 from microbench.graphs import GraphRunner
 from microbench.sweep import max_seq_for
