@@ -71,20 +71,3 @@ def gdc_launch_dependents(USE_PDL: tl.constexpr):
     """Let the next kernel launch once every program of this one has passed here (PDL only)."""
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
-
-
-# One cp.async.bulk.prefetch.L2 moves this many bytes; a program issues PREFETCH_PER_PROGRAM.
-PREFETCH_CHUNK = 16384
-PREFETCH_PER_PROGRAM = 16
-
-
-@triton.jit
-def prefetch_l2(base, chunk0, n_chunks, CHUNK_ELEMS: tl.constexpr, PER_PROGRAM: tl.constexpr):
-    """Pull chunks [chunk0, chunk0 + PER_PROGRAM) ∩ [0, n_chunks) of `base` (each CHUNK_ELEMS
-    elements, 16 KiB) into L2 with Hopper's bulk prefetch: fire and forget, nothing waits for it.
-    Chunks past the end re-prefetch chunk 0 (a no-op hint) instead of branching."""
-    c = chunk0 + tl.arange(0, PER_PROGRAM)
-    ptrs = base + tl.where(c < n_chunks, c, 0).to(tl.int64) * CHUNK_ELEMS
-    tl.inline_asm_elementwise(
-        "cp.async.bulk.prefetch.L2.global [$1], 16384;\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
-        dtype=tl.int32, is_pure=False, pack=1)

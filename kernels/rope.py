@@ -4,8 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._compat import (PREFETCH_CHUNK, PREFETCH_PER_PROGRAM, check_device, gdc_launch_dependents,
-                             gdc_wait, interpreted, pdl_launch_kw, prefetch_l2, to_dtype, use_pdl)
+from kernels._compat import (check_device, gdc_launch_dependents, gdc_wait, pdl_launch_kw, to_dtype,
+                             use_pdl)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -54,44 +54,18 @@ def _rope_store_kv_kernel(
     q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, slots_ptr,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
     stride_cs, stride_ch, stride_cn,
-    theta, pf0_ptr, pf0_chunks, pf1_ptr, pf1_chunks,
+    theta,
     H: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    USE_PDL: tl.constexpr, PF_PROGRAMS0: tl.constexpr, PF_CHUNK_ELEMS: tl.constexpr,
-    PF_PER_PROGRAM: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
-    # grid (B, cdiv(H, BLOCK_H) + cdiv(HKV, BLOCK_H) + prefetch programs): one chunk of q heads,
-    # or of k/v heads, per program, so a one-row step is a few programs of one round trip each,
-    # not one program walking every head; then the L2 prefetch programs (row 0 only).
+    # grid (B, cdiv(H, BLOCK_H) + cdiv(HKV, BLOCK_H)): one chunk of q heads, or of k/v heads,
+    # per program, so a one-row step is a few programs of one round trip each, not one program
+    # walking every head.
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     NQ: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
-    NK: tl.constexpr = (HKV + BLOCK_H - 1) // BLOCK_H
-    if c >= NQ + NK:
-        # weights the next kernels read, pulled into L2 while attention leaves HBM idle; no
-        # wait: nothing the step writes is touched
-        if b == 0:
-            j = c - NQ - NK
-            if j < PF_PROGRAMS0:
-                prefetch_l2(pf0_ptr, j * PF_PER_PROGRAM, pf0_chunks, PF_CHUNK_ELEMS, PF_PER_PROGRAM)
-            else:
-                prefetch_l2(pf1_ptr, (j - PF_PROGRAMS0) * PF_PER_PROGRAM, pf1_chunks, PF_CHUNK_ELEMS,
-                            PF_PER_PROGRAM)
-    else:
-        gdc_wait(USE_PDL)
-        gdc_launch_dependents(USE_PDL)
-        _rope_store_chunk(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, slots_ptr, b, c,
-                          stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
-                          stride_cs, stride_ch, stride_cn, theta,
-                          H, HKV, HALF, BLOCK_H, BLOCK_HALF, NQ)
-
-
-@triton.jit
-def _rope_store_chunk(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, slots_ptr, b, c,
-                      stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
-                      stride_cs, stride_ch, stride_cn, theta,
-                      H: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
-                      BLOCK_HALF: tl.constexpr, NQ: tl.constexpr):
-    """Program (b, c): q heads chunk c (c < NQ), else k/v heads chunk c - NQ."""
+    gdc_wait(USE_PDL)
+    gdc_launch_dependents(USE_PDL)
     pos_i = tl.load(pos_ptr + b).to(tl.int64)
     pos = pos_i.to(tl.float32)
     i = tl.arange(0, BLOCK_HALF).to(tl.float64)[None, :]
@@ -194,15 +168,10 @@ def rope_ref(q, k, positions, theta=10000.0):
     return rotate(q), rotate(k)
 
 
-def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0, prefetch=()):
+def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0):
     """rope and store_kv in one kernel: q is rotated in place; k is rotated on its way into
     k_cache[slots[i], :, positions[i]] (k itself is left as it was); v is copied into v_cache.
-    Shapes as rope's and store_kv's. Returns q.
-
-    prefetch: up to two (tensor, nbytes) pairs, compiled on Hopper or newer only: extra programs
-    pull the first nbytes of each (whole 16 KiB chunks) into L2 and exit. A decode step calls
-    this right before attention, whose few programs leave HBM idle for microseconds; the
-    decoder names the next matmuls' weights here, so they stream during that window."""
+    Shapes as rope's and store_kv's. Returns q."""
     from kernels.store_kv import _check as _check_store
     _check(q, k, positions)
     _check_store(k_cache, v_cache, k, v, slots, positions)
@@ -212,41 +181,19 @@ def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0, pr
     check_device("rope_store_kv", _rope_store_kv_kernel, q)
     B, H, D = q.shape
     Hkv = k.shape[1]
-    pf = _prefetch_args(prefetch, q)
     if B > 0:
         half = D // 2
         bh = min(triton.next_power_of_2(max(H, Hkv)), 16)
         pdl = use_pdl(_rope_store_kv_kernel, q)
-        _rope_store_kv_kernel[(B, triton.cdiv(H, bh) + triton.cdiv(Hkv, bh) + pf["programs"])](
+        _rope_store_kv_kernel[(B, triton.cdiv(H, bh) + triton.cdiv(Hkv, bh))](
             q, k, v, k_cache, v_cache, positions, slots,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-            float(theta), *pf["args"],
+            float(theta),
             H=H, HKV=Hkv, HALF=half, BLOCK_H=bh, BLOCK_HALF=triton.next_power_of_2(half),
-            USE_PDL=pdl, PF_PROGRAMS0=pf["programs0"], PF_CHUNK_ELEMS=pf["chunk_elems"],
-            PF_PER_PROGRAM=PREFETCH_PER_PROGRAM, num_warps=4, **pdl_launch_kw(pdl),
+            USE_PDL=pdl, num_warps=4, **pdl_launch_kw(pdl),
         )
     return q
-
-
-def _prefetch_args(prefetch, q):
-    """Kernel arguments for up to two prefetched tensors (none under the interpreter or before
-    Hopper, where the bulk prefetch does not exist)."""
-    prefetch = [(t, n) for t, n in prefetch if n > 0]
-    if len(prefetch) > 2:
-        raise ValueError(f"rope_store_kv: prefetch takes at most two (tensor, nbytes) pairs, got {len(prefetch)}")
-    for t, n in prefetch:
-        if t.device != q.device or not t.is_contiguous() or t.dtype != q.dtype:
-            raise ValueError(f"rope_store_kv: prefetch tensors must be contiguous {q.dtype} on {q.device}")
-    on = (q.device.type == "cuda" and not interpreted(_rope_store_kv_kernel)
-          and torch.cuda.get_device_capability(q.device)[0] >= 9)
-    elt = q.element_size()
-    chunks = [min(n, t.numel() * elt) // PREFETCH_CHUNK if on else 0 for t, n in prefetch]
-    chunks += [0] * (2 - len(chunks))
-    ptrs = [t for t, _ in prefetch] + [q] * (2 - len(prefetch))
-    progs = [triton.cdiv(c, PREFETCH_PER_PROGRAM) for c in chunks]
-    return dict(args=(ptrs[0], chunks[0], ptrs[1], chunks[1]), programs=sum(progs),
-                programs0=progs[0], chunk_elems=PREFETCH_CHUNK // elt)
 
 
 def rope_store_kv_ref(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0):

@@ -21,9 +21,7 @@ of gate/up. That path keeps the full hidden state h (no separate residual):
     qkv = rmsnorm(h) @ Wqkv^T ; rope_store_kv ; o = attention
     h = h + o @ Wo^T ; g = swiglu(rmsnorm(h) @ Wgu^T) ; h = h + g @ Wdown^T
 
-six kernels a layer plus attention's reduce, instead of ten. On that path rope_store_kv also
-pulls the first `l2_prefetch_bytes` of the O and gate/up weights into L2: attention's few
-programs leave HBM idle for microseconds, and those weights are read right after it.
+six kernels a layer plus attention's reduce, instead of ten.
 
 then a final norm and the tied LM head. The step is written as `n_layers + 1` *pieces* separated
 by the attention calls, so the graph runner can capture the pieces alone (piecewise mode) while
@@ -42,9 +40,6 @@ import kernels.gemv
 from microbench.config import ModelShape
 
 BACKENDS = ("triton", "torch")
-# What the skinny path prefetches into L2 during attention: about what HBM moves in the few
-# microseconds attention takes at one row (H100: ~3 TB/s), well inside the 50 MB L2.
-L2_PREFETCH_BYTES = 16 << 20
 
 
 class _Ops:
@@ -76,9 +71,6 @@ class ToyDecoder:
         # add in the O and down epilogues, only one rank (the owner) adds it before the sum.
         self.all_reduce = None
         self.residual_owner = True
-        # bytes of the next matmuls' weights (O, then gate/up) that rope_store_kv pulls into L2
-        # on the skinny path, while attention leaves HBM idle (0: none)
-        self.l2_prefetch_bytes = L2_PREFETCH_BYTES
         self._init_weights(seed)
         s = shape
         cache_shape = (max_batch + 1, s.n_kv_heads, max_seq, s.head_dim)
@@ -202,18 +194,10 @@ class ToyDecoder:
         s = self.shape
         if self.fuse:
             return kernels.rope_store_kv(q, k, v, self.k_cache[l], self.v_cache[l], slots,
-                                         positions, s.rope_theta, prefetch=self._prefetch(l, q))
+                                         positions, s.rope_theta)
         q, k = self.ops.rope(q, k, positions, s.rope_theta)
         self.ops.store_kv(self.k_cache[l], self.v_cache[l], k, v, slots, positions)
         return q
-
-    def _prefetch(self, l: int, q):
-        """(tensor, bytes) pairs rope_store_kv warms in L2 for the matmuls after attention."""
-        if not self.skinny(q.shape[0]) or self.l2_prefetch_bytes <= 0:
-            return ()
-        L, budget = self.layers[l], self.l2_prefetch_bytes
-        wo = L["wo"].numel() * L["wo"].element_size()
-        return ((L["wo"], min(wo, budget)), (L["wgu"], max(0, budget - wo)))
 
     def attention(self, l: int, q, slots, seq_lens, out=None):
         """Decode attention of layer l; with `out`, the result is written there (the graph
