@@ -183,6 +183,43 @@ def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
     return out
 
 
+def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float):
+    """Wall time of eager steps (each synchronised, as the sweep times them) and, sampled
+    between them, the host cost of each op of the step's plan at batch b (10 calls per sample),
+    so both see the host in the same state: on the lent machines its speed drifts by up to a
+    fifth between seconds, which a profile measured once at the start cannot follow.
+    Returns (wall Stats per step, {op name: host us per call, median})."""
+    import time
+
+    from microbench.timing import settle, summarize
+    fns = _op_fns(dec, b)
+    for fn in (step, *fns.values()):
+        fn()
+    torch.cuda.synchronize()
+    op_samples: dict = {n: [] for n in fns}
+
+    def sample():
+        for n, fn in fns.items():
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(10):
+                fn()
+            op_samples[n].append((time.perf_counter() - t0) * 1e5)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e6 / steps
+
+    wall = settle(sample, budget_s=budget_s)
+    costs = {n: summarize(v).median for n, v in op_samples.items()}
+    if "rmsnorm" in costs:
+        costs["final_norm"] = costs["rmsnorm"]
+    costs["attention_reduce"] = 0.0
+    return wall, costs
+
+
 def _op_fns(dec, b: int) -> dict:
     """name -> a call of that op through the decoder at batch b (names as the plan's)."""
     from microbench.workload import SKINNY
@@ -226,6 +263,92 @@ def _op_fns(dec, b: int) -> dict:
         fns["lm_head"] = lambda: F.linear(x, dec.embed)
         fns["swiglu"] = lambda: ops.swiglu(gu)
         fns["down_proj"] = lambda: F.linear(f, L["wdown"])
+    return fns
+
+
+# Kernel families of the model's per-family lines (model.family): each planned kernel belongs
+# to one; attention's line is fitted on whole calls (split kernel and reduce together).
+FAMILIES = ("skinny", "cublas", "attention", "small")
+LINE_BATCHES = (1, 2, 8, 32)
+
+
+def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1) -> dict:
+    """GPU time of each of the step's ops against the bytes it must move, fitted per kernel
+    family as t = fixed_us + bytes / bytes_per_s (model.kernel_time_us uses the lines).
+
+    Each op runs inside a graph once per layer, on that layer's weights and KV cache, so
+    weights stream from DRAM as in a step and a matmul's neighbours are matmuls of other
+    layers; with PDL they overlap as in a step. Points are taken at `batches` (those up to the
+    decoder's max batch), each with the plan's byte count for that op and batch."""
+    from microbench.model import family
+    from microbench.workload import step_kernels
+    pts: dict = {f: [] for f in FAMILIES}
+    for b in (b for b in batches if b <= dec.max_batch):
+        plan = {k.name: k for k in step_kernels(dec.shape, b, context, dec.embed.element_size(),
+                                                dec.attention_launches(b), fuse=dec.fuse)}
+        for name, fns in _layer_op_fns(dec, b, context).items():
+            k = plan.get(name)
+            if k is None:
+                continue
+            g = graph_of(lambda fns=fns: [f() for f in fns], 1)
+            t = gpu_time_us(g.replay, inner=5, budget_s=budget_s).median / len(fns)
+            del g
+            pts[family(k)].append(dict(op=name, b=b, bytes=k.bytes, us=t))
+    out = {}
+    for f, ps in pts.items():
+        if not ps:
+            continue
+        if len({p["bytes"] for p in ps}) > 1:
+            fixed, per_byte = fit_linear([p["bytes"] for p in ps], [p["us"] for p in ps], relative=True)
+        else:
+            fixed, per_byte = ps[0]["us"], 0.0
+        out[f] = dict(fixed_us=max(0.0, fixed),
+                      bytes_per_s=(1e6 / per_byte) if per_byte > 0 else None, points=ps)
+    return out
+
+
+def _layer_op_fns(dec, b: int, context: int) -> dict:
+    """name -> one call of that op per layer (on that layer's weights and cache), at batch b
+    with every sequence at `context` cached positions (the plan's names)."""
+    from microbench.workload import SKINNY
+    s, dev = dec.shape, dec.device
+    g = torch.Generator(device=dev).manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g, device=dev).to(dec.dtype)
+    tokens = torch.zeros(b, dtype=torch.long, device=dev)
+    positions = torch.full((b,), context, dtype=torch.long, device=dev)
+    slots = torch.arange(b, dtype=torch.long, device=dev) % dec.max_batch
+    seq = dec.seq_lens_for(positions)
+    x, res, qkv = r(b, s.hidden), r(b, s.hidden), r(b, s.qkv_size)
+    q = qkv[:, :s.q_size].view(b, s.n_heads, s.head_dim)
+    k = qkv[:, s.q_size:s.q_size + s.kv_size].view(b, s.n_kv_heads, s.head_dim)
+    v = qkv[:, s.q_size + s.kv_size:].view(b, s.n_kv_heads, s.head_dim)
+    o, gu, f = r(b, s.q_size), r(b, 2 * s.ffn), r(b, s.ffn)
+    Ls = range(s.n_layers)
+    lay = dec.layers
+    per_layer = lambda fn: [lambda l=l: fn(l) for l in Ls]
+    fns = {
+        "embedding": [lambda: dec.embed[tokens]],
+        "decode_attention": per_layer(lambda l: dec.attention(l, q, slots, seq)),
+    }
+    if dec.fuse:
+        fns["rope_store_kv"] = per_layer(lambda l: dec.rope_store(l, q, k, v, slots, positions))
+    if dec.skinny(b):
+        nl = lambda l, w: dec.norm_linear(x, lay[l]["attn_norm"], w)
+        fns["qkv_proj" + SKINNY] = per_layer(lambda l: nl(l, lay[l]["wqkv"]))
+        fns["o_proj" + SKINNY] = per_layer(lambda l: dec.linear(o, lay[l]["wo"], res))
+        fns["gate_up_proj" + SKINNY] = per_layer(
+            lambda l: dec.norm_linear_swiglu(x, lay[l]["ffn_norm"], lay[l]["wgu"]))
+        fns["down_proj" + SKINNY] = per_layer(lambda l: dec.linear(f, lay[l]["wdown"], res))
+        fns["lm_head" + SKINNY] = [lambda: dec.norm_linear(x, dec.final_norm, dec.embed)]
+    else:
+        fns["rmsnorm"] = per_layer(lambda l: dec.ops.rmsnorm(x, lay[l]["attn_norm"], s.norm_eps,
+                                                             residual=res))
+        fns["qkv_proj"] = per_layer(lambda l: F.linear(x, lay[l]["wqkv"]))
+        fns["o_proj"] = per_layer(lambda l: F.linear(o, lay[l]["wo"]))
+        fns["gate_up_proj"] = per_layer(lambda l: F.linear(x, lay[l]["wgu"]))
+        fns["swiglu"] = per_layer(lambda l: dec.ops.swiglu(gu))
+        fns["down_proj"] = per_layer(lambda l: F.linear(f, lay[l]["wdown"]))
+        fns["lm_head"] = [lambda: F.linear(x, dec.embed)]
     return fns
 
 

@@ -3,9 +3,15 @@ batch size, a context length and a device profile. Nothing here touches a GPU.
 
 Per kernel k at batch b (its bytes and flops from `workload.step_kernels`):
 
-    t_k(b) = max(t_min, bytes_k(b) / BW, flops_k(b) / F)
+    t_k(b) = max(t_min, fixed_f + bytes_k(b) / BW_f, flops_k(b) / F)
 
 t_min is the shortest a kernel takes on the GPU (a tiny kernel's time per node inside a graph).
+fixed_f and BW_f are the line of the kernel's family f (skinny Triton matmuls, cuBLAS matmuls,
+attention, small element-wise kernels), fitted on the decoder's own kernels timed inside graphs
+(`launch.kernel_lines`): fixed_f is what a kernel of that family costs beyond streaming its
+bytes (its launch inside a graph, its first DRAM round trip, its tail; less where programmatic
+dependent launch overlaps it with the kernel before), BW_f the bandwidth it streams at. Without
+lines (datasheet GPUs, old runs) every kernel uses the copy line: the copy's fixed cost and BW.
 
 Eager step, per-kernel pipeline: the host enqueues kernel k after spending c_k (its launcher's
 host cost); the GPU starts it when it has been enqueued and the previous kernel has finished:
@@ -46,6 +52,8 @@ class DeviceProfile:
     op_host_us: dict = field(default_factory=dict)
     # GPU time any kernel pays before bandwidth counts: the intercept of copy time vs size
     kernel_fixed_us: float = 0.0
+    # family -> {"fixed_us", "bytes_per_s"}: per-family lines (launch.kernel_lines)
+    kernel_lines: dict = field(default_factory=dict)
 
     def host_us(self, launcher: str) -> float:
         return self.launch_host_us.get(launcher, self.launch_host_us.get("torch", 5.0))
@@ -73,6 +81,8 @@ class DeviceProfile:
             sync_us=launch.get("sync_us", {}).get("median", 10.0),
             op_host_us={k: v["median"] for k, v in launch.get("ops_host_us", {}).items()},
             kernel_fixed_us=max(0.0, launch.get("copy_curve", {}).get("fixed_us", 0.0)),
+            kernel_lines={f: dict(fixed_us=v["fixed_us"], bytes_per_s=v["bytes_per_s"])
+                          for f, v in launch.get("kernel_lines", {}).items()},
         )
 
 
@@ -94,12 +104,31 @@ def datasheet_profile(gpu: str, host: DeviceProfile | None = None) -> DeviceProf
     base = host or DeviceProfile(name=gpu, source="", copy_bw=1.0, matmul_flops=1.0)
     src = "datasheet bandwidth and matrix rate; host constants " + (
         f"from {host.source}" if host else "assumed defaults")
-    return replace(base, name=gpu, source=src, **DATASHEET[gpu])
+    # the measured kernel lines belong to the measured GPU: the datasheet one uses the copy line
+    return replace(base, name=gpu, source=src, kernel_lines={}, **DATASHEET[gpu])
+
+
+def family(k: Kernel) -> str:
+    """The kernel family whose line times k: skinny, cublas, attention or small."""
+    from microbench.workload import SKINNY
+    if k.name.endswith(SKINNY):
+        return "skinny"
+    if k.launcher == "cublas":
+        return "cublas"
+    if k.name in ("decode_attention", "attention_reduce"):
+        return "attention"
+    return "small"
 
 
 def kernel_time_us(k: Kernel, p: DeviceProfile) -> float:
-    return max(p.kernel_min_us, p.kernel_fixed_us + k.bytes / p.copy_bw * 1e6,
-               k.flops / p.matmul_flops * 1e6)
+    line = p.kernel_lines.get(family(k))
+    if line is None:
+        t = p.kernel_fixed_us + k.bytes / p.copy_bw * 1e6
+    elif k.name == "attention_reduce":
+        return 0.0   # the attention line is fitted on whole calls: split kernel and reduce
+    else:
+        t = line["fixed_us"] + (k.bytes / line["bytes_per_s"] * 1e6 if line["bytes_per_s"] else 0.0)
+    return max(p.kernel_min_us, t, k.flops / p.matmul_flops * 1e6)
 
 
 def gpu_time_us(shape: ModelShape, b: int, context: int, p: DeviceProfile, elt: int = 2,

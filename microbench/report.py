@@ -77,6 +77,11 @@ def sweep_footer(run: dict) -> str:
         hu = launch.get("host_us", {})
         lines.append("host us per launch: " + ", ".join(f"{n} {v['median']:.1f}" for n, v in hu.items())
                      + f" | copy bandwidth {launch['copy']['bytes_per_s'] / 1e12:.2f} TB/s")
+    kl = (launch or {}).get("kernel_lines")
+    if kl:
+        lines.append("model's kernel lines (GPU us in a graph): " + ", ".join(
+            f"{f} {v['fixed_us']:.1f}" + (f" + bytes / {v['bytes_per_s'] / 1e12:.2f} TB/s"
+                                           if v.get("bytes_per_s") else "") for f, v in kl.items()))
     if run.get("runner_host_us"):
         parts = run.get("runner_host_parts_us") or {}
         lines.append(f"runner host work per graph step (bs {run['config']['bs'][0]}): "

@@ -7,7 +7,7 @@ therefore pay every kernel launch on the critical path, which is what graphs rem
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from microbench.config import MAX_BATCH, MAX_CONTEXT, DTYPES, ModelShape, PRESETS
 from microbench.graphs import MODES
@@ -104,7 +104,8 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     from microbench import model as mdl
     from microbench.decoder import ToyDecoder
     from microbench.graphs import GraphRunner
-    from microbench.launch import kernel_breakdown, measure_launch, measure_ops, profile_kernels
+    from microbench.launch import (eager_with_op_costs, kernel_breakdown, kernel_lines,
+                                   measure_launch, measure_ops, profile_kernels)
     from microbench.results import environment
     from microbench.timing import gpu_time_us, host_time_us, step_time_us
     from microbench.workload import launch_counts, step_bytes
@@ -134,6 +135,8 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     say("measuring launch costs, copy bandwidth and matrix rate")
     launch = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
     launch["ops_host_us"] = measure_ops(dec, 1, budget_s=min(cfg.time_budget, 0.3))
+    say("timing the step's kernels inside graphs (the model's per-family lines)")
+    launch["kernel_lines"] = kernel_lines(dec, cfg.context, budget_s=min(cfg.time_budget, 0.1))
     run["launch"] = launch
     profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"], source="measured: this run")
     run["profile"] = profile.to_dict()
@@ -176,9 +179,9 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             if bs in (cfg.bs[0], cfg.bs[-1]):
                 to_profile.append((bs, padded, eager, graph))
             say(f"bs {bs}: eager")
-            # eager steps are host-bound, and the host is the noisier side: twice the budget
-            e_gpu, e_wall = step_time_us(eager, inner=cfg.steps, sync_each=True,
-                                         budget_s=2 * cfg.time_budget)
+            # eager steps are host-bound, and the host is the noisier side: twice the budget;
+            # the plan's op host costs are sampled between the steps, for the model
+            e_wall, row_ops = eager_with_op_costs(eager, dec, bs, cfg.steps, 2 * cfg.time_budget)
             e_host = host_time_us(eager, **kw)
             row = dict(bs=bs, padded_bs=padded, ran_as="eager" if padded is None else cfg.mode,
                        eager_step_us=e_wall.median, eager_p20=e_wall.p20,
@@ -226,7 +229,9 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             nbytes = step_bytes(shape, bs, cfg.context, elt, fuse=dec.fuse)
             row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6),
                        graph_mbu=nbytes / (best * 1e-6) / profile.copy_bw)
-            pred = mdl.predict(shape, bs, cfg.context, profile, padded=padded or bs, elt=elt,
+            row["op_host_us"] = row_ops
+            row_profile = replace(profile, op_host_us={**profile.op_host_us, **row_ops})
+            pred = mdl.predict(shape, bs, cfg.context, row_profile, padded=padded or bs, elt=elt,
                                attn_launches=dec.attention_launches(bs),
                                padded_attn_launches=dec.attention_launches(padded or bs),
                                fuse=dec.fuse)

@@ -226,3 +226,39 @@ def test_measured_host_costs_cover_every_planned_kernel(fuse, device, monkeypatc
         names = {k.name for k in dec.plan(b, 3)}
         assert names <= set(measured), (b, names - set(measured))
     assert len(calls) == len(set(map(id, calls)))
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+def test_kernel_line_ops_cover_the_plan(fuse, device):
+    """kernel_lines times each planned op once per layer, on that layer's weights: every
+    planned kernel but the reduce (timed within its attention call) and the two seq_lens ops
+    has a callable of that name, one per layer for the per-layer ops, and each runs."""
+    from microbench import launch
+    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device, fuse=fuse)
+    for b in (1, 2, 9):
+        fns = launch._layer_op_fns(dec, b, 5)
+        names = {k.name for k in dec.plan(b, 5)} - {"attention_reduce", "seq_lens_add",
+                                                      "seq_lens_cast", "final_norm"}
+        if not fuse:   # rope and store_kv fall to the small family's line
+            names -= {"rope", "store_kv"}
+        assert names <= set(fns), (b, names - set(fns))
+        for name, per_layer in fns.items():
+            assert len(per_layer) in (1, TINY.n_layers), name
+            for f in per_layer:
+                f()
+
+
+def test_eager_with_op_costs_samples_the_rows_plan(device, monkeypatch):
+    """The sweep's eager timing samples the row's plan's op host costs between its steps."""
+    from microbench import launch
+    if device.type == "cpu":
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    dec = ToyDecoder(TINY, max_batch=4, max_seq=16, dtype=torch.float32, device=device)
+    t, p, s = inputs(2, 3, device)
+    steps = []
+    wall, costs = launch.eager_with_op_costs(lambda: steps.append(dec.step(t, p, s)), dec, 2,
+                                             steps=1, budget_s=0.0)
+    assert wall.n >= 10 and len(steps) >= 11 and wall.median > 0
+    planned = {k.name for k in dec.plan(2, 3)}
+    assert planned <= set(costs) and all(v >= 0 for v in costs.values())
+    assert costs["qkv_proj"] > 0 and costs["attention_reduce"] == 0.0

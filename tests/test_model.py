@@ -169,3 +169,33 @@ def test_fused_and_unfused_plans_give_different_predictions():
     plain = mdl.predict(TINY, 1, 64, p, fuse=False)
     assert fused["kernels"] < plain["kernels"]
     assert fused["predicted_eager_step_us"] < plain["predicted_eager_step_us"]
+
+
+def test_family_lines_time_kernels_by_hand():
+    """With measured lines, a kernel takes its family's fixed cost plus its bytes at the
+    family's bandwidth; the attention line holds the reduce (0 on its own); a family without a
+    line falls back to the copy line."""
+    from microbench.workload import Kernel
+    lines = dict(skinny=dict(fixed_us=3.0, bytes_per_s=2e12), attention=dict(fixed_us=5.0, bytes_per_s=1e12),
+                 small=dict(fixed_us=2.5, bytes_per_s=None))
+    p = profile(copy_bw=4e12, kernel_fixed_us=1.0, kernel_min_us=1.0, kernel_lines=lines)
+    mm = Kernel("qkv_proj:skinny", "triton", 4_000_000, 0)
+    assert mdl.family(mm) == "skinny" and mdl.kernel_time_us(mm, p) == pytest.approx(3.0 + 2.0)
+    att = Kernel("decode_attention", "triton", 1_000_000, 0)
+    assert mdl.kernel_time_us(att, p) == pytest.approx(5.0 + 1.0)
+    assert mdl.kernel_time_us(Kernel("attention_reduce", "triton", 999, 0), p) == 0.0
+    assert mdl.kernel_time_us(Kernel("rope_store_kv", "triton", 10_000, 0), p) == pytest.approx(2.5)
+    cub = Kernel("o_proj", "cublas", 8_000_000, 0)     # no cublas line: the copy line
+    assert mdl.family(cub) == "cublas" and mdl.kernel_time_us(cub, p) == pytest.approx(1.0 + 2.0)
+    # a datasheet GPU drops the measured lines (they belong to the measured GPU)
+    assert mdl.datasheet_profile("H200", p).kernel_lines == {}
+
+
+def test_from_launch_reads_the_kernel_lines():
+    launch = dict(replay_fit=dict(gpu_fixed_us=2.0), copy=dict(bytes_per_s=3e12),
+                  matmul=dict(flops_per_s=7e14), host_us=dict(torch=dict(median=9.0)),
+                  gpu_us_per_kernel=dict(torch=dict(median=1.0)),
+                  replay={"1": dict(host_us=dict(median=4.0))},
+                  kernel_lines=dict(cublas=dict(fixed_us=4.0, bytes_per_s=2.5e12, points=[])))
+    p = mdl.DeviceProfile.from_launch(launch, "x", "y")
+    assert p.kernel_lines == dict(cublas=dict(fixed_us=4.0, bytes_per_s=2.5e12))
