@@ -185,26 +185,37 @@ def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
 
 def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float):
     """Wall time of eager steps (each synchronised, as the sweep times them) and, sampled
-    between them, the host cost of each op of the step's plan at batch b (10 calls per sample),
-    so both see the host in the same state: on the lent machines its speed drifts by up to a
-    fifth between seconds, which a profile measured once at the start cannot follow.
-    Returns (wall Stats per step, {op name: host us per call, median})."""
+    between them, the host cost of each op of the step's plan at batch b (10 calls per sample)
+    and of one middle piece of the step (a layer's launches through the decoder's own code), so
+    all see the host in the same state: on the lent machines its speed drifts by a fifth and
+    more between seconds, which a profile measured once at the start cannot follow.
+
+    The piece's host time less its kernels' host costs is the Python between launches (views,
+    slicing, dispatch): `piece_glue_us`, which the model adds once per piece.
+    Returns (wall Stats per step, {op name: host us per call, median}, piece_glue_us)."""
     import time
 
     from microbench.timing import settle, summarize
+    from microbench.workload import step_kernels
     fns = _op_fns(dec, b)
-    for fn in (step, *fns.values()):
+    piece = _middle_piece(dec, b)
+    for fn in (step, piece, *fns.values()):
         fn()
     torch.cuda.synchronize()
     op_samples: dict = {n: [] for n in fns}
+    piece_samples = []
+
+    def timed(fn, n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) * 1e6 / n
 
     def sample():
         for n, fn in fns.items():
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(10):
-                fn()
-            op_samples[n].append((time.perf_counter() - t0) * 1e5)
+            op_samples[n].append(timed(fn, 10))
+        piece_samples.append(timed(piece, 5))
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -217,7 +228,35 @@ def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float):
     if "rmsnorm" in costs:
         costs["final_norm"] = costs["rmsnorm"]
     costs["attention_reduce"] = 0.0
-    return wall, costs
+    plan = step_kernels(dec.shape, b, 0, dec.embed.element_size(), dec.attention_launches(b),
+                        fuse=dec.fuse)
+    glue = summarize(piece_samples).median - sum(costs.get(k.name, 0.0) for k in _piece_kernels(plan))
+    return wall, costs, glue
+
+
+def _piece_kernels(plan):
+    """The kernels of piece 1 of a plan: between the first attention call's kernels and the
+    second decode_attention (layer 0 after attention, layer 1 up to attention)."""
+    att = [i for i, k in enumerate(plan) if k.name == "decode_attention"]
+    if len(att) < 2:
+        return []
+    first = att[0] + 1
+    while plan[first].name == "attention_reduce":
+        first += 1
+    return plan[first:att[1]]
+
+
+def _middle_piece(dec, b: int):
+    """A call of the decoder's piece 1 (layer 0 after attention, layer 1 up to attention) at
+    batch b, with random inputs; on a one-layer model, the last piece."""
+    s, dev = dec.shape, dec.device
+    g = torch.Generator(device=dev).manual_seed(0)
+    tokens = torch.zeros(b, dtype=torch.long, device=dev)
+    positions = torch.full((b,), 1, dtype=torch.long, device=dev)
+    slots = torch.full((b,), dec.scratch_slot, dtype=torch.long, device=dev)
+    o = torch.randn(b, s.n_heads, s.head_dim, generator=g, device=dev).to(dec.dtype)
+    res = torch.randn(b, s.hidden, generator=g, device=dev).to(dec.dtype)
+    return lambda: dec.piece(1, tokens, positions, slots, o, res)
 
 
 def _op_fns(dec, b: int) -> dict:

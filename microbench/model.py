@@ -18,7 +18,10 @@ host cost); the GPU starts it when it has been enqueued and the previous kernel 
 
     enq_k = enq_{k-1} + c_k ;  end_k = max(enq_k, end_{k-1}) + t_k ;  T_eager = end_last + c_sync
 
-so the GPU waits whenever the host enqueues slower than the GPU drains. Graph step: the runner
+so the GPU waits whenever the host enqueues slower than the GPU drains. c_k is the host cost of
+k's call through the decoder's wrapper; each piece of the step (a layer's launches between two
+attention calls) adds g, the Python between its launches (views, slicing, dispatch), measured
+as a piece's host time less its kernels' costs. Graph step: the runner
 enqueues its input copies (c_torch each), one replay call (host: c_replay), then the GPU runs every
 node back to back with a fixed replay start cost g_0:
 
@@ -32,7 +35,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from microbench.config import ModelShape
-from microbench.workload import Kernel, step_kernels
+from microbench.workload import SKINNY, Kernel, step_kernels
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class DeviceProfile:
     kernel_fixed_us: float = 0.0
     # family -> {"fixed_us", "bytes_per_s"}: per-family lines (launch.kernel_lines)
     kernel_lines: dict = field(default_factory=dict)
+    # host us of Python between launches per piece of the step (launch.eager_with_op_costs)
+    piece_glue_us: float = 0.0
 
     def host_us(self, launcher: str) -> float:
         return self.launch_host_us.get(launcher, self.launch_host_us.get("torch", 5.0))
@@ -140,6 +145,10 @@ def eager_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
                   elt: int = 2, attn_launches: int = 2, fuse: bool = True) -> float:
     enq = end = 0.0
     for k in step_kernels(shape, b, context, elt, attn_launches, fuse):
+        # each piece of the step (they end at the attention calls, and at the LM head) spends
+        # piece_glue_us of Python between its launches
+        if k.name in ("decode_attention", "lm_head", "lm_head" + SKINNY):
+            enq += p.piece_glue_us
         enq += p.kernel_host_us(k)
         end = max(enq, end) + kernel_time_us(k, p)
     return end + p.sync_us

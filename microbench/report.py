@@ -94,11 +94,15 @@ def sweep_footer(run: dict) -> str:
         lines.append(f"eager step at bs {r0['bs']}: host {r0.get('eager_host_us', 0):.0f} us measured; "
                      "launches by launcher: " + ", ".join(
                          f"{k} {v['kernels']} kernels {v['host_us']:.0f} us" for k, v in eb.items()))
+    gpu_us = {str(r["bs"]): r.get("graph_gpu_us") for r in run.get("rows", [])}
     for bs, fams in (run.get("graph_gpu_breakdown") or {}).items():
         tot = sum(f["us"] for f in fams.values())
         top = sorted(fams.items(), key=lambda kv: -kv[1]["us"])
-        lines.append(f"GPU time of one replay at bs {bs}: {tot:.0f} us = " + ", ".join(
-            f"{k} {v['us']:.0f} ({v['n']})" for k, v in top))
+        ev = f" (events: {gpu_us[bs]:.0f} us a step)" if gpu_us.get(bs) else ""
+        lines.append(f"kernel time in one replay at bs {bs}{ev}: {tot:.0f} us = " + ", ".join(
+            f"{k} {v['us']:.0f} ({v['n']})" for k, v in top)
+            + ("; kernels launched with PDL overlap (a kernel's time includes its wait for the "
+               "one before), so this sums past the step" if run.get("decoder", {}).get("pdl") else ""))
     if run.get("eager_gpu_busy_us") is not None and run.get("rows"):
         lines.append(f"eager step at bs {run['rows'][0]['bs']}: GPU busy {run['eager_gpu_busy_us']:.0f} us "
                      f"of a {run['rows'][0]['eager_step_us']:.0f} us step")

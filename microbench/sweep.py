@@ -130,7 +130,9 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     torch.cuda.synchronize()
     run["build_s"] = time.perf_counter() - t0
     from kernels.gemv import FAST_ROWS
-    run["decoder"] = dict(fuse=dec.fuse, fast_rows=FAST_ROWS)   # which plan the step ran
+    from kernels.gemv import use_pdl
+    # which plan the step ran, and whether its Triton kernels launch with PDL
+    run["decoder"] = dict(fuse=dec.fuse, fast_rows=FAST_ROWS, pdl=use_pdl(dec.embed))
 
     say("measuring launch costs, copy bandwidth and matrix rate")
     launch = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
@@ -181,7 +183,8 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             say(f"bs {bs}: eager")
             # eager steps are host-bound, and the host is the noisier side: twice the budget;
             # the plan's op host costs are sampled between the steps, for the model
-            e_wall, row_ops = eager_with_op_costs(eager, dec, bs, cfg.steps, 2 * cfg.time_budget)
+            e_wall, row_ops, glue = eager_with_op_costs(eager, dec, bs, cfg.steps,
+                                                        2 * cfg.time_budget)
             e_host = host_time_us(eager, **kw)
             row = dict(bs=bs, padded_bs=padded, ran_as="eager" if padded is None else cfg.mode,
                        eager_step_us=e_wall.median, eager_p20=e_wall.p20,
@@ -229,8 +232,9 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             nbytes = step_bytes(shape, bs, cfg.context, elt, fuse=dec.fuse)
             row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6),
                        graph_mbu=nbytes / (best * 1e-6) / profile.copy_bw)
-            row["op_host_us"] = row_ops
-            row_profile = replace(profile, op_host_us={**profile.op_host_us, **row_ops})
+            row.update(op_host_us=row_ops, piece_glue_us=glue)
+            row_profile = replace(profile, op_host_us={**profile.op_host_us, **row_ops},
+                                  piece_glue_us=glue)
             pred = mdl.predict(shape, bs, cfg.context, row_profile, padded=padded or bs, elt=elt,
                                attn_launches=dec.attention_launches(bs),
                                padded_attn_launches=dec.attention_launches(padded or bs),

@@ -256,9 +256,34 @@ def test_eager_with_op_costs_samples_the_rows_plan(device, monkeypatch):
     dec = ToyDecoder(TINY, max_batch=4, max_seq=16, dtype=torch.float32, device=device)
     t, p, s = inputs(2, 3, device)
     steps = []
-    wall, costs = launch.eager_with_op_costs(lambda: steps.append(dec.step(t, p, s)), dec, 2,
-                                             steps=1, budget_s=0.0)
+    wall, costs, glue = launch.eager_with_op_costs(lambda: steps.append(dec.step(t, p, s)), dec, 2,
+                                                   steps=1, budget_s=0.0)
     assert wall.n >= 10 and len(steps) >= 11 and wall.median > 0
     planned = {k.name for k in dec.plan(2, 3)}
     assert planned <= set(costs) and all(v >= 0 for v in costs.values())
     assert costs["qkv_proj"] > 0 and costs["attention_reduce"] == 0.0
+    # the Python between a piece's launches: a piece's host time less its kernels' costs (noisy
+    # on a loaded machine, but far below the piece's own ~10 launches)
+    assert abs(glue) < 10 * max(costs.values())
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_piece_kernels_are_what_a_middle_piece_launches(b, device, monkeypatch):
+    """The glue measurement subtracts the costs of piece 1's kernels: the plan's slice must be
+    exactly the launches of dec.piece(1, ...)."""
+    from microbench import launch
+    dec = ToyDecoder(TINY, max_batch=4, max_seq=16, dtype=torch.float32, device=device)
+    kinds = [k.launcher for k in launch._piece_kernels(dec.plan(b, 3))]
+    calls = []
+    import kernels
+    from microbench import decoder as decoder_mod
+    for name in ("rmsnorm_linear", "linear", "rmsnorm_linear_swiglu", "rope_store_kv"):
+        fn = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _f=fn, **k: (calls.append("triton"), _f(*a, **k))[1])
+    for name in ("rmsnorm", "swiglu"):
+        fn = getattr(dec.ops, name)
+        setattr(dec.ops, name, lambda *a, _f=fn, **k: (calls.append("triton"), _f(*a, **k))[1])
+    lin = decoder_mod.F.linear
+    monkeypatch.setattr(decoder_mod.F, "linear", lambda *a, **k: (calls.append("cublas"), lin(*a, **k))[1])
+    launch._middle_piece(dec, b)()
+    assert calls == kinds

@@ -199,3 +199,11 @@ def test_from_launch_reads_the_kernel_lines():
                   kernel_lines=dict(cublas=dict(fixed_us=4.0, bytes_per_s=2.5e12, points=[])))
     p = mdl.DeviceProfile.from_launch(launch, "x", "y")
     assert p.kernel_lines == dict(cublas=dict(fixed_us=4.0, bytes_per_s=2.5e12))
+
+
+def test_piece_glue_is_added_once_per_piece():
+    p = profile()
+    g = profile(piece_glue_us=7.0)
+    n_pieces = TINY.n_layers + 1
+    assert mdl.eager_step_us(TINY, 1, 8, g) == pytest.approx(mdl.eager_step_us(TINY, 1, 8, p) + 7.0 * n_pieces)
+    assert mdl.graph_step_us(TINY, 1, 8, g) == mdl.graph_step_us(TINY, 1, 8, p)
