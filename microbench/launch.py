@@ -308,7 +308,9 @@ def _op_fns(dec, b: int) -> dict:
 # Kernel families of the model's per-family lines (model.family): each planned kernel belongs
 # to one; attention's line is fitted on whole calls (split kernel and reduce together).
 FAMILIES = ("skinny", "cublas", "attention", "small")
-LINE_BATCHES = (1, 2, 8, 32)
+# from one row to past the default sweep's largest (64), so the sweep interpolates; 128 also
+# covers attention's unsplit regime (no reduce kernel), which starts near 32 rows on an H100
+LINE_BATCHES = (1, 2, 8, 32, 128)
 
 
 def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1) -> dict:

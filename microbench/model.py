@@ -27,6 +27,8 @@ node back to back with a fixed replay start cost g_0:
 
     T_graph(b) = n_copy · c_torch + c_replay + g_0 + sum_k t_k(pad(b)) + c_sync
 
+(in a sweep row, n_copy · c_torch + c_replay is the runner's enqueue as measured beside the row).
+
 Speedup = T_eager / T_graph. It is largest when sum c_k dominates sum t_k (small batch, small
 model) and fades to 1 as GPU time grows with b.
 """
@@ -59,6 +61,9 @@ class DeviceProfile:
     kernel_lines: dict = field(default_factory=dict)
     # host us of Python between launches per piece of the step (launch.eager_with_op_costs)
     piece_glue_us: float = 0.0
+    # host us of one graph step's enqueue (input copy and replay call), measured beside a
+    # sweep row; None: n_input_copies torch launches plus one replay call
+    graph_host_us: float | None = None
 
     def host_us(self, launcher: str) -> float:
         return self.launch_host_us.get(launcher, self.launch_host_us.get("torch", 5.0))
@@ -158,7 +163,8 @@ def graph_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
                   padded: int | None = None, elt: int = 2, attn_launches: int = 2,
                   fuse: bool = True) -> float:
     b = padded or b
-    host = p.n_input_copies * p.host_us("torch") + p.replay_host_us
+    host = (p.graph_host_us if p.graph_host_us is not None
+            else p.n_input_copies * p.host_us("torch") + p.replay_host_us)
     return (host + p.replay_gpu_fixed_us
             + gpu_time_us(shape, b, context, p, elt, attn_launches, fuse) + p.sync_us)
 

@@ -232,9 +232,10 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             nbytes = step_bytes(shape, bs, cfg.context, elt, fuse=dec.fuse)
             row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6),
                        graph_mbu=nbytes / (best * 1e-6) / profile.copy_bw)
+            # the host side of this row as measured beside its steps (the host's speed drifts)
             row.update(op_host_us=row_ops, piece_glue_us=glue)
             row_profile = replace(profile, op_host_us={**profile.op_host_us, **row_ops},
-                                  piece_glue_us=glue)
+                                  piece_glue_us=glue, graph_host_us=row.get("graph_host_us"))
             pred = mdl.predict(shape, bs, cfg.context, row_profile, padded=padded or bs, elt=elt,
                                attn_launches=dec.attention_launches(bs),
                                padded_attn_launches=dec.attention_launches(padded or bs),

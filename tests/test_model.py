@@ -207,3 +207,10 @@ def test_piece_glue_is_added_once_per_piece():
     n_pieces = TINY.n_layers + 1
     assert mdl.eager_step_us(TINY, 1, 8, g) == pytest.approx(mdl.eager_step_us(TINY, 1, 8, p) + 7.0 * n_pieces)
     assert mdl.graph_step_us(TINY, 1, 8, g) == mdl.graph_step_us(TINY, 1, 8, p)
+
+
+def test_measured_graph_host_replaces_the_launch_sum():
+    p = profile()
+    q = profile(graph_host_us=50.0)
+    # 3 copies at 10 us + a 7 us replay call: 37 us of host, replaced by the measured 50
+    assert mdl.graph_step_us(TINY, 1, 8, q) == pytest.approx(mdl.graph_step_us(TINY, 1, 8, p) + 13.0)
