@@ -21,6 +21,11 @@ from triton.runtime.interpreter import InterpretedFunction
 # which no kernel of the step writes) overlap the tail of the kernel before. MICROBENCH_PDL=0 or
 # `kernels._compat.PDL = False` turns it off.
 PDL = os.environ.get("MICROBENCH_PDL", "1") != "0"
+# A kernel lets the next one launch before its own wait (True) or right after it (False). Before
+# is safe too: the next kernel still waits for this one to complete, and this one completes only
+# after its own wait; it lets a chain of kernels become resident (and a matmul load its first
+# weights) while the kernel two places back still runs.
+TRIGGER_FIRST = os.environ.get("MICROBENCH_PDL_TRIGGER_FIRST", "1") != "0"
 
 
 def interpreted(kernel):
@@ -54,6 +59,11 @@ def use_pdl(kernel, t) -> bool:
             and torch.cuda.get_device_capability(t.device)[0] >= 9)
 
 
+def pdl_mode(on: bool) -> int:
+    """The USE_PDL constexpr of a launch: 0 off, 1 wait then trigger, 2 trigger then wait."""
+    return 0 if not on else (2 if TRIGGER_FIRST else 1)
+
+
 def pdl_launch_kw(on: bool) -> dict:
     """The launch option that sets the PDL attribute (Triton's `launch_pdl`)."""
     return {"launch_pdl": True} if on else {}
@@ -64,6 +74,18 @@ def gdc_wait(USE_PDL: tl.constexpr):
     """Wait for the previous kernel to complete and its writes to be visible (PDL only)."""
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def pdl_enter(USE_PDL: tl.constexpr):
+    """A PDL kernel's entry: wait for the kernel before, and let the next one launch, in the
+    order pdl_mode chose."""
+    if USE_PDL == 2:
+        tl.extra.cuda.gdc_launch_dependents()
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+    if USE_PDL == 1:
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 @triton.jit

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._compat import (check_device, gdc_launch_dependents, gdc_wait, interpreted, pdl_launch_kw,
+from kernels._compat import (check_device, pdl_enter, pdl_mode, interpreted, pdl_launch_kw,
                              to_dtype, use_pdl)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -112,8 +112,7 @@ def _split_kernel(
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
-    gdc_wait(USE_PDL)
-    gdc_launch_dependents(USE_PDL)
+    pdl_enter(USE_PDL)
     # Clamp so a bad seq_len can never read past the slot's rows.
     seq_len = tl.minimum(tl.load(seq_lens_ptr + b), max_seq)
     slot = tl.load(slots_ptr + b).to(tl.int64)
@@ -167,8 +166,7 @@ def _reduce_kernel(
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
-    gdc_wait(USE_PDL)
-    gdc_launch_dependents(USE_PDL)
+    pdl_enter(USE_PDL)
     offs_s = tl.arange(0, BLOCK_S)
     mask_s = offs_s < num_splits
     offs_d = tl.arange(0, BLOCK_D)
@@ -264,12 +262,12 @@ def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=Non
         # fp32 inputs would otherwise go through TF32 (10-bit mantissa) on the GPU.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(_split_kernel), TILES_PER_SPLIT=split_size // block_n,
-        USE_PDL=pdl, num_warps=4, num_stages=_CUDA_NUM_STAGES, **pdl_launch_kw(pdl),
+        USE_PDL=pdl_mode(pdl), num_warps=4, num_stages=_CUDA_NUM_STAGES, **pdl_launch_kw(pdl),
     )
     if not single:
         _reduce_kernel[(B, H)](
             o_part, m_part, l_part, out, out.stride(0), out.stride(1), H, num_splits,
-            HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, USE_PDL=pdl,
+            HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, USE_PDL=pdl_mode(pdl),
             num_warps=4, **pdl_launch_kw(pdl),
         )
     return out

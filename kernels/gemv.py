@@ -35,7 +35,7 @@ import triton.language as tl
 
 import kernels._compat as compat
 from kernels._compat import (check_device, gdc_launch_dependents, gdc_wait, interpreted,
-                             pdl_launch_kw, to_dtype)
+                             pdl_enter, pdl_launch_kw, pdl_mode, to_dtype)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Rows the kernel takes (one program multiplies all of them against each weight chunk).
@@ -95,9 +95,10 @@ def _gemv_kernel(
     w2 = w
     if EPI == 2:
         w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
-    gdc_wait(USE_PDL)
     if EARLY:
-        gdc_launch_dependents(USE_PDL)
+        pdl_enter(USE_PDL)
+    else:
+        gdc_wait(USE_PDL)
     acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                            mask_b, K, NORM, EPI)
     # K is constexpr: Triton 3.6's interpreter fails on runtime loop bounds (triton#9171).
@@ -181,7 +182,7 @@ def _launch(x, w, n_out, norm=False, epi=0, r=None, nw=None, eps=0.0):
     pdl = use_pdl(x)
     _gemv_kernel[(triton.cdiv(n_out, cfg["BLOCK_N"]),)](
         x, nw_, w, r_, y, n_out, x.stride(0), w.stride(0), r_.stride(0), y.stride(0), float(eps),
-        B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=triton.next_power_of_2(B), USE_PDL=pdl,
+        B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=triton.next_power_of_2(B), USE_PDL=pdl_mode(pdl),
         EARLY=TRIGGER_EARLY, **cfg, **pdl_launch_kw(pdl))
     return y
 

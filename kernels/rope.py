@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._compat import (check_device, gdc_launch_dependents, gdc_wait, pdl_launch_kw, to_dtype,
+from kernels._compat import (check_device, pdl_enter, pdl_mode, pdl_launch_kw, to_dtype,
                              use_pdl)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -64,8 +64,7 @@ def _rope_store_kv_kernel(
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     NQ: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
-    gdc_wait(USE_PDL)
-    gdc_launch_dependents(USE_PDL)
+    pdl_enter(USE_PDL)
     pos_i = tl.load(pos_ptr + b).to(tl.int64)
     pos = pos_i.to(tl.float32)
     i = tl.arange(0, BLOCK_HALF).to(tl.float64)[None, :]
@@ -191,7 +190,7 @@ def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0):
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             float(theta),
             H=H, HKV=Hkv, HALF=half, BLOCK_H=bh, BLOCK_HALF=triton.next_power_of_2(half),
-            USE_PDL=pdl, num_warps=4, **pdl_launch_kw(pdl),
+            USE_PDL=pdl_mode(pdl), num_warps=4, **pdl_launch_kw(pdl),
         )
     return q
 

@@ -87,8 +87,8 @@ from microbench.graphs import GraphRunner
 from microbench.sweep import max_seq_for
 from microbench.workload import step_bytes
 
-VARIANTS = [("no PDL", False, True, 256), ("PDL late", True, False, 256), ("PDL early", True, True, 256),
-            ("PDL early split>=128", True, True, 128), ("PDL early split>=64", True, True, 64)]
+VARIANTS = [("no PDL", False, False, 256), ("PDL, wait then trigger", True, False, 256),
+            ("PDL, trigger then wait", True, True, 256), ("PDL, trigger first, split>=128", True, True, 128)]
 for p in ("opt-125m", "llama-1b"):
     dec = ToyDecoder(PRESETS[p], max_batch=1, max_seq=max_seq_for(512), device=dev)
     dec.fill_cache(512)
@@ -97,8 +97,8 @@ for p in ("opt-125m", "llama-1b"):
     sl = torch.zeros(1, dtype=torch.long, device=dev)
     nb = step_bytes(dec.shape, 1, 512)
     outs = {}
-    for label, pdl, early, min_split in VARIANTS:
-        compat.PDL, G.TRIGGER_EARLY, A._MIN_TOKENS_PER_SPLIT = pdl, early, min_split
+    for label, pdl, first, min_split in VARIANTS:
+        compat.PDL, compat.TRIGGER_FIRST, A._MIN_TOKENS_PER_SPLIT = pdl, first, min_split
         runner = GraphRunner(dec, [1], mode="full", progress=False)
         runner.capture()
         g = runner.entries[1].graphs[0]
@@ -106,14 +106,14 @@ for p in ("opt-125m", "llama-1b"):
         outs[label] = runner.step(toks, pos, sl).clone()
         ks = profile_kernels(g.replay)
         br = kernel_breakdown(ks)
-        print(f"{p} bs1 replay {label:22s}: {t:7.1f} us GPU, {nb / (t * 1e-6) / copy:4.0%} of copy bw, "
+        print(f"{p} bs1 replay {label:32s}: {t:7.1f} us GPU, {nb / (t * 1e-6) / copy:4.0%} of copy bw, "
               f"{len(ks)} kernels, splits {A.num_splits_for(1, dec.shape.n_kv_heads, dec.max_seq, dev, dec.shape.head_dim)}; "
               + ", ".join(f"{k} {v['us']:.0f} ({v['n']})" for k, v in sorted(br.items(), key=lambda kv: -kv[1]['us'])),
               flush=True)
         runner.close()
-    compat.PDL, G.TRIGGER_EARLY, A._MIN_TOKENS_PER_SPLIT = True, True, 256
+    compat.PDL, compat.TRIGGER_FIRST, A._MIN_TOKENS_PER_SPLIT = True, True, 256
     same = [torch.equal(outs["no PDL"], outs[v[0]]) for v in VARIANTS[:3]]
-    print(f"{p}: PDL off, late and early give equal logits: {all(same)}; "
+    print(f"{p}: PDL off and both trigger orders give equal logits: {all(same)}; "
           f"max diff with smaller splits: {max(float((outs[v[0]].float() - outs['no PDL'].float()).abs().max()) for v in VARIANTS[3:]):.4f}")
     del dec
     torch.cuda.empty_cache()
