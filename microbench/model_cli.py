@@ -83,6 +83,11 @@ def attach_measured(res: dict, run: dict) -> dict:
             r.update(measured_eager_step_us=m["eager_step_us"],
                      measured_graph_step_us=m["graph_step_us"], measured_speedup=m["speedup"],
                      speedup_error=r["predicted_speedup"] / m["speedup"] - 1)
+            if m.get("op_host_us") is not None and m.get("predicted_speedup"):
+                # the sweep's own prediction for that row, with the host costs measured beside
+                # its eager steps (the host drifts within a run; this profile is its start)
+                r.update(row_predicted_speedup=m["predicted_speedup"],
+                         row_speedup_error=m["predicted_speedup"] / m["speedup"] - 1)
     return res
 
 
@@ -102,7 +107,18 @@ def model_table(res: dict) -> str:
         for cells, r in zip(rows, res["rows"]):
             cells += ([f"{r['measured_speedup']:.2f}", f"{r['speedup_error']:+.0%}"]
                       if "measured_speedup" in r else ["-", "-"])
+    in_row = any("row_predicted_speedup" in r for r in res["rows"])
+    if in_row:
+        heads += ["in-row pred", "error"]
+        for cells, r in zip(rows, res["rows"]):
+            cells += ([f"{r['row_predicted_speedup']:.2f}", f"{r['row_speedup_error']:+.0%}"]
+                      if "row_predicted_speedup" in r else ["-", "-"])
     out = [head, table(heads, rows)]
+    if in_row:
+        out.append("in-row pred: the sweep's prediction for that row, with the host costs (each "
+                   "op's, the Python between launches, the runner's enqueue) measured beside its "
+                   "steps; the columns before use this run's start-of-run profile, and the host's "
+                   "speed drifts within a run")
     c = res["crossover_bs"]
     out.append(f"speedup falls under {res['below']:.2f}x at bs {c}" if c else
                f"speedup stays above {res['below']:.2f}x up to bs 4096")

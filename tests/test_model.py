@@ -150,6 +150,13 @@ def test_measured_runs_sit_beside_predictions():
     assert "measured" in model_table(out).splitlines()[1]
     other = dict(run, config=dict(preset="tiny", context=128))
     assert "measured_speedup" not in attach_measured(model_rows(TINY, (1,), 64, "vllm", p), other)["rows"][0]
+    # a sweep row that measured its own host costs carries its in-row prediction beside
+    run["rows"][0].update(op_host_us={"qkv_proj": 20.0}, predicted_speedup=3.3)
+    out = attach_measured(model_rows(TINY, (1, 4), 64, "vllm", p), run)
+    assert out["rows"][0]["row_predicted_speedup"] == 3.3
+    assert out["rows"][0]["row_speedup_error"] == pytest.approx(0.1)
+    text = model_table(out)
+    assert "in-row pred" in text.splitlines()[1] and "+10%" in text.splitlines()[3]
 
 
 def test_run_fused_reads_the_plan_a_run_measured():
