@@ -283,7 +283,7 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
     """Predict eager and graph step time and speedup (no GPU needed)."""
     from microbench.model_cli import model_rows, model_table, resolve_profile
     try:
-        prof = resolve_profile(profile_run, gpu, copy_bw, tflops, launch_us)
+        prof = resolve_profile(profile_run, gpu, copy_bw, tflops, launch_us, preset)
     except ValueError as e:
         _usage(e)
     fuse = True

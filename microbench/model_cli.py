@@ -10,9 +10,12 @@ from microbench.ladder import resolve_ladder
 from microbench.report import table
 
 
-def resolve_profile(run_path, gpu, copy_bw_gbs, tflops, launch_us) -> mdl.DeviceProfile:
+def resolve_profile(run_path, gpu, copy_bw_gbs, tflops, launch_us,
+                    preset: str | None = None) -> mdl.DeviceProfile:
     """A measured profile from a saved run, a datasheet GPU, explicit numbers, or a mix: later
-    sources override earlier ones (run, then --gpu, then explicit options)."""
+    sources override earlier ones (run, then --gpu, then explicit options). A run's kernel lines
+    are fitted on its own preset's kernels (a 125M model's matmuls stream slower than a 70B's):
+    for another `preset` they are dropped and every kernel uses the copy line."""
     prof = None
     if run_path:
         from microbench.results import load_run
@@ -24,6 +27,10 @@ def resolve_profile(run_path, gpu, copy_bw_gbs, tflops, launch_us) -> mdl.Device
             raise ValueError(f"--profile: {run_path} holds no launch measurements")
         prof = mdl.DeviceProfile.from_launch(run["launch"], name=run["env"].get("gpu") or "?",
                                              source=f"measured: {run_path}")
+        measured = run.get("config", {}).get("preset")
+        if preset and prof.kernel_lines and measured != preset:
+            prof = replace(prof, kernel_lines={}, source=prof.source + (
+                f"; its kernel lines were fitted on {measured}'s kernels: copy line instead"))
     if gpu:
         prof = mdl.datasheet_profile(gpu, prof)
     if prof is None:

@@ -221,3 +221,18 @@ def test_measured_graph_host_replaces_the_launch_sum():
     q = profile(graph_host_us=50.0)
     # 3 copies at 10 us + a 7 us replay call: 37 us of host, replaced by the measured 50
     assert mdl.graph_step_us(TINY, 1, 8, q) == pytest.approx(mdl.graph_step_us(TINY, 1, 8, p) + 13.0)
+
+
+def test_kernel_lines_stay_with_the_preset_they_were_fitted_on(tmp_path):
+    import json
+    launch = dict(replay_fit=dict(gpu_fixed_us=2.0), copy=dict(bytes_per_s=3e12),
+                  matmul=dict(flops_per_s=7e14), host_us=dict(torch=dict(median=9.0)),
+                  gpu_us_per_kernel=dict(torch=dict(median=1.0)),
+                  replay={"1": dict(host_us=dict(median=4.0))},
+                  kernel_lines=dict(skinny=dict(fixed_us=1.0, bytes_per_s=1.6e12, points=[])))
+    (tmp_path / "run.json").write_text(json.dumps(dict(kind="sweep", config=dict(preset="opt-125m"),
+                                                       env={}, launch=launch)))
+    same = resolve_profile(str(tmp_path), None, None, None, None, "opt-125m")
+    other = resolve_profile(str(tmp_path), None, None, None, None, "llama-70b")
+    assert same.kernel_lines and other.kernel_lines == {}
+    assert "fitted on opt-125m" in other.source
