@@ -7,6 +7,7 @@ interpreter (TRITON_INTERPRET=1), where three things differ from the GPU:
 
 `to_dtype` is the one cast the kernels use for their outputs; it is exact on both sides.
 """
+import functools
 import os
 
 import torch
@@ -53,10 +54,16 @@ def to_dtype(x, dtype: tl.constexpr):
         return x.to(dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def _major(index) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
 def use_pdl(kernel, t) -> bool:
-    """Launch `kernel` with PDL for tensors like t: compiled, on CUDA, SM 9.0 or newer, PDL on."""
-    return (PDL and not interpreted(kernel) and t.device.type == "cuda"
-            and torch.cuda.get_device_capability(t.device)[0] >= 9)
+    """Launch `kernel` with PDL for tensors like t: compiled, on CUDA, SM 9.0 or newer, PDL on.
+    (Called on every launch: the capability is looked up once per device.)"""
+    return (PDL and t.device.type == "cuda" and not interpreted(kernel)
+            and _major(t.device.index if t.device.index is not None else torch.cuda.current_device()) >= 9)
 
 
 def pdl_mode(on: bool) -> int:

@@ -20,8 +20,8 @@ What is fused, chosen by constexprs:
   wide, instead of 2F gate/up values for a separate swiglu kernel.
 
 Programmatic dependent launch (kernels._compat.PDL; Hopper and newer, compiled only): a program
-first loads its first weight chunk (weights are never written during a step; at K <= 2048 that is
-its whole share of W), lets the next kernel launch, then waits for the kernel before it to finish
+first loads its first weight chunk (weights are never written during a step; for 16-bit weights
+with K <= 2048 that is its whole share of W), lets the next kernel launch, then waits for the kernel before it to finish
 and flush before it reads an activation or writes anything. So the next kernels' launches and
 weight loads overlap this one, inside a graph as outside. On the H100 (scripts/probe_gemv.py,
 results/h100/logs/probe-steps-cbda111.log) a llama-1b bs-1 replay took 1196 us without PDL,
@@ -37,8 +37,8 @@ import triton
 import triton.language as tl
 
 import kernels._compat as compat
-from kernels._compat import (check_device, gdc_launch_dependents, gdc_wait, interpreted,
-                             pdl_enter, pdl_launch_kw, pdl_mode, to_dtype)
+from kernels._compat import (check_device, interpreted, pdl_enter, pdl_launch_kw, pdl_mode,
+                             to_dtype)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Rows the kernel takes (one program multiplies all of them against each weight chunk).
@@ -48,8 +48,6 @@ MAX_ROWS = 8
 # gate/up (LM head 104% of copy bandwidth against 94%, down 80% against 68%); at four rows
 # cuBLAS wins on all of them (LM head 93% against 77%).
 FAST_ROWS = 1
-# where a program lets the next kernel launch: right after its wait (True) or after its K loop
-TRIGGER_EARLY = True
 
 
 @triton.jit
@@ -75,7 +73,7 @@ def _gemv_kernel(
     N, stride_xb, stride_wn, stride_rb, stride_yb, eps,
     B: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, EPI: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-    USE_PDL: tl.constexpr, EARLY: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     # BLOCK_K is fixed per weight shape, never per row count: with num_warps · 32 threads laid
@@ -98,10 +96,7 @@ def _gemv_kernel(
     w2 = w
     if EPI == 2:
         w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
-    if EARLY:
-        pdl_enter(USE_PDL)
-    else:
-        gdc_wait(USE_PDL)
+    pdl_enter(USE_PDL)
     acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                            mask_b, K, NORM, EPI)
     # K is constexpr: Triton 3.6's interpreter fails on runtime loop bounds (triton#9171).
@@ -114,8 +109,6 @@ def _gemv_kernel(
             w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
         acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                                mask_b, K, NORM, EPI)
-    if not EARLY:
-        gdc_launch_dependents(USE_PDL)
     if NORM:
         rstd = tl.rsqrt(ss / K + eps)
         acc = acc * rstd[:, None]
@@ -136,9 +129,9 @@ _INTERPRETED_CONFIG = dict(BLOCK_N=128, BLOCK_K=512, num_warps=4)
 
 
 def config(N: int, K: int, B: int, elt: int) -> dict:
-    """Launch parameters for an [N, K] weight and B rows. One 16-byte load per thread per row of
-    the tile, every thread along K: BLOCK_K = (16 / elt) · 32 · num_warps, the same for every
-    batch, so the K reduction's order (and each row's result) does not depend on B (checked
+    """Launch parameters for an [N, K] weight and B rows. One or two 16-byte loads per thread per
+    row of the tile, every thread along K: BLOCK_K = (16 / elt) · 32 · num_warps (or twice that
+    when it then covers K), the same for every batch, so the K reduction's order (and each row's result) does not depend on B (checked
     bitwise on the H100 for 1, 3, 4 and 8 rows)."""
     if interpreted(_gemv_kernel):
         return dict(_INTERPRETED_CONFIG, STAGES=1)
@@ -186,14 +179,8 @@ def _launch(x, w, n_out, norm=False, epi=0, r=None, nw=None, eps=0.0):
     _gemv_kernel[(triton.cdiv(n_out, cfg["BLOCK_N"]),)](
         x, nw_, w, r_, y, n_out, x.stride(0), w.stride(0), r_.stride(0), y.stride(0), float(eps),
         B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=triton.next_power_of_2(B), USE_PDL=pdl_mode(pdl),
-        EARLY=TRIGGER_EARLY, **cfg, **pdl_launch_kw(pdl))
+        **cfg, **pdl_launch_kw(pdl))
     return y
-
-
-def _check_rows(op, name, t, like):
-    if t.shape != like.shape or t.dtype != like.dtype or t.device != like.device or t.stride(-1) != 1:
-        raise ValueError(f"{op}: {name} must match {tuple(like.shape)} {like.dtype} on {like.device} "
-                         f"with contiguous rows, got {tuple(t.shape)} {t.dtype} on {t.device}")
 
 
 def _check_norm(op, norm_w, h):
@@ -208,9 +195,11 @@ def linear(x, w, residual=None):
     w: [N, K]; residual: [B, N] or None."""
     _check("linear", x, w, x.shape[-1] if x.dim() == 2 else -1)
     N = w.shape[0]
-    if residual is not None:
-        _check_rows("linear", "residual", residual, torch.empty((x.shape[0], N), dtype=x.dtype,
-                                                               device=x.device))
+    if residual is not None and (residual.shape != (x.shape[0], N) or residual.dtype != x.dtype
+                                 or residual.device != x.device or residual.stride(-1) != 1):
+        raise ValueError(f"linear: residual must match {(x.shape[0], N)} {x.dtype} on {x.device} "
+                         f"with contiguous rows, got {tuple(residual.shape)} {residual.dtype} on "
+                         f"{residual.device}")
     return _launch(x, w, N, epi=1 if residual is not None else 0, r=residual)
 
 

@@ -176,14 +176,17 @@ class ToyDecoder:
         return F.linear(x, w), residual
 
     def linear(self, x, w, residual=None):
-        """x @ w^T (+ residual, skinny path only)."""
+        """x @ w^T (+ residual in the skinny matmul's epilogue; the wide path adds none: its
+        residual rides with the next fused norm)."""
         if self.skinny(x.shape[0]):
             return kernels.linear(x, w, residual=residual)
-        y = F.linear(x, w)
-        return y if residual is None else y + residual
+        if residual is not None:
+            raise ValueError("linear: a residual is added on the skinny path only")
+        return F.linear(x, w)
 
     def norm_linear_swiglu(self, h, norm_w, w_gu):
-        """swiglu(rmsnorm(h) @ w_gu^T)."""
+        """swiglu(rmsnorm(h) @ w_gu^T): one kernel on the skinny path. The wide step never
+        calls it (its norm carries the residual); the three-kernel form keeps the method total."""
         eps = self.shape.norm_eps
         if self.skinny(h.shape[0]):
             return kernels.rmsnorm_linear_swiglu(h, norm_w, eps, w_gu)

@@ -58,8 +58,8 @@ def cases(preset: str = "llama-1b", batches=(1, 16, 64), context: int = 4096,
 
 
 def _matmul_cases(s, B, e, r):
-    """The step's matmuls: the Triton skinny matmul with its fused prologue (at up to FAST_ROWS
-    rows) against cuBLAS (F.linear) on the same weight. Bytes: the weight plus the rows."""
+    """The step's matmuls: the Triton skinny matmul with its fusion (norm prologue, residual or
+    SwiGLU epilogue; at up to FAST_ROWS rows) against cuBLAS (F.linear) on the same weight. Bytes: the weight plus the rows."""
     import torch.nn.functional as F
 
     import kernels as K

@@ -236,14 +236,14 @@ def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float):
 
 def _piece_kernels(plan):
     """The kernels of piece 1 of a plan: between the first attention call's kernels and the
-    second decode_attention (layer 0 after attention, layer 1 up to attention)."""
+    second decode_attention (layer 0 after attention, layer 1 up to attention), or to the end
+    on a one-layer model."""
     att = [i for i, k in enumerate(plan) if k.name == "decode_attention"]
-    if len(att) < 2:
-        return []
     first = att[0] + 1
     while plan[first].name == "attention_reduce":
         first += 1
-    return plan[first:att[1]]
+    # one layer: piece 1 is the last piece (layer 0 after attention, final norm, LM head)
+    return plan[first:att[1]] if len(att) > 1 else plan[first:]
 
 
 def _middle_piece(dec, b: int):
@@ -313,14 +313,18 @@ FAMILIES = ("skinny", "cublas", "attention", "small")
 LINE_BATCHES = (1, 2, 8, 32, 128)
 
 
-def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1) -> dict:
+def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1,
+                 replay_fixed_us: float = 0.0) -> dict:
     """GPU time of each of the step's ops against the bytes it must move, fitted per kernel
     family as t = fixed_us + bytes / bytes_per_s (model.kernel_time_us uses the lines).
 
     Each op runs inside a graph once per layer, on that layer's weights and KV cache, so
     weights stream from DRAM as in a step and a matmul's neighbours are matmuls of other
-    layers; with PDL they overlap as in a step. Points are taken at `batches` (those up to the
-    decoder's max batch), each with the plan's byte count for that op and batch."""
+    layers; with PDL they overlap as in a step. An op called once a step (embedding, LM head)
+    repeats 8 times. The replay's own fixed GPU cost (`replay_fixed_us`, from measure_launch;
+    the model charges it once per graph step) is taken off before dividing by the calls.
+    Points are taken at `batches` (those up to the decoder's max batch), each with the plan's
+    byte count for that op and batch."""
     from microbench.model import family
     from microbench.workload import step_kernels
     pts: dict = {f: [] for f in FAMILIES}
@@ -331,8 +335,9 @@ def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1)
             k = plan.get(name)
             if k is None:
                 continue
-            g = graph_of(lambda fns=fns: [f() for f in fns], 1)
-            t = gpu_time_us(g.replay, inner=5, budget_s=budget_s).median / len(fns)
+            calls = fns * -(-8 // len(fns))        # at least 8 calls in the graph
+            g = graph_of(lambda calls=calls: [f() for f in calls], 1)
+            t = (gpu_time_us(g.replay, inner=5, budget_s=budget_s).median - replay_fixed_us) / len(calls)
             del g
             pts[family(k)].append(dict(op=name, b=b, bytes=k.bytes, us=t))
     out = {}

@@ -20,8 +20,10 @@ host cost); the GPU starts it when it has been enqueued and the previous kernel 
 
 so the GPU waits whenever the host enqueues slower than the GPU drains. c_k is the host cost of
 k's call through the decoder's wrapper; each piece of the step (a layer's launches between two
-attention calls) adds g, the Python between its launches (views, slicing, dispatch), measured
-as a piece's host time less its kernels' costs. Graph step: the runner
+attention calls) adds g, measured as a piece's host time less its kernels' costs timed one op at
+a time: the Python between launches (views, slicing, dispatch) and whatever ops cost more inside
+a step than in a loop of their own. On a noisy host it can come out negative; it is used as
+measured. Graph step: the runner
 enqueues its input copies (c_torch each), one replay call (host: c_replay), then the GPU runs every
 node back to back with a fixed replay start cost g_0:
 
@@ -120,7 +122,6 @@ def datasheet_profile(gpu: str, host: DeviceProfile | None = None) -> DeviceProf
 
 def family(k: Kernel) -> str:
     """The kernel family whose line times k: skinny, cublas, attention or small."""
-    from microbench.workload import SKINNY
     if k.name.endswith(SKINNY):
         return "skinny"
     if k.launcher == "cublas":

@@ -138,7 +138,8 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     launch = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
     launch["ops_host_us"] = measure_ops(dec, 1, budget_s=min(cfg.time_budget, 0.3))
     say("timing the step's kernels inside graphs (the model's per-family lines)")
-    launch["kernel_lines"] = kernel_lines(dec, cfg.context, budget_s=min(cfg.time_budget, 0.1))
+    launch["kernel_lines"] = kernel_lines(dec, cfg.context, budget_s=min(cfg.time_budget, 0.1),
+                                          replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
     run["launch"] = launch
     profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"], source="measured: this run")
     run["profile"] = profile.to_dict()

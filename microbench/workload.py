@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from microbench.config import ModelShape
 
 
-# suffix of the skinny Triton matmuls' names (with their fused norm or swiglu prologue)
+# suffix of the skinny Triton matmuls' names (with their fused norm prologue or residual/swiglu
+# epilogue)
 SKINNY = ":skinny"
 
 

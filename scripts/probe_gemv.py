@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+import kernels._compat as compat
 import kernels.gemv as G
 from microbench.config import PRESETS
 from microbench.launch import copy_bandwidth, graph_of, kernel_breakdown, profile_kernels
@@ -26,7 +27,7 @@ def launch(x, nw, w, r, y, n_out, norm, epi, cfg, pdl):
     G._gemv_kernel[(triton.cdiv(n_out, BN),)](
         x, nw, w, r, y, n_out, x.stride(0), w.stride(0), r.stride(0), y.stride(0), 1e-5,
         B=x.shape[0], K=x.shape[1], NORM=norm, EPI=epi, BLOCK_B=1, BLOCK_N=BN,
-        BLOCK_K=8 * 32 * warps * kv, STAGES=stages, USE_PDL=pdl, EARLY=G.TRIGGER_EARLY, num_warps=warps,
+        BLOCK_K=8 * 32 * warps * kv, STAGES=stages, USE_PDL=compat.pdl_mode(pdl), num_warps=warps,
         **({"launch_pdl": True} if pdl else {}))
 
 
@@ -77,9 +78,8 @@ for p in ("opt-125m", "llama-1b") if CFGS else ():
         del ws
 print(f"config probe took {time.time() - t0:.0f} s", flush=True)
 
-# whole steps: bs 1, full graph, context 512: PDL off, PDL with the matmuls' trigger after
-# their K loop ("late") or right after their wait ("early"), and attention's smallest split
-import kernels._compat as compat
+# whole steps: bs 1, full graph, context 512: PDL off, PDL triggering after or before each
+# kernel's wait, and attention's smallest split
 import importlib
 A = importlib.import_module("kernels.decode_attention")  # the package exports a function of that name
 from microbench.decoder import ToyDecoder

@@ -248,42 +248,68 @@ def test_kernel_line_ops_cover_the_plan(fuse, device):
                 f()
 
 
-def test_eager_with_op_costs_samples_the_rows_plan(device, monkeypatch):
-    """The sweep's eager timing samples the row's plan's op host costs between its steps."""
+@pytest.mark.parametrize("b", [1, 2], ids=["skinny", "wide"])
+def test_eager_with_op_costs_samples_the_rows_plan(b, device, monkeypatch):
+    """The sweep's eager timing samples, between its steps, the host cost of every op of the
+    row's plan and the glue: a middle piece's host time less its kernels' costs. On a fake
+    clock (each op 5 us, a piece 100 us, a step 1000 us) the figures are exact."""
+    import time
+
     from microbench import launch
-    if device.type == "cpu":
-        monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+
+    def costing(us, fn=None):
+        def call():
+            now[0] += us * 1e-6
+            return fn() if fn else None
+        return call
+
     dec = ToyDecoder(TINY, max_batch=4, max_seq=16, dtype=torch.float32, device=device)
-    t, p, s = inputs(2, 3, device)
-    steps = []
-    wall, costs, glue = launch.eager_with_op_costs(lambda: steps.append(dec.step(t, p, s)), dec, 2,
-                                                   steps=1, budget_s=0.0)
-    assert wall.n >= 10 and len(steps) >= 11 and wall.median > 0
-    planned = {k.name for k in dec.plan(2, 3)}
-    assert planned <= set(costs) and all(v >= 0 for v in costs.values())
-    assert costs["qkv_proj"] > 0 and costs["attention_reduce"] == 0.0
-    # the Python between a piece's launches: a piece's host time less its kernels' costs (noisy
-    # on a loaded machine, but far below the piece's own ~10 launches)
-    assert abs(glue) < 10 * max(costs.values())
+    real_ops = launch._op_fns(dec, b)
+    monkeypatch.setattr(launch, "_op_fns", lambda d, bb: {n: costing(5.0) for n in real_ops})
+    monkeypatch.setattr(launch, "_middle_piece", lambda d, bb: costing(100.0))
+    wall, costs, glue = launch.eager_with_op_costs(costing(1000.0), dec, b, steps=1, budget_s=0.0)
+    assert wall.median == pytest.approx(1000.0) and wall.n >= 10
+    planned = {k.name for k in dec.plan(b, 3)}
+    assert planned <= set(costs) and costs["attention_reduce"] == 0.0
+    assert costs["decode_attention"] == pytest.approx(5.0)
+    piece = launch._piece_kernels(dec.plan(b, 3))
+    assert len(piece) == (5 if b == 1 else 8)          # skinny: 3 matmuls, QKV, rope_store_kv
+    assert glue == pytest.approx(100.0 - 5.0 * len(piece))
 
 
-@pytest.mark.parametrize("b", [1, 3])
-def test_piece_kernels_are_what_a_middle_piece_launches(b, device, monkeypatch):
-    """The glue measurement subtracts the costs of piece 1's kernels: the plan's slice must be
-    exactly the launches of dec.piece(1, ...)."""
-    from microbench import launch
-    dec = ToyDecoder(TINY, max_batch=4, max_seq=16, dtype=torch.float32, device=device)
-    kinds = [k.launcher for k in launch._piece_kernels(dec.plan(b, 3))]
-    calls = []
+# which wrapper launches each planned kernel of a middle piece
+_WRAPPER = {"o_proj:skinny": "linear", "gate_up_proj:skinny": "rmsnorm_linear_swiglu",
+            "down_proj:skinny": "linear", "qkv_proj:skinny": "rmsnorm_linear",
+            "rope_store_kv": "rope_store_kv", "rmsnorm": "rmsnorm", "swiglu": "swiglu",
+            "o_proj": "F.linear", "gate_up_proj": "F.linear", "down_proj": "F.linear",
+            "qkv_proj": "F.linear", "lm_head": "F.linear", "lm_head:skinny": "rmsnorm_linear",
+            "final_norm": "rmsnorm"}
+
+
+@pytest.mark.parametrize("b, layers", [(1, 2), (3, 2), (1, 1)])
+def test_piece_kernels_are_what_a_middle_piece_launches(b, layers, device, monkeypatch):
+    """The glue measurement subtracts the costs of piece 1's kernels: the plan's slice must name
+    exactly the launches of dec.piece(1, ...), in order (on one layer, the last piece)."""
+    from dataclasses import replace as dc_replace
+
     import kernels
     from microbench import decoder as decoder_mod
+    from microbench import launch
+    dec = ToyDecoder(dc_replace(TINY, n_layers=layers), max_batch=4, max_seq=16,
+                     dtype=torch.float32, device=device)
+    want = [_WRAPPER[k.name] for k in launch._piece_kernels(dec.plan(b, 3))]
+    calls = []
+
+    def spy(name, fn):
+        return lambda *a, **k: (calls.append(name), fn(*a, **k))[1]
+
     for name in ("rmsnorm_linear", "linear", "rmsnorm_linear_swiglu", "rope_store_kv"):
-        fn = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _f=fn, **k: (calls.append("triton"), _f(*a, **k))[1])
+        monkeypatch.setattr(kernels, name, spy(name, getattr(kernels, name)))
     for name in ("rmsnorm", "swiglu"):
-        fn = getattr(dec.ops, name)
-        setattr(dec.ops, name, lambda *a, _f=fn, **k: (calls.append("triton"), _f(*a, **k))[1])
-    lin = decoder_mod.F.linear
-    monkeypatch.setattr(decoder_mod.F, "linear", lambda *a, **k: (calls.append("cublas"), lin(*a, **k))[1])
+        setattr(dec.ops, name, spy(name, getattr(dec.ops, name)))
+    monkeypatch.setattr(decoder_mod.F, "linear", spy("F.linear", decoder_mod.F.linear))
     launch._middle_piece(dec, b)()
-    assert calls == kinds
+    assert calls == want and want

@@ -33,14 +33,16 @@ SHAPES = [
     ModelShape("gqa4", n_layers=2, hidden=96, n_heads=8, n_kv_heads=2, head_dim=8, ffn=160,
                vocab=300),
 ]
-# (case, shape, backend): the torch references, and the triton backend (at B = 5 rows: cuBLAS
-# matmuls and the fused rope+KV store; the one-row skinny path is the _one_row case below)
-# The triton case runs the kernels under the interpreter on CPU tensors, which needs
+# (case, shape, backend, rows): the torch references, and the triton backend at B = 5 rows
+# (cuBLAS matmuls and the fused rope+KV store) and at one row (the skinny matmuls, whose O and
+# down epilogues add the residual on the first rank only).
+# The triton cases run the kernels under the interpreter on CPU tensors, which needs
 # TRITON_INTERPRET=1 (conftest sets it where there is no GPU); on a GPU machine the triton
 # backend's TP is checked by test_tp2_triton_logits_equal_unsharded instead.
 _INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
-CASES = [(s.name, s, "torch") for s in SHAPES] + (
-    [("tiny-triton", PRESETS["tiny"], "triton")] if _INTERPRETER else [])
+CASES = [(s.name, s, "torch", 5) for s in SHAPES] + (
+    [("tiny-triton", PRESETS["tiny"], "triton", 5),
+     ("tiny-triton-one-row", PRESETS["tiny"], "triton", 1)] if _INTERPRETER else [])
 B, CTX, MAX_SEQ, STEPS = 5, 12, 32, 4
 # float32 logits up to ~56 (ulp 3.8e-6): a rank's O and down projections sum half the products
 # and the all-reduce adds the halves, an order the full matmul does not use, so the residual
@@ -55,11 +57,11 @@ def _decoder_kw(backend="torch"):
                 device="cpu", seed=3)
 
 
-def _inputs(vocab, step, seed=0):
+def _inputs(vocab, step, seed=0, b=B):
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(vocab, (B,), generator=g)
-    positions = torch.arange(CTX - B + 1, CTX + 1) - 1 + step    # ragged histories, growing
-    slots = torch.randperm(B, generator=g)
+    tokens = torch.randint(vocab, (b,), generator=g)
+    positions = torch.arange(CTX - b + 1, CTX + 1) - 1 + step    # ragged histories, growing
+    slots = torch.randperm(B, generator=g)[:b]
     return tokens, positions, slots
 
 
@@ -68,7 +70,7 @@ def _equality_rank(rank, world, cases):
     """Runs in each spawned rank: the shard's logits and KV cache against the full decoder's
     over STEPS decode steps from a filled cache."""
     out = {}
-    for name, shape, backend in cases:
+    for name, shape, backend, rows in cases:
         kw = _decoder_kw(backend)
         full = ToyDecoder(shape, **kw)
         full.fill_cache(CTX)
@@ -79,7 +81,7 @@ def _equality_rank(rank, world, cases):
         bind_all_reduce(shard)
         worst, scale = 0.0, 0.0
         for step in range(STEPS if backend == "torch" else 2):   # the interpreter is slow
-            t, p, s = _inputs(shape.vocab, step, seed=step)
+            t, p, s = _inputs(shape.vocab, step, seed=step, b=rows)
             want, got = full.step(t, p, s), shard.step(t, p, s)
             worst = max(worst, float((got - want).abs().max()))
             scale = max(scale, float(want.abs().max()))
