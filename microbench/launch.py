@@ -313,33 +313,39 @@ FAMILIES = ("skinny", "cublas", "attention", "small")
 LINE_BATCHES = (1, 2, 8, 32, 128)
 
 
+# bytes of distinct data each op's timed chain streams: four H100 L2s, so none of it comes
+# from the L2 (a small model's weights of one kind, over all its layers, would fit in it)
+LINE_MIN_BYTES = 200 << 20
+
+
 def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1,
-                 replay_fixed_us: float = 0.0) -> dict:
+                 replay_fixed_us: float = 0.0, min_bytes: int = LINE_MIN_BYTES) -> dict:
     """GPU time of each of the step's ops against the bytes it must move, fitted per kernel
     family as t = fixed_us + bytes / bytes_per_s (model.kernel_time_us uses the lines).
 
-    Each op runs inside a graph once per layer, on that layer's weights and KV cache, so
-    weights stream from DRAM as in a step and a matmul's neighbours are matmuls of other
-    layers; with PDL they overlap as in a step. An op called once a step (embedding, LM head)
-    repeats 8 times. The replay's own fixed GPU cost (`replay_fixed_us`, from measure_launch;
-    the model charges it once per graph step) is taken off before dividing by the calls.
-    Points are taken at `batches` (those up to the decoder's max batch), each with the plan's
-    byte count for that op and batch."""
+    Each op runs inside a graph as a chain of calls on distinct data (each layer's weights and
+    KV cache, then copies of the weights and other slots' caches) until the chain has streamed
+    `min_bytes`, at least 4 calls: weights and KV history come from DRAM as in a step, and with
+    PDL neighbours overlap as in a step. The replay's own fixed GPU cost (`replay_fixed_us`,
+    from measure_launch; the model charges it once per graph step) is taken off before
+    dividing by the calls. Points are taken at `batches` (those up to the decoder's max batch),
+    each with the plan's byte count for that op and batch."""
     from microbench.model import family
     from microbench.workload import step_kernels
     pts: dict = {f: [] for f in FAMILIES}
     for b in (b for b in batches if b <= dec.max_batch):
         plan = {k.name: k for k in step_kernels(dec.shape, b, context, dec.embed.element_size(),
                                                 dec.attention_launches(b), fuse=dec.fuse)}
-        for name, fns in _layer_op_fns(dec, b, context).items():
+        for name, make in _layer_op_fns(dec, b, context).items():
             k = plan.get(name)
             if k is None:
                 continue
-            calls = fns * -(-8 // len(fns))        # at least 8 calls in the graph
+            n = min(512, max(4, -(-min_bytes // max(k.bytes, 1))))
+            calls = [make(i) for i in range(n)]
             g = graph_of(lambda calls=calls: [f() for f in calls], 1)
-            t = (gpu_time_us(g.replay, inner=5, budget_s=budget_s).median - replay_fixed_us) / len(calls)
-            del g
-            pts[family(k)].append(dict(op=name, b=b, bytes=k.bytes, us=t))
+            t = (gpu_time_us(g.replay, inner=3, budget_s=budget_s).median - replay_fixed_us) / n
+            del g, calls
+            pts[family(k)].append(dict(op=name, b=b, bytes=k.bytes, us=t, calls=n))
     out = {}
     for f, ps in pts.items():
         if not ps:
@@ -354,47 +360,67 @@ def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1,
 
 
 def _layer_op_fns(dec, b: int, context: int) -> dict:
-    """name -> one call of that op per layer (on that layer's weights and cache), at batch b
-    with every sequence at `context` cached positions (the plan's names)."""
+    """name -> make(i): the i-th call of that op on distinct data, at batch b with every
+    sequence at `context` cached positions (the plan's names). Calls 0 to L-1 use layers 0 to
+    L-1's weights and caches; later ones copies of the weights (made on first use, held by
+    the op's make) and other slots' caches."""
     from microbench.workload import SKINNY
     s, dev = dec.shape, dec.device
     g = torch.Generator(device=dev).manual_seed(0)
     r = lambda *shape: torch.randn(*shape, generator=g, device=dev).to(dec.dtype)
+    L = s.n_layers
     tokens = torch.zeros(b, dtype=torch.long, device=dev)
     positions = torch.full((b,), context, dtype=torch.long, device=dev)
-    slots = torch.arange(b, dtype=torch.long, device=dev) % dec.max_batch
     seq = dec.seq_lens_for(positions)
     x, res, qkv = r(b, s.hidden), r(b, s.hidden), r(b, s.qkv_size)
     q = qkv[:, :s.q_size].view(b, s.n_heads, s.head_dim)
     k = qkv[:, s.q_size:s.q_size + s.kv_size].view(b, s.n_kv_heads, s.head_dim)
     v = qkv[:, s.q_size + s.kv_size:].view(b, s.n_kv_heads, s.head_dim)
     o, gu, f = r(b, s.q_size), r(b, 2 * s.ffn), r(b, s.ffn)
-    Ls = range(s.n_layers)
+    n_bases = max(1, dec.max_batch // b)           # disjoint groups of b real slots
+    slot_sets = [torch.arange(j * b, (j + 1) * b, device=dev) % dec.max_batch for j in range(n_bases)]
+
+    def weights(key):
+        """i -> a [.., ..] weight: layer i's for i < L, then copies (one per call)."""
+        copies: dict = {}
+
+        def get(i):
+            src = dec.layers[i % L][key] if key != "embed" else dec.embed
+            if i < (L if key != "embed" else 1):
+                return src
+            if i not in copies:
+                copies[i] = src.clone()
+            return copies[i]
+        return get
+
+    def per_call(fn):
+        return lambda i: (lambda: fn(i))
+
     lay = dec.layers
-    per_layer = lambda fn: [lambda l=l: fn(l) for l in Ls]
+    slots_of = lambda i: slot_sets[(i // L) % n_bases]
     fns = {
-        "embedding": [lambda: dec.embed[tokens]],
-        "decode_attention": per_layer(lambda l: dec.attention(l, q, slots, seq)),
+        "embedding": per_call(lambda i: dec.embed[tokens]),
+        "decode_attention": per_call(lambda i: dec.attention(i % L, q, slots_of(i), seq)),
     }
     if dec.fuse:
-        fns["rope_store_kv"] = per_layer(lambda l: dec.rope_store(l, q, k, v, slots, positions))
+        fns["rope_store_kv"] = per_call(
+            lambda i: dec.rope_store(i % L, q, k, v, slots_of(i), positions))
+    wq, wo, wgu, wd, we = (weights(key) for key in ("wqkv", "wo", "wgu", "wdown", "embed"))
+    nw = lambda i: lay[i % L]["attn_norm"]
     if dec.skinny(b):
-        nl = lambda l, w: dec.norm_linear(x, lay[l]["attn_norm"], w)
-        fns["qkv_proj" + SKINNY] = per_layer(lambda l: nl(l, lay[l]["wqkv"]))
-        fns["o_proj" + SKINNY] = per_layer(lambda l: dec.linear(o, lay[l]["wo"], res))
-        fns["gate_up_proj" + SKINNY] = per_layer(
-            lambda l: dec.norm_linear_swiglu(x, lay[l]["ffn_norm"], lay[l]["wgu"]))
-        fns["down_proj" + SKINNY] = per_layer(lambda l: dec.linear(f, lay[l]["wdown"], res))
-        fns["lm_head" + SKINNY] = [lambda: dec.norm_linear(x, dec.final_norm, dec.embed)]
+        fns["qkv_proj" + SKINNY] = per_call(lambda i: dec.norm_linear(x, nw(i), wq(i)))
+        fns["o_proj" + SKINNY] = per_call(lambda i: dec.linear(o, wo(i), res))
+        fns["gate_up_proj" + SKINNY] = per_call(lambda i: dec.norm_linear_swiglu(x, nw(i), wgu(i)))
+        fns["down_proj" + SKINNY] = per_call(lambda i: dec.linear(f, wd(i), res))
+        fns["lm_head" + SKINNY] = per_call(lambda i: dec.norm_linear(x, dec.final_norm, we(i)))
     else:
-        fns["rmsnorm"] = per_layer(lambda l: dec.ops.rmsnorm(x, lay[l]["attn_norm"], s.norm_eps,
-                                                             residual=res))
-        fns["qkv_proj"] = per_layer(lambda l: F.linear(x, lay[l]["wqkv"]))
-        fns["o_proj"] = per_layer(lambda l: F.linear(o, lay[l]["wo"]))
-        fns["gate_up_proj"] = per_layer(lambda l: F.linear(x, lay[l]["wgu"]))
-        fns["swiglu"] = per_layer(lambda l: dec.ops.swiglu(gu))
-        fns["down_proj"] = per_layer(lambda l: F.linear(f, lay[l]["wdown"]))
-        fns["lm_head"] = [lambda: F.linear(x, dec.embed)]
+        fns["rmsnorm"] = per_call(lambda i: dec.ops.rmsnorm(x, nw(i), s.norm_eps, residual=res))
+        fns["qkv_proj"] = per_call(lambda i: F.linear(x, wq(i)))
+        fns["o_proj"] = per_call(lambda i: F.linear(o, wo(i)))
+        fns["gate_up_proj"] = per_call(lambda i: F.linear(x, wgu(i)))
+        fns["swiglu"] = per_call(lambda i: dec.ops.swiglu(gu))
+        fns["down_proj"] = per_call(lambda i: F.linear(f, wd(i)))
+        fns["lm_head"] = per_call(lambda i: F.linear(x, we(i)))
     return fns
 
 

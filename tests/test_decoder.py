@@ -230,22 +230,22 @@ def test_measured_host_costs_cover_every_planned_kernel(fuse, device, monkeypatc
 
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
 def test_kernel_line_ops_cover_the_plan(fuse, device):
-    """kernel_lines times each planned op once per layer, on that layer's weights: every
-    planned kernel but the reduce (timed within its attention call) and the two seq_lens ops
-    has a callable of that name, one per layer for the per-layer ops, and each runs."""
+    """kernel_lines times each planned op as a chain of calls on distinct data: every planned
+    kernel but the reduce (timed within its attention call) and the two seq_lens ops has a
+    maker of that name; call i < L uses layer i's weights, later ones copies; each runs."""
     from microbench import launch
     dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device, fuse=fuse)
+    L = TINY.n_layers
     for b in (1, 2, 9):
-        fns = launch._layer_op_fns(dec, b, 5)
+        makers = launch._layer_op_fns(dec, b, 5)
         names = {k.name for k in dec.plan(b, 5)} - {"attention_reduce", "seq_lens_add",
                                                       "seq_lens_cast", "final_norm"}
         if not fuse:   # rope and store_kv fall to the small family's line
             names -= {"rope", "store_kv"}
-        assert names <= set(fns), (b, names - set(fns))
-        for name, per_layer in fns.items():
-            assert len(per_layer) in (1, TINY.n_layers), name
-            for f in per_layer:
-                f()
+        assert names <= set(makers), (b, names - set(makers))
+        for name, make in makers.items():
+            for i in (0, L - 1, L, 3 * L + 1):
+                make(i)()
 
 
 @pytest.mark.parametrize("b", [1, 2], ids=["skinny", "wide"])
