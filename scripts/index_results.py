@@ -18,13 +18,15 @@ The three sweeps of commit `9925911` ran pinned to one CPU core (`taskset -c 3`,
 before commit `81bee6f` were removed: they profiled kernels before timing, and the
 profiler's hooks slowed every later launch and replay on the host.
 
-The README's reference runs are those of commit `ccfeeded1dbd` (`results/h100/20261122-1022*`
-default sweeps, `20261122-1023*` and `-1025*` all arms; logs `results/h100/logs/*-ccfeeded.log`).
-The four runs of `10e7ed448b4a` (`20261122-1009*` to `-1013*`) ran the same code but for the order
-of PDL's trigger and wait (wait first): a second sample of the model's error on the default
-sweep. Runs before `dc12233` ran the first skinny matmuls (norm and swiglu in the prologues, no
-PDL); runs before `31c20b9` predict with the profile measured once at the start of the run (no
-per-row host costs, no kernel lines), hence their larger model errors.
+The README's reference runs are those of commit `20d43bca4c19`, the code as it is
+(`results/h100/20261122-1046*` and `-1047*` default sweeps, `-1048*` and `-1050*` all arms; logs
+`results/h100/logs/*-20d43bc.log`). The runs of `ccfeeded1dbd` (`-1022*` to `-1025*`) ran the
+same kernels with the model's kernel lines timed one call per layer; those of `1474df02fa4a`
+(`-1041*`, `-1042*`) too, after host-side fixes (their opt-125m lines were timed with the weights
+in L2: 22% model error); those of `10e7ed448b4a` (`-1009*` to `-1013*`) ran PDL waiting before
+its trigger. Runs before `dc12233` ran the first skinny matmuls (norm and swiglu in the
+prologues, no PDL); runs before `31c20b9` predict with the profile measured once at the start of
+the run (no per-row host costs, no kernel lines), hence their larger model errors.
 
 The all-reduce benchmark of `187c6cb` (`results/h200x2/*-launch-tp2-h200`): its `eager_us`
 figures timed back-to-back all-reduces with an event on the caller's stream, which does not wait
