@@ -77,13 +77,6 @@ def pdl_launch_kw(on: bool) -> dict:
 
 
 @triton.jit
-def gdc_wait(USE_PDL: tl.constexpr):
-    """Wait for the previous kernel to complete and its writes to be visible (PDL only)."""
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
-
-
-@triton.jit
 def pdl_enter(USE_PDL: tl.constexpr):
     """A PDL kernel's entry: wait for the kernel before, and let the next one launch, in the
     order pdl_mode chose."""
@@ -92,11 +85,4 @@ def pdl_enter(USE_PDL: tl.constexpr):
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
     if USE_PDL == 1:
-        tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
-def gdc_launch_dependents(USE_PDL: tl.constexpr):
-    """Let the next kernel launch once every program of this one has passed here (PDL only)."""
-    if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
