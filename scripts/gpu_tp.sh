@@ -28,9 +28,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log
 "nccl", torch.cuda.nccl.version(), "gpus", torch.cuda.device_count())'
   env | grep -E '^(NCCL|TORCH_SYMM|NVSHMEM)' ; } >"$OUT/device.txt" 2>&1
 head -30 "$OUT/device.txt"
-# `microbench sweep --tp` once cli.py has it; the standalone entry until then (same options)
-if microbench sweep --help 2>/dev/null | grep -q -- '--tp'; then tpcli=(microbench)
-else tpcli=(python3 -m microbench.tp_cli); fi
+tpcli=(microbench)   # `microbench sweep --tp N` and `microbench launch --tp N`
 echo "TP commands: ${tpcli[*]}"
 new=$(mktemp -d)
 summary=()
