@@ -1,5 +1,6 @@
 """Triton kernels for the toy decoder, each with a plain-PyTorch fp32 reference `<name>_ref`."""
-from kernels.decode_attention import decode_attention, decode_attention_ref
+from kernels.decode_attention import (decode_attention, decode_attention_ref, rope_store_attention,
+                                      rope_store_attention_ref)
 from kernels.gemv import (linear, linear_ref, rmsnorm_linear, rmsnorm_linear_ref,
                           rmsnorm_linear_swiglu, rmsnorm_linear_swiglu_ref)
 from kernels.rmsnorm import rmsnorm, rmsnorm_ref
@@ -8,7 +9,7 @@ from kernels.store_kv import store_kv, store_kv_ref
 from kernels.swiglu import swiglu, swiglu_ref
 
 __all__ = [
-    "decode_attention", "decode_attention_ref",
+    "decode_attention", "decode_attention_ref", "rope_store_attention", "rope_store_attention_ref",
     "rmsnorm", "rmsnorm_ref",
     "linear", "linear_ref", "rmsnorm_linear", "rmsnorm_linear_ref",
     "rmsnorm_linear_swiglu", "rmsnorm_linear_swiglu_ref",

@@ -286,7 +286,7 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
         prof = resolve_profile(profile_run, gpu, copy_bw, tflops, launch_us, preset)
     except ValueError as e:
         _usage(e)
-    fuse = True
+    fuse = 2   # workload.FUSED_ATTENTION: today's decoder
     if profile_run:
         from microbench.model_cli import run_fused
         from microbench.results import load_run

@@ -21,7 +21,14 @@ of gate/up. That path keeps the full hidden state h (no separate residual):
     qkv = rmsnorm(h) @ Wqkv^T ; rope_store_kv ; o = attention
     h = h + o @ Wo^T ; g = swiglu(rmsnorm(h) @ Wgu^T) ; h = h + g @ Wdown^T
 
-six kernels a layer plus attention's reduce, instead of ten.
+six kernels a layer plus attention's reduce, instead of ten. With `fuse_attention` (the default
+with `fuse`) RoPE, the KV store and the merge of attention's split-KV partials move into the
+attention kernel (`kernels.rope_store_attention`): it reads the QKV row itself, so a layer is
+
+    qkv = rmsnorm(h) @ Wqkv^T ; o = rope_store_attention(qkv) ; O ; gate/up ; down
+
+five kernels, four of them weight-streaming matmuls. `fusion` names the plan (0 unfused,
+1 fused matmuls and rope_store_kv, 2 attention fused too), as `workload.step_kernels` takes it.
 
 then a final norm and the tied LM head. The step is written as `n_layers + 1` *pieces* separated
 by the attention calls, so the graph runner can capture the pieces alone (piecewise mode) while
@@ -54,7 +61,8 @@ class _Ops:
 class ToyDecoder:
     def __init__(self, shape: ModelShape, backend: str = "triton", max_batch: int = 64,
                  max_seq: int = 1024, dtype: torch.dtype = torch.bfloat16,
-                 device: str | torch.device = "cuda", seed: int = 0, fuse: bool = True):
+                 device: str | torch.device = "cuda", seed: int = 0, fuse: bool = True,
+                 fuse_attention: bool = True):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if max_batch < 1 or max_seq < 1:
@@ -64,6 +72,7 @@ class ToyDecoder:
         self.dtype, self.device = dtype, torch.device(device)
         self.ops = _Ops(backend)
         self.fuse = fuse and backend == "triton"
+        self.fuse_attention = fuse_attention
         self.scratch_slot = max_batch
         self.scale = shape.head_dim ** -0.5
         # Tensor parallelism: a callable that all-reduces a row-parallel matmul's output in
@@ -78,6 +87,10 @@ class ToyDecoder:
                         for _ in range(s.n_layers)]
         self.v_cache = [torch.zeros(cache_shape, dtype=dtype, device=self.device)
                         for _ in range(s.n_layers)]
+        # the fused attention's split counters (zero between calls; one per sequence and kv
+        # head), kept here so a captured step holds no memset
+        self.attn_semaphores = torch.zeros((max_batch + 1) * s.n_kv_heads, dtype=torch.int32,
+                                           device=self.device)
 
     def _init_weights(self, seed: int):
         s, dev = self.shape, self.device
@@ -110,14 +123,33 @@ class ToyDecoder:
     def n_pieces(self) -> int:
         return self.shape.n_layers + 1
 
-    def _pre_attention(self, l: int, h, residual, positions, slots):
-        """Norm, QKV, RoPE and KV store of layer l; returns (q, residual)."""
-        s, L = self.shape, self.layers[l]
-        B = h.shape[0]
-        qkv, residual = self.norm_linear(h, L["attn_norm"], L["wqkv"], residual)  # [B, (H+2Hkv)D]
-        q = qkv[:, :s.q_size].view(B, s.n_heads, s.head_dim)            # [B, H, D]
+    @property
+    def attention_fused(self) -> bool:
+        """Whether attention takes the QKV row and does RoPE and the KV store itself."""
+        return self.fuse and self.fuse_attention
+
+    @property
+    def fusion(self) -> int:
+        """The step's plan for workload.step_kernels: 0 unfused, 1 fused matmuls and
+        rope_store_kv, 2 RoPE, the KV store and the split merge inside attention too."""
+        return 2 if self.attention_fused else int(self.fuse)
+
+    def split_qkv(self, qkv):
+        """Views q [B, H, D], k and v [B, Hkv, D] of a fused QKV row [B, (H + 2Hkv)D]."""
+        s, B = self.shape, qkv.shape[0]
+        q = qkv[:, :s.q_size].view(B, s.n_heads, s.head_dim)
         k = qkv[:, s.q_size:s.q_size + s.kv_size].view(B, s.n_kv_heads, s.head_dim)
         v = qkv[:, s.q_size + s.kv_size:].view(B, s.n_kv_heads, s.head_dim)
+        return q, k, v
+
+    def _pre_attention(self, l: int, h, residual, positions, slots):
+        """Norm, QKV, RoPE and KV store of layer l; returns (q, residual), or (the QKV row,
+        residual) when attention does RoPE and the KV store itself."""
+        L = self.layers[l]
+        qkv, residual = self.norm_linear(h, L["attn_norm"], L["wqkv"], residual)  # [B, (H+2Hkv)D]
+        if self.attention_fused:
+            return qkv, residual
+        q, k, v = self.split_qkv(qkv)
         return self.rope_store(l, q, k, v, slots, positions), residual
 
     def _post_attention(self, l: int, o, residual):
@@ -147,7 +179,8 @@ class ToyDecoder:
     def piece(self, i: int, tokens, positions, slots, o=None, residual=None):
         """Piece i of the step. Piece 0: embedding and layer 0 up to attention. Piece i in
         1..L-1: layer i-1 after attention and layer i up to attention. Piece L: layer L-1 after
-        attention, final norm, LM head. Returns (q, residual, seq_lens) or logits for the last."""
+        attention, final norm, LM head. Returns (q, residual) or logits for the last (with the
+        attention fused, q is the layer's whole QKV row)."""
         s = self.shape
         if i == 0:
             h, res = self.embed[tokens], None                            # [B, hidden]
@@ -204,7 +237,15 @@ class ToyDecoder:
 
     def attention(self, l: int, q, slots, seq_lens, out=None):
         """Decode attention of layer l; with `out`, the result is written there (the graph
-        runner's piecewise mode keeps attention's output at a fixed address)."""
+        runner's piecewise mode keeps attention's output at a fixed address). With the
+        attention fused, q is the QKV row [B, (H + 2Hkv)D] and the new token (at position
+        seq_lens - 1) is rotated and stored by the same kernel."""
+        if self.attention_fused:
+            B = q.shape[0]
+            sem = self.attn_semaphores if B * self.shape.n_kv_heads <= self.attn_semaphores.numel() else None
+            return kernels.rope_store_attention(*self.split_qkv(q), self.k_cache[l], self.v_cache[l],
+                                                slots, seq_lens, self.scale, self.shape.rope_theta,
+                                                out=out, semaphores=sem)
         args = (q, self.k_cache[l], self.v_cache[l], slots, seq_lens, self.scale)
         if out is None:
             return self.ops.decode_attention(*args)
@@ -244,8 +285,11 @@ class ToyDecoder:
             cache[idx, :, :context] = fill.to(self.dtype)
 
     def attention_launches(self, b: int = 1) -> int:
-        """Kernels one decode_attention call at batch b launches (split-KV adds a reduce)."""
+        """Kernels one decode_attention call at batch b launches (split-KV adds a reduce,
+        unless the attention is fused: its splits merge themselves)."""
         from kernels.decode_attention import num_splits_for
+        if self.attention_fused:
+            return 1
         return 1 if num_splits_for(b, self.shape.n_kv_heads, self.max_seq, self.device) == 1 else 2
 
     def launches_per_step(self, b: int = 1) -> dict[str, int]:
@@ -260,7 +304,7 @@ class ToyDecoder:
         from microbench.workload import step_kernels
         elt = self.embed.element_size() if elt is None else elt
         return step_kernels(self.shape, b, context, elt, self.attention_launches(b),
-                            fuse=self.fuse)
+                            fuse=self.fusion)
 
     def weight_bytes(self) -> int:
         return self.shape.n_params * self.embed.element_size()

@@ -53,6 +53,13 @@ def cases(preset: str = "llama-1b", batches=(1, 16, 64), context: int = 4096,
         out.append(("rope_store_kv", B, 0, 2 * B * (H + 2 * Hkv) * D * e,
                     lambda q=q, k=k, v=v, kc=kc2, vc=vc2, slots=slots, pos=pos:
                     K.rope_store_kv(q, k, v, kc, vc, slots, pos, 5e5)))
+        kc3, vc3 = kc.clone(), vc.clone()
+        seq3 = seq.clone()
+        sem = torch.zeros(B * Hkv, dtype=torch.int32, device=device)   # as the decoder keeps one
+        out.append(("rope_store_attention", B, context,
+                    (2 * B * Hkv * (context - 1) * D + B * (H + 2 * Hkv) * D + 2 * B * Hkv * D + B * H * D) * e,
+                    lambda q=q, k=k, v=v, kc=kc3, vc=vc3, slots=slots, seq=seq3, sem=sem:
+                    K.rope_store_attention(q, k, v, kc, vc, slots, seq, D ** -0.5, 5e5, semaphores=sem)))
         out += _matmul_cases(s, B, e, r)
     return out
 

@@ -229,7 +229,7 @@ def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float):
         costs["final_norm"] = costs["rmsnorm"]
     costs["attention_reduce"] = 0.0
     plan = step_kernels(dec.shape, b, 0, dec.embed.element_size(), dec.attention_launches(b),
-                        fuse=dec.fuse)
+                        fuse=dec.fusion)
     glue = summarize(piece_samples).median - sum(costs.get(k.name, 0.0) for k in _piece_kernels(plan))
     return wall, costs, glue
 
@@ -281,9 +281,10 @@ def _op_fns(dec, b: int) -> dict:
         "embedding": lambda: dec.embed[tokens],
         "seq_lens_add": lambda: positions + 1,
         "seq_lens_cast": lambda: positions.to(torch.int32),
-        "decode_attention": lambda: dec.attention(0, q, slots, seq),
+        # the fused attention takes the QKV row (and writes the new K and V itself)
+        "decode_attention": lambda: dec.attention(0, qkv if dec.attention_fused else q, slots, seq),
     }
-    if dec.fuse:
+    if dec.fuse and not dec.attention_fused:
         fns["rope_store_kv"] = lambda: dec.rope_store(0, q, k, v, slots, positions)
     else:
         fns["rope"] = lambda: ops.rope(q, k, positions, s.rope_theta)
@@ -335,7 +336,7 @@ def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1,
     pts: dict = {f: [] for f in FAMILIES}
     for b in (b for b in batches if b <= dec.max_batch):
         plan = {k.name: k for k in step_kernels(dec.shape, b, context, dec.embed.element_size(),
-                                                dec.attention_launches(b), fuse=dec.fuse)}
+                                                dec.attention_launches(b), fuse=dec.fusion)}
         for name, make in _layer_op_fns(dec, b, context).items():
             k = plan.get(name)
             if k is None:
@@ -400,9 +401,10 @@ def _layer_op_fns(dec, b: int, context: int) -> dict:
     slots_of = lambda i: slot_sets[(i // L) % n_bases]
     fns = {
         "embedding": per_call(lambda i: dec.embed[tokens]),
-        "decode_attention": per_call(lambda i: dec.attention(i % L, q, slots_of(i), seq)),
+        "decode_attention": per_call(lambda i: dec.attention(i % L, qkv if dec.attention_fused else q,
+                                                             slots_of(i), seq)),
     }
-    if dec.fuse:
+    if dec.fuse and not dec.attention_fused:
         fns["rope_store_kv"] = per_call(
             lambda i: dec.rope_store(i % L, q, k, v, slots_of(i), positions))
     wq, wo, wgu, wd, we = (weights(key) for key in ("wqkv", "wo", "wgu", "wdown", "embed"))
@@ -447,7 +449,7 @@ def count_kernels(fn) -> int:
     return len(profile_kernels(fn))
 
 
-KERNEL_FAMILIES = (("_split_kernel", "decode_attention"), ("_reduce_kernel", "attention_reduce"),
+KERNEL_FAMILIES = (("_rope_attend", "decode_attention"), ("_split_kernel", "decode_attention"), ("_reduce_kernel", "attention_reduce"),
                    ("_gemv", "matmul"), ("_rope_store_kv", "rope_store_kv"),
                    ("_rmsnorm", "rmsnorm"), ("_rope", "rope"), ("_store_kv", "store_kv"),
                    ("_swiglu", "swiglu"), ("gemm", "matmul"), ("gemv", "matmul"),

@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from microbench.config import ModelShape
-from microbench.workload import SKINNY, Kernel, step_kernels
+from microbench.workload import FUSED_ATTENTION, SKINNY, Kernel, step_kernels
 
 
 @dataclass(frozen=True)
@@ -143,12 +143,12 @@ def kernel_time_us(k: Kernel, p: DeviceProfile) -> float:
 
 
 def gpu_time_us(shape: ModelShape, b: int, context: int, p: DeviceProfile, elt: int = 2,
-                attn_launches: int = 2, fuse: bool = True) -> float:
+                attn_launches: int = 2, fuse: int = FUSED_ATTENTION) -> float:
     return sum(kernel_time_us(k, p) for k in step_kernels(shape, b, context, elt, attn_launches, fuse))
 
 
 def eager_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
-                  elt: int = 2, attn_launches: int = 2, fuse: bool = True) -> float:
+                  elt: int = 2, attn_launches: int = 2, fuse: int = FUSED_ATTENTION) -> float:
     enq = end = 0.0
     for k in step_kernels(shape, b, context, elt, attn_launches, fuse):
         # each piece of the step (they end at the attention calls, and at the LM head) spends
@@ -162,7 +162,7 @@ def eager_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
 
 def graph_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
                   padded: int | None = None, elt: int = 2, attn_launches: int = 2,
-                  fuse: bool = True) -> float:
+                  fuse: int = FUSED_ATTENTION) -> float:
     b = padded or b
     host = (p.graph_host_us if p.graph_host_us is not None
             else p.n_input_copies * p.host_us("torch") + p.replay_host_us)
@@ -172,7 +172,7 @@ def graph_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
 
 def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
             padded: int | None = None, elt: int = 2, attn_launches: int = 2,
-            padded_attn_launches: int | None = None, fuse: bool = True) -> dict:
+            padded_attn_launches: int | None = None, fuse: int = FUSED_ATTENTION) -> dict:
     """Predicted eager and graph step time and speedup at batch b (graph at `padded`).
     attn_launches: kernels per attention call (2 with split-KV, 1 without) at b and at padded.
     fuse: the decoder's fused plan (workload.step_kernels)."""
@@ -187,7 +187,7 @@ def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
 
 
 def crossover(shape: ModelShape, context: int, p: DeviceProfile, below: float = 1.1,
-              max_bs: int = 4096, elt: int = 2, fuse: bool = True) -> int | None:
+              max_bs: int = 4096, elt: int = 2, fuse: int = FUSED_ATTENTION) -> int | None:
     """Smallest batch size whose predicted speedup (exact capture) falls under `below`."""
     lo, hi = 1, max_bs
     sp = lambda b: predict(shape, b, context, p, elt=elt, fuse=fuse)["predicted_speedup"]

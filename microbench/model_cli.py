@@ -51,18 +51,25 @@ def resolve_profile(run_path, gpu, copy_bw_gbs, tflops, launch_us,
     return prof
 
 
-def run_fused(run: dict) -> bool:
-    """Whether a saved run's decoder ran the fused step: its `decoder` record, or for runs made
-    before that record existed, whether its per-op host costs were measured through the fused
-    wrappers (`rope_store_kv`); a run with no per-op costs gets today's default, fused."""
+def run_fused(run: dict) -> int:
+    """The plan (workload.UNFUSED, FUSED_MATMULS or FUSED_ATTENTION) a saved run's decoder ran:
+    its `decoder` record (runs before `fuse_attention` was recorded ran rope_store_kv), or for
+    runs made before that record existed, whether its per-op host costs were measured through
+    the fused wrappers (`rope_store_kv`); a run with no per-op costs gets today's default."""
+    from microbench.workload import FUSED_ATTENTION, FUSED_MATMULS, UNFUSED
     if "decoder" in run:
-        return bool(run["decoder"].get("fuse"))
+        d = run["decoder"]
+        if not d.get("fuse"):
+            return UNFUSED
+        return FUSED_ATTENTION if d.get("fuse_attention") else FUSED_MATMULS
     ops = (run.get("launch") or {}).get("ops_host_us")
-    return True if not ops else "rope_store_kv" in ops
+    if not ops:
+        return FUSED_ATTENTION
+    return FUSED_MATMULS if "rope_store_kv" in ops else UNFUSED
 
 
 def model_rows(shape: ModelShape, bs, context: int, ladder: str, prof: mdl.DeviceProfile,
-               below: float = 1.1, dtype: str = "bfloat16", fuse: bool = True) -> dict:
+               below: float = 1.1, dtype: str = "bfloat16", fuse: int = 2) -> dict:
     elt = 4 if dtype == "float32" else 2
     disp = PaddingDispatcher(resolve_ladder(ladder, max(bs)))
     rows = [mdl.predict(shape, b, context, prof, padded=disp.pad(b) or b, elt=elt, fuse=fuse)

@@ -132,7 +132,8 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     from kernels.gemv import FAST_ROWS
     from kernels.gemv import use_pdl
     # which plan the step ran, and whether its Triton kernels launch with PDL
-    run["decoder"] = dict(fuse=dec.fuse, fast_rows=FAST_ROWS, pdl=use_pdl(dec.embed))
+    run["decoder"] = dict(fuse=dec.fuse, fuse_attention=dec.attention_fused, fast_rows=FAST_ROWS,
+                          pdl=use_pdl(dec.embed))
 
     say("measuring launch costs, copy bandwidth and matrix rate")
     launch = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
@@ -230,7 +231,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             row.update(eager_tok_s_per_seq=row["eager_tok_s"] / bs,
                        graph_tok_s_per_seq=(row["graph_tok_s"] / bs) if row["graph_tok_s"] else None,
                        padding_waste=((padded - bs) / padded) if padded else 0.0)
-            nbytes = step_bytes(shape, bs, cfg.context, elt, fuse=dec.fuse)
+            nbytes = step_bytes(shape, bs, cfg.context, elt, fuse=dec.fusion)
             row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6),
                        graph_mbu=nbytes / (best * 1e-6) / profile.copy_bw)
             # the host side of this row as measured beside its steps (the host's speed drifts)
@@ -240,7 +241,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             pred = mdl.predict(shape, bs, cfg.context, row_profile, padded=padded or bs, elt=elt,
                                attn_launches=dec.attention_launches(bs),
                                padded_attn_launches=dec.attention_launches(padded or bs),
-                               fuse=dec.fuse)
+                               fuse=dec.fusion)
             row.update(predicted_eager_step_us=pred["predicted_eager_step_us"],
                        predicted_graph_step_us=pred["predicted_graph_step_us"],
                        predicted_speedup=pred["predicted_speedup"])

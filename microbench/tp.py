@@ -251,7 +251,7 @@ def warm_step(dec):
 
 def decoder_plan(dec) -> dict:
     # the decoder's fusion plan, for workload.step_kernels, where the decoder has one
-    return {"fuse": dec.fuse} if hasattr(dec, "fuse") else {}
+    return {"fuse": dec.fusion} if hasattr(dec, "fusion") else {}
 
 
 # ---- the TP sweep --------------------------------------------------------------------------

@@ -9,6 +9,11 @@ from dataclasses import dataclass
 from microbench.config import ModelShape
 
 
+# the plans a decoder can run (ToyDecoder.fusion): one kernel per operation; the skinny matmuls
+# with their prologues and epilogues and rope fused into the KV store; and that with RoPE, the
+# KV store and the split merge inside the attention kernel
+UNFUSED, FUSED_MATMULS, FUSED_ATTENTION = 0, 1, 2
+
 # suffix of the skinny Triton matmuls' names (with their fused norm prologue or residual/swiglu
 # epilogue)
 SKINNY = ":skinny"
@@ -23,14 +28,16 @@ class Kernel:
 
 
 def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
-                 attn_launches: int = 2, fuse: bool = True) -> list[Kernel]:
+                 attn_launches: int = 2, fuse: int = FUSED_ATTENTION) -> list[Kernel]:
     """Kernels of one eager decode step of the triton backend at batch b, where each sequence
     attends to `context` cached positions plus its new token. elt: bytes per element.
-    fuse: the decoder's fused plan (rope into the KV store; at b <= FAST_ROWS, Triton skinny
-    matmuls with the norms in their prologues and the residual adds and swiglu in their
-    epilogues); False: one kernel per operation."""
+    fuse: the decoder's plan (`ToyDecoder.fusion`; True reads as FUSED_MATMULS, False as
+    UNFUSED). FUSED_MATMULS: rope into the KV store; at b <= FAST_ROWS, Triton skinny matmuls
+    with the norms in their prologues and the residual adds and swiglu in their epilogues.
+    FUSED_ATTENTION: that, with RoPE, the KV store and the split merge inside attention (one
+    attention kernel whatever attn_launches says). UNFUSED: one kernel per operation."""
     from kernels.gemv import FAST_ROWS
-    skinny = fuse and b <= FAST_ROWS
+    skinny = bool(fuse) and b <= FAST_ROWS
     s, h = shape, shape.hidden
     H, Hkv, D, Fw, V = s.n_heads, s.n_kv_heads, s.head_dim, s.ffn, s.vocab
     kv_len = context + 1
@@ -62,14 +69,22 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
     for l in range(s.n_layers):
         ks += norm_mm("qkv_proj", h, s.qkv_size, fused_res=l > 0)
         rope_flops = 6 * b * (H + Hkv) * D
-        if fuse:
-            ks.append(Kernel("rope_store_kv", "triton", 2 * b * (H + 2 * Hkv) * D * elt, rope_flops))
-        else:
-            ks.append(Kernel("rope", "triton", 2 * b * (H + Hkv) * D * elt, rope_flops))
-            ks.append(Kernel("store_kv", "triton", 2 * 2 * b * Hkv * D * elt, 0))
         kv_bytes = 2 * b * Hkv * kv_len * D * elt
         attn_flops = 4 * b * H * kv_len * D
-        ks.append(Kernel("decode_attention", "triton", kv_bytes + 2 * b * H * D * elt, attn_flops))
+        if fuse >= FUSED_ATTENTION:
+            # reads the QKV row and the history, writes the new K and V (its own row stays in
+            # registers) and the output
+            ks.append(Kernel("decode_attention", "triton",
+                             (2 * b * Hkv * context * D + b * (H + 2 * Hkv) * D + 2 * b * Hkv * D
+                              + b * H * D) * elt, attn_flops + rope_flops))
+            attn_launches = 1
+        else:
+            if fuse:
+                ks.append(Kernel("rope_store_kv", "triton", 2 * b * (H + 2 * Hkv) * D * elt, rope_flops))
+            else:
+                ks.append(Kernel("rope", "triton", 2 * b * (H + Hkv) * D * elt, rope_flops))
+                ks.append(Kernel("store_kv", "triton", 2 * 2 * b * Hkv * D * elt, 0))
+            ks.append(Kernel("decode_attention", "triton", kv_bytes + 2 * b * H * D * elt, attn_flops))
         for _ in range(attn_launches - 1):
             ks.append(Kernel("attention_reduce", "triton", 2 * b * H * D * 4, 0))
         if skinny:
@@ -88,13 +103,14 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
     return ks
 
 
-def step_bytes(shape: ModelShape, b: int, context: int, elt: int = 2, fuse: bool = True) -> int:
+def step_bytes(shape: ModelShape, b: int, context: int, elt: int = 2,
+               fuse: int = FUSED_ATTENTION) -> int:
     """Bytes a step must move: every kernel's reads and writes (weights once, the KV history of
     every sequence, the new KV, activations)."""
     return sum(k.bytes for k in step_kernels(shape, b, context, elt, fuse=fuse))
 
 
-def step_flops(shape: ModelShape, b: int, context: int, fuse: bool = True) -> int:
+def step_flops(shape: ModelShape, b: int, context: int, fuse: int = FUSED_ATTENTION) -> int:
     return sum(k.flops for k in step_kernels(shape, b, context, fuse=fuse))
 
 

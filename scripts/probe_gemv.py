@@ -78,42 +78,74 @@ for p in ("opt-125m", "llama-1b") if CFGS else ():
         del ws
 print(f"config probe took {time.time() - t0:.0f} s", flush=True)
 
-# whole steps: bs 1, full graph, context 512: PDL off, PDL triggering after or before each
-# kernel's wait, and attention's smallest split
+# whole steps: bs 1, full graph, context 512: the plan before the fused attention (rope_store_kv
+# and attention's reduce kernel), the fused attention with and without PDL, and skinny-matmul
+# configs other than config()'s, tried inside the whole step (kernels.gemv.OVERRIDES)
 import importlib
 A = importlib.import_module("kernels.decode_attention")  # the package exports a function of that name
 from microbench.decoder import ToyDecoder
 from microbench.graphs import GraphRunner
 from microbench.sweep import max_seq_for
+from microbench.timing import step_time_us
 from microbench.workload import step_bytes
 
-VARIANTS = [("no PDL", False, False, 256), ("PDL, wait then trigger", True, False, 256),
-            ("PDL, trigger then wait", True, True, 256), ("PDL, trigger first, split>=128", True, True, 128)]
+
+def cfg(bn, bk, warps, stages=3):
+    return dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps)
+
+
+def variants(s):
+    h, F, q, v = s.hidden, s.ffn, s.qkv_size, s.vocab
+    out = [("rope_store_kv + reduce kernel", dict(fuse_attention=False)),
+           ("fused attention", {}),
+           ("fused attention, no PDL", dict(pdl=False))]
+    if h <= 1024:   # opt-125m: K = 768 in a 2048-wide tile masks 62% of the lanes
+        ks = [(q, h), (h, h), (2 * F, h), (v, h)]
+        out += [("K<=1024: BK 1024", dict(ov={k: cfg(4, 1024, 4) for k in ks})),
+                ("K<=1024: BK 1024, BN 8", dict(ov={k: cfg(8, 1024, 4) for k in ks})),
+                ("K<=1024: BK 512, 2 warps", dict(ov={k: cfg(4, 512, 2) for k in ks}))]
+    else:
+        out += [("down BN 1", dict(ov={(h, F): cfg(1, 1024, 4)})),
+                ("down BN 4", dict(ov={(h, F): cfg(4, 1024, 4)})),
+                ("down BK 2048, 8 warps", dict(ov={(h, F): cfg(2, 2048, 8)})),
+                ("down 4 stages", dict(ov={(h, F): cfg(2, 1024, 4, 4)})),
+                ("gate/up BN 2", dict(ov={(2 * F, h): cfg(2, 2048, 4)})),
+                ("gate/up BN 8, 8 warps", dict(ov={(2 * F, h): cfg(8, 2048, 8)})),
+                ("qkv, o BN 2", dict(ov={(q, h): cfg(2, 2048, 4), (h, h): cfg(2, 2048, 4)})),
+                ("qkv, o BN 8, 8 warps", dict(ov={(q, h): cfg(8, 2048, 8), (h, h): cfg(8, 2048, 8)}))]
+    return out
+
+
 for p in ("opt-125m", "llama-1b"):
     dec = ToyDecoder(PRESETS[p], max_batch=1, max_seq=max_seq_for(512), device=dev)
     dec.fill_cache(512)
-    toks = torch.zeros(1, dtype=torch.long, device=dev)
-    pos = torch.full((1,), 512, dtype=torch.long, device=dev)
-    sl = torch.zeros(1, dtype=torch.long, device=dev)
+    x = torch.stack([torch.zeros(1, dtype=torch.long, device=dev),
+                     torch.full((1,), 512, dtype=torch.long, device=dev),
+                     torch.zeros(1, dtype=torch.long, device=dev)])
     nb = step_bytes(dec.shape, 1, 512)
     outs = {}
-    for label, pdl, first, min_split in VARIANTS:
-        compat.PDL, compat.TRIGGER_FIRST, A._MIN_TOKENS_PER_SPLIT = pdl, first, min_split
+    for label, kw in variants(dec.shape):
+        dec.fuse_attention = kw.get("fuse_attention", True)
+        compat.PDL = kw.get("pdl", True)
+        G.OVERRIDES.clear()
+        G.OVERRIDES.update(kw.get("ov", {}))
         runner = GraphRunner(dec, [1], mode="full", progress=False)
         runner.capture()
         g = runner.entries[1].graphs[0]
         t = gpu_time_us(g.replay, inner=10, budget_s=0.5).median
-        outs[label] = runner.step(toks, pos, sl).clone()
+        _, wall = step_time_us(lambda: runner.step_packed(x), inner=20, sync_each=True, budget_s=0.5)
+        outs[label] = runner.step_packed(x).clone()
         ks = profile_kernels(g.replay)
         br = kernel_breakdown(ks)
-        print(f"{p} bs1 replay {label:32s}: {t:7.1f} us GPU, {nb / (t * 1e-6) / copy:4.0%} of copy bw, "
-              f"{len(ks)} kernels, splits {A.num_splits_for(1, dec.shape.n_kv_heads, dec.max_seq, dev, dec.shape.head_dim)}; "
+        print(f"{p} bs1 {label:30s}: replay {t:7.1f} us GPU {nb / (t * 1e-6) / copy:4.0%}, step (synced) "
+              f"{wall.median:7.1f} us {nb / (wall.median * 1e-6) / copy:4.0%} of copy bw; {len(ks)} kernels: "
               + ", ".join(f"{k} {v['us']:.0f} ({v['n']})" for k, v in sorted(br.items(), key=lambda kv: -kv[1]['us'])),
               flush=True)
         runner.close()
-    compat.PDL, compat.TRIGGER_FIRST, A._MIN_TOKENS_PER_SPLIT = True, True, 256
-    same = [torch.equal(outs["no PDL"], outs[v[0]]) for v in VARIANTS[:3]]
-    print(f"{p}: PDL off and both trigger orders give equal logits: {all(same)}; "
-          f"max diff with smaller splits: {max(float((outs[v[0]].float() - outs['no PDL'].float()).abs().max()) for v in VARIANTS[3:]):.4f}")
+    dec.fuse_attention, compat.PDL = True, True
+    G.OVERRIDES.clear()
+    ref = outs["fused attention"].float()
+    print(f"{p}: max |logit diff| against the fused attention: "
+          + ", ".join(f"{k}: {float((o.float() - ref).abs().max()):.4f}" for k, o in outs.items()), flush=True)
     del dec
     torch.cuda.empty_cache()

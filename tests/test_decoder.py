@@ -136,16 +136,23 @@ def test_presets_have_real_shapes():
 
 def test_planned_launches_match_the_decoder():
     dec = make()
+    assert dec.fusion == 2 and dec.attention_launches(1) == 1
     n = launch_counts(step_kernels(TINY, 1, 8, attn_launches=dec.attention_launches(1),
-                                   fuse=dec.fuse))
+                                   fuse=dec.fusion))
     assert n == dec.launches_per_step(1)
     L = TINY.n_layers
-    # fused, one row: QKV, rope+store, attention, O, gate/up, down per layer, then the LM head
+    # all fused, one row: QKV, rope+store+attention, O, gate/up, down per layer, then the LM head
     assert "cublas" not in n and n["torch"] == 3
-    assert n["triton"] == L * (5 + dec.attention_launches(1)) + 1
-    n = ToyDecoder(TINY, max_batch=4, max_seq=32, device="cpu", fuse=False).launches_per_step(1)
+    assert n["triton"] == 5 * L + 1
+    # rope_store_kv, and attention's reduce where it splits (max_seq 1024 here)
+    mid = ToyDecoder(TINY, max_batch=4, max_seq=1024, device="cpu", fuse_attention=False)
+    assert mid.fusion == 1 and mid.attention_launches(1) == 2
+    assert mid.launches_per_step(1)["triton"] == L * (5 + 2) + 1
+    n = ToyDecoder(TINY, max_batch=4, max_seq=1024, device="cpu", fuse=False).launches_per_step(1)
     assert n["cublas"] == 4 * L + 1 and n["torch"] == 3
-    assert n["triton"] == L * (5 + dec.attention_launches(1)) + 1
+    assert n["triton"] == L * (5 + 2) + 1
+    assert ToyDecoder(TINY, max_batch=4, max_seq=1024, device="cpu").launches_per_step(1)["triton"] \
+        == 5 * L + 1                                   # the fused attention merges its splits
 
 
 @pytest.mark.parametrize("bs", [1, 10], ids=["skinny", "cublas"])
@@ -153,23 +160,29 @@ def test_fused_and_unfused_steps_agree(bs, device):
     """Fusion changes which kernels run, not what a step computes."""
     kw = dict(max_batch=12, max_seq=16, dtype=torch.float32, device=device)
     fused = ToyDecoder(TINY, **kw)
+    mid = ToyDecoder(TINY, fuse_attention=False, **kw)
     plain = ToyDecoder(TINY, fuse=False, **kw)
-    assert fused.fuse and not plain.fuse
-    for dec in (fused, plain):
+    assert (fused.fusion, mid.fusion, plain.fusion) == (2, 1, 0)
+    for dec in (fused, mid, plain):
         dec.fill_cache(5)
     t, p, s = inputs(bs, 5, device)
-    torch.testing.assert_close(fused.step(t, p, s), plain.step(t, p, s), atol=2e-4, rtol=2e-4)
-    for a, b in zip(fused.k_cache + fused.v_cache, plain.k_cache + plain.v_cache):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    want = plain.step(t, p, s)
+    for dec in (fused, mid):
+        torch.testing.assert_close(dec.step(t, p, s), want, atol=2e-4, rtol=2e-4)
+        for a, b in zip(dec.k_cache + dec.v_cache, plain.k_cache + plain.v_cache):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert not fused.attn_semaphores.any()   # the split counters are left at zero
 
 
-@pytest.mark.parametrize("bs, fuse", [(1, True), (9, True), (1, False)], ids=["skinny", "wide", "unfused"])
+@pytest.mark.parametrize("bs, fuse", [(1, True), (9, True), (1, "matmuls"), (9, "matmuls"), (1, False)],
+                         ids=["skinny", "wide", "skinny-rope-store", "wide-rope-store", "unfused"])
 def test_plan_counts_the_kernels_a_step_launches(bs, fuse, device, monkeypatch):
     """The plan the model and the sweep read (decoder.plan) names every launch a step makes:
     count the calls into each launcher during a real step."""
     import kernels
     from microbench import decoder as decoder_mod
-    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device, fuse=fuse)
+    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device,
+                     fuse=bool(fuse), fuse_attention=fuse is True)
     calls = {"triton": 0, "cublas": 0}
 
     def counting(fn, launcher, n=lambda *a, **k: 1):
@@ -178,7 +191,8 @@ def test_plan_counts_the_kernels_a_step_launches(bs, fuse, device, monkeypatch):
             return fn(*a, **k)
         return wrapped
 
-    for name in ("rmsnorm_linear", "linear", "rmsnorm_linear_swiglu", "rope_store_kv"):
+    for name in ("rmsnorm_linear", "linear", "rmsnorm_linear_swiglu", "rope_store_kv",
+                 "rope_store_attention"):
         monkeypatch.setattr(kernels, name, counting(getattr(kernels, name), "triton"))
     for name in ("rmsnorm", "rope", "store_kv", "swiglu"):
         setattr(dec.ops, name, counting(getattr(dec.ops, name), "triton"))
@@ -206,7 +220,7 @@ def test_torch_backend_traces_as_one_graph():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("fuse", [True, "matmuls", False], ids=["fused", "rope-store", "unfused"])
 def test_measured_host_costs_cover_every_planned_kernel(fuse, device, monkeypatch):
     """The model looks each planned kernel's host cost up by name: measure_ops must time, through
     the decoder's own call path, every kernel of the plan at one row and at many."""
@@ -220,7 +234,8 @@ def test_measured_host_costs_cover_every_planned_kernel(fuse, device, monkeypatc
         return Stats(1.0, 1.0, 1.0, 1)
 
     monkeypatch.setattr(launch, "host_time_us", once)
-    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device, fuse=fuse)
+    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device,
+                     fuse=bool(fuse), fuse_attention=fuse is True)
     measured = launch.measure_ops(dec, 1)
     for b in (1, 2, 9):
         names = {k.name for k in dec.plan(b, 3)}
@@ -228,13 +243,14 @@ def test_measured_host_costs_cover_every_planned_kernel(fuse, device, monkeypatc
     assert len(calls) == len(set(map(id, calls)))
 
 
-@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("fuse", [True, "matmuls", False], ids=["fused", "rope-store", "unfused"])
 def test_kernel_line_ops_cover_the_plan(fuse, device):
     """kernel_lines times each planned op as a chain of calls on distinct data: every planned
     kernel but the reduce (timed within its attention call) and the two seq_lens ops has a
     maker of that name; call i < L uses layer i's weights, later ones copies; each runs."""
     from microbench import launch
-    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device, fuse=fuse)
+    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device,
+                     fuse=bool(fuse), fuse_attention=fuse is True)
     L = TINY.n_layers
     for b in (1, 2, 9):
         makers = launch._layer_op_fns(dec, b, 5)
@@ -276,7 +292,9 @@ def test_eager_with_op_costs_samples_the_rows_plan(b, device, monkeypatch):
     assert planned <= set(costs) and costs["attention_reduce"] == 0.0
     assert costs["decode_attention"] == pytest.approx(5.0)
     piece = launch._piece_kernels(dec.plan(b, 3))
-    assert len(piece) == (5 if b == 1 else 8)          # skinny: 3 matmuls, QKV, rope_store_kv
+    # skinny: O, gate/up, down, QKV; wide: O, norm, gate/up, swiglu, down, norm, QKV (rope
+    # and the KV store are in the next attention call)
+    assert len(piece) == (4 if b == 1 else 7)
     assert glue == pytest.approx(100.0 - 5.0 * len(piece))
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from kernels import (decode_attention, decode_attention_ref, linear, linear_ref, rmsnorm,
-                     rmsnorm_linear, rmsnorm_linear_ref, rmsnorm_ref, rope, rope_ref, rope_store_kv,
-                     rope_store_kv_ref, store_kv, store_kv_ref, swiglu, rmsnorm_linear_swiglu,
-                     rmsnorm_linear_swiglu_ref, swiglu_ref)
+                     rmsnorm_linear, rmsnorm_linear_ref, rmsnorm_ref, rope, rope_ref, rope_store_attention,
+                     rope_store_attention_ref, rope_store_kv, rope_store_kv_ref, store_kv, store_kv_ref,
+                     swiglu, rmsnorm_linear_swiglu, rmsnorm_linear_swiglu_ref, swiglu_ref)
 from kernels.decode_attention import _MAX_SPLITS, _MIN_TOKENS_PER_SPLIT, _choose_num_splits
 from tests.utils import assert_close
 
@@ -257,6 +257,97 @@ def test_decode_attention_cuda_graph_replay(device):
         assert_close(out, decode_attention_ref(q, k_cache, v_cache, slots, seq_lens, 0.125), dtype)
 
 
+# ---- rope, the KV store and attention in one kernel -----------------------------------------
+
+def fused_attention_inputs(B, H, Hkv, D, max_seq, S, dtype, device, seed):
+    """attention_inputs, plus k and v of the new token (views of a QKV row like q), with the
+    cache row each sequence's new token goes to (seq_len - 1) set to NaN: the kernel must take
+    that row from registers and write it, never read it."""
+    q, k_cache, v_cache, slots, seq_lens = attention_inputs(B, H, Hkv, D, max_seq, S, dtype, device, seed)
+    _, _, k, v = fused_qkv(B, H, Hkv, D, gen(seed + 100), dtype, device)
+    new = (slots.long(), slice(None), seq_lens.long() - 1)
+    k_cache[new] = float("nan")
+    v_cache[new] = float("nan")
+    return q, k, v, k_cache, v_cache, slots, seq_lens
+
+
+def check_fused_attention(q, k, v, k_cache, v_cache, slots, seq_lens, dtype, sem, **kw):
+    """One call against rope_store_kv_ref + decode_attention_ref on copies of the caches: the
+    output, both caches (new rows rotated and copied, every other row untouched, NaNs
+    included), q left as it was and the split counters left at zero."""
+    scale = q.shape[-1] ** -0.5
+    kr, vr, q0 = k_cache.clone(), v_cache.clone(), q.clone()
+    want = rope_store_attention_ref(q, k, v, kr, vr, slots, seq_lens, scale, 5e5)
+    out = rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, 5e5,
+                               semaphores=sem, **kw)
+    assert_close(out, want, dtype)
+    assert torch.equal(q, q0) and not sem.any()
+    rows = (slots.long(), slice(None), seq_lens.long() - 1)
+    assert_close(k_cache[rows], kr[rows], dtype)
+    assert torch.equal(v_cache[rows], vr[rows])
+    for c, r in ((k_cache, kr), (v_cache, vr)):
+        c, r = c.clone(), r.clone()
+        c[rows] = r[rows] = 0
+        torch.testing.assert_close(c, r, rtol=0, atol=0, equal_nan=True)
+    return out
+
+
+@pytest.mark.parametrize("B, H, Hkv, D, max_seq, S", ATTN_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("num_splits", [1, 3, None], ids=lambda n: f"splits={n}")
+@dtype_param
+def test_rope_store_attention(B, H, Hkv, D, max_seq, S, num_splits, dtype, device):
+    args = fused_attention_inputs(B, H, Hkv, D, max_seq, S, dtype, device, seed=11)
+    sem = torch.zeros(B * Hkv + 3, dtype=torch.int32, device=device)
+    check_fused_attention(*args, dtype, sem, num_splits=num_splits)
+
+
+@dtype_param
+def test_rope_store_attention_split_counts_share_counters(dtype, device):
+    """The last split of each (sequence, kv head) merges and re-zeroes its counter, so calls
+    with 1 to 7 splits (splits past seq_len included) reuse one counter tensor and agree."""
+    sem = torch.zeros(3 * 2, dtype=torch.int32, device=device)
+    outs = []
+    for n in (1, 2, 4, 7):
+        args = fused_attention_inputs(3, 8, 2, 64, 64, 5, dtype, device, seed=12)
+        outs.append(check_fused_attention(*args, dtype, sem, num_splits=n))
+    for o in outs[1:]:
+        assert_close(o, outs[0], dtype)
+
+
+def test_rope_store_attention_out_and_own_counters(device):
+    q, k, v, kc, vc, slots, seq_lens = fused_attention_inputs(2, 4, 2, 64, 32, 3, torch.float16, device, seed=13)
+    kr, vr = kc.clone(), vc.clone()
+    out = torch.empty(2, 4, 64, dtype=torch.float16, device=device)
+    res = rope_store_attention(q, k, v, kc, vc, slots, seq_lens, 0.125, num_splits=2, out=out)
+    assert res is out
+    assert_close(out, rope_store_attention_ref(q, k, v, kr, vr, slots, seq_lens, 0.125), torch.float16)
+
+
+@pytest.mark.gpu
+def test_rope_store_attention_cuda_graph_replay(device):
+    """Captured once with the decoder's kind of counters (no memset in the graph), replayed
+    with new seq_lens and slots: output and caches as the references give."""
+    dtype = torch.bfloat16
+    q, k, v, kc, vc, slots, seq_lens = fused_attention_inputs(4, 8, 2, 64, 512, 6, dtype, device, seed=14)
+    kc.nan_to_num_(0.0)
+    vc.nan_to_num_(0.0)
+    sem = torch.zeros(8, dtype=torch.int32, device=device)
+    rope_store_attention(q, k, v, kc, vc, slots, seq_lens, 0.125, semaphores=sem)  # compile first
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = rope_store_attention(q, k, v, kc, vc, slots, seq_lens, 0.125, semaphores=sem)
+    for lens, order in (([512, 1, 300, 77], [5, 0, 2, 3]), ([3, 512, 64, 65], [1, 4, 0, 2])):
+        seq_lens.copy_(torch.tensor(lens))
+        slots.copy_(torch.tensor(order))
+        kr, vr = kc.clone(), vc.clone()
+        want = rope_store_attention_ref(q, k, v, kr, vr, slots, seq_lens, 0.125)
+        for _ in range(3):   # replays of the same step give the same output
+            graph.replay()
+            assert_close(out, want, dtype)
+        assert torch.equal(vc, vr) and not sem.any()
+        assert_close(kc, kr, dtype)
+
+
 # ---- swiglu ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("B, F", [(2, 8192), (3, 3072), (1, 5), (5, 123)], ids=lambda v: str(v))
@@ -414,6 +505,13 @@ BAD_CALLS = [
      "2F rows"),
     ("rmsnorm-linear-nw", lambda d: rmsnorm_linear(_f16(2, 8, dev=d), _f16(7, dev=d), 1e-5, _f16(4, 8, dev=d)),
      "norm_w"),
+    ("fused-attn-semaphores", lambda d: rope_store_attention(
+        _f16(1, 2, 64, dev=d), _f16(1, 1, 64, dev=d), _f16(1, 1, 64, dev=d), _f16(2, 1, 8, 64, dev=d),
+        _f16(2, 1, 8, 64, dev=d), _i32(1, dev=d), _i32(1, dev=d, fill=1), 0.125, semaphores=_f16(4, dev=d)),
+     "semaphores must be int32"),
+    ("fused-attn-kv", lambda d: rope_store_attention(
+        _f16(1, 2, 64, dev=d), _f16(1, 2, 64, dev=d), _f16(1, 2, 64, dev=d), _f16(2, 1, 8, 64, dev=d),
+        _f16(2, 1, 8, 64, dev=d), _i32(1, dev=d), _i32(1, dev=d, fill=1), 0.125), "k and v"),
     ("rope-store-kv-cache", lambda d: rope_store_kv(_f16(1, 2, 64, dev=d), _f16(1, 1, 64, dev=d),
                                                     _f16(1, 1, 64, dev=d), _f16(2, 2, 8, 64, dev=d),
                                                     _f16(2, 2, 8, 64, dev=d), _i32(1, dev=d), _i32(1, dev=d)),

@@ -82,10 +82,14 @@ def test_byte_and_flop_counts_against_the_decoder():
     for fuse, b in ((False, 1), (True, 2)):
         assert 2 * step_bytes(TINY, b, ctx, elt, fuse=fuse) - step_bytes(TINY, 2 * b, ctx, elt, fuse=fuse) \
             == weight_bytes
-    # Per sequence, attention reads the K and V of ctx + 1 positions in every layer.
+    # Per sequence, attention reads the K and V of ctx + 1 positions in every layer (after
+    # rope_store_kv, its q and output besides); fused with the store, it reads ctx positions
+    # and the QKV row, writes the new K and V and its output.
     kv = sum(c[0, :, :ctx + 1].numel() * elt for c in (*dec.k_cache, *dec.v_cache))
-    attn = sum(k.bytes for k in step_kernels(TINY, 1, ctx, elt) if k.name == "decode_attention")
+    attn = sum(k.bytes for k in step_kernels(TINY, 1, ctx, elt, fuse=1) if k.name == "decode_attention")
     assert attn - TINY.n_layers * 2 * TINY.q_size * elt == kv
+    attn = sum(k.bytes for k in step_kernels(TINY, 1, ctx, elt) if k.name == "decode_attention")
+    assert attn - TINY.n_layers * 2 * (TINY.q_size + TINY.kv_size) * elt == kv
     # Matmul flops: 2 per weight element per sequence (the LM head is the tied embedding).
     mm_weights = sum(L[k].numel() for L in dec.layers for k in ("wqkv", "wo", "wgu", "wdown"))
     mm_weights += dec.embed.numel()
@@ -161,12 +165,14 @@ def test_measured_runs_sit_beside_predictions():
 
 def test_run_fused_reads_the_plan_a_run_measured():
     from microbench.model_cli import run_fused
-    assert run_fused({"decoder": {"fuse": False}}) is False
-    assert run_fused({"decoder": {"fuse": True}}) is True
+    assert run_fused({"decoder": {"fuse": False}}) == 0
+    assert run_fused({"decoder": {"fuse": True}}) == 1          # before fuse_attention existed
+    assert run_fused({"decoder": {"fuse": True, "fuse_attention": False}}) == 1
+    assert run_fused({"decoder": {"fuse": True, "fuse_attention": True}}) == 2
     # runs from before the record: told apart by the wrappers their host costs came through
-    assert run_fused({"launch": {"ops_host_us": {"rope": {}, "store_kv": {}}}}) is False
-    assert run_fused({"launch": {"ops_host_us": {"rope_store_kv": {}}}}) is True
-    assert run_fused({"launch": {}}) is True
+    assert run_fused({"launch": {"ops_host_us": {"rope": {}, "store_kv": {}}}}) == 0
+    assert run_fused({"launch": {"ops_host_us": {"rope_store_kv": {}}}}) == 1
+    assert run_fused({"launch": {}}) == 2
 
 
 def test_fused_and_unfused_plans_give_different_predictions():
