@@ -147,8 +147,12 @@ def config(N: int, K: int, B: int, elt: int) -> dict:
     # 16-byte loads per thread per row) gains 4-7 points of copy bandwidth on llama-1b's QKV,
     # O and gate/up over two chunks of 1024; the long rows of down (K 3072, 8192) do best with
     # 1024-wide chunks and 2 outputs per program.
+    # opt-125m's K = 768 in a 2048-wide chunk masked 62% of the lanes: one chunk of 1024 took
+    # its whole bs-1 replay from 321 to 295 us (results/h100/logs/probe-steps-9a380a7.log).
     warps = 4
     vec = 16 // elt * 32 * warps
+    if K <= vec:
+        return dict(BLOCK_N=4, BLOCK_K=vec, STAGES=3, num_warps=warps)
     if K <= 2 * vec:
         return dict(BLOCK_N=4, BLOCK_K=2 * vec, STAGES=3, num_warps=warps)
     return dict(BLOCK_N=2, BLOCK_K=vec, STAGES=3, num_warps=warps)
