@@ -106,3 +106,53 @@ for p in ("opt-125m", "llama-1b"):
     dec.fuse_attention = True
     del dec
     torch.cuda.empty_cache()
+
+# ---- the host's cost of launching a graph: which nodes make it dear? -------------------------
+import time  # noqa: E402
+
+import kernels  # noqa: E402
+import kernels._compat as compat  # noqa: E402
+from microbench.launch import graph_of  # noqa: E402
+
+
+def replay_host_us(g, reps=200):
+    xs = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        g.replay()
+        xs.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(xs)
+
+
+dec = ToyDecoder(PRESETS["llama-1b"], max_batch=1, max_seq=max_seq_for(512), device=dev)
+dec.fill_cache(512)
+s = dec.shape
+t1 = torch.zeros(1, dtype=torch.long, device=dev)
+pos = torch.full((1,), 512, dtype=torch.long, device=dev)
+h = torch.randn(1, s.hidden, device=dev, dtype=dec.dtype)
+qkv = torch.randn(1, s.qkv_size, device=dev, dtype=dec.dtype)
+seq = dec.seq_lens_for(pos)
+w_small = torch.randn(256, s.hidden, device=dev, dtype=dec.dtype)
+for pdl in (True, False):
+    compat.PDL = pdl
+    cases = {"llama-1b step (84 kernels)": (lambda: dec.step(t1, pos, t1), 1),
+             "skinny matmul, 256 rows": (lambda: kernels.linear(h, w_small), 84),
+             "fused attention": (lambda: dec.attention(0, qkv, t1, seq), 84),
+             "torch embedding gather": (lambda: dec.embed[t1], 84)}
+    for name, (fn, n) in cases.items():
+        g = graph_of(fn, n)
+        print(f"graph launch host, PDL {'on ' if pdl else 'off'}: {name:28s} x{n:3d}: {replay_host_us(g):6.1f} us",
+              flush=True)
+        del g
+compat.PDL = True
+x = torch.zeros(3, 1, dtype=torch.long, device=dev)
+buf = torch.zeros(3, 1, dtype=torch.long, device=dev)
+xs = []
+for _ in range(200):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    buf.copy_(x)
+    xs.append((time.perf_counter() - t0) * 1e6)
+print(f"input copy (copy_ of [3, 1] int64) host: {statistics.median(xs):.1f} us", flush=True)
