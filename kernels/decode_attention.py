@@ -33,16 +33,17 @@ def _sm_count(device_index):
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _choose_num_splits(batch, num_kv_heads, max_seq, block_n, num_sms):
-    """Shapes-only split count. Each split covers whole BLOCK_N tiles, at least
-    _MIN_TOKENS_PER_SPLIT of the cache's max_seq; as many splits as give every SM about
+def _choose_num_splits(batch, num_kv_heads, max_seq, block_n, num_sms, min_tokens=None):
+    """Shapes-only split count. Each split covers whole BLOCK_N tiles, at least `min_tokens`
+    (default _MIN_TOKENS_PER_SPLIT) of the cache's max_seq; as many splits as give every SM about
     _PROGRAMS_PER_SM (batch, kv head, split) programs, at most _MAX_SPLITS; none left empty."""
+    min_tokens = _MIN_TOKENS_PER_SPLIT if min_tokens is None else min_tokens
     want = triton.cdiv(_PROGRAMS_PER_SM * num_sms, max(batch * num_kv_heads, 1))
-    if want <= 1 or max_seq < 2 * _MIN_TOKENS_PER_SPLIT:
+    if want <= 1 or max_seq < 2 * min_tokens:
         return 1
     n_tiles = triton.cdiv(max_seq, block_n)
     # Flooring the tiles per split rounds the split count up, so `want` is met.
-    tiles = max(n_tiles // want, triton.cdiv(_MIN_TOKENS_PER_SPLIT, block_n), triton.cdiv(n_tiles, _MAX_SPLITS))
+    tiles = max(n_tiles // want, triton.cdiv(min_tokens, block_n), triton.cdiv(n_tiles, _MAX_SPLITS))
     return triton.cdiv(n_tiles, tiles)
 
 
@@ -63,6 +64,19 @@ def num_splits_for(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=tor
     else:
         sms = _CPU_SMS
     return _choose_num_splits(batch, num_kv_heads, max_seq, _block_n(device, head_dim, dtype), sms)
+
+
+def fused_num_splits_for(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16):
+    """The split count rope_store_attention picks: as decode_attention's, but a split may be a
+    single BLOCK_N tile (its K and V then load before the PDL wait; the splits merge in the
+    kernel, so more of them cost no reduce kernel)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    else:
+        sms = _CPU_SMS
+    bn = _block_n(device, head_dim, dtype)
+    return _choose_num_splits(batch, num_kv_heads, max_seq, bn, sms, min_tokens=bn)
 
 
 @triton.jit
@@ -283,23 +297,29 @@ def _rotary(x, xp, cos, sin, offs_d, HALF: tl.constexpr):
 
 
 @triton.jit
-def _attend_new(q, k, v_base, n, mask_n, mask_d, pos, k_new, v_new, stride_vcn, qk_scale,
-                m_i, l_i, acc, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
-    """_attend_tile's online-softmax step on a loaded K tile, with the new token's row (n == pos)
-    taken from registers (k_new, v_new) rather than from the cache."""
+def _attend_kv(q, k, v, n, mask_n, pos, k_new, v_new, qk_scale, m_i, l_i, acc,
+               DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+    """_attend_tile's online-softmax step on loaded K and V tiles, with the new token's row
+    (n == pos) taken from registers (k_new, v_new) rather than from the cache."""
     new = (n == pos)[:, None]
     k = tl.where(new, k_new[None, :], k)
+    v = tl.where(new, v_new[None, :], v)
     s = _dot(q, tl.trans(k), DOT_PRECISION, INTERPRET) * qk_scale  # [BLOCK_H, BLOCK_N]
     s = tl.where(mask_n[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    v = tl.load(v_base + n[:, None] * stride_vcn, mask=mask_n[:, None] & mask_d[None, :], other=0.0,
-                eviction_policy="evict_first")
-    v = tl.where(new, v_new[None, :], v)
     acc = acc * alpha[:, None] + _dot(to_dtype(p, v.dtype), v, DOT_PRECISION, INTERPRET)
     return m_new, l_i, acc
+
+
+@triton.jit
+def _load_kv(k_base, v_base, n, mask_n, mask_d, stride_cn):
+    m = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(k_base + n[:, None] * stride_cn, mask=m, other=0.0, eviction_policy="evict_first")
+    v = tl.load(v_base + n[:, None] * stride_cn, mask=m, other=0.0, eviction_policy="evict_first")
+    return k, v
 
 
 @triton.jit
@@ -310,16 +330,19 @@ def _rope_attend_kernel(
     stride_cs, stride_ch, stride_cn, stride_ob, stride_oh,
     H, HKV, max_seq, split_size, num_splits, qk_scale, theta,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, SINGLE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr, TILES_PER_SPLIT: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, S_CHUNK: tl.constexpr,
+    SINGLE: tl.constexpr, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
+    TILES_PER_SPLIT: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
-    # Before the PDL wait: the step's inputs (slots, seq_lens: written before the step) and the
-    # first K tile of this split's history. No kernel of the step writes the cache rows before
-    # the new token's, and that row (n == pos) is taken from registers, never from the cache.
+    # Before the PDL wait, everything that does not depend on the kernel before: the step's
+    # inputs (slots, seq_lens: written before the step), RoPE's cos and sin at the new token's
+    # position, and this split's first K and V tiles of history. No kernel of the step writes
+    # the cache rows before the new token's, and that row (n == pos) is taken from registers,
+    # never from the cache. (With one tile per split, as the wrapper picks on the GPU, only the
+    # QKV row, the arithmetic and the merge are left after the wait.)
     seq_len = tl.minimum(tl.load(seq_lens_ptr + b), max_seq)
     pos = seq_len - 1                                  # the new token's position
     slot = tl.load(slots_ptr + b).to(tl.int64)
@@ -331,10 +354,7 @@ def _rope_attend_kernel(
     v_base = vc_ptr + slot * stride_cs + kvh * stride_ch + offs_d[None, :]
     n0 = lo + tl.arange(0, BLOCK_N)
     mask0 = n0 < hi
-    k0 = tl.load(k_base + n0[:, None] * stride_cn, mask=mask0[:, None] & mask_d[None, :], other=0.0,
-                 eviction_policy="evict_first")
-    pdl_enter(USE_PDL)
-
+    k0, v0 = _load_kv(k_base, v_base, n0, mask0, mask_d, stride_cn)
     # RoPE at pos, as the rope kernel computes it: inv_freq[i] = theta^(-i/HALF) in fp64,
     # rounded to fp32; angle = pos · inv_freq[d mod HALF]
     part = tl.where(offs_d < HALF, offs_d + HALF, offs_d - HALF)   # each lane's partner
@@ -343,21 +363,23 @@ def _rope_attend_kernel(
     angle = pos.to(tl.float32) * inv_freq
     cos = tl.cos(angle)
     sin = tl.sin(angle)
+    pdl_enter(USE_PDL)
+
     offs_h = tl.arange(0, BLOCK_H)
     heads = kvh * GROUP + offs_h
     mask_h = offs_h < GROUP
     mask_hd = mask_h[:, None] & mask_d[None, :]
     qrow = q_ptr + b * stride_qb + heads[:, None] * stride_qh
+    krow = k_ptr + b * stride_kb + kvh * stride_kh
     qa = tl.load(qrow + offs_d[None, :], mask=mask_hd, other=0.0).to(tl.float32)
     qp = tl.load(qrow + part[None, :], mask=mask_hd, other=0.0).to(tl.float32)
+    ka = tl.load(krow + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    kp = tl.load(krow + part, mask=mask_d, other=0.0).to(tl.float32)
+    v_new = tl.load(v_ptr + b * stride_vb + kvh * stride_vh + offs_d, mask=mask_d, other=0.0)
     # q rounded to its dtype after the rotation, as the unfused step stores it
     q = to_dtype(_rotary(qa, qp, cos[None, :], sin[None, :], offs_d[None, :], HALF),
                  q_ptr.dtype.element_ty)
-    krow = k_ptr + b * stride_kb + kvh * stride_kh
-    ka = tl.load(krow + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    kp = tl.load(krow + part, mask=mask_d, other=0.0).to(tl.float32)
     k_new = to_dtype(_rotary(ka, kp, cos, sin, offs_d, HALF), kc_ptr.dtype.element_ty)
-    v_new = tl.load(v_ptr + b * stride_vb + kvh * stride_vh + offs_d, mask=mask_d, other=0.0)
     if split == 0:  # one program per (sequence, kv head) stores the new K and V
         cache_row = slot * stride_cs + kvh * stride_ch + pos.to(tl.int64) * stride_cn + offs_d
         keep = mask_d & (pos >= 0)
@@ -368,26 +390,24 @@ def _rope_attend_kernel(
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     if lo < hi:  # column lo is valid: m stays finite
-        m_i, l_i, acc = _attend_new(q, k0, v_base, n0, mask0, mask_d, pos, k_new, v_new, stride_cn,
-                                    qk_scale, m_i, l_i, acc, DOT_PRECISION, INTERPRET)
+        m_i, l_i, acc = _attend_kv(q, k0, v0, n0, mask0, pos, k_new, v_new, qk_scale, m_i, l_i, acc,
+                                   DOT_PRECISION, INTERPRET)
     if not INTERPRET:
         for start in range(lo + BLOCK_N, hi, BLOCK_N):
             n = start + tl.arange(0, BLOCK_N)
             mask_n = n < hi
-            k = tl.load(k_base + n[:, None] * stride_cn, mask=mask_n[:, None] & mask_d[None, :],
-                        other=0.0, eviction_policy="evict_first")
-            m_i, l_i, acc = _attend_new(q, k, v_base, n, mask_n, mask_d, pos, k_new, v_new, stride_cn,
-                                        qk_scale, m_i, l_i, acc, DOT_PRECISION, INTERPRET)
+            k, v = _load_kv(k_base, v_base, n, mask_n, mask_d, stride_cn)
+            m_i, l_i, acc = _attend_kv(q, k, v, n, mask_n, pos, k_new, v_new, qk_scale, m_i, l_i, acc,
+                                       DOT_PRECISION, INTERPRET)
     else:  # constexpr trip count under the interpreter (triton#9171)
         for t in range(1, TILES_PER_SPLIT):
             start = lo + t * BLOCK_N
             if start < hi:
                 n = start + tl.arange(0, BLOCK_N)
                 mask_n = n < hi
-                k = tl.load(k_base + n[:, None] * stride_cn, mask=mask_n[:, None] & mask_d[None, :],
-                            other=0.0)
-                m_i, l_i, acc = _attend_new(q, k, v_base, n, mask_n, mask_d, pos, k_new, v_new,
-                                            stride_cn, qk_scale, m_i, l_i, acc, DOT_PRECISION, INTERPRET)
+                k, v = _load_kv(k_base, v_base, n, mask_n, mask_d, stride_cn)
+                m_i, l_i, acc = _attend_kv(q, k, v, n, mask_n, pos, k_new, v_new, qk_scale, m_i, l_i,
+                                           acc, DOT_PRECISION, INTERPRET)
 
     out_rows = out_ptr + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
     if SINGLE:
@@ -413,15 +433,19 @@ def _rope_attend_kernel(
             m_max = tl.where(mask_h, tl.max(m, axis=1), 0.0)          # split 0 is never empty
             num = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
             den = tl.zeros([BLOCK_H], tl.float32)
-            for s in range(BLOCK_S):                                  # constexpr trip count
-                if s < num_splits:
-                    w = tl.exp2(tl.load(m_part_ptr + base + s, mask=mask_h, other=0.0,
-                                        cache_modifier=".cg") - m_max)
-                    den += w * tl.load(l_part_ptr + base + s, mask=mask_h, other=0.0,
-                                       cache_modifier=".cg")
-                    o = tl.load(o_part_ptr + (base + s)[:, None] * HEAD_DIM + offs_d[None, :],
-                                mask=mask_hd, other=0.0, cache_modifier=".cg")
-                    num += o * w[:, None]
+            # S_CHUNK splits' partials per load: [BLOCK_H, S_CHUNK, BLOCK_D] in flight at once
+            for c in tl.static_range(0, BLOCK_S, S_CHUNK):
+                offs_c = c + tl.arange(0, S_CHUNK)
+                mask_c = mask_h[:, None] & (offs_c < num_splits)[None, :]   # [BLOCK_H, S_CHUNK]
+                idx = base[:, None] + offs_c[None, :]
+                w = tl.exp2(tl.load(m_part_ptr + idx, mask=mask_c, other=float("-inf"),
+                                    cache_modifier=".cg") - m_max[:, None])
+                den += tl.sum(w * tl.load(l_part_ptr + idx, mask=mask_c, other=0.0,
+                                          cache_modifier=".cg"), axis=1)
+                o = tl.load(o_part_ptr + idx[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+                            mask=mask_c[:, :, None] & mask_d[None, None, :], other=0.0,
+                            cache_modifier=".cg")
+                num += tl.sum(o * w[:, :, None], axis=1)
             den = tl.where(mask_h, den, 1.0)                          # padding heads: 0/0
             tl.store(out_rows, to_dtype(num / den[:, None], out_ptr.dtype.element_ty), mask=mask_hd)
             tl.store(counter, 0)   # ready for the next call: every split of this launch has counted
@@ -470,7 +494,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     block_n = _block_n(q.device, D, q.dtype)
     n_tiles = triton.cdiv(max_seq, block_n)
     if num_splits is None:
-        num_splits = num_splits_for(B, Hkv, max_seq, q.device, D, q.dtype)
+        num_splits = fused_num_splits_for(B, Hkv, max_seq, q.device, D, q.dtype)
     split_size = triton.cdiv(n_tiles, num_splits) * block_n
     single = num_splits == 1
     if single:
@@ -480,6 +504,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
         m_part = torch.empty((B, H, num_splits), dtype=torch.float32, device=q.device)
         l_part = torch.empty((B, H, num_splits), dtype=torch.float32, device=q.device)
     group = H // Hkv
+    block_s = triton.next_power_of_2(num_splits)
     pdl = use_pdl(_rope_attend_kernel, q)
     _rope_attend_kernel[(B, Hkv, num_splits)](
         q, k, v, k_cache, v_cache, slots, seq_lens, out, o_part, m_part, l_part, semaphores,
@@ -487,7 +512,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
         *k_cache.stride()[:3], out.stride(0), out.stride(1),
         H, Hkv, max_seq, split_size, num_splits, float(scale) * _LOG2E, float(theta),
         GROUP=group, HEAD_DIM=D, HALF=D // 2, BLOCK_H=max(16, triton.next_power_of_2(group)),
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits), SINGLE=single,
+        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_S=block_s, S_CHUNK=min(block_s, 8), SINGLE=single,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(_rope_attend_kernel), TILES_PER_SPLIT=split_size // block_n,
         USE_PDL=pdl_mode(pdl), num_warps=4, num_stages=_CUDA_NUM_STAGES, **pdl_launch_kw(pdl),

@@ -304,10 +304,11 @@ def test_rope_store_attention(B, H, Hkv, D, max_seq, S, num_splits, dtype, devic
 @dtype_param
 def test_rope_store_attention_split_counts_share_counters(dtype, device):
     """The last split of each (sequence, kv head) merges and re-zeroes its counter, so calls
-    with 1 to 7 splits (splits past seq_len included) reuse one counter tensor and agree."""
+    with 1 to 12 splits (splits past seq_len included; 12 merges in two chunks of 8) reuse one
+    counter tensor and agree."""
     sem = torch.zeros(3 * 2, dtype=torch.int32, device=device)
     outs = []
-    for n in (1, 2, 4, 7):
+    for n in (1, 2, 4, 7, 12):
         args = fused_attention_inputs(3, 8, 2, 64, 64, 5, dtype, device, seed=12)
         outs.append(check_fused_attention(*args, dtype, sem, num_splits=n))
     for o in outs[1:]:
