@@ -260,9 +260,24 @@ class ToyDecoder:
 
     def step(self, tokens, positions, slots):
         """One decode step for len(tokens) sequences: returns logits [B, vocab]."""
+        state = self.step_head(tokens, positions, slots, self.shape.n_layers)
+        return self.step_tail(state, tokens, positions, slots)
+
+    def step_head(self, tokens, positions, slots, layers: int):
+        """The step's first `layers` layers (through their attention); returns the state
+        step_tail continues from. step = step_tail(step_head(..)): the graph runner's split
+        launch captures the two as separate graphs."""
         seq_lens = self.seq_lens_for(positions)
         o = res = None
-        for i in range(self.shape.n_layers):
+        for i in range(layers):
+            q, res = self.piece(i, tokens, positions, slots, o, res)
+            o = self.attention(i, q, slots, seq_lens)
+        return (layers, seq_lens, o, res)
+
+    def step_tail(self, state, tokens, positions, slots):
+        """The rest of the step after step_head: the remaining layers, final norm, LM head."""
+        first, seq_lens, o, res = state
+        for i in range(first, self.shape.n_layers):
             q, res = self.piece(i, tokens, positions, slots, o, res)
             o = self.attention(i, q, slots, seq_lens)
         return self.piece(self.shape.n_layers, tokens, positions, slots, o, res)

@@ -33,9 +33,10 @@ for p in ("opt-125m", "llama-1b"):
                      torch.full((1,), 512, dtype=torch.long, device=dev),
                      torch.zeros(1, dtype=torch.long, device=dev)])
     nb = step_bytes(dec.shape, 1, 512)
-    for label, fa in (("fused attention", True), ("rope_store_kv + reduce", False)):
+    for label, fa, split in (("fused attention", True, False), ("fused attention, split launch", True, True),
+                             ("rope_store_kv + reduce", False, False)):
         dec.fuse_attention = fa
-        runner = GraphRunner(dec, [1], mode="full", progress=False)
+        runner = GraphRunner(dec, [1], mode="full", progress=False, split_launch=split)
         runner.capture()
         g = runner.entries[1].graphs[0]
         step = lambda: runner.step_packed(x)
@@ -57,7 +58,7 @@ for p in ("opt-125m", "llama-1b"):
         ks = sorted((e for e in evs if e.device_type == CUDA), key=lambda e: e.time_range.start)
         api = sorted((e for e in evs if e.device_type != CUDA and e.name.startswith("cuda")),
                      key=lambda e: e.time_range.start)
-        launches = [e for e in api if e.name == "cudaGraphLaunch"]
+        launches = [e for e in api if e.name == "cudaGraphLaunch"][::len(runner.entries[1].graphs)]
         syncs = [e for e in api if "Synchronize" in e.name]
         copies = [e for e in api if "Memcpy" in e.name]
         # split the kernels into steps at the graph launches

@@ -114,6 +114,17 @@ def test_pieces_compose_to_the_step(device):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_step_head_and_tail_compose_to_the_step(layers, device):
+    """The graph runner's split launch captures step_head and step_tail as two graphs."""
+    dec = make("triton", device)
+    dec.fill_cache(5)
+    t, p, s = inputs(2, 5, device)
+    want = dec.step(t, p, s)
+    got = dec.step_tail(dec.step_head(t, p, s, layers), t, p, s)
+    assert torch.equal(got, want)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="backend"):
         ToyDecoder(TINY, backend="jax", device="cpu")

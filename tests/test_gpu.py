@@ -41,13 +41,17 @@ SIZES = [1, 2, 4, 8, 16]
 
 
 @pytest.mark.parametrize("preset", ["tiny", "opt-125m"])
-@pytest.mark.parametrize("mode", ["none", "full", "piecewise"])
+@pytest.mark.parametrize("mode", ["none", "full", "full-split", "piecewise"])
 def test_replay_equals_eager_for_every_batch(preset, mode):
     max_b = SIZES[-1] + 8
     dec = make(preset, max_b)
     ref = make(preset, max_b)  # same seed: same weights and cache, run eagerly
-    runner = GraphRunner(dec, SIZES, mode=mode, progress=False)
+    split = mode == "full-split"   # the step as two graphs launched back to back
+    mode = "full" if split else mode
+    runner = GraphRunner(dec, SIZES, mode=mode, progress=False, split_launch=split)
     runner.capture()
+    if mode == "full":
+        assert all(len(e.graphs) == (2 if split else 1) for e in runner.entries.values())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # bs above 16 falls back, by design
         for bs in range(1, max_b + 1):
