@@ -61,9 +61,9 @@ def _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb, mask_
         ss += tl.sum(x * x, axis=1)
         nw = tl.load(nw_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
         x = x * nw[None, :]
-    acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+    acc += tl.sum(x[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
     if EPI == 2:
-        acc2 += tl.sum(x[:, None, :] * w2[None, :, :], axis=2)
+        acc2 += tl.sum(x[:, None, :] * w2.to(tl.float32)[None, :, :], axis=2)
     return acc, acc2, ss
 
 
@@ -89,13 +89,15 @@ def _gemv_kernel(
     acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
     acc2 = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
     ss = tl.zeros([BLOCK_B], tl.float32)
-    # chunk 0's weights before the wait: no kernel of the step writes them
+    # chunk 0's weights before the wait: no kernel of the step writes them. They wait in their
+    # own dtype (converted to fp32 in _chunk, after the wait): a waiting program then holds
+    # half the registers, and more programs of the next kernel fit beside the running one.
     offs_k = tl.arange(0, BK)
     wm = mask_n[:, None] & (offs_k < K)[None, :]
-    w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
+    w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)
     w2 = w
     if EPI == 2:
-        w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
+        w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
     pdl_enter(USE_PDL)
     acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                            mask_b, K, NORM, EPI)
@@ -103,10 +105,10 @@ def _gemv_kernel(
     for k0 in tl.range(BK, K, BK, num_stages=STAGES):
         offs_k = k0 + tl.arange(0, BK)
         wm = mask_n[:, None] & (offs_k < K)[None, :]
-        w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)   # [BN, BK]
+        w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)   # [BN, BK]
         w2 = w
         if EPI == 2:
-            w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
+            w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
         acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                                mask_b, K, NORM, EPI)
     if NORM:
@@ -135,8 +137,8 @@ OVERRIDES: dict = {}
 
 def config(N: int, K: int, B: int, elt: int) -> dict:
     """Launch parameters for an [N, K] weight and B rows. One or two 16-byte loads per thread per
-    row of the tile, every thread along K: BLOCK_K = (16 / elt) · 32 · num_warps (or twice that
-    when it then covers K), the same for every batch, so the K reduction's order (and each row's result) does not depend on B (checked
+    row of the tile, every thread along K: BLOCK_K = (16 / elt) · 32 · num_warps (twice that
+    when it then covers K, four times that above), the same for every batch, so the K reduction's order (and each row's result) does not depend on B (checked
     bitwise on the H100 for 1, 3, 4 and 8 rows)."""
     if interpreted(_gemv_kernel):
         return dict(_INTERPRETED_CONFIG, STAGES=1)
@@ -145,9 +147,9 @@ def config(N: int, K: int, B: int, elt: int) -> dict:
     # Measured on the H100 at one row with the fused epilogues (scripts/probe_gemv.py, log in
     # results/h100/logs/probe-gemv-dc12233.log): a whole row of K <= 2048 in one chunk (two
     # 16-byte loads per thread per row) gains 4-7 points of copy bandwidth on llama-1b's QKV,
-    # O and gate/up over two chunks of 1024; the long rows of down (K 3072, 8192) do best with
-    # 1024-wide chunks and 2 outputs per program.
-    # opt-125m's K = 768 in a 2048-wide chunk masked 62% of the lanes: one chunk of 1024 took
+    # O and gate/up over two chunks of 1024; the long rows of down (K 3072, 8192) did best
+    # (per matmul, in chains) with 1024-wide chunks and 2 outputs per program, but inside whole
+    # steps with PDL 4096-wide chunks win (below). opt-125m's K = 768 in a 2048-wide chunk masked 62% of the lanes: one chunk of 1024 took
     # its whole bs-1 replay from 321 to 295 us (results/h100/logs/probe-steps-9a380a7.log).
     warps = 4
     vec = 16 // elt * 32 * warps
@@ -155,7 +157,10 @@ def config(N: int, K: int, B: int, elt: int) -> dict:
         return dict(BLOCK_N=4, BLOCK_K=vec, STAGES=3, num_warps=warps)
     if K <= 2 * vec:
         return dict(BLOCK_N=4, BLOCK_K=2 * vec, STAGES=3, num_warps=warps)
-    return dict(BLOCK_N=2, BLOCK_K=vec, STAGES=3, num_warps=warps)
+    # down (K 3072, 8192): 4096-wide chunks, so more of a program's weights load before the
+    # wait; whole bs-1 replays 1036 -> 1023 us (llama-1b), 255 -> 247 us (opt-125m)
+    # (results/h100/logs/probe-steps-87925db.log)
+    return dict(BLOCK_N=2, BLOCK_K=4 * vec, STAGES=3, num_warps=warps)
 
 
 def use_pdl(x) -> bool:

@@ -99,11 +99,8 @@ def variants(s):
     out = [("fused attention", {}),
            ("fused attention, split launch", dict(split=True)),
            ("rope_store_kv + reduce kernel", dict(fuse_attention=False))]
-    # down's whole row in one chunk: every weight a program streams is loaded before the wait
-    out += [("down BN 1, BK 8192, 4 warps", dict(ov={(h, F): cfg(1, 8192, 4)})),
-            ("down BN 1, BK 8192, 8 warps", dict(ov={(h, F): cfg(1, 8192, 8)})),
-            ("down BN 2, BK 8192, 8 warps", dict(ov={(h, F): cfg(2, 8192, 8)})),
-            ("down BN 2, BK 4096, 4 warps", dict(ov={(h, F): cfg(2, 4096, 4)}))]
+    # the config before: down in 1024-wide chunks
+    out += [("down BK 1024 (before)", dict(ov={(h, F): cfg(2, 1024, 4)}))]
     return out
 
 
