@@ -61,9 +61,9 @@ def _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb, mask_
         ss += tl.sum(x * x, axis=1)
         nw = tl.load(nw_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
         x = x * nw[None, :]
-    acc += tl.sum(x[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+    acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
     if EPI == 2:
-        acc2 += tl.sum(x[:, None, :] * w2.to(tl.float32)[None, :, :], axis=2)
+        acc2 += tl.sum(x[:, None, :] * w2[None, :, :], axis=2)
     return acc, acc2, ss
 
 
@@ -89,15 +89,15 @@ def _gemv_kernel(
     acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
     acc2 = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
     ss = tl.zeros([BLOCK_B], tl.float32)
-    # chunk 0's weights before the wait: no kernel of the step writes them. They wait in their
-    # own dtype (converted to fp32 in _chunk, after the wait): a waiting program then holds
-    # half the registers, and more programs of the next kernel fit beside the running one.
+    # chunk 0's weights before the wait: no kernel of the step writes them. (Keeping them in
+    # their own dtype until after the wait, to halve a waiting program's registers, made whole
+    # steps slower: opt-125m 255 -> 311 us with 1024-wide down chunks, probe-steps-361806b.log.)
     offs_k = tl.arange(0, BK)
     wm = mask_n[:, None] & (offs_k < K)[None, :]
-    w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)
+    w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
     w2 = w
     if EPI == 2:
-        w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
+        w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
     pdl_enter(USE_PDL)
     acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                            mask_b, K, NORM, EPI)
@@ -105,10 +105,10 @@ def _gemv_kernel(
     for k0 in tl.range(BK, K, BK, num_stages=STAGES):
         offs_k = k0 + tl.arange(0, BK)
         wm = mask_n[:, None] & (offs_k < K)[None, :]
-        w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)   # [BN, BK]
+        w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)   # [BN, BK]
         w2 = w
         if EPI == 2:
-            w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
+            w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
         acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                                mask_b, K, NORM, EPI)
     if NORM:

@@ -120,6 +120,10 @@ def _usage(e: Exception):
               help="Arms side by side: eager and graph (Triton; always run, graph unless "
                    "--mode none), torch-eager, torch-graph (PyTorch reference backend), compile "
                    "(torch.compile reduce-overhead); e.g. --arms eager,graph,compile.")
+@click.option("--split-launch", is_flag=True,
+              help="With --mode full: capture each size as two graphs (the first quarter of the "
+                   "layers, then the rest) launched back to back, so the GPU starts while the "
+                   "host still launches the longer one.")
 @click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Tensor-parallel ranks, one GPU each (spawned here, or run under "
                    "torchrun --nproc-per-node N -m microbench.tp_cli sweep --tp N).")
@@ -128,21 +132,24 @@ def _usage(e: Exception):
               help="Folder the run is written into (as <out>/<run-id>/).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the table (or JSON).")
-def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, arms, tp, no_tp1,
-          out, as_json, quiet):
+def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, arms, split_launch,
+          tp, no_tp1, out, as_json, quiet):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
     from microbench.results import check_writable, run_id, write_run
     from microbench.report import sweep_table
     from microbench.sweep import SweepConfig, require_cuda, run_sweep
     cfg = SweepConfig(bs=bs, preset=preset, mode=mode, ladder=ladder, context=context,
                       dtype=dtype, backend=backend, steps=steps, time_budget=time_budget, out=out,
-                      arms=tuple(a.strip() for a in (arms or "").split(",") if a.strip()))
+                      arms=tuple(a.strip() for a in (arms or "").split(",") if a.strip()),
+                      split_launch=split_launch)
     try:
         if arms is not None and not cfg.arms:
             raise ValueError("--arms: give at least one arm of eager, graph, torch-eager, "
                              "torch-graph, compile")
         cfg.validate()
         if tp > 1:
+            if split_launch:
+                raise ValueError("--split-launch: not with --tp (one graph per size there)")
             if set(cfg.arms) - {"eager", "graph"}:
                 raise ValueError("--arms: with --tp only eager and graph run")
             from microbench.tp_cli import validate_tp

@@ -33,7 +33,8 @@ def ladder_desc(run: dict) -> str:
 def sweep_header(run: dict) -> str:
     c, env = run["config"], run.get("env", {})
     lad = ladder_desc(run)
-    return (f"GPU {env.get('gpu')} | preset {c['preset']} | {c['dtype']} | mode {c['mode']} | "
+    return (f"GPU {env.get('gpu')} | preset {c['preset']} | {c['dtype']} | mode {c['mode']}"
+            f"{' (split launch)' if c.get('split_launch') else ''} | "
             f"ladder {lad} | context {c['context']} | torch {env.get('torch')} "
             f"triton {env.get('triton')}")
 

@@ -42,6 +42,7 @@ class SweepConfig:
     seed: int = 0
     out: str = "results"
     arms: tuple = ()   # extra arms; eager and graph (unless mode none) always run: microbench.arms
+    split_launch: bool = False   # full mode: each size as two graphs (GraphRunner split_launch)
 
     def validate(self) -> "SweepConfig":
         """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
@@ -67,6 +68,8 @@ class SweepConfig:
             raise ValueError(f"--time-budget: must be > 0 seconds, got {self.time_budget}")
         from microbench.arms import parse_arms
         arms = parse_arms(self.arms)
+        if self.split_launch and self.mode != "full":
+            raise ValueError(f"--split-launch: only with --mode full, got --mode {self.mode}")
         for a in ("graph", "torch-graph"):
             if self.mode == "none" and a in arms:
                 raise ValueError(f"--arms: {a} needs a graph mode; drop --mode none or the arm")
@@ -151,7 +154,8 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     arm_fns = {}     # (arm, row) -> that row's step callable, for the graphed check
     run["arms"] = {a: {} for a in ("eager", *(["graph"] if cfg.mode != "none" else []), *extra)}
     try:
-        runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=on_progress is not None)
+        runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=on_progress is not None,
+                             split_launch=cfg.split_launch)
         cap = runner.capture()
         run["capture"] = cap
         run["capture_s"], run["pool_bytes"] = cap["capture_s"], cap["pool_bytes"]
@@ -160,7 +164,8 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
         twin = arms_mod.torch_twin(dec) if extra else None
         if "torch-graph" in extra:
             say("capturing the torch backend's graphs (arm torch-graph)")
-            trunner = GraphRunner(twin, ladder, mode=cfg.mode, progress=on_progress is not None)
+            trunner = GraphRunner(twin, ladder, mode=cfg.mode, progress=on_progress is not None,
+                                  split_launch=cfg.split_launch)
             tcap = trunner.capture()
             run["arms"]["torch-graph"].update(setup_s=tcap["capture_s"], pool_bytes=tcap["pool_bytes"])
         compiled = arms_mod.CompiledStep(twin) if "compile" in extra else None

@@ -4,7 +4,7 @@
 # (results packed into one tar); a short table is printed last.
 #   usage (on the device):  bash scripts/gpu.sh [stage ...]
 #   stages: tests, kernels, sweep, sweep3 (three back-to-back default sweeps), launch, arms,
-#           reproduce, reproduce-smoke, probe, probe-gemv, timeline
+#           arms-split, reproduce, reproduce-smoke, probe, probe-gemv, timeline
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 # the device's copy of the tree has no .git: pass the revision in, e.g.
@@ -53,6 +53,12 @@ for st in $stages; do
       for p in ${PRESETS:-opt-125m llama-1b}; do
         microbench sweep --bs ${BS:-1,4,16,64} --preset $p --arms eager,graph,torch-eager,torch-graph,compile \
           --out "$new" 2>&1 | tee "$OUT/arms-$p.log" | grep -v "^bs \|Capturing"
+      done; rc=$? ;;
+    arms-split)
+      # the same at bs 1 with each size captured as two graphs (--split-launch)
+      for p in ${PRESETS:-opt-125m llama-1b}; do
+        microbench sweep --bs 1 --preset $p --arms eager,graph,torch-eager,torch-graph,compile \
+          --split-launch --out "$new" 2>&1 | tee "$OUT/arms-split-$p.log" | grep -v "^bs \|Capturing"
       done; rc=$? ;;
     sweep3pin)
       # the same three sweeps with the process pinned to one CPU core

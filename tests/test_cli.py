@@ -70,6 +70,8 @@ def test_ladder_padding_and_json():
     (("sweep", "--mode", "half"), "--mode"),
     (("sweep", "--dtype", "int3"), "--dtype"),
     (("sweep", "--steps", "0"), "--steps"),
+    (("sweep", "--split-launch", "--mode", "piecewise"), "--split-launch"),
+    (("sweep", "--split-launch", "--tp", "2"), "--split-launch"),
 ])
 def test_bad_options(args, option):
     assert_usage_error(args, option)
