@@ -18,9 +18,12 @@ The three sweeps of commit `9925911` ran pinned to one CPU core (`taskset -c 3`,
 before commit `81bee6f` were removed: they profiled kernels before timing, and the
 profiler's hooks slowed every later launch and replay on the host.
 
-The README's reference runs are those of commit `20d43bca4c19`, the code as it is
-(`results/h100/20261122-1046*` and `-1047*` default sweeps, `-1048*` and `-1050*` all arms; logs
-`results/h100/logs/*-20d43bc.log`). The runs of `ccfeeded1dbd` (`-1022*` to `-1025*`) ran the
+The README's reference runs are those of commit `147403a`, the code as it is: attention fused
+with RoPE and the KV store, five kernels a layer (`results/h100/20261122-1152*` and `-1153*`
+default sweeps, `-1154*` and `-1157*` all arms, `-1200*` and `-1201*` all arms at bs 1 with
+`--split-launch`; logs `results/h100/logs/*-147403a.log`). The runs of `20d43bca4c19` (`-1046*`
+to `-1050*`) ran rope_store_kv and attention's reduce kernel (seven kernels a layer). The runs of
+`ccfeeded1dbd` (`-1022*` to `-1025*`) ran the
 same kernels with the model's kernel lines timed one call per layer; those of `1474df02fa4a`
 (`-1041*`, `-1042*`) too, after host-side fixes (their opt-125m lines were timed with the weights
 in L2: 22% model error); those of `10e7ed448b4a` (`-1009*` to `-1013*`) ran PDL waiting before
