@@ -284,7 +284,9 @@ def _op_fns(dec, b: int) -> dict:
         # the fused attention takes the QKV row (and writes the new K and V itself)
         "decode_attention": lambda: dec.attention(0, qkv if dec.attention_fused else q, slots, seq),
     }
-    if dec.fuse and not dec.attention_fused:
+    if dec.attention_fused:
+        pass                                  # rope and the KV store are inside attention
+    elif dec.fuse:
         fns["rope_store_kv"] = lambda: dec.rope_store(0, q, k, v, slots, positions)
     else:
         fns["rope"] = lambda: ops.rope(q, k, positions, s.rope_theta)

@@ -248,10 +248,14 @@ def test_measured_host_costs_cover_every_planned_kernel(fuse, device, monkeypatc
     dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device,
                      fuse=bool(fuse), fuse_attention=fuse is True)
     measured = launch.measure_ops(dec, 1)
+    planned = set()
     for b in (1, 2, 9):
         names = {k.name for k in dec.plan(b, 3)}
         assert names <= set(measured), (b, names - set(measured))
+        planned |= names
     assert len(calls) == len(set(map(id, calls)))
+    # nothing timed that no plan launches (the reduce and final norm are copied entries)
+    assert set(measured) - planned <= {"attention_reduce", "final_norm"}, set(measured) - planned
 
 
 @pytest.mark.parametrize("fuse", [True, "matmuls", False], ids=["fused", "rope-store", "unfused"])
