@@ -232,6 +232,28 @@ def _check(q, k_cache, v_cache, slots, seq_lens, scale, num_splits):
         raise ValueError(f"decode_attention: num_splits must be None or an int >= 1, got {num_splits!r}")
 
 
+def _output(op, q, out):
+    """`out` checked against q ([B, H, D], q's dtype and device, last dim contiguous), or a new
+    tensor like q."""
+    if out is None:
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or (out.numel() > 0 and out.stride(-1) != 1):
+        raise ValueError(
+            f"{op}: out must be [B, H, D]={tuple(q.shape)} {q.dtype} on {q.device} with a contiguous "
+            f"last dim, got {tuple(out.shape)} {out.dtype} on {out.device}, strides {out.stride()}")
+    return out
+
+
+def _partials(B, H, num_splits, D, out):
+    """Split-KV workspaces (o [B, H, S, D], m and l [B, H, S], fp32); with one split none are
+    touched, and `out` stands in for all three."""
+    if num_splits == 1:
+        return out, out, out
+    kw = dict(dtype=torch.float32, device=out.device)
+    return (torch.empty((B, H, num_splits, D), **kw), torch.empty((B, H, num_splits), **kw),
+            torch.empty((B, H, num_splits), **kw))
+
+
 def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=None, out=None):
     """out[b, h] = Σ_{n < L_b} softmax_n(scale · q[b,h]·K[n]) · V[n], with K = k_cache[slots[b], h // G],
     V = v_cache[slots[b], h // G], L_b = seq_lens[b] ≥ 1, G = H / Hkv.
@@ -242,13 +264,7 @@ def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=Non
     check_device("decode_attention", _split_kernel, q)
     B, H, D = q.shape
     Hkv, max_seq = k_cache.shape[1], k_cache.shape[2]
-    if out is None:
-        out = torch.empty((B, H, D), dtype=q.dtype, device=q.device)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or (out.numel() > 0 and out.stride(-1) != 1):
-        raise ValueError(
-            f"decode_attention: out must be [B, H, D]={tuple(q.shape)} {q.dtype} on {q.device} with a contiguous "
-            f"last dim, got {tuple(out.shape)} {out.dtype} on {out.device}, strides {out.stride()}"
-        )
+    out = _output("decode_attention", q, out)
     if B == 0 or H == 0 or max_seq == 0:
         return out
     block_d = triton.next_power_of_2(D)
@@ -260,12 +276,7 @@ def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=Non
     group = H // Hkv
     single = num_splits == 1
     pdl = use_pdl(_split_kernel, q)
-    if single:
-        o_part = m_part = l_part = out  # never touched
-    else:
-        o_part = torch.empty((B, H, num_splits, D), dtype=torch.float32, device=q.device)
-        m_part = torch.empty((B, H, num_splits), dtype=torch.float32, device=q.device)
-        l_part = torch.empty((B, H, num_splits), dtype=torch.float32, device=q.device)
+    o_part, m_part, l_part = _partials(B, H, num_splits, D, out)
     _split_kernel[(B, Hkv, num_splits)](
         q, k_cache, v_cache, slots, seq_lens, out, o_part, m_part, l_part,
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
@@ -476,12 +487,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     check_device("rope_store_attention", _rope_attend_kernel, q)
     B, H, D = q.shape
     Hkv, max_seq = k_cache.shape[1], k_cache.shape[2]
-    if out is None:
-        out = torch.empty((B, H, D), dtype=q.dtype, device=q.device)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or (out.numel() > 0 and out.stride(-1) != 1):
-        raise ValueError(
-            f"rope_store_attention: out must be [B, H, D]={tuple(q.shape)} {q.dtype} on {q.device} with a "
-            f"contiguous last dim, got {tuple(out.shape)} {out.dtype} on {out.device}, strides {out.stride()}")
+    out = _output("rope_store_attention", q, out)
     if B == 0 or max_seq == 0:
         return out
     if semaphores is None:
@@ -497,12 +503,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
         num_splits = fused_num_splits_for(B, Hkv, max_seq, q.device, D, q.dtype)
     split_size = triton.cdiv(n_tiles, num_splits) * block_n
     single = num_splits == 1
-    if single:
-        o_part = m_part = l_part = out  # never touched
-    else:
-        o_part = torch.empty((B, H, num_splits, D), dtype=torch.float32, device=q.device)
-        m_part = torch.empty((B, H, num_splits), dtype=torch.float32, device=q.device)
-        l_part = torch.empty((B, H, num_splits), dtype=torch.float32, device=q.device)
+    o_part, m_part, l_part = _partials(B, H, num_splits, D, out)
     group = H // Hkv
     block_s = triton.next_power_of_2(num_splits)
     pdl = use_pdl(_rope_attend_kernel, q)
