@@ -8,6 +8,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.rope import _check as _check_rope
+from kernels.rope import rope_store_kv_ref
+from kernels.store_kv import _check as _check_store
 from kernels._compat import (check_device, pdl_enter, pdl_mode, interpreted, pdl_launch_kw,
                              to_dtype, use_pdl)
 
@@ -476,8 +479,6 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     semaphores: an int32 tensor of at least B·Hkv zeros that the kernel leaves zeroed (a
     decoder keeps one, so a captured graph holds no memset); None allocates one per call.
     Returns out (a new [B, H, D] tensor, or `out` when given)."""
-    from kernels.rope import _check as _check_rope
-    from kernels.store_kv import _check as _check_store
     _check(q, k_cache, v_cache, slots, seq_lens, scale, num_splits)
     _check_rope(q, k, seq_lens)
     _check_store(k_cache, v_cache, k, v, slots, seq_lens)
@@ -526,7 +527,6 @@ def rope_store_attention_ref(q, k, v, k_cache, v_cache, slots, seq_lens, scale, 
     """Reference: rope_store_kv_ref at positions seq_lens − 1 (writes the caches), then
     decode_attention_ref with the rotated q. Bytes: rope_store_kv_ref's plus
     decode_attention_ref's, less the new K and V read back (they stay in registers)."""
-    from kernels.rope import rope_store_kv_ref
     q2 = rope_store_kv_ref(q, k, v, k_cache, v_cache, slots, seq_lens.long() - 1, theta)
     res = decode_attention_ref(q2, k_cache, v_cache, slots, seq_lens, scale)
     return res if out is None else out.copy_(res)

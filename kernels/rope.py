@@ -4,6 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.store_kv import _check as _check_store
+from kernels.store_kv import store_kv_ref
 from kernels._compat import (check_device, pdl_enter, pdl_mode, pdl_launch_kw, to_dtype,
                              use_pdl)
 
@@ -171,7 +173,6 @@ def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0):
     """rope and store_kv in one kernel: q is rotated in place; k is rotated on its way into
     k_cache[slots[i], :, positions[i]] (k itself is left as it was); v is copied into v_cache.
     Shapes as rope's and store_kv's. Returns q."""
-    from kernels.store_kv import _check as _check_store
     _check(q, k, positions)
     _check_store(k_cache, v_cache, k, v, slots, positions)
     if k_cache.stride() != v_cache.stride():
@@ -201,7 +202,6 @@ def rope_store_kv_ref(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0
 
     Bytes (s = element size, s_i = index size): reads B·(H + 2·Hkv)·D·s + 2·B·s_i, writes
     B·(H + 2·Hkv)·D·s."""
-    from kernels.store_kv import store_kv_ref
     q2, k2 = rope_ref(q, k, positions, theta)
     store_kv_ref(k_cache, v_cache, k2, v, slots, positions)
     return q2
