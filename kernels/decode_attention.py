@@ -69,7 +69,13 @@ def num_splits_for(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=tor
     return _choose_num_splits(batch, num_kv_heads, max_seq, _block_n(device, head_dim, dtype), sms)
 
 
-def fused_num_splits_for(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16):
+# Launch parameters of rope_store_attention used instead of its own choice (block_n,
+# num_splits, num_warps; scripts/probe_gemv.py tries them inside whole steps); empty in normal use.
+FUSED_OVERRIDES: dict = {}
+
+
+def fused_num_splits_for(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,
+                         block_n=None):
     """The split count rope_store_attention picks: as decode_attention's, but a split may be a
     single BLOCK_N tile (its K and V then load before the PDL wait; the splits merge in the
     kernel, so more of them cost no reduce kernel)."""
@@ -78,7 +84,7 @@ def fused_num_splits_for(batch, num_kv_heads, max_seq, device, head_dim=128, dty
         sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     else:
         sms = _CPU_SMS
-    bn = _block_n(device, head_dim, dtype)
+    bn = block_n or _block_n(device, head_dim, dtype)
     return _choose_num_splits(batch, num_kv_heads, max_seq, bn, sms, min_tokens=bn)
 
 
@@ -498,10 +504,13 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
                          f"elements on {q.device}, got {semaphores.dtype} [{semaphores.numel()}] on "
                          f"{semaphores.device}")
     block_d = triton.next_power_of_2(D)
-    block_n = _block_n(q.device, D, q.dtype)
+    ov = FUSED_OVERRIDES
+    block_n = ov.get("block_n") or _block_n(q.device, D, q.dtype)
     n_tiles = triton.cdiv(max_seq, block_n)
     if num_splits is None:
-        num_splits = fused_num_splits_for(B, Hkv, max_seq, q.device, D, q.dtype)
+        num_splits = (ov.get("num_splits") or
+                      fused_num_splits_for(B, Hkv, max_seq, q.device, D, q.dtype, block_n=ov.get("block_n")))
+        num_splits = min(num_splits, n_tiles)
     split_size = triton.cdiv(n_tiles, num_splits) * block_n
     single = num_splits == 1
     o_part, m_part, l_part = _partials(B, H, num_splits, D, out)
@@ -517,7 +526,8 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
         BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_S=block_s, S_CHUNK=min(block_s, 8), SINGLE=single,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(_rope_attend_kernel), TILES_PER_SPLIT=split_size // block_n,
-        USE_PDL=pdl_mode(pdl), num_warps=4, num_stages=_CUDA_NUM_STAGES, **pdl_launch_kw(pdl),
+        USE_PDL=pdl_mode(pdl), num_warps=ov.get("num_warps", 4), num_stages=_CUDA_NUM_STAGES,
+        **pdl_launch_kw(pdl),
     )
     return out
 

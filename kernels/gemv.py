@@ -73,7 +73,7 @@ def _gemv_kernel(
     N, stride_xb, stride_wn, stride_rb, stride_yb, eps,
     B: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, EPI: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    AHEAD: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     # BLOCK_K is fixed per weight shape, never per row count: with num_warps · 32 threads laid
@@ -94,23 +94,46 @@ def _gemv_kernel(
     # steps slower: opt-125m 255 -> 311 us with 1024-wide down chunks, probe-steps-361806b.log.)
     offs_k = tl.arange(0, BK)
     wm = mask_n[:, None] & (offs_k < K)[None, :]
-    w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
-    w2 = w
-    if EPI == 2:
-        w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
-    pdl_enter(USE_PDL)
-    acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
-                           mask_b, K, NORM, EPI)
-    # K is constexpr: Triton 3.6's interpreter fails on runtime loop bounds (triton#9171).
-    for k0 in tl.range(BK, K, BK, num_stages=STAGES):
-        offs_k = k0 + tl.arange(0, BK)
-        wm = mask_n[:, None] & (offs_k < K)[None, :]
-        w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)   # [BN, BK]
+    if AHEAD:
+        # one chunk ahead: chunk c + 1's weights are requested before chunk c is multiplied, so
+        # a program has two chunks of loads in flight (weights held in their own dtype)
+        w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)
+        w2 = w
+        if EPI == 2:
+            w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
+        pdl_enter(USE_PDL)
+        for k0 in tl.range(BK, K, BK, num_stages=1):
+            offs_n_k = k0 + tl.arange(0, BK)
+            wm = mask_n[:, None] & (offs_n_k < K)[None, :]
+            wn = tl.load(w_rows + offs_n_k[None, :], mask=wm, other=0.0)
+            w2n = wn
+            if EPI == 2:
+                w2n = tl.load(w2_rows + offs_n_k[None, :], mask=wm, other=0.0)
+            acc, acc2, ss = _chunk(acc, acc2, ss, w.to(tl.float32), w2.to(tl.float32), x_ptr,
+                                   nw_ptr, offs_b, offs_n_k - BK, stride_xb, mask_b, K, NORM, EPI)
+            w = wn
+            w2 = w2n
+        offs_k = (K - 1) // BK * BK + tl.arange(0, BK)
+        acc, acc2, ss = _chunk(acc, acc2, ss, w.to(tl.float32), w2.to(tl.float32), x_ptr, nw_ptr,
+                               offs_b, offs_k, stride_xb, mask_b, K, NORM, EPI)
+    else:
+        w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
         w2 = w
         if EPI == 2:
             w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
+        pdl_enter(USE_PDL)
         acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                                mask_b, K, NORM, EPI)
+        # K is constexpr: Triton 3.6's interpreter fails on runtime loop bounds (triton#9171).
+        for k0 in tl.range(BK, K, BK, num_stages=STAGES):
+            offs_k = k0 + tl.arange(0, BK)
+            wm = mask_n[:, None] & (offs_k < K)[None, :]
+            w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)   # [BN, BK]
+            w2 = w
+            if EPI == 2:
+                w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
+            acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
+                                   mask_b, K, NORM, EPI)
     if NORM:
         rstd = tl.rsqrt(ss / K + eps)
         acc = acc * rstd[:, None]
@@ -140,10 +163,10 @@ def config(N: int, K: int, B: int, elt: int) -> dict:
     row of the tile, every thread along K: BLOCK_K = (16 / elt) · 32 · num_warps (twice that
     when it then covers K, four times that above), the same for every batch, so the K reduction's order (and each row's result) does not depend on B (checked
     bitwise on the H100 for 1, 3, 4 and 8 rows)."""
-    if interpreted(_gemv_kernel):
-        return dict(_INTERPRETED_CONFIG, STAGES=1)
     if (N, K) in OVERRIDES:
-        return dict(OVERRIDES[N, K])
+        return dict(dict(AHEAD=0), **OVERRIDES[N, K])
+    if interpreted(_gemv_kernel):
+        return dict(dict(AHEAD=0), **_INTERPRETED_CONFIG, STAGES=1)
     # Measured on the H100 at one row with the fused epilogues (scripts/probe_gemv.py, log in
     # results/h100/logs/probe-gemv-dc12233.log): a whole row of K <= 2048 in one chunk (two
     # 16-byte loads per thread per row) gains 4-7 points of copy bandwidth on llama-1b's QKV,
@@ -154,13 +177,13 @@ def config(N: int, K: int, B: int, elt: int) -> dict:
     warps = 4
     vec = 16 // elt * 32 * warps
     if K <= vec:
-        return dict(BLOCK_N=4, BLOCK_K=vec, STAGES=3, num_warps=warps)
+        return dict(BLOCK_N=4, BLOCK_K=vec, STAGES=3, num_warps=warps, AHEAD=0)
     if K <= 2 * vec:
-        return dict(BLOCK_N=4, BLOCK_K=2 * vec, STAGES=3, num_warps=warps)
+        return dict(BLOCK_N=4, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=0)
     # down (K 3072, 8192): 4096-wide chunks, so more of a program's weights load before the
     # wait; whole bs-1 replays 1036 -> 1023 us (llama-1b), 255 -> 247 us (opt-125m)
     # (results/h100/logs/probe-steps-87925db.log)
-    return dict(BLOCK_N=2, BLOCK_K=4 * vec, STAGES=3, num_warps=warps)
+    return dict(BLOCK_N=2, BLOCK_K=4 * vec, STAGES=3, num_warps=warps, AHEAD=0)
 
 
 def use_pdl(x) -> bool:

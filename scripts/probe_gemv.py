@@ -90,17 +90,30 @@ from microbench.timing import step_time_us
 from microbench.workload import step_bytes
 
 
-def cfg(bn, bk, warps, stages=3):
-    return dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps)
+def cfg(bn, bk, warps, stages=3, ahead=0):
+    return dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, AHEAD=ahead)
 
 
 def variants(s):
-    h, F = s.hidden, s.ffn
-    out = [("fused attention", {}),
-           ("fused attention, split launch", dict(split=True)),
-           ("rope_store_kv + reduce kernel", dict(fuse_attention=False))]
-    # the config before: down in 1024-wide chunks
-    out += [("down BK 1024 (before)", dict(ov={(h, F): cfg(2, 1024, 4)}))]
+    """(label, options): ov = gemv overrides by (N, K); att = rope_store_attention overrides;
+    split = split launch; fuse_attention=False = the plan before the fused attention."""
+    h, F, qkv = s.hidden, s.ffn, s.qkv_size
+    out = [("fused attention", {})]
+    if os.environ.get("PROBE_OLD_PLANS"):
+        out += [("fused attention, split launch", dict(split=True)),
+                ("rope_store_kv + reduce kernel", dict(fuse_attention=False))]
+    # down (K = ffn) with one chunk ahead: two chunks' loads in flight per program
+    for bn, bk in ((2, 4096), (2, 2048), (4, 2048), (1, 4096), (2, 1024), (4, 1024)):
+        if bk < F:
+            out.append((f"down BN {bn} BK {bk} ahead", dict(ov={(h, F): cfg(bn, bk, 4, ahead=1)})))
+    # the K = hidden matmuls in two chunks, one ahead
+    out.append(("qkv/o/gate_up/lm BK 1024 ahead", dict(ov={(n, h): cfg(4, 1024, 4, ahead=1)
+                                                        for n in (qkv, h, 2 * F, s.vocab)})))
+    # the fused attention's split count, tile and warps
+    for att in (dict(num_splits=1), dict(num_splits=2), dict(num_splits=3), dict(block_n=64),
+                dict(num_warps=2), dict(num_warps=8), dict(block_n=64, num_warps=2)):
+        out.append(("attention " + ", ".join(f"{k} {v}" for k, v in att.items()), dict(att=att)))
+    out.append(("fused attention (again)", {}))
     return out
 
 
@@ -117,21 +130,28 @@ for p in ("opt-125m", "llama-1b"):
         compat.PDL = kw.get("pdl", True)
         G.OVERRIDES.clear()
         G.OVERRIDES.update({k: v for k, v in kw.get("ov", {}).items() if k[1] >= v["BLOCK_K"] // 2})
-        runner = GraphRunner(dec, [1], mode="full", progress=False, split_launch=kw.get("split", False))
-        runner.capture()
+        A.FUSED_OVERRIDES.clear()
+        A.FUSED_OVERRIDES.update(kw.get("att", {}))
+        try:
+            runner = GraphRunner(dec, [1], mode="full", progress=False, split_launch=kw.get("split", False))
+            runner.capture()
+        except Exception as e:  # a config out of resources
+            print(f"{p} bs1 {label:34s}: failed: {str(e).splitlines()[0][:100]}", flush=True)
+            continue
         g = runner.entries[1].graphs[0]
         t = gpu_time_us(g.replay, inner=10, budget_s=0.5).median
         _, wall = step_time_us(lambda: runner.step_packed(x), inner=20, sync_each=True, budget_s=0.5)
         outs[label] = runner.step_packed(x).clone()
         ks = profile_kernels(g.replay)
         br = kernel_breakdown(ks)
-        print(f"{p} bs1 {label:30s}: replay {t:7.1f} us GPU {nb / (t * 1e-6) / copy:4.0%}, step (synced) "
+        print(f"{p} bs1 {label:34s}: replay {t:7.1f} us GPU {nb / (t * 1e-6) / copy:4.0%}, step (synced) "
               f"{wall.median:7.1f} us {nb / (wall.median * 1e-6) / copy:4.0%} of copy bw; {len(ks)} kernels: "
               + ", ".join(f"{k} {v['us']:.0f} ({v['n']})" for k, v in sorted(br.items(), key=lambda kv: -kv[1]['us'])),
               flush=True)
         runner.close()
     dec.fuse_attention, compat.PDL = True, True
     G.OVERRIDES.clear()
+    A.FUSED_OVERRIDES.clear()
     ref = outs["fused attention"].float()
     print(f"{p}: max |logit diff| against the fused attention: "
           + ", ".join(f"{k}: {float((o.float() - ref).abs().max()):.4f}" for k, o in outs.items()), flush=True)

@@ -429,6 +429,35 @@ def test_linear_on_strided_rows(device):
     assert_close(linear(x, w), linear_ref(x, w), torch.float32)
 
 
+@pytest.mark.parametrize("B, K, N", [(1, 200, 11), (3, 256, 13), (2, 64, 5)], ids=lambda v: str(v))
+@dtype_param
+def test_gemv_one_chunk_ahead(B, K, N, dtype, device, monkeypatch):
+    """AHEAD=1 (chunk c + 1's weights requested before chunk c is multiplied) sums the chunks in
+    the same order as the plain loop: every fused form equals it bit for bit, and the
+    reference, for a K of one chunk, several, and a ragged last one."""
+    import kernels.gemv as G
+    g = gen(27)
+    h = 2 * randn(B, K, g=g, dtype=dtype, device=device)
+    nw = (1 + 0.1 * randn(K, g=g, dtype=torch.float32, device=device)).to(dtype)
+    w, w_gu = _weight(N, K, g, dtype, device), 2 * _weight(2 * N, K, g, dtype, device)
+    r = randn(B, N, g=g, dtype=dtype, device=device)
+    calls = {"linear": (lambda: linear(h, w, residual=r), lambda: linear_ref(h, w, residual=r)),
+             "rmsnorm_linear": (lambda: rmsnorm_linear(h, nw, 1e-5, w),
+                                lambda: rmsnorm_linear_ref(h, nw, 1e-5, w)),
+             "swiglu": (lambda: rmsnorm_linear_swiglu(h, nw, 1e-5, w_gu),
+                        lambda: rmsnorm_linear_swiglu_ref(h, nw, 1e-5, w_gu))}
+    cfg = (dict(G._INTERPRETED_CONFIG, STAGES=1) if G.interpreted(G._gemv_kernel)
+           else dict(BLOCK_N=2, BLOCK_K=1024 // h.element_size() // 2, STAGES=3, num_warps=4))
+    for name, (fn, ref) in calls.items():
+        for k in ((N, K), (2 * N, K)):
+            monkeypatch.setitem(G.OVERRIDES, k, dict(cfg, AHEAD=0))
+        plain = fn()
+        for k in ((N, K), (2 * N, K)):
+            monkeypatch.setitem(G.OVERRIDES, k, dict(cfg, AHEAD=1))
+        ahead = fn()
+        assert torch.equal(ahead, plain), name
+        assert_close(ahead, ref(), dtype)
+
 # ---- rope fused into the KV store ------------------------------------------------------------
 
 @pytest.mark.parametrize("B, H, Hkv, D", [(3, 4, 2, 64), (1, 2, 2, 80), (5, 6, 1, 128), (2, 3, 3, 96)],
