@@ -4,7 +4,7 @@
 # (results packed into one tar); a short table is printed last.
 #   usage (on the device):  bash scripts/gpu.sh [stage ...]
 #   stages: tests, kernels, sweep, sweep3 (three back-to-back default sweeps), launch, arms,
-#           arms-split, reproduce, reproduce-smoke, probe, probe-gemv, timeline
+#           arms-split, reproduce, reproduce-smoke, probe, probe-gemv, timeline, host
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 # the device's copy of the tree has no .git: pass the revision in, e.g.
@@ -38,6 +38,9 @@ for st in $stages; do
     timeline)
       # where a synchronised bs-1 graph step's time goes (the log is the result)
       python3 scripts/probe_timeline.py 2>&1 | tee "$OUT/timeline.log"; rc=$? ;;
+    host)
+      # what a synchronised bs-1 graph step costs beyond its GPU time (the log is the result)
+      python3 scripts/probe_host.py 2>&1 | tee "$OUT/host.log"; rc=$? ;;
     probe)
       python3 scripts/probe_replay.py 2>&1 | tee "$OUT/probe.log"; rc=$? ;;
     launch)

@@ -1,0 +1,70 @@
+"""Probe: what a synchronised bs-1 graph step costs beyond its GPU time, without a profiler
+(which slows the host calls it records). Per plan: the replay's GPU time back to back; the
+synchronised step (input copy, replay, synchronise) as the sweep times it; the same without the
+copy; the host time of the replay call alone and of the copy alone; and the floor of a
+synchronised step (one tiny kernel and a synchronise). Split launch is tried with 1, 2 and 4
+head layers. Prints one line per plan."""
+import os
+
+import torch
+
+import kernels.gemv as G
+import microbench.graphs as GR
+from microbench.config import PRESETS
+from microbench.decoder import ToyDecoder
+from microbench.launch import copy_bandwidth
+from microbench.sweep import max_seq_for
+from microbench.timing import gpu_time_us, host_time_us, step_time_us
+from microbench.workload import step_bytes
+
+dev = torch.device("cuda")
+copy = copy_bandwidth(dev, budget_s=0.3)["bytes_per_s"]
+BUDGET = float(os.environ.get("PROBE_BUDGET", "1.0"))
+print(f"copy bandwidth {copy / 1e12:.3f} TB/s", flush=True)
+tiny = torch.zeros(1, device=dev)
+_, floor = step_time_us(lambda: tiny.add_(1), inner=20, sync_each=True, budget_s=BUDGET)
+print(f"synchronised step floor (one tiny kernel + synchronize): {floor.median:.1f} us", flush=True)
+_head = GR.head_layers
+OV = {"down BN 2 BK 2048 ahead": lambda s: {(s.hidden, s.ffn): dict(BLOCK_N=2, BLOCK_K=2048, STAGES=3,
+                                                                    num_warps=4, AHEAD=1)}}
+
+for p in ("llama-1b", "opt-125m"):
+    dec = ToyDecoder(PRESETS[p], max_batch=1, max_seq=max_seq_for(512), device=dev)
+    dec.fill_cache(512)
+    x = torch.stack([torch.zeros(1, dtype=torch.long, device=dev),
+                     torch.full((1,), 512, dtype=torch.long, device=dev),
+                     torch.zeros(1, dtype=torch.long, device=dev)])
+    nb = step_bytes(dec.shape, 1, 512)
+    for label, head, ov in (("one graph", None, None), ("split launch, head 1", 1, None),
+                            ("split launch, head 2", 2, None), ("split launch, head 4", 4, None),
+                            ("one graph, down BN 2 BK 2048 ahead", None, "down BN 2 BK 2048 ahead"),
+                            ("one graph (again)", None, None)):
+        G.OVERRIDES.clear()
+        if ov:
+            G.OVERRIDES.update(OV[ov](dec.shape))
+        GR.head_layers = (lambda n, h=head: h) if head else _head
+        runner = GR.GraphRunner(dec, [1], mode="full", progress=False,
+                                split_launch=head is not None)
+        runner.capture()
+        graphs = runner.entries[1].graphs
+        inp = runner._rows(1)[0]
+
+        def replay():
+            for g in graphs:
+                g.replay()
+
+        gpu = gpu_time_us(replay, inner=10, budget_s=BUDGET).median
+        _, step = step_time_us(lambda: runner.step_packed(x), inner=20, sync_each=True, budget_s=BUDGET)
+        _, bare = step_time_us(replay, inner=20, sync_each=True, budget_s=BUDGET)
+        h_replay = host_time_us(replay, budget_s=BUDGET / 2).median
+        h_copy = host_time_us(lambda: inp.copy_(x), budget_s=BUDGET / 2).median
+        h_step = host_time_us(lambda: runner.step_packed(x), budget_s=BUDGET / 2).median
+        print(f"{p} {label:36s}: GPU {gpu:7.1f} us ({nb / (gpu * 1e-6) / copy:.1%}); synced step "
+              f"{step.median:7.1f} us ({nb / (step.median * 1e-6) / copy:.1%}), without the copy "
+              f"{bare.median:7.1f}; host: replay call {h_replay:5.1f}, copy {h_copy:4.1f}, step_packed "
+              f"{h_step:5.1f} us ({len(graphs)} graph(s))", flush=True)
+        runner.close()
+    GR.head_layers = _head
+    G.OVERRIDES.clear()
+    del dec
+    torch.cuda.empty_cache()
