@@ -1,6 +1,7 @@
 """Triton kernels for the toy decoder, each with a plain-PyTorch fp32 reference `<name>_ref`."""
 from kernels.decode_attention import (decode_attention, decode_attention_ref, rope_store_attention,
                                       rope_store_attention_ref)
+from kernels.embed import embed_seq_lens, embed_seq_lens_ref
 from kernels.gemv import (linear, linear_ref, rmsnorm_linear, rmsnorm_linear_ref,
                           rmsnorm_linear_swiglu, rmsnorm_linear_swiglu_ref)
 from kernels.rmsnorm import rmsnorm, rmsnorm_ref
@@ -10,6 +11,7 @@ from kernels.swiglu import swiglu, swiglu_ref
 
 __all__ = [
     "decode_attention", "decode_attention_ref", "rope_store_attention", "rope_store_attention_ref",
+    "embed_seq_lens", "embed_seq_lens_ref",
     "rmsnorm", "rmsnorm_ref",
     "linear", "linear_ref", "rmsnorm_linear", "rmsnorm_linear_ref",
     "rmsnorm_linear_swiglu", "rmsnorm_linear_swiglu_ref",

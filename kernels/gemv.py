@@ -22,7 +22,8 @@ What is fused, chosen by constexprs:
 Programmatic dependent launch (kernels._compat.PDL; Hopper and newer, compiled only): a program
 first loads its first weight chunk (weights are never written during a step; for 16-bit weights
 with K <= 2048 that is its whole share of W), lets the next kernel launch, then waits for the kernel before it to finish
-and flush before it reads an activation or writes anything. So the next kernels' launches and
+and flush before it reads an activation or writes anything. Longer rows (down) go in chunks with
+one chunk ahead (AHEAD): chunk c + 1's loads are issued before chunk c is multiplied. So the next kernels' launches and
 weight loads overlap this one, inside a graph as outside. On the H100 (scripts/probe_gemv.py,
 results/h100/logs/probe-steps-cbda111.log) a llama-1b bs-1 replay took 1196 us without PDL,
 1094 us with PDL waiting before the trigger and 1058 us triggering first; opt-125m 406, 333, 316.
@@ -161,8 +162,9 @@ OVERRIDES: dict = {}
 def config(N: int, K: int, B: int, elt: int) -> dict:
     """Launch parameters for an [N, K] weight and B rows. One or two 16-byte loads per thread per
     row of the tile, every thread along K: BLOCK_K = (16 / elt) · 32 · num_warps (twice that
-    when it then covers K, four times that above), the same for every batch, so the K reduction's order (and each row's result) does not depend on B (checked
-    bitwise on the H100 for 1, 3, 4 and 8 rows)."""
+    above; longer rows in chunks of twice that, one chunk ahead), the same for every batch, so
+    the K reduction's order (and each row's result) does not depend on B (checked bitwise on
+    the H100 for 1, 3, 4 and 8 rows)."""
     if (N, K) in OVERRIDES:
         return dict(dict(AHEAD=0), **OVERRIDES[N, K])
     if interpreted(_gemv_kernel):
@@ -180,10 +182,12 @@ def config(N: int, K: int, B: int, elt: int) -> dict:
         return dict(BLOCK_N=4, BLOCK_K=vec, STAGES=3, num_warps=warps, AHEAD=0)
     if K <= 2 * vec:
         return dict(BLOCK_N=4, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=0)
-    # down (K 3072, 8192): 4096-wide chunks, so more of a program's weights load before the
-    # wait; whole bs-1 replays 1036 -> 1023 us (llama-1b), 255 -> 247 us (opt-125m)
-    # (results/h100/logs/probe-steps-87925db.log)
-    return dict(BLOCK_N=2, BLOCK_K=4 * vec, STAGES=3, num_warps=warps, AHEAD=0)
+    # down (K 3072, 8192): 2048-wide chunks, one ahead (two chunks' loads in flight per
+    # program). Whole bs-1 llama-1b replays: 1022.6 -> 1008.9 us against one 4096-wide chunk
+    # after another (results/h100/logs/probe-steps-943596d.log), 1025.3 -> 1001.5 us
+    # (host-22befff.log); opt-125m unchanged (246.3 -> 248.6, 244.2 -> 242.6). Before that,
+    # 4096-wide chunks had beaten 1024-wide ones (1036 -> 1023 us, probe-steps-87925db.log).
+    return dict(BLOCK_N=2, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=1)
 
 
 def use_pdl(x) -> bool:

@@ -176,14 +176,14 @@ class ToyDecoder:
             self.all_reduce(h)
         return h, residual
 
-    def piece(self, i: int, tokens, positions, slots, o=None, residual=None):
-        """Piece i of the step. Piece 0: embedding and layer 0 up to attention. Piece i in
-        1..L-1: layer i-1 after attention and layer i up to attention. Piece L: layer L-1 after
-        attention, final norm, LM head. Returns (q, residual) or logits for the last (with the
-        attention fused, q is the layer's whole QKV row)."""
+    def piece(self, i: int, tokens, positions, slots, o=None, residual=None, h=None):
+        """Piece i of the step. Piece 0: embedding (or `h`, the rows embed_inputs gave) and
+        layer 0 up to attention. Piece i in 1..L-1: layer i-1 after attention and layer i up to
+        attention. Piece L: layer L-1 after attention, final norm, LM head. Returns (q, residual)
+        or logits for the last (with the attention fused, q is the layer's whole QKV row)."""
         s = self.shape
         if i == 0:
-            h, res = self.embed[tokens], None                            # [B, hidden]
+            h, res = (self.embed[tokens] if h is None else h), None      # [B, hidden]
         else:
             h, res = self._post_attention(i - 1, o, residual)
         if i == s.n_layers:
@@ -258,6 +258,13 @@ class ToyDecoder:
         """Sequence i attends to positions [0, positions[i]] (its new token included)."""
         return (positions + 1).to(torch.int32)
 
+    def embed_inputs(self, tokens, positions):
+        """(the new tokens' embedding rows, seq_lens_for(positions)): one Triton kernel in the
+        fused-attention plan (kernels.embed_seq_lens), else an index gather, an add and a cast."""
+        if self.attention_fused:
+            return kernels.embed_seq_lens(self.embed, tokens, positions)
+        return self.embed[tokens], self.seq_lens_for(positions)
+
     def step(self, tokens, positions, slots):
         """One decode step for len(tokens) sequences: returns logits [B, vocab]."""
         state = self.step_head(tokens, positions, slots, self.shape.n_layers)
@@ -267,10 +274,10 @@ class ToyDecoder:
         """The step's first `layers` layers (through their attention); returns the state
         step_tail continues from. step = step_tail(step_head(..)): the graph runner's split
         launch captures the two as separate graphs."""
-        seq_lens = self.seq_lens_for(positions)
+        h, seq_lens = self.embed_inputs(tokens, positions)
         o = res = None
         for i in range(layers):
-            q, res = self.piece(i, tokens, positions, slots, o, res)
+            q, res = self.piece(i, tokens, positions, slots, o, res, h=h if i == 0 else None)
             o = self.attention(i, q, slots, seq_lens)
         return (layers, seq_lens, o, res)
 

@@ -236,8 +236,8 @@ class GraphRunner:
                                                                  if entry.graphs else None)
             with torch.cuda.graph(g, pool=pool, stream=stream):
                 if i == 0:
-                    entry.seq_lens = dec.seq_lens_for(positions)
-                    out = dec.piece(0, tokens, positions, slots)
+                    h, entry.seq_lens = dec.embed_inputs(tokens, positions)
+                    out = dec.piece(0, tokens, positions, slots, h=h)
                 else:
                     out = dec.piece(i, tokens, positions, slots, o=o, residual=res)
             entry.graphs.append(g)

@@ -278,12 +278,14 @@ def _op_fns(dec, b: int) -> dict:
     o, gu, f = r(b, s.n_heads, s.head_dim), r(b, 2 * s.ffn), r(b, s.ffn)
     nw = L["attn_norm"]
     fns = {
-        "embedding": lambda: dec.embed[tokens],
-        "seq_lens_add": lambda: positions + 1,
-        "seq_lens_cast": lambda: positions.to(torch.int32),
+        # the fused-attention plan's embedding kernel writes seq_lens too
+        "embedding": lambda: dec.embed_inputs(tokens, positions) if dec.attention_fused else dec.embed[tokens],
         # the fused attention takes the QKV row (and writes the new K and V itself)
         "decode_attention": lambda: dec.attention(0, qkv if dec.attention_fused else q, slots, seq),
     }
+    if not dec.attention_fused:   # else seq_lens come from the embedding kernel
+        fns["seq_lens_add"] = lambda: positions + 1
+        fns["seq_lens_cast"] = lambda: positions.to(torch.int32)
     if dec.attention_fused:
         pass                                  # rope and the KV store are inside attention
     elif dec.fuse:
@@ -402,7 +404,8 @@ def _layer_op_fns(dec, b: int, context: int) -> dict:
     lay = dec.layers
     slots_of = lambda i: slot_sets[(i // L) % n_bases]
     fns = {
-        "embedding": per_call(lambda i: dec.embed[tokens]),
+        "embedding": per_call(lambda i: dec.embed_inputs(tokens, positions) if dec.attention_fused
+                              else dec.embed[tokens]),
         "decode_attention": per_call(lambda i: dec.attention(i % L, qkv if dec.attention_fused else q,
                                                              slots_of(i), seq)),
     }
@@ -455,7 +458,8 @@ KERNEL_FAMILIES = (("_rope_attend", "decode_attention"), ("_split_kernel", "deco
                    ("_gemv", "matmul"), ("_rope_store_kv", "rope_store_kv"),
                    ("_rmsnorm", "rmsnorm"), ("_rope", "rope"), ("_store_kv", "store_kv"),
                    ("_swiglu", "swiglu"), ("gemm", "matmul"), ("gemv", "matmul"),
-                   ("cutlass", "matmul"), ("sm90", "matmul"), ("index", "embedding"))
+                   ("cutlass", "matmul"), ("sm90", "matmul"), ("index", "embedding"),
+                   ("_embed_kernel", "embedding"))
 
 
 def kernel_breakdown(kernels: list[tuple[str, float]]) -> dict:

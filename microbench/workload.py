@@ -41,9 +41,14 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
     s, h = shape, shape.hidden
     H, Hkv, D, Fw, V = s.n_heads, s.n_kv_heads, s.head_dim, s.ffn, s.vocab
     kv_len = context + 1
-    ks = [Kernel("embedding", "torch", 2 * b * h * elt, 0),
-          Kernel("seq_lens_add", "torch", 2 * b * 8, 0),
-          Kernel("seq_lens_cast", "torch", b * 12, 0)]
+    if fuse >= FUSED_ATTENTION:
+        # one Triton kernel: the rows, and seq_lens from the positions (reads tokens and
+        # positions, writes int32 lengths)
+        ks = [Kernel("embedding", "triton", 2 * b * h * elt + b * (8 + 8 + 4), 0)]
+    else:
+        ks = [Kernel("embedding", "torch", 2 * b * h * elt, 0),
+              Kernel("seq_lens_add", "torch", 2 * b * 8, 0),
+              Kernel("seq_lens_cast", "torch", b * 12, 0)]
 
     def mm(name, n_in, n_out, extra_bytes=0, extra_flops=0):
         # the skinny Triton matmuls carry their own names: their wrappers' host costs differ

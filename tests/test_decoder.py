@@ -152,9 +152,10 @@ def test_planned_launches_match_the_decoder():
                                    fuse=dec.fusion))
     assert n == dec.launches_per_step(1)
     L = TINY.n_layers
-    # all fused, one row: QKV, rope+store+attention, O, gate/up, down per layer, then the LM head
-    assert "cublas" not in n and n["torch"] == 3
-    assert n["triton"] == 5 * L + 1
+    # all fused, one row: the embedding rows and seq_lens; QKV, rope+store+attention, O,
+    # gate/up, down per layer; then the LM head
+    assert "cublas" not in n and "torch" not in n
+    assert n["triton"] == 1 + 5 * L + 1
     # rope_store_kv, and attention's reduce where it splits (max_seq 1024 here)
     mid = ToyDecoder(TINY, max_batch=4, max_seq=1024, device="cpu", fuse_attention=False)
     assert mid.fusion == 1 and mid.attention_launches(1) == 2
@@ -163,7 +164,7 @@ def test_planned_launches_match_the_decoder():
     assert n["cublas"] == 4 * L + 1 and n["torch"] == 3
     assert n["triton"] == L * (5 + 2) + 1
     assert ToyDecoder(TINY, max_batch=4, max_seq=1024, device="cpu").launches_per_step(1)["triton"] \
-        == 5 * L + 1                                   # the fused attention merges its splits
+        == 1 + 5 * L + 1                               # the fused attention merges its splits
 
 
 @pytest.mark.parametrize("bs", [1, 10], ids=["skinny", "cublas"])
@@ -203,7 +204,7 @@ def test_plan_counts_the_kernels_a_step_launches(bs, fuse, device, monkeypatch):
         return wrapped
 
     for name in ("rmsnorm_linear", "linear", "rmsnorm_linear_swiglu", "rope_store_kv",
-                 "rope_store_attention"):
+                 "rope_store_attention", "embed_seq_lens"):
         monkeypatch.setattr(kernels, name, counting(getattr(kernels, name), "triton"))
     for name in ("rmsnorm", "rope", "store_kv", "swiglu"):
         setattr(dec.ops, name, counting(getattr(dec.ops, name), "triton"))
@@ -214,7 +215,8 @@ def test_plan_counts_the_kernels_a_step_launches(bs, fuse, device, monkeypatch):
     dec.step(t, p, s)
     plan = launch_counts(dec.plan(bs, 3))
     assert {k: plan.get(k, 0) for k in calls} == calls
-    assert plan["torch"] == 3          # embedding gather, seq_lens add and cast
+    # embedding gather, seq_lens add and cast; one Triton kernel in the fused-attention plan
+    assert plan.get("torch", 0) == (0 if fuse is True else 3)
 
 
 def test_torch_backend_traces_as_one_graph():
@@ -256,6 +258,8 @@ def test_measured_host_costs_cover_every_planned_kernel(fuse, device, monkeypatc
     assert len(calls) == len(set(map(id, calls)))
     # nothing timed that no plan launches (the reduce and final norm are copied entries)
     assert set(measured) - planned <= {"attention_reduce", "final_norm"}, set(measured) - planned
+    # the fused-attention plan's embedding kernel is timed as its own Triton launch
+    assert {k.launcher for k in dec.plan(1, 3) if k.name == "embedding"} == {"triton" if fuse is True else "torch"}
 
 
 @pytest.mark.parametrize("fuse", [True, "matmuls", False], ids=["fused", "rope-store", "unfused"])

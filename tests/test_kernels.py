@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from kernels import (decode_attention, decode_attention_ref, linear, linear_ref, rmsnorm,
+from kernels import (decode_attention, decode_attention_ref, embed_seq_lens, embed_seq_lens_ref,
+                     linear, linear_ref, rmsnorm,
                      rmsnorm_linear, rmsnorm_linear_ref, rmsnorm_ref, rope, rope_ref, rope_store_attention,
                      rope_store_attention_ref, rope_store_kv, rope_store_kv_ref, store_kv, store_kv_ref,
                      swiglu, rmsnorm_linear_swiglu, rmsnorm_linear_swiglu_ref, swiglu_ref)
@@ -356,6 +357,51 @@ def test_rope_store_attention_cuda_graph_replay(device):
 def test_swiglu(B, F, dtype, device):
     gate_up = 2 * randn(B, 2 * F, g=gen(9), dtype=dtype, device=device)
     assert_close(swiglu(gate_up), swiglu_ref(gate_up), dtype)
+
+
+# ---- the step's first kernel: embedding rows and sequence lengths --------------------------
+
+@pytest.mark.parametrize("V, hidden, B", [(50, 24, 1), (37, 130, 5), (300, 1100, 3)], ids=lambda v: str(v))
+@pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
+@dtype_param
+def test_embed_seq_lens(V, hidden, B, idx_dtype, dtype, device):
+    """Rows gathered exactly (a copy, no arithmetic), seq_lens = positions + 1 as int32; tokens
+    repeat and reach both ends of the table; hidden off every block size."""
+    g = gen(31)
+    embed = randn(V, hidden, g=g, dtype=dtype, device=device)
+    tokens = torch.cat([torch.tensor([0, V - 1]), torch.randint(0, V, (B,), generator=g)])[:B]
+    tokens = tokens.to(device=device, dtype=idx_dtype)
+    positions = torch.randint(0, 5000, (B,), generator=g).to(device=device, dtype=idx_dtype)
+    h, seq = embed_seq_lens(embed, tokens, positions)
+    h_ref, seq_ref = embed_seq_lens_ref(embed, tokens, positions)
+    assert h.dtype == dtype and seq.dtype == torch.int32
+    assert torch.equal(h, h_ref) and torch.equal(h, embed[tokens.long()])
+    assert torch.equal(seq, seq_ref)
+
+
+def test_embed_out_of_range_token_gives_zeros(device):
+    g = gen(32)
+    embed = randn(20, 40, g=g, dtype=torch.float32, device=device)
+    tokens = torch.tensor([3, -1, 20, 19], device=device)
+    positions = torch.tensor([0, 1, 2, 3], device=device)
+    h, seq = embed_seq_lens(embed, tokens, positions)
+    assert torch.equal(h, embed_seq_lens_ref(embed, tokens, positions)[0])
+    assert torch.equal(h[0], embed[3]) and torch.equal(h[3], embed[19])
+    assert not h[1].any() and not h[2].any()
+    assert seq.tolist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda e, t, p: (e[:, ::2], t, p), "contiguous rows"),
+    (lambda e, t, p: (e.to(torch.int32), t, p), "float32/float16/bfloat16"),
+    (lambda e, t, p: (e, t.float(), p), "tokens must be a 1-D int32/int64"),
+    (lambda e, t, p: (e, t, p[:1]), "same length"),
+])
+def test_embed_seq_lens_rejects_bad_args(bad, match, device):
+    e = torch.zeros(8, 16, device=device)
+    t = torch.tensor([1, 2], device=device)
+    with pytest.raises(ValueError, match=match):
+        embed_seq_lens(*bad(e, t, t.clone()))
 
 
 # ---- skinny matmuls with fused prologues ----------------------------------------------------
