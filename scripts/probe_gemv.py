@@ -102,17 +102,27 @@ def variants(s):
     if os.environ.get("PROBE_OLD_PLANS"):
         out += [("fused attention, split launch", dict(split=True)),
                 ("rope_store_kv + reduce kernel", dict(fuse_attention=False))]
-    # down (K = ffn) with one chunk ahead: two chunks' loads in flight per program
-    for bn, bk in ((2, 4096), (2, 2048), (4, 2048), (1, 4096), (2, 1024), (4, 1024)):
-        if bk < F:
-            out.append((f"down BN {bn} BK {bk} ahead", dict(ov={(h, F): cfg(bn, bk, 4, ahead=1)})))
-    # the K = hidden matmuls in two chunks, one ahead
-    out.append(("qkv/o/gate_up/lm BK 1024 ahead", dict(ov={(n, h): cfg(4, 1024, 4, ahead=1)
-                                                        for n in (qkv, h, 2 * F, s.vocab)})))
-    # the fused attention's split count, tile and warps
-    for att in (dict(num_splits=1), dict(num_splits=2), dict(num_splits=3), dict(block_n=64),
-                dict(num_warps=2), dict(num_warps=8), dict(block_n=64, num_warps=2)):
-        out.append(("attention " + ", ".join(f"{k} {v}" for k, v in att.items()), dict(att=att)))
+    if os.environ.get("PROBE_DOWN"):
+        # down (K = ffn) with one chunk ahead: two chunks' loads in flight per program
+        for bn, bk in ((2, 4096), (2, 2048), (4, 2048), (1, 4096), (2, 1024), (4, 1024)):
+            if bk < F:
+                out.append((f"down BN {bn} BK {bk} ahead", dict(ov={(h, F): cfg(bn, bk, 4, ahead=1)})))
+    if os.environ.get("PROBE_ATTENTION"):
+        # the fused attention's split count, tile and warps
+        for att in (dict(num_splits=1), dict(num_splits=2), dict(num_splits=3), dict(block_n=64),
+                    dict(num_warps=2), dict(num_warps=8), dict(block_n=64, num_warps=2)):
+            out.append(("attention " + ", ".join(f"{k} {v}" for k, v in att.items()), dict(att=att)))
+    # one-chunk matmuls holding their weights in bf16 while they wait (AHEAD with one chunk:
+    # converted after the wait), so more programs of the next kernels fit beside them
+    bk = 2048 if h > 1024 else 1024
+    raw = lambda *ns: {(n, h): cfg(4, bk, 4, ahead=1) for n in ns}
+    out += [("hold raw: o", dict(ov=raw(h))),
+            ("hold raw: o, gate/up", dict(ov=raw(h, 2 * F))),
+            ("hold raw: qkv, o, gate/up", dict(ov=raw(qkv, h, 2 * F))),
+            ("hold raw: qkv, o, gate/up, lm", dict(ov=raw(qkv, h, 2 * F, s.vocab))),
+            ("hold raw: gate/up", dict(ov=raw(2 * F))),
+            ("o BN 8", dict(ov={(h, h): cfg(8, bk, 4)})),
+            ("o BN 8, hold raw", dict(ov={(h, h): cfg(8, bk, 4, ahead=1)}))]
     out.append(("fused attention (again)", {}))
     return out
 
