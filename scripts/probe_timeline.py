@@ -3,6 +3,7 @@
 and with the input copy, back to back (GPU time); the synchronised step (wall); the host's
 calls; and per kernel family the marginal time (a kernel's end less the end of the kernel
 before it: with PDL they overlap, and these marginals sum to the step's kernel span)."""
+import os
 import statistics
 
 import torch
@@ -33,8 +34,9 @@ for p in ("opt-125m", "llama-1b"):
                      torch.full((1,), 512, dtype=torch.long, device=dev),
                      torch.zeros(1, dtype=torch.long, device=dev)])
     nb = step_bytes(dec.shape, 1, 512)
-    for label, fa, split in (("fused attention", True, False), ("fused attention, split launch", True, True),
-                             ("rope_store_kv + reduce", False, False)):
+    plans = (("fused attention", True, False), ("fused attention, split launch", True, True),
+             ("rope_store_kv + reduce", False, False))
+    for label, fa, split in plans[:None if os.environ.get("PROBE_OLD_PLANS") else 1]:
         dec.fuse_attention = fa
         runner = GraphRunner(dec, [1], mode="full", progress=False, split_launch=split)
         runner.capture()
@@ -98,7 +100,7 @@ for p in ("opt-125m", "llama-1b"):
         # one middle layer, kernel by kernel
         mid = [k for k in ks if launches[2].time_range.start <= k.time_range.start < launches[3].time_range.start]
         mid = [k for k in mid if "memcpy" not in k.name.lower()]
-        j = 3 + (5 if fa else 7) * 7
+        j = (1 if fa else 3) + (5 if fa else 7) * 7   # the step's leading kernels, then 7 layers
         base = mid[0].time_range.start
         print("  kernels of a middle layer (start, end, us from the step's first kernel): " + "; ".join(
             f"{fam(k.name)} {k.time_range.start - base:.1f}-{k.time_range.end - base:.1f}"
