@@ -5,6 +5,7 @@ copy; the host time of the replay call alone and of the copy alone; and the floo
 synchronised step (one tiny kernel and a synchronise). Split launch is tried with 1, 2 and 4
 head layers. Prints one line per plan."""
 import os
+import sys
 
 import torch
 
@@ -24,6 +25,35 @@ print(f"copy bandwidth {copy / 1e12:.3f} TB/s", flush=True)
 tiny = torch.zeros(1, device=dev)
 _, floor = step_time_us(lambda: tiny.add_(1), inner=20, sync_each=True, budget_s=BUDGET)
 print(f"synchronised step floor (one tiny kernel + synchronize): {floor.median:.1f} us", flush=True)
+if os.environ.get("PROBE_SYNC"):
+    # the same floor waited on in other ways (per call, wall time over 2000 calls)
+    import time
+    ev = torch.cuda.Event()
+    stream = torch.cuda.current_stream()
+
+    def spin():
+        ev.record()
+        while not ev.query():
+            pass
+
+    def ev_sync():
+        ev.record()
+        ev.synchronize()
+
+    for name, wait in (("torch.cuda.synchronize", torch.cuda.synchronize),
+                       ("stream.synchronize", stream.synchronize), ("event.synchronize", ev_sync),
+                       ("event.query spin", spin), ("no wait (queue only)", lambda: None)):
+        xs = []
+        for _ in range(5):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(400):
+                tiny.add_(1)
+                wait()
+            torch.cuda.synchronize()
+            xs.append((time.perf_counter() - t0) * 1e6 / 400)
+        print(f"  tiny kernel + {name:24s}: {sorted(xs)[2]:.1f} us per call", flush=True)
+    sys.exit(0)
 _head = GR.head_layers
 OV = {"down BN 2 BK 2048 ahead": lambda s: {(s.hidden, s.ffn): dict(BLOCK_N=2, BLOCK_K=2048, STAGES=3,
                                                                     num_warps=4, AHEAD=1)}}
