@@ -112,17 +112,24 @@ def variants(s):
         for att in (dict(num_splits=1), dict(num_splits=2), dict(num_splits=3), dict(block_n=64),
                     dict(num_warps=2), dict(num_warps=8), dict(block_n=64, num_warps=2)):
             out.append(("attention " + ", ".join(f"{k} {v}" for k, v in att.items()), dict(att=att)))
-    # one-chunk matmuls holding their weights in bf16 while they wait (AHEAD with one chunk:
-    # converted after the wait), so more programs of the next kernels fit beside them
-    bk = 2048 if h > 1024 else 1024
-    raw = lambda *ns: {(n, h): cfg(4, bk, 4, ahead=1) for n in ns}
-    out += [("hold raw: o", dict(ov=raw(h))),
-            ("hold raw: o, gate/up", dict(ov=raw(h, 2 * F))),
-            ("hold raw: qkv, o, gate/up", dict(ov=raw(qkv, h, 2 * F))),
-            ("hold raw: qkv, o, gate/up, lm", dict(ov=raw(qkv, h, 2 * F, s.vocab))),
-            ("hold raw: gate/up", dict(ov=raw(2 * F))),
-            ("o BN 8", dict(ov={(h, h): cfg(8, bk, 4)})),
-            ("o BN 8, hold raw", dict(ov={(h, h): cfg(8, bk, 4, ahead=1)}))]
+    if os.environ.get("PROBE_RAW"):
+        # one-chunk matmuls holding their weights in bf16 while they wait (AHEAD with one chunk:
+        # converted after the wait), so more programs of the next kernels fit beside them
+        bk = 2048 if h > 1024 else 1024
+        raw = lambda *ns: {(n, h): cfg(4, bk, 4, ahead=1) for n in ns}
+        out += [("hold raw: o", dict(ov=raw(h))),
+                ("hold raw: o, gate/up", dict(ov=raw(h, 2 * F))),
+                ("hold raw: qkv, o, gate/up", dict(ov=raw(qkv, h, 2 * F))),
+                ("hold raw: qkv, o, gate/up, lm", dict(ov=raw(qkv, h, 2 * F, s.vocab))),
+                ("hold raw: gate/up", dict(ov=raw(2 * F))),
+                ("o BN 8", dict(ov={(h, h): cfg(8, bk, 4)})),
+                ("o BN 8, hold raw", dict(ov={(h, h): cfg(8, bk, 4, ahead=1)}))]
+    # the split merge: partials requested in one pass (default) or m first, then l and o
+    out.append(("attention merge in two passes", dict(att=dict(one_pass=False))))
+    # gate/up in two chunks, one ahead
+    if h > 1024:
+        for bn in (2, 4, 8):
+            out.append((f"gate/up BN {bn} BK 1024 ahead", dict(ov={(2 * F, h): cfg(bn, 1024, 4, ahead=1)})))
     out.append(("fused attention (again)", {}))
     return out
 
