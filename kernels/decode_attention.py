@@ -351,7 +351,7 @@ def _rope_attend_kernel(
     H, HKV, max_seq, split_size, num_splits, qk_scale, theta,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, S_CHUNK: tl.constexpr,
-    ONE_PASS: tl.constexpr, SINGLE: tl.constexpr, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
+    SINGLE: tl.constexpr, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
     TILES_PER_SPLIT: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -447,38 +447,25 @@ def _rope_attend_kernel(
             base = (b * H + heads) * num_splits                      # [BLOCK_H]
             offs_s = tl.arange(0, BLOCK_S)
             mask_hs = mask_h[:, None] & (offs_s < num_splits)[None, :]
+            # .cg: the partials come from other SMs; read them from L2, never a stale L1 line
+            m = tl.load(m_part_ptr + base[:, None] + offs_s[None, :], mask=mask_hs,
+                        other=float("-inf"), cache_modifier=".cg")
+            m_max = tl.where(mask_h, tl.max(m, axis=1), 0.0)          # split 0 is never empty
             num = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
             den = tl.zeros([BLOCK_H], tl.float32)
-            # .cg: the partials come from other SMs; read them from L2, never a stale L1 line
-            if ONE_PASS:
-                # every split's m, l and o requested at once: one round trip to L2
-                idx = base[:, None] + offs_s[None, :]
-                m = tl.load(m_part_ptr + idx, mask=mask_hs, other=float("-inf"), cache_modifier=".cg")
-                l = tl.load(l_part_ptr + idx, mask=mask_hs, other=0.0, cache_modifier=".cg")
+            # S_CHUNK splits' partials per load: [BLOCK_H, S_CHUNK, BLOCK_D] in flight at once
+            for c in tl.static_range(0, BLOCK_S, S_CHUNK):
+                offs_c = c + tl.arange(0, S_CHUNK)
+                mask_c = mask_h[:, None] & (offs_c < num_splits)[None, :]   # [BLOCK_H, S_CHUNK]
+                idx = base[:, None] + offs_c[None, :]
+                w = tl.exp2(tl.load(m_part_ptr + idx, mask=mask_c, other=float("-inf"),
+                                    cache_modifier=".cg") - m_max[:, None])
+                den += tl.sum(w * tl.load(l_part_ptr + idx, mask=mask_c, other=0.0,
+                                          cache_modifier=".cg"), axis=1)
                 o = tl.load(o_part_ptr + idx[:, :, None] * HEAD_DIM + offs_d[None, None, :],
-                            mask=mask_hs[:, :, None] & mask_d[None, None, :], other=0.0,
+                            mask=mask_c[:, :, None] & mask_d[None, None, :], other=0.0,
                             cache_modifier=".cg")
-                m_max = tl.where(mask_h, tl.max(m, axis=1), 0.0)      # split 0 is never empty
-                w = tl.exp2(m - m_max[:, None])
-                den += tl.sum(w * l, axis=1)
                 num += tl.sum(o * w[:, :, None], axis=1)
-            else:
-                m = tl.load(m_part_ptr + base[:, None] + offs_s[None, :], mask=mask_hs,
-                            other=float("-inf"), cache_modifier=".cg")
-                m_max = tl.where(mask_h, tl.max(m, axis=1), 0.0)
-                # S_CHUNK splits' partials per load: [BLOCK_H, S_CHUNK, BLOCK_D] in flight at once
-                for c in tl.static_range(0, BLOCK_S, S_CHUNK):
-                    offs_c = c + tl.arange(0, S_CHUNK)
-                    mask_c = mask_h[:, None] & (offs_c < num_splits)[None, :]   # [BLOCK_H, S_CHUNK]
-                    idx = base[:, None] + offs_c[None, :]
-                    w = tl.exp2(tl.load(m_part_ptr + idx, mask=mask_c, other=float("-inf"),
-                                        cache_modifier=".cg") - m_max[:, None])
-                    den += tl.sum(w * tl.load(l_part_ptr + idx, mask=mask_c, other=0.0,
-                                              cache_modifier=".cg"), axis=1)
-                    o = tl.load(o_part_ptr + idx[:, :, None] * HEAD_DIM + offs_d[None, None, :],
-                                mask=mask_c[:, :, None] & mask_d[None, None, :], other=0.0,
-                                cache_modifier=".cg")
-                    num += tl.sum(o * w[:, :, None], axis=1)
             den = tl.where(mask_h, den, 1.0)                          # padding heads: 0/0
             tl.store(out_rows, to_dtype(num / den[:, None], out_ptr.dtype.element_ty), mask=mask_hd)
             tl.store(counter, 0)   # ready for the next call: every split of this launch has counted
@@ -536,8 +523,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
         *k_cache.stride()[:3], out.stride(0), out.stride(1),
         H, Hkv, max_seq, split_size, num_splits, float(scale) * _LOG2E, float(theta),
         GROUP=group, HEAD_DIM=D, HALF=D // 2, BLOCK_H=max(16, triton.next_power_of_2(group)),
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_S=block_s, S_CHUNK=min(block_s, 8),
-        ONE_PASS=block_s <= 8 and ov.get("one_pass", True), SINGLE=single,
+        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_S=block_s, S_CHUNK=min(block_s, 8), SINGLE=single,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(_rope_attend_kernel), TILES_PER_SPLIT=split_size // block_n,
         USE_PDL=pdl_mode(pdl), num_warps=ov.get("num_warps", 4), num_stages=_CUDA_NUM_STAGES,

@@ -124,8 +124,6 @@ def variants(s):
                 ("hold raw: gate/up", dict(ov=raw(2 * F))),
                 ("o BN 8", dict(ov={(h, h): cfg(8, bk, 4)})),
                 ("o BN 8, hold raw", dict(ov={(h, h): cfg(8, bk, 4, ahead=1)}))]
-    # the split merge: partials requested in one pass (default) or m first, then l and o
-    out.append(("attention merge in two passes", dict(att=dict(one_pass=False))))
     # gate/up in two chunks, one ahead
     if h > 1024:
         for bn in (2, 4, 8):
