@@ -58,6 +58,43 @@ _head = GR.head_layers
 OV = {"down BN 2 BK 2048 ahead": lambda s: {(s.hidden, s.ffn): dict(BLOCK_N=2, BLOCK_K=2048, STAGES=3,
                                                                     num_warps=4, AHEAD=1)}}
 
+if os.environ.get("PROBE_LADDER"):
+    # the sweep's runner (max batch 128, the vllm ladder's 19 sizes) against one size: does
+    # the bs-1 step's host work depend on the runner around it?
+    from microbench.sweep import SweepConfig
+    ladder = SweepConfig().ladder_sizes()
+    for p in ("llama-1b",):
+        for label, mb, sizes in (("ladder, max batch 128", max(ladder), ladder),
+                                 ("bs 1 only, max batch 128", max(ladder), [1]),
+                                 ("bs 1 only, max batch 1", 1, [1]),
+                                 ("ladder, max batch 128 (again)", max(ladder), ladder)):
+            dec = ToyDecoder(PRESETS[p], max_batch=mb, max_seq=max_seq_for(512), device=dev)
+            dec.fill_cache(512)
+            runner = GR.GraphRunner(dec, sizes, mode="full", progress=False)
+            runner.capture()
+            x = torch.stack([torch.zeros(1, dtype=torch.long, device=dev),
+                             torch.full((1,), 512, dtype=torch.long, device=dev),
+                             torch.zeros(1, dtype=torch.long, device=dev)])
+            g = runner.entries[1].graphs[0]
+            inp = runner._rows(1)[0]
+            gpu = gpu_time_us(g.replay, inner=10, budget_s=BUDGET).median
+            _, step = step_time_us(lambda: runner.step_packed(x), inner=20, sync_each=True, budget_s=BUDGET)
+            h_step = host_time_us(lambda: runner.step_packed(x), budget_s=BUDGET / 2).median
+            h_copy = host_time_us(lambda: inp.copy_(x), budget_s=BUDGET / 2).median
+            h_replay = host_time_us(g.replay, budget_s=BUDGET / 2).median
+
+            def copy_replay():
+                inp.copy_(x)
+                g.replay()
+            h_both = host_time_us(copy_replay, budget_s=BUDGET / 2).median
+            print(f"{p} {label:32s}: GPU {gpu:7.1f} us, synced step {step.median:7.1f}; host: step_packed "
+                  f"{h_step:5.1f}, copy {h_copy:4.1f}, replay {h_replay:4.1f}, copy then replay {h_both:5.1f} us",
+                  flush=True)
+            runner.close()
+            del dec, runner
+            torch.cuda.empty_cache()
+    sys.exit(0)
+
 for p in ("llama-1b", "opt-125m"):
     dec = ToyDecoder(PRESETS[p], max_batch=1, max_seq=max_seq_for(512), device=dev)
     dec.fill_cache(512)
