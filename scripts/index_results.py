@@ -18,10 +18,13 @@ The three sweeps of commit `9925911` ran pinned to one CPU core (`taskset -c 3`,
 before commit `81bee6f` were removed: they profiled kernels before timing, and the
 profiler's hooks slowed every later launch and replay on the host.
 
-The README's reference runs are those of commit `147403a`, the code as it is: attention fused
-with RoPE and the KV store, five kernels a layer (`results/h100/20261122-1152*` and `-1153*`
-default sweeps, `-1154*` and `-1157*` all arms, `-1200*` and `-1201*` all arms at bs 1 with
-`--split-launch`; logs `results/h100/logs/*-147403a.log`). The runs of `20d43bca4c19` (`-1046*`
+The README's reference runs are those of the code as it is: commit `4747730` (all arms,
+`results/h100/20261122-1244*` and `-1246*`) and `0ba83cf` (default sweeps, `-1258*`), whose
+kernels and decoder are the same: the embedding rows and sequence lengths in one kernel, attention
+fused with RoPE and the KV store, five kernels a layer, down in 2048-wide chunks one ahead (logs
+`results/h100/logs/*-4747730.log`, `*-0ba83cf.log`). The runs of `147403a` (`-1152*` to `-1201*`)
+ran the embedding as three PyTorch kernels and down in 4096-wide chunks one after another
+(`-1200*` and `-1201*` all arms at bs 1 with `--split-launch`). The runs of `20d43bca4c19` (`-1046*`
 to `-1050*`) ran rope_store_kv and attention's reduce kernel (seven kernels a layer). The runs of
 `ccfeeded1dbd` (`-1022*` to `-1025*`) ran the
 same kernels with the model's kernel lines timed one call per layer; those of `1474df02fa4a`
