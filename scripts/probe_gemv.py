@@ -83,11 +83,9 @@ print(f"config probe took {time.time() - t0:.0f} s", flush=True)
 # configs other than config()'s, tried inside the whole step (kernels.gemv.OVERRIDES)
 import importlib
 A = importlib.import_module("kernels.decode_attention")  # the package exports a function of that name
-from microbench.decoder import ToyDecoder
 from microbench.graphs import GraphRunner
-from microbench.sweep import max_seq_for
 from microbench.timing import step_time_us
-from microbench.workload import step_bytes
+from probe_common import bs1_decoder
 
 
 def cfg(bn, bk, warps, stages=3, ahead=0):
@@ -133,12 +131,7 @@ def variants(s):
 
 
 for p in ("opt-125m", "llama-1b"):
-    dec = ToyDecoder(PRESETS[p], max_batch=1, max_seq=max_seq_for(512), device=dev)
-    dec.fill_cache(512)
-    x = torch.stack([torch.zeros(1, dtype=torch.long, device=dev),
-                     torch.full((1,), 512, dtype=torch.long, device=dev),
-                     torch.zeros(1, dtype=torch.long, device=dev)])
-    nb = step_bytes(dec.shape, 1, 512)
+    dec, x, nb = bs1_decoder(p, dev)
     outs = {}
     for label, kw in variants(dec.shape):
         dec.fuse_attention = kw.get("fuse_attention", True)

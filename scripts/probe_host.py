@@ -11,12 +11,9 @@ import torch
 
 import kernels.gemv as G
 import microbench.graphs as GR
-from microbench.config import PRESETS
-from microbench.decoder import ToyDecoder
 from microbench.launch import copy_bandwidth
-from microbench.sweep import max_seq_for
 from microbench.timing import gpu_time_us, host_time_us, step_time_us
-from microbench.workload import step_bytes
+from probe_common import bs1_decoder
 
 dev = torch.device("cuda")
 copy = copy_bandwidth(dev, budget_s=0.3)["bytes_per_s"]
@@ -68,13 +65,9 @@ if os.environ.get("PROBE_LADDER"):
                                  ("bs 1 only, max batch 128", max(ladder), [1]),
                                  ("bs 1 only, max batch 1", 1, [1]),
                                  ("ladder, max batch 128 (again)", max(ladder), ladder)):
-            dec = ToyDecoder(PRESETS[p], max_batch=mb, max_seq=max_seq_for(512), device=dev)
-            dec.fill_cache(512)
+            dec, x, _ = bs1_decoder(p, dev, max_batch=mb)
             runner = GR.GraphRunner(dec, sizes, mode="full", progress=False)
             runner.capture()
-            x = torch.stack([torch.zeros(1, dtype=torch.long, device=dev),
-                             torch.full((1,), 512, dtype=torch.long, device=dev),
-                             torch.zeros(1, dtype=torch.long, device=dev)])
             g = runner.entries[1].graphs[0]
             inp = runner._rows(1)[0]
             gpu = gpu_time_us(g.replay, inner=10, budget_s=BUDGET).median
@@ -96,12 +89,7 @@ if os.environ.get("PROBE_LADDER"):
     sys.exit(0)
 
 for p in ("llama-1b", "opt-125m"):
-    dec = ToyDecoder(PRESETS[p], max_batch=1, max_seq=max_seq_for(512), device=dev)
-    dec.fill_cache(512)
-    x = torch.stack([torch.zeros(1, dtype=torch.long, device=dev),
-                     torch.full((1,), 512, dtype=torch.long, device=dev),
-                     torch.zeros(1, dtype=torch.long, device=dev)])
-    nb = step_bytes(dec.shape, 1, 512)
+    dec, x, nb = bs1_decoder(p, dev)
     for label, head, ov in (("one graph", None, None), ("split launch, head 1", 1, None),
                             ("split launch, head 2", 2, None), ("split launch, head 4", 4, None),
                             ("one graph, down BN 2 BK 2048 ahead", None, "down BN 2 BK 2048 ahead"),

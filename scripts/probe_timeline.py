@@ -15,7 +15,7 @@ from microbench.graphs import GraphRunner
 from microbench.launch import KERNEL_FAMILIES, copy_bandwidth
 from microbench.sweep import max_seq_for
 from microbench.timing import gpu_time_us, host_time_us, step_time_us
-from microbench.workload import step_bytes
+from probe_common import bs1_decoder
 
 dev = torch.device("cuda")
 copy = copy_bandwidth(dev, budget_s=0.3)["bytes_per_s"]
@@ -28,12 +28,7 @@ def fam(name):
 
 
 for p in ("opt-125m", "llama-1b"):
-    dec = ToyDecoder(PRESETS[p], max_batch=1, max_seq=max_seq_for(512), device=dev)
-    dec.fill_cache(512)
-    x = torch.stack([torch.zeros(1, dtype=torch.long, device=dev),
-                     torch.full((1,), 512, dtype=torch.long, device=dev),
-                     torch.zeros(1, dtype=torch.long, device=dev)])
-    nb = step_bytes(dec.shape, 1, 512)
+    dec, x, nb = bs1_decoder(p, dev)
     plans = (("fused attention", True, False), ("fused attention, split launch", True, True),
              ("rope_store_kv + reduce", False, False))
     for label, fa, split in plans[:None if os.environ.get("PROBE_OLD_PLANS") else 1]:
