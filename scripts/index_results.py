@@ -19,7 +19,8 @@ before commit `81bee6f` were removed: they profiled kernels before timing, and t
 profiler's hooks slowed every later launch and replay on the host.
 
 The README's reference runs are those of the code as it is: commit `4747730` (all arms,
-`results/h100/20261122-1244*` and `-1246*`) and `0ba83cf` (default sweeps, `-1258*`), whose
+`results/h100/20261122-1244*` and `-1246*`), `0ba83cf` (default sweeps, `-1258*`) and `38d6d73`
+(all arms at bs 1, `-1306*` and `-1307*`), whose
 kernels and decoder are the same: the embedding rows and sequence lengths in one kernel, attention
 fused with RoPE and the KV store, five kernels a layer, down in 2048-wide chunks one ahead (logs
 `results/h100/logs/*-4747730.log`, `*-0ba83cf.log`). The runs of `147403a` (`-1152*` to `-1201*`)
