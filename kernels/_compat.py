@@ -86,3 +86,77 @@ def pdl_enter(USE_PDL: tl.constexpr):
         tl.extra.cuda.gdc_wait()
     if USE_PDL == 1:
         tl.extra.cuda.gdc_launch_dependents()
+
+
+# L2 prefetch (Hopper and newer, compiled kernels only): a kernel can be handed up to two
+# regions of memory that a later kernel of the step will read (the next matmuls' first weight
+# rows) and warm them in L2 before its PDL wait, with cp.async.bulk.prefetch.L2 (a hint: no
+# registers, no result, no effect on any value). A decode step's HBM idles while attention
+# works through its few tiles; the prefetch puts those microseconds to the next weights' use.
+PREFETCH = os.environ.get("MICROBENCH_PREFETCH", "1") != "0"
+# prefetch lanes per program (one bulk prefetch per lane) and the smallest piece one lane asks for
+PREFETCH_LANES = 128
+_MIN_PIECE = 256
+
+
+def prefetch_args(kernel, regions, n_programs: int, like) -> dict:
+    """Launch arguments for a kernel's L2 prefetch of `regions` (up to two contiguous tensors,
+    their bytes rounded down to 16), spread over the first programs: PF (the number of
+    regions, 0 where prefetch cannot run: interpreted, off, before SM 9.0), pf0/pf1 (the
+    tensors), pf0_bytes/pf1_bytes and pf0_piece/pf1_piece (bytes per lane, a multiple of 16)."""
+    regions = [r for r in (regions or ()) if r is not None and r.numel()]
+    if len(regions) > 2:
+        raise ValueError(f"prefetch: at most two regions, got {len(regions)}")
+    for r in regions:
+        if r.device != like.device:
+            raise ValueError(f"prefetch: a region is on {r.device}, expected {like.device}")
+        if not r.is_contiguous():
+            raise ValueError(f"prefetch: regions must be contiguous, got strides {r.stride()}")
+    on = PREFETCH and use_pdl(kernel, like) and all(r.data_ptr() % 16 == 0 for r in regions)
+    args = dict(PF=len(regions) if on else 0)
+    lanes = PREFETCH_LANES * max(1, min(n_programs, _sm_count(like.device))) if on else 1
+    for j in range(2):
+        r = regions[j] if on and j < len(regions) else like
+        nbytes = (r.numel() * r.element_size()) // 16 * 16 if on and j < len(regions) else 0
+        piece = prefetch_piece(nbytes, lanes)
+        args.update({f"pf{j}": r, f"pf{j}_bytes": nbytes, f"pf{j}_piece": piece})
+    return args
+
+
+def prefetch_piece(nbytes: int, lanes: int) -> int:
+    """Bytes one lane prefetches so that `lanes` lanes cover nbytes: a multiple of 16, at
+    least _MIN_PIECE."""
+    per_lane = -(-nbytes // lanes)
+    return max(_MIN_PIECE, -(-per_lane // 16) * 16)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count_of(index) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _sm_count(device) -> int:
+    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@triton.jit
+def _prefetch_region(ptr, nbytes, piece, LANES: tl.constexpr):
+    # lane i of program p (numbered across the grid) asks for bytes [(p·LANES + i)·piece,
+    # +piece) of the region, clipped to its end; lanes past it (so programs past the first
+    # few) ask for nothing
+    prog = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(2) + tl.program_id(2)
+    offs = (prog * LANES + tl.arange(0, LANES)).to(tl.int64) * piece
+    size = tl.minimum(tl.maximum(nbytes - offs, 0), piece).to(tl.int32)
+    addr = ptr.to(tl.pointer_type(tl.int8)) + offs
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [addr, size], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def l2_prefetch(pf0, pf0_bytes, pf0_piece, pf1, pf1_bytes, pf1_piece, PF: tl.constexpr):
+    """Warm PF regions in L2 (prefetch_args gives the arguments); nothing when PF is 0."""
+    if PF >= 1:
+        _prefetch_region(pf0, pf0_bytes, pf0_piece, 128)   # 128: PREFETCH_LANES
+    if PF >= 2:
+        _prefetch_region(pf1, pf1_bytes, pf1_piece, 128)
