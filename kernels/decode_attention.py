@@ -11,8 +11,8 @@ import triton.language as tl
 from kernels.rope import _check as _check_rope
 from kernels.rope import rope_store_kv_ref
 from kernels.store_kv import _check as _check_store
-from kernels._compat import (check_device, interpreted, l2_prefetch, pdl_enter, pdl_launch_kw,
-                             pdl_mode, prefetch_args, to_dtype, use_pdl)
+from kernels._compat import (check_device, pdl_enter, pdl_mode, interpreted, pdl_launch_kw,
+                             to_dtype, use_pdl)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -349,11 +349,10 @@ def _rope_attend_kernel(
     stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
     stride_cs, stride_ch, stride_cn, stride_ob, stride_oh,
     H, HKV, max_seq, split_size, num_splits, qk_scale, theta,
-    pf0, pf0_bytes, pf0_piece, pf1, pf1_bytes, pf1_piece,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, S_CHUNK: tl.constexpr,
     SINGLE: tl.constexpr, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
-    TILES_PER_SPLIT: tl.constexpr, USE_PDL: tl.constexpr, PF: tl.constexpr,
+    TILES_PER_SPLIT: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -384,9 +383,6 @@ def _rope_attend_kernel(
     angle = pos.to(tl.float32) * inv_freq
     cos = tl.cos(angle)
     sin = tl.sin(angle)
-    # the next matmul's first weights into L2 (prefetch=): HBM has little else to do while
-    # attention works through its tiles
-    l2_prefetch(pf0, pf0_bytes, pf0_piece, pf1, pf1_bytes, pf1_piece, PF)
     pdl_enter(USE_PDL)
 
     offs_h = tl.arange(0, BLOCK_H)
@@ -476,7 +472,7 @@ def _rope_attend_kernel(
 
 
 def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, theta=10000.0,
-                         num_splits=None, out=None, semaphores=None, prefetch=None):
+                         num_splits=None, out=None, semaphores=None):
     """RoPE, the KV store and decode attention in one kernel, for one new token per sequence at
     position seq_lens[b] − 1: q and k are rotated there (q is left as it was, k rotated on its
     way into k_cache[slots[b], :, seq_lens[b] − 1], v copied into v_cache), and
@@ -488,8 +484,6 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     [num_slots, Hkv, max_seq, D] with equal strides; slots, seq_lens: [B] (seq_lens >= 1).
     semaphores: an int32 tensor of at least B·Hkv zeros that the kernel leaves zeroed (a
     decoder keeps one, so a captured graph holds no memset); None allocates one per call.
-    prefetch: up to two contiguous tensors a later kernel reads (the O projection's first weight
-    rows), warmed in L2 before the PDL wait (compiled on SM 9.0+ only; results never change).
     Returns out (a new [B, H, D] tensor, or `out` when given)."""
     _check(q, k_cache, v_cache, slots, seq_lens, scale, num_splits)
     _check_rope(q, k, seq_lens)
@@ -523,19 +517,16 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     group = H // Hkv
     block_s = triton.next_power_of_2(num_splits)
     pdl = use_pdl(_rope_attend_kernel, q)
-    pf = prefetch_args(_rope_attend_kernel, prefetch, B * Hkv * num_splits, q)
     _rope_attend_kernel[(B, Hkv, num_splits)](
         q, k, v, k_cache, v_cache, slots, seq_lens, out, o_part, m_part, l_part, semaphores,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         *k_cache.stride()[:3], out.stride(0), out.stride(1),
         H, Hkv, max_seq, split_size, num_splits, float(scale) * _LOG2E, float(theta),
-        pf["pf0"], pf["pf0_bytes"], pf["pf0_piece"], pf["pf1"], pf["pf1_bytes"], pf["pf1_piece"],
         GROUP=group, HEAD_DIM=D, HALF=D // 2, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_S=block_s, S_CHUNK=min(block_s, 8), SINGLE=single,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(_rope_attend_kernel), TILES_PER_SPLIT=split_size // block_n,
-        USE_PDL=pdl_mode(pdl), PF=pf["PF"], num_warps=ov.get("num_warps", 4),
-        num_stages=_CUDA_NUM_STAGES,
+        USE_PDL=pdl_mode(pdl), num_warps=ov.get("num_warps", 4), num_stages=_CUDA_NUM_STAGES,
         **pdl_launch_kw(pdl),
     )
     return out

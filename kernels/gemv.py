@@ -38,8 +38,8 @@ import triton
 import triton.language as tl
 
 import kernels._compat as compat
-from kernels._compat import (check_device, interpreted, l2_prefetch, pdl_enter, pdl_launch_kw,
-                             pdl_mode, prefetch_args, to_dtype)
+from kernels._compat import (check_device, interpreted, pdl_enter, pdl_launch_kw, pdl_mode,
+                             to_dtype)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Rows the kernel takes (one program multiplies all of them against each weight chunk).
@@ -72,10 +72,9 @@ def _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb, mask_
 def _gemv_kernel(
     x_ptr, nw_ptr, w_ptr, r_ptr, y_ptr,
     N, stride_xb, stride_wn, stride_rb, stride_yb, eps,
-    pf0, pf0_bytes, pf0_piece, pf1, pf1_bytes, pf1_piece,
     B: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, EPI: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-    AHEAD: tl.constexpr, USE_PDL: tl.constexpr, PF: tl.constexpr,
+    AHEAD: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     # BLOCK_K is fixed per weight shape, never per row count: with num_warps · 32 threads laid
@@ -103,7 +102,6 @@ def _gemv_kernel(
         w2 = w
         if EPI == 2:
             w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
-        l2_prefetch(pf0, pf0_bytes, pf0_piece, pf1, pf1_bytes, pf1_piece, PF)
         pdl_enter(USE_PDL)
         for k0 in tl.range(BK, K, BK, num_stages=1):
             offs_n_k = k0 + tl.arange(0, BK)
@@ -124,7 +122,6 @@ def _gemv_kernel(
         w2 = w
         if EPI == 2:
             w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
-        l2_prefetch(pf0, pf0_bytes, pf0_piece, pf1, pf1_bytes, pf1_piece, PF)
         pdl_enter(USE_PDL)
         acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                                mask_b, K, NORM, EPI)
@@ -215,20 +212,17 @@ def _check(op, x, w, k_in):
     check_device(op, _gemv_kernel, x)
 
 
-def _launch(x, w, n_out, norm=False, epi=0, r=None, nw=None, eps=0.0, prefetch=None):
+def _launch(x, w, n_out, norm=False, epi=0, r=None, nw=None, eps=0.0):
     B, K = x.shape
     y = torch.empty((B, n_out), dtype=x.dtype, device=x.device)
     r_ = r if r is not None else y
     nw_ = nw if nw is not None else w
     cfg = config(w.shape[0], K, B, x.element_size())
     pdl = use_pdl(x)
-    grid = triton.cdiv(n_out, cfg["BLOCK_N"])
-    pf = prefetch_args(_gemv_kernel, prefetch, grid, x)
-    _gemv_kernel[(grid,)](
+    _gemv_kernel[(triton.cdiv(n_out, cfg["BLOCK_N"]),)](
         x, nw_, w, r_, y, n_out, x.stride(0), w.stride(0), r_.stride(0), y.stride(0), float(eps),
-        pf["pf0"], pf["pf0_bytes"], pf["pf0_piece"], pf["pf1"], pf["pf1_bytes"], pf["pf1_piece"],
         B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=triton.next_power_of_2(B), USE_PDL=pdl_mode(pdl),
-        PF=pf["PF"], **cfg, **pdl_launch_kw(pdl))
+        **cfg, **pdl_launch_kw(pdl))
     return y
 
 
@@ -239,11 +233,9 @@ def _check_norm(op, norm_w, h):
                          f"got {tuple(norm_w.shape)} {norm_w.dtype} on {norm_w.device}")
 
 
-def linear(x, w, residual=None, prefetch=None):
+def linear(x, w, residual=None):
     """y = x · wᵀ (+ residual) with fp32 accumulation. x: [B, K] with 1 <= B <= MAX_ROWS;
-    w: [N, K]; residual: [B, N] or None. prefetch: up to two contiguous tensors a later kernel
-    reads, warmed in L2 before the PDL wait (compiled on SM 9.0+ only; results never change).
-    The same for the other two."""
+    w: [N, K]; residual: [B, N] or None."""
     _check("linear", x, w, x.shape[-1] if x.dim() == 2 else -1)
     N = w.shape[0]
     if residual is not None and (residual.shape != (x.shape[0], N) or residual.dtype != x.dtype
@@ -251,24 +243,23 @@ def linear(x, w, residual=None, prefetch=None):
         raise ValueError(f"linear: residual must match {(x.shape[0], N)} {x.dtype} on {x.device} "
                          f"with contiguous rows, got {tuple(residual.shape)} {residual.dtype} on "
                          f"{residual.device}")
-    return _launch(x, w, N, epi=1 if residual is not None else 0, r=residual, prefetch=prefetch)
+    return _launch(x, w, N, epi=1 if residual is not None else 0, r=residual)
 
 
-def rmsnorm_linear(h, norm_w, eps, w, prefetch=None):
+def rmsnorm_linear(h, norm_w, eps, w):
     """y = rmsnorm(h, norm_w, eps) · wᵀ. h: [B, K]; norm_w: [K]; w: [N, K]."""
     _check("rmsnorm_linear", h, w, h.shape[-1] if h.dim() == 2 else -1)
     _check_norm("rmsnorm_linear", norm_w, h)
-    return _launch(h, w, w.shape[0], norm=True, nw=norm_w, eps=eps, prefetch=prefetch)
+    return _launch(h, w, w.shape[0], norm=True, nw=norm_w, eps=eps)
 
 
-def rmsnorm_linear_swiglu(h, norm_w, eps, w_gu, prefetch=None):
+def rmsnorm_linear_swiglu(h, norm_w, eps, w_gu):
     """y = swiglu(rmsnorm(h, norm_w, eps) · w_guᵀ): w_gu [2F, K] = [gate; up] rows, y [B, F]."""
     _check("rmsnorm_linear_swiglu", h, w_gu, h.shape[-1] if h.dim() == 2 else -1)
     _check_norm("rmsnorm_linear_swiglu", norm_w, h)
     if w_gu.shape[0] % 2:
         raise ValueError(f"rmsnorm_linear_swiglu: w_gu must have 2F rows ([gate; up]), got {w_gu.shape[0]}")
-    return _launch(h, w_gu, w_gu.shape[0] // 2, norm=True, epi=2, nw=norm_w, eps=eps,
-                   prefetch=prefetch)
+    return _launch(h, w_gu, w_gu.shape[0] // 2, norm=True, epi=2, nw=norm_w, eps=eps)
 
 
 def linear_ref(x, w, residual=None):

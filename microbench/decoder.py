@@ -34,10 +34,6 @@ then a final norm and the tied LM head. The step is written as `n_layers + 1` *p
 by the attention calls, so the graph runner can capture the pieces alone (piecewise mode) while
 attention runs eagerly between them, as vLLM's PIECEWISE mode does.
 
-On the skinny path a kernel that runs while HBM would idle also warms the next matmul's first
-weight rows in L2 (`prefetch`, bytes per issuing kernel; `kernels._compat.PREFETCH`): attention
-warms O's, O warms gate/up's. Results never change; only where the bytes come from.
-
 The KV cache holds `max_batch + 1` slots: the last is a scratch slot that no sequence owns; the
 graph runner sends padded rows there.
 """
@@ -51,11 +47,6 @@ import kernels.gemv
 from microbench.config import ModelShape
 
 BACKENDS = ("triton", "torch")
-# Bytes of the next matmul's first weight rows each kernel of a skinny step warms in L2 before
-# its PDL wait (see ToyDecoder.warm): "attention" warms O's, "o" gate/up's (half from the gate
-# rows, half from the up rows), "gate_up" down's, "down" the next layer's QKV (the LM head's
-# after the last layer). Chosen on the H100 (scripts/probe_gemv.py, PROBE_PREFETCH).
-PREFETCH_BYTES = {}
 
 
 class _Ops:
@@ -83,7 +74,6 @@ class ToyDecoder:
         self.fuse = fuse and backend == "triton"
         self.fuse_attention = fuse_attention
         self.scratch_slot = max_batch
-        self.prefetch = dict(PREFETCH_BYTES)
         self.scale = shape.head_dim ** -0.5
         # Tensor parallelism: a callable that all-reduces a row-parallel matmul's output in
         # place (set by microbench.tp on each rank's shard); None on one GPU. With the residual
@@ -169,14 +159,11 @@ class ToyDecoder:
         o = o.reshape(o.shape[0], s.q_size)
         if self.skinny(o.shape[0]):
             # residual is the hidden state (the skinny QKV's norm took it whole)
-            B = o.shape[0]
-            h = self.linear(o, L["wo"], residual if self.residual_owner else None,
-                            prefetch=self.warm("o", l, B))
+            h = self.linear(o, L["wo"], residual if self.residual_owner else None)
             if self.all_reduce is not None:
                 self.all_reduce(h)
-            g = self.norm_linear_swiglu(h, L["ffn_norm"], L["wgu"], prefetch=self.warm("gate_up", l, B))
-            h = self.linear(g, L["wdown"], h if self.residual_owner else None,
-                            prefetch=self.warm("down", l, B))
+            g = self.norm_linear_swiglu(h, L["ffn_norm"], L["wgu"])
+            h = self.linear(g, L["wdown"], h if self.residual_owner else None)
             if self.all_reduce is not None:
                 self.all_reduce(h)
             return h, None
@@ -221,47 +208,21 @@ class ToyDecoder:
             x, residual = self.ops.rmsnorm(h, norm_w, eps, residual=residual)
         return F.linear(x, w), residual
 
-    def warm(self, kernel: str, l: int, b: int):
-        """The weight rows `kernel` of layer l warms in L2 at batch b (None, or one or two
-        contiguous row blocks: `prefetch` bytes of the matmul after it, from its first rows,
-        which its first programs read): on the skinny path only."""
-        nbytes = self.prefetch.get(kernel, 0)
-        if nbytes <= 0 or not self.skinny(b):
-            return None
-        L = self.layers[l]
-        if kernel == "attention":
-            return (self._head_rows(L["wo"], nbytes),)
-        if kernel == "o":
-            F_ = L["wgu"].shape[0] // 2
-            return (self._head_rows(L["wgu"][:F_], nbytes // 2), self._head_rows(L["wgu"][F_:], nbytes // 2))
-        if kernel == "gate_up":
-            return (self._head_rows(L["wdown"], nbytes),)
-        if kernel == "down":
-            nxt = self.layers[l + 1]["wqkv"] if l + 1 < self.shape.n_layers else self.embed
-            return (self._head_rows(nxt, nbytes),)
-        raise ValueError(f"warm: unknown kernel {kernel!r}; one of attention, o, gate_up, down")
-
-    @staticmethod
-    def _head_rows(w, nbytes: int):
-        """The first rows of w that hold about nbytes (at least one row, at most all)."""
-        row = w.shape[1] * w.element_size()
-        return w[:max(1, min(w.shape[0], -(-nbytes // row)))]
-
-    def linear(self, x, w, residual=None, prefetch=None):
+    def linear(self, x, w, residual=None):
         """x @ w^T (+ residual in the skinny matmul's epilogue; the wide path adds none: its
-        residual rides with the next fused norm). prefetch: see warm (skinny path only)."""
+        residual rides with the next fused norm)."""
         if self.skinny(x.shape[0]):
-            return kernels.linear(x, w, residual=residual, prefetch=prefetch)
+            return kernels.linear(x, w, residual=residual)
         if residual is not None:
             raise ValueError("linear: a residual is added on the skinny path only")
         return F.linear(x, w)
 
-    def norm_linear_swiglu(self, h, norm_w, w_gu, prefetch=None):
+    def norm_linear_swiglu(self, h, norm_w, w_gu):
         """swiglu(rmsnorm(h) @ w_gu^T): one kernel on the skinny path. The wide step never
         calls it (its norm carries the residual); the three-kernel form keeps the method total."""
         eps = self.shape.norm_eps
         if self.skinny(h.shape[0]):
-            return kernels.rmsnorm_linear_swiglu(h, norm_w, eps, w_gu, prefetch=prefetch)
+            return kernels.rmsnorm_linear_swiglu(h, norm_w, eps, w_gu)
         return self.ops.swiglu(F.linear(self.ops.rmsnorm(h, norm_w, eps), w_gu))
 
     def rope_store(self, l: int, q, k, v, slots, positions):
@@ -284,8 +245,7 @@ class ToyDecoder:
             sem = self.attn_semaphores if B * self.shape.n_kv_heads <= self.attn_semaphores.numel() else None
             return kernels.rope_store_attention(*self.split_qkv(q), self.k_cache[l], self.v_cache[l],
                                                 slots, seq_lens, self.scale, self.shape.rope_theta,
-                                                out=out, semaphores=sem,
-                                                prefetch=self.warm("attention", l, B))
+                                                out=out, semaphores=sem)
         args = (q, self.k_cache[l], self.v_cache[l], slots, seq_lens, self.scale)
         if out is None:
             return self.ops.decode_attention(*args)

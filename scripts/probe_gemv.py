@@ -26,7 +26,7 @@ def launch(x, nw, w, r, y, n_out, norm, epi, cfg, pdl):
     BN, warps, stages, kv = cfg
     G._gemv_kernel[(triton.cdiv(n_out, BN),)](
         x, nw, w, r, y, n_out, x.stride(0), w.stride(0), r.stride(0), y.stride(0), 1e-5,
-        w, 0, 256, w, 0, 256, PF=0, B=x.shape[0], K=x.shape[1], NORM=norm, EPI=epi, BLOCK_B=1, BLOCK_N=BN,
+        B=x.shape[0], K=x.shape[1], NORM=norm, EPI=epi, BLOCK_B=1, BLOCK_N=BN,
         BLOCK_K=8 * 32 * warps * kv, STAGES=stages, USE_PDL=compat.pdl_mode(pdl), num_warps=warps,
         **({"launch_pdl": True} if pdl else {}))
 
@@ -94,20 +94,9 @@ def cfg(bn, bk, warps, stages=3, ahead=0):
 
 def variants(s):
     """(label, options): ov = gemv overrides by (N, K); att = rope_store_attention overrides;
-    split = split launch; fuse_attention=False = the plan before the fused attention; pf = the
-    decoder's L2 prefetch bytes by issuing kernel (ToyDecoder.prefetch; {} = none)."""
+    split = split launch; fuse_attention=False = the plan before the fused attention."""
     h, F, qkv = s.hidden, s.ffn, s.qkv_size
     out = [("fused attention", {})]
-    if os.environ.get("PROBE_PREFETCH"):
-        MB = 1 << 20
-        out[0] = ("fused attention", dict(pf={}))
-        for pf in (dict(attention=8 * MB), dict(o=8 * MB), dict(o=16 * MB), dict(o=24 * MB),
-                   dict(attention=8 * MB, o=16 * MB), dict(gate_up=8 * MB), dict(down=4 * MB),
-                   dict(attention=8 * MB, o=16 * MB, gate_up=8 * MB, down=4 * MB),
-                   dict(attention=8 * MB, o=24 * MB, gate_up=4 * MB)):
-            out.append(("warm " + ", ".join(f"{k} {v // MB}M" for k, v in pf.items()), dict(pf=pf)))
-        out.append(("fused attention (again)", dict(pf={})))
-        return out
     if os.environ.get("PROBE_OLD_PLANS"):
         out += [("fused attention, split launch", dict(split=True)),
                 ("rope_store_kv + reduce kernel", dict(fuse_attention=False))]
@@ -146,7 +135,6 @@ for p in ("opt-125m", "llama-1b"):
     outs = {}
     for label, kw in variants(dec.shape):
         dec.fuse_attention = kw.get("fuse_attention", True)
-        dec.prefetch = dict(kw.get("pf", dec.prefetch))
         compat.PDL = kw.get("pdl", True)
         G.OVERRIDES.clear()
         G.OVERRIDES.update({k: v for k, v in kw.get("ov", {}).items() if k[1] >= v["BLOCK_K"] // 2})

@@ -167,42 +167,6 @@ def test_planned_launches_match_the_decoder():
         == 1 + 5 * L + 1                               # the fused attention merges its splits
 
 
-def test_warm_names_the_next_matmuls_first_rows():
-    """What each kernel of a skinny step warms in L2: attention O's first rows, O the first
-    rows of gate and of up, gate/up down's, down the next layer's QKV (the LM head's after the
-    last layer): at least the bytes asked for, whole rows, never past the matrix; nothing on the
-    wide path or when no bytes are asked for."""
-    dec = ToyDecoder(TINY, max_batch=4, max_seq=16, device="cpu", dtype=torch.float32)
-    L, F, row = dec.layers, TINY.ffn, TINY.hidden * 4
-    dec.prefetch = dict(attention=3 * row - 1, o=10 * row, gate_up=1, down=10 ** 9)
-    (a,) = dec.warm("attention", 0, 1)
-    assert a.data_ptr() == L[0]["wo"].data_ptr() and a.shape == (3, TINY.q_size)
-    g, u = dec.warm("o", 1, 1)
-    assert g.data_ptr() == L[1]["wgu"].data_ptr() and g.shape[0] == 5
-    assert u.data_ptr() == L[1]["wgu"][F:].data_ptr() and u.shape[0] == 5
-    (d,) = dec.warm("gate_up", 0, 1)
-    assert d.data_ptr() == L[0]["wdown"].data_ptr() and d.shape[0] == 1
-    assert torch.equal(dec.warm("down", 0, 1)[0], L[1]["wqkv"])         # all of it, no more
-    assert torch.equal(dec.warm("down", TINY.n_layers - 1, 1)[0], dec.embed)
-    assert dec.warm("o", 0, 2) is None                                   # cuBLAS rows: none
-    dec.prefetch = {}
-    assert dec.warm("attention", 0, 1) is None
-    with pytest.raises(ValueError, match="unknown kernel"):
-        dec.prefetch = dict(qkv=1)
-        dec.warm("qkv", 0, 1)
-
-
-def test_warming_changes_no_step(device):
-    """A skinny step warming every kernel's successor gives the same bits as one warming none."""
-    kw = dict(max_batch=2, max_seq=16, dtype=torch.float32, device=device)
-    a, b = ToyDecoder(TINY, **kw), ToyDecoder(TINY, **kw)
-    a.prefetch, b.prefetch = {}, dict(attention=1 << 20, o=1 << 20, gate_up=1 << 20, down=1 << 20)
-    for dec in (a, b):
-        dec.fill_cache(6)
-    t, p, s = inputs(1, 6, device)
-    assert torch.equal(a.step(t, p, s), b.step(t, p, s))
-
-
 @pytest.mark.parametrize("bs", [1, 10], ids=["skinny", "cublas"])
 def test_fused_and_unfused_steps_agree(bs, device):
     """Fusion changes which kernels run, not what a step computes."""

@@ -504,64 +504,6 @@ def test_gemv_one_chunk_ahead(B, K, N, dtype, device, monkeypatch):
         assert torch.equal(ahead, plain), name
         assert_close(ahead, ref(), dtype)
 
-def _sm90(device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-
-
-@dtype_param
-def test_l2_prefetch_changes_no_result(dtype, device):
-    """Warming regions in L2 (prefetch=) is a hint: every skinny matmul form and the fused
-    attention give the same bits with and without it, with one region and two (one of a size
-    off 16 bytes, one larger than the lanes' pieces). Compiled on SM 9.0+ the prefetch is in
-    the launch (PF = 2); under the interpreter or before SM 9.0 it is left out."""
-    import kernels._compat as C
-    import kernels.gemv as G
-    g = gen(31)
-    B, K, N = 3, 130, 20
-    h = 2 * randn(B, K, g=g, dtype=dtype, device=device)
-    nw = (1 + 0.1 * randn(K, g=g, dtype=torch.float32, device=device)).to(dtype)
-    w, w_gu = _weight(N, K, g, dtype, device), _weight(2 * N, K, g, dtype, device)
-    r = randn(B, N, g=g, dtype=dtype, device=device)
-    big = randn(3 << 20, g=g, dtype=dtype, device=device)
-    regions = (w_gu[:7], big)                                   # 7 rows: not a multiple of 16 bytes in fp16
-    assert C.prefetch_args(G._gemv_kernel, regions, 5, h)["PF"] == (2 if _sm90(device) else 0)
-    calls = {"linear": lambda pf: linear(h, w, residual=r, prefetch=pf),
-             "rmsnorm_linear": lambda pf: rmsnorm_linear(h, nw, 1e-5, w, prefetch=pf),
-             "swiglu": lambda pf: rmsnorm_linear_swiglu(h, nw, 1e-5, w_gu, prefetch=pf)}
-    for name, fn in calls.items():
-        plain = fn(None)
-        for pf in (regions[:1], regions):
-            assert torch.equal(fn(pf), plain), name
-    q, k, v, kc, vc, slots, seq_lens = fused_attention_inputs(2, 4, 2, 64, 48, 3, dtype, device, seed=32)
-    outs = []
-    for pf in (None, (w,), regions):
-        kc_, vc_ = kc.clone(), vc.clone()
-        outs.append(rope_store_attention(q, k, v, kc_, vc_, slots, seq_lens, 0.125, num_splits=2, prefetch=pf))
-    assert torch.equal(outs[1], outs[0]) and torch.equal(outs[2], outs[0])
-
-
-def test_prefetch_args_reject_bad_regions(device):
-    import kernels._compat as C
-    import kernels.gemv as G
-    x = torch.ones(2, 4, device=device)
-    with pytest.raises(ValueError, match="at most two regions"):
-        C.prefetch_args(G._gemv_kernel, (x, x, x), 4, x)
-    with pytest.raises(ValueError, match="contiguous"):
-        C.prefetch_args(G._gemv_kernel, (x.t(),), 4, x)
-    with pytest.raises(ValueError, match="at most two regions"):
-        linear(x, x, prefetch=(x, x, x))
-
-
-@pytest.mark.parametrize("nbytes, lanes", [(0, 128), (16, 128), (1000, 3), (16 << 20, 128 * 132), (12345, 7)])
-def test_prefetch_pieces_cover_the_region(nbytes, lanes):
-    """Each lane's piece is a multiple of 16 bytes (cp.async.bulk's unit), at least the minimum
-    piece, and the lanes together cover the region."""
-    import kernels._compat as C
-    piece = C.prefetch_piece(nbytes, lanes)
-    assert piece % 16 == 0 and piece >= C._MIN_PIECE and piece * lanes >= nbytes
-    assert piece == C._MIN_PIECE or (piece - 16) * lanes < nbytes     # no bigger than needed
-
-
 # ---- rope fused into the KV store ------------------------------------------------------------
 
 @pytest.mark.parametrize("B, H, Hkv, D", [(3, 4, 2, 64), (1, 2, 2, 80), (5, 6, 1, 128), (2, 3, 3, 96)],
