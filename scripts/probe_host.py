@@ -52,6 +52,64 @@ if os.environ.get("PROBE_SYNC"):
         print(f"  tiny kernel + {name:24s}: {sorted(xs)[2]:.1f} us per call", flush=True)
     sys.exit(0)
 _head = GR.head_layers
+
+if os.environ.get("PROBE_COPY"):
+    # the input copy before a replay, made in different ways: a DtoD cudaMemcpyAsync (copy_ into
+    # a contiguous view: the runner's when its max batch is the step's), an elementwise kernel
+    # (copy_ into a strided view: the runner's under a larger max batch; or mul by 1 into the
+    # contiguous one), a one-program Triton kernel; or none. GPU time back to back, and the
+    # synchronised step waited on with torch.cuda.synchronize and with stream.synchronize.
+    import time
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _copy(src, dst, n, BLOCK: tl.constexpr):
+        o = tl.arange(0, BLOCK)
+        tl.store(dst + o, tl.load(src + o, mask=o < n), mask=o < n)
+
+    stream = torch.cuda.current_stream()
+
+    def synced(fn, wait, n=400, reps=7):
+        xs = []
+        for _ in range(reps):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(n // 20):
+                fn()
+                wait()
+            xs.append((time.perf_counter() - t0) * 1e6 / (n // 20))
+        return sorted(xs)[len(xs) // 2]
+
+    for p in ("llama-1b", "opt-125m"):
+        dec, x, nb = bs1_decoder(p, dev)
+        runner = GR.GraphRunner(dec, [1], mode="full", progress=False)
+        runner.capture()
+        g = runner.entries[1].graphs[0]
+        inp = runner._rows(1)[0]
+        wide = torch.zeros(3, 128, dtype=torch.long, device=dev)[:, :1]
+        ways = {"none": lambda: None,
+                "copy_ (memcpy)": lambda: inp.copy_(x),
+                "copy_ strided (kernel)": lambda: wide.copy_(x),
+                "mul by 1 (kernel)": lambda: torch.mul(x, 1, out=inp),
+                "triton copy": lambda: _copy[(1,)](x, inp, 3, BLOCK=4)}
+        for rnd in range(2):
+            for name, cp in ways.items():
+                def step(cp=cp):
+                    cp()
+                    g.replay()
+                gpu = gpu_time_us(step, inner=10, budget_s=BUDGET).median
+                t_dev = synced(step, torch.cuda.synchronize)
+                t_str = synced(step, stream.synchronize)
+                h = host_time_us(cp, budget_s=BUDGET / 4).median
+                print(f"{p} copy {name:24s} (round {rnd}): GPU {gpu:7.1f} us; synced step "
+                      f"{t_dev:7.1f} us ({nb / (t_dev * 1e-6) / copy:.1%}) with torch.cuda.synchronize, "
+                      f"{t_str:7.1f} us ({nb / (t_str * 1e-6) / copy:.1%}) with stream.synchronize; "
+                      f"host of the copy {h:4.1f} us", flush=True)
+        runner.close()
+        del dec, runner
+        torch.cuda.empty_cache()
+    sys.exit(0)
 OV = {"down BN 2 BK 2048 ahead": lambda s: {(s.hidden, s.ffn): dict(BLOCK_N=2, BLOCK_K=2048, STAGES=3,
                                                                     num_warps=4, AHEAD=1)}}
 
