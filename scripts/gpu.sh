@@ -4,7 +4,7 @@
 # (results packed into one tar); a short table is printed last.
 #   usage (on the device):  bash scripts/gpu.sh [stage ...]
 #   stages: tests, kernels, sweep, sweep3 (three back-to-back default sweeps), launch, arms,
-#           arms-split, reproduce, reproduce-smoke, probe, probe-gemv, timeline, host
+#           arms-split, reproduce, reproduce-smoke, probe, probe-gemv, timeline, host, sweep-gpu
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 # the device's copy of the tree has no .git: pass the revision in, e.g.
@@ -41,6 +41,9 @@ for st in $stages; do
     host)
       # what a synchronised bs-1 graph step costs beyond its GPU time (the log is the result)
       python3 scripts/probe_host.py 2>&1 | tee "$OUT/host.log"; rc=$? ;;
+    sweep-gpu)
+      # a sweep's bs-1 step against a probe runner's, in one process (the log is the result)
+      python3 scripts/probe_sweep_gpu.py 2>&1 | tee "$OUT/sweep-gpu.log" | grep -v "^bs \|Capturing"; rc=$? ;;
     probe)
       python3 scripts/probe_replay.py 2>&1 | tee "$OUT/probe.log"; rc=$? ;;
     launch)
