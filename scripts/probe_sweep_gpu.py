@@ -1,40 +1,56 @@
 """Probe: why a sweep's bs-1 llama-1b graph step reads more GPU time (1018-1019 us in the runs of
 4747730, 0ba83cf and 38d6d73) than the same step in the probes (990-1000 us with the input copy).
-In one process: a probe runner's step (GPU back to back, and synchronised), then a whole
-`run_sweep` at bs 1 (its row's figures), then the probe runner's step again."""
+One process, one probe runner: its step (the replay alone and step_packed, GPU back to back, and
+synchronised) measured first, then after each of the sweep's phases in the sweep's order
+(launch costs with cupy, op host costs, kernel lines, eager steps, the profiler), so the phase
+after which it changes is named. PROBE_WHOLE=1: a whole run_sweep at bs 1 in between instead."""
+import os
 import tempfile
 
 import torch
 
+from microbench import launch as LA
 from microbench.graphs import GraphRunner
-from microbench.launch import copy_bandwidth
 from microbench.sweep import SweepConfig, run_sweep
 from microbench.timing import gpu_time_us, step_time_us
-from probe_common import bs1_decoder
+from probe_common import CONTEXT, bs1_decoder
 
 dev = torch.device("cuda")
-copy = copy_bandwidth(dev, budget_s=0.3)["bytes_per_s"]
+copy = LA.copy_bandwidth(dev, budget_s=0.3)["bytes_per_s"]
 print(f"copy bandwidth {copy / 1e12:.3f} TB/s", flush=True)
 dec, x, nb = bs1_decoder("llama-1b", dev)
 runner = GraphRunner(dec, [1], mode="full", progress=False)
 runner.capture()
 g = runner.entries[1].graphs[0]
+inp = runner._rows(1)[0]
 
 
 def probe(label):
-    rep = gpu_time_us(g.replay, inner=10, budget_s=1.0).median
-    gpu = gpu_time_us(lambda: runner.step_packed(x), inner=10, budget_s=1.0).median
-    _, wall = step_time_us(lambda: runner.step_packed(x), inner=10, sync_each=True, budget_s=1.0)
-    print(f"{label:34s}: replay GPU {rep:7.1f} us, step_packed GPU {gpu:7.1f} us, synced step "
+    rep = gpu_time_us(g.replay, inner=10, budget_s=0.6).median
+    gpu = gpu_time_us(lambda: runner.step_packed(x), inner=10, budget_s=0.6).median
+    _, wall = step_time_us(lambda: runner.step_packed(x), inner=10, sync_each=True, budget_s=0.6)
+    print(f"{label:40s}: replay GPU {rep:7.1f} us, step_packed GPU {gpu:7.1f} us, synced step "
           f"{wall.median:7.1f} us ({nb / (wall.median * 1e-6) / copy:.1%})", flush=True)
 
 
-probe("probe runner, before the sweep")
-for arms in ((), ("torch-eager", "torch-graph", "compile")):
+probe("first")
+probe("first (again)")
+if os.environ.get("PROBE_WHOLE"):
     with tempfile.TemporaryDirectory() as tmp:
-        run = run_sweep(SweepConfig(bs=(1,), preset="llama-1b", out=tmp, arms=arms))
+        run = run_sweep(SweepConfig(bs=(1,), preset="llama-1b", out=tmp))
     row = run["rows"][0]
-    print(f"sweep at bs 1, arms {','.join(arms) or '-':28s}: graph GPU {row['graph_gpu_us']:7.1f} us, "
-          f"synced step {row['graph_step_us']:7.1f} us, graph_mbu {row['graph_mbu']:.4f}, "
-          f"host {row['graph_host_us']:.1f} us; max batch {max(run['ladder'])}", flush=True)
-    probe("probe runner, after that sweep")
+    print(f"sweep at bs 1: graph GPU {row['graph_gpu_us']:7.1f} us, synced step {row['graph_step_us']:7.1f} us",
+          flush=True)
+    probe("after the sweep")
+else:
+    phases = [
+        ("after measure_launch (cupy, noop graphs)", lambda: LA.measure_launch(dev, budget_s=0.5)),
+        ("after measure_ops", lambda: LA.measure_ops(dec, 1, budget_s=0.3)),
+        ("after kernel_lines", lambda: LA.kernel_lines(dec, CONTEXT, budget_s=0.1)),
+        ("after eager steps", lambda: [dec.step(x[0], x[1], x[2]) for _ in range(200)]),
+        ("after the profiler", lambda: LA.profile_kernels(lambda: runner.step_packed(x))),
+    ]
+    for label, fn in phases:
+        fn()
+        torch.cuda.synchronize()
+        probe(label)
