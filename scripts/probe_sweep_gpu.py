@@ -5,7 +5,9 @@ synchronised) measured first, then after each of the sweep's phases in the sweep
 (launch costs with cupy, op host costs, kernel lines, eager steps, the profiler), so the phase
 after which it changes is named. PROBE_WHOLE=1: a whole run_sweep at bs 1 in between instead."""
 import os
+import subprocess
 import tempfile
+import time
 
 import torch
 
@@ -25,12 +27,24 @@ g = runner.entries[1].graphs[0]
 inp = runner._rows(1)[0]
 
 
+def smi():
+    """SM clock, temperature, power and active throttle reasons now (nvidia-smi)."""
+    q = "clocks.sm,temperature.gpu,power.draw,clocks_throttle_reasons.active"
+    try:
+        return subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"nvidia-smi: {e}"
+
+
 def probe(label):
+    before = smi()
     rep = gpu_time_us(g.replay, inner=10, budget_s=0.6).median
     gpu = gpu_time_us(lambda: runner.step_packed(x), inner=10, budget_s=0.6).median
     _, wall = step_time_us(lambda: runner.step_packed(x), inner=10, sync_each=True, budget_s=0.6)
     print(f"{label:40s}: replay GPU {rep:7.1f} us, step_packed GPU {gpu:7.1f} us, synced step "
-          f"{wall.median:7.1f} us ({nb / (wall.median * 1e-6) / copy:.1%})", flush=True)
+          f"{wall.median:7.1f} us ({nb / (wall.median * 1e-6) / copy:.1%}); smi before [{before}] "
+          f"after [{smi()}]", flush=True)
 
 
 probe("first")
@@ -44,7 +58,13 @@ if os.environ.get("PROBE_WHOLE"):
     probe("after the sweep")
 else:
     phases = [
+        ("after copy_bandwidth", lambda: LA.copy_bandwidth(dev, budget_s=0.5)),
+        ("after matmul_rate", lambda: LA.matmul_rate(dev, budget_s=0.5)),
+        ("then 3 s idle", lambda: time.sleep(3)),
+        ("then 10 s idle", lambda: time.sleep(10)),
+        ("after making the launchers (cupy)", lambda: LA.launchers(dev)),
         ("after measure_launch (cupy, noop graphs)", lambda: LA.measure_launch(dev, budget_s=0.5)),
+        ("then 10 s idle", lambda: time.sleep(10)),
         ("after measure_ops", lambda: LA.measure_ops(dec, 1, budget_s=0.3)),
         ("after kernel_lines", lambda: LA.kernel_lines(dec, CONTEXT, budget_s=0.1)),
         ("after eager steps", lambda: [dec.step(x[0], x[1], x[2]) for _ in range(200)]),
