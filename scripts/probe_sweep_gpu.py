@@ -56,6 +56,34 @@ if os.environ.get("PROBE_WHOLE"):
     print(f"sweep at bs 1: graph GPU {row['graph_gpu_us']:7.1f} us, synced step {row['graph_step_us']:7.1f} us",
           flush=True)
     probe("after the sweep")
+elif os.environ.get("PROBE_PART"):
+    # one part of measure_launch, in a process of its own (its effect stays)
+    from microbench.timing import host_time_us
+    part = os.environ["PROBE_PART"]
+
+    def launcher_graphs():
+        for fn in LA.launchers(dev).values():
+            host_time_us(fn, inner=100, budget_s=0.5)
+            gg = LA.graph_of(fn, 100)
+            gpu_time_us(gg.replay, inner=10, budget_s=0.5)
+            del gg
+
+    def node_graphs():
+        fn = LA.launchers(dev)["torch"]
+        for n in LA.NODE_COUNTS:
+            gg = LA.graph_of(fn, n)
+            host_time_us(gg.replay, inner=1, budget_s=0.5)
+            gpu_time_us(gg.replay, inner=10, budget_s=0.5)
+            del gg
+
+    fns = dict(launcher_graphs=launcher_graphs, node_graphs=node_graphs,
+               copy_curve=lambda: LA.copy_curve(dev, budget_s=0.5),
+               measure_launch=lambda: LA.measure_launch(dev, budget_s=0.5))
+    fns[part]()
+    torch.cuda.synchronize()
+    probe(f"after {part}")
+    time.sleep(5)
+    probe(f"after {part}, 5 s idle")
 else:
     phases = [
         ("after copy_bandwidth", lambda: LA.copy_bandwidth(dev, budget_s=0.5)),
