@@ -76,7 +76,23 @@ elif os.environ.get("PROBE_PART"):
             gpu_time_us(gg.replay, inner=10, budget_s=0.5)
             del gg
 
+    kept = []
+
+    def one_graph(keep):
+        gg = LA.graph_of(LA.launchers(dev)["torch"], 100)
+        gg.replay()
+        if keep:
+            kept.append(gg)
+
+    def alloc_free():
+        t = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+        t.fill_(1)
+        del t
+        torch.cuda.empty_cache()
+
     fns = dict(launcher_graphs=launcher_graphs, node_graphs=node_graphs,
+               graph_kept=lambda: one_graph(True), graph_deleted=lambda: one_graph(False),
+               empty_cache=torch.cuda.empty_cache, alloc_free_empty_cache=alloc_free,
                copy_curve=lambda: LA.copy_curve(dev, budget_s=0.5),
                measure_launch=lambda: LA.measure_launch(dev, budget_s=0.5))
     fns[part]()
