@@ -29,7 +29,7 @@ inp = runner._rows(1)[0]
 
 def smi():
     """SM clock, temperature, power and active throttle reasons now (nvidia-smi)."""
-    q = "clocks.sm,temperature.gpu,power.draw,clocks_throttle_reasons.active"
+    q = "clocks.sm,clocks.mem,temperature.gpu,power.draw,clocks_throttle_reasons.active"
     try:
         return subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
                               capture_output=True, text=True, timeout=10).stdout.strip()
@@ -84,6 +84,18 @@ elif os.environ.get("PROBE_PART"):
         if keep:
             kept.append(gg)
 
+    def replays(n_nodes, times):
+        gg = LA.graph_of(LA.launchers(dev)["torch"], n_nodes)
+        for _ in range(times):
+            gg.replay()
+        torch.cuda.synchronize()
+
+    def eager_tiny(times):
+        fn = LA.launchers(dev)["torch"]
+        for _ in range(times):
+            fn()
+        torch.cuda.synchronize()
+
     def alloc_free():
         t = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
         t.fill_(1)
@@ -92,7 +104,9 @@ elif os.environ.get("PROBE_PART"):
 
     fns = dict(launcher_graphs=launcher_graphs, node_graphs=node_graphs,
                graph_kept=lambda: one_graph(True), graph_deleted=lambda: one_graph(False),
-               empty_cache=torch.cuda.empty_cache, alloc_free_empty_cache=alloc_free,
+               empty_cache=torch.cuda.empty_cache,
+               tiny_graph_replays=lambda: replays(1, 20000), node1000_replays=lambda: replays(1000, 200),
+               tiny_eager=lambda: eager_tiny(20000), alloc_free_empty_cache=alloc_free,
                copy_curve=lambda: LA.copy_curve(dev, budget_s=0.5),
                measure_launch=lambda: LA.measure_launch(dev, budget_s=0.5))
     fns[part]()
