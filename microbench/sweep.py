@@ -99,8 +99,8 @@ def max_seq_for(context: int) -> int:
 
 def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> dict:
     """Run the sweep; returns the run dict (config, env, launch, capture, rows, totals).
-    on_row(row) after each batch size, on_run(run) whenever the run changes (to save it),
-    on_progress(text) for status lines."""
+    on_row(row) for each row once it is complete (its model columns come after every step is
+    timed), on_run(run) whenever the run changes (to save it), on_progress(text) for status lines."""
     import torch
 
     from microbench import arms as arms_mod
@@ -138,16 +138,6 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     run["decoder"] = dict(fuse=dec.fuse, fuse_attention=dec.attention_fused, fast_rows=FAST_ROWS,
                           pdl=use_pdl(dec.embed))
 
-    say("measuring launch costs, copy bandwidth and matrix rate")
-    launch = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
-    launch["ops_host_us"] = measure_ops(dec, 1, budget_s=min(cfg.time_budget, 0.3))
-    say("timing the step's kernels inside graphs (the model's per-family lines)")
-    launch["kernel_lines"] = kernel_lines(dec, cfg.context, budget_s=min(cfg.time_budget, 0.1),
-                                          replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
-    run["launch"] = launch
-    profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"], source="measured: this run")
-    run["profile"] = profile.to_dict()
-
     runner = trunner = None
     to_profile = []  # (bs, padded, eager, graph): profiled after every timing, see below
     extra = [a for a in cfg.arms if a in arms_mod.EXTRA_ARMS]
@@ -172,8 +162,8 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
         elt = torch.finfo(dtype).bits // 8
         kernels = dec.plan(cfg.bs[0], cfg.context, elt)
         run["kernels_per_step"] = dict(planned=launch_counts(kernels))
-        run["eager_breakdown"] = eager_breakdown(kernels, profile)
         kw = dict(budget_s=cfg.time_budget)
+        measured = []   # (row, padded): the rows the model predicts once the device is measured
         gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
         for bs in cfg.bs:
             tokens = torch.randint(shape.vocab, (bs,), generator=gen, device=dev)
@@ -237,12 +227,33 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
                        graph_tok_s_per_seq=(row["graph_tok_s"] / bs) if row["graph_tok_s"] else None,
                        padding_waste=((padded - bs) / padded) if padded else 0.0)
             nbytes = step_bytes(shape, bs, cfg.context, elt, fuse=dec.fusion)
-            row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6),
-                       graph_mbu=nbytes / (best * 1e-6) / profile.copy_bw)
+            row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6))
             # the host side of this row as measured beside its steps (the host's speed drifts)
             row.update(op_host_us=row_ops, piece_glue_us=glue)
-            row_profile = replace(profile, op_host_us={**profile.op_host_us, **row_ops},
-                                  piece_glue_us=glue, graph_host_us=row.get("graph_host_us"))
+            measured.append((row, padded))
+            run["rows"].append(row)
+            if on_run:
+                on_run(run)
+        # The device's launch costs, copy bandwidth, matrix rate and kernel lines are measured
+        # after every step is timed: their many small graphs, captured, replayed and freed,
+        # left a later llama-1b bs-1 replay 15-25 us (1.5-2.5%) slower on the H100, for the
+        # rest of the process (scripts/probe_sweep_gpu.py, results/h100/logs/sweep-gpu-*.log).
+        say("measuring launch costs, copy bandwidth and matrix rate")
+        launch = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
+        launch["ops_host_us"] = measure_ops(dec, 1, budget_s=min(cfg.time_budget, 0.3))
+        say("timing the step's kernels inside graphs (the model's per-family lines)")
+        launch["kernel_lines"] = kernel_lines(dec, cfg.context, budget_s=min(cfg.time_budget, 0.1),
+                                              replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
+        run["launch"] = launch
+        profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"], source="measured: this run")
+        run["profile"] = profile.to_dict()
+        run["eager_breakdown"] = eager_breakdown(kernels, profile)
+        for row, padded in measured:
+            bs = row["bs"]
+            best = row["graph_step_us"] or row["eager_step_us"]
+            row["graph_mbu"] = row["step_bytes"] / (best * 1e-6) / profile.copy_bw
+            row_profile = replace(profile, op_host_us={**profile.op_host_us, **row["op_host_us"]},
+                                  piece_glue_us=row["piece_glue_us"], graph_host_us=row.get("graph_host_us"))
             pred = mdl.predict(shape, bs, cfg.context, row_profile, padded=padded or bs, elt=elt,
                                attn_launches=dec.attention_launches(bs),
                                padded_attn_launches=dec.attention_launches(padded or bs),
@@ -252,11 +263,10 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
                        predicted_speedup=pred["predicted_speedup"])
             if row.get("speedup"):
                 row["speedup_error"] = row["predicted_speedup"] / row["speedup"] - 1
-            run["rows"].append(row)
             if on_row:
                 on_row(row)
-            if on_run:
-                on_run(run)
+        if on_run:
+            on_run(run)
         if cfg.mode != "none":
             one = runner.dispatcher.pad(cfg.bs[0])
             if one:
