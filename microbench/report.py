@@ -93,7 +93,7 @@ def sweep_footer(run: dict) -> str:
     if eb and run.get("rows"):
         r0 = run["rows"][0]
         lines.append(f"eager step at bs {r0['bs']}: host {r0.get('eager_host_us', 0):.0f} us measured; "
-                     "launches by launcher: " + ", ".join(
+                     "launches by launcher (host costs sampled beside its steps): " + ", ".join(
                          f"{k} {v['kernels']} kernels {v['host_us']:.0f} us" for k, v in eb.items()))
     gpu_us = {str(r["bs"]): r.get("graph_gpu_us") for r in run.get("rows", [])}
     for bs, fams in (run.get("graph_gpu_breakdown") or {}).items():

@@ -248,12 +248,16 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
         profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"], source="measured: this run")
         run["profile"] = profile.to_dict()
         run["eager_breakdown"] = eager_breakdown(kernels, profile)
-        for row, padded in measured:
+        for i, (row, padded) in enumerate(measured):
             bs = row["bs"]
             best = row["graph_step_us"] or row["eager_step_us"]
             row["graph_mbu"] = row["step_bytes"] / (best * 1e-6) / profile.copy_bw
             row_profile = replace(profile, op_host_us={**profile.op_host_us, **row["op_host_us"]},
                                   piece_glue_us=row["piece_glue_us"], graph_host_us=row.get("graph_host_us"))
+            if i == 0:
+                # the first row's eager bill by launcher, from the host costs sampled beside
+                # its own steps (the launch figures above are the host's state at the end)
+                run["eager_breakdown"] = eager_breakdown(kernels, row_profile)
             pred = mdl.predict(shape, bs, cfg.context, row_profile, padded=padded or bs, elt=elt,
                                attn_launches=dec.attention_launches(bs),
                                padded_attn_launches=dec.attention_launches(padded or bs),
