@@ -152,12 +152,6 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
         if cfg.mode != "none":
             run["arms"]["graph"].update(setup_s=cap["capture_s"], pool_bytes=cap["pool_bytes"])
         twin = arms_mod.torch_twin(dec) if extra else None
-        if "torch-graph" in extra:
-            say("capturing the torch backend's graphs (arm torch-graph)")
-            trunner = GraphRunner(twin, ladder, mode=cfg.mode, progress=on_progress is not None,
-                                  split_launch=cfg.split_launch)
-            tcap = trunner.capture()
-            run["arms"]["torch-graph"].update(setup_s=tcap["capture_s"], pool_bytes=tcap["pool_bytes"])
         compiled = arms_mod.CompiledStep(twin) if "compile" in extra else None
         elt = torch.finfo(dtype).bits // 8
         kernels = dec.plan(cfg.bs[0], cfg.context, elt)
@@ -206,6 +200,20 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
                 if arm == "torch-eager":
                     fn = lambda t=tokens, p=positions, s=slots: twin.step(t, p, s)
                 elif arm == "torch-graph":
+                    if trunner is None:
+                        # Captured here, once the graph arm of the first batch size is timed (as
+                        # the device figures are measured last): other graphs' capture and replay
+                        # before ours slowed our later replays (scripts/probe_sweep_gpu.py), and
+                        # with this runner captured before the loop the bs-1 llama-1b graph read
+                        # 1015.9 us of GPU time in the all-arms run of 32bbd3c, against 998.7 in
+                        # the default sweep minutes before.
+                        say("capturing the torch backend's graphs (arm torch-graph)")
+                        trunner = GraphRunner(twin, ladder, mode=cfg.mode,
+                                              progress=on_progress is not None,
+                                              split_launch=cfg.split_launch)
+                        tcap = trunner.capture()
+                        run["arms"]["torch-graph"].update(setup_s=tcap["capture_s"],
+                                                          pool_bytes=tcap["pool_bytes"])
                     fn = lambda x=packed: trunner.step_packed(x)
                 else:
                     say(f"bs {bs}: compiling (torch.compile, reduce-overhead)")
