@@ -18,12 +18,19 @@ The three sweeps of commit `9925911` ran pinned to one CPU core (`taskset -c 3`,
 before commit `81bee6f` were removed: they profiled kernels before timing, and the
 profiler's hooks slowed every later launch and replay on the host.
 
-The README's reference runs are those of the code as it is: commit `4747730` (all arms,
-`results/h100/20261122-1244*` and `-1246*`), `0ba83cf` (default sweeps, `-1258*`) and `38d6d73`
-(all arms at bs 1, `-1306*` and `-1307*`), whose
-kernels and decoder are the same: the embedding rows and sequence lengths in one kernel, attention
-fused with RoPE and the KV store, five kernels a layer, down in 2048-wide chunks one ahead (logs
-`results/h100/logs/*-4747730.log`, `*-0ba83cf.log`). The runs of `147403a` (`-1152*` to `-1201*`)
+The README's reference runs are those of the code as it is: commit `5b55302` (all arms,
+`results/h100/20261122-1359*` and `-1400*`; all arms at bs 1, `-1404*` and `-1405*`) and `32bbd3c`
+(default sweeps, `-1349*` and `-1350*`; its sweep differs from `5b55302`'s only in the
+`torch-graph` arm). Their kernels and decoder are those of `4747730` (all arms, `-1244*`,
+`-1246*`), `0ba83cf` (default sweeps, `-1258*`) and `38d6d73` (all arms at bs 1, `-1306*`,
+`-1307*`): the embedding rows and sequence lengths in one kernel, attention fused with RoPE and
+the KV store, five kernels a layer, down in 2048-wide chunks one ahead (logs
+`results/h100/logs/*-4747730.log`, `*-0ba83cf.log`). Those earlier runs measured the device's
+launch costs, copy bandwidth, matrix rate and kernel lines before timing the steps, which slowed
+the steps' GPU side by 1.5 to 2.5% (README, "How it measures"); the runs of `79c3898`
+(`-1337*` to `-1344*`) and the all-arms runs of `32bbd3c` (`-1351*`, `-1353*`) measured them
+after, but captured the `torch-graph` arm's runner before the first step, which did the same to
+the all-arms runs. The runs of `147403a` (`-1152*` to `-1201*`)
 ran the embedding as three PyTorch kernels and down in 4096-wide chunks one after another
 (`-1200*` and `-1201*` all arms at bs 1 with `--split-launch`). The runs of `20d43bca4c19` (`-1046*`
 to `-1050*`) ran rope_store_kv and attention's reduce kernel (seven kernels a layer). The runs of
