@@ -42,6 +42,14 @@ its trigger. Runs before `dc12233` ran the first skinny matmuls (norm and swiglu
 prologues, no PDL); runs before `31c20b9` predict with the profile measured once at the start of
 the run (no per-row host costs, no kernel lines), hence their larger model errors.
 
+Probe logs of this kind (`results/h100/logs/`, `nvidia-h100-x1`, torch 2.11.0+cu130, triton
+3.6.0; the revision is in the name): `probe-prefetch-92397cfa626d.log` from
+`PROBE_STEPS_ONLY=1 PROBE_PREFETCH=1 bash scripts/gpu.sh probe-gemv` at `92397cf` (the L2
+prefetch, reverted after); `host-copy-fa46377.log` from `PROBE_COPY=1 bash scripts/gpu.sh host`;
+`sweep-gpu-<rev>.log` from `bash scripts/gpu.sh sweep-gpu`; `sweep-gpu-parts-<rev>.log` from
+`cd scripts; for p in PARTS; do PROBE_PART=$p python3 probe_sweep_gpu.py; done` (the parts are
+named in the log's lines).
+
 The all-reduce benchmark of `187c6cb` (`results/h200x2/*-launch-tp2-h200`): its `eager_us`
 figures timed back-to-back all-reduces with an event on the caller's stream, which does not wait
 for NCCL's stream, and read far too low (64 MiB in 12.6 us); the code now times them to a
