@@ -255,7 +255,6 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
         run["launch"] = launch
         profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"], source="measured: this run")
         run["profile"] = profile.to_dict()
-        run["eager_breakdown"] = eager_breakdown(kernels, profile)
         for i, (row, padded) in enumerate(measured):
             bs = row["bs"]
             best = row["graph_step_us"] or row["eager_step_us"]
