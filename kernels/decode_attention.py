@@ -8,10 +8,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.rope import _check as _check_rope
-from kernels.rope import rope_store_kv_ref
-from kernels.store_kv import _check as _check_store
-from kernels._compat import (check_device, pdl_enter, pdl_mode, interpreted, pdl_launch_kw,
+from .rope import _check as _check_rope
+from .rope import rope_store_kv_ref
+from .store_kv import _check as _check_store
+from ._compat import (check_device, pdl_enter, pdl_mode, interpreted, pdl_launch_kw,
                              to_dtype, use_pdl)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._compat import check_device, interpreted, pdl_enter, pdl_launch_kw, pdl_mode, use_pdl
+from ._compat import check_device, interpreted, pdl_enter, pdl_launch_kw, pdl_mode, use_pdl
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)

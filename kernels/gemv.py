@@ -37,8 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
-import kernels._compat as compat
-from kernels._compat import (check_device, interpreted, pdl_enter, pdl_launch_kw, pdl_mode,
+from . import _compat as compat
+from ._compat import (check_device, interpreted, pdl_enter, pdl_launch_kw, pdl_mode,
                              to_dtype)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -4,9 +4,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.store_kv import _check as _check_store
-from kernels.store_kv import store_kv_ref
-from kernels._compat import (check_device, pdl_enter, pdl_mode, pdl_launch_kw, to_dtype,
+from .store_kv import _check as _check_store
+from .store_kv import store_kv_ref
+from ._compat import (check_device, pdl_enter, pdl_mode, pdl_launch_kw, to_dtype,
                              use_pdl)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)

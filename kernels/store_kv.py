@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._compat import check_device
+from ._compat import check_device
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)

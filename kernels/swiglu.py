@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._compat import check_device, to_dtype
+from ._compat import check_device, to_dtype
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

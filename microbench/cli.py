@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 
 from microbench import __version__
-from microbench.config import DTYPES, MAX_BATCH, MAX_CONTEXT, PRESETS
-from microbench.graphs import MODES
-from microbench.ladder import parse_int_list
-from microbench.sweep import GPURequired
+from microbench.engine.shapes import DTYPES, MAX_BATCH, MAX_CONTEXT, PRESETS
+from microbench.engine.runner import MODES
+from microbench.engine.ladders import parse_int_list
+from microbench.bench.sweep import GPURequired
 
 
 class IntList(click.ParamType):
@@ -66,7 +66,7 @@ class CLI(click.Group):
             click.echo(f"microbench: {e}", err=True)
             sys.exit(1)
         except RuntimeError as e:
-            if type(e).__name__ == "RankFailed":   # microbench.tp: a TP rank died; say which
+            if type(e).__name__ == "RankFailed":   # microbench.bench.tp: a TP rank died; say which
                 click.echo(f"microbench: {e}", err=True)
                 sys.exit(1)
             if "out of memory" not in str(e).lower():
@@ -126,7 +126,7 @@ def _usage(e: Exception):
                    "host still launches the longer one.")
 @click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Tensor-parallel ranks, one GPU each (spawned here, or run under "
-                   "torchrun --nproc-per-node N -m microbench.tp_cli sweep --tp N).")
+                   "torchrun --nproc-per-node N -m microbench.report.tp_tables sweep --tp N).")
 @click.option("--no-tp1", is_flag=True, help="With --tp: skip the TP-1 comparison on rank 0.")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
               help="Folder the run is written into (as <out>/<run-id>/).")
@@ -135,9 +135,9 @@ def _usage(e: Exception):
 def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, arms, split_launch,
           tp, no_tp1, out, as_json, quiet):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
-    from microbench.results import check_writable, run_id, write_run
-    from microbench.report import sweep_table
-    from microbench.sweep import SweepConfig, require_cuda, run_sweep
+    from microbench.report.record import check_writable, run_id, write_run
+    from microbench.report.tables import sweep_table
+    from microbench.bench.sweep import SweepConfig, require_cuda, run_sweep
     cfg = SweepConfig(bs=bs, preset=preset, mode=mode, ladder=ladder, context=context,
                       dtype=dtype, backend=backend, steps=steps, time_budget=time_budget, out=out,
                       arms=tuple(a.strip() for a in (arms or "").split(",") if a.strip()),
@@ -152,7 +152,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
                 raise ValueError("--split-launch: not with --tp (one graph per size there)")
             if set(cfg.arms) - {"eager", "graph"}:
                 raise ValueError("--arms: with --tp only eager and graph run")
-            from microbench.tp_cli import validate_tp
+            from microbench.report.tp_tables import validate_tp
             validate_tp(preset, tp)
         elif no_tp1:
             raise ValueError("--no-tp1: only with --tp 2 or more")
@@ -161,7 +161,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
         _usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
     require_cuda("sweep")
     if tp > 1:
-        from microbench.tp_cli import tp_sweep_main
+        from microbench.report.tp_tables import tp_sweep_main
         text, code = tp_sweep_main(cfg.to_dict(), tp, compare_tp1=not no_tp1, as_json=as_json,
                                    quiet=quiet)
         if text is not None:
@@ -194,20 +194,20 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
 @click.option("--json", "as_json", is_flag=True)
 def launch(time_budget, tp, out, as_json):
     """Launch overhead per launcher, graph replay cost, copy bandwidth (needs a CUDA GPU)."""
-    from microbench.launch import measure_launch
-    from microbench.report import launch_table
-    from microbench.results import check_writable, environment, run_id, write_run
-    from microbench.sweep import require_cuda
+    from microbench.bench.launch import measure_launch
+    from microbench.report.tables import launch_table
+    from microbench.report.record import check_writable, environment, run_id, write_run
+    from microbench.bench.sweep import require_cuda
     try:
         check_writable(Path(out))
         if tp > 1:
-            from microbench.tp_cli import validate_tp
+            from microbench.report.tp_tables import validate_tp
             validate_tp(None, tp)
     except ValueError as e:
         _usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
     require_cuda("launch")
     if tp > 1:
-        from microbench.tp_cli import tp_launch_main
+        from microbench.report.tp_tables import tp_launch_main
         text, code = tp_launch_main(tp, time_budget, out, as_json)
         if text is not None:
             click.echo(text)
@@ -238,8 +238,8 @@ def launch(time_budget, tp, out, as_json):
 def ladder(engine, max_num_seqs, max_num_batched_tokens, max_capture_size, no_off_stride_fix,
            max_bs, sizes, bs, as_json):
     """Print a capture ladder and what each batch size pads to (no GPU needed)."""
-    from microbench.dispatch import PaddingDispatcher
-    from microbench.ladder import pow2_capture_sizes, sglang_capture_sizes, vllm_capture_sizes
+    from microbench.engine.dispatch import PaddingDispatcher
+    from microbench.engine.ladders import pow2_capture_sizes, sglang_capture_sizes, vllm_capture_sizes
     if sizes:
         lad, what = sorted(set(sizes)), "explicit"
     elif engine == "vllm":
@@ -288,22 +288,22 @@ def ladder(engine, max_num_seqs, max_num_batched_tokens, max_capture_size, no_of
 def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops, launch_us,
           below, as_json):
     """Predict eager and graph step time and speedup (no GPU needed)."""
-    from microbench.model_cli import model_rows, model_table, resolve_profile
+    from microbench.analysis.model_rows import model_rows, model_table, resolve_profile
     try:
         prof = resolve_profile(profile_run, gpu, copy_bw, tflops, launch_us, preset)
     except ValueError as e:
         _usage(e)
     fuse = 2   # workload.FUSED_ATTENTION: today's decoder
     if profile_run:
-        from microbench.model_cli import run_fused
-        from microbench.results import load_run
+        from microbench.analysis.model_rows import run_fused
+        from microbench.report.record import load_run
         fuse = run_fused(load_run(profile_run))   # the plan of the decoder that was measured
     res = model_rows(PRESETS[preset], bs, context, ladder, prof, below, dtype, fuse=fuse)
     # measured beside predicted only when the prediction is of the measured device and host:
     # with --gpu or other numbers it is a different machine, and the error would mean nothing
     if profile_run and not (gpu or copy_bw or tflops or launch_us):
-        from microbench.model_cli import attach_measured
-        from microbench.results import load_run
+        from microbench.analysis.model_rows import attach_measured
+        from microbench.report.record import load_run
         res = attach_measured(res, load_run(profile_run))
     click.echo(json.dumps(res, indent=2) if as_json else model_table(res))
 
@@ -317,9 +317,9 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
 def kernels(preset, bs, context, time_budget, out):
     """Each decode kernel's bandwidth against the measured copy bandwidth (needs a CUDA GPU)."""
-    from microbench.kernel_bench import kernel_table, run_kernel_bench
-    from microbench.results import check_writable, run_id, write_run
-    from microbench.sweep import require_cuda
+    from microbench.bench.kernel_bench import kernel_table, run_kernel_bench
+    from microbench.report.record import check_writable, run_id, write_run
+    from microbench.bench.sweep import require_cuda
     try:
         check_writable(Path(out))
     except ValueError as e:
@@ -335,7 +335,7 @@ class ExperimentName(click.ParamType):
     name = "NAME"
 
     def convert(self, value, param, ctx):
-        from microbench.phenomena import NAMES
+        from microbench.bench.phenomena import NAMES
         if value in NAMES:
             return value
         self.fail(f"unknown experiment {value!r}; choose from {', '.join(NAMES)}", param, ctx)
@@ -367,10 +367,10 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
     pool-growth, capture-cost, piecewise-vs-full, memory-headroom."""
     import time
 
-    from microbench.phenomena import NAMES, ReproduceConfig, run_reproduce, save_run
-    from microbench.plots import entry_lines, render_report
-    from microbench.results import check_writable, run_id
-    from microbench.sweep import require_cuda
+    from microbench.bench.phenomena import NAMES, ReproduceConfig, run_reproduce, save_run
+    from microbench.report.plots import entry_lines, render_report
+    from microbench.report.record import check_writable, run_id
+    from microbench.bench.sweep import require_cuda
     t0 = time.perf_counter()
     loud = not (quiet or as_json)
     cfg = ReproduceConfig(names=tuple(dict.fromkeys(names)) or NAMES, preset=preset, bs=bs,
@@ -409,7 +409,7 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
 @click.option("--json", "as_json", is_flag=True)
 def show(run, as_json):
     """Print a saved run's table (no GPU needed)."""
-    from microbench.results import load_run
+    from microbench.report.record import load_run
     try:
         data = load_run(run)
     except ValueError as e:
@@ -422,19 +422,19 @@ def show(run, as_json):
 
 
 def _render_run(data: dict, as_json: bool) -> str:
-    from microbench.report import launch_table, sweep_table
+    from microbench.report.tables import launch_table, sweep_table
     if as_json:
         return json.dumps(data, indent=2)
     if data.get("kind") == "launch":
         return launch_table(data["launch"])
     if data.get("kind") == "reproduce":
-        from microbench.plots import entry_lines
+        from microbench.report.plots import entry_lines
         return "\n\n".join(entry_lines(e) for e in data.get("phenomena", []))
     if data.get("kind") == "kernels":
-        from microbench.kernel_bench import kernel_table
+        from microbench.bench.kernel_bench import kernel_table
         return kernel_table(data)
     if data.get("kind") in ("sweep-tp", "launch-tp"):
-        from microbench.tp_cli import render_tp_run
+        from microbench.report.tp_tables import render_tp_run
         return render_tp_run(data)
     return sweep_table(data)
 

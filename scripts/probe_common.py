@@ -1,10 +1,10 @@
 """What the probe scripts share: a decoder for bs-1 steps at context 512 and its packed inputs."""
 import torch
 
-from microbench.config import PRESETS
-from microbench.decoder import ToyDecoder
-from microbench.sweep import max_seq_for
-from microbench.workload import step_bytes
+from microbench.engine.shapes import PRESETS
+from microbench.engine.decoder import ToyDecoder
+from microbench.bench.sweep import max_seq_for
+from microbench.engine.plan import step_bytes
 
 CONTEXT = 512
 

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 import triton
 
 import kernels._compat as compat
-import kernels.gemv as G
-from microbench.config import PRESETS
-from microbench.launch import copy_bandwidth, graph_of, kernel_breakdown, profile_kernels
-from microbench.timing import gpu_time_us
+import microbench.kernels.gemv as G
+from microbench.engine.shapes import PRESETS
+from microbench.bench.launch import copy_bandwidth, graph_of, kernel_breakdown, profile_kernels
+from microbench.bench.timing import gpu_time_us
 
 dev = torch.device("cuda")
 L2 = 50 << 20
@@ -83,8 +83,8 @@ print(f"config probe took {time.time() - t0:.0f} s", flush=True)
 # configs other than config()'s, tried inside the whole step (kernels.gemv.OVERRIDES)
 import importlib
 A = importlib.import_module("kernels.decode_attention")  # the package exports a function of that name
-from microbench.graphs import GraphRunner
-from microbench.timing import step_time_us
+from microbench.engine.runner import GraphRunner
+from microbench.bench.timing import step_time_us
 from probe_common import bs1_decoder
 
 

@@ -9,10 +9,10 @@ import sys
 
 import torch
 
-import kernels.gemv as G
-import microbench.graphs as GR
-from microbench.launch import copy_bandwidth
-from microbench.timing import gpu_time_us, host_time_us, step_time_us
+import microbench.kernels.gemv as G
+import microbench.engine.runner as GR
+from microbench.bench.launch import copy_bandwidth
+from microbench.bench.timing import gpu_time_us, host_time_us, step_time_us
 from probe_common import bs1_decoder
 
 dev = torch.device("cuda")
@@ -116,7 +116,7 @@ OV = {"down BN 2 BK 2048 ahead": lambda s: {(s.hidden, s.ffn): dict(BLOCK_N=2, B
 if os.environ.get("PROBE_LADDER"):
     # the sweep's runner (max batch 128, the vllm ladder's 19 sizes) against one size: does
     # the bs-1 step's host work depend on the runner around it?
-    from microbench.sweep import SweepConfig
+    from microbench.bench.sweep import SweepConfig
     ladder = SweepConfig().ladder_sizes()
     for p in ("llama-1b",):
         for label, mb, sizes in (("ladder, max batch 128", max(ladder), ladder),

@@ -6,8 +6,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kernels.noop import add_one
-from microbench.launch import graph_of
+from microbench.kernels.noop import add_one
+from microbench.bench.launch import graph_of
 
 
 def host_us(fn, reps=200):
@@ -32,8 +32,8 @@ sys.stdout.flush()
 
 # The decoder's own ops at opt-125m decode shapes (bs 1), 150 nodes of each kind, and the
 # decoder's whole step: which part of a real graph makes its replay cost the host more?
-from microbench.config import PRESETS  # noqa: E402
-from microbench.decoder import ToyDecoder  # noqa: E402
+from microbench.engine.shapes import PRESETS  # noqa: E402
+from microbench.engine.decoder import ToyDecoder  # noqa: E402
 
 for preset in ("tiny", "opt-125m"):
     dec = ToyDecoder(PRESETS[preset], max_batch=4, max_seq=576, device="cuda")

@@ -11,10 +11,10 @@ import time
 
 import torch
 
-from microbench import launch as LA
-from microbench.graphs import GraphRunner
-from microbench.sweep import SweepConfig, run_sweep
-from microbench.timing import gpu_time_us, step_time_us
+from microbench.bench import launch as LA
+from microbench.engine.runner import GraphRunner
+from microbench.bench.sweep import SweepConfig, run_sweep
+from microbench.bench.timing import gpu_time_us, step_time_us
 from probe_common import CONTEXT, bs1_decoder
 
 dev = torch.device("cuda")
@@ -58,7 +58,7 @@ if os.environ.get("PROBE_WHOLE"):
     probe("after the sweep")
 elif os.environ.get("PROBE_PART"):
     # one part of measure_launch, in a process of its own (its effect stays)
-    from microbench.timing import host_time_us
+    from microbench.bench.timing import host_time_us
     part = os.environ["PROBE_PART"]
 
     def launcher_graphs():

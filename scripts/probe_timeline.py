@@ -9,12 +9,12 @@ import statistics
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from microbench.config import PRESETS
-from microbench.decoder import ToyDecoder
-from microbench.graphs import GraphRunner
-from microbench.launch import KERNEL_FAMILIES, copy_bandwidth
-from microbench.sweep import max_seq_for
-from microbench.timing import gpu_time_us, host_time_us, step_time_us
+from microbench.engine.shapes import PRESETS
+from microbench.engine.decoder import ToyDecoder
+from microbench.engine.runner import GraphRunner
+from microbench.bench.launch import KERNEL_FAMILIES, copy_bandwidth
+from microbench.bench.sweep import max_seq_for
+from microbench.bench.timing import gpu_time_us, host_time_us, step_time_us
 from probe_common import bs1_decoder
 
 dev = torch.device("cuda")
@@ -110,7 +110,7 @@ import time  # noqa: E402
 
 import kernels  # noqa: E402
 import kernels._compat as compat  # noqa: E402
-from microbench.launch import graph_of  # noqa: E402
+from microbench.bench.launch import graph_of  # noqa: E402
 
 
 def replay_host_us(g, reps=200):

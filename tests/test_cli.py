@@ -6,7 +6,7 @@ import torch
 from click.testing import CliRunner
 
 from microbench.cli import main
-from microbench.results import write_run
+from microbench.report.record import write_run
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -138,7 +138,7 @@ def test_show_incomplete_run_is_one_line(tmp_path, run_dict):
 
 
 def test_out_of_memory_is_one_line(monkeypatch, tmp_path):
-    import microbench.sweep as sw
+    import microbench.bench.sweep as sw
 
     def boom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80 GiB")
@@ -175,7 +175,7 @@ def test_tp_entry_point_without_a_gpu_says_so_in_one_line():
     import sys
     if torch.cuda.is_available():
         pytest.skip("checks the no-GPU message")
-    p = subprocess.run([sys.executable, "-m", "microbench.tp_cli", "sweep", "--tp", "2"],
+    p = subprocess.run([sys.executable, "-m", "microbench.report.tp_tables", "sweep", "--tp", "2"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stderr
     lines = [l for l in p.stderr.splitlines() if l.strip()]

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from microbench.config import PRESETS, ModelShape
-from microbench.decoder import ToyDecoder
-from microbench.workload import launch_counts, step_kernels
+from microbench.engine.shapes import PRESETS, ModelShape
+from microbench.engine.decoder import ToyDecoder
+from microbench.engine.plan import launch_counts, step_kernels
 
 TINY = PRESETS["tiny"]
 
@@ -191,8 +191,8 @@ def test_fused_and_unfused_steps_agree(bs, device):
 def test_plan_counts_the_kernels_a_step_launches(bs, fuse, device, monkeypatch):
     """The plan the model and the sweep read (decoder.plan) names every launch a step makes:
     count the calls into each launcher during a real step."""
-    import kernels
-    from microbench import decoder as decoder_mod
+    from microbench import kernels
+    from microbench.engine import decoder as decoder_mod
     dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device,
                      fuse=bool(fuse), fuse_attention=fuse is True)
     calls = {"triton": 0, "cublas": 0}
@@ -222,7 +222,7 @@ def test_plan_counts_the_kernels_a_step_launches(bs, fuse, device, monkeypatch):
 def test_torch_backend_traces_as_one_graph():
     """The compile arm compiles the torch backend's step with fullgraph=True: no graph break
     (no .item(), no data-dependent Python) may hide in the references."""
-    from microbench.arms import torch_twin
+    from microbench.bench.arms import torch_twin
     dec = make("triton", "cpu")
     twin = torch_twin(dec)
     assert twin.backend == "torch" and twin.k_cache is dec.k_cache and twin.embed is dec.embed
@@ -237,8 +237,8 @@ def test_torch_backend_traces_as_one_graph():
 def test_measured_host_costs_cover_every_planned_kernel(fuse, device, monkeypatch):
     """The model looks each planned kernel's host cost up by name: measure_ops must time, through
     the decoder's own call path, every kernel of the plan at one row and at many."""
-    from microbench import launch
-    from microbench.timing import Stats
+    from microbench.bench import launch
+    from microbench.bench.timing import Stats
     calls = []
 
     def once(fn, **kw):   # run the op once (it must work) instead of timing it
@@ -267,7 +267,7 @@ def test_kernel_line_ops_cover_the_plan(fuse, device):
     """kernel_lines times each planned op as a chain of calls on distinct data: every planned
     kernel but the reduce (timed within its attention call) and the two seq_lens ops has a
     maker of that name; call i < L uses layer i's weights, later ones copies; each runs."""
-    from microbench import launch
+    from microbench.bench import launch
     dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device,
                      fuse=bool(fuse), fuse_attention=fuse is True)
     L = TINY.n_layers
@@ -290,7 +290,7 @@ def test_eager_with_op_costs_samples_the_rows_plan(b, device, monkeypatch):
     clock (each op 5 us, a piece 100 us, a step 1000 us) the figures are exact."""
     import time
 
-    from microbench import launch
+    from microbench.bench import launch
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     now = [0.0]
     monkeypatch.setattr(time, "perf_counter", lambda: now[0])
@@ -332,9 +332,9 @@ def test_piece_kernels_are_what_a_middle_piece_launches(b, layers, device, monke
     exactly the launches of dec.piece(1, ...), in order (on one layer, the last piece)."""
     from dataclasses import replace as dc_replace
 
-    import kernels
-    from microbench import decoder as decoder_mod
-    from microbench import launch
+    from microbench import kernels
+    from microbench.engine import decoder as decoder_mod
+    from microbench.bench import launch
     dec = ToyDecoder(dc_replace(TINY, n_layers=layers), max_batch=4, max_seq=16,
                      dtype=torch.float32, device=device)
     want = [_WRAPPER[k.name] for k in launch._piece_kernels(dec.plan(b, 3))]

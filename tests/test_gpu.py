@@ -6,9 +6,9 @@ import warnings
 import pytest
 import torch
 
-from microbench.config import PRESETS
-from microbench.decoder import ToyDecoder
-from microbench.graphs import GraphRunner
+from microbench.engine.shapes import PRESETS
+from microbench.engine.decoder import ToyDecoder
+from microbench.engine.runner import GraphRunner
 
 pytestmark = pytest.mark.gpu
 CTX = 40
@@ -89,15 +89,14 @@ def test_programmatic_dependent_launch_changes_no_result(preset, monkeypatch):
     """The step's Triton kernels launch with PDL (each waits for its predecessor before reading
     an activation): a bs-1 step, eager and replayed, equals the same step with PDL off bit for
     bit. A missing wait would read a half-written activation and differ."""
-    import kernels._compat
-    import kernels.gemv
+    from microbench.kernels import _compat, gemv
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL needs Hopper or newer")
     results = {}
     for pdl in (True, False):
-        monkeypatch.setattr(kernels._compat, "PDL", pdl)
+        monkeypatch.setattr(_compat, "PDL", pdl)
         dec = make(preset, 2)
-        assert kernels.gemv.use_pdl(dec.embed) == pdl
+        assert gemv.use_pdl(dec.embed) == pdl
         runner = GraphRunner(dec, [1], mode="full", progress=False)
         runner.capture()
         outs = []
@@ -224,7 +223,7 @@ def test_debug_flag_catches_moved_inputs():
 
 
 def test_graph_replay_runs_the_eager_kernels():
-    from microbench.launch import count_kernels
+    from microbench.bench.launch import count_kernels
     dec = make("tiny", 4)
     runner = GraphRunner(dec, [2], progress=False)
     runner.capture()
@@ -240,7 +239,7 @@ def test_short_sweep_end_to_end(tmp_path):
     from click.testing import CliRunner
 
     from microbench.cli import main
-    from microbench.results import load_run
+    from microbench.report.record import load_run
     r = CliRunner().invoke(main, ["sweep", "--preset", "tiny", "--bs", "1,3", "--context", "32",
                                   "--time-budget", "0.05", "--steps", "2", "--out", str(tmp_path),
                                   "--quiet"])
@@ -260,7 +259,7 @@ def test_short_sweep_end_to_end(tmp_path):
 
 def test_sweep_arms_side_by_side(tmp_path):
     """Every arm runs, agrees with eager, and is called graphed only if it launched a graph."""
-    from microbench.sweep import SweepConfig, run_sweep
+    from microbench.bench.sweep import SweepConfig, run_sweep
     cfg = SweepConfig(bs=(1, 3), preset="tiny", context=32, time_budget=0.05, steps=2,
                       out=str(tmp_path), arms=("eager", "graph", "torch-eager", "torch-graph", "compile"))
     run = run_sweep(cfg)
@@ -302,7 +301,7 @@ def test_compile_arm_without_static_addresses_is_not_called_graphed(monkeypatch)
     is not marked static makes CUDA-graph trees skip the graph; the check must say so."""
     import torch._dynamo
 
-    from microbench import arms
+    from microbench.bench import arms
     dec = make("tiny", 4)
     twin = arms.torch_twin(dec)
     monkeypatch.setattr(torch._dynamo, "mark_static_address", lambda t: None)
@@ -319,7 +318,7 @@ def test_reproduce_ladder_collapse_end_to_end(tmp_path):
     from click.testing import CliRunner
 
     from microbench.cli import main
-    from microbench.results import load_run
+    from microbench.report.record import load_run
     r = CliRunner().invoke(main, ["reproduce", "ladder-collapse", "--preset", "tiny",
                                   "--context", "32", "--time-budget", "0.05", "--steps", "2",
                                   "--out", str(tmp_path), "--quiet"])

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from kernels import (decode_attention, decode_attention_ref, embed_seq_lens, embed_seq_lens_ref,
+from microbench.kernels import (decode_attention, decode_attention_ref, embed_seq_lens, embed_seq_lens_ref,
                      linear, linear_ref, rmsnorm,
                      rmsnorm_linear, rmsnorm_linear_ref, rmsnorm_ref, rope, rope_ref, rope_store_attention,
                      rope_store_attention_ref, rope_store_kv, rope_store_kv_ref, store_kv, store_kv_ref,
                      swiglu, rmsnorm_linear_swiglu, rmsnorm_linear_swiglu_ref, swiglu_ref)
-from kernels.decode_attention import _MAX_SPLITS, _MIN_TOKENS_PER_SPLIT, _choose_num_splits
+from microbench.kernels.decode_attention import _MAX_SPLITS, _MIN_TOKENS_PER_SPLIT, _choose_num_splits
 from tests.utils import assert_close
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -414,8 +414,8 @@ GEMV_SHAPES = [(1, 64, 48), (3, 100, 37), (8, 130, 20), (5, 257, 9), (2, 300, 70
 def small_gemv_blocks(monkeypatch):
     """Under the interpreter, small blocks, so the small shapes here span several programs and
     several K chunks (on CUDA, `config` picks them)."""
-    import kernels.gemv
-    monkeypatch.setattr(kernels.gemv, "_INTERPRETED_CONFIG", dict(BLOCK_N=8, BLOCK_K=64, num_warps=4))
+    import microbench.kernels.gemv as gemv
+    monkeypatch.setattr(gemv, "_INTERPRETED_CONFIG", dict(BLOCK_N=8, BLOCK_K=64, num_warps=4))
 
 
 def _weight(N, K, g, dtype, device):
@@ -481,7 +481,7 @@ def test_gemv_one_chunk_ahead(B, K, N, dtype, device, monkeypatch):
     """AHEAD=1 (chunk c + 1's weights requested before chunk c is multiplied) sums the chunks in
     the same order as the plain loop: every fused form equals it bit for bit, and the
     reference, for a K of one chunk, several, and a ragged last one."""
-    import kernels.gemv as G
+    import microbench.kernels.gemv as G
     g = gen(27)
     h = 2 * randn(B, K, g=g, dtype=dtype, device=device)
     nw = (1 + 0.1 * randn(K, g=g, dtype=torch.float32, device=device)).to(dtype)

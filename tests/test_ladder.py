@@ -1,7 +1,7 @@
 import pytest
 
-from microbench.dispatch import PaddingDispatcher
-from microbench.ladder import (parse_int_list, pow2_capture_sizes, resolve_ladder,
+from microbench.engine.dispatch import PaddingDispatcher
+from microbench.engine.ladders import (parse_int_list, pow2_capture_sizes, resolve_ladder,
                                sglang_capture_sizes, vllm_capture_sizes)
 
 

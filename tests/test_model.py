@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from microbench import model as mdl
-from microbench.config import PRESETS
-from microbench.decoder import ToyDecoder
-from microbench.model_cli import model_rows, resolve_profile
-from microbench.workload import step_bytes, step_kernels
+from microbench.analysis import model as mdl
+from microbench.engine.shapes import PRESETS
+from microbench.engine.decoder import ToyDecoder
+from microbench.analysis.model_rows import model_rows, resolve_profile
+from microbench.engine.plan import step_bytes, step_kernels
 
 TINY = PRESETS["tiny"]
 
@@ -141,7 +141,7 @@ def test_launch_us_overrides_measured_op_costs(tmp_path):
 
 
 def test_measured_runs_sit_beside_predictions():
-    from microbench.model_cli import attach_measured, model_table
+    from microbench.analysis.model_rows import attach_measured, model_table
     p = mdl.datasheet_profile("H100")
     res = model_rows(TINY, (1, 4), 64, "vllm", p)
     run = dict(kind="sweep", config=dict(preset="tiny", context=64),
@@ -164,7 +164,7 @@ def test_measured_runs_sit_beside_predictions():
 
 
 def test_run_fused_reads_the_plan_a_run_measured():
-    from microbench.model_cli import run_fused
+    from microbench.analysis.model_rows import run_fused
     assert run_fused({"decoder": {"fuse": False}}) == 0
     assert run_fused({"decoder": {"fuse": True}}) == 1          # before fuse_attention existed
     assert run_fused({"decoder": {"fuse": True, "fuse_attention": False}}) == 1
@@ -188,7 +188,7 @@ def test_family_lines_time_kernels_by_hand():
     """With measured lines, a kernel takes its family's fixed cost plus its bytes at the
     family's bandwidth; the attention line holds the reduce (0 on its own); a family without a
     line falls back to the copy line."""
-    from microbench.workload import Kernel
+    from microbench.engine.plan import Kernel
     lines = dict(skinny=dict(fixed_us=3.0, bytes_per_s=2e12), attention=dict(fixed_us=5.0, bytes_per_s=1e12),
                  small=dict(fixed_us=2.5, bytes_per_s=None))
     p = profile(copy_bw=4e12, kernel_fixed_us=1.0, kernel_min_us=1.0, kernel_lines=lines)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from microbench import phenomena as ph
-from microbench import verdicts as vd
+from microbench.bench import phenomena as ph
+from microbench.analysis import verdicts as vd
 from microbench.cli import main
-from microbench.config import PRESETS
-from microbench.dispatch import PaddingDispatcher
-from microbench.model import DeviceProfile
-from microbench.plots import entry_lines, render_report
-from microbench.results import load_run
+from microbench.engine.shapes import PRESETS
+from microbench.engine.dispatch import PaddingDispatcher
+from microbench.analysis.model import DeviceProfile
+from microbench.report.plots import entry_lines, render_report
+from microbench.report.record import load_run
 
 HAS_CUDA = torch.cuda.is_available()
 CFG = ph.ReproduceConfig(preset="tiny", context=32, steps=1, time_budget=0.01)

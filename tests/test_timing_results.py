@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from microbench.results import atomic_write, load_run, rows_to_csv, write_run
-from microbench.sweep import check_shape
-from microbench.timing import quantile, settle, summarize
+from microbench.report.record import atomic_write, load_run, rows_to_csv, write_run
+from microbench.bench.sweep import check_shape
+from microbench.bench.timing import quantile, settle, summarize
 
 
 def test_summarize_known_samples():

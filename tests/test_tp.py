@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from microbench import model as mdl
-from microbench import model_tp as mtp
-from microbench.config import PRESETS, ModelShape
-from microbench.decoder import ToyDecoder
-from microbench.tp import (NO_MULTICAST, RankFailed, bind_all_reduce, build_shard, check_tp,
+from microbench.analysis import model as mdl
+from microbench.analysis import model_tp as mtp
+from microbench.engine.shapes import PRESETS, ModelShape
+from microbench.engine.decoder import ToyDecoder
+from microbench.bench.tp import (NO_MULTICAST, RankFailed, bind_all_reduce, build_shard, check_tp,
                            copy_cache_from, launch_ranks, shard_kv, shard_layer, torchrun_rank)
-from microbench.tp_cli import allreduce_table, render_tp_run, tp_sweep_table, validate_tp
-from microbench.tp_sweep import tp1_skip_reason
-from microbench.workload import step_kernels
+from microbench.report.tp_tables import allreduce_table, render_tp_run, tp_sweep_table, validate_tp
+from microbench.bench.tp_sweep import tp1_skip_reason
+from microbench.engine.plan import step_kernels
 
 TESTS = Path(__file__).resolve().parent
 # GQA 2:1 (tiny), plain multi-head, GQA 4:1 with odd sizes; each splits over 2 ranks.
@@ -132,9 +132,9 @@ def test_a_failing_rank_is_one_line():
 def test_torchrun_style_ranks(tmp_path):
     """Two processes started as torchrun starts them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)
     each run their own rank; multicast stays off in both."""
-    from microbench.tp import free_port
+    from microbench.bench.tp import free_port
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]);"
-            "from microbench.tp import launch_ranks; from test_tp import _sum_rank;"
+            "from microbench.bench.tp import launch_ranks; from test_tp import _sum_rank;"
             "print(json.dumps(launch_ranks(_sum_rank, 2, backend='gloo')))")
     port = str(free_port())
     procs = []
@@ -365,8 +365,8 @@ def _replay_rank(rank, world):
     batch size 1..24 over the ladder 1..16 (above 16: eager fallback)."""
     import warnings
 
-    from microbench.graphs import GraphRunner
-    from microbench.tp import warm_step
+    from microbench.engine.runner import GraphRunner
+    from microbench.bench.tp import warm_step
     dev = torch.device("cuda", torch.cuda.current_device())
     kw = dict(backend="triton", max_batch=GPU_MAX_B, max_seq=64, dtype=torch.bfloat16,
               device=dev, seed=0)
@@ -452,8 +452,8 @@ def test_tp2_triton_logits_equal_unsharded():
 @pytest.mark.gpu
 @two_gpus
 def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
-    from microbench.sweep import SweepConfig
-    from microbench.tp import run_allreduce_bench, run_tp_sweep
+    from microbench.bench.sweep import SweepConfig
+    from microbench.bench.tp import run_allreduce_bench, run_tp_sweep
     cfg = SweepConfig(bs=(1, 3), preset="tiny", ladder="1,2,4", context=32, steps=2,
                       time_budget=0.05, out=str(tmp_path))
     run, where = run_tp_sweep(cfg, 2, progress=False)

@@ -41,7 +41,7 @@ def sweep_header(run: dict) -> str:
 
 def sweep_table(run: dict) -> str:
     """The sweep's terminal table, from a run dict (live or loaded)."""
-    from microbench.arms import EXTRA_ARMS, key
+    from microbench.bench.arms import EXTRA_ARMS, key
     extra = [a for a in EXTRA_ARMS if a in (run.get("arms") or {})]
     heads = ["bs", "pad", "ran as", "eager us", "graph us", *(f"{a} us" for a in extra),
              "speedup", "pred", "eager tok/s", "graph tok/s", "tok/s/seq", "GB/s", "MBU"]

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from microbench.config import DTYPES
-from microbench.tp import (TIMEOUT, bind_all_reduce, build_shard, decoder_plan,
+from microbench.engine.shapes import DTYPES
+from microbench.bench.tp import (TIMEOUT, bind_all_reduce, build_shard, decoder_plan,
                            free_device_memory, printer, rank_device, tp_environment,
                            warm_step)
 
@@ -56,8 +56,8 @@ def _inputs(shape, bs, context, gen, dev):
 
 def single_gpu_steps(dec, ladder, cfg, say) -> dict:
     """TP 1 on this GPU alone: capture the ladder, time eager and graph steps per batch."""
-    from microbench.graphs import GraphRunner
-    from microbench.timing import step_time_us
+    from microbench.engine.runner import GraphRunner
+    from microbench.bench.timing import step_time_us
     runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=False)
     try:
         cap = runner.capture()
@@ -88,14 +88,14 @@ def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool):
     """One rank's part of the TP sweep; rank 0 returns (run, saved folder), others None."""
     import torch.distributed as dist
 
-    from microbench.collectives import BIG_BYTES, gather, lockstep, measure_allreduce
-    from microbench.decoder import ToyDecoder
-    from microbench.graphs import GraphRunner
-    from microbench.launch import measure_launch, measure_ops
-    from microbench.model_tp import tp_shape
-    from microbench.results import run_id, write_run
-    from microbench.sweep import max_seq_for
-    from microbench.timing import step_time_us
+    from microbench.bench.collectives import BIG_BYTES, gather, lockstep, measure_allreduce
+    from microbench.engine.decoder import ToyDecoder
+    from microbench.engine.runner import GraphRunner
+    from microbench.bench.launch import measure_launch, measure_ops
+    from microbench.analysis.model_tp import tp_shape
+    from microbench.report.record import run_id, write_run
+    from microbench.bench.sweep import max_seq_for
+    from microbench.bench.timing import step_time_us
 
     t_start = time.perf_counter()
     lead = rank == 0
@@ -204,8 +204,8 @@ class _Predict:
     """Rank 0's row builder: the measured figures, the shares, TP 1 and the model beside."""
 
     def __init__(self, run, shard, cfg, world, elt):
-        from microbench import model as mdl
-        from microbench.model_tp import AllReduceProfile
+        from microbench.analysis import model as mdl
+        from microbench.analysis.model_tp import AllReduceProfile
         self.mdl, self.shard, self.cfg, self.world, self.elt = mdl, shard, cfg, world, elt
         launch = run["launch"]
         self.profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"],
@@ -215,8 +215,8 @@ class _Predict:
         self.ar = AllReduceProfile.from_dict(fit) if fit else None
 
     def row(self, bs, padded, e, g, everyone, tp1, bench) -> dict:
-        from microbench.collectives import point_at
-        from microbench.model_tp import predict_tp
+        from microbench.bench.collectives import point_at
+        from microbench.analysis.model_tp import predict_tp
         shape, k, hid = self.cfg.shape, 2 * self.cfg.shape.n_layers, self.cfg.shape.hidden
         row = dict(bs=bs, padded_bs=padded,
                    ran_as="eager" if padded is None else self.cfg.mode,

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from microbench.decoder import ToyDecoder
-from microbench.dispatch import PaddingDispatcher
+from microbench.engine.decoder import ToyDecoder
+from microbench.engine.dispatch import PaddingDispatcher
 
 MODES = ("none", "full", "piecewise")
 POOLS = ("shared", "separate")

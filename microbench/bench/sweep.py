@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, replace
 
-from microbench.config import MAX_BATCH, MAX_CONTEXT, DTYPES, ModelShape, PRESETS
-from microbench.graphs import MODES
-from microbench.ladder import resolve_ladder
-from microbench.timing import row_noise
+from microbench.engine.shapes import MAX_BATCH, MAX_CONTEXT, DTYPES, ModelShape, PRESETS
+from microbench.engine.runner import MODES
+from microbench.engine.ladders import resolve_ladder
+from microbench.bench.timing import row_noise
 
 DEFAULT_BS = (1, 4, 16, 64)
 
@@ -41,7 +41,7 @@ class SweepConfig:
     backend: str = "triton"
     seed: int = 0
     out: str = "results"
-    arms: tuple = ()   # extra arms; eager and graph (unless mode none) always run: microbench.arms
+    arms: tuple = ()   # extra arms; eager and graph (unless mode none) always run: microbench.bench.arms
     split_launch: bool = False   # full mode: each size as two graphs (GraphRunner split_launch)
 
     def validate(self) -> "SweepConfig":
@@ -66,7 +66,7 @@ class SweepConfig:
             raise ValueError(f"--steps: must be >= 1, got {self.steps}")
         if not self.time_budget > 0:
             raise ValueError(f"--time-budget: must be > 0 seconds, got {self.time_budget}")
-        from microbench.arms import parse_arms
+        from microbench.bench.arms import parse_arms
         arms = parse_arms(self.arms)
         if self.split_launch and self.mode != "full":
             raise ValueError(f"--split-launch: only with --mode full, got --mode {self.mode}")
@@ -103,15 +103,15 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     timed), on_run(run) whenever the run changes (to save it), on_progress(text) for status lines."""
     import torch
 
-    from microbench import arms as arms_mod
-    from microbench import model as mdl
-    from microbench.decoder import ToyDecoder
-    from microbench.graphs import GraphRunner
-    from microbench.launch import (eager_with_op_costs, kernel_breakdown, kernel_lines,
+    from microbench.bench import arms as arms_mod
+    from microbench.analysis import model as mdl
+    from microbench.engine.decoder import ToyDecoder
+    from microbench.engine.runner import GraphRunner
+    from microbench.bench.launch import (eager_with_op_costs, kernel_breakdown, kernel_lines,
                                    measure_launch, measure_ops, profile_kernels)
-    from microbench.results import environment
-    from microbench.timing import gpu_time_us, host_time_us, step_time_us
-    from microbench.workload import launch_counts, step_bytes
+    from microbench.report.record import environment
+    from microbench.bench.timing import gpu_time_us, host_time_us, step_time_us
+    from microbench.engine.plan import launch_counts, step_bytes
 
     say = on_progress or (lambda s: None)
     require_cuda("sweep")
@@ -132,8 +132,8 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
     dec.fill_cache(cfg.context)
     torch.cuda.synchronize()
     run["build_s"] = time.perf_counter() - t0
-    from kernels.gemv import FAST_ROWS
-    from kernels.gemv import use_pdl
+    from microbench.kernels.gemv import FAST_ROWS
+    from microbench.kernels.gemv import use_pdl
     # which plan the step ran, and whether its Triton kernels launch with PDL
     run["decoder"] = dict(fuse=dec.fuse, fuse_attention=dec.attention_fused, fast_rows=FAST_ROWS,
                           pdl=use_pdl(dec.embed))

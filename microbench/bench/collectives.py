@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import time
 
-from microbench import model_tp
+from microbench.analysis import model_tp
 
 SETTLE_SAMPLES = (10, 200)   # at least and at most, as timing.settle takes by default
 LAUNCH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)          # [B, hidden] messages
@@ -84,8 +84,8 @@ def measure_allreduce(numels, dtype, device, k: int, budget_s: float, host_group
     import torch
     import torch.distributed as dist
 
-    from microbench.launch import graph_of
-    from microbench.timing import gpu_time_us, host_time_us, step_time_us
+    from microbench.bench.launch import graph_of
+    from microbench.bench.timing import gpu_time_us, host_time_us, step_time_us
     world = dist.get_world_size(group)
     numels = sorted(set(int(n) for n in numels))
     buf = torch.zeros(numels[-1], dtype=dtype, device=device)  # zeros: sums never overflow

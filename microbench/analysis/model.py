@@ -38,8 +38,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from microbench.config import ModelShape
-from microbench.workload import FUSED_ATTENTION, SKINNY, Kernel, step_kernels
+from microbench.engine.shapes import ModelShape
+from microbench.engine.plan import FUSED_ATTENTION, SKINNY, Kernel, step_kernels
 
 
 @dataclass(frozen=True)

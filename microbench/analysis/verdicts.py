@@ -9,9 +9,9 @@ measurement and is never tuned to pass.
 """
 from __future__ import annotations
 
-from microbench.config import ModelShape
-from microbench.sweep import check_shape
-from microbench.timing import row_noise
+from microbench.engine.shapes import ModelShape
+from microbench.bench.sweep import check_shape
+from microbench.bench.timing import row_noise
 
 MiB, GiB = 1 << 20, 1 << 30
 NOISE_FLOOR = 0.03
@@ -171,7 +171,7 @@ def judge_padding_waste(e: dict) -> dict:
 
 
 def judge_pool_growth(e: dict) -> dict:
-    from microbench.model import fit_pool
+    from microbench.analysis.model import fit_pool
     rows = e["rows"]
     arm = lambda a: {r["n_sizes"]: r["pool_bytes"] for r in rows if r["arm"] == a}
     sh, small, sep = arm("shared, largest-first"), arm("shared, smallest-first"), arm("separate")

@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from microbench import model as mdl
-from microbench.config import ModelShape
-from microbench.workload import Kernel, step_kernels
+from microbench.analysis import model as mdl
+from microbench.engine.shapes import ModelShape
+from microbench.engine.plan import Kernel, step_kernels
 
 ROW_PARALLEL = ("o_proj", "down_proj")   # kernels whose output each rank holds a partial sum of
 
@@ -96,7 +96,7 @@ def fit_allreduce(points, world: int, host_us: float = 10.0,
                   source: str = "fit") -> AllReduceProfile:
     """Fit t = alpha + busbytes(S) / BW_bus to (S bytes, t us) points, each weighted by 1/t so
     small (latency-bound) and large (bandwidth-bound) messages count alike."""
-    from microbench.launch import fit_linear
+    from microbench.bench.launch import fit_linear
     pts = [(bus_bytes(s, world), t) for s, t in points]
     if len(pts) < 2:
         raise ValueError("fit_allreduce needs at least two message sizes")

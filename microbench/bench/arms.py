@@ -46,7 +46,7 @@ def torch_twin(dec):
     """The same decoder on the PyTorch reference backend, sharing weights and KV caches."""
     import copy
 
-    from microbench.decoder import _Ops
+    from microbench.engine.decoder import _Ops
     twin = copy.copy(dec)        # shallow: the same weight and cache tensors
     twin.backend, twin.ops, twin.fuse = "torch", _Ops("torch"), False
     return twin

@@ -42,9 +42,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-import kernels
-import kernels.gemv
-from microbench.config import ModelShape
+from microbench import kernels
+
+from microbench.engine.shapes import ModelShape
 
 BACKENDS = ("triton", "torch")
 
@@ -76,7 +76,7 @@ class ToyDecoder:
         self.scratch_slot = max_batch
         self.scale = shape.head_dim ** -0.5
         # Tensor parallelism: a callable that all-reduces a row-parallel matmul's output in
-        # place (set by microbench.tp on each rank's shard); None on one GPU. With the residual
+        # place (set by microbench.bench.tp on each rank's shard); None on one GPU. With the residual
         # add in the O and down epilogues, only one rank (the owner) adds it before the sum.
         self.all_reduce = None
         self.residual_owner = True
@@ -309,7 +309,7 @@ class ToyDecoder:
     def attention_launches(self, b: int = 1) -> int:
         """Kernels one decode_attention call at batch b launches (split-KV adds a reduce,
         unless the attention is fused: its splits merge themselves)."""
-        from kernels.decode_attention import num_splits_for
+        from microbench.kernels.decode_attention import num_splits_for
         if self.attention_fused:
             return 1
         return 1 if num_splits_for(b, self.shape.n_kv_heads, self.max_seq, self.device) == 1 else 2
@@ -317,13 +317,13 @@ class ToyDecoder:
     def launches_per_step(self, b: int = 1) -> dict[str, int]:
         """Kernel launches of one eager step, by launcher (the triton backend's plan; the
         profiler's count is reported beside it by the sweep)."""
-        from microbench.workload import launch_counts
+        from microbench.engine.plan import launch_counts
         return launch_counts(self.plan(b, 0))
 
     def plan(self, b: int, context: int, elt: int | None = None):
         """The kernels one eager step at batch b launches (workload.step_kernels for this
         decoder's fusion and attention split)."""
-        from microbench.workload import step_kernels
+        from microbench.engine.plan import step_kernels
         elt = self.embed.element_size() if elt is None else elt
         return step_kernels(self.shape, b, context, elt, self.attention_launches(b),
                             fuse=self.fusion)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from microbench import model as mdl
-from microbench.config import ModelShape
-from microbench.dispatch import PaddingDispatcher
-from microbench.ladder import resolve_ladder
-from microbench.report import table
+from microbench.analysis import model as mdl
+from microbench.engine.shapes import ModelShape
+from microbench.engine.dispatch import PaddingDispatcher
+from microbench.engine.ladders import resolve_ladder
+from microbench.report.tables import table
 
 
 def resolve_profile(run_path, gpu, copy_bw_gbs, tflops, launch_us,
@@ -18,7 +18,7 @@ def resolve_profile(run_path, gpu, copy_bw_gbs, tflops, launch_us,
     for another `preset` they are dropped and every kernel uses the copy line."""
     prof = None
     if run_path:
-        from microbench.results import load_run
+        from microbench.report.record import load_run
         try:
             run = load_run(run_path)
         except ValueError as e:
@@ -56,7 +56,7 @@ def run_fused(run: dict) -> int:
     its `decoder` record (runs before `fuse_attention` was recorded ran rope_store_kv), or for
     runs made before that record existed, whether its per-op host costs were measured through
     the fused wrappers (`rope_store_kv`); a run with no per-op costs gets today's default."""
-    from microbench.workload import FUSED_ATTENTION, FUSED_MATMULS, UNFUSED
+    from microbench.engine.plan import FUSED_ATTENTION, FUSED_MATMULS, UNFUSED
     if "decoder" in run:
         d = run["decoder"]
         if not d.get("fuse"):

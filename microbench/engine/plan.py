@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from microbench.config import ModelShape
+from microbench.engine.shapes import ModelShape
 
 
 # the plans a decoder can run (ToyDecoder.fusion): one kernel per operation; the skinny matmuls
@@ -36,7 +36,7 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
     with the norms in their prologues and the residual adds and swiglu in their epilogues.
     FUSED_ATTENTION: that, with RoPE, the KV store and the split merge inside attention (one
     attention kernel whatever attn_launches says). UNFUSED: one kernel per operation."""
-    from kernels.gemv import FAST_ROWS
+    from microbench.kernels.gemv import FAST_ROWS
     skinny = bool(fuse) and b <= FAST_ROWS
     s, h = shape, shape.hidden
     H, Hkv, D, Fw, V = s.n_heads, s.n_kv_heads, s.head_dim, s.ffn, s.vocab

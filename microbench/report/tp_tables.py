@@ -2,15 +2,15 @@
 process starts, the calls, and the tables of saved TP runs (kinds "sweep-tp", "launch-tp").
 
 Also runnable alone, for a tree whose `microbench` command lacks --tp:
-    python3 -m microbench.tp_cli sweep --tp 2 --preset llama-1b --bs 1,4,16,64
-    python3 -m microbench.tp_cli launch --tp 2
-    torchrun --nproc-per-node 2 -m microbench.tp_cli sweep --tp 2 ...
+    python3 -m microbench.report.tp_tables sweep --tp 2 --preset llama-1b --bs 1,4,16,64
+    python3 -m microbench.report.tp_tables launch --tp 2
+    torchrun --nproc-per-node 2 -m microbench.report.tp_tables sweep --tp 2 ...
 """
 from __future__ import annotations
 
 import json
 
-from microbench.report import fmt_bytes, table
+from microbench.report.tables import fmt_bytes, table
 
 
 def _f(v, spec=".1f"):
@@ -22,8 +22,8 @@ def validate_tp(preset: str | None, tp: int, n_gpus: int | None = -1) -> None:
     preset's heads, KV heads and FFN (preset None: no shape check), must not exceed the GPUs
     present (n_gpus; -1: ask torch; None, or no GPU at all: skip, the command's own GPU check
     speaks), and must equal WORLD_SIZE under torchrun."""
-    from microbench.config import ModelShape
-    from microbench.tp import check_tp, torchrun_rank
+    from microbench.engine.shapes import ModelShape
+    from microbench.bench.tp import check_tp, torchrun_rank
     shape = ModelShape.from_name(preset) if preset is not None else None
     if n_gpus == -1:
         import torch
@@ -39,8 +39,8 @@ def tp_sweep_main(cfg_kwargs: dict, tp: int, compare_tp1: bool = True, as_json: 
                   quiet: bool = False) -> tuple[str | None, int]:
     """Run the TP sweep; returns (text to print, exit code). Text is None on torchrun ranks
     other than 0: only rank 0 prints."""
-    from microbench.sweep import SweepConfig
-    from microbench.tp import run_tp_sweep
+    from microbench.bench.sweep import SweepConfig
+    from microbench.bench.tp import run_tp_sweep
     cfg = SweepConfig(**cfg_kwargs)
     run, where = run_tp_sweep(cfg, tp, compare_tp1=compare_tp1, progress=not (quiet or as_json))
     if run is None:
@@ -55,7 +55,7 @@ def tp_sweep_main(cfg_kwargs: dict, tp: int, compare_tp1: bool = True, as_json: 
 def tp_launch_main(tp: int, time_budget: float = 0.3, out: str = "results",
                    as_json: bool = False) -> tuple[str | None, int]:
     """The all-reduce benchmark on tp GPUs; returns (text to print, exit code)."""
-    from microbench.tp import run_allreduce_bench
+    from microbench.bench.tp import run_allreduce_bench
     run, where = run_allreduce_bench(tp, time_budget=time_budget, out=out, progress=not as_json)
     if run is None:
         return None, 0
@@ -89,7 +89,7 @@ def allreduce_table(bench: dict) -> str:
 
 
 def tp_sweep_header(run: dict) -> str:
-    from microbench.report import ladder_desc
+    from microbench.report.tables import ladder_desc
     c, env = run["config"], run.get("env", {})
     lad = ladder_desc(run)
     return (f"{c['tp']} x {env.get('gpu')} | preset {c['preset']} at TP {c['tp']} | {c['dtype']} | "
@@ -157,7 +157,7 @@ def _main():
 
     import click
 
-    from microbench.config import PRESETS
+    from microbench.engine.shapes import PRESETS
 
     @click.group()
     def cli():
@@ -178,7 +178,7 @@ def _main():
     @click.option("--quiet", is_flag=True)
     def sweep(tp, preset, bs, ladder, mode, context, steps, time_budget, out, no_tp1, as_json,
               quiet):
-        from microbench.ladder import parse_int_list
+        from microbench.engine.ladders import parse_int_list
         kw = dict(bs=tuple(parse_int_list(bs, "bs")), preset=preset, ladder=ladder, mode=mode,
                   context=context, steps=steps, time_budget=time_budget, out=out)
         _finish(*tp_sweep_main(kw, tp, not no_tp1, as_json, quiet))
@@ -196,8 +196,8 @@ def _main():
             click.echo(text)
         sys.exit(code)
 
-    from microbench.sweep import GPURequired
-    from microbench.tp import RankFailed
+    from microbench.bench.sweep import GPURequired
+    from microbench.bench.tp import RankFailed
     try:
         cli(standalone_mode=False)
     except (ValueError, click.UsageError) as e:

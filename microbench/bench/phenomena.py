@@ -4,7 +4,7 @@ Each experiment is a pair: `run(lab)` measures on the GPU and returns rows (dict
 order is the CSV's column order) and `info`; `judge(entry)` is a pure function of the saved entry
 that says what was measured and whether the phenomenon held. The verdict rules are fixed before
 any measurement and never tuned to pass. The report is rendered from the saved run by
-`microbench.plots.render_report`.
+`microbench.report.plots.render_report`.
 
 Comparisons are noise-aware, as in `sweep.speedup_noise`: a is slower than b when
 
@@ -20,11 +20,11 @@ import traceback
 import warnings
 from dataclasses import asdict, dataclass
 
-from microbench.config import DTYPES, MAX_BATCH, MAX_CONTEXT, PRESETS, ModelShape
-from microbench.dispatch import PaddingDispatcher
-from microbench.ladder import pow2_capture_sizes, vllm_capture_sizes
-from microbench.sweep import DEFAULT_BS, max_seq_for, require_cuda
-from microbench.verdicts import (GiB, MiB, headroom_rows, judge_capture_cost,
+from microbench.engine.shapes import DTYPES, MAX_BATCH, MAX_CONTEXT, PRESETS, ModelShape
+from microbench.engine.dispatch import PaddingDispatcher
+from microbench.engine.ladders import pow2_capture_sizes, vllm_capture_sizes
+from microbench.bench.sweep import DEFAULT_BS, max_seq_for, require_cuda
+from microbench.analysis.verdicts import (GiB, MiB, headroom_rows, judge_capture_cost,
                                  judge_ladder_collapse, judge_memory_headroom, judge_off_stride,
                                  judge_padding_waste, judge_piecewise_vs_full, judge_pool_growth,
                                  judge_speedup_fade, kv_bytes_per_token, padding_costs, pool_ns,
@@ -59,13 +59,13 @@ class Lab:
         return x
 
     def capture(self, sizes, mode: str = "full", **kw):
-        from microbench.graphs import GraphRunner
+        from microbench.engine.runner import GraphRunner
         runner = GraphRunner(self.dec, sizes, mode=mode, progress=self.cfg.progress, **kw)
         runner.capture()
         return runner
 
     def time(self, fn) -> dict:
-        from microbench.timing import step_time_us
+        from microbench.bench.timing import step_time_us
         gpu, wall = step_time_us(fn, inner=self.cfg.steps, sync_each=True,
                                  budget_s=self.cfg.time_budget)
         return dict(step_us=wall.median, p20=wall.p20, p80=wall.p80, n=wall.n, event_us=gpu.median)
@@ -99,8 +99,8 @@ class Lab:
         if "profile" not in self.cache:
             import torch
 
-            from microbench import model as mdl
-            from microbench.launch import measure_launch, measure_ops
+            from microbench.analysis import model as mdl
+            from microbench.bench.launch import measure_launch, measure_ops
             self.say("measuring launch costs, copy bandwidth and matrix rate")
             launch = measure_launch(self.dec.device, budget_s=min(self.cfg.time_budget, 0.5))
             launch["ops_host_us"] = measure_ops(self.dec, 1, budget_s=min(self.cfg.time_budget, 0.3))
@@ -126,7 +126,7 @@ class Lab:
 def build_decoder(cfg, max_batch: int, context: int):
     import torch
 
-    from microbench.decoder import ToyDecoder
+    from microbench.engine.decoder import ToyDecoder
     dec = ToyDecoder(cfg.shape, backend=cfg.backend, max_batch=max_batch,
                      max_seq=max_seq_for(context), dtype=DTYPES[cfg.dtype], device="cuda",
                      seed=cfg.seed)
@@ -145,7 +145,7 @@ def free_memory() -> int:
 
 # ---- the experiments -----------------------------------------------------------------------
 def run_speedup_fade(lab: Lab) -> dict:
-    from microbench import model as mdl
+    from microbench.analysis import model as mdl
     bs, dec = list(lab.cfg.bs), lab.dec
     prof = lab.profile()
     elt = DTYPES[lab.cfg.dtype].itemsize
@@ -232,7 +232,7 @@ def run_pool_growth(lab: Lab) -> dict:
 
 
 def run_capture_cost(lab: Lab) -> dict:
-    from microbench.model import break_even_steps
+    from microbench.analysis.model import break_even_steps
     ladder = vllm_capture_sizes()
     r = lab.capture(ladder)
     rep = r.report
@@ -443,7 +443,7 @@ def run_reproduce(cfg: ReproduceConfig, on_progress=None, on_entry=None, on_run=
     after each experiment, on_run(run) whenever the run changes (to save it)."""
     import torch
 
-    from microbench.results import environment
+    from microbench.report.record import environment
     say = on_progress or (lambda s: None)
     require_cuda("reproduce")
     cfg.validate()
@@ -488,7 +488,7 @@ def save_run(out_dir, run: dict):
     """run.json and one CSV per experiment (`<name>.csv`), each written atomically."""
     from pathlib import Path
 
-    from microbench.results import atomic_write, rows_to_csv, write_run
+    from microbench.report.record import atomic_write, rows_to_csv, write_run
     out_dir = write_run(Path(out_dir), run)
     for e in run.get("phenomena", []):
         if e.get("rows"):

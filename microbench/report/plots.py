@@ -11,7 +11,7 @@ import io
 import os
 from pathlib import Path
 
-from microbench.report import fmt_bytes
+from microbench.report.tables import fmt_bytes
 
 MiB = 1 << 20
 
@@ -241,7 +241,7 @@ def _section(e: dict, plot: str | None) -> list[str]:
 def render_report(run: dict, out_dir) -> Path:
     """Write out_dir/report.md (and a PNG per plotted experiment) from a saved run dict;
     returns the report's path."""
-    from microbench.results import atomic_write
+    from microbench.report.record import atomic_write
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = run.get("phenomena", [])

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from microbench.config import DTYPES, ModelShape
-from microbench.model_tp import tp_shape
+from microbench.engine.shapes import DTYPES, ModelShape
+from microbench.analysis.model_tp import tp_shape
 
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                 "NVSHMEM_DISABLE_NVLS": "1"}
@@ -100,7 +100,7 @@ def build_shard(shape: ModelShape, tp: int, rank: int, *, backend: str = "triton
     with `seed` (or from `full`, a full ToyDecoder already built). Without `full`, the full
     model is built with the smallest cache and freed layer by layer as it is sliced, so a rank
     never holds two full copies (llama-8b: 15 GB in bf16, a TP-2 shard 8 GB)."""
-    from microbench.decoder import ToyDecoder
+    from microbench.engine.decoder import ToyDecoder
     sshape = tp_shape(shape, tp)
     own = full is None
     if own:
@@ -226,7 +226,7 @@ def rank_device() -> torch.device:
 
 def tp_environment(device, world: int) -> dict:
     """results.environment plus the TP facts: ranks, every rank's GPU, NCCL, multicast flags."""
-    from microbench.results import environment
+    from microbench.report.record import environment
     env = environment(device)
     cuda = torch.cuda.is_available()
     v = torch.cuda.nccl.version() if cuda else None
@@ -259,8 +259,8 @@ def run_tp_sweep(cfg, tp: int, compare_tp1: bool = True, progress: bool = True):
     """The sweep at TP `tp` (see tp_sweep.py); returns (run, saved folder) on rank 0, where
     rank 0 wrote the run, and (None, None) on the other ranks under torchrun. Bad input
     raises ValueError before any process group starts."""
-    from microbench.sweep import require_cuda
-    from microbench.tp_sweep import sweep_rank
+    from microbench.bench.sweep import require_cuda
+    from microbench.bench.tp_sweep import sweep_rank
     cfg.validate()
     check_tp(cfg.shape, tp)
     require_cuda("sweep")
@@ -274,7 +274,7 @@ def run_allreduce_bench(tp: int, time_budget: float = 0.3, hidden: int = 4096,
                         progress: bool = True):
     """The collective benchmark on `tp` GPUs (collectives.measure_allreduce at [B, hidden]
     sizes for B in 1..256 and at 1 to 64 MiB); returns (run, saved folder) on rank 0."""
-    from microbench.sweep import require_cuda
+    from microbench.bench.sweep import require_cuda
     check_tp(None, tp)
     require_cuda("launch")
     check_tp(None, tp, torch.cuda.device_count())
@@ -287,8 +287,8 @@ def run_allreduce_bench(tp: int, time_budget: float = 0.3, hidden: int = 4096,
 def _bench_rank(rank, world, hidden, dtype, k, budget, out, progress):
     import torch.distributed as dist
 
-    from microbench.collectives import allreduce_numels, measure_allreduce
-    from microbench.results import run_id, write_run
+    from microbench.bench.collectives import allreduce_numels, measure_allreduce
+    from microbench.report.record import run_id, write_run
     dev = rank_device()
     host = dist.new_group(backend="gloo", timeout=TIMEOUT)
     dt = DTYPES[dtype]

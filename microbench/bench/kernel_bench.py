@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from microbench.config import PRESETS
-from microbench.launch import copy_bandwidth, graph_of
-from microbench.timing import gpu_time_us
+from microbench.engine.shapes import PRESETS
+from microbench.bench.launch import copy_bandwidth, graph_of
+from microbench.bench.timing import gpu_time_us
 
 REPS = 20
 
@@ -20,7 +20,7 @@ def cases(preset: str = "llama-1b", batches=(1, 16, 64), context: int = 4096,
           dtype=torch.bfloat16, device="cuda"):
     """(name, B, context, bytes, callable) per kernel and batch, bytes as the reference
     docstrings count them."""
-    import kernels as K
+    from microbench import kernels as K
     s = PRESETS[preset]
     e = torch.finfo(dtype).bits // 8
     H, Hkv, D, h, F = s.n_heads, s.n_kv_heads, s.head_dim, s.hidden, s.ffn
@@ -69,8 +69,8 @@ def _matmul_cases(s, B, e, r):
     SwiGLU epilogue; at up to FAST_ROWS rows) against cuBLAS (F.linear) on the same weight. Bytes: the weight plus the rows."""
     import torch.nn.functional as F
 
-    import kernels as K
-    from kernels.gemv import FAST_ROWS
+    from microbench import kernels as K
+    from microbench.kernels.gemv import FAST_ROWS
     h, Fw = s.hidden, s.ffn
     out = []
     for name, n_in, n_out, fused in (("qkv_proj", h, s.qkv_size, "norm"), ("o_proj", s.q_size, h, "residual"),
@@ -110,7 +110,7 @@ class _Cycle:
 
 
 def run_kernel_bench(preset="llama-1b", batches=(1, 16, 64), context=4096, budget_s=0.5) -> dict:
-    from microbench.results import environment
+    from microbench.report.record import environment
     dev = torch.device("cuda")
     copy = copy_bandwidth(dev, budget_s=budget_s)
     rows = []
@@ -129,7 +129,7 @@ def run_kernel_bench(preset="llama-1b", batches=(1, 16, 64), context=4096, budge
 
 
 def kernel_table(run: dict) -> str:
-    from microbench.report import table
+    from microbench.report.tables import table
     rows = [[r["kernel"], str(r["B"]), str(r["context"] or "-"), f"{r['bytes'] / 1e6:.3f}",
              f"{r['time_us']:.2f}", f"{r['bytes_per_s'] / 1e9:.0f}", f"{r['frac_of_copy']:.0%}"]
             for r in run["rows"]]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from microbench.timing import Stats, gpu_time_us, host_time_us
+from microbench.bench.timing import Stats, gpu_time_us, host_time_us
 
 NODE_COUNTS = (1, 10, 100, 1000)
 CUPY_SRC = r'extern "C" __global__ void add_one(float* x, int n) {' \
@@ -23,7 +23,7 @@ CUPY_SRC = r'extern "C" __global__ void add_one(float* x, int n) {' \
 
 def launchers(device) -> dict:
     """name -> zero-argument callable that launches exactly one small kernel."""
-    from kernels.noop import add_one
+    from microbench.kernels.noop import add_one
     x = torch.zeros(64, device=device)
     a = torch.randn(1, 64, device=device)
     w = torch.randn(64, 64, device=device)
@@ -68,7 +68,7 @@ def fit_linear(xs, ys, relative: bool = False) -> tuple[float, float]:
 
 def graph_of(fn, n: int):
     """A CUDA graph of n back-to-back calls of fn, warmed up once on a side stream first."""
-    from microbench.graphs import _side_stream, fresh_cublas_workspaces
+    from microbench.engine.runner import _side_stream, fresh_cublas_workspaces
     g = torch.cuda.CUDAGraph()
     s = _side_stream(torch.cuda.current_device())  # one per device: cuBLAS keeps a workspace per stream
     s.wait_stream(torch.cuda.current_stream())
@@ -169,7 +169,7 @@ def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
     separate norm and swiglu kernels), so every batch size's plan finds its own costs. A Triton
     launcher's host cost grows with the arguments it must inspect, so a 3-argument kernel's
     launch cost understates a 30-argument one's; this measures the real ones."""
-    from kernels.gemv import FAST_ROWS
+    from microbench.kernels.gemv import FAST_ROWS
     batches = [b] + ([FAST_ROWS + 1] if dec.fuse and b <= FAST_ROWS else [])
     out: dict = {}
     for bb in batches:
@@ -195,8 +195,8 @@ def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float):
     Returns (wall Stats per step, {op name: host us per call, median}, piece_glue_us)."""
     import time
 
-    from microbench.timing import settle, summarize
-    from microbench.workload import step_kernels
+    from microbench.bench.timing import settle, summarize
+    from microbench.engine.plan import step_kernels
     fns = _op_fns(dec, b)
     piece = _middle_piece(dec, b)
     for fn in (step, piece, *fns.values()):
@@ -261,7 +261,7 @@ def _middle_piece(dec, b: int):
 
 def _op_fns(dec, b: int) -> dict:
     """name -> a call of that op through the decoder at batch b (names as the plan's)."""
-    from microbench.workload import SKINNY
+    from microbench.engine.plan import SKINNY
     s, ops, dev = dec.shape, dec.ops, dec.device
     L = dec.layers[0]
     g = torch.Generator(device=dev).manual_seed(0)
@@ -335,8 +335,8 @@ def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1,
     from measure_launch; the model charges it once per graph step) is taken off before
     dividing by the calls. Points are taken at `batches` (those up to the decoder's max batch),
     each with the plan's byte count for that op and batch."""
-    from microbench.model import family
-    from microbench.workload import step_kernels
+    from microbench.analysis.model import family
+    from microbench.engine.plan import step_kernels
     pts: dict = {f: [] for f in FAMILIES}
     for b in (b for b in batches if b <= dec.max_batch):
         plan = {k.name: k for k in step_kernels(dec.shape, b, context, dec.embed.element_size(),
@@ -369,7 +369,7 @@ def _layer_op_fns(dec, b: int, context: int) -> dict:
     sequence at `context` cached positions (the plan's names). Calls 0 to L-1 use layers 0 to
     L-1's weights and caches; later ones copies of the weights (made on first use, held by
     the op's make) and other slots' caches."""
-    from microbench.workload import SKINNY
+    from microbench.engine.plan import SKINNY
     s, dev = dec.shape, dec.device
     g = torch.Generator(device=dev).manual_seed(0)
     r = lambda *shape: torch.randn(*shape, generator=g, device=dev).to(dec.dtype)

@@ -1,0 +1,1 @@
+"""What runs: model shapes, the step plan, the decoder, the graph runner, the dispatcher, ladders."""
