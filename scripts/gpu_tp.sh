@@ -3,9 +3,8 @@
 # included), the all-reduce benchmark (`launch --tp`), then the TP sweeps of llama-1b and
 # llama-8b. Full logs and the new results go under $OUT (results packed into one tar); a short
 # table is printed last. Every stage runs under a timeout, and spawned ranks die with their
-# parent, so a hung collective costs minutes, not the lease. Expected wall time on 2 H200s:
-# about 5 minutes (no stage measured yet).
-#   usage (on the device):  MICROBENCH_GIT_REV=<hash> bash scripts/gpu_tp.sh [stage ...]
+# parent, so a hung collective costs minutes, not the lease.
+#   usage (on the device):  MICROBENCH_GIT_REV=$(git rev-parse --short=12 HEAD) bash scripts/gpu_tp.sh [stage ...]
 #   stages: tests, launch, sweep (default: all three); TP (default 2), BUDGET (seconds per
 #   measured figure, default 0.3), BS (default 1,4,16,64), PRESETS (default llama-1b llama-8b)
 set -u -o pipefail
@@ -28,24 +27,22 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log
 "nccl", torch.cuda.nccl.version(), "gpus", torch.cuda.device_count())'
   env | grep -E '^(NCCL|TORCH_SYMM|NVSHMEM)' ; } >"$OUT/device.txt" 2>&1
 head -30 "$OUT/device.txt"
-tpcli=(microbench)   # `microbench sweep --tp N` and `microbench launch --tp N`
-echo "TP commands: ${tpcli[*]}"
-new=$(mktemp -d)
+new=$(mktemp -d)   # every stage's runs land here (--out), then go into one tar
 summary=()
 for st in $stages; do
   t0=$(date +%s)
   case $st in
     tests)
-      timeout -k 10 240 python3 -m pytest tests/test_tp.py -q -p no:cacheprovider 2>&1 \
+      timeout -k 10 240 python3 -m pytest $(find tests -name 'test_tp*.py' | sort) -q -p no:cacheprovider 2>&1 \
         | tee "$OUT/tests-tp.log" | tail -15
       rc=$?; summary+=("tests: $(tail -1 "$OUT/tests-tp.log")") ;;
     launch)
-      timeout -k 10 150 "${tpcli[@]}" launch --tp "$TP" --time-budget "$BUDGET" --out "$new" 2>&1 \
+      timeout -k 10 150 microbench launch --tp "$TP" --time-budget "$BUDGET" --out "$new" 2>&1 \
         | tee "$OUT/launch-tp.log"; rc=$? ;;
     sweep)
       rc=0
       for p in $PRESETS; do
-        /usr/bin/time -f "wall %e s" timeout -k 10 300 "${tpcli[@]}" sweep --tp "$TP" --preset "$p" \
+        /usr/bin/time -f "wall %e s" timeout -k 10 300 microbench sweep --tp "$TP" --preset "$p" \
           --bs "$BS" --time-budget "$BUDGET" --out "$new" 2>&1 | tee "$OUT/sweep-tp-$p.log"
         r=$?; [ $r -ne 0 ] && rc=$r
       done ;;
