@@ -84,8 +84,7 @@ def measure_allreduce(numels, dtype, device, k: int, budget_s: float, host_group
     import torch
     import torch.distributed as dist
 
-    from microbench.bench.launch import graph_of
-    from microbench.bench.timing import gpu_time_us, host_time_us, step_time_us
+    from microbench.bench.timing import gpu_time_us, graph_of, host_time_us, step_time_us
     world = dist.get_world_size(group)
     numels = sorted(set(int(n) for n in numels))
     buf = torch.zeros(numels[-1], dtype=dtype, device=device)  # zeros: sums never overflow

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from microbench.engine.shapes import PRESETS
-from microbench.bench.launch import copy_bandwidth, graph_of
-from microbench.bench.timing import gpu_time_us
+from microbench.bench.device import copy_bandwidth
+from microbench.bench.env import environment
+from microbench.bench.timing import gpu_time_us, graph_of
 
 REPS = 20
 
@@ -110,7 +111,6 @@ class _Cycle:
 
 
 def run_kernel_bench(preset="llama-1b", batches=(1, 16, 64), context=4096, budget_s=0.5) -> dict:
-    from microbench.report.record import environment
     dev = torch.device("cuda")
     copy = copy_bandwidth(dev, budget_s=budget_s)
     rows = []

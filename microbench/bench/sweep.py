@@ -9,23 +9,22 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, replace
 
-from microbench.engine.shapes import MAX_BATCH, MAX_CONTEXT, DTYPES, ModelShape, PRESETS
-from microbench.engine.runner import MODES
+from microbench.engine.shapes import MAX_BATCH, MAX_CONTEXT, DTYPE_NAMES, ModelShape, PRESETS, torch_dtype
+from microbench.engine.runner import MODES, GraphRunner
 from microbench.engine.ladders import resolve_ladder
-from microbench.bench.timing import row_noise
+from microbench.analysis import model as mdl
+from microbench.bench import arms as arms_mod
+from microbench.bench.env import environment, require_cuda
+from microbench.bench.inputs import packed, step_inputs
+from microbench.bench.launch import measure_launch
+from microbench.bench.ops import kernel_lines, measure_ops
+from microbench.bench.profile import kernel_breakdown, profile_kernels
+from microbench.bench.rows import Arm, Budget, eager_timer, graph_timer, measure_row, wall_timer
+from microbench.bench.timing import host_time_us
+from microbench.engine.plan import launch_counts, step_bytes
+from microbench.stats import check_shape
 
 DEFAULT_BS = (1, 4, 16, 64)
-
-
-class GPURequired(RuntimeError):
-    """Raised by commands that need CUDA on a machine without it."""
-
-
-def require_cuda(command: str):
-    import torch
-    if not torch.cuda.is_available():
-        raise GPURequired(f"`microbench {command}` needs a CUDA GPU and none was found; "
-                          f"`microbench ladder`, `model` and `show` work without one")
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,8 @@ class SweepConfig:
             raise ValueError(f"--mode: {self.mode!r}; choose one of {', '.join(MODES)}")
         if not 1 <= self.context <= MAX_CONTEXT:
             raise ValueError(f"--context: {self.context} is out of range; 1..{MAX_CONTEXT}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype: {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"--dtype: {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
         if self.steps < 1:
             raise ValueError(f"--steps: must be >= 1, got {self.steps}")
         if not self.time_budget > 0:
@@ -100,175 +99,185 @@ def max_seq_for(context: int) -> int:
 def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> dict:
     """Run the sweep; returns the run dict (config, env, launch, capture, rows, totals).
     on_row(row) for each row once it is complete (its model columns come after every step is
-    timed), on_run(run) whenever the run changes (to save it), on_progress(text) for status lines."""
-    import torch
+    timed), on_run(run) whenever the run changes (to save it), on_progress(text) for status lines.
 
-    from microbench.bench import arms as arms_mod
-    from microbench.analysis import model as mdl
-    from microbench.engine.decoder import ToyDecoder
-    from microbench.engine.runner import GraphRunner
-    from microbench.bench.launch import (eager_with_op_costs, kernel_breakdown, kernel_lines,
-                                   measure_launch, measure_ops, profile_kernels)
-    from microbench.report.record import environment
-    from microbench.bench.timing import gpu_time_us, host_time_us, step_time_us
-    from microbench.engine.plan import launch_counts, step_bytes
-
+    Order matters: every step is timed first; the device's launch costs, copy bandwidth,
+    matrix rate and kernel lines after (their many small graphs, captured, replayed and freed,
+    left a later bs-1 replay 1.5-2.5% slower for the rest of the process); the profiler last
+    (once it has traced kernels, its CUPTI hooks stay attached and slow every later launch and
+    replay on the host)."""
     say = on_progress or (lambda s: None)
     require_cuda("sweep")
     cfg.validate()
     t_start = time.perf_counter()
-    dev = torch.device("cuda")
-    shape, dtype = cfg.shape, DTYPES[cfg.dtype]
-    ladder = cfg.ladder_sizes() if cfg.mode != "none" else []
-    max_batch = max(max(cfg.bs), max(ladder, default=1))
-    run = dict(kind="sweep", config=cfg.to_dict(), env=environment(dev), ladder=ladder,
-               shape=shape.to_dict(), rows=[], interrupted=False)
-
-    say(f"building {cfg.preset} ({shape.n_params / 1e6:.0f}M params, {cfg.dtype}), "
-        f"max batch {max_batch}, context {cfg.context}")
-    t0 = time.perf_counter()
-    dec = ToyDecoder(shape, backend=cfg.backend, max_batch=max_batch,
-                     max_seq=max_seq_for(cfg.context), dtype=dtype, device=dev, seed=cfg.seed)
-    dec.fill_cache(cfg.context)
-    torch.cuda.synchronize()
-    run["build_s"] = time.perf_counter() - t0
-    from microbench.kernels.gemv import FAST_ROWS
-    from microbench.kernels.gemv import use_pdl
-    # which plan the step ran, and whether its Triton kernels launch with PDL
-    run["decoder"] = dict(fuse=dec.fuse, fuse_attention=dec.attention_fused, fast_rows=FAST_ROWS,
-                          pdl=use_pdl(dec.embed))
-
-    runner = trunner = None
-    to_profile = []  # (bs, padded, eager, graph): profiled after every timing, see below
-    extra = [a for a in cfg.arms if a in arms_mod.EXTRA_ARMS]
-    arm_fns = {}     # (arm, row) -> that row's step callable, for the graphed check
-    run["arms"] = {a: {} for a in ("eager", *(["graph"] if cfg.mode != "none" else []), *extra)}
+    sw = _Sweep(cfg, say, progress=on_progress is not None)
+    run = sw.run
+    save = on_run or (lambda r: None)
     try:
-        runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=on_progress is not None,
-                             split_launch=cfg.split_launch)
-        cap = runner.capture()
+        sw.capture()
+        for bs in cfg.bs:
+            sw.measure(bs)
+            save(run)
+        sw.measure_device()
+        sw.predict(on_row)
+        save(run)
+        sw.runner_host()
+        sw.graphed_and_profiled()
+    except KeyboardInterrupt:
+        run["interrupted"] = True
+    finally:
+        # whatever happened, the rows measured so far are kept and the pool is given back
+        sw.close(t_start)
+        save(run)
+    return run
+
+
+class _Sweep:
+    """One sweep's decoder, runners and arms; its methods are the sweep's phases in order."""
+
+    def __init__(self, cfg: SweepConfig, say, progress: bool):
+        import torch
+
+        from microbench.engine.decoder import ToyDecoder
+        from microbench.kernels.gemv import FAST_ROWS, use_pdl
+        self.cfg, self.say, self.progress = cfg, say, progress
+        self.dev = dev = torch.device("cuda")
+        shape, dtype = cfg.shape, torch_dtype(cfg.dtype)
+        self.ladder = cfg.ladder_sizes() if cfg.mode != "none" else []
+        max_batch = max(max(cfg.bs), max(self.ladder, default=1))
+        self.run = run = dict(kind="sweep", config=cfg.to_dict(), env=environment(dev),
+                              ladder=self.ladder, shape=shape.to_dict(), rows=[], interrupted=False)
+        say(f"building {cfg.preset} ({shape.n_params / 1e6:.0f}M params, {cfg.dtype}), "
+            f"max batch {max_batch}, context {cfg.context}")
+        t0 = time.perf_counter()
+        self.dec = dec = ToyDecoder(shape, backend=cfg.backend, max_batch=max_batch,
+                                    max_seq=max_seq_for(cfg.context), dtype=dtype, device=dev,
+                                    seed=cfg.seed)
+        dec.fill_cache(cfg.context)
+        torch.cuda.synchronize()
+        run["build_s"] = time.perf_counter() - t0
+        # which plan the step ran, and whether its Triton kernels launch with PDL
+        run["decoder"] = dict(fusion=int(dec.fusion), fast_rows=FAST_ROWS,
+                              pdl=use_pdl(dec.embed))
+        self.runner = self.trunner = self.twin = self.compiled = None
+        self.to_profile = []   # (bs, padded, eager, graph): profiled after every timing
+        self.extra = [a for a in cfg.arms if a in arms_mod.EXTRA_ARMS]
+        self.arm_fns = []      # (arm, row, step callable), for the graphed check
+        self.measured = []     # (row, padded): the rows the model predicts once the device is measured
+        run["arms"] = {a: {} for a in ("eager", *(["graph"] if cfg.mode != "none" else []),
+                                       *self.extra)}
+        self.elt = torch.finfo(dtype).bits // 8
+        self.budget = Budget(cfg.steps, cfg.time_budget)
+        self.gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+
+    def capture(self):
+        cfg, run, dec = self.cfg, self.run, self.dec
+        self.runner = GraphRunner(dec, self.ladder, mode=cfg.mode, progress=self.progress,
+                                  split_launch=cfg.split_launch)
+        cap = self.runner.capture()
         run["capture"] = cap
         run["capture_s"], run["pool_bytes"] = cap["capture_s"], cap["pool_bytes"]
         if cfg.mode != "none":
             run["arms"]["graph"].update(setup_s=cap["capture_s"], pool_bytes=cap["pool_bytes"])
-        twin = arms_mod.torch_twin(dec) if extra else None
-        compiled = arms_mod.CompiledStep(twin) if "compile" in extra else None
-        elt = torch.finfo(dtype).bits // 8
-        kernels = dec.plan(cfg.bs[0], cfg.context, elt)
-        run["kernels_per_step"] = dict(planned=launch_counts(kernels))
-        kw = dict(budget_s=cfg.time_budget)
-        measured = []   # (row, padded): the rows the model predicts once the device is measured
-        gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
-        for bs in cfg.bs:
-            tokens = torch.randint(shape.vocab, (bs,), generator=gen, device=dev)
-            positions = torch.full((bs,), cfg.context, dtype=torch.long, device=dev)
-            slots = torch.arange(bs, dtype=torch.long, device=dev)
-            packed = torch.stack([tokens, positions, slots])          # [3, bs]
-            # (inputs bound as defaults: the profiling pass calls these after the loop)
-            eager = lambda t=tokens, p=positions, s=slots: dec.step(t, p, s)
-            # the runner takes the batch as one tensor, as an engine's persistent batch is
-            graph = lambda x=packed: runner.step_packed(x)
-            padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
-            if bs in (cfg.bs[0], cfg.bs[-1]):
-                to_profile.append((bs, padded, eager, graph))
-            say(f"bs {bs}: eager")
-            # eager steps are host-bound, and the host is the noisier side: twice the budget;
-            # the plan's op host costs are sampled between the steps, for the model
-            e_wall, row_ops, glue = eager_with_op_costs(eager, dec, bs, cfg.steps,
-                                                        2 * cfg.time_budget)
-            e_host = host_time_us(eager, **kw)
-            row = dict(bs=bs, padded_bs=padded, ran_as="eager" if padded is None else cfg.mode,
-                       eager_step_us=e_wall.median, eager_p20=e_wall.p20,
-                       eager_p80=e_wall.p80, eager_n=e_wall.n, eager_host_us=e_host.median)
-            want = eager().float()
-            if cfg.mode != "none":
-                say(f"bs {bs}: graph")
-                got = graph().float()
-                g_gpu, g_wall = step_time_us(graph, inner=cfg.steps, sync_each=True, **kw)
-                g_busy = gpu_time_us(graph, inner=cfg.steps, **kw)
-                g_host = host_time_us(graph, **kw)
-                row.update(graph_step_us=g_wall.median, graph_p20=g_wall.p20,
-                           graph_p80=g_wall.p80, graph_n=g_wall.n,
-                           graph_gpu_us=g_busy.median, graph_host_us=g_host.median,
-                           speedup=e_wall.median / g_wall.median,
-                           max_abs_diff=float((got - want).abs().max()))
-            else:
-                row.update(graph_step_us=None, speedup=None)
-            for arm in extra:
-                say(f"bs {bs}: {arm}")
-                k = arms_mod.key(arm)
-                if arm == "torch-eager":
-                    fn = lambda t=tokens, p=positions, s=slots: twin.step(t, p, s)
-                elif arm == "torch-graph":
-                    if trunner is None:
-                        # Captured here, once the graph arm of the first batch size is timed (as
-                        # the device figures are measured last): other graphs' capture and replay
-                        # before ours slowed our later replays (scripts/probe_sweep_gpu.py), and
-                        # with this runner captured before the loop the bs-1 llama-1b graph read
-                        # 1015.9 us of GPU time in the all-arms run of 32bbd3c, against 998.7 in
-                        # the default sweep minutes before.
-                        say("capturing the torch backend's graphs (arm torch-graph)")
-                        trunner = GraphRunner(twin, ladder, mode=cfg.mode,
-                                              progress=on_progress is not None,
-                                              split_launch=cfg.split_launch)
-                        tcap = trunner.capture()
-                        run["arms"]["torch-graph"].update(setup_s=tcap["capture_s"],
-                                                          pool_bytes=tcap["pool_bytes"])
-                    fn = lambda x=packed: trunner.step_packed(x)
-                else:
-                    say(f"bs {bs}: compiling (torch.compile, reduce-overhead)")
-                    compiled.prepare(tokens, positions, slots)
-                    row["compile_setup_s"] = compiled.setup_s[bs]
-                    fn = lambda t=tokens, p=positions, s=slots: compiled(t, p, s)
-                row[f"{k}_max_abs_diff"] = float((fn().float() - want).abs().max())
-                _, a_wall = step_time_us(fn, inner=cfg.steps, sync_each=True, **kw)
-                row.update({f"{k}_step_us": a_wall.median, f"{k}_p20": a_wall.p20,
-                            f"{k}_p80": a_wall.p80, f"{k}_n": a_wall.n})
-                arm_fns[(arm, id(row))] = (row, fn)
-            arm_fns[("eager", id(row))] = (row, eager)
-            if cfg.mode != "none":
-                arm_fns[("graph", id(row))] = (row, graph)
-            best = row["graph_step_us"] or row["eager_step_us"]
-            row.update(eager_tok_s=bs / row["eager_step_us"] * 1e6,
-                       graph_tok_s=(bs / row["graph_step_us"] * 1e6) if row["graph_step_us"] else None)
-            row.update(eager_tok_s_per_seq=row["eager_tok_s"] / bs,
-                       graph_tok_s_per_seq=(row["graph_tok_s"] / bs) if row["graph_tok_s"] else None,
-                       padding_waste=((padded - bs) / padded) if padded else 0.0)
-            nbytes = step_bytes(shape, bs, cfg.context, elt, fuse=dec.fusion)
-            row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6))
-            # the host side of this row as measured beside its steps (the host's speed drifts)
-            row.update(op_host_us=row_ops, piece_glue_us=glue)
-            measured.append((row, padded))
-            run["rows"].append(row)
-            if on_run:
-                on_run(run)
-        # The device's launch costs, copy bandwidth, matrix rate and kernel lines are measured
-        # after every step is timed: their many small graphs, captured, replayed and freed,
-        # left a later llama-1b bs-1 replay 15-25 us (1.5-2.5%) slower on the H100, for the
-        # rest of the process (scripts/probe_sweep_gpu.py, results/h100/logs/sweep-gpu-*.log).
-        say("measuring launch costs, copy bandwidth and matrix rate")
-        launch = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
+        self.twin = arms_mod.torch_twin(dec) if self.extra else None
+        self.compiled = arms_mod.CompiledStep(self.twin) if "compile" in self.extra else None
+        self.kernels = dec.plan(cfg.bs[0], cfg.context, self.elt)
+        run["kernels_per_step"] = dict(planned=launch_counts(self.kernels))
+
+    def measure(self, bs: int):
+        """One batch size's row: every arm timed (rows.measure_row), then what follows from it."""
+        cfg, dec, runner = self.cfg, self.dec, self.runner
+        t, p, s = step_inputs(cfg.shape.vocab, bs, cfg.context, self.dev, self.gen)
+        x = packed(t, p, s)                                                   # [3, bs]
+        eager = lambda: dec.step(t, p, s)
+        # the runner takes the batch as one tensor, as an engine's persistent batch is
+        graph = lambda: runner.step_packed(x)
+        padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
+        if bs in (cfg.bs[0], cfg.bs[-1]):
+            self.to_profile.append((bs, padded, eager, graph))
+        host_costs: dict = {}
+        arms = {"eager": Arm(eager, eager_timer(dec, bs, self.budget, host_costs))}
+        if cfg.mode != "none":
+            arms["graph"] = Arm(graph, graph_timer(self.budget), diff="max_abs_diff")
+        for arm in self.extra:
+            arms[arm] = self.extra_arm(arm, bs, t, p, s, x)
+        row = measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode, self.say)
+        for arm in (*self.extra, "eager", *(["graph"] if cfg.mode != "none" else [])):
+            self.arm_fns.append((arm, row, arms[arm].step))
+        row.update(throughput_fields(row, bs, padded))
+        nbytes = step_bytes(cfg.shape, bs, cfg.context, self.elt, fusion=dec.fusion)
+        best = row["graph_step_us"] or row["eager_step_us"]
+        row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6))
+        # the host side of this row as measured beside its steps (the host's speed drifts)
+        row.update(op_host_us=host_costs["op_host_us"], piece_glue_us=host_costs["piece_glue_us"])
+        self.measured.append((row, padded))
+        self.run["rows"].append(row)
+
+    def extra_arm(self, arm: str, bs: int, t, p, s, x) -> Arm:
+        """An arm of microbench.bench.arms beside eager and graph, on the same inputs."""
+        k = arms_mod.key(arm)
+        timer = wall_timer(f"{k}_", self.budget)
+        if arm == "torch-eager":
+            return Arm(lambda: self.twin.step(t, p, s), timer, diff=f"{k}_max_abs_diff")
+        if arm == "torch-graph":
+            return Arm(lambda: self.trunner.step_packed(x), timer, diff=f"{k}_max_abs_diff",
+                       prepare=lambda row: self.capture_torch_graphs())
+
+        def compile_bs(row):
+            self.say(f"bs {bs}: compiling (torch.compile, reduce-overhead)")
+            self.compiled.prepare(t, p, s)
+            row["compile_setup_s"] = self.compiled.setup_s[bs]
+        return Arm(lambda: self.compiled(t, p, s), timer, diff=f"{k}_max_abs_diff",
+                   prepare=compile_bs)
+
+    def capture_torch_graphs(self):
+        # Captured here, once the graph arm of the first batch size is timed (as the device
+        # figures are measured last): other graphs' capture and replay before ours slowed our
+        # later replays; with this runner captured before the loop, the bs-1 llama-1b graph
+        # read about 2% more GPU time than in a default sweep minutes before.
+        if self.trunner is not None:
+            return
+        self.say("capturing the torch backend's graphs (arm torch-graph)")
+        self.trunner = GraphRunner(self.twin, self.ladder, mode=self.cfg.mode,
+                                   progress=self.progress, split_launch=self.cfg.split_launch)
+        tcap = self.trunner.capture()
+        self.run["arms"]["torch-graph"].update(setup_s=tcap["capture_s"],
+                                               pool_bytes=tcap["pool_bytes"])
+
+    def measure_device(self):
+        """Launch costs, copy bandwidth, matrix rate and kernel lines: after every step is timed."""
+        cfg, dec, run = self.cfg, self.dec, self.run
+        self.say("measuring launch costs, copy bandwidth and matrix rate")
+        launch = measure_launch(self.dev, budget_s=min(cfg.time_budget, 0.5))
         launch["ops_host_us"] = measure_ops(dec, 1, budget_s=min(cfg.time_budget, 0.3))
-        say("timing the step's kernels inside graphs (the model's per-family lines)")
-        launch["kernel_lines"] = kernel_lines(dec, cfg.context, budget_s=min(cfg.time_budget, 0.1),
-                                              replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
+        self.say("timing the step's kernels inside graphs (the model's per-family lines)")
+        launch["kernel_lines"] = kernel_lines(
+            dec, cfg.context, budget_s=min(cfg.time_budget, 0.1),
+            replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
         run["launch"] = launch
-        profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"], source="measured: this run")
-        run["profile"] = profile.to_dict()
-        for i, (row, padded) in enumerate(measured):
+        self.profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"],
+                                                     source="measured: this run")
+        run["profile"] = self.profile.to_dict()
+
+    def predict(self, on_row=None):
+        """graph_mbu and the model's columns of every row, from the device measured above and
+        the host costs sampled beside the row's own steps."""
+        cfg, dec, profile = self.cfg, self.dec, self.profile
+        for i, (row, padded) in enumerate(self.measured):
             bs = row["bs"]
             best = row["graph_step_us"] or row["eager_step_us"]
             row["graph_mbu"] = row["step_bytes"] / (best * 1e-6) / profile.copy_bw
             row_profile = replace(profile, op_host_us={**profile.op_host_us, **row["op_host_us"]},
-                                  piece_glue_us=row["piece_glue_us"], graph_host_us=row.get("graph_host_us"))
+                                  piece_glue_us=row["piece_glue_us"],
+                                  graph_host_us=row.get("graph_host_us"))
             if i == 0:
                 # the first row's eager bill by launcher, from the host costs sampled beside
-                # its own steps (the launch figures above are the host's state at the end)
-                run["eager_breakdown"] = eager_breakdown(kernels, row_profile)
-            pred = mdl.predict(shape, bs, cfg.context, row_profile, padded=padded or bs, elt=elt,
-                               attn_launches=dec.attention_launches(bs),
+                # its own steps (the launch figures are the host's state at the end)
+                self.run["eager_breakdown"] = eager_breakdown(self.kernels, row_profile)
+            pred = mdl.predict(cfg.shape, bs, cfg.context, row_profile, padded=padded or bs,
+                               elt=self.elt, attn_launches=dec.attention_launches(bs),
                                padded_attn_launches=dec.attention_launches(padded or bs),
-                               fuse=dec.fusion)
+                               fusion=dec.fusion)
             row.update(predicted_eager_step_us=pred["predicted_eager_step_us"],
                        predicted_graph_step_us=pred["predicted_graph_step_us"],
                        predicted_speedup=pred["predicted_speedup"])
@@ -276,41 +285,41 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
                 row["speedup_error"] = row["predicted_speedup"] / row["speedup"] - 1
             if on_row:
                 on_row(row)
-        if on_run:
-            on_run(run)
-        if cfg.mode != "none":
-            one = runner.dispatcher.pad(cfg.bs[0])
-            if one:
-                b0 = cfg.bs[0]
-                toks = torch.zeros(b0, dtype=torch.long, device=dev)
-                pos = torch.full_like(toks, cfg.context)
-                sl = torch.arange(b0, device=dev)
-                packed = torch.stack([toks, pos, sl])
-                run["runner_host_us"] = host_time_us(lambda: runner.step_packed(packed), **kw).to_dict()
-                run["runner_host_unpacked_us"] = host_time_us(lambda: runner.step(toks, pos, sl), **kw).to_dict()
-                # where that host time goes: the one input copy, and the replay call alone
-                e = runner.entries[one]
-                view = runner._rows(b0)[0]
-                run["runner_host_parts_us"] = dict(
-                    copy=host_time_us(lambda: view.copy_(packed), **kw).median,
-                    replay=host_time_us(e.graphs[0].replay, **kw).median)
-        # The profiler runs last: once it has traced kernels, its CUPTI hooks stay attached
-        # and slow every later launch and graph replay on the host (replay call of opt-125m's
-        # bs-1 graph: 5 to 13 us in sweeps that profile last; 47 to 123 us in those of commit
-        # a476c0d, which profiled first).
+
+    def runner_host(self):
+        """Host time of the runner's step at the first batch size, and where it goes."""
+        cfg, runner, run = self.cfg, self.runner, self.run
+        one = runner.dispatcher.pad(cfg.bs[0]) if cfg.mode != "none" else None
+        if not one:
+            return
+        kw = dict(budget_s=cfg.time_budget)
+        b0 = cfg.bs[0]
+        toks, pos, sl = step_inputs(cfg.shape.vocab, b0, cfg.context, self.dev)
+        x = packed(toks, pos, sl)
+        run["runner_host_us"] = host_time_us(lambda: runner.step_packed(x), **kw).to_dict()
+        run["runner_host_unpacked_us"] = host_time_us(lambda: runner.step(toks, pos, sl), **kw).to_dict()
+        # where that host time goes: the one input copy, and the replay call alone
+        e = runner.entries[one]
+        view = runner.input_rows(b0)[0]
+        run["runner_host_parts_us"] = dict(
+            copy=host_time_us(lambda: view.copy_(x), **kw).median,
+            replay=host_time_us(e.graphs[0].replay, **kw).median)
+
+    def graphed_and_profiled(self):
+        """Last, under the profiler: whether each arm launched a CUDA graph (at every batch
+        size, to count as graphed overall), and the kernels of the first and last rows."""
+        run, compiled = self.run, self.compiled
         if compiled is not None:
             run["arms"]["compile"].update(setup_s=sum(compiled.setup_s.values()),
                                           setup_s_per_bs={str(b): v for b, v in compiled.setup_s.items()},
                                           inductor_cudagraph_skips=compiled.skips)
-        # An arm counts as graphed at a batch size only if its step there launched a CUDA
-        # graph, and as graphed overall only if it did at every batch size.
-        for (arm, _), (row, fn) in arm_fns.items():
+        for arm, row, fn in self.arm_fns:
             row[f"{arms_mod.key(arm)}_graphed"] = g = arms_mod.launched_graph(fn)
             run["arms"][arm]["graphed"] = run["arms"][arm].get("graphed", True) and g
-        for bs, padded, eager, graph in to_profile:
+        for bs, padded, eager, graph in self.to_profile:
             # The profiler sees every kernel a graph replay runs: the graph's kernel nodes.
             replay = profile_kernels(graph) if padded else None
-            if bs == cfg.bs[0]:
+            if bs == self.cfg.bs[0]:
                 eager_kernels = profile_kernels(eager)
                 run["kernels_per_step"]["measured"] = len(eager_kernels)
                 # GPU busy time of one eager step, against the host time its launches take
@@ -319,21 +328,28 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             if replay:
                 # where the GPU time of one replay goes, by kernel family
                 run.setdefault("graph_gpu_breakdown", {})[str(bs)] = kernel_breakdown(replay)
-    except KeyboardInterrupt:
-        run["interrupted"] = True
-    finally:
-        # whatever happened, the rows measured so far are kept and the pool is given back
+
+    def close(self, t_start: float):
+        run = self.run
         run["shape_check"] = check_shape(run["rows"])
         run["wall_s"] = time.perf_counter() - t_start
-        if runner is not None:
-            run["runner_counts"] = dict(runner.counts)
-            runner.close()
-        if trunner is not None:
-            run["arms"]["torch-graph"]["runner_counts"] = dict(trunner.counts)
-            trunner.close()
-        if on_run:
-            on_run(run)
-    return run
+        if self.runner is not None:
+            run["runner_counts"] = dict(self.runner.counts)
+            self.runner.close()
+        if self.trunner is not None:
+            run["arms"]["torch-graph"]["runner_counts"] = dict(self.trunner.counts)
+            self.trunner.close()
+
+
+def throughput_fields(row: dict, bs: int, padded) -> dict:
+    """Tokens per second overall and per sequence, and the share of padded rows."""
+    e, g = row["eager_step_us"], row["graph_step_us"]
+    eager_tok_s = bs / e * 1e6
+    graph_tok_s = (bs / g * 1e6) if g else None
+    return dict(eager_tok_s=eager_tok_s, graph_tok_s=graph_tok_s,
+                eager_tok_s_per_seq=eager_tok_s / bs,
+                graph_tok_s_per_seq=(graph_tok_s / bs) if graph_tok_s else None,
+                padding_waste=((padded - bs) / padded) if padded else 0.0)
 
 
 def eager_breakdown(kernels, profile) -> dict:
@@ -345,33 +361,3 @@ def eager_breakdown(kernels, profile) -> dict:
         d["kernels"] += 1
         d["host_us"] += profile.kernel_host_us(k)
     return out
-
-
-def speedup_noise(row: dict, floor: float = 0.03) -> float:
-    """Relative noise of a row's speedup: the p20-p80 spreads of its eager and graph times
-    added (a ratio's relative error is about the sum of its parts'), each at least `floor`."""
-    return row_noise(row, "eager_", floor) + row_noise(row, "graph_", floor)
-
-
-def check_shape(rows: list[dict], noise: float | None = None) -> dict:
-    """Do measured speedups hold the published shape? Largest at the smallest batch, not
-    increasing with batch size beyond noise, never below 1 beyond noise. Noise is each row's
-    measured spread (speedup_noise) unless `noise` fixes it."""
-    rs = sorted((r for r in rows if r.get("speedup")), key=lambda r: r["bs"])
-    if not rs:
-        return dict(held=None, why="no graph rows")
-    vals = [r["speedup"] for r in rs]
-    nz = [noise if noise is not None else speedup_noise(r) for r in rs]
-    largest_first = all(vals[0] * (1 + nz[0] + n) >= v for v, n in zip(vals, nz))
-    monotone = all(b <= a * (1 + na + nb) for a, b, na, nb in zip(vals, vals[1:], nz, nz[1:]))
-    above_one = all(v >= 1 - n for v, n in zip(vals, nz))
-    held = largest_first and monotone and above_one
-    why = []
-    if not largest_first:
-        why.append("speedup is not largest at the smallest batch")
-    if not monotone:
-        why.append("speedup rises with batch size beyond noise")
-    if not above_one:
-        why.append("a graph step is slower than eager")
-    return dict(held=held, largest_at_smallest=largest_first, non_increasing=monotone,
-                never_below_one=above_one, noise=nz, why="; ".join(why) or "held")

@@ -39,14 +39,6 @@ class Stats:
         return asdict(self)
 
 
-def row_noise(row: dict, prefix: str = "", floor: float = 0.03) -> float:
-    """Relative spread of a saved timing: (p80 - p20) / median of `{prefix}step_us` with
-    `{prefix}p20` and `{prefix}p80`, at least `floor` (the noise bands of the verdicts)."""
-    med, lo, hi = row.get(f"{prefix}step_us"), row.get(f"{prefix}p20"), row.get(f"{prefix}p80")
-    spread = (hi - lo) / med if med and lo is not None and hi is not None else 0.0
-    return max(floor, spread)
-
-
 def quantile(sorted_xs, q: float) -> float:
     """Linear-interpolated quantile of an already sorted, non-empty sequence."""
     if not sorted_xs:
@@ -153,3 +145,25 @@ def host_time_us(fn, inner: int = 1, warmup: int = 5, sync=None, **settle_kw) ->
         return (time.perf_counter() - t0) * 1e6 / inner
 
     return settle(sample, **settle_kw)
+
+
+def graph_of(fn, n: int):
+    """A CUDA graph of n back-to-back calls of fn, warmed up once on a side stream first: GPU
+    work timed by replaying it has no host launch cost in it."""
+    import torch
+
+    from microbench.engine.runner import fresh_cublas_workspaces, side_stream
+    g = torch.cuda.CUDAGraph()
+    s = side_stream(torch.cuda.current_device())  # one per device: cuBLAS keeps a workspace per stream
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()  # warm (JIT, lazy init) outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    fresh_cublas_workspaces()
+    with torch.cuda.graph(g):
+        for _ in range(n):
+            fn()
+    torch.cuda.synchronize()
+    fresh_cublas_workspaces()
+    return g

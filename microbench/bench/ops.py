@@ -1,0 +1,277 @@
+"""Per-op costs of a decode step, through the decoder's own call path: host time to enqueue each
+op of the plan (measure_ops, eager_with_op_costs, with the Python glue of a piece between its
+launches) and GPU time per kernel family against the bytes it moves (kernel_lines), the
+model's per-op inputs.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from microbench.analysis.model import family
+from microbench.bench.inputs import step_inputs
+from microbench.bench.timing import gpu_time_us, graph_of, host_time_us, settle, summarize
+from microbench.engine.plan import SKINNY, Fusion, step_kernels
+from microbench.kernels.gemv import FAST_ROWS
+from microbench.stats import fit_linear
+
+
+def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
+    """Host time to enqueue each op of a decode step through the decoder's own call path (its
+    wrappers), keyed by the kernel names of `workload.step_kernels`: the plan at batch b and,
+    for a fused decoder, the plan above `kernels.gemv.FAST_ROWS` rows too (cuBLAS matmuls and
+    separate norm and swiglu kernels), so every batch size's plan finds its own costs. A Triton
+    launcher's host cost grows with the arguments it must inspect, so a 3-argument kernel's
+    launch cost understates a 30-argument one's; this measures the real ones."""
+    batches = [b] + ([FAST_ROWS + 1] if dec.skinny(b) else [])
+    out: dict = {}
+    for bb in batches:
+        for name, fn in op_fns(dec, bb).items():
+            if name not in out:
+                out[name] = host_time_us(fn, inner=10, budget_s=budget_s).to_dict()
+    if "rmsnorm" in out:
+        out["final_norm"] = out["rmsnorm"]
+    # decode_attention's host cost covers both its launches (split and reduce)
+    out["attention_reduce"] = dict(median=0.0, p20=0.0, p80=0.0, n=0)
+    return out
+
+
+def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float):
+    """Wall time of eager steps (each synchronised, as the sweep times them) and, sampled
+    between them, the host cost of each op of the step's plan at batch b (10 calls per sample)
+    and of one middle piece of the step (a layer's launches through the decoder's own code), so
+    all see the host in the same state: on the lent machines its speed drifts by a fifth and
+    more between seconds, which a profile measured once at the start cannot follow.
+
+    The piece's host time less its kernels' host costs is the Python between launches (views,
+    slicing, dispatch): `piece_glue_us`, which the model adds once per piece.
+    Returns (wall Stats per step, {op name: host us per call, median}, piece_glue_us)."""
+    fns = op_fns(dec, b)
+    piece = middle_piece(dec, b)
+    for fn in (step, piece, *fns.values()):
+        fn()
+    torch.cuda.synchronize()
+    op_samples: dict = {n: [] for n in fns}
+    piece_samples = []
+
+    def timed(fn, n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) * 1e6 / n
+
+    def sample():
+        for n, fn in fns.items():
+            op_samples[n].append(timed(fn, 10))
+        piece_samples.append(timed(piece, 5))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e6 / steps
+
+    wall = settle(sample, budget_s=budget_s)
+    costs = {n: summarize(v).median for n, v in op_samples.items()}
+    if "rmsnorm" in costs:
+        costs["final_norm"] = costs["rmsnorm"]
+    costs["attention_reduce"] = 0.0
+    plan = step_kernels(dec.shape, b, 0, dec.embed.element_size(), dec.attention_launches(b),
+                        fusion=dec.fusion)
+    glue = summarize(piece_samples).median - sum(costs.get(k.name, 0.0) for k in piece_kernels(plan))
+    return wall, costs, glue
+
+
+def piece_kernels(plan):
+    """The kernels of piece 1 of a plan: between the first attention call's kernels and the
+    second decode_attention (layer 0 after attention, layer 1 up to attention), or to the end
+    on a one-layer model."""
+    att = [i for i, k in enumerate(plan) if k.name == "decode_attention"]
+    first = att[0] + 1
+    while plan[first].name == "attention_reduce":
+        first += 1
+    # one layer: piece 1 is the last piece (layer 0 after attention, final norm, LM head)
+    return plan[first:att[1]] if len(att) > 1 else plan[first:]
+
+
+def middle_piece(dec, b: int):
+    """A call of the decoder's piece 1 (layer 0 after attention, layer 1 up to attention) at
+    batch b, with random inputs; on a one-layer model, the last piece."""
+    s, dev = dec.shape, dec.device
+    g = torch.Generator(device=dev).manual_seed(0)
+    tokens, positions, slots = step_inputs(s.vocab, b, 1, dev, slot=dec.scratch_slot)
+    o = torch.randn(b, s.n_heads, s.head_dim, generator=g, device=dev).to(dec.dtype)
+    res = torch.randn(b, s.hidden, generator=g, device=dev).to(dec.dtype)
+    return lambda: dec.piece(1, tokens, positions, slots, o, res)
+
+
+def op_fns(dec, b: int) -> dict:
+    """name -> a call of that op through the decoder at batch b (names as the plan's)."""
+    s, ops, dev = dec.shape, dec.ops, dec.device
+    L = dec.layers[0]
+    g = torch.Generator(device=dev).manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g, device=dev).to(dec.dtype)
+    tokens, positions, slots = step_inputs(s.vocab, b, 1, dev, slot=dec.scratch_slot)
+    seq = dec.seq_lens_for(positions)
+    x, res = r(b, s.hidden), r(b, s.hidden)
+    qkv = r(b, s.qkv_size)
+    q = qkv[:, :s.q_size].view(b, s.n_heads, s.head_dim)
+    k = qkv[:, s.q_size:s.q_size + s.kv_size].view(b, s.n_kv_heads, s.head_dim)
+    v = qkv[:, s.q_size + s.kv_size:].view(b, s.n_kv_heads, s.head_dim)
+    o, gu, f = r(b, s.n_heads, s.head_dim), r(b, 2 * s.ffn), r(b, s.ffn)
+    nw = L["attn_norm"]
+    fns = {
+        # the fused-attention plan's embedding kernel writes seq_lens too
+        "embedding": lambda: dec.embed_inputs(tokens, positions) if dec.attention_fused else dec.embed[tokens],
+        # the fused attention takes the QKV row (and writes the new K and V itself)
+        "decode_attention": lambda: dec.attention(0, qkv if dec.attention_fused else q, slots, seq),
+    }
+    if not dec.attention_fused:   # else seq_lens come from the embedding kernel
+        fns["seq_lens_add"] = lambda: positions + 1
+        fns["seq_lens_cast"] = lambda: positions.to(torch.int32)
+    if dec.attention_fused:
+        pass                                  # rope and the KV store are inside attention
+    elif dec.fusion == Fusion.MATMULS:
+        fns["rope_store_kv"] = lambda: dec.rope_store(0, q, k, v, slots, positions)
+    else:
+        fns["rope"] = lambda: ops.rope(q, k, positions, s.rope_theta)
+        fns["store_kv"] = lambda: ops.store_kv(dec.k_cache[0], dec.v_cache[0], k, v, slots, positions)
+    if dec.skinny(b):   # norms in the prologues; residual adds and swiglu in the epilogues
+        fns["qkv_proj" + SKINNY] = lambda: dec.norm_linear(x, nw, L["wqkv"])
+        fns["o_proj" + SKINNY] = lambda: dec.linear(o.reshape(b, s.q_size), L["wo"], res)
+        fns["gate_up_proj" + SKINNY] = lambda: dec.norm_linear_swiglu(x, nw, L["wgu"])
+        fns["down_proj" + SKINNY] = lambda: dec.linear(f, L["wdown"], res)
+        fns["lm_head" + SKINNY] = lambda: dec.norm_linear(x, nw, dec.embed)
+    else:
+        fns["rmsnorm"] = lambda: ops.rmsnorm(x, nw, s.norm_eps, residual=res)
+        fns["qkv_proj"] = lambda: F.linear(x, L["wqkv"])
+        fns["o_proj"] = lambda: F.linear(o.reshape(b, s.q_size), L["wo"])
+        fns["gate_up_proj"] = lambda: F.linear(x, L["wgu"])
+        fns["lm_head"] = lambda: F.linear(x, dec.embed)
+        fns["swiglu"] = lambda: ops.swiglu(gu)
+        fns["down_proj"] = lambda: F.linear(f, L["wdown"])
+    return fns
+
+
+# Kernel families of the model's per-family lines (model.family): each planned kernel belongs
+# to one; attention's line is fitted on whole calls (split kernel and reduce together).
+FAMILIES = ("skinny", "cublas", "attention", "small")
+# from one row to past the default sweep's largest (64), so the sweep interpolates; 128 also
+# covers attention's unsplit regime (no reduce kernel), which starts near 32 rows on an H100
+LINE_BATCHES = (1, 2, 8, 32, 128)
+
+
+# bytes of distinct data each op's timed chain streams: four H100 L2s, so none of it comes
+# from the L2 (a small model's weights of one kind, over all its layers, would fit in it)
+LINE_MIN_BYTES = 200 << 20
+
+
+def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1,
+                 replay_fixed_us: float = 0.0, min_bytes: int = LINE_MIN_BYTES) -> dict:
+    """GPU time of each of the step's ops against the bytes it must move, fitted per kernel
+    family as t = fixed_us + bytes / bytes_per_s (model.kernel_time_us uses the lines).
+
+    Each op runs inside a graph as a chain of calls on distinct data (each layer's weights and
+    KV cache, then copies of the weights and other slots' caches) until the chain has streamed
+    `min_bytes`, at least 4 calls: weights and KV history come from DRAM as in a step, and with
+    PDL neighbours overlap as in a step. The replay's own fixed GPU cost (`replay_fixed_us`,
+    from measure_launch; the model charges it once per graph step) is taken off before
+    dividing by the calls. Points are taken at `batches` (those up to the decoder's max batch),
+    each with the plan's byte count for that op and batch."""
+    pts: dict = {f: [] for f in FAMILIES}
+    for b in (b for b in batches if b <= dec.max_batch):
+        plan = {k.name: k for k in step_kernels(dec.shape, b, context, dec.embed.element_size(),
+                                                dec.attention_launches(b), fusion=dec.fusion)}
+        for name, make in layer_op_fns(dec, b, context).items():
+            k = plan.get(name)
+            if k is None:
+                continue
+            n = min(512, max(4, -(-min_bytes // max(k.bytes, 1))))
+            calls = [make(i) for i in range(n)]
+            g = graph_of(lambda calls=calls: [f() for f in calls], 1)
+            t = (gpu_time_us(g.replay, inner=3, budget_s=budget_s).median - replay_fixed_us) / n
+            del g, calls
+            pts[family(k)].append(dict(op=name, b=b, bytes=k.bytes, us=t, calls=n))
+    out = {}
+    for f, ps in pts.items():
+        if not ps:
+            continue
+        if len({p["bytes"] for p in ps}) > 1:
+            fixed, per_byte = fit_linear([p["bytes"] for p in ps], [p["us"] for p in ps], relative=True)
+        else:
+            fixed, per_byte = ps[0]["us"], 0.0
+        out[f] = dict(fixed_us=max(0.0, fixed),
+                      bytes_per_s=(1e6 / per_byte) if per_byte > 0 else None, points=ps)
+    return out
+
+
+def layer_op_fns(dec, b: int, context: int) -> dict:
+    """name -> make(i): the i-th call of that op on distinct data, at batch b with every
+    sequence at `context` cached positions (the plan's names). Calls 0 to L-1 use layers 0 to
+    L-1's weights and caches; later ones copies of the weights (made on first use, held by
+    the op's make) and other slots' caches."""
+    s, dev = dec.shape, dec.device
+    g = torch.Generator(device=dev).manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g, device=dev).to(dec.dtype)
+    L = s.n_layers
+    tokens, positions, _ = step_inputs(s.vocab, b, context, dev)
+    seq = dec.seq_lens_for(positions)
+    x, res, qkv = r(b, s.hidden), r(b, s.hidden), r(b, s.qkv_size)
+    q = qkv[:, :s.q_size].view(b, s.n_heads, s.head_dim)
+    k = qkv[:, s.q_size:s.q_size + s.kv_size].view(b, s.n_kv_heads, s.head_dim)
+    v = qkv[:, s.q_size + s.kv_size:].view(b, s.n_kv_heads, s.head_dim)
+    o, gu, f = r(b, s.q_size), r(b, 2 * s.ffn), r(b, s.ffn)
+    n_bases = max(1, dec.max_batch // b)           # disjoint groups of b real slots
+    slot_sets = [torch.arange(j * b, (j + 1) * b, device=dev) % dec.max_batch for j in range(n_bases)]
+
+    lay = dec.layers
+    slots_of = lambda i: slot_sets[(i // L) % n_bases]
+    fns = {
+        "embedding": _per_call(lambda i: dec.embed_inputs(tokens, positions) if dec.attention_fused
+                              else dec.embed[tokens]),
+        "decode_attention": _per_call(lambda i: dec.attention(i % L, qkv if dec.attention_fused else q,
+                                                             slots_of(i), seq)),
+    }
+    if dec.fusion == Fusion.MATMULS:
+        fns["rope_store_kv"] = _per_call(
+            lambda i: dec.rope_store(i % L, q, k, v, slots_of(i), positions))
+    wq, wo, wgu, wd, we = (_weights(dec, key) for key in ("wqkv", "wo", "wgu", "wdown", "embed"))
+    nw = lambda i: lay[i % L]["attn_norm"]
+    if dec.skinny(b):
+        fns["qkv_proj" + SKINNY] = _per_call(lambda i: dec.norm_linear(x, nw(i), wq(i)))
+        fns["o_proj" + SKINNY] = _per_call(lambda i: dec.linear(o, wo(i), res))
+        fns["gate_up_proj" + SKINNY] = _per_call(lambda i: dec.norm_linear_swiglu(x, nw(i), wgu(i)))
+        fns["down_proj" + SKINNY] = _per_call(lambda i: dec.linear(f, wd(i), res))
+        fns["lm_head" + SKINNY] = _per_call(lambda i: dec.norm_linear(x, dec.final_norm, we(i)))
+    else:
+        fns["rmsnorm"] = _per_call(lambda i: dec.ops.rmsnorm(x, nw(i), s.norm_eps, residual=res))
+        fns["qkv_proj"] = _per_call(lambda i: F.linear(x, wq(i)))
+        fns["o_proj"] = _per_call(lambda i: F.linear(o, wo(i)))
+        fns["gate_up_proj"] = _per_call(lambda i: F.linear(x, wgu(i)))
+        fns["swiglu"] = _per_call(lambda i: dec.ops.swiglu(gu))
+        fns["down_proj"] = _per_call(lambda i: F.linear(f, wd(i)))
+        fns["lm_head"] = _per_call(lambda i: F.linear(x, we(i)))
+    return fns
+
+
+def _weights(dec, key):
+    """i -> a weight of kind `key`: layer i's for i < L (the embedding's for i = 0), then a
+    copy per call, made on first use."""
+    copies: dict = {}
+    L = dec.shape.n_layers
+
+    def get(i):
+        src = dec.layers[i % L][key] if key != "embed" else dec.embed
+        if i < (L if key != "embed" else 1):
+            return src
+        if i not in copies:
+            copies[i] = src.clone()
+        return copies[i]
+    return get
+
+
+def _per_call(fn):
+    return lambda i: (lambda: fn(i))

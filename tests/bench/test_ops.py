@@ -1,0 +1,129 @@
+"""Per-op host costs and kernel lines (bench.ops) on the CPU: every planned kernel is timed
+through the decoder's own call path, and the glue of a piece is its host time less its
+kernels'."""
+from dataclasses import replace as dc_replace
+
+import pytest
+import torch
+
+from microbench import kernels
+from microbench.bench import ops
+from microbench.bench.timing import Stats
+from microbench.engine import decoder as decoder_mod
+from microbench.engine.decoder import ToyDecoder
+from microbench.engine.plan import Fusion
+from microbench.engine.shapes import PRESETS
+
+TINY = PRESETS["tiny"]
+FUSIONS = pytest.mark.parametrize("fusion", [Fusion.ATTENTION, Fusion.MATMULS, Fusion.UNFUSED],
+                                  ids=["fused", "rope-store", "unfused"])
+
+
+@FUSIONS
+def test_measured_host_costs_cover_every_planned_kernel(fusion, device, monkeypatch):
+    """The model looks each planned kernel's host cost up by name: measure_ops must time, through
+    the decoder's own call path, every kernel of the plan at one row and at many."""
+    calls = []
+
+    def once(fn, **kw):   # run the op once (it must work) instead of timing it
+        fn()
+        calls.append(fn)
+        return Stats(1.0, 1.0, 1.0, 1)
+
+    monkeypatch.setattr(ops, "host_time_us", once)
+    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device,
+                     fusion=fusion)
+    measured = ops.measure_ops(dec, 1)
+    planned = set()
+    for b in (1, 2, 9):
+        names = {k.name for k in dec.plan(b, 3)}
+        assert names <= set(measured), (b, names - set(measured))
+        planned |= names
+    assert len(calls) == len(set(map(id, calls)))
+    # nothing timed that no plan launches (the reduce and final norm are copied entries)
+    assert set(measured) - planned <= {"attention_reduce", "final_norm"}, set(measured) - planned
+    # the fused-attention plan's embedding kernel is timed as its own Triton launch
+    want = "triton" if fusion == Fusion.ATTENTION else "torch"
+    assert {k.launcher for k in dec.plan(1, 3) if k.name == "embedding"} == {want}
+
+
+@FUSIONS
+def test_kernel_line_ops_cover_the_plan(fusion, device):
+    """kernel_lines times each planned op as a chain of calls on distinct data: every planned
+    kernel but the reduce (timed within its attention call) and the two seq_lens ops has a
+    maker of that name; call i < L uses layer i's weights, later ones copies; each runs."""
+    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device,
+                     fusion=fusion)
+    L = TINY.n_layers
+    for b in (1, 2, 9):
+        makers = ops.layer_op_fns(dec, b, 5)
+        names = {k.name for k in dec.plan(b, 5)} - {"attention_reduce", "seq_lens_add",
+                                                      "seq_lens_cast", "final_norm"}
+        if fusion == Fusion.UNFUSED:   # rope and store_kv fall to the small family's line
+            names -= {"rope", "store_kv"}
+        assert names <= set(makers), (b, names - set(makers))
+        for name, make in makers.items():
+            for i in (0, L - 1, L, 3 * L + 1):
+                make(i)()
+
+
+@pytest.mark.parametrize("b", [1, 2], ids=["skinny", "wide"])
+def test_eager_with_op_costs_samples_the_rows_plan(b, device, monkeypatch):
+    """The sweep's eager timing samples, between its steps, the host cost of every op of the
+    row's plan and the glue: a middle piece's host time less its kernels' costs. On a fake
+    clock (each op 5 us, a piece 100 us, a step 1000 us) the figures are exact."""
+    import time
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+
+    def costing(us, fn=None):
+        def call():
+            now[0] += us * 1e-6
+            return fn() if fn else None
+        return call
+
+    dec = ToyDecoder(TINY, max_batch=4, max_seq=16, dtype=torch.float32, device=device)
+    real_ops = ops.op_fns(dec, b)
+    monkeypatch.setattr(ops, "op_fns", lambda d, bb: {n: costing(5.0) for n in real_ops})
+    monkeypatch.setattr(ops, "middle_piece", lambda d, bb: costing(100.0))
+    wall, costs, glue = ops.eager_with_op_costs(costing(1000.0), dec, b, steps=1, budget_s=0.0)
+    assert wall.median == pytest.approx(1000.0) and wall.n >= 10
+    planned = {k.name for k in dec.plan(b, 3)}
+    assert planned <= set(costs) and costs["attention_reduce"] == 0.0
+    assert costs["decode_attention"] == pytest.approx(5.0)
+    piece = ops.piece_kernels(dec.plan(b, 3))
+    # skinny: O, gate/up, down, QKV; wide: O, norm, gate/up, swiglu, down, norm, QKV (rope
+    # and the KV store are in the next attention call)
+    assert len(piece) == (4 if b == 1 else 7)
+    assert glue == pytest.approx(100.0 - 5.0 * len(piece))
+
+
+# which wrapper launches each planned kernel of a middle piece
+_WRAPPER = {"o_proj:skinny": "linear", "gate_up_proj:skinny": "rmsnorm_linear_swiglu",
+            "down_proj:skinny": "linear", "qkv_proj:skinny": "rmsnorm_linear",
+            "rope_store_kv": "rope_store_kv", "rmsnorm": "rmsnorm", "swiglu": "swiglu",
+            "o_proj": "F.linear", "gate_up_proj": "F.linear", "down_proj": "F.linear",
+            "qkv_proj": "F.linear", "lm_head": "F.linear", "lm_head:skinny": "rmsnorm_linear",
+            "final_norm": "rmsnorm"}
+
+
+@pytest.mark.parametrize("b, layers", [(1, 2), (3, 2), (1, 1)])
+def test_piece_kernels_are_what_a_middle_piece_launches(b, layers, device, monkeypatch):
+    """The glue measurement subtracts the costs of piece 1's kernels: the plan's slice must name
+    exactly the launches of dec.piece(1, ...), in order (on one layer, the last piece)."""
+    dec = ToyDecoder(dc_replace(TINY, n_layers=layers), max_batch=4, max_seq=16,
+                     dtype=torch.float32, device=device)
+    want = [_WRAPPER[k.name] for k in ops.piece_kernels(dec.plan(b, 3))]
+    calls = []
+
+    def spy(name, fn):
+        return lambda *a, **k: (calls.append(name), fn(*a, **k))[1]
+
+    for name in ("rmsnorm_linear", "linear", "rmsnorm_linear_swiglu", "rope_store_kv"):
+        monkeypatch.setattr(kernels, name, spy(name, getattr(kernels, name)))
+    for name in ("rmsnorm", "swiglu"):
+        setattr(dec.ops, name, spy(name, getattr(dec.ops, name)))
+    monkeypatch.setattr(decoder_mod.F, "linear", spy("F.linear", decoder_mod.F.linear))
+    ops.middle_piece(dec, b)()
+    assert calls == want and want
