@@ -3,84 +3,26 @@ function that tests can call directly, and prints what it returns."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from microbench import __version__
-from microbench.engine.shapes import DTYPES, MAX_BATCH, MAX_CONTEXT, PRESETS
-from microbench.engine.runner import MODES
-from microbench.engine.ladders import parse_int_list
-from microbench.bench.sweep import GPURequired
+from microbench.bench.env import require_cuda
+from microbench.cli_types import CLI, ExperimentName, IntList, Ladder
+from microbench.engine.dispatch import PaddingDispatcher
+from microbench.engine.ladders import pow2_capture_sizes, sglang_capture_sizes, vllm_capture_sizes
+from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS
+from microbench.report.model_table import model_table
+from microbench.report.plots import entry_lines, render_report
+from microbench.report.record import RunFileError, check_writable, load_run, run_id, write_run
+from microbench.report.render import RenderError, render_run
+from microbench.report.tables import kernels_table, launch_table, sweep_table
 
-
-class IntList(click.ParamType):
-    name = "LIST"
-
-    def __init__(self, lo: int = 1, hi: int | None = None):
-        self.lo, self.hi = lo, hi
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        allowed = f"{self.lo}..{self.hi}" if self.hi else f">= {self.lo}"
-        try:
-            vals = parse_int_list(value, "value")
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of integers "
-                      f"(allowed: each {allowed}, e.g. 1,4,16)", param, ctx)
-        if self.hi is not None and max(vals) > self.hi:
-            self.fail(f"{max(vals)} is above the limit {self.hi} (allowed: {self.lo}..{self.hi})",
-                      param, ctx)
-        return tuple(vals)
-
-
-class Ladder(click.ParamType):
-    name = "LADDER"
-
-    def convert(self, value, param, ctx):
-        if value in ("vllm", "sglang", "pow2"):
-            return value
-        try:
-            vals = parse_int_list(value, "ladder")
-        except ValueError:
-            self.fail(f"{value!r} is not vllm, sglang, pow2 or a list like 1,2,4,8", param, ctx)
-        if max(vals) > MAX_BATCH:
-            self.fail(f"size {max(vals)} is above the limit {MAX_BATCH}", param, ctx)
-        return ",".join(str(v) for v in sorted(set(vals)))
-
-
-class CLI(click.Group):
-    """Errors become one line on stderr and an exit code, never a traceback:
-    2 for bad usage, 1 for a missing GPU, 130 for Ctrl-C."""
-
-    def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
-        try:
-            rv = super().main(args=args, prog_name=prog_name or "microbench",
-                              standalone_mode=False, **extra)
-        except click.UsageError as e:
-            click.echo(f"microbench: error: {e.format_message()}", err=True)
-            sys.exit(2)
-        except GPURequired as e:
-            click.echo(f"microbench: {e}", err=True)
-            sys.exit(1)
-        except RuntimeError as e:
-            if type(e).__name__ == "RankFailed":   # microbench.bench.tp: a TP rank died; say which
-                click.echo(f"microbench: {e}", err=True)
-                sys.exit(1)
-            if "out of memory" not in str(e).lower():
-                raise
-            click.echo("microbench: the GPU ran out of memory for these options; lower --bs or "
-                       "--context, or pick a smaller --preset", err=True)
-            sys.exit(1)
-        except (click.Abort, KeyboardInterrupt):
-            click.echo("microbench: interrupted", err=True)
-            sys.exit(130)
-        except click.ClickException as e:
-            click.echo(f"microbench: error: {e.format_message()}", err=True)
-            sys.exit(e.exit_code)
-        sys.exit(rv if isinstance(rv, int) else 0)
+# Commands that need no GPU (--help, ladder, model, show, index) must not import torch: bench,
+# analysis and engine.runner load inside the commands that use them. engine.runner.MODES,
+# spelled here for that reason (a test holds the two equal).
+MODES = ("none", "full", "piecewise")
 
 
 @click.group(cls=CLI, context_settings=dict(help_option_names=["-h", "--help"]))
@@ -93,8 +35,25 @@ def main():
     """
 
 
-def _usage(e: Exception):
+def _usage(e: Exception | str):
     raise click.UsageError(str(e))
+
+
+# A user's runs go to runs/ (git-ignored); the curated reference runs live in results/.
+OUT = click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
+                   help="Folder the run is written into (as <out>/<run-id>/).")
+
+
+class Saver:
+    """on_run for a measuring loop: writes the run into <out>/<run-id>/ each time it changes,
+    the id fixed at the first write (it names the device the run recorded)."""
+
+    def __init__(self, out: str, kind: str, tag: str, write=write_run):
+        self.out, self.kind, self.tag, self.write, self.dir = Path(out), kind, tag, write, None
+
+    def __call__(self, run: dict) -> None:
+        self.dir = self.dir or self.out / run_id(self.kind, run["env"], self.tag)
+        self.write(self.dir, run)
 
 
 # ---- sweep ---------------------------------------------------------------------------------
@@ -108,7 +67,7 @@ def _usage(e: Exception):
               help="Capture sizes: vllm, sglang, pow2 (sized to the largest --bs) or a list.")
 @click.option("--context", type=click.IntRange(1, MAX_CONTEXT), default=512, show_default=True,
               help=f"KV length each step attends to, 1..{MAX_CONTEXT}.")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="bfloat16", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="bfloat16", show_default=True)
 @click.option("--backend", type=click.Choice(["triton", "torch"]), default="triton",
               show_default=True, help="Kernels: Triton, or their PyTorch references.")
 @click.option("--steps", type=click.IntRange(1, 10000), default=10, show_default=True,
@@ -126,18 +85,15 @@ def _usage(e: Exception):
                    "host still launches the longer one.")
 @click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Tensor-parallel ranks, one GPU each (spawned here, or run under "
-                   "torchrun --nproc-per-node N -m microbench.report.tp_tables sweep --tp N).")
+                   "torchrun --nproc-per-node N -m microbench.bench.tp_entry sweep --tp N).")
 @click.option("--no-tp1", is_flag=True, help="With --tp: skip the TP-1 comparison on rank 0.")
-@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
-              help="Folder the run is written into (as <out>/<run-id>/).")
+@OUT
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the table (or JSON).")
 def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, arms, split_launch,
           tp, no_tp1, out, as_json, quiet):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
-    from microbench.report.record import check_writable, run_id, write_run
-    from microbench.report.tables import sweep_table
-    from microbench.bench.sweep import SweepConfig, require_cuda, run_sweep
+    from microbench.bench.sweep import SweepConfig, run_sweep
     cfg = SweepConfig(bs=bs, preset=preset, mode=mode, ladder=ladder, context=context,
                       dtype=dtype, backend=backend, steps=steps, time_budget=time_budget, out=out,
                       arms=tuple(a.strip() for a in (arms or "").split(",") if a.strip()),
@@ -152,7 +108,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
                 raise ValueError("--split-launch: not with --tp (one graph per size there)")
             if set(cfg.arms) - {"eager", "graph"}:
                 raise ValueError("--arms: with --tp only eager and graph run")
-            from microbench.report.tp_tables import validate_tp
+            from microbench.bench.tp_entry import validate_tp
             validate_tp(preset, tp)
         elif no_tp1:
             raise ValueError("--no-tp1: only with --tp 2 or more")
@@ -161,27 +117,21 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
         _usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
     require_cuda("sweep")
     if tp > 1:
-        from microbench.report.tp_tables import tp_sweep_main
+        from microbench.bench.tp_entry import tp_sweep_main
         text, code = tp_sweep_main(cfg.to_dict(), tp, compare_tp1=not no_tp1, as_json=as_json,
                                    quiet=quiet)
         if text is not None:
             click.echo(text)
         return code
     say = None if quiet or as_json else (lambda s: click.echo(s, err=True))
-    where = {}
-
-    def save(run):
-        if "dir" not in where:
-            where["dir"] = Path(out) / run_id("sweep", run["env"], preset)
-        write_run(where["dir"], run)
-
+    save = Saver(out, "sweep", preset)
     run = run_sweep(cfg, on_progress=say, on_run=save)
     if as_json:
         click.echo(json.dumps(run, indent=2, default=str))
     else:
         click.echo(sweep_table(run))
         if not quiet:
-            click.echo(f"saved: {where['dir']}")
+            click.echo(f"saved: {save.dir}")
     return 130 if run.get("interrupted") else 0
 
 
@@ -190,24 +140,22 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
 @click.option("--time-budget", type=click.FloatRange(0.01, 600), default=1.0, show_default=True)
 @click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
               help="With N > 1: the all-reduce benchmark across N GPUs (latency and bus bandwidth).")
-@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
+@OUT
 @click.option("--json", "as_json", is_flag=True)
 def launch(time_budget, tp, out, as_json):
     """Launch overhead per launcher, graph replay cost, copy bandwidth (needs a CUDA GPU)."""
+    from microbench.bench.env import environment
     from microbench.bench.launch import measure_launch
-    from microbench.report.tables import launch_table
-    from microbench.report.record import check_writable, environment, run_id, write_run
-    from microbench.bench.sweep import require_cuda
     try:
         check_writable(Path(out))
         if tp > 1:
-            from microbench.report.tp_tables import validate_tp
+            from microbench.bench.tp_entry import validate_tp
             validate_tp(None, tp)
     except ValueError as e:
         _usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
     require_cuda("launch")
     if tp > 1:
-        from microbench.report.tp_tables import tp_launch_main
+        from microbench.bench.tp_entry import tp_launch_main
         text, code = tp_launch_main(tp, time_budget, out, as_json)
         if text is not None:
             click.echo(text)
@@ -238,8 +186,6 @@ def launch(time_budget, tp, out, as_json):
 def ladder(engine, max_num_seqs, max_num_batched_tokens, max_capture_size, no_off_stride_fix,
            max_bs, sizes, bs, as_json):
     """Print a capture ladder and what each batch size pads to (no GPU needed)."""
-    from microbench.engine.dispatch import PaddingDispatcher
-    from microbench.engine.ladders import pow2_capture_sizes, sglang_capture_sizes, vllm_capture_sizes
     if sizes:
         lad, what = sorted(set(sizes)), "explicit"
     elif engine == "vllm":
@@ -266,15 +212,21 @@ def ladder(engine, max_num_seqs, max_num_batched_tokens, max_capture_size, no_of
 
 
 # ---- model --------------------------------------------------------------------------------
+MODEL_DEFAULTS = dict(preset="opt-125m", context=512, dtype="bfloat16")
+
+
 @main.command()
-@click.option("--preset", type=click.Choice(list(PRESETS)), default="opt-125m", show_default=True)
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+              help="Model shape  [default: the --profile run's, else opt-125m]")
 @click.option("--bs", type=IntList(1, MAX_BATCH), default="1,4,16,64", show_default=True)
-@click.option("--context", type=click.IntRange(1, MAX_CONTEXT), default=512, show_default=True)
+@click.option("--context", type=click.IntRange(1, MAX_CONTEXT), default=None,
+              help="KV length  [default: the --profile run's, else 512]")
 @click.option("--ladder", type=Ladder(), default="vllm", show_default=True)
-@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="bfloat16",
-              show_default=True)
-@click.option("--profile", "profile_run", type=click.Path(), default=None,
-              help="A saved sweep or launch run whose measured device profile to use.")
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default=None,
+              help="[default: the --profile run's, else bfloat16]")
+@click.option("--profile", "profile_run", type=click.Path(), default=None, metavar="RUN",
+              help="A saved sweep or launch run whose measured device profile to use; its "
+                   "preset, context and dtype too, unless given.")
 @click.option("--gpu", type=click.Choice(["H100", "H200", "A100", "L4", "L40S"]), default=None,
               help="Datasheet bandwidth and matrix rate of a known GPU (a prediction).")
 @click.option("--copy-bw", type=click.FloatRange(1, 1e5, min_open=False), default=None,
@@ -287,24 +239,35 @@ def ladder(engine, max_num_seqs, max_num_batched_tokens, max_capture_size, no_of
 @click.option("--json", "as_json", is_flag=True)
 def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops, launch_us,
           below, as_json):
-    """Predict eager and graph step time and speedup (no GPU needed)."""
-    from microbench.analysis.model_rows import model_rows, model_table, resolve_profile
+    """Predict eager and graph step time and speedup (no GPU needed).
+
+    Needs a device profile, one of: --profile RUN (measured), --gpu NAME (datasheet), or both
+    --copy-bw and --tflops; e.g. microbench model --gpu H200."""
+    run = _read_run(profile_run, "--profile") if profile_run else None
+    given = dict(preset=preset, context=context, dtype=dtype)
+    taken = {k: (run or {}).get("config", {}).get(k) for k, v in given.items() if v is None}
+    taken = {k: v for k, v in taken.items() if v is not None}
+    opts = {**MODEL_DEFAULTS, **taken, **{k: v for k, v in given.items() if v is not None}}
+    if opts["preset"] not in PRESETS or opts["dtype"] not in DTYPE_NAMES:
+        _usage(f"--profile: the run's preset {opts['preset']!r} or dtype {opts['dtype']!r} is "
+               "not one this microbench knows; give --preset and --dtype")
+    from microbench.analysis.model_rows import attach_measured, model_rows, resolve_profile, \
+        run_fusion
+    if taken:
+        click.echo("microbench: from the --profile run: " + ", ".join(
+            f"{k} {v}" for k, v in taken.items()) + " (options override)", err=True)
     try:
-        prof = resolve_profile(profile_run, gpu, copy_bw, tflops, launch_us, preset)
+        prof = resolve_profile(run, gpu, copy_bw, tflops, launch_us, opts["preset"],
+                               run_name=profile_run)
     except ValueError as e:
         _usage(e)
-    fuse = 2   # workload.FUSED_ATTENTION: today's decoder
-    if profile_run:
-        from microbench.analysis.model_rows import run_fused
-        from microbench.report.record import load_run
-        fuse = run_fused(load_run(profile_run))   # the plan of the decoder that was measured
-    res = model_rows(PRESETS[preset], bs, context, ladder, prof, below, dtype, fuse=fuse)
+    # the plan of the decoder that was measured, else today's decoder's
+    res = model_rows(PRESETS[opts["preset"]], bs, opts["context"], ladder, prof, below,
+                     opts["dtype"], fusion=run_fusion(run))
     # measured beside predicted only when the prediction is of the measured device and host:
     # with --gpu or other numbers it is a different machine, and the error would mean nothing
-    if profile_run and not (gpu or copy_bw or tflops or launch_us):
-        from microbench.analysis.model_rows import attach_measured
-        from microbench.report.record import load_run
-        res = attach_measured(res, load_run(profile_run))
+    if run is not None and not (gpu or copy_bw or tflops or launch_us):
+        res = attach_measured(res, run)
     click.echo(json.dumps(res, indent=2) if as_json else model_table(res))
 
 
@@ -314,12 +277,10 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
 @click.option("--bs", type=IntList(1, 1024), default="1,16,64", show_default=True)
 @click.option("--context", type=click.IntRange(1, MAX_CONTEXT), default=4096, show_default=True)
 @click.option("--time-budget", type=click.FloatRange(0.01, 600), default=0.5, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
+@OUT
 def kernels(preset, bs, context, time_budget, out):
     """Each decode kernel's bandwidth against the measured copy bandwidth (needs a CUDA GPU)."""
-    from microbench.bench.kernel_bench import kernel_table, run_kernel_bench
-    from microbench.report.record import check_writable, run_id, write_run
-    from microbench.bench.sweep import require_cuda
+    from microbench.bench.kernel_bench import run_kernel_bench
     try:
         check_writable(Path(out))
     except ValueError as e:
@@ -327,20 +288,10 @@ def kernels(preset, bs, context, time_budget, out):
     require_cuda("kernels")
     run = run_kernel_bench(preset, bs, context, time_budget)
     d = write_run(Path(out) / run_id("kernels", run["env"], preset), run, csv_name="kernels.csv")
-    click.echo(kernel_table(run) + f"\nsaved: {d}")
+    click.echo(kernels_table(run) + f"\nsaved: {d}")
 
 
 # ---- reproduce -----------------------------------------------------------------------------
-class ExperimentName(click.ParamType):
-    name = "NAME"
-
-    def convert(self, value, param, ctx):
-        from microbench.bench.phenomena import NAMES
-        if value in NAMES:
-            return value
-        self.fail(f"unknown experiment {value!r}; choose from {', '.join(NAMES)}", param, ctx)
-
-
 @main.command()
 @click.argument("names", nargs=-1, type=ExperimentName(), metavar="[NAMES]...")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="opt-125m", show_default=True)
@@ -348,7 +299,7 @@ class ExperimentName(click.ParamType):
               help="Batch sizes of speedup-fade, capture-cost and piecewise-vs-full.")
 @click.option("--context", type=click.IntRange(1, MAX_CONTEXT), default=512, show_default=True,
               help=f"KV length each step attends to, 1..{MAX_CONTEXT} (off-stride uses 128).")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="bfloat16", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="bfloat16", show_default=True)
 @click.option("--time-budget", type=click.FloatRange(0.01, 600), default=0.5, show_default=True,
               help="Seconds per measured step time at most (at least 10 samples are taken).")
 @click.option("--steps", type=click.IntRange(1, 10000), default=5, show_default=True,
@@ -356,8 +307,7 @@ class ExperimentName(click.ParamType):
 @click.option("--memory-budget", type=click.FloatRange(0.001, 1e5), default=None,
               help="GiB for memory-headroom (default: free memory after the decoder's weights "
                    "and KV cache).")
-@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
-              help="Folder the run is written into (as <out>/<run-id>/).")
+@OUT
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the verdicts (or JSON).")
 def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budget, out, as_json,
@@ -368,9 +318,6 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
     import time
 
     from microbench.bench.phenomena import NAMES, ReproduceConfig, run_reproduce, save_run
-    from microbench.report.plots import entry_lines, render_report
-    from microbench.report.record import check_writable, run_id
-    from microbench.bench.sweep import require_cuda
     t0 = time.perf_counter()
     loud = not (quiet or as_json)
     cfg = ReproduceConfig(names=tuple(dict.fromkeys(names)) or NAMES, preset=preset, bs=bs,
@@ -383,16 +330,11 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
         _usage(e if str(e).startswith(("--", "NAMES")) else ValueError(f"--out: {e}"))
     require_cuda("reproduce")
     say = (lambda s: click.echo(s, err=True)) if loud else None
-    where = {}
-
-    def save(run):
-        if "dir" not in where:
-            where["dir"] = Path(out) / run_id("reproduce", run["env"], preset)
-        save_run(where["dir"], run)
+    save = Saver(out, "reproduce", preset, write=save_run)
 
     show = None if as_json else (lambda e: click.echo(entry_lines(e)))
     run = run_reproduce(cfg, on_progress=say, on_entry=show, on_run=save)
-    report = render_report(run, where["dir"])
+    report = render_report(run, save.dir)
     if as_json:
         click.echo(json.dumps(run, indent=2, default=str))
     else:
@@ -403,40 +345,35 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
     return 1 if any(e.get("error") for e in run["phenomena"]) else 0
 
 
-# ---- show ----------------------------------------------------------------------------------
+# ---- show, index ---------------------------------------------------------------------------
+def _read_run(path, what: str) -> dict:
+    """The validated run at path, or a usage error (one line, exit 2) saying what is wrong."""
+    try:
+        return load_run(path)
+    except RunFileError as e:
+        _usage(f"{what}: {e}")
+
+
 @main.command()
 @click.argument("run", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
 def show(run, as_json):
     """Print a saved run's table (no GPU needed)."""
-    from microbench.report.record import load_run
+    data = _read_run(run, "RUN")
     try:
-        data = load_run(run)
-    except ValueError as e:
-        _usage(ValueError(f"RUN: {e}"))
-    try:
-        text = _render_run(data, as_json)
-    except (KeyError, TypeError, IndexError) as e:
-        _usage(ValueError(f"RUN: {run} is incomplete (missing {e}); it cannot be shown"))
-    click.echo(text)
+        click.echo(render_run(data, as_json))
+    except RenderError as e:
+        _usage(f"RUN: {run}: {e}")
 
 
-def _render_run(data: dict, as_json: bool) -> str:
-    from microbench.report.tables import launch_table, sweep_table
-    if as_json:
-        return json.dumps(data, indent=2)
-    if data.get("kind") == "launch":
-        return launch_table(data["launch"])
-    if data.get("kind") == "reproduce":
-        from microbench.report.plots import entry_lines
-        return "\n\n".join(entry_lines(e) for e in data.get("phenomena", []))
-    if data.get("kind") == "kernels":
-        from microbench.bench.kernel_bench import kernel_table
-        return kernel_table(data)
-    if data.get("kind") in ("sweep-tp", "launch-tp"):
-        from microbench.report.tp_tables import render_tp_run
-        return render_tp_run(data)
-    return sweep_table(data)
+@main.command()
+@click.argument("root", type=click.Path(file_okay=False), default="results")
+def index(root):
+    """Write ROOT/README.md, a table of the runs under ROOT (default: results; no GPU needed)."""
+    from microbench.report.index import write_index   # written alongside; loaded on use
+    if not Path(root).is_dir():
+        _usage(f"ROOT: {root} is not a folder")
+    click.echo(f"wrote {write_index(Path(root))}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The command line through click's test runner: one-line errors, exit codes, no tracebacks."""
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -7,6 +9,7 @@ from click.testing import CliRunner
 
 from microbench.cli import main
 from microbench.report.record import write_run
+from tests.report.runs import LAUNCH, launch_run, sweep_run
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -14,6 +17,16 @@ HAS_CUDA = torch.cuda.is_available()
 def run(*args):
     r = CliRunner().invoke(main, list(args))
     return r.exit_code, r.output, r.exception
+
+
+def run_split(*args):
+    """(exit code, stdout, stderr) apart."""
+    try:
+        runner = CliRunner(mix_stderr=False)   # click 8.1
+    except TypeError:
+        runner = CliRunner()                   # click 8.2 on: stdout and stderr always apart
+    r = runner.invoke(main, list(args))
+    return r.exit_code, r.stdout, r.stderr
 
 
 def assert_usage_error(args, option):
@@ -85,7 +98,7 @@ def test_unwritable_out(tmp_path):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU message")
-@pytest.mark.parametrize("cmd", ["sweep", "launch"])
+@pytest.mark.parametrize("cmd", ["sweep", "launch", "kernels", "reproduce"])
 def test_gpu_commands_say_they_need_a_gpu(cmd, tmp_path):
     code, out, _ = run(cmd, "--out", str(tmp_path))
     assert code == 1
@@ -94,13 +107,7 @@ def test_gpu_commands_say_they_need_a_gpu(cmd, tmp_path):
 
 
 def test_show_saved_run(tmp_path):
-    run_dict = dict(kind="sweep", config=dict(preset="tiny", dtype="bfloat16", mode="full",
-                                              ladder="vllm", context=64, bs=[1, 4]),
-                    env=dict(gpu="Test GPU", torch="x", triton="y"), ladder=[1, 2, 4, 8],
-                    rows=[dict(bs=1, padded_bs=1, ran_as="full", eager_step_us=900.0,
-                               graph_step_us=300.0, speedup=3.0, eager_tok_s=1111.1,
-                               graph_tok_s=3333.3, graph_tok_s_per_seq=3333.3)])
-    d = write_run(tmp_path / "r", run_dict)
+    d = write_run(tmp_path / "r", sweep_run())
     code, out, _ = run("show", str(d))
     assert code == 0 and "Test GPU" in out and "3.00" in out and "tiny" in out
     code, out, _ = run("show", str(d / "run.json"), "--json")
@@ -127,8 +134,9 @@ def test_more_bad_options(args, option):
 
 
 def test_model_profile_must_hold_launch_measurements(tmp_path):
-    d = write_run(tmp_path / "r", dict(kind="sweep", config={}, env={}, rows=[]))
-    assert_usage_error(("model", "--profile", str(d)), "--profile")
+    d = write_run(tmp_path / "r", sweep_run())   # a valid sweep interrupted before its launch
+    code, out, _ = run("model", "--profile", str(d))
+    assert code == 2 and "holds no launch measurements" in out and "Traceback" not in out
 
 
 @pytest.mark.parametrize("run_dict", [dict(config={}), dict(kind="launch", config={})])
@@ -142,7 +150,7 @@ def test_out_of_memory_is_one_line(monkeypatch, tmp_path):
 
     def boom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80 GiB")
-    monkeypatch.setattr(sw, "require_cuda", lambda name: None)
+    monkeypatch.setattr("microbench.cli.require_cuda", lambda name: None)
     monkeypatch.setattr(sw, "run_sweep", boom)
     code, out, _ = run("sweep", "--out", str(tmp_path))
     assert code == 1 and len(out.strip().splitlines()) == 1 and "ran out of memory" in out
@@ -175,8 +183,173 @@ def test_tp_entry_point_without_a_gpu_says_so_in_one_line():
     import sys
     if torch.cuda.is_available():
         pytest.skip("checks the no-GPU message")
-    p = subprocess.run([sys.executable, "-m", "microbench.report.tp_tables", "sweep", "--tp", "2"],
+    p = subprocess.run([sys.executable, "-m", "microbench.bench.tp_entry", "sweep", "--tp", "2"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stderr
     lines = [l for l in p.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "GPU" in lines[0] and "Traceback" not in p.stderr
+
+
+# ---- runs that cannot be read: one line, exit code 2, for every command that reads a run ----
+def _corrupt(edit):
+    def make(tmp_path):
+        run = sweep_run()
+        run["launch"] = dict(LAUNCH)
+        edit(run)
+        (tmp_path / "run.json").write_text(json.dumps(run))
+        return tmp_path
+    return make
+
+
+def _text(text):
+    def make(tmp_path):
+        (tmp_path / "run.json").write_text(text)
+        return tmp_path
+    return make
+
+
+CORRUPT = {
+    "not-json": _text("{not json"),
+    "truncated": _text(json.dumps(sweep_run())[:200]),
+    "empty-file": _text(""),
+    "empty-object": _text("{}"),
+    "a-list": _text("[1, 2]"),
+    "binary": lambda d: [(d / "run.json").write_bytes(b"\x89PNG\r\n\x1a\n\xff"), d][1],
+    "rows-deleted": _corrupt(lambda r: r.pop("rows")),
+    "rows-empty": _corrupt(lambda r: r.update(rows=[])),
+    "string-for-number": _corrupt(lambda r: r["rows"][0].update(eager_step_us="fast")),
+    "null-for-number": _corrupt(lambda r: r["rows"][0].update(eager_step_us=None)),
+    "wrong-kind": _corrupt(lambda r: r.update(kind="benchmark")),
+    "no-kind": _corrupt(lambda r: r.pop("kind")),
+    "missing-env": _corrupt(lambda r: r.pop("env")),
+    "missing-config": _corrupt(lambda r: r.pop("config")),
+    "config-a-list": _corrupt(lambda r: r.update(config=[1])),
+    "launch-a-string": _corrupt(lambda r: r.update(launch="none")),
+    "launch-without-copy": _corrupt(lambda r: r["launch"].pop("copy")),
+    "future-schema": _corrupt(lambda r: r.update(schema_version=99)),
+    "folder-without-run-json": lambda d: d,
+    "no-such-path": lambda d: d / "nope",
+    "run-json-is-a-folder": lambda d: (d / "run.json").mkdir() or d / "run.json",
+}
+
+
+@pytest.mark.parametrize("cmd", ["show", "model --profile"])
+@pytest.mark.parametrize("name", list(CORRUPT))
+def test_a_bad_run_is_one_line_and_exit_2(tmp_path, cmd, name):
+    path = CORRUPT[name](tmp_path)
+    code, out, exc = run(*cmd.split(), str(path))
+    lines = [l for l in out.splitlines() if l.strip()]
+    assert code == 2, out
+    assert len(lines) == 1 and "Traceback" not in out, out
+    assert lines[0].startswith("microbench: error: ") and str(tmp_path) in lines[0]
+    assert exc is None or isinstance(exc, SystemExit)
+
+
+def test_show_says_what_is_wrong(tmp_path):
+    code, out, _ = run("show", str(CORRUPT["string-for-number"](tmp_path)))
+    assert "'rows[0].eager_step_us' is a string ('fast'), where a number belongs" in out
+    code, out, _ = run("show", str(CORRUPT["rows-empty"](tmp_path)))
+    assert "'rows' is empty; a sweep run needs at least one row" in out
+
+
+def test_show_a_run_incomplete_below_the_schema(tmp_path):
+    run_dict = launch_run()
+    del run_dict["launch"]["replay_fit"]["gpu_fixed_us"]
+    code, out, _ = run("show", str(write_run(tmp_path / "r", run_dict)))
+    assert code == 2 and len(out.strip().splitlines()) == 1 and "incomplete" in out
+
+
+# ---- model: the run's preset, context and dtype unless options override them -------------
+def _profile_run(tmp_path):
+    run_dict = sweep_run()
+    run_dict["config"].update(preset="llama-1b", context=1024, dtype="float16")
+    run_dict["launch"] = dict(LAUNCH)
+    return write_run(tmp_path / "r", run_dict)
+
+
+def test_model_takes_the_runs_preset_context_and_dtype(tmp_path):
+    code, out, err = run_split("model", "--profile", str(_profile_run(tmp_path)), "--json")
+    res = json.loads(out)
+    assert code == 0 and res["preset"] == "llama-1b" and res["context"] == 1024
+    assert err.strip().splitlines() == [
+        "microbench: from the --profile run: preset llama-1b, context 1024, dtype float16 "
+        "(options override)"]
+
+
+def test_model_options_override_the_run(tmp_path):
+    code, out, err = run_split("model", "--profile", str(_profile_run(tmp_path)), "--json",
+                               "--preset", "tiny", "--dtype", "bfloat16")
+    assert code == 0 and json.loads(out)["preset"] == "tiny" and json.loads(out)["context"] == 1024
+    assert "context 1024" in err and "preset" not in err and "dtype" not in err
+
+
+def test_model_with_a_launch_run_uses_the_defaults(tmp_path):
+    code, out, err = run_split("model", "--profile", str(write_run(tmp_path / "r", launch_run())),
+                               "--json")
+    assert code == 0 and json.loads(out)["preset"] == "opt-125m" and err == ""
+
+
+def test_bare_model_says_what_it_needs():
+    code, out, _ = run("model")
+    assert code == 2 and len(out.strip().splitlines()) == 1 and "--profile" in out
+    code, out, _ = run("model", "--help")
+    assert code == 0 and "Needs a device profile" in out and "--gpu NAME" in out
+
+
+# ---- index, defaults ---------------------------------------------------------------------
+def test_index_writes_the_results_readme(tmp_path):
+    d = write_run(tmp_path / "h200" / "20260101-000000-sweep-tiny-test-gpu", sweep_run())
+    code, out, _ = run("index", str(tmp_path))
+    assert code == 0 and (tmp_path / "README.md").is_file() and "README.md" in out
+    assert d.name in (tmp_path / "README.md").read_text()
+
+
+def test_index_of_a_missing_folder_is_one_line(tmp_path):
+    assert_usage_error(("index", str(tmp_path / "nope")), "ROOT")
+
+
+def test_index_defaults_to_results():
+    code, out, _ = run("index", "--help")
+    assert code == 0 and "default: results" in out
+
+
+@pytest.mark.parametrize("cmd", ["sweep", "launch", "kernels", "reproduce"])
+def test_runs_go_to_runs_by_default(cmd):
+    code, out, _ = run(cmd, "--help")
+    assert code == 0 and "[default: runs]" in out
+
+
+def test_modes_match_the_runner():
+    from microbench.cli import MODES
+    from microbench.engine.runner import MODES as RUNNER_MODES
+    assert MODES == RUNNER_MODES
+
+
+# ---- what the CPU-only commands import ---------------------------------------------------
+def _imports_torch(code: str) -> str:
+    p = subprocess.run([sys.executable, "-c", "import sys\n" + code + "\nprint('torch' in sys.modules)"],
+                       capture_output=True, text=True, timeout=120)
+    return p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr
+
+
+def _after(args: list) -> str:
+    return (f"from microbench.cli import main\ntry:\n    main({args!r})\n"
+            "except SystemExit:\n    pass")
+
+
+def test_importing_the_cli_and_help_do_not_import_torch():
+    assert _imports_torch("from microbench.cli import main") == "False"
+    assert _imports_torch(_after(["--help"])) == "False"
+
+
+@pytest.mark.parametrize("args", [["ladder", "--bs", "37"], ["show", "{run}"], ["index", "{root}"],
+                                  ["sweep", "--help"], ["show", "{root}/nope"]])
+def test_cpu_commands_do_not_import_torch(tmp_path, args):
+    d = write_run(tmp_path / "dev" / "r", sweep_run())
+    args = [a.format(run=d, root=tmp_path) for a in args]
+    assert _imports_torch(_after(args)) == "False"
+
+
+@pytest.mark.xfail(reason="engine.plan imports microbench.kernels (torch, triton) for FAST_ROWS")
+def test_model_does_not_import_torch():
+    assert _imports_torch(_after(["model", "--gpu", "H200"])) == "False"

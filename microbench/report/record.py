@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from microbench.report.schema import SCHEMA_VERSION, RunFileError, RunRecord, validate_run
+
 
 def git_revision() -> str | None:
     """The checkout's revision (with -dirty if tracked files changed), or MICROBENCH_GIT_REV
@@ -120,10 +122,14 @@ def _flat(v):
 
 
 def write_run(out_dir: Path, run: dict, csv_name: str = "sweep.csv") -> Path:
-    """Write run.json and the rows' CSV into out_dir (created); returns out_dir."""
+    """Write run.json (stamped with the schema version) and the rows' CSV into out_dir
+    (created); returns out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "run.json", json.dumps(run, indent=2, default=_json_default) + "\n")
+    doc = {k: run[k] for k in ("kind",) if k in run}
+    doc["schema_version"] = SCHEMA_VERSION   # kind first, then the schema it follows
+    doc.update({k: v for k, v in run.items() if k != "schema_version"})
+    atomic_write(out_dir / "run.json", json.dumps(doc, indent=2, default=_json_default) + "\n")
     if run.get("rows"):
         atomic_write(out_dir / csv_name, rows_to_csv(run["rows"]))
     return out_dir
@@ -139,20 +145,28 @@ def _json_default(o):
     return str(o)
 
 
-def load_run(path) -> dict:
-    """Read a run from its folder or its run.json; ValueError with a one-line reason if not."""
+def read_run(path) -> RunRecord:
+    """Read and validate a run from its folder or its run.json; RunFileError (a ValueError)
+    with one line naming the file and what is wrong if it is not a readable run."""
     p = Path(path)
     if p.is_dir():
         p = p / "run.json"
-    if not p.is_file():
-        raise ValueError(f"no run found at {path} (expected a run folder or its run.json)")
+        if not p.is_file():
+            raise RunFileError(f"{path}: no run.json in this folder")
+    if not p.exists():
+        raise RunFileError(f"{path}: no such file or folder (expected a run folder or its run.json)")
     try:
-        run = json.loads(p.read_text())
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunFileError(f"{p}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{p} is not valid JSON: {e}") from None
-    if not isinstance(run, dict) or "config" not in run:
-        raise ValueError(f"{p} is not a microbench run (no 'config')")
-    return run
+        raise RunFileError(f"{p}: not valid JSON ({e})") from None
+    return validate_run(data, p)
+
+
+def load_run(path) -> dict:
+    """A validated run as the dict its producer wrote (tables read these); see read_run."""
+    return read_run(path).raw
 
 
 def check_writable(out: Path) -> None:

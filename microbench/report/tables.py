@@ -41,8 +41,9 @@ def sweep_header(run: dict) -> str:
 
 def sweep_table(run: dict) -> str:
     """The sweep's terminal table, from a run dict (live or loaded)."""
-    from microbench.bench.arms import EXTRA_ARMS, key
-    extra = [a for a in EXTRA_ARMS if a in (run.get("arms") or {})]
+    # arms beyond eager and graph, in the order the run recorded them (torch-graph's fields
+    # are torch_graph_step_us, ...)
+    extra = [a for a in (run.get("arms") or {}) if a not in ("eager", "graph")]
     heads = ["bs", "pad", "ran as", "eager us", "graph us", *(f"{a} us" for a in extra),
              "speedup", "pred", "eager tok/s", "graph tok/s", "tok/s/seq", "GB/s", "MBU"]
     rows = []
@@ -50,7 +51,7 @@ def sweep_table(run: dict) -> str:
         rows.append([
             str(r["bs"]), _f(r.get("padded_bs"), "d"), r.get("ran_as", "-"),
             _f(r.get("eager_step_us")), _f(r.get("graph_step_us")),
-            *(_f(r.get(f"{key(a)}_step_us")) for a in extra),
+            *(_f(r.get(f"{a.replace('-', '_')}_step_us")) for a in extra),
             _f(r.get("speedup"), ".2f"), _f(r.get("predicted_speedup"), ".2f"),
             _f(r.get("eager_tok_s"), ".0f"), _f(r.get("graph_tok_s"), ".0f"),
             _f(r.get("graph_tok_s_per_seq") or r.get("eager_tok_s_per_seq"), ".0f"),
@@ -149,3 +150,13 @@ def launch_table(launch: dict) -> str:
                f"{launch['matmul']['flops_per_s'] / 1e12:.0f} TFLOP/s")
     out += launch.get("notes", [])
     return "\n".join(out)
+
+
+def kernels_table(run: dict) -> str:
+    """The table of a `microbench kernels` run: each kernel's bandwidth against copy's."""
+    rows = [[r["kernel"], str(r["B"]), str(r["context"] or "-"), f"{r['bytes'] / 1e6:.3f}",
+             f"{r['time_us']:.2f}", f"{r['bytes_per_s'] / 1e9:.0f}", f"{r['frac_of_copy']:.0%}"]
+            for r in run["rows"]]
+    head = (f"kernels at {run['config']['preset']} decode shapes on {run['env']['gpu']}; copy "
+            f"bandwidth {run['copy']['bytes_per_s'] / 1e12:.2f} TB/s (read + write)")
+    return head + "\n" + table(["kernel", "B", "context", "MB", "us", "GB/s", "of copy"], rows)

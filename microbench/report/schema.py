@@ -1,0 +1,361 @@
+"""The run record's schema: what a `run.json` holds, as frozen dataclasses, and its validation.
+
+Producers write plain dicts (a sweep builds its rows field by field); this module documents
+those dicts and checks a loaded one before any table reads it. A record is an envelope (kind,
+schema_version, config, env, rows) plus what its kind measured (`launch`, `phenomena`,
+`allreduce`, `copy`). Each dataclass lists the fields a reader may rely on: fields without a
+default are required, `X | None` fields may be null, and fields a dataclass does not list
+(an extra arm's `compile_step_us`, say) pass through unchecked.
+
+Runs written before `schema_version` existed load when their fields validate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class RunFileError(ValueError):
+    """A run file that cannot be read as a run: one line naming the file and what is wrong."""
+
+
+# ---- the envelope --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Env:
+    """Where and how a run was measured (the GPU fields are absent on a machine without one;
+    nvidia-smi's clocks and power stay the strings it prints)."""
+    gpu: str | None
+    torch: str
+    date: str | None = None
+    command: str | None = None
+    python: str | None = None
+    platform: str | None = None
+    cuda: str | None = None
+    git: str | None = None
+    triton: str | None = None
+    cupy: str | None = None
+    sm_count: int | None = None
+    gpu_memory_bytes: int | None = None
+    capability: str | None = None
+    driver: str | None = None
+    tp: int | None = None
+    nccl: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A validated run: `raw` is the dict as loaded, which tables read; the other fields are
+    its typed parts."""
+    kind: str
+    config: Any
+    env: Env
+    rows: tuple = ()
+    schema_version: int | None = None
+    interrupted: bool = False
+    wall_s: float | None = None
+    raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+
+# ---- configs -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepConfigRecord:
+    bs: list[int]
+    preset: str
+    mode: str
+    ladder: str
+    context: int
+    dtype: str
+    steps: int | None = None
+    time_budget: float | None = None
+    backend: str | None = None
+    seed: int | None = None
+    out: str | None = None
+    arms: list[str] | None = None
+    split_launch: bool | None = None
+
+
+@dataclass(frozen=True)
+class TPSweepConfigRecord(SweepConfigRecord):
+    tp: int = dataclasses.field(kw_only=True)
+
+
+@dataclass(frozen=True)
+class LaunchConfigRecord:
+    time_budget: float | None = None
+    out: str | None = None
+
+
+@dataclass(frozen=True)
+class LaunchTPConfigRecord:
+    tp: int
+    dtype: str
+    hidden: int | None = None
+    k: int | None = None
+    time_budget: float | None = None
+
+
+@dataclass(frozen=True)
+class KernelsConfigRecord:
+    preset: str
+    context: int
+    batches: list[int] | None = None
+    dtype: str | None = None
+
+
+@dataclass(frozen=True)
+class ReproduceConfigRecord:
+    preset: str
+    context: int
+    dtype: str
+    bs: list[int]
+    names: list[str] | None = None
+    steps: int | None = None
+    time_budget: float | None = None
+
+
+# ---- rows ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepRow:
+    """One batch size of a sweep (bench/sweep.py run_sweep). Times are microseconds of one
+    decode step: the median and its p20 and p80 over n samples; graph fields are null under
+    --mode none; padded_bs is null where no graph fits (the row ran eagerly)."""
+    bs: int
+    padded_bs: int | None
+    ran_as: str
+    eager_step_us: float
+    eager_p20: float
+    eager_p80: float
+    eager_n: int
+    graph_step_us: float | None
+    speedup: float | None
+    eager_host_us: float | None = None
+    graph_p20: float | None = None
+    graph_p80: float | None = None
+    graph_n: int | None = None
+    graph_gpu_us: float | None = None
+    graph_host_us: float | None = None
+    max_abs_diff: float | None = None
+    eager_tok_s: float | None = None
+    graph_tok_s: float | None = None
+    eager_tok_s_per_seq: float | None = None
+    graph_tok_s_per_seq: float | None = None
+    padding_waste: float | None = None
+    step_bytes: int | None = None
+    bw_use: float | None = None
+    graph_mbu: float | None = None
+    op_host_us: dict | None = None
+    piece_glue_us: float | None = None
+    predicted_eager_step_us: float | None = None
+    predicted_graph_step_us: float | None = None
+    predicted_speedup: float | None = None
+    speedup_error: float | None = None
+
+
+@dataclass(frozen=True)
+class TPSweepRow(SweepRow):
+    """One batch size of a TP sweep: a sweep row plus the all-reduce shares and TP-1 figures."""
+    allreduce_share_eager: float | None = None
+    allreduce_share_graph: float | None = None
+    predicted_allreduce_share_graph: float | None = None
+    eager_step_us_max_rank: float | None = None
+    tp1_eager_step_us: float | None = None
+    tp1_graph_step_us: float | None = None
+    tp_gain_graph: float | None = None
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    kernel: str
+    B: int
+    context: int | None
+    bytes: int
+    time_us: float
+    bytes_per_s: float
+    frac_of_copy: float
+
+
+@dataclass(frozen=True)
+class AllreducePoint:
+    bytes: int
+    eager_us: float
+    graph_us: float
+    algbw: float
+    busbw: float
+
+
+# ---- what each kind measured ---------------------------------------------------------------
+@dataclass(frozen=True)
+class LaunchRecord:
+    """Launch overhead per launcher, replay cost, copy bandwidth, matrix rate (bench/launch.py)."""
+    host_us: dict
+    gpu_us_per_kernel: dict
+    replay: dict
+    replay_fit: dict
+    copy: dict
+    matmul: dict
+    sync_us: dict | None = None
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    bytes_per_s: float
+
+
+@dataclass(frozen=True)
+class Phenomenon:
+    name: str
+    expected: str
+    measured: str
+    held: bool
+    why: str | None = None
+    rows: list | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AllreduceRecord:
+    points: list
+    world: int
+    dtype: str
+    k: int
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a kind's record must hold: its config, its rows (required and non-empty when
+    `row` is set) and its other parts (key -> dataclass, or list of one)."""
+    config: type
+    row: type | None = None
+    parts: dict = dataclasses.field(default_factory=dict)
+    optional: dict = dataclasses.field(default_factory=dict)
+
+
+KINDS = {
+    "sweep": Kind(SweepConfigRecord, SweepRow, optional=dict(launch=LaunchRecord)),
+    "sweep-tp": Kind(TPSweepConfigRecord, TPSweepRow, optional=dict(launch=LaunchRecord)),
+    "launch": Kind(LaunchConfigRecord, parts=dict(launch=LaunchRecord)),
+    "launch-tp": Kind(LaunchTPConfigRecord, AllreducePoint, parts=dict(allreduce=AllreduceRecord)),
+    "kernels": Kind(KernelsConfigRecord, KernelRow, parts=dict(copy=CopyRecord)),
+    "reproduce": Kind(ReproduceConfigRecord, parts=dict(phenomena=[Phenomenon])),
+}
+
+
+# ---- validation ----------------------------------------------------------------------------
+def validate_run(data, source) -> RunRecord:
+    """Check a loaded run.json against the schema; RunFileError('<source>: <what>') if it does
+    not hold. Returns the typed record."""
+    def fail(what: str):
+        raise RunFileError(f"{source}: {what}")
+
+    if not isinstance(data, dict):
+        fail(f"not a microbench run (the file holds {_json_name(data)}, not an object)")
+    if "kind" not in data:
+        fail("not a microbench run (no 'kind')")
+    kind = data["kind"]
+    if kind not in KINDS:
+        fail(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    version = data.get("schema_version")
+    if version is not None and (not _is(version, int) or version > SCHEMA_VERSION):
+        fail(f"schema_version {version!r} is not one this microbench reads (<= {SCHEMA_VERSION})")
+    spec = KINDS[kind]
+    for key in ("config", "env"):
+        if key not in data:
+            fail(f"missing '{key}'")
+    config = build(spec.config, data["config"], "config", fail)
+    env = build(Env, data["env"], "env", fail)
+    rows = ()
+    if spec.row is not None:
+        if "rows" not in data:
+            fail(f"missing 'rows' (a {kind} run has one row per measured point)")
+        if not isinstance(data["rows"], list) or not data["rows"]:
+            fail(f"'rows' is {_describe(data['rows'])}; a {kind} run needs at least one row")
+        rows = tuple(build(spec.row, r, f"rows[{i}]", fail) for i, r in enumerate(data["rows"]))
+    for key, cls in spec.parts.items():
+        if key not in data:
+            fail(f"missing '{key}' (a {kind} run records it)")
+        _build_part(cls, data[key], key, fail)
+    for key, cls in spec.optional.items():
+        if data.get(key) is not None:
+            _build_part(cls, data[key], key, fail)
+    for key, tp in (("interrupted", bool), ("wall_s", float)):
+        if data.get(key) is not None and not _is(data[key], tp):
+            fail(f"'{key}' is {_describe(data[key])}, where {_type_name(tp)} belongs")
+    return RunRecord(kind=kind, config=config, env=env, rows=rows, schema_version=version,
+                     interrupted=bool(data.get("interrupted")), wall_s=data.get("wall_s"),
+                     raw=data)
+
+
+def _build_part(cls, value, where: str, fail):
+    if isinstance(cls, list):
+        if not isinstance(value, list) or not value:
+            fail(f"'{where}' is {_describe(value)}; it needs at least one entry")
+        return [build(cls[0], v, f"{where}[{i}]", fail) for i, v in enumerate(value)]
+    return build(cls, value, where, fail)
+
+
+def build(cls, value, where: str, fail):
+    """cls(**value) after checking that value is an object holding cls's required fields with
+    the declared types; unknown keys are ignored."""
+    if not isinstance(value, dict):
+        fail(f"'{where}' is {_describe(value)}, where an object belongs")
+    hints = typing.get_type_hints(cls)
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "raw":
+            continue
+        if f.name not in value:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                fail(f"'{where}' has no '{f.name}'")
+            continue
+        v = value[f.name]
+        if not _is(v, hints[f.name]):
+            fail(f"'{where}.{f.name}' is {_describe(v)}, where {_type_name(hints[f.name])} belongs")
+        kw[f.name] = v
+    return cls(**kw)
+
+
+def _is(v, tp) -> bool:
+    """Whether a JSON value fits a type hint (an int fits float; a bool fits neither)."""
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return v is None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is(v, a) for a in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(v, list) and all(_is(x, item) for x in v)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, tp)
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false",
+            dict: "an object", list: "a list", type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _json_name(v) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true or false",
+            type(None): "null"}.get(type(v), "a number")
+
+
+def _describe(v) -> str:
+    text = repr(v)
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(v, (dict, list)) and not v:
+        return "empty"
+    return f"{_json_name(v)} ({shown})" if not isinstance(v, (dict, list)) else _json_name(v)

@@ -1,0 +1,48 @@
+"""Tables from saved runs: what `show` prints for each kind."""
+import json
+
+import pytest
+
+from microbench.report.render import RenderError, render_run
+from microbench.report.tables import kernels_table, sweep_table, table
+from tests.report.runs import kernels_run, launch_run, reproduce_run, sweep_run
+
+
+def test_table_aligns_columns():
+    assert table(["a", "bbb"], [["10", "2"]]).splitlines() == [" a  bbb", "--  ---", "10    2"]
+
+
+def test_sweep_table_has_header_rows_and_footer():
+    out = sweep_table(sweep_run())
+    assert out.splitlines()[0].startswith("GPU Test GPU | preset tiny | bfloat16 | mode full")
+    assert "3.00" in out and "run took 1.5 s" in out
+
+
+def test_sweep_table_shows_extra_arms_in_recorded_order():
+    run = sweep_run(arms={"eager": {}, "graph": {}, "torch-graph": {}, "compile": {}})
+    run["rows"][0].update(torch_graph_step_us=400.0, compile_step_us=350.0)
+    head = sweep_table(run).splitlines()[1]
+    assert head.index("torch-graph us") < head.index("compile us") < head.index("speedup")
+    assert "400.0" in sweep_table(run) and "350.0" in sweep_table(run)
+
+
+def test_kernels_table():
+    out = kernels_table(kernels_run())
+    assert "kernels at tiny decode shapes on Test GPU" in out and "rmsnorm" in out
+
+
+@pytest.mark.parametrize("make, expect", [
+    (sweep_run, "speedup"), (launch_run, "graph replay of n tiny-kernel nodes"),
+    (kernels_run, "of copy"), (reproduce_run, "speedup-fade: HELD"),
+])
+def test_render_each_kind(make, expect):
+    assert expect in render_run(make())
+    assert json.loads(render_run(make(), as_json=True))["kind"] == make()["kind"]
+
+
+def test_render_error_is_one_line():
+    run = launch_run()
+    del run["launch"]["host_us"]["torch"]["median"]   # deeper than the schema checks
+    with pytest.raises(RenderError) as e:
+        render_run(run)
+    assert "\n" not in str(e.value) and "launch run is incomplete" in str(e.value)
