@@ -20,7 +20,8 @@ from microbench.engine.shapes import PRESETS, ModelShape
 from microbench.engine.decoder import ToyDecoder
 from microbench.bench.tp import (NO_MULTICAST, RankFailed, bind_all_reduce, build_shard, check_tp,
                            copy_cache_from, launch_ranks, shard_kv, shard_layer, torchrun_rank)
-from microbench.report.tp_tables import allreduce_table, render_tp_run, tp_sweep_table, validate_tp
+from microbench.report.tp_tables import allreduce_table, render_tp_run, tp_sweep_table
+from microbench.bench.tp_entry import validate_tp
 from microbench.bench.tp_sweep import tp1_skip_reason
 from microbench.engine.plan import step_kernels
 
@@ -453,7 +454,8 @@ def test_tp2_triton_logits_equal_unsharded():
 @two_gpus
 def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
     from microbench.bench.sweep import SweepConfig
-    from microbench.bench.tp import run_allreduce_bench, run_tp_sweep
+    from microbench.bench.tp import run_allreduce_bench
+    from microbench.bench.tp_sweep import run_tp_sweep
     cfg = SweepConfig(bs=(1, 3), preset="tiny", ladder="1,2,4", context=32, steps=2,
                       time_budget=0.05, out=str(tmp_path))
     run, where = run_tp_sweep(cfg, 2, progress=False)

@@ -6,7 +6,7 @@ that says what was measured and whether the phenomenon held. The verdict rules a
 any measurement and never tuned to pass. The report is rendered from the saved run by
 `microbench.report.plots.render_report`.
 
-Comparisons are noise-aware, as in `sweep.speedup_noise`: a is slower than b when
+Comparisons are noise-aware, as in `stats.speedup_noise`: a is slower than b when
 
     t_a > t_b · (1 + n_a + n_b),   n = max(3%, (p80 - p20) / median)
 
@@ -14,133 +14,23 @@ since a ratio's relative error is about the sum of its parts'.
 """
 from __future__ import annotations
 
-import gc
 import time
 import traceback
-import warnings
 from dataclasses import asdict, dataclass
 
-from microbench.engine.shapes import DTYPES, MAX_BATCH, MAX_CONTEXT, PRESETS, ModelShape
-from microbench.engine.dispatch import PaddingDispatcher
+from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS, ModelShape, torch_dtype
 from microbench.engine.ladders import pow2_capture_sizes, vllm_capture_sizes
-from microbench.bench.sweep import DEFAULT_BS, max_seq_for, require_cuda
+from microbench.bench.env import environment, require_cuda
+from microbench.bench.lab import Lab, build_decoder, free_memory
+from microbench.bench.sweep import DEFAULT_BS, max_seq_for
 from microbench.analysis.verdicts import (GiB, MiB, headroom_rows, judge_capture_cost,
                                  judge_ladder_collapse, judge_memory_headroom, judge_off_stride,
                                  judge_padding_waste, judge_piecewise_vs_full, judge_pool_growth,
-                                 judge_speedup_fade, kv_bytes_per_token, padding_costs, pool_ns,
-                                 timed_row)
+                                 judge_speedup_fade, kv_bytes_per_token, padding_costs, pool_ns)
 
 COLLAPSED, EXPLICIT = [1, 2], [1, 2, 4, 8, 16]
 OFF_STRIDE = dict(max_num_seqs=700, max_num_batched_tokens=700, max_capture_size=1024, context=128)
 PAD_BS = 37
-
-
-class Lab:
-    """One decoder and what the experiments share: inputs, timing options, measured step times
-    (a (execution, graph size, bs) triple is timed once per run) and cached measurements."""
-
-    def __init__(self, cfg, dec, context: int, say=None):
-        self.cfg, self.dec, self.context = cfg, dec, context
-        self.say = say or (lambda s: None)
-        self.times: dict = {}
-        self.cache: dict = {}
-        self._inputs: dict = {}
-
-    def inputs(self, bs: int):
-        import torch
-        x = self._inputs.get(bs)
-        if x is None:
-            dev = self.dec.device
-            gen = torch.Generator(device=dev).manual_seed(self.cfg.seed + bs)
-            tokens = torch.randint(self.dec.shape.vocab, (bs,), generator=gen, device=dev)
-            positions = torch.full((bs,), self.context, dtype=torch.long, device=dev)
-            slots = torch.arange(bs, dtype=torch.long, device=dev)
-            x = self._inputs[bs] = torch.stack([tokens, positions, slots])     # [3, bs]
-        return x
-
-    def capture(self, sizes, mode: str = "full", **kw):
-        from microbench.engine.runner import GraphRunner
-        runner = GraphRunner(self.dec, sizes, mode=mode, progress=self.cfg.progress, **kw)
-        runner.capture()
-        return runner
-
-    def time(self, fn) -> dict:
-        from microbench.bench.timing import step_time_us
-        gpu, wall = step_time_us(fn, inner=self.cfg.steps, sync_each=True,
-                                 budget_s=self.cfg.time_budget)
-        return dict(step_us=wall.median, p20=wall.p20, p80=wall.p80, n=wall.n, event_us=gpu.median)
-
-    def measure(self, mode: str, sizes, bs_list) -> list[dict]:
-        """Step time of each batch when `sizes` are captured in `mode`. Only the graphs these
-        batches route to are captured (the others would never replay here); a batch no graph
-        covers runs eagerly through the runner's fallback, as an engine's would."""
-        route = PaddingDispatcher(sizes if mode != "none" else [])
-        pads = {bs: route.pad(bs) for bs in bs_list}
-        key = lambda bs: ("eager", None, bs) if pads[bs] is None else (mode, pads[bs], bs)
-        todo = [bs for bs in bs_list if key(bs) not in self.times]
-        if todo:
-            need = sorted({pads[b] for b in todo if pads[b]})
-            runner = self.capture(need, mode if need else "none")
-            try:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", "batch size", RuntimeWarning)
-                    for bs in todo:
-                        pads[bs] = runner.dispatcher.pad(bs) if need else None  # OOM skips
-                        self.say(f"  bs {bs}: {'eager' if pads[bs] is None else mode}")
-                        x = self.inputs(bs)
-                        self.times[key(bs)] = self.time(lambda: runner.step_packed(x))
-            finally:
-                runner.close()
-        return [timed_row(bs, pads[bs], "eager" if pads[bs] is None else mode,
-                          self.times[key(bs)]) for bs in bs_list]
-
-    def profile(self):
-        """The measured device profile (launch costs, bandwidth, matrix rate), as sweep builds it."""
-        if "profile" not in self.cache:
-            import torch
-
-            from microbench.analysis import model as mdl
-            from microbench.bench.launch import measure_launch, measure_ops
-            self.say("measuring launch costs, copy bandwidth and matrix rate")
-            launch = measure_launch(self.dec.device, budget_s=min(self.cfg.time_budget, 0.5))
-            launch["ops_host_us"] = measure_ops(self.dec, 1, budget_s=min(self.cfg.time_budget, 0.3))
-            self.cache["launch"] = launch
-            self.cache["profile"] = mdl.DeviceProfile.from_launch(
-                launch, name=torch.cuda.get_device_name(self.dec.device), source="measured: this run")
-        return self.cache["profile"]
-
-    def pool_largest_first(self, ladder, ns) -> list[dict]:
-        """Pool bytes of a shared pool holding the first n sizes, captured largest first."""
-        key = ("pool", tuple(ladder), tuple(ns))
-        if key not in self.cache:
-            rows = []
-            for n in ns:
-                r = self.capture(ladder[:n])
-                rows.append(dict(arm="shared, largest-first", n_sizes=n, largest_size=ladder[n - 1],
-                                 pool_bytes=r.report["pool_bytes"]))
-                r.close()
-            self.cache[key] = rows
-        return self.cache[key]
-
-
-def build_decoder(cfg, max_batch: int, context: int):
-    import torch
-
-    from microbench.engine.decoder import ToyDecoder
-    dec = ToyDecoder(cfg.shape, backend=cfg.backend, max_batch=max_batch,
-                     max_seq=max_seq_for(context), dtype=DTYPES[cfg.dtype], device="cuda",
-                     seed=cfg.seed)
-    dec.fill_cache(context)
-    torch.cuda.synchronize()
-    return dec
-
-
-def free_memory() -> int:
-    import torch
-    gc.collect()
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    return torch.cuda.mem_get_info()[0]
 
 
 # ---- the experiments -----------------------------------------------------------------------
@@ -148,7 +38,7 @@ def run_speedup_fade(lab: Lab) -> dict:
     from microbench.analysis import model as mdl
     bs, dec = list(lab.cfg.bs), lab.dec
     prof = lab.profile()
-    elt = DTYPES[lab.cfg.dtype].itemsize
+    elt = torch_dtype(lab.cfg.dtype).itemsize
     rows = []
     for e, g in zip(lab.measure("none", [], bs), lab.measure("full", bs, bs)):
         pad = g["padded_bs"] or e["bs"]
@@ -185,7 +75,7 @@ def run_off_stride(lab: Lab) -> dict:
     before = vllm_capture_sizes(**kw, off_stride_fix=False)
     after = vllm_capture_sizes(**kw, off_stride_fix=True)
     target = p["max_num_batched_tokens"]
-    shape, elt = lab.cfg.shape, DTYPES[lab.cfg.dtype].itemsize
+    shape, elt = lab.cfg.shape, torch_dtype(lab.cfg.dtype).itemsize
     context, free = p["context"], free_memory()
     # KV cache of target + 1 slots; halve the context until it fits in half the free memory
     while context > 16 and kv_bytes_per_token(shape, elt) * max_seq_for(context) * (target + 1) > free / 2:
@@ -227,7 +117,7 @@ def run_pool_growth(lab: Lab) -> dict:
                       pool_bytes=sum(grown.get(s, 0) for s in ladder[:n])) for n in ns]
     for r in rows:
         r["mib_per_size"] = r["pool_bytes"] / r["n_sizes"] / MiB
-    out_bytes = sum(ladder) * lab.cfg.shape.vocab * DTYPES[lab.cfg.dtype].itemsize
+    out_bytes = sum(ladder) * lab.cfg.shape.vocab * torch_dtype(lab.cfg.dtype).itemsize
     return dict(rows=rows, info=dict(ladder=ladder, output_bytes=out_bytes))
 
 
@@ -270,7 +160,7 @@ def run_piecewise_vs_full(lab: Lab) -> dict:
 def run_memory_headroom(lab: Lab) -> dict:
     ladder = vllm_capture_sizes()
     series = lab.pool_largest_first(ladder, pool_ns(len(ladder)))
-    s, elt = lab.cfg.shape, DTYPES[lab.cfg.dtype].itemsize
+    s, elt = lab.cfg.shape, torch_dtype(lab.cfg.dtype).itemsize
     per_token = kv_bytes_per_token(s, elt)
     if lab.cfg.memory_budget_gib:
         budget, source = int(lab.cfg.memory_budget_gib * GiB), "--memory-budget"
@@ -396,8 +286,8 @@ class ReproduceConfig:
             raise ValueError(f"--bs: batch sizes are 1..{MAX_BATCH}, got {self.bs}")
         if not 1 <= self.context <= MAX_CONTEXT:
             raise ValueError(f"--context: {self.context} is out of range; 1..{MAX_CONTEXT}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype: {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"--dtype: {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
         if self.steps < 1 or not self.time_budget > 0:
             raise ValueError("--steps must be >= 1 and --time-budget > 0")
         if self.memory_budget_gib is not None and not self.memory_budget_gib > 0:
@@ -443,7 +333,6 @@ def run_reproduce(cfg: ReproduceConfig, on_progress=None, on_entry=None, on_run=
     after each experiment, on_run(run) whenever the run changes (to save it)."""
     import torch
 
-    from microbench.report.record import environment
     say = on_progress or (lambda s: None)
     require_cuda("reproduce")
     cfg.validate()

@@ -38,8 +38,10 @@ from pathlib import Path
 
 import torch
 
-from microbench.engine.shapes import DTYPES, ModelShape
+from microbench.engine.shapes import DTYPE_NAMES, ModelShape, torch_dtype
 from microbench.analysis.model_tp import tp_shape
+from microbench.bench.env import environment, require_cuda
+from microbench.bench.inputs import step_inputs
 
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                 "NVSHMEM_DISABLE_NVLS": "1"}
@@ -225,8 +227,7 @@ def rank_device() -> torch.device:
 
 
 def tp_environment(device, world: int) -> dict:
-    """results.environment plus the TP facts: ranks, every rank's GPU, NCCL, multicast flags."""
-    from microbench.report.record import environment
+    """env.environment plus the TP facts: ranks, every rank's GPU, NCCL, multicast flags."""
     env = environment(device)
     cuda = torch.cuda.is_available()
     v = torch.cuda.nccl.version() if cuda else None
@@ -244,29 +245,13 @@ def printer(on: bool):
 def warm_step(dec):
     """One eager step on the scratch slot: the collectives' communicator and buffers exist
     before any capture starts."""
-    z = torch.zeros(1, dtype=torch.long, device=dec.device)
-    dec.step(z, z, torch.full_like(z, dec.scratch_slot))
+    dec.step(*step_inputs(dec.shape.vocab, 1, 0, dec.device, slot=dec.scratch_slot))
     torch.cuda.synchronize()
 
 
 def decoder_plan(dec) -> dict:
-    # the decoder's fusion plan, for workload.step_kernels, where the decoder has one
-    return {"fuse": dec.fusion} if hasattr(dec, "fusion") else {}
-
-
-# ---- the TP sweep --------------------------------------------------------------------------
-def run_tp_sweep(cfg, tp: int, compare_tp1: bool = True, progress: bool = True):
-    """The sweep at TP `tp` (see tp_sweep.py); returns (run, saved folder) on rank 0, where
-    rank 0 wrote the run, and (None, None) on the other ranks under torchrun. Bad input
-    raises ValueError before any process group starts."""
-    from microbench.bench.sweep import require_cuda
-    from microbench.bench.tp_sweep import sweep_rank
-    cfg.validate()
-    check_tp(cfg.shape, tp)
-    require_cuda("sweep")
-    check_tp(cfg.shape, tp, torch.cuda.device_count())
-    res = launch_ranks(sweep_rank, tp, args=(cfg, compare_tp1, progress))
-    return res[0] if res[0] is not None else (None, None)
+    # the decoder's fusion plan, for plan.step_kernels, where the decoder has one
+    return {"fusion": dec.fusion} if hasattr(dec, "fusion") else {}
 
 
 def run_allreduce_bench(tp: int, time_budget: float = 0.3, hidden: int = 4096,
@@ -274,12 +259,11 @@ def run_allreduce_bench(tp: int, time_budget: float = 0.3, hidden: int = 4096,
                         progress: bool = True):
     """The collective benchmark on `tp` GPUs (collectives.measure_allreduce at [B, hidden]
     sizes for B in 1..256 and at 1 to 64 MiB); returns (run, saved folder) on rank 0."""
-    from microbench.bench.sweep import require_cuda
     check_tp(None, tp)
     require_cuda("launch")
     check_tp(None, tp, torch.cuda.device_count())
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype: {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"--dtype: {dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
     res = launch_ranks(_bench_rank, tp, args=(hidden, dtype, k, time_budget, out, progress))
     return res[0] if res[0] is not None else (None, None)
 
@@ -291,7 +275,7 @@ def _bench_rank(rank, world, hidden, dtype, k, budget, out, progress):
     from microbench.report.record import run_id, write_run
     dev = rank_device()
     host = dist.new_group(backend="gloo", timeout=TIMEOUT)
-    dt = DTYPES[dtype]
+    dt = torch_dtype(dtype)
     elt = torch.finfo(dt).bits // 8
     bench = measure_allreduce(allreduce_numels(hidden, elt), dt, dev, k, budget, host,
                               say=printer(rank == 0 and progress))

@@ -27,10 +27,14 @@ from pathlib import Path
 
 import torch
 
-from microbench.engine.shapes import DTYPES
-from microbench.bench.tp import (TIMEOUT, bind_all_reduce, build_shard, decoder_plan,
-                           free_device_memory, printer, rank_device, tp_environment,
-                           warm_step)
+from microbench.engine.shapes import torch_dtype
+from microbench.bench.env import require_cuda
+from microbench.bench.inputs import packed, step_inputs
+from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
+from microbench.bench.sweep import max_seq_for
+from microbench.bench.tp import (TIMEOUT, bind_all_reduce, build_shard, check_tp, decoder_plan,
+                                 free_device_memory, launch_ranks, printer, rank_device,
+                                 tp_environment, warm_step)
 
 GIB = 1 << 30
 
@@ -46,37 +50,35 @@ def tp1_skip_reason(shape, max_batch: int, max_seq: int, elt: int, free_bytes: i
     return None
 
 
-def _inputs(shape, bs, context, gen, dev):
-    # tokens drawn on the host: every rank gets the same ones
-    tokens = torch.randint(shape.vocab, (bs,), generator=gen).to(dev)
-    positions = torch.full((bs,), context, dtype=torch.long, device=dev)
-    slots = torch.arange(bs, dtype=torch.long, device=dev)
-    return tokens, positions, slots
+def step_arms(eager, graph, cfg, budget: Budget, check: bool) -> dict:
+    """Eager (twice the budget: the host is the noisier side) and, unless --mode none, graph,
+    checked against eager's logits with `check`."""
+    arms = {"eager": Arm(eager, wall_timer("eager_", budget, scale=2))}
+    if cfg.mode != "none":
+        arms["graph"] = Arm(graph, wall_timer("graph_", budget),
+                            diff="max_abs_diff" if check else None)
+    return arms
 
 
 def single_gpu_steps(dec, ladder, cfg, say) -> dict:
     """TP 1 on this GPU alone: capture the ladder, time eager and graph steps per batch."""
     from microbench.engine.runner import GraphRunner
-    from microbench.bench.timing import step_time_us
     runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=False)
     try:
         cap = runner.capture()
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         rows = []
         for bs in cfg.bs:
-            t, p, s = _inputs(dec.shape, bs, cfg.context, gen, dec.device)
+            # tokens drawn on the host: every rank gets the same ones
+            t, p, s = step_inputs(dec.shape.vocab, bs, cfg.context, dec.device, gen, host_tokens=True)
             padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
-            say(f"TP 1, bs {bs}")
-            _, e = step_time_us(lambda: dec.step(t, p, s), inner=cfg.steps, sync_each=True,
-                                budget_s=2 * cfg.time_budget)
-            row = dict(bs=bs, padded_bs=padded, eager_step_us=e.median, eager_p20=e.p20,
-                       eager_p80=e.p80, attn_launches=dec.attention_launches(bs),
+            x = packed(t, p, s)
+            arms = step_arms(lambda: dec.step(t, p, s), lambda: runner.step_packed(x), cfg,
+                             Budget(cfg.steps, cfg.time_budget), check=False)
+            row = measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode,
+                              lambda m: say(f"TP 1, {m}"))
+            row.update(attn_launches=dec.attention_launches(bs),
                        padded_attn_launches=dec.attention_launches(padded or bs))
-            if cfg.mode != "none":
-                packed = torch.stack([t, p, s])
-                _, g = step_time_us(lambda: runner.step_packed(packed), inner=cfg.steps,
-                                    sync_each=True, budget_s=cfg.time_budget)
-                row.update(graph_step_us=g.median, graph_p20=g.p20, graph_p80=g.p80)
             rows.append(row)
         return dict(capture_s=cap["capture_s"], pool_bytes=cap["pool_bytes"],
                     sizes=len(cap["sizes"]), rows=rows, plan=decoder_plan(dec))
@@ -91,18 +93,17 @@ def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool):
     from microbench.bench.collectives import BIG_BYTES, gather, lockstep, measure_allreduce
     from microbench.engine.decoder import ToyDecoder
     from microbench.engine.runner import GraphRunner
-    from microbench.bench.launch import measure_launch, measure_ops
+    from microbench.bench.launch import measure_launch
+    from microbench.bench.ops import measure_ops
     from microbench.analysis.model_tp import tp_shape
     from microbench.report.record import run_id, write_run
-    from microbench.bench.sweep import max_seq_for
-    from microbench.bench.timing import step_time_us
 
     t_start = time.perf_counter()
     lead = rank == 0
     say = printer(lead and progress)
     dev = rank_device()
     host = dist.new_group(backend="gloo", timeout=TIMEOUT)
-    shape, dtype = cfg.shape, DTYPES[cfg.dtype]
+    shape, dtype = cfg.shape, torch_dtype(cfg.dtype)
     elt = torch.finfo(dtype).bits // 8
     ladder = cfg.ladder_sizes() if cfg.mode != "none" else []
     max_batch = max(max(cfg.bs), max(ladder, default=1))
@@ -166,26 +167,19 @@ def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool):
                        pool_bytes_per_rank=[c["pool_bytes"] for c in caps], allreduce=bench)
             ctx = _Predict(run, shard, cfg, world, elt)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
+        budget = Budget(cfg.steps, cfg.time_budget,
+                        lockstep=lambda fn, inner, b: lockstep(fn, inner, b, host))
         for bs in cfg.bs:
-            t, p, s = _inputs(shape, bs, cfg.context, gen, dev)
-            packed = torch.stack([t, p, s])                                    # [3, bs]
-            eager = lambda t=t, p=p, s=s: shard.step(t, p, s)
-            graph = lambda x=packed: runner.step_packed(x)
-            say(f"bs {bs}: eager")
-            _, e = step_time_us(eager, inner=cfg.steps, sync_each=True,
-                                **lockstep(eager, cfg.steps, 2 * cfg.time_budget, host))
-            mine = dict(eager=e.median)
-            g = None
-            if cfg.mode != "none":
-                say(f"bs {bs}: graph")
-                want, got = eager().float(), graph().float()
-                mine["diff"] = float((got - want).abs().max())
-                _, g = step_time_us(graph, inner=cfg.steps, sync_each=True,
-                                    **lockstep(graph, cfg.steps, cfg.time_budget, host))
-                mine["graph"] = g.median
-            everyone = gather(mine, host)
+            # tokens drawn on the host: every rank gets the same ones
+            t, p, s = step_inputs(shape.vocab, bs, cfg.context, dev, gen, host_tokens=True)
+            x = packed(t, p, s)                                                # [3, bs]
+            arms = step_arms(lambda: shard.step(t, p, s), lambda: runner.step_packed(x), cfg,
+                             budget, check=True)
+            row = measure_row(arms, bs, pads[bs], "eager" if pads[bs] is None else cfg.mode, say)
+            everyone = gather(dict(eager=row["eager_step_us"], graph=row["graph_step_us"],
+                                   diff=row.get("max_abs_diff")), host)
             if lead:
-                run["rows"].append(ctx.row(bs, pads[bs], e, g, everyone, tp1, bench))
+                run["rows"].append(ctx.row(row, everyone, tp1, bench))
                 write_run(out_dir, run)
     except KeyboardInterrupt:
         if not lead:
@@ -214,40 +208,37 @@ class _Predict:
         fit = run["allreduce"]["fit"]
         self.ar = AllReduceProfile.from_dict(fit) if fit else None
 
-    def row(self, bs, padded, e, g, everyone, tp1, bench) -> dict:
+    def row(self, row, everyone, tp1, bench) -> dict:
+        """Rank 0's measured row, with the slowest rank's medians, the largest difference from
+        eager over the ranks, the all-reduce shares, TP 1 and the model beside."""
         from microbench.bench.collectives import point_at
         from microbench.analysis.model_tp import predict_tp
         shape, k, hid = self.cfg.shape, 2 * self.cfg.shape.n_layers, self.cfg.shape.hidden
-        row = dict(bs=bs, padded_bs=padded,
-                   ran_as="eager" if padded is None else self.cfg.mode,
-                   eager_step_us=e.median, eager_p20=e.p20, eager_p80=e.p80, eager_n=e.n,
-                   eager_step_us_max_rank=max(x["eager"] for x in everyone))
-        if g is not None:
-            row.update(graph_step_us=g.median, graph_p20=g.p20, graph_p80=g.p80, graph_n=g.n,
-                       graph_step_us_max_rank=max(x["graph"] for x in everyone),
-                       speedup=e.median / g.median,
+        bs, padded = row["bs"], row["padded_bs"]
+        row["eager_step_us_max_rank"] = max(x["eager"] for x in everyone)
+        if row["graph_step_us"] is not None:
+            row.update(graph_step_us_max_rank=max(x["graph"] for x in everyone),
                        max_abs_diff=max(x["diff"] for x in everyone))
-        else:
-            row.update(graph_step_us=None, speedup=None)
+        e_us, g_us = row["eager_step_us"], row["graph_step_us"]
         ae = point_at(bench, bs * hid * self.elt)
         # In an eager step each all-reduce waits for the matmul before it and costs the step
         # the longer of its host enqueue and its own time; back-to-back eager all-reduces
         # overlap one another (about 1 to 2 us each on two H200s), so their time alone
         # understates it, and the enqueue (25 to 30 us) is what a host-bound step pays.
         row["allreduce_eager_us"] = k * max(ae["eager_us"], bench.get("host_us") or 0.0)
-        row["allreduce_share_eager"] = row["allreduce_eager_us"] / e.median
-        if g is not None:
+        row["allreduce_share_eager"] = row["allreduce_eager_us"] / e_us
+        if g_us is not None:
             ag = point_at(bench, (padded or bs) * hid * self.elt)
             row["allreduce_graph_us"] = k * ag["graph_us"]
-            row["allreduce_share_graph"] = row["allreduce_graph_us"] / g.median
+            row["allreduce_share_graph"] = row["allreduce_graph_us"] / g_us
         one = next((r for r in tp1.get("rows", []) if r["bs"] == bs), None)
         if one:
             row.update(tp1_eager_step_us=one["eager_step_us"],
                        tp1_graph_step_us=one.get("graph_step_us"),
-                       tp_gain_eager=one["eager_step_us"] / e.median)
-            if g is not None and one.get("graph_step_us"):
+                       tp_gain_eager=one["eager_step_us"] / e_us)
+            if g_us is not None and one.get("graph_step_us"):
                 row.update(tp1_speedup=one["eager_step_us"] / one["graph_step_us"],
-                           tp_gain_graph=one["graph_step_us"] / g.median)
+                           tp_gain_graph=one["graph_step_us"] / g_us)
         pad = padded or bs
         plan = decoder_plan(self.shard)
         pred = predict_tp(shape, self.world, bs, self.cfg.context, self.profile, self.ar,
@@ -267,3 +258,16 @@ class _Predict:
             row["speedup_error"] = row["predicted_speedup"] / row["speedup"] - 1
             row["graph_error"] = row["predicted_graph_step_us"] / row["graph_step_us"] - 1
         return row
+
+
+def run_tp_sweep(cfg, tp: int, compare_tp1: bool = True, progress: bool = True):
+    """The sweep at TP `tp` (see the module docstring); returns (run, saved folder) on rank 0, where
+    rank 0 wrote the run, and (None, None) on the other ranks under torchrun. Bad input
+    raises ValueError before any process group starts."""
+    cfg.validate()
+    check_tp(cfg.shape, tp)
+    require_cuda("sweep")
+    check_tp(cfg.shape, tp, torch.cuda.device_count())
+    res = launch_ranks(sweep_rank, tp, args=(cfg, compare_tp1, progress))
+    return res[0] if res[0] is not None else (None, None)
+

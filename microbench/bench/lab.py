@@ -1,0 +1,118 @@
+"""The lab `reproduce` runs its experiments in: one decoder, the graphs each experiment
+captures, and the step times they share (a (execution, graph size, bs) triple is timed once per
+run, through the one measured-row routine, rows.measure_row).
+"""
+from __future__ import annotations
+
+import gc
+import warnings
+
+import torch
+
+from microbench.analysis import model as mdl
+from microbench.analysis.verdicts import timed_row
+from microbench.bench.inputs import packed, step_inputs
+from microbench.bench.launch import measure_launch
+from microbench.bench.ops import measure_ops
+from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
+from microbench.bench.sweep import max_seq_for
+from microbench.engine.decoder import ToyDecoder
+from microbench.engine.dispatch import PaddingDispatcher
+from microbench.engine.runner import GraphRunner
+from microbench.engine.shapes import torch_dtype
+
+
+class Lab:
+    """One decoder and what the experiments share: inputs, timing options, measured step times
+    (a (execution, graph size, bs) triple is timed once per run) and cached measurements."""
+
+    def __init__(self, cfg, dec, context: int, say=None):
+        self.cfg, self.dec, self.context = cfg, dec, context
+        self.say = say or (lambda s: None)
+        self.times: dict = {}
+        self.cache: dict = {}
+        self._inputs: dict = {}
+
+    def inputs(self, bs: int):
+        x = self._inputs.get(bs)
+        if x is None:
+            dev = self.dec.device
+            gen = torch.Generator(device=dev).manual_seed(self.cfg.seed + bs)
+            x = self._inputs[bs] = packed(*step_inputs(self.dec.shape.vocab, bs, self.context,
+                                                       dev, gen))               # [3, bs]
+        return x
+
+    def capture(self, sizes, mode: str = "full", **kw):
+        runner = GraphRunner(self.dec, sizes, mode=mode, progress=self.cfg.progress, **kw)
+        runner.capture()
+        return runner
+
+    def time(self, fn) -> dict:
+        """Wall time of synchronised steps (step_us, p20, p80, n) and their event time."""
+        return wall_timer("", Budget(self.cfg.steps, self.cfg.time_budget), event=True)(fn, {})
+
+    def measure(self, mode: str, sizes, bs_list) -> list[dict]:
+        """Step time of each batch when `sizes` are captured in `mode`. Only the graphs these
+        batches route to are captured (the others would never replay here); a batch no graph
+        covers runs eagerly through the runner's fallback, as an engine's would."""
+        route = PaddingDispatcher(sizes if mode != "none" else [])
+        pads = {bs: route.pad(bs) for bs in bs_list}
+        key = lambda bs: ("eager", None, bs) if pads[bs] is None else (mode, pads[bs], bs)
+        todo = [bs for bs in bs_list if key(bs) not in self.times]
+        if todo:
+            need = sorted({pads[b] for b in todo if pads[b]})
+            runner = self.capture(need, mode if need else "none")
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "batch size", RuntimeWarning)
+                    for bs in todo:
+                        pads[bs] = runner.dispatcher.pad(bs) if need else None  # OOM skips
+                        ran_as = "eager" if pads[bs] is None else mode
+                        x = self.inputs(bs)
+                        arm = Arm(lambda: runner.step_packed(x), lambda fn, row: self.time(fn))
+                        self.times[key(bs)] = measure_row({ran_as: arm}, bs, pads[bs], ran_as,
+                                                          lambda s: self.say("  " + s))
+            finally:
+                runner.close()
+        return [timed_row(bs, pads[bs], "eager" if pads[bs] is None else mode,
+                          self.times[key(bs)]) for bs in bs_list]
+
+    def profile(self):
+        """The measured device profile (launch costs, bandwidth, matrix rate), as sweep builds it."""
+        if "profile" not in self.cache:
+            self.say("measuring launch costs, copy bandwidth and matrix rate")
+            launch = measure_launch(self.dec.device, budget_s=min(self.cfg.time_budget, 0.5))
+            launch["ops_host_us"] = measure_ops(self.dec, 1, budget_s=min(self.cfg.time_budget, 0.3))
+            self.cache["launch"] = launch
+            self.cache["profile"] = mdl.DeviceProfile.from_launch(
+                launch, name=torch.cuda.get_device_name(self.dec.device), source="measured: this run")
+        return self.cache["profile"]
+
+    def pool_largest_first(self, ladder, ns) -> list[dict]:
+        """Pool bytes of a shared pool holding the first n sizes, captured largest first."""
+        key = ("pool", tuple(ladder), tuple(ns))
+        if key not in self.cache:
+            rows = []
+            for n in ns:
+                r = self.capture(ladder[:n])
+                rows.append(dict(arm="shared, largest-first", n_sizes=n, largest_size=ladder[n - 1],
+                                 pool_bytes=r.report["pool_bytes"]))
+                r.close()
+            self.cache[key] = rows
+        return self.cache[key]
+
+
+def build_decoder(cfg, max_batch: int, context: int):
+    dec = ToyDecoder(cfg.shape, backend=cfg.backend, max_batch=max_batch,
+                     max_seq=max_seq_for(context), dtype=torch_dtype(cfg.dtype), device="cuda",
+                     seed=cfg.seed)
+    dec.fill_cache(context)
+    torch.cuda.synchronize()
+    return dec
+
+
+def free_memory() -> int:
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return torch.cuda.mem_get_info()[0]
