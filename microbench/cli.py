@@ -9,13 +9,14 @@ import click
 
 from microbench import __version__
 from microbench.bench.env import require_cuda
-from microbench.cli_types import CLI, ExperimentName, IntList, Ladder
+from microbench.cli_types import (CLI, OUT, ExperimentName, IntList, Ladder, Saver, read_run_arg,
+                                  usage)
 from microbench.engine.dispatch import PaddingDispatcher
 from microbench.engine.ladders import pow2_capture_sizes, sglang_capture_sizes, vllm_capture_sizes
 from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS
 from microbench.report.model_table import model_table
 from microbench.report.plots import entry_lines, render_report
-from microbench.report.record import RunFileError, check_writable, load_run, run_id, write_run
+from microbench.report.record import check_writable, run_id, write_run
 from microbench.report.render import RenderError, render_run
 from microbench.report.tables import kernels_table, launch_table, sweep_table
 
@@ -33,27 +34,6 @@ def main():
 
     Start with:  microbench sweep --bs 1,4,16,64
     """
-
-
-def _usage(e: Exception | str):
-    raise click.UsageError(str(e))
-
-
-# A user's runs go to runs/ (git-ignored); the curated reference runs live in results/.
-OUT = click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
-                   help="Folder the run is written into (as <out>/<run-id>/).")
-
-
-class Saver:
-    """on_run for a measuring loop: writes the run into <out>/<run-id>/ each time it changes,
-    the id fixed at the first write (it names the device the run recorded)."""
-
-    def __init__(self, out: str, kind: str, tag: str, write=write_run):
-        self.out, self.kind, self.tag, self.write, self.dir = Path(out), kind, tag, write, None
-
-    def __call__(self, run: dict) -> None:
-        self.dir = self.dir or self.out / run_id(self.kind, run["env"], self.tag)
-        self.write(self.dir, run)
 
 
 # ---- sweep ---------------------------------------------------------------------------------
@@ -114,7 +94,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
             raise ValueError("--no-tp1: only with --tp 2 or more")
         check_writable(Path(out))
     except ValueError as e:
-        _usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
+        usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
     require_cuda("sweep")
     if tp > 1:
         from microbench.bench.tp_entry import tp_sweep_main
@@ -152,7 +132,7 @@ def launch(time_budget, tp, out, as_json):
             from microbench.bench.tp_entry import validate_tp
             validate_tp(None, tp)
     except ValueError as e:
-        _usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
+        usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
     require_cuda("launch")
     if tp > 1:
         from microbench.bench.tp_entry import tp_launch_main
@@ -243,13 +223,13 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
 
     Needs a device profile, one of: --profile RUN (measured), --gpu NAME (datasheet), or both
     --copy-bw and --tflops; e.g. microbench model --gpu H200."""
-    run = _read_run(profile_run, "--profile") if profile_run else None
+    run = read_run_arg(profile_run, "--profile") if profile_run else None
     given = dict(preset=preset, context=context, dtype=dtype)
     taken = {k: (run or {}).get("config", {}).get(k) for k, v in given.items() if v is None}
     taken = {k: v for k, v in taken.items() if v is not None}
     opts = {**MODEL_DEFAULTS, **taken, **{k: v for k, v in given.items() if v is not None}}
     if opts["preset"] not in PRESETS or opts["dtype"] not in DTYPE_NAMES:
-        _usage(f"--profile: the run's preset {opts['preset']!r} or dtype {opts['dtype']!r} is "
+        usage(f"--profile: the run's preset {opts['preset']!r} or dtype {opts['dtype']!r} is "
                "not one this microbench knows; give --preset and --dtype")
     from microbench.analysis.model_rows import attach_measured, model_rows, resolve_profile, \
         run_fusion
@@ -260,7 +240,7 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
         prof = resolve_profile(run, gpu, copy_bw, tflops, launch_us, opts["preset"],
                                run_name=profile_run)
     except ValueError as e:
-        _usage(e)
+        usage(e)
     # the plan of the decoder that was measured, else today's decoder's
     res = model_rows(PRESETS[opts["preset"]], bs, opts["context"], ladder, prof, below,
                      opts["dtype"], fusion=run_fusion(run))
@@ -284,7 +264,7 @@ def kernels(preset, bs, context, time_budget, out):
     try:
         check_writable(Path(out))
     except ValueError as e:
-        _usage(ValueError(f"--out: {e}"))
+        usage(ValueError(f"--out: {e}"))
     require_cuda("kernels")
     run = run_kernel_bench(preset, bs, context, time_budget)
     d = write_run(Path(out) / run_id("kernels", run["env"], preset), run, csv_name="kernels.csv")
@@ -327,7 +307,7 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
         cfg.validate()
         check_writable(Path(out))
     except ValueError as e:
-        _usage(e if str(e).startswith(("--", "NAMES")) else ValueError(f"--out: {e}"))
+        usage(e if str(e).startswith(("--", "NAMES")) else ValueError(f"--out: {e}"))
     require_cuda("reproduce")
     say = (lambda s: click.echo(s, err=True)) if loud else None
     save = Saver(out, "reproduce", preset, write=save_run)
@@ -346,24 +326,16 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
 
 
 # ---- show, index ---------------------------------------------------------------------------
-def _read_run(path, what: str) -> dict:
-    """The validated run at path, or a usage error (one line, exit 2) saying what is wrong."""
-    try:
-        return load_run(path)
-    except RunFileError as e:
-        _usage(f"{what}: {e}")
-
-
 @main.command()
 @click.argument("run", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
 def show(run, as_json):
     """Print a saved run's table (no GPU needed)."""
-    data = _read_run(run, "RUN")
+    data = read_run_arg(run, "RUN")
     try:
         click.echo(render_run(data, as_json))
     except RenderError as e:
-        _usage(f"RUN: {run}: {e}")
+        usage(f"RUN: {run}: {e}")
 
 
 @main.command()
@@ -372,7 +344,7 @@ def index(root):
     """Write ROOT/README.md, a table of the runs under ROOT (default: results; no GPU needed)."""
     from microbench.report.index import write_index   # written alongside; loaded on use
     if not Path(root).is_dir():
-        _usage(f"ROOT: {root} is not a folder")
+        usage(f"ROOT: {root} is not a folder")
     click.echo(f"wrote {write_index(Path(root))}")
 
 

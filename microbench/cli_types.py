@@ -1,14 +1,17 @@
-"""How the `microbench` command parses and fails: option types that check their values, and
-the command group that turns every error into one line on stderr and an exit code."""
+"""How the `microbench` command parses, fails and saves: option types that check their values,
+the command group that turns every error into one line on stderr and an exit code, reading a
+run argument, and writing a run as it grows."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from microbench.bench.env import GPURequired
 from microbench.engine.ladders import parse_int_list
 from microbench.engine.shapes import MAX_BATCH
+from microbench.report.record import RunFileError, load_run, run_id, write_run
 
 
 class IntList(click.ParamType):
@@ -87,3 +90,33 @@ class CLI(click.Group):
             click.echo(f"microbench: error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def usage(e: Exception | str):
+    """A usage error: one line on stderr, exit code 2."""
+    raise click.UsageError(str(e))
+
+
+# A user's runs go to runs/ (git-ignored); the curated reference runs live in results/.
+OUT = click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
+                   help="Folder the run is written into (as <out>/<run-id>/).")
+
+
+class Saver:
+    """on_run for a measuring loop: writes the run into <out>/<run-id>/ each time it changes,
+    the id fixed at the first write (it names the device the run recorded)."""
+
+    def __init__(self, out: str, kind: str, tag: str, write=write_run):
+        self.out, self.kind, self.tag, self.write, self.dir = Path(out), kind, tag, write, None
+
+    def __call__(self, run: dict) -> None:
+        self.dir = self.dir or self.out / run_id(self.kind, run["env"], self.tag)
+        self.write(self.dir, run)
+
+
+def read_run_arg(path, what: str) -> dict:
+    """The validated run at path, or a usage error (one line, exit 2) saying what is wrong."""
+    try:
+        return load_run(path)
+    except RunFileError as e:
+        usage(f"{what}: {e}")
