@@ -26,15 +26,23 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from microbench.engine.shapes import torch_dtype
+from microbench.analysis.model_tp import tp_shape
+from microbench.bench.collectives import BIG_BYTES, gather, lockstep, measure_allreduce
 from microbench.bench.env import require_cuda
 from microbench.bench.inputs import packed, step_inputs
+from microbench.bench.launch import measure_launch
+from microbench.bench.ops import measure_ops
 from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
 from microbench.bench.sweep import max_seq_for
 from microbench.bench.tp import (TIMEOUT, bind_all_reduce, build_shard, check_tp, decoder_plan,
                                  free_device_memory, launch_ranks, printer, rank_device,
                                  tp_environment, warm_step)
+from microbench.engine.decoder import ToyDecoder
+from microbench.engine.runner import GraphRunner
+from microbench.engine.shapes import torch_dtype
+from microbench.report.record import run_id, write_run
 
 GIB = 1 << 30
 
@@ -62,7 +70,6 @@ def step_arms(eager, graph, cfg, budget: Budget, check: bool) -> dict:
 
 def single_gpu_steps(dec, ladder, cfg, say) -> dict:
     """TP 1 on this GPU alone: capture the ladder, time eager and graph steps per batch."""
-    from microbench.engine.runner import GraphRunner
     runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=False)
     try:
         cap = runner.capture()
@@ -88,110 +95,134 @@ def single_gpu_steps(dec, ladder, cfg, say) -> dict:
 
 def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool):
     """One rank's part of the TP sweep; rank 0 returns (run, saved folder), others None."""
-    import torch.distributed as dist
+    r = _Rank(rank, world, cfg, progress)
+    if r.lead:
+        r.lead_alone(compare_tp1)
+    dist.barrier(group=r.host)
+    r.build_shard()
+    runner = GraphRunner(r.shard, r.ladder, mode=cfg.mode, progress=r.lead and progress)
+    try:
+        r.capture(runner)
+        r.time_rows(runner)
+    except KeyboardInterrupt:
+        if not r.lead:
+            raise
+        r.run["interrupted"] = True
+    finally:
+        runner.close()
+    if not r.lead:
+        return None
+    r.run["wall_s"] = time.perf_counter() - r.t_start
+    write_run(r.out_dir, r.run)
+    return r.run, str(r.out_dir)
 
-    from microbench.bench.collectives import BIG_BYTES, gather, lockstep, measure_allreduce
-    from microbench.engine.decoder import ToyDecoder
-    from microbench.engine.runner import GraphRunner
-    from microbench.bench.launch import measure_launch
-    from microbench.bench.ops import measure_ops
-    from microbench.analysis.model_tp import tp_shape
-    from microbench.report.record import run_id, write_run
 
-    t_start = time.perf_counter()
-    lead = rank == 0
-    say = printer(lead and progress)
-    dev = rank_device()
-    host = dist.new_group(backend="gloo", timeout=TIMEOUT)
-    shape, dtype = cfg.shape, torch_dtype(cfg.dtype)
-    elt = torch.finfo(dtype).bits // 8
-    ladder = cfg.ladder_sizes() if cfg.mode != "none" else []
-    max_batch = max(max(cfg.bs), max(ladder, default=1))
-    max_seq = max_seq_for(cfg.context)
-    dec_kw = dict(backend=cfg.backend, max_batch=max_batch, max_seq=max_seq, dtype=dtype,
-                  device=dev, seed=cfg.seed)
-    run = out_dir = full = None
-    tp1 = {}
-    if lead:
-        env = tp_environment(dev, world)
-        run = dict(kind="sweep-tp", config=dict(cfg.to_dict(), tp=world, compare_tp1=compare_tp1),
-                   env=env, ladder=ladder, shape=shape.to_dict(),
-                   shard_shape=tp_shape(shape, world).to_dict(), rows=[], interrupted=False)
-        out_dir = Path(cfg.out) / run_id("sweep", env, f"{cfg.preset}-tp{world}")
+class _Rank:
+    """One rank's sweep: its device, host group, decoder settings and (on rank 0) the run;
+    the methods are the phases of the module docstring, in order."""
+
+    def __init__(self, rank: int, world: int, cfg, progress: bool):
+        self.t_start = time.perf_counter()
+        self.rank, self.world, self.cfg = rank, world, cfg
+        self.lead = rank == 0
+        self.say = printer(self.lead and progress)
+        self.dev = dev = rank_device()
+        self.host = dist.new_group(backend="gloo", timeout=TIMEOUT)
+        self.dtype = dtype = torch_dtype(cfg.dtype)
+        self.elt = torch.finfo(dtype).bits // 8
+        self.ladder = cfg.ladder_sizes() if cfg.mode != "none" else []
+        self.max_batch = max(max(cfg.bs), max(self.ladder, default=1))
+        self.max_seq = max_seq_for(cfg.context)
+        self.dec_kw = dict(backend=cfg.backend, max_batch=self.max_batch, max_seq=self.max_seq,
+                           dtype=dtype, device=dev, seed=cfg.seed)
+        self.run = self.out_dir = self.full = None
+        self.tp1 = {}
+
+    def lead_alone(self, compare_tp1: bool):
+        """Rank 0 alone: the device profile, then TP 1 where it fits (the others wait)."""
+        cfg, shape, dev, say = self.cfg, self.cfg.shape, self.dev, self.say
+        env = tp_environment(dev, self.world)
+        self.run = run = dict(kind="sweep-tp", config=dict(cfg.to_dict(), tp=self.world,
+                                                           compare_tp1=compare_tp1),
+                              env=env, ladder=self.ladder, shape=shape.to_dict(),
+                              shard_shape=tp_shape(shape, self.world).to_dict(), rows=[],
+                              interrupted=False)
+        self.out_dir = Path(cfg.out) / run_id("sweep", env, f"{cfg.preset}-tp{self.world}")
         say("rank 0 alone: launch costs, copy bandwidth, matrix rate")
         run["launch"] = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
         why = "not asked" if not compare_tp1 else tp1_skip_reason(
-            shape, max_batch, max_seq, elt, torch.cuda.mem_get_info(dev)[0])
+            shape, self.max_batch, self.max_seq, self.elt, torch.cuda.mem_get_info(dev)[0])
         if why is None:
             say(f"rank 0 alone: {cfg.preset} at TP 1")
-            full = ToyDecoder(shape, **dec_kw)
-            full.fill_cache(cfg.context)
-            tp1 = single_gpu_steps(full, ladder, cfg, say)
-            run["tp1"] = {k: v for k, v in tp1.items() if k != "rows"}
+            self.full = ToyDecoder(shape, **self.dec_kw)
+            self.full.fill_cache(cfg.context)
+            self.tp1 = single_gpu_steps(self.full, self.ladder, cfg, say)
+            run["tp1"] = {k: v for k, v in self.tp1.items() if k != "rows"}
         else:
             run["tp1"] = dict(skipped=why)
-        write_run(out_dir, run)
-    dist.barrier(group=host)
+        write_run(self.out_dir, run)
 
-    t0 = time.perf_counter()
-    say(f"every rank: its shard of {cfg.preset} ({world} ranks)")
-    shard = build_shard(shape, world, rank, full=full, **dec_kw)
-    full = None
-    free_device_memory()
-    shard.fill_cache(cfg.context)
-    if lead:  # host cost per op through the decoder's wrappers, for the model
-        run["launch"]["ops_host_us"] = measure_ops(shard, 1, budget_s=min(cfg.time_budget, 0.3))
-    bind_all_reduce(shard)
-    warm_step(shard)
-    dist.barrier(group=host)
-    build_s = time.perf_counter() - t0
+    def build_shard(self):
+        """Every rank: its shard, the KV cache filled, one eager step (the communicator up)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.say(f"every rank: its shard of {cfg.preset} ({self.world} ranks)")
+        self.shard = shard = build_shard(cfg.shape, self.world, self.rank, full=self.full,
+                                         **self.dec_kw)
+        self.full = None
+        free_device_memory()
+        shard.fill_cache(cfg.context)
+        if self.lead:  # host cost per op through the decoder's wrappers, for the model
+            self.run["launch"]["ops_host_us"] = measure_ops(shard, 1,
+                                                            budget_s=min(cfg.time_budget, 0.3))
+        bind_all_reduce(shard)
+        warm_step(shard)
+        dist.barrier(group=self.host)
+        self.build_s = time.perf_counter() - t0
 
-    runner = GraphRunner(shard, ladder, mode=cfg.mode, progress=lead and progress)
-    try:
+    def capture(self, runner):
+        """Every rank's graphs (the same sizes on every rank), then the all-reduces alone."""
+        cfg, shape, elt = self.cfg, self.cfg.shape, self.elt
         cap = runner.capture()
         caps = gather(dict(capture_s=cap["capture_s"], pool_bytes=cap["pool_bytes"],
-                           sizes=sorted(runner.entries)), host)
+                           sizes=sorted(runner.entries)), self.host)
         if any(c["sizes"] != caps[0]["sizes"] for c in caps):
             # a replay on one rank against an eager step on another would hang
             raise RuntimeError("ranks captured different sizes (one ran out of memory): "
                                + "; ".join(f"rank {r}: {c['sizes']}" for r, c in enumerate(caps)))
-        pads = {bs: runner.dispatcher.pad(bs) if cfg.mode != "none" else None for bs in cfg.bs}
-        msg_rows = set(cfg.bs) | {p for p in pads.values() if p}
+        self.pads = {bs: runner.dispatcher.pad(bs) if cfg.mode != "none" else None for bs in cfg.bs}
+        msg_rows = set(cfg.bs) | {p for p in self.pads.values() if p}
         k = 2 * shape.n_layers
-        say(f"all-reduces alone, {k} per sample")
-        bench = measure_allreduce([b * shape.hidden for b in msg_rows]
-                                  + [n // elt for n in BIG_BYTES[:3]], dtype, dev, k,
-                                  cfg.time_budget, host)
-        if lead:
-            run.update(build_s=build_s, capture=cap, capture_s_per_rank=[c["capture_s"] for c in caps],
-                       pool_bytes_per_rank=[c["pool_bytes"] for c in caps], allreduce=bench)
-            ctx = _Predict(run, shard, cfg, world, elt)
+        self.say(f"all-reduces alone, {k} per sample")
+        self.bench = measure_allreduce([b * shape.hidden for b in msg_rows]
+                                       + [n // elt for n in BIG_BYTES[:3]], self.dtype, self.dev,
+                                       k, cfg.time_budget, self.host)
+        if self.lead:
+            self.run.update(build_s=self.build_s, capture=cap,
+                            capture_s_per_rank=[c["capture_s"] for c in caps],
+                            pool_bytes_per_rank=[c["pool_bytes"] for c in caps],
+                            allreduce=self.bench)
+
+    def time_rows(self, runner):
+        """Per batch size, every rank in lockstep: eager and graph (rows.measure_row)."""
+        cfg, shard, host = self.cfg, self.shard, self.host
+        ctx = _Predict(self.run, shard, cfg, self.world, self.elt) if self.lead else None
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         budget = Budget(cfg.steps, cfg.time_budget,
                         lockstep=lambda fn, inner, b: lockstep(fn, inner, b, host))
         for bs in cfg.bs:
             # tokens drawn on the host: every rank gets the same ones
-            t, p, s = step_inputs(shape.vocab, bs, cfg.context, dev, gen, host_tokens=True)
+            t, p, s = step_inputs(cfg.shape.vocab, bs, cfg.context, self.dev, gen, host_tokens=True)
             x = packed(t, p, s)                                                # [3, bs]
             arms = step_arms(lambda: shard.step(t, p, s), lambda: runner.step_packed(x), cfg,
                              budget, check=True)
-            row = measure_row(arms, bs, pads[bs], "eager" if pads[bs] is None else cfg.mode, say)
+            pad = self.pads[bs]
+            row = measure_row(arms, bs, pad, "eager" if pad is None else cfg.mode, self.say)
             everyone = gather(dict(eager=row["eager_step_us"], graph=row["graph_step_us"],
                                    diff=row.get("max_abs_diff")), host)
-            if lead:
-                run["rows"].append(ctx.row(row, everyone, tp1, bench))
-                write_run(out_dir, run)
-    except KeyboardInterrupt:
-        if not lead:
-            raise
-        run["interrupted"] = True
-    finally:
-        runner.close()
-    if not lead:
-        return None
-    run["wall_s"] = time.perf_counter() - t_start
-    write_run(out_dir, run)
-    return run, str(out_dir)
+            if self.lead:
+                self.run["rows"].append(ctx.row(row, everyone, self.tp1, self.bench))
+                write_run(self.out_dir, self.run)
 
 
 class _Predict:

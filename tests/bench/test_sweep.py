@@ -1,0 +1,113 @@
+"""The sweep end to end on a GPU (its arms side by side, the compile arm's graphed check) and
+reproduce end to end: `gpu`-marked, skipped without CUDA."""
+import json
+
+import pytest
+import torch
+
+from microbench.engine.shapes import PRESETS
+from microbench.engine.decoder import ToyDecoder
+
+pytestmark = pytest.mark.gpu
+CTX = 40
+
+
+def make(preset, max_batch, backend="triton", dtype=torch.bfloat16, seed=0):
+    dec = ToyDecoder(PRESETS[preset], backend=backend, max_batch=max_batch, max_seq=64,
+                     dtype=dtype, device="cuda", seed=seed)
+    dec.fill_cache(CTX)
+    return dec
+
+
+def inputs(bs, vocab, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    tokens = torch.randint(vocab, (bs,), generator=g, device="cuda")
+    positions = torch.randint(1, CTX, (bs,), generator=g, device="cuda")  # ragged histories
+    slots = torch.randperm(bs, generator=g, device="cuda")
+    return tokens, positions, slots
+
+
+def test_short_sweep_end_to_end(tmp_path):
+    from click.testing import CliRunner
+
+    from microbench.cli import main
+    from microbench.report.record import load_run
+    r = CliRunner().invoke(main, ["sweep", "--preset", "tiny", "--bs", "1,3", "--context", "32",
+                                  "--time-budget", "0.05", "--steps", "2", "--out", str(tmp_path),
+                                  "--quiet"])
+    assert r.exit_code == 0, r.output
+    (run_dir,) = list(tmp_path.iterdir())
+    run = load_run(run_dir)
+    assert [row["bs"] for row in run["rows"]] == [1, 3]
+    row = run["rows"][1]
+    assert row["padded_bs"] == 4 and row["ran_as"] == "full" and row["speedup"] > 0
+    for k in ("eager_step_us", "graph_step_us", "eager_tok_s", "graph_tok_s",
+              "predicted_speedup"):
+        assert row[k] > 0
+    assert run["env"]["gpu"] and run["capture_s"] > 0 and run["pool_bytes"] > 0
+    assert (run_dir / "sweep.csv").read_text().startswith("bs,padded_bs")
+    json.dumps(run)
+
+
+def test_sweep_arms_side_by_side(tmp_path):
+    """Every arm runs, agrees with eager, and is called graphed only if it launched a graph."""
+    from microbench.bench.sweep import SweepConfig, run_sweep
+    cfg = SweepConfig(bs=(1, 3), preset="tiny", context=32, time_budget=0.05, steps=2,
+                      out=str(tmp_path), arms=("eager", "graph", "torch-eager", "torch-graph", "compile"))
+    run = run_sweep(cfg)
+    arms = run["arms"]
+    assert arms["eager"]["graphed"] is False and arms["torch-eager"]["graphed"] is False
+    assert arms["graph"]["graphed"] and arms["torch-graph"]["graphed"]
+    assert arms["compile"]["graphed"] and arms["compile"]["inductor_cudagraph_skips"] == 0
+    assert arms["compile"]["setup_s"] > 0 and arms["torch-graph"]["setup_s"] > 0
+    for row in run["rows"]:
+        assert row["graph_graphed"] and row["torch_graph_graphed"] and row["compile_graphed"]
+        assert not row["eager_graphed"] and not row["torch_eager_graphed"]
+        for k in ("torch_eager", "torch_graph", "compile"):
+            assert row[f"{k}_step_us"] > 0
+            assert row[f"{k}_max_abs_diff"] < 0.25  # bf16 logits (|x| ~ 10: ulp 1/16) of another backend
+        assert row["compile_setup_s"] > 0
+    assert run["eager_gpu_busy_us"] > 0
+
+
+def test_compile_arm_without_static_addresses_is_not_called_graphed(monkeypatch):
+    """The trap the compile arm is built around: a cache written inside the compiled step that
+    is not marked static makes CUDA-graph trees skip the graph; the check must say so."""
+    import torch._dynamo
+
+    from microbench.bench import arms
+    dec = make("tiny", 4)
+    twin = arms.torch_twin(dec)
+    monkeypatch.setattr(torch._dynamo, "mark_static_address", lambda t: None)
+    torch._dynamo.reset()
+    step = arms.CompiledStep(twin)
+    t, p, s = inputs(2, dec.shape.vocab, seed=5)
+    step.prepare(t, p, s)
+    assert not arms.launched_graph(lambda: step(t, p, s))
+    assert step.skips > 0
+    torch._dynamo.reset()
+
+
+def test_reproduce_ladder_collapse_end_to_end(tmp_path):
+    from click.testing import CliRunner
+
+    from microbench.cli import main
+    from microbench.report.record import load_run
+    r = CliRunner().invoke(main, ["reproduce", "ladder-collapse", "--preset", "tiny",
+                                  "--context", "32", "--time-budget", "0.05", "--steps", "2",
+                                  "--out", str(tmp_path), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "ladder-collapse: " in r.output and "report: " in r.output
+    (run_dir,) = list(tmp_path.iterdir())
+    run = load_run(run_dir)
+    (e,) = run["phenomena"]
+    assert e["name"] == "ladder-collapse" and isinstance(e["held"], bool) and "error" not in e
+    assert e["expected"] and e["measured"] and not e["measured"].startswith("incomplete")
+    ran = {(row["arm"], row["bs"]): row["ran_as"] for row in e["rows"]}
+    assert ran == {("collapsed", 1): "full", ("collapsed", 4): "eager", ("piecewise", 1): "full",
+                   ("piecewise", 4): "piecewise", ("explicit", 1): "full", ("explicit", 4): "full"}
+    assert all(row["step_us"] > 0 and row["tok_s"] > 0 for row in e["rows"])
+    assert run["memory"]["free_after_decoder_bytes"] > 0 and run["wall_s"] > 0
+    assert (run_dir / "ladder-collapse.csv").read_text().startswith("arm,capture_sizes,bs,")
+    report = (run_dir / "report.md").read_text()
+    assert "## ladder-collapse: " in report and e["measured"] in report
