@@ -1,7 +1,7 @@
 """The analytic model of launch overhead and graph speedup: pure functions of a model shape, a
 batch size, a context length and a device profile. Nothing here touches a GPU.
 
-Per kernel k at batch b (its bytes and flops from `workload.step_kernels`):
+Per kernel k at batch b (its bytes and flops from `plan.step_kernels`):
 
     t_k(b) = max(t_min, fixed_f + bytes_k(b) / BW_f, flops_k(b) / F)
 
@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from microbench.engine.shapes import ModelShape
-from microbench.engine.plan import FUSED_ATTENTION, SKINNY, Kernel, step_kernels
+from microbench.engine.plan import SKINNY, Fusion, Kernel, step_kernels
 
 
 @dataclass(frozen=True)
@@ -143,14 +143,14 @@ def kernel_time_us(k: Kernel, p: DeviceProfile) -> float:
 
 
 def gpu_time_us(shape: ModelShape, b: int, context: int, p: DeviceProfile, elt: int = 2,
-                attn_launches: int = 2, fuse: int = FUSED_ATTENTION) -> float:
-    return sum(kernel_time_us(k, p) for k in step_kernels(shape, b, context, elt, attn_launches, fuse))
+                attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION) -> float:
+    return sum(kernel_time_us(k, p) for k in step_kernels(shape, b, context, elt, attn_launches, fusion))
 
 
 def eager_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
-                  elt: int = 2, attn_launches: int = 2, fuse: int = FUSED_ATTENTION) -> float:
+                  elt: int = 2, attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION) -> float:
     enq = end = 0.0
-    for k in step_kernels(shape, b, context, elt, attn_launches, fuse):
+    for k in step_kernels(shape, b, context, elt, attn_launches, fusion):
         # each piece of the step (they end at the attention calls, and at the LM head) spends
         # piece_glue_us of Python between its launches
         if k.name in ("decode_attention", "lm_head", "lm_head" + SKINNY):
@@ -162,24 +162,24 @@ def eager_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
 
 def graph_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
                   padded: int | None = None, elt: int = 2, attn_launches: int = 2,
-                  fuse: int = FUSED_ATTENTION) -> float:
+                  fusion: Fusion = Fusion.ATTENTION) -> float:
     b = padded or b
     host = (p.graph_host_us if p.graph_host_us is not None
             else p.n_input_copies * p.host_us("torch") + p.replay_host_us)
     return (host + p.replay_gpu_fixed_us
-            + gpu_time_us(shape, b, context, p, elt, attn_launches, fuse) + p.sync_us)
+            + gpu_time_us(shape, b, context, p, elt, attn_launches, fusion) + p.sync_us)
 
 
 def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
             padded: int | None = None, elt: int = 2, attn_launches: int = 2,
-            padded_attn_launches: int | None = None, fuse: int = FUSED_ATTENTION) -> dict:
+            padded_attn_launches: int | None = None, fusion: Fusion = Fusion.ATTENTION) -> dict:
     """Predicted eager and graph step time and speedup at batch b (graph at `padded`).
     attn_launches: kernels per attention call (2 with split-KV, 1 without) at b and at padded.
-    fuse: the decoder's fused plan (workload.step_kernels)."""
-    e = eager_step_us(shape, b, context, p, elt, attn_launches, fuse)
+    fusion: the decoder's plan (plan.step_kernels)."""
+    e = eager_step_us(shape, b, context, p, elt, attn_launches, fusion)
     g = graph_step_us(shape, b, context, p, padded, elt, padded_attn_launches or attn_launches,
-                      fuse)
-    ks = step_kernels(shape, b, context, elt, attn_launches, fuse)
+                      fusion)
+    ks = step_kernels(shape, b, context, elt, attn_launches, fusion)
     return dict(bs=b, padded_bs=padded or b, predicted_eager_step_us=e,
                 predicted_graph_step_us=g, predicted_speedup=(e / g) if g else None,
                 host_launch_us=sum(p.kernel_host_us(k) for k in ks),
@@ -187,10 +187,10 @@ def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
 
 
 def crossover(shape: ModelShape, context: int, p: DeviceProfile, below: float = 1.1,
-              max_bs: int = 4096, elt: int = 2, fuse: int = FUSED_ATTENTION) -> int | None:
+              max_bs: int = 4096, elt: int = 2, fusion: Fusion = Fusion.ATTENTION) -> int | None:
     """Smallest batch size whose predicted speedup (exact capture) falls under `below`."""
     lo, hi = 1, max_bs
-    sp = lambda b: predict(shape, b, context, p, elt=elt, fuse=fuse)["predicted_speedup"]
+    sp = lambda b: predict(shape, b, context, p, elt=elt, fusion=fusion)["predicted_speedup"]
     if sp(hi) >= below:
         return None
     if sp(lo) < below:
@@ -208,15 +208,3 @@ def break_even_steps(capture_s: float, eager_us: float, graph_us: float) -> floa
     """Steps after which a capture's one-time cost is paid back by faster steps."""
     saved = eager_us - graph_us
     return capture_s * 1e6 / saved if saved > 0 else None
-
-
-def fit_pool(sizes_bytes: list[tuple[int, int]]) -> tuple[float, float]:
-    """Fit total pool bytes against the number of captured sizes: bytes(n) = a + c·n.
-    Input: (n, bytes) pairs. Returns (a, c)."""
-    import numpy as np
-    if len(sizes_bytes) < 2:
-        n, b = sizes_bytes[0]
-        return 0.0, b / n
-    xs, ys = zip(*sizes_bytes)
-    c, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
-    return float(a), float(c)

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, replace
 
 from microbench.analysis import model as mdl
 from microbench.engine.shapes import ModelShape
-from microbench.engine.plan import Kernel, step_kernels
+from microbench.engine.plan import Fusion, Kernel, step_kernels
+from microbench.stats import fit_linear
 
 ROW_PARALLEL = ("o_proj", "down_proj")   # kernels whose output each rank holds a partial sum of
 
@@ -96,7 +97,6 @@ def fit_allreduce(points, world: int, host_us: float = 10.0,
                   source: str = "fit") -> AllReduceProfile:
     """Fit t = alpha + busbytes(S) / BW_bus to (S bytes, t us) points, each weighted by 1/t so
     small (latency-bound) and large (bandwidth-bound) messages count alike."""
-    from microbench.bench.launch import fit_linear
     pts = [(bus_bytes(s, world), t) for s, t in points]
     if len(pts) < 2:
         raise ValueError("fit_allreduce needs at least two message sizes")
@@ -116,11 +116,12 @@ def allreduce_bytes(shape: ModelShape, b: int, elt: int = 2) -> int:
 
 # ---- the step ------------------------------------------------------------------------------
 def tp_step_kernels(shape: ModelShape, tp: int, b: int, context: int, elt: int = 2,
-                    attn_launches: int = 2, **plan) -> list[Kernel]:
-    """One rank's kernels at batch b: the shard's (workload.step_kernels at tp_shape) with an
-    `all_reduce` after each row-parallel matmul. An all-reduce's `bytes` is its message size S.
-    `plan`: further keywords of step_kernels (the decoder's fusion plan), passed through."""
-    ks = step_kernels(tp_shape(shape, tp), b, context, elt, attn_launches, **plan)
+                    attn_launches: int = 2,
+                    fusion: Fusion = Fusion.ATTENTION) -> list[Kernel]:
+    """One rank's kernels at batch b: the shard's (plan.step_kernels at tp_shape, for the
+    decoder's `fusion`) with an `all_reduce` after each row-parallel matmul. An all-reduce's
+    `bytes` is its message size S."""
+    ks = step_kernels(tp_shape(shape, tp), b, context, elt, attn_launches, fusion)
     if tp == 1:
         return ks
     ar = Kernel("all_reduce", "nccl", allreduce_bytes(shape, b, elt), 0)
@@ -134,10 +135,10 @@ def tp_step_kernels(shape: ModelShape, tp: int, b: int, context: int, elt: int =
 
 def tp_eager_step_us(shape: ModelShape, tp: int, b: int, context: int, p: mdl.DeviceProfile,
                      ar: AllReduceProfile | None, elt: int = 2, attn_launches: int = 2,
-                     **plan) -> float:
+                     fusion: Fusion = Fusion.ATTENTION) -> float:
     """model.eager_step_us's host/GPU pipeline over one rank's kernels and all-reduces."""
     enq = end = 0.0
-    for k in tp_step_kernels(shape, tp, b, context, elt, attn_launches, **plan):
+    for k in tp_step_kernels(shape, tp, b, context, elt, attn_launches, fusion):
         if k.name == "all_reduce":
             enq += ar.host_us
             end = max(enq, end) + allreduce_us(k.bytes, ar)
@@ -149,11 +150,11 @@ def tp_eager_step_us(shape: ModelShape, tp: int, b: int, context: int, p: mdl.De
 
 def tp_graph_step_us(shape: ModelShape, tp: int, b: int, context: int, p: mdl.DeviceProfile,
                      ar: AllReduceProfile | None, padded: int | None = None, elt: int = 2,
-                     attn_launches: int = 2, **plan) -> float:
+                     attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION) -> float:
     """The shard's graph step at the padded size plus its 2·L all-reduces."""
     n = padded or b
     shard = mdl.graph_step_us(tp_shape(shape, tp), b, context, p, padded, elt, attn_launches,
-                              **plan)
+                              fusion)
     return shard + n_allreduces(shape, tp) * allreduce_us(allreduce_bytes(shape, n, elt), ar)
 
 
@@ -164,13 +165,13 @@ def n_allreduces(shape: ModelShape, tp: int) -> int:
 def predict_tp(shape: ModelShape, tp: int, b: int, context: int, p: mdl.DeviceProfile,
                ar: AllReduceProfile | None, padded: int | None = None, elt: int = 2,
                attn_launches: int = 2, padded_attn_launches: int | None = None,
-               **plan) -> dict:
+               fusion: Fusion = Fusion.ATTENTION) -> dict:
     """Predicted eager and graph step of one rank at batch b (graph at `padded`), with the GPU
     time the all-reduces take in each and their share of the step."""
     n = padded or b
-    e = tp_eager_step_us(shape, tp, b, context, p, ar, elt, attn_launches, **plan)
+    e = tp_eager_step_us(shape, tp, b, context, p, ar, elt, attn_launches, fusion)
     g = tp_graph_step_us(shape, tp, b, context, p, ar, padded, elt,
-                         padded_attn_launches or attn_launches, **plan)
+                         padded_attn_launches or attn_launches, fusion)
     k = n_allreduces(shape, tp)
     ar_e = k * allreduce_us(allreduce_bytes(shape, b, elt), ar)
     ar_g = k * allreduce_us(allreduce_bytes(shape, n, elt), ar)

@@ -1,6 +1,6 @@
 """Verdicts of `microbench reproduce`: pure functions of saved measurements (CPU-testable).
 
-Comparisons are noise-aware, as in `sweep.speedup_noise`: a is slower than b when
+Comparisons are noise-aware, as in `stats.speedup_noise`: a is slower than b when
 
     t_a > t_b · (1 + n_a + n_b),   n = max(3%, (p80 - p20) / median)
 
@@ -10,8 +10,7 @@ measurement and is never tuned to pass.
 from __future__ import annotations
 
 from microbench.engine.shapes import ModelShape
-from microbench.bench.sweep import check_shape
-from microbench.bench.timing import row_noise
+from microbench.stats import check_shape, fit_pool, row_noise
 
 MiB, GiB = 1 << 20, 1 << 30
 NOISE_FLOOR = 0.03
@@ -171,7 +170,6 @@ def judge_padding_waste(e: dict) -> dict:
 
 
 def judge_pool_growth(e: dict) -> dict:
-    from microbench.analysis.model import fit_pool
     rows = e["rows"]
     arm = lambda a: {r["n_sizes"]: r["pool_bytes"] for r in rows if r["arm"] == a}
     sh, small, sep = arm("shared, largest-first"), arm("shared, smallest-first"), arm("separate")

@@ -46,9 +46,10 @@ def torch_twin(dec):
     """The same decoder on the PyTorch reference backend, sharing weights and KV caches."""
     import copy
 
-    from microbench.engine.decoder import _Ops
+    from microbench.engine.decoder import kernel_ops
+    from microbench.engine.plan import Fusion
     twin = copy.copy(dec)        # shallow: the same weight and cache tensors
-    twin.backend, twin.ops, twin.fuse = "torch", _Ops("torch"), False
+    twin.backend, twin.ops, twin.fusion = "torch", kernel_ops("torch"), Fusion.UNFUSED
     return twin
 
 

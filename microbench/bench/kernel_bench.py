@@ -71,7 +71,7 @@ def _matmul_cases(s, B, e, r):
     import torch.nn.functional as F
 
     from microbench import kernels as K
-    from microbench.kernels.gemv import FAST_ROWS
+    from microbench.engine.plan import FAST_ROWS
     h, Fw = s.hidden, s.ffn
     out = []
     for name, n_in, n_out, fused in (("qkv_proj", h, s.qkv_size, "norm"), ("o_proj", s.q_size, h, "residual"),

@@ -13,15 +13,14 @@ import torch.nn.functional as F
 from microbench.analysis.model import family
 from microbench.bench.inputs import step_inputs
 from microbench.bench.timing import gpu_time_us, graph_of, host_time_us, settle, summarize
-from microbench.engine.plan import SKINNY, Fusion, step_kernels
-from microbench.kernels.gemv import FAST_ROWS
+from microbench.engine.plan import FAST_ROWS, SKINNY, Fusion, step_kernels
 from microbench.stats import fit_linear
 
 
 def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
     """Host time to enqueue each op of a decode step through the decoder's own call path (its
     wrappers), keyed by the kernel names of `workload.step_kernels`: the plan at batch b and,
-    for a fused decoder, the plan above `kernels.gemv.FAST_ROWS` rows too (cuBLAS matmuls and
+    for a fused decoder, the plan above `plan.FAST_ROWS` rows too (cuBLAS matmuls and
     separate norm and swiglu kernels), so every batch size's plan finds its own costs. A Triton
     launcher's host cost grows with the arguments it must inspect, so a 3-argument kernel's
     launch cost understates a 30-argument one's; this measures the real ones."""

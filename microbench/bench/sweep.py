@@ -139,7 +139,8 @@ class _Sweep:
         import torch
 
         from microbench.engine.decoder import ToyDecoder
-        from microbench.kernels.gemv import FAST_ROWS, use_pdl
+        from microbench.engine.plan import FAST_ROWS
+        from microbench.kernels.gemv import use_pdl
         self.cfg, self.say, self.progress = cfg, say, progress
         self.dev = dev = torch.device("cuda")
         shape, dtype = cfg.shape, torch_dtype(cfg.dtype)

@@ -12,8 +12,9 @@ One decode step, per layer:
     g = swiglu(x @ Wgu^T)
     h = g @ Wdown^T
 
-With `fuse=True` (the default, triton backend) rope and the KV store are one kernel
-(`rope_store_kv`) at every batch size, and at up to `kernels.gemv.FAST_ROWS` rows the matmuls are
+The plan is `fusion` (`engine.plan.Fusion`, decided in `engine.plan`; the torch backend always
+runs UNFUSED). With Fusion.MATMULS rope and the KV store are one kernel (`rope_store_kv`) at
+every batch size, and at up to `plan.FAST_ROWS` rows the matmuls are
 Triton skinny matmuls (`kernels.gemv`) that carry the rest: the norm in the prologue of QKV,
 gate/up and the LM head, the residual add in the epilogue of O and down, swiglu in the epilogue
 of gate/up. That path keeps the full hidden state h (no separate residual):
@@ -21,14 +22,14 @@ of gate/up. That path keeps the full hidden state h (no separate residual):
     qkv = rmsnorm(h) @ Wqkv^T ; rope_store_kv ; o = attention
     h = h + o @ Wo^T ; g = swiglu(rmsnorm(h) @ Wgu^T) ; h = h + g @ Wdown^T
 
-six kernels a layer plus attention's reduce, instead of ten. With `fuse_attention` (the default
-with `fuse`) RoPE, the KV store and the merge of attention's split-KV partials move into the
+six kernels a layer plus attention's reduce, instead of ten. With Fusion.ATTENTION (the
+default) RoPE, the KV store and the merge of attention's split-KV partials move into the
 attention kernel (`kernels.rope_store_attention`): it reads the QKV row itself, so a layer is
 
     qkv = rmsnorm(h) @ Wqkv^T ; o = rope_store_attention(qkv) ; O ; gate/up ; down
 
-five kernels, four of them weight-streaming matmuls. `fusion` names the plan (0 unfused,
-1 fused matmuls and rope_store_kv, 2 attention fused too), as `workload.step_kernels` takes it.
+five kernels, four of them weight-streaming matmuls. Fusion.UNFUSED runs one kernel per
+operation.
 
 then a final norm and the tied LM head. The step is written as `n_layers + 1` *pieces* separated
 by the attention calls, so the graph runner can capture the pieces alone (piecewise mode) while
@@ -44,12 +45,14 @@ import torch.nn.functional as F
 
 from microbench import kernels
 
+from microbench.engine import plan
+from microbench.engine.plan import Fusion
 from microbench.engine.shapes import ModelShape
 
 BACKENDS = ("triton", "torch")
 
 
-class _Ops:
+class KernelOps:
     """The five decode kernels of one backend, looked up once."""
 
     def __init__(self, backend: str):
@@ -58,11 +61,18 @@ class _Ops:
             setattr(self, name, getattr(kernels, name + suffix))
 
 
+def kernel_ops(backend: str) -> KernelOps:
+    """The decode kernels of `backend` ("triton", or "torch" for the references)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return KernelOps(backend)
+
+
 class ToyDecoder:
     def __init__(self, shape: ModelShape, backend: str = "triton", max_batch: int = 64,
                  max_seq: int = 1024, dtype: torch.dtype = torch.bfloat16,
-                 device: str | torch.device = "cuda", seed: int = 0, fuse: bool = True,
-                 fuse_attention: bool = True):
+                 device: str | torch.device = "cuda", seed: int = 0,
+                 fusion: Fusion = Fusion.ATTENTION):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if max_batch < 1 or max_seq < 1:
@@ -70,9 +80,8 @@ class ToyDecoder:
         self.shape, self.backend = shape, backend
         self.max_batch, self.max_seq = max_batch, max_seq
         self.dtype, self.device = dtype, torch.device(device)
-        self.ops = _Ops(backend)
-        self.fuse = fuse and backend == "triton"
-        self.fuse_attention = fuse_attention
+        self.ops = kernel_ops(backend)
+        self.fusion = plan.backend_fusion(fusion, backend)
         self.scratch_slot = max_batch
         self.scale = shape.head_dim ** -0.5
         # Tensor parallelism: a callable that all-reduces a row-parallel matmul's output in
@@ -126,21 +135,11 @@ class ToyDecoder:
     @property
     def attention_fused(self) -> bool:
         """Whether attention takes the QKV row and does RoPE and the KV store itself."""
-        return self.fuse and self.fuse_attention
-
-    @property
-    def fusion(self) -> int:
-        """The step's plan for workload.step_kernels: 0 unfused, 1 fused matmuls and
-        rope_store_kv, 2 RoPE, the KV store and the split merge inside attention too."""
-        return 2 if self.attention_fused else int(self.fuse)
+        return plan.attention_fused(self.fusion)
 
     def split_qkv(self, qkv):
         """Views q [B, H, D], k and v [B, Hkv, D] of a fused QKV row [B, (H + 2Hkv)D]."""
-        s, B = self.shape, qkv.shape[0]
-        q = qkv[:, :s.q_size].view(B, s.n_heads, s.head_dim)
-        k = qkv[:, s.q_size:s.q_size + s.kv_size].view(B, s.n_kv_heads, s.head_dim)
-        v = qkv[:, s.q_size + s.kv_size:].view(B, s.n_kv_heads, s.head_dim)
-        return q, k, v
+        return plan.split_qkv(self.shape, qkv)
 
     def _pre_attention(self, l: int, h, residual, positions, slots):
         """Norm, QKV, RoPE and KV store of layer l; returns (q, residual), or (the QKV row,
@@ -194,7 +193,7 @@ class ToyDecoder:
     # ---- the step's operations, fused or not ------------------------------------------------
     def skinny(self, b: int) -> bool:
         """Whether b rows take the fused skinny-matmul path."""
-        return self.fuse and b <= kernels.gemv.FAST_ROWS
+        return plan.is_skinny(self.fusion, b)
 
     def norm_linear(self, h, norm_w, w, residual=None):
         """(rmsnorm(h + residual) @ w^T, new residual); without a residual, h is the residual
@@ -228,7 +227,7 @@ class ToyDecoder:
     def rope_store(self, l: int, q, k, v, slots, positions):
         """RoPE on q and k, k and v into layer l's cache; returns the rotated q."""
         s = self.shape
-        if self.fuse:
+        if plan.rope_in_store(self.fusion):
             return kernels.rope_store_kv(q, k, v, self.k_cache[l], self.v_cache[l], slots,
                                          positions, s.rope_theta)
         q, k = self.ops.rope(q, k, positions, s.rope_theta)
@@ -317,16 +316,14 @@ class ToyDecoder:
     def launches_per_step(self, b: int = 1) -> dict[str, int]:
         """Kernel launches of one eager step, by launcher (the triton backend's plan; the
         profiler's count is reported beside it by the sweep)."""
-        from microbench.engine.plan import launch_counts
-        return launch_counts(self.plan(b, 0))
+        return plan.launch_counts(self.plan(b, 0))
 
     def plan(self, b: int, context: int, elt: int | None = None):
-        """The kernels one eager step at batch b launches (workload.step_kernels for this
+        """The kernels one eager step at batch b launches (plan.step_kernels for this
         decoder's fusion and attention split)."""
-        from microbench.engine.plan import step_kernels
         elt = self.embed.element_size() if elt is None else elt
-        return step_kernels(self.shape, b, context, elt, self.attention_launches(b),
-                            fuse=self.fusion)
+        return plan.step_kernels(self.shape, b, context, elt, self.attention_launches(b),
+                                 fusion=self.fusion)
 
     def weight_bytes(self) -> int:
         return self.shape.n_params * self.embed.element_size()

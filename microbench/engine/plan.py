@@ -1,22 +1,79 @@
-"""What one decode step must do: its kernels in launch order, with the bytes each must move and
-the flops each must do, counted from the model shape (the same counts the kernels' reference
-docstrings state). The analytic model and the sweep's bandwidth figures both read this list.
+"""The step plan: which kernels one decode step launches, decided here and nowhere else.
+
+`Fusion` names the plan a decoder runs; `is_skinny` says whether a batch takes the skinny
+matmuls; `split_qkv` cuts the fused QKV row; `step_kernels` lists the step's kernels in launch
+order, with the bytes each must move and the flops each must do, counted from the model shape
+(the same counts the kernels' reference docstrings state). The decoder, the analytic model and
+the sweep's bandwidth figures all read this module.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from microbench.engine.shapes import ModelShape
 
+# Rows up to which a fused plan runs its matmuls as Triton skinny matmuls (kernels.gemv, which
+# takes up to its MAX_ROWS); above, cuBLAS. One row: cuBLAS won every matmul of llama-1b and
+# opt-125m at four rows on an H100 (docs/notes.md, the skinny matmul path). The plan's own
+# constant, so the analytic model imports no torch.
+FAST_ROWS = 1
 
-# the plans a decoder can run (ToyDecoder.fusion): one kernel per operation; the skinny matmuls
-# with their prologues and epilogues and rope fused into the KV store; and that with RoPE, the
-# KV store and the split merge inside the attention kernel
-UNFUSED, FUSED_MATMULS, FUSED_ATTENTION = 0, 1, 2
+
+class Fusion(enum.IntEnum):
+    """The plans a decoder can run (ToyDecoder.fusion). An IntEnum, so saved runs' ints read
+    back as the same plan."""
+    UNFUSED = 0     # one kernel per operation
+    MATMULS = 1     # rope into the KV store; at up to FAST_ROWS rows, skinny Triton matmuls
+                    # with the norms in their prologues and the residual adds and swiglu in
+                    # their epilogues
+    ATTENTION = 2   # that, with RoPE, the KV store and the split merge inside attention
+
+    @classmethod
+    def from_record(cls, d: dict) -> "Fusion":
+        """The plan a saved run's `decoder` record names: `fusion`, or in runs made before it,
+        `fuse` and `fuse_attention` (runs before `fuse_attention` was recorded ran
+        rope_store_kv)."""
+        if "fusion" in d:
+            return cls(d["fusion"])
+        if not d.get("fuse"):
+            return cls.UNFUSED
+        return cls.ATTENTION if d.get("fuse_attention") else cls.MATMULS
+
 
 # suffix of the skinny Triton matmuls' names (with their fused norm prologue or residual/swiglu
 # epilogue)
 SKINNY = ":skinny"
+
+
+def backend_fusion(fusion: Fusion | int, backend: str) -> Fusion:
+    """The plan a decoder of `backend` runs when asked for `fusion`: the fused kernels exist
+    for the triton backend only; the torch backend runs one reference op per operation."""
+    return Fusion(fusion) if backend == "triton" else Fusion.UNFUSED
+
+
+def is_skinny(fusion: Fusion | int, rows: int) -> bool:
+    """Whether a step of `rows` rows takes the fused skinny-matmul path."""
+    return rows <= FAST_ROWS and fusion >= Fusion.MATMULS
+
+
+def rope_in_store(fusion: Fusion | int) -> bool:
+    """Whether RoPE and the KV store are one kernel (rope_store_kv) outside attention."""
+    return fusion == Fusion.MATMULS
+
+
+def attention_fused(fusion: Fusion | int) -> bool:
+    """Whether attention takes the QKV row and does RoPE, the KV store and its split merge."""
+    return fusion >= Fusion.ATTENTION
+
+
+def split_qkv(shape: ModelShape, qkv):
+    """Views q [B, H, D], k and v [B, Hkv, D] of a fused QKV row [B, (H + 2Hkv)D]."""
+    s, B = shape, qkv.shape[0]
+    q = qkv[:, :s.q_size].view(B, s.n_heads, s.head_dim)
+    k = qkv[:, s.q_size:s.q_size + s.kv_size].view(B, s.n_kv_heads, s.head_dim)
+    v = qkv[:, s.q_size + s.kv_size:].view(B, s.n_kv_heads, s.head_dim)
+    return q, k, v
 
 
 @dataclass(frozen=True)
@@ -28,20 +85,17 @@ class Kernel:
 
 
 def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
-                 attn_launches: int = 2, fuse: int = FUSED_ATTENTION) -> list[Kernel]:
+                 attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION) -> list[Kernel]:
     """Kernels of one eager decode step of the triton backend at batch b, where each sequence
     attends to `context` cached positions plus its new token. elt: bytes per element.
-    fuse: the decoder's plan (`ToyDecoder.fusion`; True reads as FUSED_MATMULS, False as
-    UNFUSED). FUSED_MATMULS: rope into the KV store; at b <= FAST_ROWS, Triton skinny matmuls
-    with the norms in their prologues and the residual adds and swiglu in their epilogues.
-    FUSED_ATTENTION: that, with RoPE, the KV store and the split merge inside attention (one
-    attention kernel whatever attn_launches says). UNFUSED: one kernel per operation."""
-    from microbench.kernels.gemv import FAST_ROWS
-    skinny = bool(fuse) and b <= FAST_ROWS
+    fusion: the decoder's plan (`ToyDecoder.fusion`); with Fusion.ATTENTION one attention
+    kernel whatever attn_launches says."""
+    fusion = Fusion(fusion)
+    skinny = is_skinny(fusion, b)
     s, h = shape, shape.hidden
     H, Hkv, D, Fw, V = s.n_heads, s.n_kv_heads, s.head_dim, s.ffn, s.vocab
     kv_len = context + 1
-    if fuse >= FUSED_ATTENTION:
+    if attention_fused(fusion):
         # one Triton kernel: the rows, and seq_lens from the positions (reads tokens and
         # positions, writes int32 lengths)
         ks = [Kernel("embedding", "triton", 2 * b * h * elt + b * (8 + 8 + 4), 0)]
@@ -76,7 +130,7 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
         rope_flops = 6 * b * (H + Hkv) * D
         kv_bytes = 2 * b * Hkv * kv_len * D * elt
         attn_flops = 4 * b * H * kv_len * D
-        if fuse >= FUSED_ATTENTION:
+        if attention_fused(fusion):
             # reads the QKV row and the history, writes the new K and V (its own row stays in
             # registers) and the output
             ks.append(Kernel("decode_attention", "triton",
@@ -84,7 +138,7 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
                               + b * H * D) * elt, attn_flops + rope_flops))
             attn_launches = 1
         else:
-            if fuse:
+            if rope_in_store(fusion):
                 ks.append(Kernel("rope_store_kv", "triton", 2 * b * (H + 2 * Hkv) * D * elt, rope_flops))
             else:
                 ks.append(Kernel("rope", "triton", 2 * b * (H + Hkv) * D * elt, rope_flops))
@@ -109,14 +163,15 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
 
 
 def step_bytes(shape: ModelShape, b: int, context: int, elt: int = 2,
-               fuse: int = FUSED_ATTENTION) -> int:
+               fusion: Fusion = Fusion.ATTENTION) -> int:
     """Bytes a step must move: every kernel's reads and writes (weights once, the KV history of
     every sequence, the new KV, activations)."""
-    return sum(k.bytes for k in step_kernels(shape, b, context, elt, fuse=fuse))
+    return sum(k.bytes for k in step_kernels(shape, b, context, elt, fusion=fusion))
 
 
-def step_flops(shape: ModelShape, b: int, context: int, fuse: int = FUSED_ATTENTION) -> int:
-    return sum(k.flops for k in step_kernels(shape, b, context, fuse=fuse))
+def step_flops(shape: ModelShape, b: int, context: int,
+               fusion: Fusion = Fusion.ATTENTION) -> int:
+    return sum(k.flops for k in step_kernels(shape, b, context, fusion=fusion))
 
 
 def launch_counts(kernels) -> dict[str, int]:

@@ -48,7 +48,7 @@ def head_layers(n_layers: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _side_stream(device_index: int) -> torch.cuda.Stream:
+def side_stream(device_index: int) -> torch.cuda.Stream:
     """One warm-up and capture stream per device. cuBLAS keeps a workspace per stream it has
     run on and never frees it, so a fresh stream per runner would leak one workspace each."""
     return torch.cuda.Stream(device=device_index)
@@ -135,7 +135,7 @@ class GraphRunner:
         if shared is not None:
             self._pool_ids = [shared]
         dev = self.decoder.device
-        stream = _side_stream(dev.index if dev.index is not None else torch.cuda.current_device())
+        stream = side_stream(dev.index if dev.index is not None else torch.cuda.current_device())
         t_all = time.perf_counter()
         gc.collect()
         gc_was_enabled = gc.isenabled()
@@ -182,7 +182,7 @@ class GraphRunner:
                       f"({str(err).splitlines()[0][:120]})", RuntimeWarning, stacklevel=3)
 
     def _views(self, size: int):
-        # Fresh slices, not the cached _rows: the debug check must see where _in is now.
+        # Fresh slices, not the cached input_rows: the debug check must see where _in is now.
         return self._in[0, :size], self._in[1, :size], self._in[2, :size]
 
     def _capture_one(self, size: int, shared_pool, stream) -> GraphEntry:
@@ -265,7 +265,7 @@ class GraphRunner:
         padded = self._route(bs)
         if padded is None:
             return self.decoder.step(tokens, positions, slots)
-        _, tok, pos, slot = self._rows(bs)
+        _, tok, pos, slot = self.input_rows(bs)
         tok.copy_(tokens)
         pos.copy_(positions)
         slot.copy_(slots)
@@ -278,7 +278,7 @@ class GraphRunner:
         padded = self._route(bs)
         if padded is None:
             return self.decoder.step(inputs[0], inputs[1], inputs[2])
-        self._rows(bs)[0].copy_(inputs)
+        self.input_rows(bs)[0].copy_(inputs)
         return self._replay(bs, padded)
 
     def _route(self, bs: int):
@@ -290,9 +290,10 @@ class GraphRunner:
             self.counts["eager_steps"] += 1
         return padded
 
-    def _rows(self, bs: int):
-        """Cached views of the static inputs' first bs rows: (all three, tokens, positions,
-        slots). Views of one buffer, so their addresses never change."""
+    def input_rows(self, bs: int):
+        """Cached views of the static inputs' first bs rows: (all three [3, bs], tokens,
+        positions, slots). Views of one buffer, so their addresses never change: a caller may
+        write a batch into the first view and replay it (what step_packed copies into)."""
         v = self._row_views.get(bs)
         if v is None:
             v = self._row_views[bs] = (self._in[:, :bs], self._in[0, :bs], self._in[1, :bs],

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
-
 # Limits the CLI states in --help and enforces before touching the GPU.
 MAX_BATCH = 4096
 MAX_CONTEXT = 32768
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The dtypes a run may choose, by name: torch's own names (torch_dtype gives the dtype). Names,
+# so that the CLI's --help needs no torch.
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,14 @@ PRESETS: dict[str, ModelShape] = {
 }
 
 
-def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
+def check_dtype(name: str, option: str = "dtype") -> str:
+    """`name` if it is one of DTYPE_NAMES, else a ValueError naming the choices."""
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"{option}: {name!r}; choose one of {', '.join(DTYPE_NAMES)}")
+    return name
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a DTYPE_NAMES name (imports torch on first use)."""
+    import torch    # deferred: the CLI imports this module for --help
+    return getattr(torch, check_dtype(name))

@@ -1,12 +1,10 @@
-"""The analytic model on hand-computed cases, and its byte and flop counts against the decoder."""
+"""The analytic model on hand-computed cases, and what `microbench model` computes."""
 import pytest
-import torch
 
 from microbench.analysis import model as mdl
 from microbench.engine.shapes import PRESETS
-from microbench.engine.decoder import ToyDecoder
 from microbench.analysis.model_rows import model_rows, resolve_profile
-from microbench.engine.plan import step_bytes, step_kernels
+from microbench.engine.plan import Fusion, step_bytes, step_kernels
 
 TINY = PRESETS["tiny"]
 
@@ -63,45 +61,6 @@ def test_break_even_steps():
     assert mdl.break_even_steps(0.5, 400.0, 400.0) is None
 
 
-def test_fit_pool():
-    a, c = mdl.fit_pool([(1, 110), (2, 120), (4, 140)])
-    assert a == pytest.approx(100) and c == pytest.approx(10)
-
-
-def test_byte_and_flop_counts_against_the_decoder():
-    dec = ToyDecoder(TINY, backend="torch", max_batch=2, max_seq=16, dtype=torch.float16,
-                     device="cpu")
-    elt = 2
-    weights = [dec.embed, dec.final_norm] + [t for L in dec.layers for t in L.values()]
-    weight_bytes = sum(t.numel() * t.element_size() for t in weights)
-    assert weight_bytes == TINY.n_params * elt
-    ctx = 9
-    # Bytes independent of the batch are the weights, each read once per step.
-    # bytes(b) = weights + b·(per-sequence bytes) within one plan (the fused plan switches
-    # kernels above one row, so it is checked from 2 rows up)
-    for fuse, b in ((False, 1), (True, 2)):
-        assert 2 * step_bytes(TINY, b, ctx, elt, fuse=fuse) - step_bytes(TINY, 2 * b, ctx, elt, fuse=fuse) \
-            == weight_bytes
-    # Per sequence, attention reads the K and V of ctx + 1 positions in every layer (after
-    # rope_store_kv, its q and output besides); fused with the store, it reads ctx positions
-    # and the QKV row, writes the new K and V and its output.
-    kv = sum(c[0, :, :ctx + 1].numel() * elt for c in (*dec.k_cache, *dec.v_cache))
-    attn = sum(k.bytes for k in step_kernels(TINY, 1, ctx, elt, fuse=1) if k.name == "decode_attention")
-    assert attn - TINY.n_layers * 2 * TINY.q_size * elt == kv
-    attn = sum(k.bytes for k in step_kernels(TINY, 1, ctx, elt) if k.name == "decode_attention")
-    assert attn - TINY.n_layers * 2 * (TINY.q_size + TINY.kv_size) * elt == kv
-    # Matmul flops: 2 per weight element per sequence (the LM head is the tied embedding).
-    mm_weights = sum(L[k].numel() for L in dec.layers for k in ("wqkv", "wo", "wgu", "wdown"))
-    mm_weights += dec.embed.numel()
-    mm_flops = sum(k.flops for k in step_kernels(TINY, 3, ctx, elt, fuse=False)
-                   if k.launcher == "cublas")
-    assert mm_flops == 2 * 3 * mm_weights
-    # Fusing moves no weight and saves the activations' round trips between kernels.
-    for b in (1, 3, 9):
-        fused, unfused = step_bytes(TINY, b, ctx, elt), step_bytes(TINY, b, ctx, elt, fuse=False)
-        assert 0 < unfused - fused < b * TINY.n_layers * 40 * TINY.hidden * elt
-
-
 def test_profile_sources(tmp_path):
     with pytest.raises(ValueError, match="--profile, --gpu"):
         resolve_profile(None, None, None, None, None)
@@ -109,8 +68,13 @@ def test_profile_sources(tmp_path):
     assert p.copy_bw == 300e9 and p.launch_host_us["triton"] == 3.0 and "datasheet" in p.source
     p = resolve_profile(None, None, 2000, 500, None)
     assert p.copy_bw == 2e12 and p.matmul_flops == 5e14
-    with pytest.raises(ValueError, match="--profile"):
-        resolve_profile(tmp_path / "none", None, None, None, None)
+    with pytest.raises(ValueError, match="--profile: x holds no launch"):
+        resolve_profile(dict(env={}), None, None, None, None, run_name="x")
+    from click.testing import CliRunner
+
+    from microbench.cli import main
+    r = CliRunner().invoke(main, ["model", "--profile", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "--profile" in r.output
 
 
 def test_big_models_gain_less():
@@ -126,22 +90,23 @@ def test_off_ladder_batch_is_eager_in_the_model():
     assert r[0]["padded_bs"] == 4 and r[1]["padded_bs"] is None and r[1]["predicted_speedup"] == 1.0
 
 
-def test_launch_us_overrides_measured_op_costs(tmp_path):
+def test_launch_us_overrides_measured_op_costs():
     import json
     launch = dict(replay_fit=dict(gpu_fixed_us=2.0), copy=dict(bytes_per_s=3e12),
                   matmul=dict(flops_per_s=7e14), host_us=dict(torch=dict(median=9.0)),
                   gpu_us_per_kernel=dict(torch=dict(median=1.0)),
                   replay={"1": dict(host_us=dict(median=4.0))},
                   ops_host_us=dict(rmsnorm=dict(median=50.0)))
-    (tmp_path / "run.json").write_text(json.dumps(dict(kind="sweep", config={}, env={}, launch=launch)))
-    p = resolve_profile(str(tmp_path), None, None, None, None)
+    run = json.loads(json.dumps(dict(kind="sweep", config={}, env={}, launch=launch)))  # as saved
+    p = resolve_profile(run, None, None, None, None)
     assert p.op_host_us["rmsnorm"] == 50.0
-    q = resolve_profile(str(tmp_path), None, None, None, 1.0)
+    q = resolve_profile(run, None, None, None, 1.0)
     assert q.op_host_us == {} and mdl.eager_step_us(TINY, 1, 8, q) < mdl.eager_step_us(TINY, 1, 8, p)
 
 
 def test_measured_runs_sit_beside_predictions():
-    from microbench.analysis.model_rows import attach_measured, model_table
+    from microbench.analysis.model_rows import attach_measured
+    from microbench.report.model_table import model_table
     p = mdl.datasheet_profile("H100")
     res = model_rows(TINY, (1, 4), 64, "vllm", p)
     run = dict(kind="sweep", config=dict(preset="tiny", context=64),
@@ -163,23 +128,21 @@ def test_measured_runs_sit_beside_predictions():
     assert "in-row pred" in text.splitlines()[1] and "+10%" in text.splitlines()[3]
 
 
-def test_run_fused_reads_the_plan_a_run_measured():
-    from microbench.analysis.model_rows import run_fused
-    assert run_fused({"decoder": {"fuse": False}}) == 0
-    assert run_fused({"decoder": {"fuse": True}}) == 1          # before fuse_attention existed
-    assert run_fused({"decoder": {"fuse": True, "fuse_attention": False}}) == 1
-    assert run_fused({"decoder": {"fuse": True, "fuse_attention": True}}) == 2
+def test_run_fusion_reads_the_plan_a_run_measured():
+    from microbench.analysis.model_rows import run_fusion
+    assert run_fusion({"decoder": {"fusion": 1}}) == Fusion.MATMULS       # the record's plan
+    assert run_fusion(None) == Fusion.ATTENTION                             # no run: today's
     # runs from before the record: told apart by the wrappers their host costs came through
-    assert run_fused({"launch": {"ops_host_us": {"rope": {}, "store_kv": {}}}}) == 0
-    assert run_fused({"launch": {"ops_host_us": {"rope_store_kv": {}}}}) == 1
-    assert run_fused({"launch": {}}) == 2
+    assert run_fusion({"launch": {"ops_host_us": {"rope": {}, "store_kv": {}}}}) == 0
+    assert run_fusion({"launch": {"ops_host_us": {"rope_store_kv": {}}}}) == 1
+    assert run_fusion({"launch": {}}) == 2
 
 
 def test_fused_and_unfused_plans_give_different_predictions():
     p = mdl.DeviceProfile(name="x", source="t", copy_bw=3e12, matmul_flops=7e14,
                           launch_host_us=dict(torch=10.0, cublas=20.0, triton=20.0))
     fused = mdl.predict(TINY, 1, 64, p)
-    plain = mdl.predict(TINY, 1, 64, p, fuse=False)
+    plain = mdl.predict(TINY, 1, 64, p, fusion=Fusion.UNFUSED)
     assert fused["kernels"] < plain["kernels"]
     assert fused["predicted_eager_step_us"] < plain["predicted_eager_step_us"]
 
@@ -229,16 +192,16 @@ def test_measured_graph_host_replaces_the_launch_sum():
     assert mdl.graph_step_us(TINY, 1, 8, q) == pytest.approx(mdl.graph_step_us(TINY, 1, 8, p) + 13.0)
 
 
-def test_kernel_lines_stay_with_the_preset_they_were_fitted_on(tmp_path):
+def test_kernel_lines_stay_with_the_preset_they_were_fitted_on():
     import json
     launch = dict(replay_fit=dict(gpu_fixed_us=2.0), copy=dict(bytes_per_s=3e12),
                   matmul=dict(flops_per_s=7e14), host_us=dict(torch=dict(median=9.0)),
                   gpu_us_per_kernel=dict(torch=dict(median=1.0)),
                   replay={"1": dict(host_us=dict(median=4.0))},
                   kernel_lines=dict(skinny=dict(fixed_us=1.0, bytes_per_s=1.6e12, points=[])))
-    (tmp_path / "run.json").write_text(json.dumps(dict(kind="sweep", config=dict(preset="opt-125m"),
-                                                       env={}, launch=launch)))
-    same = resolve_profile(str(tmp_path), None, None, None, None, "opt-125m")
-    other = resolve_profile(str(tmp_path), None, None, None, None, "llama-70b")
+    run = json.loads(json.dumps(dict(kind="sweep", config=dict(preset="opt-125m"), env={},
+                                      launch=launch)))   # as saved
+    same = resolve_profile(run, None, None, None, None, "opt-125m")
+    other = resolve_profile(run, None, None, None, None, "llama-70b")
     assert same.kernel_lines and other.kernel_lines == {}
     assert "fitted on opt-125m" in other.source
