@@ -297,7 +297,7 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
     pool-growth, capture-cost, piecewise-vs-full, memory-headroom."""
     import time
 
-    from microbench.bench.phenomena import NAMES, ReproduceConfig, run_reproduce, save_run
+    from microbench.bench.reproduce import NAMES, ReproduceConfig, run_reproduce, save_run
     t0 = time.perf_counter()
     loud = not (quiet or as_json)
     cfg = ReproduceConfig(names=tuple(dict.fromkeys(names)) or NAMES, preset=preset, bs=bs,

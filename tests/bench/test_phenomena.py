@@ -1,4 +1,4 @@
-"""`microbench reproduce` on the CPU: every experiment's plumbing on a fake lab (synthetic step
+"""`microbench reproduce` (bench.phenomena, bench.lab, bench.reproduce) on the CPU: every experiment's plumbing on a fake lab (synthetic step
 times and pools, so no GPU), the verdicts on measurements that should hold and should not, the
 report from a saved run with and without matplotlib, and the command's errors."""
 import copy
@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from microbench.bench import phenomena as ph
+from microbench.bench import reproduce as rp
 from microbench.analysis import verdicts as vd
 from microbench.cli import main
 from microbench.engine.shapes import PRESETS
@@ -20,7 +21,7 @@ from microbench.report.plots import entry_lines, render_report
 from microbench.report.record import load_run
 
 HAS_CUDA = torch.cuda.is_available()
-CFG = ph.ReproduceConfig(preset="tiny", context=32, steps=1, time_budget=0.01)
+CFG = rp.ReproduceConfig(preset="tiny", context=32, steps=1, time_budget=0.01)
 
 
 class FakeRunner:
@@ -85,7 +86,7 @@ def build_fake_run() -> dict:
         entries = []
         for name in ph.NAMES:
             res = ph.EXPERIMENTS[name].run(lab)
-            entries.append(ph.make_entry(name, res["rows"], res["info"], 0.1))
+            entries.append(rp.make_entry(name, res["rows"], res["info"], 0.1))
     return dict(kind="reproduce", config=CFG.to_dict(), shape=PRESETS["tiny"].to_dict(),
                 env=dict(gpu="Test GPU", torch="x", triton="y", command="microbench reproduce"),
                 memory=dict(total_bytes=80 << 30, free_after_decoder_bytes=1 << 26,
@@ -103,7 +104,7 @@ def entry(run, name):
 
 
 def rejudge(e):
-    return ph.make_entry(e["name"], e["rows"], e["info"])
+    return rp.make_entry(e["name"], e["rows"], e["info"])
 
 
 def retime(row, us, p=""):
@@ -229,7 +230,7 @@ def test_missing_arm_or_error_is_not_held(fake_run):
     e["rows"] = [r for r in e["rows"] if r["arm"] != "explicit"]
     got = rejudge(e)
     assert got["held"] is False and got["measured"].startswith("incomplete measurements")
-    err = ph.make_entry("off-stride", [], {}, error="Traceback ...\nRuntimeError: boom\n")
+    err = rp.make_entry("off-stride", [], {}, error="Traceback ...\nRuntimeError: boom\n")
     assert err["held"] is False and err["measured"] == "failed: RuntimeError: boom"
 
 
@@ -276,19 +277,19 @@ def test_padding_costs():
 
 
 def test_config():
-    assert ph.ReproduceConfig(names=("ladder-collapse",)).max_batch() == 4
-    assert ph.ReproduceConfig().max_batch() == 512
-    assert ph.ReproduceConfig(names=("memory-headroom", "speedup-fade")).ordered_names() == [
+    assert rp.ReproduceConfig(names=("ladder-collapse",)).max_batch() == 4
+    assert rp.ReproduceConfig().max_batch() == 512
+    assert rp.ReproduceConfig(names=("memory-headroom", "speedup-fade")).ordered_names() == [
         "speedup-fade", "memory-headroom"]
     with pytest.raises(ValueError, match="NAMES: unknown experiment 'nope'; choose from speedup-fade"):
-        ph.ReproduceConfig(names=("nope",)).validate()
+        rp.ReproduceConfig(names=("nope",)).validate()
     with pytest.raises(ValueError, match="--memory-budget"):
-        ph.ReproduceConfig(memory_budget_gib=0).validate()
+        rp.ReproduceConfig(memory_budget_gib=0).validate()
 
 
 # ---- the report, from a saved run ----------------------------------------------------------
 def test_saved_run_round_trips_with_csvs(fake_run, tmp_path):
-    d = ph.save_run(tmp_path / "r", fake_run)
+    d = rp.save_run(tmp_path / "r", fake_run)
     run = load_run(d)
     assert [e["name"] for e in run["phenomena"]] == list(ph.NAMES)
     assert all(isinstance(e["held"], bool) for e in run["phenomena"])
@@ -315,7 +316,7 @@ def test_report_without_matplotlib(fake_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib...` now fails
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     run = copy.deepcopy(fake_run)
-    bad = ph.make_entry("off-stride", [], {}, error="Traceback ...\nRuntimeError: boom\n")
+    bad = rp.make_entry("off-stride", [], {}, error="Traceback ...\nRuntimeError: boom\n")
     run["phenomena"][2] = bad
     run["phenomena"][3]["held"], run["phenomena"][3]["why"] = False, "padding was free"
     text = render_report(run, tmp_path).read_text()

@@ -1,0 +1,139 @@
+"""`microbench reproduce`: the selected experiments (bench.phenomena) run on one shared decoder,
+each judged as it ends; the run dict and its files.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from microbench.bench.env import environment, require_cuda
+from microbench.bench.lab import Lab, build_decoder, free_memory
+from microbench.bench.phenomena import EXPERIMENTS, NAMES
+from microbench.bench.sweep import DEFAULT_BS
+from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS, ModelShape
+from microbench.report.record import atomic_write, rows_to_csv, write_run
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    names: tuple = NAMES
+    preset: str = "opt-125m"
+    bs: tuple = DEFAULT_BS
+    context: int = 512
+    dtype: str = "bfloat16"
+    steps: int = 5
+    time_budget: float = 0.5
+    memory_budget_gib: float | None = None
+    backend: str = "triton"
+    seed: int = 0
+    out: str = "results"
+    progress: bool = False
+
+    def validate(self) -> "ReproduceConfig":
+        """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
+        bad = [n for n in self.names if n not in EXPERIMENTS]
+        if bad or not self.names:
+            what = f"unknown experiment {bad[0]!r}" if bad else "no experiment named"
+            raise ValueError(f"NAMES: {what}; choose from {', '.join(NAMES)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"--preset: unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if not self.bs or any(not 1 <= b <= MAX_BATCH for b in self.bs):
+            raise ValueError(f"--bs: batch sizes are 1..{MAX_BATCH}, got {self.bs}")
+        if not 1 <= self.context <= MAX_CONTEXT:
+            raise ValueError(f"--context: {self.context} is out of range; 1..{MAX_CONTEXT}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"--dtype: {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
+        if self.steps < 1 or not self.time_budget > 0:
+            raise ValueError("--steps must be >= 1 and --time-budget > 0")
+        if self.memory_budget_gib is not None and not self.memory_budget_gib > 0:
+            raise ValueError(f"--memory-budget: must be > 0 GiB, got {self.memory_budget_gib}")
+        return self
+
+    @property
+    def shape(self) -> ModelShape:
+        return PRESETS[self.preset]
+
+    def ordered_names(self) -> list[str]:
+        """Selected experiments in the canonical order (earlier ones leave timings to reuse)."""
+        return [n for n in NAMES if n in self.names]
+
+    def max_batch(self) -> int:
+        return max(EXPERIMENTS[n].max_batch(self) for n in self.names)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_entry(name: str, rows: list, info: dict, wall_s: float = 0.0, error: str | None = None) -> dict:
+    """A phenomenon entry of run.json: the experiment's texts, its verdict, rows and info.
+    Incomplete measurements (an arm missing) or an error give held = False, never a guess."""
+    exp = EXPERIMENTS[name]
+    entry = dict(name=name, expected=exp.expected, measured="", held=False, why="", source=exp.source,
+                 method=exp.method, notes=[], derived={}, rows=rows, info=info, wall_s=wall_s)
+    if error:
+        entry.update(measured=f"failed: {error.strip().splitlines()[-1]}", why="the experiment failed",
+                     error=error)
+        return entry
+    try:
+        entry.update(exp.judge(entry))
+    except (KeyError, StopIteration, TypeError, ValueError, ZeroDivisionError, IndexError) as e:
+        entry.update(measured=f"incomplete measurements ({type(e).__name__}: {e})",
+                     why="incomplete measurements")
+    entry["held"] = bool(entry["held"])
+    return entry
+
+
+def run_reproduce(cfg: ReproduceConfig, on_progress=None, on_entry=None, on_run=None) -> dict:
+    """Run the selected experiments on one shared decoder; returns the run dict. on_entry(entry)
+    after each experiment, on_run(run) whenever the run changes (to save it)."""
+    say = on_progress or (lambda s: None)
+    require_cuda("reproduce")
+    cfg.validate()
+    t_start = time.perf_counter()
+    run = dict(kind="reproduce", config=cfg.to_dict(), env=environment(torch.device("cuda")),
+               shape=cfg.shape.to_dict(), phenomena=[], interrupted=False)
+    mb = cfg.max_batch()
+    say(f"building {cfg.preset} ({cfg.shape.n_params / 1e6:.0f}M params, {cfg.dtype}), "
+        f"max batch {mb}, context {cfg.context}")
+    dec = build_decoder(cfg, mb, cfg.context)
+    lab = Lab(cfg, dec, cfg.context, say)
+    free, total = free_memory(), torch.cuda.mem_get_info()[1]
+    lab.cache["free_after_decoder"] = free
+    kv = sum(c.numel() * c.element_size() for c in dec.k_cache + dec.v_cache)
+    run["memory"] = dict(total_bytes=total, free_after_decoder_bytes=free,
+                         weight_bytes=dec.weight_bytes(), kv_cache_bytes=kv, max_batch=mb)
+    run["build_s"] = time.perf_counter() - t_start
+    for name in cfg.ordered_names():
+        say(f"== {name}")
+        t0, res, err = time.perf_counter(), dict(rows=[], info={}), None
+        try:
+            res = EXPERIMENTS[name].run(lab)
+        except KeyboardInterrupt:
+            run["interrupted"] = True
+            break
+        except Exception:  # one failed experiment must not lose the others' measurements
+            err = traceback.format_exc()
+            free_memory()
+        entry = make_entry(name, res["rows"], res["info"], time.perf_counter() - t0, err)
+        run["phenomena"].append(entry)
+        if on_entry:
+            on_entry(entry)
+        if on_run:
+            on_run(run)
+    run["wall_s"] = time.perf_counter() - t_start
+    if on_run:
+        on_run(run)
+    return run
+
+
+def save_run(out_dir, run: dict):
+    """run.json and one CSV per experiment (`<name>.csv`), each written atomically."""
+    out_dir = write_run(Path(out_dir), run)
+    for e in run.get("phenomena", []):
+        if e.get("rows"):
+            atomic_write(out_dir / f"{e['name']}.csv", rows_to_csv(e["rows"]))
+    return out_dir
