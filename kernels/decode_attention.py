@@ -8,19 +8,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .rope import _check as _check_rope
-from .rope import rope_store_kv_ref
-from .store_kv import _check as _check_store
-from ._compat import (check_device, pdl_enter, pdl_mode, interpreted, pdl_launch_kw,
-                             to_dtype, use_pdl)
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INDEX_DTYPES = (torch.int32, torch.int64)
+from ._utils import (DTYPES, INDEX_DTYPES, as_mask, check_device, interpreted, pdl_enter,
+                     pdl_launch_kw, to_dtype, use_pdl)
+from .rope import check_rope, rope_store_kv_ref
+from .store_kv import check_store_kv
 _LOG2E = 1.4426950408889634
-# Heuristic knobs (see _choose_num_splits).
+# Heuristic knobs (see choose_num_splits).
 _PROGRAMS_PER_SM = 2
-_MIN_TOKENS_PER_SPLIT = 256
-_MAX_SPLITS = 64
+MIN_TOKENS_PER_SPLIT = 256
+MAX_SPLITS = 64
 _CPU_SMS = 4  # stand-in "SM count" on CPU: any small deterministic value will do there
 # GPU launch config. With num_stages=1 K/V come in as plain 16-byte evict_first loads and
 # ~4 programs per SM hide their latency; Triton's cp.async pipeline (num_stages 3) measured
@@ -36,17 +32,17 @@ def _sm_count(device_index):
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _choose_num_splits(batch, num_kv_heads, max_seq, block_n, num_sms, min_tokens=None):
+def choose_num_splits(batch, num_kv_heads, max_seq, block_n, num_sms, min_tokens=None):
     """Shapes-only split count. Each split covers whole BLOCK_N tiles, at least `min_tokens`
-    (default _MIN_TOKENS_PER_SPLIT) of the cache's max_seq; as many splits as give every SM about
-    _PROGRAMS_PER_SM (batch, kv head, split) programs, at most _MAX_SPLITS; none left empty."""
-    min_tokens = _MIN_TOKENS_PER_SPLIT if min_tokens is None else min_tokens
+    (default MIN_TOKENS_PER_SPLIT) of the cache's max_seq; as many splits as give every SM about
+    _PROGRAMS_PER_SM (batch, kv head, split) programs, at most MAX_SPLITS; none left empty."""
+    min_tokens = MIN_TOKENS_PER_SPLIT if min_tokens is None else min_tokens
     want = triton.cdiv(_PROGRAMS_PER_SM * num_sms, max(batch * num_kv_heads, 1))
     if want <= 1 or max_seq < 2 * min_tokens:
         return 1
     n_tiles = triton.cdiv(max_seq, block_n)
     # Flooring the tiles per split rounds the split count up, so `want` is met.
-    tiles = max(n_tiles // want, triton.cdiv(min_tokens, block_n), triton.cdiv(n_tiles, _MAX_SPLITS))
+    tiles = max(n_tiles // want, triton.cdiv(min_tokens, block_n), triton.cdiv(n_tiles, MAX_SPLITS))
     return triton.cdiv(n_tiles, tiles)
 
 
@@ -66,12 +62,7 @@ def num_splits_for(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=tor
         sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     else:
         sms = _CPU_SMS
-    return _choose_num_splits(batch, num_kv_heads, max_seq, _block_n(device, head_dim, dtype), sms)
-
-
-# Launch parameters of rope_store_attention used instead of its own choice (block_n,
-# num_splits, num_warps; scripts/probe_gemv.py tries them inside whole steps); empty in normal use.
-FUSED_OVERRIDES: dict = {}
+    return choose_num_splits(batch, num_kv_heads, max_seq, _block_n(device, head_dim, dtype), sms)
 
 
 def fused_num_splits_for(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,
@@ -85,7 +76,7 @@ def fused_num_splits_for(batch, num_kv_heads, max_seq, device, head_dim=128, dty
     else:
         sms = _CPU_SMS
     bn = block_n or _block_n(device, head_dim, dtype)
-    return _choose_num_splits(batch, num_kv_heads, max_seq, bn, sms, min_tokens=bn)
+    return choose_num_splits(batch, num_kv_heads, max_seq, bn, sms, min_tokens=bn)
 
 
 @triton.jit
@@ -220,13 +211,13 @@ def _check(q, k_cache, v_cache, slots, seq_lens, scale, num_splits):
         raise ValueError(f"decode_attention: H={H} must be a multiple of Hkv={Hkv}")
     if not 16 <= D <= 256:
         raise ValueError(f"decode_attention: head dim D={D} out of range; allowed 16..256")
-    if q.dtype not in _DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+    if q.dtype not in DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         raise ValueError(
             f"decode_attention: q/k_cache/v_cache dtypes {q.dtype}/{k_cache.dtype}/{v_cache.dtype}; "
             "all must be one of float32, float16, bfloat16"
         )
     for name, t in (("slots", slots), ("seq_lens", seq_lens)):
-        if t.shape != (B,) or t.dtype not in _INDEX_DTYPES:
+        if t.shape != (B,) or t.dtype not in INDEX_DTYPES:
             raise ValueError(f"decode_attention: {name} must be int32/int64 [B]=[{B}], got {tuple(t.shape)} {t.dtype}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("slots", slots), ("seq_lens", seq_lens)):
         if t.device != q.device:
@@ -263,12 +254,14 @@ def _partials(B, H, num_splits, D, out):
             torch.empty((B, H, num_splits), **kw))
 
 
-def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=None, out=None):
+def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=None, out=None,
+                     pdl=True):
     """out[b, h] = Σ_{n < L_b} softmax_n(scale · q[b,h]·K[n]) · V[n], with K = k_cache[slots[b], h // G],
     V = v_cache[slots[b], h // G], L_b = seq_lens[b] ≥ 1, G = H / Hkv.
     q: [B, H, D]; caches: [num_slots, Hkv, max_seq, D]; slots, seq_lens: [B].
     Returns a new contiguous [B, H, D] tensor of q's dtype, or writes into `out` (same shape and
-    dtype, last dim contiguous) when given, so a graph can keep the result at a fixed address."""
+    dtype, last dim contiguous) when given, so a graph can keep the result at a fixed address.
+    pdl: launch with programmatic dependent launch where the device has it."""
     _check(q, k_cache, v_cache, slots, seq_lens, scale, num_splits)
     check_device("decode_attention", _split_kernel, q)
     B, H, D = q.shape
@@ -284,7 +277,7 @@ def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=Non
     split_size = triton.cdiv(n_tiles, num_splits) * block_n  # whole tiles per split
     group = H // Hkv
     single = num_splits == 1
-    pdl = use_pdl(_split_kernel, q)
+    pdl = use_pdl(_split_kernel, q, pdl)
     o_part, m_part, l_part = _partials(B, H, num_splits, D, out)
     _split_kernel[(B, Hkv, num_splits)](
         q, k_cache, v_cache, slots, seq_lens, out, o_part, m_part, l_part,
@@ -296,12 +289,12 @@ def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=Non
         # fp32 inputs would otherwise go through TF32 (10-bit mantissa) on the GPU.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(_split_kernel), TILES_PER_SPLIT=split_size // block_n,
-        USE_PDL=pdl_mode(pdl), num_warps=4, num_stages=_CUDA_NUM_STAGES, **pdl_launch_kw(pdl),
+        USE_PDL=pdl, num_warps=4, num_stages=_CUDA_NUM_STAGES, **pdl_launch_kw(pdl),
     )
     if not single:
         _reduce_kernel[(B, H)](
             o_part, m_part, l_part, out, out.stride(0), out.stride(1), H, num_splits,
-            HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, USE_PDL=pdl_mode(pdl),
+            HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, USE_PDL=pdl,
             num_warps=4, **pdl_launch_kw(pdl),
         )
     return out
@@ -402,7 +395,7 @@ def _rope_attend_kernel(
     k_new = to_dtype(_rotary(ka, kp, cos, sin, offs_d, HALF), kc_ptr.dtype.element_ty)
     if split == 0:  # one program per (sequence, kv head) stores the new K and V
         cache_row = slot * stride_cs + kvh * stride_ch + pos.to(tl.int64) * stride_cn + offs_d
-        keep = mask_d & (pos >= 0)
+        keep = mask_d & as_mask(pos >= 0)
         tl.store(kc_ptr + cache_row, k_new, mask=keep)
         tl.store(vc_ptr + cache_row, v_new, mask=keep)
 
@@ -472,7 +465,7 @@ def _rope_attend_kernel(
 
 
 def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, theta=10000.0,
-                         num_splits=None, out=None, semaphores=None):
+                         num_splits=None, out=None, semaphores=None, pdl=True):
     """RoPE, the KV store and decode attention in one kernel, for one new token per sequence at
     position seq_lens[b] − 1: q and k are rotated there (q is left as it was, k rotated on its
     way into k_cache[slots[b], :, seq_lens[b] − 1], v copied into v_cache), and
@@ -484,10 +477,11 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     [num_slots, Hkv, max_seq, D] with equal strides; slots, seq_lens: [B] (seq_lens >= 1).
     semaphores: an int32 tensor of at least B·Hkv zeros that the kernel leaves zeroed (a
     decoder keeps one, so a captured graph holds no memset); None allocates one per call.
+    pdl: launch with programmatic dependent launch where the device has it.
     Returns out (a new [B, H, D] tensor, or `out` when given)."""
     _check(q, k_cache, v_cache, slots, seq_lens, scale, num_splits)
-    _check_rope(q, k, seq_lens)
-    _check_store(k_cache, v_cache, k, v, slots, seq_lens)
+    check_rope(q, k, seq_lens)
+    check_store_kv(k_cache, v_cache, k, v, slots, seq_lens)
     if k_cache.stride() != v_cache.stride():
         raise ValueError(f"rope_store_attention: k_cache and v_cache must share strides, got "
                          f"{k_cache.stride()} and {v_cache.stride()}")
@@ -504,19 +498,16 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
                          f"elements on {q.device}, got {semaphores.dtype} [{semaphores.numel()}] on "
                          f"{semaphores.device}")
     block_d = triton.next_power_of_2(D)
-    ov = FUSED_OVERRIDES
-    block_n = ov.get("block_n") or _block_n(q.device, D, q.dtype)
+    block_n = _block_n(q.device, D, q.dtype)
     n_tiles = triton.cdiv(max_seq, block_n)
     if num_splits is None:
-        num_splits = (ov.get("num_splits") or
-                      fused_num_splits_for(B, Hkv, max_seq, q.device, D, q.dtype, block_n=ov.get("block_n")))
-        num_splits = min(num_splits, n_tiles)
+        num_splits = min(fused_num_splits_for(B, Hkv, max_seq, q.device, D, q.dtype), n_tiles)
     split_size = triton.cdiv(n_tiles, num_splits) * block_n
     single = num_splits == 1
     o_part, m_part, l_part = _partials(B, H, num_splits, D, out)
     group = H // Hkv
     block_s = triton.next_power_of_2(num_splits)
-    pdl = use_pdl(_rope_attend_kernel, q)
+    pdl = use_pdl(_rope_attend_kernel, q, pdl)
     _rope_attend_kernel[(B, Hkv, num_splits)](
         q, k, v, k_cache, v_cache, slots, seq_lens, out, o_part, m_part, l_part, semaphores,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -526,14 +517,14 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
         BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_S=block_s, S_CHUNK=min(block_s, 8), SINGLE=single,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(_rope_attend_kernel), TILES_PER_SPLIT=split_size // block_n,
-        USE_PDL=pdl_mode(pdl), num_warps=ov.get("num_warps", 4), num_stages=_CUDA_NUM_STAGES,
+        USE_PDL=pdl, num_warps=4, num_stages=_CUDA_NUM_STAGES,
         **pdl_launch_kw(pdl),
     )
     return out
 
 
 def rope_store_attention_ref(q, k, v, k_cache, v_cache, slots, seq_lens, scale, theta=10000.0,
-                             num_splits=None, out=None, semaphores=None):
+                             num_splits=None, out=None, semaphores=None, pdl=True):
     """Reference: rope_store_kv_ref at positions seq_lens − 1 (writes the caches), then
     decode_attention_ref with the rotated q. Bytes: rope_store_kv_ref's plus
     decode_attention_ref's, less the new K and V read back (they stay in registers)."""
@@ -542,9 +533,9 @@ def rope_store_attention_ref(q, k, v, k_cache, v_cache, slots, seq_lens, scale, 
     return res if out is None else out.copy_(res)
 
 
-def decode_attention_ref(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=None):
+def decode_attention_ref(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=None, pdl=True):
     """Reference: p = softmax(scale · q·Kᵀ masked to n < seq_lens[b]), out = p·V, in fp32, cast to
-    q.dtype (num_splits is accepted and ignored).
+    q.dtype (num_splits and pdl are accepted and ignored).
 
     Bytes (s = element size, s_i = index size, L = Σ_b seq_lens[b]): reads 2·L·Hkv·D·s (K and V)
     + B·H·D·s + 2·B·s_i, writes B·H·D·s; with num_splits = S > 1 the workspace adds

@@ -4,18 +4,17 @@
 
 In PyTorch that is three launches (an index gather, an add and a cast), none of them with
 programmatic dependent launch, so the first layer's matmul cannot start loading its weights until
-all three have run. Here it is one kernel that lets the next launch first (kernels._compat.PDL)
-and waits for the input copy before it reads a token. A token outside [0, vocab) gives a row of
-zeros, never a read outside the table (PyTorch's gather raises a device-side assert instead).
+all three have run. Here it is one kernel that lets the next launch first (programmatic
+dependent launch, `pdl=True`) and waits for the input copy before it reads a token. A token
+outside [0, vocab) gives a row of zeros, never a read outside the table (PyTorch's gather raises
+a device-side assert instead).
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._compat import check_device, interpreted, pdl_enter, pdl_launch_kw, pdl_mode, use_pdl
-
-_INDEX_DTYPES = (torch.int32, torch.int64)
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from ._utils import (DTYPES, INDEX_DTYPES, as_mask, check_device, interpreted, pdl_enter, pdl_launch_kw,
+                     use_pdl)
 
 
 @triton.jit
@@ -28,21 +27,22 @@ def _embed_kernel(tok_ptr, pos_ptr, emb_ptr, h_ptr, seq_ptr, vocab, stride_e, st
     ok = (tok >= 0) & (tok < vocab)
     offs = c * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HIDDEN
-    row = tl.load(emb_ptr + tl.where(ok, tok, 0) * stride_e + offs, mask=mask & ok, other=0.0)
+    row = tl.load(emb_ptr + tl.where(ok, tok, 0) * stride_e + offs, mask=mask & as_mask(ok), other=0.0)
     tl.store(h_ptr + b * stride_h + offs, row, mask=mask)
     if c == 0:
         tl.store(seq_ptr + b, (tl.load(pos_ptr + b) + 1).to(tl.int32))
 
 
-def embed_seq_lens(embed, tokens, positions):
+def embed_seq_lens(embed, tokens, positions, pdl=True):
     """(embed[tokens], (positions + 1) as int32) in one kernel. embed: [vocab, hidden] with
     contiguous rows; tokens, positions: [B] int32/int64 on embed's device. Returns h [B, hidden]
-    in embed's dtype and seq_lens [B] int32."""
-    if embed.dim() != 2 or embed.dtype not in _DTYPES or embed.stride(1) != 1:
+    in embed's dtype and seq_lens [B] int32. pdl: launch with programmatic dependent launch
+    where the device has it."""
+    if embed.dim() != 2 or embed.dtype not in DTYPES or embed.stride(1) != 1:
         raise ValueError(f"embed_seq_lens: embed must be a 2-D float32/float16/bfloat16 table with "
                          f"contiguous rows, got {tuple(embed.shape)} {embed.dtype} strides {embed.stride()}")
     for name, t in (("tokens", tokens), ("positions", positions)):
-        if t.dim() != 1 or t.dtype not in _INDEX_DTYPES or t.device != embed.device:
+        if t.dim() != 1 or t.dtype not in INDEX_DTYPES or t.device != embed.device:
             raise ValueError(f"embed_seq_lens: {name} must be a 1-D int32/int64 tensor on {embed.device}, "
                              f"got {tuple(t.shape)} {t.dtype} on {t.device}")
     if tokens.shape != positions.shape:
@@ -56,10 +56,10 @@ def embed_seq_lens(embed, tokens, positions):
         return h, seq_lens
     # 16-byte loads, 1024 elements a program on the GPU; whole rows under the interpreter
     block = triton.next_power_of_2(hidden) if interpreted(_embed_kernel) else min(1024, triton.next_power_of_2(hidden))
-    pdl = use_pdl(_embed_kernel, embed)
+    pdl = use_pdl(_embed_kernel, embed, pdl)
     _embed_kernel[(B, triton.cdiv(hidden, block))](
         tokens, positions, embed, h, seq_lens, embed.shape[0], embed.stride(0), h.stride(0),
-        HIDDEN=hidden, BLOCK=block, USE_PDL=pdl_mode(pdl), num_warps=4, **pdl_launch_kw(pdl))
+        HIDDEN=hidden, BLOCK=block, USE_PDL=pdl, num_warps=4, **pdl_launch_kw(pdl))
     return h, seq_lens
 
 

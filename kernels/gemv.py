@@ -19,7 +19,7 @@ What is fused, chosen by constexprs:
   streams the gate rows n and the up rows F + n together and writes the FFN's activation, F
   wide, instead of 2F gate/up values for a separate swiglu kernel.
 
-Programmatic dependent launch (kernels._compat.PDL; Hopper and newer, compiled only): a program
+Programmatic dependent launch (`pdl=True`; Hopper and newer, compiled only): a program
 first loads its first weight chunk (weights are never written during a step; for 16-bit weights
 with K <= 2048 that is its whole share of W), lets the next kernel launch, then waits for the kernel before it to finish
 and flush before it reads an activation or writes anything. Longer rows (down) go in chunks with
@@ -37,18 +37,12 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _compat as compat
-from ._compat import (check_device, interpreted, pdl_enter, pdl_launch_kw, pdl_mode,
-                             to_dtype)
+from . import _utils
+from ._utils import DTYPES, check_device, interpreted, pdl_enter, pdl_launch_kw, to_dtype
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Rows the kernel takes (one program multiplies all of them against each weight chunk).
 MAX_ROWS = 8
-# Rows up to which the decoder uses it. Measured on an H100 (scripts/probe_gemv.py, weights
-# cycled past the L2): at one row it beats cuBLAS on every llama-1b and opt-125m matmul but
-# gate/up (LM head 104% of copy bandwidth against 94%, down 80% against 68%); at four rows
-# cuBLAS wins on all of them (LM head 93% against 77%).
-FAST_ROWS = 1
+# (Rows up to which the decoder uses it: engine.plan.FAST_ROWS, a decision of the step plan.)
 
 
 @triton.jit
@@ -150,25 +144,19 @@ def _gemv_kernel(
 
 
 # Under the interpreter every program costs milliseconds of numpy: few, large ones (the kernel
-# tests shrink these to cover many programs and chunks on small shapes).
-_INTERPRETED_CONFIG = dict(BLOCK_N=128, BLOCK_K=512, num_warps=4)
+# tests pass smaller ones through `config=` to cover many programs and chunks on small shapes).
+_INTERPRETED_CONFIG = dict(BLOCK_N=128, BLOCK_K=512, STAGES=1, num_warps=4, AHEAD=0)
 
 
-# (N, K) of a weight -> launch parameters used instead of config()'s (scripts/probe_gemv.py tries
-# configs inside whole steps this way); empty in normal use.
-OVERRIDES: dict = {}
-
-
-def config(N: int, K: int, B: int, elt: int) -> dict:
-    """Launch parameters for an [N, K] weight and B rows. One or two 16-byte loads per thread per
+def choose_config(N: int, K: int, B: int, elt: int) -> dict:
+    """Launch parameters for an [N, K] weight and B rows (the keys a wrapper's `config=` takes:
+    BLOCK_N, BLOCK_K, STAGES, num_warps, AHEAD). One or two 16-byte loads per thread per
     row of the tile, every thread along K: BLOCK_K = (16 / elt) · 32 · num_warps (twice that
     above; longer rows in chunks of twice that, one chunk ahead), the same for every batch, so
     the K reduction's order (and each row's result) does not depend on B (checked bitwise on
     the H100 for 1, 3, 4 and 8 rows)."""
-    if (N, K) in OVERRIDES:
-        return dict(dict(AHEAD=0), **OVERRIDES[N, K])
     if interpreted(_gemv_kernel):
-        return dict(dict(AHEAD=0), **_INTERPRETED_CONFIG, STAGES=1)
+        return _INTERPRETED_CONFIG
     # Measured on the H100 at one row with the fused epilogues (scripts/probe_gemv.py, log in
     # results/h100/logs/probe-gemv-dc12233.log): a whole row of K <= 2048 in one chunk (two
     # 16-byte loads per thread per row) gains 4-7 points of copy bandwidth on llama-1b's QKV,
@@ -190,15 +178,15 @@ def config(N: int, K: int, B: int, elt: int) -> dict:
     return dict(BLOCK_N=2, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=1)
 
 
-def use_pdl(x) -> bool:
-    """Whether the skinny matmuls launch with PDL for tensors like x."""
-    return compat.use_pdl(_gemv_kernel, x)
+def use_pdl(x, pdl: bool = True) -> bool:
+    """Whether the skinny matmuls launch with PDL for tensors like x when called with `pdl`."""
+    return _utils.use_pdl(_gemv_kernel, x, pdl)
 
 
 def _check(op, x, w, k_in):
     if x.dim() != 2 or w.dim() != 2:
         raise ValueError(f"{op}: x and w must be 2-D, got {tuple(x.shape)} and {tuple(w.shape)}")
-    if x.dtype not in _DTYPES or w.dtype != x.dtype:
+    if x.dtype not in DTYPES or w.dtype != x.dtype:
         raise ValueError(f"{op}: x/w dtypes {x.dtype}/{w.dtype}; both must be one of float32, float16, bfloat16")
     if not 1 <= x.shape[0] <= MAX_ROWS:
         raise ValueError(f"{op}: {x.shape[0]} rows; allowed 1..{MAX_ROWS} (use F.linear above that)")
@@ -212,28 +200,32 @@ def _check(op, x, w, k_in):
     check_device(op, _gemv_kernel, x)
 
 
-def _launch(x, w, n_out, norm=False, epi=0, r=None, nw=None, eps=0.0):
+def _launch(x, w, n_out, cfg, pdl, norm=False, epi=0, r=None, nw=None, eps=0.0):
     B, K = x.shape
     y = torch.empty((B, n_out), dtype=x.dtype, device=x.device)
     r_ = r if r is not None else y
     nw_ = nw if nw is not None else w
-    cfg = config(w.shape[0], K, B, x.element_size())
-    pdl = use_pdl(x)
+    if cfg is None:
+        cfg = choose_config(w.shape[0], K, B, x.element_size())
+    pdl = _utils.use_pdl(_gemv_kernel, x, pdl)
     _gemv_kernel[(triton.cdiv(n_out, cfg["BLOCK_N"]),)](
         x, nw_, w, r_, y, n_out, x.stride(0), w.stride(0), r_.stride(0), y.stride(0), float(eps),
-        B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=triton.next_power_of_2(B), USE_PDL=pdl_mode(pdl),
+        B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=triton.next_power_of_2(B), USE_PDL=pdl,
         **cfg, **pdl_launch_kw(pdl))
     return y
 
 
 def _check_norm(op, norm_w, h):
     K = h.shape[1]
-    if norm_w.shape != (K,) or norm_w.dtype not in _DTYPES or norm_w.device != h.device:
+    if norm_w.shape != (K,) or norm_w.dtype not in DTYPES or norm_w.device != h.device:
         raise ValueError(f"{op}: norm_w must be a float [{K}] tensor on {h.device}, "
                          f"got {tuple(norm_w.shape)} {norm_w.dtype} on {norm_w.device}")
 
 
-def linear(x, w, residual=None):
+# Every wrapper below takes `config` (launch parameters, as choose_config returns them; None:
+# choose_config's) and `pdl` (launch with programmatic dependent launch where the device has it).
+
+def linear(x, w, residual=None, config=None, pdl=True):
     """y = x · wᵀ (+ residual) with fp32 accumulation. x: [B, K] with 1 <= B <= MAX_ROWS;
     w: [N, K]; residual: [B, N] or None."""
     _check("linear", x, w, x.shape[-1] if x.dim() == 2 else -1)
@@ -243,23 +235,23 @@ def linear(x, w, residual=None):
         raise ValueError(f"linear: residual must match {(x.shape[0], N)} {x.dtype} on {x.device} "
                          f"with contiguous rows, got {tuple(residual.shape)} {residual.dtype} on "
                          f"{residual.device}")
-    return _launch(x, w, N, epi=1 if residual is not None else 0, r=residual)
+    return _launch(x, w, N, config, pdl, epi=1 if residual is not None else 0, r=residual)
 
 
-def rmsnorm_linear(h, norm_w, eps, w):
+def rmsnorm_linear(h, norm_w, eps, w, config=None, pdl=True):
     """y = rmsnorm(h, norm_w, eps) · wᵀ. h: [B, K]; norm_w: [K]; w: [N, K]."""
     _check("rmsnorm_linear", h, w, h.shape[-1] if h.dim() == 2 else -1)
     _check_norm("rmsnorm_linear", norm_w, h)
-    return _launch(h, w, w.shape[0], norm=True, nw=norm_w, eps=eps)
+    return _launch(h, w, w.shape[0], config, pdl, norm=True, nw=norm_w, eps=eps)
 
 
-def rmsnorm_linear_swiglu(h, norm_w, eps, w_gu):
+def rmsnorm_linear_swiglu(h, norm_w, eps, w_gu, config=None, pdl=True):
     """y = swiglu(rmsnorm(h, norm_w, eps) · w_guᵀ): w_gu [2F, K] = [gate; up] rows, y [B, F]."""
     _check("rmsnorm_linear_swiglu", h, w_gu, h.shape[-1] if h.dim() == 2 else -1)
     _check_norm("rmsnorm_linear_swiglu", norm_w, h)
     if w_gu.shape[0] % 2:
         raise ValueError(f"rmsnorm_linear_swiglu: w_gu must have 2F rows ([gate; up]), got {w_gu.shape[0]}")
-    return _launch(h, w_gu, w_gu.shape[0] // 2, norm=True, epi=2, nw=norm_w, eps=eps)
+    return _launch(h, w_gu, w_gu.shape[0] // 2, config, pdl, norm=True, epi=2, nw=norm_w, eps=eps)
 
 
 def linear_ref(x, w, residual=None):

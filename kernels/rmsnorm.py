@@ -3,9 +3,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._compat import check_device, to_dtype
+from ._utils import DTYPES, check_device, to_dtype
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # One row lives in registers; past this the tile spills and a row-split kernel would be needed.
 _MAX_D = 65536
 
@@ -36,12 +35,12 @@ def _rmsnorm_kernel(
 def _check(x, w, residual):
     if x.dim() != 2:
         raise ValueError(f"rmsnorm: x must be 2-D [B, D], got shape {tuple(x.shape)}")
-    if x.dtype not in _DTYPES:
+    if x.dtype not in DTYPES:
         raise ValueError(f"rmsnorm: x dtype {x.dtype} not supported; allowed: float32, float16, bfloat16")
     B, D = x.shape
     if not 1 <= D <= _MAX_D:
         raise ValueError(f"rmsnorm: hidden size D={D} out of range; allowed 1..{_MAX_D}")
-    if w.dim() != 1 or w.shape[0] != D or w.dtype not in _DTYPES:
+    if w.dim() != 1 or w.shape[0] != D or w.dtype not in DTYPES:
         raise ValueError(f"rmsnorm: w must be a float [D]=[{D}] tensor, got {tuple(w.shape)} {w.dtype}")
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
         raise ValueError(

@@ -4,13 +4,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .store_kv import _check as _check_store
-from .store_kv import store_kv_ref
-from ._compat import (check_device, pdl_enter, pdl_mode, pdl_launch_kw, to_dtype,
-                             use_pdl)
+from ._utils import DTYPES, INDEX_DTYPES, check_device, pdl_enter, pdl_launch_kw, to_dtype, use_pdl
+from .store_kv import check_store_kv, store_kv_ref
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INDEX_DTYPES = (torch.int32, torch.int64)
 _MAX_HEAD_DIM = 256  # one head's half is one tile row
 
 
@@ -105,7 +101,8 @@ def _rope_store_kv_kernel(
         tl.store(vc + offs_h * stride_ch + offs_i + HALF, v2, mask=mask)
 
 
-def _check(q, k, positions):
+def check_rope(q, k, positions):
+    """rope's argument checks (ValueError), shared by the kernels that rotate q and k."""
     if q.dim() != 3 or k.dim() != 3:
         raise ValueError(f"rope: q and k must be 3-D [B, H, D], got {tuple(q.shape)} and {tuple(k.shape)}")
     B, H, D = q.shape
@@ -113,9 +110,9 @@ def _check(q, k, positions):
         raise ValueError(f"rope: k must be [B={B}, Hkv, D={D}] like q, got {tuple(k.shape)}")
     if D % 2 or not 2 <= D <= _MAX_HEAD_DIM:
         raise ValueError(f"rope: head dim D={D} not supported; allowed: even D in 2..{_MAX_HEAD_DIM} (e.g. 64, 80, 96, 128)")
-    if q.dtype not in _DTYPES or k.dtype != q.dtype:
+    if q.dtype not in DTYPES or k.dtype != q.dtype:
         raise ValueError(f"rope: q/k dtypes {q.dtype}/{k.dtype}; both must be one of float32, float16, bfloat16")
-    if positions.shape != (B,) or positions.dtype not in _INDEX_DTYPES:
+    if positions.shape != (B,) or positions.dtype not in INDEX_DTYPES:
         raise ValueError(f"rope: positions must be int32/int64 [B]=[{B}], got {tuple(positions.shape)} {positions.dtype}")
     for name, t in (("k", k), ("positions", positions)):
         if t.device != q.device:
@@ -129,7 +126,7 @@ def rope(q, k, positions, theta=10000.0):
     """In place: for each head x, with x1 = x[..., :D/2], x2 = x[..., D/2:],
     x1 ← x1·cos − x2·sin, x2 ← x2·cos + x1·sin, angle[b, i] = positions[b] · theta^(−2i/D).
     q: [B, H, D], k: [B, Hkv, D] (any batch/head strides), positions: [B]. Returns (q, k)."""
-    _check(q, k, positions)
+    check_rope(q, k, positions)
     check_device("rope", _rope_kernel, q)
     B, H, D = q.shape
     Hkv = k.shape[1]
@@ -169,12 +166,13 @@ def rope_ref(q, k, positions, theta=10000.0):
     return rotate(q), rotate(k)
 
 
-def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0):
+def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0, pdl=True):
     """rope and store_kv in one kernel: q is rotated in place; k is rotated on its way into
     k_cache[slots[i], :, positions[i]] (k itself is left as it was); v is copied into v_cache.
-    Shapes as rope's and store_kv's. Returns q."""
-    _check(q, k, positions)
-    _check_store(k_cache, v_cache, k, v, slots, positions)
+    Shapes as rope's and store_kv's. Returns q. pdl: launch with programmatic dependent launch
+    where the device has it."""
+    check_rope(q, k, positions)
+    check_store_kv(k_cache, v_cache, k, v, slots, positions)
     if k_cache.stride() != v_cache.stride():
         raise ValueError(f"rope_store_kv: k_cache and v_cache must share strides, got "
                          f"{k_cache.stride()} and {v_cache.stride()}")
@@ -184,14 +182,14 @@ def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0):
     if B > 0:
         half = D // 2
         bh = min(triton.next_power_of_2(max(H, Hkv)), 16)
-        pdl = use_pdl(_rope_store_kv_kernel, q)
+        pdl = use_pdl(_rope_store_kv_kernel, q, pdl)
         _rope_store_kv_kernel[(B, triton.cdiv(H, bh) + triton.cdiv(Hkv, bh))](
             q, k, v, k_cache, v_cache, positions, slots,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             float(theta),
             H=H, HKV=Hkv, HALF=half, BLOCK_H=bh, BLOCK_HALF=triton.next_power_of_2(half),
-            USE_PDL=pdl_mode(pdl), num_warps=4, **pdl_launch_kw(pdl),
+            USE_PDL=pdl, num_warps=4, **pdl_launch_kw(pdl),
         )
     return q
 

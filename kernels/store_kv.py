@@ -3,10 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._compat import check_device
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INDEX_DTYPES = (torch.int32, torch.int64)
+from ._utils import DTYPES, INDEX_DTYPES, check_device
 
 
 @triton.jit
@@ -34,7 +31,8 @@ def _store_kv_kernel(
         tl.store(vc_base + offs_h * stride_vch + offs_d, v, mask=mask)
 
 
-def _check(k_cache, v_cache, k, v, slots, positions):
+def check_store_kv(k_cache, v_cache, k, v, slots, positions):
+    """store_kv's argument checks (ValueError), shared by the kernels that store K and V."""
     if k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
         raise ValueError(
             f"store_kv: caches must both be [num_slots, Hkv, max_seq, D], got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
@@ -43,11 +41,11 @@ def _check(k_cache, v_cache, k, v, slots, positions):
     if k.dim() != 3 or k.shape[1:] != (Hkv, D) or v.shape != k.shape:
         raise ValueError(f"store_kv: k and v must both be [B, Hkv={Hkv}, D={D}], got {tuple(k.shape)} and {tuple(v.shape)}")
     dtypes = {t.dtype for t in (k_cache, v_cache, k, v)}
-    if len(dtypes) != 1 or k.dtype not in _DTYPES:
+    if len(dtypes) != 1 or k.dtype not in DTYPES:
         raise ValueError(f"store_kv: caches, k and v must share one dtype of float32/float16/bfloat16, got {sorted(map(str, dtypes))}")
     B = k.shape[0]
     for name, t in (("slots", slots), ("positions", positions)):
-        if t.shape != (B,) or t.dtype not in _INDEX_DTYPES:
+        if t.shape != (B,) or t.dtype not in INDEX_DTYPES:
             raise ValueError(f"store_kv: {name} must be int32/int64 [B]=[{B}], got {tuple(t.shape)} {t.dtype}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v), ("slots", slots), ("positions", positions)):
         if t.device != k.device:
@@ -60,7 +58,7 @@ def store_kv(k_cache, v_cache, k, v, slots, positions):
     """In place: k_cache[slots[i], :, positions[i], :] = k[i] and likewise v, for i < B.
     Caches: [num_slots, Hkv, max_seq, D]; k, v: [B, Hkv, D]; slots, positions: [B].
     Indices are not range-checked (that would read them on the host)."""
-    _check(k_cache, v_cache, k, v, slots, positions)
+    check_store_kv(k_cache, v_cache, k, v, slots, positions)
     check_device("store_kv", _store_kv_kernel, k)
     B, Hkv, D = k.shape
     if B > 0:

@@ -3,9 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._compat import check_device, to_dtype
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from ._utils import DTYPES, check_device, to_dtype
 
 
 @triton.jit
@@ -25,7 +23,7 @@ def swiglu(gate_up):
     gate_up: [B, 2F]; returns [B, F] of gate_up's dtype."""
     if gate_up.dim() != 2 or gate_up.shape[1] % 2 != 0 or gate_up.shape[1] == 0:
         raise ValueError(f"swiglu: gate_up must be [B, 2F] with F >= 1, got shape {tuple(gate_up.shape)}")
-    if gate_up.dtype not in _DTYPES:
+    if gate_up.dtype not in DTYPES:
         raise ValueError(f"swiglu: dtype {gate_up.dtype} not supported; allowed: float32, float16, bfloat16")
     if gate_up.numel() > 0 and gate_up.stride(1) != 1:
         raise ValueError(f"swiglu: gate_up must be contiguous in its last dim, got strides {gate_up.stride()}")

@@ -1,4 +1,11 @@
-"""Shared test helpers."""
+"""Shared kernel-test helpers: the dtypes with their tolerances, seeded random inputs, and one
+comparison. A kernel test is parametrized over its shapes and over DTYPE_TOLS:
+
+    @pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+    def test_op(shape, dtype, atol, rtol, device):
+        assert_close(op(x), op_ref(x), dtype, atol, rtol)
+"""
+import pytest
 import torch
 
 # (atol, rtol) per dtype, for a kernel output against its fp32 reference rounded to the same dtype.
@@ -16,12 +23,53 @@ TOL = {
     torch.float16: (1e-3, 1e-3),
     torch.bfloat16: (1e-2, 1.6e-2),
 }
+DTYPES = list(TOL)
 
 
-def assert_close(actual, expected, dtype):
-    """Assert `actual` matches `expected` elementwise within TOL[dtype]; both must have `dtype`
-    and the same shape. NaNs never match."""
+def dtype_id(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# The `(dtype, atol, rtol)` axis of every kernel test.
+DTYPE_TOLS = [pytest.param(d, *TOL[d], id=dtype_id(d)) for d in DTYPES]
+
+
+def assert_close(actual, expected, dtype, atol=None, rtol=None):
+    """Assert `actual` matches `expected` elementwise within (atol, rtol), TOL[dtype] where not
+    given; both must have `dtype` and the same shape. NaNs never match."""
     assert actual.dtype == dtype and expected.dtype == dtype, (actual.dtype, expected.dtype, dtype)
     assert actual.shape == expected.shape, (tuple(actual.shape), tuple(expected.shape))
-    atol, rtol = TOL[dtype]
+    atol = TOL[dtype][0] if atol is None else atol
+    rtol = TOL[dtype][1] if rtol is None else rtol
     torch.testing.assert_close(actual.float().cpu(), expected.float().cpu(), atol=atol, rtol=rtol)
+
+
+def gen(seed):
+    """A CPU generator seeded with `seed`."""
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, g, dtype, device):
+    """Standard normal values drawn in fp32 on the CPU generator g (so every device sees the same
+    numbers), then cast to dtype and moved to device."""
+    return torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
+
+
+def fused_qkv(B, H, Hkv, D, g, dtype, device):
+    """q [B, H, D], k and v [B, Hkv, D] as strided views of one random [B, (H + 2Hkv)·D] tensor,
+    as a QKV projection produces them; returns (qkv, q, k, v)."""
+    qkv = randn(B, (H + 2 * Hkv) * D, g=g, dtype=dtype, device=device)
+    q = qkv[:, :H * D].view(B, H, D)
+    k = qkv[:, H * D:(H + Hkv) * D].view(B, Hkv, D)
+    v = qkv[:, (H + Hkv) * D:].view(B, Hkv, D)
+    return qkv, q, k, v
+
+
+def f16(*shape, dev):
+    """A float16 tensor of zeros, for argument-check tests (the call must raise before any work)."""
+    return torch.zeros(*shape, dtype=torch.float16, device=dev)
+
+
+def i32(*shape, dev, fill=0):
+    """An int32 tensor filled with `fill`, for argument-check tests."""
+    return torch.full(shape, fill, dtype=torch.int32, device=dev)

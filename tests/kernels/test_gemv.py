@@ -1,0 +1,128 @@
+"""The skinny matmuls (linear, rmsnorm_linear, rmsnorm_linear_swiglu) against their references,
+on fresh random inputs."""
+import pytest
+import torch
+
+from microbench.kernels import (linear, linear_ref, rmsnorm_linear, rmsnorm_linear_ref,
+                                rmsnorm_linear_swiglu, rmsnorm_linear_swiglu_ref)
+from tests.utils import DTYPE_TOLS, assert_close, f16, gen, randn
+
+# Under the interpreter, small blocks, so the small shapes span several programs and several K
+# chunks (config=None: the wrappers' own choice, which the GPU and the realistic shape use).
+SMALL = dict(BLOCK_N=8, BLOCK_K=64, STAGES=1, num_warps=4, AHEAD=0)
+
+# B rows, K inputs, N outputs: llama-1b's hidden size at one row (the config the wrapper picks),
+# then K and N off every block size, B up to the kernel's MAX_ROWS.
+SHAPES = [(1, 2048, 256), (1, 64, 48), (3, 100, 37), (8, 130, 20), (5, 257, 9), (2, 300, 70)]
+
+
+@pytest.fixture
+def cfg(device, K):
+    """The launch config for a test shape: small blocks for the small shapes under the
+    interpreter, else the wrapper's choice."""
+    return SMALL if device.type == "cpu" and K < 2048 else None
+
+
+def _weight(N, K, g, dtype, device):
+    return (randn(N, K, g=g, dtype=torch.float32, device=device) / K ** 0.5).to(dtype)
+
+
+def _norm_w(K, g, dtype, device):
+    return (1 + 0.1 * randn(K, g=g, dtype=torch.float32, device=device)).to(dtype)
+
+
+@pytest.mark.parametrize("B, K, N", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+def test_linear(B, K, N, dtype, atol, rtol, device, cfg):
+    g = gen(21)
+    x, w = randn(B, K, g=g, dtype=dtype, device=device), _weight(N, K, g, dtype, device)
+    assert_close(linear(x, w, config=cfg), linear_ref(x, w), dtype, atol, rtol)
+
+
+@pytest.mark.parametrize("B, K, N", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+def test_linear_residual(B, K, N, dtype, atol, rtol, device, cfg):
+    """The residual add in the epilogue: y = r + x·wᵀ, rounded once."""
+    g = gen(25)
+    x, w = randn(B, K, g=g, dtype=dtype, device=device), _weight(N, K, g, dtype, device)
+    r = randn(B, N, g=g, dtype=dtype, device=device)
+    r0 = r.clone()
+    assert_close(linear(x, w, residual=r, config=cfg), linear_ref(x, w, residual=r), dtype, atol, rtol)
+    assert torch.equal(r, r0)
+
+
+@pytest.mark.parametrize("B, K, N", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+def test_rmsnorm_linear(B, K, N, dtype, atol, rtol, device, cfg):
+    g = gen(23)
+    h = 3 * randn(B, K, g=g, dtype=dtype, device=device)
+    nw, w = _norm_w(K, g, dtype, device), _weight(N, K, g, dtype, device)
+    h0 = h.clone()
+    assert_close(rmsnorm_linear(h, nw, 1e-5, w, config=cfg), rmsnorm_linear_ref(h, nw, 1e-5, w),
+                 dtype, atol, rtol)
+    assert torch.equal(h, h0)
+
+
+@pytest.mark.parametrize("B, K, N", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+def test_rmsnorm_linear_swiglu(B, K, N, dtype, atol, rtol, device, cfg):
+    """Gate rows n and up rows F + n in one program, silu(g)·u in the epilogue; N = F here."""
+    g = gen(22)
+    h = 2 * randn(B, K, g=g, dtype=dtype, device=device)
+    nw, w_gu = _norm_w(K, g, dtype, device), 2 * _weight(2 * N, K, g, dtype, device)
+    y = rmsnorm_linear_swiglu(h, nw, 1e-5, w_gu, config=cfg)
+    assert y.shape == (B, N)
+    assert_close(y, rmsnorm_linear_swiglu_ref(h, nw, 1e-5, w_gu), dtype, atol, rtol)
+
+
+def test_linear_on_strided_rows(device):
+    # rows of a wider tensor (as attention's output or a QKV slice arrives)
+    g = gen(24)
+    big = randn(3, 200, g=g, dtype=torch.float32, device=device)
+    x, w = big[:, 10:110], _weight(17, 100, g, torch.float32, device)
+    cfg = SMALL if device.type == "cpu" else None
+    assert_close(linear(x, w, config=cfg), linear_ref(x, w), torch.float32)
+
+
+@pytest.mark.parametrize("B, K, N", [(1, 200, 11), (3, 256, 13), (2, 64, 5)], ids=str)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+def test_gemv_one_chunk_ahead(B, K, N, dtype, atol, rtol, device):
+    """AHEAD=1 (chunk c + 1's weights requested before chunk c is multiplied) sums the chunks in
+    the same order as the plain loop: every fused form equals it bit for bit, and the
+    reference, for a K of one chunk, several, and a ragged last one."""
+    g = gen(27)
+    h = 2 * randn(B, K, g=g, dtype=dtype, device=device)
+    nw = _norm_w(K, g, dtype, device)
+    w, w_gu = _weight(N, K, g, dtype, device), 2 * _weight(2 * N, K, g, dtype, device)
+    r = randn(B, N, g=g, dtype=dtype, device=device)
+    calls = {"linear": (lambda c: linear(h, w, residual=r, config=c), lambda: linear_ref(h, w, residual=r)),
+             "rmsnorm_linear": (lambda c: rmsnorm_linear(h, nw, 1e-5, w, config=c),
+                                lambda: rmsnorm_linear_ref(h, nw, 1e-5, w)),
+             "swiglu": (lambda c: rmsnorm_linear_swiglu(h, nw, 1e-5, w_gu, config=c),
+                        lambda: rmsnorm_linear_swiglu_ref(h, nw, 1e-5, w_gu))}
+    cfg = (SMALL if device.type == "cpu"
+           else dict(BLOCK_N=2, BLOCK_K=1024 // h.element_size() // 2, STAGES=3, num_warps=4))
+    for name, (fn, ref) in calls.items():
+        plain = fn(dict(cfg, AHEAD=0))
+        ahead = fn(dict(cfg, AHEAD=1))
+        assert torch.equal(ahead, plain), name
+        assert_close(ahead, ref(), dtype, atol, rtol)
+
+
+BAD_CALLS = [
+    ("rows", lambda d: linear(f16(9, 8, dev=d), f16(4, 8, dev=d)), "rows; allowed 1..8"),
+    ("k", lambda d: linear(f16(2, 8, dev=d), f16(4, 7, dev=d)), r"w must be \[N, 8\]"),
+    ("dtype", lambda d: linear(f16(2, 8, dev=d), f16(4, 8, dev=d).float()), "dtypes"),
+    ("residual", lambda d: linear(f16(2, 8, dev=d), f16(4, 8, dev=d), residual=f16(2, 5, dev=d)),
+     "residual must match"),
+    ("norm-swiglu-odd", lambda d: rmsnorm_linear_swiglu(f16(2, 8, dev=d), f16(8, dev=d), 1e-5, f16(5, 8, dev=d)),
+     "2F rows"),
+    ("rmsnorm-linear-nw", lambda d: rmsnorm_linear(f16(2, 8, dev=d), f16(7, dev=d), 1e-5, f16(4, 8, dev=d)),
+     "norm_w"),
+]
+
+
+@pytest.mark.parametrize("call, match", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_bad_arguments_raise_value_error(call, match, device):
+    with pytest.raises(ValueError, match=match):
+        call(device)
