@@ -2,6 +2,7 @@
 validation (one RunFileError line naming the file and what is wrong)."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,12 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic_write(p, json.dumps({"a": 1}))
     atomic_write(p, json.dumps({"b": 2}))
     assert json.loads(p.read_text()) == {"b": 2}
+
+
+RESULTS = sorted((Path(__file__).resolve().parents[2] / "results").glob("**/run.json"))
+
+
+@pytest.mark.skipif(not RESULTS, reason="no reference runs under results/")
+@pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.parent.name)
+def test_every_reference_run_validates(path):
+    assert read_run(path).kind
