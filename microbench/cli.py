@@ -65,7 +65,7 @@ def main():
                    "host still launches the longer one.")
 @click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Tensor-parallel ranks, one GPU each (spawned here, or run under "
-                   "torchrun --nproc-per-node N -m microbench.bench.tp_entry sweep --tp N).")
+                   "torchrun --nproc-per-node N -m microbench.cli_tp sweep --tp N).")
 @click.option("--no-tp1", is_flag=True, help="With --tp: skip the TP-1 comparison on rank 0.")
 @OUT
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
@@ -88,7 +88,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
                 raise ValueError("--split-launch: not with --tp (one graph per size there)")
             if set(cfg.arms) - {"eager", "graph"}:
                 raise ValueError("--arms: with --tp only eager and graph run")
-            from microbench.bench.tp_entry import validate_tp
+            from microbench.cli_tp import validate_tp
             validate_tp(preset, tp)
         elif no_tp1:
             raise ValueError("--no-tp1: only with --tp 2 or more")
@@ -97,7 +97,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
         usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
     require_cuda("sweep")
     if tp > 1:
-        from microbench.bench.tp_entry import tp_sweep_main
+        from microbench.cli_tp import tp_sweep_main
         text, code = tp_sweep_main(cfg.to_dict(), tp, compare_tp1=not no_tp1, as_json=as_json,
                                    quiet=quiet)
         if text is not None:
@@ -129,13 +129,13 @@ def launch(time_budget, tp, out, as_json):
     try:
         check_writable(Path(out))
         if tp > 1:
-            from microbench.bench.tp_entry import validate_tp
+            from microbench.cli_tp import validate_tp
             validate_tp(None, tp)
     except ValueError as e:
         usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
     require_cuda("launch")
     if tp > 1:
-        from microbench.bench.tp_entry import tp_launch_main
+        from microbench.cli_tp import tp_launch_main
         text, code = tp_launch_main(tp, time_budget, out, as_json)
         if text is not None:
             click.echo(text)
@@ -297,7 +297,8 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
     pool-growth, capture-cost, piecewise-vs-full, memory-headroom."""
     import time
 
-    from microbench.bench.reproduce import NAMES, ReproduceConfig, run_reproduce, save_run
+    from microbench.bench.reproduce import NAMES, ReproduceConfig, run_reproduce
+    from microbench.report.record import write_reproduce_run
     t0 = time.perf_counter()
     loud = not (quiet or as_json)
     cfg = ReproduceConfig(names=tuple(dict.fromkeys(names)) or NAMES, preset=preset, bs=bs,
@@ -310,7 +311,7 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
         usage(e if str(e).startswith(("--", "NAMES")) else ValueError(f"--out: {e}"))
     require_cuda("reproduce")
     say = (lambda s: click.echo(s, err=True)) if loud else None
-    save = Saver(out, "reproduce", preset, write=save_run)
+    save = Saver(out, "reproduce", preset, write=write_reproduce_run)
 
     show = None if as_json else (lambda e: click.echo(entry_lines(e)))
     run = run_reproduce(cfg, on_progress=say, on_entry=show, on_run=save)

@@ -1,12 +1,13 @@
 """`microbench sweep --tp N` and `microbench launch --tp N`: validation before any process
 starts, and the calls; also the entry point torchrun starts on every rank:
 
-    python3 -m microbench.bench.tp_entry sweep --tp 2 --preset llama-1b --bs 1,4,16,64
-    python3 -m microbench.bench.tp_entry launch --tp 2
-    torchrun --nproc-per-node 2 -m microbench.bench.tp_entry sweep --tp 2 ...
+    python3 -m microbench.cli_tp sweep --tp 2 --preset llama-1b --bs 1,4,16,64
+    python3 -m microbench.cli_tp launch --tp 2
+    torchrun --nproc-per-node 2 -m microbench.cli_tp sweep --tp 2 ...
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 
@@ -17,7 +18,19 @@ from microbench.bench.sweep import SweepConfig
 from microbench.bench.tp import RankFailed, check_tp, run_allreduce_bench, torchrun_rank
 from microbench.bench.tp_sweep import run_tp_sweep
 from microbench.engine.ladders import parse_int_list
+from microbench.cli_types import Saver
 from microbench.engine.shapes import PRESETS, ModelShape
+from microbench.report.record import write_run
+from microbench.report.tp_tables import allreduce_table, tp_sweep_table
+
+
+class FolderSaver(Saver):
+    """A Saver that says where it wrote: TP ranks run in other processes, so rank 0 hands the
+    folder back with the run."""
+
+    def __call__(self, run: dict) -> str:
+        super().__call__(run)
+        return str(self.dir)
 
 
 def validate_tp(preset: str | None, tp: int, n_gpus: int | None = -1) -> None:
@@ -40,9 +53,10 @@ def tp_sweep_main(cfg_kwargs: dict, tp: int, compare_tp1: bool = True, as_json: 
                   quiet: bool = False) -> tuple[str | None, int]:
     """Run the TP sweep; returns (text to print, exit code). Text is None on torchrun ranks
     other than 0: only rank 0 prints."""
-    from microbench.report.tp_tables import tp_sweep_table
     cfg = SweepConfig(**cfg_kwargs)
-    run, where = run_tp_sweep(cfg, tp, compare_tp1=compare_tp1, progress=not (quiet or as_json))
+    save = FolderSaver(cfg.out, "sweep", f"{cfg.preset}-tp{tp}")
+    run, where = run_tp_sweep(cfg, tp, compare_tp1=compare_tp1, progress=not (quiet or as_json),
+                              save=save)
     if run is None:
         return None, 0
     if as_json:
@@ -55,8 +69,10 @@ def tp_sweep_main(cfg_kwargs: dict, tp: int, compare_tp1: bool = True, as_json: 
 def tp_launch_main(tp: int, time_budget: float = 0.3, out: str = "results",
                    as_json: bool = False) -> tuple[str | None, int]:
     """The all-reduce benchmark on tp GPUs; returns (text to print, exit code)."""
-    from microbench.report.tp_tables import allreduce_table
-    run, where = run_allreduce_bench(tp, time_budget=time_budget, out=out, progress=not as_json)
+    save = FolderSaver(out, "launch", f"tp{tp}",
+                       write=functools.partial(write_run, csv_name="allreduce.csv"))
+    run, where = run_allreduce_bench(tp, time_budget=time_budget, out=out, progress=not as_json,
+                                     save=save)
     if run is None:
         return None, 0
     text = json.dumps(run, indent=2, default=str) if as_json else (

@@ -183,7 +183,7 @@ def test_tp_entry_point_without_a_gpu_says_so_in_one_line():
     import sys
     if torch.cuda.is_available():
         pytest.skip("checks the no-GPU message")
-    p = subprocess.run([sys.executable, "-m", "microbench.bench.tp_entry", "sweep", "--tp", "2"],
+    p = subprocess.run([sys.executable, "-m", "microbench.cli_tp", "sweep", "--tp", "2"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stderr
     lines = [l for l in p.stderr.splitlines() if l.strip()]

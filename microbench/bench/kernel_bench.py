@@ -126,13 +126,3 @@ def run_kernel_bench(preset="llama-1b", batches=(1, 16, 64), context=4096, budge
     return dict(kind="kernels", config=dict(preset=preset, batches=list(batches), context=context,
                                             dtype="bfloat16", reps_per_graph=REPS),
                 env=environment(dev), copy=copy, rows=rows)
-
-
-def kernel_table(run: dict) -> str:
-    from microbench.report.tables import table
-    rows = [[r["kernel"], str(r["B"]), str(r["context"] or "-"), f"{r['bytes'] / 1e6:.3f}",
-             f"{r['time_us']:.2f}", f"{r['bytes_per_s'] / 1e9:.0f}", f"{r['frac_of_copy']:.0%}"]
-            for r in run["rows"]]
-    head = (f"kernels at {run['config']['preset']} decode shapes on {run['env']['gpu']}; copy "
-            f"bandwidth {run['copy']['bytes_per_s'] / 1e12:.2f} TB/s (read + write)")
-    return head + "\n" + table(["kernel", "B", "context", "MB", "us", "GB/s", "of copy"], rows)

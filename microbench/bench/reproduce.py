@@ -1,12 +1,11 @@
 """`microbench reproduce`: the selected experiments (bench.phenomena) run on one shared decoder,
-each judged as it ends; the run dict and its files.
+each judged as it ends, into the run dict.
 """
 from __future__ import annotations
 
 import time
 import traceback
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -15,7 +14,6 @@ from microbench.bench.lab import Lab, build_decoder, free_memory
 from microbench.bench.phenomena import EXPERIMENTS, NAMES
 from microbench.bench.sweep import DEFAULT_BS
 from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS, ModelShape
-from microbench.report.record import atomic_write, rows_to_csv, write_run
 
 
 @dataclass(frozen=True)
@@ -128,12 +126,3 @@ def run_reproduce(cfg: ReproduceConfig, on_progress=None, on_entry=None, on_run=
     if on_run:
         on_run(run)
     return run
-
-
-def save_run(out_dir, run: dict):
-    """run.json and one CSV per experiment (`<name>.csv`), each written atomically."""
-    out_dir = write_run(Path(out_dir), run)
-    for e in run.get("phenomena", []):
-        if e.get("rows"):
-            atomic_write(out_dir / f"{e['name']}.csv", rows_to_csv(e["rows"]))
-    return out_dir

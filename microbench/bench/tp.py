@@ -14,7 +14,7 @@ wide) and its own FFN columns, and the O and down projections leave partial sums
 all-reduce each completes: the decoder's `all_reduce` hook, two per layer. The embedding, the
 norms and the tied LM head are replicated: every rank computes the full logits.
 
-A shard is a ToyDecoder of the sharded shape (`model_tp.tp_shape`) whose weights are replaced by
+A shard is a ToyDecoder of the sharded shape (`shapes.tp_shape`) whose weights are replaced by
 slices of the full model's, generated from the same seed on the same kind of device, so a
 rank's logits compare with the unsharded decoder's.
 
@@ -38,8 +38,7 @@ from pathlib import Path
 
 import torch
 
-from microbench.engine.shapes import DTYPE_NAMES, ModelShape, torch_dtype
-from microbench.analysis.model_tp import tp_shape
+from microbench.engine.shapes import DTYPE_NAMES, ModelShape, torch_dtype, tp_shape
 from microbench.bench.env import environment, require_cuda
 from microbench.bench.inputs import step_inputs
 
@@ -256,23 +255,23 @@ def decoder_plan(dec) -> dict:
 
 def run_allreduce_bench(tp: int, time_budget: float = 0.3, hidden: int = 4096,
                         dtype: str = "bfloat16", k: int = 20, out: str = "results",
-                        progress: bool = True):
+                        progress: bool = True, save=None):
     """The collective benchmark on `tp` GPUs (collectives.measure_allreduce at [B, hidden]
-    sizes for B in 1..256 and at 1 to 64 MiB); returns (run, saved folder) on rank 0."""
+    sizes for B in 1..256 and at 1 to 64 MiB); returns (run, save(run)) on rank 0, save
+    being a picklable callable that writes the run and returns its folder."""
     check_tp(None, tp)
     require_cuda("launch")
     check_tp(None, tp, torch.cuda.device_count())
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"--dtype: {dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
-    res = launch_ranks(_bench_rank, tp, args=(hidden, dtype, k, time_budget, out, progress))
+    res = launch_ranks(_bench_rank, tp, args=(hidden, dtype, k, time_budget, out, progress, save))
     return res[0] if res[0] is not None else (None, None)
 
 
-def _bench_rank(rank, world, hidden, dtype, k, budget, out, progress):
+def _bench_rank(rank, world, hidden, dtype, k, budget, out, progress, save):
     import torch.distributed as dist
 
     from microbench.bench.collectives import allreduce_numels, measure_allreduce
-    from microbench.report.record import run_id, write_run
     dev = rank_device()
     host = dist.new_group(backend="gloo", timeout=TIMEOUT)
     dt = torch_dtype(dtype)
@@ -285,8 +284,7 @@ def _bench_rank(rank, world, hidden, dtype, k, budget, out, progress):
     run = dict(kind="launch-tp", config=dict(tp=world, hidden=hidden, dtype=dtype, k=k,
                                              time_budget=budget, out=out),
                env=env, allreduce=bench, rows=bench["points"])
-    d = write_run(Path(out) / run_id("launch", env, f"tp{world}"), run, csv_name="allreduce.csv")
-    return run, str(d)
+    return run, (save(run) if save else None)
 
 
 def free_device_memory():

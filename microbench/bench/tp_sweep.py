@@ -23,12 +23,9 @@ step. Times are rank 0's; `*_max_rank` fields hold the slowest rank's median.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
 import torch
 import torch.distributed as dist
 
-from microbench.analysis.model_tp import tp_shape
 from microbench.bench.collectives import BIG_BYTES, gather, lockstep, measure_allreduce
 from microbench.bench.env import require_cuda
 from microbench.bench.inputs import packed, step_inputs
@@ -41,8 +38,7 @@ from microbench.bench.tp import (TIMEOUT, bind_all_reduce, build_shard, check_tp
                                  tp_environment, warm_step)
 from microbench.engine.decoder import ToyDecoder
 from microbench.engine.runner import GraphRunner
-from microbench.engine.shapes import torch_dtype
-from microbench.report.record import run_id, write_run
+from microbench.engine.shapes import torch_dtype, tp_shape
 
 GIB = 1 << 30
 
@@ -93,9 +89,10 @@ def single_gpu_steps(dec, ladder, cfg, say) -> dict:
         runner.close()
 
 
-def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool):
-    """One rank's part of the TP sweep; rank 0 returns (run, saved folder), others None."""
-    r = _Rank(rank, world, cfg, progress)
+def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool, save=None):
+    """One rank's part of the TP sweep; rank 0 returns (run, where save(run) last saved it),
+    the others None."""
+    r = _Rank(rank, world, cfg, progress, save)
     if r.lead:
         r.lead_alone(compare_tp1)
     dist.barrier(group=r.host)
@@ -113,15 +110,14 @@ def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool):
     if not r.lead:
         return None
     r.run["wall_s"] = time.perf_counter() - r.t_start
-    write_run(r.out_dir, r.run)
-    return r.run, str(r.out_dir)
+    return r.run, r.save(r.run)
 
 
 class _Rank:
     """One rank's sweep: its device, host group, decoder settings and (on rank 0) the run;
     the methods are the phases of the module docstring, in order."""
 
-    def __init__(self, rank: int, world: int, cfg, progress: bool):
+    def __init__(self, rank: int, world: int, cfg, progress: bool, save=None):
         self.t_start = time.perf_counter()
         self.rank, self.world, self.cfg = rank, world, cfg
         self.lead = rank == 0
@@ -135,7 +131,8 @@ class _Rank:
         self.max_seq = max_seq_for(cfg.context)
         self.dec_kw = dict(backend=cfg.backend, max_batch=self.max_batch, max_seq=self.max_seq,
                            dtype=dtype, device=dev, seed=cfg.seed)
-        self.run = self.out_dir = self.full = None
+        self.save = save or (lambda run: None)
+        self.run = self.full = None
         self.tp1 = {}
 
     def lead_alone(self, compare_tp1: bool):
@@ -147,7 +144,6 @@ class _Rank:
                               env=env, ladder=self.ladder, shape=shape.to_dict(),
                               shard_shape=tp_shape(shape, self.world).to_dict(), rows=[],
                               interrupted=False)
-        self.out_dir = Path(cfg.out) / run_id("sweep", env, f"{cfg.preset}-tp{self.world}")
         say("rank 0 alone: launch costs, copy bandwidth, matrix rate")
         run["launch"] = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
         why = "not asked" if not compare_tp1 else tp1_skip_reason(
@@ -160,7 +156,7 @@ class _Rank:
             run["tp1"] = {k: v for k, v in self.tp1.items() if k != "rows"}
         else:
             run["tp1"] = dict(skipped=why)
-        write_run(self.out_dir, run)
+        self.save(run)
 
     def build_shard(self):
         """Every rank: its shard, the KV cache filled, one eager step (the communicator up)."""
@@ -222,7 +218,7 @@ class _Rank:
                                    diff=row.get("max_abs_diff")), host)
             if self.lead:
                 self.run["rows"].append(ctx.row(row, everyone, self.tp1, self.bench))
-                write_run(self.out_dir, self.run)
+                self.save(self.run)
 
 
 class _Predict:
@@ -291,14 +287,15 @@ class _Predict:
         return row
 
 
-def run_tp_sweep(cfg, tp: int, compare_tp1: bool = True, progress: bool = True):
-    """The sweep at TP `tp` (see the module docstring); returns (run, saved folder) on rank 0, where
-    rank 0 wrote the run, and (None, None) on the other ranks under torchrun. Bad input
-    raises ValueError before any process group starts."""
+def run_tp_sweep(cfg, tp: int, compare_tp1: bool = True, progress: bool = True, save=None):
+    """The sweep at TP `tp` (see the module docstring); returns (run, where it was saved) on
+    rank 0, which calls save(run) whenever the run changes (a picklable callable returning the
+    folder it wrote, or None: spawned ranks get a copy), and (None, None) on the other ranks
+    under torchrun. Bad input raises ValueError before any process group starts."""
     cfg.validate()
     check_tp(cfg.shape, tp)
     require_cuda("sweep")
     check_tp(cfg.shape, tp, torch.cuda.device_count())
-    res = launch_ranks(sweep_rank, tp, args=(cfg, compare_tp1, progress))
+    res = launch_ranks(sweep_rank, tp, args=(cfg, compare_tp1, progress, save))
     return res[0] if res[0] is not None else (None, None)
 

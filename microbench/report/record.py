@@ -135,6 +135,15 @@ def write_run(out_dir: Path, run: dict, csv_name: str = "sweep.csv") -> Path:
     return out_dir
 
 
+def write_reproduce_run(out_dir: Path, run: dict) -> Path:
+    """A reproduce run: run.json and one CSV per experiment (`<name>.csv`)."""
+    out_dir = write_run(Path(out_dir), run)
+    for e in run.get("phenomena", []):
+        if e.get("rows"):
+            atomic_write(out_dir / f"{e['name']}.csv", rows_to_csv(e["rows"]))
+    return out_dir
+
+
 def _json_default(o):
     if hasattr(o, "to_dict"):
         return o.to_dict()

@@ -1,5 +1,5 @@
 """The tables of saved TP runs (kinds "sweep-tp", "launch-tp"). Running them is
-microbench.bench.tp_entry's.
+microbench.cli_tp's.
 """
 from __future__ import annotations
 

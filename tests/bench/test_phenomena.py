@@ -18,7 +18,7 @@ from microbench.engine.shapes import PRESETS
 from microbench.engine.dispatch import PaddingDispatcher
 from microbench.analysis.model import DeviceProfile
 from microbench.report.plots import entry_lines, render_report
-from microbench.report.record import load_run
+from microbench.report.record import load_run, write_reproduce_run
 
 HAS_CUDA = torch.cuda.is_available()
 CFG = rp.ReproduceConfig(preset="tiny", context=32, steps=1, time_budget=0.01)
@@ -289,7 +289,7 @@ def test_config():
 
 # ---- the report, from a saved run ----------------------------------------------------------
 def test_saved_run_round_trips_with_csvs(fake_run, tmp_path):
-    d = rp.save_run(tmp_path / "r", fake_run)
+    d = write_reproduce_run(tmp_path / "r", fake_run)
     run = load_run(d)
     assert [e["name"] for e in run["phenomena"]] == list(ph.NAMES)
     assert all(isinstance(e["held"], bool) for e in run["phenomena"])

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from microbench.analysis import model_tp as mtp
-from microbench.engine.shapes import PRESETS, ModelShape
+from microbench.engine.shapes import PRESETS, ModelShape, tp_shape, valid_tp
 from microbench.engine.decoder import ToyDecoder
 from microbench.bench.tp import (NO_MULTICAST, RankFailed, bind_all_reduce, build_shard, check_tp,
                            copy_cache_from, launch_ranks, shard_kv, shard_layer, torchrun_rank)
 from microbench.report.tp_tables import allreduce_table, render_tp_run, tp_sweep_table
-from microbench.bench.tp_entry import validate_tp
+from microbench.cli_tp import validate_tp
 from microbench.bench.tp_sweep import tp1_skip_reason
 
 TESTS = Path(__file__).resolve().parent
@@ -187,7 +187,7 @@ def test_shards_put_back_together_are_the_full_weights(shape, tp):
 def test_a_shard_owns_its_weights_and_shape():
     shape = PRESETS["tiny"]
     shard = build_shard(shape, 2, 1, **_decoder_kw())
-    assert shard.shape == mtp.tp_shape(shape, 2)
+    assert shard.shape == tp_shape(shape, 2)
     assert shard.shape.n_heads == 2 and shard.shape.n_kv_heads == 1 and shard.shape.ffn == 128
     assert shard.k_cache[0].shape == (B + 1, 1, MAX_SEQ, shape.head_dim)
     # slices are copies: no full-size storage hides behind a shard's weight
@@ -216,8 +216,8 @@ def test_good_tp_passes_and_no_gpu_defers_to_the_gpu_check():
     validate_tp("llama-8b", 2, n_gpus=2)
     validate_tp("llama-8b", 8, n_gpus=None)  # no GPU: the command's require_cuda speaks
     check_tp(None, 2, 2)
-    assert mtp.valid_tp(PRESETS["llama-8b"]) == [1, 2, 4, 8]
-    assert mtp.tp_shape(PRESETS["llama-1b"], 1) is PRESETS["llama-1b"]
+    assert valid_tp(PRESETS["llama-8b"]) == [1, 2, 4, 8]
+    assert tp_shape(PRESETS["llama-1b"], 1) is PRESETS["llama-1b"]
 
 
 def test_tp1_fits_only_where_memory_allows():
@@ -359,12 +359,16 @@ def test_tp2_triton_logits_equal_unsharded():
 @pytest.mark.gpu
 @two_gpus
 def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
+    import functools
+
     from microbench.bench.sweep import SweepConfig
     from microbench.bench.tp import run_allreduce_bench
     from microbench.bench.tp_sweep import run_tp_sweep
+    from microbench.cli_tp import FolderSaver
+    from microbench.report.record import write_run
     cfg = SweepConfig(bs=(1, 3), preset="tiny", ladder="1,2,4", context=32, steps=2,
                       time_budget=0.05, out=str(tmp_path))
-    run, where = run_tp_sweep(cfg, 2, progress=False)
+    run, where = run_tp_sweep(cfg, 2, progress=False, save=FolderSaver(tmp_path, "sweep", "tp2"))
     saved = json.loads((Path(where) / "run.json").read_text())
     assert saved["kind"] == "sweep-tp" and len(saved["rows"]) == 2
     for r in saved["rows"]:
@@ -373,6 +377,9 @@ def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
         assert 0 < r["allreduce_share_graph"] < 1 and r["predicted_graph_step_us"] > 0
         assert r["max_abs_diff"] <= 0.1
     assert len(saved["pool_bytes_per_rank"]) == 2 and saved["env"]["nccl_nvls_enable"] == "0"
-    run, where = run_allreduce_bench(2, time_budget=0.05, hidden=256, k=4, out=str(tmp_path))
+    save = FolderSaver(tmp_path, "launch", "tp2",
+                       write=functools.partial(write_run, csv_name="allreduce.csv"))
+    run, where = run_allreduce_bench(2, time_budget=0.05, hidden=256, k=4, out=str(tmp_path),
+                                     save=save)
     assert run["kind"] == "launch-tp" and run["allreduce"]["fit"]["latency_us"] > 0
     assert (Path(where) / "allreduce.csv").is_file()
