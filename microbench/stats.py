@@ -71,3 +71,9 @@ def fit_pool(sizes_bytes: list[tuple[int, int]]) -> tuple[float, float]:
     xs, ys = zip(*sizes_bytes)
     c, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
     return float(a), float(c)
+
+
+def break_even_steps(capture_s: float, eager_us: float, graph_us: float) -> float | None:
+    """Steps after which a capture's one-time cost is paid back by faster steps."""
+    saved = eager_us - graph_us
+    return capture_s * 1e6 / saved if saved > 0 else None

@@ -1,7 +1,8 @@
 """microbench.stats: the noise bands, the speedup-shape check and the line fits, on hand cases."""
 import pytest
 
-from microbench.stats import check_shape, fit_linear, fit_pool, row_noise, speedup_noise
+from microbench.stats import (break_even_steps, check_shape, fit_linear, fit_pool, row_noise,
+                              speedup_noise)
 
 
 def _rows(*speedups):
@@ -50,3 +51,8 @@ def test_fit_pool():
     a, c = fit_pool([(1, 110), (2, 120), (4, 140)])
     assert a == pytest.approx(100) and c == pytest.approx(10)
     assert fit_pool([(2, 300)]) == (0.0, 150.0)                 # one point: per size only
+
+
+def test_break_even_steps():
+    assert break_even_steps(0.5, 900.0, 400.0) == pytest.approx(1000)
+    assert break_even_steps(0.5, 400.0, 400.0) is None

@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from microbench.engine.shapes import ModelShape
-from microbench.engine.plan import SKINNY, Fusion, Kernel, step_kernels
+from microbench.engine.plan import SKINNY, Fusion, Kernel, family, step_kernels
 
 
 @dataclass(frozen=True)
@@ -120,17 +120,6 @@ def datasheet_profile(gpu: str, host: DeviceProfile | None = None) -> DeviceProf
     return replace(base, name=gpu, source=src, kernel_lines={}, **DATASHEET[gpu])
 
 
-def family(k: Kernel) -> str:
-    """The kernel family whose line times k: skinny, cublas, attention or small."""
-    if k.name.endswith(SKINNY):
-        return "skinny"
-    if k.launcher == "cublas":
-        return "cublas"
-    if k.name in ("decode_attention", "attention_reduce"):
-        return "attention"
-    return "small"
-
-
 def kernel_time_us(k: Kernel, p: DeviceProfile) -> float:
     line = p.kernel_lines.get(family(k))
     if line is None:
@@ -202,9 +191,3 @@ def crossover(shape: ModelShape, context: int, p: DeviceProfile, below: float = 
         else:
             lo = mid
     return hi
-
-
-def break_even_steps(capture_s: float, eager_us: float, graph_us: float) -> float | None:
-    """Steps after which a capture's one-time cost is paid back by faster steps."""
-    saved = eager_us - graph_us
-    return capture_s * 1e6 / saved if saved > 0 else None

@@ -23,11 +23,10 @@ nothing here touches a GPU.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from microbench.analysis import model as mdl
-from microbench.engine.shapes import ModelShape
+from microbench.engine.shapes import ModelShape, tp_shape
 from microbench.engine.plan import Fusion, Kernel, step_kernels
 from microbench.stats import fit_linear
 
@@ -52,28 +51,6 @@ class AllReduceProfile:
 
 
 # ---- shapes --------------------------------------------------------------------------------
-def valid_tp(shape: ModelShape) -> list[int]:
-    """Every TP degree that splits the heads, the KV heads and the FFN evenly."""
-    g = math.gcd(math.gcd(shape.n_heads, shape.n_kv_heads), shape.ffn)
-    return [d for d in range(1, g + 1) if g % d == 0]
-
-
-def tp_shape(shape: ModelShape, tp: int) -> ModelShape:
-    """One rank's shard of `shape` over `tp` ranks. ValueError (one line, naming the
-    constraint) when tp does not divide the heads, the KV heads or the FFN width."""
-    if tp < 1:
-        raise ValueError(f"--tp: must be >= 1, got {tp}")
-    for what, n in (("attention heads", shape.n_heads), ("KV heads", shape.n_kv_heads),
-                    ("FFN columns", shape.ffn)):
-        if n % tp:
-            raise ValueError(f"--tp: {tp} does not divide {shape.name}'s {n} {what}; use one of "
-                             f"{', '.join(map(str, valid_tp(shape)))}")
-    if tp == 1:
-        return shape
-    return replace(shape, name=f"{shape.name}/tp{tp}", n_heads=shape.n_heads // tp,
-                   n_kv_heads=shape.n_kv_heads // tp, ffn=shape.ffn // tp)
-
-
 # ---- one all-reduce ------------------------------------------------------------------------
 def bus_bytes(nbytes: float, world: int) -> float:
     """Bytes each GPU sends (and receives) in a ring all-reduce of nbytes: 2 (n-1)/n · nbytes."""

@@ -28,13 +28,6 @@ def slower(a: dict, b: dict, pa: str = "", pb: str = "") -> bool:
     return a[f"{pa}step_us"] > b[f"{pb}step_us"] * (1 + noise(a, pa) + noise(b, pb))
 
 
-def timed_row(bs: int, padded, ran_as: str, t: dict) -> dict:
-    """One timed batch: step time is the wall median of synchronised steps (decode latency)."""
-    return dict(bs=bs, padded_bs=padded, ran_as=ran_as, step_us=t["step_us"], p20=t["p20"],
-                p80=t["p80"], n=t["n"], event_us=t["event_us"], tok_s=bs / t["step_us"] * 1e6,
-                tok_s_per_seq=1e6 / t["step_us"])
-
-
 def pool_ns(n_max: int) -> list[int]:
     """Numbers of captured sizes to measure: 1, 2, 4, ... below n_max, then n_max."""
     ns, n = [], 1

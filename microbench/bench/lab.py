@@ -10,7 +10,6 @@ import warnings
 import torch
 
 from microbench.analysis import model as mdl
-from microbench.analysis.verdicts import timed_row
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
 from microbench.bench.ops import measure_ops
@@ -20,6 +19,13 @@ from microbench.engine.decoder import ToyDecoder
 from microbench.engine.dispatch import PaddingDispatcher
 from microbench.engine.runner import GraphRunner
 from microbench.engine.shapes import torch_dtype
+
+
+def timed_row(bs: int, padded, ran_as: str, t: dict) -> dict:
+    """One timed batch: step time is the wall median of synchronised steps (decode latency)."""
+    return dict(bs=bs, padded_bs=padded, ran_as=ran_as, step_us=t["step_us"], p20=t["p20"],
+                p80=t["p80"], n=t["n"], event_us=t["event_us"], tok_s=bs / t["step_us"] * 1e6,
+                tok_s_per_seq=1e6 / t["step_us"])
 
 
 class Lab:

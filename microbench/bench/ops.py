@@ -10,10 +10,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from microbench.analysis.model import family
 from microbench.bench.inputs import step_inputs
 from microbench.bench.timing import gpu_time_us, graph_of, host_time_us, settle, summarize
-from microbench.engine.plan import FAST_ROWS, SKINNY, Fusion, step_kernels
+from microbench.engine.plan import FAST_ROWS, SKINNY, Fusion, family, step_kernels
 from microbench.stats import fit_linear
 
 

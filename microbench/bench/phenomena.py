@@ -120,7 +120,7 @@ def run_pool_growth(lab: Lab) -> dict:
 
 
 def run_capture_cost(lab: Lab) -> dict:
-    from microbench.analysis.model import break_even_steps
+    from microbench.stats import break_even_steps
     ladder = vllm_capture_sizes()
     r = lab.capture(ladder)
     rep = r.report

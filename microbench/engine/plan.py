@@ -84,6 +84,17 @@ class Kernel:
     flops: int
 
 
+def family(k: Kernel) -> str:
+    """The kernel family whose line times k: skinny, cublas, attention or small."""
+    if k.name.endswith(SKINNY):
+        return "skinny"
+    if k.launcher == "cublas":
+        return "cublas"
+    if k.name in ("decode_attention", "attention_reduce"):
+        return "attention"
+    return "small"
+
+
 def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
                  attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION) -> list[Kernel]:
     """Kernels of one eager decode step of the triton backend at batch b, where each sequence

@@ -8,7 +8,8 @@ one fc1); the attention and vocabulary are OPT's. Nothing is downloaded: weights
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 
 # Limits the CLI states in --help and enforces before touching the GPU.
 MAX_BATCH = 4096
@@ -104,3 +105,27 @@ def torch_dtype(name: str):
     """The torch dtype of a DTYPE_NAMES name (imports torch on first use)."""
     import torch    # deferred: the CLI imports this module for --help
     return getattr(torch, check_dtype(name))
+
+
+def valid_tp(shape: ModelShape) -> list[int]:
+    """Every TP degree that splits the heads, the KV heads and the FFN evenly."""
+    g = math.gcd(math.gcd(shape.n_heads, shape.n_kv_heads), shape.ffn)
+    return [d for d in range(1, g + 1) if g % d == 0]
+
+
+def tp_shape(shape: ModelShape, tp: int) -> ModelShape:
+    """One rank's shard of `shape` over `tp` ranks under tensor parallelism: heads, KV heads
+    and FFN columns divided by tp; hidden size, vocabulary and layers whole. ValueError (one
+    line, naming the constraint) when tp does not divide the heads, the KV heads or the FFN
+    width."""
+    if tp < 1:
+        raise ValueError(f"--tp: must be >= 1, got {tp}")
+    for what, n in (("attention heads", shape.n_heads), ("KV heads", shape.n_kv_heads),
+                    ("FFN columns", shape.ffn)):
+        if n % tp:
+            raise ValueError(f"--tp: {tp} does not divide {shape.name}'s {n} {what}; use one of "
+                             f"{', '.join(map(str, valid_tp(shape)))}")
+    if tp == 1:
+        return shape
+    return replace(shape, name=f"{shape.name}/tp{tp}", n_heads=shape.n_heads // tp,
+                   n_kv_heads=shape.n_kv_heads // tp, ffn=shape.ffn // tp)

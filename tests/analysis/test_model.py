@@ -56,11 +56,6 @@ def test_crossover_matches_brute_force():
     assert sp(1) > sp(c)
 
 
-def test_break_even_steps():
-    assert mdl.break_even_steps(0.5, 900.0, 400.0) == pytest.approx(1000)
-    assert mdl.break_even_steps(0.5, 400.0, 400.0) is None
-
-
 def test_profile_sources(tmp_path):
     with pytest.raises(ValueError, match="--profile, --gpu"):
         resolve_profile(None, None, None, None, None)

@@ -7,7 +7,7 @@ import pytest
 from microbench.analysis import model as mdl
 from microbench.analysis import model_tp as mtp
 from microbench.engine.plan import step_kernels
-from microbench.engine.shapes import PRESETS
+from microbench.engine.shapes import PRESETS, tp_shape
 
 
 # ---- the model's all-reduce term -----------------------------------------------------------
@@ -60,7 +60,7 @@ def test_two_allreduces_per_layer_after_the_row_parallel_matmuls():
     assert len(ars) == 2 * s.n_layers and all(names[i - 1] in mtp.ROW_PARALLEL for i in ars)
     assert all(ks[i].bytes == 4 * s.hidden * 2 for i in ars)          # [b, hidden] in bf16
     rest = [k for k in ks if k.name != "all_reduce"]
-    assert rest == step_kernels(mtp.tp_shape(s, 2), 4, 16)
+    assert rest == step_kernels(tp_shape(s, 2), 4, 16)
     assert mtp.tp_step_kernels(s, 1, 4, 16) == step_kernels(s, 4, 16)
 
 
@@ -68,7 +68,7 @@ def test_tp_graph_step_by_hand():
     s, p = PRESETS["tiny"], _profile()
     # 4 all-reduces of 4·128·2 = 1024 bytes: 5 us + 1024 B / 1 GB/s = 6.024 us each
     g = mtp.tp_graph_step_us(s, 2, 3, 16, p, AR, padded=4)
-    shard = mdl.graph_step_us(mtp.tp_shape(s, 2), 3, 16, p, padded=4)
+    shard = mdl.graph_step_us(tp_shape(s, 2), 3, 16, p, padded=4)
     assert g == pytest.approx(shard + 4 * 6.024)
 
 
@@ -77,7 +77,7 @@ def test_tp_eager_step_by_hand():
     # every enqueue (10 us, 20 for an all-reduce) outlasts every GPU time (1 us, 6.024 for an
     # all-reduce): the GPU waits for the host, and the step is the host's bill plus the last
     # kernel (the LM head, 1 us)
-    n = len(step_kernels(mtp.tp_shape(s, 2), 4, 16))
+    n = len(step_kernels(tp_shape(s, 2), 4, 16))
     assert mtp.tp_eager_step_us(s, 2, 4, 16, p, AR) == pytest.approx(10 * n + 20 * 4 + 1.0)
 
 
