@@ -73,6 +73,7 @@ def main():
 def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, arms, split_launch,
           tp, no_tp1, out, as_json, quiet):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
+    from microbench.analysis.beside import predict_sweep
     from microbench.bench.sweep import SweepConfig, run_sweep
     cfg = SweepConfig(bs=bs, preset=preset, mode=mode, ladder=ladder, context=context,
                       dtype=dtype, backend=backend, steps=steps, time_budget=time_budget, out=out,
@@ -105,7 +106,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
         return code
     say = None if quiet or as_json else (lambda s: click.echo(s, err=True))
     save = Saver(out, "sweep", preset)
-    run = run_sweep(cfg, on_progress=say, on_run=save)
+    run = run_sweep(cfg, on_progress=say, on_run=save, predict=predict_sweep)
     if as_json:
         click.echo(json.dumps(run, indent=2, default=str))
     else:

@@ -7,12 +7,11 @@ therefore pay every kernel launch on the critical path, which is what graphs rem
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from microbench.engine.shapes import MAX_BATCH, MAX_CONTEXT, DTYPE_NAMES, ModelShape, PRESETS, torch_dtype
 from microbench.engine.runner import MODES, GraphRunner
 from microbench.engine.ladders import resolve_ladder
-from microbench.analysis import model as mdl
 from microbench.bench import arms as arms_mod
 from microbench.bench.env import environment, require_cuda
 from microbench.bench.inputs import packed, step_inputs
@@ -96,10 +95,11 @@ def max_seq_for(context: int) -> int:
     return -(-(context + 1) // 64) * 64
 
 
-def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> dict:
+def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, predict=None) -> dict:
     """Run the sweep; returns the run dict (config, env, launch, capture, rows, totals).
     on_row(row) for each row once it is complete (its model columns come after every step is
-    timed), on_run(run) whenever the run changes (to save it), on_progress(text) for status lines.
+    timed), on_run(run) whenever the run changes (to save it), on_progress(text) for status
+    lines; predict (analysis.beside.predict_sweep) adds the model's columns to the rows.
 
     Order matters: every step is timed first; the device's launch costs, copy bandwidth,
     matrix rate and kernel lines after (their many small graphs, captured, replayed and freed,
@@ -119,7 +119,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None) -> d
             sw.measure(bs)
             save(run)
         sw.measure_device()
-        sw.predict(on_row)
+        sw.predict(predict, on_row)
         save(run)
         sw.runner_host()
         sw.graphed_and_profiled()
@@ -256,34 +256,13 @@ class _Sweep:
             dec, cfg.context, budget_s=min(cfg.time_budget, 0.1),
             replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
         run["launch"] = launch
-        self.profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"],
-                                                     source="measured: this run")
-        run["profile"] = self.profile.to_dict()
 
-    def predict(self, on_row=None):
-        """graph_mbu and the model's columns of every row, from the device measured above and
-        the host costs sampled beside the row's own steps."""
-        cfg, dec, profile = self.cfg, self.dec, self.profile
-        for i, (row, padded) in enumerate(self.measured):
-            bs = row["bs"]
-            best = row["graph_step_us"] or row["eager_step_us"]
-            row["graph_mbu"] = row["step_bytes"] / (best * 1e-6) / profile.copy_bw
-            row_profile = replace(profile, op_host_us={**profile.op_host_us, **row["op_host_us"]},
-                                  piece_glue_us=row["piece_glue_us"],
-                                  graph_host_us=row.get("graph_host_us"))
-            if i == 0:
-                # the first row's eager bill by launcher, from the host costs sampled beside
-                # its own steps (the launch figures are the host's state at the end)
-                self.run["eager_breakdown"] = eager_breakdown(self.kernels, row_profile)
-            pred = mdl.predict(cfg.shape, bs, cfg.context, row_profile, padded=padded or bs,
-                               elt=self.elt, attn_launches=dec.attention_launches(bs),
-                               padded_attn_launches=dec.attention_launches(padded or bs),
-                               fusion=dec.fusion)
-            row.update(predicted_eager_step_us=pred["predicted_eager_step_us"],
-                       predicted_graph_step_us=pred["predicted_graph_step_us"],
-                       predicted_speedup=pred["predicted_speedup"])
-            if row.get("speedup"):
-                row["speedup_error"] = row["predicted_speedup"] / row["speedup"] - 1
+    def predict(self, predict, on_row=None):
+        """The model's columns of every row, by predict(run, dec, measured, context, elt,
+        kernels) (analysis.beside.predict_sweep from the CLI; none without it), then on_row."""
+        if predict is not None:
+            predict(self.run, self.dec, self.measured, self.cfg.context, self.elt, self.kernels)
+        for row, _ in self.measured:
             if on_row:
                 on_row(row)
 
@@ -351,14 +330,3 @@ def throughput_fields(row: dict, bs: int, padded) -> dict:
                 eager_tok_s_per_seq=eager_tok_s / bs,
                 graph_tok_s_per_seq=(graph_tok_s / bs) if graph_tok_s else None,
                 padding_waste=((padded - bs) / padded) if padded else 0.0)
-
-
-def eager_breakdown(kernels, profile) -> dict:
-    """Where one eager step's host time goes: kernels and host us per launcher, from the
-    per-op host costs measured through the decoder's wrappers."""
-    out: dict = {}
-    for k in kernels:
-        d = out.setdefault(k.launcher, dict(kernels=0, host_us=0.0))
-        d["kernels"] += 1
-        d["host_us"] += profile.kernel_host_us(k)
-    return out

@@ -1,0 +1,52 @@
+"""The model beside measured rows: what the sweep and the TP sweep record next to each measured
+batch size (graph_mbu, predicted step times and speedup, the error of the prediction). The
+benchmarks measure and call these through a `predict` argument the CLI passes, so the measuring
+layer never imports the model.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from microbench.analysis import model as mdl
+from microbench.analysis.model_tp import AllReduceProfile, fit_allreduce, predict_tp
+
+
+def predict_sweep(run: dict, dec, measured: list, context: int, elt: int, kernels) -> None:
+    """Fill run["profile"] (the device measured in run["launch"]), run["eager_breakdown"] (the
+    first row's eager bill by launcher) and each measured row's graph_mbu and model columns;
+    `measured` is [(row, padded)], `kernels` the plan of the first row, `dec` the decoder."""
+    profile = mdl.DeviceProfile.from_launch(run["launch"], name=run["env"]["gpu"],
+                                            source="measured: this run")
+    run["profile"] = profile.to_dict()
+    for i, (row, padded) in enumerate(measured):
+        bs = row["bs"]
+        best = row["graph_step_us"] or row["eager_step_us"]
+        row["graph_mbu"] = row["step_bytes"] / (best * 1e-6) / profile.copy_bw
+        # the host costs sampled beside the row's own steps (the host's speed drifts)
+        row_profile = replace(profile, op_host_us={**profile.op_host_us, **row["op_host_us"]},
+                              piece_glue_us=row["piece_glue_us"],
+                              graph_host_us=row.get("graph_host_us"))
+        if i == 0:
+            # the first row's eager bill by launcher, from the host costs sampled beside its
+            # own steps (the launch figures are the host's state at the end of the run)
+            run["eager_breakdown"] = eager_breakdown(kernels, row_profile)
+        pred = mdl.predict(dec.shape, bs, context, row_profile, padded=padded or bs, elt=elt,
+                           attn_launches=dec.attention_launches(bs),
+                           padded_attn_launches=dec.attention_launches(padded or bs),
+                           fusion=dec.fusion)
+        row.update(predicted_eager_step_us=pred["predicted_eager_step_us"],
+                   predicted_graph_step_us=pred["predicted_graph_step_us"],
+                   predicted_speedup=pred["predicted_speedup"])
+        if row.get("speedup"):
+            row["speedup_error"] = row["predicted_speedup"] / row["speedup"] - 1
+
+
+def eager_breakdown(kernels, profile) -> dict:
+    """Where one eager step's host time goes: kernels and host us per launcher, from the
+    per-op host costs measured through the decoder's wrappers."""
+    out: dict = {}
+    for k in kernels:
+        d = out.setdefault(k.launcher, dict(kernels=0, host_us=0.0))
+        d["kernels"] += 1
+        d["host_us"] += profile.kernel_host_us(k)
+    return out
