@@ -101,76 +101,91 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
     attends to `context` cached positions plus its new token. elt: bytes per element.
     fusion: the decoder's plan (`ToyDecoder.fusion`); with Fusion.ATTENTION one attention
     kernel whatever attn_launches says."""
-    fusion = Fusion(fusion)
-    skinny = is_skinny(fusion, b)
-    s, h = shape, shape.hidden
-    H, Hkv, D, Fw, V = s.n_heads, s.n_kv_heads, s.head_dim, s.ffn, s.vocab
-    kv_len = context + 1
-    if attention_fused(fusion):
-        # one Triton kernel: the rows, and seq_lens from the positions (reads tokens and
-        # positions, writes int32 lengths)
-        ks = [Kernel("embedding", "triton", 2 * b * h * elt + b * (8 + 8 + 4), 0)]
-    else:
-        ks = [Kernel("embedding", "torch", 2 * b * h * elt, 0),
-              Kernel("seq_lens_add", "torch", 2 * b * 8, 0),
-              Kernel("seq_lens_cast", "torch", b * 12, 0)]
+    k = _StepKernels(shape, b, context, elt, Fusion(fusion))
+    ks = k.embedding()
+    for l in range(shape.n_layers):
+        ks += k.norm_mm("qkv_proj", shape.hidden, shape.qkv_size, fused_res=l > 0)
+        ks += k.attention(attn_launches)
+        ks += k.o_and_ffn()
+    return ks + k.norm_mm("lm_head", shape.hidden, shape.vocab, fused_res=True)
 
-    def mm(name, n_in, n_out, extra_bytes=0, extra_flops=0):
+
+class _StepKernels:
+    """The kernels of one step's parts at batch b, for step_kernels."""
+
+    def __init__(self, shape: ModelShape, b: int, context: int, elt: int, fusion: Fusion):
+        self.s, self.b, self.context, self.elt, self.fusion = shape, b, context, elt, fusion
+        self.skinny = is_skinny(fusion, b)
+
+    def embedding(self) -> list[Kernel]:
+        b, h, elt = self.b, self.s.hidden, self.elt
+        if attention_fused(self.fusion):
+            # one Triton kernel: the rows, and seq_lens from the positions (reads tokens and
+            # positions, writes int32 lengths)
+            return [Kernel("embedding", "triton", 2 * b * h * elt + b * (8 + 8 + 4), 0)]
+        return [Kernel("embedding", "torch", 2 * b * h * elt, 0),
+                Kernel("seq_lens_add", "torch", 2 * b * 8, 0),
+                Kernel("seq_lens_cast", "torch", b * 12, 0)]
+
+    def mm(self, name, n_in, n_out, extra_bytes=0, extra_flops=0) -> Kernel:
         # the skinny Triton matmuls carry their own names: their wrappers' host costs differ
         # from cuBLAS's, and the model looks host costs up by name
-        if skinny:
+        b = self.b
+        if self.skinny:
             name, launcher = name + SKINNY, "triton"
         else:
             launcher = "cublas"
-        return Kernel(name, launcher, (n_in * n_out + b * n_in + b * n_out) * elt + extra_bytes,
-                      2 * b * n_in * n_out + extra_flops)
+        nbytes = (n_in * n_out + b * n_in + b * n_out) * self.elt + extra_bytes
+        return Kernel(name, launcher, nbytes, 2 * b * n_in * n_out + extra_flops)
 
-    def norm_mm(name, n_in, n_out, fused_res):
+    def norm_mm(self, name, n_in, n_out, fused_res) -> list[Kernel]:
         """rmsnorm (with the residual add) before a matmul: one kernel when skinny (the norm in
         its prologue reads the norm weight; the residual was added by the kernel before)."""
-        if not skinny:
-            return [norm("final_norm" if name == "lm_head" else "rmsnorm", fused_res), mm(name, n_in, n_out)]
-        return [mm(name, n_in, n_out, n_in * elt, 4 * b * n_in)]
+        if not self.skinny:
+            return [self.norm("final_norm" if name == "lm_head" else "rmsnorm", fused_res),
+                    self.mm(name, n_in, n_out)]
+        return [self.mm(name, n_in, n_out, n_in * self.elt, 4 * self.b * n_in)]
 
-    def norm(name, fused):
+    def norm(self, name, fused) -> Kernel:
         # reads x (and the residual) and w; writes the normed rows (and the new residual)
-        return Kernel(name, "triton", ((2 if fused else 1) * 2 * b * h + h) * elt, 4 * b * h)
+        b, h = self.b, self.s.hidden
+        return Kernel(name, "triton", ((2 if fused else 1) * 2 * b * h + h) * self.elt, 4 * b * h)
 
-    for l in range(s.n_layers):
-        ks += norm_mm("qkv_proj", h, s.qkv_size, fused_res=l > 0)
+    def attention(self, attn_launches: int) -> list[Kernel]:
+        """RoPE, the KV store and attention (with its reduce when it splits) of one layer."""
+        s, b, elt = self.s, self.b, self.elt
+        H, Hkv, D = s.n_heads, s.n_kv_heads, s.head_dim
+        kv_len = self.context + 1
         rope_flops = 6 * b * (H + Hkv) * D
-        kv_bytes = 2 * b * Hkv * kv_len * D * elt
         attn_flops = 4 * b * H * kv_len * D
-        if attention_fused(fusion):
+        if attention_fused(self.fusion):
             # reads the QKV row and the history, writes the new K and V (its own row stays in
             # registers) and the output
-            ks.append(Kernel("decode_attention", "triton",
-                             (2 * b * Hkv * context * D + b * (H + 2 * Hkv) * D + 2 * b * Hkv * D
-                              + b * H * D) * elt, attn_flops + rope_flops))
-            attn_launches = 1
+            return [Kernel("decode_attention", "triton",
+                           (2 * b * Hkv * self.context * D + b * (H + 2 * Hkv) * D + 2 * b * Hkv * D
+                            + b * H * D) * elt, attn_flops + rope_flops)]
+        if rope_in_store(self.fusion):
+            ks = [Kernel("rope_store_kv", "triton", 2 * b * (H + 2 * Hkv) * D * elt, rope_flops)]
         else:
-            if rope_in_store(fusion):
-                ks.append(Kernel("rope_store_kv", "triton", 2 * b * (H + 2 * Hkv) * D * elt, rope_flops))
-            else:
-                ks.append(Kernel("rope", "triton", 2 * b * (H + Hkv) * D * elt, rope_flops))
-                ks.append(Kernel("store_kv", "triton", 2 * 2 * b * Hkv * D * elt, 0))
-            ks.append(Kernel("decode_attention", "triton", kv_bytes + 2 * b * H * D * elt, attn_flops))
-        for _ in range(attn_launches - 1):
-            ks.append(Kernel("attention_reduce", "triton", 2 * b * H * D * 4, 0))
-        if skinny:
+            ks = [Kernel("rope", "triton", 2 * b * (H + Hkv) * D * elt, rope_flops),
+                  Kernel("store_kv", "triton", 2 * 2 * b * Hkv * D * elt, 0)]
+        kv_bytes = 2 * b * Hkv * kv_len * D * elt
+        ks.append(Kernel("decode_attention", "triton", kv_bytes + 2 * b * H * D * elt, attn_flops))
+        return ks + [Kernel("attention_reduce", "triton", 2 * b * H * D * 4, 0)
+                     for _ in range(attn_launches - 1)]
+
+    def o_and_ffn(self) -> list[Kernel]:
+        """The O projection and the FFN of one layer."""
+        s, b, elt, mm = self.s, self.b, self.elt, self.mm
+        h, HD, Fw = s.hidden, s.n_heads * s.head_dim, s.ffn
+        if self.skinny:
             # the residual add in O's and down's epilogues (reads the hidden state); swiglu in
             # gate/up's epilogue: it writes F values, not 2F
-            ks.append(mm("o_proj", H * D, h, b * h * elt, b * h))
-            gu = mm("gate_up_proj", h, 2 * Fw, h * elt - b * Fw * elt, 4 * b * h + 4 * b * Fw)
-            ks.append(gu)
-            ks.append(mm("down_proj", Fw, h, b * h * elt, b * h))
-        else:
-            ks.append(mm("o_proj", H * D, h))
-            ks += norm_mm("gate_up_proj", h, 2 * Fw, fused_res=True)
-            ks.append(Kernel("swiglu", "triton", 3 * b * Fw * elt, 4 * b * Fw))
-            ks.append(mm("down_proj", Fw, h))
-    ks += norm_mm("lm_head", h, V, fused_res=True)
-    return ks
+            return [mm("o_proj", HD, h, b * h * elt, b * h),
+                    mm("gate_up_proj", h, 2 * Fw, h * elt - b * Fw * elt, 4 * b * h + 4 * b * Fw),
+                    mm("down_proj", Fw, h, b * h * elt, b * h)]
+        return [mm("o_proj", HD, h), *self.norm_mm("gate_up_proj", h, 2 * Fw, fused_res=True),
+                Kernel("swiglu", "triton", 3 * b * Fw * elt, 4 * b * Fw), mm("down_proj", Fw, h)]
 
 
 def step_bytes(shape: ModelShape, b: int, context: int, elt: int = 2,

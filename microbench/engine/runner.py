@@ -42,8 +42,8 @@ class GraphEntry:
 
 
 def head_layers(n_layers: int) -> int:
-    """Layers in the first graph of a split launch: a quarter of the model (llama-1b: 4 layers,
-    about 250 us of GPU time, against some 35 us to launch the other 61 kernels' graph)."""
+    """Layers in the first graph of a split launch: a quarter of the model, long enough on the
+    GPU to cover the host's launch of the second graph."""
     return max(1, n_layers // 4)
 
 
@@ -59,10 +59,8 @@ def fresh_cublas_workspaces():
     workspace a graph's GEMMs write into is allocated during the capture, in the graph's own
     pool. Otherwise a graph keeps pointing at a workspace allocated outside it, which anyone may
     free: Inductor's CUDA-graph trees (torch.compile mode="reduce-overhead") clear the
-    workspaces before and after each recording, and a sweep that ran the compile arm beside this
-    runner then hit an illegal memory access on the next replay of a graph holding cuBLAS GEMMs
-    (H100, torch 2.11; graphs of only Triton kernels were unaffected). Inductor clears them
-    around its own recordings for the same reason."""
+    workspaces around each recording, and the next replay of a graph holding cuBLAS GEMMs would
+    write freed memory."""
     clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
     if clear is not None:
         clear()
@@ -86,9 +84,8 @@ class GraphRunner:
     debug: check on every replay that the static inputs are at their captured addresses.
     split_launch (full mode): capture each size's step as two graphs, the first
     `head_layers(L)` layers and the rest, replayed back to back. The GPU starts on the short
-    first graph while the host is still launching the second: on the lent H100's host a graph
-    launch costs about half a microsecond per kernel node (40-70 us for llama-1b's 84), which a
-    synchronised step otherwise waits out with the GPU idle (scripts/probe_timeline.py).
+    first graph while the host is still launching the second: a graph launch costs the host
+    time per kernel node, which a synchronised step otherwise waits out with the GPU idle.
     """
 
     def __init__(self, decoder: ToyDecoder, sizes, mode: str = "full", pool: str = "shared",
@@ -146,11 +143,9 @@ class GraphRunner:
                 before = self._total_pool_bytes()
                 try:
                     entry = self._capture_one(size, shared, stream)
-                except torch.OutOfMemoryError as e:
-                    self._skip(size, e)
-                    continue
-                except RuntimeError as e:
-                    if "out of memory" not in str(e).lower():
+                except RuntimeError as e:   # torch.OutOfMemoryError is a RuntimeError too
+                    if not isinstance(e, torch.OutOfMemoryError) and \
+                            "out of memory" not in str(e).lower():
                         raise
                     self._skip(size, e)
                     continue
@@ -163,14 +158,11 @@ class GraphRunner:
             if gc_was_enabled:
                 gc.enable()
         self.dispatcher = PaddingDispatcher(self.entries)
-        self.report = dict(
-            capture_s=time.perf_counter() - t_all,
-            pool_bytes=self._total_pool_bytes(),
-            sizes=[dict(size=e.size, warmup_s=e.warmup_s, capture_s=e.capture_s,
-                        pool_bytes=e.pool_bytes) for e in sorted(self.entries.values(),
-                                                                 key=lambda e: e.size)],
-            skipped=list(self.skipped),
-        )
+        sizes = [dict(size=e.size, warmup_s=e.warmup_s, capture_s=e.capture_s,
+                      pool_bytes=e.pool_bytes) for _, e in sorted(self.entries.items())]
+        self.report = dict(capture_s=time.perf_counter() - t_all,
+                           pool_bytes=self._total_pool_bytes(), sizes=sizes,
+                           skipped=list(self.skipped))
         return self.report
 
     def _skip(self, size: int, err: Exception):
@@ -331,7 +323,7 @@ class GraphRunner:
 
     def _fallback(self, bs: int):
         self.counts["fallbacks"] += 1
-        if bs not in self._warned:
+        if bs not in self._warned:   # once per batch size: the counts hold the rest
             self._warned.add(bs)
             warnings.warn(f"batch size {bs} exceeds the largest captured size "
                           f"{self.dispatcher.max_size}: running eagerly", RuntimeWarning,
