@@ -21,12 +21,12 @@ What is fused, chosen by constexprs:
 
 Programmatic dependent launch (`pdl=True`; Hopper and newer, compiled only): a program
 first loads its first weight chunk (weights are never written during a step; for 16-bit weights
-with K <= 2048 that is its whole share of W), lets the next kernel launch, then waits for the kernel before it to finish
-and flush before it reads an activation or writes anything. Longer rows (down) go in chunks with
-one chunk ahead (AHEAD): chunk c + 1's loads are issued before chunk c is multiplied. So the next kernels' launches and
-weight loads overlap this one, inside a graph as outside. On the H100 (scripts/probe_gemv.py,
-results/h100/logs/probe-steps-cbda111.log) a llama-1b bs-1 replay took 1196 us without PDL,
-1094 us with PDL waiting before the trigger and 1058 us triggering first; opt-125m 406, 333, 316.
+with K <= 2048 that is its whole share of W), lets the next kernel launch, then waits for the
+kernel before it to finish and flush before it reads an activation or writes anything. Longer
+rows (down) go in chunks with one chunk ahead (AHEAD): chunk c + 1's loads are issued before
+chunk c is multiplied. So the next kernels' launches and weight loads overlap this one, inside a
+graph as outside; on the H100 whole bs-1 replays of llama-1b and opt-125m measured faster with
+PDL, and fastest with the next kernel let launch before the wait.
 
 Rounding: everything is fp32 from the loads to the output, rounded once to the activation dtype
 at the store (the normalised x, the gate/up values and the matmul before the residual add are
@@ -85,8 +85,8 @@ def _gemv_kernel(
     acc2 = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
     ss = tl.zeros([BLOCK_B], tl.float32)
     # chunk 0's weights before the wait: no kernel of the step writes them. (Keeping them in
-    # their own dtype until after the wait, to halve a waiting program's registers, made whole
-    # steps slower: opt-125m 255 -> 311 us with 1024-wide down chunks, probe-steps-361806b.log.)
+    # their own dtype until after the wait, to halve a waiting program's registers, measured
+    # slower in whole steps.)
     offs_k = tl.arange(0, BK)
     wm = mask_n[:, None] & (offs_k < K)[None, :]
     if AHEAD:
@@ -157,13 +157,10 @@ def choose_config(N: int, K: int, B: int, elt: int) -> dict:
     the H100 for 1, 3, 4 and 8 rows)."""
     if interpreted(_gemv_kernel):
         return _INTERPRETED_CONFIG
-    # Measured on the H100 at one row with the fused epilogues (scripts/probe_gemv.py, log in
-    # results/h100/logs/probe-gemv-dc12233.log): a whole row of K <= 2048 in one chunk (two
-    # 16-byte loads per thread per row) gains 4-7 points of copy bandwidth on llama-1b's QKV,
-    # O and gate/up over two chunks of 1024; the long rows of down (K 3072, 8192) did best
-    # (per matmul, in chains) with 1024-wide chunks and 2 outputs per program, but inside whole
-    # steps with PDL 4096-wide chunks win (below). opt-125m's K = 768 in a 2048-wide chunk masked 62% of the lanes: one chunk of 1024 took
-    # its whole bs-1 replay from 321 to 295 us (results/h100/logs/probe-steps-9a380a7.log).
+    # Chosen on the H100 at one row with the fused epilogues, per matmul and in whole steps: a
+    # whole row of K <= 2048 in one chunk (two 16-byte loads per thread per row) beats two
+    # chunks of 1024 on llama-1b's QKV, O and gate/up; a short row (opt-125m's K = 768) takes
+    # one chunk of 1024, since a 2048-wide chunk would mask most of its lanes.
     warps = 4
     vec = 16 // elt * 32 * warps
     if K <= vec:
@@ -171,10 +168,8 @@ def choose_config(N: int, K: int, B: int, elt: int) -> dict:
     if K <= 2 * vec:
         return dict(BLOCK_N=4, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=0)
     # down (K 3072, 8192): 2048-wide chunks, one ahead (two chunks' loads in flight per
-    # program). Whole bs-1 llama-1b replays: 1022.6 -> 1008.9 us against one 4096-wide chunk
-    # after another (results/h100/logs/probe-steps-943596d.log), 1025.3 -> 1001.5 us
-    # (host-22befff.log); opt-125m unchanged (246.3 -> 248.6, 244.2 -> 242.6). Before that,
-    # 4096-wide chunks had beaten 1024-wide ones (1036 -> 1023 us, probe-steps-87925db.log).
+    # program), which measured faster in whole bs-1 llama-1b replays than 4096- or 1024-wide
+    # chunks one after another, and no slower on opt-125m.
     return dict(BLOCK_N=2, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=1)
 
 
