@@ -298,6 +298,8 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
     pool-growth, capture-cost, piecewise-vs-full, memory-headroom."""
     import time
 
+    from microbench.analysis.beside import predict_fade
+    from microbench.analysis.verdicts import judge
     from microbench.bench.reproduce import NAMES, ReproduceConfig, run_reproduce
     from microbench.report.record import write_reproduce_run
     t0 = time.perf_counter()
@@ -315,7 +317,8 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
     save = Saver(out, "reproduce", preset, write=write_reproduce_run)
 
     show = None if as_json else (lambda e: click.echo(entry_lines(e)))
-    run = run_reproduce(cfg, on_progress=say, on_entry=show, on_run=save)
+    run = run_reproduce(cfg, on_progress=say, on_entry=show, on_run=save, judge=judge,
+                        predict=predict_fade)
     report = render_report(run, save.dir)
     if as_json:
         click.echo(json.dumps(run, indent=2, default=str))

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from microbench.analysis import model as mdl
-from microbench.analysis.model_tp import AllReduceProfile, fit_allreduce, predict_tp
 
 
 def predict_sweep(run: dict, dec, measured: list, context: int, elt: int, kernels) -> None:
@@ -50,3 +49,19 @@ def eager_breakdown(kernels, profile) -> dict:
         d["kernels"] += 1
         d["host_us"] += profile.kernel_host_us(k)
     return out
+
+
+def predict_fade(rows: list[dict], dec, launch: dict, gpu: str, context: int, elt: int,
+                 profile: mdl.DeviceProfile | None = None) -> dict:
+    """speedup-fade's model columns (predicted_speedup, predicted eager and graph step times)
+    from the device measured in `launch` (or `profile`); returns the profile as a dict."""
+    prof = profile or mdl.DeviceProfile.from_launch(launch, name=gpu, source="measured: this run")
+    for r in rows:
+        pad = r["padded_bs"] or r["bs"]
+        p = mdl.predict(dec.shape, r["bs"], context, prof, padded=pad, elt=elt,
+                        attn_launches=dec.attention_launches(r["bs"]),
+                        padded_attn_launches=dec.attention_launches(pad))
+        r.update(predicted_speedup=p["predicted_speedup"],
+                 predicted_eager_step_us=p["predicted_eager_step_us"],
+                 predicted_graph_step_us=p["predicted_graph_step_us"])
+    return prof.to_dict()

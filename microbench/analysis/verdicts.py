@@ -9,7 +9,6 @@ measurement and is never tuned to pass.
 """
 from __future__ import annotations
 
-from microbench.engine.shapes import ModelShape
 from microbench.stats import check_shape, fit_pool, row_noise
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -26,46 +25,6 @@ def noise(row: dict, p: str = "") -> float:
 def slower(a: dict, b: dict, pa: str = "", pb: str = "") -> bool:
     """a's step (prefix pa) is slower than b's (prefix pb) beyond both timings' noise."""
     return a[f"{pa}step_us"] > b[f"{pb}step_us"] * (1 + noise(a, pa) + noise(b, pb))
-
-
-def pool_ns(n_max: int) -> list[int]:
-    """Numbers of captured sizes to measure: 1, 2, 4, ... below n_max, then n_max."""
-    ns, n = [], 1
-    while n < n_max:
-        ns.append(n)
-        n *= 2
-    return ns + [n_max]
-
-
-def kv_bytes_per_token(shape: ModelShape, elt: int) -> int:
-    """K and V of one token in every layer: 2 · n_layers · n_kv_heads · head_dim · elt."""
-    return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * elt
-
-
-def headroom_rows(pool_rows: list[dict], budget: int, per_token: int) -> list[dict]:
-    """KV tokens left in `budget` bytes once the pool of n captured sizes is taken:
-    tokens(n) = floor((budget - pool(n)) / per_token), never below 0; n = 0 is the baseline."""
-    base = max(0, budget // per_token)
-    rows = []
-    for r in [dict(n_sizes=0, largest_size=None, pool_bytes=0)] + list(pool_rows):
-        toks = max(0, (budget - r["pool_bytes"]) // per_token)
-        rows.append(dict(n_sizes=r["n_sizes"], largest_size=r["largest_size"],
-                         pool_bytes=r["pool_bytes"], kv_tokens=toks, tokens_lost=base - toks,
-                         share_lost=(base - toks) / base if base else None))
-    return rows
-
-
-def padding_costs(rows: list[dict]) -> list[dict]:
-    """Adds, per arm, padded rows and the extra step time against the exact capture:
-    extra = t_arm - t_exact, and extra / padded rows (us per padded row)."""
-    exact = next(r for r in rows if r["arm"] == "exact")["step_us"]
-    out = []
-    for r in rows:
-        pad = (r["padded_bs"] - r["bs"]) if r["padded_bs"] else 0
-        extra = r["step_us"] - exact
-        out.append(dict(r, padded_rows=pad, extra_us=extra, extra_pct=extra / exact,
-                        us_per_padded_row=extra / pad if pad else None))
-    return out
 
 
 def _row(rows, **match):
@@ -247,3 +206,14 @@ def _verdict(checks: dict, measured: str, notes: list, **derived) -> dict:
 
 
 # ---- GPU side ------------------------------------------------------------------------------
+
+
+JUDGES = {"speedup-fade": judge_speedup_fade, "ladder-collapse": judge_ladder_collapse,
+          "off-stride": judge_off_stride, "padding-waste": judge_padding_waste,
+          "pool-growth": judge_pool_growth, "capture-cost": judge_capture_cost,
+          "piecewise-vs-full": judge_piecewise_vs_full, "memory-headroom": judge_memory_headroom}
+
+
+def judge(name: str, entry: dict) -> dict:
+    """The verdict of experiment `name` on its saved entry (measured, held, why, notes, derived)."""
+    return JUDGES[name](entry)

@@ -9,7 +9,6 @@ import warnings
 
 import torch
 
-from microbench.analysis import model as mdl
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
 from microbench.bench.ops import measure_ops
@@ -32,9 +31,12 @@ class Lab:
     """One decoder and what the experiments share: inputs, timing options, measured step times
     (a (execution, graph size, bs) triple is timed once per run) and cached measurements."""
 
-    def __init__(self, cfg, dec, context: int, say=None):
+    def __init__(self, cfg, dec, context: int, say=None, predict=None):
         self.cfg, self.dec, self.context = cfg, dec, context
         self.say = say or (lambda s: None)
+        # predict(rows, dec, launch, gpu, context, elt) -> profile dict: the model's columns
+        # of speedup-fade's rows (analysis.beside.predict_fade, from the CLI)
+        self.predict = predict
         self.times: dict = {}
         self.cache: dict = {}
         self._inputs: dict = {}
@@ -83,16 +85,18 @@ class Lab:
         return [timed_row(bs, pads[bs], "eager" if pads[bs] is None else mode,
                           self.times[key(bs)]) for bs in bs_list]
 
-    def profile(self):
-        """The measured device profile (launch costs, bandwidth, matrix rate), as sweep builds it."""
-        if "profile" not in self.cache:
+    def launch(self) -> dict:
+        """The device's launch costs, bandwidth and matrix rate, as the sweep measures them
+        (once per run)."""
+        if "launch" not in self.cache:
             self.say("measuring launch costs, copy bandwidth and matrix rate")
             launch = measure_launch(self.dec.device, budget_s=min(self.cfg.time_budget, 0.5))
             launch["ops_host_us"] = measure_ops(self.dec, 1, budget_s=min(self.cfg.time_budget, 0.3))
             self.cache["launch"] = launch
-            self.cache["profile"] = mdl.DeviceProfile.from_launch(
-                launch, name=torch.cuda.get_device_name(self.dec.device), source="measured: this run")
-        return self.cache["profile"]
+        return self.cache["launch"]
+
+    def gpu(self) -> str:
+        return torch.cuda.get_device_name(self.dec.device)
 
     def pool_largest_first(self, ladder, ns) -> list[dict]:
         """Pool bytes of a shared pool holding the first n sizes, captured largest first."""

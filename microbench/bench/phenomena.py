@@ -2,7 +2,7 @@
 the toy decoder (run by bench.reproduce, in the lab of bench.lab).
 
 Each experiment is a pair: `run(lab)` measures on the GPU and returns rows (dicts whose field
-order is the CSV's column order) and `info`; `judge(entry)` is a pure function of the saved entry
+order is the CSV's column order) and `info`; its judge (analysis.verdicts.JUDGES) is a pure function of the saved entry
 that says what was measured and whether the phenomenon held. The verdict rules are fixed before
 any measurement and never tuned to pass. The report is rendered from the saved run by
 `microbench.report.plots.render_report`.
@@ -21,37 +21,72 @@ from microbench.engine.shapes import torch_dtype
 from microbench.engine.ladders import pow2_capture_sizes, vllm_capture_sizes
 from microbench.bench.lab import Lab, build_decoder, free_memory
 from microbench.bench.sweep import max_seq_for
-from microbench.analysis.verdicts import (GiB, MiB, headroom_rows, judge_capture_cost,
-                                 judge_ladder_collapse, judge_memory_headroom, judge_off_stride,
-                                 judge_padding_waste, judge_piecewise_vs_full, judge_pool_growth,
-                                 judge_speedup_fade, kv_bytes_per_token, padding_costs, pool_ns)
+from microbench.stats import break_even_steps
 
 COLLAPSED, EXPLICIT = [1, 2], [1, 2, 4, 8, 16]
 OFF_STRIDE = dict(max_num_seqs=700, max_num_batched_tokens=700, max_capture_size=1024, context=128)
 PAD_BS = 37
 
 
+MiB, GiB = 1 << 20, 1 << 30
+
+
+def pool_ns(n_max: int) -> list[int]:
+    """Numbers of captured sizes to measure: 1, 2, 4, ... below n_max, then n_max."""
+    ns, n = [], 1
+    while n < n_max:
+        ns.append(n)
+        n *= 2
+    return ns + [n_max]
+
+
+def kv_bytes_per_token(shape, elt: int) -> int:
+    """K and V of one token in every layer: 2 · n_layers · n_kv_heads · head_dim · elt."""
+    return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * elt
+
+
+def headroom_rows(pool_rows: list[dict], budget: int, per_token: int) -> list[dict]:
+    """KV tokens left in `budget` bytes once the pool of n captured sizes is taken:
+    tokens(n) = floor((budget - pool(n)) / per_token), never below 0; n = 0 is the baseline."""
+    base = max(0, budget // per_token)
+    rows = []
+    for r in [dict(n_sizes=0, largest_size=None, pool_bytes=0)] + list(pool_rows):
+        toks = max(0, (budget - r["pool_bytes"]) // per_token)
+        rows.append(dict(n_sizes=r["n_sizes"], largest_size=r["largest_size"],
+                         pool_bytes=r["pool_bytes"], kv_tokens=toks, tokens_lost=base - toks,
+                         share_lost=(base - toks) / base if base else None))
+    return rows
+
+
+def padding_costs(rows: list[dict]) -> list[dict]:
+    """Adds, per arm, padded rows and the extra step time against the exact capture:
+    extra = t_arm - t_exact, and extra / padded rows (us per padded row)."""
+    exact = next(r for r in rows if r["arm"] == "exact")["step_us"]
+    out = []
+    for r in rows:
+        pad = (r["padded_bs"] - r["bs"]) if r["padded_bs"] else 0
+        extra = r["step_us"] - exact
+        out.append(dict(r, padded_rows=pad, extra_us=extra, extra_pct=extra / exact,
+                        us_per_padded_row=extra / pad if pad else None))
+    return out
+
+
 # ---- the experiments -----------------------------------------------------------------------
 def run_speedup_fade(lab: Lab) -> dict:
-    from microbench.analysis import model as mdl
-    bs, dec = list(lab.cfg.bs), lab.dec
-    prof = lab.profile()
-    elt = torch_dtype(lab.cfg.dtype).itemsize
+    bs = list(lab.cfg.bs)
+    launch = lab.launch()
     rows = []
     for e, g in zip(lab.measure("none", [], bs), lab.measure("full", bs, bs)):
-        pad = g["padded_bs"] or e["bs"]
-        p = mdl.predict(dec.shape, e["bs"], lab.context, prof, padded=pad, elt=elt,
-                        attn_launches=dec.attention_launches(e["bs"]),
-                        padded_attn_launches=dec.attention_launches(pad))
         rows.append(dict(bs=e["bs"], padded_bs=g["padded_bs"], ran_as=g["ran_as"],
                          eager_step_us=e["step_us"], eager_p20=e["p20"], eager_p80=e["p80"],
                          graph_step_us=g["step_us"], graph_p20=g["p20"], graph_p80=g["p80"],
                          speedup=e["step_us"] / g["step_us"],
-                         predicted_speedup=p["predicted_speedup"],
-                         predicted_eager_step_us=p["predicted_eager_step_us"],
-                         predicted_graph_step_us=p["predicted_graph_step_us"],
                          eager_tok_s=e["tok_s"], graph_tok_s=g["tok_s"]))
-    return dict(rows=rows, info=dict(profile=prof.to_dict(), launch=lab.cache["launch"]))
+    info = dict(launch=launch)
+    if lab.predict is not None:   # the model's columns (predicted_*) and its device profile
+        info["profile"] = lab.predict(rows, lab.dec, launch, lab.gpu(), lab.context,
+                                      torch_dtype(lab.cfg.dtype).itemsize)
+    return dict(rows=rows, info=info)
 
 
 def run_ladder_collapse(lab: Lab) -> dict:
@@ -120,7 +155,6 @@ def run_pool_growth(lab: Lab) -> dict:
 
 
 def run_capture_cost(lab: Lab) -> dict:
-    from microbench.stats import break_even_steps
     ladder = vllm_capture_sizes()
     r = lab.capture(ladder)
     rep = r.report
@@ -176,7 +210,6 @@ class Experiment:
     source: str
     method: str
     run: object
-    judge: object
     max_batch: object    # cfg -> largest batch the shared decoder must hold
 
 
@@ -189,7 +222,7 @@ EXPERIMENTS = {e.name: e for e in (
                "lower bs-1 latency on an H200 and under 1% on an L40S.",
                "Eager against one full graph per batch size (exact capture); the prediction uses "
                "a device profile measured in this run (launch costs, copy bandwidth, matrix rate).",
-               run_speedup_fade, judge_speedup_fade, lambda c: max(c.bs)),
+               run_speedup_fade, lambda c: max(c.bs)),
     Experiment("ladder-collapse",
                "With a capture list of [1, 2], batch 4 falls off the graphs; listing "
                "[1, 2, 4, 8, 16] keeps it on a full graph, and per-sequence throughput at batch 4 "
@@ -200,7 +233,7 @@ EXPERIMENTS = {e.name: e for e in (
                "runs piecewise: vLLM's FULL_AND_PIECEWISE fallback when its piecewise sizes cover "
                "the batch; a bound, not the default case); [1, 2, 4, 8, 16]. Only the graphs a "
                "batch routes to are captured.",
-               run_ladder_collapse, judge_ladder_collapse, lambda c: 4),
+               run_ladder_collapse, lambda c: 4),
     Experiment("off-stride",
                "With max_num_batched_tokens 700 and a capture cap of 1024, vLLM's old ladder stops "
                "at 688 (stride 16), so bs 700 runs eagerly; the fix appends 700 and restores the "
@@ -209,7 +242,7 @@ EXPERIMENTS = {e.name: e for e in (
                f"A second decoder holding 700 sequences at context {OFF_STRIDE['context']} "
                "(short, so the KV cache fits easily); bs 700 on each ladder, and bs 688 on the old "
                "one for reference.",
-               run_off_stride, judge_off_stride, lambda c: 1),
+               run_off_stride, lambda c: 1),
     Experiment("padding-waste",
                f"Batch {PAD_BS} pads to 40 on a stride-8 ladder and to 64 on powers of two; the "
                "padded rows cost step time against an exact capture, growing with their number, "
@@ -218,7 +251,7 @@ EXPERIMENTS = {e.name: e for e in (
                "runs the smallest captured size at or above it).",
                f"bs {PAD_BS} on vLLM's ladder for 32 sequences (stride 8), on powers of two up to "
                f"64, on a graph captured for exactly {PAD_BS}, and eagerly.",
-               run_padding_waste, judge_padding_waste, lambda c: 64),
+               run_padding_waste, lambda c: 64),
     Experiment("pool-growth",
                "The graph pool grows with the number of captured sizes; separate pools hold more "
                "than one shared pool, and largest-first capture no more than smallest-first "
@@ -229,7 +262,7 @@ EXPERIMENTS = {e.name: e for e in (
                "shared pool largest first (one capture per n), shared smallest first and separate "
                "pools (one capture each, pool after the first n); pool bytes from the allocator's "
                "segments of the pool. Fit: bytes(n) = a + c·n.",
-               run_pool_growth, judge_pool_growth, lambda c: VLLM_MAX),
+               run_pool_growth, lambda c: VLLM_MAX),
     Experiment("capture-cost",
                "Capture is a one-time cost per size (published: about 1 s per shape in one "
                "write-up, 7 s for 46 graphs in another) that faster steps pay back after a "
@@ -238,13 +271,13 @@ EXPERIMENTS = {e.name: e for e in (
                "vLLM's default ladder captured largest first: warm-up and capture seconds per "
                "size; break-even steps = capture seconds / (eager - graph step), per batch size, "
                "for its own size and for the whole ladder.",
-               run_capture_cost, judge_capture_cost, lambda c: max(VLLM_MAX, *c.bs)),
+               run_capture_cost, lambda c: max(VLLM_MAX, *c.bs)),
     Experiment("piecewise-vs-full",
                "Piecewise graphs, with attention run eagerly between them, sit between full "
                "graphs and eager: slower than full by the attention launches, faster than eager.",
                "No published figure: vLLM's PIECEWISE mode leaves attention outside the graphs.",
                "Eager, full and piecewise step time per batch size, each graph captured exactly.",
-               run_piecewise_vs_full, judge_piecewise_vs_full, lambda c: max(c.bs)),
+               run_piecewise_vs_full, lambda c: max(c.bs)),
     Experiment("memory-headroom",
                "Under a fixed memory budget, every captured size's pool takes KV-cache tokens "
                "away: the tokens left fall as sizes are added.",
@@ -252,6 +285,6 @@ EXPERIMENTS = {e.name: e for e in (
                "KV cache's bytes per token.",
                "KV tokens = (budget - pool bytes of the first n sizes, captured largest first) / "
                "KV bytes per token, from the pool sizes measured as in pool-growth.",
-               run_memory_headroom, judge_memory_headroom, lambda c: VLLM_MAX),
+               run_memory_headroom, lambda c: VLLM_MAX),
 )}
 NAMES = tuple(EXPERIMENTS)

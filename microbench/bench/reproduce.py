@@ -66,9 +66,11 @@ class ReproduceConfig:
         return asdict(self)
 
 
-def make_entry(name: str, rows: list, info: dict, wall_s: float = 0.0, error: str | None = None) -> dict:
-    """A phenomenon entry of run.json: the experiment's texts, its verdict, rows and info.
-    Incomplete measurements (an arm missing) or an error give held = False, never a guess."""
+def make_entry(name: str, rows: list, info: dict, wall_s: float = 0.0, error: str | None = None,
+               judge=None) -> dict:
+    """A phenomenon entry of run.json: the experiment's texts, its verdict by judge(name,
+    entry) (analysis.verdicts.judge; none without it), rows and info. Incomplete measurements
+    (an arm missing) or an error give held = False, never a guess."""
     exp = EXPERIMENTS[name]
     entry = dict(name=name, expected=exp.expected, measured="", held=False, why="", source=exp.source,
                  method=exp.method, notes=[], derived={}, rows=rows, info=info, wall_s=wall_s)
@@ -76,8 +78,10 @@ def make_entry(name: str, rows: list, info: dict, wall_s: float = 0.0, error: st
         entry.update(measured=f"failed: {error.strip().splitlines()[-1]}", why="the experiment failed",
                      error=error)
         return entry
+    if judge is None:
+        return entry
     try:
-        entry.update(exp.judge(entry))
+        entry.update(judge(name, entry))
     except (KeyError, StopIteration, TypeError, ValueError, ZeroDivisionError, IndexError) as e:
         entry.update(measured=f"incomplete measurements ({type(e).__name__}: {e})",
                      why="incomplete measurements")
@@ -85,9 +89,12 @@ def make_entry(name: str, rows: list, info: dict, wall_s: float = 0.0, error: st
     return entry
 
 
-def run_reproduce(cfg: ReproduceConfig, on_progress=None, on_entry=None, on_run=None) -> dict:
+def run_reproduce(cfg: ReproduceConfig, on_progress=None, on_entry=None, on_run=None,
+                  judge=None, predict=None) -> dict:
     """Run the selected experiments on one shared decoder; returns the run dict. on_entry(entry)
-    after each experiment, on_run(run) whenever the run changes (to save it)."""
+    after each experiment, on_run(run) whenever the run changes (to save it); judge
+    (analysis.verdicts.judge) gives each entry its verdict, predict
+    (analysis.beside.predict_fade) the model's columns of speedup-fade."""
     say = on_progress or (lambda s: None)
     require_cuda("reproduce")
     cfg.validate()
@@ -98,7 +105,7 @@ def run_reproduce(cfg: ReproduceConfig, on_progress=None, on_entry=None, on_run=
     say(f"building {cfg.preset} ({cfg.shape.n_params / 1e6:.0f}M params, {cfg.dtype}), "
         f"max batch {mb}, context {cfg.context}")
     dec = build_decoder(cfg, mb, cfg.context)
-    lab = Lab(cfg, dec, cfg.context, say)
+    lab = Lab(cfg, dec, cfg.context, say, predict)
     free, total = free_memory(), torch.cuda.mem_get_info()[1]
     lab.cache["free_after_decoder"] = free
     kv = sum(c.numel() * c.element_size() for c in dec.k_cache + dec.v_cache)
@@ -116,7 +123,7 @@ def run_reproduce(cfg: ReproduceConfig, on_progress=None, on_entry=None, on_run=
         except Exception:  # one failed experiment must not lose the others' measurements
             err = traceback.format_exc()
             free_memory()
-        entry = make_entry(name, res["rows"], res["info"], time.perf_counter() - t0, err)
+        entry = make_entry(name, res["rows"], res["info"], time.perf_counter() - t0, err, judge)
         run["phenomena"].append(entry)
         if on_entry:
             on_entry(entry)

@@ -2,6 +2,7 @@
 times and pools, so no GPU), the verdicts on measurements that should hold and should not, the
 report from a saved run with and without matplotlib, and the command's errors."""
 import copy
+import functools
 import json
 import sys
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ from microbench.analysis import verdicts as vd
 from microbench.cli import main
 from microbench.engine.shapes import PRESETS
 from microbench.engine.dispatch import PaddingDispatcher
+from microbench.analysis.beside import predict_fade
 from microbench.analysis.model import DeviceProfile
 from microbench.report.plots import entry_lines, render_report
 from microbench.report.record import load_run, write_reproduce_run
@@ -67,9 +69,16 @@ class FakeLab(ph.Lab):
         us = 7000 + 2 * bs if pad is None else 600 + 5 * pad + (300 if self.runner.mode == "piecewise" else 0)
         return dict(step_us=us, p20=0.99 * us, p80=1.01 * us, n=10, event_us=0.9 * us)
 
-    def profile(self):
-        self.cache["launch"] = {}
-        return DeviceProfile(name="fake", source="test", copy_bw=3e12, matmul_flops=7e14)
+    def launch(self):
+        return {}
+
+    def gpu(self):
+        return "fake"
+
+
+# the model beside speedup-fade's rows, on a fixed device profile
+PREDICT = functools.partial(predict_fade, profile=DeviceProfile(
+    name="fake", source="test", copy_bw=3e12, matmul_flops=7e14))
 
 
 def fake_dec(*_):
@@ -81,12 +90,12 @@ def build_fake_run() -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ph, "build_decoder", fake_dec)
         mp.setattr(ph, "free_memory", lambda: 80 << 30)
-        lab = FakeLab(CFG, fake_dec(), CFG.context)
+        lab = FakeLab(CFG, fake_dec(), CFG.context, predict=PREDICT)
         lab.cache["free_after_decoder"] = 1 << 26
         entries = []
         for name in ph.NAMES:
             res = ph.EXPERIMENTS[name].run(lab)
-            entries.append(rp.make_entry(name, res["rows"], res["info"], 0.1))
+            entries.append(rp.make_entry(name, res["rows"], res["info"], 0.1, judge=vd.judge))
     return dict(kind="reproduce", config=CFG.to_dict(), shape=PRESETS["tiny"].to_dict(),
                 env=dict(gpu="Test GPU", torch="x", triton="y", command="microbench reproduce"),
                 memory=dict(total_bytes=80 << 30, free_after_decoder_bytes=1 << 26,
@@ -104,7 +113,7 @@ def entry(run, name):
 
 
 def rejudge(e):
-    return rp.make_entry(e["name"], e["rows"], e["info"])
+    return rp.make_entry(e["name"], e["rows"], e["info"], judge=vd.judge)
 
 
 def retime(row, us, p=""):
@@ -183,7 +192,7 @@ def _padding_is_free(e):
     for r in e["rows"]:
         if r["arm"] in ("stride-8", "pow2"):
             retime(r, ex["step_us"])
-    e["rows"] = vd.padding_costs(e["rows"])
+    e["rows"] = ph.padding_costs(e["rows"])
 
 
 def _separate_pools_smaller(e):
@@ -203,7 +212,7 @@ def _piecewise_as_fast_as_full(e):
 
 def _pool_takes_nothing(e):
     rows = [dict(r, pool_bytes=0) for r in e["rows"][1:]]
-    e["rows"] = vd.headroom_rows(rows, e["info"]["budget_bytes"], e["info"]["kv_bytes_per_token"])
+    e["rows"] = ph.headroom_rows(rows, e["info"]["budget_bytes"], e["info"]["kv_bytes_per_token"])
 
 
 @pytest.mark.parametrize("name, spoil, why", [
@@ -230,7 +239,7 @@ def test_missing_arm_or_error_is_not_held(fake_run):
     e["rows"] = [r for r in e["rows"] if r["arm"] != "explicit"]
     got = rejudge(e)
     assert got["held"] is False and got["measured"].startswith("incomplete measurements")
-    err = rp.make_entry("off-stride", [], {}, error="Traceback ...\nRuntimeError: boom\n")
+    err = rp.make_entry("off-stride", [], {}, error="Traceback ...\nRuntimeError: boom\n", judge=vd.judge)
     assert err["held"] is False and err["measured"] == "failed: RuntimeError: boom"
 
 
@@ -251,16 +260,16 @@ def test_noise_aware_comparison():
 
 # ---- pure helpers --------------------------------------------------------------------------
 def test_pool_ns_and_kv_bytes():
-    assert vd.pool_ns(51) == [1, 2, 4, 8, 16, 32, 51]
-    assert vd.pool_ns(1) == [1] and vd.pool_ns(2) == [1, 2] and vd.pool_ns(4) == [1, 2, 4]
+    assert ph.pool_ns(51) == [1, 2, 4, 8, 16, 32, 51]
+    assert ph.pool_ns(1) == [1] and ph.pool_ns(2) == [1, 2] and ph.pool_ns(4) == [1, 2, 4]
     # OPT-125m: 2 (K and V) x 12 layers x 12 heads x 64 x 2 bytes
-    assert vd.kv_bytes_per_token(PRESETS["opt-125m"], 2) == 36864
+    assert ph.kv_bytes_per_token(PRESETS["opt-125m"], 2) == 36864
 
 
 def test_headroom_rows():
     pools = [dict(n_sizes=1, largest_size=1, pool_bytes=250),
              dict(n_sizes=2, largest_size=2, pool_bytes=1500)]
-    rows = vd.headroom_rows(pools, budget=1000, per_token=10)
+    rows = ph.headroom_rows(pools, budget=1000, per_token=10)
     assert [r["kv_tokens"] for r in rows] == [100, 75, 0]          # never below zero
     assert [r["tokens_lost"] for r in rows] == [0, 25, 100]
     assert rows[1]["share_lost"] == pytest.approx(0.25)
@@ -270,7 +279,7 @@ def test_padding_costs():
     rows = [dict(arm="exact", bs=37, padded_bs=37, step_us=100.0),
             dict(arm="pow2", bs=37, padded_bs=64, step_us=127.0),
             dict(arm="eager", bs=37, padded_bs=None, step_us=900.0)]
-    out = vd.padding_costs(rows)
+    out = ph.padding_costs(rows)
     assert out[1]["padded_rows"] == 27 and out[1]["us_per_padded_row"] == pytest.approx(1.0)
     assert out[1]["extra_pct"] == pytest.approx(0.27)
     assert out[2]["padded_rows"] == 0 and out[2]["us_per_padded_row"] is None
@@ -316,7 +325,7 @@ def test_report_without_matplotlib(fake_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib...` now fails
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     run = copy.deepcopy(fake_run)
-    bad = rp.make_entry("off-stride", [], {}, error="Traceback ...\nRuntimeError: boom\n")
+    bad = rp.make_entry("off-stride", [], {}, error="Traceback ...\nRuntimeError: boom\n", judge=vd.judge)
     run["phenomena"][2] = bad
     run["phenomena"][3]["held"], run["phenomena"][3]["why"] = False, "padding was free"
     text = render_report(run, tmp_path).read_text()
