@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from microbench.analysis.beside import TPRowModel, allreduce_fit
 from microbench.bench.env import GPURequired
 from microbench.bench.sweep import SweepConfig
 from microbench.bench.tp import RankFailed, check_tp, run_allreduce_bench, torchrun_rank
@@ -56,7 +57,7 @@ def tp_sweep_main(cfg_kwargs: dict, tp: int, compare_tp1: bool = True, as_json: 
     cfg = SweepConfig(**cfg_kwargs)
     save = FolderSaver(cfg.out, "sweep", f"{cfg.preset}-tp{tp}")
     run, where = run_tp_sweep(cfg, tp, compare_tp1=compare_tp1, progress=not (quiet or as_json),
-                              save=save)
+                              save=save, fit=allreduce_fit, model=TPRowModel)
     if run is None:
         return None, 0
     if as_json:
@@ -72,7 +73,7 @@ def tp_launch_main(tp: int, time_budget: float = 0.3, out: str = "results",
     save = FolderSaver(out, "launch", f"tp{tp}",
                        write=functools.partial(write_run, csv_name="allreduce.csv"))
     run, where = run_allreduce_bench(tp, time_budget=time_budget, out=out, progress=not as_json,
-                                     save=save)
+                                     save=save, fit=allreduce_fit)
     if run is None:
         return None, 0
     text = json.dumps(run, indent=2, default=str) if as_json else (

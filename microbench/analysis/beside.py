@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from microbench.analysis import model as mdl
+from microbench.analysis.model_tp import AllReduceProfile, bus_bandwidth, fit_allreduce, predict_tp
 
 
 def predict_sweep(run: dict, dec, measured: list, context: int, elt: int, kernels) -> None:
@@ -65,3 +66,53 @@ def predict_fade(rows: list[dict], dec, launch: dict, gpu: str, context: int, el
                  predicted_eager_step_us=p["predicted_eager_step_us"],
                  predicted_graph_step_us=p["predicted_graph_step_us"])
     return prof.to_dict()
+
+
+def allreduce_fit(points: list[dict], world: int, host_us: float | None) -> dict | None:
+    """Each all-reduce point's bus bandwidth (graph and eager, NCCL's convention), and the fit
+    t = alpha + busbytes(S) / BW_bus over the graph times (None with fewer than two sizes)."""
+    for p in points:
+        p.update(busbw=bus_bandwidth(p["bytes"], p["graph_us"], world),
+                 busbw_eager=bus_bandwidth(p["bytes"], p["eager_us"], world))
+    if len(points) < 2:
+        return None
+    fit = fit_allreduce([(p["bytes"], p["graph_us"]) for p in points], world, host_us=host_us,
+                        source="measured: graph replays, this run")
+    return fit.to_dict()
+
+
+class TPRowModel:
+    """The model beside the TP sweep's rows on rank 0: the device measured on rank 0
+    (run["launch"]) and the all-reduce fit (run["allreduce"]), for the shard `shard`."""
+
+    def __init__(self, run: dict, shard, cfg, world: int, elt: int):
+        self.shard, self.cfg, self.world, self.elt = shard, cfg, world, elt
+        self.profile = mdl.DeviceProfile.from_launch(run["launch"], name=run["env"]["gpu"],
+                                                     source="measured: rank 0, this run")
+        run["profile"] = self.profile.to_dict()
+        fit = run["allreduce"]["fit"]
+        self.ar = AllReduceProfile.from_dict(fit) if fit else None
+
+    def predict(self, row: dict, tp1: dict) -> None:
+        """The row's predicted step times, speedup and all-reduce share at TP, TP 1's
+        predictions where TP 1 was measured, and the errors against the measurements."""
+        shape, context, bs = self.cfg.shape, self.cfg.context, row["bs"]
+        pad = row["padded_bs"] or bs
+        plan = {"fusion": self.shard.fusion} if hasattr(self.shard, "fusion") else {}
+        pred = predict_tp(shape, self.world, bs, context, self.profile, self.ar,
+                          padded=pad, elt=self.elt,
+                          attn_launches=self.shard.attention_launches(bs),
+                          padded_attn_launches=self.shard.attention_launches(pad), **plan)
+        row.update({k: pred[k] for k in ("predicted_eager_step_us", "predicted_graph_step_us",
+                                         "predicted_speedup", "predicted_allreduce_share_graph")})
+        one = next((r for r in tp1.get("rows", []) if r["bs"] == bs), None)
+        if one:
+            p1 = mdl.predict(shape, bs, context, self.profile, padded=pad, elt=self.elt,
+                             attn_launches=one["attn_launches"],
+                             padded_attn_launches=one["padded_attn_launches"],
+                             **tp1.get("plan", {}))
+            row.update(predicted_tp1_eager_step_us=p1["predicted_eager_step_us"],
+                       predicted_tp1_graph_step_us=p1["predicted_graph_step_us"])
+        if row.get("speedup"):
+            row["speedup_error"] = row["predicted_speedup"] / row["speedup"] - 1
+            row["graph_error"] = row["predicted_graph_step_us"] / row["graph_step_us"] - 1

@@ -16,7 +16,8 @@ The all-reduce benchmark, per message size S (elements of one dtype, in place, s
 * graph: replays of one CUDA graph of k all-reduces, per call: GPU time alone, no host in it.
 * host: host time to enqueue one all-reduce (smallest size only; it does not depend on S).
 
-The graph times are fitted as alpha + busbytes(S) / BW_bus (`model_tp.fit_allreduce`).
+The graph times are fitted as alpha + busbytes(S) / BW_bus (`model_tp.fit_allreduce`, through
+the `fit` the CLI passes).
 Figures are rank 0's; a collective ends on all ranks at about the same time.
 """
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import functools
 import time
 
-from microbench.analysis import model_tp
 
 SETTLE_SAMPLES = (10, 200)   # at least and at most, as timing.settle takes by default
 LAUNCH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)          # [B, hidden] messages
@@ -77,10 +77,11 @@ def allreduce_numels(hidden: int, elt: int, rows=LAUNCH_ROWS, big=BIG_BYTES) -> 
 
 
 def measure_allreduce(numels, dtype, device, k: int, budget_s: float, host_group, group=None,
-                      say=None) -> dict:
+                      say=None, fit=None) -> dict:
     """The all-reduce benchmark (see the module docstring) over message sizes `numels`; k
     collectives per sample and per graph. Returns dict(points=[...], host_us, fit) where fit is
-    model_tp.fit_allreduce over the graph times (None with fewer than two sizes)."""
+    fit(points, world, host_us) (analysis.beside.allreduce_fit, from the CLI: it adds the
+    points' bus bandwidths and fits the graph times; None without it)."""
     import torch
     import torch.distributed as dist
 
@@ -107,17 +108,11 @@ def measure_allreduce(numels, dtype, device, k: int, budget_s: float, host_group
         pt = dict(numel=n, bytes=n * elt, eager_us=e.median / k, eager_p20=e.p20 / k,
                   eager_p80=e.p80 / k, graph_us=r.median / k, graph_p20=r.p20 / k,
                   graph_p80=r.p80 / k, samples=r.n)
-        pt.update(algbw=pt["bytes"] / (pt["graph_us"] * 1e-6),
-                  busbw=model_tp.bus_bandwidth(pt["bytes"], pt["graph_us"], world),
-                  busbw_eager=model_tp.bus_bandwidth(pt["bytes"], pt["eager_us"], world))
+        pt["algbw"] = pt["bytes"] / (pt["graph_us"] * 1e-6)
         points.append(pt)
     del buf
-    fit = None
-    if len(points) >= 2:
-        fit = model_tp.fit_allreduce([(p["bytes"], p["graph_us"]) for p in points], world,
-                                     host_us=host_us, source="measured: graph replays, this run")
     return dict(world=world, k=k, dtype=str(dtype).replace("torch.", ""), points=points,
-                host_us=host_us, fit=fit.to_dict() if fit else None)
+                host_us=host_us, fit=fit(points, world, host_us) if fit else None)
 
 
 def point_at(bench: dict, nbytes: int) -> dict | None:

@@ -255,20 +255,21 @@ def decoder_plan(dec) -> dict:
 
 def run_allreduce_bench(tp: int, time_budget: float = 0.3, hidden: int = 4096,
                         dtype: str = "bfloat16", k: int = 20, out: str = "results",
-                        progress: bool = True, save=None):
+                        progress: bool = True, save=None, fit=None):
     """The collective benchmark on `tp` GPUs (collectives.measure_allreduce at [B, hidden]
     sizes for B in 1..256 and at 1 to 64 MiB); returns (run, save(run)) on rank 0, save
-    being a picklable callable that writes the run and returns its folder."""
+    being a picklable callable that writes the run and returns its folder; fit
+    (analysis.beside.allreduce_fit) fits the times."""
     check_tp(None, tp)
     require_cuda("launch")
     check_tp(None, tp, torch.cuda.device_count())
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"--dtype: {dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
-    res = launch_ranks(_bench_rank, tp, args=(hidden, dtype, k, time_budget, out, progress, save))
+    res = launch_ranks(_bench_rank, tp, args=(hidden, dtype, k, time_budget, out, progress, save, fit))
     return res[0] if res[0] is not None else (None, None)
 
 
-def _bench_rank(rank, world, hidden, dtype, k, budget, out, progress, save):
+def _bench_rank(rank, world, hidden, dtype, k, budget, out, progress, save, fit):
     import torch.distributed as dist
 
     from microbench.bench.collectives import allreduce_numels, measure_allreduce
@@ -277,7 +278,7 @@ def _bench_rank(rank, world, hidden, dtype, k, budget, out, progress, save):
     dt = torch_dtype(dtype)
     elt = torch.finfo(dt).bits // 8
     bench = measure_allreduce(allreduce_numels(hidden, elt), dt, dev, k, budget, host,
-                              say=printer(rank == 0 and progress))
+                              say=printer(rank == 0 and progress), fit=fit)
     if rank != 0:
         return None
     env = tp_environment(dev, world)

@@ -26,7 +26,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from microbench.bench.collectives import BIG_BYTES, gather, lockstep, measure_allreduce
+from microbench.bench.collectives import BIG_BYTES, gather, lockstep, measure_allreduce, point_at
 from microbench.bench.env import require_cuda
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
@@ -89,10 +89,11 @@ def single_gpu_steps(dec, ladder, cfg, say) -> dict:
         runner.close()
 
 
-def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool, save=None):
+def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool, save=None,
+               fit=None, model=None):
     """One rank's part of the TP sweep; rank 0 returns (run, where save(run) last saved it),
-    the others None."""
-    r = _Rank(rank, world, cfg, progress, save)
+    the others None. fit and model: see run_tp_sweep."""
+    r = _Rank(rank, world, cfg, progress, save, fit, model)
     if r.lead:
         r.lead_alone(compare_tp1)
     dist.barrier(group=r.host)
@@ -117,7 +118,8 @@ class _Rank:
     """One rank's sweep: its device, host group, decoder settings and (on rank 0) the run;
     the methods are the phases of the module docstring, in order."""
 
-    def __init__(self, rank: int, world: int, cfg, progress: bool, save=None):
+    def __init__(self, rank: int, world: int, cfg, progress: bool, save=None, fit=None,
+                 model=None):
         self.t_start = time.perf_counter()
         self.rank, self.world, self.cfg = rank, world, cfg
         self.lead = rank == 0
@@ -132,6 +134,7 @@ class _Rank:
         self.dec_kw = dict(backend=cfg.backend, max_batch=self.max_batch, max_seq=self.max_seq,
                            dtype=dtype, device=dev, seed=cfg.seed)
         self.save = save or (lambda run: None)
+        self.fit, self.model = fit, model
         self.run = self.full = None
         self.tp1 = {}
 
@@ -192,7 +195,7 @@ class _Rank:
         self.say(f"all-reduces alone, {k} per sample")
         self.bench = measure_allreduce([b * shape.hidden for b in msg_rows]
                                        + [n // elt for n in BIG_BYTES[:3]], self.dtype, self.dev,
-                                       k, cfg.time_budget, self.host)
+                                       k, cfg.time_budget, self.host, fit=self.fit)
         if self.lead:
             self.run.update(build_s=self.build_s, capture=cap,
                             capture_s_per_rank=[c["capture_s"] for c in caps],
@@ -202,7 +205,8 @@ class _Rank:
     def time_rows(self, runner):
         """Per batch size, every rank in lockstep: eager and graph (rows.measure_row)."""
         cfg, shard, host = self.cfg, self.shard, self.host
-        ctx = _Predict(self.run, shard, cfg, self.world, self.elt) if self.lead else None
+        model = (self.model(self.run, shard, cfg, self.world, self.elt)
+                 if self.lead and self.model is not None else None)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         budget = Budget(cfg.steps, cfg.time_budget,
                         lockstep=lambda fn, inner, b: lockstep(fn, inner, b, host))
@@ -217,85 +221,57 @@ class _Rank:
             everyone = gather(dict(eager=row["eager_step_us"], graph=row["graph_step_us"],
                                    diff=row.get("max_abs_diff")), host)
             if self.lead:
-                self.run["rows"].append(ctx.row(row, everyone, self.tp1, self.bench))
+                tp_row(row, everyone, self.tp1, self.bench, cfg, self.elt)
+                if model is not None:
+                    model.predict(row, self.tp1)
+                self.run["rows"].append(row)
                 self.save(self.run)
 
 
-class _Predict:
-    """Rank 0's row builder: the measured figures, the shares, TP 1 and the model beside."""
-
-    def __init__(self, run, shard, cfg, world, elt):
-        from microbench.analysis import model as mdl
-        from microbench.analysis.model_tp import AllReduceProfile
-        self.mdl, self.shard, self.cfg, self.world, self.elt = mdl, shard, cfg, world, elt
-        launch = run["launch"]
-        self.profile = mdl.DeviceProfile.from_launch(launch, name=run["env"]["gpu"],
-                                                     source="measured: rank 0, this run")
-        run["profile"] = self.profile.to_dict()
-        fit = run["allreduce"]["fit"]
-        self.ar = AllReduceProfile.from_dict(fit) if fit else None
-
-    def row(self, row, everyone, tp1, bench) -> dict:
-        """Rank 0's measured row, with the slowest rank's medians, the largest difference from
-        eager over the ranks, the all-reduce shares, TP 1 and the model beside."""
-        from microbench.bench.collectives import point_at
-        from microbench.analysis.model_tp import predict_tp
-        shape, k, hid = self.cfg.shape, 2 * self.cfg.shape.n_layers, self.cfg.shape.hidden
-        bs, padded = row["bs"], row["padded_bs"]
-        row["eager_step_us_max_rank"] = max(x["eager"] for x in everyone)
-        if row["graph_step_us"] is not None:
-            row.update(graph_step_us_max_rank=max(x["graph"] for x in everyone),
-                       max_abs_diff=max(x["diff"] for x in everyone))
-        e_us, g_us = row["eager_step_us"], row["graph_step_us"]
-        ae = point_at(bench, bs * hid * self.elt)
-        # In an eager step each all-reduce waits for the matmul before it and costs the step
-        # the longer of its host enqueue and its own time; back-to-back eager all-reduces
-        # overlap one another (about 1 to 2 us each on two H200s), so their time alone
-        # understates it, and the enqueue (25 to 30 us) is what a host-bound step pays.
-        row["allreduce_eager_us"] = k * max(ae["eager_us"], bench.get("host_us") or 0.0)
-        row["allreduce_share_eager"] = row["allreduce_eager_us"] / e_us
-        if g_us is not None:
-            ag = point_at(bench, (padded or bs) * hid * self.elt)
-            row["allreduce_graph_us"] = k * ag["graph_us"]
-            row["allreduce_share_graph"] = row["allreduce_graph_us"] / g_us
-        one = next((r for r in tp1.get("rows", []) if r["bs"] == bs), None)
-        if one:
-            row.update(tp1_eager_step_us=one["eager_step_us"],
-                       tp1_graph_step_us=one.get("graph_step_us"),
-                       tp_gain_eager=one["eager_step_us"] / e_us)
-            if g_us is not None and one.get("graph_step_us"):
-                row.update(tp1_speedup=one["eager_step_us"] / one["graph_step_us"],
-                           tp_gain_graph=one["graph_step_us"] / g_us)
-        pad = padded or bs
-        plan = decoder_plan(self.shard)
-        pred = predict_tp(shape, self.world, bs, self.cfg.context, self.profile, self.ar,
-                          padded=pad, elt=self.elt,
-                          attn_launches=self.shard.attention_launches(bs),
-                          padded_attn_launches=self.shard.attention_launches(pad), **plan)
-        row.update({k_: pred[k_] for k_ in ("predicted_eager_step_us", "predicted_graph_step_us",
-                                            "predicted_speedup", "predicted_allreduce_share_graph")})
-        if one:
-            p1 = self.mdl.predict(shape, bs, self.cfg.context, self.profile, padded=pad,
-                                  elt=self.elt, attn_launches=one["attn_launches"],
-                                  padded_attn_launches=one["padded_attn_launches"],
-                                  **tp1.get("plan", {}))
-            row.update(predicted_tp1_eager_step_us=p1["predicted_eager_step_us"],
-                       predicted_tp1_graph_step_us=p1["predicted_graph_step_us"])
-        if row.get("speedup"):
-            row["speedup_error"] = row["predicted_speedup"] / row["speedup"] - 1
-            row["graph_error"] = row["predicted_graph_step_us"] / row["graph_step_us"] - 1
-        return row
+def tp_row(row: dict, everyone: list, tp1: dict, bench: dict, cfg, elt: int) -> dict:
+    """Rank 0's measured row, with the slowest rank's medians, the largest difference from
+    eager over the ranks, the all-reduce shares and TP 1's times beside."""
+    k, hid = 2 * cfg.shape.n_layers, cfg.shape.hidden
+    bs, padded = row["bs"], row["padded_bs"]
+    row["eager_step_us_max_rank"] = max(x["eager"] for x in everyone)
+    if row["graph_step_us"] is not None:
+        row.update(graph_step_us_max_rank=max(x["graph"] for x in everyone),
+                   max_abs_diff=max(x["diff"] for x in everyone))
+    e_us, g_us = row["eager_step_us"], row["graph_step_us"]
+    ae = point_at(bench, bs * hid * elt)
+    # In an eager step each all-reduce waits for the matmul before it and costs the step
+    # the longer of its host enqueue and its own time; back-to-back eager all-reduces
+    # overlap one another (about 1 to 2 us each on two H200s), so their time alone
+    # understates it, and the enqueue (25 to 30 us) is what a host-bound step pays.
+    row["allreduce_eager_us"] = k * max(ae["eager_us"], bench.get("host_us") or 0.0)
+    row["allreduce_share_eager"] = row["allreduce_eager_us"] / e_us
+    if g_us is not None:
+        ag = point_at(bench, (padded or bs) * hid * elt)
+        row["allreduce_graph_us"] = k * ag["graph_us"]
+        row["allreduce_share_graph"] = row["allreduce_graph_us"] / g_us
+    one = next((r for r in tp1.get("rows", []) if r["bs"] == bs), None)
+    if one:
+        row.update(tp1_eager_step_us=one["eager_step_us"],
+                   tp1_graph_step_us=one.get("graph_step_us"),
+                   tp_gain_eager=one["eager_step_us"] / e_us)
+        if g_us is not None and one.get("graph_step_us"):
+            row.update(tp1_speedup=one["eager_step_us"] / one["graph_step_us"],
+                       tp_gain_graph=one["graph_step_us"] / g_us)
+    return row
 
 
-def run_tp_sweep(cfg, tp: int, compare_tp1: bool = True, progress: bool = True, save=None):
+def run_tp_sweep(cfg, tp: int, compare_tp1: bool = True, progress: bool = True, save=None,
+                 fit=None, model=None):
     """The sweep at TP `tp` (see the module docstring); returns (run, where it was saved) on
     rank 0, which calls save(run) whenever the run changes (a picklable callable returning the
     folder it wrote, or None: spawned ranks get a copy), and (None, None) on the other ranks
-    under torchrun. Bad input raises ValueError before any process group starts."""
+    under torchrun. fit (analysis.beside.allreduce_fit) fits the all-reduce times; model
+    (analysis.beside.TPRowModel) adds the model's columns to the rows; both picklable, from
+    the CLI. Bad input raises ValueError before any process group starts."""
     cfg.validate()
     check_tp(cfg.shape, tp)
     require_cuda("sweep")
     check_tp(cfg.shape, tp, torch.cuda.device_count())
-    res = launch_ranks(sweep_rank, tp, args=(cfg, compare_tp1, progress, save))
+    res = launch_ranks(sweep_rank, tp, args=(cfg, compare_tp1, progress, save, fit, model))
     return res[0] if res[0] is not None else (None, None)
 

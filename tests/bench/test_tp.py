@@ -361,6 +361,7 @@ def test_tp2_triton_logits_equal_unsharded():
 def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
     import functools
 
+    from microbench.analysis.beside import TPRowModel, allreduce_fit
     from microbench.bench.sweep import SweepConfig
     from microbench.bench.tp import run_allreduce_bench
     from microbench.bench.tp_sweep import run_tp_sweep
@@ -368,7 +369,8 @@ def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
     from microbench.report.record import write_run
     cfg = SweepConfig(bs=(1, 3), preset="tiny", ladder="1,2,4", context=32, steps=2,
                       time_budget=0.05, out=str(tmp_path))
-    run, where = run_tp_sweep(cfg, 2, progress=False, save=FolderSaver(tmp_path, "sweep", "tp2"))
+    run, where = run_tp_sweep(cfg, 2, progress=False, save=FolderSaver(tmp_path, "sweep", "tp2"),
+                              fit=allreduce_fit, model=TPRowModel)
     saved = json.loads((Path(where) / "run.json").read_text())
     assert saved["kind"] == "sweep-tp" and len(saved["rows"]) == 2
     for r in saved["rows"]:
@@ -380,6 +382,6 @@ def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
     save = FolderSaver(tmp_path, "launch", "tp2",
                        write=functools.partial(write_run, csv_name="allreduce.csv"))
     run, where = run_allreduce_bench(2, time_budget=0.05, hidden=256, k=4, out=str(tmp_path),
-                                     save=save)
+                                     save=save, fit=allreduce_fit)
     assert run["kind"] == "launch-tp" and run["allreduce"]["fit"]["latency_us"] > 0
     assert (Path(where) / "allreduce.csv").is_file()
