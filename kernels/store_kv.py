@@ -1,5 +1,4 @@
 """Scatter one new token's K and V per sequence into the paged-by-slot KV cache."""
-import torch
 import triton
 import triton.language as tl
 

@@ -1,5 +1,5 @@
-"""Shared kernel-test helpers: the dtypes with their tolerances, seeded random inputs, and one
-comparison. A kernel test is parametrized over its shapes and over DTYPE_TOLS:
+"""Shared kernel-test helpers: the dtypes with their tolerances, seeded random inputs, attention
+inputs, and one comparison. A kernel test is parametrized over its shapes and over DTYPE_TOLS:
 
     @pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
     def test_op(shape, dtype, atol, rtol, device):
@@ -73,3 +73,32 @@ def f16(*shape, dev):
 def i32(*shape, dev, fill=0):
     """An int32 tensor filled with `fill`, for argument-check tests."""
     return torch.full(shape, fill, dtype=torch.int32, device=dev)
+
+
+# ---- attention (decode_attention, rope_store_attention) -------------------------------------
+
+# B, H, Hkv, D, max_seq, num_slots: llama-1b's heads (GQA 4), then GQA ratios 4, 1 (H = Hkv) with
+# head dim 80, 4 with B=1 and D=96, 1 with D=128 and a ragged max_seq, 8.
+ATTENTION_SHAPES = [(2, 32, 8, 64, 64, 3), (3, 8, 2, 64, 64, 5), (5, 4, 4, 80, 48, 7),
+                    (1, 4, 1, 96, 40, 2), (2, 2, 2, 128, 33, 3), (4, 8, 1, 64, 50, 6)]
+
+
+def attention_inputs(B, H, Hkv, D, max_seq, S, dtype, device, seed=7):
+    """Random q (a strided view), caches, slots in shuffled order and ragged seq_lens that
+    include 1 and max_seq. Cache rows no sequence may read are NaN, so reading one shows."""
+    g = gen(seed)
+    _, q, _, _ = fused_qkv(B, H, Hkv, D, g, dtype, device)
+    k_cache = randn(S, Hkv, max_seq, D, g=g, dtype=dtype, device=device)
+    v_cache = randn(S, Hkv, max_seq, D, g=g, dtype=dtype, device=device)
+    slots = torch.randperm(S, generator=g)[:B]
+    seq_lens = torch.randint(1, max_seq + 1, (B,), generator=g)
+    seq_lens[0] = max_seq
+    if B > 1:
+        seq_lens[-1] = 1
+    readable = torch.zeros(S, max_seq, dtype=torch.bool)
+    for slot, n in zip(slots.tolist(), seq_lens.tolist()):
+        readable[slot, :n] = True
+    unread = ~readable.to(device)[:, None, :, None]  # [S, 1, max_seq, 1]
+    k_cache.masked_fill_(unread, float("nan"))
+    v_cache.masked_fill_(unread, float("nan"))
+    return q, k_cache, v_cache, slots.to(torch.int32).to(device), seq_lens.to(device)

@@ -1,0 +1,117 @@
+"""rope_store_attention (RoPE, the KV store and decode attention in one kernel, the split merge
+inside it) against rope_store_kv_ref + decode_attention_ref, on fresh random inputs."""
+import pytest
+import torch
+
+from microbench.kernels import rope_store_attention, rope_store_attention_ref
+from tests.utils import (ATTENTION_SHAPES, DTYPE_TOLS, assert_close, attention_inputs, f16, fused_qkv,
+                         gen, i32)
+
+SPLITS = pytest.mark.parametrize("num_splits", [1, 3, None], ids=lambda n: f"splits={n}")
+
+
+def fused_attention_inputs(B, H, Hkv, D, max_seq, S, dtype, device, seed):
+    """attention_inputs, plus k and v of the new token (views of a QKV row like q), with the
+    cache row each sequence's new token goes to (seq_len - 1) set to NaN: the kernel must take
+    that row from registers and write it, never read it."""
+    q, k_cache, v_cache, slots, seq_lens = attention_inputs(B, H, Hkv, D, max_seq, S, dtype, device, seed)
+    _, _, k, v = fused_qkv(B, H, Hkv, D, gen(seed + 100), dtype, device)
+    new = (slots.long(), slice(None), seq_lens.long() - 1)
+    k_cache[new] = float("nan")
+    v_cache[new] = float("nan")
+    return q, k, v, k_cache, v_cache, slots, seq_lens
+
+
+def check_fused_attention(q, k, v, k_cache, v_cache, slots, seq_lens, dtype, atol, rtol, sem, **kw):
+    """One call against rope_store_kv_ref + decode_attention_ref on copies of the caches: the
+    output, both caches (new rows rotated and copied, every other row untouched, NaNs
+    included), q left as it was and the split counters left at zero."""
+    scale = q.shape[-1] ** -0.5
+    kr, vr, q0 = k_cache.clone(), v_cache.clone(), q.clone()
+    want = rope_store_attention_ref(q, k, v, kr, vr, slots, seq_lens, scale, 5e5)
+    out = rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, 5e5,
+                               semaphores=sem, **kw)
+    assert_close(out, want, dtype, atol, rtol)
+    assert torch.equal(q, q0) and not sem.any()
+    rows = (slots.long(), slice(None), seq_lens.long() - 1)
+    assert_close(k_cache[rows], kr[rows], dtype, atol, rtol)
+    assert torch.equal(v_cache[rows], vr[rows])
+    for c, r in ((k_cache, kr), (v_cache, vr)):
+        c, r = c.clone(), r.clone()
+        c[rows] = r[rows] = 0
+        torch.testing.assert_close(c, r, rtol=0, atol=0, equal_nan=True)
+    return out
+
+
+@pytest.mark.parametrize("B, H, Hkv, D, max_seq, S", ATTENTION_SHAPES, ids=str)
+@SPLITS
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+def test_rope_store_attention(B, H, Hkv, D, max_seq, S, num_splits, dtype, atol, rtol, device):
+    args = fused_attention_inputs(B, H, Hkv, D, max_seq, S, dtype, device, seed=11)
+    sem = torch.zeros(B * Hkv + 3, dtype=torch.int32, device=device)
+    check_fused_attention(*args, dtype, atol, rtol, sem, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+def test_rope_store_attention_split_counts_share_counters(dtype, atol, rtol, device):
+    """The last split of each (sequence, kv head) merges and re-zeroes its counter, so calls
+    with 1 to 12 splits (splits past seq_len included; 12 merges in two chunks of 8) reuse one
+    counter tensor and agree."""
+    sem = torch.zeros(3 * 2, dtype=torch.int32, device=device)
+    outs = []
+    for n in (1, 2, 4, 7, 12):
+        args = fused_attention_inputs(3, 8, 2, 64, 64, 5, dtype, device, seed=12)
+        outs.append(check_fused_attention(*args, dtype, atol, rtol, sem, num_splits=n))
+    for o in outs[1:]:
+        assert_close(o, outs[0], dtype, atol, rtol)
+
+
+def test_rope_store_attention_out_and_own_counters(device):
+    q, k, v, kc, vc, slots, seq_lens = fused_attention_inputs(2, 4, 2, 64, 32, 3, torch.float16, device, seed=13)
+    kr, vr = kc.clone(), vc.clone()
+    out = torch.empty(2, 4, 64, dtype=torch.float16, device=device)
+    res = rope_store_attention(q, k, v, kc, vc, slots, seq_lens, 0.125, num_splits=2, out=out)
+    assert res is out
+    assert_close(out, rope_store_attention_ref(q, k, v, kr, vr, slots, seq_lens, 0.125), torch.float16)
+
+
+@pytest.mark.gpu
+def test_rope_store_attention_cuda_graph_replay(device):
+    """Captured once with the decoder's kind of counters (no memset in the graph), replayed
+    with new seq_lens and slots: output and caches as the references give."""
+    dtype = torch.bfloat16
+    q, k, v, kc, vc, slots, seq_lens = fused_attention_inputs(4, 8, 2, 64, 512, 6, dtype, device, seed=14)
+    kc.nan_to_num_(0.0)
+    vc.nan_to_num_(0.0)
+    sem = torch.zeros(8, dtype=torch.int32, device=device)
+    rope_store_attention(q, k, v, kc, vc, slots, seq_lens, 0.125, semaphores=sem)  # compile first
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = rope_store_attention(q, k, v, kc, vc, slots, seq_lens, 0.125, semaphores=sem)
+    for lens, order in (([512, 1, 300, 77], [5, 0, 2, 3]), ([3, 512, 64, 65], [1, 4, 0, 2])):
+        seq_lens.copy_(torch.tensor(lens))
+        slots.copy_(torch.tensor(order))
+        kr, vr = kc.clone(), vc.clone()
+        want = rope_store_attention_ref(q, k, v, kr, vr, slots, seq_lens, 0.125)
+        for _ in range(3):   # replays of the same step give the same output
+            graph.replay()
+            assert_close(out, want, dtype)
+        assert torch.equal(vc, vr) and not sem.any()
+        assert_close(kc, kr, dtype)
+
+
+BAD_CALLS = [
+    ("semaphores", lambda d: rope_store_attention(
+        f16(1, 2, 64, dev=d), f16(1, 1, 64, dev=d), f16(1, 1, 64, dev=d), f16(2, 1, 8, 64, dev=d),
+        f16(2, 1, 8, 64, dev=d), i32(1, dev=d), i32(1, dev=d, fill=1), 0.125, semaphores=f16(4, dev=d)),
+     "semaphores must be int32"),
+    ("kv", lambda d: rope_store_attention(
+        f16(1, 2, 64, dev=d), f16(1, 2, 64, dev=d), f16(1, 2, 64, dev=d), f16(2, 1, 8, 64, dev=d),
+        f16(2, 1, 8, 64, dev=d), i32(1, dev=d), i32(1, dev=d, fill=1), 0.125), "k and v"),
+]
+
+
+@pytest.mark.parametrize("call, match", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_bad_arguments_raise_value_error(call, match, device):
+    with pytest.raises(ValueError, match=match):
+        call(device)
