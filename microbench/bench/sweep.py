@@ -159,7 +159,7 @@ class _Sweep:
         run["build_s"] = time.perf_counter() - t0
         # which plan the step ran, and whether its Triton kernels launch with PDL
         run["decoder"] = dict(fusion=int(dec.fusion), fast_rows=FAST_ROWS,
-                              pdl=use_pdl(dec.embed))
+                              pdl=use_pdl(dec.embed, dec.pdl))
         self.runner = self.trunner = self.twin = self.compiled = None
         self.to_profile = []   # (bs, padded, eager, graph): profiled after every timing
         self.extra = [a for a in cfg.arms if a in arms_mod.EXTRA_ARMS]

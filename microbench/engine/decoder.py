@@ -72,7 +72,7 @@ class ToyDecoder:
     def __init__(self, shape: ModelShape, backend: str = "triton", max_batch: int = 64,
                  max_seq: int = 1024, dtype: torch.dtype = torch.bfloat16,
                  device: str | torch.device = "cuda", seed: int = 0,
-                 fusion: Fusion = Fusion.ATTENTION):
+                 fusion: Fusion = Fusion.ATTENTION, pdl: bool = True):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if max_batch < 1 or max_seq < 1:
@@ -82,6 +82,9 @@ class ToyDecoder:
         self.dtype, self.device = dtype, torch.device(device)
         self.ops = kernel_ops(backend)
         self.fusion = plan.backend_fusion(fusion, backend)
+        # the Triton kernels launch with programmatic dependent launch where the GPU has it
+        # (each lets the next one launch early and waits for its inputs); False turns it off
+        self.pdl = pdl
         self.scratch_slot = max_batch
         self.scale = shape.head_dim ** -0.5
         # Tensor parallelism: a callable that all-reduces a row-parallel matmul's output in
@@ -200,7 +203,7 @@ class ToyDecoder:
         (on the skinny path there never is one: h is the full hidden state)."""
         eps = self.shape.norm_eps
         if self.skinny(h.shape[0]) and residual is None:
-            return kernels.rmsnorm_linear(h, norm_w, eps, w), h
+            return kernels.rmsnorm_linear(h, norm_w, eps, w, pdl=self.pdl), h
         if residual is None:
             x, residual = self.ops.rmsnorm(h, norm_w, eps), h
         else:
@@ -211,7 +214,7 @@ class ToyDecoder:
         """x @ w^T (+ residual in the skinny matmul's epilogue; the wide path adds none: its
         residual rides with the next fused norm)."""
         if self.skinny(x.shape[0]):
-            return kernels.linear(x, w, residual=residual)
+            return kernels.linear(x, w, residual=residual, pdl=self.pdl)
         if residual is not None:
             raise ValueError("linear: a residual is added on the skinny path only")
         return F.linear(x, w)
@@ -221,7 +224,7 @@ class ToyDecoder:
         calls it (its norm carries the residual); the three-kernel form keeps the method total."""
         eps = self.shape.norm_eps
         if self.skinny(h.shape[0]):
-            return kernels.rmsnorm_linear_swiglu(h, norm_w, eps, w_gu)
+            return kernels.rmsnorm_linear_swiglu(h, norm_w, eps, w_gu, pdl=self.pdl)
         return self.ops.swiglu(F.linear(self.ops.rmsnorm(h, norm_w, eps), w_gu))
 
     def rope_store(self, l: int, q, k, v, slots, positions):
@@ -229,7 +232,7 @@ class ToyDecoder:
         s = self.shape
         if plan.rope_in_store(self.fusion):
             return kernels.rope_store_kv(q, k, v, self.k_cache[l], self.v_cache[l], slots,
-                                         positions, s.rope_theta)
+                                         positions, s.rope_theta, pdl=self.pdl)
         q, k = self.ops.rope(q, k, positions, s.rope_theta)
         self.ops.store_kv(self.k_cache[l], self.v_cache[l], k, v, slots, positions)
         return q
@@ -244,13 +247,13 @@ class ToyDecoder:
             sem = self.attn_semaphores if B * self.shape.n_kv_heads <= self.attn_semaphores.numel() else None
             return kernels.rope_store_attention(*self.split_qkv(q), self.k_cache[l], self.v_cache[l],
                                                 slots, seq_lens, self.scale, self.shape.rope_theta,
-                                                out=out, semaphores=sem)
+                                                out=out, semaphores=sem, pdl=self.pdl)
         args = (q, self.k_cache[l], self.v_cache[l], slots, seq_lens, self.scale)
         if out is None:
-            return self.ops.decode_attention(*args)
+            return self.ops.decode_attention(*args, pdl=self.pdl)
         if self.backend == "triton":
-            return self.ops.decode_attention(*args, out=out)
-        return out.copy_(self.ops.decode_attention(*args))
+            return self.ops.decode_attention(*args, out=out, pdl=self.pdl)
+        return out.copy_(self.ops.decode_attention(*args, pdl=self.pdl))
 
     @staticmethod
     def seq_lens_for(positions):
@@ -261,7 +264,7 @@ class ToyDecoder:
         """(the new tokens' embedding rows, seq_lens_for(positions)): one Triton kernel in the
         fused-attention plan (kernels.embed_seq_lens), else an index gather, an add and a cast."""
         if self.attention_fused:
-            return kernels.embed_seq_lens(self.embed, tokens, positions)
+            return kernels.embed_seq_lens(self.embed, tokens, positions, pdl=self.pdl)
         return self.embed[tokens], self.seq_lens_for(positions)
 
     def step(self, tokens, positions, slots):

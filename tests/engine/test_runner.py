@@ -15,9 +15,9 @@ CTX = 40
 TINY = PRESETS["tiny"]
 
 
-def make(preset, max_batch, backend="triton", dtype=torch.bfloat16, seed=0):
+def make(preset, max_batch, backend="triton", dtype=torch.bfloat16, seed=0, pdl=True):
     dec = ToyDecoder(PRESETS[preset], backend=backend, max_batch=max_batch, max_seq=64,
-                     dtype=dtype, device="cuda", seed=seed)
+                     dtype=dtype, device="cuda", seed=seed, pdl=pdl)
     dec.fill_cache(CTX)
     return dec
 
@@ -144,18 +144,17 @@ def test_replay_equals_eager_for_every_batch(preset, mode):
 
 @gpu
 @pytest.mark.parametrize("preset", ["opt-125m", "llama-1b"])
-def test_programmatic_dependent_launch_changes_no_result(preset, monkeypatch):
+def test_programmatic_dependent_launch_changes_no_result(preset):
     """The step's Triton kernels launch with PDL (each waits for its predecessor before reading
     an activation): a bs-1 step, eager and replayed, equals the same step with PDL off bit for
     bit. A missing wait would read a half-written activation and differ."""
-    from microbench.kernels import _compat, gemv
+    from microbench.kernels import gemv
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL needs Hopper or newer")
     results = {}
     for pdl in (True, False):
-        monkeypatch.setattr(_compat, "PDL", pdl)
-        dec = make(preset, 2)
-        assert gemv.use_pdl(dec.embed) == pdl
+        dec = make(preset, 2, pdl=pdl)
+        assert gemv.use_pdl(dec.embed, dec.pdl) == pdl
         runner = GraphRunner(dec, [1], mode="full", progress=False)
         runner.capture()
         outs = []
