@@ -71,7 +71,7 @@ def _matmul_cases(s, B, e, r):
     import torch.nn.functional as F
 
     from microbench import kernels as K
-    from microbench.engine.plan import FAST_ROWS
+    from microbench.engine.plan import Fusion, is_skinny
     h, Fw = s.hidden, s.ffn
     out = []
     for name, n_in, n_out, fused in (("qkv_proj", h, s.qkv_size, "norm"), ("o_proj", s.q_size, h, "residual"),
@@ -85,7 +85,7 @@ def _matmul_cases(s, B, e, r):
         x = r(B, n_in)
         nbytes = (n_in * n_out + B * n_in + B * n_out) * e
         out.append((f"{name} cublas", B, 0, nbytes, lambda x=x, w=w: F.linear(x, w.next())))
-        if B > FAST_ROWS:
+        if not is_skinny(Fusion.ATTENTION, B):   # the decoder's plan runs cuBLAS here
             continue
         nw = r(n_in)
         if fused == "norm":

@@ -18,7 +18,7 @@ from microbench.stats import fit_linear
 
 def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
     """Host time to enqueue each op of a decode step through the decoder's own call path (its
-    wrappers), keyed by the kernel names of `workload.step_kernels`: the plan at batch b and,
+    wrappers), keyed by the kernel names of `plan.step_kernels`: the plan at batch b and,
     for a fused decoder, the plan above `plan.FAST_ROWS` rows too (cuBLAS matmuls and
     separate norm and swiglu kernels), so every batch size's plan finds its own costs. A Triton
     launcher's host cost grows with the arguments it must inspect, so a 3-argument kernel's
