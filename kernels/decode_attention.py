@@ -1,6 +1,8 @@
 """Decode attention (one query token per sequence) over a slot-indexed KV cache: flash-decoding
 with split-KV partials and a log-sum-exp merge. Host code never reads tensor values, so a call
-can be captured in a CUDA graph and replayed with new seq_lens and slots."""
+can be captured in a CUDA graph and replayed with new seq_lens and slots. The pieces public here
+(the split heuristic, `dot`, the argument checks, the workspaces) are shared with
+rope_store_attention, which fuses RoPE, the KV store and the merge into the same attention."""
 import functools
 import numbers
 
@@ -10,6 +12,7 @@ import triton.language as tl
 
 from ._utils import (DTYPES, INDEX_DTYPES, check_device, interpreted, pdl_enter, pdl_launch_kw,
                      to_dtype, use_pdl)
+
 LOG2E = 1.4426950408889634
 # Heuristic knobs (see choose_num_splits).
 _PROGRAMS_PER_SM = 2
@@ -27,6 +30,7 @@ _CUDA_TILE_BYTES = 16384
 
 @functools.lru_cache(maxsize=None)
 def sm_count(device_index):
+    """The SM count of CUDA device `device_index` (looked up once per device)."""
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
@@ -45,6 +49,7 @@ def choose_num_splits(batch, num_kv_heads, max_seq, block_n, num_sms, min_tokens
 
 
 def block_n_for(device, head_dim, dtype):
+    """Keys per K/V tile (BLOCK_N) for a head dim and dtype on `device`."""
     if device.type != "cuda":
         # 16 keeps the interpreter's per-tile numpy work small and lets tiny test caches span
         # several tiles and splits.
@@ -65,6 +70,7 @@ def num_splits_for(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=tor
 
 @triton.jit
 def dot(a, b, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+    """tl.dot at DOT_PRECISION compiled; in fp32 under the interpreter."""
     if INTERPRET:
         # The interpreter would multiply bf16 bit patterns; fp32 holds 16-bit values exactly.
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
@@ -182,6 +188,7 @@ def _reduce_kernel(
 
 
 def check_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits):
+    """decode_attention's argument checks (ValueError), shared with rope_store_attention."""
     if q.dim() != 3:
         raise ValueError(f"decode_attention: q must be [B, H, D], got shape {tuple(q.shape)}")
     B, H, D = q.shape
