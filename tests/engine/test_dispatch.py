@@ -23,3 +23,11 @@ def test_dispatcher_padding_and_membership():
     assert PaddingDispatcher(pow2_capture_sizes(64)).pad(37) == 64
     assert d.padding(1000) == 0 and 40 in d and 37 not in d
     assert PaddingDispatcher([]).pad(1) is None
+
+
+def test_dispatcher_exact_sizes_only():
+    # SGLang's --disable-cuda-graph-padding: only a captured size runs graphed
+    d = PaddingDispatcher([1, 2, 4, 8], exact=True)
+    assert [d.pad(b) for b in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, None, 4, None, 8, None]
+    assert d.padding(3) == 0 and "exact=True" in repr(d)
+    assert PaddingDispatcher([1, 2, 4, 8]).pad(3) == 4
