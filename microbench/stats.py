@@ -1,20 +1,29 @@
-"""Pure statistics on measured rows and points: noise bands, the speedup-shape check, line fits.
+"""Pure statistics on measured rows and points: noise bands, paired-ratio bootstrap intervals,
+the speedup-shape check, merging repeated runs, line fits.
 
 A leaf of the package: it imports only the standard library and numpy, never another microbench
 module, so every layer may import it (bench measures and fits with it, analysis judges with it)
 without bench and analysis importing each other.
 
-Noise of a saved timing is its relative p20-p80 spread, at least a floor:
+A row's speedup, where its arms were sampled in rotation, is the median of paired ratios
 
-    n = max(floor, (p80 - p20) / median)
+    s = median_i(eager_i / graph_i)
 
-and a ratio's noise is about the sum of its parts' (speedup_noise).
+(sample i of each arm from the same rotation), with a 95% percentile-bootstrap interval
+`speedup_ci` (resampling the pairs, seeded). Rows saved without an interval (older runs) fall
+back to a noise band from each timing's relative p20-p80 spread, at least a floor:
+
+    n = max(floor, (p80 - p20) / median),   interval = [s · (1 - n_e - n_g), s · (1 + n_e + n_g)]
+
+since a ratio's relative error is about the sum of its parts' (speedup_noise).
 """
 from __future__ import annotations
 
 import numpy as np
 
-
+CI_LEVEL = 0.95
+RESAMPLES = 2000
+REL_CI = 0.02      # a row is stable when its speedup interval's half-width is within 2% of it
 def row_noise(row: dict, prefix: str = "", floor: float = 0.03) -> float:
     """Relative spread of a saved timing: (p80 - p20) / median of `{prefix}step_us` with
     `{prefix}p20` and `{prefix}p80`, at least `floor` (the noise bands of the verdicts)."""
@@ -29,28 +38,83 @@ def speedup_noise(row: dict, floor: float = 0.03) -> float:
     return row_noise(row, "eager_", floor) + row_noise(row, "graph_", floor)
 
 
+# ---- paired ratios and their bootstrap interval ----------------------------------------------
+def median_ci(xs, resamples: int = RESAMPLES, seed: int = 0, level: float = CI_LEVEL):
+    """(median, lo, hi): the median of xs and its percentile-bootstrap interval at `level`
+    (`resamples` resamples with replacement, numpy's generator seeded with `seed`)."""
+    x = np.asarray(xs, float)
+    if x.size == 0:
+        raise ValueError("median of no samples")
+    med = float(np.median(x))
+    if x.size == 1:
+        return med, med, med
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
+    meds = np.median(x[idx], axis=1)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(meds, [a, 1 - a])
+    return med, float(lo), float(hi)
+
+
+def paired_ratio(num, den, resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """The median of num_i / den_i over pairs from the same rotation, with its bootstrap
+    interval: {"median", "ci": [lo, hi], "n"}. Extra samples of the longer side are dropped."""
+    n = min(len(num), len(den))
+    r = np.asarray(num[:n], float) / np.asarray(den[:n], float)
+    med, lo, hi = median_ci(r, resamples, seed)
+    return dict(median=med, ci=[lo, hi], n=n)
+
+
+def settled(ci, median: float, rel: float = REL_CI) -> bool:
+    """The stopping rule: the interval's half-width is at most `rel` of the median."""
+    return median > 0 and (ci[1] - ci[0]) / 2 <= rel * median
+
+
+def speedup_interval(row: dict, prefix: str = "", noise: float | None = None):
+    """(lo, hi) of a row's `{prefix}speedup`: its bootstrap `{prefix}speedup_ci` where saved,
+    else the speedup widened by the p20-p80 noise of its eager and graph times (or by a fixed
+    relative `noise`); None without a speedup."""
+    s = row.get(f"{prefix}speedup")
+    if not s:
+        return None
+    ci = row.get(f"{prefix}speedup_ci")
+    if noise is None and ci:
+        return float(ci[0]), float(ci[1])
+    n = noise if noise is not None else speedup_noise(row)
+    return s * (1 - n), s * (1 + n)
+
+
+def above(a, b) -> bool:
+    """Interval a lies wholly above interval b (the two separate, a higher)."""
+    return a[0] > b[1]
+
+
 def check_shape(rows: list[dict], noise: float | None = None) -> dict:
-    """Do measured speedups hold the published shape? Largest at the smallest batch, not
-    increasing with batch size beyond noise, never below 1 beyond noise. Noise is each row's
-    measured spread (speedup_noise) unless `noise` fixes it."""
+    """Do measured speedups hold the published shape? Judged on each row's interval
+    (speedup_interval): no later batch's speedup above the smallest batch's; no rise from one
+    batch to the next, a rise counting only where the two intervals separate; never below 1,
+    meaning no interval's upper end under 1. `noise` fixes a relative band instead."""
     rs = sorted((r for r in rows if r.get("speedup")), key=lambda r: r["bs"])
     if not rs:
         return dict(held=None, why="no graph rows")
-    vals = [r["speedup"] for r in rs]
-    nz = [noise if noise is not None else speedup_noise(r) for r in rs]
-    largest_first = all(vals[0] * (1 + nz[0] + n) >= v for v, n in zip(vals, nz))
-    monotone = all(b <= a * (1 + na + nb) for a, b, na, nb in zip(vals, vals[1:], nz, nz[1:]))
-    above_one = all(v >= 1 - n for v, n in zip(vals, nz))
+    iv = [speedup_interval(r, noise=noise) for r in rs]
+    largest_first = not any(above(v, iv[0]) for v in iv[1:])
+    monotone = not any(above(b, a) for a, b in zip(iv, iv[1:]))
+    above_one = all(hi >= 1 for _, hi in iv)
     held = largest_first and monotone and above_one
     why = []
     if not largest_first:
         why.append("speedup is not largest at the smallest batch")
     if not monotone:
-        why.append("speedup rises with batch size beyond noise")
+        why.append("speedup rises with batch size beyond its interval")
     if not above_one:
-        why.append("a graph step is slower than eager")
+        why.append("a graph step is slower than eager (interval wholly below 1)")
+    ci = noise is None and all(r.get("speedup_ci") for r in rs)
     return dict(held=held, largest_at_smallest=largest_first, non_increasing=monotone,
-                never_below_one=above_one, noise=nz, why="; ".join(why) or "held")
+                never_below_one=above_one, intervals=[list(v) for v in iv],
+                basis="bootstrap 95% interval" if ci else "p20-p80 noise band",
+                noise=[noise if noise is not None else speedup_noise(r) for r in rs],
+                unstable=[r["bs"] for r in rs if r.get("stable") is False],
+                why="; ".join(why) or "held")
 
 
 def fit_linear(xs, ys, relative: bool = False) -> tuple[float, float]:
@@ -77,3 +141,31 @@ def break_even_steps(capture_s: float, eager_us: float, graph_us: float) -> floa
     """Steps after which a capture's one-time cost is paid back by faster steps."""
     saved = eager_us - graph_us
     return capture_s * 1e6 / saved if saved > 0 else None
+
+
+# ---- repeated runs in fresh processes ---------------------------------------------------------
+def merge_repeats(runs: list[dict]) -> dict:
+    """One run from K runs of the same sweep, each measured in its own fresh process (pyperf's
+    workers): the first run's rows and everything else it recorded, plus per row
+    `speedup_repeats` (the K processes' median speedups, in process order, null where a
+    process measured none) and `speedup_repeat_spread` (max / min - 1 over them), and a
+    `repeats` record: k, the worst spread over the rows, and each process's shape check.
+    A batch size missing from a later run (interrupted) gets null from it."""
+    if not runs:
+        raise ValueError("no runs to merge")
+    first = runs[0]
+    by_bs = [{r["bs"]: r for r in run.get("rows", [])} for run in runs]
+    rows = []
+    for row in first.get("rows", []):
+        got = [(b.get(row["bs"]) or {}).get("speedup") for b in by_bs]
+        have = [g for g in got if g]
+        spread = max(have) / min(have) - 1 if len(have) > 1 else None
+        rows.append(dict(row, speedup_repeats=got, speedup_repeat_spread=spread))
+    spreads = [r["speedup_repeat_spread"] for r in rows if r["speedup_repeat_spread"] is not None]
+    checks = [run.get("shape_check") or {} for run in runs]
+    repeats = dict(k=len(runs), max_spread=max(spreads) if spreads else None,
+                   shape_held=[c.get("held") for c in checks],
+                   wall_s=[run.get("wall_s") for run in runs],
+                   interrupted=[bool(run.get("interrupted")) for run in runs])
+    return dict(first, rows=rows, repeats=repeats,
+                interrupted=any(repeats["interrupted"]))

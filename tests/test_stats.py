@@ -1,7 +1,10 @@
 """microbench.stats: the noise bands, the speedup-shape check and the line fits, on hand cases."""
 import pytest
 
-from microbench.stats import (break_even_steps, check_shape, fit_linear, fit_pool, row_noise,
+import numpy as np
+
+from microbench.stats import (break_even_steps, check_shape, fit_linear, fit_pool, median_ci,
+                              merge_repeats, paired_ratio, row_noise, settled, speedup_interval,
                               speedup_noise)
 
 
@@ -28,6 +31,94 @@ def test_shape_check_noise_comes_from_measured_spread():
     res = check_shape(rows)
     assert res["held"] is True and res["noise"][0] == pytest.approx(0.25)
     assert check_shape(rows, noise=0.03)["held"] is False
+    assert res["basis"] == "p20-p80 noise band"
+
+
+def _ci_rows(*cis):
+    """Rows with bootstrap intervals: (lo, median, hi) per batch."""
+    return [dict(bs=b, speedup=m, speedup_ci=[lo, hi], stable=True)
+            for b, (lo, m, hi) in zip((1, 4, 16, 64), cis)]
+
+
+def test_shape_check_uses_intervals_where_saved():
+    # bs 4 reads higher than bs 1, but the intervals overlap: not a rise
+    rows = _ci_rows((2.40, 2.50, 2.60), (2.45, 2.55, 2.70), (1.5, 1.6, 1.7), (1.1, 1.13, 1.16))
+    res = check_shape(rows)
+    assert res["held"] is True and res["basis"] == "bootstrap 95% interval"
+    assert res["intervals"][1] == [2.45, 2.70]
+    # the same medians with tight intervals that separate: a rise
+    rows[0]["speedup_ci"], rows[1]["speedup_ci"] = [2.47, 2.52], [2.53, 2.57]
+    res = check_shape(rows)
+    assert res["held"] is False and "rises" in res["why"] and not res["largest_at_smallest"]
+
+
+@pytest.mark.parametrize("ci, held", [((0.97, 1.02), True),     # upper end reaches 1: not below
+                                      ((0.94, 0.99), False)])   # wholly below 1
+def test_never_below_one_reads_the_upper_end(ci, held):
+    rows = _ci_rows((2.4, 2.5, 2.6), (ci[0], (ci[0] + ci[1]) / 2, ci[1]))
+    res = check_shape(rows)
+    assert res["never_below_one"] is held and res["held"] is held
+
+
+def test_unstable_rows_are_named():
+    rows = _ci_rows((2.4, 2.5, 2.6), (1.5, 1.6, 1.7))
+    rows[1]["stable"] = False
+    assert check_shape(rows)["unstable"] == [4]
+
+
+def test_speedup_interval_falls_back_to_noise():
+    assert speedup_interval(dict(speedup=2.0, speedup_ci=[1.9, 2.2])) == (1.9, 2.2)
+    assert speedup_interval(dict(speedup=2.0)) == pytest.approx((2.0 * 0.94, 2.0 * 1.06))
+    assert speedup_interval(dict(speedup=2.0, speedup_ci=[1.9, 2.2]), noise=0.1) == \
+        pytest.approx((1.8, 2.2))
+    assert speedup_interval(dict(speedup=None)) is None
+
+
+def test_median_ci_is_seeded_and_covers_the_median():
+    rng = np.random.default_rng(0)
+    xs = rng.normal(10.0, 1.0, 200)
+    med, lo, hi = median_ci(xs, seed=3)
+    assert lo < med < hi and median_ci(xs, seed=3) == (med, lo, hi)
+    # four times the samples: about half the width
+    _, lo4, hi4 = median_ci(rng.normal(10.0, 1.0, 800), seed=3)
+    assert 0.3 < (hi4 - lo4) / (hi - lo) < 0.7
+    assert median_ci([4.0]) == (4.0, 4.0, 4.0)
+    with pytest.raises(ValueError):
+        median_ci([])
+
+
+def test_paired_ratio_cancels_drift_that_both_arms_share():
+    drift = np.linspace(1.0, 1.5, 60)
+    r = paired_ratio(list(300 * drift), list(100 * drift) + [1.0])    # the extra sample dropped
+    assert r["median"] == pytest.approx(3.0) and r["ci"] == pytest.approx([3.0, 3.0])
+    assert r["n"] == 60
+    assert settled(r["ci"], r["median"]) and not settled([2.8, 3.2], 3.0)
+    assert settled([2.95, 3.05], 3.0, rel=0.02)
+
+
+def _run(speedups, held=True, **extra):
+    extra.setdefault("interrupted", False)
+    return dict(kind="sweep", config=dict(bs=[1, 4]), env=dict(gpu="x"), wall_s=1.0,
+                shape_check=dict(held=held),
+                rows=[dict(bs=b, speedup=s, eager_step_us=10.0) for b, s in speedups], **extra)
+
+
+def test_merge_repeats_keeps_the_first_run_and_adds_the_spread():
+    runs = [_run([(1, 2.0), (4, 1.5)], launch=dict(a=1)), _run([(1, 2.2), (4, 1.5)]),
+            _run([(1, 2.1)], held=False, interrupted=True)]
+    m = merge_repeats(runs)
+    assert m["launch"] == dict(a=1) and m["rows"][0]["eager_step_us"] == 10.0
+    assert m["rows"][0]["speedup_repeats"] == [2.0, 2.2, 2.1]
+    assert m["rows"][0]["speedup_repeat_spread"] == pytest.approx(0.1)
+    assert m["rows"][1]["speedup_repeats"] == [1.5, 1.5, None]        # missing from run 3
+    assert m["rows"][1]["speedup_repeat_spread"] == 0.0
+    assert m["repeats"]["k"] == 3 and m["repeats"]["max_spread"] == pytest.approx(0.1)
+    assert m["repeats"]["shape_held"] == [True, True, False] and m["interrupted"] is True
+    assert "speedup_repeats" not in runs[0]["rows"][0]                 # inputs untouched
+    one = merge_repeats([_run([(1, 2.0)])])
+    assert one["rows"][0]["speedup_repeat_spread"] is None
+    with pytest.raises(ValueError):
+        merge_repeats([])
 
 
 

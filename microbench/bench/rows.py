@@ -1,7 +1,19 @@
-"""The one measured-row routine: a batch size's arms, timed side by side in one process, each
-checked against the first arm's logits. The sweep, the TP sweep and `reproduce` all build their
-rows with `measure_row`; what differs between them is which arms they pass and how each arm is
-timed (the timers below).
+"""The one measured-row routine: a batch size's arms, sampled in rotation in one process and
+each checked against the first arm's logits. The sweep, the TP sweep and `reproduce` all build
+their rows with `measure_row`; what differs between them is which arms they pass and what each
+arm's timer adds.
+
+How a row is measured (DESIGN.md's timing discipline):
+
+1. each arm prepared (set-up that is not timed, such as compiling) and checked: its logits of one
+   step against the first arm's;
+2. every arm warmed up, then sampled in rotation (timing.interleave): one sample is the wall time
+   per step of `steps` synchronised steps, arms alternating (eager, graph, graph, eager, ...), so
+   the host's drift hits every arm alike; sampling stops once the speedup's bootstrap interval is
+   within 2% of it (stats.settled; rows without a graph arm: every arm's p20-p80 spread under 3%),
+   or when the time cap ends (the budget times each arm's scale, summed): then `stable: false`;
+3. each arm's secondary figures (GPU time of back-to-back steps, host time of one step, the op
+   host costs) measured after, arm by arm.
 
 A row's fields, for arms named by their prefix p (`eager_`, `graph_`, `torch_graph_`, or none):
 
@@ -9,9 +21,13 @@ A row's fields, for arms named by their prefix p (`eager_`, `graph_`, `torch_gra
     {p}step_us, {p}p20, {p}p80, {p}n   wall time per synchronised step (decode latency): median,
                                    quantiles and samples
     max_abs_diff / {p}max_abs_diff  largest |logit - reference logit| of one step
-    speedup                        eager_step_us / graph_step_us, where the row has both
+    speedup, speedup_ci            median over rotations of eager_i / graph_i, and its 95%
+                                   bootstrap interval (stats.paired_ratio)
+    {p}speedup, {p}speedup_ci      the same for another arm against graph ({p} time / graph time)
+    stable                         whether the stopping rule was met before the time cap
 
-plus what an arm's timer adds (host time, GPU time, event time).
+plus what an arm's timer adds (host time, GPU time, event time). Timers that are plain callables
+(`time(step, row) -> fields`) are called on their own after the rotation, as before.
 """
 from __future__ import annotations
 
@@ -19,15 +35,20 @@ from dataclasses import dataclass
 from typing import Callable
 
 from microbench.bench.ops import eager_with_op_costs
-from microbench.bench.timing import Stats, gpu_time_us, host_time_us, step_time_us
+from microbench.bench.timing import (Stats, gpu_time_us, host_time_us, interleave, summarize,
+                                     wall_sampler)
+from microbench.stats import REL_CI, RESAMPLES, paired_ratio, settled
+
+WARMUP = 5
+SPREAD = 0.03       # rows without a graph arm: stable when every arm's p20-p80 spread is under it
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One way to run the step: `step()` returns the step's logits; `time(step, row)` times it
-    and returns its fields; `diff` names the field of its largest difference from the first
-    arm's logits (None: not checked); `prepare(row)` runs before the check (set-up that is not
-    timed, such as compiling)."""
+    """One way to run the step: `step()` returns the step's logits; `time` is its Timer (sampled
+    in rotation with the other arms), or a callable `time(step, row) -> fields` timed alone;
+    `diff` names the field of its largest difference from the first arm's logits (None: not
+    checked); `prepare(row)` runs before the check (set-up that is not timed)."""
     step: Callable
     time: Callable
     diff: str | None = None
@@ -36,37 +57,125 @@ class Arm:
 
 @dataclass(frozen=True)
 class Budget:
-    """How long each arm is timed: `steps` synchronised steps per sample, samples until the
-    spread settles or `budget_s` ends. `lockstep(fn, inner, budget_s)`, on TP ranks, gives the
-    settle keywords that make every rank take the same number of samples."""
+    """How long a row is sampled: `steps` synchronised steps per sample, rotations until the
+    stopping rule holds or `budget_s` (times each arm's scale, summed over the arms) ends.
+    `lockstep(fn, inner, budget_s)`, on TP ranks, gives the settle keywords that make every rank
+    take the same number of rotations (the stopping rule is then judged after, not used to stop)."""
     steps: int
     budget_s: float
     lockstep: Callable | None = None
 
-    def settle_kw(self, fn, scale: float = 1.0) -> dict:
-        b = scale * self.budget_s
-        return self.lockstep(fn, self.steps, b) if self.lockstep else dict(budget_s=b)
+
+@dataclass(frozen=True)
+class Timer:
+    """An arm's timer: wall time of `budget.steps` synchronised steps per sample, its fields
+    named `{prefix}step_us`, ...; `scale` weighs its share of the row's time cap; with `event`,
+    the CUDA-event time of the same samples (`{prefix}event_us`); `after(step, row)` returns
+    secondary figures, measured once the rotation ends. Called as `timer(step, row)`, it times
+    the step alone (a rotation of one arm)."""
+    prefix: str
+    budget: Budget
+    scale: float = 1.0
+    event: bool = False
+    after: Callable | None = None
+
+    def __call__(self, fn, row) -> dict:
+        out = sample_rotation({"": (fn, self)})
+        if self.after is not None:
+            out.update(self.after(fn, out))
+        return out
 
 
 def measure_row(arms: dict, bs: int, padded, ran_as: str, say=None) -> dict:
-    """Time each arm in order; the first is the reference whose logits the others are checked
-    against (each checked just before it is timed). Returns the row (fields above)."""
+    """Prepare and check every arm in order (the first is the reference whose logits the others
+    are checked against), sample the Timer arms in rotation, then the other timers and each
+    Timer's secondary figures. Returns the row (fields above)."""
     say = say or (lambda s: None)
     row = dict(bs=bs, padded_bs=padded, ran_as=ran_as)
     want = None
+    check = any(a.diff for a in arms.values())
     for i, (name, arm) in enumerate(arms.items()):
-        say(f"bs {bs}: {name}")
         if arm.prepare is not None:
             arm.prepare(row)
-        if i > 0 and arm.diff:
-            row[arm.diff] = float((arm.step().float() - want).abs().max())
-        row.update(arm.time(arm.step, row))
-        if i == 0 and any(a.diff for a in arms.values()):
+        if check and i == 0:
             want = arm.step().float()
-    if "eager_step_us" in row:   # eager against graph: the speedup (None without graphs)
+        elif arm.diff:
+            row[arm.diff] = float((arm.step().float() - want).abs().max())
+    rotation = {n: (a.step, a.time) for n, a in arms.items() if isinstance(a.time, Timer)}
+    if rotation:
+        say(f"bs {bs}: {', '.join(rotation)}" + (" in rotation" if len(rotation) > 1 else ""))
+        row.update(sample_rotation(rotation))
+    for name, arm in arms.items():
+        if not isinstance(arm.time, Timer):
+            say(f"bs {bs}: {name}")
+            row.update(arm.time(arm.step, row))
+    for name, (fn, t) in rotation.items():
+        if t.after is not None:
+            say(f"bs {bs}: {name}, host and GPU figures")
+            row.update(t.after(fn, row))
+    if "eager_step_us" in row and "speedup" not in row:   # timed alone: the ratio of medians
         g = row.get("graph_step_us")
         row.update(graph_step_us=g, speedup=row["eager_step_us"] / g if g else None)
     return row
+
+
+def sample_rotation(arms: dict, seed: int = 0) -> dict:
+    """{name: (step, Timer)} sampled in rotation (timing.interleave); returns each arm's timing
+    fields, the speedups with their intervals, and `stable`."""
+    timers = [t for _, t in arms.values()]
+    budget = timers[0].budget
+    cap = sum(t.scale * t.budget.budget_s for t in timers)
+    events = {n: [] if t.event else None for n, (_, t) in arms.items()}
+    samplers = {n: wall_sampler(fn, t.budget.steps, events=events[n]) for n, (fn, t) in arms.items()}
+    for fn, _ in arms.values():
+        for _ in range(WARMUP):
+            fn()
+    prefix = {t.prefix: n for n, (_, t) in arms.items()}
+    done = rule(prefix)
+    if budget.lockstep is not None:   # every rank the same rotations: judge the rule after
+        kw = budget.lockstep(lambda: [s() for s in samplers.values()], 1, cap)
+        xs, _ = interleave(samplers, None, min_rounds=kw["min_samples"],
+                           max_rounds=kw["max_samples"], budget_s=kw["budget_s"])
+        stable = done(xs)
+    else:
+        xs, stable = interleave(samplers, done, budget_s=cap)
+    out: dict = {}
+    for n, (_, t) in arms.items():
+        out.update(stats_fields(t.prefix, summarize(xs[n])))
+        if events[n]:
+            out[f"{t.prefix}event_us"] = summarize(events[n]).median
+    out.update(speedups(prefix, xs, seed))
+    out["stable"] = bool(stable)
+    return out
+
+
+def rule(prefix: dict):
+    """The stopping rule for arms keyed by prefix: with eager and graph arms, the speedup's
+    bootstrap interval within REL_CI of it (a quick 500-resample interval while sampling);
+    otherwise every arm's p20-p80 spread under SPREAD."""
+    e, g = prefix.get("eager_"), prefix.get("graph_")
+    if e is not None and g is not None:
+        def done(xs) -> bool:
+            r = paired_ratio(xs[e], xs[g], resamples=500)
+            return settled(r["ci"], r["median"], REL_CI)
+        return done
+    return lambda xs: all(summarize(v).spread < SPREAD for v in xs.values())
+
+
+def speedups(prefix: dict, xs: dict, seed: int = 0) -> dict:
+    """speedup and speedup_ci (eager against graph), and {p}speedup, {p}speedup_ci for every
+    other arm against graph, from paired samples; nothing without a graph arm."""
+    g = prefix.get("graph_")
+    if g is None:
+        return {}
+    out = {}
+    for p, n in prefix.items():
+        if n == g:
+            continue
+        r = paired_ratio(xs[n], xs[g], RESAMPLES, seed)
+        key = "" if p == "eager_" else p
+        out.update({f"{key}speedup": r["median"], f"{key}speedup_ci": r["ci"]})
+    return out
 
 
 def stats_fields(prefix: str, st: Stats) -> dict:
@@ -74,40 +183,35 @@ def stats_fields(prefix: str, st: Stats) -> dict:
             f"{prefix}n": st.n}
 
 
-def wall_timer(prefix: str, budget: Budget, scale: float = 1.0, event: bool = False):
+def wall_timer(prefix: str, budget: Budget, scale: float = 1.0, event: bool = False) -> Timer:
     """Wall time of synchronised steps; with `event`, the CUDA-event time of the same samples
-    as `{prefix}event_us`. `scale` multiplies the budget."""
-    def time(fn, row) -> dict:
-        gpu, wall = step_time_us(fn, inner=budget.steps, sync_each=True,
-                                 **budget.settle_kw(fn, scale))
-        out = stats_fields(prefix, wall)
-        if event:
-            out[f"{prefix}event_us"] = gpu.median
-        return out
-    return time
+    as `{prefix}event_us`. `scale` weighs the arm's share of the time cap."""
+    return Timer(prefix, budget, scale, event)
 
 
-def graph_timer(budget: Budget):
-    """The sweep's graph arm: wall time of synchronised steps, GPU busy time of back-to-back
-    steps (`graph_gpu_us`) and host time of one step (`graph_host_us`)."""
-    def time(fn, row) -> dict:
+def graph_timer(budget: Budget) -> Timer:
+    """The sweep's graph arm: wall time of synchronised steps in the rotation; after it, GPU
+    busy time of back-to-back steps (`graph_gpu_us`) and host time of one step
+    (`graph_host_us`)."""
+    def after(fn, row) -> dict:
         kw = dict(budget_s=budget.budget_s)
-        _, wall = step_time_us(fn, inner=budget.steps, sync_each=True, **kw)
         busy = gpu_time_us(fn, inner=budget.steps, **kw)
         host = host_time_us(fn, **kw)
-        return {**stats_fields("graph_", wall), "graph_gpu_us": busy.median,
-                "graph_host_us": host.median}
-    return time
+        return {"graph_gpu_us": busy.median, "graph_host_us": host.median}
+    return Timer("graph_", budget, after=after)
 
 
-def eager_timer(dec, bs: int, budget: Budget, host_costs: dict):
+def eager_timer(dec, bs: int, budget: Budget, host_costs: dict, bound=None) -> Timer:
     """The sweep's eager arm: eager steps are host-bound and the host is the noisier side, so
-    twice the budget; the plan's op host costs and the piece glue are sampled between the
-    steps (ops.eager_with_op_costs) and left in `host_costs` (op_host_us, piece_glue_us);
-    then the host time of one step (`eager_host_us`)."""
-    def time(fn, row) -> dict:
-        wall, ops, glue = eager_with_op_costs(fn, dec, bs, budget.steps, 2 * budget.budget_s)
+    twice the share of the time cap; after the rotation, the plan's op host costs and the
+    piece glue, sampled between eager steps (ops.eager_with_op_costs; its own step times are
+    not the row's) and left in `host_costs` (op_host_us, piece_glue_us); then the host time of
+    one step (`eager_host_us`). With `bound` (the engine.bound.BoundStep the arm runs), the op
+    costs are its bound launches'."""
+    def after(fn, row) -> dict:
+        _, ops, glue = eager_with_op_costs(fn, dec, bs, budget.steps, budget.budget_s / 2,
+                                           bound=bound)
         host = host_time_us(fn, budget_s=budget.budget_s)
         host_costs.update(op_host_us=ops, piece_glue_us=glue)
-        return {**stats_fields("eager_", wall), "eager_host_us": host.median}
-    return time
+        return {"eager_host_us": host.median}
+    return Timer("eager_", budget, scale=2.0, after=after)

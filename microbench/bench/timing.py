@@ -1,4 +1,5 @@
-"""Timing: quantiles, adaptive repetition, GPU time from CUDA events, host time apart.
+"""Timing: quantiles, adaptive repetition, arms sampled in rotation (interleave), GPU time from
+CUDA events, host time apart.
 
 What is warm and what is cold: every timed figure is *warm*. Before sampling, the callable runs
 `warmup` times, so Triton's JIT compilation, cuBLAS heuristics, the allocator's first cudaMalloc
@@ -75,6 +76,66 @@ def settle(sample, min_samples: int = 10, max_samples: int = 200, budget_s: floa
         if gc_was_enabled:
             gc.enable()
     return summarize(xs)
+
+
+def interleave(samplers: dict, done=None, min_rounds: int = 10, max_rounds: int = 200,
+               budget_s: float = 2.0, check_every: int = 5) -> tuple[dict, bool]:
+    """Samples of several arms taken in rotation, so the host's drift hits every arm alike:
+    round r calls each sampler once, in the given order on even rounds and reversed on odd
+    ones (A B, B A, A B, ...: a balanced order, no arm always first after a pause). Sample i of
+    every arm comes from round i, so arms can be paired.
+
+    Stops after `min_rounds` once `done(samples)` holds (checked every `check_every` rounds),
+    or at `max_rounds`, or when `budget_s` seconds have passed. Returns ({name: [samples]},
+    stable): stable when `done` held at the end (no `done`: True)."""
+    names = list(samplers)
+    xs: dict = {n: [] for n in names}
+    t_end = time.perf_counter() + budget_s
+    ok = False
+    gc_was_enabled = gc.isenabled()
+    gc.disable()    # as settle: no collection pauses inside the samples
+    try:
+        for r in range(max_rounds):
+            for n in (names if r % 2 == 0 else names[::-1]):
+                xs[n].append(samplers[n]())
+            k = r + 1
+            if k >= min_rounds and done is not None and (k - min_rounds) % check_every == 0:
+                ok = done(xs)
+                if ok:
+                    break
+            if k >= min_rounds and time.perf_counter() > t_end:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    if done is None:
+        return xs, True
+    return xs, ok or done(xs)
+
+
+def wall_sampler(fn, inner: int, sync=None, events: list | None = None):
+    """One sample: wall time per call of `inner` calls of fn, each followed by `sync()`
+    (default: CUDA synchronise; decode-loop latency), starting synchronised. With `events` (a
+    list), the CUDA-event time per call of the same calls is appended to it."""
+    import torch
+    sync = sync or torch.cuda.synchronize
+    pair = ((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            if events is not None else None)
+
+    def sample():
+        sync()
+        t0 = time.perf_counter()
+        if pair:
+            pair[0].record()
+        for _ in range(inner):
+            fn()
+            sync()
+        if pair:
+            pair[1].record()
+            pair[1].synchronize()
+            events.append(pair[0].elapsed_time(pair[1]) * 1e3 / inner)
+        return (time.perf_counter() - t0) * 1e6 / inner
+    return sample
 
 
 def gpu_time_us(fn, inner: int = 20, warmup: int = 5, **settle_kw) -> Stats:

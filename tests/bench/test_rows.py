@@ -1,56 +1,140 @@
 """The one measured-row routine on the CPU, with fake arms (Python callables returning logits)
-and fake timers: the row's fields, the check against the reference, and that the sweep's, the
-TP sweep's and reproduce's arms give rows of the same timing fields."""
+and a fake sampler (no CUDA): the row's fields, the check against the reference, the rotation's
+order, the paired speedup and its interval, the stopping rule, and that the sweep's, the TP
+sweep's and reproduce's arms give rows of the same timing fields."""
+import itertools
+
+import numpy as np
 import pytest
 import torch
 
 from microbench.bench import rows
-from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
+from microbench.bench.rows import Arm, Budget, Timer, measure_row, wall_timer
 from microbench.bench.timing import Stats
 
 TIMING = ("step_us", "p20", "p80", "n")
 
 
-def fake_step_time_us(fn, inner=1, sync_each=False, **kw):
-    """One call of fn, no CUDA: (event Stats, wall Stats) of a fixed 10 us."""
-    fn()
-    return Stats(9.0, 9.0, 9.0, 10), Stats(10.0, 9.5, 10.5, 10)
+class Clock:
+    """Fake samples: each arm's step logs its name; a sample of an arm is the next value of
+    its time source (a number, or an iterator of numbers)."""
+
+    def __init__(self, monkeypatch, times: dict):
+        self.log, self.times = [], {k: v if not isinstance(v, (int, float)) else itertools.repeat(v)
+                                    for k, v in times.items()}
+        monkeypatch.setattr(rows, "wall_sampler", self.sampler)
+        monkeypatch.setattr(rows, "gpu_time_us", lambda fn, **kw: Stats(8.0, 8.0, 8.0, 10))
+        monkeypatch.setattr(rows, "host_time_us", lambda fn, **kw: Stats(3.0, 3.0, 3.0, 10))
+
+    def sampler(self, fn, inner, sync=None, events=None):
+        def sample():
+            name = fn.name
+            self.log.append(name)
+            if events is not None:
+                events.append(1.0)
+            return float(next(self.times[name]))
+        return sample
+
+    def arm(self, name, shift=0.0):
+        def step():
+            return torch.arange(6, dtype=torch.float32).view(2, 3) + shift
+        step.name = name
+        return step
 
 
-@pytest.fixture
-def cpu_timing(monkeypatch):
-    monkeypatch.setattr(rows, "step_time_us", fake_step_time_us)
-    monkeypatch.setattr(rows, "gpu_time_us", lambda fn, **kw: Stats(8.0, 8.0, 8.0, 10))
-    monkeypatch.setattr(rows, "host_time_us", lambda fn, **kw: Stats(3.0, 3.0, 3.0, 10))
-
-
-def logits(shift=0.0):
-    return lambda: torch.arange(6, dtype=torch.float32).view(2, 3) + shift
-
-
-def test_row_has_every_field_and_reports_a_differing_arm(cpu_timing):
+def test_row_has_every_field_and_reports_a_differing_arm(monkeypatch):
+    clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0, "torch-eager": 30.0})
     b = Budget(steps=1, budget_s=0.01)
-    arms = {"eager": Arm(logits(), wall_timer("eager_", b)),
-            "graph": Arm(logits(), wall_timer("graph_", b), diff="max_abs_diff"),
-            "torch-eager": Arm(logits(0.25), wall_timer("torch_eager_", b),
+    arms = {"eager": Arm(clk.arm("eager"), wall_timer("eager_", b)),
+            "graph": Arm(clk.arm("graph"), wall_timer("graph_", b), diff="max_abs_diff"),
+            "torch-eager": Arm(clk.arm("torch-eager", 0.25), wall_timer("torch_eager_", b),
                                diff="torch_eager_max_abs_diff")}
     said = []
     row = measure_row(arms, 2, 2, "full", said.append)
     want = {"bs", "padded_bs", "ran_as", "max_abs_diff", "torch_eager_max_abs_diff", "speedup",
+            "speedup_ci", "torch_eager_speedup", "torch_eager_speedup_ci", "stable",
             *(f"{p}_{f}" for p in ("eager", "graph", "torch_eager") for f in TIMING)}
     assert set(row) == want
     assert row["max_abs_diff"] == 0.0 and row["torch_eager_max_abs_diff"] == 0.25
-    assert row["speedup"] == 1.0 and said == ["bs 2: eager", "bs 2: graph", "bs 2: torch-eager"]
+    assert row["speedup"] == 2.0 and row["speedup_ci"] == [2.0, 2.0]
+    assert row["torch_eager_speedup"] == 3.0 and row["stable"] is True
+    assert said == ["bs 2: eager, graph, torch-eager in rotation"]
+
+
+def test_arms_are_sampled_in_a_balanced_rotation(monkeypatch):
+    """After each arm's warm-up, samples alternate: eager graph, graph eager, eager graph..."""
+    clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0})
+    b = Budget(steps=1, budget_s=60)
+    arms = {"eager": Arm(clk.arm("eager"), wall_timer("eager_", b)),
+            "graph": Arm(clk.arm("graph"), wall_timer("graph_", b))}
+    row = measure_row(arms, 1, 1, "full")
+    assert clk.log[:6] == ["eager", "graph", "graph", "eager", "eager", "graph"]
+    assert clk.log.count("eager") == clk.log.count("graph") == 10
+    assert row["eager_n"] == row["graph_n"] == 10          # exact ratios settle at once
+
+
+def test_speedup_is_the_median_of_paired_ratios(monkeypatch):
+    """A slow drift of the host hits both arms of a rotation alike: the paired ratio stays 2
+    while either arm's own samples spread by half."""
+    drift = [1 + 0.05 * i for i in range(40)]
+    clk = Clock(monkeypatch, {"eager": iter([200 * d for d in drift]),
+                              "graph": iter([100 * d for d in drift])})
+    b = Budget(steps=1, budget_s=60)
+    row = measure_row({"eager": Arm(clk.arm("eager"), wall_timer("eager_", b)),
+                       "graph": Arm(clk.arm("graph"), wall_timer("graph_", b))}, 1, 1, "full")
+    assert row["speedup"] == pytest.approx(2.0) and row["speedup_ci"] == pytest.approx([2.0, 2.0])
+    assert (row["eager_p80"] - row["eager_p20"]) / row["eager_step_us"] > 0.1
+    assert row["stable"] is True
+
+
+def test_noisy_rows_that_miss_the_rule_are_unstable(monkeypatch):
+    """Ratios scattered by +-40% never give an interval within 2%: sampling stops at the round
+    cap and the row says it is not stable."""
+    rng = np.random.default_rng(1)
+    clk = Clock(monkeypatch, {"eager": (200 * rng.uniform(0.6, 1.4) for _ in itertools.count()),
+                              "graph": 100.0})
+    b = Budget(steps=1, budget_s=0.05)
+    row = measure_row({"eager": Arm(clk.arm("eager"), wall_timer("eager_", b)),
+                       "graph": Arm(clk.arm("graph"), wall_timer("graph_", b))}, 1, 1, "full")
+    lo, hi = row["speedup_ci"]
+    assert row["stable"] is False and lo < row["speedup"] < hi and (hi - lo) / 2 > 0.02 * row["speedup"]
+
+
+def test_lockstep_takes_the_agreed_rotations_and_judges_after(monkeypatch):
+    clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0})
+    asked = []
+
+    def lockstep(fn, inner, budget_s):
+        asked.append(budget_s)
+        return dict(min_samples=13, max_samples=13, budget_s=float("inf"))
+    b = Budget(steps=1, budget_s=0.5, lockstep=lockstep)
+    row = measure_row({"eager": Arm(clk.arm("eager"), wall_timer("eager_", b, scale=2)),
+                       "graph": Arm(clk.arm("graph"), wall_timer("graph_", b))}, 1, 1, "full")
+    assert row["eager_n"] == row["graph_n"] == 13 and row["stable"] is True
+    assert asked == [pytest.approx(1.5)]                   # the cap: 2 x 0.5 + 1 x 0.5
+
+
+def test_secondary_figures_come_after_the_rotation(monkeypatch):
+    clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0})
+    b = Budget(steps=1, budget_s=60)
+    seen = []
+    after = lambda fn, row: seen.append(row["graph_step_us"]) or {"graph_host_us": 3.0}
+    row = measure_row({"eager": Arm(clk.arm("eager"), wall_timer("eager_", b)),
+                       "graph": Arm(clk.arm("graph"), Timer("graph_", b, after=after))},
+                      1, 1, "full")
+    assert seen == [10.0] and row["graph_host_us"] == 3.0
+    g = measure_row({"graph": Arm(clk.arm("graph"), rows.graph_timer(b))}, 1, 1, "full")
+    assert g["graph_gpu_us"] == 8.0 and g["graph_host_us"] == 3.0
 
 
 def test_without_graphs_the_row_says_so():
-    arms = {"eager": Arm(logits(), lambda fn, row: dict(eager_step_us=5.0))}
+    arms = {"eager": Arm(lambda: torch.zeros(1), lambda fn, row: dict(eager_step_us=5.0))}
     row = measure_row(arms, 1, None, "eager")
     assert row["graph_step_us"] is None and row["speedup"] is None
 
 
-def test_real_timers_on_a_cpu_clock():
-    """wall_timer through timing.step_time_us, with CUDA's calls stubbed: a tiny budget ends."""
+def test_real_sampler_on_a_cpu_clock():
+    """wall_timer through timing.wall_sampler, with CUDA's calls stubbed: a tiny budget ends."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch.cuda, "synchronize", lambda: None)
 
@@ -63,25 +147,33 @@ def test_real_timers_on_a_cpu_clock():
             def elapsed_time(self, other):
                 return 0.001
         mp.setattr(torch.cuda, "Event", Event)
-        row = measure_row({"eager": Arm(logits(), wall_timer("eager_", Budget(1, 0.001)))},
+        row = measure_row({"eager": Arm(lambda: torch.zeros(1), wall_timer("eager_", Budget(1, 0.001),
+                                                                          event=True))},
                           1, None, "eager")
-    assert row["eager_n"] >= 10 and row["eager_step_us"] > 0
+    assert row["eager_n"] >= 10 and row["eager_step_us"] > 0 and row["eager_event_us"] == 1.0
+    assert row["speedup"] is None and isinstance(row["stable"], bool)
 
 
-def test_the_three_callers_give_the_same_timing_fields(cpu_timing):
+def test_the_three_callers_give_the_same_timing_fields(monkeypatch):
     """The sweep's eager and graph arms, the TP sweep's and a reproduce lab's all come from
     measure_row: their timing fields are named alike ({arm}step_us, p20, p80, n)."""
+    clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0, "full": 10.0})
+    monkeypatch.setattr(rows, "eager_with_op_costs",
+                        lambda fn, dec, bs, steps, budget_s: (None, {"qkv_proj": 4.0}, 1.0))
     b = Budget(steps=1, budget_s=0.01)
-    sweep_like = measure_row({"eager": Arm(logits(), lambda fn, row: {
-        **rows.stats_fields("eager_", Stats(10, 9, 11, 10)), "eager_host_us": 3.0}),
-        "graph": Arm(logits(), rows.graph_timer(b), diff="max_abs_diff")}, 1, 1, "full")
-    tp_like = measure_row({"eager": Arm(logits(), wall_timer("eager_", b, scale=2)),
-                           "graph": Arm(logits(), wall_timer("graph_", b), diff="max_abs_diff")},
+    costs = {}
+    sweep_like = measure_row({"eager": Arm(clk.arm("eager"), rows.eager_timer(None, 1, b, costs)),
+                              "graph": Arm(clk.arm("graph"), rows.graph_timer(b), diff="max_abs_diff")},
+                             1, 1, "full")
+    tp_like = measure_row({"eager": Arm(clk.arm("eager"), wall_timer("eager_", b, scale=2)),
+                           "graph": Arm(clk.arm("graph"), wall_timer("graph_", b), diff="max_abs_diff")},
                           1, 1, "full")
-    lab_like = measure_row({"full": Arm(logits(), wall_timer("", b, event=True))}, 1, 1, "full")
+    lab_like = measure_row({"full": Arm(clk.arm("full"), wall_timer("", b, event=True))}, 1, 1, "full")
     base = {"bs", "padded_bs", "ran_as"}
     for row in (sweep_like, tp_like):
         assert base | {f"{p}_{f}" for p in ("eager", "graph") for f in TIMING} \
-            | {"max_abs_diff", "speedup"} <= set(row)
-    assert set(lab_like) == base | set(TIMING) | {"event_us"}
+            | {"max_abs_diff", "speedup", "speedup_ci", "stable"} <= set(row)
+    assert sweep_like["eager_host_us"] == 3.0 and costs == dict(op_host_us={"qkv_proj": 4.0},
+                                                                  piece_glue_us=1.0)
+    assert set(lab_like) == base | set(TIMING) | {"event_us", "stable"}
     assert set(tp_like) <= set(sweep_like)

@@ -1,6 +1,6 @@
 import pytest
 
-from microbench.bench.timing import quantile, settle, summarize
+from microbench.bench.timing import interleave, quantile, settle, summarize
 
 
 def test_summarize_known_samples():
@@ -26,3 +26,38 @@ def test_settle_keeps_going_on_noise_until_max():
     vals = iter([1.0, 100.0] * 100)
     st = settle(lambda: next(vals), min_samples=10, max_samples=30, budget_s=60, threshold=0.01)
     assert st.n == 30
+
+
+def _recorder(log, name, value=1.0):
+    def sample():
+        log.append(name)
+        return value
+    return sample
+
+
+def test_interleave_rotates_in_balanced_order_and_pairs_rounds():
+    log = []
+    xs, stable = interleave({"a": _recorder(log, "a", 2.0), "b": _recorder(log, "b", 1.0),
+                             "c": _recorder(log, "c", 3.0)}, min_rounds=4, max_rounds=4, budget_s=60)
+    assert log == list("abc" "cba" "abc" "cba")
+    assert xs == {"a": [2.0] * 4, "b": [1.0] * 4, "c": [3.0] * 4} and stable is True
+
+
+def test_interleave_stops_on_the_rule_checked_every_few_rounds():
+    log, asked = [], []
+
+    def done(xs):
+        asked.append(len(xs["a"]))
+        return len(xs["a"]) >= 17
+    xs, stable = interleave({"a": _recorder(log, "a"), "b": _recorder(log, "b")}, done,
+                            min_rounds=10, max_rounds=200, budget_s=60, check_every=5)
+    assert asked == [10, 15, 20] and len(xs["a"]) == len(xs["b"]) == 20 and stable is True
+
+
+def test_interleave_at_the_cap_is_unstable():
+    xs, stable = interleave({"a": lambda: 1.0}, lambda xs: False, min_rounds=10, max_rounds=30,
+                            budget_s=60)
+    assert len(xs["a"]) == 30 and stable is False
+    xs, stable = interleave({"a": lambda: 1.0}, lambda xs: False, min_rounds=10, max_rounds=10**6,
+                            budget_s=0.0)
+    assert len(xs["a"]) == 10 and stable is False          # the time cap, after the minimum
