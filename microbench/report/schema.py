@@ -123,7 +123,10 @@ class ReproduceConfigRecord:
 class SweepRow:
     """One batch size of a sweep (bench/sweep.py run_sweep). Times are microseconds of one
     decode step: the median and its p20 and p80 over n samples; graph fields are null under
-    --mode none; padded_bs is null where no graph fits (the row ran eagerly)."""
+    --mode none; padded_bs is null where no graph fits (the row ran eagerly). speedup is the
+    median of paired ratios, speedup_ci its 95% bootstrap interval, stable whether sampling met
+    its stopping rule (bench/rows.py); under --repeat, speedup_repeats holds each process's
+    speedup and speedup_repeat_spread their max / min - 1 (stats.merge_repeats)."""
     bs: int
     padded_bs: int | None
     ran_as: str
@@ -154,6 +157,10 @@ class SweepRow:
     predicted_graph_step_us: float | None = None
     predicted_speedup: float | None = None
     speedup_error: float | None = None
+    speedup_ci: list[float] | None = None
+    stable: bool | None = None
+    speedup_repeats: list[float | None] | None = None
+    speedup_repeat_spread: float | None = None
 
 
 @dataclass(frozen=True)

@@ -45,14 +45,14 @@ def sweep_table(run: dict) -> str:
     # are torch_graph_step_us, ...)
     extra = [a for a in (run.get("arms") or {}) if a not in ("eager", "graph")]
     heads = ["bs", "pad", "ran as", "eager us", "graph us", *(f"{a} us" for a in extra),
-             "speedup", "pred", "eager tok/s", "graph tok/s", "tok/s/seq", "GB/s", "MBU"]
+             "speedup", "95% CI", *(["repeats"] if run.get("repeats") else []), "pred", "eager tok/s", "graph tok/s", "tok/s/seq", "GB/s", "MBU"]
     rows = []
     for r in run.get("rows", []):
         rows.append([
             str(r["bs"]), _f(r.get("padded_bs"), "d"), r.get("ran_as", "-"),
             _f(r.get("eager_step_us")), _f(r.get("graph_step_us")),
             *(_f(r.get(f"{a.replace('-', '_')}_step_us")) for a in extra),
-            _f(r.get("speedup"), ".2f"), _f(r.get("predicted_speedup"), ".2f"),
+            *speedup_cells(r, bool(run.get("repeats"))), _f(r.get("predicted_speedup"), ".2f"),
             _f(r.get("eager_tok_s"), ".0f"), _f(r.get("graph_tok_s"), ".0f"),
             _f(r.get("graph_tok_s_per_seq") or r.get("eager_tok_s_per_seq"), ".0f"),
             _f(r.get("bw_use") and r["bw_use"] / 1e9, ".0f"), _f(r.get("graph_mbu"), ".0%"),
@@ -62,8 +62,28 @@ def sweep_table(run: dict) -> str:
     return "\n".join(o for o in out if o)
 
 
+def speedup_cells(r: dict, repeats: bool = False) -> list[str]:
+    """The speedup ("~" after it: the row missed its stopping rule), its interval and, under
+    --repeat, the spread of the processes' speedups (max / min - 1)."""
+    s = _f(r.get("speedup"), ".2f") + ("~" if r.get("stable") is False else "")
+    ci = r.get("speedup_ci")
+    cells = [s, f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "-"]
+    if repeats:
+        cells.append(_f(r.get("speedup_repeat_spread"), ".1%"))
+    return cells
+
+
 def sweep_footer(run: dict) -> str:
     lines = []
+    if any(r.get("stable") is False for r in run.get("rows", [])):
+        lines.append("~: unstable row (its speedup's 95% interval stayed wider than +-2% until "
+                     "the time budget ended)")
+    rep = run.get("repeats")
+    if rep:
+        worst = rep.get("max_spread")
+        lines.append(f"--repeat {rep['k']}: speedups of {rep['k']} fresh processes, worst spread "
+                     f"{_f(worst, '.1%')} (max / min - 1); shape held in "
+                     f"{sum(1 for h in rep.get('shape_held', []) if h)} of {rep['k']}")
     cap = run.get("capture") or {}
     if cap.get("sizes"):
         lines.append(f"capture: {cap['capture_s']:.2f} s for {len(cap['sizes'])} sizes, "
@@ -79,6 +99,11 @@ def sweep_footer(run: dict) -> str:
         hu = launch.get("host_us", {})
         lines.append("host us per launch: " + ", ".join(f"{n} {v['median']:.1f}" for n, v in hu.items())
                      + f" | copy bandwidth {launch['copy']['bytes_per_s'] / 1e12:.2f} TB/s")
+    per_kernel = run.get("eager_host_us_per_kernel") or {}
+    if per_kernel and launch:
+        bare = ", ".join(f"{n} {v['median']:.1f}" for n, v in launch.get("host_us", {}).items())
+        lines.append("eager host us per kernel (bound launches): " + ", ".join(
+            f"bs {b} {v:.1f}" for b, v in per_kernel.items()) + f" | bare launch: {bare}")
     kl = (launch or {}).get("kernel_lines")
     if kl:
         lines.append("model's kernel lines (GPU us in a graph): " + ", ".join(
