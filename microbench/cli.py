@@ -67,11 +67,15 @@ def main():
               help="Tensor-parallel ranks, one GPU each (spawned here, or run under "
                    "torchrun --nproc-per-node N -m microbench.cli_tp sweep --tp N).")
 @click.option("--no-tp1", is_flag=True, help="With --tp: skip the TP-1 comparison on rank 0.")
+@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="Measure in this many fresh processes, one after another, and report each "
+                   "row's speedup in every one and their spread (the first process's run, "
+                   "plus speedup_repeats).")
 @OUT
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the table (or JSON).")
 def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, arms, split_launch,
-          tp, no_tp1, out, as_json, quiet):
+          tp, no_tp1, repeat, out, as_json, quiet):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
     from microbench.analysis.beside import predict_sweep
     from microbench.bench.sweep import SweepConfig, run_sweep
@@ -93,6 +97,8 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
             validate_tp(preset, tp)
         elif no_tp1:
             raise ValueError("--no-tp1: only with --tp 2 or more")
+        if repeat > 1 and tp > 1:
+            raise ValueError("--repeat: not with --tp yet (one process per repeat on one GPU)")
         check_writable(Path(out))
     except ValueError as e:
         usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
@@ -106,7 +112,13 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
         return code
     say = None if quiet or as_json else (lambda s: click.echo(s, err=True))
     save = Saver(out, "sweep", preset)
-    run = run_sweep(cfg, on_progress=say, on_run=save, predict=predict_sweep)
+    if repeat > 1:
+        from microbench.cli_repeat import run_repeats
+        ctx = click.get_current_context()
+        run = run_repeats(ctx.command, ctx.params, repeat, say)
+        save(run)
+    else:
+        run = run_sweep(cfg, on_progress=say, on_run=save, predict=predict_sweep)
     if as_json:
         click.echo(json.dumps(run, indent=2, default=str))
     else:
@@ -194,6 +206,8 @@ def ladder(engine, max_num_seqs, max_num_batched_tokens, max_capture_size, no_of
 
 # ---- model --------------------------------------------------------------------------------
 MODEL_DEFAULTS = dict(preset="opt-125m", context=512, dtype="bfloat16")
+# analysis.published.TABLES by name, spelled here so --help loads no analysis (a test holds them equal)
+PUBLISHED = ("all", "opt125m-l4", "llama8b-h200")
 
 
 @main.command()
@@ -217,13 +231,23 @@ MODEL_DEFAULTS = dict(preset="opt-125m", context=512, dtype="bfloat16")
               help="Host cost of one kernel launch, us (every launcher).")
 @click.option("--below", type=click.FloatRange(1.0, 100, min_open=True), default=1.1,
               show_default=True, help="Report the batch size where the speedup falls under this.")
+@click.option("--published", type=click.Choice(PUBLISHED), default=None,
+              help="Reproduce a published table instead: fit the launch cost on its first row, "
+                   "predict the others on datasheet GPUs (docs/published.md); other options "
+                   "are ignored.")
 @click.option("--json", "as_json", is_flag=True)
 def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops, launch_us,
-          below, as_json):
+          below, published, as_json):
     """Predict eager and graph step time and speedup (no GPU needed).
 
     Needs a device profile, one of: --profile RUN (measured), --gpu NAME (datasheet), or both
-    --copy-bw and --tflops; e.g. microbench model --gpu H200."""
+    --copy-bw and --tflops; e.g. microbench model --gpu H200. Or --published NAME."""
+    if published:
+        from microbench.analysis.published import TABLES, format_table, predict_table
+        res = [predict_table(n) for n in (TABLES if published == "all" else [published])]
+        click.echo(json.dumps(res, indent=2) if as_json else
+                   "\n\n".join(format_table(r) for r in res))
+        return
     run = read_run_arg(profile_run, "--profile") if profile_run else None
     given = dict(preset=preset, context=context, dtype=dtype)
     taken = {k: (run or {}).get("config", {}).get(k) for k, v in given.items() if v is None}

@@ -1,0 +1,63 @@
+"""`microbench sweep --repeat K`: the same sweep measured in K fresh processes, as pyperf's
+worker processes are, so that what one process's state does to the figures (where the
+allocator put the weights, which clocks the GPU settled at, the host's drift) shows as spread
+across processes instead of hiding in one process's interval.
+
+Each process is the same command with `--repeat 1`, a temporary `--out` and `--quiet`, run one
+after another (one GPU); their run.json files are merged by `stats.merge_repeats`: the first
+process's run (rows, device figures, footer) plus, per row, `speedup_repeats` (every process's
+median speedup) and `speedup_repeat_spread` (max / min - 1), and a `repeats` record (k, the worst
+spread, each process's shape check).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from microbench.stats import merge_repeats
+
+# the child: this package's CLI under the same interpreter (no reliance on PATH)
+CHILD = "import sys; from microbench.cli import main; sys.exit(main())"
+OWN = ("repeat", "out", "as_json", "quiet")      # options the parent sets for each child
+
+
+def child_argv(command: click.Command, params: dict, out: str) -> list[str]:
+    """The command line of one child: every option of `command` as parsed into `params` (lists
+    joined by commas, flags given when set, unset options left out), then `--repeat 1 --out
+    OUT --quiet`."""
+    argv = [command.name]
+    for p in command.params:
+        if not isinstance(p, click.Option) or p.name in OWN or p.name not in params:
+            continue
+        v = params[p.name]
+        flag = max(p.opts, key=len)
+        if p.is_flag:
+            argv += [flag] if v else []
+        elif v is not None:
+            argv += [flag, ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)]
+    return argv + ["--repeat", "1", "--out", out, "--quiet"]
+
+
+def run_repeats(command: click.Command, params: dict, k: int, say=None,
+                run=subprocess.run) -> dict:
+    """Run the command's sweep in k fresh processes, one after another, and merge their runs
+    (stats.merge_repeats). `run` starts a process (subprocess.run's signature); a process
+    that writes no run raises RuntimeError naming it."""
+    say = say or (lambda s: None)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="microbench-repeat-") as tmp:
+        for i in range(k):
+            out = Path(tmp) / f"process-{i + 1}"
+            say(f"repeat {i + 1} of {k}: a fresh process")
+            res = run([sys.executable, "-c", CHILD, *child_argv(command, params, str(out))])
+            found = sorted(out.glob("*/run.json"))
+            if not found:
+                raise RuntimeError(f"--repeat: process {i + 1} of {k} wrote no run "
+                                   f"(exit status {res.returncode})")
+            runs.append(json.loads(found[0].read_text()))
+    return merge_repeats(runs)
