@@ -31,9 +31,10 @@ class Lab:
     """One decoder and what the experiments share: inputs, timing options, measured step times
     (a (execution, graph size, bs) triple is timed once per run) and cached measurements."""
 
-    def __init__(self, cfg, dec, context: int, say=None, predict=None):
+    def __init__(self, cfg, dec, context: int, say=None, predict=None, on_capture=None):
         self.cfg, self.dec, self.context = cfg, dec, context
         self.say = say or (lambda s: None)
+        self.on_capture = on_capture     # GraphRunner's on_capture, for each capture's progress
         # predict(rows, dec, launch, gpu, context, elt) -> profile dict: the model's columns
         # of speedup-fade's rows (analysis.beside.predict_fade, from the CLI)
         self.predict = predict
@@ -51,7 +52,7 @@ class Lab:
         return x
 
     def capture(self, sizes, mode: str = "full", **kw):
-        runner = GraphRunner(self.dec, sizes, mode=mode, progress=self.cfg.progress, **kw)
+        runner = GraphRunner(self.dec, sizes, mode=mode, on_capture=self.on_capture, **kw)
         runner.capture()
         return runner
 

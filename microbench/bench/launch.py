@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from microbench.bench.device import copy_bandwidth, copy_curve, matmul_rate
 from microbench.bench.timing import Stats, gpu_time_us, graph_of, host_time_us
+from microbench.engine.nvtx import nvtx_range
 from microbench.stats import fit_linear
 
 NODE_COUNTS = (1, 10, 100, 1000)
@@ -66,16 +67,18 @@ def measure_launch(device="cuda", budget_s: float = 1.0) -> dict:
         result["notes"].append("cupy not installed: raw CUDA launcher skipped "
                                "(pip install 'microbench[cupy]')")
     for name, fn in fns.items():
-        # 100 launches per sample: the per-launch host cost, with the queue far from full.
-        result["host_us"][name] = host_time_us(fn, inner=100, **kw).to_dict()
-        g = graph_of(fn, 100)
-        result["gpu_us_per_kernel"][name] = _scaled(gpu_time_us(g.replay, inner=10, **kw), 0.01)
+        with nvtx_range(f"launch cost, {name}"):
+            # 100 launches per sample: the per-launch host cost, with the queue far from full.
+            result["host_us"][name] = host_time_us(fn, inner=100, **kw).to_dict()
+            g = graph_of(fn, 100)
+            result["gpu_us_per_kernel"][name] = _scaled(gpu_time_us(g.replay, inner=10, **kw), 0.01)
         del g
     host, gpu = [], []
     for n in NODE_COUNTS:
-        g = graph_of(fns["torch"], n)
-        h = host_time_us(g.replay, inner=1, **kw)
-        d = gpu_time_us(g.replay, inner=10, **kw)
+        with nvtx_range(f"replay cost, {n} nodes"):
+            g = graph_of(fns["torch"], n)
+            h = host_time_us(g.replay, inner=1, **kw)
+            d = gpu_time_us(g.replay, inner=10, **kw)
         result["replay"][str(n)] = dict(host_us=h.to_dict(), gpu_us=d.to_dict())
         host.append(h.median)
         gpu.append(d.median)

@@ -1,18 +1,34 @@
 """Kernels a callable runs, seen by the PyTorch profiler (which sees the kernels inside a graph
-replay too), and their GPU time by kernel family.
+replay too), their GPU time by kernel family, and a trace of named steps for Perfetto.
 """
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
+
 import torch
+from torch.profiler import ProfilerActivity, profile
+
+from microbench.engine.nvtx import nvtx_range
+
+
+@contextmanager
+def quiet_profile(activities):
+    """torch.profiler.profile(activities=...) without its "Profiler clears events at the end of
+    each cycle" UserWarning: it is about profiling schedules, which these one-shot profiles do
+    not use, and means nothing to a user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Profiler clears events", category=UserWarning)
+        with profile(activities=activities) as prof:
+            yield prof
 
 
 def profile_kernels(fn) -> list[tuple[str, float]]:
     """(name, GPU us) of every kernel one call of `fn` runs, from the PyTorch profiler (which
     sees the kernels inside a graph replay too). Copies and memsets are left out."""
-    from torch.profiler import ProfilerActivity, profile
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with quiet_profile([ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
     return [(e.name, e.device_time) for e in prof.events()
@@ -42,3 +58,22 @@ def kernel_breakdown(kernels: list[tuple[str, float]]) -> dict:
         d["n"] += 1
         d["us"] += us
     return out
+
+
+def trace_steps(steps: dict, on_trace) -> None:
+    """One call of each of `steps` (name -> callable), each inside a range of its name, under
+    the PyTorch profiler (host and, with CUDA, GPU activity); each step runs once before, so
+    the trace holds no first-call costs. Hands the profiler to `on_trace(prof)`, which writes
+    it (prof.export_chrome_trace(path): a Chrome trace that Perfetto opens)."""
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for fn in steps.values():
+        fn()
+    sync()
+    acts = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with quiet_profile(acts) as prof:
+        for name, fn in steps.items():
+            with nvtx_range(name):
+                fn()
+                sync()
+    on_trace(prof)

@@ -90,11 +90,12 @@ def make_entry(name: str, rows: list, info: dict, wall_s: float = 0.0, error: st
 
 
 def run_reproduce(cfg: ReproduceConfig, on_progress=None, on_entry=None, on_run=None,
-                  judge=None, predict=None) -> dict:
+                  judge=None, predict=None, on_capture=None) -> dict:
     """Run the selected experiments on one shared decoder; returns the run dict. on_entry(entry)
     after each experiment, on_run(run) whenever the run changes (to save it); judge
     (analysis.verdicts.judge) gives each entry its verdict, predict
-    (analysis.beside.predict_fade) the model's columns of speedup-fade."""
+    (analysis.beside.predict_fade) the model's columns of speedup-fade; on_capture is each
+    graph runner's (GraphRunner's on_capture)."""
     say = on_progress or (lambda s: None)
     require_cuda("reproduce")
     cfg.validate()
@@ -105,7 +106,7 @@ def run_reproduce(cfg: ReproduceConfig, on_progress=None, on_entry=None, on_run=
     say(f"building {cfg.preset} ({cfg.shape.n_params / 1e6:.0f}M params, {cfg.dtype}), "
         f"max batch {mb}, context {cfg.context}")
     dec = build_decoder(cfg, mb, cfg.context)
-    lab = Lab(cfg, dec, cfg.context, say, predict)
+    lab = Lab(cfg, dec, cfg.context, say, predict, on_capture=on_capture)
     free, total = free_memory(), torch.cuda.mem_get_info()[1]
     lab.cache["free_after_decoder"] = free
     kv = sum(c.numel() * c.element_size() for c in dec.k_cache + dec.v_cache)

@@ -66,7 +66,7 @@ def step_arms(eager, graph, cfg, budget: Budget, check: bool) -> dict:
 
 def single_gpu_steps(dec, ladder, cfg, say) -> dict:
     """TP 1 on this GPU alone: capture the ladder, time eager and graph steps per batch."""
-    runner = GraphRunner(dec, ladder, mode=cfg.mode, progress=False)
+    runner = GraphRunner(dec, ladder, mode=cfg.mode)
     try:
         cap = runner.capture()
         gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -98,7 +98,7 @@ def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool, sa
         r.lead_alone(compare_tp1)
     dist.barrier(group=r.host)
     r.build_shard()
-    runner = GraphRunner(r.shard, r.ladder, mode=cfg.mode, progress=r.lead and progress)
+    runner = GraphRunner(r.shard, r.ladder, mode=cfg.mode)
     try:
         r.capture(runner)
         r.time_rows(runner)
@@ -183,6 +183,8 @@ class _Rank:
         """Every rank's graphs (the same sizes on every rank), then the all-reduces alone."""
         cfg, shape, elt = self.cfg, self.cfg.shape, self.elt
         cap = runner.capture()
+        self.say(f"captured {len(cap['sizes'])} sizes in {cap['capture_s']:.1f} s, "
+                 f"pool {cap['pool_bytes'] / 2**20:.0f} MiB")
         caps = gather(dict(capture_s=cap["capture_s"], pool_bytes=cap["pool_bytes"],
                            sizes=sorted(runner.entries)), self.host)
         if any(c["sizes"] != caps[0]["sizes"] for c in caps):

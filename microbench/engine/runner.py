@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch
 
 from microbench.engine.decoder import ToyDecoder
 from microbench.engine.dispatch import PaddingDispatcher
+from microbench.engine.nvtx import nvtx_range
 
 MODES = ("none", "full", "piecewise")
 POOLS = ("shared", "separate")
@@ -82,6 +82,9 @@ class GraphRunner:
     "separate" (each graph its own pool). order: "largest-first" (as vLLM captures, so later,
     smaller graphs reuse the memory the largest left free) or "smallest-first".
     debug: check on every replay that the static inputs are at their captured addresses.
+    on_capture(done, total, size, seconds, pool_bytes): told as capture starts (done 0, size
+    None) and after each size (captured or skipped), with the seconds since capture started and
+    the pool's bytes so far; the runner itself prints nothing.
     split_launch (full mode): capture each size's step as two graphs, the first
     `head_layers(L)` layers and the rest, replayed back to back. The GPU starts on the short
     first graph while the host is still launching the second: a graph launch costs the host
@@ -89,7 +92,7 @@ class GraphRunner:
     """
 
     def __init__(self, decoder: ToyDecoder, sizes, mode: str = "full", pool: str = "shared",
-                 order: str = "largest-first", debug: bool = False, progress: bool = True,
+                 order: str = "largest-first", debug: bool = False, on_capture=None,
                  warmup_steps: int = 2, split_launch: bool = False):
         for name, v, allowed in (("mode", mode, MODES), ("pool", pool, POOLS),
                                  ("order", order, ORDERS)):
@@ -101,7 +104,7 @@ class GraphRunner:
                              f"max_batch {decoder.max_batch}")
         self.decoder, self.mode, self.pool_kind, self.order = decoder, mode, pool, order
         self.requested_sizes = sizes if mode != "none" else []
-        self.debug, self.progress, self.warmup_steps = debug, progress, warmup_steps
+        self.debug, self.on_capture, self.warmup_steps = debug, on_capture, warmup_steps
         self.split_launch = split_launch and mode == "full"
         self.entries: dict[int, GraphEntry] = {}
         self.skipped: list[int] = []
@@ -138,22 +141,25 @@ class GraphRunner:
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a collection during capture could free tensors a graph still reads
         try:
+            self._progress(0, len(sizes), None, t_all, 0)
             for i, size in enumerate(sizes):
-                self._progress(i, len(sizes))
                 before = self._total_pool_bytes()
                 try:
-                    entry = self._capture_one(size, shared, stream)
+                    with nvtx_range(f"capture size {size}"):
+                        entry = self._capture_one(size, shared, stream)
                 except RuntimeError as e:   # torch.OutOfMemoryError is a RuntimeError too
                     if not isinstance(e, torch.OutOfMemoryError) and \
                             "out of memory" not in str(e).lower():
                         raise
                     self._skip(size, e)
+                    self._progress(i + 1, len(sizes), size, t_all, before)
                     continue
                 if shared is None:
                     self._pool_ids.extend(g.pool() for g in entry.graphs)
-                entry.pool_bytes = self._total_pool_bytes() - before
+                after = self._total_pool_bytes()
+                entry.pool_bytes = after - before
                 self.entries[size] = entry
-            self._progress(len(sizes), len(sizes))
+                self._progress(i + 1, len(sizes), size, t_all, after)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -186,7 +192,7 @@ class GraphRunner:
         # Eager warm-up on a side stream: JIT-compiles the Triton kernels, picks cuBLAS
         # heuristics and lets lazy allocations happen outside the capture.
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), nvtx_range(f"warm-up size {size}"):
             for _ in range(self.warmup_steps):
                 dec.step(tokens, positions, slots)
         torch.cuda.current_stream().wait_stream(stream)
@@ -244,11 +250,9 @@ class GraphRunner:
         ids = {tuple(p) for p in self._pool_ids}
         return sum(pool_bytes(p) for p in ids)
 
-    def _progress(self, done: int, total: int):
-        if self.progress:
-            end = "\n" if done == total else ""
-            print(f"\rCapturing CUDA graphs ({self.mode}): {done}/{total}", end=end,
-                  file=sys.stderr, flush=True)
+    def _progress(self, done: int, total: int, size, t_start: float, pool: int):
+        if self.on_capture is not None:
+            self.on_capture(done, total, size, time.perf_counter() - t_start, pool)
 
     # ---- steps -------------------------------------------------------------------------
     def step(self, tokens, positions, slots):

@@ -282,7 +282,7 @@ def _replay_rank(rank, world):
     dec.fill_cache(GPU_CTX)
     ref.fill_cache(GPU_CTX)
     warm_step(dec)
-    runner = GraphRunner(dec, GPU_SIZES, mode="full", progress=False)
+    runner = GraphRunner(dec, GPU_SIZES, mode="full")
     runner.capture()
     out = []
     with warnings.catch_warnings():

@@ -52,7 +52,7 @@ def test_runner_rejects_sizes_beyond_the_decoders_rows():
 def test_mode_none_runs_eager_and_counts_every_step():
     dec = cpu_decoder()
     dec.fill_cache(CTX)
-    runner = GraphRunner(dec, [1, 2, 4], mode="none", progress=False)
+    runner = GraphRunner(dec, [1, 2, 4], mode="none")
     assert runner.capture() == dict(capture_s=0.0, pool_bytes=0, sizes=[], skipped=[])
     assert runner.requested_sizes == [] and runner.dispatcher.pad(1) is None
     for bs in (1, 3, 8):
@@ -69,7 +69,7 @@ def test_uncaptured_runner_falls_back_and_says_so():
     """Before capture (or with every size skipped) the dispatcher holds no graph: each batch
     runs eagerly, is counted as a fallback, and warns once per batch size."""
     dec = cpu_decoder()
-    runner = GraphRunner(dec, [1, 2], progress=False)
+    runner = GraphRunner(dec, [1, 2])
     t, p, s = inputs(2, TINY.vocab, device="cpu")
     with pytest.warns(RuntimeWarning, match="batch size 2 exceeds"):
         runner.step(t, p, s)
@@ -80,7 +80,7 @@ def test_uncaptured_runner_falls_back_and_says_so():
 
 
 def test_input_rows_are_fixed_views_of_one_buffer():
-    runner = GraphRunner(cpu_decoder(), [1, 2, 4], progress=False)
+    runner = GraphRunner(cpu_decoder(), [1, 2, 4])
     both, tok, pos, slot = runner.input_rows(3)
     assert both.shape == (3, 3) and runner.input_rows(3)[0] is both   # cached, made once
     for i, row in enumerate((tok, pos, slot)):
@@ -106,7 +106,7 @@ def test_replay_equals_eager_for_every_batch(preset, mode):
     ref = make(preset, max_b)  # same seed: same weights and cache, run eagerly
     split = mode == "full-split"   # the step as two graphs launched back to back
     mode = "full" if split else mode
-    runner = GraphRunner(dec, SIZES, mode=mode, progress=False, split_launch=split)
+    runner = GraphRunner(dec, SIZES, mode=mode, split_launch=split)
     runner.capture()
     if mode == "full":
         assert all(len(e.graphs) == (2 if split else 1) for e in runner.entries.values())
@@ -155,7 +155,7 @@ def test_programmatic_dependent_launch_changes_no_result(preset):
     for pdl in (True, False):
         dec = make(preset, 2, pdl=pdl)
         assert gemv.use_pdl(dec.embed, dec.pdl) == pdl
-        runner = GraphRunner(dec, [1], mode="full", progress=False)
+        runner = GraphRunner(dec, [1], mode="full")
         runner.capture()
         outs = []
         for seed in range(3):
@@ -169,7 +169,7 @@ def test_programmatic_dependent_launch_changes_no_result(preset):
 @gpu
 def test_packed_steps_with_shrinking_batches():
     dec, ref = make("opt-125m", 16), make("opt-125m", 16)
-    runner = GraphRunner(dec, [4, 16], progress=False)
+    runner = GraphRunner(dec, [4, 16])
     runner.capture()
     for bs in (16, 3, 3, 9, 1, 16):
         for ck, rk in zip(dec.k_cache + dec.v_cache, ref.k_cache + ref.v_cache):
@@ -192,7 +192,7 @@ def test_packed_steps_with_shrinking_batches():
 @gpu
 def test_padded_replay_never_touches_other_slots():
     dec = make("tiny", 16)
-    runner = GraphRunner(dec, [8], progress=False)
+    runner = GraphRunner(dec, [8])
     runner.capture()
     before = [c.clone() for c in dec.k_cache + dec.v_cache]
     t, p, _ = inputs(3, dec.shape.vocab)
@@ -213,7 +213,7 @@ def test_pool_is_freed_when_runner_is_dropped():
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     start = torch.cuda.memory_reserved()
-    runner = GraphRunner(dec, [1, 2, 4, 8, 16, 32], progress=False)
+    runner = GraphRunner(dec, [1, 2, 4, 8, 16, 32])
     rep = runner.capture()
     assert rep["pool_bytes"] > 0 and all(s["pool_bytes"] >= 0 for s in rep["sizes"])
     assert rep["sizes"][-1]["pool_bytes"] > 0  # the largest size, captured first, grew the pool
@@ -229,10 +229,10 @@ def test_pool_is_freed_when_runner_is_dropped():
 def test_separate_pools_hold_more_than_one_shared_pool():
     dec = make("opt-125m", 32)
     sizes = [1, 2, 4, 8, 16, 32]
-    shared = GraphRunner(dec, sizes, pool="shared", progress=False)
+    shared = GraphRunner(dec, sizes, pool="shared")
     a = shared.capture()["pool_bytes"]
     shared.close()
-    separate = GraphRunner(dec, sizes, pool="separate", progress=False)
+    separate = GraphRunner(dec, sizes, pool="separate")
     b = separate.capture()["pool_bytes"]
     separate.close()
     assert b > a > 0
@@ -249,7 +249,7 @@ def test_out_of_memory_skips_a_size_and_captures_the_rest():
     total = torch.cuda.get_device_properties(0).total_memory
     # Leave ~48 MiB above what is reserved now: the 512 graph's logits alone need 49 MiB.
     frac = (torch.cuda.memory_reserved() + (48 << 20)) / total
-    runner = GraphRunner(dec, [1, 512], progress=False)
+    runner = GraphRunner(dec, [1, 512])
     torch.cuda.set_per_process_memory_fraction(frac)
     try:
         with pytest.warns(RuntimeWarning, match="out of device memory"):
@@ -271,7 +271,7 @@ def test_out_of_memory_skips_a_size_and_captures_the_rest():
 @gpu
 def test_debug_flag_catches_moved_inputs():
     dec = make("tiny", 8)
-    runner = GraphRunner(dec, [4], debug=True, progress=False)
+    runner = GraphRunner(dec, [4], debug=True)
     runner.capture()
     t, p, s = inputs(2, dec.shape.vocab)
     runner.step(t, p, s)                      # addresses as captured: fine
@@ -290,7 +290,7 @@ def test_debug_flag_catches_moved_inputs():
 def test_graph_replay_runs_the_eager_kernels():
     from microbench.bench.profile import count_kernels
     dec = make("tiny", 4)
-    runner = GraphRunner(dec, [2], progress=False)
+    runner = GraphRunner(dec, [2])
     runner.capture()
     t, p, s = inputs(2, dec.shape.vocab)
     eager = count_kernels(lambda: dec.step(t, p, s))
@@ -305,7 +305,7 @@ def test_replay_survives_cublas_workspaces_being_freed():
     """Inductor's CUDA-graph trees free cuBLAS's workspaces around each recording; graphs
     holding cuBLAS GEMMs must own theirs (in their pool), or a replay writes freed memory."""
     dec, ref = make("opt-125m", 8), make("opt-125m", 8)
-    runner = GraphRunner(dec, [4, 8], progress=False)
+    runner = GraphRunner(dec, [4, 8])
     runner.capture()
     torch._C._cuda_clearCublasWorkspaces()
     torch.cuda.empty_cache()               # gives freed segments back to the driver
