@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
+
 from ._utils import (DTYPES, INDEX_DTYPES, check_device, interpreted, pdl_enter, pdl_launch_kw,
                      to_dtype, use_pdl)
 
@@ -246,7 +248,7 @@ def split_partials(B, H, num_splits, D, out):
 
 
 def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=None, out=None,
-                     pdl=True):
+                     pdl=True, record=None):
     """out[b, h] = Σ_{n < L_b} softmax_n(scale · q[b,h]·K[n]) · V[n], with K = k_cache[slots[b], h // G],
     V = v_cache[slots[b], h // G], L_b = seq_lens[b] ≥ 1, G = H / Hkv.
     q: [B, H, D]; caches: [num_slots, Hkv, max_seq, D]; slots, seq_lens: [B].
@@ -270,7 +272,7 @@ def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=Non
     single = num_splits == 1
     pdl = use_pdl(_split_kernel, q, pdl)
     o_part, m_part, l_part = split_partials(B, H, num_splits, D, out)
-    _split_kernel[(B, Hkv, num_splits)](
+    launch(record, _split_kernel, (B, Hkv, num_splits),
         q, k_cache, v_cache, slots, seq_lens, out, o_part, m_part, l_part,
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
         out.stride(0), out.stride(1),
@@ -283,7 +285,7 @@ def decode_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits=Non
         USE_PDL=pdl, num_warps=4, num_stages=CUDA_NUM_STAGES, **pdl_launch_kw(pdl),
     )
     if not single:
-        _reduce_kernel[(B, H)](
+        launch(record, _reduce_kernel, (B, H),
             o_part, m_part, l_part, out, out.stride(0), out.stride(1), H, num_splits,
             HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, USE_PDL=pdl,
             num_warps=4, **pdl_launch_kw(pdl),

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
+
 from ._utils import (DTYPES, INDEX_DTYPES, as_mask, check_device, interpreted, pdl_enter, pdl_launch_kw,
                      use_pdl)
 
@@ -33,7 +35,7 @@ def _embed_kernel(tok_ptr, pos_ptr, emb_ptr, h_ptr, seq_ptr, vocab, stride_e, st
         tl.store(seq_ptr + b, (tl.load(pos_ptr + b) + 1).to(tl.int32))
 
 
-def embed_seq_lens(embed, tokens, positions, pdl=True):
+def embed_seq_lens(embed, tokens, positions, pdl=True, record=None):
     """(embed[tokens], (positions + 1) as int32) in one kernel. embed: [vocab, hidden] with
     contiguous rows; tokens, positions: [B] int32/int64 on embed's device. Returns h [B, hidden]
     in embed's dtype and seq_lens [B] int32. pdl: launch with programmatic dependent launch
@@ -57,7 +59,7 @@ def embed_seq_lens(embed, tokens, positions, pdl=True):
     # 16-byte loads, 1024 elements a program on the GPU; whole rows under the interpreter
     block = triton.next_power_of_2(hidden) if interpreted(_embed_kernel) else min(1024, triton.next_power_of_2(hidden))
     pdl = use_pdl(_embed_kernel, embed, pdl)
-    _embed_kernel[(B, triton.cdiv(hidden, block))](
+    launch(record, _embed_kernel, (B, triton.cdiv(hidden, block)),
         tokens, positions, embed, h, seq_lens, embed.shape[0], embed.stride(0), h.stride(0),
         HIDDEN=hidden, BLOCK=block, USE_PDL=pdl, num_warps=4, **pdl_launch_kw(pdl))
     return h, seq_lens

@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
+
 from . import _utils
 from ._utils import DTYPES, check_device, interpreted, pdl_enter, pdl_launch_kw, to_dtype
 
@@ -195,7 +197,7 @@ def _check(op, x, w, k_in):
     check_device(op, _gemv_kernel, x)
 
 
-def _launch(x, w, n_out, cfg, pdl, norm=False, epi=0, r=None, nw=None, eps=0.0):
+def _launch(x, w, n_out, cfg, pdl, record, norm=False, epi=0, r=None, nw=None, eps=0.0):
     B, K = x.shape
     y = torch.empty((B, n_out), dtype=x.dtype, device=x.device)
     r_ = r if r is not None else y
@@ -203,7 +205,7 @@ def _launch(x, w, n_out, cfg, pdl, norm=False, epi=0, r=None, nw=None, eps=0.0):
     if cfg is None:
         cfg = choose_config(w.shape[0], K, B, x.element_size())
     pdl = _utils.use_pdl(_gemv_kernel, x, pdl)
-    _gemv_kernel[(triton.cdiv(n_out, cfg["BLOCK_N"]),)](
+    launch(record, _gemv_kernel, (triton.cdiv(n_out, cfg["BLOCK_N"]),),
         x, nw_, w, r_, y, n_out, x.stride(0), w.stride(0), r_.stride(0), y.stride(0), float(eps),
         B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=triton.next_power_of_2(B), USE_PDL=pdl,
         **cfg, **pdl_launch_kw(pdl))
@@ -218,9 +220,10 @@ def _check_norm(op, norm_w, h):
 
 
 # Every wrapper below takes `config` (launch parameters, as choose_config returns them; None:
-# choose_config's) and `pdl` (launch with programmatic dependent launch where the device has it).
+# choose_config's), `pdl` (launch with programmatic dependent launch where the device has it)
+# and `record` (a list to append the bound launch to, for replay: see _launch.py).
 
-def linear(x, w, residual=None, config=None, pdl=True):
+def linear(x, w, residual=None, config=None, pdl=True, record=None):
     """y = x · wᵀ (+ residual) with fp32 accumulation. x: [B, K] with 1 <= B <= MAX_ROWS;
     w: [N, K]; residual: [B, N] or None."""
     _check("linear", x, w, x.shape[-1] if x.dim() == 2 else -1)
@@ -230,23 +233,23 @@ def linear(x, w, residual=None, config=None, pdl=True):
         raise ValueError(f"linear: residual must match {(x.shape[0], N)} {x.dtype} on {x.device} "
                          f"with contiguous rows, got {tuple(residual.shape)} {residual.dtype} on "
                          f"{residual.device}")
-    return _launch(x, w, N, config, pdl, epi=1 if residual is not None else 0, r=residual)
+    return _launch(x, w, N, config, pdl, record, epi=1 if residual is not None else 0, r=residual)
 
 
-def rmsnorm_linear(h, norm_w, eps, w, config=None, pdl=True):
+def rmsnorm_linear(h, norm_w, eps, w, config=None, pdl=True, record=None):
     """y = rmsnorm(h, norm_w, eps) · wᵀ. h: [B, K]; norm_w: [K]; w: [N, K]."""
     _check("rmsnorm_linear", h, w, h.shape[-1] if h.dim() == 2 else -1)
     _check_norm("rmsnorm_linear", norm_w, h)
-    return _launch(h, w, w.shape[0], config, pdl, norm=True, nw=norm_w, eps=eps)
+    return _launch(h, w, w.shape[0], config, pdl, record, norm=True, nw=norm_w, eps=eps)
 
 
-def rmsnorm_linear_swiglu(h, norm_w, eps, w_gu, config=None, pdl=True):
+def rmsnorm_linear_swiglu(h, norm_w, eps, w_gu, config=None, pdl=True, record=None):
     """y = swiglu(rmsnorm(h, norm_w, eps) · w_guᵀ): w_gu [2F, K] = [gate; up] rows, y [B, F]."""
     _check("rmsnorm_linear_swiglu", h, w_gu, h.shape[-1] if h.dim() == 2 else -1)
     _check_norm("rmsnorm_linear_swiglu", norm_w, h)
     if w_gu.shape[0] % 2:
         raise ValueError(f"rmsnorm_linear_swiglu: w_gu must have 2F rows ([gate; up]), got {w_gu.shape[0]}")
-    return _launch(h, w_gu, w_gu.shape[0] // 2, config, pdl, norm=True, epi=2, nw=norm_w, eps=eps)
+    return _launch(h, w_gu, w_gu.shape[0] // 2, config, pdl, record, norm=True, epi=2, nw=norm_w, eps=eps)
 
 
 def linear_ref(x, w, residual=None):

@@ -3,6 +3,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
+
 from ._utils import DTYPES, check_device, to_dtype
 
 # One row lives in registers; past this the tile spills and a row-split kernel would be needed.
@@ -54,7 +56,7 @@ def _check(x, w, residual):
             raise ValueError(f"rmsnorm: {name} must be contiguous in its last dim, got strides {t.stride()}")
 
 
-def rmsnorm(x, w, eps, residual=None):
+def rmsnorm(x, w, eps, residual=None, record=None):
     """y = x / sqrt(mean(x², -1) + eps) · w, in fp32; with `residual`, s = x + residual first
     and (normed(s), s) is returned. x, residual: [B, D]; w: [D]."""
     _check(x, w, residual)
@@ -67,7 +69,7 @@ def rmsnorm(x, w, eps, residual=None):
         # ~8 elements per thread keeps loads 16 bytes wide without spilling at D=8192.
         num_warps = min(max(BLOCK_D // 256, 1), 16)
         r, so = (residual, s) if residual is not None else (x, y)  # dummies, never touched
-        _rmsnorm_kernel[(B,)](
+        launch(record, _rmsnorm_kernel, (B,),
             x, r, w, y, so,
             x.stride(0), r.stride(0), y.stride(0), so.stride(0),
             D, float(eps),

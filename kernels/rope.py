@@ -4,6 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
+
 from ._utils import DTYPES, INDEX_DTYPES, check_device, pdl_enter, pdl_launch_kw, to_dtype, use_pdl
 from .store_kv import check_store_kv, store_kv_ref
 
@@ -122,7 +124,7 @@ def check_rope(q, k, positions):
             raise ValueError(f"rope: {name} must be contiguous in its last dim, got strides {t.stride()}")
 
 
-def rope(q, k, positions, theta=10000.0):
+def rope(q, k, positions, theta=10000.0, record=None):
     """In place: for each head x, with x1 = x[..., :D/2], x2 = x[..., D/2:],
     x1 ← x1·cos − x2·sin, x2 ← x2·cos + x1·sin, angle[b, i] = positions[b] · theta^(−2i/D).
     q: [B, H, D], k: [B, Hkv, D] (any batch/head strides), positions: [B]. Returns (q, k)."""
@@ -132,7 +134,7 @@ def rope(q, k, positions, theta=10000.0):
     Hkv = k.shape[1]
     if B > 0:
         half = D // 2
-        _rope_kernel[(B,)](
+        launch(record, _rope_kernel, (B,),
             q, k, positions,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             float(theta),
@@ -166,7 +168,7 @@ def rope_ref(q, k, positions, theta=10000.0):
     return rotate(q), rotate(k)
 
 
-def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0, pdl=True):
+def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0, pdl=True, record=None):
     """rope and store_kv in one kernel: q is rotated in place; k is rotated on its way into
     k_cache[slots[i], :, positions[i]] (k itself is left as it was); v is copied into v_cache.
     Shapes as rope's and store_kv's. Returns q. pdl: launch with programmatic dependent launch
@@ -183,7 +185,7 @@ def rope_store_kv(q, k, v, k_cache, v_cache, slots, positions, theta=10000.0, pd
         half = D // 2
         bh = min(triton.next_power_of_2(max(H, Hkv)), 16)
         pdl = use_pdl(_rope_store_kv_kernel, q, pdl)
-        _rope_store_kv_kernel[(B, triton.cdiv(H, bh) + triton.cdiv(Hkv, bh))](
+        launch(record, _rope_store_kv_kernel, (B, triton.cdiv(H, bh) + triton.cdiv(Hkv, bh)),
             q, k, v, k_cache, v_cache, positions, slots,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

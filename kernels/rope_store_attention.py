@@ -6,6 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
+
 from ._utils import as_mask, check_device, interpreted, pdl_enter, pdl_launch_kw, to_dtype, use_pdl
 from .decode_attention import (CPU_SMS, CUDA_NUM_STAGES, LOG2E, block_n_for, check_attention,
                                choose_num_splits, decode_attention_ref, dot, output_like, sm_count,
@@ -191,7 +193,7 @@ def _rope_attend_kernel(
 
 
 def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, theta=10000.0,
-                         num_splits=None, out=None, semaphores=None, pdl=True):
+                         num_splits=None, out=None, semaphores=None, pdl=True, record=None):
     """RoPE, the KV store and decode attention in one kernel, for one new token per sequence at
     position seq_lens[b] − 1: q and k are rotated there (q is left as it was, k rotated on its
     way into k_cache[slots[b], :, seq_lens[b] − 1], v copied into v_cache), and
@@ -234,7 +236,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     group = H // Hkv
     block_s = triton.next_power_of_2(num_splits)
     pdl = use_pdl(_rope_attend_kernel, q, pdl)
-    _rope_attend_kernel[(B, Hkv, num_splits)](
+    launch(record, _rope_attend_kernel, (B, Hkv, num_splits),
         q, k, v, k_cache, v_cache, slots, seq_lens, out, o_part, m_part, l_part, semaphores,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         *k_cache.stride()[:3], out.stride(0), out.stride(1),

@@ -2,6 +2,8 @@
 import triton
 import triton.language as tl
 
+from ._launch import launch
+
 from ._utils import DTYPES, INDEX_DTYPES, check_device
 
 
@@ -53,7 +55,7 @@ def check_store_kv(k_cache, v_cache, k, v, slots, positions):
             raise ValueError(f"store_kv: {name} must be contiguous in its last dim, got strides {t.stride()}")
 
 
-def store_kv(k_cache, v_cache, k, v, slots, positions):
+def store_kv(k_cache, v_cache, k, v, slots, positions, record=None):
     """In place: k_cache[slots[i], :, positions[i], :] = k[i] and likewise v, for i < B.
     Caches: [num_slots, Hkv, max_seq, D]; k, v: [B, Hkv, D]; slots, positions: [B].
     Indices are not range-checked (that would read them on the host)."""
@@ -61,7 +63,7 @@ def store_kv(k_cache, v_cache, k, v, slots, positions):
     check_device("store_kv", _store_kv_kernel, k)
     B, Hkv, D = k.shape
     if B > 0:
-        _store_kv_kernel[(B,)](
+        launch(record, _store_kv_kernel, (B,),
             k_cache, v_cache, k, v, slots, positions,
             k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

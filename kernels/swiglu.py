@@ -3,6 +3,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
+
 from ._utils import DTYPES, check_device, to_dtype
 
 
@@ -18,7 +20,7 @@ def _swiglu_kernel(gu_ptr, out_ptr, stride_gb, stride_ob, F, BLOCK_F: tl.constex
     tl.store(out_ptr + row * stride_ob + cols, to_dtype(y, out_ptr.dtype.element_ty), mask=mask)
 
 
-def swiglu(gate_up):
+def swiglu(gate_up, record=None):
     """out = silu(gate_up[:, :F]) · gate_up[:, F:], silu(g) = g / (1 + e^(−g)), fp32 math.
     gate_up: [B, 2F]; returns [B, F] of gate_up's dtype."""
     if gate_up.dim() != 2 or gate_up.shape[1] % 2 != 0 or gate_up.shape[1] == 0:
@@ -33,7 +35,7 @@ def swiglu(gate_up):
     if B > 0:
         # 1024 elements over 4 warps = 8 per thread: 16-byte loads for 16-bit types.
         BLOCK_F = min(triton.next_power_of_2(F), 1024)
-        _swiglu_kernel[(B, triton.cdiv(F, BLOCK_F))](
+        launch(record, _swiglu_kernel, (B, triton.cdiv(F, BLOCK_F)),
             gate_up, out, gate_up.stride(0), out.stride(0), F, BLOCK_F=BLOCK_F, num_warps=4,
         )
     return out

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from microbench.bench.inputs import step_inputs
 from microbench.bench.timing import gpu_time_us, graph_of, host_time_us, settle, summarize
+from microbench.engine.nvtx import nvtx_range
 from microbench.engine.plan import FAST_ROWS, SKINNY, Fusion, family, step_kernels
 from microbench.stats import fit_linear
 
@@ -36,18 +37,25 @@ def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
     return out
 
 
-def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float):
+def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float, bound=None):
     """Wall time of eager steps (each synchronised, as the sweep times them) and, sampled
     between them, the host cost of each op of the step's plan at batch b (10 calls per sample)
-    and of one middle piece of the step (a layer's launches through the decoder's own code), so
-    all see the host in the same state: on the lent machines its speed drifts by a fifth and
-    more between seconds, which a profile measured once at the start cannot follow.
+    and of the Python between launches, so all see the host in the same state: on the lent
+    machines its speed drifts by a fifth and more between seconds, which a profile measured once
+    at the start cannot follow.
 
-    The piece's host time less its kernels' host costs is the Python between launches (views,
-    slicing, dispatch): `piece_glue_us`, which the model adds once per piece.
-    Returns (wall Stats per step, {op name: host us per call, median}, piece_glue_us)."""
-    fns = op_fns(dec, b)
-    piece = middle_piece(dec, b)
+    Through the decoder's wrappers (bound=None), the Python between launches is one middle
+    piece's host time less its kernels' costs. For a bound step (`bound`, an
+    engine.bound.BoundStep whose launches follow the plan), each op's cost is its own bound
+    launch's, and the rest of a whole step's host time, spread over the pieces, is the loop
+    between launches. Either way that remainder is `piece_glue_us`, which the model adds once
+    per piece. Returns (wall Stats per step, {op name: host us per call, median}, piece_glue_us)."""
+    plan = step_kernels(dec.shape, b, 0, dec.embed.element_size(), dec.attention_launches(b),
+                        fusion=dec.fusion)
+    if bound is None:
+        fns, piece = op_fns(dec, b), middle_piece(dec, b)
+    else:
+        fns, piece = bound_op_fns(bound, plan), bound.run
     for fn in (step, piece, *fns.values()):
         fn()
     torch.cuda.synchronize()
@@ -74,13 +82,26 @@ def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float):
 
     wall = settle(sample, budget_s=budget_s)
     costs = {n: summarize(v).median for n, v in op_samples.items()}
+    piece_us = summarize(piece_samples).median
+    if bound is not None:
+        glue = (piece_us - sum(costs[k.name] for k in plan)) / dec.n_pieces
+        return wall, costs, glue
     if "rmsnorm" in costs:
         costs["final_norm"] = costs["rmsnorm"]
-    costs["attention_reduce"] = 0.0
-    plan = step_kernels(dec.shape, b, 0, dec.embed.element_size(), dec.attention_launches(b),
-                        fusion=dec.fusion)
-    glue = summarize(piece_samples).median - sum(costs.get(k.name, 0.0) for k in piece_kernels(plan))
+    costs["attention_reduce"] = 0.0   # decode_attention's wrapper launches its reduce too
+    glue = piece_us - sum(costs.get(k.name, 0.0) for k in piece_kernels(plan))
     return wall, costs, glue
+
+
+def bound_op_fns(bound, plan) -> dict:
+    """name -> the first bound launch of that kernel in a bound step whose launches follow
+    `plan` (plan.step_kernels at the step's batch size), named as the plan names them."""
+    if len(bound.launches) != len(plan):
+        raise ValueError(f"bound step has {len(bound.launches)} launches, its plan {len(plan)}")
+    fns: dict = {}
+    for k, fn in zip(plan, bound.launches):
+        fns.setdefault(k.name, fn)
+    return fns
 
 
 def piece_kernels(plan):
@@ -189,8 +210,10 @@ def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1,
                 continue
             n = min(512, max(4, -(-min_bytes // max(k.bytes, 1))))
             calls = [make(i) for i in range(n)]
-            g = graph_of(lambda calls=calls: [f() for f in calls], 1)
-            t = (gpu_time_us(g.replay, inner=3, budget_s=budget_s).median - replay_fixed_us) / n
+            with nvtx_range(f"kernel line {family(k)}: {name}, b {b}"):
+                g = graph_of(lambda calls=calls: [f() for f in calls], 1)
+                t = (gpu_time_us(g.replay, inner=3, budget_s=budget_s).median
+                     - replay_fixed_us) / n
             del g, calls
             pts[family(k)].append(dict(op=name, b=b, bytes=k.bytes, us=t, calls=n))
     out = {}

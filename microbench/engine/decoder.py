@@ -40,14 +40,19 @@ graph runner sends padded rows there.
 """
 from __future__ import annotations
 
+import copy
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
 from microbench import kernels
 
 from microbench.engine import plan
+from microbench.engine.bound import BoundStep
 from microbench.engine.plan import Fusion
 from microbench.engine.shapes import ModelShape
+from microbench.engine.weights import random_weights
 
 BACKENDS = ("triton", "torch")
 
@@ -92,7 +97,10 @@ class ToyDecoder:
         # add in the O and down epilogues, only one rank (the owner) adds it before the sum.
         self.all_reduce = None
         self.residual_owner = True
-        self._init_weights(seed)
+        # while bind() records a step: {"record": list} passed to every kernel wrapper, which
+        # appends its bound launch there; empty otherwise
+        self._rec: dict = {}
+        self.embed, self.layers, self.final_norm = random_weights(shape, dtype, self.device, seed)
         s = shape
         cache_shape = (max_batch + 1, s.n_kv_heads, max_seq, s.head_dim)
         self.k_cache = [torch.zeros(cache_shape, dtype=dtype, device=self.device)
@@ -103,32 +111,6 @@ class ToyDecoder:
         # head), kept here so a captured step holds no memset
         self.attn_semaphores = torch.zeros((max_batch + 1) * s.n_kv_heads, dtype=torch.int32,
                                            device=self.device)
-
-    def _init_weights(self, seed: int):
-        s, dev = self.shape, self.device
-        gen = torch.Generator(device=dev).manual_seed(seed)
-
-        def w(out_f, in_f, gain=1.0):
-            t = torch.randn(out_f, in_f, generator=gen, device=dev, dtype=torch.float32)
-            return (t * (gain / in_f ** 0.5)).to(self.dtype)
-
-        def norm_w(n):
-            t = 1.0 + 0.1 * torch.randn(n, generator=gen, device=dev, dtype=torch.float32)
-            return t.to(self.dtype)
-
-        self.embed = (torch.randn(s.vocab, s.hidden, generator=gen, device=dev) * 0.5).to(self.dtype)
-        self.layers = []
-        for _ in range(s.n_layers):
-            self.layers.append(dict(
-                attn_norm=norm_w(s.hidden),
-                wqkv=w(s.qkv_size, s.hidden),
-                # Residual branches at half gain keep activations bounded over many random layers.
-                wo=w(s.hidden, s.q_size, 0.5),
-                ffn_norm=norm_w(s.hidden),
-                wgu=w(2 * s.ffn, s.hidden),
-                wdown=w(s.hidden, s.ffn, 0.5),
-            ))
-        self.final_norm = norm_w(s.hidden)
 
     # ---- the step, as pieces between attention calls ------------------------------------
     @property
@@ -169,11 +151,11 @@ class ToyDecoder:
             if self.all_reduce is not None:
                 self.all_reduce(h)
             return h, None
-        h = F.linear(o, L["wo"])                                        # [B, hidden]
+        h = self._mm(o, L["wo"])                                       # [B, hidden]
         if self.all_reduce is not None:
             self.all_reduce(h)
         gu, residual = self.norm_linear(h, L["ffn_norm"], L["wgu"], residual)  # [B, 2F]
-        h = F.linear(self.ops.swiglu(gu), L["wdown"])                   # [B, hidden]
+        h = self._mm(self.ops.swiglu(gu, **self._rec), L["wdown"])      # [B, hidden]
         if self.all_reduce is not None:
             self.all_reduce(h)
         return h, residual
@@ -203,38 +185,39 @@ class ToyDecoder:
         (on the skinny path there never is one: h is the full hidden state)."""
         eps = self.shape.norm_eps
         if self.skinny(h.shape[0]) and residual is None:
-            return kernels.rmsnorm_linear(h, norm_w, eps, w, pdl=self.pdl), h
+            return kernels.rmsnorm_linear(h, norm_w, eps, w, pdl=self.pdl, **self._rec), h
         if residual is None:
-            x, residual = self.ops.rmsnorm(h, norm_w, eps), h
+            x, residual = self.ops.rmsnorm(h, norm_w, eps, **self._rec), h
         else:
-            x, residual = self.ops.rmsnorm(h, norm_w, eps, residual=residual)
-        return F.linear(x, w), residual
+            x, residual = self.ops.rmsnorm(h, norm_w, eps, residual=residual, **self._rec)
+        return self._mm(x, w), residual
 
     def linear(self, x, w, residual=None):
         """x @ w^T (+ residual in the skinny matmul's epilogue; the wide path adds none: its
         residual rides with the next fused norm)."""
         if self.skinny(x.shape[0]):
-            return kernels.linear(x, w, residual=residual, pdl=self.pdl)
+            return kernels.linear(x, w, residual=residual, pdl=self.pdl, **self._rec)
         if residual is not None:
             raise ValueError("linear: a residual is added on the skinny path only")
-        return F.linear(x, w)
+        return self._mm(x, w)
 
     def norm_linear_swiglu(self, h, norm_w, w_gu):
         """swiglu(rmsnorm(h) @ w_gu^T): one kernel on the skinny path. The wide step never
         calls it (its norm carries the residual); the three-kernel form keeps the method total."""
         eps = self.shape.norm_eps
         if self.skinny(h.shape[0]):
-            return kernels.rmsnorm_linear_swiglu(h, norm_w, eps, w_gu, pdl=self.pdl)
-        return self.ops.swiglu(F.linear(self.ops.rmsnorm(h, norm_w, eps), w_gu))
+            return kernels.rmsnorm_linear_swiglu(h, norm_w, eps, w_gu, pdl=self.pdl, **self._rec)
+        x = self.ops.rmsnorm(h, norm_w, eps, **self._rec)
+        return self.ops.swiglu(self._mm(x, w_gu), **self._rec)
 
     def rope_store(self, l: int, q, k, v, slots, positions):
         """RoPE on q and k, k and v into layer l's cache; returns the rotated q."""
         s = self.shape
         if plan.rope_in_store(self.fusion):
             return kernels.rope_store_kv(q, k, v, self.k_cache[l], self.v_cache[l], slots,
-                                         positions, s.rope_theta, pdl=self.pdl)
-        q, k = self.ops.rope(q, k, positions, s.rope_theta)
-        self.ops.store_kv(self.k_cache[l], self.v_cache[l], k, v, slots, positions)
+                                         positions, s.rope_theta, pdl=self.pdl, **self._rec)
+        q, k = self.ops.rope(q, k, positions, s.rope_theta, **self._rec)
+        self.ops.store_kv(self.k_cache[l], self.v_cache[l], k, v, slots, positions, **self._rec)
         return q
 
     def attention(self, l: int, q, slots, seq_lens, out=None):
@@ -247,12 +230,12 @@ class ToyDecoder:
             sem = self.attn_semaphores if B * self.shape.n_kv_heads <= self.attn_semaphores.numel() else None
             return kernels.rope_store_attention(*self.split_qkv(q), self.k_cache[l], self.v_cache[l],
                                                 slots, seq_lens, self.scale, self.shape.rope_theta,
-                                                out=out, semaphores=sem, pdl=self.pdl)
+                                                out=out, semaphores=sem, pdl=self.pdl, **self._rec)
         args = (q, self.k_cache[l], self.v_cache[l], slots, seq_lens, self.scale)
         if out is None:
-            return self.ops.decode_attention(*args, pdl=self.pdl)
+            return self.ops.decode_attention(*args, pdl=self.pdl, **self._rec)
         if self.backend == "triton":
-            return self.ops.decode_attention(*args, out=out, pdl=self.pdl)
+            return self.ops.decode_attention(*args, out=out, pdl=self.pdl, **self._rec)
         return out.copy_(self.ops.decode_attention(*args, pdl=self.pdl))
 
     @staticmethod
@@ -264,8 +247,22 @@ class ToyDecoder:
         """(the new tokens' embedding rows, seq_lens_for(positions)): one Triton kernel in the
         fused-attention plan (kernels.embed_seq_lens), else an index gather, an add and a cast."""
         if self.attention_fused:
-            return kernels.embed_seq_lens(self.embed, tokens, positions, pdl=self.pdl)
-        return self.embed[tokens], self.seq_lens_for(positions)
+            return kernels.embed_seq_lens(self.embed, tokens, positions, pdl=self.pdl, **self._rec)
+        h, next_pos = self.embed[tokens], positions + 1
+        seq_lens = next_pos.to(torch.int32)
+        if self._rec:
+            self._rec["record"] += [partial(torch.index_select, self.embed, 0, tokens, out=h),
+                                    partial(torch.add, positions, 1, out=next_pos),
+                                    partial(seq_lens.copy_, next_pos)]
+        return h, seq_lens
+
+    def _mm(self, x, w):
+        """x @ w^T through cuBLAS (F.linear); while binding, recorded as torch.mm into the same
+        output."""
+        y = F.linear(x, w)
+        if self._rec:
+            self._rec["record"].append(partial(torch.mm, x, w.t(), out=y))
+        return y
 
     def step(self, tokens, positions, slots):
         """One decode step for len(tokens) sequences: returns logits [B, vocab]."""
@@ -292,6 +289,30 @@ class ToyDecoder:
         return self.piece(self.shape.n_layers, tokens, positions, slots, o, res)
 
     __call__ = step
+
+    def bind(self, bs: int) -> BoundStep:
+        """The step at batch bs as bound launches (engine.bound.BoundStep): argument checks,
+        output buffers and each launch's binding done once, by recording one step on static
+        inputs at the scratch slot (no sequence's cache changes). Triton backend on one GPU."""
+        if self.backend != "triton" or self.all_reduce is not None:
+            raise ValueError("bind: bound steps run the triton backend on one GPU only")
+        if not 1 <= bs <= self.max_batch:
+            raise ValueError(f"bind: batch size {bs} is outside 1..{self.max_batch}")
+        inputs = torch.zeros(3, bs, dtype=torch.long, device=self.device)  # tokens; positions; slots
+        inputs[2] = self.scratch_slot
+        record: list = []
+        self._rec = {"record": record}
+        try:
+            logits = self.step(*inputs)
+        finally:
+            self._rec = {}
+        return BoundStep(inputs, record, logits)
+
+    def with_fusion(self, fusion: Fusion) -> "ToyDecoder":
+        """The same decoder (weights, KV caches) running another plan."""
+        twin = copy.copy(self)
+        twin.fusion, twin._rec = plan.backend_fusion(fusion, self.backend), {}
+        return twin
 
     # ---- helpers -------------------------------------------------------------------------
     def fill_cache(self, context: int, slots=None, seed: int = 1):

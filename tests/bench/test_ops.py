@@ -127,3 +127,38 @@ def test_piece_kernels_are_what_a_middle_piece_launches(b, layers, device, monke
     monkeypatch.setattr(decoder_mod.F, "linear", spy("F.linear", decoder_mod.F.linear))
     ops.middle_piece(dec, b)()
     assert calls == want and want
+
+
+@pytest.mark.parametrize("fusion", [Fusion.ATTENTION, Fusion.UNFUSED], ids=["fused", "unfused"])
+@pytest.mark.parametrize("b", [1, 2], ids=["skinny", "wide"])
+def test_bound_steps_give_their_launches_own_costs(b, fusion, device, monkeypatch):
+    """For a bound step, each op's host cost is its own bound launch's, named as the plan names
+    the kernel at that position, and the glue is the rest of a whole step's host time spread
+    over the pieces. Fake clock: each launch 5 us, the loop 3 us a piece, a step 1000 us."""
+    import time
+    dec = ToyDecoder(TINY, max_batch=4, max_seq=16, dtype=torch.float32, device=device,
+                     fusion=fusion)
+    bound = dec.bind(b)
+    plan = dec.plan(b, 0)
+    named = ops.bound_op_fns(bound, plan)
+    assert set(named) == {k.name for k in plan}
+    assert named[plan[0].name] is bound.launches[0]
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+
+    def tick(us):
+        def call():
+            now[0] += us * 1e-6
+        return call
+
+    fake = type(bound)(bound.inputs, [tick(5.0) for _ in plan], bound.output)
+    fake_run = fake.run
+    monkeypatch.setattr(fake, "run", lambda: (fake_run(), tick(3.0 * dec.n_pieces)()))
+    wall, costs, glue = ops.eager_with_op_costs(tick(1000.0), dec, b, steps=1, budget_s=0.0,
+                                                bound=fake)
+    assert wall.median == pytest.approx(1000.0)
+    assert all(v == pytest.approx(5.0) for v in costs.values())
+    assert glue == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="launches"):
+        ops.bound_op_fns(bound, plan[:-1])

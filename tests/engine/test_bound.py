@@ -1,0 +1,102 @@
+"""Bound steps (ToyDecoder.bind): the same kernels on the same buffers, bound once. On the CPU the
+Triton kernels run under the interpreter (each bound launch goes through the JIT there); with
+CUDA the bound launches go through the compiled kernels' own launchers."""
+import pytest
+import torch
+
+from microbench.engine.decoder import ToyDecoder
+from microbench.engine.plan import Fusion, step_kernels
+from microbench.engine.shapes import PRESETS
+
+TINY = PRESETS["tiny"]
+
+
+def make(device, fusion=Fusion.ATTENTION, max_batch=12, dtype=torch.float32):
+    dec = ToyDecoder(TINY, max_batch=max_batch, max_seq=16, dtype=dtype, device=device,
+                     fusion=fusion)
+    dec.fill_cache(7)
+    return dec
+
+
+def packed_inputs(bs, pos, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(TINY.vocab, (bs,), generator=g)
+    positions = torch.randint(pos - 3, pos + 1, (bs,), generator=g)
+    slots = torch.randperm(bs, generator=g)
+    return torch.stack([tokens, positions, slots]).to(device)
+
+
+@pytest.mark.parametrize("fusion", list(Fusion), ids=lambda f: f.name.lower())
+@pytest.mark.parametrize("bs", [1, 3, 11], ids=lambda b: f"bs{b}")
+def test_bound_step_equals_the_step(fusion, bs, device):
+    """Every batch size (skinny and cuBLAS paths), every plan: a bound step on fresh inputs gives
+    the logits and KV-cache writes of a plain step on the same inputs, step after step."""
+    plain, bound_dec = make(device, fusion), make(device, fusion)
+    bound = bound_dec.bind(bs)
+    for seed in (1, 2):
+        x = packed_inputs(bs, 7 + seed, device, seed)
+        want = plain.step(*x)
+        got = bound.step_packed(x)
+        assert got.shape == (bs, TINY.vocab)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+        for a, b in zip(bound_dec.k_cache + bound_dec.v_cache, plain.k_cache + plain.v_cache):
+            torch.testing.assert_close(a[:-1], b[:-1], atol=0, rtol=0)   # scratch slot aside
+
+
+@pytest.mark.parametrize("fusion", list(Fusion), ids=lambda f: f.name.lower())
+@pytest.mark.parametrize("bs", [1, 11])
+def test_bound_step_launches_the_plan(fusion, bs, device):
+    """A bound step holds one launch per kernel of the step's plan (what the model counts)."""
+    dec = make(device, fusion)
+    bound = dec.bind(bs)
+    assert len(bound) == len(dec.plan(bs, 0))
+
+
+def test_binding_leaves_real_sequences_alone(device):
+    """Recording a step writes only the scratch slot of the KV cache."""
+    dec = make(device)
+    before = [c[:-1].clone() for c in dec.k_cache + dec.v_cache]
+    dec.bind(4)
+    for a, b in zip(before, dec.k_cache + dec.v_cache):
+        assert torch.equal(a, b[:-1])
+
+
+def test_bind_rejects_what_it_cannot_bind(device):
+    dec = make(device)
+    with pytest.raises(ValueError, match="outside 1..12"):
+        dec.bind(13)
+    twin = ToyDecoder(TINY, backend="torch", max_batch=4, max_seq=16, dtype=torch.float32,
+                      device=device)
+    with pytest.raises(ValueError, match="triton backend"):
+        twin.bind(1)
+
+
+def test_with_fusion_shares_weights_and_caches(device):
+    dec = make(device)
+    plain = dec.with_fusion(Fusion.UNFUSED)
+    assert plain.fusion == Fusion.UNFUSED and dec.fusion == Fusion.ATTENTION
+    assert plain.embed is dec.embed and plain.k_cache is dec.k_cache
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset", ["opt-125m", "llama-1b"])
+@pytest.mark.parametrize("fusion", [Fusion.ATTENTION, Fusion.UNFUSED], ids=lambda f: f.name.lower())
+def test_bound_steps_match_plain_steps_on_the_gpu(preset, fusion):
+    """On CUDA the bound launches bypass the JIT (each Triton launch holds its compiled kernel's
+    launcher) and still compute exactly what the plain step computes, at every batch size."""
+    from microbench.kernels._launch import Launch
+    shape = PRESETS[preset]
+    dec = ToyDecoder(shape, max_batch=64, max_seq=128, device="cuda", fusion=fusion)
+    dec.fill_cache(100)
+    for bs in (1, 4, 16, 64):
+        bound = dec.bind(bs)
+        triton_launches = [f for f in bound.launches if isinstance(f, Launch)]
+        assert triton_launches and all(f.direct for f in triton_launches)
+        g = torch.Generator(device="cuda").manual_seed(bs)
+        x = torch.stack([torch.randint(shape.vocab, (bs,), generator=g, device="cuda"),
+                         torch.full((bs,), 100, device="cuda"),
+                         torch.randperm(bs, generator=g, device="cuda")])
+        want = dec.step(*x).clone()
+        got = bound.step_packed(x)
+        torch.cuda.synchronize()
+        assert torch.equal(got, want), (bs, (got.float() - want.float()).abs().max().item())
