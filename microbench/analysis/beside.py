@@ -5,10 +5,11 @@ layer never imports the model.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from microbench.analysis import model as mdl
 from microbench.analysis.model_tp import AllReduceProfile, bus_bandwidth, fit_allreduce, predict_tp
+from microbench.engine.shapes import PRESETS
 
 
 def predict_sweep(run: dict, dec, measured: list, context: int, elt: int, kernels) -> None:
@@ -116,3 +117,22 @@ class TPRowModel:
         if row.get("speedup"):
             row["speedup_error"] = row["predicted_speedup"] / row["speedup"] - 1
             row["graph_error"] = row["predicted_graph_step_us"] / row["graph_step_us"] - 1
+
+
+# The published speedup-fade setting: OPT-125m on an L4, decode of 128 tokens after a 6-token
+# prompt, so a step attends to about 70 positions on average.
+PUBLISHED_FADE = dict(preset="opt-125m", gpu="L4", context=70, bs=(1, 8, 64))
+
+
+def predict_published_fade(profile: dict | None) -> dict | None:
+    """The model at the published speedup-fade setting: the L4's datasheet bandwidth and matrix
+    rate with the host constants of `profile` (a measured profile as saved, this run's launch
+    and op costs), OPT-125m, bs 1, 8 and 64; {bs: predicted speedup}, or None without one."""
+    if not profile:
+        return None
+    known = {f.name for f in fields(mdl.DeviceProfile)}
+    host = mdl.DeviceProfile(**{k: v for k, v in profile.items() if k in known})
+    p = mdl.datasheet_profile(PUBLISHED_FADE["gpu"], host)
+    shape = PRESETS[PUBLISHED_FADE["preset"]]
+    return {b: mdl.predict(shape, b, PUBLISHED_FADE["context"], p)["predicted_speedup"]
+            for b in PUBLISHED_FADE["bs"]}

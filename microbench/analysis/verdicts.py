@@ -1,19 +1,49 @@
 """Verdicts of `microbench reproduce`: pure functions of saved measurements (CPU-testable).
 
-Comparisons are noise-aware, as in `stats.speedup_noise`: a is slower than b when
+Each verdict tests the published claim it names: it states the published figure (PUBLISHED,
+from the write-ups the phenomena come from), the analytic model's figure for the published
+setting where it can make one, the measurement here, and the pass condition, a stated tolerance
+on that claim, all in its output (`published`, `pass_if`, `predicted`, and the notes the report
+prints). Where the toy decoder's physics differs from the published engine's, a note says so.
+
+Speedups are judged on their intervals (stats.speedup_interval: the bootstrap interval where the
+row has one, else the p20-p80 noise band). Step times are compared noise-aware, as in
+`stats.speedup_noise`: a is slower than b when
 
     t_a > t_b · (1 + n_a + n_b),   n = max(3%, (p80 - p20) / median)
 
-since a ratio's relative error is about the sum of its parts'. Each rule was fixed before any
-measurement and is never tuned to pass.
+since a ratio's relative error is about the sum of its parts'. Each rule was fixed from the
+published claim before any measurement and is never tuned to pass.
 """
 from __future__ import annotations
 
-from microbench.stats import check_shape, fit_pool, row_noise
+from microbench.analysis.beside import PUBLISHED_FADE, predict_published_fade
+from microbench.engine.plan import FAST_ROWS
+from microbench.stats import above, check_shape, fit_pool, row_noise, speedup_interval
 
 MiB, GiB = 1 << 20, 1 << 30
 NOISE_FLOOR = 0.03
 NEAR = 0.8            # "back near bs 1": per-sequence throughput at least 80% of bs 1's
+
+# The published figures each verdict names (seeds in shared/seeds, named here in words).
+PUBLISHED = dict(
+    # a lab write-up, OPT-125m on an NVIDIA L4 under vLLM: graphs against enforce_eager
+    fade={1: 2.5, 8: 1.6, 64: 1.13},
+    # a release note, Gemma E4B on an RTX PRO 6000: B=4 132.7 -> 157.3 tok/s; per-seq 39.3 at
+    # B=4 against 40.0 at B=1; the fallback there was piecewise graphs, not eager
+    ladder_gain=157.3 / 132.7 - 1, ladder_per_seq=39.3 / 40.0,
+    # vLLM pull request #40734: 5400 tok/s off-stride against 16639 on-stride
+    off_stride=16639 / 5400,
+    # the OPT-125m lab write-up: "Graph capturing finished in 7 secs, took 0.41 GiB", 46 graphs
+    capture_s=7.0, graphs=46, pool_bytes=0.41 * GiB,
+    # the same run: gpu_memory_utilization 0.5 of a 24 GB L4
+    budget_bytes=0.5 * 24e9,
+)
+# Tolerances on the claims, fixed with the rules (see each verdict's pass_if).
+FADE_MIN = 1.25        # bs-1 speedup's interval at least this (published 2.5x; flat 1.0x fails)
+FACTOR = 2.0           # a magnitude "as published": within this factor of the figure
+WIDE = 10.0            # a magnitude "of the published order": within this factor
+HEADROOM_MAX = 0.10    # the full ladder's pool at most this share of the KV budget
 
 
 # ---- pure helpers (CPU-testable) -----------------------------------------------------------
@@ -27,6 +57,16 @@ def slower(a: dict, b: dict, pa: str = "", pb: str = "") -> bool:
     return a[f"{pa}step_us"] > b[f"{pb}step_us"] * (1 + noise(a, pa) + noise(b, pb))
 
 
+def ratio_band(a: dict, b: dict) -> tuple[float, float]:
+    """(lo, hi) of t_a / t_b widened by both timings' noise."""
+    r, n = a["step_us"] / b["step_us"], noise(a) + noise(b)
+    return r / (1 + n), r * (1 + n)
+
+
+def within(x: float, figure: float, factor: float) -> bool:
+    return figure / factor <= x <= figure * factor
+
+
 def _row(rows, **match):
     return next(r for r in rows if all(r.get(k) == v for k, v in match.items()))
 
@@ -36,71 +76,117 @@ def _x(vals, spec=".2f", unit="x"):
 
 
 def _mib(n):
-    return f"{n / MiB:.1f} MiB" if n < GiB else f"{n / GiB:.2f} GiB"
+    return f"{n / MiB:.1f} MiB" if n < 100 * MiB else f"{n / GiB:.2f} GiB"
 
 
 # ---- verdicts: pure functions of a saved entry ---------------------------------------------
 def judge_speedup_fade(e: dict) -> dict:
     rows = sorted(e["rows"], key=lambda r: r["bs"])
     sc = check_shape(rows)
-    first = rows[0]
+    first, last = rows[0], rows[-1]
+    i0, iz = speedup_interval(first), speedup_interval(last)
+    pub = PUBLISHED["fade"]
+    checks = {f"the published shape does not hold ({sc['why']}, on {sc['basis']}s)": bool(sc["held"]),
+              f"at bs {first['bs']} the speedup's interval reaches below {FADE_MIN}x":
+              i0 is not None and i0[0] >= FADE_MIN,
+              f"the speedup does not fade: bs {first['bs']}'s interval is not wholly above "
+              f"bs {last['bs']}'s": len(rows) > 1 and i0 is not None and above(i0, iz)}
+    pred = predict_published_fade((e.get("info") or {}).get("profile"))
+    measured = (f"speedup {_x([(r['bs'], r['speedup']) for r in rows])}"
+                + "".join(f" [{lo:.2f}, {hi:.2f}] at bs {r['bs']}" for r in rows[:1]
+                          for lo, hi in [speedup_interval(r)]))
+    notes = [f"Eager {first['eager_step_us']:.0f} us, graph {first['graph_step_us']:.0f} us at bs "
+             f"{first['bs']}: the graph removes {1 - first['graph_step_us'] / first['eager_step_us']:.0%} "
+             f"of the eager step, the time the GPU waits on the host's launches."]
     errs = [(abs(r["predicted_speedup"] / r["speedup"] - 1), r["bs"]) for r in rows
             if r.get("predicted_speedup") and r.get("speedup")]
-    notes = [f"Published bs-1 speedup for OPT-125m on an L4: about 2.5x; here {first['speedup']:.1f}x"
-             f" at bs {first['bs']}. The eager step takes {first['eager_step_us']:.0f} us and the "
-             f"graph step {first['graph_step_us']:.0f} us: the graph removes "
-             f"{1 - first['graph_step_us'] / first['eager_step_us']:.0%} of the eager step, the "
-             f"time the GPU spends waiting on the host's kernel launches."]
     if errs:
         err, b = max(errs)
-        notes.append(f"The analytic model's worst speedup error is {err:.0%} (bs {b}).")
-    return dict(held=bool(sc["held"]), why=sc["why"], notes=notes, derived=dict(shape_check=sc),
-                measured=f"speedup {_x([(r['bs'], r['speedup']) for r in rows])}; model "
-                         f"{_x([(r['bs'], r['predicted_speedup']) for r in rows if r.get('predicted_speedup')])}")
+        notes.append(f"The analytic model's worst speedup error on this device is {err:.0%} (bs {b}).")
+    if pred:
+        notes.append(f"The published speedups are a whole engine's (its per-step scheduling "
+                     f"and Python included) and the published bs-1 rate is above what an L4's "
+                     f"300 GB/s can read per step for OPT-125m's weights; the model with this "
+                     f"run's launch costs, the L4 datasheet and context {PUBLISHED_FADE['context']} "
+                     f"predicts {_x(sorted(pred.items()))}, so the magnitude is not a pass "
+                     f"condition: the shape is.")
+    return _verdict(
+        checks, measured, notes, shape_check=sc, predicted_published=pred,
+        published=f"about {pub[1]}x at bs 1, {pub[8]}x at 8, {pub[64]}x at 64 (OPT-125m, L4); "
+                  f"largest at bs 1, fading, never below 1",
+        pass_if=f"shape held on each row's interval (no separated rise, no interval wholly "
+                f"below 1); bs {first['bs']}'s interval at least {FADE_MIN}x; bs {first['bs']}'s "
+                f"interval wholly above bs {last['bs']}'s",
+        predicted=_x(sorted(pred.items())) + " (L4 datasheet, this run's host costs)" if pred else None)
 
 
 def judge_ladder_collapse(e: dict) -> dict:
     rows = e["rows"]
     c1, c4 = _row(rows, arm="collapsed", bs=1), _row(rows, arm="collapsed", bs=4)
     x1, x4 = _row(rows, arm="explicit", bs=1), _row(rows, arm="explicit", bs=4)
+    pw = next((r for r in rows if r["arm"] == "piecewise" and r["bs"] == 4), None)
     gain = x4["tok_s"] / c4["tok_s"] - 1
     back = x4["tok_s_per_seq"] / x1["tok_s_per_seq"]
+    g_pub = PUBLISHED["ladder_gain"]
     checks = {"with [1, 2], bs 4 did not fall back": c4["ran_as"] != "full",
               "with [1, 2, 4, 8, 16], bs 4 did not replay a full graph": x4["ran_as"] == "full",
               "the explicit list is not faster at bs 4 beyond noise": slower(c4, x4),
               f"per-sequence throughput at bs 4 is under {NEAR:.0%} of bs 1's": back >= NEAR}
+    if pw is not None:   # the published fallback was piecewise: its gain against the claim
+        lo, hi = ratio_band(pw, x4)
+        checks[f"against the piecewise fallback, the gain at bs 4 is not within a factor "
+               f"{FACTOR:g} of the published {g_pub:+.1%}"] = \
+            hi - 1 >= g_pub / FACTOR and lo - 1 <= g_pub * FACTOR
     measured = (f"bs 4: {x4['tok_s']:.0f} tok/s on [1, 2, 4, 8, 16] against {c4['tok_s']:.0f} on "
-                f"[1, 2] ({c4['ran_as']}): {gain:+.0%} total; per-sequence at bs 4 is {back:.0%} "
-                f"of bs 1 with the explicit list, {c4['tok_s_per_seq'] / c1['tok_s_per_seq']:.0%} "
-                f"with [1, 2]")
-    notes = [f"Published: +18.5% total at B=4, so the fallback step took about 1.19x the graph "
-             f"step there; here the fallback step takes {c4['step_us'] / x4['step_us']:.2f}x it."]
-    pw = [r for r in rows if r["arm"] == "piecewise" and r["bs"] == 4]
-    if pw:
-        notes.append(f"Had bs 4 run piecewise graphs instead ({pw[0]['step_us']:.0f} us a step), "
-                     f"the explicit list would gain {x4['tok_s'] / pw[0]['tok_s'] - 1:+.0%}.")
-    return _verdict(checks, measured, notes, gain=gain, per_seq_ratio=back)
+                f"[1, 2] ({c4['ran_as']}): {gain:+.0%} total"
+                + (f"; against piecewise {x4['tok_s'] / pw['tok_s'] - 1:+.1%}" if pw else "")
+                + f"; per-sequence at bs 4 is {back:.0%} of bs 1 with the explicit list, "
+                  f"{c4['tok_s_per_seq'] / c1['tok_s_per_seq']:.0%} with [1, 2]")
+    notes = [f"Published: the fallback at B=4 was piecewise graphs (attention replayed, the "
+             f"linear path eager); the eager fallback here is the worse case, so only the "
+             f"piecewise arm is held to {g_pub:+.1%}."]
+    if 4 > FAST_ROWS:
+        notes.append(f"Toy physics: the plan runs batches above {FAST_ROWS} rows on cuBLAS "
+                     f"matmuls with separate norm and SwiGLU kernels instead of the skinny fused "
+                     f"kernels, so a bs-4 step has more kernels and a different GPU time than "
+                     f"bs 1's; the published per-sequence figure ({PUBLISHED['ladder_per_seq']:.0%} "
+                     f"of B=1) is an engine whose kernels do not change at B=4.")
+    return _verdict(checks, measured, notes, gain=gain, per_seq_ratio=back,
+                    published=f"{g_pub:+.1%} total throughput at B=4 with [1, 2, 4, 8, 16] against "
+                              f"[1, 2]; per-sequence at B=4 {PUBLISHED['ladder_per_seq']:.0%} of B=1",
+                    pass_if=f"bs 4 falls back on [1, 2] and replays a full graph on the explicit "
+                            f"list, faster beyond noise; per-sequence at bs 4 at least {NEAR:.0%} "
+                            f"of bs 1; the gain over the piecewise fallback, with noise, within "
+                            f"a factor {FACTOR:g} of {g_pub:+.1%}")
 
 
 def judge_off_stride(e: dict) -> dict:
-    rows, target = e["rows"], e["info"]["bs"]
+    rows, target, info = e["rows"], e["info"]["bs"], e["info"]
     b, a = _row(rows, arm="before fix", bs=target), _row(rows, arm="after fix", bs=target)
     slow = b["step_us"] / a["step_us"]
+    lo, hi = ratio_band(b, a)
+    pub = PUBLISHED["off_stride"]
     checks = {f"before the fix, bs {target} did not run eagerly": b["ran_as"] == "eager",
               f"after the fix, bs {target} did not replay a graph": a["ran_as"] == "full",
-              "the eager step is not slower beyond noise": slower(b, a)}
+              f"the slowdown [{lo:.2f}x, {hi:.2f}x] is not within a factor {FACTOR:g} of the "
+              f"published {pub:.1f}x": hi >= pub / FACTOR and lo <= pub * FACTOR}
     measured = (f"bs {target}: {b['step_us']:.0f} us ({b['ran_as']}) on the old ladder (largest "
                 f"{b['ladder_max']}) against {a['step_us']:.0f} us ({a['ran_as']}) after the fix: "
                 f"{slow:.2f}x slower")
     nb = [r for r in rows if r["arm"] == "before fix" and r["bs"] != target]
     if nb:
         measured += f"; bs {nb[0]['bs']} on the old ladder: {nb[0]['step_us']:.0f} us ({nb[0]['ran_as']})"
-    info = e["info"]
-    notes = [f"Published: about 3x slower; here {slow:.2f}x, at context {info['context']}."]
+    notes = [f"Published: serving throughput of a whole engine at max_num_batched_tokens 700; "
+             f"here one decode step at bs {target}, context {info['context']}, eager against "
+             f"its graph."]
     if info["context"] != info["context_wanted"]:
         notes.append(f"Scaled down: the context is {info['context']}, not {info['context_wanted']}, "
                      f"so that the KV cache of {target + 1} slots fits in half the free memory.")
-    return _verdict(checks, measured, notes, slowdown=slow)
+    return _verdict(checks, measured, notes, slowdown=slow,
+                    published=f"about {pub:.1f}x slower off-stride (16639 against 5400 tok/s)",
+                    pass_if=f"bs {target} eager before the fix and graphed after; the slowdown, "
+                            f"with noise, within a factor {FACTOR:g} of {pub:.1f}x "
+                            f"({pub / FACTOR:.2f}x to {pub * FACTOR:.1f}x)")
 
 
 def judge_padding_waste(e: dict) -> dict:
@@ -116,9 +202,13 @@ def judge_padding_waste(e: dict) -> dict:
     per = p2["us_per_padded_row"]
     measured = (f"bs {ex['bs']}: " + ", ".join(parts)
                 + (f"; {per:.2f} us per padded row on powers of two" if per is not None else ""))
-    notes = ["Padded rows point at an empty scratch slot at position 0, so they read no KV "
-             "history: what they cost is extra matmul rows, attention programs and logits."]
-    return _verdict(checks, measured, notes)
+    notes = ["Toy physics: padded rows point at an empty scratch slot at position 0, so they "
+             "read no KV history (an engine's padded rows read none either, but its real rows "
+             "of a long context make attention a larger share); what they cost here is extra "
+             "matmul rows, attention programs and logits."]
+    return _verdict(checks, measured, notes, published="no published figure",
+                    pass_if="every graph arm faster than eager beyond noise; 64 slower than the "
+                            "exact capture beyond noise; no arm with more padded rows faster")
 
 
 def judge_pool_growth(e: dict) -> dict:
@@ -129,22 +219,31 @@ def judge_pool_growth(e: dict) -> dict:
     n = ns[-1]
     grows = all(sh[i] <= sh[j] for i, j in zip(ns, ns[1:])) and sh[n] > sh[ns[0]]
     fixed, per = fit_pool([(k, sh[k]) for k in ns])
+    out_b = e["info"].get("output_bytes") or 0
+    rest = sh[n] - out_b
+    pub = PUBLISHED["pool_bytes"]
     checks = {"the shared pool does not grow with the number of sizes": grows,
               "separate pools do not hold more than the shared pool":
               all(sep[k] >= sh[k] for k in ns if k in sep) and sep[n] > sh[n],
-              "largest-first capture holds more than smallest-first": sh[n] <= small[n]}
+              "largest-first capture holds more than smallest-first": sh[n] <= small[n],
+              f"the pool less the logits ({_mib(rest)}) is not within a factor {FACTOR:g} of "
+              f"the published {_mib(pub)}": within(rest, pub, FACTOR)}
     measured = (f"shared pool {_mib(sh[ns[0]])} for {ns[0]} size, {_mib(sh[n])} for {n} sizes "
-                f"(fit a + c·n: c = {per / MiB:.1f} MiB per size, a = {fixed / MiB:.1f} MiB); separate pools "
+                f"(fit a + c·n: c = {per / MiB:.1f} MiB per size, a = {fixed / MiB:.1f} MiB), of "
+                f"which logits {_mib(out_b)} and the rest {_mib(rest)}; separate pools "
                 f"{_mib(sep[n])} ({sep[n] / sh[n]:.2f}x); smallest-first {_mib(small[n])} "
                 f"({small[n] / sh[n]:.2f}x)")
-    notes = [f"Published: 0.41 GiB for 46 OPT-125m graphs on an L4, about 9.1 MiB each; tens of "
-             f"MB per shape for small models. Here {sh[n] / n / MiB:.1f} MiB per size on average."]
-    out_b = e["info"].get("output_bytes")
-    if out_b:
-        notes.append(f"The toy's graphs end with the LM head, so each keeps its logits "
-                     f"[size, vocab] in the pool: {_mib(out_b)} for "
-                     f"all {n} sizes, {out_b / sh[n]:.0%} of the shared pool.")
-    return _verdict(checks, measured, notes, fixed_bytes=fixed, bytes_per_size=per)
+    notes = [f"The toy's graphs end with the LM head, so each keeps its logits [size, vocab] in "
+             f"the pool ({_mib(out_b)} for all {n} sizes, {out_b / sh[n]:.0%} of it); an "
+             f"engine's graphs end at the hidden states, so the logits are counted apart.",
+             f"Published: {_mib(pub)} for {PUBLISHED['graphs']} graphs (two routines of 23 "
+             f"sizes each, OPT-125m on an L4), {pub / PUBLISHED['graphs'] / MiB:.1f} MiB a graph."]
+    return _verdict(checks, measured, notes, fixed_bytes=fixed, bytes_per_size=per,
+                    pool_less_logits=rest,
+                    published=f"{_mib(pub)} for {PUBLISHED['graphs']} graphs of OPT-125m",
+                    pass_if=f"the shared pool grows with sizes; separate pools hold more, "
+                            f"largest-first no more than smallest-first; the full ladder's pool "
+                            f"less its logits within a factor {FACTOR:g} of {_mib(pub)}")
 
 
 def judge_capture_cost(e: dict) -> dict:
@@ -152,18 +251,32 @@ def judge_capture_cost(e: dict) -> dict:
     per = sorted(s["warmup_s"] + s["capture_s"] for s in info["sizes"])
     med = per[len(per) // 2]
     warm = sum(s["warmup_s"] for s in info["sizes"]) / max(1e-12, sum(per))
+    pub_per = PUBLISHED["capture_s"] / PUBLISHED["graphs"]
+    be = [(r["bs"], r["break_even_steps"]) for r in rows if r["break_even_steps"] is not None]
+    ladder_be = [(r["bs"], r["ladder_break_even_steps"]) for r in rows
+                 if r.get("ladder_break_even_steps") is not None]
+    # published break-even: 7 s over the bs-1 step saved (980 -> 2474 tok/s: 1020 -> 404 us)
+    pub_be = PUBLISHED["capture_s"] * 1e6 / (1e6 / 980.3 - 1e6 / 2473.6)
     checks = {"no graph size was measured": bool(rows),
               "at some batch size the graph is not faster, so capture never pays back":
-              all(r["break_even_steps"] is not None for r in rows)}
-    be = [(r["bs"], r["break_even_steps"]) for r in rows if r["break_even_steps"] is not None]
+              all(r["break_even_steps"] is not None for r in rows),
+              f"{med * 1e3:.0f} ms per size is over {WIDE:g}x the published "
+              f"{pub_per * 1e3:.0f} ms": med <= WIDE * pub_per,
+              f"the whole ladder pays back at the smallest batch after over {WIDE:g}x the "
+              f"published {pub_be:.0f} steps": bool(ladder_be) and ladder_be[0][1] <= WIDE * pub_be}
     measured = (f"{med * 1e3:.0f} ms per size (median; max {per[-1] * 1e3:.0f} ms), "
                 f"{info['capture_s']:.2f} s for {len(per)} sizes; break-even after "
-                + _x(be, ".0f", " steps"))
-    notes = [f"Published: about 1 s per shape in one write-up, 7 s for 46 graphs (0.15 s each) "
-             f"in another; here {med * 1e3:.0f} ms per size. Eager warm-up runs before each "
-             f"capture are {warm:.0%} of it (they include any Triton compilation a new shape "
-             f"triggers)."]
-    return _verdict(checks, measured, notes, median_size_s=med)
+                + _x(be, ".0f", " steps") + "; the whole ladder's after " + _x(ladder_be, ".0f", " steps"))
+    notes = [f"Eager warm-up runs before each capture are {warm:.0%} of it (they include any "
+             f"Triton compilation a new shape triggers). The published 7 s also covers "
+             f"torch.compile's piecewise graphs; another write-up reports about 1 s per shape."]
+    return _verdict(checks, measured, notes, median_size_s=med,
+                    published=f"{PUBLISHED['capture_s']:.0f} s for {PUBLISHED['graphs']} graphs "
+                              f"({pub_per * 1e3:.0f} ms each); break-even about {pub_be:.0f} steps at bs 1",
+                    pass_if=f"every batch's graph faster than eager; seconds per size and the "
+                            f"whole ladder's break-even steps at the smallest batch at most "
+                            f"{WIDE:g}x the published figures (a one-time cost that pays back "
+                            f"as soon as published, or sooner)")
 
 
 def judge_piecewise_vs_full(e: dict) -> dict:
@@ -178,31 +291,48 @@ def judge_piecewise_vs_full(e: dict) -> dict:
     notes = [f"Attention runs eagerly between replays: {r0['attention_us_per_layer']:.1f} us per "
              f"layer at bs {r0['bs']} ({e['info']['n_layers']} layers, "
              f"{e['info']['n_layers'] + 1} replays a step)."]
-    return _verdict(checks, measured, notes)
+    return _verdict(checks, measured, notes, published="no published figure",
+                    pass_if=f"full never slower than piecewise beyond noise; at bs {r0['bs']} "
+                            f"piecewise slower than full and faster than eager beyond noise")
 
 
 def judge_memory_headroom(e: dict) -> dict:
     rows, info = sorted(e["rows"], key=lambda r: r["n_sizes"]), e["info"]
     toks = [r["kv_tokens"] for r in rows]
     last = rows[-1]
+    kv = info["kv_bytes_per_token"]
+    pub_share = PUBLISHED["pool_bytes"] / PUBLISHED["budget_bytes"]
+    share = last["share_lost"]
     checks = {"KV tokens left do not fall with more captured sizes":
-              all(b <= a for a, b in zip(toks, toks[1:])) and toks[-1] < toks[0]}
+              all(b <= a for a, b in zip(toks, toks[1:])) and toks[-1] < toks[0],
+              f"the full ladder's pool takes {share:.1%} of the KV budget, over "
+              f"{HEADROOM_MAX:.0%}": share is not None and share <= HEADROOM_MAX}
     measured = (f"budget {_mib(info['budget_bytes'])} ({info['budget_source']}) holds {toks[0]} "
                 f"KV tokens without graphs; the pool of {last['n_sizes']} sizes "
                 f"({_mib(last['pool_bytes'])}) leaves {toks[-1]} "
-                f"(-{last['share_lost']:.2%}, {last['tokens_lost'] / max(1, last['n_sizes']):.0f} "
+                f"(-{share:.2%}, {last['tokens_lost'] / max(1, last['n_sizes']):.0f} "
                 f"tokens per size)")
-    kv = info["kv_bytes_per_token"]
     notes = [f"KV bytes per token: {info['kv_formula']} = {kv} B. The published 0.41 GiB pool of "
-             f"46 OPT-125m graphs would be {int(0.41 * GiB // kv)} tokens of this model's cache."]
-    return _verdict(checks, measured, notes)
+             f"46 OPT-125m graphs would be {int(PUBLISHED['pool_bytes'] // kv)} tokens of this "
+             f"model's cache."]
+    return _verdict(checks, measured, notes,
+                    published=f"0.41 GiB of graphs in a {PUBLISHED['budget_bytes'] / 1e9:.0f} GB "
+                              f"budget (gpu_memory_utilization 0.5 of an L4): {pub_share:.1%}",
+                    pass_if=f"KV tokens fall as sizes are added; the full ladder's pool at most "
+                            f"{HEADROOM_MAX:.0%} of the budget (published {pub_share:.1%})",
+                    predicted=f"{pub_share:.1%} of the budget at the published setting")
 
 
-def _verdict(checks: dict, measured: str, notes: list, **derived) -> dict:
-    """checks: failure reason -> passed. Held when every check passed."""
+def _verdict(checks: dict, measured: str, notes: list, published: str | None = None,
+             pass_if: str | None = None, predicted: str | None = None, **derived) -> dict:
+    """checks: failure reason -> passed. Held when every check passed. The published figure,
+    the pass condition and the model's figure lead the notes, so the report shows them."""
     failed = [why for why, ok in checks.items() if not ok]
+    lead = [f"{k}: {v}." for k, v in (("Published", published), ("Pass condition", pass_if),
+                                      ("Model at the published setting", predicted)) if v]
     return dict(held=not failed, why="; ".join(failed) or "held", measured=measured,
-                notes=notes, derived=derived)
+                notes=lead + notes, derived=derived, published=published, pass_if=pass_if,
+                predicted=predicted)
 
 
 # ---- GPU side ------------------------------------------------------------------------------

@@ -28,8 +28,10 @@ CFG = rp.ReproduceConfig(preset="tiny", context=32, steps=1, time_budget=0.01)
 
 class FakeRunner:
     """Routes like GraphRunner; its 'pool' follows a fixed rule: a shared pool keeps the
-    largest size's activations (1000 B per row) plus every graph's outputs (100 B per row);
-    smallest-first grows its segments at every size; separate pools keep both per graph."""
+    largest size's activations (ACT B per row, an OPT-125m-like 0.38 GiB at 512 rows) plus
+    every graph's outputs (OUT B per row: the tiny preset's logits); smallest-first grows its
+    segments at every size; separate pools keep both per graph."""
+    ACT, OUT = 800_000, 1024
 
     def __init__(self, sizes, mode, pool="shared", order="largest-first"):
         sizes = sorted(set(sizes)) if mode != "none" else []
@@ -37,11 +39,11 @@ class FakeRunner:
         grown, prev = [], 0
         for s in sizes:
             if pool == "separate":
-                g = 1100 * s
+                g = (self.ACT + self.OUT) * s
             elif order == "smallest-first":
-                g = 1000 * (s - prev) + 150 * s
+                g = self.ACT * (s - prev) + (self.OUT + 50) * s
             else:
-                g = (1000 * s if s == sizes[-1] else 0) + 100 * s
+                g = (self.ACT * s if s == sizes[-1] else 0) + self.OUT * s
             prev = s
             grown.append(dict(size=s, warmup_s=0.01 + s * 1e-5, capture_s=0.005, pool_bytes=g))
         self.report = dict(capture_s=sum(g["warmup_s"] + g["capture_s"] for g in grown),
@@ -57,7 +59,7 @@ class FakeRunner:
 
 class FakeLab(ph.Lab):
     """Step times of a launch-bound toy: eager 7000 + 2·bs us; a full graph 600 + 5·padded us;
-    piecewise 300 us more. Spread ±1%."""
+    piecewise 100 us more. Spread ±1%."""
 
     def capture(self, sizes, mode="full", **kw):
         self.runner = FakeRunner(sizes, mode, **kw)
@@ -66,7 +68,7 @@ class FakeLab(ph.Lab):
     def time(self, fn):
         fn()
         bs, pad = self.runner.last
-        us = 7000 + 2 * bs if pad is None else 600 + 5 * pad + (300 if self.runner.mode == "piecewise" else 0)
+        us = 7000 + 2 * bs if pad is None else 600 + 5 * pad + (100 if self.runner.mode == "piecewise" else 0)
         return dict(step_us=us, p20=0.99 * us, p80=1.01 * us, n=10, event_us=0.9 * us)
 
     def launch(self):
@@ -91,7 +93,7 @@ def build_fake_run() -> dict:
         mp.setattr(ph, "build_decoder", fake_dec)
         mp.setattr(ph, "free_memory", lambda: 80 << 30)
         lab = FakeLab(CFG, fake_dec(), CFG.context, predict=PREDICT)
-        lab.cache["free_after_decoder"] = 1 << 26
+        lab.cache["free_after_decoder"] = 16 << 30
         entries = []
         for name in ph.NAMES:
             res = ph.EXPERIMENTS[name].run(lab)
