@@ -86,6 +86,34 @@ class Lab:
         return [timed_row(bs, pads[bs], "eager" if pads[bs] is None else mode,
                           self.times[key(bs)]) for bs in bs_list]
 
+    def arm_timer(self, prefix: str, scale: float = 1.0):
+        """The timer of one arm of a paired row (rows.Timer: sampled in rotation)."""
+        return wall_timer(prefix, Budget(self.cfg.steps, self.cfg.time_budget), scale, event=True)
+
+    def pair(self, bs_list) -> list[dict]:
+        """Eager against one full graph per batch (captured exactly), the two sampled in
+        rotation by rows.measure_row: each row's speedup is the median of paired ratios, with
+        its bootstrap interval (speedup_ci) and `stable`. The eager and graph times join the
+        lab's cache, so later experiments reuse them as `measure` would."""
+        eager, full = self.capture([], "none"), self.capture(sorted(set(bs_list)), "full")
+        rows = []
+        try:
+            for bs in bs_list:
+                x, pad = self.inputs(bs), full.dispatcher.pad(bs)
+                arms = {"eager": Arm(lambda: eager.step_packed(x), self.arm_timer("eager_", 2.0)),
+                        "graph": Arm(lambda: full.step_packed(x), self.arm_timer("graph_"))}
+                row = measure_row(arms, bs, pad, "full" if pad else "eager",
+                                  lambda s: self.say("  " + s))
+                for arm, key in (("eager", ("eager", None, bs)),
+                                 ("graph", ("full", pad, bs) if pad else ("eager", None, bs))):
+                    self.times.setdefault(key, {k: row.get(f"{arm}_{k}") for k in
+                                                ("step_us", "p20", "p80", "n", "event_us")})
+                rows.append(row)
+        finally:
+            full.close()
+            eager.close()
+        return rows
+
     def launch(self) -> dict:
         """The device's launch costs, bandwidth and matrix rate, as the sweep measures them
         (once per run)."""

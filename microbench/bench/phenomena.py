@@ -76,12 +76,14 @@ def run_speedup_fade(lab: Lab) -> dict:
     bs = list(lab.cfg.bs)
     launch = lab.launch()
     rows = []
-    for e, g in zip(lab.measure("none", [], bs), lab.measure("full", bs, bs)):
-        rows.append(dict(bs=e["bs"], padded_bs=g["padded_bs"], ran_as=g["ran_as"],
-                         eager_step_us=e["step_us"], eager_p20=e["p20"], eager_p80=e["p80"],
-                         graph_step_us=g["step_us"], graph_p20=g["p20"], graph_p80=g["p80"],
-                         speedup=e["step_us"] / g["step_us"],
-                         eager_tok_s=e["tok_s"], graph_tok_s=g["tok_s"]))
+    for r in lab.pair(bs):   # eager and graph in rotation: a paired speedup with its interval
+        e, g = r["eager_step_us"], r["graph_step_us"]
+        rows.append(dict(bs=r["bs"], padded_bs=r["padded_bs"], ran_as=r["ran_as"],
+                         eager_step_us=e, eager_p20=r["eager_p20"], eager_p80=r["eager_p80"],
+                         graph_step_us=g, graph_p20=r["graph_p20"], graph_p80=r["graph_p80"],
+                         speedup=r["speedup"], speedup_ci=r.get("speedup_ci"),
+                         stable=r.get("stable"), eager_tok_s=r["bs"] / e * 1e6,
+                         graph_tok_s=r["bs"] / g * 1e6))
     info = dict(launch=launch)
     if lab.predict is not None:   # the model's columns (predicted_*) and its device profile
         info["profile"] = lab.predict(rows, lab.dec, launch, lab.gpu(), lab.context,

@@ -51,7 +51,8 @@ class FakeRunner:
 
     def step_packed(self, x):
         bs = x.shape[1]
-        self.last = (bs, self.dispatcher.pad(bs))
+        self.last = (bs, self.dispatcher.pad(bs), self.mode)
+        return self.last
 
     def close(self):
         pass
@@ -66,10 +67,13 @@ class FakeLab(ph.Lab):
         return self.runner
 
     def time(self, fn):
-        fn()
-        bs, pad = self.runner.last
-        us = 7000 + 2 * bs if pad is None else 600 + 5 * pad + (100 if self.runner.mode == "piecewise" else 0)
+        bs, pad, mode = fn()
+        us = 7000 + 2 * bs if pad is None else 600 + 5 * pad + (100 if mode == "piecewise" else 0)
         return dict(step_us=us, p20=0.99 * us, p80=1.01 * us, n=10, event_us=0.9 * us)
+
+    def arm_timer(self, prefix, scale=1.0):
+        """A paired row's arm, timed alone by the fake clock (no rotation on the CPU)."""
+        return lambda fn, row: {prefix + k: v for k, v in self.time(fn).items()}
 
     def launch(self):
         return {}

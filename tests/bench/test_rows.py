@@ -159,7 +159,7 @@ def test_the_three_callers_give_the_same_timing_fields(monkeypatch):
     measure_row: their timing fields are named alike ({arm}step_us, p20, p80, n)."""
     clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0, "full": 10.0})
     monkeypatch.setattr(rows, "eager_with_op_costs",
-                        lambda fn, dec, bs, steps, budget_s: (None, {"qkv_proj": 4.0}, 1.0))
+                        lambda fn, dec, bs, steps, budget_s, bound=None: (None, {"qkv_proj": 4.0}, 1.0))
     b = Budget(steps=1, budget_s=0.01)
     costs = {}
     sweep_like = measure_row({"eager": Arm(clk.arm("eager"), rows.eager_timer(None, 1, b, costs)),
@@ -177,3 +177,45 @@ def test_the_three_callers_give_the_same_timing_fields(monkeypatch):
                                                                   piece_glue_us=1.0)
     assert set(lab_like) == base | set(TIMING) | {"event_us", "stable"}
     assert set(tp_like) <= set(sweep_like)
+
+
+def test_reproduce_lab_pairs_eager_and_graph_in_rotation(monkeypatch):
+    """Lab.pair (speedup-fade's rows) goes through measure_row with rotating timers, and
+    leaves each arm's time in the lab's cache for the experiments after it."""
+    from types import SimpleNamespace
+
+    from microbench.bench.lab import Lab
+    from microbench.engine.dispatch import PaddingDispatcher
+
+    class Runner:
+        def __init__(self, sizes, mode):
+            self.mode, self.dispatcher = mode, PaddingDispatcher(sizes if mode != "none" else [])
+
+        def step_packed(self, x):
+            return self.mode
+
+        def close(self):
+            pass
+
+    class CpuLab(Lab):
+        def capture(self, sizes, mode="full", **kw):
+            return Runner(sizes, mode)
+
+    us = {"none": 2000.0, "full": 500.0}
+
+    def sampler(fn, inner, sync=None, events=None):
+        def sample():
+            t = us[fn()]
+            if events is not None:
+                events.append(0.9 * t)
+            return t
+        return sample
+    monkeypatch.setattr(rows, "wall_sampler", sampler)
+    cfg = SimpleNamespace(steps=1, time_budget=60, seed=0)
+    dec = SimpleNamespace(device=torch.device("cpu"), shape=SimpleNamespace(vocab=100))
+    lab = CpuLab(cfg, dec, 16)
+    got = lab.pair([1, 4])
+    assert [(r["bs"], r["padded_bs"], r["speedup"], r["speedup_ci"], r["stable"]) for r in got] == [
+        (1, 1, 4.0, [4.0, 4.0], True), (4, 4, 4.0, [4.0, 4.0], True)]
+    assert lab.times[("full", 4, 4)] == dict(step_us=500.0, p20=500.0, p80=500.0, n=10, event_us=450.0)
+    assert lab.times[("eager", None, 1)]["step_us"] == 2000.0
