@@ -3,12 +3,14 @@ function that tests can call directly, and prints what it returns."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 
 from microbench import __version__
 from microbench.bench.env import require_cuda
+from microbench.cli_output import FORMAT, TRACE, TraceWriter, echo_doc, progress_view, sweep_hooks
 from microbench.cli_types import (CLI, OUT, ExperimentName, IntList, Ladder, Saver, read_run_arg,
                                   usage)
 from microbench.engine.dispatch import PaddingDispatcher
@@ -18,7 +20,7 @@ from microbench.report.model_table import model_table
 from microbench.report.plots import entry_lines, render_report
 from microbench.report.record import check_writable, run_id, write_run
 from microbench.report.render import RenderError, render_run
-from microbench.report.tables import kernels_table, launch_table, sweep_table
+from microbench.report.tables import kernels_table, launch_table, sweep_doc
 
 # Commands that need no GPU (--help, ladder, model, show, index) must not import torch: bench,
 # analysis and engine.runner load inside the commands that use them. engine.runner.MODES,
@@ -72,10 +74,12 @@ def main():
                    "row's speedup in every one and their spread (the first process's run, "
                    "plus speedup_repeats).")
 @OUT
+@FORMAT
+@TRACE
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the table (or JSON).")
 def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, arms, split_launch,
-          tp, no_tp1, repeat, out, as_json, quiet):
+          tp, no_tp1, repeat, out, fmt, trace, as_json, quiet):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
     from microbench.analysis.beside import predict_sweep
     from microbench.bench.sweep import SweepConfig, run_sweep
@@ -99,6 +103,13 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
             raise ValueError("--no-tp1: only with --tp 2 or more")
         if repeat > 1 and tp > 1:
             raise ValueError("--repeat: not with --tp yet (one process per repeat on one GPU)")
+        if (trace or fmt != "table") and (tp > 1 or repeat > 1):
+            raise ValueError(f"--{'trace' if trace else 'format'}: not with --tp or --repeat")
+        if trace:
+            try:
+                check_writable(Path(trace))
+            except ValueError as e:
+                raise ValueError(f"--trace: {e}") from None
         check_writable(Path(out))
     except ValueError as e:
         usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
@@ -110,21 +121,29 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
         if text is not None:
             click.echo(text)
         return code
-    say = None if quiet or as_json else (lambda s: click.echo(s, err=True))
+    view = progress_view(not (quiet or as_json))
+    say = view.say if view else None
     save = Saver(out, "sweep", preset)
+    tracer = TraceWriter(trace, save) if trace else None
     if repeat > 1:
         from microbench.cli_repeat import run_repeats
         ctx = click.get_current_context()
         run = run_repeats(ctx.command, ctx.params, repeat, say)
         save(run)
     else:
-        run = run_sweep(cfg, on_progress=say, on_run=save, predict=predict_sweep)
+        try:
+            run = run_sweep(cfg, on_run=save, predict=predict_sweep, on_trace=tracer,
+                            **sweep_hooks(view))
+        finally:
+            if view:
+                view.close()
     if as_json:
         click.echo(json.dumps(run, indent=2, default=str))
     else:
-        click.echo(sweep_table(run))
+        echo_doc(sweep_doc(run), fmt)
         if not quiet:
-            click.echo(f"saved: {save.dir}")
+            click.echo(f"saved: {save.dir}" + (f"\ntrace: {tracer.path}" if tracer and tracer.path
+                                              else ""), err=fmt != "table")
     return 130 if run.get("interrupted") else 0
 
 
@@ -337,12 +356,15 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
     except ValueError as e:
         usage(e if str(e).startswith(("--", "NAMES")) else ValueError(f"--out: {e}"))
     require_cuda("reproduce")
-    say = (lambda s: click.echo(s, err=True)) if loud else None
+    say = progress_view(loud)
     save = Saver(out, "reproduce", preset, write=write_reproduce_run)
 
     show = None if as_json else (lambda e: click.echo(entry_lines(e)))
-    run = run_reproduce(cfg, on_progress=say, on_entry=show, on_run=save, judge=judge,
+    run = run_reproduce(cfg, on_progress=say, on_capture=say and say.capture, on_entry=show,
+                        on_run=save, judge=judge,
                         predict=predict_fade)
+    if say:
+        say.close()
     report = render_report(run, save.dir)
     if as_json:
         click.echo(json.dumps(run, indent=2, default=str))
@@ -357,14 +379,36 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
 # ---- show, index ---------------------------------------------------------------------------
 @main.command()
 @click.argument("run", type=click.Path())
-@click.option("--json", "as_json", is_flag=True)
-def show(run, as_json):
+@FORMAT
+@click.option("--json", "as_json", is_flag=True, help="Print the whole run as JSON.")
+def show(run, fmt, as_json):
     """Print a saved run's table (no GPU needed)."""
     data = read_run_arg(run, "RUN")
     try:
-        click.echo(render_run(data, as_json))
+        click.echo(render_run(data, as_json, fmt, color=fmt == "table" and sys.stdout.isatty()))
     except RenderError as e:
         usage(f"RUN: {run}: {e}")
+
+
+@main.command()
+@click.argument("runs", nargs=-1, type=click.Path(), metavar="RUN_A RUN_B [RUN]...")
+@click.option("--threshold", type=click.FloatRange(0, 100), default=1.0, show_default=True,
+              help="Percent: a change under this counts as same, however quiet the runs.")
+@FORMAT
+def compare(runs, threshold, fmt):
+    """Sweep runs side by side: each figure of RUN_B (and later runs) against RUN_A, its
+    ratio and a verdict that respects both runs' noise: faster, slower, same or unclear (no GPU
+    needed). Runs of different devices, presets, contexts or dtypes are refused (exit 2)."""
+    from microbench.report.compare import NotComparable, compare_doc, compare_runs
+    if len(runs) < 2:
+        usage("RUN_B: compare needs at least two runs")
+    names = [f"RUN_{chr(ord('A') + i)}" for i in range(len(runs))]
+    data = [read_run_arg(r, n) for r, n in zip(runs, names)]
+    try:
+        records = compare_runs(data, list(runs), floor=threshold / 100)
+    except NotComparable as e:
+        usage(e)
+    echo_doc(compare_doc(data, list(runs), records, floor=threshold / 100), fmt)
 
 
 @main.command()

@@ -351,3 +351,131 @@ def test_cpu_commands_do_not_import_torch(tmp_path, args):
     d = write_run(tmp_path / "dev" / "r", run_dict)
     args = [a.format(run=d, root=tmp_path) for a in args]
     assert _imports_torch(_after(args)) == "False"
+
+
+# ---- --format, compare, progress and --trace ------------------------------------------------
+def _sweep_dir(tmp_path, name="a", **edit):
+    run_dict = sweep_run()
+    for r in run_dict["rows"]:
+        r.update(graph_p20=r["graph_step_us"] * 0.99, graph_p80=r["graph_step_us"] * 1.01)
+    for k, v in edit.items():
+        run_dict[k].update(v)
+    return write_run(tmp_path / name, run_dict)
+
+
+@pytest.mark.parametrize("fmt, first", [("table", "GPU Test GPU"), ("markdown", "**GPU Test GPU"),
+                                        ("csv", "bs,pad,ran as"), ("json", "[")])
+def test_show_in_each_format(tmp_path, fmt, first):
+    code, out, _ = run("show", str(_sweep_dir(tmp_path)), "--format", fmt)
+    assert code == 0 and out.startswith(first)
+    if fmt == "json":
+        assert json.loads(out)[0]["bs"] == 1
+
+
+def test_show_a_format_a_kind_cannot_write_is_one_line(tmp_path):
+    from tests.report.runs import reproduce_run
+    d = write_run(tmp_path / "r", reproduce_run())
+    assert_usage_error(("show", str(d), "--format", "csv"), "no table to write as csv")
+
+
+def test_compare_two_runs(tmp_path):
+    a = _sweep_dir(tmp_path, "a")
+    b = _sweep_dir(tmp_path, "b", env=dict(git="def"))
+    code, out, _ = run("compare", str(a), str(b))
+    assert code == 0 and "B against A: 0 faster, 0 slower, 6 same, 0 unclear" in out
+    code, out, _ = run("compare", str(a), str(b), "--format", "json")
+    assert code == 0 and {r["verdict"] for r in json.loads(out)} == {"same"}
+    code, out, _ = run("compare", str(a), str(b), "--format", "csv")
+    assert out.splitlines()[0] == "bs,figure,A,B,B/A,noise,verdict"
+
+
+@pytest.mark.parametrize("edit, why", [
+    (dict(env=dict(gpu="Other GPU")), "device"), (dict(config=dict(preset="llama-1b")), "preset"),
+    (dict(config=dict(context=4096)), "context"),
+])
+def test_compare_refuses_runs_that_are_not_comparable(tmp_path, edit, why):
+    a, b = _sweep_dir(tmp_path, "a"), _sweep_dir(tmp_path, "b", **edit)
+    assert_usage_error(("compare", str(a), str(b)), f"not comparable: {why}")
+
+
+@pytest.mark.parametrize("name", ["not-json", "rows-deleted", "no-such-path", "empty-object"])
+def test_compare_an_unreadable_run_is_one_line(tmp_path, name):
+    a = _sweep_dir(tmp_path / "x", "a")
+    bad = CORRUPT[name](tmp_path)
+    assert_usage_error(("compare", str(a), str(bad)), "RUN_B")
+
+
+def test_compare_needs_two_runs(tmp_path):
+    assert_usage_error(("compare", str(_sweep_dir(tmp_path))), "RUN_B")
+    assert_usage_error(("compare",), "RUN_B")
+
+
+@pytest.mark.parametrize("args, option", [
+    (("sweep", "--format", "xml"), "--format"),
+    (("sweep", "--trace", "{file}/sub"), "--trace"),
+    (("sweep", "--trace", "{dir}", "--repeat", "2"), "--trace"),
+    (("sweep", "--format", "csv", "--tp", "2"), "--format"),
+    (("compare", "a", "b", "--threshold", "-1"), "--threshold"),
+])
+def test_format_and_trace_usage_errors(tmp_path, args, option):
+    (tmp_path / "file").write_text("")
+    args = [a.format(file=tmp_path / "file", dir=tmp_path / "traces") for a in args]
+    assert_usage_error(args, option)
+
+
+def _fake_sweep(monkeypatch, tmp_path):
+    """The sweep command with run_sweep replaced: it drives every progress hook the CLI
+    passes, and the trace writer with a stand-in profiler; returns the keywords it got."""
+    import microbench.bench.sweep as sw
+    got = {}
+
+    class Prof:
+        def export_chrome_trace(self, path):
+            with open(path, "w") as f:
+                f.write('{"traceEvents": []}')
+
+    def fake(cfg, on_run=None, predict=None, **kw):
+        got.update(kw)
+        if kw.get("on_capture"):
+            for d, s in enumerate([None, 4, 1]):
+                kw["on_capture"](d, 2, s, d * 0.5, d << 20)
+            kw["on_rows"](0, 1, 1)
+            kw["on_phase"]("bs 1: torch.compile (compile, warm up, record)", None)
+            kw["on_phase"]("bs 1: torch.compile (compile, warm up, record)", 3.0)
+            kw["on_rows"](1, 1, None)
+        run_dict = sweep_run()
+        on_run(run_dict)
+        if kw.get("on_trace"):
+            kw["on_trace"](Prof())
+        return run_dict
+    monkeypatch.setattr("microbench.cli.require_cuda", lambda name: None)
+    monkeypatch.setattr(sw, "run_sweep", fake)
+    return got
+
+
+def test_sweep_reports_progress_as_plain_lines_in_a_log(monkeypatch, tmp_path):
+    got = _fake_sweep(monkeypatch, tmp_path)
+    code, out, err = run_split("sweep", "--out", str(tmp_path / "runs"), "--trace",
+                               str(tmp_path / "traces"))
+    assert code == 0 and {"on_capture", "on_rows", "on_phase", "on_trace"} <= set(got)
+    assert "\r" not in err and "\x1b" not in err
+    assert "captured 2 sizes in 1.0 s, pool 2 MiB" in err.splitlines()
+    assert "bs 1: torch.compile (compile, warm up, record): 3.0 s" in err.splitlines()
+    assert out.startswith("GPU Test GPU") and "trace: " in out
+    traces = list((tmp_path / "traces").glob("*.trace.json"))
+    assert len(traces) == 1 and json.loads(traces[0].read_text()) == {"traceEvents": []}
+
+
+def test_sweep_quiet_and_csv(monkeypatch, tmp_path):
+    got = _fake_sweep(monkeypatch, tmp_path)
+    code, out, err = run_split("sweep", "--out", str(tmp_path), "--quiet", "--format", "csv")
+    assert code == 0 and err == "" and "on_capture" not in got
+    assert out.splitlines()[0].startswith("bs,pad,ran as")
+
+
+def test_help_does_not_import_rich_and_is_quick():
+    assert _imports_torch(_after(["--help"]).replace("'torch'", "'rich'")) == "False"
+    import time
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", _after(["--help"])], capture_output=True, timeout=60)
+    assert p.returncode == 0 and time.perf_counter() - t0 < 2.0   # well under on an idle machine

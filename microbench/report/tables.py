@@ -1,5 +1,9 @@
-"""Text tables from saved runs (plots and reports read files, never live objects)."""
+"""Tables from saved runs (plots and reports read files, never live objects): each kind's
+document (formats.Doc: a header line, tables, footer lines), printed in any of formats.FORMATS.
+"""
 from __future__ import annotations
+
+from microbench.report.formats import Doc, Table, render, rich_table
 
 
 def fmt_bytes(n) -> str:
@@ -17,12 +21,8 @@ def _f(v, spec=".1f", none="-"):
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-    out = [line(headers), line(["-" * w for w in widths])]
-    out += [line(r) for r in rows]
-    return "\n".join(out)
+    """A plain terminal table (rich, no colour), numbers right-aligned."""
+    return rich_table(headers, rows)
 
 
 def ladder_desc(run: dict) -> str:
@@ -41,6 +41,11 @@ def sweep_header(run: dict) -> str:
 
 def sweep_table(run: dict) -> str:
     """The sweep's terminal table, from a run dict (live or loaded)."""
+    return render(sweep_doc(run))
+
+
+def sweep_doc(run: dict) -> Doc:
+    """The sweep's document: header, one row per batch size (JSON: the run's rows), footer."""
     # arms beyond eager and graph, in the order the run recorded them (torch-graph's fields
     # are torch_graph_step_us, ...)
     extra = [a for a in (run.get("arms") or {}) if a not in ("eager", "graph")]
@@ -57,9 +62,8 @@ def sweep_table(run: dict) -> str:
             _f(r.get("graph_tok_s_per_seq") or r.get("eager_tok_s_per_seq"), ".0f"),
             _f(r.get("bw_use") and r["bw_use"] / 1e9, ".0f"), _f(r.get("graph_mbu"), ".0%"),
         ])
-    out = [sweep_header(run), table(heads, rows)]
-    out.append(sweep_footer(run))
-    return "\n".join(o for o in out if o)
+    return Doc([Table(heads, rows, title=sweep_header(run), records=run.get("rows", [])),
+                sweep_footer(run)])
 
 
 def speedup_cells(r: dict, repeats: bool = False) -> list[str]:
@@ -130,6 +134,7 @@ def sweep_footer(run: dict) -> str:
             f"{k} {v['us']:.0f} ({v['n']})" for k, v in top)
             + ("; kernels launched with PDL overlap (a kernel's time includes its wait for the "
                "one before), so this sums past the step" if run.get("decoder", {}).get("pdl") else ""))
+    lines += family_bw_lines(run)
     if run.get("eager_gpu_busy_us") is not None and run.get("rows"):
         lines.append(f"eager step at bs {run['rows'][0]['bs']}: GPU busy {run['eager_gpu_busy_us']:.0f} us "
                      f"of a {run['rows'][0]['eager_step_us']:.0f} us step")
@@ -139,9 +144,13 @@ def sweep_footer(run: dict) -> str:
         g = info.get("graphed")
         bits = [f"graphed: {'yes' if g else 'NO' if g is False else '-'}"]
         if info.get("setup_s") is not None:
-            bits.append(f"set-up {info['setup_s']:.1f} s ({'compile and record' if arm == 'compile' else 'capture'})")
+            bits.append(f"set-up {info['setup_s']:.1f} s ({'compile and record' if 'compile' in arm else 'capture'})")
         if "inductor_cudagraph_skips" in info:
             bits.append(f"Inductor skipped {info['inductor_cudagraph_skips']} graphs")
+        diffs = [r[f"{arm.replace('-', '_')}_max_abs_diff"] for r in run.get("rows", [])
+                 if r.get(f"{arm.replace('-', '_')}_max_abs_diff") is not None]
+        if diffs:
+            bits.append(f"logits within {max(diffs):.3g} of eager's")
         lines.append(f"arm {arm}: " + ", ".join(bits))
     sc = run.get("shape_check")
     if sc and sc.get("held") is not None:
@@ -157,31 +166,66 @@ def sweep_footer(run: dict) -> str:
     return "\n".join(lines)
 
 
+def family_bw_lines(run: dict) -> list[str]:
+    """Per profiled batch, each plan family's bytes, GPU time in one replay and share of the
+    copy bandwidth (run.json's graph_family_bw, bench.bandwidth), largest time first."""
+    copy = ((run.get("launch") or {}).get("copy") or {}).get("bytes_per_s")
+    pdl = (run.get("decoder") or {}).get("pdl")
+    lines = []
+    for bs, fams in (run.get("graph_family_bw") or {}).items():
+        parts = []
+        for f, v in sorted(fams.items(), key=lambda kv: -kv[1]["us"]):
+            if v["bytes"] is None:
+                parts.append(f"{f} {v['us']:.0f} us (not in the plan)")
+            elif v["copy_share"] is None:
+                parts.append(f"{f} {v['bytes'] / 1e6:.1f} MB in {v['us']:.0f} us")
+            else:
+                parts.append(f"{f} {v['bytes'] / 1e6:.1f} MB in {v['us']:.0f} us = "
+                             f"{v['copy_share']:.0%} of copy ({v['us_over']:+.0f} us over its "
+                             f"{v['us_at_copy']:.0f} at copy)")
+        head = f"by plan family at bs {bs}" + (f" (copy {copy / 1e12:.2f} TB/s)" if copy else "")
+        lines.append(head + ": " + "; ".join(parts)
+                     + ("; with PDL a kernel's time includes its wait, so shares are lower bounds"
+                        if pdl else ""))
+    return lines
+
+
 def launch_table(launch: dict) -> str:
+    return render(launch_doc(launch))
+
+
+def launch_doc(launch: dict) -> Doc:
+    """A launch run's document: launch costs per launcher, then replay cost per node count."""
     rows = [[n, _f(v["median"], ".2f"), _f(v["p20"], ".2f"), _f(v["p80"], ".2f"),
              _f(launch["gpu_us_per_kernel"][n]["median"], ".2f")]
             for n, v in launch["host_us"].items()]
-    out = ["host time to enqueue one kernel, and GPU time per kernel back to back (in a graph)",
-           table(["launcher", "host us", "p20", "p80", "GPU us/kernel"], rows), ""]
     rrows = [[n, _f(v["host_us"]["median"], ".2f"), _f(v["gpu_us"]["median"], ".2f")]
              for n, v in launch["replay"].items()]
     fit = launch["replay_fit"]
-    out += ["graph replay of n tiny-kernel nodes",
-            table(["nodes", "host us", "GPU us"], rrows),
-            f"fit: host {fit['host_fixed_us']:.2f} us + {fit['host_per_node_us']:.4f} us/node; "
-            f"GPU {fit['gpu_fixed_us']:.2f} us + {fit['gpu_per_node_us']:.3f} us/node", ""]
-    out.append(f"sync round trip {launch['sync_us']['median']:.1f} us | copy bandwidth "
-               f"{launch['copy']['bytes_per_s'] / 1e12:.2f} TB/s (read+write) | bf16 matmul "
-               f"{launch['matmul']['flops_per_s'] / 1e12:.0f} TFLOP/s")
-    out += launch.get("notes", [])
-    return "\n".join(out)
+    return Doc([
+        Table(["launcher", "host us", "p20", "p80", "GPU us/kernel"], rows, left=1,
+              name="launchers", title="host time to enqueue one kernel, and GPU time per kernel "
+                                      "back to back (in a graph)"),
+        Table(["nodes", "host us", "GPU us"], rrows, name="replay",
+              title="graph replay of n tiny-kernel nodes"),
+        f"fit: host {fit['host_fixed_us']:.2f} us + {fit['host_per_node_us']:.4f} us/node; "
+        f"GPU {fit['gpu_fixed_us']:.2f} us + {fit['gpu_per_node_us']:.3f} us/node",
+        "\n".join([f"sync round trip {launch['sync_us']['median']:.1f} us | copy bandwidth "
+                   f"{launch['copy']['bytes_per_s'] / 1e12:.2f} TB/s (read+write) | bf16 matmul "
+                   f"{launch['matmul']['flops_per_s'] / 1e12:.0f} TFLOP/s",
+                   *launch.get("notes", [])])])
 
 
 def kernels_table(run: dict) -> str:
     """The table of a `microbench kernels` run: each kernel's bandwidth against copy's."""
+    return render(kernels_doc(run))
+
+
+def kernels_doc(run: dict) -> Doc:
     rows = [[r["kernel"], str(r["B"]), str(r["context"] or "-"), f"{r['bytes'] / 1e6:.3f}",
              f"{r['time_us']:.2f}", f"{r['bytes_per_s'] / 1e9:.0f}", f"{r['frac_of_copy']:.0%}"]
             for r in run["rows"]]
     head = (f"kernels at {run['config']['preset']} decode shapes on {run['env']['gpu']}; copy "
             f"bandwidth {run['copy']['bytes_per_s'] / 1e12:.2f} TB/s (read + write)")
-    return head + "\n" + table(["kernel", "B", "context", "MB", "us", "GB/s", "of copy"], rows)
+    return Doc([Table(["kernel", "B", "context", "MB", "us", "GB/s", "of copy"], rows,
+                      title=head, records=run["rows"], left=1)])

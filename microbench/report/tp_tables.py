@@ -3,7 +3,8 @@ microbench.cli_tp's.
 """
 from __future__ import annotations
 
-from microbench.report.tables import fmt_bytes, table
+from microbench.report.formats import Doc, Table, render
+from microbench.report.tables import fmt_bytes
 
 
 def _f(v, spec=".1f"):
@@ -19,11 +20,16 @@ def render_tp_run(run: dict) -> str:
 
 # ---- tables --------------------------------------------------------------------------------
 def allreduce_table(bench: dict) -> str:
+    return render(allreduce_doc(bench))
+
+
+def allreduce_doc(bench: dict) -> Doc:
     rows = [[fmt_bytes(p["bytes"]), _f(p["eager_us"], ".2f"), _f(p["graph_us"], ".2f"),
              _f(p["algbw"] / 1e9), _f(p["busbw"] / 1e9)] for p in bench["points"]]
-    out = [f"all-reduce (sum, {bench['dtype']}) on {bench['world']} ranks: time per collective, "
-           f"{bench['k']} back to back (eager) or in one graph (graph)",
-           table(["size", "eager us", "graph us", "algbw GB/s", "busbw GB/s"], rows)]
+    out = [Table(["size", "eager us", "graph us", "algbw GB/s", "busbw GB/s"], rows,
+                 records=bench["points"],
+                 title=f"all-reduce (sum, {bench['dtype']}) on {bench['world']} ranks: time per "
+                       f"collective, {bench['k']} back to back (eager) or in one graph (graph)")]
     fit = bench.get("fit")
     if fit:
         bw = f"{fit['bus_bw'] / 1e9:.1f} GB/s" if fit.get("bus_bw") else "none resolved"
@@ -31,7 +37,7 @@ def allreduce_table(bench: dict) -> str:
                    f"(bus bytes = 2(n-1)/n x size)")
     if bench.get("host_us") is not None:
         out.append(f"host time to enqueue one all-reduce: {bench['host_us']:.1f} us")
-    return "\n".join(out)
+    return Doc(out)
 
 
 def tp_sweep_header(run: dict) -> str:
@@ -44,6 +50,10 @@ def tp_sweep_header(run: dict) -> str:
 
 
 def tp_sweep_table(run: dict) -> str:
+    return render(tp_sweep_doc(run))
+
+
+def tp_sweep_doc(run: dict) -> Doc:
     heads = ["bs", "pad", "eager us", "graph us", "speedup", "pred", "AR eager", "AR graph",
              "pred AR", "TP1 eager", "TP1 graph", "TP1/TP graph"]
     rows = []
@@ -56,8 +66,8 @@ def tp_sweep_table(run: dict) -> str:
                      _f(r.get("predicted_allreduce_share_graph"), ".0%"),
                      _f(r.get("tp1_eager_step_us")), _f(r.get("tp1_graph_step_us")),
                      _f(r.get("tp_gain_graph"), ".2f")])
-    out = [tp_sweep_header(run), table(heads, rows), tp_sweep_footer(run)]
-    return "\n".join(o for o in out if o)
+    return Doc([Table(heads, rows, title=tp_sweep_header(run), records=run.get("rows", [])),
+                tp_sweep_footer(run)])
 
 
 def tp_sweep_footer(run: dict) -> str:
