@@ -17,9 +17,10 @@ from microbench.bench.env import environment, require_cuda
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
 from microbench.bench.ops import kernel_lines, measure_ops
-from microbench.bench.profile import kernel_breakdown, profile_kernels
+from microbench.bench.profile import kernel_breakdown, profile_kernels, trace_steps
 from microbench.bench.rows import Arm, Budget, eager_timer, graph_timer, measure_row, wall_timer
 from microbench.bench.timing import host_time_us
+from microbench.engine.nvtx import phase
 from microbench.engine.plan import launch_counts, step_bytes
 from microbench.stats import check_shape
 
@@ -95,11 +96,17 @@ def max_seq_for(context: int) -> int:
     return -(-(context + 1) // 64) * 64
 
 
-def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, predict=None) -> dict:
+def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, predict=None,
+              on_capture=None, on_rows=None, on_phase=None, on_trace=None) -> dict:
     """Run the sweep; returns the run dict (config, env, launch, capture, rows, totals).
     on_row(row) for each row once it is complete (its model columns come after every step is
     timed), on_run(run) whenever the run changes (to save it), on_progress(text) for status
     lines; predict (analysis.beside.predict_sweep) adds the model's columns to the rows.
+    For a progress display: on_capture is each graph runner's (GraphRunner), on_rows(done,
+    total, bs) is told before each row (bs) and after the last (bs None), on_phase(name,
+    seconds) when a long phase (compiling) starts (seconds None) and ends. on_trace(prof) gets
+    the PyTorch profiler of one eager and one graphed step at the first batch size, last
+    (profile.trace_steps; the CLI writes it as a Chrome trace).
 
     Order matters: every step is timed first; the device's launch costs, copy bandwidth,
     matrix rate and kernel lines after (their many small graphs, captured, replayed and freed,
@@ -110,19 +117,25 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, pred
     require_cuda("sweep")
     cfg.validate()
     t_start = time.perf_counter()
-    sw = _Sweep(cfg, say, progress=on_progress is not None)
+    sw = _Sweep(cfg, say, on_capture, on_phase)
     run = sw.run
     save = on_run or (lambda r: None)
     try:
         sw.capture()
-        for bs in cfg.bs:
+        for i, bs in enumerate(cfg.bs):
+            if on_rows:
+                on_rows(i, len(cfg.bs), bs)
             sw.measure(bs)
             save(run)
+        if on_rows:
+            on_rows(len(cfg.bs), len(cfg.bs), None)
         sw.measure_device()
         sw.predict(predict, on_row)
         save(run)
         sw.runner_host()
         sw.graphed_and_profiled()
+        if on_trace is not None:
+            sw.trace(on_trace)
     except KeyboardInterrupt:
         run["interrupted"] = True
     finally:
@@ -135,13 +148,15 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, pred
 class _Sweep:
     """One sweep's decoder, runners and arms; its methods are the sweep's phases in order."""
 
-    def __init__(self, cfg: SweepConfig, say, progress: bool):
+    def __init__(self, cfg: SweepConfig, say, on_capture=None, on_phase=None):
         import torch
 
         from microbench.engine.decoder import ToyDecoder
         from microbench.engine.plan import FAST_ROWS
         from microbench.kernels.gemv import use_pdl
-        self.cfg, self.say, self.progress = cfg, say, progress
+        self.cfg, self.say, self.on_capture = cfg, say, on_capture
+        # a long phase's name is a status line when no progress display follows phases
+        self.on_phase = on_phase or (lambda name, seconds: seconds is None and say(name))
         self.dev = dev = torch.device("cuda")
         shape, dtype = cfg.shape, torch_dtype(cfg.dtype)
         self.ladder = cfg.ladder_sizes() if cfg.mode != "none" else []
@@ -173,7 +188,7 @@ class _Sweep:
 
     def capture(self):
         cfg, run, dec = self.cfg, self.run, self.dec
-        self.runner = GraphRunner(dec, self.ladder, mode=cfg.mode, progress=self.progress,
+        self.runner = GraphRunner(dec, self.ladder, mode=cfg.mode, on_capture=self.on_capture,
                                   split_launch=cfg.split_launch)
         cap = self.runner.capture()
         run["capture"] = cap
@@ -225,8 +240,8 @@ class _Sweep:
                        prepare=lambda row: self.capture_torch_graphs())
 
         def compile_bs(row):
-            self.say(f"bs {bs}: compiling (torch.compile, reduce-overhead)")
-            self.compiled.prepare(t, p, s)
+            with phase(f"bs {bs}: torch.compile (compile, warm up, record)", self.on_phase):
+                self.compiled.prepare(t, p, s)
             row["compile_setup_s"] = self.compiled.setup_s[bs]
         return Arm(lambda: self.compiled(t, p, s), timer, diff=f"{k}_max_abs_diff",
                    prepare=compile_bs)
@@ -240,7 +255,7 @@ class _Sweep:
             return
         self.say("capturing the torch backend's graphs (arm torch-graph)")
         self.trunner = GraphRunner(self.twin, self.ladder, mode=self.cfg.mode,
-                                   progress=self.progress, split_launch=self.cfg.split_launch)
+                                   on_capture=self.on_capture, split_launch=self.cfg.split_launch)
         tcap = self.trunner.capture()
         self.run["arms"]["torch-graph"].update(setup_s=tcap["capture_s"],
                                                pool_bytes=tcap["pool_bytes"])
@@ -308,6 +323,15 @@ class _Sweep:
             if replay:
                 # where the GPU time of one replay goes, by kernel family
                 run.setdefault("graph_gpu_breakdown", {})[str(bs)] = kernel_breakdown(replay)
+
+    def trace(self, on_trace):
+        """One eager and one graphed step at the first batch size under the PyTorch profiler,
+        handed to on_trace(prof)."""
+        bs, padded, eager, graph = self.to_profile[0]
+        steps = {f"eager step, bs {bs}": eager}
+        if padded:
+            steps[f"graph step, bs {bs} (graph {padded})"] = graph
+        trace_steps(steps, on_trace)
 
     def close(self, t_start: float):
         run = self.run
