@@ -37,6 +37,7 @@ from typing import Callable
 from microbench.bench.ops import eager_with_op_costs
 from microbench.bench.timing import (Stats, gpu_time_us, host_time_us, interleave, summarize,
                                      wall_sampler)
+from microbench.engine.nvtx import nvtx_range
 from microbench.stats import REL_CI, RESAMPLES, paired_ratio, settled
 
 WARMUP = 5
@@ -104,15 +105,18 @@ def measure_row(arms: dict, bs: int, padded, ran_as: str, say=None) -> dict:
     rotation = {n: (a.step, a.time) for n, a in arms.items() if isinstance(a.time, Timer)}
     if rotation:
         say(f"bs {bs}: {', '.join(rotation)}" + (" in rotation" if len(rotation) > 1 else ""))
-        row.update(sample_rotation(rotation))
+        with nvtx_range(f"bs {bs}: {', '.join(rotation)} in rotation"):
+            row.update(sample_rotation(rotation))
     for name, arm in arms.items():
         if not isinstance(arm.time, Timer):
             say(f"bs {bs}: {name}")
-            row.update(arm.time(arm.step, row))
+            with nvtx_range(f"bs {bs}: {name}"):
+                row.update(arm.time(arm.step, row))
     for name, (fn, t) in rotation.items():
         if t.after is not None:
             say(f"bs {bs}: {name}, host and GPU figures")
-            row.update(t.after(fn, row))
+            with nvtx_range(f"bs {bs}: {name}, host and GPU figures"):
+                row.update(t.after(fn, row))
     if "eager_step_us" in row and "speedup" not in row:   # timed alone: the ratio of medians
         g = row.get("graph_step_us")
         row.update(graph_step_us=g, speedup=row["eager_step_us"] / g if g else None)
@@ -126,7 +130,8 @@ def sample_rotation(arms: dict, seed: int = 0) -> dict:
     budget = timers[0].budget
     cap = sum(t.scale * t.budget.budget_s for t in timers)
     events = {n: [] if t.event else None for n, (_, t) in arms.items()}
-    samplers = {n: wall_sampler(fn, t.budget.steps, events=events[n]) for n, (fn, t) in arms.items()}
+    samplers = {n: ranged(wall_sampler(fn, t.budget.steps, events=events[n]), f"{n} steps")
+                for n, (fn, t) in arms.items()}
     for fn, _ in arms.values():
         for _ in range(WARMUP):
             fn()
@@ -147,6 +152,16 @@ def sample_rotation(arms: dict, seed: int = 0) -> dict:
     out.update(speedups(prefix, xs, seed))
     out["stable"] = bool(stable)
     return out
+
+
+def ranged(sample, name: str):
+    """`sample` inside a range named `name` (NVTX and profiler), so a trace shows each arm's
+    timed steps; the range opens before the sample's own clock starts and closes after it
+    stops."""
+    def call():
+        with nvtx_range(name):
+            return sample()
+    return call
 
 
 def rule(prefix: dict):

@@ -31,3 +31,13 @@ def test_quiet_profile_filters_the_cycle_warning_only():
                           "from the current cycle will be reported.", UserWarning)
             warnings.warn("something a user should see", UserWarning)
     assert [str(w.message) for w in seen] == ["something a user should see"]
+
+
+def test_each_arms_samples_sit_in_a_named_range():
+    from torch.profiler import profile
+
+    from microbench.bench.rows import ranged
+    sample = ranged(lambda: float(torch.ones(8).sum()), "graph steps")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        assert sample() == 8.0
+    assert any(e.name == "graph steps" for e in prof.events())
