@@ -99,6 +99,9 @@ class DeviceProfile:
 
 
 # Datasheet figures (dense bf16 tensor rate, HBM/GDDR bandwidth): predictions, not measurements.
+# Sources, NVIDIA's product datasheets: H100 SXM 3.35 TB/s, 989 TFLOP/s; H200 SXM 4.8 TB/s,
+# 989 TFLOP/s; A100 80GB SXM 2,039 GB/s, 312 TFLOP/s (the 40GB has 1,555 GB/s); L4 300 GB/s,
+# 121 TFLOP/s (242 with sparsity); L40S 864 GB/s, 362 TFLOP/s (733 with sparsity).
 DATASHEET = {
     "H100": dict(copy_bw=3.35e12, matmul_flops=989e12),
     "H200": dict(copy_bw=4.8e12, matmul_flops=989e12),

@@ -229,3 +229,20 @@ def resolve_ladder(spec: str, max_bs: int) -> list[int]:
 def _check_positive(name: str, v) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def with_engine_options(ladder: str, num_speculative_tokens: int = 0,
+                        performance_mode: str = "balanced", blackwell: bool = False,
+                        max_num_batched_tokens: int | None = None, speculative: bool = False,
+                        disable_padding: bool = False) -> str:
+    """The ladder 'vllm' or 'sglang' with engine options folded into its spec (`ladder_spec`);
+    unchanged without options. ValueError for an option of the other engine, or of an engine
+    for a list or pow2."""
+    vllm = ladder_spec("vllm", num_speculative_tokens=num_speculative_tokens,
+                       performance_mode=performance_mode, blackwell=blackwell,
+                       max_num_batched_tokens=max_num_batched_tokens)
+    sglang = ladder_spec("sglang", speculative=speculative, disable_padding=disable_padding)
+    if vllm != "vllm" and ladder != "vllm" or sglang != "sglang" and ladder != "sglang":
+        raise ValueError(f"--ladder {ladder}: the vLLM options need --ladder vllm, the SGLang "
+                         "options --ladder sglang")
+    return vllm if ladder == "vllm" else sglang if ladder == "sglang" else ladder

@@ -215,3 +215,54 @@ def test_vllm_interactivity():
         vllm_capture_sizes(performance_mode="fast")
     with pytest.raises(ValueError, match="num_speculative_tokens"):
         vllm_capture_sizes(num_speculative_tokens=-1)
+
+
+# The `ladder` and `sweep` commands' engine options (the CLI lives in microbench.cli; these
+# tests stay beside the rules they expose).
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from microbench.cli import main
+    r = CliRunner().invoke(main, list(args))
+    return r.exit_code, r.output
+
+
+def test_cli_ladder_explicit_list_filtered_by_batched_tokens():
+    code, out = _cli("ladder", "--sizes", "1,2,4,8,16", "--max-num-batched-tokens", "8",
+                     "--bs", "16", "--json")
+    assert code == 0 and '"ladder": [1, 2, 4, 8]' in out and '"padded": null' in out
+
+
+def test_cli_ladder_engine_options():
+    code, out = _cli("ladder", "--max-num-seqs", "16", "--num-speculative-tokens", "2",
+                     "--performance-mode", "interactivity", "--json")
+    want = vllm_capture_sizes(max_num_seqs=16, num_speculative_tokens=2,
+                              performance_mode="interactivity")
+    assert code == 0 and f'"ladder": {want}' in out
+    code, out = _cli("ladder", "--engine", "sglang", "--gpu-mem-gb", "24", "--speculative", "--json")
+    assert code == 0 and f'"ladder": {sglang_capture_sizes(48, speculative=True)}' in out
+    code, out = _cli("ladder", "--engine", "sglang", "--sizes", "1,2,4",
+                     "--disable-cuda-graph-padding", "--bs", "3")
+    assert code == 0 and "bs 3: runs eagerly (not captured" in out
+
+
+@pytest.mark.parametrize("args", [
+    ("ladder", "--sizes", "1,2,4", "--max-capture-size", "8"),
+    ("ladder", "--num-speculative-tokens", "-1"),
+    ("ladder", "--performance-mode", "fast"),
+    ("sweep", "--ladder", "sglang", "--num-speculative-tokens", "2"),
+    ("sweep", "--ladder", "vllm", "--speculative"),
+    ("sweep", "--ladder", "1,2,4", "--blackwell"),
+])
+def test_cli_ladder_options_bad_input(args):
+    code, out = _cli(*args)
+    assert code == 2 and len([l for l in out.splitlines() if l.strip()]) == 1, out
+
+
+def test_with_engine_options():
+    from microbench.engine.ladders import with_engine_options
+    assert with_engine_options("vllm") == "vllm" and with_engine_options("1,2") == "1,2"
+    assert with_engine_options("vllm", num_speculative_tokens=1, blackwell=True) == \
+        "vllm:num_speculative_tokens=1,blackwell=1"
+    assert with_engine_options("sglang", disable_padding=True) == "sglang:disable_padding=1"
+    assert resolve_ladder("sglang:disable_padding=1", 6) == [1, 2, 3, 4, 5, 6]
