@@ -14,7 +14,9 @@ from microbench.cli_output import FORMAT, TRACE, TraceWriter, echo_doc, progress
 from microbench.cli_types import (CLI, OUT, ExperimentName, IntList, Ladder, Saver, read_run_arg,
                                   usage)
 from microbench.engine.dispatch import PaddingDispatcher
-from microbench.engine.ladders import pow2_capture_sizes, sglang_capture_sizes, vllm_capture_sizes
+from microbench.engine.ladders import (pow2_capture_sizes, sglang_capture_sizes,
+                                       sglang_default_max_bs, vllm_capture_sizes,
+                                       with_engine_options)
 from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS
 from microbench.report.model_table import model_table
 from microbench.report.plots import entry_lines, render_report
@@ -39,6 +41,25 @@ def main():
 
 
 # ---- sweep ---------------------------------------------------------------------------------
+def LADDER_OPTIONS(f):
+    """The engines' ladder options, folded into --ladder (engine.ladders.with_engine_options)."""
+    opts = [click.option("--num-speculative-tokens", type=click.IntRange(0, 64), default=0,
+                         help="With --ladder vllm: draft tokens per step."),
+            click.option("--performance-mode", default="balanced",
+                         type=click.Choice(["balanced", "interactivity", "throughput"]),
+                         help="With --ladder vllm: interactivity adds every size 1..32."),
+            click.option("--blackwell", is_flag=True, help="With --ladder vllm: ceiling 1024."),
+            click.option("--max-num-batched-tokens", type=click.IntRange(1, 1 << 20),
+                         default=None, help="With --ladder vllm: the token budget."),
+            click.option("--speculative", is_flag=True,
+                         help="With --ladder sglang: its speculative-decoding list."),
+            click.option("--disable-cuda-graph-padding", "disable_padding", is_flag=True,
+                         help="With --ladder sglang: every size up to the largest --bs.")]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
 @main.command()
 @click.option("--bs", type=IntList(1, MAX_BATCH), default="1,4,16,64", show_default=True,
               help=f"Comma-separated batch sizes, each 1..{MAX_BATCH}.")
@@ -69,6 +90,7 @@ def main():
               help="Tensor-parallel ranks, one GPU each (spawned here, or run under "
                    "torchrun --nproc-per-node N -m microbench.cli_tp sweep --tp N).")
 @click.option("--no-tp1", is_flag=True, help="With --tp: skip the TP-1 comparison on rank 0.")
+@LADDER_OPTIONS
 @click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True,
               help="Measure in this many fresh processes, one after another, and report each "
                    "row's speedup in every one and their spread (the first process's run, "
@@ -79,10 +101,14 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the table (or JSON).")
 def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, arms, split_launch,
-          tp, no_tp1, repeat, out, fmt, trace, as_json, quiet):
+          tp, no_tp1, repeat, out, fmt, trace, as_json, quiet, **engine_opts):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
     from microbench.analysis.beside import predict_sweep
     from microbench.bench.sweep import SweepConfig, run_sweep
+    try:
+        ladder = with_engine_options(ladder, **engine_opts)
+    except ValueError as e:
+        usage(e)
     cfg = SweepConfig(bs=bs, preset=preset, mode=mode, ladder=ladder, context=context,
                       dtype=dtype, backend=backend, steps=steps, time_budget=time_budget, out=out,
                       arms=tuple(a.strip() for a in (arms or "").split(",") if a.strip()),
@@ -188,29 +214,59 @@ def launch(time_budget, tp, out, as_json):
               show_default=True)
 @click.option("--max-capture-size", type=click.IntRange(1, 1 << 20), default=None)
 @click.option("--no-off-stride-fix", is_flag=True, help="vLLM's ladder before PR #40734.")
+@click.option("--num-speculative-tokens", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="vllm: draft tokens per step (the ceiling becomes max_num_seqs*(1+k)*2).")
+@click.option("--performance-mode", type=click.Choice(["balanced", "interactivity", "throughput"]),
+              default="balanced", show_default=True,
+              help="vllm: interactivity adds every size 1..32.")
+@click.option("--blackwell", is_flag=True, help="vllm: the data-center Blackwell ceiling (1024).")
 @click.option("--max-bs", type=click.IntRange(1, MAX_BATCH), default=None,
-              help="Largest batch for sglang and pow2 (default: --max-num-seqs).")
+              help="Largest batch for sglang (its cuda_graph_max_bs) and pow2 (default: "
+                   "--max-num-seqs, or SGLang's default for --gpu-mem-gb and --tp).")
+@click.option("--speculative", is_flag=True, help="sglang: the speculative-decoding list.")
+@click.option("--disable-cuda-graph-padding", is_flag=True,
+              help="sglang: every size 1..max_bs, and only captured sizes run graphed.")
+@click.option("--max-running-requests", type=click.IntRange(1, MAX_BATCH), default=None,
+              help="sglang: the request pool; the runner adds it and drops larger sizes.")
+@click.option("--gpu-mem-gb", type=click.FloatRange(1, 1e4), default=None,
+              help="sglang: GPU memory, for SGLang's default max_bs.")
+@click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="sglang: TP size, for SGLang's default max_bs.")
 @click.option("--sizes", type=IntList(1, MAX_BATCH), default=None,
-              help="An explicit ladder, e.g. 1,2,4,8,16 (overrides --engine).")
+              help="An explicit ladder, e.g. 1,2,4,8,16; with --engine vllm, filtered by "
+                   "--max-num-batched-tokens as vLLM filters cudagraph_capture_sizes.")
 @click.option("--bs", type=IntList(1, 1 << 20), default=None,
               help="Batch sizes to show the padding of, e.g. 3,37,700.")
 @click.option("--json", "as_json", is_flag=True)
 def ladder(engine, max_num_seqs, max_num_batched_tokens, max_capture_size, no_off_stride_fix,
-           max_bs, sizes, bs, as_json):
+           num_speculative_tokens, performance_mode, blackwell, max_bs, speculative,
+           disable_cuda_graph_padding, max_running_requests, gpu_mem_gb, tp, sizes, bs, as_json):
     """Print a capture ladder and what each batch size pads to (no GPU needed)."""
-    if sizes:
-        lad, what = sorted(set(sizes)), "explicit"
-    elif engine == "vllm":
-        lad = vllm_capture_sizes(max_num_seqs, max_num_batched_tokens, max_capture_size,
-                                 off_stride_fix=not no_off_stride_fix)
-        what = (f"vllm (max_num_seqs={max_num_seqs}, max_num_batched_tokens="
-                f"{max_num_batched_tokens}, max_capture_size={max_capture_size}, off-stride fix "
-                f"{'off' if no_off_stride_fix else 'on'})")
-    else:
-        m = max_bs or max_num_seqs
-        lad = sglang_capture_sizes(m) if engine == "sglang" else pow2_capture_sizes(m)
-        what = f"{engine} (max_bs={m})"
-    disp = PaddingDispatcher(lad)
+    try:
+        if engine == "vllm":
+            lad = vllm_capture_sizes(max_num_seqs, max_num_batched_tokens, max_capture_size,
+                                     off_stride_fix=not no_off_stride_fix,
+                                     num_speculative_tokens=num_speculative_tokens,
+                                     performance_mode=performance_mode, capture_sizes=sizes,
+                                     blackwell=blackwell)
+            what = (f"vllm ({'explicit ' + str(sorted(set(sizes))) + ', ' if sizes else ''}"
+                    f"max_num_seqs={max_num_seqs}, max_num_batched_tokens="
+                    f"{max_num_batched_tokens}, max_capture_size={max_capture_size}, off-stride "
+                    f"fix {'off' if no_off_stride_fix else 'on'}, num_speculative_tokens="
+                    f"{num_speculative_tokens}, {performance_mode}"
+                    f"{', blackwell' if blackwell else ''})")
+        elif sizes:
+            lad, what = sorted(set(sizes)), "explicit"
+        else:
+            m = max_bs or (sglang_default_max_bs(gpu_mem_gb, tp) if gpu_mem_gb and
+                           engine == "sglang" else max_num_seqs)
+            lad = (sglang_capture_sizes(m, speculative, disable_cuda_graph_padding,
+                                        max_running_requests)
+                   if engine == "sglang" else pow2_capture_sizes(m))
+            what = f"{engine} (max_bs={m})"
+    except ValueError as e:
+        usage(e)
+    disp = PaddingDispatcher(lad, exact=engine == "sglang" and disable_cuda_graph_padding)
     pads = [dict(bs=b, padded=disp.pad(b), padding=disp.padding(b)) for b in (bs or ())]
     if as_json:
         click.echo(json.dumps(dict(ladder=lad, sizes=len(lad), pads=pads)))
@@ -219,12 +275,16 @@ def ladder(engine, max_num_seqs, max_num_batched_tokens, max_capture_size, no_of
     click.echo(str(lad))
     for p in pads:
         dest = (f"pads to {p['padded']} ({p['padding']} padded rows)" if p["padded"]
-                else f"runs eagerly (above the largest size {disp.max_size})")
+                else f"runs eagerly (above the largest size {disp.max_size})"
+                if p["bs"] > disp.max_size else "runs eagerly (not captured, no padding)")
         click.echo(f"bs {p['bs']}: {dest}")
 
 
 # ---- model --------------------------------------------------------------------------------
 MODEL_DEFAULTS = dict(preset="opt-125m", context=512, dtype="bfloat16")
+# analysis.published.TABLES by name, spelled here so --help loads no analysis (a test holds them equal)
+PUBLISHED = ("all", "opt125m-l4", "llama8b-h200")
+
 # analysis.published.TABLES by name, spelled here so --help loads no analysis (a test holds them equal)
 PUBLISHED = ("all", "opt125m-l4", "llama8b-h200")
 
