@@ -10,6 +10,7 @@ import click
 
 from microbench import __version__
 from microbench.bench.env import require_cuda
+from microbench.cli_serve import generate, serve
 from microbench.cli_output import FORMAT, TRACE, TraceWriter, echo_doc, progress_view, sweep_hooks
 from microbench.cli_types import (CLI, OUT, ExperimentName, IntList, Ladder, Saver, read_run_arg,
                                   usage)
@@ -479,6 +480,11 @@ def index(root):
     if not Path(root).is_dir():
         usage(f"ROOT: {root} is not a folder")
     click.echo(f"wrote {write_index(Path(root))}")
+
+
+# generate and serve live in cli_serve.py
+main.add_command(generate)
+main.add_command(serve)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from microbench.report.serve_schema import (GenerateConfigRecord, GenerateRow,
+                                            ServeConfigRecord, ServeRow, TraceRecord)
+
 SCHEMA_VERSION = 1
 
 
@@ -249,6 +252,8 @@ KINDS = {
     "launch-tp": Kind(LaunchTPConfigRecord, AllreducePoint, parts=dict(allreduce=AllreduceRecord)),
     "kernels": Kind(KernelsConfigRecord, KernelRow, parts=dict(copy=CopyRecord)),
     "reproduce": Kind(ReproduceConfigRecord, parts=dict(phenomena=[Phenomenon])),
+    "generate": Kind(GenerateConfigRecord, GenerateRow),
+    "serve": Kind(ServeConfigRecord, ServeRow, parts=dict(trace=TraceRecord)),
 }
 
 
