@@ -77,8 +77,9 @@ def LADDER_OPTIONS(f):
 @click.option("--steps", type=click.IntRange(1, 10000), default=10, show_default=True,
               help="Decode steps per timing sample.")
 @click.option("--time-budget", type=click.FloatRange(0.01, 600), default=1.0, show_default=True,
-              help="Seconds per measured figure, at most (eager steps, the noisier side, get twice "
-                   "this; at least 10 samples are always taken).")
+              help="Seconds per arm a row's arms are sampled in rotation, at most (eager, the "
+                   "noisier side, counts twice); a row stops sooner once its speedup's 95% "
+                   "interval is within 2% (else it is marked unstable); at least 10 rotations.")
 @click.option("--arms", type=click.STRING, default=None,
               help="Arms side by side: eager and graph (Triton; always run, graph unless "
                    "--mode none), torch-eager, torch-graph (PyTorch reference backend), compile "
