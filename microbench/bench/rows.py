@@ -139,6 +139,9 @@ def sample_rotation(arms: dict, seed: int = 0) -> dict:
     done = rule(prefix)
     if budget.lockstep is not None:   # every rank the same rotations: judge the rule after
         kw = budget.lockstep(lambda: [s() for s in samplers.values()], 1, cap)
+        for v in events.values():   # the two calls that timed a rotation are not samples
+            if v is not None:
+                v.clear()
         xs, _ = interleave(samplers, None, min_rounds=kw["min_samples"],
                            max_rounds=kw["max_samples"], budget_s=kw["budget_s"])
         stable = done(xs)
