@@ -21,6 +21,10 @@ the prompt; its cost is P eager decode steps, which is not what an engine's one 
 costs, so it is never added to the decode latency. Either way the latency here is decode only,
 where vLLM's `benchmark_latency` includes the prefill.
 
+The eager arm runs bound steps where the decoder has them (triton backend on CUDA:
+ToyDecoder.bind, an engine's eager step at the launchers' own cost, as the sweep's eager arm);
+the graph arm is the graph runner, whose fallback above its ladder is the decoder's own step.
+
 Eager and graphed generations alternate (the order flips every repeat), so the host's drift hits
 both; the speedup is the median of the paired ratios of their latencies, with its bootstrap
 interval (stats.paired_ratio).
@@ -101,8 +105,9 @@ class GenerateConfig:
 
 # ---- what generate and serve share: an engine's host batch and its decode step -------------
 class Views(NamedTuple):
-    """One batch size's views of a HostBatch: the host and device batches [3, bs], the device
+    """One batch size's buffers in a HostBatch: the host and device batches [3, bs], the device
     rows a step reads and the host rows the loop writes."""
+    bs: int
     host: torch.Tensor
     dev: torch.Tensor
     tokens: torch.Tensor
@@ -113,29 +118,41 @@ class Views(NamedTuple):
 
 
 class HostBatch:
-    """An engine's persistent input batch: tokens, positions and slots as the rows of a host
-    tensor [3, max_bs] (pinned on CUDA), copied to a device twin before each step; the sampled
-    tokens come back into its token row. Slots are 0..max_bs-1. Views per batch size are made
-    once (slicing costs the host microseconds a step)."""
+    """An engine's persistent input batch: per batch size, tokens, positions and slots as the
+    rows of one contiguous host tensor [3, bs] (pinned on CUDA, so the copy is one async
+    transfer), copied to a device twin before each step; the sampled tokens come back into its
+    token row. Slots are 0..bs-1; positions start at `position`. Buffers are made once per
+    batch size (allocating or slicing costs the host microseconds a step)."""
 
-    def __init__(self, max_bs: int, device):
-        device = torch.device(device)
-        self.host = torch.zeros(3, max_bs, dtype=torch.long, pin_memory=device.type == "cuda")
-        self.host[2] = torch.arange(max_bs)
-        self.dev = torch.zeros(3, max_bs, dtype=torch.long, device=device)
+    def __init__(self, device, position: int = 0):
+        self.device, self.position = torch.device(device), position
         self._views: dict[int, Views] = {}
 
     def views(self, bs: int) -> Views:
         v = self._views.get(bs)
         if v is None:
-            h, d = self.host[:, :bs], self.dev[:, :bs]
-            v = self._views[bs] = Views(h, d, d[0], d[1], d[2], h[0], h[1])
+            h = torch.zeros(3, bs, dtype=torch.long, pin_memory=self.device.type == "cuda")
+            h[1] = self.position
+            h[2] = torch.arange(bs)
+            d = h.to(self.device, copy=True)
+            v = self._views[bs] = Views(bs, h, d, d[0], d[1], d[2], h[0], h[1])
         return v
 
 
 def eager_step(dec):
     """The decoder's own step on a HostBatch's device rows."""
     return lambda v: dec.step(v.tokens, v.positions, v.slots)
+
+
+def eager_arm(dec, sizes) -> tuple:
+    """(the eager arm's step, whether it runs bound steps). Where the decoder has them (the
+    triton backend on CUDA), bound steps per batch size (ToyDecoder.bind: checks, outputs and
+    launch binding done once, as an engine's eager step has them, and as the sweep's eager arm
+    runs); the decoder's own step otherwise. Binding records one step at the scratch slot."""
+    if dec.backend != "triton" or dec.device.type != "cuda":
+        return eager_step(dec), False
+    bound = {bs: dec.bind(bs) for bs in sorted(set(sizes))}
+    return (lambda v: bound[v.bs].step_packed(v.dev)), True
 
 
 def runner_step(runner):
@@ -216,8 +233,9 @@ def run_generate(cfg: GenerateConfig, device="cuda", on_progress=None, on_run=No
             dec.fill_cache(cfg.input_len)
         runner = make_runner(dec, ladder, mode=cfg.mode, on_capture=on_capture)
         run["capture"] = runner.capture()
-        batch = HostBatch(max_batch, dev)
-        arms = {"eager": eager_step(dec)}
+        batch = HostBatch(dev)
+        arms = {}
+        arms["eager"], run["eager_bound"] = eager_arm(dec, cfg.bs)
         if cfg.mode != "none":
             arms["graph"] = runner_step(runner)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -250,7 +268,8 @@ def _measure_bs(cfg, dec, runner, batch, arms, bs, gen, say) -> dict:
                input_len=cfg.input_len, output_len=cfg.output_len, repeats=cfg.repeats)
     first = torch.randint(dec.shape.vocab, (bs,), generator=gen)
     if cfg.prefill == "steps":
-        first, row["prefill_ms"] = _prefill_steps(dec, batch, bs, cfg.input_len, gen)
+        first, row["prefill_ms"] = _prefill_steps(dec, arms["eager"], batch, bs, cfg.input_len,
+                                                  gen)
     say(f"bs {bs}: {cfg.warmup} + {cfg.repeats} generations of {cfg.output_len} steps per arm")
     before = dict(runner.counts)
     res = interleaved(arms, cfg.warmup, cfg.repeats,
@@ -267,12 +286,11 @@ def _measure_bs(cfg, dec, runner, batch, arms, bs, gen, say) -> dict:
     return row
 
 
-def _prefill_steps(dec, batch: HostBatch, bs: int, input_len: int, gen):
-    """The prompt token by token through eager steps at positions 0..P-1; returns (the first
-    generated token of each sequence, the prefill's wall milliseconds)."""
+def _prefill_steps(dec, step, batch: HostBatch, bs: int, input_len: int, gen):
+    """The prompt token by token through the eager arm's steps at positions 0..P-1; returns
+    (the first generated token of each sequence, the prefill's wall milliseconds)."""
     prompt = torch.randint(dec.shape.vocab, (input_len, bs), generator=gen)
     v = batch.views(bs)
-    step = eager_step(dec)
     t0 = time.perf_counter()
     for p in range(input_len):
         v.host_tokens.copy_(prompt[p])

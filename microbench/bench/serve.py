@@ -4,9 +4,9 @@ and the eager fallback, against exact-size capture and against eager.
 The trace (bench.trace) is run whole by each arm, each step as an engine takes it (the host batch
 to the device, the step, greedy sampling, the tokens back on the host: generate.decode_step):
 
-    eager   the decoder's own step, every batch size
+    eager   every batch size eagerly: bound steps where the decoder has them (generate.eager_arm)
     graph   the graph runner with the configured ladder: a batch pads to the smallest captured
-            size that holds it, or falls back to eager above the largest
+            size that holds it, or falls back to eager (the decoder's own step) above the largest
     exact   a graph runner whose ladder is every size the trace uses: no padding, no fallback
 
 Every step attends to the same context (positions fixed at `context`, slots 0..bs-1), so the
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from microbench.bench.env import environment
-from microbench.bench.generate import HostBatch, decode_step, eager_step, interleaved, runner_step
+from microbench.bench.generate import HostBatch, decode_step, eager_arm, interleaved, runner_step
 from microbench.bench.sweep import max_seq_for
 from microbench.bench.timing import summarize
 from microbench.bench.trace import parse_output_len, poisson_trace, read_trace, trace_summary
@@ -156,15 +156,15 @@ def run_serve(cfg: ServeConfig, trace: list[int], device="cuda", on_progress=Non
     dec.fill_cache(cfg.context)
     runners = {}
     try:
-        arms = {"eager": eager_step(dec)}
+        arms = {}
+        arms["eager"], run["eager_bound"] = eager_arm(dec, trace)
         for arm, sizes in (("graph", ladder), ("exact", exact)):
             if sizes:
                 say(f"{arm}: capturing {len(sizes)} sizes ({cfg.mode})")
                 runners[arm] = make_runner(dec, sizes, mode=cfg.mode, on_capture=on_capture)
                 run["capture"][arm] = runners[arm].capture()
                 arms[arm] = runner_step(runners[arm])
-        batch = HostBatch(max_batch, dev)
-        batch.host[1].fill_(cfg.context)
+        batch = HostBatch(dev, position=cfg.context)
         say(f"running the trace: {cfg.warmup} + {cfg.repeats} passes per arm ({', '.join(arms)})")
         samples = interleaved(arms, cfg.warmup, cfg.repeats,
                               lambda step: run_trace(step, batch, trace))

@@ -31,6 +31,9 @@ def _capture_line(name: str, cap: dict | None) -> str | None:
 
 
 def _footer(run: dict, lines: list[str]) -> list[str]:
+    if run.get("eager_bound") is not None:
+        lines.append("eager: " + ("bound steps (checks, outputs and launch binding done once)"
+                                  if run["eager_bound"] else "the decoder's own step"))
     if run.get("interrupted"):
         lines.append("interrupted: rows above were measured before Ctrl-C")
     if run.get("wall_s"):

@@ -27,7 +27,7 @@ def counting_step(seen):
 
 
 def test_generate_once_advances_positions_and_feeds_sampled_tokens():
-    batch, seen = HostBatch(4, "cpu"), []
+    batch, seen = HostBatch("cpu"), []
     first = torch.tensor([0, 5, 9])
     ns, tokens = generate_once(counting_step(seen), batch, 3, first, input_len=7, n=4)
     assert len(ns) == 4 and all(t > 0 for t in ns)
