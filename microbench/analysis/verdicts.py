@@ -128,10 +128,14 @@ def judge_ladder_collapse(e: dict) -> dict:
     gain = x4["tok_s"] / c4["tok_s"] - 1
     back = x4["tok_s_per_seq"] / x1["tok_s_per_seq"]
     g_pub = PUBLISHED["ladder_gain"]
+    # bs 1 and bs 4 on different kernel plans (skinny fused kernels against cuBLAS): the
+    # per-sequence comparison measures the plans, not the graphs, so it is not judged then
+    plans_differ = 1 <= FAST_ROWS < 4
     checks = {"with [1, 2], bs 4 did not fall back": c4["ran_as"] != "full",
               "with [1, 2, 4, 8, 16], bs 4 did not replay a full graph": x4["ran_as"] == "full",
-              "the explicit list is not faster at bs 4 beyond noise": slower(c4, x4),
-              f"per-sequence throughput at bs 4 is under {NEAR:.0%} of bs 1's": back >= NEAR}
+              "the explicit list is not faster at bs 4 beyond noise": slower(c4, x4)}
+    if not plans_differ:
+        checks[f"per-sequence throughput at bs 4 is under {NEAR:.0%} of bs 1's"] = back >= NEAR
     if pw is not None:   # the published fallback was piecewise: its gain against the claim
         lo, hi = ratio_band(pw, x4)
         checks[f"against the piecewise fallback, the gain at bs 4 is not within a factor "
@@ -145,19 +149,23 @@ def judge_ladder_collapse(e: dict) -> dict:
     notes = [f"Published: the fallback at B=4 was piecewise graphs (attention replayed, the "
              f"linear path eager); the eager fallback here is the worse case, so only the "
              f"piecewise arm is held to {g_pub:+.1%}."]
-    if 4 > FAST_ROWS:
+    if plans_differ:
         notes.append(f"Toy physics: the plan runs batches above {FAST_ROWS} rows on cuBLAS "
                      f"matmuls with separate norm and SwiGLU kernels instead of the skinny fused "
                      f"kernels, so a bs-4 step has more kernels and a different GPU time than "
                      f"bs 1's; the published per-sequence figure ({PUBLISHED['ladder_per_seq']:.0%} "
-                     f"of B=1) is an engine whose kernels do not change at B=4.")
+                     f"of B=1) is an engine whose kernels do not change at B=4, so here the "
+                     f"per-sequence ratio ({back:.0%}) is reported, not judged; what carries over "
+                     f"is the gain of the explicit list at bs 4, which is.")
     return _verdict(checks, measured, notes, gain=gain, per_seq_ratio=back,
                     published=f"{g_pub:+.1%} total throughput at B=4 with [1, 2, 4, 8, 16] against "
                               f"[1, 2]; per-sequence at B=4 {PUBLISHED['ladder_per_seq']:.0%} of B=1",
                     pass_if=f"bs 4 falls back on [1, 2] and replays a full graph on the explicit "
-                            f"list, faster beyond noise; per-sequence at bs 4 at least {NEAR:.0%} "
-                            f"of bs 1; the gain over the piecewise fallback, with noise, within "
-                            f"a factor {FACTOR:g} of {g_pub:+.1%}")
+                            f"list, faster beyond noise; "
+                            + ("" if plans_differ else f"per-sequence at bs 4 at least {NEAR:.0%} "
+                                                       f"of bs 1; ")
+                            + f"the gain over the piecewise fallback, with noise, within a "
+                              f"factor {FACTOR:g} of {g_pub:+.1%}")
 
 
 def judge_off_stride(e: dict) -> dict:

@@ -84,9 +84,15 @@ def test_ladder_collapse_against_the_published_gain():
         assert got["held"] is False and "piecewise fallback" in got["why"]
 
 
-def test_ladder_collapse_per_sequence_must_come_back():
-    got = vd.judge("ladder-collapse", ladder(explicit4=1000.0))    # 60% of bs 1 per sequence
+def test_ladder_collapse_per_sequence_is_judged_only_on_one_plan(monkeypatch):
+    slow4 = ladder(explicit4=1000.0, piecewise4=1185.0)    # 60% of bs 1 per sequence
+    monkeypatch.setattr(vd, "FAST_ROWS", 8)                # bs 1 and 4 on the same kernels
+    got = vd.judge("ladder-collapse", slow4)
     assert got["held"] is False and "under 80%" in got["why"]
+    monkeypatch.setattr(vd, "FAST_ROWS", 1)                # bs 4 on cuBLAS: reported, said why
+    got = vd.judge("ladder-collapse", slow4)
+    assert got["held"] is True and "per-sequence" not in got["pass_if"]
+    assert any("reported, not judged" in n and "60%" in n for n in got["notes"])
 
 
 # ---- off-stride -----------------------------------------------------------------------------
