@@ -1,19 +1,14 @@
 """Verdicts of `microbench reproduce`: pure functions of saved measurements (CPU-testable).
 
-Each verdict tests the published claim it names: it states the published figure (PUBLISHED,
-from the write-ups the phenomena come from), the analytic model's figure for the published
-setting where it can make one, the measurement here, and the pass condition, a stated tolerance
-on that claim, all in its output (`published`, `pass_if`, `predicted`, and the notes the report
-prints). Where the toy decoder's physics differs from the published engine's, a note says so.
-
-Speedups are judged on their intervals (stats.speedup_interval: the bootstrap interval where the
-row has one, else the p20-p80 noise band). Step times are compared noise-aware, as in
-`stats.speedup_noise`: a is slower than b when
+Each verdict tests the published claim it names: its output states the published figure
+(PUBLISHED), the pass condition (a stated tolerance on that claim), the analytic model's figure
+for the published setting where it can make one, and the measurement here; a note says where the
+toy decoder's physics differs from the published engine's. Speedups are judged on their
+intervals (stats.speedup_interval); step times noise-aware: a is slower than b when
 
     t_a > t_b · (1 + n_a + n_b),   n = max(3%, (p80 - p20) / median)
 
-since a ratio's relative error is about the sum of its parts'. Each rule was fixed from the
-published claim before any measurement and is never tuned to pass.
+Each rule was fixed from the published claim before any measurement, never tuned to pass.
 """
 from __future__ import annotations
 
