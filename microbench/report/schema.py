@@ -129,7 +129,8 @@ class SweepRow:
     --mode none; padded_bs is null where no graph fits (the row ran eagerly). speedup is the
     median of paired ratios, speedup_ci its 95% bootstrap interval, stable whether sampling met
     its stopping rule (bench/rows.py); under --repeat, speedup_repeats holds each process's
-    speedup and speedup_repeat_spread their max / min - 1 (stats.merge_repeats)."""
+    speedup and speedup_repeat_spread their max / min - 1, speedup_repeats_ci the hierarchical
+    interval over every process's paired ratios (speedup_ratios) (stats.merge_repeats)."""
     bs: int
     padded_bs: int | None
     ran_as: str
@@ -164,6 +165,8 @@ class SweepRow:
     stable: bool | None = None
     speedup_repeats: list[float | None] | None = None
     speedup_repeat_spread: float | None = None
+    speedup_ratios: list[float] | None = None
+    speedup_repeats_ci: list[float] | None = None
 
 
 @dataclass(frozen=True)
