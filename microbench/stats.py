@@ -64,6 +64,26 @@ def paired_ratio(num, den, resamples: int = RESAMPLES, seed: int = 0) -> dict:
     return dict(median=med, ci=[lo, hi], n=n)
 
 
+def hierarchical_ci(groups, resamples: int = RESAMPLES, seed: int = 0, level: float = CI_LEVEL):
+    """(median, lo, hi) of samples in groups (one group per process): the median of all
+    samples, and a two-level percentile-bootstrap interval: each resample draws the groups with
+    replacement, then each drawn group's samples with replacement, and takes the median of the
+    pooled draw. With few processes the first level dominates: the interval shows how far the
+    processes disagree, not only how noisy each was."""
+    gs = [np.asarray(g, float) for g in groups if len(g)]
+    if not gs:
+        raise ValueError("median of no samples")
+    rng = np.random.default_rng(seed)
+    meds = np.empty(resamples)
+    for i in range(resamples):
+        pick = rng.integers(0, len(gs), size=len(gs))
+        meds[i] = np.median(np.concatenate([gs[j][rng.integers(0, gs[j].size, gs[j].size)]
+                                            for j in pick]))
+    a = (1 - level) / 2
+    lo, hi = np.quantile(meds, [a, 1 - a])
+    return float(np.median(np.concatenate(gs))), float(lo), float(hi)
+
+
 def settled(ci, median: float, rel: float = REL_CI) -> bool:
     """The stopping rule: the interval's half-width is at most `rel` of the median."""
     return median > 0 and (ci[1] - ci[0]) / 2 <= rel * median
@@ -148,7 +168,8 @@ def merge_repeats(runs: list[dict]) -> dict:
     """One run from K runs of the same sweep, each measured in its own fresh process (pyperf's
     workers): the first run's rows and everything else it recorded, plus per row
     `speedup_repeats` (the K processes' median speedups, in process order, null where a
-    process measured none) and `speedup_repeat_spread` (max / min - 1 over them), and a
+    process measured none), `speedup_repeat_spread` (max / min - 1 over them) and, where every
+    process kept its paired ratios, `speedup_repeats_ci` (hierarchical_ci over them), and a
     `repeats` record: k, the worst spread over the rows, and each process's shape check.
     A batch size missing from a later run (interrupted) gets null from it."""
     if not runs:
@@ -160,7 +181,12 @@ def merge_repeats(runs: list[dict]) -> dict:
         got = [(b.get(row["bs"]) or {}).get("speedup") for b in by_bs]
         have = [g for g in got if g]
         spread = max(have) / min(have) - 1 if len(have) > 1 else None
-        rows.append(dict(row, speedup_repeats=got, speedup_repeat_spread=spread))
+        merged = dict(row, speedup_repeats=got, speedup_repeat_spread=spread)
+        ratios = [(b.get(row["bs"]) or {}).get("speedup_ratios") for b in by_bs]
+        if len(runs) > 1 and all(ratios):
+            _, lo, hi = hierarchical_ci(ratios)
+            merged["speedup_repeats_ci"] = [lo, hi]
+        rows.append(merged)
     spreads = [r["speedup_repeat_spread"] for r in rows if r["speedup_repeat_spread"] is not None]
     checks = [run.get("shape_check") or {} for run in runs]
     repeats = dict(k=len(runs), max_spread=max(spreads) if spreads else None,

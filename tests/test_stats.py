@@ -3,9 +3,9 @@ import pytest
 
 import numpy as np
 
-from microbench.stats import (break_even_steps, check_shape, fit_linear, fit_pool, median_ci,
-                              merge_repeats, paired_ratio, row_noise, settled, speedup_interval,
-                              speedup_noise)
+from microbench.stats import (break_even_steps, check_shape, fit_linear, fit_pool,
+                              hierarchical_ci, median_ci, merge_repeats, paired_ratio, row_noise,
+                              settled, speedup_interval, speedup_noise)
 
 
 def _rows(*speedups):
@@ -147,3 +147,24 @@ def test_fit_pool():
 def test_break_even_steps():
     assert break_even_steps(0.5, 900.0, 400.0) == pytest.approx(1000)
     assert break_even_steps(0.5, 400.0, 400.0) is None
+
+
+def test_hierarchical_interval_shows_processes_that_disagree():
+    rng = np.random.default_rng(0)
+    same = [list(rng.normal(2.0, 0.05, 100)) for _ in range(3)]
+    apart = [list(rng.normal(m, 0.05, 100)) for m in (1.8, 2.0, 2.2)]
+    _, lo, hi = hierarchical_ci(same, seed=1)
+    _, lo2, hi2 = hierarchical_ci(apart, seed=1)
+    _, lo1, hi1 = median_ci(sum(apart, []), seed=1)        # pooled as if one process
+    assert hi - lo < 0.05 and hi2 - lo2 > 0.2 and hi2 - lo2 > 3 * (hi1 - lo1)
+    assert hierarchical_ci(apart, seed=1) == hierarchical_ci(apart, seed=1)
+
+
+def test_merge_repeats_gives_a_hierarchical_interval_where_ratios_were_kept():
+    runs = [_run([(1, s)]) for s in (2.0, 2.1, 2.2)]
+    for run, s in zip(runs, (2.0, 2.1, 2.2)):
+        run["rows"][0]["speedup_ratios"] = [s * (1 + 0.01 * k) for k in (-1, 0, 1)]
+    lo, hi = merge_repeats(runs)["rows"][0]["speedup_repeats_ci"]
+    assert 1.97 <= lo <= 2.1 <= hi <= 2.23
+    del runs[1]["rows"][0]["speedup_ratios"]
+    assert "speedup_repeats_ci" not in merge_repeats(runs)["rows"][0]

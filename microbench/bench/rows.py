@@ -23,6 +23,7 @@ A row's fields, for arms named by their prefix p (`eager_`, `graph_`, `torch_gra
     max_abs_diff / {p}max_abs_diff  largest |logit - reference logit| of one step
     speedup, speedup_ci            median over rotations of eager_i / graph_i, and its 95%
                                    bootstrap interval (stats.paired_ratio)
+    speedup_ratios                 the paired ratios themselves (for --repeat's interval)
     {p}speedup, {p}speedup_ci      the same for another arm against graph ({p} time / graph time)
     stable                         whether the stopping rule was met before the time cap
 
@@ -87,10 +88,11 @@ class Timer:
         return out
 
 
-def measure_row(arms: dict, bs: int, padded, ran_as: str, say=None) -> dict:
+def measure_row(arms: dict, bs: int, padded, ran_as: str, say=None, on_round=None) -> dict:
     """Prepare and check every arm in order (the first is the reference whose logits the others
     are checked against), sample the Timer arms in rotation, then the other timers and each
-    Timer's secondary figures. Returns the row (fields above)."""
+    Timer's secondary figures. Returns the row (fields above). on_round: timing.interleave's,
+    for the rotation's progress."""
     say = say or (lambda s: None)
     row = dict(bs=bs, padded_bs=padded, ran_as=ran_as)
     want = None
@@ -106,7 +108,7 @@ def measure_row(arms: dict, bs: int, padded, ran_as: str, say=None) -> dict:
     if rotation:
         say(f"bs {bs}: {', '.join(rotation)}" + (" in rotation" if len(rotation) > 1 else ""))
         with nvtx_range(f"bs {bs}: {', '.join(rotation)} in rotation"):
-            row.update(sample_rotation(rotation))
+            row.update(sample_rotation(rotation, on_round=on_round))
     for name, arm in arms.items():
         if not isinstance(arm.time, Timer):
             say(f"bs {bs}: {name}")
@@ -123,7 +125,7 @@ def measure_row(arms: dict, bs: int, padded, ran_as: str, say=None) -> dict:
     return row
 
 
-def sample_rotation(arms: dict, seed: int = 0) -> dict:
+def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
     """{name: (step, Timer)} sampled in rotation (timing.interleave); returns each arm's timing
     fields, the speedups with their intervals, and `stable`."""
     timers = [t for _, t in arms.values()]
@@ -143,10 +145,11 @@ def sample_rotation(arms: dict, seed: int = 0) -> dict:
             if v is not None:
                 v.clear()
         xs, _ = interleave(samplers, None, min_rounds=kw["min_samples"],
-                           max_rounds=kw["max_samples"], budget_s=kw["budget_s"])
+                           max_rounds=kw["max_samples"], budget_s=kw["budget_s"],
+                           on_round=on_round)
         stable = done(xs)
     else:
-        xs, stable = interleave(samplers, done, budget_s=cap)
+        xs, stable = interleave(samplers, done, budget_s=cap, on_round=on_round)
     out: dict = {}
     for n, (_, t) in arms.items():
         out.update(stats_fields(t.prefix, summarize(xs[n])))
@@ -193,6 +196,8 @@ def speedups(prefix: dict, xs: dict, seed: int = 0) -> dict:
         r = paired_ratio(xs[n], xs[g], RESAMPLES, seed)
         key = "" if p == "eager_" else p
         out.update({f"{key}speedup": r["median"], f"{key}speedup_ci": r["ci"]})
+        if p == "eager_":   # kept for --repeat's hierarchical interval (stats.merge_repeats)
+            out["speedup_ratios"] = [float(f"{e / gg:.6g}") for e, gg in zip(xs[n], xs[g])]
     return out
 
 

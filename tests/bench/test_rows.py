@@ -52,12 +52,13 @@ def test_row_has_every_field_and_reports_a_differing_arm(monkeypatch):
     said = []
     row = measure_row(arms, 2, 2, "full", said.append)
     want = {"bs", "padded_bs", "ran_as", "max_abs_diff", "torch_eager_max_abs_diff", "speedup",
-            "speedup_ci", "torch_eager_speedup", "torch_eager_speedup_ci", "stable",
+            "speedup_ci", "speedup_ratios", "torch_eager_speedup", "torch_eager_speedup_ci", "stable",
             *(f"{p}_{f}" for p in ("eager", "graph", "torch_eager") for f in TIMING)}
     assert set(row) == want
     assert row["max_abs_diff"] == 0.0 and row["torch_eager_max_abs_diff"] == 0.25
     assert row["speedup"] == 2.0 and row["speedup_ci"] == [2.0, 2.0]
     assert row["torch_eager_speedup"] == 3.0 and row["stable"] is True
+    assert row["speedup_ratios"] == [2.0] * row["eager_n"]
     assert said == ["bs 2: eager, graph, torch-eager in rotation"]
 
 
