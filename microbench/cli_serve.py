@@ -103,8 +103,9 @@ def write_serve_run(out_dir, run: dict) -> Path:
 
 
 @click.command()
-@click.option("--trace", "trace_file", type=str, default=None, metavar="FILE",
-              help="Batch sizes, one per line (# comments); without it, a seeded Poisson trace.")
+@click.option("--batch-sizes", "trace_file", type=str, default=None, metavar="FILE",
+              help="The trace as a file of batch sizes, one per line (# comments); without it, "
+                   "a seeded Poisson trace.")
 @click.option("--steps", type=int, default=512, show_default=True,
               help="Poisson trace: engine steps.")
 @click.option("--arrival-rate", type=float, default=0.5, show_default=True,

@@ -101,7 +101,7 @@ class ServeConfig:
         trace = read_trace(self.trace_file)
         if self.max_num_seqs is not None and max(trace) > self.max_num_seqs:
             line = trace.index(max(trace))
-            raise ValueError(f"--trace: {self.trace_file}: batch size {max(trace)} (entry "
+            raise ValueError(f"--batch-sizes: {self.trace_file}: batch size {max(trace)} (entry "
                              f"{line + 1}) is above --max-num-seqs {self.max_num_seqs}")
         return trace
 

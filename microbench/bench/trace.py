@@ -11,8 +11,10 @@ engine:
                 next entry is how many), and each running request has one token fewer to go;
                 a request with none left finishes.
 
-Ticks with nothing running are idle: the engine takes no step and the trace records none. The
-rate is in requests per tick (per decode step while the engine is busy). Plain Python: no torch.
+Ticks with nothing running are idle: the engine takes no step and the trace records none (the
+simulation skips them: arrivals are memoryless, so the first busy tick's arrivals are a Poisson
+draw given at least one). The rate is in requests per tick (per decode step while the engine is
+busy). Plain Python: no torch.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from microbench.engine.shapes import MAX_BATCH
 
-MAX_RATE = 64.0     # requests per step; Knuth's Poisson sampler below is exact up to here
+MAX_RATE = 64.0     # requests per step
 
 
 def parse_output_len(text: str) -> tuple[int, int]:
@@ -40,13 +42,19 @@ def parse_output_len(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def poisson(rng: random.Random, rate: float) -> int:
-    """A Poisson(rate) draw (Knuth: count uniforms until their product falls under e^-rate)."""
-    limit, k, p = math.exp(-rate), 0, rng.random()
-    while p > limit:
+def poisson(rng: random.Random, rate: float, at_least_one: bool = False) -> int:
+    """A Poisson(rate) draw by inverting its CDF; with `at_least_one`, a draw given that it is
+    at least 1 (the uniform drawn above P(0))."""
+    p = math.exp(-rate)
+    u = rng.random()
+    if at_least_one:
+        u = p + u * (1.0 - p)
+    k, cdf = 0, p
+    while u > cdf and p > 0.0:
         k += 1
-        p *= rng.random()
-    return k
+        p *= rate / k
+        cdf += p
+    return max(k, 1) if at_least_one else k
 
 
 def poisson_trace(steps: int, rate: float, output_len: tuple[int, int], max_num_seqs: int,
@@ -68,25 +76,26 @@ def poisson_trace(steps: int, rate: float, output_len: tuple[int, int], max_num_
     running: list[int] = []      # tokens each running request has still to generate
     out: list[int] = []
     while len(out) < steps:
-        for _ in range(poisson(rng, rate)):
+        # With nothing running or waiting, the idle ticks before the next arrival take no
+        # step: skip them, drawing the first busy tick's arrivals given that there is one.
+        idle = not running and not waiting
+        for _ in range(poisson(rng, rate, at_least_one=idle)):
             waiting.append(rng.randint(lo, hi))
         while waiting and len(running) < max_num_seqs:
             running.append(waiting.popleft())
-        if not running:
-            continue             # idle tick: no step
         out.append(len(running))
         running = [r - 1 for r in running if r > 1]
     return out
 
 
 def read_trace(path) -> list[int]:
-    """The batch sizes in a trace file, one per line; ValueError('--trace: <file> line <n>:
+    """The batch sizes in a trace file, one per line; ValueError('--batch-sizes: <file> line <n>:
     <what>') on the first line that is not a batch size in 1..MAX_BATCH, or if none is there."""
     p = Path(path)
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"--trace: {path}: cannot be read "
+        raise ValueError(f"--batch-sizes: {path}: cannot be read "
                          f"({getattr(e, 'strerror', None) or type(e).__name__})") from None
     out = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -96,14 +105,14 @@ def read_trace(path) -> list[int]:
         try:
             bs = int(item)
         except ValueError:
-            raise ValueError(f"--trace: {path} line {n}: {item[:40]!r} is not a batch size "
+            raise ValueError(f"--batch-sizes: {path} line {n}: {item[:40]!r} is not a batch size "
                              "(one positive integer a line)") from None
         if not 1 <= bs <= MAX_BATCH:
-            raise ValueError(f"--trace: {path} line {n}: batch size {bs} is out of range "
+            raise ValueError(f"--batch-sizes: {path} line {n}: batch size {bs} is out of range "
                              f"1..{MAX_BATCH}")
         out.append(bs)
     if not out:
-        raise ValueError(f"--trace: {path} holds no batch sizes (one positive integer a line)")
+        raise ValueError(f"--batch-sizes: {path} holds no batch sizes (one positive integer a line)")
     return out
 
 

@@ -92,7 +92,7 @@ def serve_doc(run: dict) -> Doc:
     """One row per arm over the whole trace: tokens per second, padding in rows and in time,
     fallbacks, and the trace time against exact-size capture and against eager."""
     c, t = run["config"], run["trace"]
-    src = (f"trace {c['trace_file']}" if c.get("trace_file") else
+    src = (f"batch sizes from {c['trace_file']}" if c.get("trace_file") else
            f"Poisson trace (rate {c.get('arrival_rate')}/step, output {c.get('output_len')}, "
            f"max_num_seqs {c.get('max_num_seqs') or t['max_bs']}, seed {c.get('seed')})")
     what = (f"{src}: {t['steps']} steps, bs {t['min_bs']}..{t['max_bs']} (median "

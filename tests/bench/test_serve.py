@@ -52,6 +52,18 @@ def test_poisson_sampler_mean():
         assert statistics.mean(draws) == pytest.approx(rate, rel=0.05)
 
 
+def test_poisson_given_one_arrival_and_sparse_traces():
+    """Idle ticks are skipped, not simulated: a rate of one request in a million ticks still
+    gives a trace at once, each request running alone for its output length."""
+    import math
+    import random
+    rng = random.Random(0)
+    draws = [poisson(rng, 0.5, at_least_one=True) for _ in range(4000)]
+    assert min(draws) == 1
+    assert statistics.mean(draws) == pytest.approx(0.5 / (1 - math.exp(-0.5)), rel=0.05)
+    assert poisson_trace(50, 1e-6, (5, 5), max_num_seqs=8, seed=0) == [1] * 50
+
+
 @pytest.mark.parametrize("args, option", [
     ((0, 1.0, (1, 2), 4), "--steps"),
     ((5, 0.0, (1, 2), 4), "--arrival-rate"),
@@ -96,7 +108,7 @@ def test_read_trace_skips_blanks_and_comments(tmp_path):
 def test_read_trace_rejects(tmp_path, text, what):
     f = tmp_path / "t.txt"
     f.write_text(text)
-    with pytest.raises(ValueError, match="--trace: ") as e:
+    with pytest.raises(ValueError, match="--batch-sizes: ") as e:
         read_trace(f)
     assert what in str(e.value) and len(str(e.value).splitlines()) == 1
 
@@ -257,13 +269,13 @@ def cli(*args):
 def test_cli_bad_trace_file(tmp_path, content, what):
     f = tmp_path / "trace.txt"
     f.write_text(content)
-    code, out = cli("serve", "--trace", str(f), "--out", str(tmp_path / "o"))
+    code, out = cli("serve", "--batch-sizes", str(f), "--out", str(tmp_path / "o"))
     lines = [l for l in out.splitlines() if l.strip()]
-    assert code == 2 and len(lines) == 1 and "--trace" in lines[0] and what in lines[0], out
+    assert code == 2 and len(lines) == 1 and "--batch-sizes" in lines[0] and what in lines[0], out
 
 
 @pytest.mark.parametrize("args, option", [
-    (("--trace", "/nonexistent/trace.txt"), "--trace"),
+    (("--batch-sizes", "/nonexistent/trace.txt"), "--batch-sizes"),
     (("--steps", "0"), "--steps"), (("--repeats", "0"), "--repeats"),
     (("--arrival-rate", "0"), "--arrival-rate"), (("--output-len", "0"), "--output-len"),
     (("--output-len", "9-3"), "--output-len"), (("--mode", "half"), "--mode"),
