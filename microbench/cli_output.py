@@ -39,7 +39,7 @@ def sweep_hooks(view) -> dict:
     if view is None:
         return {}
     return dict(on_progress=view.say, on_capture=view.capture, on_rows=view.rows,
-                on_phase=view.phase)
+                on_phase=view.phase, on_round=view.sampling)
 
 
 class TraceWriter:

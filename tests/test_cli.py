@@ -440,6 +440,7 @@ def _fake_sweep(monkeypatch, tmp_path):
             for d, s in enumerate([None, 4, 1]):
                 kw["on_capture"](d, 2, s, d * 0.5, d << 20)
             kw["on_rows"](0, 1, 1)
+            kw["on_round"](1, 0.1, 2.0)
             kw["on_phase"]("bs 1: torch.compile (compile, warm up, record)", None)
             kw["on_phase"]("bs 1: torch.compile (compile, warm up, record)", 3.0)
             kw["on_rows"](1, 1, None)
@@ -457,7 +458,7 @@ def test_sweep_reports_progress_as_plain_lines_in_a_log(monkeypatch, tmp_path):
     got = _fake_sweep(monkeypatch, tmp_path)
     code, out, err = run_split("sweep", "--out", str(tmp_path / "runs"), "--trace",
                                str(tmp_path / "traces"))
-    assert code == 0 and {"on_capture", "on_rows", "on_phase", "on_trace"} <= set(got)
+    assert code == 0 and {"on_capture", "on_rows", "on_phase", "on_round", "on_trace"} <= set(got)
     assert "\r" not in err and "\x1b" not in err
     assert "captured 2 sizes in 1.0 s, pool 2 MiB" in err.splitlines()
     assert "bs 1: torch.compile (compile, warm up, record): 3.0 s" in err.splitlines()

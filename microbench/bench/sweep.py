@@ -97,14 +97,16 @@ def max_seq_for(context: int) -> int:
 
 
 def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, predict=None,
-              on_capture=None, on_rows=None, on_phase=None, on_trace=None) -> dict:
+              on_capture=None, on_rows=None, on_phase=None, on_trace=None,
+              on_round=None) -> dict:
     """Run the sweep; returns the run dict (config, env, launch, capture, rows, totals).
     on_row(row) for each row once it is complete (its model columns come after every step is
     timed), on_run(run) whenever the run changes (to save it), on_progress(text) for status
     lines; predict (analysis.beside.predict_sweep) adds the model's columns to the rows.
     For a progress display: on_capture is each graph runner's (GraphRunner), on_rows(done,
     total, bs) is told before each row (bs) and after the last (bs None), on_phase(name,
-    seconds) when a long phase (compiling) starts (seconds None) and ends. on_trace(prof) gets
+    seconds) when a long phase (compiling) starts (seconds None) and ends, on_round(rounds,
+    seconds, cap) after each round of a row's rotation (timing.interleave). on_trace(prof) gets
     the PyTorch profiler of one eager and one graphed step at the first batch size, last
     (profile.trace_steps; the CLI writes it as a Chrome trace).
 
@@ -117,7 +119,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, pred
     require_cuda("sweep")
     cfg.validate()
     t_start = time.perf_counter()
-    sw = _Sweep(cfg, say, on_capture, on_phase)
+    sw = _Sweep(cfg, say, on_capture, on_phase, on_round)
     run = sw.run
     save = on_run or (lambda r: None)
     try:
@@ -148,13 +150,13 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, pred
 class _Sweep:
     """One sweep's decoder, runners and arms; its methods are the sweep's phases in order."""
 
-    def __init__(self, cfg: SweepConfig, say, on_capture=None, on_phase=None):
+    def __init__(self, cfg: SweepConfig, say, on_capture=None, on_phase=None, on_round=None):
         import torch
 
         from microbench.engine.decoder import ToyDecoder
         from microbench.engine.plan import FAST_ROWS
         from microbench.kernels.gemv import use_pdl
-        self.cfg, self.say, self.on_capture = cfg, say, on_capture
+        self.cfg, self.say, self.on_capture, self.on_round = cfg, say, on_capture, on_round
         # a long phase's name is a status line when no progress display follows phases
         self.on_phase = on_phase or (lambda name, seconds: seconds is None and say(name))
         self.dev = dev = torch.device("cuda")
@@ -217,7 +219,8 @@ class _Sweep:
             arms["graph"] = Arm(graph, graph_timer(self.budget), diff="max_abs_diff")
         for arm in self.extra:
             arms[arm] = self.extra_arm(arm, bs, t, p, s, x)
-        row = measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode, self.say)
+        row = measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode, self.say,
+                          on_round=self.on_round)
         for arm in (*self.extra, "eager", *(["graph"] if cfg.mode != "none" else [])):
             self.arm_fns.append((arm, row, arms[arm].step))
         row.update(throughput_fields(row, bs, padded))

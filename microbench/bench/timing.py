@@ -79,7 +79,7 @@ def settle(sample, min_samples: int = 10, max_samples: int = 200, budget_s: floa
 
 
 def interleave(samplers: dict, done=None, min_rounds: int = 10, max_rounds: int = 200,
-               budget_s: float = 2.0, check_every: int = 5) -> tuple[dict, bool]:
+               budget_s: float = 2.0, check_every: int = 5, on_round=None) -> tuple[dict, bool]:
     """Samples of several arms taken in rotation, so the host's drift hits every arm alike:
     round r calls each sampler once, in the given order on even rounds and reversed on odd
     ones (A B, B A, A B, ...: a balanced order, no arm always first after a pause). Sample i of
@@ -87,7 +87,8 @@ def interleave(samplers: dict, done=None, min_rounds: int = 10, max_rounds: int 
 
     Stops after `min_rounds` once `done(samples)` holds (checked every `check_every` rounds),
     or at `max_rounds`, or when `budget_s` seconds have passed. Returns ({name: [samples]},
-    stable): stable when `done` held at the end (no `done`: True)."""
+    stable): stable when `done` held at the end (no `done`: True). `on_round(rounds, seconds,
+    budget_s)` after each round, between samples (a progress display)."""
     names = list(samplers)
     xs: dict = {n: [] for n in names}
     t_end = time.perf_counter() + budget_s
@@ -99,6 +100,8 @@ def interleave(samplers: dict, done=None, min_rounds: int = 10, max_rounds: int 
             for n in (names if r % 2 == 0 else names[::-1]):
                 xs[n].append(samplers[n]())
             k = r + 1
+            if on_round is not None:
+                on_round(k, budget_s - (t_end - time.perf_counter()), budget_s)
             if k >= min_rounds and done is not None and (k - min_rounds) % check_every == 0:
                 ok = done(xs)
                 if ok:

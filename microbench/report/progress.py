@@ -34,10 +34,11 @@ def capture_summary(total: int, seconds: float, pool_bytes: int) -> str:
 
 
 class _Count(ProgressColumn):
-    """'7/19' for a task with a total, nothing for a phase without one."""
+    """'7/19' (or '3/30 s') for a task with a total, nothing for a phase without one."""
 
     def render(self, task) -> Text:
-        return Text(f"{task.completed:.0f}/{task.total:.0f}" if task.total else "")
+        unit = task.fields.get("unit", "")
+        return Text(f"{task.completed:.0f}/{task.total:.0f}{unit}" if task.total else "")
 
 
 class ProgressView:
@@ -52,6 +53,8 @@ class ProgressView:
         self._t0: dict = {}           # kind -> start time
         self._last: dict = {}         # phase name without its "bs N: " -> seconds it took
         self._ticker: threading.Event | None = None
+        self._bs = None               # the row being measured
+        self._drawn = 0.0             # when the sampling bar was last drawn
 
     # ---- plain lines --------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -87,6 +90,8 @@ class ProgressView:
         """The sweep's on_rows: a bar of rows measured, its status the row's current stage."""
         if done == 0:
             self._start("rows", "measuring rows", total)
+        self._drop("sampling")
+        self._bs = bs
         if done < total:
             if self.live:
                 self._update("rows", done, status=f"bs {bs}")
@@ -95,6 +100,21 @@ class ProgressView:
         else:
             took = time.perf_counter() - self._t0.get("rows", time.perf_counter())
             self._finish("rows", f"measured {total} row{'s' * (total != 1)} in {took:.1f} s")
+
+    def sampling(self, rounds: int, seconds: float, cap: float) -> None:
+        """The sweep's on_round: a bar of the row's time cap, filled as its rotation runs
+        (rows stop sooner once the speedup settles); nothing on plain lines, where the row's
+        own lines say what is measured. Drawn at most four times a second."""
+        if not self.live:
+            return
+        if rounds == 1 or "sampling" not in self._tasks:
+            self._drop("sampling")
+            self._start("sampling", f"bs {self._bs} sampling" if self._bs else "sampling", cap,
+                        unit=" s")
+        now = time.perf_counter()
+        if now - self._drawn >= 0.25:
+            self._drawn = now
+            self._update("sampling", min(seconds, cap), status=f"{rounds} rounds")
 
     def phase(self, name: str, seconds) -> None:
         """on_phase: a long phase starts (seconds None) or ends (the seconds it took)."""
@@ -121,7 +141,7 @@ class ProgressView:
         self._tasks.clear()
 
     # ---- the bars -------------------------------------------------------------------------
-    def _start(self, kind: str, description: str, total) -> None:
+    def _start(self, kind: str, description: str, total, unit: str = "") -> None:
         self._t0[kind] = time.perf_counter()
         if not self.live:
             return
@@ -132,7 +152,7 @@ class ProgressView:
                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                 console=self.console, auto_refresh=False, transient=True)
             self._bars.start()
-        self._tasks[kind] = self._bars.add_task(description, total=total, status="")
+        self._tasks[kind] = self._bars.add_task(description, total=total, status="", unit=unit)
         self._bars.refresh()
 
     def _update(self, kind: str, done: int, status: str) -> None:
@@ -150,6 +170,12 @@ class ProgressView:
         if self._bars is not None and not self._tasks:
             self._bars.stop()
             self._bars = None
+
+    def _drop(self, kind: str) -> None:
+        """Remove a bar without a line (a row's sampling bar, once the row moves on)."""
+        task = self._tasks.pop(kind, None)
+        if task is not None:
+            self._bars.remove_task(task)
 
     def _tick(self) -> None:
         """Refresh twice a second until the phase ends (its elapsed time moves)."""

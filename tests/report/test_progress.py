@@ -76,3 +76,18 @@ def test_status_text_is_not_read_as_markup():
     f = io.StringIO()
     ProgressView(Console(file=f, force_terminal=False)).say("ladder [1, 2] and [bold]x[/bold]")
     assert f.getvalue() == "ladder [1, 2] and [bold]x[/bold]\n"
+
+
+def test_a_rows_sampling_bar_on_a_terminal_only():
+    for terminal in (True, False):
+        f = io.StringIO()
+        view = ProgressView(Console(file=f, force_terminal=terminal, width=120))
+        view.rows(0, 1, 16)
+        for k in range(1, 4):
+            view.sampling(k, 0.3 * k, 3.0)
+        assert ("bs 16 sampling" in f.getvalue()) is terminal
+        view.rows(1, 1, None)
+        assert "sampling" not in view._tasks
+        view.close()
+        if not terminal:
+            assert f.getvalue().splitlines()[:1] == ["row 1 of 1: bs 16"]
