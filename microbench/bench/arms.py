@@ -99,10 +99,12 @@ class CompiledStep:
 def launched_graph(fn) -> bool:
     """Whether one call of fn launches a CUDA graph (a cudaGraphLaunch in the profiler's trace)."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
+
+    from microbench.bench.profile import quiet_profile
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with quiet_profile([ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
     return any("cudaGraphLaunch" in e.name for e in prof.events())
