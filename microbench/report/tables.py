@@ -78,6 +78,24 @@ def speedup_cells(r: dict, repeats: bool = False) -> list[str]:
 
 
 def sweep_footer(run: dict) -> str:
+    """The lines under the sweep's table: how it was measured, the device, the GPU time
+    of a replay, each arm, the shape check and the model's error."""
+    lines = _measure_lines(run) + _replay_lines(run) + _arm_lines(run)
+    sc = run.get("shape_check")
+    if sc and sc.get("held") is not None:
+        lines.append(f"published shape (largest at bs 1, fading, never below 1): "
+                     f"{'held' if sc['held'] else 'NOT held: ' + sc['why']}")
+    errs = [abs(r["speedup_error"]) for r in run.get("rows", []) if r.get("speedup_error") is not None]
+    if errs:
+        lines.append(f"model: worst speedup error {max(errs):.1%}")
+    if run.get("interrupted"):
+        lines.append("interrupted: rows above were measured before Ctrl-C")
+    if run.get("wall_s"):
+        lines.append(f"run took {run['wall_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def _measure_lines(run: dict) -> list[str]:
     lines = []
     if any(r.get("stable") is False for r in run.get("rows", [])):
         lines.append("~: unstable row (its speedup's 95% interval stayed wider than +-2% until "
@@ -125,6 +143,11 @@ def sweep_footer(run: dict) -> str:
         lines.append(f"eager step at bs {r0['bs']}: host {r0.get('eager_host_us', 0):.0f} us measured; "
                      "launches by launcher (host costs sampled beside its steps): " + ", ".join(
                          f"{k} {v['kernels']} kernels {v['host_us']:.0f} us" for k, v in eb.items()))
+    return lines
+
+
+def _replay_lines(run: dict) -> list[str]:
+    lines = []
     gpu_us = {str(r["bs"]): r.get("graph_gpu_us") for r in run.get("rows", [])}
     for bs, fams in (run.get("graph_gpu_breakdown") or {}).items():
         tot = sum(f["us"] for f in fams.values())
@@ -138,6 +161,11 @@ def sweep_footer(run: dict) -> str:
     if run.get("eager_gpu_busy_us") is not None and run.get("rows"):
         lines.append(f"eager step at bs {run['rows'][0]['bs']}: GPU busy {run['eager_gpu_busy_us']:.0f} us "
                      f"of a {run['rows'][0]['eager_step_us']:.0f} us step")
+    return lines
+
+
+def _arm_lines(run: dict) -> list[str]:
+    lines = []
     for arm, info in (run.get("arms") or {}).items():
         if "graphed" not in info and "setup_s" not in info:
             continue
@@ -152,18 +180,7 @@ def sweep_footer(run: dict) -> str:
         if diffs:
             bits.append(f"logits within {max(diffs):.3g} of eager's")
         lines.append(f"arm {arm}: " + ", ".join(bits))
-    sc = run.get("shape_check")
-    if sc and sc.get("held") is not None:
-        lines.append(f"published shape (largest at bs 1, fading, never below 1): "
-                     f"{'held' if sc['held'] else 'NOT held: ' + sc['why']}")
-    errs = [abs(r["speedup_error"]) for r in run.get("rows", []) if r.get("speedup_error") is not None]
-    if errs:
-        lines.append(f"model: worst speedup error {max(errs):.1%}")
-    if run.get("interrupted"):
-        lines.append("interrupted: rows above were measured before Ctrl-C")
-    if run.get("wall_s"):
-        lines.append(f"run took {run['wall_s']:.1f} s")
-    return "\n".join(lines)
+    return lines
 
 
 def family_bw_lines(run: dict) -> list[str]:
