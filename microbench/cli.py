@@ -83,7 +83,9 @@ def LADDER_OPTIONS(f):
 @click.option("--arms", type=click.STRING, default=None,
               help="Arms side by side: eager and graph (Triton; always run, graph unless "
                    "--mode none), torch-eager, torch-graph (PyTorch reference backend), compile "
-                   "(torch.compile reduce-overhead); e.g. --arms eager,graph,compile.")
+                   "(that backend under torch.compile reduce-overhead), torch-compile (the model "
+                   "as plain PyTorch modules, gpt-fast style, under torch.compile "
+                   "reduce-overhead); e.g. --arms eager,graph,torch-compile.")
 @click.option("--split-launch", is_flag=True,
               help="With --mode full: capture each size as two graphs (the first quarter of the "
                    "layers, then the rest) launched back to back, so the GPU starts while the "
@@ -118,7 +120,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
     try:
         if arms is not None and not cfg.arms:
             raise ValueError("--arms: give at least one arm of eager, graph, torch-eager, "
-                             "torch-graph, compile")
+                             "torch-graph, compile, torch-compile")
         cfg.validate()
         if tp > 1:
             if split_launch:

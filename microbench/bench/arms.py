@@ -5,13 +5,17 @@
     torch-eager  the PyTorch reference backend, kernel by kernel
     torch-graph  the PyTorch reference backend through the same graph runner
     compile      the PyTorch reference backend under torch.compile(mode="reduce-overhead")
+    torch-compile  the model as plain bf16 PyTorch modules in gpt-fast's style
+                 (engine.peer.PeerDecoder) under torch.compile(mode="reduce-overhead"): what a
+                 PyTorch user would otherwise run
 
 The compile arm is set up the way gpt-fast sets up its decode step: static shapes (one compiled
 graph per batch size, dynamic=False), the KV cache and weights at fixed addresses. gpt-fast gets
 the fixed addresses by holding the cache as module buffers; here every weight and cache tensor is
 marked with torch._dynamo.mark_static_address, which tells Inductor's CUDA-graph trees the same
 thing: writes into the cache are then allowed inside the graph. Without it, CUDA-graph trees skip
-the graph ("skipping cudagraphs due to mutated inputs") and the step runs ungraphed.
+the graph ("skipping cudagraphs due to mutated inputs") and the step runs ungraphed. The
+torch-compile arm holds its cache as module buffers, as gpt-fast does, and marks them too.
 
 No arm is reported as graphed on trust: after timing, one step of each arm runs under the
 profiler and the arm counts as graphed only if that step launched a CUDA graph (cudaGraphLaunch);
@@ -21,7 +25,8 @@ from __future__ import annotations
 
 import time
 
-ARMS = ("eager", "graph", "torch-eager", "torch-graph", "compile")
+ARMS = ("eager", "graph", "torch-eager", "torch-graph", "compile", "torch-compile")
+COMPILED_ARMS = ("compile", "torch-compile")   # set up by compiling: CompiledStep, PeerStep
 EXTRA_ARMS = ARMS[2:]
 
 
@@ -58,25 +63,35 @@ def inductor_cudagraph_skips() -> int:
     return int(counters["inductor"].get("cudagraph_skips", 0))
 
 
+def compile_decode(fn):
+    """torch.compile(fn, mode="reduce-overhead", fullgraph=True, dynamic=False): one compiled
+    graph per batch size, each replayed through CUDA-graph trees."""
+    import torch
+    # one compiled graph per batch size: room for every size of a sweep
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+    return torch.compile(fn, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+
+def mark_static(tensors):
+    import torch._dynamo
+    for t in tensors:
+        torch._dynamo.mark_static_address(t)
+
+
 class CompiledStep:
-    """torch.compile(step, mode="reduce-overhead", fullgraph=True, dynamic=False) of the torch
-    twin; `setup_s[bs]` is the first three calls at that batch size (compile, CUDA-graph trees'
-    warm-up run, record)."""
+    """The compile arm: compile_decode(step) of the torch twin; `setup_s[bs]` is the first
+    three calls at that batch size (compile, CUDA-graph trees' warm-up run, record), and
+    `skips` the graphs Inductor skipped during them."""
 
     def __init__(self, dec):
-        import torch
-        import torch._dynamo
         self.dec = dec
-        for t in [dec.embed, dec.final_norm, *dec.k_cache, *dec.v_cache,
-                  *(w for L in dec.layers for w in L.values())]:
-            torch._dynamo.mark_static_address(t)
-        # one compiled graph per batch size: room for every size of a sweep
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
-        self.fn = torch.compile(dec.step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        mark_static([dec.embed, dec.final_norm, *dec.k_cache, *dec.v_cache,
+                     *(w for L in dec.layers for w in L.values())])
+        self.fn = compile_decode(dec.step)
         self.setup_s: dict[int, float] = {}
-        self.skips_before = inductor_cudagraph_skips()
+        self.skips = 0
 
     def __call__(self, tokens, positions, slots):
         import torch
@@ -85,15 +100,45 @@ class CompiledStep:
 
     def prepare(self, tokens, positions, slots):
         import torch
-        t0 = time.perf_counter()
+        skips, t0 = inductor_cudagraph_skips(), time.perf_counter()
         for _ in range(3):
             self(tokens, positions, slots)
         torch.cuda.synchronize()
         self.setup_s[len(tokens)] = time.perf_counter() - t0
+        # counted here: a graph is skipped (or not) when it is compiled, and two compiled arms
+        # share Inductor's counter
+        self.skips += inductor_cudagraph_skips() - skips
 
-    @property
-    def skips(self) -> int:
-        return inductor_cudagraph_skips() - self.skips_before
+
+class PeerStep(CompiledStep):
+    """The torch-compile arm: compile_decode of engine.peer.PeerDecoder, built from the
+    decoder's weights (shared) and a copy of its KV caches. Its cache row is the batch row, so
+    `slots` must be 0..B-1 (the sweep's); its logits are checked against the eager arm's."""
+
+    def __init__(self, dec):
+        from microbench.engine.peer import PeerDecoder
+        self.dec, self.model = dec, PeerDecoder.from_decoder(dec)
+        # gpt-fast's buffers, marked as the compile arm's tensors are: the cache is written
+        # inside the graph
+        mark_static(self.model.caches())
+        self.fn = compile_decode(self.model)
+        self.setup_s: dict[int, float] = {}
+        self.skips = 0
+
+    def __call__(self, tokens, positions, slots):
+        import torch
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.fn(tokens, positions)
+
+
+def compiled_arm(arm: str, dec, twin=None):
+    """The compiled step of arm `compile` (of `twin`, torch_twin(dec) when not given) or
+    `torch-compile` (the peer of `dec`)."""
+    if arm == "compile":
+        return CompiledStep(twin if twin is not None else torch_twin(dec))
+    if arm == "torch-compile":
+        return PeerStep(dec)
+    raise ValueError(f"{arm!r} is not a compiled arm; those are {', '.join(COMPILED_ARMS)}")
 
 
 def launched_graph(fn) -> bool:

@@ -13,6 +13,7 @@ from microbench.engine.shapes import MAX_BATCH, MAX_CONTEXT, DTYPE_NAMES, ModelS
 from microbench.engine.runner import MODES, GraphRunner
 from microbench.engine.ladders import resolve_ladder
 from microbench.bench import arms as arms_mod
+from microbench.bench.bandwidth import family_bandwidth
 from microbench.bench.env import environment, require_cuda
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
@@ -177,7 +178,8 @@ class _Sweep:
         # which plan the step ran, and whether its Triton kernels launch with PDL
         run["decoder"] = dict(fusion=int(dec.fusion), fast_rows=FAST_ROWS,
                               pdl=use_pdl(dec.embed, dec.pdl))
-        self.runner = self.trunner = self.twin = self.compiled = None
+        self.runner = self.trunner = self.twin = None
+        self.compiled = {}     # arm -> its compiled step (arms.COMPILED_ARMS)
         self.to_profile = []   # (bs, padded, eager, graph): profiled after every timing
         self.extra = [a for a in cfg.arms if a in arms_mod.EXTRA_ARMS]
         self.arm_fns = []      # (arm, row, step callable), for the graphed check
@@ -198,7 +200,8 @@ class _Sweep:
         if cfg.mode != "none":
             run["arms"]["graph"].update(setup_s=cap["capture_s"], pool_bytes=cap["pool_bytes"])
         self.twin = arms_mod.torch_twin(dec) if self.extra else None
-        self.compiled = arms_mod.CompiledStep(self.twin) if "compile" in self.extra else None
+        self.compiled = {a: arms_mod.compiled_arm(a, dec, self.twin) for a in self.extra
+                         if a in arms_mod.COMPILED_ARMS}
         self.kernels = dec.plan(cfg.bs[0], cfg.context, self.elt)
         run["kernels_per_step"] = dict(planned=launch_counts(self.kernels))
 
@@ -242,11 +245,13 @@ class _Sweep:
             return Arm(lambda: self.trunner.step_packed(x), timer, diff=f"{k}_max_abs_diff",
                        prepare=lambda row: self.capture_torch_graphs())
 
+        compiled = self.compiled[arm]
+
         def compile_bs(row):
-            with phase(f"bs {bs}: torch.compile (compile, warm up, record)", self.on_phase):
-                self.compiled.prepare(t, p, s)
-            row["compile_setup_s"] = self.compiled.setup_s[bs]
-        return Arm(lambda: self.compiled(t, p, s), timer, diff=f"{k}_max_abs_diff",
+            with phase(f"bs {bs}: torch.compile of {arm} (compile, warm up, record)", self.on_phase):
+                compiled.prepare(t, p, s)
+            row[f"{k}_setup_s"] = compiled.setup_s[bs]
+        return Arm(lambda: compiled(t, p, s), timer, diff=f"{k}_max_abs_diff",
                    prepare=compile_bs)
 
     def capture_torch_graphs(self):
@@ -306,9 +311,9 @@ class _Sweep:
     def graphed_and_profiled(self):
         """Last, under the profiler: whether each arm launched a CUDA graph (at every batch
         size, to count as graphed overall), and the kernels of the first and last rows."""
-        run, compiled = self.run, self.compiled
-        if compiled is not None:
-            run["arms"]["compile"].update(setup_s=sum(compiled.setup_s.values()),
+        run = self.run
+        for arm, compiled in self.compiled.items():
+            run["arms"][arm].update(setup_s=sum(compiled.setup_s.values()),
                                           setup_s_per_bs={str(b): v for b, v in compiled.setup_s.items()},
                                           inductor_cudagraph_skips=compiled.skips)
         for arm, row, fn in self.arm_fns:
@@ -325,7 +330,11 @@ class _Sweep:
                 run["kernels_per_step"]["graph_kernels"] = len(replay) if replay else None
             if replay:
                 # where the GPU time of one replay goes, by kernel family
-                run.setdefault("graph_gpu_breakdown", {})[str(bs)] = kernel_breakdown(replay)
+                run.setdefault("graph_gpu_breakdown", {})[str(bs)] = fams = kernel_breakdown(replay)
+                # each plan family's bytes against its time there, and the copy bandwidth
+                copy_bw = (run.get("launch") or {}).get("copy", {}).get("bytes_per_s")
+                run.setdefault("graph_family_bw", {})[str(bs)] = family_bandwidth(
+                    fams, self.dec.plan(padded, self.cfg.context, self.elt), copy_bw)
 
     def trace(self, on_trace):
         """One eager and one graphed step at the first batch size under the PyTorch profiler,

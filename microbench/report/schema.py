@@ -215,6 +215,22 @@ class LaunchRecord:
 
 
 @dataclass(frozen=True)
+class FamilyBandwidth:
+    """One plan family of one profiled replay (a sweep's `graph_family_bw[bs][family]`,
+    bench/bandwidth.py): the plan's bytes (null for kernels the plan does not list), the
+    profiled GPU us and kernel count, the plan's kernel count, bytes/s, its share of the copy
+    bandwidth, the us those bytes take at the copy bandwidth and the us beyond that."""
+    us: float
+    n: int
+    bytes: int | None = None
+    planned: int | None = None
+    bytes_per_s: float | None = None
+    copy_share: float | None = None
+    us_at_copy: float | None = None
+    us_over: float | None = None
+
+
+@dataclass(frozen=True)
 class CopyRecord:
     bytes_per_s: float
 
@@ -297,6 +313,11 @@ def validate_run(data, source) -> RunRecord:
     for key, cls in spec.optional.items():
         if data.get(key) is not None:
             _build_part(cls, data[key], key, fail)
+    for bs, fams in (data.get("graph_family_bw") or {}).items():
+        if not isinstance(fams, dict):
+            fail(f"'graph_family_bw.{bs}' is {_describe(fams)}, where an object belongs")
+        for fam, v in fams.items():
+            build(FamilyBandwidth, v, f"graph_family_bw.{bs}.{fam}", fail)
     for key, tp in (("interrupted", bool), ("wall_s", float)):
         if data.get(key) is not None and not _is(data[key], tp):
             fail(f"'{key}' is {_describe(data[key])}, where {_type_name(tp)} belongs")
