@@ -12,8 +12,11 @@ Plain `nn.Module` blocks, plain PyTorch ops in the model's dtype:
 The KV cache is held as module buffers [max_batch, Hkv, max_seq, D], as gpt-fast holds it;
 batch row i is cache row i (the toy's slot i: the sweep's slots are 0..B-1). A step writes each
 sequence's new K and V at its own position (`positions[i]`) and attends over cache positions
-[0, positions[i]] through a boolean mask over the whole cache length, gpt-fast's idiom; GQA
-through scaled_dot_product_attention's enable_gqa.
+[0, positions[i]] through a boolean mask over the whole cache length, gpt-fast's idiom. GQA as
+gpt-fast does it: K and V repeated to the query heads (repeat_interleave) before
+scaled_dot_product_attention. With an explicit mask that is the call CUDA's fused kernels take:
+flash attention takes no mask, and memory-efficient attention takes a mask but not enable_gqa, so
+enable_gqa with a mask would fall back to the unfused math path.
 
 Where gpt-fast's formulas and the toy's differ, this follows the toy, so the two models give
 the same logits up to rounding: RoPE rotates NeoX halves (gpt-fast rotates interleaved pairs),
@@ -100,7 +103,10 @@ class Attention(nn.Module):
         v = v.view(B, 1, s.n_kv_heads, s.head_dim)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))                 # [B, heads, 1, D]
         k, v = self.kv_cache.update(positions, k, v)                     # [B, Hkv, max_seq, D]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        rep = s.n_heads // s.n_kv_heads
+        if rep > 1:   # GQA (a model with as many KV heads as query heads has nothing to repeat)
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # [B, H, max_seq, D]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(y.transpose(1, 2).reshape(B, 1, s.q_size))
 
 

@@ -1,6 +1,8 @@
 """The peer (engine/peer.py, the torch-compile arm's model) on the CPU, without compiling: the
 same logits as the ToyDecoder's torch backend, and a KV-cache update that writes only the
 positions given."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -9,6 +11,8 @@ from microbench.engine.peer import PeerDecoder
 from microbench.engine.shapes import PRESETS
 
 TINY = PRESETS["tiny"]
+# as many KV heads as query heads (opt-125m's attention): nothing to repeat; head_dim 48
+TINY_MHA = replace(TINY, name="tiny-mha", n_heads=2, n_kv_heads=2, head_dim=48)
 MAX_BATCH, MAX_SEQ, CTX = 5, 32, 9
 # float32 throughout; the two models differ only in summation order (SDPA against einsum, the
 # gate and up halves as two matmuls against one): a few ulp per op over two layers, on logits
@@ -16,8 +20,8 @@ MAX_BATCH, MAX_SEQ, CTX = 5, 32, 9
 ATOL, RTOL = 1e-4, 1e-5
 
 
-def make(dtype=torch.float32):
-    dec = ToyDecoder(TINY, backend="torch", max_batch=MAX_BATCH, max_seq=MAX_SEQ, dtype=dtype,
+def make(dtype=torch.float32, shape=TINY):
+    dec = ToyDecoder(shape, backend="torch", max_batch=MAX_BATCH, max_seq=MAX_SEQ, dtype=dtype,
                      device="cpu", seed=0)
     dec.fill_cache(CTX)
     return dec, PeerDecoder.from_decoder(dec)
@@ -33,8 +37,9 @@ def inputs(bs, seed, ragged=True):
 
 @pytest.mark.parametrize("bs", [1, 3, MAX_BATCH])
 @pytest.mark.parametrize("ragged", [False, True], ids=["at-context", "ragged"])
-def test_same_logits_as_the_toy_decoder(bs, ragged):
-    dec, peer = make()
+@pytest.mark.parametrize("shape", [TINY, TINY_MHA], ids=["gqa", "mha"])
+def test_same_logits_as_the_toy_decoder(bs, ragged, shape):
+    dec, peer = make(shape=shape)
     t, p, s = inputs(bs, seed=bs, ragged=ragged)
     for _ in range(2):   # twice: the second step reads what the first wrote
         want, got = dec.step(t, p, s), peer(t, p)
