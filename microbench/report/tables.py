@@ -50,7 +50,7 @@ def sweep_doc(run: dict) -> Doc:
     # are torch_graph_step_us, ...)
     extra = [a for a in (run.get("arms") or {}) if a not in ("eager", "graph")]
     heads = ["bs", "pad", "ran as", "eager us", "graph us", *(f"{a} us" for a in extra),
-             "speedup", "95% CI", *(["repeats"] if run.get("repeats") else []), "pred", "eager tok/s", "graph tok/s", "tok/s/seq", "GB/s", "MBU"]
+             "speedup", "95% CI", *(["repeat spread (CI)"] if run.get("repeats") else []), "pred", "eager tok/s", "graph tok/s", "tok/s/seq", "GB/s", "MBU"]
     rows = []
     for r in run.get("rows", []):
         rows.append([
@@ -68,12 +68,15 @@ def sweep_doc(run: dict) -> Doc:
 
 def speedup_cells(r: dict, repeats: bool = False) -> list[str]:
     """The speedup ("~" after it: the row missed its stopping rule), its interval and, under
-    --repeat, the spread of the processes' speedups (max / min - 1)."""
+    --repeat, the spread of the processes' speedups (max / min - 1) with the hierarchical
+    interval over every process's paired ratios."""
     s = _f(r.get("speedup"), ".2f") + ("~" if r.get("stable") is False else "")
     ci = r.get("speedup_ci")
     cells = [s, f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "-"]
     if repeats:
-        cells.append(_f(r.get("speedup_repeat_spread"), ".1%"))
+        hc = r.get("speedup_repeats_ci")
+        cells.append(_f(r.get("speedup_repeat_spread"), ".1%")
+                     + (f" ({hc[0]:.2f}-{hc[1]:.2f})" if hc else ""))
     return cells
 
 
