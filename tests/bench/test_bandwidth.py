@@ -70,3 +70,12 @@ def test_the_plans_bytes_are_all_counted(bs):
     out = family_bandwidth({"matmul": dict(n=1, us=100.0)}, kernels, COPY)
     assert sum(v["bytes"] for v in out.values()) == sum(k.bytes for k in kernels)
     assert ("skinny" if is_skinny(Fusion.ATTENTION, bs) else "cublas") in out
+
+
+def test_every_profiled_family_has_its_plan_family():
+    """The profiler's family names this module maps: matmul, and every attention family."""
+    from microbench.bench.bandwidth import ATTENTION, MATMUL
+    from microbench.bench.profile import KERNEL_FAMILIES
+    fams = {f for _, f in KERNEL_FAMILIES}
+    assert MATMUL in fams and set(ATTENTION) <= fams
+    assert {f for f in fams if "attention" in f} <= set(ATTENTION)
