@@ -208,7 +208,8 @@ def resolve_ladder(spec: str, max_bs: int) -> list[int]:
     """A ladder by name (optionally with engine options, see `ladder_spec`) sized to max_bs, the
     most sequences a step runs, or an explicit list '1,2,4'.
     vllm: max_num_seqs = max_bs, so its ceiling is 2·max_bs up to 512, and
-    max_num_batched_tokens = max(8192, max_bs) unless given.
+    max_num_batched_tokens = max(8192, max_bs) unless given. With num_speculative_tokens k the
+    sizes are tokens, (1 + k) a sequence: the ladder then reaches past max_bs rows.
     sglang: a server whose cuda_graph_max_bs is max(max_bs, 512) (max_bs when given), the
     largest default, serving at most max_bs requests, so max_bs is on the ladder as SGLang's
     runner adds it."""
