@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from microbench.report.record import atomic_write
+from microbench.report.serve_tables import generate_headline, serve_headline
 
 INDEX_NAME = "README.md"
 # folders beside the runs that hold no run (a stage's logs)
@@ -118,7 +119,8 @@ def _kernels_headline(run: dict) -> str:
 
 HEADLINES = {"sweep": _sweep_headline, "sweep-tp": _sweep_headline, "reproduce": _reproduce_headline,
              "launch": _launch_headline, "launch-tp": _launch_tp_headline,
-             "kernels": _kernels_headline}
+             "kernels": _kernels_headline, "generate": generate_headline,
+             "serve": serve_headline}
 
 
 def headline(run: dict) -> str:

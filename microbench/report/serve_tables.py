@@ -119,3 +119,30 @@ def serve_doc(run: dict) -> Doc:
         if cap:
             lines.append(cap)
     return Doc(_footer(run, lines))
+
+
+def generate_headline(run: dict) -> str:
+    """The index's line: the paired speedup and graphed tokens per second at the smallest batch."""
+    rows = sorted((r for r in run.get("rows") or [] if isinstance(r.get("bs"), int)),
+                  key=lambda r: r["bs"])
+    if not rows:
+        return "no rows"
+    r = rows[0]
+    if r.get("speedup") is None:
+        return f"eager only: {fmt(r.get('eager_tok_s'), '.0f')} tok/s at bs {r['bs']}"
+    return (f"generation {r['speedup']:.2f}x at bs {r['bs']} "
+            f"({fmt(r.get('graph_tok_s'), '.0f')} tok/s graphed)")
+
+
+def serve_headline(run: dict) -> str:
+    """The index's line: the graph arm against exact capture and eager, and its fallbacks."""
+    rows = {r.get("arm"): r for r in run.get("rows") or []}
+    g = rows.get("graph")
+    if g is None:
+        return f"eager only: {fmt((rows.get('eager') or {}).get('tok_s'), '.0f')} tok/s"
+    parts = [f"graph {fmt(g.get('speedup_vs_eager'), '.2f')}x eager"]
+    if g.get("time_vs_exact") is not None:
+        parts.append(f"{g['time_vs_exact']:.3f}x exact's time")
+    n = g.get("fallback_steps") or 0
+    parts.append(f"{n} step{'s' if n != 1 else ''} fell back")
+    return ", ".join(parts)

@@ -92,6 +92,8 @@ def test_generate_eager_only_on_cpu(tmp_path):
     d = write_run(tmp_path / "g", run, csv_name="generate.csv")
     text = render_run(load_run(d))
     assert "prompt 4" in text and "tiny" in text
+    from microbench.report.index import headline
+    assert headline(run).startswith("eager only")
 
 
 def test_generate_both_arms_with_a_fake_runner(tmp_path):
@@ -108,6 +110,8 @@ def test_generate_both_arms_with_a_fake_runner(tmp_path):
     assert load_run(d)["kind"] == "generate"
     text = render_run(load_run(d))
     assert "graph ms" in text and "speedup" in text
+    from microbench.report.index import headline
+    assert headline(run).startswith("generation ") and "at bs 1" in headline(run)
 
 
 def test_generate_prefill_token_by_token_on_cpu():

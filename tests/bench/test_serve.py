@@ -249,6 +249,8 @@ def test_serve_loop_on_cpu_with_a_fake_runner(tmp_path):
     assert (d / "by_bs.csv").is_file()
     text = render_run(load_run(d))
     assert "graph" in text and "exact" in text and "trace" in text
+    from microbench.report.index import headline
+    assert headline(run).startswith("graph ") and "1 step fell back" in headline(run)
 
 
 def test_serve_loop_eager_only_on_cpu():
