@@ -11,10 +11,20 @@ that achieves and its share of the copy bandwidth measured in the same run:
 `us_over` is the address of the gap: the time a family takes beyond what its bytes cost at the
 copy bandwidth. Kernels the profiler saw that the plan does not list (its `other` family, such
 as a library's split-K reduce) keep their time under `other`, with no bytes.
+
+A kernel launched with programmatic dependent launch (PDL) starts before the one before it ends
+and waits; its profiled time includes that wait, so a PDL replay's family times add up past the
+step. `kernels_without_pdl` times the same replay from a graph captured without PDL, where each
+kernel's time is its own.
 """
 from __future__ import annotations
 
+import copy
+
+from microbench.bench.inputs import packed, step_inputs
+from microbench.bench.profile import profile_kernels
 from microbench.engine.plan import family
+from microbench.engine.runner import GraphRunner
 
 # the profiler's families (bench.profile.KERNEL_FAMILIES) by plan family; every profiled family
 # not named here, other than UNPLANNED, is one of the plan's small kernels
@@ -66,3 +76,19 @@ def family_bandwidth(breakdown: dict, kernels, copy_bw: float | None) -> dict:
                         copy_share=rate / copy_bw if rate is not None and copy_bw else None,
                         us_at_copy=at_copy, us_over=us - at_copy if at_copy is not None else None)
     return out
+
+
+def kernels_without_pdl(dec, bs: int, size: int, mode: str, context: int) -> list:
+    """(name, GPU us) of every kernel of one replay of `dec`'s step for bs sequences at
+    `context`, from a graph of `size` rows captured (mode `mode`) from a shallow copy of dec
+    that launches without PDL: the same weights, caches and plan, each kernel timed alone. The
+    graph is freed before returning."""
+    twin = copy.copy(dec)   # shares the weights and caches; only the launch flag differs
+    twin.pdl = False
+    runner = GraphRunner(twin, [size], mode=mode)
+    try:
+        runner.capture()
+        x = packed(*step_inputs(dec.shape.vocab, bs, context, dec.device))
+        return profile_kernels(lambda: runner.step_packed(x))
+    finally:
+        runner.close()

@@ -13,7 +13,7 @@ from microbench.engine.shapes import MAX_BATCH, MAX_CONTEXT, DTYPE_NAMES, ModelS
 from microbench.engine.runner import MODES, GraphRunner
 from microbench.engine.ladders import resolve_ladder
 from microbench.bench import arms as arms_mod
-from microbench.bench.bandwidth import family_bandwidth
+from microbench.bench.bandwidth import family_bandwidth, kernels_without_pdl
 from microbench.bench.env import environment, require_cuda
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
@@ -331,7 +331,12 @@ class _Sweep:
             if replay:
                 # where the GPU time of one replay goes, by kernel family
                 run.setdefault("graph_gpu_breakdown", {})[str(bs)] = fams = kernel_breakdown(replay)
-                # each plan family's bytes against its time there, and the copy bandwidth
+                # each plan family's bytes against its kernels' own time (with PDL a kernel's
+                # time includes its wait for the one before: timed again without), and the copy
+                # bandwidth
+                if run["decoder"]["pdl"]:
+                    fams = kernel_breakdown(kernels_without_pdl(self.dec, bs, padded, self.cfg.mode,
+                                                                self.cfg.context))
                 copy_bw = (run.get("launch") or {}).get("copy", {}).get("bytes_per_s")
                 run.setdefault("graph_family_bw", {})[str(bs)] = family_bandwidth(
                     fams, self.dec.plan(padded, self.cfg.context, self.elt), copy_bw)

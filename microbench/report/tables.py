@@ -188,7 +188,8 @@ def _arm_lines(run: dict) -> list[str]:
 
 def family_bw_lines(run: dict) -> list[str]:
     """Per profiled batch, each plan family's bytes, GPU time in one replay and share of the
-    copy bandwidth (run.json's graph_family_bw, bench.bandwidth), largest time first."""
+    copy bandwidth (run.json's graph_family_bw, bench.bandwidth), largest time first; a run
+    whose decoder launched with PDL timed these kernels in a replay captured without it."""
     copy = ((run.get("launch") or {}).get("copy") or {}).get("bytes_per_s")
     pdl = (run.get("decoder") or {}).get("pdl")
     lines = []
@@ -205,8 +206,7 @@ def family_bw_lines(run: dict) -> list[str]:
                              f"{v['us_at_copy']:.0f} at copy)")
         head = f"by plan family at bs {bs}" + (f" (copy {copy / 1e12:.2f} TB/s)" if copy else "")
         lines.append(head + ": " + "; ".join(parts)
-                     + ("; with PDL a kernel's time includes its wait, so shares are lower bounds"
-                        if pdl else ""))
+                     + ("; kernels timed in a replay without PDL, each alone" if pdl else ""))
     return lines
 
 

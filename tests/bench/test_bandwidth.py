@@ -79,3 +79,28 @@ def test_every_profiled_family_has_its_plan_family():
     fams = {f for _, f in KERNEL_FAMILIES}
     assert MATMUL in fams and set(ATTENTION) <= fams
     assert {f for f in fams if "attention" in f} <= set(ATTENTION)
+
+
+@pytest.mark.gpu
+def test_kernels_without_pdl_time_the_same_kernels():
+    """On a GPU: the PDL-free replay runs the plan's kernels (the same count as the decoder's
+    own replay) and leaves the decoder's launch flag as it was."""
+    import torch
+
+    from microbench.bench.bandwidth import kernels_without_pdl
+    from microbench.bench.inputs import packed, step_inputs
+    from microbench.bench.profile import kernel_breakdown, profile_kernels
+    from microbench.engine.decoder import ToyDecoder
+    from microbench.engine.runner import GraphRunner
+    dec = ToyDecoder(PRESETS["tiny"], max_batch=4, max_seq=64, dtype=torch.bfloat16,
+                     device="cuda", pdl=True)
+    dec.fill_cache(40)
+    runner = GraphRunner(dec, [4])
+    runner.capture()
+    x = packed(*step_inputs(dec.shape.vocab, 3, 40, "cuda"))
+    with_pdl = profile_kernels(lambda: runner.step_packed(x))
+    runner.close()
+    alone = kernels_without_pdl(dec, 3, 4, "full", 40)
+    counts = lambda ks: {f: d["n"] for f, d in kernel_breakdown(ks).items()}
+    assert dec.pdl and counts(alone) == counts(with_pdl)
+    assert all(us > 0 for _, us in alone)
