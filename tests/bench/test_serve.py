@@ -253,6 +253,18 @@ def test_serve_loop_on_cpu_with_a_fake_runner(tmp_path):
     assert headline(run).startswith("graph ") and "1 step fell back" in headline(run)
 
 
+def test_serve_record_validation():
+    """A serve run must hold its trace and rows with an arm each (report.serve_schema)."""
+    from microbench.report.schema import RunFileError
+    run = run_serve(cpu_config(mode="none"), [1], device="cpu")
+    validate_run(run, "r")
+    for broken, what in ((dict(run, trace=None), "'trace'"),
+                         (dict(run, rows=[{"arm": "eager"}]), r"'rows\[0\]' has no 'steps'"),
+                         (dict(run, config={"preset": "tiny"}), "'config' has no 'mode'")):
+        with pytest.raises(RunFileError, match=what):
+            validate_run({k: v for k, v in broken.items() if v is not None}, "r")
+
+
 def test_serve_loop_eager_only_on_cpu():
     run = run_serve(cpu_config(mode="none"), [2, 1], device="cpu", make_runner=FakeRunner)
     assert [r["arm"] for r in run["rows"]] == ["eager"] and run["ladder"] == []
