@@ -114,6 +114,13 @@ def test_generate_both_arms_with_a_fake_runner(tmp_path):
     assert headline(run).startswith("generation ") and "at bs 1" in headline(run)
 
 
+def test_generate_triton_kernels_under_the_interpreter():
+    """The Triton plan (fused attention writing each new position) through two growing steps."""
+    cfg = cpu_config(bs=(2,), input_len=3, output_len=2, backend="triton", repeats=1, warmup=0)
+    run = run_generate(cfg, device="cpu", make_runner=FakeRunner)
+    assert run["rows"][0]["tokens_match"] == 1.0 and run["eager_bound"] is False
+
+
 def test_generate_prefill_token_by_token_on_cpu():
     cfg = cpu_config(mode="none", prefill="steps", bs=(2,), repeats=1, warmup=0)
     run = run_generate(cfg, device="cpu")
