@@ -146,6 +146,25 @@ def test_cli_bad_options(tmp_path, args, option):
     assert code == 2 and len(lines) == 1 and option in lines[0] and "Traceback" not in out, out
 
 
+def test_cli_glue_on_cpu(tmp_path, monkeypatch):
+    """The command's path past the GPU check (run on the CPU with a fake runner): the run
+    folder, its CSV, the table, --format json."""
+    import microbench.bench.generate as gen
+    real = gen.run_generate
+    monkeypatch.setattr("microbench.cli_serve.require_cuda", lambda cmd: None)
+    monkeypatch.setattr(gen, "run_generate", lambda cfg, **kw: real(
+        cfg, device="cpu", make_runner=FakeRunner, **kw))
+    args = ["generate", "--preset", "tiny", "--dtype", "float32", "--backend", "torch", "--bs",
+            "1,3", "--input-len", "4", "--output-len", "2", "--repeats", "1", "--warmup", "0",
+            "--ladder", "1,2,4"]
+    code, out = cli(*args, "--out", str(tmp_path / "a"))
+    assert code == 0 and "graph tok/s" in out and "saved: " in out, out
+    (d,) = list((tmp_path / "a").iterdir())
+    assert (d / "generate.csv").read_text().startswith("bs,padded_bs") and "-generate-tiny-" in d.name
+    code, out = cli(*args, "--out", str(tmp_path / "b"), "--format", "json", "--quiet")
+    assert code == 0 and [r["bs"] for r in __import__("json").loads(out)] == [1, 3]
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU message")
 def test_cli_needs_a_gpu(tmp_path):
     code, out = cli("generate", "--out", str(tmp_path))

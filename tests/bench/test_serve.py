@@ -302,6 +302,25 @@ def test_cli_bad_options(tmp_path, args, option):
     assert code == 2 and len(lines) == 1 and option in lines[0] and "Traceback" not in out, out
 
 
+def test_cli_glue_on_cpu(tmp_path, monkeypatch):
+    """The command's path past the GPU check (run on the CPU with a fake runner): the run
+    folder with its CSVs and the table."""
+    import microbench.bench.serve as serve
+    real = serve.run_serve
+    monkeypatch.setattr("microbench.cli_serve.require_cuda", lambda cmd: None)
+    monkeypatch.setattr(serve, "run_serve", lambda cfg, trace, **kw: real(
+        cfg, trace, device="cpu", make_runner=FakeRunner, **kw))
+    f = tmp_path / "t.txt"
+    f.write_text("1\n3\n6\n")
+    code, out = cli("serve", "--batch-sizes", str(f), "--preset", "tiny", "--dtype", "float32",
+                    "--backend", "torch", "--context", "8", "--ladder", "1,2,4", "--repeats", "1",
+                    "--warmup", "0", "--out", str(tmp_path / "o"))
+    assert code == 0 and "exact" in out and "saved: " in out, out
+    (d,) = list((tmp_path / "o").iterdir())
+    assert {p.name for p in d.iterdir()} == {"run.json", "serve.csv", "by_bs.csv"}
+    assert load_run(d)["rows"][1]["fallback_steps"] == 1
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU message")
 def test_cli_needs_a_gpu(tmp_path):
     code, out = cli("serve", "--steps", "4", "--out", str(tmp_path))
