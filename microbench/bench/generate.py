@@ -41,7 +41,7 @@ import torch
 from microbench.bench.env import environment
 from microbench.bench.sweep import max_seq_for
 from microbench.bench.timing import summarize
-from microbench.engine.decoder import BACKENDS
+from microbench.engine.decoder import BACKENDS, ToyDecoder
 from microbench.engine.ladders import resolve_ladder
 from microbench.engine.runner import MODES, GraphRunner
 from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS, torch_dtype
@@ -254,8 +254,7 @@ def run_generate(cfg: GenerateConfig, device="cuda", on_progress=None, on_run=No
     return run
 
 
-def _decoder(cfg: GenerateConfig, max_batch: int, dev):
-    from microbench.engine.decoder import ToyDecoder
+def _decoder(cfg: GenerateConfig, max_batch: int, dev) -> ToyDecoder:
     return ToyDecoder(PRESETS[cfg.preset], backend=cfg.backend, max_batch=max_batch,
                       max_seq=max_seq_for(cfg.input_len + cfg.output_len - 1),
                       dtype=torch_dtype(cfg.dtype), device=dev, seed=cfg.seed)
