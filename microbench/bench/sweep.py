@@ -314,8 +314,8 @@ class _Sweep:
         run = self.run
         for arm, compiled in self.compiled.items():
             run["arms"][arm].update(setup_s=sum(compiled.setup_s.values()),
-                                          setup_s_per_bs={str(b): v for b, v in compiled.setup_s.items()},
-                                          inductor_cudagraph_skips=compiled.skips)
+                                    setup_s_per_bs={str(b): v for b, v in compiled.setup_s.items()},
+                                    inductor_cudagraph_skips=compiled.skips)
         for arm, row, fn in self.arm_fns:
             row[f"{arms_mod.key(arm)}_graphed"] = g = arms_mod.launched_graph(fn)
             run["arms"][arm]["graphed"] = run["arms"][arm].get("graphed", True) and g
