@@ -37,13 +37,15 @@ def test_torch_compile_arm_registers_and_parses():
         arms.compiled_arm("torch-graph", None)
 
 
-def test_cli_takes_the_torch_compile_arm():
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU this would run a sweep")
+def test_cli_takes_the_torch_compile_arm(tmp_path):
     """The CLI parses the arm and gets as far as asking for a GPU (none here)."""
     from click.testing import CliRunner
 
     from microbench.cli import main
-    r = CliRunner().invoke(main, ["sweep", "--arms", "eager,graph,torch-compile", "--out", "/tmp"])
-    assert "--arms" not in r.output
+    r = CliRunner().invoke(main, ["sweep", "--arms", "eager,graph,torch-compile",
+                                  "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "needs a CUDA GPU" in r.output and "--arms" not in r.output
 
 
 @pytest.mark.gpu
