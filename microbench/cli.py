@@ -289,9 +289,6 @@ MODEL_DEFAULTS = dict(preset="opt-125m", context=512, dtype="bfloat16")
 # analysis.published.TABLES by name, spelled here so --help loads no analysis (a test holds them equal)
 PUBLISHED = ("all", "opt125m-l4", "llama8b-h200")
 
-# analysis.published.TABLES by name, spelled here so --help loads no analysis (a test holds them equal)
-PUBLISHED = ("all", "opt125m-l4", "llama8b-h200")
-
 
 @main.command()
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None,

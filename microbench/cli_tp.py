@@ -67,7 +67,7 @@ def tp_sweep_main(cfg_kwargs: dict, tp: int, compare_tp1: bool = True, as_json: 
     return text, 130 if run.get("interrupted") else 0
 
 
-def tp_launch_main(tp: int, time_budget: float = 0.3, out: str = "results",
+def tp_launch_main(tp: int, time_budget: float = 0.3, out: str = "runs",
                    as_json: bool = False) -> tuple[str | None, int]:
     """The all-reduce benchmark on tp GPUs; returns (text to print, exit code)."""
     save = FolderSaver(out, "launch", f"tp{tp}",
@@ -95,7 +95,7 @@ def main():
     @click.option("--context", type=int, default=512, show_default=True)
     @click.option("--steps", type=int, default=10, show_default=True)
     @click.option("--time-budget", type=float, default=1.0, show_default=True)
-    @click.option("--out", default="results", show_default=True)
+    @click.option("--out", default="runs", show_default=True)
     @click.option("--no-tp1", is_flag=True, help="Skip the TP-1 comparison on rank 0.")
     @click.option("--json", "as_json", is_flag=True)
     @click.option("--quiet", is_flag=True)
@@ -108,7 +108,7 @@ def main():
     @cli.command()
     @click.option("--tp", type=click.IntRange(2, 64), default=2, show_default=True)
     @click.option("--time-budget", type=float, default=0.3, show_default=True)
-    @click.option("--out", default="results", show_default=True)
+    @click.option("--out", default="runs", show_default=True)
     @click.option("--json", "as_json", is_flag=True)
     def launch(tp, time_budget, out, as_json):
         _finish(*tp_launch_main(tp, time_budget, out, as_json))

@@ -7,6 +7,7 @@
 #            kernels          each decode kernel's bandwidth (microbench kernels)
 #            sweep            the default sweep of opt-125m and llama-1b, each from a cold Triton cache
 #            sweep3           three back-to-back default sweeps (how far the numbers move between runs)
+#            repeat           each preset in $PRESETS swept with --repeat 3 (three fresh processes)
 #            launch           launch, replay, copy and matmul constants (microbench launch)
 #            arms             every arm side by side, per preset in $PRESETS, batch sizes $BS
 #            reproduce        the eight phenomena and their report
@@ -47,6 +48,14 @@ for st in $stages; do
         microbench sweep --out "$new" --quiet 2>&1 | tee "$OUT/sweep3-$i.log"
         r=$?; [ $r -ne 0 ] && rc=$r
       done ;;
+    repeat)
+      # the default sweep of each preset in $PRESETS, three fresh processes each (--repeat 3)
+      rc=0
+      for p in ${PRESETS:-opt-125m llama-1b llama-8b}; do
+        microbench sweep --bs ${BS:-1,4,16,64} --preset $p --repeat ${REPEAT:-3} --out "$new" 2>&1 \
+          | tee "$OUT/repeat-$p.log"
+        r=$?; [ $r -ne 0 ] && rc=$r
+      done ;;
     launch)
       microbench launch --out "$new" 2>&1 | tee "$OUT/launch.log"; rc=$? ;;
     arms)
@@ -64,10 +73,11 @@ for st in $stages; do
     *) echo "unknown stage $st"; rc=2 ;;
   esac
   summary+=("$st: rc=$rc in $(( $(date +%s) - t0 )) s")
+  # packed after every stage, so a run stopped at its time limit still returns what it made
+  (cd "$new" && tar cf "$OUT/results.tar" .)
 done
-(cd "$new" && tar cf "$OUT/results.tar" .)
 echo "== short table"
-for f in "$OUT"/sweep-*.log "$OUT"/sweep3-*.log "$OUT"/arms-*.log; do
+for f in "$OUT"/sweep-*.log "$OUT"/sweep3-*.log "$OUT"/repeat-*.log "$OUT"/arms-*.log; do
   [ -f "$f" ] || continue
   echo "-- $(basename "$f" .log)"
   grep -E '^ *(bs|--|[0-9]+) ' "$f" | grep -v ':' | head -8

@@ -1,7 +1,12 @@
 """Arms of the sweep: what a user could run instead, timed side by side in one process.
 
-    eager        the Triton decoder, kernel by kernel (always run)
+    eager        the Triton decoder's step as bound launches (engine.bound), kernel by kernel:
+                 the isolated effect of graphs is eager against graph (always run)
     graph        the Triton decoder through the graph runner (always run unless --mode none)
+    engine-eager the unfused plan (one kernel per operation, cuBLAS matmuls) as bound launches:
+                 what an engine's enforce_eager runs, which turns off its fusions and its graphs
+                 together, so engine-eager against graph is the bundle operators measure
+                 (always run with the triton backend)
     torch-eager  the PyTorch reference backend, kernel by kernel
     torch-graph  the PyTorch reference backend through the same graph runner
     compile      the PyTorch reference backend under torch.compile(mode="reduce-overhead")
@@ -25,9 +30,9 @@ from __future__ import annotations
 
 import time
 
-ARMS = ("eager", "graph", "torch-eager", "torch-graph", "compile", "torch-compile")
+ARMS = ("eager", "graph", "engine-eager", "torch-eager", "torch-graph", "compile", "torch-compile")
 COMPILED_ARMS = ("compile", "torch-compile")   # set up by compiling: CompiledStep, PeerStep
-EXTRA_ARMS = ARMS[2:]
+EXTRA_ARMS = ARMS[3:]
 
 
 def key(arm: str) -> str:
@@ -36,8 +41,8 @@ def key(arm: str) -> str:
 
 
 def parse_arms(arms) -> tuple:
-    """Validate a list of arms; eager and graph (unless --mode none) always run, so they may be
-    named or not; an empty list means just those."""
+    """Validate a list of arms; eager, graph (unless --mode none) and engine-eager always run,
+    so they may be named or not; an empty list means just those."""
     arms = tuple(arms)
     bad = [a for a in arms if a not in ARMS]
     if bad:

@@ -28,7 +28,7 @@ class ReproduceConfig:
     memory_budget_gib: float | None = None
     backend: str = "triton"
     seed: int = 0
-    out: str = "results"
+    out: str = "runs"
     progress: bool = False
 
     def validate(self) -> "ReproduceConfig":

@@ -22,7 +22,7 @@ from microbench.bench.profile import kernel_breakdown, profile_kernels, trace_st
 from microbench.bench.rows import Arm, Budget, eager_timer, graph_timer, measure_row, wall_timer
 from microbench.bench.timing import host_time_us
 from microbench.engine.nvtx import phase
-from microbench.engine.plan import launch_counts, step_bytes
+from microbench.engine.plan import Fusion, launch_counts, step_bytes
 from microbench.stats import check_shape
 
 DEFAULT_BS = (1, 4, 16, 64)
@@ -40,7 +40,7 @@ class SweepConfig:
     time_budget: float = 1.0   # seconds per measured figure, at most (at least 10 samples)
     backend: str = "triton"
     seed: int = 0
-    out: str = "results"
+    out: str = "runs"
     arms: tuple = ()   # extra arms; eager and graph (unless mode none) always run: microbench.bench.arms
     split_launch: bool = False   # full mode: each size as two graphs (GraphRunner split_launch)
 
@@ -180,11 +180,15 @@ class _Sweep:
                               pdl=use_pdl(dec.embed, dec.pdl))
         self.runner = self.trunner = self.twin = None
         self.compiled = {}     # arm -> its compiled step (arms.COMPILED_ARMS)
+        # the unfused plan on the same weights and caches (arm engine-eager); the torch backend
+        # has no bound steps, so neither arm there
+        self.plain = dec.with_fusion(Fusion.UNFUSED) if cfg.backend == "triton" else None
         self.to_profile = []   # (bs, padded, eager, graph): profiled after every timing
         self.extra = [a for a in cfg.arms if a in arms_mod.EXTRA_ARMS]
         self.arm_fns = []      # (arm, row, step callable), for the graphed check
         self.measured = []     # (row, padded): the rows the model predicts once the device is measured
         run["arms"] = {a: {} for a in ("eager", *(["graph"] if cfg.mode != "none" else []),
+                                       *(["engine-eager"] if self.plain is not None else []),
                                        *self.extra)}
         self.elt = torch.finfo(dtype).bits // 8
         self.budget = Budget(cfg.steps, cfg.time_budget)
@@ -210,22 +214,36 @@ class _Sweep:
         cfg, dec, runner = self.cfg, self.dec, self.runner
         t, p, s = step_inputs(cfg.shape.vocab, bs, cfg.context, self.dev, self.gen)
         x = packed(t, p, s)                                                   # [3, bs]
-        eager = lambda: dec.step(t, p, s)
+        # the eager arms run bound steps (engine.bound): each kernel's checks, outputs and
+        # launch binding done once, as an engine's eager step has them; eager runs this plan,
+        # engine-eager the unfused plan (what enforce_eager turns off: fusions and graphs)
+        bound = dec.bind(bs) if self.plain is not None else None
+        eager = (lambda: bound.step_packed(x)) if bound else (lambda: dec.step(t, p, s))
         # the runner takes the batch as one tensor, as an engine's persistent batch is
         graph = lambda: runner.step_packed(x)
         padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
         if bs in (cfg.bs[0], cfg.bs[-1]):
             self.to_profile.append((bs, padded, eager, graph))
         host_costs: dict = {}
-        arms = {"eager": Arm(eager, eager_timer(dec, bs, self.budget, host_costs))}
+        arms = {"eager": Arm(eager, eager_timer(dec, bs, self.budget, host_costs, bound))}
         if cfg.mode != "none":
             arms["graph"] = Arm(graph, graph_timer(self.budget), diff="max_abs_diff")
+        if self.plain is not None:
+            plain = self.plain.bind(bs)
+            arms["engine-eager"] = Arm(lambda: plain.step_packed(x),
+                                       wall_timer("engine_eager_", self.budget),
+                                       diff="engine_eager_max_abs_diff")
         for arm in self.extra:
             arms[arm] = self.extra_arm(arm, bs, t, p, s, x)
         row = measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode, self.say,
                           on_round=self.on_round)
-        for arm in (*self.extra, "eager", *(["graph"] if cfg.mode != "none" else [])):
+        for arm in (*self.extra, *(a for a in arms if a not in self.extra)):
             self.arm_fns.append((arm, row, arms[arm].step))
+        if bound is not None:
+            row.update(eager_kernels=len(bound),
+                       eager_host_us_per_kernel=row["eager_host_us"] / len(bound))
+        if row.get("engine_eager_step_us") and row.get("graph_step_us"):
+            row["engine_speedup"] = row["engine_eager_step_us"] / row["graph_step_us"]
         row.update(throughput_fields(row, bs, padded))
         nbytes = step_bytes(cfg.shape, bs, cfg.context, self.elt, fusion=dec.fusion)
         best = row["graph_step_us"] or row["eager_step_us"]
@@ -279,6 +297,9 @@ class _Sweep:
             dec, cfg.context, budget_s=min(cfg.time_budget, 0.1),
             replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
         run["launch"] = launch
+        # the eager step's host time per kernel, beside the bare launch costs above
+        run["eager_host_us_per_kernel"] = {str(r["bs"]): r["eager_host_us_per_kernel"]
+                                           for r in run["rows"] if "eager_host_us_per_kernel" in r}
 
     def predict(self, predict, on_row=None):
         """The model's columns of every row, by predict(run, dec, measured, context, elt,

@@ -254,7 +254,7 @@ def decoder_plan(dec) -> dict:
 
 
 def run_allreduce_bench(tp: int, time_budget: float = 0.3, hidden: int = 4096,
-                        dtype: str = "bfloat16", k: int = 20, out: str = "results",
+                        dtype: str = "bfloat16", k: int = 20, out: str = "runs",
                         progress: bool = True, save=None, fit=None):
     """The collective benchmark on `tp` GPUs (collectives.measure_allreduce at [B, hidden]
     sizes for B in 1..256 and at 1 to 64 MiB); returns (run, save(run)) on rank 0, save
