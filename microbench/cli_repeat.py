@@ -60,4 +60,9 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
                 raise RuntimeError(f"--repeat: process {i + 1} of {k} wrote no run "
                                    f"(exit status {res.returncode})")
             runs.append(json.loads(found[0].read_text()))
-    return merge_repeats(runs)
+    merged = merge_repeats(runs)
+    # the run is the user's command; each process's own command line stays under `repeats`
+    merged["repeats"]["commands"] = [r.get("env", {}).get("command") for r in runs]
+    merged["env"] = {**merged.get("env", {}),
+                     "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
+    return merged

@@ -55,6 +55,9 @@ def test_run_repeats_merges_fresh_processes():
     assert merged["rows"][0]["speedup_repeats"] == [2.0, 2.2, 2.1]
     assert merged["rows"][1]["speedup_repeat_spread"] == pytest.approx(1.6 / 1.5 - 1)
     assert merged["repeats"]["k"] == 3 and said[0] == "repeat 1 of 3: a fresh process"
+    # the merged run records the user's command, not a child's (those stay under repeats)
+    assert "--repeat 1" not in merged["env"]["command"]
+    assert len(merged["repeats"]["commands"]) == 3
 
 
 def test_a_process_that_writes_nothing_is_an_error():
