@@ -159,7 +159,8 @@ def choose_config(N: int, K: int, B: int, elt: int) -> dict:
     the H100 for 1, 3, 4 and 8 rows)."""
     if interpreted(_gemv_kernel):
         return _INTERPRETED_CONFIG
-    # Chosen on the H100 at one row with the fused epilogues, per matmul and in whole steps: a
+    # Chosen on the H100 at one row with the fused epilogues, per matmul and in whole bs-1
+    # steps (`microbench kernels` and `microbench sweep --bs 1` time each choice): a
     # whole row of K <= 2048 in one chunk (two 16-byte loads per thread per row) beats two
     # chunks of 1024 on llama-1b's QKV, O and gate/up; a short row (opt-125m's K = 768) takes
     # one chunk of 1024, since a 2048-wide chunk would mask most of its lanes.

@@ -102,7 +102,8 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
           tp, no_tp1, repeat, out, fmt, trace, as_json, quiet, **engine_opts):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
     from microbench.analysis.beside import predict_sweep
-    from microbench.bench.sweep import SweepConfig, run_sweep
+    from microbench.bench.sweep import run_sweep
+    from microbench.bench.sweep_config import SweepConfig
     try:
         ladder = with_engine_options(ladder, **engine_opts)
     except ValueError as e:
@@ -152,7 +153,10 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
     if repeat > 1:
         from microbench.cli_repeat import run_repeats
         ctx = click.get_current_context()
-        run = run_repeats(ctx.command, ctx.params, repeat, say)
+        try:
+            run = run_repeats(ctx.command, ctx.params, repeat, say)
+        except RuntimeError as e:   # a process failed: one line, no merged run
+            raise click.ClickException(str(e)) from None
         save(run)
     else:
         try:

@@ -56,9 +56,10 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
             say(f"repeat {i + 1} of {k}: a fresh process")
             res = run([sys.executable, "-c", CHILD, *child_argv(command, params, str(out))])
             found = sorted(out.glob("*/run.json"))
-            if not found:
-                raise RuntimeError(f"--repeat: process {i + 1} of {k} wrote no run "
-                                   f"(exit status {res.returncode})")
+            if res.returncode != 0 or not found:
+                # a failed process may still have saved its partial rows: not merged
+                raise RuntimeError(f"--repeat: process {i + 1} of {k} failed (exit status "
+                                   f"{res.returncode}{'' if found else ', no run written'})")
             runs.append(json.loads(found[0].read_text()))
     merged = merge_repeats(runs)
     # the run is the user's command; each process's own command line stays under `repeats`

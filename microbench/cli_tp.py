@@ -15,7 +15,7 @@ import click
 
 from microbench.analysis.beside import TPRowModel, allreduce_fit
 from microbench.bench.env import GPURequired
-from microbench.bench.sweep import SweepConfig
+from microbench.bench.sweep_config import SweepConfig
 from microbench.bench.tp import RankFailed, check_tp, run_allreduce_bench, torchrun_rank
 from microbench.bench.tp_sweep import run_tp_sweep
 from microbench.engine.ladders import parse_int_list

@@ -62,5 +62,17 @@ def test_run_repeats_merges_fresh_processes():
 
 def test_a_process_that_writes_nothing_is_an_error():
     run, _ = fake_process([(2.0, 1.5), ()])
-    with pytest.raises(RuntimeError, match="process 2 of 2 wrote no run"):
+    with pytest.raises(RuntimeError, match="process 2 of 2 failed"):
         run_repeats(sweep, params(), 2, run=run)
+
+
+def test_a_process_that_fails_after_saving_rows_is_not_merged():
+    """A process that crashed mid-sweep may have saved its partial rows: its exit status
+    fails the repeat rather than letting those rows into the merge."""
+    run, _ = fake_process([(2.0, 1.5), (2.1, 1.5)])
+
+    def failing(cmd):
+        done = run(cmd)
+        return type("Done", (), dict(returncode=1 if "process-2" in " ".join(cmd) else done.returncode))()
+    with pytest.raises(RuntimeError, match="process 2 of 2 failed .exit status 1.$"):
+        run_repeats(sweep, params(), 2, run=failing)

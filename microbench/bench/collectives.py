@@ -11,8 +11,8 @@ The all-reduce benchmark, per message size S (elements of one dtype, in place, s
 * eager: k all-reduces issued back to back, wall time from the first enqueue to a device-wide
   synchronise after the last, per call. This is what an eager decode step pays per collective:
   the host's enqueue through torch.distributed when that is slower than the GPU, the GPU's time
-  when not. (CUDA events on the caller's stream do not see it: NCCL runs on its own stream, and
-  events around eager all-reduces read 0.4 us per call on two H200s, the first TP run.)
+  when not. (CUDA events on the caller's stream do not see it: NCCL runs on its own stream, so
+  events around eager all-reduces read far less than the collective takes.)
 * graph: replays of one CUDA graph of k all-reduces, per call: GPU time alone, no host in it.
 * host: host time to enqueue one all-reduce (smallest size only; it does not depend on S).
 
@@ -99,7 +99,7 @@ def measure_allreduce(numels, dtype, device, k: int, budget_s: float, host_group
             host_us = host_time_us(fn, inner=k, **lockstep(fn, k, budget_s, host_group)).median
         # k back to back, then a device-wide synchronise: NCCL's own stream included (the end
         # event of step_time_us without sync_each sits on the caller's stream, which does not
-        # wait for it: that read 64 MiB in 12.6 us on two H200s, the run of 187c6cb)
+        # wait for it, and reads an impossibly short time)
         burst = functools.partial(_burst, fn, k)
         _, e = step_time_us(burst, inner=1, sync_each=True, **lockstep(burst, 1, budget_s, host_group))
         g = graph_of(fn, k)

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import torch
 
 from microbench.bench.env import environment
-from microbench.bench.sweep import max_seq_for
+from microbench.bench.sweep_config import max_seq_for
 from microbench.bench.timing import summarize
 from microbench.engine.decoder import BACKENDS, ToyDecoder
 from microbench.engine.ladders import resolve_ladder

@@ -13,7 +13,7 @@ from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
 from microbench.bench.ops import measure_ops
 from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
-from microbench.bench.sweep import max_seq_for
+from microbench.bench.sweep_config import max_seq_for
 from microbench.engine.decoder import ToyDecoder
 from microbench.engine.dispatch import PaddingDispatcher
 from microbench.engine.runner import GraphRunner

@@ -18,8 +18,9 @@ from microbench.stats import fit_linear
 
 
 def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
-    """Host time to enqueue each op of a decode step through the decoder's own call path (its
-    wrappers), keyed by the kernel names of `plan.step_kernels`: the plan at batch b and,
+    """Host time to enqueue each op of a decode step as the eager arm runs it (its bound launch
+    where the decoder binds, engine.bound; else through the decoder's wrappers), keyed by the
+    kernel names of `plan.step_kernels`: the plan at batch b and,
     for a fused decoder, the plan above `plan.FAST_ROWS` rows too (cuBLAS matmuls and
     separate norm and swiglu kernels), so every batch size's plan finds its own costs. A Triton
     launcher's host cost grows with the arguments it must inspect, so a 3-argument kernel's
@@ -27,9 +28,11 @@ def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
     batches = [b] + ([FAST_ROWS + 1] if dec.skinny(b) else [])
     out: dict = {}
     for bb in batches:
-        for name, fn in op_fns(dec, bb).items():
+        for name, fn in costed_op_fns(dec, bb).items():
             if name not in out:
                 out[name] = host_time_us(fn, inner=10, budget_s=budget_s).to_dict()
+    if bound_steps(dec):
+        return out        # each bound launch timed alone, attention's reduce included
     if "rmsnorm" in out:
         out["final_norm"] = out["rmsnorm"]
     # decode_attention's host cost covers both its launches (split and reduce)
@@ -91,6 +94,21 @@ def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float, bound=No
     costs["attention_reduce"] = 0.0   # decode_attention's wrapper launches its reduce too
     glue = piece_us - sum(costs.get(k.name, 0.0) for k in piece_kernels(plan))
     return wall, costs, glue
+
+
+def bound_steps(dec) -> bool:
+    """Whether the sweep's eager arm runs this decoder as bound steps (ToyDecoder.bind)."""
+    return dec.backend == "triton" and dec.all_reduce is None
+
+
+def costed_op_fns(dec, b: int) -> dict:
+    """name -> one launch of that op at batch b as the eager arm makes it: a bound launch of
+    dec.bind(b) where the decoder binds, else a call through its wrappers (op_fns)."""
+    if not bound_steps(dec):
+        return op_fns(dec, b)
+    plan = step_kernels(dec.shape, b, 0, dec.embed.element_size(), dec.attention_launches(b),
+                        fusion=dec.fusion)
+    return bound_op_fns(dec.bind(b), plan)
 
 
 def bound_op_fns(bound, plan) -> dict:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from microbench.engine.shapes import torch_dtype
 from microbench.engine.ladders import pow2_capture_sizes, vllm_capture_sizes
 from microbench.bench.lab import Lab, build_decoder, free_memory
-from microbench.bench.sweep import max_seq_for
+from microbench.bench.sweep_config import max_seq_for
 from microbench.stats import break_even_steps
 
 COLLAPSED, EXPLICIT = [1, 2], [1, 2, 4, 8, 16]

@@ -12,7 +12,7 @@ import torch
 from microbench.bench.env import environment, require_cuda
 from microbench.bench.lab import Lab, build_decoder, free_memory
 from microbench.bench.phenomena import EXPERIMENTS, NAMES
-from microbench.bench.sweep import DEFAULT_BS
+from microbench.bench.sweep_config import DEFAULT_BS
 from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS, ModelShape
 
 

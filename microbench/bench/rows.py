@@ -101,7 +101,7 @@ def measure_row(arms: dict, bs: int, padded, ran_as: str, say=None, on_round=Non
         if arm.prepare is not None:
             arm.prepare(row)
         if check and i == 0:
-            want = arm.step().float()
+            want = arm.step().float().clone()   # a bound or graphed step reuses its output
         elif arm.diff:
             row[arm.diff] = float((arm.step().float() - want).abs().max())
     rotation = {n: (a.step, a.time) for n, a in arms.items() if isinstance(a.time, Timer)}

@@ -33,7 +33,7 @@ import torch
 
 from microbench.bench.env import environment
 from microbench.bench.generate import HostBatch, decode_step, eager_arm, interleaved, runner_step
-from microbench.bench.sweep import max_seq_for
+from microbench.bench.sweep_config import max_seq_for
 from microbench.bench.timing import summarize
 from microbench.bench.trace import parse_output_len, poisson_trace, read_trace, trace_summary
 from microbench.engine.decoder import BACKENDS, ToyDecoder

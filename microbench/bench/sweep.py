@@ -7,14 +7,13 @@ therefore pay every kernel launch on the critical path, which is what graphs rem
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 
-from microbench.engine.shapes import MAX_BATCH, MAX_CONTEXT, DTYPE_NAMES, ModelShape, PRESETS, torch_dtype
-from microbench.engine.runner import MODES, GraphRunner
-from microbench.engine.ladders import resolve_ladder
+from microbench.engine.shapes import torch_dtype
+from microbench.engine.runner import GraphRunner
 from microbench.bench import arms as arms_mod
 from microbench.bench.bandwidth import family_bandwidth, kernels_without_pdl
 from microbench.bench.env import environment, require_cuda
+from microbench.bench.sweep_config import SweepConfig, max_seq_for
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
 from microbench.bench.ops import kernel_lines, measure_ops
@@ -24,78 +23,6 @@ from microbench.bench.timing import host_time_us
 from microbench.engine.nvtx import phase
 from microbench.engine.plan import Fusion, launch_counts, step_bytes
 from microbench.stats import check_shape
-
-DEFAULT_BS = (1, 4, 16, 64)
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    bs: tuple = DEFAULT_BS
-    preset: str = "opt-125m"
-    mode: str = "full"
-    ladder: str = "vllm"
-    context: int = 512
-    dtype: str = "bfloat16"
-    steps: int = 10            # steps per timing sample
-    time_budget: float = 1.0   # seconds per measured figure, at most (at least 10 samples)
-    backend: str = "triton"
-    seed: int = 0
-    out: str = "runs"
-    arms: tuple = ()   # extra arms; eager and graph (unless mode none) always run: microbench.bench.arms
-    split_launch: bool = False   # full mode: each size as two graphs (GraphRunner split_launch)
-
-    def validate(self) -> "SweepConfig":
-        """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
-        if not self.bs:
-            raise ValueError("--bs: give at least one batch size")
-        if len(set(self.bs)) != len(self.bs):
-            raise ValueError(f"--bs: batch sizes must be distinct, got {','.join(map(str, self.bs))}")
-        for b in self.bs:
-            if not isinstance(b, int) or not 1 <= b <= MAX_BATCH:
-                raise ValueError(f"--bs: {b!r} is out of range; batch sizes are 1..{MAX_BATCH}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"--preset: unknown preset {self.preset!r}; choose one of "
-                             f"{', '.join(PRESETS)}")
-        if self.mode not in MODES:
-            raise ValueError(f"--mode: {self.mode!r}; choose one of {', '.join(MODES)}")
-        if not 1 <= self.context <= MAX_CONTEXT:
-            raise ValueError(f"--context: {self.context} is out of range; 1..{MAX_CONTEXT}")
-        if self.dtype not in DTYPE_NAMES:
-            raise ValueError(f"--dtype: {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
-        if self.steps < 1:
-            raise ValueError(f"--steps: must be >= 1, got {self.steps}")
-        if not self.time_budget > 0:
-            raise ValueError(f"--time-budget: must be > 0 seconds, got {self.time_budget}")
-        from microbench.bench.arms import parse_arms
-        arms = parse_arms(self.arms)
-        if self.split_launch and self.mode != "full":
-            raise ValueError(f"--split-launch: only with --mode full, got --mode {self.mode}")
-        for a in ("graph", "torch-graph"):
-            if self.mode == "none" and a in arms:
-                raise ValueError(f"--arms: {a} needs a graph mode; drop --mode none or the arm")
-        try:
-            sizes = self.ladder_sizes()
-        except ValueError as e:
-            raise ValueError(f"--ladder: {e}; use vllm, sglang, pow2 or a list like 1,2,4,8") from None
-        if sizes[-1] > MAX_BATCH:
-            raise ValueError(f"--ladder: size {sizes[-1]} is above the limit {MAX_BATCH}")
-        return self
-
-    def ladder_sizes(self) -> list[int]:
-        return resolve_ladder(self.ladder, max(self.bs))
-
-    @property
-    def shape(self) -> ModelShape:
-        return PRESETS[self.preset]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def max_seq_for(context: int) -> int:
-    # room for the new token; a multiple of 64 keeps attention's tiles whole
-    return -(-(context + 1) // 64) * 64
-
 
 def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, predict=None,
               on_capture=None, on_rows=None, on_phase=None, on_trace=None,
@@ -113,7 +40,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, pred
 
     Order matters: every step is timed first; the device's launch costs, copy bandwidth,
     matrix rate and kernel lines after (their many small graphs, captured, replayed and freed,
-    left a later bs-1 replay 1.5-2.5% slower for the rest of the process); the profiler last
+    slow later replays for the rest of the process: docs/notes.md); the profiler last
     (once it has traced kernels, its CUPTI hooks stay attached and slow every later launch and
     replay on the host)."""
     say = on_progress or (lambda s: None)
@@ -242,8 +169,6 @@ class _Sweep:
         if bound is not None:
             row.update(eager_kernels=len(bound),
                        eager_host_us_per_kernel=row["eager_host_us"] / len(bound))
-        if row.get("engine_eager_step_us") and row.get("graph_step_us"):
-            row["engine_speedup"] = row["engine_eager_step_us"] / row["graph_step_us"]
         row.update(throughput_fields(row, bs, padded))
         nbytes = step_bytes(cfg.shape, bs, cfg.context, self.elt, fusion=dec.fusion)
         best = row["graph_step_us"] or row["eager_step_us"]
@@ -274,9 +199,8 @@ class _Sweep:
 
     def capture_torch_graphs(self):
         # Captured here, once the graph arm of the first batch size is timed (as the device
-        # figures are measured last): other graphs' capture and replay before ours slowed our
-        # later replays; with this runner captured before the loop, the bs-1 llama-1b graph
-        # read about 2% more GPU time than in a default sweep minutes before.
+        # figures are measured last): other graphs captured and replayed before ours slow our
+        # later replays (docs/notes.md).
         if self.trunner is not None:
             return
         self.say("capturing the torch backend's graphs (arm torch-graph)")

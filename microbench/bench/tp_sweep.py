@@ -32,7 +32,7 @@ from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
 from microbench.bench.ops import measure_ops
 from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
-from microbench.bench.sweep import max_seq_for
+from microbench.bench.sweep_config import max_seq_for
 from microbench.bench.tp import (TIMEOUT, bind_all_reduce, build_shard, check_tp, decoder_plan,
                                  free_device_memory, launch_ranks, printer, rank_device,
                                  tp_environment, warm_step)
@@ -243,8 +243,8 @@ def tp_row(row: dict, everyone: list, tp1: dict, bench: dict, cfg, elt: int) -> 
     ae = point_at(bench, bs * hid * elt)
     # In an eager step each all-reduce waits for the matmul before it and costs the step
     # the longer of its host enqueue and its own time; back-to-back eager all-reduces
-    # overlap one another (about 1 to 2 us each on two H200s), so their time alone
-    # understates it, and the enqueue (25 to 30 us) is what a host-bound step pays.
+    # overlap one another, so their time alone understates it, and the enqueue is what a
+    # host-bound step pays.
     row["allreduce_eager_us"] = k * max(ae["eager_us"], bench.get("host_us") or 0.0)
     row["allreduce_share_eager"] = row["allreduce_eager_us"] / e_us
     if g_us is not None:

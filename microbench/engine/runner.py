@@ -93,7 +93,7 @@ class GraphRunner:
 
     def __init__(self, decoder: ToyDecoder, sizes, mode: str = "full", pool: str = "shared",
                  order: str = "largest-first", debug: bool = False, on_capture=None,
-                 warmup_steps: int = 2, split_launch: bool = False):
+                 warmup_steps: int = 2, split_launch: bool = False, bind_eager: bool | None = None):
         for name, v, allowed in (("mode", mode, MODES), ("pool", pool, POOLS),
                                  ("order", order, ORDERS)):
             if v not in allowed:
@@ -111,6 +111,11 @@ class GraphRunner:
         self.dispatcher = PaddingDispatcher([])
         self.counts = dict(replays=0, eager_steps=0, fallbacks=0, padded_rows=0, real_rows=0)
         self._warned: set[int] = set()
+        # eager steps (mode none, and fallbacks) run the decoder's bound steps (engine.bound),
+        # as the sweep's eager arm does, where it binds: the triton backend on one GPU; by
+        # default on CUDA only (bind_eager=None)
+        self.bind_eager = decoder.device.type == "cuda" if bind_eager is None else bind_eager
+        self._bound: dict = {}
         self._pool_ids: list = []
         n = max(self.requested_sizes, default=1)
         dev = decoder.device
@@ -260,7 +265,10 @@ class GraphRunner:
         bs = tokens.shape[0]
         padded = self._route(bs)
         if padded is None:
-            return self.decoder.step(tokens, positions, slots)
+            bound = self._eager_step(bs)
+            if bound is None:
+                return self.decoder.step(tokens, positions, slots)
+            return bound.step(tokens, positions, slots)
         _, tok, pos, slot = self.input_rows(bs)
         tok.copy_(tokens)
         pos.copy_(positions)
@@ -273,7 +281,10 @@ class GraphRunner:
         bs = inputs.shape[1]
         padded = self._route(bs)
         if padded is None:
-            return self.decoder.step(inputs[0], inputs[1], inputs[2])
+            bound = self._eager_step(bs)
+            if bound is None:
+                return self.decoder.step(inputs[0], inputs[1], inputs[2])
+            return bound.step_packed(inputs)
         self.input_rows(bs)[0].copy_(inputs)
         return self._replay(bs, padded)
 
@@ -324,6 +335,16 @@ class GraphRunner:
         return out
 
     __call__ = step
+
+    def _eager_step(self, bs: int):
+        """The decoder's bound step at bs (made once), or None where it does not bind."""
+        dec = self.decoder
+        if not self.bind_eager or dec.backend != "triton" or dec.all_reduce is not None \
+                or bs > dec.max_batch:
+            return None
+        if bs not in self._bound:
+            self._bound[bs] = dec.bind(bs)
+        return self._bound[bs]
 
     def _fallback(self, bs: int):
         self.counts["fallbacks"] += 1

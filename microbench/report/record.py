@@ -12,77 +12,10 @@ import datetime as _dt
 import io
 import json
 import os
-import platform
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from microbench.report.schema import SCHEMA_VERSION, RunFileError, RunRecord, validate_run
-
-
-def git_revision() -> str | None:
-    """The checkout's revision (with -dirty if tracked files changed), or MICROBENCH_GIT_REV
-    when set: a copy of the tree without .git (as on a lent GPU machine) is told it that way."""
-    if os.environ.get("MICROBENCH_GIT_REV"):
-        return os.environ["MICROBENCH_GIT_REV"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5,
-                               cwd=Path(__file__).resolve().parent).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _nvidia_smi(fields: str) -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
-
-
-def environment(device=None) -> dict:
-    """GPU, driver, clocks, library versions, git revision, the exact command, the date."""
-    import torch
-    env = dict(
-        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-        python=platform.python_version(),
-        platform=platform.platform(),
-        torch=torch.__version__,
-        cuda=torch.version.cuda,
-        git=git_revision(),
-        gpu=None,
-    )
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = None
-    try:
-        import cupy
-        env["cupy"] = cupy.__version__
-    except ImportError:
-        env["cupy"] = None
-    if torch.cuda.is_available():
-        idx = torch.device(device or "cuda").index or 0
-        p = torch.cuda.get_device_properties(idx)
-        env.update(gpu=p.name, sm_count=p.multi_processor_count,
-                   gpu_memory_bytes=p.total_memory, capability=f"{p.major}.{p.minor}")
-        smi = _nvidia_smi("driver_version,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,"
-                          "power.limit,temperature.gpu")
-        if smi:
-            keys = ("driver", "clock_sm_mhz", "clock_mem_mhz", "clock_max_sm_mhz",
-                    "clock_max_mem_mhz", "power_limit", "temperature_c")
-            env.update(zip(keys, [v.strip() for v in smi.split(",")]))
-    return env
 
 
 def run_id(kind: str, env: dict, tag: str = "") -> str:

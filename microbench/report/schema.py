@@ -143,7 +143,6 @@ class SweepRow:
     eager_host_us: float | None = None
     eager_kernels: int | None = None
     eager_host_us_per_kernel: float | None = None
-    engine_speedup: float | None = None
     graph_p20: float | None = None
     graph_p80: float | None = None
     graph_n: int | None = None

@@ -26,7 +26,7 @@ def test_torch_backend_traces_as_one_graph():
 
 def test_torch_compile_arm_registers_and_parses():
     from microbench.bench import arms
-    from microbench.bench.sweep import SweepConfig
+    from microbench.bench.sweep_config import SweepConfig
     assert "torch-compile" in arms.EXTRA_ARMS and "torch-compile" in arms.COMPILED_ARMS
     assert arms.key("torch-compile") == "torch_compile"
     cfg = SweepConfig(arms=arms.parse_arms("eager,graph,torch-compile".split(","))).validate()

@@ -51,7 +51,8 @@ def test_short_sweep_end_to_end(tmp_path):
 
 def test_sweep_arms_side_by_side(tmp_path):
     """Every arm runs, agrees with eager, and is called graphed only if it launched a graph."""
-    from microbench.bench.sweep import SweepConfig, run_sweep
+    from microbench.bench.sweep import run_sweep
+    from microbench.bench.sweep_config import SweepConfig
     cfg = SweepConfig(bs=(1, 3), preset="tiny", context=32, time_budget=0.05, steps=2,
                       out=str(tmp_path), arms=("eager", "graph", "torch-eager", "torch-graph", "compile"))
     run = run_sweep(cfg)

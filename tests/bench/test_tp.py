@@ -362,7 +362,7 @@ def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
     import functools
 
     from microbench.analysis.beside import TPRowModel, allreduce_fit
-    from microbench.bench.sweep import SweepConfig
+    from microbench.bench.sweep_config import SweepConfig
     from microbench.bench.tp import run_allreduce_bench
     from microbench.bench.tp_sweep import run_tp_sweep
     from microbench.cli_tp import FolderSaver

@@ -65,6 +65,23 @@ def test_mode_none_runs_eager_and_counts_every_step():
                                  real_rows=1 + 3 + 8 + 2)
 
 
+def test_eager_steps_run_bound_steps_where_the_decoder_binds():
+    """With bind_eager (the default on CUDA) a triton decoder's eager steps, by mode or by
+    fallback, are its bound steps (made once per batch size), computing what a plain step does;
+    the torch backend keeps plain steps."""
+    dec = ToyDecoder(TINY, max_batch=8, max_seq=64, dtype=torch.float32, device="cpu")
+    dec.fill_cache(CTX)
+    runner = GraphRunner(dec, [1, 2], mode="none", bind_eager=True)
+    for seed, bs in enumerate((3, 3, 5)):
+        t, p, s = inputs(bs, TINY.vocab, seed=seed, device="cpu")
+        torch.testing.assert_close(runner.step(t, p, s), dec.step(t, p, s), atol=1e-6, rtol=1e-6)
+    packed = torch.stack(inputs(5, TINY.vocab, seed=9, device="cpu"))
+    torch.testing.assert_close(runner.step_packed(packed), dec.step(*packed), atol=1e-6, rtol=1e-6)
+    assert runner._eager_step(3) is runner._eager_step(3) is not None
+    assert GraphRunner(cpu_decoder(), [1], mode="none", bind_eager=True)._eager_step(1) is None
+    assert GraphRunner(dec, [1], mode="none")._eager_step(1) is None   # CPU: off by default
+
+
 def test_uncaptured_runner_falls_back_and_says_so():
     """Before capture (or with every size skipped) the dispatcher holds no graph: each batch
     runs eagerly, is counted as a fallback, and warns once per batch size."""

@@ -1,0 +1,80 @@
+"""The sweep's options, validated once: a frozen config the CLI builds and run_sweep takes, with
+the limits the CLI states in --help."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from microbench.engine.shapes import MAX_BATCH, MAX_CONTEXT, DTYPE_NAMES, ModelShape, PRESETS
+from microbench.engine.ladders import resolve_ladder
+from microbench.engine.runner import MODES
+
+DEFAULT_BS = (1, 4, 16, 64)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    bs: tuple = DEFAULT_BS
+    preset: str = "opt-125m"
+    mode: str = "full"
+    ladder: str = "vllm"
+    context: int = 512
+    dtype: str = "bfloat16"
+    steps: int = 10            # steps per timing sample
+    time_budget: float = 1.0   # seconds per measured figure, at most (at least 10 samples)
+    backend: str = "triton"
+    seed: int = 0
+    out: str = "runs"
+    arms: tuple = ()   # extra arms; eager and graph (unless mode none) always run: microbench.bench.arms
+    split_launch: bool = False   # full mode: each size as two graphs (GraphRunner split_launch)
+
+    def validate(self) -> "SweepConfig":
+        """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
+        if not self.bs:
+            raise ValueError("--bs: give at least one batch size")
+        if len(set(self.bs)) != len(self.bs):
+            raise ValueError(f"--bs: batch sizes must be distinct, got {','.join(map(str, self.bs))}")
+        for b in self.bs:
+            if not isinstance(b, int) or not 1 <= b <= MAX_BATCH:
+                raise ValueError(f"--bs: {b!r} is out of range; batch sizes are 1..{MAX_BATCH}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"--preset: unknown preset {self.preset!r}; choose one of "
+                             f"{', '.join(PRESETS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"--mode: {self.mode!r}; choose one of {', '.join(MODES)}")
+        if not 1 <= self.context <= MAX_CONTEXT:
+            raise ValueError(f"--context: {self.context} is out of range; 1..{MAX_CONTEXT}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"--dtype: {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
+        if self.steps < 1:
+            raise ValueError(f"--steps: must be >= 1, got {self.steps}")
+        if not self.time_budget > 0:
+            raise ValueError(f"--time-budget: must be > 0 seconds, got {self.time_budget}")
+        from microbench.bench.arms import parse_arms
+        arms = parse_arms(self.arms)
+        if self.split_launch and self.mode != "full":
+            raise ValueError(f"--split-launch: only with --mode full, got --mode {self.mode}")
+        for a in ("graph", "torch-graph"):
+            if self.mode == "none" and a in arms:
+                raise ValueError(f"--arms: {a} needs a graph mode; drop --mode none or the arm")
+        try:
+            sizes = self.ladder_sizes()
+        except ValueError as e:
+            raise ValueError(f"--ladder: {e}; use vllm, sglang, pow2 or a list like 1,2,4,8") from None
+        if sizes[-1] > MAX_BATCH:
+            raise ValueError(f"--ladder: size {sizes[-1]} is above the limit {MAX_BATCH}")
+        return self
+
+    def ladder_sizes(self) -> list[int]:
+        return resolve_ladder(self.ladder, max(self.bs))
+
+    @property
+    def shape(self) -> ModelShape:
+        return PRESETS[self.preset]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def max_seq_for(context: int) -> int:
+    # room for the new token; a multiple of 64 keeps attention's tiles whole
+    return -(-(context + 1) // 64) * 64
