@@ -39,7 +39,7 @@ from typing import NamedTuple
 import torch
 
 from microbench.bench.env import environment
-from microbench.bench.sweep_config import max_seq_for
+from microbench.bench.sweep_config import checked_ladder, max_seq_for
 from microbench.bench.timing import summarize
 from microbench.engine.decoder import BACKENDS, ToyDecoder
 from microbench.engine.ladders import resolve_ladder
@@ -88,12 +88,7 @@ class GenerateConfig:
         if self.input_len + self.output_len > MAX_CONTEXT:
             raise ValueError(f"--output-len: input {self.input_len} + output {self.output_len} "
                              f"tokens exceed the context limit {MAX_CONTEXT}")
-        try:
-            sizes = self.ladder_sizes()
-        except ValueError as e:
-            raise ValueError(f"--ladder: {e}; use vllm, sglang, pow2 or a list like 1,2,4,8") from None
-        if sizes[-1] > MAX_BATCH:
-            raise ValueError(f"--ladder: size {sizes[-1]} is above the limit {MAX_BATCH}")
+        checked_ladder(self.ladder, max(self.bs))
         return self
 
     def ladder_sizes(self) -> list[int]:

@@ -33,7 +33,7 @@ import torch
 
 from microbench.bench.env import environment
 from microbench.bench.generate import HostBatch, decode_step, eager_arm, interleaved, runner_step
-from microbench.bench.sweep_config import max_seq_for
+from microbench.bench.sweep_config import checked_ladder, max_seq_for
 from microbench.bench.timing import summarize
 from microbench.bench.trace import parse_output_len, poisson_trace, read_trace, trace_summary
 from microbench.engine.decoder import BACKENDS, ToyDecoder
@@ -84,12 +84,7 @@ class ServeConfig:
         if self.trace_file is None:
             parse_output_len(self.output_len)
             poisson_trace(1, self.arrival_rate, (1, 1), 1)    # checks the rate
-        try:
-            sizes = resolve_ladder(self.ladder, self.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
-        except ValueError as e:
-            raise ValueError(f"--ladder: {e}; use vllm, sglang, pow2 or a list like 1,2,4,8") from None
-        if sizes[-1] > MAX_BATCH:
-            raise ValueError(f"--ladder: size {sizes[-1]} is above the limit {MAX_BATCH}")
+        checked_ladder(self.ladder, self.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
         return self
 
     def trace(self) -> list[int]:

@@ -56,12 +56,7 @@ class SweepConfig:
         for a in ("graph", "torch-graph"):
             if self.mode == "none" and a in arms:
                 raise ValueError(f"--arms: {a} needs a graph mode; drop --mode none or the arm")
-        try:
-            sizes = self.ladder_sizes()
-        except ValueError as e:
-            raise ValueError(f"--ladder: {e}; use vllm, sglang, pow2 or a list like 1,2,4,8") from None
-        if sizes[-1] > MAX_BATCH:
-            raise ValueError(f"--ladder: size {sizes[-1]} is above the limit {MAX_BATCH}")
+        checked_ladder(self.ladder, max(self.bs))
         return self
 
     def ladder_sizes(self) -> list[int]:
@@ -73,6 +68,18 @@ class SweepConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def checked_ladder(spec: str, max_bs: int) -> list[int]:
+    """The capture sizes of --ladder for batches up to max_bs; ValueError naming the option
+    (one line) on a spec that does not parse or a size above MAX_BATCH."""
+    try:
+        sizes = resolve_ladder(spec, max_bs)
+    except ValueError as e:
+        raise ValueError(f"--ladder: {e}; use vllm, sglang, pow2 or a list like 1,2,4,8") from None
+    if sizes[-1] > MAX_BATCH:
+        raise ValueError(f"--ladder: size {sizes[-1]} is above the limit {MAX_BATCH}")
+    return sizes
 
 
 def max_seq_for(context: int) -> int:
