@@ -193,3 +193,17 @@ def test_every_verdict_names_its_published_figure_and_pass_condition():
         got = vd.judge(name, entry)
         assert got["published"] and got["pass_if"], name
         assert any(n.startswith("Pass condition: ") for n in got["notes"]), name
+
+
+def test_ladder_collapse_judges_the_plans_the_run_recorded(monkeypatch):
+    """A run records which plan ran bs 1 and bs 4 (info.skinny, keys as JSON keeps them); the
+    verdict reads that, whatever today's FAST_ROWS says."""
+    slow4 = ladder(explicit4=1000.0, piecewise4=1185.0)
+    monkeypatch.setattr(vd, "FAST_ROWS", 1)
+    slow4["info"] = {"skinny": {"1": True, "4": True}}      # one plan at both sizes
+    got = vd.judge("ladder-collapse", slow4)
+    assert got["held"] is False and "under 80%" in got["why"]
+    monkeypatch.setattr(vd, "FAST_ROWS", 8)
+    slow4["info"] = {"skinny": {1: True, 4: False}}         # two plans: reported, not judged
+    got = vd.judge("ladder-collapse", slow4)
+    assert got["held"] is True and "per-sequence" not in got["pass_if"]

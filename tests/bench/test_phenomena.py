@@ -89,7 +89,7 @@ PREDICT = functools.partial(predict_fade, profile=DeviceProfile(
 
 def fake_dec(*_):
     return SimpleNamespace(device=torch.device("cpu"), shape=PRESETS["tiny"],
-                           attention_launches=lambda b: 2)
+                           attention_launches=lambda b: 2, skinny=lambda b: b <= 1)
 
 
 def build_fake_run() -> dict:
