@@ -74,10 +74,15 @@ def rel_noise(row: dict, prefix: str) -> float | None:
 
 
 def speedup_noise(row: dict) -> float | None:
-    """Half the speedup's 95% interval over the speedup, else eager's and graph's combined."""
-    s, ci = row.get("speedup"), row.get("speedup_ci")
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and s and None not in ci:
-        return (ci[1] - ci[0]) / (2 * s)
+    """Half the speedup's 95% interval over the speedup: the interval across processes
+    (--repeat's speedup_repeats_ci) where the run has one, since processes disagree far more
+    than one process's samples do; else the process's own (speedup_ci); else eager's and
+    graph's spreads combined."""
+    s = row.get("speedup")
+    for key in ("speedup_repeats_ci", "speedup_ci"):
+        ci = row.get(key)
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and s and None not in ci:
+            return (ci[1] - ci[0]) / (2 * s)
     ne, ng = rel_noise(row, "eager_"), rel_noise(row, "graph_")
     return None if ne is None or ng is None else math.hypot(ne, ng)
 

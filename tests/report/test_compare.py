@@ -81,6 +81,14 @@ def test_speedup_noise_from_its_interval_when_present():
     assert rel_noise(r, "torch_graph_") is None
 
 
+def test_speedup_noise_prefers_the_interval_across_processes():
+    """With --repeat, processes disagree far more than one process's samples: the interval
+    across them is the noise a comparison must respect."""
+    r = row(1, 900.0, 300.0, noise=0.02, ci=[2.94, 3.06])
+    r["speedup_repeats_ci"] = [2.4, 3.6]
+    assert speedup_noise(r) == pytest.approx(0.2)
+
+
 def test_verdict_combines_both_runs_noise():
     # 3% apart; each side 2.5%: combined 3.5% covers it (nvbench's min would not)
     assert verdict(1.03, 0.025, 0.025) == ("same", pytest.approx(0.0354, abs=1e-3))
