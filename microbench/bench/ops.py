@@ -10,6 +10,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from microbench import kernels
+
 from microbench.bench.inputs import step_inputs
 from microbench.bench.timing import gpu_time_us, graph_of, host_time_us, settle, summarize
 from microbench.engine.nvtx import nvtx_range
@@ -117,7 +119,11 @@ def bound_op_fns(bound, plan) -> dict:
     if len(bound.launches) != len(plan):
         raise ValueError(f"bound step has {len(bound.launches)} launches, its plan {len(plan)}")
     fns: dict = {}
-    for k, fn in zip(plan, bound.launches):
+    for i, (k, fn) in enumerate(zip(plan, bound.launches)):
+        # a Triton kernel where the plan has one, a torch call (cuBLAS, gather) where it has not
+        if isinstance(fn, kernels.Launch) != (k.launcher == "triton"):
+            raise ValueError(f"bound step's launch {i} does not match its plan's {k.name} "
+                             f"({k.launcher})")
         fns.setdefault(k.name, fn)
     return fns
 

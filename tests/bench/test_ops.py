@@ -152,7 +152,15 @@ def test_bound_steps_give_their_launches_own_costs(b, fusion, device, monkeypatc
             now[0] += us * 1e-6
         return call
 
-    fake = type(bound)(bound.inputs, [tick(5.0) for _ in plan], bound.output)
+    class FakeLaunch(kernels.Launch):   # a Triton launch that only moves the fake clock
+        def __init__(self, us):
+            self._us = us
+
+        def __call__(self):
+            tick(self._us)()
+
+    fake = type(bound)(bound.inputs, [FakeLaunch(5.0) if isinstance(f, kernels.Launch)
+                                      else tick(5.0) for f in bound.launches], bound.output)
     fake_run = fake.run
     monkeypatch.setattr(fake, "run", lambda: (fake_run(), tick(3.0 * dec.n_pieces)()))
     wall, costs, glue = ops.eager_with_op_costs(tick(1000.0), dec, b, steps=1, budget_s=0.0,
@@ -162,3 +170,8 @@ def test_bound_steps_give_their_launches_own_costs(b, fusion, device, monkeypatc
     assert glue == pytest.approx(3.0)
     with pytest.raises(ValueError, match="launches"):
         ops.bound_op_fns(bound, plan[:-1])
+    swapped = list(bound.launches)   # a torch call where the plan has a Triton kernel
+    i = next(i for i, f in enumerate(swapped) if isinstance(f, kernels.Launch))
+    swapped[i] = lambda: None
+    with pytest.raises(ValueError, match="does not match"):
+        ops.bound_op_fns(type(bound)(bound.inputs, swapped, bound.output), plan)
