@@ -12,10 +12,10 @@ Runs written before `schema_version` existed load when their fields validate.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any
+
+from microbench.report.typecheck import build, build_part, describe, fits, json_name, type_name
 
 from microbench.report.serve_schema import (GenerateConfigRecord, GenerateRow,
                                             ServeConfigRecord, ServeRow, TraceRecord)
@@ -286,14 +286,14 @@ def validate_run(data, source) -> RunRecord:
         raise RunFileError(f"{source}: {what}")
 
     if not isinstance(data, dict):
-        fail(f"not a microbench run (the file holds {_json_name(data)}, not an object)")
+        fail(f"not a microbench run (the file holds {json_name(data)}, not an object)")
     if "kind" not in data:
         fail("not a microbench run (no 'kind')")
     kind = data["kind"]
     if kind not in KINDS:
         fail(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
     version = data.get("schema_version")
-    if version is not None and (not _is(version, int) or version > SCHEMA_VERSION):
+    if version is not None and (not fits(version, int) or version > SCHEMA_VERSION):
         fail(f"schema_version {version!r} is not one this microbench reads (<= {SCHEMA_VERSION})")
     spec = KINDS[kind]
     for key in ("config", "env"):
@@ -306,94 +306,23 @@ def validate_run(data, source) -> RunRecord:
         if "rows" not in data:
             fail(f"missing 'rows' (a {kind} run has one row per measured point)")
         if not isinstance(data["rows"], list) or not data["rows"]:
-            fail(f"'rows' is {_describe(data['rows'])}; a {kind} run needs at least one row")
+            fail(f"'rows' is {describe(data['rows'])}; a {kind} run needs at least one row")
         rows = tuple(build(spec.row, r, f"rows[{i}]", fail) for i, r in enumerate(data["rows"]))
     for key, cls in spec.parts.items():
         if key not in data:
             fail(f"missing '{key}' (a {kind} run records it)")
-        _build_part(cls, data[key], key, fail)
+        build_part(cls, data[key], key, fail)
     for key, cls in spec.optional.items():
         if data.get(key) is not None:
-            _build_part(cls, data[key], key, fail)
+            build_part(cls, data[key], key, fail)
     for bs, fams in (data.get("graph_family_bw") or {}).items():
         if not isinstance(fams, dict):
-            fail(f"'graph_family_bw.{bs}' is {_describe(fams)}, where an object belongs")
+            fail(f"'graph_family_bw.{bs}' is {describe(fams)}, where an object belongs")
         for fam, v in fams.items():
             build(FamilyBandwidth, v, f"graph_family_bw.{bs}.{fam}", fail)
     for key, tp in (("interrupted", bool), ("wall_s", float)):
-        if data.get(key) is not None and not _is(data[key], tp):
-            fail(f"'{key}' is {_describe(data[key])}, where {_type_name(tp)} belongs")
+        if data.get(key) is not None and not fits(data[key], tp):
+            fail(f"'{key}' is {describe(data[key])}, where {type_name(tp)} belongs")
     return RunRecord(kind=kind, config=config, env=env, rows=rows, schema_version=version,
                      interrupted=bool(data.get("interrupted")), wall_s=data.get("wall_s"),
                      raw=data)
-
-
-def _build_part(cls, value, where: str, fail):
-    if isinstance(cls, list):
-        if not isinstance(value, list) or not value:
-            fail(f"'{where}' is {_describe(value)}; it needs at least one entry")
-        return [build(cls[0], v, f"{where}[{i}]", fail) for i, v in enumerate(value)]
-    return build(cls, value, where, fail)
-
-
-def build(cls, value, where: str, fail):
-    """cls(**value) after checking that value is an object holding cls's required fields with
-    the declared types; unknown keys are ignored."""
-    if not isinstance(value, dict):
-        fail(f"'{where}' is {_describe(value)}, where an object belongs")
-    hints = typing.get_type_hints(cls)
-    kw = {}
-    for f in dataclasses.fields(cls):
-        if f.name == "raw":
-            continue
-        if f.name not in value:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                fail(f"'{where}' has no '{f.name}'")
-            continue
-        v = value[f.name]
-        if not _is(v, hints[f.name]):
-            fail(f"'{where}.{f.name}' is {_describe(v)}, where {_type_name(hints[f.name])} belongs")
-        kw[f.name] = v
-    return cls(**kw)
-
-
-def _is(v, tp) -> bool:
-    """Whether a JSON value fits a type hint (an int fits float; a bool fits neither)."""
-    if tp is Any:
-        return True
-    if tp is type(None):
-        return v is None
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is(v, a) for a in typing.get_args(tp))
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        return isinstance(v, list) and all(_is(x, item) for x in v)
-    if tp is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if tp is int:
-        return isinstance(v, int) and not isinstance(v, bool)
-    return isinstance(v, tp)
-
-
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
-    return {float: "a number", int: "an integer", str: "a string", bool: "true or false",
-            dict: "an object", list: "a list", type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _json_name(v) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "true or false",
-            type(None): "null"}.get(type(v), "a number")
-
-
-def _describe(v) -> str:
-    text = repr(v)
-    shown = text if len(text) <= 40 else text[:37] + "..."
-    if isinstance(v, (dict, list)) and not v:
-        return "empty"
-    return f"{_json_name(v)} ({shown})" if not isinstance(v, (dict, list)) else _json_name(v)
