@@ -216,7 +216,7 @@ def graph_of(fn, n: int):
     work timed by replaying it has no host launch cost in it."""
     import torch
 
-    from microbench.engine.runner import fresh_cublas_workspaces, side_stream
+    from microbench.engine.capture import fresh_cublas_workspaces, side_stream
     g = torch.cuda.CUDAGraph()
     s = side_stream(torch.cuda.current_device())  # one per device: cuBLAS keeps a workspace per stream
     s.wait_stream(torch.cuda.current_stream())

@@ -9,7 +9,6 @@ each capture the pool's size is read again; the growth is charged to that size.
 """
 from __future__ import annotations
 
-import functools
 import gc
 import time
 import warnings
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from microbench.engine.decoder import ToyDecoder
+from microbench.engine.capture import fresh_cublas_workspaces, pool_bytes, side_stream
 from microbench.engine.dispatch import PaddingDispatcher
 from microbench.engine.nvtx import nvtx_range
 
@@ -45,32 +45,6 @@ def head_layers(n_layers: int) -> int:
     """Layers in the first graph of a split launch: a quarter of the model, long enough on the
     GPU to cover the host's launch of the second graph."""
     return max(1, n_layers // 4)
-
-
-@functools.lru_cache(maxsize=None)
-def side_stream(device_index: int) -> torch.cuda.Stream:
-    """One warm-up and capture stream per device. cuBLAS keeps a workspace per stream it has
-    run on and never frees it, so a fresh stream per runner would leak one workspace each."""
-    return torch.cuda.Stream(device=device_index)
-
-
-def fresh_cublas_workspaces():
-    """Drop cuBLAS's cached per-stream workspaces (before and after each capture), so the
-    workspace a graph's GEMMs write into is allocated during the capture, in the graph's own
-    pool. Otherwise a graph keeps pointing at a workspace allocated outside it, which anyone may
-    free: Inductor's CUDA-graph trees (torch.compile mode="reduce-overhead") clear the
-    workspaces around each recording, and the next replay of a graph holding cuBLAS GEMMs would
-    write freed memory."""
-    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
-    if clear is not None:
-        clear()
-
-
-def pool_bytes(pool_id) -> int:
-    """Device memory held by the caching allocator's private pool `pool_id`."""
-    pid = tuple(pool_id)
-    return sum(seg["total_size"] for seg in torch.cuda.memory_snapshot()
-               if tuple(seg.get("segment_pool_id", ())) == pid)
 
 
 class GraphRunner:
