@@ -88,6 +88,13 @@ def sweep_footer(run: dict) -> str:
     if sc and sc.get("held") is not None:
         lines.append(f"published shape (largest at bs 1, fading, never below 1): "
                      f"{'held' if sc['held'] else 'NOT held: ' + sc['why']}")
+    return "\n".join(lines + closing_lines(run))
+
+
+def closing_lines(run: dict) -> list[str]:
+    """A sweep footer's last lines (one GPU or TP): the model's worst error, an interruption,
+    the run's wall time."""
+    lines = []
     errs = [abs(r["speedup_error"]) for r in run.get("rows", []) if r.get("speedup_error") is not None]
     if errs:
         lines.append(f"model: worst speedup error {max(errs):.1%}")
@@ -95,7 +102,7 @@ def sweep_footer(run: dict) -> str:
         lines.append("interrupted: rows above were measured before Ctrl-C")
     if run.get("wall_s"):
         lines.append(f"run took {run['wall_s']:.1f} s")
-    return "\n".join(lines)
+    return lines
 
 
 def _measure_lines(run: dict) -> list[str]:

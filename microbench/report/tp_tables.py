@@ -4,7 +4,7 @@ microbench.cli_tp's.
 from __future__ import annotations
 
 from microbench.report.formats import Doc, Table, render
-from microbench.report.tables import fmt_bytes
+from microbench.report.tables import closing_lines, fmt_bytes
 
 
 def _f(v, spec=".1f"):
@@ -97,11 +97,4 @@ def tp_sweep_footer(run: dict) -> str:
     diffs = [r["max_abs_diff"] for r in run.get("rows", []) if r.get("max_abs_diff") is not None]
     if diffs:
         lines.append(f"graph against eager logits: max abs diff {max(diffs):.3g}")
-    errs = [abs(r["speedup_error"]) for r in run.get("rows", []) if r.get("speedup_error") is not None]
-    if errs:
-        lines.append(f"model: worst speedup error {max(errs):.1%}")
-    if run.get("interrupted"):
-        lines.append("interrupted: rows above were measured before Ctrl-C")
-    if run.get("wall_s"):
-        lines.append(f"run took {run['wall_s']:.1f} s")
-    return "\n".join(lines)
+    return "\n".join(lines + closing_lines(run))
