@@ -243,11 +243,14 @@ def kernels(preset, bs, context, time_budget, out):
 @click.option("--memory-budget", type=click.FloatRange(0.001, 1e5), default=None,
               help="GiB for memory-headroom (default: free memory after the decoder's weights "
                    "and KV cache).")
+@click.option("--gpu-memory-utilization", type=float, default=None,
+              help="memory-headroom as an engine starts: profile a step, give the KV cache what "
+                   "this fraction (0..1] of the device's memory leaves, then capture.")
 @OUT
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the verdicts (or JSON).")
-def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budget, out, as_json,
-              quiet):
+def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budget,
+              gpu_memory_utilization, out, as_json, quiet):
     """Reproduce published CUDA-graph phenomena (all eight, or those NAMED) and write a report
     (needs a CUDA GPU). Names: speedup-fade, ladder-collapse, off-stride, padding-waste,
     pool-growth, capture-cost, piecewise-vs-full, memory-headroom."""
@@ -261,7 +264,8 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
     loud = not (quiet or as_json)
     cfg = ReproduceConfig(names=tuple(dict.fromkeys(names)) or NAMES, preset=preset, bs=bs,
                           context=context, dtype=dtype, steps=steps, time_budget=time_budget,
-                          memory_budget_gib=memory_budget, out=out, progress=loud)
+                          memory_budget_gib=memory_budget,
+                          gpu_memory_utilization=gpu_memory_utilization, out=out, progress=loud)
     try:
         cfg.validate()
         check_writable(Path(out))

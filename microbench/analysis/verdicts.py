@@ -13,6 +13,7 @@ Each rule was fixed from the published claim before any measurement, never tuned
 from __future__ import annotations
 
 from microbench.analysis.beside import PUBLISHED_FADE, predict_published_fade
+from microbench.analysis.budget import budget_text
 from microbench.engine.plan import FAST_ROWS
 from microbench.stats import above, check_shape, fit_pool, row_noise, speedup_interval
 
@@ -320,6 +321,9 @@ def judge_memory_headroom(e: dict) -> dict:
     notes = [f"KV bytes per token: {info['kv_formula']} = {kv} B. The published 0.41 GiB pool of "
              f"46 OPT-125m graphs would be {int(PUBLISHED['pool_bytes'] // kv)} tokens of this "
              f"model's cache."]
+    if "budget" in info:       # an engine's start-up (--gpu-memory-utilization)
+        measured, more = budget_text(info, rows, measured)
+        notes += more
     return _verdict(checks, measured, notes,
                     published=f"0.41 GiB of graphs in a {PUBLISHED['budget_bytes'] / 1e9:.0f} GB "
                               f"budget (gpu_memory_utilization 0.5 of an L4): {pub_share:.1%}",

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from microbench.engine.shapes import torch_dtype
 from microbench.engine.ladders import pow2_capture_sizes, vllm_capture_sizes
+from microbench.engine.memory import kv_bytes_per_token
+from microbench.bench.headroom import run_budget
 from microbench.bench.lab import Lab, build_decoder, free_memory
 from microbench.bench.sweep_config import max_seq_for
 from microbench.stats import break_even_steps
@@ -40,11 +42,6 @@ def pool_ns(n_max: int) -> list[int]:
     return ns + [n_max]
 
 
-def kv_bytes_per_token(shape, elt: int) -> int:
-    """K and V of one token in every layer: 2 · n_layers · n_kv_heads · head_dim · elt."""
-    return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * elt
-
-
 def headroom_rows(pool_rows: list[dict], budget: int, per_token: int) -> list[dict]:
     """KV tokens left in `budget` bytes once the pool of n captured sizes is taken:
     tokens(n) = floor((budget - pool(n)) / per_token), never below 0; n = 0 is the baseline."""
@@ -56,6 +53,18 @@ def headroom_rows(pool_rows: list[dict], budget: int, per_token: int) -> list[di
                          pool_bytes=r["pool_bytes"], kv_tokens=toks, tokens_lost=base - toks,
                          share_lost=(base - toks) / base if base else None))
     return rows
+
+
+def budget_rows(costs: list[dict], budget: dict) -> list[dict]:
+    """headroom_rows of an engine's start-up (bench.headroom.run_budget): the KV cache its
+    budget left stands for the budget, the sizes as captured (largest first) for n, and each
+    row keeps its size's own pool growth and token cost (engine.memory.size_costs)."""
+    series = [dict(n_sizes=c["order"], largest_size=costs[0]["size"], pool_bytes=c["pool_bytes"])
+              for c in costs]
+    rows = headroom_rows(series, budget["kv_cache_bytes"], budget["kv_bytes_per_token"])
+    blank = {k: None for k in (costs[0] if costs else {}) if k != "pool_bytes"}
+    return [dict(rows[0], **blank)] + [dict(h, **{k: v for k, v in c.items() if k != "pool_bytes"})
+                                       for h, c in zip(rows[1:], costs)]
 
 
 def padding_costs(rows: list[dict]) -> list[dict]:
@@ -194,6 +203,15 @@ def run_piecewise_vs_full(lab: Lab) -> dict:
 
 def run_memory_headroom(lab: Lab) -> dict:
     ladder = vllm_capture_sizes()
+    if lab.cfg.gpu_memory_utilization:   # an engine's order: profile, KV cache, then capture
+        res = run_budget(lab.dec, ladder, lab.cfg.gpu_memory_utilization, lab.context, lab.say,
+                         lab.on_capture, seed=lab.cfg.seed)
+        info = dict(res["info"], budget_source=f"--gpu-memory-utilization "
+                                               f"{lab.cfg.gpu_memory_utilization:g}")
+        b = info["budget"]
+        info.update(budget_bytes=b["kv_cache_bytes"], kv_bytes_per_token=b["kv_bytes_per_token"],
+                    kv_formula=_kv_formula(lab))
+        return dict(rows=budget_rows(res["rows"], b), info=info)
     series = lab.pool_largest_first(ladder, pool_ns(len(ladder)))
     s, elt = lab.cfg.shape, torch_dtype(lab.cfg.dtype).itemsize
     per_token = kv_bytes_per_token(s, elt)
@@ -202,8 +220,13 @@ def run_memory_headroom(lab: Lab) -> dict:
     else:
         budget, source = lab.cache["free_after_decoder"], "free memory after weights and KV cache"
     info = dict(budget_bytes=budget, budget_source=source, kv_bytes_per_token=per_token,
-                kv_formula=f"2 · {s.n_layers} layers · {s.n_kv_heads} KV heads · {s.head_dim} · {elt} B")
+                kv_formula=_kv_formula(lab))
     return dict(rows=headroom_rows(series, budget, per_token), info=info)
+
+
+def _kv_formula(lab: Lab) -> str:
+    s, elt = lab.cfg.shape, torch_dtype(lab.cfg.dtype).itemsize
+    return f"2 · {s.n_layers} layers · {s.n_kv_heads} KV heads · {s.head_dim} · {elt} B"
 
 
 @dataclass(frozen=True)
@@ -287,7 +310,12 @@ EXPERIMENTS = {e.name: e for e in (
                "No published figure beyond the pool sizes of pool-growth; the arithmetic is the "
                "KV cache's bytes per token.",
                "KV tokens = (budget - pool bytes of the first n sizes, captured largest first) / "
-               "KV bytes per token, from the pool sizes measured as in pool-growth.",
+               "KV bytes per token, from the pool sizes measured as in pool-growth. With "
+               "--gpu-memory-utilization, an engine's start-up instead: profile the largest "
+               "batch's eager step, allocate the KV cache that utilization · total memory "
+               "leaves after weights and activations, capture the ladder after it (a size that "
+               "runs out of memory is skipped and reported), and charge each size's pool growth "
+               "in KV tokens.",
                run_memory_headroom, lambda c: VLLM_MAX),
 )}
 NAMES = tuple(EXPERIMENTS)

@@ -13,6 +13,7 @@ from microbench.bench.env import environment, require_cuda
 from microbench.bench.lab import Lab, build_decoder, free_memory
 from microbench.bench.phenomena import EXPERIMENTS, NAMES
 from microbench.bench.sweep_config import DEFAULT_BS
+from microbench.engine.memory import check_utilization
 from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS, ModelShape
 
 
@@ -26,6 +27,7 @@ class ReproduceConfig:
     steps: int = 5
     time_budget: float = 0.5
     memory_budget_gib: float | None = None
+    gpu_memory_utilization: float | None = None
     backend: str = "triton"
     seed: int = 0
     out: str = "runs"
@@ -49,6 +51,10 @@ class ReproduceConfig:
             raise ValueError("--steps must be >= 1 and --time-budget > 0")
         if self.memory_budget_gib is not None and not self.memory_budget_gib > 0:
             raise ValueError(f"--memory-budget: must be > 0 GiB, got {self.memory_budget_gib}")
+        if self.gpu_memory_utilization is not None:
+            check_utilization(self.gpu_memory_utilization)
+            if self.memory_budget_gib is not None:
+                raise ValueError("--gpu-memory-utilization: not with --memory-budget (one budget)")
         return self
 
     @property
