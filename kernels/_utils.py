@@ -50,6 +50,16 @@ def to_dtype(x, dtype: tl.constexpr):
 
 
 @triton.jit
+def dot(a, b, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+    """tl.dot at DOT_PRECISION compiled; in fp32 under the interpreter."""
+    if INTERPRET:
+        # The interpreter would multiply bf16 bit patterns; fp32 holds 16-bit values exactly.
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def as_mask(cond):
     """A scalar condition as a bool that broadcasts against a block mask (`mask & as_mask(c)`).
     Triton 3.9's interpreter tags a scalar comparison with the compared operands' integer type

@@ -12,7 +12,7 @@ import triton.language as tl
 
 from ._launch import launch
 
-from ._utils import (DTYPES, INDEX_DTYPES, check_device, interpreted, pdl_enter, pdl_launch_kw,
+from ._utils import (DTYPES, INDEX_DTYPES, check_device, dot, interpreted, pdl_enter, pdl_launch_kw,
                      to_dtype, use_pdl)
 
 LOG2E = 1.4426950408889634
@@ -68,16 +68,6 @@ def num_splits_for(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=tor
     else:
         sms = CPU_SMS
     return choose_num_splits(batch, num_kv_heads, max_seq, block_n_for(device, head_dim, dtype), sms)
-
-
-@triton.jit
-def dot(a, b, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
-    """tl.dot at DOT_PRECISION compiled; in fp32 under the interpreter."""
-    if INTERPRET:
-        # The interpreter would multiply bf16 bit patterns; fp32 holds 16-bit values exactly.
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        return tl.dot(a, b, input_precision=DOT_PRECISION)
 
 
 @triton.jit

@@ -1,11 +1,15 @@
 """Skinny matmuls for decode (a few rows against a weight matrix), with the step's small
 element-wise work fused into the matmul's prologue or epilogue.
 
-At batch 1 to 8 a decode step's matmuls are matrix-vector products: each weight is read once and
-used for a handful of rows, so the time is the weight's bytes over the memory bandwidth, and a
-general GEMM library's tiling (plus, at one row, cuBLAS's split-K reduction kernels) only adds
-latency. One program here owns BLOCK_N output features: it streams their rows of W once, in
-BLOCK_K chunks, and multiplies every input row against each chunk in fp32.
+At batch 1 to 16 a decode step's matmuls are skinny: each weight is read once and used for a
+handful of rows, so the time is the weight's bytes over the memory bandwidth, and a general GEMM
+library's tiling (plus, at one row, cuBLAS's split-K reduction kernels) only adds latency. One
+program here owns BLOCK_N output features: it streams their rows of W once, in BLOCK_K chunks,
+and multiplies every input row against each chunk, either on CUDA cores in fp32 (DOT=0: every
+row times every weight column in registers, for few rows) or on tensor cores (DOT=1: the rows
+padded to 16 with masked loads, products summed in fp32, chunks pipelined STAGES deep). Which,
+and the tile, is chosen per device, weight shape and row bucket by measurement
+(gemv_configs.py, `microbench tune`).
 
 What is fused, chosen by constexprs:
 
@@ -29,27 +33,30 @@ graph as outside; on the H100 whole bs-1 replays of llama-1b and opt-125m measur
 PDL, and fastest with the next kernel let launch before the wait.
 
 Rounding: everything is fp32 from the loads to the output, rounded once to the activation dtype
-at the store (the normalised x, the gate/up values and the matmul before the residual add are
-never rounded). The unfused path rounds each kernel's output, so the two paths differ by up to
+at the store (the gate/up values and the matmul before the residual add are never rounded; on
+CUDA cores the normalised x is not either, on tensor cores it enters in the weights' dtype). The unfused path rounds each kernel's output, so the two paths differ by up to
 an ulp or two; each path's graph replay equals its own eager step bit for bit.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from ._launch import launch
 
-from . import _utils
-from ._utils import DTYPES, check_device, interpreted, pdl_enter, pdl_launch_kw, to_dtype
+from . import _utils, gemv_configs
+from ._utils import DTYPES, check_device, dot, interpreted, pdl_enter, pdl_launch_kw, to_dtype
 
 # Rows the kernel takes (one program multiplies all of them against each weight chunk).
-MAX_ROWS = 8
+MAX_ROWS = 16
 # (Rows up to which the decoder uses it: engine.plan.FAST_ROWS, a decision of the step plan.)
 
 
 @triton.jit
 def _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb, mask_b,
-           K: tl.constexpr, NORM: tl.constexpr, EPI: tl.constexpr):
+           K: tl.constexpr, NORM: tl.constexpr, EPI: tl.constexpr, DOT: tl.constexpr,
+           DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
     """One BLOCK_K chunk: acc [BB, BN] += x · wᵀ (and acc2 += x · w2ᵀ for the up rows)."""
     mask_k = offs_k < K
     x = tl.load(x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :],
@@ -58,9 +65,17 @@ def _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb, mask_
         ss += tl.sum(x * x, axis=1)
         nw = tl.load(nw_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
         x = x * nw[None, :]
-    acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
-    if EPI == 2:
-        acc2 += tl.sum(x[:, None, :] * w2[None, :, :], axis=2)
+    if DOT:
+        # tensor cores: the rows go in in the weights' dtype (the normed rows rounded once, as
+        # the unfused path's rmsnorm output is), products summed in fp32
+        xw = to_dtype(x, w.dtype)
+        acc += dot(xw, tl.trans(w), DOT_PRECISION, INTERPRET)
+        if EPI == 2:
+            acc2 += dot(xw, tl.trans(w2), DOT_PRECISION, INTERPRET)
+    else:
+        acc += tl.sum(x[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+        if EPI == 2:
+            acc2 += tl.sum(x[:, None, :] * w2.to(tl.float32)[None, :, :], axis=2)
     return acc, acc2, ss
 
 
@@ -70,12 +85,13 @@ def _gemv_kernel(
     N, stride_xb, stride_wn, stride_rb, stride_yb, eps,
     B: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, EPI: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-    AHEAD: tl.constexpr, USE_PDL: tl.constexpr,
+    AHEAD: tl.constexpr, DOT: tl.constexpr, USE_PDL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    # BLOCK_K is fixed per weight shape, never per row count: with num_warps · 32 threads laid
-    # along K, each row's dot product is summed in the same order whatever the batch, so a
-    # padded graph's real rows equal the eager step's bit for bit.
+    # BLOCK_K is fixed per weight shape and row bucket, never per row count: each row's dot
+    # product is summed in the same order whatever the batch within a bucket, so a padded
+    # graph's real rows equal the eager step of the padded batch bit for bit.
     BK: tl.constexpr = BLOCK_K
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_b = tl.arange(0, BLOCK_B)
@@ -86,19 +102,18 @@ def _gemv_kernel(
     acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
     acc2 = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
     ss = tl.zeros([BLOCK_B], tl.float32)
-    # chunk 0's weights before the wait: no kernel of the step writes them. (Keeping them in
-    # their own dtype until after the wait, to halve a waiting program's registers, measured
-    # slower in whole steps.)
+    # chunk 0's weights before the wait: no kernel of the step writes them. (Weights stay in
+    # their own dtype until they are multiplied.)
     offs_k = tl.arange(0, BK)
     wm = mask_n[:, None] & (offs_k < K)[None, :]
+    w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)
+    w2 = w
+    if EPI == 2:
+        w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
+    pdl_enter(USE_PDL)
     if AHEAD:
         # one chunk ahead: chunk c + 1's weights are requested before chunk c is multiplied, so
-        # a program has two chunks of loads in flight (weights held in their own dtype)
-        w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)
-        w2 = w
-        if EPI == 2:
-            w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
-        pdl_enter(USE_PDL)
+        # a program has two chunks of loads in flight
         for k0 in tl.range(BK, K, BK, num_stages=1):
             offs_n_k = k0 + tl.arange(0, BK)
             wm = mask_n[:, None] & (offs_n_k < K)[None, :]
@@ -106,31 +121,27 @@ def _gemv_kernel(
             w2n = wn
             if EPI == 2:
                 w2n = tl.load(w2_rows + offs_n_k[None, :], mask=wm, other=0.0)
-            acc, acc2, ss = _chunk(acc, acc2, ss, w.to(tl.float32), w2.to(tl.float32), x_ptr,
-                                   nw_ptr, offs_b, offs_n_k - BK, stride_xb, mask_b, K, NORM, EPI)
+            acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_n_k - BK,
+                                   stride_xb, mask_b, K, NORM, EPI, DOT, DOT_PRECISION, INTERPRET)
             w = wn
             w2 = w2n
         offs_k = (K - 1) // BK * BK + tl.arange(0, BK)
-        acc, acc2, ss = _chunk(acc, acc2, ss, w.to(tl.float32), w2.to(tl.float32), x_ptr, nw_ptr,
-                               offs_b, offs_k, stride_xb, mask_b, K, NORM, EPI)
-    else:
-        w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
-        w2 = w
-        if EPI == 2:
-            w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
-        pdl_enter(USE_PDL)
         acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
-                               mask_b, K, NORM, EPI)
+                               mask_b, K, NORM, EPI, DOT, DOT_PRECISION, INTERPRET)
+    else:
+        acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
+                               mask_b, K, NORM, EPI, DOT, DOT_PRECISION, INTERPRET)
         # K is constexpr: Triton 3.6's interpreter fails on runtime loop bounds (triton#9171).
+        # With DOT the loop's weight loads feed tl.dot, so Triton pipelines STAGES of them.
         for k0 in tl.range(BK, K, BK, num_stages=STAGES):
             offs_k = k0 + tl.arange(0, BK)
             wm = mask_n[:, None] & (offs_k < K)[None, :]
-            w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)   # [BN, BK]
+            w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)   # [BN, BK]
             w2 = w
             if EPI == 2:
-                w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0).to(tl.float32)
+                w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
             acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
-                                   mask_b, K, NORM, EPI)
+                                   mask_b, K, NORM, EPI, DOT, DOT_PRECISION, INTERPRET)
     if NORM:
         rstd = tl.rsqrt(ss / K + eps)
         acc = acc * rstd[:, None]
@@ -145,35 +156,20 @@ def _gemv_kernel(
              to_dtype(acc, y_ptr.dtype.element_ty), mask=mask)
 
 
-# Under the interpreter every program costs milliseconds of numpy: few, large ones (the kernel
-# tests pass smaller ones through `config=` to cover many programs and chunks on small shapes).
-_INTERPRETED_CONFIG = dict(BLOCK_N=128, BLOCK_K=512, STAGES=1, num_warps=4, AHEAD=0)
+@functools.lru_cache(maxsize=None)
+def _device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
 
 
-def choose_config(N: int, K: int, B: int, elt: int) -> dict:
-    """Launch parameters for an [N, K] weight and B rows (the keys a wrapper's `config=` takes:
-    BLOCK_N, BLOCK_K, STAGES, num_warps, AHEAD). One or two 16-byte loads per thread per
-    row of the tile, every thread along K: BLOCK_K = (16 / elt) · 32 · num_warps (twice that
-    above; longer rows in chunks of twice that, one chunk ahead), the same for every batch, so
-    the K reduction's order (and each row's result) does not depend on B (checked bitwise on
-    the H100 for 1, 3, 4 and 8 rows)."""
+def choose_config(x, w, norm: bool = False, epi: int = 0) -> dict:
+    """Launch parameters for rows x against weight w (the keys a wrapper's `config=` takes;
+    see gemv_configs): the tuned entry for this device, shape and row bucket, else the rule."""
+    B, K = x.shape
     if interpreted(_gemv_kernel):
-        return _INTERPRETED_CONFIG
-    # Chosen on the H100 at one row with the fused epilogues, per matmul and in whole bs-1
-    # steps (`microbench kernels` and `microbench sweep --bs 1` time each choice): a
-    # whole row of K <= 2048 in one chunk (two 16-byte loads per thread per row) beats two
-    # chunks of 1024 on llama-1b's QKV, O and gate/up; a short row (opt-125m's K = 768) takes
-    # one chunk of 1024, since a 2048-wide chunk would mask most of its lanes.
-    warps = 4
-    vec = 16 // elt * 32 * warps
-    if K <= vec:
-        return dict(BLOCK_N=4, BLOCK_K=vec, STAGES=3, num_warps=warps, AHEAD=0)
-    if K <= 2 * vec:
-        return dict(BLOCK_N=4, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=0)
-    # down (K 3072, 8192): 2048-wide chunks, one ahead (two chunks' loads in flight per
-    # program), which measured faster in whole bs-1 llama-1b replays than 4096- or 1024-wide
-    # chunks one after another, and no slower on opt-125m.
-    return dict(BLOCK_N=2, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=1)
+        return dict(gemv_configs.INTERPRETED, DOT=int(gemv_configs.row_bucket(B) > 8))
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    return gemv_configs.choose_config(w.shape[0], K, B, x.element_size(), norm, epi,
+                                      _device_name(index))
 
 
 def use_pdl(x, pdl: bool = True) -> bool:
@@ -203,13 +199,15 @@ def _launch(x, w, n_out, cfg, pdl, record, norm=False, epi=0, r=None, nw=None, e
     y = torch.empty((B, n_out), dtype=x.dtype, device=x.device)
     r_ = r if r is not None else y
     nw_ = nw if nw is not None else w
-    if cfg is None:
-        cfg = choose_config(w.shape[0], K, B, x.element_size())
+    cfg = {"AHEAD": 0, "DOT": 0, **(cfg if cfg is not None else choose_config(x, w, norm, epi))}
     pdl = _utils.use_pdl(_gemv_kernel, x, pdl)
+    # tensor-core tiles take at least 16 rows (the padding rows are masked off, loaded as zeros)
+    block_b = max(16 if cfg["DOT"] else 1, triton.next_power_of_2(B))
     launch(record, _gemv_kernel, (triton.cdiv(n_out, cfg["BLOCK_N"]),),
         x, nw_, w, r_, y, n_out, x.stride(0), w.stride(0), r_.stride(0), y.stride(0), float(eps),
-        B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=triton.next_power_of_2(B), USE_PDL=pdl,
-        **cfg, **pdl_launch_kw(pdl))
+        B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=block_b, USE_PDL=pdl,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        INTERPRET=interpreted(_gemv_kernel), **cfg, **pdl_launch_kw(pdl))
     return y
 
 

@@ -8,9 +8,9 @@ import triton.language as tl
 
 from ._launch import launch
 
-from ._utils import as_mask, check_device, interpreted, pdl_enter, pdl_launch_kw, to_dtype, use_pdl
+from ._utils import as_mask, check_device, dot, interpreted, pdl_enter, pdl_launch_kw, to_dtype, use_pdl
 from .decode_attention import (CPU_SMS, CUDA_NUM_STAGES, LOG2E, block_n_for, check_attention,
-                               choose_num_splits, decode_attention_ref, dot, output_like, sm_count,
+                               choose_num_splits, decode_attention_ref, output_like, sm_count,
                                split_partials)
 from .rope import check_rope, rope_store_kv_ref
 from .store_kv import check_store_kv

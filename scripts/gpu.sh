@@ -4,7 +4,9 @@
 # $OUT/results.tar, and print a short table last.
 #   usage:   MICROBENCH_GIT_REV=$(git rev-parse --short=12 HEAD) bash scripts/gpu.sh [stage ...]
 #   stages:  tests            the whole test suite (gpu-marked tests included); TESTS=path narrows it
-#            kernels          each decode kernel's bandwidth (microbench kernels)
+#            kernels          each decode kernel's bandwidth (microbench kernels; KPRESET, KBS, KCTX)
+#            tune             the skinny matmuls' configs measured (microbench tune); the table is
+#                             copied to $OUT
 #            sweep            the default sweep of opt-125m and llama-1b, each from a cold Triton cache
 #            sweep3           three back-to-back default sweeps (how far the numbers move between runs)
 #            repeat           each preset in $PRESETS swept with --repeat 3 (three fresh processes)
@@ -33,7 +35,11 @@ for st in $stages; do
       python3 -m pytest ${TESTS:-tests} -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -15
       rc=$?; summary+=("tests: $(tail -1 "$OUT/tests.log")") ;;
     kernels)
-      microbench kernels --out "$new" 2>&1 | tee "$OUT/kernels.log"; rc=$? ;;
+      microbench kernels --preset ${KPRESET:-llama-8b} --bs ${KBS:-1,16,64} --context ${KCTX:-4096} \
+        --out "$new" 2>&1 | tee "$OUT/kernels.log"; rc=$? ;;
+    tune)
+      microbench tune 2>&1 | tee "$OUT/tune.log"; rc=$?
+      cp kernels/configs/*.json "$OUT/" ;;
     sweep)
       # cold: a fresh Triton cache, so compilation is inside the measured wall time
       rc=0

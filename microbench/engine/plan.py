@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from microbench.engine.shapes import ModelShape
 
 # Rows up to which a fused plan runs its matmuls as Triton skinny matmuls (kernels.gemv, which
-# takes up to its MAX_ROWS); above, cuBLAS. One row: cuBLAS won every matmul of llama-1b and
-# opt-125m at four rows on an H100 (docs/notes.md, the skinny matmul path). The plan's own
-# constant, so the analytic model imports no torch.
-FAST_ROWS = 1
+# takes up to its MAX_ROWS); above, cuBLAS. Up to 16 rows a decode matmul is bound by reading its
+# weights once, so one path carries them all, its tile chosen per device, shape and row bucket
+# by measurement (kernels/gemv_configs.py); the step's kernel list is then the same from 1 to 16
+# rows. The plan's own constant, so the analytic model imports no torch.
+FAST_ROWS = 16
 
 
 class Fusion(enum.IntEnum):

@@ -31,11 +31,11 @@ def test_measured_host_costs_cover_every_planned_kernel(fusion, device, monkeypa
         return Stats(1.0, 1.0, 1.0, 1)
 
     monkeypatch.setattr(ops, "host_time_us", once)
-    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device,
+    dec = ToyDecoder(TINY, max_batch=20, max_seq=16, dtype=torch.float32, device=device,
                      fusion=fusion)
     measured = ops.measure_ops(dec, 1)
     planned = set()
-    for b in (1, 2, 9):
+    for b in (1, 2, 17):
         names = {k.name for k in dec.plan(b, 3)}
         assert names <= set(measured), (b, names - set(measured))
         planned |= names
@@ -52,10 +52,10 @@ def test_kernel_line_ops_cover_the_plan(fusion, device):
     """kernel_lines times each planned op as a chain of calls on distinct data: every planned
     kernel but the reduce (timed within its attention call) and the two seq_lens ops has a
     maker of that name; call i < L uses layer i's weights, later ones copies; each runs."""
-    dec = ToyDecoder(TINY, max_batch=10, max_seq=16, dtype=torch.float32, device=device,
+    dec = ToyDecoder(TINY, max_batch=20, max_seq=16, dtype=torch.float32, device=device,
                      fusion=fusion)
     L = TINY.n_layers
-    for b in (1, 2, 9):
+    for b in (1, 2, 17):
         makers = ops.layer_op_fns(dec, b, 5)
         names = {k.name for k in dec.plan(b, 5)} - {"attention_reduce", "seq_lens_add",
                                                       "seq_lens_cast", "final_norm"}
@@ -67,7 +67,7 @@ def test_kernel_line_ops_cover_the_plan(fusion, device):
                 make(i)()
 
 
-@pytest.mark.parametrize("b", [1, 2], ids=["skinny", "wide"])
+@pytest.mark.parametrize("b", [1, 17], ids=["skinny", "wide"])
 def test_eager_with_op_costs_samples_the_rows_plan(b, device, monkeypatch):
     """The sweep's eager timing samples, between its steps, the host cost of every op of the
     row's plan and the glue: a middle piece's host time less its kernels' costs. On a fake
@@ -83,7 +83,7 @@ def test_eager_with_op_costs_samples_the_rows_plan(b, device, monkeypatch):
             return fn() if fn else None
         return call
 
-    dec = ToyDecoder(TINY, max_batch=4, max_seq=16, dtype=torch.float32, device=device)
+    dec = ToyDecoder(TINY, max_batch=20, max_seq=16, dtype=torch.float32, device=device)
     real_ops = ops.op_fns(dec, b)
     monkeypatch.setattr(ops, "op_fns", lambda d, bb: {n: costing(5.0) for n in real_ops})
     monkeypatch.setattr(ops, "middle_piece", lambda d, bb: costing(100.0))
@@ -130,13 +130,13 @@ def test_piece_kernels_are_what_a_middle_piece_launches(b, layers, device, monke
 
 
 @pytest.mark.parametrize("fusion", [Fusion.ATTENTION, Fusion.UNFUSED], ids=["fused", "unfused"])
-@pytest.mark.parametrize("b", [1, 2], ids=["skinny", "wide"])
+@pytest.mark.parametrize("b", [1, 17], ids=["skinny", "wide"])
 def test_bound_steps_give_their_launches_own_costs(b, fusion, device, monkeypatch):
     """For a bound step, each op's host cost is its own bound launch's, named as the plan names
     the kernel at that position, and the glue is the rest of a whole step's host time spread
     over the pieces. Fake clock: each launch 5 us, the loop 3 us a piece, a step 1000 us."""
     import time
-    dec = ToyDecoder(TINY, max_batch=4, max_seq=16, dtype=torch.float32, device=device,
+    dec = ToyDecoder(TINY, max_batch=20, max_seq=16, dtype=torch.float32, device=device,
                      fusion=fusion)
     bound = dec.bind(b)
     plan = dec.plan(b, 0)

@@ -10,10 +10,13 @@ from tests.utils import DTYPE_TOLS, assert_close, f16, gen, randn
 # Under the interpreter, small blocks, so the small shapes span several programs and several K
 # chunks (config=None: the wrappers' own choice, which the GPU and the realistic shape use).
 SMALL = dict(BLOCK_N=8, BLOCK_K=64, STAGES=1, num_warps=4, AHEAD=0)
+# The tensor-core tile (rows padded to 16), small enough to span several programs and chunks.
+SMALL_DOT = dict(BLOCK_N=16, BLOCK_K=64, STAGES=2, num_warps=4, AHEAD=0, DOT=1)
 
 # B rows, K inputs, N outputs: llama-1b's hidden size at one row (the config the wrapper picks),
 # then K and N off every block size, B up to the kernel's MAX_ROWS.
-SHAPES = [(1, 2048, 256), (1, 64, 48), (3, 100, 37), (8, 130, 20), (5, 257, 9), (2, 300, 70)]
+SHAPES = [(1, 2048, 256), (1, 64, 48), (3, 100, 37), (8, 130, 20), (5, 257, 9), (2, 300, 70),
+          (13, 200, 40), (16, 96, 33)]
 
 
 @pytest.fixture
@@ -109,8 +112,43 @@ def test_gemv_one_chunk_ahead(B, K, N, dtype, atol, rtol, device):
         assert_close(ahead, ref(), dtype, atol, rtol)
 
 
+@pytest.mark.parametrize("B, K, N", [(1, 200, 40), (4, 130, 17), (11, 257, 50), (16, 64, 16)],
+                         ids=str)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+def test_gemv_on_tensor_cores(B, K, N, dtype, atol, rtol, device):
+    """DOT=1 (the product on tensor cores, rows padded to 16) in every fused form against the
+    references, for one row, a few and a full bucket, K and N off the block sizes; the normed
+    rows enter the product in the weights' dtype, so the norm forms get one more rounding."""
+    g = gen(28)
+    h = 2 * randn(B, K, g=g, dtype=dtype, device=device)
+    nw = _norm_w(K, g, dtype, device)
+    w, w_gu = _weight(N, K, g, dtype, device), 2 * _weight(2 * N, K, g, dtype, device)
+    r = randn(B, N, g=g, dtype=dtype, device=device)
+    cfg = SMALL_DOT if device.type == "cpu" else dict(SMALL_DOT, BLOCK_K=128, STAGES=3)
+    assert_close(linear(h, w, residual=r, config=cfg), linear_ref(h, w, residual=r), dtype, atol, rtol)
+    assert_close(linear(h, w, config=cfg), linear_ref(h, w), dtype, atol, rtol)
+    tol = 2 if dtype != torch.float32 else 1   # the normed rows rounded once more
+    assert_close(rmsnorm_linear(h, nw, 1e-5, w, config=cfg), rmsnorm_linear_ref(h, nw, 1e-5, w),
+                 dtype, tol * atol, tol * rtol)
+    assert_close(rmsnorm_linear_swiglu(h, nw, 1e-5, w_gu, config=cfg),
+                 rmsnorm_linear_swiglu_ref(h, nw, 1e-5, w_gu), dtype, tol * atol, tol * rtol)
+
+
+@pytest.mark.parametrize("dot", [0, 1])
+def test_a_row_is_summed_alike_whatever_rows_share_the_launch(dot, device):
+    """Within a row bucket (9 to 16 rows here, one config), row i's result does not depend on
+    how many rows are launched with it: the padded graph batch and the eager batch agree."""
+    g = gen(29)
+    h = randn(16, 300, g=g, dtype=torch.bfloat16, device=device)
+    nw, w = _norm_w(300, g, torch.bfloat16, device), _weight(70, 300, g, torch.bfloat16, device)
+    cfg = dict(SMALL_DOT if dot else SMALL, BLOCK_N=16)
+    full = rmsnorm_linear(h, nw, 1e-5, w, config=cfg)
+    for rows in (9, 12):
+        assert torch.equal(rmsnorm_linear(h[:rows], nw, 1e-5, w, config=cfg), full[:rows])
+
+
 BAD_CALLS = [
-    ("rows", lambda d: linear(f16(9, 8, dev=d), f16(4, 8, dev=d)), "rows; allowed 1..8"),
+    ("rows", lambda d: linear(f16(17, 8, dev=d), f16(4, 8, dev=d)), "rows; allowed 1..16"),
     ("k", lambda d: linear(f16(2, 8, dev=d), f16(4, 7, dev=d)), r"w must be \[N, 8\]"),
     ("dtype", lambda d: linear(f16(2, 8, dev=d), f16(4, 8, dev=d).float()), "dtypes"),
     ("residual", lambda d: linear(f16(2, 8, dev=d), f16(4, 8, dev=d), residual=f16(2, 5, dev=d)),

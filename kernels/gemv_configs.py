@@ -1,0 +1,117 @@
+"""Launch configurations of the skinny matmuls (kernels.gemv), per weight shape, row bucket and
+device: measured ones from a tuned table, else a rule.
+
+A tuned table is a JSON file `configs/gemv_<device>.json` beside this module, written by
+`microbench tune` on that device (it records the command, versions and revision that produced
+it, and each winner's time against cuBLAS's). Its entries are keyed by the weight's shape, the
+fused prologue/epilogue and the element size, then by row bucket: rows are rounded up to a power
+of two (1, 2, 4, 8, 16), and every row count in a bucket launches with the bucket's config, so a
+row's result does not depend on how many rows share the launch (the padded batch of a graph and
+the eager batch it stands for sum their products in one order). Shapes or devices the table does
+not hold take `rule_config`, the rule the table was first seeded from.
+
+The keys of a config: BLOCK_N output features per program; BLOCK_K weight columns per chunk;
+STAGES chunks the compiler keeps in flight (tensor-core path); num_warps; AHEAD (CUDA-core path:
+the next chunk's loads issued before this chunk is multiplied); DOT (1: the chunk's product on
+tensor cores with the rows padded to 16, 0: on CUDA cores, every row against every weight).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+LAUNCH_KEYS = ("BLOCK_N", "BLOCK_K", "STAGES", "num_warps", "AHEAD", "DOT")
+ROW_BUCKETS = (1, 2, 4, 8, 16)
+
+# Under the interpreter every program costs milliseconds of numpy: few, large ones (the kernel
+# tests pass smaller ones through `config=` to cover many programs and chunks on small shapes).
+INTERPRETED = dict(BLOCK_N=128, BLOCK_K=512, STAGES=1, num_warps=4, AHEAD=0, DOT=0)
+
+
+def row_bucket(rows: int) -> int:
+    """The power of two at or above `rows`: the rows a config is chosen for."""
+    return 1 << (max(1, rows) - 1).bit_length()
+
+
+def device_key(name: str) -> str:
+    """A device name as a file-name part: 'NVIDIA H200' -> 'NVIDIA_H200'."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+
+
+def shape_key(n_rows_w: int, k: int, norm: bool, epi: int, elt: int) -> str:
+    """A table entry's key: the weight's [rows, K], the fusion (norm prologue; epilogue 0 none,
+    1 residual, 2 swiglu) and the element size in bytes."""
+    return f"N={n_rows_w},K={k},norm={int(bool(norm))},epi={int(epi)},elt={elt}"
+
+
+def table_path(device_name: str, directory: Path | None = None) -> Path:
+    return Path(directory or CONFIG_DIR) / f"gemv_{device_key(device_name)}.json"
+
+
+@functools.lru_cache(maxsize=None)
+def load_table(device_name: str) -> dict:
+    """The tuned entries for a device ({} when no table was tuned there)."""
+    path = table_path(device_name)
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text()).get("configs", {})
+
+
+def rule_config(n_rows_w: int, k: int, rows: int, elt: int) -> dict:
+    """The untuned rule. Up to 8 rows, CUDA cores: one or two 16-byte loads per thread per row
+    of the tile, every thread along K (BLOCK_K = (16 / elt) · 32 · num_warps, or twice that),
+    and longer rows in chunks of twice that, one chunk ahead. Above 8 rows a CUDA-core tile
+    holds every row times every weight column in registers, so the product goes on tensor
+    cores, the rows padded to 16."""
+    if row_bucket(rows) > 8:
+        return dict(BLOCK_N=32, BLOCK_K=128, STAGES=4, num_warps=4, AHEAD=0, DOT=1)
+    warps = 4
+    vec = 16 // elt * 32 * warps
+    if k <= vec:
+        return dict(BLOCK_N=4, BLOCK_K=vec, STAGES=3, num_warps=warps, AHEAD=0, DOT=0)
+    if k <= 2 * vec:
+        return dict(BLOCK_N=4, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=0, DOT=0)
+    return dict(BLOCK_N=2, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=1, DOT=0)
+
+
+def choose_config(n_rows_w: int, k: int, rows: int, elt: int, norm: bool = False, epi: int = 0,
+                  device_name: str | None = None) -> dict:
+    """The config for `rows` rows against a [n_rows_w, k] weight: the device's tuned entry for
+    the shape and row bucket, else `rule_config`."""
+    if device_name is not None:
+        entry = load_table(device_name).get(shape_key(n_rows_w, k, norm, epi, elt), {})
+        tuned = entry.get(str(row_bucket(rows)))
+        if tuned is not None:
+            return {key: tuned[key] for key in LAUNCH_KEYS}
+    return rule_config(n_rows_w, k, rows, elt)
+
+
+def candidates(k: int, rows: int, elt: int) -> list[dict]:
+    """The configs `microbench tune` times for `rows` rows (a bucket) and a K: CUDA-core tiles
+    up to 8 rows (more at few rows, where they win), tensor-core tiles from 4 rows up, and the
+    rule's choice always, so a tuned entry is never slower than the rule as measured."""
+    warps = 4
+    vec = 16 // elt * 32 * warps
+    out = []
+    if rows <= 8:
+        cuda = [(2, 2 * vec, 4, 1), (4, vec, 4, 0), (4, 2 * vec, 4, 0), (4, 2 * vec, 4, 1),
+                (8, vec, 4, 1), (2, 2 * vec, 8, 1), (1, 2 * vec, 4, 1)]
+        if rows > 2:
+            cuda = cuda[:4]
+        for bn, bk, w, ahead in cuda:
+            if bk // 2 < k or bk == vec:   # a chunk at least half used
+                out.append(dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=3, num_warps=w, AHEAD=ahead, DOT=0))
+    dots = [(16, 256, 4), (32, 128, 4), (32, 256, 3), (64, 128, 4), (16, 128, 6), (32, 128, 6),
+            (64, 256, 3)]
+    if rows == 1:
+        dots = dots[:3]
+    for bn, bk, stages in dots:
+        if bk <= max(64, k):
+            out.append(dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=4, AHEAD=0, DOT=1))
+    rule = rule_config(0, k, rows, elt)
+    if rule not in out:
+        out.append(rule)
+    return out

@@ -1,0 +1,193 @@
+"""`microbench tune`: the skinny matmuls' launch configs chosen by measurement on this device.
+
+For each matmul of each preset (the weight shape and its fusion: norm prologue, residual or
+SwiGLU epilogue, as the decoder launches it) and each row bucket (1, 2, 4, 8, 16 rows), every
+candidate config (kernels/gemv_configs.candidates) and cuBLAS (F.linear on the same weight) are
+timed on the GPU alone: each candidate is captured REPS times back to back in a CUDA graph, the
+calls cycling through copies of the weight (200 MB or more in all) so they stream from DRAM as a
+step does, not from the L2. The fastest candidate is kept with its time, its share of the copy
+bandwidth measured in the same run and cuBLAS's time, in the device's table
+(kernels/configs/gemv_<device>.json), which the wrappers read when no config is passed.
+
+Compiling the candidates is most of the cost (one Triton compile per K, fusion, row bucket and
+config), so a pool of processes compiles them first into Triton's on-disk cache, from which the
+timing process then loads them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+from microbench.engine.shapes import PRESETS, ModelShape
+from microbench.kernels import gemv_configs
+
+REPS = 20
+STREAM_BYTES = 200 << 20
+
+
+@dataclass(frozen=True)
+class Matmul:
+    """One matmul of a decode step as the skinny kernel runs it."""
+    model: str
+    name: str
+    n: int          # rows of the weight (2F for gate/up)
+    k: int
+    norm: bool
+    epi: int        # 0 none, 1 residual, 2 swiglu
+
+    def key(self, elt: int) -> str:
+        return gemv_configs.shape_key(self.n, self.k, self.norm, self.epi, elt)
+
+
+def matmuls(shape: ModelShape) -> list[Matmul]:
+    """The step's matmuls with the fusion each carries on the skinny path (engine/decoder.py)."""
+    s, m = shape, shape.name
+    return [Matmul(m, "qkv_proj", s.qkv_size, s.hidden, True, 0),
+            Matmul(m, "o_proj", s.hidden, s.q_size, False, 1),
+            Matmul(m, "gate_up_proj", 2 * s.ffn, s.hidden, True, 2),
+            Matmul(m, "down_proj", s.hidden, s.ffn, False, 1),
+            Matmul(m, "lm_head", s.vocab, s.hidden, True, 0)]
+
+
+def jobs(presets, buckets, elt: int = 2) -> list[tuple[Matmul, int, dict]]:
+    """(matmul, rows, config) for every candidate of every distinct matmul and bucket."""
+    seen, out = set(), []
+    for p in presets:
+        for mm in matmuls(PRESETS[p]):
+            if mm.key(elt) in seen:
+                continue
+            seen.add(mm.key(elt))
+            for rows in buckets:
+                out += [(mm, rows, c) for c in gemv_configs.candidates(mm.k, rows, elt)]
+    return out
+
+
+def best(timed: dict) -> tuple[dict, float]:
+    """The fastest config of {config as JSON: us}, and its time."""
+    cfg = min(timed, key=timed.get)
+    return json.loads(cfg), timed[cfg]
+
+
+def entry(cfg: dict, us: float, cublas_us: float, nbytes: int, copy_bps: float, mm: Matmul) -> dict:
+    """A table entry: the config and what it measured."""
+    return dict(cfg, us=us, cublas_us=cublas_us, frac_of_copy=nbytes / (us * 1e-6) / copy_bps,
+                matmul=f"{mm.model} {mm.name}")
+
+
+def merge_table(path: Path, meta: dict, entries: dict) -> dict:
+    """The table at `path` with `entries` ({shape key: {bucket: entry}}) written over its own,
+    and `meta` (device, versions, command) recorded for the run that wrote them."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    configs = old.get("configs", {})
+    for key, buckets in entries.items():
+        configs.setdefault(key, {}).update(buckets)
+    runs = old.get("runs", []) + [meta]
+    return dict(device=meta["device"], runs=runs, configs=dict(sorted(configs.items())))
+
+
+# ---- GPU ------------------------------------------------------------------------------------
+def _case(mm: Matmul, rows: int, copies: int):
+    """Inputs for `mm` at `rows` rows: the rows, norm weight, residual and `copies` weights."""
+    import torch
+    r = lambda *shape: torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+    ws = [r(mm.n, mm.k) * mm.k ** -0.5 for _ in range(copies)]
+    return r(rows, mm.k), 1 + 0.1 * r(mm.k), r(rows, mm.n), ws
+
+
+def _call(mm: Matmul, x, nw, res, w, cfg):
+    from microbench import kernels as K
+    if mm.epi == 2:
+        return lambda: K.rmsnorm_linear_swiglu(x, nw, 1e-5, w(), config=cfg)
+    if mm.norm:
+        return lambda: K.rmsnorm_linear(x, nw, 1e-5, w(), config=cfg)
+    return lambda: K.linear(x, w(), residual=res, config=cfg)
+
+
+def _compile(batch):
+    """Worker: compile each (matmul, rows, config) by running it once (fills Triton's cache)."""
+    import torch
+    for mm, rows, cfg in batch:
+        x, nw, res, ws = _case(mm, rows, 1)
+        try:
+            _call(mm, x, nw, res, lambda: ws[0], cfg)()
+        except Exception:   # a tile that does not fit (shared memory, registers): the timing skips it
+            pass
+    torch.cuda.synchronize()
+    return len(batch)
+
+
+def precompile(all_jobs, workers: int, on_progress=None) -> None:
+    if workers <= 1:
+        _compile(all_jobs)
+        return
+    batches = [all_jobs[i::workers] for i in range(workers)]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        done = 0
+        for n in pool.map(_compile, batches):
+            done += n
+            if on_progress:
+                on_progress(f"compiled {done}/{len(all_jobs)} candidates")
+
+
+def _time_us(fn, budget_s: float) -> float:
+    from microbench.bench.timing import gpu_time_us, graph_of
+    g = graph_of(fn, REPS)
+    us = gpu_time_us(g.replay, inner=3, budget_s=budget_s).median / REPS
+    del g
+    return us
+
+
+def tune_matmul(mm: Matmul, rows: int, cands, copy_bps: float, budget_s: float) -> dict:
+    """Time every candidate and cuBLAS for `mm` at `rows` rows; the winner's table entry."""
+    import torch.nn.functional as F
+    elt = 2
+    copies = max(1, -(-STREAM_BYTES // (mm.n * mm.k * elt)))
+    x, nw, res, ws = _case(mm, rows, copies)
+    i = [0]
+
+    def w():
+        i[0] = (i[0] + 1) % len(ws)
+        return ws[i[0]]
+    timed = {}
+    for c in cands:
+        try:
+            timed[json.dumps(c, sort_keys=True)] = _time_us(_call(mm, x, nw, res, w, c), budget_s)
+        except Exception:   # e.g. triton's OutOfResources: a tile too large for this device
+            continue
+    cublas = _time_us(lambda: F.linear(x, w()), budget_s)
+    cfg, us = best(timed)
+    n_out = mm.n // 2 if mm.epi == 2 else mm.n
+    nbytes = (mm.n * mm.k + rows * mm.k + rows * n_out) * elt
+    return entry(cfg, us, cublas, nbytes, copy_bps, mm)
+
+
+def run_tune(presets, buckets=gemv_configs.ROW_BUCKETS, budget_s: float = 0.05,
+             workers: int | None = None, on_progress=None) -> dict:
+    """Tune every matmul of `presets` at `buckets` rows; returns {meta, entries}."""
+    import torch
+
+    from microbench.bench.device import copy_bandwidth
+    from microbench.bench.env import environment
+    all_jobs = jobs(presets, buckets)
+    workers = workers or max(1, min(16, (os.cpu_count() or 2) - 2))
+    precompile(all_jobs, workers, on_progress)
+    copy = copy_bandwidth(torch.device("cuda"), budget_s=0.5)
+    entries: dict = {}
+    groups: dict = {}
+    for mm, rows, cfg in all_jobs:
+        groups.setdefault((mm, rows), []).append(cfg)
+    for n, ((mm, rows), cands) in enumerate(groups.items(), 1):
+        e = tune_matmul(mm, rows, cands, copy["bytes_per_s"], budget_s)
+        entries.setdefault(mm.key(2), {})[str(rows)] = e
+        if on_progress:
+            on_progress(f"{n}/{len(groups)} {mm.model} {mm.name} rows {rows}: {e['us']:.1f} us "
+                        f"({e['frac_of_copy']:.0%} of copy), cuBLAS {e['cublas_us']:.1f} us")
+    env = environment(torch.device("cuda"))
+    meta = dict(device=torch.cuda.get_device_name(), presets=list(presets), buckets=list(buckets),
+                copy_bytes_per_s=copy["bytes_per_s"], reps_per_graph=REPS,
+                **{k: env.get(k) for k in ("date", "command", "torch", "triton", "git")})
+    return dict(meta=meta, entries=entries)

@@ -1,0 +1,53 @@
+"""`microbench tune`: measure the skinny matmuls' launch configs on this GPU and write them into
+the device's table (registered on the command group in cli.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from microbench.bench.env import require_cuda
+from microbench.cli_types import IntList, usage
+from microbench.engine.shapes import PRESETS
+
+BUCKETS = (1, 2, 4, 8, 16)
+
+
+@click.command()
+@click.option("--preset", "presets", multiple=True, type=click.Choice(list(PRESETS)),
+              default=("opt-125m", "llama-1b", "llama-8b"), show_default=True,
+              help="Models whose matmul shapes are tuned (repeat the option for several).")
+@click.option("--rows", type=IntList(1, 16), default="1,2,4,8,16", show_default=True,
+              help="Row buckets to tune: powers of two up to 16.")
+@click.option("--time-budget", type=click.FloatRange(0.005, 10), default=0.05, show_default=True,
+              help="Seconds of timing per candidate at most.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Processes compiling the candidates (default: the CPU count less two, 16 at most).")
+@click.option("--table", "table_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of the tables (default: the installed package's kernels/configs).")
+def tune(presets, rows, time_budget, workers, table_dir):
+    """Time every candidate config of the skinny matmuls, and cuBLAS, at each preset's shapes and
+    each row bucket on this GPU, and write the fastest into the device's table
+    (kernels/configs/gemv_<device>.json), which the decoder then uses (needs a CUDA GPU)."""
+    bad = [r for r in rows if r not in BUCKETS]
+    if bad:
+        usage(f"--rows: {bad[0]} is not a row bucket; allowed {', '.join(map(str, BUCKETS))}")
+    require_cuda("tune")
+    import torch
+
+    from microbench.bench.tune import merge_table, run_tune
+    from microbench.kernels import gemv_configs
+    path = gemv_configs.table_path(torch.cuda.get_device_name(), Path(table_dir) if table_dir else None)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        usage(f"--table: cannot create {path.parent}: {e.strerror}")
+    got = run_tune(presets, tuple(sorted(set(rows))), time_budget, workers,
+                   on_progress=lambda line: click.echo(line, err=True))
+    table = merge_table(path, got["meta"], got["entries"])
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1) + "\n")
+    tmp.replace(path)
+    click.echo(f"tuned {sum(len(b) for b in got['entries'].values())} (shape, rows) entries; "
+               f"table: {path}")

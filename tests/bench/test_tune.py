@@ -1,0 +1,43 @@
+"""`microbench tune`'s CPU side: the jobs it times, the winner it keeps, the table it writes."""
+import json
+
+from microbench.bench import tune
+from microbench.engine.shapes import PRESETS
+from microbench.kernels import gemv_configs as gc
+
+
+def test_matmuls_are_the_decoders_skinny_calls():
+    s = PRESETS["llama-8b"]
+    got = {m.name: (m.n, m.k, m.norm, m.epi) for m in tune.matmuls(s)}
+    assert got == {"qkv_proj": (6144, 4096, True, 0), "o_proj": (4096, 4096, False, 1),
+                   "gate_up_proj": (28672, 4096, True, 2), "down_proj": (4096, 14336, False, 1),
+                   "lm_head": (128256, 4096, True, 0)}
+
+
+def test_jobs_cover_each_distinct_shape_once_per_bucket():
+    js = tune.jobs(["llama-1b", "llama-1b"], (1, 16))
+    keys = {(mm.key(2), rows) for mm, rows, _ in js}
+    assert len(keys) == 5 * 2
+    for mm, rows, cfg in js:
+        assert cfg in gc.candidates(mm.k, rows, 2)
+
+
+def test_best_is_the_fastest_and_the_entry_says_what_it_measured():
+    a, b = dict(BLOCK_N=4, DOT=0), dict(BLOCK_N=32, DOT=1)
+    cfg, us = tune.best({json.dumps(a): 12.0, json.dumps(b): 10.0})
+    assert cfg == b and us == 10.0
+    mm = tune.matmuls(PRESETS["llama-1b"])[0]
+    e = tune.entry(cfg, us, 14.0, 4_000_000, 4e12, mm)
+    assert e["BLOCK_N"] == 32 and e["cublas_us"] == 14.0 and e["matmul"] == "llama-1b qkv_proj"
+    assert abs(e["frac_of_copy"] - 0.1) < 1e-9          # 4 MB in 10 us = 0.4 TB/s of 4 TB/s
+
+
+def test_merge_keeps_other_entries_and_records_each_run(tmp_path):
+    path = tmp_path / "gemv_X.json"
+    tune_a = {"N=1,K=2,norm=0,epi=0,elt=2": {"1": {"BLOCK_N": 1}, "2": {"BLOCK_N": 2}}}
+    path.write_text(json.dumps(tune.merge_table(path, dict(device="X", command="a"), tune_a)))
+    tune_b = {"N=1,K=2,norm=0,epi=0,elt=2": {"2": {"BLOCK_N": 8}},
+              "N=3,K=4,norm=1,epi=0,elt=2": {"1": {"BLOCK_N": 16}}}
+    got = tune.merge_table(path, dict(device="X", command="b"), tune_b)
+    assert got["configs"]["N=1,K=2,norm=0,epi=0,elt=2"] == {"1": {"BLOCK_N": 1}, "2": {"BLOCK_N": 8}}
+    assert [r["command"] for r in got["runs"]] == ["a", "b"] and len(got["configs"]) == 2

@@ -1,0 +1,53 @@
+"""The skinny matmuls' configs: the row buckets, the tuned table's lookup and the rule beside it."""
+import json
+
+import pytest
+
+from microbench.kernels import gemv_configs as gc
+
+
+def test_row_buckets_are_the_powers_of_two_at_or_above():
+    assert [gc.row_bucket(r) for r in (1, 2, 3, 4, 5, 8, 9, 16)] == [1, 2, 4, 4, 8, 8, 16, 16]
+
+
+def test_device_key_makes_a_file_name():
+    assert gc.device_key("NVIDIA H200") == "NVIDIA_H200"
+    assert gc.device_key("NVIDIA H100 80GB HBM3") == "NVIDIA_H100_80GB_HBM3"
+
+
+def test_tuned_entry_wins_for_its_shape_and_bucket_only(tmp_path, monkeypatch):
+    tuned = dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=1, us=9.0)
+    key = gc.shape_key(6144, 4096, True, 0, 2)
+    (tmp_path / "gemv_Fake_GPU.json").write_text(json.dumps({"configs": {key: {"4": tuned}}}))
+    monkeypatch.setattr(gc, "CONFIG_DIR", tmp_path)
+    gc.load_table.cache_clear()
+    try:
+        for rows in (3, 4):   # one bucket: one config
+            got = gc.choose_config(6144, 4096, rows, 2, norm=True, epi=0, device_name="Fake GPU")
+            assert got == {k: tuned[k] for k in gc.LAUNCH_KEYS}
+        # another bucket, another fusion, another device: the rule
+        for args, dev in (((6144, 4096, 2, 2, True, 0), "Fake GPU"),
+                          ((6144, 4096, 4, 2, False, 1), "Fake GPU"),
+                          ((6144, 4096, 4, 2, True, 0), "Other GPU")):
+            assert gc.choose_config(*args, device_name=dev) == gc.rule_config(*args[:4])
+    finally:
+        gc.load_table.cache_clear()
+
+
+@pytest.mark.parametrize("k", [768, 2048, 4096, 14336])
+def test_rule_keeps_the_reduction_order_per_bucket(k):
+    """Every row count of a bucket gets one config (so one summation order)."""
+    for lo, hi in ((1, 1), (2, 2), (3, 4), (5, 8), (9, 16)):
+        assert len({tuple(sorted(gc.rule_config(4096, k, r, 2).items())) for r in range(lo, hi + 1)}) == 1
+    assert gc.rule_config(4096, k, 16, 2)["DOT"] == 1 and gc.rule_config(4096, k, 8, 2)["DOT"] == 0
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 8, 16])
+def test_candidates_hold_the_rule_and_only_tiles_that_fit(rows):
+    for k in (768, 4096):
+        cands = gc.candidates(k, rows, 2)
+        assert gc.rule_config(0, k, rows, 2) in cands
+        assert all(set(c) == set(gc.LAUNCH_KEYS) for c in cands)
+        # CUDA-core tiles hold every row in registers: never at 16 rows
+        assert rows <= 8 or all(c["DOT"] == 1 for c in cands)
+        assert len({tuple(sorted(c.items())) for c in cands}) == len(cands)
