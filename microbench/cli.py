@@ -11,6 +11,7 @@ from microbench import __version__
 from microbench.bench.env import require_cuda
 from microbench.cli_offline import PUBLISHED, compare, index, ladder, model, show  # noqa: F401
 from microbench.cli_serve import generate, serve
+from microbench.cli_startup import startup
 from microbench.cli_output import FORMAT, TRACE, TraceWriter, echo_doc, progress_view, sweep_hooks
 from microbench.cli_types import CLI, OUT, ExperimentName, IntList, Ladder, Saver, usage
 from microbench.engine.ladders import with_engine_options
@@ -293,7 +294,7 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
 
 
 # ---- show, index ---------------------------------------------------------------------------
-for command in (ladder, model, show, compare, index, generate, serve):
+for command in (ladder, model, show, compare, index, generate, serve, startup):
     main.add_command(command)
 
 

@@ -1,0 +1,38 @@
+"""The document of a start-up run (`microbench startup`, bench.startup): one row per process,
+cold first, then the cold-against-warm line; from the run dict, live or loaded."""
+from __future__ import annotations
+
+from microbench.report.formats import Doc, Table
+
+COLUMNS = ["cache", "process s", "import s", "build s", "graph capture s", "compile set-up s",
+           "FX cache hit/miss", "AOT cache hit/miss"]
+
+
+def _s(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _pair(a, b) -> str:
+    return "-" if a is None and b is None else f"{a or 0}/{b or 0}"
+
+
+def startup_doc(run: dict) -> Doc:
+    c, env, s = run["config"], run.get("env") or {}, run.get("summary") or {}
+    head = (f"GPU {env.get('gpu')} | preset {c['preset']} | {c['dtype']} | arm {c['arm']} | "
+            f"bs {','.join(map(str, c['bs']))} | context {c['context']} | torch "
+            f"{env.get('torch')} triton {env.get('triton')}")
+    rows = [[r["cache"], _s(r["wall_s"]), _s(r.get("import_s")), _s(r.get("build_s")),
+             _s(r["capture_s"]), _s(r["compile_s"]),
+             _pair(r.get("fxgraph_cache_hit"), r.get("fxgraph_cache_miss")),
+             _pair(r.get("autograd_cache_hit"), r.get("autograd_cache_miss"))]
+            for r in run["rows"]]
+    lines = []
+    if "warm_compile_s" in s:
+        ratio = s.get("compile_cold_over_warm")
+        lines.append(f"compile set-up: {s['cold_compile_s']:.1f} s cold, {s['warm_compile_s']:.1f} "
+                     f"s warm" + (f" ({ratio:.1f}x)" if ratio else "")
+                     + f"; graph capture: {s['cold_capture_s']:.1f} s cold, "
+                       f"{s['warm_capture_s']:.1f} s warm")
+    lines.append("cold: TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR in a new empty folder; warm: "
+                 "the same folder again, in a fresh process")
+    return Doc([head, Table(COLUMNS, rows, records=run["rows"], left=1), *lines])
