@@ -59,7 +59,8 @@ def budget_rows(costs: list[dict], budget: dict) -> list[dict]:
     """headroom_rows of an engine's start-up (bench.headroom.run_budget): the KV cache its
     budget left stands for the budget, the sizes as captured (largest first) for n, and each
     row keeps its size's own pool growth and token cost (engine.memory.size_costs)."""
-    series = [dict(n_sizes=c["order"], largest_size=costs[0]["size"], pool_bytes=c["pool_bytes"])
+    first = costs[0]["size"] if costs else None    # every size skipped: the baseline alone
+    series = [dict(n_sizes=c["order"], largest_size=first, pool_bytes=c["pool_bytes"])
               for c in costs]
     rows = headroom_rows(series, budget["kv_cache_bytes"], budget["kv_bytes_per_token"])
     blank = {k: None for k in (costs[0] if costs else {}) if k != "pool_bytes"}

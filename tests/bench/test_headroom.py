@@ -134,3 +134,16 @@ def test_budget_start_up_skips_a_capture_that_runs_out_of_memory():
     assert any("size 512 ran out of device memory" in s for s in said)
     x = torch.empty(64 * MiB, dtype=torch.uint8, device="cuda")    # the cap was lifted again
     del x
+
+
+def test_every_size_skipped_leaves_the_baseline_and_a_verdict(monkeypatch):
+    def all_skipped(*a, **kw):
+        res = fake_budget(*a, **kw)
+        res["info"].update(skipped=sorted(kw.get("sizes") or a[1], reverse=True), pool_bytes=0)
+        return dict(res, rows=[])
+    monkeypatch.setattr(ph, "run_budget", all_skipped)
+    cfg = rp.ReproduceConfig(names=("memory-headroom",), preset="tiny", gpu_memory_utilization=0.9)
+    res = ph.EXPERIMENTS["memory-headroom"].run(FakeLab(cfg, fake_dec(), 32))
+    assert [r["n_sizes"] for r in res["rows"]] == [0]
+    e = rp.make_entry("memory-headroom", res["rows"], res["info"], judge=vd.judge)
+    assert e["held"] is False and "skipped (out of memory): sizes [512, 496" in e["measured"]
