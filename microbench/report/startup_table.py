@@ -33,6 +33,10 @@ def startup_doc(run: dict) -> Doc:
                      f"s warm" + (f" ({ratio:.1f}x)" if ratio else "")
                      + f"; graph capture: {s['cold_capture_s']:.1f} s cold, "
                        f"{s['warm_capture_s']:.1f} s warm")
+    pub = run.get("published")
+    if pub:
+        lines.append(f"published: {pub['cold_s']:.0f} s cold, {pub['warm_s']:.0f} s warm "
+                     f"({pub['source']})")
     lines.append("cold: TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR in a new empty folder; warm: "
                  "the same folder again, in a fresh process")
     return Doc([head, Table(COLUMNS, rows, records=run["rows"], left=1), *lines])

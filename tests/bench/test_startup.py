@@ -105,6 +105,7 @@ def test_table_shows_cold_and_warm():
     assert "GPU Fake GPU | preset opt-125m | bfloat16 | arm compile | bs 1,4" in text
     assert "| cold |" in text and "| warm |" in text and "0/2" in text and "2/0" in text
     assert "compile set-up: 7.0 s cold, 0.8 s warm (9.3x); graph capture: 1.0 s cold, 0.5 s warm" in text
+    assert "published: 130 s cold, 16 s warm (vLLM start-up of Qwen3.5-9B" in text
     data = json.loads(render(startup_doc(run), "json"))
     assert [r["cache"] for r in data] == ["cold", "warm"]
 
