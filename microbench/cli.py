@@ -15,15 +15,14 @@ from microbench.cli_startup import startup
 from microbench.cli_output import FORMAT, TRACE, TraceWriter, echo_doc, progress_view, sweep_hooks
 from microbench.cli_types import CLI, OUT, ExperimentName, IntList, Ladder, Saver, usage
 from microbench.engine.ladders import with_engine_options
+from microbench.engine.modes import MODES
 from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS
 from microbench.report.plots import entry_lines, render_report
 from microbench.report.record import check_writable, run_id, write_run
 from microbench.report.tables import kernels_table, launch_table, sweep_doc
 
 # Commands that need no GPU (--help, ladder, model, show, index) must not import torch: bench,
-# analysis and engine.runner load inside the commands that use them. engine.runner.MODES,
-# spelled here for that reason (a test holds the two equal).
-MODES = ("none", "full", "piecewise")
+# analysis and engine.runner load inside the commands that use them (engine.modes is torch-free).
 
 
 @click.group(cls=CLI, context_settings=dict(help_option_names=["-h", "--help"]))
@@ -61,7 +60,8 @@ def LADDER_OPTIONS(f):
               help=f"Comma-separated batch sizes, each 1..{MAX_BATCH}.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="opt-125m", show_default=True)
 @click.option("--mode", type=click.Choice(MODES), default="full", show_default=True,
-              help="Graph mode: none (eager only), full, piecewise.")
+              help="Graph mode: none (eager only), full, piecewise, full_and_piecewise (vLLM's "
+                   "default: full graphs for decode steps, piecewise for the rest).")
 @click.option("--ladder", type=Ladder(), default="vllm", show_default=True,
               help="Capture sizes: vllm, sglang, pow2 (sized to the largest --bs) or a list.")
 @click.option("--context", type=click.IntRange(1, MAX_CONTEXT), default=512, show_default=True,

@@ -16,7 +16,7 @@ from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESET
 from microbench.report.record import atomic_write, check_writable, rows_to_csv, write_run
 from microbench.report.serve_tables import generate_doc, serve_doc
 
-MODE_HELP = "Graph mode: none (eager only), full, piecewise."
+MODE_HELP = "Graph mode: none (eager only), full, piecewise, full_and_piecewise."
 
 
 def _checked(cfg, out: str):

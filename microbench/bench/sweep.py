@@ -148,7 +148,9 @@ class _Sweep:
         eager = (lambda: bound.step_packed(x)) if bound else (lambda: dec.step(t, p, s))
         # the runner takes the batch as one tensor, as an engine's persistent batch is
         graph = lambda: runner.step_packed(x)
-        padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
+        # what a decode step of bs replays: under full_and_piecewise a full graph where the full
+        # pass captured its padded size, else a piecewise one (ran_as says which)
+        ran_as, padded = runner.route(bs)
         if bs in (cfg.bs[0], cfg.bs[-1]):
             self.to_profile.append((bs, padded, eager, graph))
         host_costs: dict = {}
@@ -162,8 +164,7 @@ class _Sweep:
                                        diff="engine_eager_max_abs_diff")
         for arm in self.extra:
             arms[arm] = self.extra_arm(arm, bs, t, p, s, x)
-        row = measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode, self.say,
-                          on_round=self.on_round)
+        row = measure_row(arms, bs, padded, ran_as, self.say, on_round=self.on_round)
         for arm in (*self.extra, *(a for a in arms if a not in self.extra)):
             self.arm_fns.append((arm, row, arms[arm].step))
         if bound is not None:
@@ -237,7 +238,7 @@ class _Sweep:
     def runner_host(self):
         """Host time of the runner's step at the first batch size, and where it goes."""
         cfg, runner, run = self.cfg, self.runner, self.run
-        one = runner.dispatcher.pad(cfg.bs[0]) if cfg.mode != "none" else None
+        routine, one = runner.route(cfg.bs[0])
         if not one:
             return
         kw = dict(budget_s=cfg.time_budget)
@@ -247,7 +248,7 @@ class _Sweep:
         run["runner_host_us"] = host_time_us(lambda: runner.step_packed(x), **kw).to_dict()
         run["runner_host_unpacked_us"] = host_time_us(lambda: runner.step(toks, pos, sl), **kw).to_dict()
         # where that host time goes: the one input copy, and the replay call alone
-        e = runner.entries[one]
+        e = runner.graphs[routine][one]
         view = runner.input_rows(b0)[0]
         run["runner_host_parts_us"] = dict(
             copy=host_time_us(lambda: view.copy_(x), **kw).median,

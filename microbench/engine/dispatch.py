@@ -1,4 +1,5 @@
-"""The padding dispatcher: the one record of which batch sizes have graphs."""
+"""The dispatchers: the one record of which batch sizes have graphs, and which graph a batch
+replays (PaddingDispatcher for one set of graphs, CudagraphDispatcher for two)."""
 from __future__ import annotations
 
 import bisect
@@ -41,3 +42,57 @@ class PaddingDispatcher:
 
     def __repr__(self) -> str:
         return f"PaddingDispatcher({list(self.sizes)}{', exact=True' if self.exact else ''})"
+
+
+class CudagraphDispatcher:
+    """Two sets of graphs, as vLLM's FULL_AND_PIECEWISE keeps them (vllm/v1/cudagraph_dispatcher.py,
+    `CudagraphDispatcher.dispatch`): full graphs for uniform decode batches (every sequence adds
+    one token), piecewise graphs for the rest (mixed prefill and decode).
+
+    A batch of bs pads to the smallest size captured in either pass (vLLM pads its token count to
+    the capture sizes before it dispatches); a uniform batch replays the full graph of that size
+    where the full pass captured it, else the piecewise graph of that size, else runs eagerly; a
+    batch that is not uniform never replays a full graph. The full pass may hold fewer sizes than
+    the piecewise one: vLLM captures decode graphs only up to max_num_seqs.
+    """
+
+    def __init__(self, full=(), piecewise=()):
+        self.full = PaddingDispatcher(full)
+        self.piecewise = PaddingDispatcher(piecewise)
+        self.ladder = PaddingDispatcher(set(self.full.sizes) | set(self.piecewise.sizes))
+        self.sizes, self.max_size = self.ladder.sizes, self.ladder.max_size
+        # (routine, padded) for bs in 1..max_size, uniform and not; index 0 unused
+        self._uniform = [self._choose(b, True) for b in range(self.max_size + 1)]
+        self._mixed = [self._choose(b, False) for b in range(self.max_size + 1)]
+
+    def _choose(self, bs: int, uniform: bool) -> tuple[str, int | None]:
+        padded = self.ladder.pad(bs) if bs else None
+        if padded is None:
+            return "eager", None
+        if uniform and padded in self.full.sizes:
+            return "full", padded
+        if padded in self.piecewise.sizes:
+            return "piecewise", padded
+        return "eager", None
+
+    def dispatch(self, bs: int, uniform: bool = True) -> tuple[str, int | None]:
+        """("full" or "piecewise", the graph's size), or ("eager", None) when no graph fits."""
+        if bs < 1:
+            raise ValueError(f"batch size must be >= 1, got {bs}")
+        if bs > self.max_size:
+            return "eager", None
+        return (self._uniform if uniform else self._mixed)[bs]
+
+    def pad(self, bs: int, uniform: bool = True) -> int | None:
+        return self.dispatch(bs, uniform)[1]
+
+    def padding(self, bs: int, uniform: bool = True) -> int:
+        p = self.pad(bs, uniform)
+        return 0 if p is None else p - bs
+
+    def __contains__(self, size: int) -> bool:
+        return size in self.ladder
+
+    def __repr__(self) -> str:
+        return (f"CudagraphDispatcher(full={list(self.full.sizes)}, "
+                f"piecewise={list(self.piecewise.sizes)})")

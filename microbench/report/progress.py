@@ -18,6 +18,12 @@ from rich.progress import (BarColumn, Progress, ProgressColumn, SpinnerColumn, T
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
+from microbench.engine.modes import ROUTINES
+
+# how engines label their capture passes (vLLM: "Capturing CUDA graphs (decode, FULL)")
+ROUTINE_LABELS = {"piecewise": "mixed, piecewise", "full": "decode, full"}
+LAST_ROUTINE = ROUTINES["full_and_piecewise"][-1]
+
 
 def mib(n: float) -> str:
     """Bytes as the engines' logs write them: '328 MiB', '1.2 GiB', '512 KiB'."""
@@ -31,6 +37,20 @@ def mib(n: float) -> str:
 def capture_summary(total: int, seconds: float, pool_bytes: int) -> str:
     """The one-line capture summary: 'captured 19 sizes in 9.6 s, pool 328 MiB'."""
     return f"captured {total} size{'s' * (total != 1)} in {seconds:.1f} s, pool {mib(pool_bytes)}"
+
+
+def passes_summary(passes: list, pool_bytes: int) -> str:
+    """The one-line summary of several capture passes, each a dict with routine, sizes (a
+    count or a list), capture_s and pool_bytes (the pool's growth over the pass; the runner's
+    capture report holds these): 'captured 19 piecewise sizes in 3.1 s, pool +120 MiB; 19 full
+    sizes in 2.0 s, pool +40 MiB; 5.1 s, pool 160 MiB in all'."""
+    parts = []
+    for p in passes:
+        n = p["sizes"] if isinstance(p["sizes"], int) else len(p["sizes"])
+        parts.append(f"{n} {p['routine']} size{'s' * (n != 1)} in {p['capture_s']:.1f} s, "
+                     f"pool +{mib(p['pool_bytes'])}")
+    total = sum(p["capture_s"] for p in passes)
+    return f"captured {'; '.join(parts)}; {total:.1f} s, pool {mib(pool_bytes)} in all"
 
 
 class _Count(ProgressColumn):
@@ -55,6 +75,8 @@ class ProgressView:
         self._ticker: threading.Event | None = None
         self._bs = None               # the row being measured
         self._drawn = 0.0             # when the sampling bar was last drawn
+        self._passes: list = []       # capture passes finished so far (full_and_piecewise)
+        self._pass_start: dict = {}   # routine -> pool bytes when its pass started
 
     # ---- plain lines --------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -72,19 +94,37 @@ class ProgressView:
         out.print(Text(text), soft_wrap=True, highlight=False)
 
     # ---- events -------------------------------------------------------------------------
-    def capture(self, done: int, total: int, size, seconds: float, pool_bytes: int) -> None:
-        """GraphRunner's on_capture: a bar of sizes captured, then the one-line summary."""
+    def capture(self, done: int, total: int, size, seconds: float, pool_bytes: int,
+                routine: str | None = None) -> None:
+        """GraphRunner's on_capture: a bar of sizes captured, then the one-line summary. With
+        `routine` (full_and_piecewise: one pass per routine) a bar per pass, as engines show
+        them, and after the last pass one summary of both."""
+        kind = "capture" if routine is None else f"capture {routine}"
+        label = "" if routine is None else f" ({ROUTINE_LABELS.get(routine, routine)})"
         if done == 0:
-            self._start("capture", "capturing CUDA graphs", total)
+            if routine is not None:
+                self._pass_start[routine] = pool_bytes
+                if routine == ROUTINES["full_and_piecewise"][0]:
+                    self._passes = []
+            self._start(kind, f"capturing CUDA graphs{label}", total)
             if not self.live:
-                self._line(f"capturing CUDA graphs: {total} sizes")
+                self._line(f"capturing CUDA graphs{label}: {total} sizes")
         elif self.live:
-            self._update("capture", done, status=f"size {size}, pool {mib(pool_bytes)}")
+            self._update(kind, done, status=f"size {size}, pool {mib(pool_bytes)}")
         else:
-            self._line(f"captured size {size} ({done}/{total}, {seconds:.1f} s, "
+            self._line(f"captured size {size}{label} ({done}/{total}, {seconds:.1f} s, "
                        f"pool {mib(pool_bytes)})")
-        if done == total:
-            self._finish("capture", capture_summary(total, seconds, pool_bytes))
+        if done < total:
+            return
+        if routine is None:
+            self._finish(kind, capture_summary(total, seconds, pool_bytes))
+            return
+        self._passes.append(dict(routine=routine, sizes=total, capture_s=seconds,
+                                 pool_bytes=pool_bytes - self._pass_start.get(routine, 0)))
+        if routine == LAST_ROUTINE:
+            self._finish(kind, passes_summary(self._passes, pool_bytes))
+        else:
+            self._finish(kind, None)
 
     def rows(self, done: int, total: int, bs) -> None:
         """The sweep's on_rows: a bar of rows measured, its status the row's current stage."""
@@ -160,13 +200,15 @@ class ProgressView:
             self._bars.update(self._tasks[kind], completed=done, status=status)
             self._bars.refresh()
 
-    def _finish(self, kind: str, line: str) -> None:
+    def _finish(self, kind: str, line: str | None) -> None:
+        """Remove a bar and print its closing line (none: the next bar's line closes it)."""
         if kind.startswith("phase"):
             self._untick()
         task = self._tasks.pop(kind, None)
         if task is not None:
             self._bars.remove_task(task)
-        self._line(line)
+        if line is not None:
+            self._line(line)
         if self._bars is not None and not self._tasks:
             self._bars.stop()
             self._bars = None

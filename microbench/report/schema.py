@@ -233,6 +233,27 @@ class FamilyBandwidth:
 
 
 @dataclass(frozen=True)
+class CaptureRecord:
+    """A run's `capture` (GraphRunner.capture's report): one entry per graph in `sizes`;
+    `passes` (absent in older runs) one CapturePass per capture pass, in capture order."""
+    capture_s: float
+    pool_bytes: int
+    sizes: list
+    skipped: list[int] | None = None
+    passes: list | None = None
+
+
+@dataclass(frozen=True)
+class CapturePass:
+    """One pass (full or piecewise): its sizes, seconds, pool growth and out-of-memory skips."""
+    routine: str
+    sizes: list[int]
+    capture_s: float
+    pool_bytes: int
+    skipped: list[int] | None = None
+
+
+@dataclass(frozen=True)
 class CopyRecord:
     bytes_per_s: float
 
@@ -267,13 +288,14 @@ class Kind:
 
 
 KINDS = {
-    "sweep": Kind(SweepConfigRecord, SweepRow, optional=dict(launch=LaunchRecord)),
+    "sweep": Kind(SweepConfigRecord, SweepRow,
+                  optional=dict(launch=LaunchRecord, capture=CaptureRecord)),
     "sweep-tp": Kind(TPSweepConfigRecord, TPSweepRow, optional=dict(launch=LaunchRecord)),
     "launch": Kind(LaunchConfigRecord, parts=dict(launch=LaunchRecord)),
     "launch-tp": Kind(LaunchTPConfigRecord, AllreducePoint, parts=dict(allreduce=AllreduceRecord)),
     "kernels": Kind(KernelsConfigRecord, KernelRow, parts=dict(copy=CopyRecord)),
     "reproduce": Kind(ReproduceConfigRecord, parts=dict(phenomena=[Phenomenon])),
-    "generate": Kind(GenerateConfigRecord, GenerateRow),
+    "generate": Kind(GenerateConfigRecord, GenerateRow, optional=dict(capture=CaptureRecord)),
     "serve": Kind(ServeConfigRecord, ServeRow, parts=dict(trace=TraceRecord)),
 }
 
@@ -315,6 +337,9 @@ def validate_run(data, source) -> RunRecord:
     for key, cls in spec.optional.items():
         if data.get(key) is not None:
             build_part(cls, data[key], key, fail)
+    if spec.optional.get("capture") is CaptureRecord and isinstance(data.get("capture"), dict):
+        for i, p in enumerate(data["capture"].get("passes") or []):
+            build(CapturePass, p, f"capture.passes[{i}]", fail)
     for bs, fams in (data.get("graph_family_bw") or {}).items():
         if not isinstance(fams, dict):
             fail(f"'graph_family_bw.{bs}' is {describe(fams)}, where an object belongs")

@@ -118,9 +118,7 @@ def _measure_lines(run: dict) -> list[str]:
                      f"{sum(1 for h in rep.get('shape_held', []) if h)} of {rep['k']}")
     cap = run.get("capture") or {}
     if cap.get("sizes"):
-        lines.append(f"capture: {cap['capture_s']:.2f} s for {len(cap['sizes'])} sizes, "
-                     f"pool {fmt_bytes(cap['pool_bytes'])}"
-                     + (f", skipped (out of memory): {cap['skipped']}" if cap.get("skipped") else ""))
+        lines.append(capture_line(cap))
     k = run.get("kernels_per_step") or {}
     if k:
         nodes = k.get("graph_kernels")
@@ -154,6 +152,22 @@ def _measure_lines(run: dict) -> list[str]:
                      "launches by launcher (host costs sampled beside its steps): " + ", ".join(
                          f"{k} {v['kernels']} kernels {v['host_us']:.0f} us" for k, v in eb.items()))
     return lines
+
+
+def capture_line(cap: dict) -> str:
+    """The footer's capture line from a run's `capture` (GraphRunner's capture report): one
+    pass, or each pass of full_and_piecewise with its sizes, seconds and pool growth."""
+    passes = cap.get("passes") or []
+    if len(passes) < 2:
+        return (f"capture: {cap['capture_s']:.2f} s for {len(cap['sizes'])} sizes, "
+                f"pool {fmt_bytes(cap['pool_bytes'])}"
+                + (f", skipped (out of memory): {cap['skipped']}" if cap.get("skipped") else ""))
+    return (f"capture: {cap['capture_s']:.2f} s, pool {fmt_bytes(cap['pool_bytes'])}, in "
+            f"{len(passes)} passes: " + "; ".join(
+                f"{p['routine']} {len(p['sizes'])} sizes in {p['capture_s']:.2f} s, pool +"
+                f"{fmt_bytes(p['pool_bytes'])}"
+                + (f", skipped (out of memory): {p['skipped']}" if p.get("skipped") else "")
+                for p in passes))
 
 
 def _replay_lines(run: dict) -> list[str]:

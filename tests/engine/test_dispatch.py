@@ -31,3 +31,38 @@ def test_dispatcher_exact_sizes_only():
     assert [d.pad(b) for b in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, None, 4, None, 8, None]
     assert d.padding(3) == 0 and "exact=True" in repr(d)
     assert PaddingDispatcher([1, 2, 4, 8]).pad(3) == 4
+
+
+# ---- FULL_AND_PIECEWISE: two sets of graphs ------------------------------------------------
+FULL, PIECEWISE = [1, 2, 4, 8], [1, 2, 4, 8, 16, 32]   # the full pass capped at 8
+
+
+@pytest.mark.parametrize("bs, uniform, want", [
+    (1, True, ("full", 1)), (3, True, ("full", 4)), (8, True, ("full", 8)),
+    (9, True, ("piecewise", 16)),      # pads to 16: no full graph of 16, the piecewise one
+    (32, True, ("piecewise", 32)),
+    (1, False, ("piecewise", 1)), (3, False, ("piecewise", 4)),   # mixed: never a full graph
+    (17, False, ("piecewise", 32)),
+    (33, True, ("eager", None)), (33, False, ("eager", None))])
+def test_cudagraph_dispatcher_routes_uniform_to_full_and_the_rest_to_piecewise(bs, uniform, want):
+    from microbench.engine.dispatch import CudagraphDispatcher
+    d = CudagraphDispatcher(FULL, PIECEWISE)
+    assert d.dispatch(bs, uniform) == want
+    assert d.pad(bs, uniform) == want[1]
+    assert d.padding(bs, uniform) == (0 if want[1] is None else want[1] - bs)
+
+
+def test_cudagraph_dispatcher_pads_once_then_picks_the_routine():
+    """As vLLM pads the token count to a capture size, then looks that size up: a size only
+    the full pass holds (the piecewise one ran out of memory there) serves uniform batches,
+    and a mixed batch padded to it runs eagerly rather than padding further."""
+    from microbench.engine.dispatch import CudagraphDispatcher
+    d = CudagraphDispatcher([1, 2, 4], [1, 2, 8])
+    assert d.sizes == (1, 2, 4, 8) and d.max_size == 8 and 4 in d and 3 not in d
+    assert d.dispatch(3, True) == ("full", 4) and d.dispatch(3, False) == ("eager", None)
+    assert d.dispatch(5, True) == ("piecewise", 8) == d.dispatch(5, False)
+    with pytest.raises(ValueError, match="batch size must be >= 1"):
+        d.dispatch(0)
+    empty = CudagraphDispatcher()
+    assert empty.dispatch(1) == ("eager", None) and empty.max_size == 0
+    assert repr(d) == "CudagraphDispatcher(full=[1, 2, 4], piecewise=[1, 2, 8])"

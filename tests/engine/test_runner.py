@@ -62,7 +62,7 @@ def test_mode_none_runs_eager_and_counts_every_step():
     assert runner.step_packed(packed).shape == (2, TINY.vocab)
     # eager by choice is not a fallback: nothing to warn about
     assert runner.counts == dict(replays=0, eager_steps=4, fallbacks=0, padded_rows=0,
-                                 real_rows=1 + 3 + 8 + 2)
+                                 real_rows=1 + 3 + 8 + 2, full_replays=0, piecewise_replays=0)
 
 
 def test_eager_steps_run_bound_steps_where_the_decoder_binds():
