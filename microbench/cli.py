@@ -12,6 +12,7 @@ from microbench.bench.env import require_cuda
 from microbench.cli_offline import PUBLISHED, compare, index, ladder, model, show  # noqa: F401
 from microbench.cli_serve import generate, serve
 from microbench.cli_startup import startup
+from microbench.cli_tune import tune
 from microbench.cli_output import FORMAT, TRACE, TraceWriter, echo_doc, progress_view, sweep_hooks
 from microbench.cli_types import CLI, OUT, ExperimentName, IntList, Ladder, Saver, usage
 from microbench.engine.ladders import with_engine_options
@@ -294,7 +295,7 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
 
 
 # ---- show, index ---------------------------------------------------------------------------
-for command in (ladder, model, show, compare, index, generate, serve, startup):
+for command in (ladder, model, show, compare, index, generate, serve, startup, tune):
     main.add_command(command)
 
 

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from microbench.engine.shapes import ModelShape
 
 # Rows up to which a fused plan runs its matmuls as Triton skinny matmuls (kernels.gemv, which
-# takes up to its MAX_ROWS); above, cuBLAS. Up to 16 rows a decode matmul is bound by reading its
-# weights once, so one path carries them all, its tile chosen per device, shape and row bucket
-# by measurement (kernels/gemv_configs.py); the step's kernel list is then the same from 1 to 16
-# rows. The plan's own constant, so the analytic model imports no torch.
-FAST_ROWS = 16
+# takes up to its MAX_ROWS); above, cuBLAS. A measured choice: `microbench tune` times both on
+# every matmul of the presets at 1, 2, 4, 8 and 16 rows (results/h200/logs/tune.log); on the
+# H200, as on the H100 before it, above one row cuBLAS is faster on the large matmuls (QKV,
+# gate/up, the LM head) than every skinny tile tried, CUDA-core or tensor-core, by more than
+# the fused norms and epilogues save. The plan's own constant, so the analytic model imports no
+# torch.
+FAST_ROWS = 1
 
 
 class Fusion(enum.IntEnum):

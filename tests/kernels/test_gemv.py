@@ -26,6 +26,12 @@ def cfg(device, K):
     return SMALL if device.type == "cpu" and K < 2048 else None
 
 
+def _norm_tol(B, dtype, device):
+    """Tolerance factor of the norm forms: compiled, above 8 rows the wrappers' own config runs
+    on tensor cores, where the normed rows enter in the 16-bit dtype (one more rounding)."""
+    return 2 if device.type == "cuda" and B > 8 and dtype != torch.float32 else 1
+
+
 def _weight(N, K, g, dtype, device):
     return (randn(N, K, g=g, dtype=torch.float32, device=device) / K ** 0.5).to(dtype)
 
@@ -61,8 +67,9 @@ def test_rmsnorm_linear(B, K, N, dtype, atol, rtol, device, cfg):
     h = 3 * randn(B, K, g=g, dtype=dtype, device=device)
     nw, w = _norm_w(K, g, dtype, device), _weight(N, K, g, dtype, device)
     h0 = h.clone()
+    tol = _norm_tol(B, dtype, device)
     assert_close(rmsnorm_linear(h, nw, 1e-5, w, config=cfg), rmsnorm_linear_ref(h, nw, 1e-5, w),
-                 dtype, atol, rtol)
+                 dtype, tol * atol, tol * rtol)
     assert torch.equal(h, h0)
 
 
@@ -75,7 +82,8 @@ def test_rmsnorm_linear_swiglu(B, K, N, dtype, atol, rtol, device, cfg):
     nw, w_gu = _norm_w(K, g, dtype, device), 2 * _weight(2 * N, K, g, dtype, device)
     y = rmsnorm_linear_swiglu(h, nw, 1e-5, w_gu, config=cfg)
     assert y.shape == (B, N)
-    assert_close(y, rmsnorm_linear_swiglu_ref(h, nw, 1e-5, w_gu), dtype, atol, rtol)
+    tol = _norm_tol(B, dtype, device)
+    assert_close(y, rmsnorm_linear_swiglu_ref(h, nw, 1e-5, w_gu), dtype, tol * atol, tol * rtol)
 
 
 def test_linear_on_strided_rows(device):
