@@ -11,7 +11,10 @@
 #            sweep3           three back-to-back default sweeps (how far the numbers move between runs)
 #            repeat           each preset in $PRESETS swept with --repeat 3 (three fresh processes)
 #            launch           launch, replay, copy and matmul constants (microbench launch)
-#            arms             every arm side by side, per preset in $PRESETS, batch sizes $BS
+#            arms             the arms in $ARMS side by side, per preset in $PRESETS, batch sizes $BS
+#            trace            a sweep with --trace (a Perfetto trace of one eager and one graphed step)
+#            startup          the compile arm's set-up, cold and warm compile caches (microbench startup)
+#            headroom         memory-headroom under --gpu-memory-utilization 0.9
 #            reproduce        the eight phenomena and their report
 #            reproduce-smoke  reproduce on the tiny preset in seconds (a quick end-to-end check)
 #   default: tests kernels sweep
@@ -67,10 +70,18 @@ for st in $stages; do
     arms)
       rc=0
       for p in ${PRESETS:-opt-125m llama-1b}; do
-        microbench sweep --bs ${BS:-1,4,16,64} --preset $p --arms eager,graph,torch-eager,torch-graph,compile \
+        microbench sweep --bs ${BS:-1,4,16,64} --preset $p --arms ${ARMS:-eager,graph,torch-compile} \
           --out "$new" 2>&1 | tee "$OUT/arms-$p.log" | grep -v "^bs \|Capturing"
         r=$?; [ $r -ne 0 ] && rc=$r
       done ;;
+    trace)
+      microbench sweep --bs 1,4 --preset opt-125m --trace "$new/trace" --out "$new" 2>&1 | tee "$OUT/trace.log"
+      rc=$?; ls -la "$new/trace" >>"$OUT/trace.log" 2>&1 ;;
+    startup)
+      microbench startup --preset opt-125m --bs 1 --timeout 240 --out "$new" 2>&1 | tee "$OUT/startup.log"; rc=$? ;;
+    headroom)
+      microbench reproduce memory-headroom --preset opt-125m --gpu-memory-utilization 0.9 --out "$new" \
+        2>&1 | tee "$OUT/headroom.log" | tail -40; rc=$? ;;
     reproduce)
       /usr/bin/time -f "wall %e s" microbench reproduce --out "$new" 2>&1 | tee "$OUT/reproduce.log"; rc=$? ;;
     reproduce-smoke)
