@@ -24,9 +24,12 @@ BUCKETS = (1, 2, 4, 8, 16)
               help="Seconds of timing per candidate at most.")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Processes compiling the candidates (default: the CPU count less two, 16 at most).")
+@click.option("--ab", "ab_preset", type=click.Choice(list(PRESETS)), default=None,
+              help="Instead of tuning: graph steps of this preset with the table's configs "
+                   "against the rule's, interleaved in one process, at the --rows batch sizes.")
 @click.option("--table", "table_dir", type=click.Path(file_okay=False), default=None,
               help="Folder of the tables (default: the installed package's kernels/configs).")
-def tune(presets, rows, time_budget, workers, table_dir):
+def tune(presets, rows, time_budget, workers, ab_preset, table_dir):
     """Time every candidate config of the skinny matmuls, and cuBLAS, at each preset's shapes and
     each row bucket on this GPU, and write the fastest into the device's table
     (kernels/configs/gemv_<device>.json), which the decoder then uses (needs a CUDA GPU)."""
@@ -35,6 +38,9 @@ def tune(presets, rows, time_budget, workers, table_dir):
         usage(f"--rows: {bad[0]} is not a row bucket; allowed {', '.join(map(str, BUCKETS))}")
     require_cuda("tune")
     import torch
+
+    if ab_preset:
+        return _ab(ab_preset, rows)
 
     from microbench.bench.tune import merge_table, run_tune
     from microbench.kernels import gemv_configs
@@ -51,3 +57,15 @@ def tune(presets, rows, time_budget, workers, table_dir):
     tmp.replace(path)
     click.echo(f"tuned {sum(len(b) for b in got['entries'].values())} (shape, rows) entries; "
                f"table: {path}")
+
+
+def _ab(preset: str, rows) -> None:
+    from microbench.bench.tune import step_ab
+    click.echo(f"{preset}: graph step with the tuned table against the rule, interleaved AB/BA")
+    for bs in rows:
+        r = step_ab(preset, bs)
+        q = r["ratio"]
+        click.echo(f"bs {bs}: tuned {r['tuned']['median']:.1f} us ({r['tuned']['lo']:.1f}-"
+                   f"{r['tuned']['hi']:.1f}), rule {r['rule']['median']:.1f} us "
+                   f"({r['rule']['lo']:.1f}-{r['rule']['hi']:.1f}); tuned/rule {q['median']:.3f} "
+                   f"({q['ci'][0]:.3f}-{q['ci'][1]:.3f}, {q['n']} pairs)")

@@ -13,6 +13,8 @@
 #            launch           launch, replay, copy and matmul constants (microbench launch)
 #            arms             the arms in $ARMS side by side, per preset in $PRESETS, batch sizes $BS
 #            trace            a sweep with --trace (a Perfetto trace of one eager and one graphed step)
+#            ab               graph steps with the tuned matmul table against the rule, in one process
+#                             (microbench tune --ab), per preset in $AB_PRESETS at bs 1
 #            startup          the compile arm's set-up, cold and warm compile caches (microbench startup)
 #            headroom         memory-headroom under --gpu-memory-utilization 0.9
 #            reproduce        the eight phenomena and their report
@@ -77,6 +79,11 @@ for st in $stages; do
     trace)
       microbench sweep --bs 1,4 --preset opt-125m --trace "$new/trace" --out "$new" 2>&1 | tee "$OUT/trace.log"
       rc=$?; ls -la "$new/trace" >>"$OUT/trace.log" 2>&1 ;;
+    ab)
+      rc=0
+      for p in ${AB_PRESETS:-opt-125m llama-8b}; do
+        microbench tune --ab $p --rows 1 2>&1 | tee -a "$OUT/ab.log"; r=$?; [ $r -ne 0 ] && rc=$r
+      done ;;
     startup)
       microbench startup --preset opt-125m --bs 1 --timeout 240 --out "$new" 2>&1 | tee "$OUT/startup.log"; rc=$? ;;
     headroom)

@@ -3,7 +3,8 @@
 Without CUDA, Triton kernels run under Triton's CPU interpreter: TRITON_INTERPRET must be set
 before any `@triton.jit` function is defined, so it is set here, before the test modules (and
 through them `kernels`) are imported. With CUDA the kernels run compiled on the GPU.
-`gpu`-marked tests are skipped when CUDA is absent.
+`gpu`-marked tests are skipped when CUDA is absent; `interpreter`-marked tests (Triton kernels
+on CPU tensors) are skipped when it is present, where the kernels run compiled instead.
 """
 import os
 
@@ -16,11 +17,10 @@ if not HAS_CUDA:
 
 
 def pytest_collection_modifyitems(config, items):
-    if HAS_CUDA:
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip, marker = ((pytest.mark.skip(reason="Triton runs compiled on this CUDA machine"), "interpreter")
+                    if HAS_CUDA else (pytest.mark.skip(reason="needs a CUDA GPU"), "gpu"))
     for item in items:
-        if "gpu" in item.keywords:
+        if marker in item.keywords:
             item.add_marker(skip)
 
 

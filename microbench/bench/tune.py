@@ -191,3 +191,54 @@ def run_tune(presets, buckets=gemv_configs.ROW_BUCKETS, budget_s: float = 0.05,
                 copy_bytes_per_s=copy["bytes_per_s"], reps_per_graph=REPS,
                 **{k: env.get(k) for k in ("date", "command", "torch", "triton", "git")})
     return dict(meta=meta, entries=entries)
+
+
+# ---- the table against the rule, in whole graphed steps -------------------------------------
+def _graphed_step(preset: str, bs: int, context: int, tuned: bool):
+    """A GraphRunner with `bs` captured for `preset`, its skinny matmuls bound with the tuned
+    table's configs (tuned) or the rule's (the table hidden while the step is bound)."""
+    import torch
+
+    from microbench.bench.inputs import step_inputs
+    from microbench.engine.decoder import ToyDecoder
+    from microbench.engine.runner import GraphRunner
+    load = gemv_configs.load_table
+    if not tuned:
+        gemv_configs.load_table = lambda name: {}
+    try:
+        dec = ToyDecoder(PRESETS[preset], max_batch=bs, max_seq=context + 8, device="cuda")
+        runner = GraphRunner(dec, [bs], mode="full")
+        runner.capture()
+    finally:
+        gemv_configs.load_table = load
+    t, p, s = step_inputs(dec.shape.vocab, bs, context, "cuda", torch.Generator("cuda").manual_seed(0))
+    runner.step(t, p, s)
+    torch.cuda.synchronize()
+    return runner, lambda: runner.step(t, p, s)
+
+
+def step_ab(preset: str, bs: int = 1, context: int = 512, rounds: int = 40, steps: int = 10) -> dict:
+    """Graph steps with the tuned configs against the rule's, in one process: the two arms
+    alternate in balanced AB/BA order, each sample `steps` back-to-back replays timed with CUDA
+    events; the result is each arm's median step (us) and the median of paired ratios
+    (tuned / rule) with its 95% bootstrap interval."""
+    import torch
+
+    from microbench.stats import median_ci, paired_ratio
+    arms = {name: _graphed_step(preset, bs, context, name == "tuned") for name in ("tuned", "rule")}
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = {name: [] for name in arms}
+    for i in range(rounds):
+        for name in (("tuned", "rule") if i % 2 == 0 else ("rule", "tuned")):
+            step = arms[name][1]
+            start.record()
+            for _ in range(steps):
+                step()
+            end.record()
+            end.synchronize()
+            samples[name].append(start.elapsed_time(end) * 1e3 / steps)
+    for runner, _ in arms.values():
+        runner.close()
+    out = {name: dict(zip(("median", "lo", "hi"), median_ci(xs))) for name, xs in samples.items()}
+    return dict(preset=preset, bs=bs, context=context, rounds=rounds, steps=steps, **out,
+                ratio=paired_ratio(samples["tuned"], samples["rule"]))

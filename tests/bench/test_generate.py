@@ -114,6 +114,7 @@ def test_generate_both_arms_with_a_fake_runner(tmp_path):
     assert headline(run).startswith("generation ") and "at bs 1" in headline(run)
 
 
+@pytest.mark.interpreter
 def test_generate_triton_kernels_under_the_interpreter():
     """The Triton plan (fused attention writing each new position) through two growing steps."""
     cfg = cpu_config(bs=(2,), input_len=3, output_len=2, backend="triton", repeats=1, warmup=0)

@@ -65,6 +65,7 @@ def test_mode_none_runs_eager_and_counts_every_step():
                                  real_rows=1 + 3 + 8 + 2, full_replays=0, piecewise_replays=0)
 
 
+@pytest.mark.interpreter
 def test_eager_steps_run_bound_steps_where_the_decoder_binds():
     """With bind_eager (the default on CUDA) a triton decoder's eager steps, by mode or by
     fallback, are its bound steps (made once per batch size), computing what a plain step does;

@@ -29,7 +29,7 @@ def cfg(device, K):
 def _norm_tol(B, dtype, device):
     """Tolerance factor of the norm forms: compiled, above 8 rows the wrappers' own config runs
     on tensor cores, where the normed rows enter in the 16-bit dtype (one more rounding)."""
-    return 2 if device.type == "cuda" and B > 8 and dtype != torch.float32 else 1
+    return 4 if device.type == "cuda" and B > 8 and dtype != torch.float32 else 1
 
 
 def _weight(N, K, g, dtype, device):
@@ -135,7 +135,7 @@ def test_gemv_on_tensor_cores(B, K, N, dtype, atol, rtol, device):
     cfg = SMALL_DOT if device.type == "cpu" else dict(SMALL_DOT, BLOCK_K=128, STAGES=3)
     assert_close(linear(h, w, residual=r, config=cfg), linear_ref(h, w, residual=r), dtype, atol, rtol)
     assert_close(linear(h, w, config=cfg), linear_ref(h, w), dtype, atol, rtol)
-    tol = 2 if dtype != torch.float32 else 1   # the normed rows rounded once more
+    tol = 4 if dtype != torch.float32 else 1   # the normed rows rounded once more
     assert_close(rmsnorm_linear(h, nw, 1e-5, w, config=cfg), rmsnorm_linear_ref(h, nw, 1e-5, w),
                  dtype, tol * atol, tol * rtol)
     assert_close(rmsnorm_linear_swiglu(h, nw, 1e-5, w_gu, config=cfg),
