@@ -10,11 +10,17 @@ empty folder for the first process (cold) and at the same folder again for the n
 so Inductor's FX-graph and AOTAutograd caches and Triton's kernel cache are empty, then filled
 by the cold process. Dynamo's tracing is not cached: a warm start still traces.
 
-The parent needs no torch; `run` (how a child runs) and the command are arguments, so the
-orchestration is tested on the CPU with a fake child.
+The run's `env` is where and how it was measured: the GPU, driver, clocks and versions as the
+cold process recorded them, with the parent's own command line (`microbench startup ...`) and
+start date, since the children's command is this module's `--child` line; that line is kept as
+`child_command`.
+
+The parent needs no torch; `run` (how a child runs), the child's command and the parent's argv
+are arguments, so the orchestration is tested on the CPU with a fake child.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import subprocess
@@ -22,6 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from microbench.bench.arms import COMPILED_ARMS
 from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS, ModelShape
@@ -115,12 +122,23 @@ def run_child(cmd: list[str], env: dict, timeout_s: float) -> dict:
     return dict(res, wall_s=wall)
 
 
-def measure_startup(cfg: StartupConfig, run=run_child, command=None, say=None) -> dict:
+def command_line(argv: list[str]) -> str:
+    """argv as a run records its command (bench.env.environment's form: the program's name,
+    then its arguments)."""
+    return " ".join([Path(argv[0]).name] + list(argv[1:])) if argv else ""
+
+
+def measure_startup(cfg: StartupConfig, run=run_child, command=None, say=None,
+                    argv=None) -> dict:
     """One cold process then cfg.warm_runs warm ones on one new cache folder (removed after);
-    returns the run dict (config, env, rows: one per process, summary)."""
+    returns the run dict (config, env, rows: one per process, summary). command: the child's
+    command (default child_command(cfg)); argv: the parent's (default sys.argv), which the
+    run's env records as its command."""
     say = say or (lambda s: None)
     cfg.validate()
     cmd = command or child_command(cfg)
+    parent = dict(date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                  command=command_line(sys.argv if argv is None else argv))
     rows, env = [], {}
     with tempfile.TemporaryDirectory(prefix="microbench-startup-") as d:
         for i in range(1 + cfg.warm_runs):
@@ -132,8 +150,9 @@ def measure_startup(cfg: StartupConfig, run=run_child, command=None, say=None) -
             rows.append(startup_row(cache, res))
             say(f"  compile set-up {rows[-1]['compile_s']:.1f} s, graph capture "
                 f"{rows[-1]['capture_s']:.1f} s, process {rows[-1]['wall_s']:.1f} s")
-    return dict(kind="startup", config=cfg.to_dict(), env=env, rows=rows,
-                summary=summarize(rows), published=PUBLISHED)
+    return dict(kind="startup", config=cfg.to_dict(), env={**env, **parent},
+                child_command=command_line(cmd), rows=rows, summary=summarize(rows),
+                published=PUBLISHED)
 
 
 def startup_row(cache: str, res: dict) -> dict:

@@ -55,6 +55,19 @@ def test_cold_then_warm_on_one_new_cache_folder():
     assert len({s.split("caches in ")[1] for s in said if "caches in" in s}) == 1
 
 
+def test_the_run_records_the_parents_command_not_the_childs():
+    argv = ["/venv/bin/microbench", "startup", "--preset", "opt-125m", "--warm-runs", "1"]
+    child = FAKE.replace("env=dict(gpu=", "env=dict(command='startup.py --child {}', date='x', gpu=")
+    run = st.measure_startup(st.StartupConfig(), command=fake_cmd(child), argv=argv)
+    env = run["env"]
+    assert env["command"] == "microbench startup --preset opt-125m --warm-runs 1"
+    assert env["gpu"] == "Fake GPU" and env["torch"] == "t"       # the rest as the child saw it
+    assert env["date"] != "x" and env["date"].endswith("+00:00")
+    assert run["child_command"].endswith(" -c " + child)
+    assert st.command_line(st.child_command(st.StartupConfig())).startswith(
+        os.path.basename(sys.executable) + " -m microbench.bench.startup --child {")
+
+
 def test_cache_env_points_both_caches_into_the_folder():
     env = st.cache_env("/tmp/x", base={"PATH": "/bin", "TRITON_CACHE_DIR": "/old"})
     assert env["TORCHINDUCTOR_CACHE_DIR"] == "/tmp/x/inductor"
