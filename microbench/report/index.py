@@ -15,6 +15,7 @@ from pathlib import Path
 
 from microbench.report.record import atomic_write
 from microbench.report.serve_tables import generate_headline, serve_headline
+from microbench.report.startup_table import startup_headline
 
 INDEX_NAME = "README.md"
 # folders beside the runs that hold no run (a stage's logs)
@@ -120,7 +121,7 @@ def _kernels_headline(run: dict) -> str:
 HEADLINES = {"sweep": _sweep_headline, "sweep-tp": _sweep_headline, "reproduce": _reproduce_headline,
              "launch": _launch_headline, "launch-tp": _launch_tp_headline,
              "kernels": _kernels_headline, "generate": generate_headline,
-             "serve": serve_headline}
+             "serve": serve_headline, "startup": startup_headline}
 
 
 def headline(run: dict) -> str:

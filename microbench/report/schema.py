@@ -19,6 +19,8 @@ from microbench.report.typecheck import build, build_part, describe, fits, json_
 
 from microbench.report.serve_schema import (GenerateConfigRecord, GenerateRow,
                                             ServeConfigRecord, ServeRow, TraceRecord)
+from microbench.report.startup_schema import (PublishedStartup, StartupConfigRecord, StartupRow,
+                                              StartupSummary)
 
 SCHEMA_VERSION = 1
 
@@ -297,6 +299,8 @@ KINDS = {
     "reproduce": Kind(ReproduceConfigRecord, parts=dict(phenomena=[Phenomenon])),
     "generate": Kind(GenerateConfigRecord, GenerateRow, optional=dict(capture=CaptureRecord)),
     "serve": Kind(ServeConfigRecord, ServeRow, parts=dict(trace=TraceRecord)),
+    "startup": Kind(StartupConfigRecord, StartupRow, parts=dict(summary=StartupSummary),
+                    optional=dict(published=PublishedStartup)),
 }
 
 

@@ -1,5 +1,6 @@
 """The document of a start-up run (`microbench startup`, bench.startup): one row per process,
-cold first, then the cold-against-warm line; from the run dict, live or loaded."""
+cold first, then the cold-against-warm line; from the run dict, live or loaded. And the run's
+one-line headline for the results index (report.index)."""
 from __future__ import annotations
 
 from microbench.report.formats import Doc, Table
@@ -40,3 +41,20 @@ def startup_doc(run: dict) -> Doc:
     lines.append("cold: TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR in a new empty folder; warm: "
                  "the same folder again, in a fresh process")
     return Doc([head, Table(COLUMNS, rows, records=run["rows"], left=1), *lines])
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def startup_headline(run: dict) -> str:
+    """The compile set-up and graph capture, cold and (where measured) warm, from the run's
+    summary: e.g. 'compile set-up 22.1 s cold, 4.0 s warm; capture 4.9 s cold, 0.6 s warm'."""
+    s = run.get("summary") if isinstance(run.get("summary"), dict) else {}
+    parts = []
+    for what, key in (("compile set-up", "compile_s"), ("capture", "capture_s")):
+        cold, warm = _num(s.get(f"cold_{key}")), _num(s.get(f"warm_{key}"))
+        if cold is not None:
+            parts.append(f"{what} {cold:.1f} s cold" + (f", {warm:.1f} s warm"
+                                                         if warm is not None else ""))
+    return "; ".join(parts) or "no summary"

@@ -11,6 +11,9 @@ from click.testing import CliRunner
 from microbench.bench import startup as st
 from microbench.cli import main
 from microbench.report.formats import render
+from microbench.report.index import headline
+from microbench.report.record import load_run, write_run
+from microbench.report.schema import RunFileError
 from microbench.report.startup_table import startup_doc
 
 gpu = pytest.mark.gpu
@@ -121,6 +124,76 @@ def test_table_shows_cold_and_warm():
     assert "published: 130 s cold, 16 s warm (vLLM start-up of Qwen3.5-9B" in text
     data = json.loads(render(startup_doc(run), "json"))
     assert [r["cache"] for r in data] == ["cold", "warm"]
+
+
+# ---- the saved run: schema, show, index ------------------------------------------------------
+COMMITTED = os.path.join(os.path.dirname(__file__), "..", "..", "results", "h200",
+                         "20261130-125936-startup-opt-125m-h200")
+
+
+def saved_run(tmp_path):
+    run = st.measure_startup(st.StartupConfig(bs=(1, 4)), command=fake_cmd(),
+                             argv=["microbench", "startup", "--bs", "1,4"])
+    return write_run(tmp_path / "s", run, csv_name="startup.csv")
+
+
+def test_a_saved_run_loads_shows_and_has_a_headline(tmp_path):
+    d = saved_run(tmp_path)
+    run = load_run(d)
+    assert run["kind"] == "startup" and run["env"]["command"] == "microbench startup --bs 1,4"
+    assert headline(run) == "compile set-up 7.0 s cold, 0.8 s warm; capture 1.0 s cold, 0.5 s warm"
+    r = CliRunner().invoke(main, ["show", str(d)])
+    assert r.exit_code == 0 and "compile set-up: 7.0 s cold, 0.8 s warm" in r.output
+    r = CliRunner().invoke(main, ["show", str(d), "--format", "csv"])
+    assert r.exit_code == 0 and r.output.splitlines()[1].startswith("cold,")
+
+
+def test_headline_without_warm_rows_or_summary():
+    assert headline(dict(kind="startup", config={}, summary=dict(
+        cold_compile_s=22.14, cold_capture_s=4.9, cold_wall_s=40))) == \
+        "compile set-up 22.1 s cold; capture 4.9 s cold"
+    assert headline(dict(kind="startup", config={}, summary="x")) == "no summary"
+
+
+def _drop(d, *path):
+    for k in path[:-1]:
+        d = d[k]
+    del d[path[-1]]
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("summary",), None, "missing 'summary'"),
+    (("summary", "cold_compile_s"), None, "'summary' has no 'cold_compile_s'"),
+    (("rows", 0, "compile_s"), "slow", "'rows[0].compile_s' is a string"),
+    (("rows", 1, "cache"), None, "'rows[1]' has no 'cache'"),
+    (("config", "bs"), "1", "'config.bs' is a string"),
+    (("published", "cold_s"), None, "'published' has no 'cold_s'"),
+    (("rows",), [], "'rows' is empty"),
+])
+def test_a_corrupted_run_is_one_line_and_exit_2(tmp_path, path, value, message):
+    d = saved_run(tmp_path)
+    data = json.loads((d / "run.json").read_text())
+    if value is None:
+        _drop(data, *path)
+    else:
+        target = data
+        for k in path[:-1]:
+            target = target[k]
+        target[path[-1]] = value
+    (d / "run.json").write_text(json.dumps(data))
+    with pytest.raises(RunFileError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_run(d)
+    r = CliRunner().invoke(main, ["show", str(d)])
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.output
+
+
+@pytest.mark.skipif(not os.path.isdir(COMMITTED), reason="the committed H200 run is not here")
+def test_the_committed_h200_run_shows():
+    r = CliRunner().invoke(main, ["show", COMMITTED])
+    assert r.exit_code == 0, r.output
+    assert "GPU NVIDIA H200 | preset opt-125m" in r.output and "cold" in r.output
+    assert headline(load_run(COMMITTED)).startswith("compile set-up ")
 
 
 @pytest.mark.parametrize("args", [("--bs", "0"), ("--warm-runs", "0"), ("--arm", "graph"),
