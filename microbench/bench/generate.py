@@ -257,8 +257,10 @@ def _decoder(cfg: GenerateConfig, max_batch: int, dev) -> ToyDecoder:
 
 def _measure_bs(cfg, dec, runner, batch, arms, bs, gen, say) -> dict:
     """One batch size's row: the prompt, then the arms' generations interleaved."""
-    padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
-    row = dict(bs=bs, padded_bs=padded, ran_as="eager" if padded is None else cfg.mode,
+    # what the runner runs a uniform decode step of bs on: under full_and_piecewise a full
+    # graph, a piecewise one (the size is above the full pass's cap) or eager
+    ran_as, padded = runner.route(bs)
+    row = dict(bs=bs, padded_bs=padded, ran_as=ran_as,
                input_len=cfg.input_len, output_len=cfg.output_len, repeats=cfg.repeats)
     first = torch.randint(dec.shape.vocab, (bs,), generator=gen)
     if cfg.prefill == "steps":
