@@ -86,6 +86,10 @@ def LADDER_OPTIONS(f):
               help="With --mode full: capture each size as two graphs (the first quarter of the "
                    "layers, then the rest) launched back to back, so the GPU starts while the "
                    "host still launches the longer one.")
+@click.option("--full-max-size", type=click.IntRange(1, MAX_BATCH), default=None,
+              help="With --mode full_and_piecewise: the largest size the full (decode) pass "
+                   "captures, as vLLM caps its full graphs at max_num_seqs; larger sizes replay "
+                   "piecewise graphs  [default: every size].")
 @click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Tensor-parallel ranks, one GPU each (spawned here, or run under "
                    "torchrun --nproc-per-node N -m microbench.cli_tp sweep --tp N).")
@@ -101,7 +105,7 @@ def LADDER_OPTIONS(f):
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the table (or JSON).")
 def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, arms, split_launch,
-          tp, no_tp1, repeat, out, fmt, trace, as_json, quiet, **engine_opts):
+          full_max_size, tp, no_tp1, repeat, out, fmt, trace, as_json, quiet, **engine_opts):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
     from microbench.analysis.beside import predict_sweep
     from microbench.bench.sweep import run_sweep
@@ -113,7 +117,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
     cfg = SweepConfig(bs=bs, preset=preset, mode=mode, ladder=ladder, context=context,
                       dtype=dtype, backend=backend, steps=steps, time_budget=time_budget, out=out,
                       arms=tuple(a.strip() for a in (arms or "").split(",") if a.strip()),
-                      split_launch=split_launch)
+                      split_launch=split_launch, full_max_size=full_max_size)
     try:
         if arms is not None and not cfg.arms:
             raise ValueError("--arms: give at least one arm of eager, graph, torch-eager, "
@@ -122,6 +126,8 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
         if tp > 1:
             if split_launch:
                 raise ValueError("--split-launch: not with --tp (one graph per size there)")
+            if full_max_size is not None:
+                raise ValueError("--full-max-size: not with --tp yet")
             if set(cfg.arms) - {"eager", "graph"}:
                 raise ValueError("--arms: with --tp only eager and graph run")
             from microbench.cli_tp import validate_tp

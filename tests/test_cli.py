@@ -85,6 +85,12 @@ def test_ladder_padding_and_json():
     (("sweep", "--steps", "0"), "--steps"),
     (("sweep", "--split-launch", "--mode", "piecewise"), "--split-launch"),
     (("sweep", "--split-launch", "--tp", "2"), "--split-launch"),
+    (("sweep", "--full-max-size", "4"), "--full-max-size"),
+    (("sweep", "--full-max-size", "4", "--mode", "piecewise"), "--full-max-size"),
+    (("sweep", "--full-max-size", "0", "--mode", "full_and_piecewise"), "--full-max-size"),
+    (("sweep", "--full-max-size", "x", "--mode", "full_and_piecewise"), "--full-max-size"),
+    (("sweep", "--full-max-size", "4", "--mode", "full_and_piecewise", "--tp", "2"),
+     "--full-max-size"),
 ])
 def test_bad_options(args, option):
     assert_usage_error(args, option)

@@ -124,7 +124,7 @@ class _Sweep:
     def capture(self):
         cfg, run, dec = self.cfg, self.run, self.dec
         self.runner = GraphRunner(dec, self.ladder, mode=cfg.mode, on_capture=self.on_capture,
-                                  split_launch=cfg.split_launch)
+                                  split_launch=cfg.split_launch, full_max_size=cfg.full_max_size)
         cap = self.runner.capture()
         run["capture"] = cap
         run["capture_s"], run["pool_bytes"] = cap["capture_s"], cap["pool_bytes"]
@@ -206,7 +206,8 @@ class _Sweep:
             return
         self.say("capturing the torch backend's graphs (arm torch-graph)")
         self.trunner = GraphRunner(self.twin, self.ladder, mode=self.cfg.mode,
-                                   on_capture=self.on_capture, split_launch=self.cfg.split_launch)
+                                   on_capture=self.on_capture, split_launch=self.cfg.split_launch,
+                                   full_max_size=self.cfg.full_max_size)
         tcap = self.trunner.capture()
         self.run["arms"]["torch-graph"].update(setup_s=tcap["capture_s"],
                                                pool_bytes=tcap["pool_bytes"])

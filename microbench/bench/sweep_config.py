@@ -26,6 +26,8 @@ class SweepConfig:
     out: str = "runs"
     arms: tuple = ()   # extra arms; eager and graph (unless mode none) always run: microbench.bench.arms
     split_launch: bool = False   # full mode: each size as two graphs (GraphRunner split_launch)
+    # full_and_piecewise: the largest size the full pass captures (GraphRunner full_max_size)
+    full_max_size: int | None = None
 
     def validate(self) -> "SweepConfig":
         """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
@@ -53,6 +55,13 @@ class SweepConfig:
         arms = parse_arms(self.arms)
         if self.split_launch and self.mode != "full":
             raise ValueError(f"--split-launch: only with --mode full, got --mode {self.mode}")
+        if self.full_max_size is not None:
+            if self.mode != "full_and_piecewise":
+                raise ValueError(f"--full-max-size: only with --mode full_and_piecewise, got "
+                                 f"--mode {self.mode}")
+            if not isinstance(self.full_max_size, int) or not 1 <= self.full_max_size <= MAX_BATCH:
+                raise ValueError(f"--full-max-size: {self.full_max_size!r} is out of range; "
+                                 f"1..{MAX_BATCH}")
         for a in ("graph", "torch-graph"):
             if self.mode == "none" and a in arms:
                 raise ValueError(f"--arms: {a} needs a graph mode; drop --mode none or the arm")

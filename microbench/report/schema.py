@@ -82,6 +82,7 @@ class SweepConfigRecord:
     out: str | None = None
     arms: list[str] | None = None
     split_launch: bool | None = None
+    full_max_size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,27 @@ def test_short_sweep_end_to_end(tmp_path):
     json.dumps(run)
 
 
+def test_sweep_full_and_piecewise_with_full_max_size(tmp_path):
+    """--full-max-size caps the full pass: bs 1 replays a full graph, bs 3 (padded to 4, above
+    the cap) a piecewise one; the capture report holds both passes."""
+    from click.testing import CliRunner
+
+    from microbench.cli import main
+    from microbench.report.record import load_run
+    r = CliRunner().invoke(main, ["sweep", "--preset", "tiny", "--bs", "1,3", "--context", "32",
+                                  "--ladder", "1,2,4", "--mode", "full_and_piecewise",
+                                  "--full-max-size", "2", "--time-budget", "0.05", "--steps",
+                                  "2", "--out", str(tmp_path), "--quiet"])
+    assert r.exit_code == 0, r.output
+    (run_dir,) = list(tmp_path.iterdir())
+    run = load_run(run_dir)
+    assert run["config"]["full_max_size"] == 2
+    assert [(row["ran_as"], row["padded_bs"]) for row in run["rows"]] == [("full", 1),
+                                                                          ("piecewise", 4)]
+    passes = {p["routine"]: p["sizes"] for p in run["capture"]["passes"]}
+    assert passes == dict(piecewise=[1, 2, 4], full=[1, 2])
+
+
 def test_sweep_arms_side_by_side(tmp_path):
     """Every arm runs, agrees with eager, and is called graphed only if it launched a graph."""
     from microbench.bench.sweep import run_sweep
