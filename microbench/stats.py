@@ -108,15 +108,16 @@ def above(a, b) -> bool:
     return a[0] > b[1]
 
 
-def check_shape(rows: list[dict], noise: float | None = None) -> dict:
+def check_shape(rows: list[dict], noise: float | None = None, prefix: str = "") -> dict:
     """Do measured speedups hold the published shape? Judged on each row's interval
     (speedup_interval): no later batch's speedup above the smallest batch's; no rise from one
     batch to the next, a rise counting only where the two intervals separate; never below 1,
-    meaning no interval's upper end under 1. `noise` fixes a relative band instead."""
-    rs = sorted((r for r in rows if r.get("speedup")), key=lambda r: r["bs"])
+    meaning no interval's upper end under 1. `noise` fixes a relative band instead. `prefix`
+    judges another arm's speedup over the graph (e.g. "engine_eager_")."""
+    rs = sorted((r for r in rows if r.get(f"{prefix}speedup")), key=lambda r: r["bs"])
     if not rs:
         return dict(held=None, why="no graph rows")
-    iv = [speedup_interval(r, noise=noise) for r in rs]
+    iv = [speedup_interval(r, prefix, noise=noise) for r in rs]
     largest_first = not any(above(v, iv[0]) for v in iv[1:])
     monotone = not any(above(b, a) for a, b in zip(iv, iv[1:]))
     above_one = all(hi >= 1 for _, hi in iv)
@@ -128,8 +129,8 @@ def check_shape(rows: list[dict], noise: float | None = None) -> dict:
         why.append("speedup rises with batch size beyond its interval")
     if not above_one:
         why.append("a graph step is slower than eager (interval wholly below 1)")
-    ci = noise is None and all(r.get("speedup_ci") for r in rs)
-    return dict(held=held, largest_at_smallest=largest_first, non_increasing=monotone,
+    ci = noise is None and all(r.get(f"{prefix}speedup_ci") for r in rs)
+    return dict(held=held, arm=prefix.rstrip("_").replace("_", "-") or "eager", largest_at_smallest=largest_first, non_increasing=monotone,
                 never_below_one=above_one, intervals=[list(v) for v in iv],
                 basis="bootstrap 95% interval" if ci else "p20-p80 noise band",
                 noise=[noise if noise is not None else speedup_noise(r) for r in rs],
@@ -189,8 +190,10 @@ def merge_repeats(runs: list[dict]) -> dict:
         rows.append(merged)
     spreads = [r["speedup_repeat_spread"] for r in rows if r["speedup_repeat_spread"] is not None]
     checks = [run.get("shape_check") or {} for run in runs]
+    bundle = [run.get("shape_check_engine") or {} for run in runs]
     repeats = dict(k=len(runs), max_spread=max(spreads) if spreads else None,
                    shape_held=[c.get("held") for c in checks],
+                   engine_shape_held=[c.get("held") for c in bundle],
                    wall_s=[run.get("wall_s") for run in runs],
                    interrupted=[bool(run.get("interrupted")) for run in runs])
     return dict(first, rows=rows, repeats=repeats,

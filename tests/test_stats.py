@@ -52,6 +52,20 @@ def test_shape_check_uses_intervals_where_saved():
     assert res["held"] is False and "rises" in res["why"] and not res["largest_at_smallest"]
 
 
+def test_shape_check_judges_another_arm_by_prefix():
+    """The engine-eager arm against the graph (the bundle operators toggle) is judged from its
+    own speedups and intervals: here it fades while eager against graph rises."""
+    rows = _ci_rows((1.0, 1.05, 1.1), (1.3, 1.35, 1.4), (1.2, 1.25, 1.3), (1.0, 1.05, 1.1))
+    for r, (lo, m, hi) in zip(rows, ((7.5, 8.0, 8.4), (4.6, 4.8, 5.0), (3.8, 3.9, 4.0), (2.6, 2.7, 2.8))):
+        r.update(engine_eager_speedup=m, engine_eager_speedup_ci=[lo, hi])
+    assert check_shape(rows)["held"] is False
+    bundle = check_shape(rows, prefix="engine_eager_")
+    assert bundle["held"] is True and bundle["arm"] == "engine-eager"
+    assert bundle["intervals"][0] == [7.5, 8.4] and bundle["basis"] == "bootstrap 95% interval"
+    rows[2]["engine_eager_speedup_ci"] = [5.1, 5.3]   # bs 16 above bs 4: a rise
+    assert check_shape(rows, prefix="engine_eager_")["held"] is False
+
+
 @pytest.mark.parametrize("ci, held", [((0.97, 1.02), True),     # upper end reaches 1: not below
                                       ((0.94, 0.99), False)])   # wholly below 1
 def test_never_below_one_reads_the_upper_end(ci, held):

@@ -3,6 +3,7 @@ document (formats.Doc: a header line, tables, footer lines), printed in any of f
 """
 from __future__ import annotations
 
+from microbench.stats import check_shape
 from microbench.report.formats import Doc, Table, render, rich_table
 
 
@@ -84,10 +85,16 @@ def sweep_footer(run: dict) -> str:
     """The lines under the sweep's table: how it was measured, the device, the GPU time
     of a replay, each arm, the shape check and the model's error."""
     lines = _measure_lines(run) + _replay_lines(run) + _arm_lines(run)
-    sc = run.get("shape_check")
-    if sc and sc.get("held") is not None:
-        lines.append(f"published shape (largest at bs 1, fading, never below 1): "
-                     f"{'held' if sc['held'] else 'NOT held: ' + sc['why']}")
+    checks = dict(run)
+    if "shape_check_engine" not in run and any(r.get("engine_eager_speedup") for r in run.get("rows", [])):
+        # runs saved before the sweep judged the bundle: judged here from their rows
+        checks["shape_check_engine"] = check_shape(run["rows"], prefix="engine_eager_")
+    for key, what in (("shape_check_engine", "engine-eager against graph, the bundle published"),
+                      ("shape_check", "eager against graph, the graphs alone")):
+        sc = checks.get(key)
+        if sc and sc.get("held") is not None:
+            lines.append(f"published shape (largest at bs 1, fading, never below 1), {what}: "
+                         f"{'held' if sc['held'] else 'NOT held: ' + sc['why']}")
     return "\n".join(lines + closing_lines(run))
 
 

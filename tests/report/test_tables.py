@@ -27,6 +27,15 @@ def test_sweep_table_shows_extra_arms_in_recorded_order():
     assert "400.0" in sweep_table(run) and "350.0" in sweep_table(run)
 
 
+def test_footer_judges_the_published_bundle_and_the_graphs_alone():
+    run = sweep_run(shape_check=dict(held=False, why="speedup rises with batch size beyond its interval"),
+                    shape_check_engine=dict(held=True, why="held"))
+    out = sweep_table(run)
+    assert "engine-eager against graph, the bundle published: held" in out
+    assert "eager against graph, the graphs alone: NOT held: speedup rises" in out
+    assert "the bundle published" not in sweep_table(sweep_run(shape_check=dict(held=True)))
+
+
 def test_kernels_table():
     out = kernels_table(kernels_run())
     assert "kernels at tiny decode shapes on Test GPU" in out and "rmsnorm" in out
