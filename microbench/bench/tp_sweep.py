@@ -76,7 +76,8 @@ def single_gpu_steps(dec, ladder, cfg, say) -> dict:
             t, p, s = step_inputs(dec.shape.vocab, bs, cfg.context, dec.device, gen, host_tokens=True)
             padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
             x = packed(t, p, s)
-            arms = step_arms(lambda: dec.step(t, p, s), lambda: runner.step_packed(x), cfg,
+            eager = dec.bind(bs)   # lean eager launches, as the one-GPU sweep's eager arm
+            arms = step_arms(lambda: eager.step_packed(x), lambda: runner.step_packed(x), cfg,
                              Budget(cfg.steps, cfg.time_budget), check=False)
             row = measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode,
                               lambda m: say(f"TP 1, {m}"))
@@ -216,7 +217,10 @@ class _Rank:
             # tokens drawn on the host: every rank gets the same ones
             t, p, s = step_inputs(cfg.shape.vocab, bs, cfg.context, self.dev, gen, host_tokens=True)
             x = packed(t, p, s)                                                # [3, bs]
-            arms = step_arms(lambda: shard.step(t, p, s), lambda: runner.step_packed(x), cfg,
+            # lean eager launches with the all-reduces bound in place; binding runs one step,
+            # a collective every rank makes here at the same batch size
+            eager = shard.bind(bs)
+            arms = step_arms(lambda: eager.step_packed(x), lambda: runner.step_packed(x), cfg,
                              budget, check=True)
             pad = self.pads[bs]
             row = measure_row(arms, bs, pad, "eager" if pad is None else cfg.mode, self.say)

@@ -144,20 +144,16 @@ class ToyDecoder:
         if self.skinny(o.shape[0]):
             # residual is the hidden state (the skinny QKV's norm took it whole)
             h = self.linear(o, L["wo"], residual if self.residual_owner else None)
-            if self.all_reduce is not None:
-                self.all_reduce(h)
+            self._reduce(h)
             g = self.norm_linear_swiglu(h, L["ffn_norm"], L["wgu"])
             h = self.linear(g, L["wdown"], h if self.residual_owner else None)
-            if self.all_reduce is not None:
-                self.all_reduce(h)
+            self._reduce(h)
             return h, None
         h = self._mm(o, L["wo"])                                       # [B, hidden]
-        if self.all_reduce is not None:
-            self.all_reduce(h)
+        self._reduce(h)
         gu, residual = self.norm_linear(h, L["ffn_norm"], L["wgu"], residual)  # [B, 2F]
         h = self._mm(self.ops.swiglu(gu, **self._rec), L["wdown"])      # [B, hidden]
-        if self.all_reduce is not None:
-            self.all_reduce(h)
+        self._reduce(h)
         return h, residual
 
     def piece(self, i: int, tokens, positions, slots, o=None, residual=None, h=None):
@@ -256,6 +252,13 @@ class ToyDecoder:
                                     partial(seq_lens.copy_, next_pos)]
         return h, seq_lens
 
+    def _reduce(self, h):
+        """A tensor-parallel shard's all-reduce of h, in place (recorded while binding)."""
+        if self.all_reduce is not None:
+            self.all_reduce(h)
+            if self._rec:
+                self._rec["record"].append(partial(self.all_reduce, h))
+
     def _mm(self, x, w):
         """x @ w^T through cuBLAS (F.linear); while binding, recorded as torch.mm into the same
         output."""
@@ -293,9 +296,11 @@ class ToyDecoder:
     def bind(self, bs: int) -> BoundStep:
         """The step at batch bs as bound launches (engine.bound.BoundStep): argument checks,
         output buffers and each launch's binding done once, by recording one step on static
-        inputs at the scratch slot (no sequence's cache changes). Triton backend on one GPU."""
-        if self.backend != "triton" or self.all_reduce is not None:
-            raise ValueError("bind: bound steps run the triton backend on one GPU only")
+        inputs at the scratch slot (no sequence's cache changes). Triton backend; a tensor-
+        parallel shard's all-reduces are recorded in place too, so every rank must bind the same
+        batch size at the same time (binding runs one step)."""
+        if self.backend != "triton":
+            raise ValueError("bind: bound steps run the triton backend only")
         if not 1 <= bs <= self.max_batch:
             raise ValueError(f"bind: batch size {bs} is outside 1..{self.max_batch}")
         inputs = torch.zeros(3, bs, dtype=torch.long, device=self.device)  # tokens; positions; slots

@@ -100,3 +100,25 @@ def test_bound_steps_match_plain_steps_on_the_gpu(preset, fusion):
         got = bound.step_packed(x)
         torch.cuda.synchronize()
         assert torch.equal(got, want), (bs, (got.float() - want.float()).abs().max().item())
+
+
+@pytest.mark.parametrize("bs", [1, 11])
+def test_bound_step_records_the_shards_all_reduces(bs, device):
+    """A tensor-parallel shard's all-reduces (the decoder's all_reduce hook, in place) are
+    bound too, in their places among the kernels: with a stand-in hook (scale by 0.5) the bound
+    step equals the plain step, and holds two reduces per layer beside the plan's kernels."""
+    plain, bound_dec = make(device), make(device)
+    calls = []
+
+    def reduce(h):
+        calls.append(h.data_ptr())
+        h.mul_(0.5)
+
+    plain.all_reduce = bound_dec.all_reduce = reduce
+    bound = bound_dec.bind(bs)
+    assert len(bound) == len(bound_dec.plan(bs, 0)) + 2 * TINY.n_layers
+    x = packed_inputs(bs, 9, device, 3)
+    calls.clear()
+    got = bound.step_packed(x)
+    assert len(calls) == 2 * TINY.n_layers
+    torch.testing.assert_close(got, plain.step(*x), atol=1e-6, rtol=1e-6)
