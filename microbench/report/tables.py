@@ -122,7 +122,10 @@ def _measure_lines(run: dict) -> list[str]:
         worst = rep.get("max_spread")
         lines.append(f"--repeat {rep['k']}: speedups of {rep['k']} fresh processes, worst spread "
                      f"{_f(worst, '.1%')} (max / min - 1); shape held in "
-                     f"{sum(1 for h in rep.get('shape_held', []) if h)} of {rep['k']}")
+                     f"{sum(1 for h in rep.get('shape_held', []) if h)} of {rep['k']}"
+                     + (f" (engine-eager against graph: in "
+                        f"{sum(1 for h in rep['engine_shape_held'] if h)} of {rep['k']})"
+                        if any(h is not None for h in rep.get("engine_shape_held", [])) else ""))
     cap = run.get("capture") or {}
     if cap.get("sizes"):
         lines.append(capture_line(cap))

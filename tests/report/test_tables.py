@@ -36,6 +36,14 @@ def test_footer_judges_the_published_bundle_and_the_graphs_alone():
     assert "the bundle published" not in sweep_table(sweep_run(shape_check=dict(held=True)))
 
 
+def test_repeat_line_counts_both_shape_verdicts():
+    run = sweep_run(repeats=dict(k=3, max_spread=0.04, shape_held=[False, False, True],
+                                 engine_shape_held=[True, True, False]))
+    assert "shape held in 1 of 3 (engine-eager against graph: in 2 of 3)" in sweep_table(run)
+    run["repeats"].pop("engine_shape_held")
+    assert "shape held in 1 of 3\n" in sweep_table(run)
+
+
 def test_kernels_table():
     out = kernels_table(kernels_run())
     assert "kernels at tiny decode shapes on Test GPU" in out and "rmsnorm" in out
