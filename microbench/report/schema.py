@@ -17,6 +17,8 @@ from typing import Any
 
 from microbench.report.typecheck import build, build_part, describe, fits, json_name, type_name
 
+# CapturePass is re-exported: readers of the schema import every record from here
+from microbench.report.capture_schema import CapturePass, CaptureRecord, check_passes  # noqa: F401
 from microbench.report.serve_schema import (GenerateConfigRecord, GenerateRow,
                                             ServeConfigRecord, ServeRow, TraceRecord)
 from microbench.report.startup_schema import (PublishedStartup, StartupConfigRecord, StartupRow,
@@ -236,27 +238,6 @@ class FamilyBandwidth:
 
 
 @dataclass(frozen=True)
-class CaptureRecord:
-    """A run's `capture` (GraphRunner.capture's report): one entry per graph in `sizes`;
-    `passes` (absent in older runs) one CapturePass per capture pass, in capture order."""
-    capture_s: float
-    pool_bytes: int
-    sizes: list
-    skipped: list[int] | None = None
-    passes: list | None = None
-
-
-@dataclass(frozen=True)
-class CapturePass:
-    """One pass (full or piecewise): its sizes, seconds, pool growth and out-of-memory skips."""
-    routine: str
-    sizes: list[int]
-    capture_s: float
-    pool_bytes: int
-    skipped: list[int] | None = None
-
-
-@dataclass(frozen=True)
 class CopyRecord:
     bytes_per_s: float
 
@@ -342,9 +323,8 @@ def validate_run(data, source) -> RunRecord:
     for key, cls in spec.optional.items():
         if data.get(key) is not None:
             build_part(cls, data[key], key, fail)
-    if spec.optional.get("capture") is CaptureRecord and isinstance(data.get("capture"), dict):
-        for i, p in enumerate(data["capture"].get("passes") or []):
-            build(CapturePass, p, f"capture.passes[{i}]", fail)
+    if spec.optional.get("capture") is CaptureRecord:
+        check_passes(data.get("capture"), fail)
     for bs, fams in (data.get("graph_family_bw") or {}).items():
         if not isinstance(fams, dict):
             fail(f"'graph_family_bw.{bs}' is {describe(fams)}, where an object belongs")

@@ -101,3 +101,13 @@ def test_a_broken_capture_record_is_named(corrupt, message):
     corrupt(run["capture"])
     with pytest.raises(RunFileError, match=message.replace("[", r"\[").replace("]", r"\]")):
         validate_run(run, "run.json")
+
+
+def test_the_capture_records_have_their_own_module_and_schema_still_names_them():
+    from pathlib import Path
+
+    from microbench.report import capture_schema, schema
+    assert schema.CaptureRecord is capture_schema.CaptureRecord
+    assert schema.CapturePass is capture_schema.CapturePass
+    assert schema.KINDS["sweep"].optional["capture"] is capture_schema.CaptureRecord
+    assert len(Path(schema.__file__).read_text().splitlines()) <= 350
