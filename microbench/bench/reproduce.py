@@ -53,6 +53,10 @@ class ReproduceConfig:
             raise ValueError(f"--memory-budget: must be > 0 GiB, got {self.memory_budget_gib}")
         if self.gpu_memory_utilization is not None:
             check_utilization(self.gpu_memory_utilization)
+            if "memory-headroom" not in self.names:
+                raise ValueError(f"--gpu-memory-utilization: only memory-headroom reads it, and "
+                                 f"the run names {', '.join(self.names)}; add memory-headroom or "
+                                 f"drop the option")
             if self.memory_budget_gib is not None:
                 raise ValueError("--gpu-memory-utilization: not with --memory-budget (one budget)")
         return self

@@ -75,6 +75,10 @@ def test_budget_config_checks():
         rp.ReproduceConfig(gpu_memory_utilization=0).validate()
     with pytest.raises(ValueError, match="not with --memory-budget"):
         rp.ReproduceConfig(gpu_memory_utilization=0.5, memory_budget_gib=1).validate()
+    rp.ReproduceConfig(names=("speedup-fade", "memory-headroom"),
+                       gpu_memory_utilization=0.5).validate()
+    with pytest.raises(ValueError, match=r"^--gpu-memory-utilization: only memory-headroom"):
+        rp.ReproduceConfig(names=("speedup-fade",), gpu_memory_utilization=0.5).validate()
 
 
 @pytest.mark.parametrize("args", [("--gpu-memory-utilization", "1.5"),
@@ -83,6 +87,13 @@ def test_budget_config_checks():
                                   ("--gpu-memory-utilization", "0.5", "--memory-budget", "2")])
 def test_bad_utilization_is_one_line_and_exit_2(args, tmp_path):
     r = CliRunner().invoke(main, ["reproduce", "memory-headroom", *args, "--out", str(tmp_path)])
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "--gpu-memory-utilization" in lines[0], r.output
+
+
+def test_utilization_without_memory_headroom_is_one_line_and_exit_2(tmp_path):
+    r = CliRunner().invoke(main, ["reproduce", "speedup-fade", "--gpu-memory-utilization", "0.5",
+                                  "--out", str(tmp_path)])
     lines = [l for l in r.output.splitlines() if l.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and "--gpu-memory-utilization" in lines[0], r.output
 
