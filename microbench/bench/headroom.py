@@ -15,7 +15,7 @@ import torch
 
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.lab import free_memory
-from microbench.engine.memory import (MemoryBudget, SKIPPED, budget_lines, check_free,
+from microbench.engine.memory import (OPTION, MemoryBudget, SKIPPED, budget_lines, check_free,
                                       kv_bytes_per_token, size_costs)
 from microbench.engine.runner import GraphRunner
 
@@ -55,6 +55,19 @@ def replay_diffs(runner, dec, sizes, context: int, seed: int = 0) -> dict:
     return out
 
 
+def kv_block_bytes(budget: MemoryBudget, own: int) -> int:
+    """The block allocated beside the decoder's own KV cache (`own` bytes, already held) so the
+    two make the budget's KV cache. ValueError (one line) when the decoder's cache alone is
+    larger: the run would measure with more KV cache than the budget gives."""
+    extra = budget.kv_cache_bytes - own
+    if extra < 0:
+        raise ValueError(f"{OPTION} {budget.utilization:g} leaves "
+                         f"{budget.kv_cache_bytes / 2**30:.3g} GiB for the KV cache; the decoder "
+                         f"already holds {own / 2**30:.3g} GiB (its largest batch at --context); "
+                         f"raise it or lower --context")
+    return extra
+
+
 def run_budget(dec, sizes, utilization: float, context: int, say=None, on_capture=None,
                limit_bytes: int | None = None, seed: int = 0) -> dict:
     """Profile, KV cache, capture (vLLM's order) for the capture sizes `sizes` on `dec`.
@@ -74,7 +87,7 @@ def run_budget(dec, sizes, utilization: float, context: int, say=None, on_captur
     # torch's holdings (weights, the decoder's cache) were loaded before this: count them free
     check_free(budget, prof["free_bytes"] + prof["torch_bytes"])
     own = sum(c.numel() * c.element_size() for c in dec.k_cache + dec.v_cache)
-    extra = max(0, budget.kv_cache_bytes - own)
+    extra = kv_block_bytes(budget, own)
     say(f"KV cache {budget.kv_cache_bytes / 2**30:.2f} GiB ({budget.kv_tokens} tokens): "
         f"allocating {extra / 2**30:.2f} GiB beside the decoder's own cache")
     block = torch.empty(extra, dtype=torch.uint8, device=dec.device)

@@ -3,15 +3,18 @@
 option's errors, and on a GPU the start-up itself (bench.headroom.run_budget) with a capture
 forced out of memory."""
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from microbench.analysis import verdicts as vd
+from microbench.bench import headroom as hr
 from microbench.bench import phenomena as ph
 from microbench.bench import reproduce as rp
 from microbench.cli import main
+from microbench.bench.headroom import kv_block_bytes
 from microbench.engine.memory import MemoryBudget, SKIPPED, kv_bytes_per_token, size_costs
 from microbench.engine.shapes import PRESETS
 from microbench.report.plots import entry_lines
@@ -96,6 +99,41 @@ def test_utilization_without_memory_headroom_is_one_line_and_exit_2(tmp_path):
                                   "--out", str(tmp_path)])
     lines = [l for l in r.output.splitlines() if l.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and "--gpu-memory-utilization" in lines[0], r.output
+
+
+def _cache(nbytes):
+    """A stand-in KV-cache tensor of nbytes (only its size is read)."""
+    return SimpleNamespace(numel=lambda: nbytes // 2, element_size=lambda: 2)
+
+
+def test_kv_block_is_the_budget_less_the_decoders_own_cache():
+    b = MemoryBudget(80 * GiB, 0.5, GiB, 0, 0, PER)
+    assert kv_block_bytes(b, GiB) == b.kv_cache_bytes - GiB
+    assert kv_block_bytes(b, b.kv_cache_bytes) == 0
+    with pytest.raises(ValueError, match=r"^--gpu-memory-utilization 0.5 leaves 39 GiB for the KV "
+                                         r"cache; the decoder already holds 40 GiB"):
+        kv_block_bytes(b, 40 * GiB)
+
+
+def test_a_budget_below_the_decoders_own_cache_fails_the_experiment(monkeypatch):
+    """The budget leaves 0.5 GiB of KV cache, the decoder holds 2 GiB: the run stops before it
+    allocates or captures anything, and the entry says why in one line (not held)."""
+    prof = dict(total_bytes=8 * GiB, free_bytes=4 * GiB, torch_bytes=3 * GiB,
+                activation_bytes=0, non_torch_bytes=0)
+    monkeypatch.setattr(hr, "profile_step", lambda *a, **kw: prof)
+    dec = SimpleNamespace(**vars(fake_dec()), k_cache=[_cache(GiB)], v_cache=[_cache(GiB)],
+                          weight_bytes=lambda: 3 * GiB // 2)
+    cfg = rp.ReproduceConfig(names=("memory-headroom",), preset="tiny", gpu_memory_utilization=0.25)
+    with pytest.raises(ValueError) as got:
+        ph.EXPERIMENTS["memory-headroom"].run(FakeLab(cfg, dec, 32))
+    assert str(got.value) == ("--gpu-memory-utilization 0.25 leaves 0.5 GiB for the KV cache; "
+                              "the decoder already holds 2 GiB (its largest batch at --context); "
+                              "raise it or lower --context")
+    # run_reproduce records an experiment's exception as its entry's error (its last line)
+    e = rp.make_entry("memory-headroom", [], {}, judge=vd.judge,
+                      error=f"Traceback (most recent call last):\nValueError: {got.value}")
+    assert e["held"] is False and e["measured"] == f"failed: ValueError: {got.value}"
+    assert "memory-headroom: ERROR" in entry_lines(e) and str(got.value) in entry_lines(e)
 
 
 # ---- on a GPU ------------------------------------------------------------------------------
