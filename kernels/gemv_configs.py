@@ -17,6 +17,7 @@ tensor cores with the rows padded to 16, 0: on CUDA cores, every row against eve
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -51,6 +52,21 @@ def table_path(device_name: str, directory: Path | None = None) -> Path:
     return Path(directory or CONFIG_DIR) / f"gemv_{device_key(device_name)}.json"
 
 
+_TABLES = {"on": True}
+
+
+@contextlib.contextmanager
+def tables_off():
+    """Within the block the wrappers ignore every tuned table and take the rule (what
+    `microbench tune --ab` binds its rule arm under)."""
+    before = _TABLES["on"]
+    _TABLES["on"] = False
+    try:
+        yield
+    finally:
+        _TABLES["on"] = before
+
+
 @functools.lru_cache(maxsize=None)
 def load_table(device_name: str) -> dict:
     """The tuned entries for a device ({} when no table was tuned there)."""
@@ -81,7 +97,7 @@ def choose_config(n_rows_w: int, k: int, rows: int, elt: int, norm: bool = False
                   device_name: str | None = None) -> dict:
     """The config for `rows` rows against a [n_rows_w, k] weight: the device's tuned entry for
     the shape and row bucket, else `rule_config`."""
-    if device_name is not None:
+    if device_name is not None and _TABLES["on"]:
         entry = load_table(device_name).get(shape_key(n_rows_w, k, norm, epi, elt), {})
         tuned = entry.get(str(row_bucket(rows)))
         if tuned is not None:
@@ -91,8 +107,9 @@ def choose_config(n_rows_w: int, k: int, rows: int, elt: int, norm: bool = False
 
 def candidates(k: int, rows: int, elt: int) -> list[dict]:
     """The configs `microbench tune` times for `rows` rows (a bucket) and a K: CUDA-core tiles
-    up to 8 rows (more at few rows, where they win), tensor-core tiles from 4 rows up, and the
-    rule's choice always, so a tuned entry is never slower than the rule as measured."""
+    up to 8 rows (more of them at one or two rows, where they win), tensor-core tiles at every
+    bucket (three at one row, seven above), and the rule's choice always, so a tuned entry is
+    never slower than the rule as measured."""
     warps = 4
     vec = 16 // elt * 32 * warps
     out = []

@@ -128,6 +128,9 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
                 raise ValueError("--split-launch: not with --tp (one graph per size there)")
             if full_max_size is not None:
                 raise ValueError("--full-max-size: not with --tp yet")
+            if mode == "full_and_piecewise":
+                raise ValueError("--mode: full_and_piecewise not with --tp yet (the TP sweep "
+                                 "captures one pass per rank); use full or piecewise")
             if set(cfg.arms) - {"eager", "graph"}:
                 raise ValueError("--arms: with --tp only eager and graph run")
             from microbench.cli_tp import validate_tp

@@ -9,8 +9,12 @@ import click
 
 from microbench.bench.env import require_cuda
 from microbench.cli_types import IntList, usage
+from microbench.engine.plan import FAST_ROWS
 from microbench.engine.shapes import PRESETS
+from microbench.report.record import check_writable
 
+# the row buckets of kernels/gemv_configs.py (ROW_BUCKETS; a test holds the two equal), written
+# here so `--help` imports no torch
 BUCKETS = (1, 2, 4, 8, 16)
 
 
@@ -26,9 +30,11 @@ BUCKETS = (1, 2, 4, 8, 16)
               help="Processes compiling the candidates (default: the CPU count less two, 16 at most).")
 @click.option("--ab", "ab_preset", type=click.Choice(list(PRESETS)), default=None,
               help="Instead of tuning: graph steps of this preset with the table's configs "
-                   "against the rule's, interleaved in one process, at the --rows batch sizes.")
+                   f"against the rule's, interleaved in one process, at the --rows batch sizes "
+                   f"(up to {FAST_ROWS}: the rows the decoder runs skinny matmuls at).")
 @click.option("--table", "table_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder of the tables (default: the installed package's kernels/configs).")
+              help="Folder to write the table into (default: the installed package's "
+                   "kernels/configs, the only folder the decoder reads tables from).")
 def tune(presets, rows, time_budget, workers, ab_preset, table_dir):
     """Time every candidate config of the skinny matmuls, and cuBLAS, at each preset's shapes and
     each row bucket on this GPU, and write the fastest into the device's table
@@ -36,6 +42,9 @@ def tune(presets, rows, time_budget, workers, ab_preset, table_dir):
     bad = [r for r in rows if r not in BUCKETS]
     if bad:
         usage(f"--rows: {bad[0]} is not a row bucket; allowed {', '.join(map(str, BUCKETS))}")
+    if ab_preset and max(rows) > FAST_ROWS:
+        usage(f"--rows: with --ab at most {FAST_ROWS} (above it the decoder runs cuBLAS, which "
+              f"no table changes)")
     require_cuda("tune")
     import torch
 
@@ -46,9 +55,9 @@ def tune(presets, rows, time_budget, workers, ab_preset, table_dir):
     from microbench.kernels import gemv_configs
     path = gemv_configs.table_path(torch.cuda.get_device_name(), Path(table_dir) if table_dir else None)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        usage(f"--table: cannot create {path.parent}: {e.strerror}")
+        check_writable(path.parent)
+    except ValueError as e:
+        usage(f"--table: {e}")
     got = run_tune(presets, tuple(sorted(set(rows))), time_budget, workers,
                    on_progress=lambda line: click.echo(line, err=True))
     table = merge_table(path, got["meta"], got["entries"])

@@ -32,10 +32,11 @@ def row_noise(row: dict, prefix: str = "", floor: float = 0.03) -> float:
     return max(floor, spread)
 
 
-def speedup_noise(row: dict, floor: float = 0.03) -> float:
-    """Relative noise of a row's speedup: the p20-p80 spreads of its eager and graph times
-    added (a ratio's relative error is about the sum of its parts'), each at least `floor`."""
-    return row_noise(row, "eager_", floor) + row_noise(row, "graph_", floor)
+def speedup_noise(row: dict, floor: float = 0.03, arm: str = "eager_") -> float:
+    """Relative noise of a row's speedup of `arm` (a field prefix) over the graph: the p20-p80
+    spreads of the arm's and the graph's times added (a ratio's relative error is about the
+    sum of its parts'), each at least `floor`."""
+    return row_noise(row, arm, floor) + row_noise(row, "graph_", floor)
 
 
 # ---- paired ratios and their bootstrap interval ----------------------------------------------
@@ -99,7 +100,7 @@ def speedup_interval(row: dict, prefix: str = "", noise: float | None = None):
     ci = row.get(f"{prefix}speedup_ci")
     if noise is None and ci:
         return float(ci[0]), float(ci[1])
-    n = noise if noise is not None else speedup_noise(row)
+    n = noise if noise is not None else speedup_noise(row, arm=prefix or "eager_")
     return s * (1 - n), s * (1 + n)
 
 
@@ -133,7 +134,8 @@ def check_shape(rows: list[dict], noise: float | None = None, prefix: str = "") 
     return dict(held=held, arm=prefix.rstrip("_").replace("_", "-") or "eager", largest_at_smallest=largest_first, non_increasing=monotone,
                 never_below_one=above_one, intervals=[list(v) for v in iv],
                 basis="bootstrap 95% interval" if ci else "p20-p80 noise band",
-                noise=[noise if noise is not None else speedup_noise(r) for r in rs],
+                noise=[noise if noise is not None else speedup_noise(r, arm=prefix or "eager_")
+                       for r in rs],
                 unstable=[r["bs"] for r in rs if r.get("stable") is False],
                 why="; ".join(why) or "held")
 

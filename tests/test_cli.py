@@ -91,6 +91,15 @@ def test_ladder_padding_and_json():
     (("sweep", "--full-max-size", "x", "--mode", "full_and_piecewise"), "--full-max-size"),
     (("sweep", "--full-max-size", "4", "--mode", "full_and_piecewise", "--tp", "2"),
      "--full-max-size"),
+    (("sweep", "--mode", "full_and_piecewise", "--tp", "2"), "--mode"),
+    (("tune", "--rows", "3"), "--rows"),
+    (("tune", "--rows", "0"), "--rows"),
+    (("tune", "--rows", "32"), "--rows"),
+    (("tune", "--ab", "nope"), "--ab"),
+    (("tune", "--ab", "opt-125m", "--rows", "4"), "--rows"),
+    (("tune", "--time-budget", "0"), "--time-budget"),
+    (("tune", "--workers", "0"), "--workers"),
+    (("tune", "--preset", "gpt-5"), "--preset"),
 ])
 def test_bad_options(args, option):
     assert_usage_error(args, option)

@@ -66,6 +66,16 @@ def test_shape_check_judges_another_arm_by_prefix():
     assert check_shape(rows, prefix="engine_eager_")["held"] is False
 
 
+def test_another_arms_noise_band_is_its_own():
+    """Without saved intervals, an arm's speedup is widened by its own spread and the graph's."""
+    row = dict(bs=1, speedup=2.0, engine_eager_speedup=4.0, eager_step_us=100.0, eager_p20=50.0,
+               eager_p80=150.0, engine_eager_step_us=200.0, engine_eager_p20=196.0,
+               engine_eager_p80=204.0, graph_step_us=50.0, graph_p20=49.0, graph_p80=51.0)
+    # engine-eager 4% and graph 4%: 8%; eager 100% and graph 4%: 104%
+    assert speedup_interval(row, "engine_eager_") == pytest.approx((4.0 * 0.92, 4.0 * 1.08))
+    assert speedup_interval(row) == pytest.approx((2.0 * -0.04, 2.0 * 2.04))
+
+
 @pytest.mark.parametrize("ci, held", [((0.97, 1.02), True),     # upper end reaches 1: not below
                                       ((0.94, 0.99), False)])   # wholly below 1
 def test_never_below_one_reads_the_upper_end(ci, held):

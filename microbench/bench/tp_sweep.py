@@ -64,6 +64,16 @@ def step_arms(eager, graph, cfg, budget: Budget, check: bool) -> dict:
     return arms
 
 
+def lean_eager(dec, bs: int, x):
+    """The eager arm's step at bs on packed inputs x ([3, bs]): the decoder's bound step where it
+    binds (the triton backend; a shard's all-reduces bound in place), as the one-GPU sweep's
+    eager arm, else its plain step."""
+    if dec.backend != "triton":
+        return lambda: dec.step(x[0], x[1], x[2])
+    bound = dec.bind(bs)
+    return lambda: bound.step_packed(x)
+
+
 def single_gpu_steps(dec, ladder, cfg, say) -> dict:
     """TP 1 on this GPU alone: capture the ladder, time eager and graph steps per batch."""
     runner = GraphRunner(dec, ladder, mode=cfg.mode)
@@ -76,8 +86,7 @@ def single_gpu_steps(dec, ladder, cfg, say) -> dict:
             t, p, s = step_inputs(dec.shape.vocab, bs, cfg.context, dec.device, gen, host_tokens=True)
             padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
             x = packed(t, p, s)
-            eager = dec.bind(bs)   # lean eager launches, as the one-GPU sweep's eager arm
-            arms = step_arms(lambda: eager.step_packed(x), lambda: runner.step_packed(x), cfg,
+            arms = step_arms(lean_eager(dec, bs, x), lambda: runner.step_packed(x), cfg,
                              Budget(cfg.steps, cfg.time_budget), check=False)
             row = measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode,
                               lambda m: say(f"TP 1, {m}"))
@@ -217,10 +226,8 @@ class _Rank:
             # tokens drawn on the host: every rank gets the same ones
             t, p, s = step_inputs(cfg.shape.vocab, bs, cfg.context, self.dev, gen, host_tokens=True)
             x = packed(t, p, s)                                                # [3, bs]
-            # lean eager launches with the all-reduces bound in place; binding runs one step,
-            # a collective every rank makes here at the same batch size
-            eager = shard.bind(bs)
-            arms = step_arms(lambda: eager.step_packed(x), lambda: runner.step_packed(x), cfg,
+            # binding runs one step, a collective every rank makes here at the same batch size
+            arms = step_arms(lean_eager(shard, bs, x), lambda: runner.step_packed(x), cfg,
                              budget, check=True)
             pad = self.pads[bs]
             row = measure_row(arms, bs, pad, "eager" if pad is None else cfg.mode, self.say)

@@ -15,6 +15,7 @@ timing process then loads them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -22,8 +23,14 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+import triton
+
 from microbench.engine.shapes import PRESETS, ModelShape
 from microbench.kernels import gemv_configs
+
+# what a candidate tile may raise on a device it does not fit (shared memory, registers): the
+# tile is skipped; anything else is an error and stops the run
+TILE_ERRORS = (triton.runtime.errors.OutOfResources, triton.compiler.errors.CompilationError)
 
 REPS = 20
 STREAM_BYTES = 200 << 20
@@ -114,7 +121,7 @@ def _compile(batch):
         x, nw, res, ws = _case(mm, rows, 1)
         try:
             _call(mm, x, nw, res, lambda: ws[0], cfg)()
-        except Exception:   # a tile that does not fit (shared memory, registers): the timing skips it
+        except TILE_ERRORS:   # the timing process skips the tile too
             pass
     torch.cuda.synchronize()
     return len(batch)
@@ -133,19 +140,24 @@ def precompile(all_jobs, workers: int, on_progress=None) -> None:
                 on_progress(f"compiled {done}/{len(all_jobs)} candidates")
 
 
-def _time_us(fn, budget_s: float) -> float:
+def _time_us(fn, calls: int, budget_s: float) -> float:
+    """GPU time of one call: a graph of `calls` back-to-back calls, replayed."""
     from microbench.bench.timing import gpu_time_us, graph_of
-    g = graph_of(fn, REPS)
-    us = gpu_time_us(g.replay, inner=3, budget_s=budget_s).median / REPS
+    g = graph_of(fn, calls)
+    us = gpu_time_us(g.replay, inner=3, budget_s=budget_s).median / calls
     del g
     return us
 
 
-def tune_matmul(mm: Matmul, rows: int, cands, copy_bps: float, budget_s: float) -> dict:
-    """Time every candidate and cuBLAS for `mm` at `rows` rows; the winner's table entry."""
+def tune_matmul(mm: Matmul, rows: int, cands, copy_bps: float, budget_s: float) -> dict | None:
+    """Time every candidate and cuBLAS for `mm` at `rows` rows; the winner's table entry, or
+    None when no candidate ran. Each graph makes one call per weight copy (REPS at least), so
+    the calls stream every copy, 200 MB or more, from DRAM. cuBLAS is timed unfused (F.linear
+    alone, without the norm, residual or SwiGLU the skinny kernel carries)."""
     import torch.nn.functional as F
     elt = 2
     copies = max(1, -(-STREAM_BYTES // (mm.n * mm.k * elt)))
+    calls = max(REPS, copies)
     x, nw, res, ws = _case(mm, rows, copies)
     i = [0]
 
@@ -155,10 +167,13 @@ def tune_matmul(mm: Matmul, rows: int, cands, copy_bps: float, budget_s: float) 
     timed = {}
     for c in cands:
         try:
-            timed[json.dumps(c, sort_keys=True)] = _time_us(_call(mm, x, nw, res, w, c), budget_s)
-        except Exception:   # e.g. triton's OutOfResources: a tile too large for this device
+            timed[json.dumps(c, sort_keys=True)] = _time_us(_call(mm, x, nw, res, w, c), calls,
+                                                            budget_s)
+        except TILE_ERRORS:
             continue
-    cublas = _time_us(lambda: F.linear(x, w()), budget_s)
+    if not timed:
+        return None
+    cublas = _time_us(lambda: F.linear(x, w()), calls, budget_s)
     cfg, us = best(timed)
     n_out = mm.n // 2 if mm.epi == 2 else mm.n
     nbytes = (mm.n * mm.k + rows * mm.k + rows * n_out) * elt
@@ -182,10 +197,15 @@ def run_tune(presets, buckets=gemv_configs.ROW_BUCKETS, budget_s: float = 0.05,
         groups.setdefault((mm, rows), []).append(cfg)
     for n, ((mm, rows), cands) in enumerate(groups.items(), 1):
         e = tune_matmul(mm, rows, cands, copy["bytes_per_s"], budget_s)
+        if e is None:
+            if on_progress:
+                on_progress(f"{n}/{len(groups)} {mm.model} {mm.name} rows {rows}: no candidate "
+                            f"fits this device; the rule stays")
+            continue
         entries.setdefault(mm.key(2), {})[str(rows)] = e
         if on_progress:
             on_progress(f"{n}/{len(groups)} {mm.model} {mm.name} rows {rows}: {e['us']:.1f} us "
-                        f"({e['frac_of_copy']:.0%} of copy), cuBLAS {e['cublas_us']:.1f} us")
+                        f"({e['frac_of_copy']:.0%} of copy), cuBLAS unfused {e['cublas_us']:.1f} us")
     env = environment(torch.device("cuda"))
     meta = dict(device=torch.cuda.get_device_name(), presets=list(presets), buckets=list(buckets),
                 copy_bytes_per_s=copy["bytes_per_s"], reps_per_graph=REPS,
@@ -202,15 +222,10 @@ def _graphed_step(preset: str, bs: int, context: int, tuned: bool):
     from microbench.bench.inputs import step_inputs
     from microbench.engine.decoder import ToyDecoder
     from microbench.engine.runner import GraphRunner
-    load = gemv_configs.load_table
-    if not tuned:
-        gemv_configs.load_table = lambda name: {}
-    try:
+    with contextlib.nullcontext() if tuned else gemv_configs.tables_off():
         dec = ToyDecoder(PRESETS[preset], max_batch=bs, max_seq=context + 8, device="cuda")
         runner = GraphRunner(dec, [bs], mode="full")
         runner.capture()
-    finally:
-        gemv_configs.load_table = load
     t, p, s = step_inputs(dec.shape.vocab, bs, context, "cuda", torch.Generator("cuda").manual_seed(0))
     runner.step(t, p, s)
     torch.cuda.synchronize()

@@ -385,3 +385,20 @@ def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
                                      save=save, fit=allreduce_fit)
     assert run["kind"] == "launch-tp" and run["allreduce"]["fit"]["latency_us"] > 0
     assert (Path(where) / "allreduce.csv").is_file()
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_lean_eager_binds_where_the_decoder_binds(backend, monkeypatch):
+    """The TP sweep's eager arm: a bound step on the triton backend, the plain step on the torch
+    backend (which does not bind); both compute the plain step's logits."""
+    from microbench.bench.tp_sweep import lean_eager
+    dec = ToyDecoder(PRESETS["tiny"], **_decoder_kw(backend))
+    dec.fill_cache(5)
+    t, p, s = _inputs(dec.shape.vocab, 5)
+    x = torch.stack([t, p, s])
+    binds = []
+    real_bind = ToyDecoder.bind
+    monkeypatch.setattr(ToyDecoder, "bind", lambda self, bs: binds.append(bs) or real_bind(self, bs))
+    step = lean_eager(dec, t.shape[0], x)
+    assert binds == ([t.shape[0]] if backend == "triton" else [])
+    torch.testing.assert_close(step(), dec.step(t, p, s), atol=1e-6, rtol=1e-6)

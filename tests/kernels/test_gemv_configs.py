@@ -51,3 +51,23 @@ def test_candidates_hold_the_rule_and_only_tiles_that_fit(rows):
         # CUDA-core tiles hold every row in registers: never at 16 rows
         assert rows <= 8 or all(c["DOT"] == 1 for c in cands)
         assert len({tuple(sorted(c.items())) for c in cands}) == len(cands)
+
+
+def test_tables_off_hides_every_table(tmp_path, monkeypatch):
+    tuned = dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=1)
+    key = gc.shape_key(512, 256, False, 0, 2)
+    (tmp_path / "gemv_Fake_GPU.json").write_text(json.dumps({"configs": {key: {"1": tuned}}}))
+    monkeypatch.setattr(gc, "CONFIG_DIR", tmp_path)
+    gc.load_table.cache_clear()
+    try:
+        assert gc.choose_config(512, 256, 1, 2, device_name="Fake GPU") == tuned
+        with gc.tables_off():
+            assert gc.choose_config(512, 256, 1, 2, device_name="Fake GPU") == gc.rule_config(512, 256, 1, 2)
+        assert gc.choose_config(512, 256, 1, 2, device_name="Fake GPU") == tuned
+    finally:
+        gc.load_table.cache_clear()
+
+
+def test_the_clis_buckets_are_the_tables():
+    from microbench.cli_tune import BUCKETS
+    assert BUCKETS == gc.ROW_BUCKETS
