@@ -11,10 +11,11 @@ import torch
 
 from microbench.bench.env import environment, require_cuda
 from microbench.bench.lab import Lab, build_decoder, free_memory
+from microbench.bench.model_options import check_model_options
 from microbench.bench.phenomena import EXPERIMENTS, NAMES
 from microbench.bench.sweep_config import DEFAULT_BS
 from microbench.engine.memory import check_utilization
-from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS, ModelShape
+from microbench.engine.shapes import MAX_BATCH, PRESETS, ModelShape
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,9 @@ class ReproduceConfig:
         if bad or not self.names:
             what = f"unknown experiment {bad[0]!r}" if bad else "no experiment named"
             raise ValueError(f"NAMES: {what}; choose from {', '.join(NAMES)}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"--preset: unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        check_model_options(self.preset, self.context, self.dtype)
         if not self.bs or any(not 1 <= b <= MAX_BATCH for b in self.bs):
             raise ValueError(f"--bs: batch sizes are 1..{MAX_BATCH}, got {self.bs}")
-        if not 1 <= self.context <= MAX_CONTEXT:
-            raise ValueError(f"--context: {self.context} is out of range; 1..{MAX_CONTEXT}")
-        if self.dtype not in DTYPE_NAMES:
-            raise ValueError(f"--dtype: {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
         if self.steps < 1 or not self.time_budget > 0:
             raise ValueError("--steps must be >= 1 and --time-budget > 0")
         if self.memory_budget_gib is not None and not self.memory_budget_gib > 0:

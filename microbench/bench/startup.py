@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from microbench.bench.arms import COMPILED_ARMS
-from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS, ModelShape
+from microbench.bench.model_options import check_model_options
+from microbench.engine.shapes import MAX_BATCH, PRESETS, ModelShape
 
 CACHE_VARS = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 # the inductor counters that say whether a warm process hit the caches
@@ -63,17 +64,11 @@ class StartupConfig:
 
     def validate(self) -> "StartupConfig":
         """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
-        if self.preset not in PRESETS:
-            raise ValueError(f"--preset: unknown preset {self.preset!r}; choose one of "
-                             f"{', '.join(PRESETS)}")
+        check_model_options(self.preset, self.context, self.dtype)
         if not self.bs or any(not 1 <= b <= MAX_BATCH for b in self.bs):
             raise ValueError(f"--bs: batch sizes are 1..{MAX_BATCH}, got {self.bs}")
         if self.arm not in COMPILED_ARMS:
             raise ValueError(f"--arm: {self.arm!r}; choose one of {', '.join(COMPILED_ARMS)}")
-        if not 1 <= self.context <= MAX_CONTEXT:
-            raise ValueError(f"--context: {self.context} is out of range; 1..{MAX_CONTEXT}")
-        if self.dtype not in DTYPE_NAMES:
-            raise ValueError(f"--dtype: {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
         if not 1 <= self.warm_runs <= 10:
             raise ValueError(f"--warm-runs: 1..10 warm processes, got {self.warm_runs}")
         if not self.timeout_s > 0:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from microbench.engine.shapes import MAX_BATCH, MAX_CONTEXT, DTYPE_NAMES, ModelShape, PRESETS
+from microbench.bench.model_options import check_model_options
+from microbench.engine.shapes import MAX_BATCH, ModelShape, PRESETS
 from microbench.engine.ladders import resolve_ladder
 from microbench.engine.runner import MODES
 
@@ -38,15 +39,9 @@ class SweepConfig:
         for b in self.bs:
             if not isinstance(b, int) or not 1 <= b <= MAX_BATCH:
                 raise ValueError(f"--bs: {b!r} is out of range; batch sizes are 1..{MAX_BATCH}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"--preset: unknown preset {self.preset!r}; choose one of "
-                             f"{', '.join(PRESETS)}")
+        check_model_options(self.preset, self.context, self.dtype)
         if self.mode not in MODES:
             raise ValueError(f"--mode: {self.mode!r}; choose one of {', '.join(MODES)}")
-        if not 1 <= self.context <= MAX_CONTEXT:
-            raise ValueError(f"--context: {self.context} is out of range; 1..{MAX_CONTEXT}")
-        if self.dtype not in DTYPE_NAMES:
-            raise ValueError(f"--dtype: {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
         if self.steps < 1:
             raise ValueError(f"--steps: must be >= 1, got {self.steps}")
         if not self.time_budget > 0:
