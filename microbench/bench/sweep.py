@@ -248,12 +248,13 @@ class _Sweep:
         x = packed(toks, pos, sl)
         run["runner_host_us"] = host_time_us(lambda: runner.step_packed(x), **kw).to_dict()
         run["runner_host_unpacked_us"] = host_time_us(lambda: runner.step(toks, pos, sl), **kw).to_dict()
-        # where that host time goes: the one input copy, and the replay call alone
+        # where that host time goes: the one input copy, and the replay calls alone (every
+        # graph of the size: one, two with split_launch, one per piece when piecewise)
         e = runner.graphs[routine][one]
         view = runner.input_rows(b0)[0]
         run["runner_host_parts_us"] = dict(
             copy=host_time_us(lambda: view.copy_(x), **kw).median,
-            replay=host_time_us(e.graphs[0].replay, **kw).median)
+            replay=host_time_us(lambda: [g.replay() for g in e.graphs], **kw).median)
 
     def graphed_and_profiled(self):
         """Last, under the profiler: whether each arm launched a CUDA graph (at every batch
