@@ -5,11 +5,11 @@ import time
 import pytest
 import torch
 
-import microbench.engine.runner as runner_mod
 from microbench.engine.decoder import ToyDecoder
 from microbench.engine.nvtx import nvtx_range, phase
 from microbench.engine.runner import GraphEntry, GraphRunner
 from microbench.engine.shapes import PRESETS
+from tests.engine.fake_capture import fake_captures
 
 
 def fake_runner(monkeypatch, sizes, oom=()):
@@ -23,14 +23,7 @@ def fake_runner(monkeypatch, sizes, oom=()):
             raise torch.OutOfMemoryError("CUDA out of memory")
         pool["bytes"] += size << 20
         return GraphEntry(size=size, graphs=[], output=None)
-    monkeypatch.setattr(runner, "_capture_one", capture_one)
-    monkeypatch.setattr(runner, "_total_pool_bytes", lambda: pool["bytes"])
-    monkeypatch.setattr(runner_mod, "side_stream", lambda i: None)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: (0, 1))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    for name in ("synchronize", "empty_cache"):
-        monkeypatch.setattr(torch.cuda, name, lambda: None)
-    return runner
+    return fake_captures(monkeypatch, runner, capture_one, pool)
 
 
 def test_on_capture_is_told_each_size_largest_first(monkeypatch):

@@ -8,13 +8,13 @@ import warnings
 import pytest
 import torch
 
-import microbench.engine.runner as runner_mod
 from microbench.engine.decoder import ToyDecoder
 from microbench.engine.dispatch import CudagraphDispatcher, PaddingDispatcher
 from microbench.engine.graphs import GraphEntry
 from microbench.engine.modes import MODES, ROUTINES
 from microbench.engine.runner import GraphRunner
 from microbench.engine.shapes import PRESETS
+from tests.engine.fake_capture import fake_captures
 from tests.engine.test_runner import inputs, make
 
 gpu = pytest.mark.gpu
@@ -46,14 +46,7 @@ def fake_runner(monkeypatch, sizes=SIZES, mode="full_and_piecewise", oom=(), **k
         pool["bytes"] += size * GROWTH[routine]
         out = torch.full((size, TINY.vocab), MARK[routine])
         return GraphEntry(size=size, graphs=[FakeGraph()], output=out, routine=routine)
-    monkeypatch.setattr(runner, "_capture_one", capture_one)
-    monkeypatch.setattr(runner, "_total_pool_bytes", lambda: pool["bytes"])
-    monkeypatch.setattr(runner_mod, "side_stream", lambda i: None)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: (0, 1))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    for name in ("synchronize", "empty_cache"):
-        monkeypatch.setattr(torch.cuda, name, lambda: None)
-    return runner
+    return fake_captures(monkeypatch, runner, capture_one, pool)
 
 
 def test_the_mode_is_listed_once_with_its_passes_in_vllm_order():
