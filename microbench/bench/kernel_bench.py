@@ -77,28 +77,43 @@ def _matmul_cases(s, B, e, r):
     for name, n_in, n_out, fused in (("qkv_proj", h, s.qkv_size, "norm"), ("o_proj", s.q_size, h, "residual"),
                                      ("gate_up_proj", h, 2 * Fw, "norm+swiglu"),
                                      ("down_proj", Fw, h, "residual"), ("lm_head", h, s.vocab, "norm")):
-        # Each call reads the next of several copies of the weight, 200 MB or more in all, so
-        # the graph of back-to-back calls streams weights from DRAM as a step does, not from L2.
+        # Each call reads the next of several copies of the weight, 200 MB or more in all, and
+        # the graph makes a call per copy, so it streams weights from DRAM as a step does.
         n_copies = max(1, -(-(200 << 20) // (n_in * n_out * e)))
         ws = [r(n_out, n_in) * n_in ** -0.5 for _ in range(n_copies)]
         w = _Cycle(ws)
         x = r(B, n_in)
         nbytes = (n_in * n_out + B * n_in + B * n_out) * e
-        out.append((f"{name} cublas", B, 0, nbytes, lambda x=x, w=w: F.linear(x, w.next())))
+        out.append((f"{name} cublas", B, 0, nbytes,
+                    _Streamed(lambda x=x, w=w: F.linear(x, w.next()), n_copies)))
         if not is_skinny(Fusion.ATTENTION, B):   # the decoder's plan runs cuBLAS here
             continue
         nw = r(n_in)
         if fused == "norm":
             fn = lambda x=x, w=w, nw=nw: K.rmsnorm_linear(x, nw, 1e-5, w.next())
-            out.append((f"{name} triton+norm", B, 0, nbytes + n_in * e, fn))
+            out.append((f"{name} triton+norm", B, 0, nbytes + n_in * e, _Streamed(fn, n_copies)))
         elif fused == "norm+swiglu":   # writes F values, not 2F
             fn = lambda x=x, w=w, nw=nw: K.rmsnorm_linear_swiglu(x, nw, 1e-5, w.next())
-            out.append((f"{name} triton+norm+swiglu", B, 0, nbytes + (n_in - B * Fw) * e, fn))
+            out.append((f"{name} triton+norm+swiglu", B, 0, nbytes + (n_in - B * Fw) * e,
+                        _Streamed(fn, n_copies)))
         else:
             res = r(B, n_out)
             out.append((f"{name} triton+residual", B, 0, nbytes + B * n_out * e,
-                        lambda x=x, w=w, res=res: K.linear(x, w.next(), residual=res)))
+                        _Streamed(lambda x=x, w=w, res=res: K.linear(x, w.next(), residual=res),
+                                  n_copies)))
     return out
+
+
+class _Streamed:
+    """A matmul call cycling through `copies` weight copies: a graph of it makes one call per
+    copy at least (`calls`), so it streams every copy, 200 MB or more, from DRAM; a graph of
+    fewer calls would read a small weight's copies from the L2."""
+
+    def __init__(self, fn, copies: int):
+        self.fn, self.calls = fn, max(REPS, copies)
+
+    def __call__(self):
+        return self.fn()
 
 
 class _Cycle:
@@ -115,13 +130,14 @@ def run_kernel_bench(preset="llama-1b", batches=(1, 16, 64), context=4096, budge
     copy = copy_bandwidth(dev, budget_s=budget_s)
     rows = []
     for name, B, ctx, nbytes, fn in cases(preset, batches, context, device=dev):
-        g = graph_of(fn, REPS)
+        calls = getattr(fn, "calls", REPS)
+        g = graph_of(fn, calls)
         st = gpu_time_us(g.replay, inner=5, budget_s=budget_s)
-        t = st.median / REPS
+        t = st.median / calls
         bw = nbytes / (t * 1e-6)
         rows.append(dict(kernel=name, B=B, context=ctx, bytes=nbytes, time_us=t,
-                         p20_us=st.p20 / REPS, p80_us=st.p80 / REPS, n=st.n, bytes_per_s=bw,
-                         frac_of_copy=bw / copy["bytes_per_s"]))
+                         p20_us=st.p20 / calls, p80_us=st.p80 / calls, n=st.n, bytes_per_s=bw,
+                         frac_of_copy=bw / copy["bytes_per_s"], calls_per_graph=calls))
         del g
     return dict(kind="kernels", config=dict(preset=preset, batches=list(batches), context=context,
                                             dtype="bfloat16", reps_per_graph=REPS),
