@@ -4,9 +4,7 @@ Each verdict tests the published claim it names: its output states the published
 (PUBLISHED), the pass condition (a stated tolerance on that claim), the analytic model's figure
 for the published setting where it can make one, and the measurement here; a note says where the
 toy decoder's physics differs from the published engine's. Speedups are judged on their
-intervals (stats.speedup_interval); step times noise-aware: a is slower than b when
-
-    t_a > t_b · (1 + n_a + n_b),   n = max(3%, (p80 - p20) / median)
+intervals (stats.speedup_interval); step times noise-aware (analysis.judging.slower).
 
 Each rule was fixed from the published claim before any measurement, never tuned to pass.
 """
@@ -14,11 +12,12 @@ from __future__ import annotations
 
 from microbench.analysis.beside import PUBLISHED_FADE, predict_published_fade
 from microbench.analysis.budget import budget_checks, budget_text
+from microbench.analysis.judging import (MiB, fmt_mib, fmt_x, ratio_band, row_where, slower,
+                                         verdict, within)
 from microbench.engine.plan import FAST_ROWS
-from microbench.stats import above, check_shape, fit_pool, row_noise, speedup_interval
+from microbench.stats import above, check_shape, fit_pool, speedup_interval
 
-MiB, GiB = 1 << 20, 1 << 30
-NOISE_FLOOR = 0.03
+GiB = 1 << 30
 NEAR = 0.8            # "back near bs 1": per-sequence throughput at least 80% of bs 1's
 
 # The published figures each verdict names (seeds in shared/seeds, named here in words).
@@ -42,39 +41,6 @@ WIDE = 10.0            # a magnitude "of the published order": within this facto
 HEADROOM_MAX = 0.10    # the full ladder's pool at most this share of the KV budget
 
 
-# ---- pure helpers (CPU-testable) -----------------------------------------------------------
-def noise(row: dict, p: str = "") -> float:
-    """Relative spread of the timing `{p}step_us` (with `{p}p20`, `{p}p80`), at least 3%."""
-    return row_noise(row, p, NOISE_FLOOR)
-
-
-def slower(a: dict, b: dict, pa: str = "", pb: str = "") -> bool:
-    """a's step (prefix pa) is slower than b's (prefix pb) beyond both timings' noise."""
-    return a[f"{pa}step_us"] > b[f"{pb}step_us"] * (1 + noise(a, pa) + noise(b, pb))
-
-
-def ratio_band(a: dict, b: dict) -> tuple[float, float]:
-    """(lo, hi) of t_a / t_b widened by both timings' noise."""
-    r, n = a["step_us"] / b["step_us"], noise(a) + noise(b)
-    return r / (1 + n), r * (1 + n)
-
-
-def within(x: float, figure: float, factor: float) -> bool:
-    return figure / factor <= x <= figure * factor
-
-
-def _row(rows, **match):
-    return next(r for r in rows if all(r.get(k) == v for k, v in match.items()))
-
-
-def _x(vals, spec=".2f", unit="x"):
-    return ", ".join(f"{v:{spec}}{unit} at bs {b}" for b, v in vals)
-
-
-def _mib(n):
-    return f"{n / MiB:.1f} MiB" if n < 100 * MiB else f"{n / GiB:.2f} GiB"
-
-
 # ---- verdicts: pure functions of a saved entry ---------------------------------------------
 def judge_speedup_fade(e: dict) -> dict:
     rows = sorted(e["rows"], key=lambda r: r["bs"])
@@ -88,7 +54,7 @@ def judge_speedup_fade(e: dict) -> dict:
               f"the speedup does not fade: bs {first['bs']}'s interval is not wholly above "
               f"bs {last['bs']}'s": len(rows) > 1 and i0 is not None and above(i0, iz)}
     pred = predict_published_fade((e.get("info") or {}).get("profile"))
-    measured = (f"speedup {_x([(r['bs'], r['speedup']) for r in rows])}"
+    measured = (f"speedup {fmt_x([(r['bs'], r['speedup']) for r in rows])}"
                 + "".join(f" [{lo:.2f}, {hi:.2f}] at bs {r['bs']}" for r in rows[:1]
                           for lo, hi in [speedup_interval(r)]))
     notes = [f"Eager {first['eager_step_us']:.0f} us, graph {first['graph_step_us']:.0f} us at bs "
@@ -104,22 +70,22 @@ def judge_speedup_fade(e: dict) -> dict:
                      f"and Python included) and the published bs-1 rate is above what an L4's "
                      f"300 GB/s can read per step for OPT-125m's weights; the model with this "
                      f"run's launch costs, the L4 datasheet and context {PUBLISHED_FADE['context']} "
-                     f"predicts {_x(sorted(pred.items()))}, so the magnitude is not a pass "
+                     f"predicts {fmt_x(sorted(pred.items()))}, so the magnitude is not a pass "
                      f"condition: the shape is.")
-    return _verdict(
+    return verdict(
         checks, measured, notes, shape_check=sc, predicted_published=pred,
         published=f"about {pub[1]}x at bs 1, {pub[8]}x at 8, {pub[64]}x at 64 (OPT-125m, L4); "
                   f"largest at bs 1, fading, never below 1",
         pass_if=f"shape held on each row's interval (no separated rise, no interval wholly "
                 f"below 1); bs {first['bs']}'s interval at least {FADE_MIN}x; bs {first['bs']}'s "
                 f"interval wholly above bs {last['bs']}'s",
-        predicted=_x(sorted(pred.items())) + " (L4 datasheet, this run's host costs)" if pred else None)
+        predicted=fmt_x(sorted(pred.items())) + " (L4 datasheet, this run's host costs)" if pred else None)
 
 
 def judge_ladder_collapse(e: dict) -> dict:
     rows = e["rows"]
-    c1, c4 = _row(rows, arm="collapsed", bs=1), _row(rows, arm="collapsed", bs=4)
-    x1, x4 = _row(rows, arm="explicit", bs=1), _row(rows, arm="explicit", bs=4)
+    c1, c4 = row_where(rows, arm="collapsed", bs=1), row_where(rows, arm="collapsed", bs=4)
+    x1, x4 = row_where(rows, arm="explicit", bs=1), row_where(rows, arm="explicit", bs=4)
     pw = next((r for r in rows if r["arm"] == "piecewise" and r["bs"] == 4), None)
     gain = x4["tok_s"] / c4["tok_s"] - 1
     back = x4["tok_s_per_seq"] / x1["tok_s_per_seq"]
@@ -155,20 +121,20 @@ def judge_ladder_collapse(e: dict) -> dict:
                      f"of B=1) is an engine whose kernels do not change at B=4, so here the "
                      f"per-sequence ratio ({back:.0%}) is reported, not judged; what carries over "
                      f"is the gain of the explicit list at bs 4, which is.")
-    return _verdict(checks, measured, notes, gain=gain, per_seq_ratio=back,
-                    published=f"{g_pub:+.1%} total throughput at B=4 with [1, 2, 4, 8, 16] against "
-                              f"[1, 2]; per-sequence at B=4 {PUBLISHED['ladder_per_seq']:.0%} of B=1",
-                    pass_if=f"bs 4 falls back on [1, 2] and replays a full graph on the explicit "
-                            f"list, faster beyond noise; "
-                            + ("" if plans_differ else f"per-sequence at bs 4 at least {NEAR:.0%} "
-                                                       f"of bs 1; ")
-                            + f"the gain over the piecewise fallback, with noise, within a "
-                              f"factor {FACTOR:g} of {g_pub:+.1%}")
+    return verdict(checks, measured, notes, gain=gain, per_seq_ratio=back,
+                   published=f"{g_pub:+.1%} total throughput at B=4 with [1, 2, 4, 8, 16] against "
+                             f"[1, 2]; per-sequence at B=4 {PUBLISHED['ladder_per_seq']:.0%} of B=1",
+                   pass_if=f"bs 4 falls back on [1, 2] and replays a full graph on the explicit "
+                           f"list, faster beyond noise; "
+                           + ("" if plans_differ else f"per-sequence at bs 4 at least {NEAR:.0%} "
+                                                      f"of bs 1; ")
+                           + f"the gain over the piecewise fallback, with noise, within a "
+                             f"factor {FACTOR:g} of {g_pub:+.1%}")
 
 
 def judge_off_stride(e: dict) -> dict:
     rows, target, info = e["rows"], e["info"]["bs"], e["info"]
-    b, a = _row(rows, arm="before fix", bs=target), _row(rows, arm="after fix", bs=target)
+    b, a = row_where(rows, arm="before fix", bs=target), row_where(rows, arm="after fix", bs=target)
     slow = b["step_us"] / a["step_us"]
     lo, hi = ratio_band(b, a)
     pub = PUBLISHED["off_stride"]
@@ -188,16 +154,16 @@ def judge_off_stride(e: dict) -> dict:
     if info["context"] != info["context_wanted"]:
         notes.append(f"Scaled down: the context is {info['context']}, not {info['context_wanted']}, "
                      f"so that the KV cache of {target + 1} slots fits in half the free memory.")
-    return _verdict(checks, measured, notes, slowdown=slow,
-                    published=f"about {pub:.1f}x slower off-stride (16639 against 5400 tok/s)",
-                    pass_if=f"bs {target} eager before the fix and graphed after; the slowdown, "
-                            f"with noise, within a factor {FACTOR:g} of {pub:.1f}x "
-                            f"({pub / FACTOR:.2f}x to {pub * FACTOR:.1f}x)")
+    return verdict(checks, measured, notes, slowdown=slow,
+                   published=f"about {pub:.1f}x slower off-stride (16639 against 5400 tok/s)",
+                   pass_if=f"bs {target} eager before the fix and graphed after; the slowdown, "
+                           f"with noise, within a factor {FACTOR:g} of {pub:.1f}x "
+                           f"({pub / FACTOR:.2f}x to {pub * FACTOR:.1f}x)")
 
 
 def judge_padding_waste(e: dict) -> dict:
     rows = e["rows"]
-    ex, s8, p2, eg = (_row(rows, arm=a) for a in ("exact", "stride-8", "pow2", "eager"))
+    ex, s8, p2, eg = (row_where(rows, arm=a) for a in ("exact", "stride-8", "pow2", "eager"))
     checks = {"a graph arm is not faster than eager beyond noise":
               all(slower(eg, r) for r in (ex, s8, p2)),
               "padding to 64 costs nothing measurable against the exact capture": slower(p2, ex),
@@ -212,9 +178,9 @@ def judge_padding_waste(e: dict) -> dict:
              "read no KV history (an engine's padded rows read none either, but its real rows "
              "of a long context make attention a larger share); what they cost here is extra "
              "matmul rows, attention programs and logits."]
-    return _verdict(checks, measured, notes, published="no published figure",
-                    pass_if="every graph arm faster than eager beyond noise; 64 slower than the "
-                            "exact capture beyond noise; no arm with more padded rows faster")
+    return verdict(checks, measured, notes, published="no published figure",
+                   pass_if="every graph arm faster than eager beyond noise; 64 slower than the "
+                           "exact capture beyond noise; no arm with more padded rows faster")
 
 
 def judge_pool_growth(e: dict) -> dict:
@@ -232,24 +198,24 @@ def judge_pool_growth(e: dict) -> dict:
               "separate pools do not hold more than the shared pool":
               all(sep[k] >= sh[k] for k in ns if k in sep) and sep[n] > sh[n],
               "largest-first capture holds more than smallest-first": sh[n] <= small[n],
-              f"the pool less the logits ({_mib(rest)}) is not within a factor {FACTOR:g} of "
-              f"the published {_mib(pub)}": within(rest, pub, FACTOR)}
-    measured = (f"shared pool {_mib(sh[ns[0]])} for {ns[0]} size, {_mib(sh[n])} for {n} sizes "
+              f"the pool less the logits ({fmt_mib(rest)}) is not within a factor {FACTOR:g} of "
+              f"the published {fmt_mib(pub)}": within(rest, pub, FACTOR)}
+    measured = (f"shared pool {fmt_mib(sh[ns[0]])} for {ns[0]} size, {fmt_mib(sh[n])} for {n} sizes "
                 f"(fit a + c·n: c = {per / MiB:.1f} MiB per size, a = {fixed / MiB:.1f} MiB), of "
-                f"which logits {_mib(out_b)} and the rest {_mib(rest)}; separate pools "
-                f"{_mib(sep[n])} ({sep[n] / sh[n]:.2f}x); smallest-first {_mib(small[n])} "
+                f"which logits {fmt_mib(out_b)} and the rest {fmt_mib(rest)}; separate pools "
+                f"{fmt_mib(sep[n])} ({sep[n] / sh[n]:.2f}x); smallest-first {fmt_mib(small[n])} "
                 f"({small[n] / sh[n]:.2f}x)")
     notes = [f"The toy's graphs end with the LM head, so each keeps its logits [size, vocab] in "
-             f"the pool ({_mib(out_b)} for all {n} sizes, {out_b / sh[n]:.0%} of it); an "
+             f"the pool ({fmt_mib(out_b)} for all {n} sizes, {out_b / sh[n]:.0%} of it); an "
              f"engine's graphs end at the hidden states, so the logits are counted apart.",
-             f"Published: {_mib(pub)} for {PUBLISHED['graphs']} graphs (two routines of 23 "
+             f"Published: {fmt_mib(pub)} for {PUBLISHED['graphs']} graphs (two routines of 23 "
              f"sizes each, OPT-125m on an L4), {pub / PUBLISHED['graphs'] / MiB:.1f} MiB a graph."]
-    return _verdict(checks, measured, notes, fixed_bytes=fixed, bytes_per_size=per,
-                    pool_less_logits=rest,
-                    published=f"{_mib(pub)} for {PUBLISHED['graphs']} graphs of OPT-125m",
-                    pass_if=f"the shared pool grows with sizes; separate pools hold more, "
-                            f"largest-first no more than smallest-first; the full ladder's pool "
-                            f"less its logits within a factor {FACTOR:g} of {_mib(pub)}")
+    return verdict(checks, measured, notes, fixed_bytes=fixed, bytes_per_size=per,
+                   pool_less_logits=rest,
+                   published=f"{fmt_mib(pub)} for {PUBLISHED['graphs']} graphs of OPT-125m",
+                   pass_if=f"the shared pool grows with sizes; separate pools hold more, "
+                           f"largest-first no more than smallest-first; the full ladder's pool "
+                           f"less its logits within a factor {FACTOR:g} of {fmt_mib(pub)}")
 
 
 def judge_capture_cost(e: dict) -> dict:
@@ -272,17 +238,17 @@ def judge_capture_cost(e: dict) -> dict:
               f"published {pub_be:.0f} steps": bool(ladder_be) and ladder_be[0][1] <= WIDE * pub_be}
     measured = (f"{med * 1e3:.0f} ms per size (median; max {per[-1] * 1e3:.0f} ms), "
                 f"{info['capture_s']:.2f} s for {len(per)} sizes; break-even after "
-                + _x(be, ".0f", " steps") + "; the whole ladder's after " + _x(ladder_be, ".0f", " steps"))
+                + fmt_x(be, ".0f", " steps") + "; the whole ladder's after " + fmt_x(ladder_be, ".0f", " steps"))
     notes = [f"Eager warm-up runs before each capture are {warm:.0%} of it (they include any "
              f"Triton compilation a new shape triggers). The published 7 s also covers "
              f"torch.compile's piecewise graphs; another write-up reports about 1 s per shape."]
-    return _verdict(checks, measured, notes, median_size_s=med,
-                    published=f"{PUBLISHED['capture_s']:.0f} s for {PUBLISHED['graphs']} graphs "
-                              f"({pub_per * 1e3:.0f} ms each); break-even about {pub_be:.0f} steps at bs 1",
-                    pass_if=f"every batch's graph faster than eager; seconds per size and the "
-                            f"whole ladder's break-even steps at the smallest batch at most "
-                            f"{WIDE:g}x the published figures (a one-time cost that pays back "
-                            f"as soon as published, or sooner)")
+    return verdict(checks, measured, notes, median_size_s=med,
+                   published=f"{PUBLISHED['capture_s']:.0f} s for {PUBLISHED['graphs']} graphs "
+                             f"({pub_per * 1e3:.0f} ms each); break-even about {pub_be:.0f} steps at bs 1",
+                   pass_if=f"every batch's graph faster than eager; seconds per size and the "
+                           f"whole ladder's break-even steps at the smallest batch at most "
+                           f"{WIDE:g}x the published figures (a one-time cost that pays back "
+                           f"as soon as published, or sooner)")
 
 
 def judge_piecewise_vs_full(e: dict) -> dict:
@@ -292,14 +258,14 @@ def judge_piecewise_vs_full(e: dict) -> dict:
               not any(slower(r, r, "full_", "piecewise_") for r in rows),
               f"piecewise costs nothing measurable at bs {r0['bs']}": slower(r0, r0, "piecewise_", "full_"),
               f"piecewise is not faster than eager at bs {r0['bs']}": slower(r0, r0, "eager_", "piecewise_")}
-    measured = (f"piecewise / full: {_x([(r['bs'], r['piecewise_over_full']) for r in rows])}; "
+    measured = (f"piecewise / full: {fmt_x([(r['bs'], r['piecewise_over_full']) for r in rows])}; "
                 f"eager / full at bs {r0['bs']}: {r0['eager_step_us'] / r0['full_step_us']:.2f}x")
     notes = [f"Attention runs eagerly between replays: {r0['attention_us_per_layer']:.1f} us per "
              f"layer at bs {r0['bs']} ({e['info']['n_layers']} layers, "
              f"{e['info']['n_layers'] + 1} replays a step)."]
-    return _verdict(checks, measured, notes, published="no published figure",
-                    pass_if=f"full never slower than piecewise beyond noise; at bs {r0['bs']} "
-                            f"piecewise slower than full and faster than eager beyond noise")
+    return verdict(checks, measured, notes, published="no published figure",
+                   pass_if=f"full never slower than piecewise beyond noise; at bs {r0['bs']} "
+                           f"piecewise slower than full and faster than eager beyond noise")
 
 
 def judge_memory_headroom(e: dict) -> dict:
@@ -316,9 +282,9 @@ def judge_memory_headroom(e: dict) -> dict:
         checks, fall = budget_checks(rows)
     checks[f"the full ladder's pool takes {share:.1%} of the KV budget, over "
            f"{HEADROOM_MAX:.0%}"] = share is not None and share <= HEADROOM_MAX
-    measured = (f"budget {_mib(info['budget_bytes'])} ({info['budget_source']}) holds {toks[0]} "
+    measured = (f"budget {fmt_mib(info['budget_bytes'])} ({info['budget_source']}) holds {toks[0]} "
                 f"KV tokens without graphs; the pool of {last['n_sizes']} sizes "
-                f"({_mib(last['pool_bytes'])}) leaves {toks[-1]} "
+                f"({fmt_mib(last['pool_bytes'])}) leaves {toks[-1]} "
                 f"(-{share:.2%}, {last['tokens_lost'] / max(1, last['n_sizes']):.0f} "
                 f"tokens per size)")
     notes = [f"KV bytes per token: {info['kv_formula']} = {kv} B. The published 0.41 GiB pool of "
@@ -327,27 +293,12 @@ def judge_memory_headroom(e: dict) -> dict:
     if "budget" in info:
         measured, more = budget_text(info, rows, measured)
         notes += more
-    return _verdict(checks, measured, notes,
-                    published=f"0.41 GiB of graphs in a {PUBLISHED['budget_bytes'] / 1e9:.0f} GB "
-                              f"budget (gpu_memory_utilization 0.5 of an L4): {pub_share:.1%}",
-                    pass_if=f"{fall}; the full ladder's pool at most "
-                            f"{HEADROOM_MAX:.0%} of the budget (published {pub_share:.1%})",
-                    predicted=f"{pub_share:.1%} of the budget at the published setting")
-
-
-def _verdict(checks: dict, measured: str, notes: list, published: str | None = None,
-             pass_if: str | None = None, predicted: str | None = None, **derived) -> dict:
-    """checks: failure reason -> passed. Held when every check passed. The published figure,
-    the pass condition and the model's figure lead the notes, so the report shows them."""
-    failed = [why for why, ok in checks.items() if not ok]
-    lead = [f"{k}: {v}." for k, v in (("Published", published), ("Pass condition", pass_if),
-                                      ("Model at the published setting", predicted)) if v]
-    return dict(held=not failed, why="; ".join(failed) or "held", measured=measured,
-                notes=lead + notes, derived=derived, published=published, pass_if=pass_if,
-                predicted=predicted)
-
-
-# ---- GPU side ------------------------------------------------------------------------------
+    return verdict(checks, measured, notes,
+                   published=f"0.41 GiB of graphs in a {PUBLISHED['budget_bytes'] / 1e9:.0f} GB "
+                             f"budget (gpu_memory_utilization 0.5 of an L4): {pub_share:.1%}",
+                   pass_if=f"{fall}; the full ladder's pool at most "
+                           f"{HEADROOM_MAX:.0%} of the budget (published {pub_share:.1%})",
+                   predicted=f"{pub_share:.1%} of the budget at the published setting")
 
 
 JUDGES = {"speedup-fade": judge_speedup_fade, "ladder-collapse": judge_ladder_collapse,

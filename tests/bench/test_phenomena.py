@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from microbench.bench import phenomena as ph
 from microbench.bench import reproduce as rp
+from microbench.analysis import judging
 from microbench.analysis import verdicts as vd
 from microbench.cli import main
 from microbench.engine.shapes import PRESETS
@@ -251,10 +252,10 @@ def test_off_stride_says_when_it_was_scaled_down(fake_run):
 
 def test_noise_aware_comparison():
     row = lambda us, spread=0.0: dict(step_us=us, p20=us * (1 - spread / 2), p80=us * (1 + spread / 2))
-    assert not vd.slower(row(106), row(100))            # 3% + 3% floors: within noise
-    assert vd.slower(row(107), row(100))
-    assert not vd.slower(row(130, 0.2), row(100, 0.1))  # measured spreads widen the band
-    assert vd.noise(dict(full_step_us=100, full_p20=90, full_p80=110), "full_") == pytest.approx(0.2)
+    assert not judging.slower(row(106), row(100))            # 3% + 3% floors: within noise
+    assert judging.slower(row(107), row(100))
+    assert not judging.slower(row(130, 0.2), row(100, 0.1))  # measured spreads widen the band
+    assert judging.noise(dict(full_step_us=100, full_p20=90, full_p80=110), "full_") == pytest.approx(0.2)
 
 
 # ---- pure helpers --------------------------------------------------------------------------
