@@ -47,6 +47,9 @@ class ReproduceConfig:
             raise ValueError("--steps must be >= 1 and --time-budget > 0")
         if self.memory_budget_gib is not None and not self.memory_budget_gib > 0:
             raise ValueError(f"--memory-budget: must be > 0 GiB, got {self.memory_budget_gib}")
+        if self.memory_budget_gib is not None and "memory-headroom" not in self.names:
+            raise ValueError(f"--memory-budget: only memory-headroom reads it, and the run names "
+                             f"{', '.join(self.names)}; add memory-headroom or drop the option")
         if self.gpu_memory_utilization is not None:
             check_utilization(self.gpu_memory_utilization)
             if "memory-headroom" not in self.names:

@@ -118,6 +118,9 @@ def test_budget_config_checks():
                        gpu_memory_utilization=0.5).validate()
     with pytest.raises(ValueError, match=r"^--gpu-memory-utilization: only memory-headroom"):
         rp.ReproduceConfig(names=("speedup-fade",), gpu_memory_utilization=0.5).validate()
+    rp.ReproduceConfig(names=("memory-headroom",), memory_budget_gib=2.0).validate()
+    with pytest.raises(ValueError, match=r"^--memory-budget: only memory-headroom"):
+        rp.ReproduceConfig(names=("off-stride",), memory_budget_gib=2.0).validate()
 
 
 @pytest.mark.parametrize("args", [("--gpu-memory-utilization", "1.5"),
