@@ -72,20 +72,24 @@ def _finish(run: dict, doc, fmt: str, save: Saver, as_json: bool, quiet: bool) -
               help="Timed generations per arm and batch size (eager and graph alternate).")
 @click.option("--warmup", type=int, default=2, show_default=True,
               help="Untimed generations per arm first.")
+@click.option("--full-max-size", type=int, default=None,
+              help="With --mode full_and_piecewise: the largest size the full (decode) pass "
+                   "captures, as vLLM caps it at max_num_seqs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @OUT
 @FORMAT
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the table (or JSON).")
 def generate(bs, preset, input_len, output_len, mode, ladder, dtype, backend, prefill, repeats,
-             warmup, seed, out, fmt, as_json, quiet):
+             warmup, full_max_size, seed, out, fmt, as_json, quiet):
     """Generation loop: N decode steps per sequence with the context growing, greedy sampling;
     end-to-end tokens per second eager against graphed (needs a CUDA GPU)."""
     from microbench.bench.generate import GenerateConfig, run_generate
     cfg = _checked(GenerateConfig(bs=bs, preset=preset, input_len=input_len,
                                   output_len=output_len, mode=mode, ladder=ladder, dtype=dtype,
                                   backend=backend, repeats=repeats, warmup=warmup,
-                                  prefill=prefill, seed=seed, out=out), out)
+                                  prefill=prefill, seed=seed, out=out,
+                                  full_max_size=full_max_size), out)
     require_cuda("generate")
     save = Saver(out, "generate", preset,
                  write=functools.partial(write_run, csv_name="generate.csv"))

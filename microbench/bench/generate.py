@@ -65,6 +65,8 @@ class GenerateConfig:
     prefill: str = "fill"
     seed: int = 0
     out: str = "runs"
+    # full_and_piecewise: the largest size the full pass captures (GraphRunner full_max_size)
+    full_max_size: int | None = None
 
     def validate(self) -> "GenerateConfig":
         """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
@@ -89,10 +91,21 @@ class GenerateConfig:
             raise ValueError(f"--output-len: input {self.input_len} + output {self.output_len} "
                              f"tokens exceed the context limit {MAX_CONTEXT}")
         checked_ladder(self.ladder, max(self.bs))
+        if self.full_max_size is not None:
+            if self.mode != "full_and_piecewise":
+                raise ValueError("--full-max-size: only with --mode full_and_piecewise")
+            if isinstance(self.full_max_size, bool) or not isinstance(self.full_max_size, int) \
+                    or not 1 <= self.full_max_size <= MAX_BATCH:
+                raise ValueError(f"--full-max-size: {self.full_max_size!r} is out of range; "
+                                 f"1..{MAX_BATCH}")
         return self
 
     def ladder_sizes(self) -> list[int]:
         return resolve_ladder(self.ladder, max(self.bs))
+
+    def runner_kw(self) -> dict:
+        """The GraphRunner options beyond the mode this config sets."""
+        return {} if self.full_max_size is None else dict(full_max_size=self.full_max_size)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -226,7 +239,7 @@ def run_generate(cfg: GenerateConfig, device="cuda", on_progress=None, on_run=No
     try:
         if cfg.prefill == "fill":
             dec.fill_cache(cfg.input_len)
-        runner = make_runner(dec, ladder, mode=cfg.mode, on_capture=on_capture)
+        runner = make_runner(dec, ladder, mode=cfg.mode, on_capture=on_capture, **cfg.runner_kw())
         run["capture"] = runner.capture()
         batch = HostBatch(dev)
         arms = {}

@@ -22,6 +22,7 @@ class GenerateConfigRecord:
     prefill: str | None = None
     seed: int | None = None
     out: str | None = None
+    full_max_size: int | None = None
 
 
 @dataclass(frozen=True)

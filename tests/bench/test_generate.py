@@ -2,7 +2,6 @@
 tokens feed the next step), the row arithmetic on synthetic step times, the interleaving, the
 loop end to end on the CPU (tiny preset; eager only, and a fake runner as the graph arm),
 bad input through the CLI, and the command on CUDA (`gpu`-marked)."""
-import functools
 
 import pytest
 import torch
@@ -119,12 +118,22 @@ def test_generate_both_arms_with_a_fake_runner(tmp_path):
 def test_generate_rows_say_what_full_and_piecewise_ran():
     """ran_as is the runner's route: a full graph up to the full pass's cap, a piecewise graph
     above it, eager above the ladder."""
-    make = functools.partial(FakeRunner, full_max_size=2)
-    cfg = cpu_config(mode="full_and_piecewise", bs=(1, 3, 5), repeats=1, warmup=0)
-    run = run_generate(cfg, device="cpu", make_runner=make)
+    cfg = cpu_config(mode="full_and_piecewise", bs=(1, 3, 5), repeats=1, warmup=0,
+                     full_max_size=2)    # reaches the runner through the config
+    run = run_generate(cfg, device="cpu", make_runner=FakeRunner)
+    assert run["config"]["full_max_size"] == 2
     got = [(r["bs"], r["ran_as"], r["padded_bs"]) for r in run["rows"]]
     assert got == [(1, "full", 1), (3, "piecewise", 4), (5, "eager", None)]
     assert run["rows"][2]["graph_fallbacks"] == 3 and run["rows"][1]["graph_padded_rows"] == 3
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(full_max_size=2), "only with --mode full_and_piecewise"),
+    (dict(mode="full_and_piecewise", full_max_size=0), "out of range"),
+])
+def test_full_max_size_is_checked(kw, match):
+    with pytest.raises(ValueError, match=f"^--full-max-size: .*{match}"):
+        cpu_config(**kw).validate()
 
 
 @pytest.mark.interpreter
