@@ -24,8 +24,8 @@ COLUMNS = ("run folder", "kind", "preset", "command", "git revision", "date", "h
 
 HEADER = """# Reference runs
 
-Measured runs of microbench's current code, one folder per run under `<device>/`. Every run
-here was made by a command of this repository on a lent GPU; its `run.json` records that
+Measured runs of microbench, one folder per run under `<device>/`, each made by a command of
+this repository at the git revision its row names, on a lent GPU; its `run.json` records that
 command, the git revision, the GPU, driver, clocks and library versions, and every option,
 beside the run's CSV rows (and, for `reproduce`, its Markdown report and plots). Nothing here
 is edited by hand: `microbench show results/<device>/<run>` prints one run. Your own runs go
