@@ -39,6 +39,7 @@ from typing import NamedTuple
 import torch
 
 from microbench.bench.env import environment
+from microbench.bench.model_options import check_full_max_size
 from microbench.bench.sweep_config import checked_ladder, max_seq_for
 from microbench.bench.timing import summarize
 from microbench.engine.decoder import BACKENDS, ToyDecoder
@@ -91,13 +92,7 @@ class GenerateConfig:
             raise ValueError(f"--output-len: input {self.input_len} + output {self.output_len} "
                              f"tokens exceed the context limit {MAX_CONTEXT}")
         checked_ladder(self.ladder, max(self.bs))
-        if self.full_max_size is not None:
-            if self.mode != "full_and_piecewise":
-                raise ValueError("--full-max-size: only with --mode full_and_piecewise")
-            if isinstance(self.full_max_size, bool) or not isinstance(self.full_max_size, int) \
-                    or not 1 <= self.full_max_size <= MAX_BATCH:
-                raise ValueError(f"--full-max-size: {self.full_max_size!r} is out of range; "
-                                 f"1..{MAX_BATCH}")
+        check_full_max_size(self.mode, self.full_max_size)
         return self
 
     def ladder_sizes(self) -> list[int]:

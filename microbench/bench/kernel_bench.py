@@ -12,7 +12,7 @@ import torch
 from microbench.engine.shapes import PRESETS
 from microbench.bench.device import copy_bandwidth
 from microbench.bench.env import environment
-from microbench.bench.timing import gpu_time_us, graph_of
+from microbench.bench.timing import WeightCycle, gpu_time_us, graph_of, stream_copies
 
 REPS = 20
 
@@ -79,9 +79,9 @@ def _matmul_cases(s, B, e, r):
                                      ("down_proj", Fw, h, "residual"), ("lm_head", h, s.vocab, "norm")):
         # Each call reads the next of several copies of the weight, 200 MB or more in all, and
         # the graph makes a call per copy, so it streams weights from DRAM as a step does.
-        n_copies = max(1, -(-(200 << 20) // (n_in * n_out * e)))
+        n_copies = stream_copies(n_in * n_out * e)
         ws = [r(n_out, n_in) * n_in ** -0.5 for _ in range(n_copies)]
-        w = _Cycle(ws)
+        w = WeightCycle(ws)
         x = r(B, n_in)
         nbytes = (n_in * n_out + B * n_in + B * n_out) * e
         out.append((f"{name} cublas", B, 0, nbytes,
@@ -114,15 +114,6 @@ class _Streamed:
 
     def __call__(self):
         return self.fn()
-
-
-class _Cycle:
-    def __init__(self, items):
-        self.items, self.i = items, 0
-
-    def next(self):
-        self.i = (self.i + 1) % len(self.items)
-        return self.items[self.i]
 
 
 def run_kernel_bench(preset="llama-1b", batches=(1, 16, 64), context=4096, budget_s=0.5) -> dict:

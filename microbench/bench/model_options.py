@@ -1,9 +1,10 @@
 """The model options every command that builds the toy decoder takes (--preset, --context,
---dtype), validated in one place for the sweep's, start-up's and reproduce's configs. Imports no
+--dtype), validated in one place for the sweep's, start-up's and reproduce's configs, and the
+full_and_piecewise cap the sweep and generate take. Imports no
 torch: `microbench startup`'s parent process validates its config without it."""
 from __future__ import annotations
 
-from microbench.engine.shapes import DTYPE_NAMES, MAX_CONTEXT, PRESETS
+from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS
 
 
 def check_model_options(preset: str, context: int, dtype: str) -> None:
@@ -15,3 +16,15 @@ def check_model_options(preset: str, context: int, dtype: str) -> None:
         raise ValueError(f"--context: {context} is out of range; 1..{MAX_CONTEXT}")
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"--dtype: {dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
+
+
+def check_full_max_size(mode: str, full_max_size) -> None:
+    """ValueError for a --full-max-size (full_and_piecewise's cap on its full pass) given with
+    another mode or outside 1..MAX_BATCH; None passes."""
+    if full_max_size is None:
+        return
+    if mode != "full_and_piecewise":
+        raise ValueError(f"--full-max-size: only with --mode full_and_piecewise, got --mode {mode}")
+    if isinstance(full_max_size, bool) or not isinstance(full_max_size, int) \
+            or not 1 <= full_max_size <= MAX_BATCH:
+        raise ValueError(f"--full-max-size: {full_max_size!r} is out of range; 1..{MAX_BATCH}")

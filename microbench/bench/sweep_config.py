@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from microbench.bench.model_options import check_model_options
+from microbench.bench.model_options import check_full_max_size, check_model_options
 from microbench.engine.shapes import MAX_BATCH, ModelShape, PRESETS
 from microbench.engine.ladders import resolve_ladder
 from microbench.engine.runner import MODES
@@ -50,13 +50,7 @@ class SweepConfig:
         arms = parse_arms(self.arms)
         if self.split_launch and self.mode != "full":
             raise ValueError(f"--split-launch: only with --mode full, got --mode {self.mode}")
-        if self.full_max_size is not None:
-            if self.mode != "full_and_piecewise":
-                raise ValueError(f"--full-max-size: only with --mode full_and_piecewise, got "
-                                 f"--mode {self.mode}")
-            if not isinstance(self.full_max_size, int) or not 1 <= self.full_max_size <= MAX_BATCH:
-                raise ValueError(f"--full-max-size: {self.full_max_size!r} is out of range; "
-                                 f"1..{MAX_BATCH}")
+        check_full_max_size(self.mode, self.full_max_size)
         for a in ("graph", "torch-graph"):
             if self.mode == "none" and a in arms:
                 raise ValueError(f"--arms: {a} needs a graph mode; drop --mode none or the arm")

@@ -231,3 +231,26 @@ def graph_of(fn, n: int):
     torch.cuda.synchronize()
     fresh_cublas_workspaces()
     return g
+
+
+# ---- weights streamed from DRAM ---------------------------------------------------------------
+# A graph of back-to-back matmul calls reads its weight from the L2 after the first call unless
+# each call reads another copy: this many bytes of copies in all, one call per copy, stream from
+# DRAM as a decode step's weights do.
+STREAM_BYTES = 200 << 20
+
+
+def stream_copies(nbytes: int) -> int:
+    """Copies of an nbytes weight that make STREAM_BYTES or more in all (one at least)."""
+    return max(1, -(-STREAM_BYTES // nbytes))
+
+
+class WeightCycle:
+    """The copies of a weight in turn: each next() returns the one after the last."""
+
+    def __init__(self, items):
+        self.items, self.i = items, 0
+
+    def next(self):
+        self.i = (self.i + 1) % len(self.items)
+        return self.items[self.i]

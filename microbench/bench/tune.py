@@ -25,6 +25,7 @@ from pathlib import Path
 
 import triton
 
+from microbench.bench.timing import WeightCycle, stream_copies
 from microbench.engine.shapes import PRESETS, ModelShape
 from microbench.kernels import gemv_configs
 
@@ -33,7 +34,6 @@ from microbench.kernels import gemv_configs
 TILE_ERRORS = (triton.runtime.errors.OutOfResources, triton.compiler.errors.CompilationError)
 
 REPS = 20
-STREAM_BYTES = 200 << 20
 
 
 @dataclass(frozen=True)
@@ -156,14 +156,10 @@ def tune_matmul(mm: Matmul, rows: int, cands, copy_bps: float, budget_s: float) 
     alone, without the norm, residual or SwiGLU the skinny kernel carries)."""
     import torch.nn.functional as F
     elt = 2
-    copies = max(1, -(-STREAM_BYTES // (mm.n * mm.k * elt)))
+    copies = stream_copies(mm.n * mm.k * elt)
     calls = max(REPS, copies)
     x, nw, res, ws = _case(mm, rows, copies)
-    i = [0]
-
-    def w():
-        i[0] = (i[0] + 1) % len(ws)
-        return ws[i[0]]
+    w = WeightCycle(ws).next
     timed = {}
     for c in cands:
         try:
