@@ -70,36 +70,56 @@ def as_mask(cond):
 
 
 # ---- programmatic dependent launch -----------------------------------------------------------
-# Hopper and newer, compiled kernels only: the decode kernels launched with it let the next
-# kernel launch as soon as all their own programs are running, then wait (griddepcontrol.wait)
-# for the kernel before them to finish and flush before they read an activation or write
-# anything, so a kernel's launch (and a matmul's first weight loads, which no kernel of the step
-# writes) overlaps the tail of the kernel before. Letting the next kernel launch before this
-# one's wait is safe: the next kernel still waits for this one to complete, and this one
-# completes only after its own wait; it lets a chain of kernels become resident (and a matmul
-# load its first weights) while the kernel two places back still runs. Each wrapper that
-# launches such a kernel takes `pdl=True`; `pdl=False` launches without it.
+# Hopper and newer, compiled kernels only: a decode kernel launched with it waits
+# (griddepcontrol.wait) for the kernel before it to finish and flush before it reads an
+# activation or writes anything, and lets the next kernel launch (griddepcontrol.launch_dependents)
+# either first ("early", the default: as soon as all its own programs are running) or after its
+# wait ("late"). Early lets a chain of kernels become resident (and a matmul load its first
+# weights, which no kernel of the step writes) while the kernel two places back still runs; late
+# keeps one kernel waiting at a time. Either is safe: the next kernel still waits for this one to
+# complete, and this one completes only after its own wait. Each wrapper that launches such a
+# kernel takes `pdl`: True (or "early"), "late", or False (no PDL).
+
+PDL_OFF, PDL_EARLY, PDL_LATE = 0, 1, 2
+PDL_CHOICES = {False: PDL_OFF, True: PDL_EARLY, "early": PDL_EARLY, "late": PDL_LATE}
+
 
 @functools.lru_cache(maxsize=None)
 def _major(index) -> int:
     return torch.cuda.get_device_capability(index)[0]
 
 
-def use_pdl(kernel, t, pdl: bool = True) -> bool:
-    """Launch `kernel` with PDL for tensors like t: `pdl` asked for, compiled, on CUDA, SM 9.0
-    or newer. (Called on every launch: the capability is looked up once per device.)"""
-    return (pdl and t.device.type == "cuda" and not interpreted(kernel)
-            and _major(t.device.index if t.device.index is not None else torch.cuda.current_device()) >= 9)
+def pdl_mode(pdl) -> int:
+    """The PDL_* mode a wrapper's `pdl` argument asks for."""
+    try:
+        return PDL_CHOICES[pdl]
+    except (KeyError, TypeError):
+        raise ValueError(f"pdl must be True, False, 'early' or 'late', got {pdl!r}") from None
 
 
-def pdl_launch_kw(on: bool) -> dict:
+def use_pdl(kernel, t, pdl=True) -> int:
+    """How `kernel` launches for tensors like t when called with `pdl`: PDL_OFF unless PDL is
+    asked for and the kernel is compiled, on CUDA, SM 9.0 or newer; else the mode asked for.
+    (Called on every launch: the capability is looked up once per device.)"""
+    mode = pdl_mode(pdl)
+    if (mode and t.device.type == "cuda" and not interpreted(kernel)
+            and _major(t.device.index if t.device.index is not None else torch.cuda.current_device()) >= 9):
+        return mode
+    return PDL_OFF
+
+
+def pdl_launch_kw(mode: int) -> dict:
     """The launch option that sets the PDL attribute (Triton's `launch_pdl`)."""
-    return {"launch_pdl": True} if on else {}
+    return {"launch_pdl": True} if mode else {}
 
 
 @triton.jit
 def pdl_enter(USE_PDL: tl.constexpr):
-    """A PDL kernel's entry: let the next kernel launch, then wait for the kernel before."""
-    if USE_PDL:
+    """A PDL kernel's entry (USE_PDL a PDL_* mode): wait for the kernel before, and let the next
+    kernel launch before the wait (early) or after it (late)."""
+    if USE_PDL == 1:
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
+    if USE_PDL == 2:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()

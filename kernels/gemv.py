@@ -26,7 +26,8 @@ What is fused, chosen by constexprs:
 Programmatic dependent launch (`pdl=True`; Hopper and newer, compiled only): a program
 first loads its first weight chunk (weights are never written during a step; for 16-bit weights
 with K <= 2048 that is its whole share of W), lets the next kernel launch, then waits for the
-kernel before it to finish and flush before it reads an activation or writes anything. Longer
+kernel before it to finish and flush before it reads an activation or writes anything
+(`pdl="late"`: waits, then lets the next kernel launch). Longer
 rows (down) go in chunks with one chunk ahead (AHEAD): chunk c + 1's loads are issued before
 chunk c is multiplied. So the next kernels' launches and weight loads overlap this one, inside a
 graph as outside; on the H100 whole bs-1 replays of llama-1b and opt-125m measured faster with
@@ -172,9 +173,9 @@ def choose_config(x, w, norm: bool = False, epi: int = 0) -> dict:
                                       _device_name(index))
 
 
-def use_pdl(x, pdl: bool = True) -> bool:
+def use_pdl(x, pdl=True) -> bool:
     """Whether the skinny matmuls launch with PDL for tensors like x when called with `pdl`."""
-    return _utils.use_pdl(_gemv_kernel, x, pdl)
+    return bool(_utils.use_pdl(_gemv_kernel, x, pdl))
 
 
 def _check(op, x, w, k_in):

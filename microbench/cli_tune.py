@@ -13,9 +13,10 @@ from microbench.engine.plan import FAST_ROWS
 from microbench.engine.shapes import PRESETS
 from microbench.report.record import check_writable
 
-# the row buckets of kernels/gemv_configs.py (ROW_BUCKETS; a test holds the two equal), written
-# here so `--help` imports no torch
+# the row buckets of kernels/gemv_configs.py (ROW_BUCKETS) and what --ab can vary
+# (bench.tune.VARIANTS; a test holds each pair equal), written here so `--help` imports no torch
 BUCKETS = (1, 2, 4, 8, 16)
+VARY = ("table", "pdl", "pdl-late", "plan", "attention")
 
 
 @click.command()
@@ -29,27 +30,35 @@ BUCKETS = (1, 2, 4, 8, 16)
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Processes compiling the candidates (default: the CPU count less two, 16 at most).")
 @click.option("--ab", "ab_preset", type=click.Choice(list(PRESETS)), default=None,
-              help="Instead of tuning: graph steps of this preset with the table's configs "
-                   f"against the rule's, interleaved in one process, at the --rows batch sizes "
-                   f"(up to {FAST_ROWS}: the rows the decoder runs skinny matmuls at).")
+              help="Instead of tuning: graph steps of this preset from two decoders that differ "
+                   "as --vary says, interleaved in one process, at the --rows batch sizes.")
+@click.option("--vary", type=click.Choice(VARY), default="table", show_default=True,
+              help="With --ab, what the two decoders differ by: table (the tuned configs against "
+                   f"the rule's; --rows up to {FAST_ROWS}, the rows the decoder runs skinny "
+                   "matmuls at), pdl (PDL on against off), pdl-late (the next kernel let launch "
+                   "before the wait against after it), plan (the fused plan against the unfused "
+                   "one, cuBLAS matmuls), attention (RoPE, KV store and attention fused against "
+                   "separate kernels).")
 @click.option("--table", "table_dir", type=click.Path(file_okay=False), default=None,
               help="Folder to write the table into (default: the installed package's "
                    "kernels/configs, the only folder the decoder reads tables from).")
-def tune(presets, rows, time_budget, workers, ab_preset, table_dir):
+def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
     """Time every candidate config of the skinny matmuls, and cuBLAS, at each preset's shapes and
     each row bucket on this GPU, and write the fastest into the device's table
     (kernels/configs/gemv_<device>.json), which the decoder then uses (needs a CUDA GPU)."""
     bad = [r for r in rows if r not in BUCKETS]
     if bad:
         usage(f"--rows: {bad[0]} is not a row bucket; allowed {', '.join(map(str, BUCKETS))}")
-    if ab_preset and max(rows) > FAST_ROWS:
-        usage(f"--rows: with --ab at most {FAST_ROWS} (above it the decoder runs cuBLAS, which "
-              f"no table changes)")
+    if vary != "table" and not ab_preset:
+        usage("--vary: only with --ab PRESET")
+    if ab_preset and vary == "table" and max(rows) > FAST_ROWS:
+        usage(f"--rows: with --ab --vary table at most {FAST_ROWS} (above it the decoder runs "
+              f"cuBLAS, which no table changes)")
     require_cuda("tune")
     import torch
 
     if ab_preset:
-        return _ab(ab_preset, rows)
+        return _ab(ab_preset, rows, vary)
 
     from microbench.bench.tune import merge_table, run_tune
     from microbench.kernels import gemv_configs
@@ -68,13 +77,13 @@ def tune(presets, rows, time_budget, workers, ab_preset, table_dir):
                f"table: {path}")
 
 
-def _ab(preset: str, rows) -> None:
-    from microbench.bench.tune import step_ab
-    click.echo(f"{preset}: graph step with the tuned table against the rule, interleaved AB/BA")
+def _ab(preset: str, rows, vary: str) -> None:
+    from microbench.bench.tune import VARIANTS, step_ab
+    (a, _), (b, _) = VARIANTS[vary]
+    click.echo(f"{preset}: graph steps, {a} against {b}, interleaved AB/BA")
     for bs in rows:
-        r = step_ab(preset, bs)
+        r = step_ab(preset, bs, vary)
         q = r["ratio"]
-        click.echo(f"bs {bs}: tuned {r['tuned']['median']:.1f} us ({r['tuned']['lo']:.1f}-"
-                   f"{r['tuned']['hi']:.1f}), rule {r['rule']['median']:.1f} us "
-                   f"({r['rule']['lo']:.1f}-{r['rule']['hi']:.1f}); tuned/rule {q['median']:.3f} "
-                   f"({q['ci'][0]:.3f}-{q['ci'][1]:.3f}, {q['n']} pairs)")
+        click.echo(f"bs {bs}: {a} {r[a]['median']:.1f} us ({r[a]['lo']:.1f}-{r[a]['hi']:.1f}), "
+                   f"{b} {r[b]['median']:.1f} us ({r[b]['lo']:.1f}-{r[b]['hi']:.1f}); {a}/{b} "
+                   f"{q['median']:.3f} ({q['ci'][0]:.3f}-{q['ci'][1]:.3f}, {q['n']} pairs)")

@@ -13,8 +13,10 @@
 #            launch           launch, replay, copy and matmul constants (microbench launch)
 #            arms             the arms in $ARMS side by side, per preset in $PRESETS, batch sizes $BS
 #            trace            a sweep with --trace (a Perfetto trace of one eager and one graphed step)
-#            ab               graph steps with the tuned matmul table against the rule, in one process
-#                             (microbench tune --ab), per preset in $AB_PRESETS at bs 1
+#            ab               whole graph steps of two decoders interleaved in one process
+#                             (microbench tune --ab), per preset in $AB_PRESETS and per variant in
+#                             $VARY (default table: the tuned matmul table against the rule) at
+#                             the batch sizes $AB_ROWS (default 1)
 #            startup          the compile arm's set-up, cold and warm compile caches (microbench startup)
 #            headroom         memory-headroom under --gpu-memory-utilization 0.9
 #            reproduce        the eight phenomena and their report
@@ -82,7 +84,10 @@ for st in $stages; do
     ab)
       rc=0
       for p in ${AB_PRESETS:-opt-125m llama-8b}; do
-        microbench tune --ab $p --rows 1 2>&1 | tee -a "$OUT/ab.log"; r=$?; [ $r -ne 0 ] && rc=$r
+        for v in ${VARY:-table}; do
+          microbench tune --ab $p --vary $v --rows ${AB_ROWS:-1} 2>&1 | tee -a "$OUT/ab.log"
+          r=$?; [ $r -ne 0 ] && rc=$r
+        done
       done ;;
     startup)
       microbench startup --preset opt-125m --bs 1 --timeout 240 --out "$new" 2>&1 | tee "$OUT/startup.log"; rc=$? ;;

@@ -209,17 +209,32 @@ def run_tune(presets, buckets=gemv_configs.ROW_BUCKETS, budget_s: float = 0.05,
     return dict(meta=meta, entries=entries)
 
 
-# ---- the table against the rule, in whole graphed steps -------------------------------------
-def _graphed_step(preset: str, bs: int, context: int, tuned: bool):
-    """A GraphRunner with `bs` captured for `preset`, its skinny matmuls bound with the tuned
-    table's configs (tuned) or the rule's (the table hidden while the step is bound)."""
+# ---- two decoders' whole graphed steps, interleaved in one process ---------------------------
+# What `tune --ab` can vary: the two arms' names and the decoder settings each differs by from
+# the default decoder (the table on, PDL early, the fused plan). The first arm is the default.
+VARIANTS = {
+    "table": (("tuned", {}), ("rule", {"table": False})),
+    "pdl": (("pdl", {}), ("no-pdl", {"pdl": False})),
+    "pdl-late": (("pdl-early", {}), ("pdl-late", {"pdl": "late"})),
+    "plan": (("fused", {}), ("unfused", {"fusion": "UNFUSED"})),
+    "attention": (("fused-attention", {}), ("separate-attention", {"fusion": "MATMULS"})),
+}
+
+
+def _graphed_step(preset: str, bs: int, context: int, table: bool = True, **dec_kw):
+    """A GraphRunner with `bs` captured for `preset`, built with decoder settings `dec_kw`, its
+    skinny matmuls bound with the tuned table's configs (table) or the rule's (the table hidden
+    while the step is bound)."""
     import torch
 
     from microbench.bench.inputs import step_inputs
     from microbench.engine.decoder import ToyDecoder
+    from microbench.engine.plan import Fusion
     from microbench.engine.runner import GraphRunner
-    with contextlib.nullcontext() if tuned else gemv_configs.tables_off():
-        dec = ToyDecoder(PRESETS[preset], max_batch=bs, max_seq=context + 8, device="cuda")
+    if "fusion" in dec_kw:
+        dec_kw["fusion"] = Fusion[dec_kw["fusion"]]
+    with contextlib.nullcontext() if table else gemv_configs.tables_off():
+        dec = ToyDecoder(PRESETS[preset], max_batch=bs, max_seq=context + 8, device="cuda", **dec_kw)
         runner = GraphRunner(dec, [bs], mode="full")
         runner.capture()
     t, p, s = step_inputs(dec.shape.vocab, bs, context, "cuda", torch.Generator("cuda").manual_seed(0))
@@ -228,19 +243,23 @@ def _graphed_step(preset: str, bs: int, context: int, tuned: bool):
     return runner, lambda: runner.step(t, p, s)
 
 
-def step_ab(preset: str, bs: int = 1, context: int = 512, rounds: int = 40, steps: int = 10) -> dict:
-    """Graph steps with the tuned configs against the rule's, in one process: the two arms
-    alternate in balanced AB/BA order, each sample `steps` back-to-back replays timed with CUDA
-    events; the result is each arm's median step (us) and the median of paired ratios
-    (tuned / rule) with its 95% bootstrap interval."""
+def step_ab(preset: str, bs: int = 1, vary: str = "table", context: int = 512, rounds: int = 40,
+            steps: int = 10) -> dict:
+    """Graph steps of two decoders that differ as VARIANTS[vary] says, in one process: the two
+    arms alternate in balanced AB/BA order, each sample `steps` back-to-back replays timed with
+    CUDA events; the result is each arm's median step (us) with its 95% interval, and the median
+    of paired ratios (first arm / second) with its 95% bootstrap interval."""
     import torch
 
     from microbench.stats import median_ci, paired_ratio
-    arms = {name: _graphed_step(preset, bs, context, name == "tuned") for name in ("tuned", "rule")}
+    (a, a_kw), (b, b_kw) = VARIANTS[vary]
+    # built one after the other: only one arm's decoder is being built at a time
+    arms = {a: _graphed_step(preset, bs, context, **dict(a_kw)),
+            b: _graphed_step(preset, bs, context, **dict(b_kw))}
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     samples = {name: [] for name in arms}
     for i in range(rounds):
-        for name in (("tuned", "rule") if i % 2 == 0 else ("rule", "tuned")):
+        for name in ((a, b) if i % 2 == 0 else (b, a)):
             step = arms[name][1]
             start.record()
             for _ in range(steps):
@@ -251,5 +270,5 @@ def step_ab(preset: str, bs: int = 1, context: int = 512, rounds: int = 40, step
     for runner, _ in arms.values():
         runner.close()
     out = {name: dict(zip(("median", "lo", "hi"), median_ci(xs))) for name, xs in samples.items()}
-    return dict(preset=preset, bs=bs, context=context, rounds=rounds, steps=steps, **out,
-                ratio=paired_ratio(samples["tuned"], samples["rule"]))
+    return dict(preset=preset, bs=bs, vary=vary, arms=[a, b], context=context, rounds=rounds,
+                steps=steps, **out, ratio=paired_ratio(samples[a], samples[b]))

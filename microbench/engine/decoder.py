@@ -51,6 +51,7 @@ from microbench import kernels
 from microbench.engine import plan
 from microbench.engine.bound import BoundStep
 from microbench.engine.plan import Fusion
+from microbench.kernels._utils import pdl_mode
 from microbench.engine.shapes import ModelShape
 from microbench.engine.weights import random_weights
 
@@ -77,7 +78,7 @@ class ToyDecoder:
     def __init__(self, shape: ModelShape, backend: str = "triton", max_batch: int = 64,
                  max_seq: int = 1024, dtype: torch.dtype = torch.bfloat16,
                  device: str | torch.device = "cuda", seed: int = 0,
-                 fusion: Fusion = Fusion.ATTENTION, pdl: bool = True):
+                 fusion: Fusion = Fusion.ATTENTION, pdl: bool | str = True):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if max_batch < 1 or max_seq < 1:
@@ -88,8 +89,10 @@ class ToyDecoder:
         self.ops = kernel_ops(backend)
         self.fusion = plan.backend_fusion(fusion, backend)
         # the Triton kernels launch with programmatic dependent launch where the GPU has it
-        # (each lets the next one launch early and waits for its inputs); False turns it off
+        # (each lets the next one launch early and waits for its inputs); "late" lets the next
+        # one launch only after the wait, False turns it off
         self.pdl = pdl
+        pdl_mode(pdl)      # a bad value is refused here, not at the first launch
         self.scratch_slot = max_batch
         self.scale = shape.head_dim ** -0.5
         # Tensor parallelism: a callable that all-reduces a row-parallel matmul's output in

@@ -41,3 +41,10 @@ def test_merge_keeps_other_entries_and_records_each_run(tmp_path):
     got = tune.merge_table(path, dict(device="X", command="b"), tune_b)
     assert got["configs"]["N=1,K=2,norm=0,epi=0,elt=2"] == {"1": {"BLOCK_N": 1}, "2": {"BLOCK_N": 8}}
     assert [r["command"] for r in got["runs"]] == ["a", "b"] and len(got["configs"]) == 2
+
+
+def test_the_clis_vary_choices_are_the_variants():
+    from microbench.cli_tune import VARY
+    assert VARY == tuple(tune.VARIANTS)
+    # the first arm of every pair is the default decoder, so ratios read "default / variant"
+    assert all(first[1] == {} and second[1] for first, second in tune.VARIANTS.values())

@@ -164,15 +164,16 @@ def test_replay_equals_eager_for_every_batch(preset, mode):
 @pytest.mark.parametrize("preset", ["opt-125m", "llama-1b"])
 def test_programmatic_dependent_launch_changes_no_result(preset):
     """The step's Triton kernels launch with PDL (each waits for its predecessor before reading
-    an activation): a bs-1 step, eager and replayed, equals the same step with PDL off bit for
-    bit. A missing wait would read a half-written activation and differ."""
+    an activation): a bs-1 step, eager and replayed, equals the same step with PDL off, and with
+    the next kernel let launch after the wait ("late"), bit for bit. A missing wait would read a
+    half-written activation and differ."""
     from microbench.kernels import gemv
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL needs Hopper or newer")
     results = {}
-    for pdl in (True, False):
+    for pdl in (True, "late", False):
         dec = make(preset, 2, pdl=pdl)
-        assert gemv.use_pdl(dec.embed, dec.pdl) == pdl
+        assert gemv.use_pdl(dec.embed, dec.pdl) == bool(pdl)
         runner = GraphRunner(dec, [1], mode="full")
         runner.capture()
         outs = []
@@ -182,6 +183,7 @@ def test_programmatic_dependent_launch_changes_no_result(preset):
         results[pdl] = torch.stack(outs)
         runner.close()
     assert torch.equal(results[True], results[False])
+    assert torch.equal(results["late"], results[False])
 
 
 @gpu

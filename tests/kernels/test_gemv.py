@@ -172,3 +172,15 @@ BAD_CALLS = [
 def test_bad_arguments_raise_value_error(call, match, device):
     with pytest.raises(ValueError, match=match):
         call(device)
+
+
+def test_pdl_modes_and_a_bad_one():
+    from microbench.kernels import _utils, gemv
+    assert _utils.pdl_mode(True) == _utils.pdl_mode("early") == _utils.PDL_EARLY
+    assert _utils.pdl_mode("late") == _utils.PDL_LATE
+    assert _utils.pdl_mode(False) == _utils.PDL_OFF
+    with pytest.raises(ValueError, match="pdl must be True, False, 'early' or 'late'"):
+        _utils.pdl_mode("sometimes")
+    # on CPU tensors (the interpreter) no mode launches with PDL
+    x = torch.randn(2, 8)
+    assert not gemv.use_pdl(x, "late") and not gemv.use_pdl(x, True)
