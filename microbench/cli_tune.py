@@ -16,7 +16,7 @@ from microbench.report.record import check_writable
 # the row buckets of kernels/gemv_configs.py (ROW_BUCKETS) and what --ab can vary
 # (bench.tune.VARIANTS; a test holds each pair equal), written here so `--help` imports no torch
 BUCKETS = (1, 2, 4, 8, 16)
-VARY = ("table", "pdl", "pdl-late", "plan", "attention")
+VARY = ("table", "pdl", "plan", "attention")
 
 
 @click.command()
@@ -30,18 +30,19 @@ VARY = ("table", "pdl", "pdl-late", "plan", "attention")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Processes compiling the candidates (default: the CPU count less two, 16 at most).")
 @click.option("--ab", "ab_preset", type=click.Choice(list(PRESETS)), default=None,
-              help="Instead of tuning: graph steps of this preset from two decoders that differ "
+              help="Instead of tuning: graph steps of this preset from decoders that differ "
                    "as --vary says, interleaved in one process, at the --rows batch sizes.")
 @click.option("--vary", type=click.Choice(VARY), default="table", show_default=True,
-              help="With --ab, what the two decoders differ by: table (the tuned configs against "
+              help="With --ab, what the decoders differ by: table (the tuned configs against "
                    f"the rule's; --rows up to {FAST_ROWS}, the rows the decoder runs skinny "
-                   "matmuls at), pdl (PDL on against off), pdl-late (the next kernel let launch "
-                   "before the wait against after it), plan (the fused plan against the unfused "
-                   "one, cuBLAS matmuls), attention (RoPE, KV store and attention fused against "
-                   "separate kernels).")
+                   "matmuls at), pdl (the kernels launched with PDL letting the next one launch "
+                   "before their wait, after it, or without PDL; the fastest at the smallest "
+                   "--rows batch is recorded in the device's PDL table, which decoders then "
+                   "follow), plan (the fused plan against the unfused one, cuBLAS matmuls), "
+                   "attention (RoPE, KV store and attention fused against separate kernels).")
 @click.option("--table", "table_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder to write the table into (default: the installed package's "
-                   "kernels/configs, the only folder the decoder reads tables from).")
+              help="Folder to write the table (or --vary pdl's) into (default: the installed "
+                   "package's kernels/configs, the only folder the decoder reads tables from).")
 def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
     """Time every candidate config of the skinny matmuls, and cuBLAS, at each preset's shapes and
     each row bucket on this GPU, and write the fastest into the device's table
@@ -57,16 +58,21 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
     require_cuda("tune")
     import torch
 
+    from microbench.engine import pdl
+    from microbench.kernels import gemv_configs
+    directory = Path(table_dir) if table_dir else None
+    tables = pdl if ab_preset else gemv_configs
+    path = tables.table_path(torch.cuda.get_device_name(), directory)
+    if not ab_preset or vary == "pdl":
+        try:
+            check_writable(path.parent)
+        except ValueError as e:
+            usage(f"--table: {e}")
+
     if ab_preset:
-        return _ab(ab_preset, rows, vary)
+        return _ab(ab_preset, rows, vary, path)
 
     from microbench.bench.tune import merge_table, run_tune
-    from microbench.kernels import gemv_configs
-    path = gemv_configs.table_path(torch.cuda.get_device_name(), Path(table_dir) if table_dir else None)
-    try:
-        check_writable(path.parent)
-    except ValueError as e:
-        usage(f"--table: {e}")
     got = run_tune(presets, tuple(sorted(set(rows))), time_budget, workers,
                    on_progress=lambda line: click.echo(line, err=True))
     table = merge_table(path, got["meta"], got["entries"])
@@ -77,13 +83,38 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
                f"table: {path}")
 
 
-def _ab(preset: str, rows, vary: str) -> None:
-    from microbench.bench.tune import VARIANTS, step_ab
-    (a, _), (b, _) = VARIANTS[vary]
-    click.echo(f"{preset}: graph steps, {a} against {b}, interleaved AB/BA")
+def _ab(preset: str, rows, vary: str, pdl_path: Path) -> None:
+    from microbench.bench.tune import VARIANTS, fastest, step_ab
+    names = [name for name, _ in VARIANTS[vary]]
+    click.echo(f"{preset}: graph steps of {', '.join(names)}, interleaved")
+    results = []
     for bs in rows:
         r = step_ab(preset, bs, vary)
-        q = r["ratio"]
-        click.echo(f"bs {bs}: {a} {r[a]['median']:.1f} us ({r[a]['lo']:.1f}-{r[a]['hi']:.1f}), "
-                   f"{b} {r[b]['median']:.1f} us ({r[b]['lo']:.1f}-{r[b]['hi']:.1f}); {a}/{b} "
-                   f"{q['median']:.3f} ({q['ci'][0]:.3f}-{q['ci'][1]:.3f}, {q['n']} pairs)")
+        results.append(r)
+        arms = ", ".join(f"{n} {r[n]['median']:.1f} us ({r[n]['lo']:.1f}-{r[n]['hi']:.1f})" for n in names)
+        click.echo(f"bs {bs}: {arms}")
+        for n, q in r["ratios"].items():
+            click.echo(f"bs {bs}: {names[0]}/{n} {q['median']:.3f} ({q['ci'][0]:.3f}-{q['ci'][1]:.3f}, "
+                       f"{q['n']} pairs)")
+    if vary == "pdl":
+        _record_pdl(preset, min(results, key=lambda r: r["bs"]), pdl_path)
+
+
+def _record_pdl(preset: str, r: dict, path: Path) -> None:
+    """The fastest PDL mode of result r, recorded for the preset's shape in the device's table."""
+    import torch
+
+    from microbench.bench.env import environment
+    from microbench.engine import pdl
+    mode = fastest(r).removeprefix("pdl-")
+    env = environment(torch.device("cuda"))
+    meta = dict(device=torch.cuda.get_device_name(),
+                **{k: env.get(k) for k in ("date", "command", "torch", "triton", "git")})
+    entry = dict(mode=mode, preset=preset, bs=r["bs"], context=r["context"], rounds=r["rounds"],
+                 median_us={n.removeprefix("pdl-"): r[n]["median"] for n in r["arms"]},
+                 ratios={f"{r['arms'][0]}/{n}": q["median"] for n, q in r["ratios"].items()})
+    table = pdl.merge_table(path, meta, pdl.shape_key(PRESETS[preset], 2), entry)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1) + "\n")
+    tmp.replace(path)
+    click.echo(f"fastest at bs {r['bs']}: {mode}; recorded for {preset} in {path}")

@@ -19,7 +19,7 @@
 #                             the batch sizes $AB_ROWS (default 1)
 #            startup          the compile arm's set-up, cold and warm compile caches (microbench startup)
 #            headroom         memory-headroom under --gpu-memory-utilization 0.9
-#            reproduce        the eight phenomena and their report
+#            reproduce        the eight phenomena and their report (stopped after $REPRODUCE_S s)
 #            reproduce-smoke  reproduce on the tiny preset in seconds (a quick end-to-end check)
 #   default: tests kernels sweep
 # MICROBENCH_GIT_REV records the revision in every run (a copy of the tree may have no .git).
@@ -88,14 +88,16 @@ for st in $stages; do
           microbench tune --ab $p --vary $v --rows ${AB_ROWS:-1} 2>&1 | tee -a "$OUT/ab.log"
           r=$?; [ $r -ne 0 ] && rc=$r
         done
-      done ;;
+      done
+      cp kernels/configs/pdl_*.json "$OUT/" 2>/dev/null ;;   # --vary pdl records its choices
     startup)
       microbench startup --preset opt-125m --bs 1 --timeout 240 --out "$new" 2>&1 | tee "$OUT/startup.log"; rc=$? ;;
     headroom)
       microbench reproduce memory-headroom --preset opt-125m --gpu-memory-utilization 0.9 --out "$new" \
         2>&1 | tee "$OUT/headroom.log" | tail -40; rc=$? ;;
     reproduce)
-      /usr/bin/time -f "wall %e s" microbench reproduce --out "$new" 2>&1 | tee "$OUT/reproduce.log"; rc=$? ;;
+      timeout -k 10 ${REPRODUCE_S:-580} /usr/bin/time -f "wall %e s" microbench reproduce --out "$new" 2>&1 \
+        | tee "$OUT/reproduce.log"; rc=$? ;;
     reproduce-smoke)
       microbench reproduce --preset tiny --context 32 --time-budget 0.05 --steps 2 --out "$OUT/smoke" \
         --quiet 2>&1 | tee "$OUT/reproduce-smoke.log" | tail -30; rc=$? ;;

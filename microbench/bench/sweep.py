@@ -83,6 +83,7 @@ class _Sweep:
 
         from microbench.engine.decoder import ToyDecoder
         from microbench.engine.plan import FAST_ROWS
+        from microbench.engine.pdl import mode_name
         from microbench.kernels.gemv import use_pdl
         self.cfg, self.say, self.on_capture, self.on_round = cfg, say, on_capture, on_round
         # a long phase's name is a status line when no progress display follows phases
@@ -104,7 +105,7 @@ class _Sweep:
         run["build_s"] = time.perf_counter() - t0
         # which plan the step ran, and whether its Triton kernels launch with PDL
         run["decoder"] = dict(fusion=int(dec.fusion), fast_rows=FAST_ROWS,
-                              pdl=use_pdl(dec.embed, dec.pdl))
+                              pdl=use_pdl(dec.embed, dec.pdl), pdl_mode=mode_name(dec.pdl))
         self.runner = self.trunner = self.twin = None
         self.compiled = {}     # arm -> its compiled step (arms.COMPILED_ARMS)
         # the unfused plan on the same weights and caches (arm engine-eager); the torch backend

@@ -26,6 +26,7 @@ from pathlib import Path
 import triton
 
 from microbench.bench.timing import WeightCycle, stream_copies
+from microbench.engine.pdl import MODES as PDL_MODES
 from microbench.engine.shapes import PRESETS, ModelShape
 from microbench.kernels import gemv_configs
 
@@ -209,13 +210,13 @@ def run_tune(presets, buckets=gemv_configs.ROW_BUCKETS, budget_s: float = 0.05,
     return dict(meta=meta, entries=entries)
 
 
-# ---- two decoders' whole graphed steps, interleaved in one process ---------------------------
-# What `tune --ab` can vary: the two arms' names and the decoder settings each differs by from
-# the default decoder (the table on, PDL early, the fused plan). The first arm is the default.
+# ---- decoders' whole graphed steps, interleaved in one process ------------------------------
+# What `tune --ab` can vary: the arms' names and the decoder settings each is built with. The
+# first arm is the one every other arm's ratio is taken against: the default decoder, except
+# for pdl, whose arms are the three launch modes (engine/pdl.py), each asked for explicitly.
 VARIANTS = {
     "table": (("tuned", {}), ("rule", {"table": False})),
-    "pdl": (("pdl", {}), ("no-pdl", {"pdl": False})),
-    "pdl-late": (("pdl-early", {}), ("pdl-late", {"pdl": "late"})),
+    "pdl": tuple((f"pdl-{name}", {"pdl": pdl}) for name, pdl in PDL_MODES.items()),
     "plan": (("fused", {}), ("unfused", {"fusion": "UNFUSED"})),
     "attention": (("fused-attention", {}), ("separate-attention", {"fusion": "MATMULS"})),
 }
@@ -245,21 +246,21 @@ def _graphed_step(preset: str, bs: int, context: int, table: bool = True, **dec_
 
 def step_ab(preset: str, bs: int = 1, vary: str = "table", context: int = 512, rounds: int = 40,
             steps: int = 10) -> dict:
-    """Graph steps of two decoders that differ as VARIANTS[vary] says, in one process: the two
-    arms alternate in balanced AB/BA order, each sample `steps` back-to-back replays timed with
-    CUDA events; the result is each arm's median step (us) with its 95% interval, and the median
-    of paired ratios (first arm / second) with its 95% bootstrap interval."""
+    """Graph steps of decoders that differ as VARIANTS[vary] says, in one process: the arms take
+    turns, in forward then reverse order (AB, BA; ABC, CBA), each sample `steps` back-to-back
+    replays timed with CUDA events. The result: `arms` (their names, first the reference), each
+    arm's median step (us) with its 95% interval, and `ratios`: for every other arm, the median
+    of paired ratios (first arm / that arm) with its 95% bootstrap interval."""
     import torch
 
     from microbench.stats import median_ci, paired_ratio
-    (a, a_kw), (b, b_kw) = VARIANTS[vary]
-    # built one after the other: only one arm's decoder is being built at a time
-    arms = {a: _graphed_step(preset, bs, context, **dict(a_kw)),
-            b: _graphed_step(preset, bs, context, **dict(b_kw))}
+    names = [name for name, _ in VARIANTS[vary]]
+    # built one after the other: one arm's decoder is built at a time
+    arms = {name: _graphed_step(preset, bs, context, **dict(kw)) for name, kw in VARIANTS[vary]}
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = {name: [] for name in arms}
+    samples = {name: [] for name in names}
     for i in range(rounds):
-        for name in ((a, b) if i % 2 == 0 else (b, a)):
+        for name in (names if i % 2 == 0 else names[::-1]):
             step = arms[name][1]
             start.record()
             for _ in range(steps):
@@ -270,5 +271,11 @@ def step_ab(preset: str, bs: int = 1, vary: str = "table", context: int = 512, r
     for runner, _ in arms.values():
         runner.close()
     out = {name: dict(zip(("median", "lo", "hi"), median_ci(xs))) for name, xs in samples.items()}
-    return dict(preset=preset, bs=bs, vary=vary, arms=[a, b], context=context, rounds=rounds,
-                steps=steps, **out, ratio=paired_ratio(samples[a], samples[b]))
+    ratios = {name: paired_ratio(samples[names[0]], samples[name]) for name in names[1:]}
+    return dict(preset=preset, bs=bs, vary=vary, arms=names, context=context, rounds=rounds,
+                steps=steps, **out, ratios=ratios)
+
+
+def fastest(result: dict) -> str:
+    """The arm of a step_ab result with the smallest median step."""
+    return min(result["arms"], key=lambda name: result[name]["median"])

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from microbench import kernels
 
+from microbench.engine import pdl as pdl_modes
 from microbench.engine import plan
 from microbench.engine.bound import BoundStep
 from microbench.engine.plan import Fusion
@@ -78,7 +79,7 @@ class ToyDecoder:
     def __init__(self, shape: ModelShape, backend: str = "triton", max_batch: int = 64,
                  max_seq: int = 1024, dtype: torch.dtype = torch.bfloat16,
                  device: str | torch.device = "cuda", seed: int = 0,
-                 fusion: Fusion = Fusion.ATTENTION, pdl: bool | str = True):
+                 fusion: Fusion = Fusion.ATTENTION, pdl: bool | str | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if max_batch < 1 or max_seq < 1:
@@ -88,11 +89,17 @@ class ToyDecoder:
         self.dtype, self.device = dtype, torch.device(device)
         self.ops = kernel_ops(backend)
         self.fusion = plan.backend_fusion(fusion, backend)
-        # the Triton kernels launch with programmatic dependent launch where the GPU has it
-        # (each lets the next one launch early and waits for its inputs); "late" lets the next
-        # one launch only after the wait, False turns it off
-        self.pdl = pdl
+        # the Triton kernels launch with programmatic dependent launch where the GPU has it:
+        # True lets the next one launch early and waits for its inputs, "late" lets the next
+        # one launch only after the wait, False turns it off; None takes the mode measured for
+        # this shape on this device (engine/pdl.py)
+        if pdl is None:
+            pdl = True
+            if self.device.type == "cuda":
+                elt = torch.empty((), dtype=dtype).element_size()
+                pdl = pdl_modes.MODES[pdl_modes.choose(shape, elt, torch.cuda.get_device_name(self.device))]
         pdl_mode(pdl)      # a bad value is refused here, not at the first launch
+        self.pdl = pdl
         self.scratch_slot = max_batch
         self.scale = shape.head_dim ** -0.5
         # Tensor parallelism: a callable that all-reduces a row-parallel matmul's output in

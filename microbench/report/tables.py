@@ -34,9 +34,11 @@ def ladder_desc(run: dict) -> str:
 def sweep_header(run: dict) -> str:
     c, env = run["config"], run.get("env", {})
     lad = ladder_desc(run)
+    # the PDL mode the Triton kernels launched with (runs before it was recorded: not shown)
+    pdl = (run.get("decoder") or {}).get("pdl_mode")
     return (f"GPU {env.get('gpu')} | preset {c['preset']} | {c['dtype']} | mode {c['mode']}"
             f"{' (split launch)' if c.get('split_launch') else ''} | "
-            f"ladder {lad} | context {c['context']} | torch {env.get('torch')} "
+            f"ladder {lad} | context {c['context']}{f' | PDL {pdl}' if pdl else ''} | torch {env.get('torch')} "
             f"triton {env.get('triton')}")
 
 

@@ -46,5 +46,17 @@ def test_merge_keeps_other_entries_and_records_each_run(tmp_path):
 def test_the_clis_vary_choices_are_the_variants():
     from microbench.cli_tune import VARY
     assert VARY == tuple(tune.VARIANTS)
-    # the first arm of every pair is the default decoder, so ratios read "default / variant"
-    assert all(first[1] == {} and second[1] for first, second in tune.VARIANTS.values())
+    # every arm differs from the first, the default decoder (pdl: its arms are the modes, each
+    # asked for explicitly), so ratios read "reference / variant"
+    for vary, arms in tune.VARIANTS.items():
+        assert len(arms) >= 2 and all(kw for _, kw in arms[1:])
+        assert arms[0][1] == ({"pdl": True} if vary == "pdl" else {})
+    assert [kw["pdl"] for _, kw in tune.VARIANTS["pdl"]] == [True, "late", False]
+
+
+def test_fastest_is_the_arm_with_the_smallest_median():
+    r = {"arms": ["pdl-early", "pdl-late", "pdl-off"], "pdl-early": {"median": 5150.0},
+         "pdl-late": {"median": 4890.0}, "pdl-off": {"median": 4657.0}}
+    assert tune.fastest(r) == "pdl-off"
+    r["pdl-early"]["median"] = 4000.0
+    assert tune.fastest(r) == "pdl-early"

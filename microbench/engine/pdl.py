@@ -1,0 +1,67 @@
+"""How a decoder's Triton kernels launch: with programmatic dependent launch (PDL) letting the
+next kernel launch before a kernel's wait ("early"), after it ("late"), or without PDL ("off"),
+chosen per device and model shape by measurement.
+
+PDL overlaps each kernel's launch, and a matmul's first weight loads, with the tail of the
+kernel before; but a kernel whose programs sit resident waiting holds SM slots that the running
+kernel's later waves could use. Which wins depends on the model: in whole graphed bs-1 steps on
+the H200 PDL made opt-125m and llama-1b faster and llama-8b slower (docs/bandwidth.md). So
+`microbench tune --ab PRESET --vary pdl` times the three modes in whole steps, interleaved in
+one process, and records the fastest in the device's table, `kernels/configs/pdl_<device>.json`,
+keyed by the model's shape and element size. A decoder built with `pdl=None` takes the table's
+choice for its shape, else early (the first measured default).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from microbench.engine.shapes import ModelShape
+from microbench.kernels.gemv_configs import CONFIG_DIR, device_key
+
+# a mode's name (as tables and runs record it) -> the `pdl` argument the kernel wrappers take
+MODES = {"early": True, "late": "late", "off": False}
+DEFAULT = "early"
+
+
+def mode_name(pdl) -> str:
+    """The name of a wrapper's `pdl` argument (True, "early", "late" or False)."""
+    return {True: "early", "early": "early", "late": "late", False: "off"}[pdl]
+
+
+def table_path(device_name: str, directory: Path | None = None) -> Path:
+    return Path(directory or CONFIG_DIR) / f"pdl_{device_key(device_name)}.json"
+
+
+def shape_key(shape: ModelShape, elt: int) -> str:
+    """A table entry's key: the model's shape and the element size in bytes."""
+    s = shape
+    return (f"layers={s.n_layers},hidden={s.hidden},heads={s.n_heads},kv_heads={s.n_kv_heads},"
+            f"head_dim={s.head_dim},ffn={s.ffn},vocab={s.vocab},elt={elt}")
+
+
+@functools.lru_cache(maxsize=None)
+def load_table(device_name: str) -> dict:
+    """The measured choices for a device ({} when none was measured there)."""
+    path = table_path(device_name)
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text()).get("choices", {})
+
+
+def choose(shape: ModelShape, elt: int, device_name: str) -> str:
+    """The mode a decoder of `shape` launches its kernels with on `device_name`: the table's
+    measured choice, else DEFAULT."""
+    entry = load_table(device_name).get(shape_key(shape, elt))
+    return entry["mode"] if entry else DEFAULT
+
+
+def merge_table(path: Path, meta: dict, key: str, entry: dict) -> dict:
+    """The table at `path` (or a new one) with `key`'s entry set to `entry` and `meta` (the
+    measuring run: device, command, versions, revision) appended to its runs."""
+    table = json.loads(path.read_text()) if path.exists() else {"device": meta.get("device"),
+                                                                 "runs": [], "choices": {}}
+    table["runs"].append(meta)
+    table["choices"][key] = dict(entry, run=len(table["runs"]) - 1)
+    return table
