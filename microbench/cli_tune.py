@@ -105,6 +105,7 @@ def _record_pdl(preset: str, r: dict, path: Path) -> None:
     import torch
 
     from microbench.bench.env import environment
+    from microbench.bench.tune import fastest
     from microbench.engine import pdl
     mode = fastest(r).removeprefix("pdl-")
     env = environment(torch.device("cuda"))

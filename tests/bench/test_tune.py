@@ -60,3 +60,20 @@ def test_fastest_is_the_arm_with_the_smallest_median():
     assert tune.fastest(r) == "pdl-off"
     r["pdl-early"]["median"] = 4000.0
     assert tune.fastest(r) == "pdl-early"
+
+
+def test_the_pdl_ab_records_its_fastest_mode_for_the_presets_shape(tmp_path, monkeypatch):
+    import torch
+
+    from microbench import cli_tune
+    from microbench.engine import pdl
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    r = {"bs": 1, "context": 512, "rounds": 40, "arms": ["pdl-early", "pdl-late", "pdl-off"],
+         "pdl-early": {"median": 5137.5}, "pdl-late": {"median": 4883.1},
+         "pdl-off": {"median": 4616.1},
+         "ratios": {"pdl-late": {"median": 1.052}, "pdl-off": {"median": 1.113}}}
+    path = tmp_path / "pdl_Fake_GPU.json"
+    cli_tune._record_pdl("llama-8b", r, path)
+    entry = json.loads(path.read_text())["choices"][pdl.shape_key(PRESETS["llama-8b"], 2)]
+    assert entry["mode"] == "off" and entry["median_us"]["off"] == 4616.1
+    assert entry["ratios"]["pdl-early/pdl-off"] == 1.113
