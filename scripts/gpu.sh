@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: install this clone, run the GPU test suite and the benchmarks named
 # as arguments, write full logs under $OUT, pack the runs the stages wrote into
-# $OUT/results.tar, and print a short table last.
+# $OUT/results-<pid>.tar, and print a short table last.
 #   usage:   MICROBENCH_GIT_REV=$(git rev-parse --short=12 HEAD) bash scripts/gpu.sh [stage ...]
 #   stages:  tests            the whole test suite (gpu-marked tests included); TESTS=path narrows it
 #            kernels          each decode kernel's bandwidth (microbench kernels; KPRESET, KBS, KCTX)
@@ -34,6 +34,9 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log
   >"$OUT/device.txt" 2>&1
 head -20 "$OUT/device.txt"
 new=$(mktemp -d)   # every stage's runs land here (--out), then go into one tar
+# one tar per call of this script (a second call in the same command keeps the first's)
+tarball="$OUT/results-$$.tar"
+pack() { (cd "$new" && tar cf "$tarball" .); }
 summary=()
 for st in $stages; do
   t0=$(date +%s)
@@ -77,6 +80,7 @@ for st in $stages; do
         microbench sweep --bs ${BS:-1,4,16,64} --preset $p --arms ${ARMS:-eager,graph,torch-compile} \
           --out "$new" 2>&1 | tee "$OUT/arms-$p.log" | grep -v "^bs \|Capturing"
         r=$?; [ $r -ne 0 ] && rc=$r
+        pack
       done ;;
     trace)
       microbench sweep --bs 1,4 --preset opt-125m --trace "$new/trace" --out "$new" 2>&1 | tee "$OUT/trace.log"
@@ -105,7 +109,7 @@ for st in $stages; do
   esac
   summary+=("$st: rc=$rc in $(( $(date +%s) - t0 )) s")
   # packed after every stage, so a run stopped at its time limit still returns what it made
-  (cd "$new" && tar cf "$OUT/results.tar" .)
+  pack
 done
 echo "== short table"
 for f in "$OUT"/sweep-*.log "$OUT"/sweep3-*.log "$OUT"/repeat-*.log "$OUT"/arms-*.log; do
