@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: install this clone, run the GPU test suite and the benchmarks named
-# as arguments, write full logs under $OUT, pack the runs the stages wrote into
-# $OUT/results-<pid>.tar, and print a short table last.
+# as arguments, and print a short table last. The runs the stages write and their full logs
+# (under logs/) go into one tar, $OUT/results-<pid>.tar: the device returns at most 8 files, so
+# nothing else is written under $OUT.
 #   usage:   MICROBENCH_GIT_REV=$(git rev-parse --short=12 HEAD) bash scripts/gpu.sh [stage ...]
 #   stages:  tests            the whole test suite (gpu-marked tests included); TESTS=path narrows it
 #            kernels          each decode kernel's bandwidth (microbench kernels; KPRESET, KBS, KCTX)
 #            tune             the skinny matmuls' configs measured (microbench tune); the table is
-#                             copied to $OUT
+#                             copied to the logs
 #            sweep            the default sweep of opt-125m and llama-1b, each from a cold Triton cache
 #            sweep3           three back-to-back default sweeps (how far the numbers move between runs)
 #            repeat           each preset in $PRESETS swept with --repeat 3 (three fresh processes)
@@ -27,13 +28,15 @@ set -u -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
+new=$(mktemp -d)   # every stage's runs land here (--out), then go into one tar with the logs
+LOG=$new/logs
+mkdir -p "$LOG"
 stages=${*:-tests kernels sweep}
-python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
-  || { cat "$OUT/install.log"; exit 1; }
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$LOG/install.log" 2>&1 \
+  || { cat "$LOG/install.log"; exit 1; }
 { nvidia-smi; python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } \
-  >"$OUT/device.txt" 2>&1
-head -20 "$OUT/device.txt"
-new=$(mktemp -d)   # every stage's runs land here (--out), then go into one tar
+  >"$LOG/device.txt" 2>&1
+head -20 "$LOG/device.txt"
 # one tar per call of this script (a second call in the same command keeps the first's)
 tarball="$OUT/results-$$.tar"
 pack() { (cd "$new" && tar cf "$tarball" .); }
@@ -42,26 +45,26 @@ for st in $stages; do
   t0=$(date +%s)
   case $st in
     tests)
-      python3 -m pytest ${TESTS:-tests} -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -15
-      rc=$?; summary+=("tests: $(tail -1 "$OUT/tests.log")") ;;
+      python3 -m pytest ${TESTS:-tests} -q -p no:cacheprovider 2>&1 | tee "$LOG/tests.log" | tail -15
+      rc=$?; summary+=("tests: $(tail -1 "$LOG/tests.log")") ;;
     kernels)
       microbench kernels --preset ${KPRESET:-llama-8b} --bs ${KBS:-1,16,64} --context ${KCTX:-4096} \
-        --out "$new" 2>&1 | tee "$OUT/kernels.log"; rc=$? ;;
+        --out "$new" 2>&1 | tee "$LOG/kernels.log"; rc=$? ;;
     tune)
-      microbench tune 2>&1 | tee "$OUT/tune.log"; rc=$?
-      cp kernels/configs/*.json "$OUT/" ;;
+      microbench tune 2>&1 | tee "$LOG/tune.log"; rc=$?
+      cp kernels/configs/*.json "$LOG/" ;;
     sweep)
       # cold: a fresh Triton cache, so compilation is inside the measured wall time
       rc=0
       for p in opt-125m llama-1b; do
         TRITON_CACHE_DIR=$(mktemp -d) /usr/bin/time -f "wall %e s (cold Triton cache)" \
-          microbench sweep --bs 1,4,16,64 --preset $p --out "$new" 2>&1 | tee "$OUT/sweep-$p.log"
+          microbench sweep --bs 1,4,16,64 --preset $p --out "$new" 2>&1 | tee "$LOG/sweep-$p.log"
         r=$?; [ $r -ne 0 ] && rc=$r
       done ;;
     sweep3)
       rc=0
       for i in 1 2 3; do
-        microbench sweep --out "$new" --quiet 2>&1 | tee "$OUT/sweep3-$i.log"
+        microbench sweep --out "$new" --quiet 2>&1 | tee "$LOG/sweep3-$i.log"
         r=$?; [ $r -ne 0 ] && rc=$r
       done ;;
     repeat)
@@ -69,42 +72,42 @@ for st in $stages; do
       rc=0
       for p in ${PRESETS:-opt-125m llama-1b llama-8b}; do
         microbench sweep --bs ${BS:-1,4,16,64} --preset $p --repeat ${REPEAT:-3} --out "$new" 2>&1 \
-          | tee "$OUT/repeat-$p.log"
+          | tee "$LOG/repeat-$p.log"
         r=$?; [ $r -ne 0 ] && rc=$r
       done ;;
     launch)
-      microbench launch --out "$new" 2>&1 | tee "$OUT/launch.log"; rc=$? ;;
+      microbench launch --out "$new" 2>&1 | tee "$LOG/launch.log"; rc=$? ;;
     arms)
       rc=0
       for p in ${PRESETS:-opt-125m llama-1b}; do
         microbench sweep --bs ${BS:-1,4,16,64} --preset $p --arms ${ARMS:-eager,graph,torch-compile} \
-          --out "$new" 2>&1 | tee "$OUT/arms-$p.log" | grep -v "^bs \|Capturing"
+          --out "$new" 2>&1 | tee "$LOG/arms-$p.log" | grep -v "^bs \|Capturing"
         r=$?; [ $r -ne 0 ] && rc=$r
         pack
       done ;;
     trace)
-      microbench sweep --bs 1,4 --preset opt-125m --trace "$new/trace" --out "$new" 2>&1 | tee "$OUT/trace.log"
-      rc=$?; ls -la "$new/trace" >>"$OUT/trace.log" 2>&1 ;;
+      microbench sweep --bs 1,4 --preset opt-125m --trace "$new/trace" --out "$new" 2>&1 | tee "$LOG/trace.log"
+      rc=$?; ls -la "$new/trace" >>"$LOG/trace.log" 2>&1 ;;
     ab)
       rc=0
       for p in ${AB_PRESETS:-opt-125m llama-8b}; do
         for v in ${VARY:-table}; do
-          microbench tune --ab $p --vary $v --rows ${AB_ROWS:-1} 2>&1 | tee -a "$OUT/ab.log"
+          microbench tune --ab $p --vary $v --rows ${AB_ROWS:-1} 2>&1 | tee -a "$LOG/ab.log"
           r=$?; [ $r -ne 0 ] && rc=$r
         done
       done
-      cp kernels/configs/pdl_*.json "$OUT/" 2>/dev/null ;;   # --vary pdl records its choices
+      cp kernels/configs/pdl_*.json "$LOG/" 2>/dev/null ;;   # --vary pdl records its choices
     startup)
-      microbench startup --preset opt-125m --bs 1 --timeout 240 --out "$new" 2>&1 | tee "$OUT/startup.log"; rc=$? ;;
+      microbench startup --preset opt-125m --bs 1 --timeout 240 --out "$new" 2>&1 | tee "$LOG/startup.log"; rc=$? ;;
     headroom)
       microbench reproduce memory-headroom --preset opt-125m --gpu-memory-utilization 0.9 --out "$new" \
-        2>&1 | tee "$OUT/headroom.log" | tail -40; rc=$? ;;
+        2>&1 | tee "$LOG/headroom.log" | tail -40; rc=$? ;;
     reproduce)
       timeout -k 10 ${REPRODUCE_S:-580} /usr/bin/time -f "wall %e s" microbench reproduce --out "$new" 2>&1 \
-        | tee "$OUT/reproduce.log"; rc=$? ;;
+        | tee "$LOG/reproduce.log"; rc=$? ;;
     reproduce-smoke)
-      microbench reproduce --preset tiny --context 32 --time-budget 0.05 --steps 2 --out "$OUT/smoke" \
-        --quiet 2>&1 | tee "$OUT/reproduce-smoke.log" | tail -30; rc=$? ;;
+      microbench reproduce --preset tiny --context 32 --time-budget 0.05 --steps 2 --out "$new" \
+        --quiet 2>&1 | tee "$LOG/reproduce-smoke.log" | tail -30; rc=$? ;;
     *) echo "unknown stage $st"; rc=2 ;;
   esac
   summary+=("$st: rc=$rc in $(( $(date +%s) - t0 )) s")
@@ -112,11 +115,11 @@ for st in $stages; do
   pack
 done
 echo "== short table"
-for f in "$OUT"/sweep-*.log "$OUT"/sweep3-*.log "$OUT"/repeat-*.log "$OUT"/arms-*.log; do
+for f in "$LOG"/sweep-*.log "$LOG"/sweep3-*.log "$LOG"/repeat-*.log "$LOG"/arms-*.log; do
   [ -f "$f" ] || continue
   echo "-- $(basename "$f" .log)"
   grep -E '^ *(bs|--|[0-9]+) ' "$f" | grep -v ':' | head -8
   grep -E '^(capture:|host us per launch|published shape|model:|run took|wall)' "$f"
 done
-[ -f "$OUT/reproduce.log" ] && grep -E '^[a-z-]+: (HELD|NOT HELD)' "$OUT/reproduce.log"
+[ -f "$LOG/reproduce.log" ] && grep -E '^[a-z-]+: (HELD|NOT HELD)' "$LOG/reproduce.log"
 echo "== summary"; printf '%s\n' "${summary[@]}"

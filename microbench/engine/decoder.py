@@ -316,12 +316,27 @@ class ToyDecoder:
         inputs = torch.zeros(3, bs, dtype=torch.long, device=self.device)  # tokens; positions; slots
         inputs[2] = self.scratch_slot
         record: list = []
+        logits = self._recording(record, self.step, *inputs)
+        return BoundStep(inputs, record, logits)
+
+    def bind_attention(self, l: int, q, slots, seq_lens, out) -> list | None:
+        """Run layer l's attention once into `out` and return its launches bound, to replay on
+        the same tensors (the piecewise graphs' eager attention); None on the torch backend,
+        whose calls are not bound."""
+        if self.backend != "triton":
+            self.attention(l, q, slots, seq_lens, out=out)
+            return None
+        record: list = []
+        self._recording(record, self.attention, l, q, slots, seq_lens, out=out)
+        return record
+
+    def _recording(self, record: list, fn, *args, **kw):
+        """fn(*args, **kw) with every kernel wrapper appending its bound launch to `record`."""
         self._rec = {"record": record}
         try:
-            logits = self.step(*inputs)
+            return fn(*args, **kw)
         finally:
             self._rec = {}
-        return BoundStep(inputs, record, logits)
 
     def with_fusion(self, fusion: Fusion) -> "ToyDecoder":
         """The same decoder (weights, KV caches) running another plan."""

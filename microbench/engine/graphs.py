@@ -4,7 +4,9 @@ pool, the static inputs and the choice of entry; these functions take them as ar
 
 Routines (engine/modes.py): "full" records the whole step as one graph (or two, split_launch);
 "piecewise" records the stretches between attention calls, one graph each, and a replay runs
-attention eagerly between them, as vLLM's PIECEWISE mode does.
+attention eagerly between them, as vLLM's PIECEWISE mode does. The eager attention calls are
+bound when the pieces are recorded (ToyDecoder.bind_attention), as the runner's eager steps are:
+a replay pays each attention kernel's launch, not the wrapper's checks and allocations.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class GraphEntry:
     graphs: list
     output: torch.Tensor                 # logits [size, vocab], lives in the pool
     pieces: list = field(default_factory=list)   # piecewise: (q, residual) per layer
+    attention: list = field(default_factory=list)  # piecewise: each layer's bound attention
     seq_lens: torch.Tensor | None = None
     input_ptrs: tuple = ()
     warmup_s: float = 0.0
@@ -76,7 +79,7 @@ def record_pieces(entry: GraphEntry, dec, tokens, positions, slots, attn_out, po
         else:
             q, res = out
             entry.pieces.append((q, res))
-            dec.attention(i, q, slots, entry.seq_lens, out=attn_out)
+            entry.attention.append(dec.bind_attention(i, q, slots, entry.seq_lens, attn_out))
 
 
 def replay_pieces(entry: GraphEntry, dec, slots, attn_out):
@@ -86,7 +89,12 @@ def replay_pieces(entry: GraphEntry, dec, slots, attn_out):
     the host's critical path)."""
     entry.graphs[0].replay()
     for layer, (q, _) in enumerate(entry.pieces):
-        dec.attention(layer, q, slots, entry.seq_lens, out=attn_out)
+        launches = entry.attention[layer]
+        if launches is None:      # the torch backend: no bound launches
+            dec.attention(layer, q, slots, entry.seq_lens, out=attn_out)
+        else:
+            for fn in launches:
+                fn()
         entry.graphs[layer + 1].replay()
 
 

@@ -122,3 +122,33 @@ def test_bound_step_records_the_shards_all_reduces(bs, device):
     got = bound.step_packed(x)
     assert len(calls) == 2 * TINY.n_layers
     torch.testing.assert_close(got, plain.step(*x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", list(Fusion), ids=lambda f: f.name.lower())
+def test_bound_attention_equals_the_call_on_new_inputs(fusion, device):
+    """The piecewise graphs' eager attention, bound once (bind_attention), gives what a plain
+    attention call gives after its inputs (the QKV or q rows, the slots, the sequence lengths)
+    change in place, and writes the same KV-cache rows."""
+    plain, bound_dec = make(device, fusion), make(device, fusion)
+    bs = 3
+
+    def attention_inputs(dec, x):
+        h, seq_lens = dec.embed_inputs(x[0], x[1])
+        q, _ = dec.piece(0, x[0], x[1], x[2], h=h)
+        return q, x[2].clone(), seq_lens
+
+    x = packed_inputs(bs, 8, device, 1)
+    q, slots, seq_lens = attention_inputs(bound_dec, x)
+    out = torch.empty_like(plain.attention(0, *attention_inputs(plain, x)))
+    launches = bound_dec.bind_attention(0, q, slots, seq_lens, out)
+    assert launches           # at least the attention kernel, bound
+    for seed in (2, 3):
+        y = packed_inputs(bs, 8 + seed, device, seed)
+        want = plain.attention(0, *attention_inputs(plain, y))
+        for static, new in zip((q, slots, seq_lens), attention_inputs(bound_dec, y)):
+            static.copy_(new)
+        for fn in launches:
+            fn()
+        torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-6)
+        for a, b in zip(bound_dec.k_cache + bound_dec.v_cache, plain.k_cache + plain.v_cache):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
