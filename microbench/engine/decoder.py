@@ -52,7 +52,6 @@ from microbench.engine import pdl as pdl_modes
 from microbench.engine import plan
 from microbench.engine.bound import BoundStep
 from microbench.engine.plan import Fusion
-from microbench.kernels._utils import pdl_mode
 from microbench.engine.shapes import ModelShape
 from microbench.engine.weights import random_weights
 
@@ -93,13 +92,7 @@ class ToyDecoder:
         # True lets the next one launch early and waits for its inputs, "late" lets the next
         # one launch only after the wait, False turns it off; None takes the mode measured for
         # this shape on this device (engine/pdl.py)
-        if pdl is None:
-            pdl = True
-            if self.device.type == "cuda":
-                elt = torch.empty((), dtype=dtype).element_size()
-                pdl = pdl_modes.MODES[pdl_modes.choose(shape, elt, torch.cuda.get_device_name(self.device))]
-        pdl_mode(pdl)      # a bad value is refused here, not at the first launch
-        self.pdl = pdl
+        self.pdl = pdl_modes.resolve(pdl, shape, dtype, self.device)
         self.scratch_slot = max_batch
         self.scale = shape.head_dim ** -0.5
         # Tensor parallelism: a callable that all-reduces a row-parallel matmul's output in

@@ -17,6 +17,9 @@ import functools
 import json
 from pathlib import Path
 
+import torch
+
+from microbench import kernels
 from microbench.engine.shapes import ModelShape
 from microbench.kernels.gemv_configs import CONFIG_DIR, device_key
 
@@ -55,6 +58,19 @@ def choose(shape: ModelShape, elt: int, device_name: str) -> str:
     measured choice, else DEFAULT."""
     entry = load_table(device_name).get(shape_key(shape, elt))
     return entry["mode"] if entry else DEFAULT
+
+
+def resolve(pdl, shape: ModelShape, dtype: torch.dtype, device: torch.device):
+    """The `pdl` argument a decoder passes its kernels: `pdl` as given (True, "early", "late" or
+    False; anything else raises), or for None the mode measured for `shape` on a CUDA `device`
+    (early elsewhere: nothing launches with PDL off CUDA)."""
+    if pdl is None:
+        pdl = True
+        if device.type == "cuda":
+            elt = torch.empty((), dtype=dtype).element_size()
+            pdl = MODES[choose(shape, elt, torch.cuda.get_device_name(device))]
+    kernels.pdl_mode(pdl)
+    return pdl
 
 
 def merge_table(path: Path, meta: dict, key: str, entry: dict) -> dict:
