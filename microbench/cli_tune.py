@@ -36,9 +36,9 @@ VARY = ("table", "pdl", "plan", "attention")
               help="With --ab, what the decoders differ by: table (the tuned configs against "
                    f"the rule's; --rows up to {FAST_ROWS}, the rows the decoder runs skinny "
                    "matmuls at), pdl (the kernels launched with PDL letting the next one launch "
-                   "before their wait, after it, or without PDL; the fastest at the smallest "
-                   "--rows batch is recorded in the device's PDL table, which decoders then "
-                   "follow), plan (the fused plan against the unfused one, cuBLAS matmuls), "
+                   "before their wait, after it, or without PDL; the fastest beyond noise at the "
+                   "smallest --rows batch is recorded in the device's PDL table, which decoders "
+                   "then follow at every batch size), plan (the fused plan against the unfused one, cuBLAS matmuls), "
                    "attention (RoPE, KV store and attention fused against separate kernels).")
 @click.option("--table", "table_dir", type=click.Path(file_okay=False), default=None,
               help="Folder to write the table (or --vary pdl's) into (default: the installed "
@@ -55,19 +55,26 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
     if ab_preset and vary == "table" and max(rows) > FAST_ROWS:
         usage(f"--rows: with --ab --vary table at most {FAST_ROWS} (above it the decoder runs "
               f"cuBLAS, which no table changes)")
+    if ab_preset and vary != "pdl" and table_dir:
+        usage(f"--table: --ab --vary {vary} writes no table (only --vary pdl and tuning do)")
     require_cuda("tune")
     import torch
 
     from microbench.engine import pdl
     from microbench.kernels import gemv_configs
+    if vary == "pdl" and torch.cuda.get_device_capability()[0] < 9:
+        usage(f"--vary pdl: {torch.cuda.get_device_name()} has no programmatic dependent "
+              "launch (it needs compute capability 9.0 or newer)")
     directory = Path(table_dir) if table_dir else None
     tables = pdl if ab_preset else gemv_configs
     path = tables.table_path(torch.cuda.get_device_name(), directory)
     if not ab_preset or vary == "pdl":
         try:
             check_writable(path.parent)
+            if path.exists():
+                json.loads(path.read_text())    # a broken table stops the run before it measures
         except ValueError as e:
-            usage(f"--table: {e}")
+            usage(f"--table: {path}: {e}")
 
     if ab_preset:
         return _ab(ab_preset, rows, vary, path)
@@ -75,16 +82,13 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
     from microbench.bench.tune import merge_table, run_tune
     got = run_tune(presets, tuple(sorted(set(rows))), time_budget, workers,
                    on_progress=lambda line: click.echo(line, err=True))
-    table = merge_table(path, got["meta"], got["entries"])
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table, indent=1) + "\n")
-    tmp.replace(path)
+    _write_table(path, merge_table(path, got["meta"], got["entries"]))
     click.echo(f"tuned {sum(len(b) for b in got['entries'].values())} (shape, rows) entries; "
                f"table: {path}")
 
 
 def _ab(preset: str, rows, vary: str, pdl_path: Path) -> None:
-    from microbench.bench.tune import VARIANTS, fastest, step_ab
+    from microbench.bench.tune import VARIANTS, step_ab
     names = [name for name, _ in VARIANTS[vary]]
     click.echo(f"{preset}: graph steps of {', '.join(names)}, interleaved")
     results = []
@@ -101,7 +105,8 @@ def _ab(preset: str, rows, vary: str, pdl_path: Path) -> None:
 
 
 def _record_pdl(preset: str, r: dict, path: Path) -> None:
-    """The fastest PDL mode of result r, recorded for the preset's shape in the device's table."""
+    """The PDL mode result r keeps (bench.tune.fastest), recorded for the preset's shape in the
+    device's table."""
     import torch
 
     from microbench.bench.env import environment
@@ -114,8 +119,15 @@ def _record_pdl(preset: str, r: dict, path: Path) -> None:
     entry = dict(mode=mode, preset=preset, bs=r["bs"], context=r["context"], rounds=r["rounds"],
                  median_us={n.removeprefix("pdl-"): r[n]["median"] for n in r["arms"]},
                  ratios={f"{r['arms'][0]}/{n}": q["median"] for n, q in r["ratios"].items()})
-    table = pdl.merge_table(path, meta, pdl.shape_key(PRESETS[preset], 2), entry)
+    _write_table(path, pdl.merge_table(path, meta, pdl.shape_key(PRESETS[preset], r["elt"]), entry))
+    click.echo(f"kept at bs {r['bs']}: {mode} (the fastest beyond noise, else early); recorded "
+               f"for {preset} in {path}")
+
+
+def _write_table(path: Path, table: dict) -> None:
+    """Write a table whole: into a temporary file beside it, then renamed over it (the folder
+    made first: the writability check leaves no folder it created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(table, indent=1) + "\n")
     tmp.replace(path)
-    click.echo(f"fastest at bs {r['bs']}: {mode}; recorded for {preset} in {path}")

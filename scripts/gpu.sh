@@ -14,7 +14,7 @@
 #            launch           launch, replay, copy and matmul constants (microbench launch)
 #            arms             the arms in $ARMS side by side, per preset in $PRESETS, batch sizes $BS
 #            trace            a sweep with --trace (a Perfetto trace of one eager and one graphed step)
-#            ab               whole graph steps of two decoders interleaved in one process
+#            ab               whole graph steps of decoders interleaved in one process
 #                             (microbench tune --ab), per preset in $AB_PRESETS and per variant in
 #                             $VARY (default table: the tuned matmul table against the rule) at
 #                             the batch sizes $AB_ROWS (default 1)

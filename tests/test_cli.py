@@ -99,6 +99,7 @@ def test_ladder_padding_and_json():
     (("tune", "--ab", "opt-125m", "--rows", "4"), "--rows"),
     (("tune", "--time-budget", "0"), "--time-budget"),
     (("tune", "--vary", "pdl"), "--vary"),
+    (("tune", "--ab", "opt-125m", "--vary", "plan", "--table", "somewhere"), "--table"),
     (("tune", "--ab", "opt-125m", "--vary", "nope"), "--vary"),
     (("tune", "--workers", "0"), "--workers"),
     (("tune", "--preset", "gpt-5"), "--preset"),

@@ -104,8 +104,9 @@ class _Sweep:
         torch.cuda.synchronize()
         run["build_s"] = time.perf_counter() - t0
         # which plan the step ran, and whether its Triton kernels launch with PDL
-        run["decoder"] = dict(fusion=int(dec.fusion), fast_rows=FAST_ROWS,
-                              pdl=use_pdl(dec.embed, dec.pdl), pdl_mode=mode_name(dec.pdl))
+        launched = use_pdl(dec.embed, dec.pdl)   # False off Hopper, whatever was asked
+        run["decoder"] = dict(fusion=int(dec.fusion), fast_rows=FAST_ROWS, pdl=launched,
+                              pdl_mode=mode_name(dec.pdl) if launched else "off")
         self.runner = self.trunner = self.twin = None
         self.compiled = {}     # arm -> its compiled step (arms.COMPILED_ARMS)
         # the unfused plan on the same weights and caches (arm engine-eager); the torch backend

@@ -36,6 +36,7 @@ from microbench.bench.sweep_config import max_seq_for
 from microbench.bench.tp import (TIMEOUT, bind_all_reduce, build_shard, check_tp, decoder_plan,
                                  free_device_memory, launch_ranks, printer, rank_device,
                                  tp_environment, warm_step)
+from microbench.engine import pdl as pdl_modes
 from microbench.engine.decoder import ToyDecoder
 from microbench.engine.runner import GraphRunner
 from microbench.engine.shapes import torch_dtype, tp_shape
@@ -141,8 +142,10 @@ class _Rank:
         self.ladder = cfg.ladder_sizes() if cfg.mode != "none" else []
         self.max_batch = max(max(cfg.bs), max(self.ladder, default=1))
         self.max_seq = max_seq_for(cfg.context)
+        # one PDL mode for the TP-1 model and every shard: the one measured for the full shape
         self.dec_kw = dict(backend=cfg.backend, max_batch=self.max_batch, max_seq=self.max_seq,
-                           dtype=dtype, device=dev, seed=cfg.seed)
+                           dtype=dtype, device=dev, seed=cfg.seed,
+                           pdl=pdl_modes.resolve(None, cfg.shape, dtype, dev))
         self.save = save or (lambda run: None)
         self.fit, self.model = fit, model
         self.run = self.full = None
@@ -156,7 +159,8 @@ class _Rank:
                                                            compare_tp1=compare_tp1),
                               env=env, ladder=self.ladder, shape=shape.to_dict(),
                               shard_shape=tp_shape(shape, self.world).to_dict(), rows=[],
-                              interrupted=False)
+                              interrupted=False,
+                              decoder=dict(pdl_mode=pdl_modes.mode_name(self.dec_kw["pdl"])))
         say("rank 0 alone: launch costs, copy bandwidth, matrix rate")
         run["launch"] = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
         why = "not asked" if not compare_tp1 else tp1_skip_reason(

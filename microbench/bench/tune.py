@@ -247,20 +247,25 @@ def _graphed_step(preset: str, bs: int, context: int, table: bool = True, **dec_
 def step_ab(preset: str, bs: int = 1, vary: str = "table", context: int = 512, rounds: int = 40,
             steps: int = 10) -> dict:
     """Graph steps of decoders that differ as VARIANTS[vary] says, in one process: the arms take
-    turns, in forward then reverse order (AB, BA; ABC, CBA), each sample `steps` back-to-back
-    replays timed with CUDA events. The result: `arms` (their names, first the reference), each
+    turns, the order rotated every round and reversed every other one (AB, BA; ABC, CBA, BCA,
+    ACB, CAB, BAC), so each arm runs in each position equally often over rounds that are a
+    multiple of 2·arms; each sample `steps` back-to-back replays timed with CUDA events. The
+    result: `arms` (their names, first the reference), `elt` (the decoders' element size), each
     arm's median step (us) with its 95% interval, and `ratios`: for every other arm, the median
     of paired ratios (first arm / that arm) with its 95% bootstrap interval."""
     import torch
 
     from microbench.stats import median_ci, paired_ratio
     names = [name for name, _ in VARIANTS[vary]]
-    # built one after the other: one arm's decoder is built at a time
+    # every arm's decoder and graph stay in memory while the arms take turns
     arms = {name: _graphed_step(preset, bs, context, **dict(kw)) for name, kw in VARIANTS[vary]}
+    elt = arms[names[0]][0].decoder.embed.element_size()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     samples = {name: [] for name in names}
     for i in range(rounds):
-        for name in (names if i % 2 == 0 else names[::-1]):
+        turn = i // 2 % len(names)
+        order = names[turn:] + names[:turn]
+        for name in (order if i % 2 == 0 else order[::-1]):
             step = arms[name][1]
             start.record()
             for _ in range(steps):
@@ -272,10 +277,15 @@ def step_ab(preset: str, bs: int = 1, vary: str = "table", context: int = 512, r
         runner.close()
     out = {name: dict(zip(("median", "lo", "hi"), median_ci(xs))) for name, xs in samples.items()}
     ratios = {name: paired_ratio(samples[names[0]], samples[name]) for name in names[1:]}
-    return dict(preset=preset, bs=bs, vary=vary, arms=names, context=context, rounds=rounds,
-                steps=steps, **out, ratios=ratios)
+    return dict(preset=preset, bs=bs, vary=vary, arms=names, elt=elt, context=context,
+                rounds=rounds, steps=steps, **out, ratios=ratios)
 
 
 def fastest(result: dict) -> str:
-    """The arm of a step_ab result with the smallest median step."""
-    return min(result["arms"], key=lambda name: result[name]["median"])
+    """The arm of a step_ab result to keep: among the arms faster than the reference (the
+    first) beyond noise (their ratio's 95% interval wholly above 1), the one with the smallest
+    median step; the reference when none is."""
+    faster = [name for name, q in result["ratios"].items() if q["ci"][0] > 1.0]
+    if not faster:
+        return result["arms"][0]
+    return min(faster, key=lambda name: result[name]["median"])

@@ -9,7 +9,8 @@ the H200 PDL made opt-125m and llama-1b faster and llama-8b slower (docs/bandwid
 `microbench tune --ab PRESET --vary pdl` times the three modes in whole steps, interleaved in
 one process, and records the fastest in the device's table, `kernels/configs/pdl_<device>.json`,
 keyed by the model's shape and element size. A decoder built with `pdl=None` takes the table's
-choice for its shape, else early (the first measured default).
+choice for its shape, else DEFAULT. One choice per model: measured at one batch size and
+context (those `tune --ab` was given, bs 1 and context 512 by default), it applies to all.
 """
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ from microbench.kernels.gemv_configs import CONFIG_DIR, device_key
 # a mode's name (as tables and runs record it) -> the `pdl` argument the kernel wrappers take
 MODES = {"early": True, "late": "late", "off": False}
 DEFAULT = "early"
+# the names by kernels.pdl_mode's value (PDL_OFF, PDL_EARLY, PDL_LATE)
+_NAMES = ("off", "early", "late")
 
 
 def mode_name(pdl) -> str:
-    """The name of a wrapper's `pdl` argument (True, "early", "late" or False)."""
-    return {True: "early", "early": "early", "late": "late", False: "off"}[pdl]
+    """The name of a wrapper's `pdl` argument (True, "early", "late" or False; anything else
+    raises ValueError)."""
+    return _NAMES[kernels.pdl_mode(pdl)]
 
 
 def table_path(device_name: str, directory: Path | None = None) -> Path:
@@ -50,7 +54,16 @@ def load_table(device_name: str) -> dict:
     path = table_path(device_name)
     if not path.exists():
         return {}
-    return json.loads(path.read_text()).get("choices", {})
+    try:
+        choices = json.loads(path.read_text()).get("choices", {})
+        bad = [k for k, e in choices.items() if e.get("mode") not in MODES]
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"PDL table {path} is not a table `microbench tune --ab P --vary pdl` "
+                         f"writes: {e}") from None
+    if bad:
+        raise ValueError(f"PDL table {path}: entry {bad[0]} has no mode among "
+                         f"{', '.join(MODES)}")
+    return choices
 
 
 def choose(shape: ModelShape, elt: int, device_name: str) -> str:

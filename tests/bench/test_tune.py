@@ -54,11 +54,19 @@ def test_the_clis_vary_choices_are_the_variants():
     assert [kw["pdl"] for _, kw in tune.VARIANTS["pdl"]] == [True, "late", False]
 
 
-def test_fastest_is_the_arm_with_the_smallest_median():
-    r = {"arms": ["pdl-early", "pdl-late", "pdl-off"], "pdl-early": {"median": 5150.0},
-         "pdl-late": {"median": 4890.0}, "pdl-off": {"median": 4657.0}}
+def test_fastest_keeps_the_reference_unless_another_arm_is_faster_beyond_noise():
+    r = {"arms": ["pdl-early", "pdl-late", "pdl-off"], "pdl-early": {"median": 5137.5},
+         "pdl-late": {"median": 4883.1}, "pdl-off": {"median": 4616.1},
+         "ratios": {"pdl-late": {"median": 1.052, "ci": [1.051, 1.053]},
+                    "pdl-off": {"median": 1.113, "ci": [1.113, 1.113]}}}
     assert tune.fastest(r) == "pdl-off"
-    r["pdl-early"]["median"] = 4000.0
+    # off's median is lower but its interval reaches 1: only late is faster beyond noise
+    r["ratios"]["pdl-off"]["ci"] = [0.99, 1.2]
+    assert tune.fastest(r) == "pdl-late"
+    # every other arm slower, or within noise: the reference stays (arms that launch alike, as
+    # on a GPU without PDL, keep the default)
+    r["ratios"] = {"pdl-late": {"median": 0.95, "ci": [0.949, 0.951]},
+                   "pdl-off": {"median": 1.001, "ci": [0.998, 1.004]}}
     assert tune.fastest(r) == "pdl-early"
 
 
@@ -68,12 +76,22 @@ def test_the_pdl_ab_records_its_fastest_mode_for_the_presets_shape(tmp_path, mon
     from microbench import cli_tune
     from microbench.engine import pdl
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
-    r = {"bs": 1, "context": 512, "rounds": 40, "arms": ["pdl-early", "pdl-late", "pdl-off"],
+    r = {"bs": 1, "elt": 2, "context": 512, "rounds": 40,
+         "arms": ["pdl-early", "pdl-late", "pdl-off"],
          "pdl-early": {"median": 5137.5}, "pdl-late": {"median": 4883.1},
          "pdl-off": {"median": 4616.1},
-         "ratios": {"pdl-late": {"median": 1.052}, "pdl-off": {"median": 1.113}}}
+         "ratios": {"pdl-late": {"median": 1.052, "ci": [1.051, 1.053]},
+                    "pdl-off": {"median": 1.113, "ci": [1.113, 1.113]}}}
     path = tmp_path / "pdl_Fake_GPU.json"
     cli_tune._record_pdl("llama-8b", r, path)
     entry = json.loads(path.read_text())["choices"][pdl.shape_key(PRESETS["llama-8b"], 2)]
     assert entry["mode"] == "off" and entry["median_us"]["off"] == 4616.1
     assert entry["ratios"]["pdl-early/pdl-off"] == 1.113
+
+
+def test_a_table_written_into_a_new_folder(tmp_path):
+    from microbench import cli_tune
+    path = tmp_path / "new" / "deeper" / "pdl_Fake_GPU.json"
+    cli_tune._write_table(path, {"choices": {}})
+    assert json.loads(path.read_text()) == {"choices": {}}
+    assert not path.with_suffix(".tmp").exists()

@@ -49,3 +49,37 @@ def test_a_decoder_takes_the_table_only_when_asked_and_refuses_a_bad_mode():
     assert ToyDecoder(shape, max_batch=2, max_seq=16, device="cpu", pdl="late").pdl == "late"
     with pytest.raises(ValueError, match="pdl must be True, False, 'early' or 'late'"):
         ToyDecoder(shape, max_batch=2, max_seq=16, device="cpu", pdl="sometimes")
+
+
+def write_table(path, shape, mode):
+    t = pdl.merge_table(path, dict(device="Fake GPU", command="microbench tune --ab P --vary pdl"),
+                        pdl.shape_key(shape, 2), dict(mode=mode))
+    path.write_text(json.dumps(t))
+
+
+def test_resolve_takes_the_table_for_none_and_keeps_an_explicit_mode(table_dir, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    write_table(pdl.table_path("Fake GPU"), PRESETS["llama-8b"], "off")
+    cuda = torch.device("cuda")
+    assert pdl.resolve(None, PRESETS["llama-8b"], torch.bfloat16, cuda) is False
+    assert pdl.resolve(None, PRESETS["llama-8b"], torch.float32, cuda) is True   # not measured
+    assert pdl.resolve(None, PRESETS["llama-1b"], torch.bfloat16, cuda) is True
+    assert pdl.resolve(True, PRESETS["llama-8b"], torch.bfloat16, cuda) is True
+    assert pdl.resolve("late", PRESETS["llama-8b"], torch.bfloat16, cuda) == "late"
+
+
+@pytest.mark.parametrize("text, says", [
+    ("{not json", "is not a table"),
+    ('{"choices": {"k": {"mode": "sometimes"}}}', "entry k has no mode among early, late, off"),
+])
+def test_a_broken_table_is_one_line_naming_the_file(table_dir, text, says):
+    pdl.table_path("Fake GPU").write_text(text)
+    with pytest.raises(ValueError, match=says) as e:
+        pdl.choose(PRESETS["llama-8b"], 2, "Fake GPU")
+    assert str(pdl.table_path("Fake GPU")) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_bad_mode_name_is_refused():
+    with pytest.raises(ValueError, match="pdl must be"):
+        pdl.mode_name("sometimes")
