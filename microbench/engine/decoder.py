@@ -50,7 +50,7 @@ from microbench import kernels
 
 from microbench.engine import pdl as pdl_modes
 from microbench.engine import plan
-from microbench.engine.bound import BoundStep
+from microbench.engine.bound import Binding
 from microbench.engine.plan import Fusion
 from microbench.engine.shapes import ModelShape
 from microbench.engine.weights import random_weights
@@ -74,7 +74,7 @@ def kernel_ops(backend: str) -> KernelOps:
     return KernelOps(backend)
 
 
-class ToyDecoder:
+class ToyDecoder(Binding):
     def __init__(self, shape: ModelShape, backend: str = "triton", max_batch: int = 64,
                  max_seq: int = 1024, dtype: torch.dtype = torch.bfloat16,
                  device: str | torch.device = "cuda", seed: int = 0,
@@ -295,41 +295,6 @@ class ToyDecoder:
         return self.piece(self.shape.n_layers, tokens, positions, slots, o, res)
 
     __call__ = step
-
-    def bind(self, bs: int) -> BoundStep:
-        """The step at batch bs as bound launches (engine.bound.BoundStep): argument checks,
-        output buffers and each launch's binding done once, by recording one step on static
-        inputs at the scratch slot (no sequence's cache changes). Triton backend; a tensor-
-        parallel shard's all-reduces are recorded in place too, so every rank must bind the same
-        batch size at the same time (binding runs one step)."""
-        if self.backend != "triton":
-            raise ValueError("bind: bound steps run the triton backend only")
-        if not 1 <= bs <= self.max_batch:
-            raise ValueError(f"bind: batch size {bs} is outside 1..{self.max_batch}")
-        inputs = torch.zeros(3, bs, dtype=torch.long, device=self.device)  # tokens; positions; slots
-        inputs[2] = self.scratch_slot
-        record: list = []
-        logits = self._recording(record, self.step, *inputs)
-        return BoundStep(inputs, record, logits)
-
-    def bind_attention(self, l: int, q, slots, seq_lens, out) -> list | None:
-        """Run layer l's attention once into `out` and return its launches bound, to replay on
-        the same tensors (the piecewise graphs' eager attention); None on the torch backend,
-        whose calls are not bound."""
-        if self.backend != "triton":
-            self.attention(l, q, slots, seq_lens, out=out)
-            return None
-        record: list = []
-        self._recording(record, self.attention, l, q, slots, seq_lens, out=out)
-        return record
-
-    def _recording(self, record: list, fn, *args, **kw):
-        """fn(*args, **kw) with every kernel wrapper appending its bound launch to `record`."""
-        self._rec = {"record": record}
-        try:
-            return fn(*args, **kw)
-        finally:
-            self._rec = {}
 
     def with_fusion(self, fusion: Fusion) -> "ToyDecoder":
         """The same decoder (weights, KV caches) running another plan."""
