@@ -39,13 +39,13 @@ from typing import NamedTuple
 import torch
 
 from microbench.bench.env import environment
-from microbench.bench.model_options import check_full_max_size
+from microbench.bench.model_options import check_batch_sizes, check_full_max_size
 from microbench.bench.sweep_config import checked_ladder, max_seq_for
 from microbench.bench.timing import summarize
 from microbench.engine.decoder import BACKENDS, ToyDecoder
 from microbench.engine.ladders import resolve_ladder
 from microbench.engine.runner import MODES, GraphRunner
-from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS, torch_dtype
+from microbench.engine.shapes import DTYPE_NAMES, MAX_CONTEXT, PRESETS, torch_dtype
 from microbench.stats import paired_ratio
 
 PREFILLS = ("fill", "steps")
@@ -71,13 +71,7 @@ class GenerateConfig:
 
     def validate(self) -> "GenerateConfig":
         """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
-        if not self.bs:
-            raise ValueError("--bs: give at least one batch size")
-        if len(set(self.bs)) != len(self.bs):
-            raise ValueError(f"--bs: batch sizes must be distinct, got {','.join(map(str, self.bs))}")
-        for b in self.bs:
-            if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BATCH:
-                raise ValueError(f"--bs: {b!r} is out of range; batch sizes are 1..{MAX_BATCH}")
+        check_batch_sizes(self.bs)
         for name, v, allowed in (("preset", self.preset, PRESETS), ("mode", self.mode, MODES),
                                  ("dtype", self.dtype, DTYPE_NAMES),
                                  ("backend", self.backend, BACKENDS),

@@ -28,3 +28,14 @@ def check_full_max_size(mode: str, full_max_size) -> None:
     if isinstance(full_max_size, bool) or not isinstance(full_max_size, int) \
             or not 1 <= full_max_size <= MAX_BATCH:
         raise ValueError(f"--full-max-size: {full_max_size!r} is out of range; 1..{MAX_BATCH}")
+
+
+def check_batch_sizes(bs) -> None:
+    """Raise ValueError('--bs: ...') unless bs is one or more distinct ints in 1..MAX_BATCH."""
+    if not bs:
+        raise ValueError("--bs: give at least one batch size")
+    if len(set(bs)) != len(bs):
+        raise ValueError(f"--bs: batch sizes must be distinct, got {','.join(map(str, bs))}")
+    for b in bs:
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BATCH:
+            raise ValueError(f"--bs: {b!r} is out of range; batch sizes are 1..{MAX_BATCH}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from microbench.bench.model_options import check_full_max_size, check_model_options
+from microbench.bench.model_options import check_batch_sizes, check_full_max_size, check_model_options
 from microbench.engine.shapes import MAX_BATCH, ModelShape, PRESETS
 from microbench.engine.ladders import resolve_ladder
 from microbench.engine.runner import MODES
@@ -32,13 +32,7 @@ class SweepConfig:
 
     def validate(self) -> "SweepConfig":
         """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""
-        if not self.bs:
-            raise ValueError("--bs: give at least one batch size")
-        if len(set(self.bs)) != len(self.bs):
-            raise ValueError(f"--bs: batch sizes must be distinct, got {','.join(map(str, self.bs))}")
-        for b in self.bs:
-            if not isinstance(b, int) or not 1 <= b <= MAX_BATCH:
-                raise ValueError(f"--bs: {b!r} is out of range; batch sizes are 1..{MAX_BATCH}")
+        check_batch_sizes(self.bs)
         check_model_options(self.preset, self.context, self.dtype)
         if self.mode not in MODES:
             raise ValueError(f"--mode: {self.mode!r}; choose one of {', '.join(MODES)}")
