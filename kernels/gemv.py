@@ -7,7 +7,11 @@ library's tiling (plus, at one row, cuBLAS's split-K reduction kernels) only add
 program here owns BLOCK_N output features: it streams their rows of W once, in BLOCK_K chunks,
 and multiplies every input row against each chunk, either on CUDA cores in fp32 (DOT=0: every
 row times every weight column in registers, for few rows) or on tensor cores (DOT=1: the rows
-padded to 16 with masked loads, products summed in fp32, chunks pipelined STAGES deep). Which,
+padded to 16 with masked loads, products summed in fp32, chunks pipelined STAGES deep). On CUDA
+cores each chunk's products are either summed across the program as the chunk comes (a
+reduction through shared memory, with barriers, per chunk) or, with DEFER, kept as per-thread
+partial sums over the whole row and summed once at the end, so the chunks' loads are never held
+behind a barrier. Which,
 and the tile, is chosen per device, weight shape and row bucket by measurement
 (gemv_configs.py, `microbench tune`).
 
@@ -81,13 +85,31 @@ def _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb, mask_
 
 
 @triton.jit
+def _part(acc3, acc32, ssv, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb, mask_b,
+          K: tl.constexpr, NORM: tl.constexpr, EPI: tl.constexpr):
+    """One BLOCK_K chunk on CUDA cores, not reduced (DEFER): acc3 [BB, BN, BK] += x · w
+    element by element (acc32 += x · w2 for the up rows), ssv [BB, BK] += x²."""
+    mask_k = offs_k < K
+    x = tl.load(x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :],
+                mask=mask_b[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+    if NORM:
+        ssv += x * x
+        nw = tl.load(nw_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        x = x * nw[None, :]
+    acc3 += x[:, None, :] * w.to(tl.float32)[None, :, :]
+    if EPI == 2:
+        acc32 += x[:, None, :] * w2.to(tl.float32)[None, :, :]
+    return acc3, acc32, ssv
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, nw_ptr, w_ptr, r_ptr, y_ptr,
     N, stride_xb, stride_wn, stride_rb, stride_yb, eps,
     B: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, EPI: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
     AHEAD: tl.constexpr, DOT: tl.constexpr, USE_PDL: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr, DEFER: tl.constexpr = 0,
 ):
     pid = tl.program_id(0)
     # BLOCK_K is fixed per weight shape and row bucket, never per row count: each row's dot
@@ -112,7 +134,28 @@ def _gemv_kernel(
     if EPI == 2:
         w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
     pdl_enter(USE_PDL)
-    if AHEAD:
+    if DEFER:
+        # per-thread partial sums over the whole row, reduced across the program once at the
+        # end: no chunk waits for the others' reduction, so the loop carries no barrier and
+        # its loads can run ahead (unrolled DEFER times)
+        acc3 = tl.zeros([BLOCK_B, BLOCK_N, BK], tl.float32)
+        acc32 = tl.zeros([BLOCK_B, BLOCK_N, BK], tl.float32)
+        ssv = tl.zeros([BLOCK_B, BK], tl.float32)
+        acc3, acc32, ssv = _part(acc3, acc32, ssv, w, w2, x_ptr, nw_ptr, offs_b, offs_k,
+                                 stride_xb, mask_b, K, NORM, EPI)
+        for k0 in tl.range(BK, K, BK, num_stages=1, loop_unroll_factor=DEFER):
+            offs_k = k0 + tl.arange(0, BK)
+            wm = mask_n[:, None] & (offs_k < K)[None, :]
+            w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)
+            w2 = w
+            if EPI == 2:
+                w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
+            acc3, acc32, ssv = _part(acc3, acc32, ssv, w, w2, x_ptr, nw_ptr, offs_b, offs_k,
+                                     stride_xb, mask_b, K, NORM, EPI)
+        acc = tl.sum(acc3, axis=2)
+        acc2 = tl.sum(acc32, axis=2)
+        ss = tl.sum(ssv, axis=1)
+    elif AHEAD:
         # one chunk ahead: chunk c + 1's weights are requested before chunk c is multiplied, so
         # a program has two chunks of loads in flight
         for k0 in tl.range(BK, K, BK, num_stages=1):
@@ -200,7 +243,8 @@ def _launch(x, w, n_out, cfg, pdl, record, norm=False, epi=0, r=None, nw=None, e
     y = torch.empty((B, n_out), dtype=x.dtype, device=x.device)
     r_ = r if r is not None else y
     nw_ = nw if nw is not None else w
-    cfg = {"AHEAD": 0, "DOT": 0, **(cfg if cfg is not None else choose_config(x, w, norm, epi))}
+    cfg = {"AHEAD": 0, "DOT": 0, "DEFER": 0,
+           **(cfg if cfg is not None else choose_config(x, w, norm, epi))}
     pdl = _utils.use_pdl(_gemv_kernel, x, pdl)
     # tensor-core tiles take at least 16 rows (the padding rows are masked off, loaded as zeros)
     block_b = max(16 if cfg["DOT"] else 1, triton.next_power_of_2(B))

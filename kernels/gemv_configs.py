@@ -13,7 +13,10 @@ not hold take `rule_config`, the rule the table was first seeded from.
 The keys of a config: BLOCK_N output features per program; BLOCK_K weight columns per chunk;
 STAGES chunks the compiler keeps in flight (tensor-core path); num_warps; AHEAD (CUDA-core path:
 the next chunk's loads issued before this chunk is multiplied); DOT (1: the chunk's product on
-tensor cores with the rows padded to 16, 0: on CUDA cores, every row against every weight).
+tensor cores with the rows padded to 16, 0: on CUDA cores, every row against every weight);
+DEFER (CUDA-core path, 0: each chunk's products summed across the program as it comes; n >= 1:
+per-thread partial sums kept over the whole row and summed once at the end, the chunk loop
+unrolled n times). Entries tuned before DEFER existed read as DEFER=0.
 """
 from __future__ import annotations
 
@@ -24,12 +27,12 @@ import re
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-LAUNCH_KEYS = ("BLOCK_N", "BLOCK_K", "STAGES", "num_warps", "AHEAD", "DOT")
+LAUNCH_KEYS = ("BLOCK_N", "BLOCK_K", "STAGES", "num_warps", "AHEAD", "DOT", "DEFER")
 ROW_BUCKETS = (1, 2, 4, 8, 16)
 
 # Under the interpreter every program costs milliseconds of numpy: few, large ones (the kernel
 # tests pass smaller ones through `config=` to cover many programs and chunks on small shapes).
-INTERPRETED = dict(BLOCK_N=128, BLOCK_K=512, STAGES=1, num_warps=4, AHEAD=0, DOT=0)
+INTERPRETED = dict(BLOCK_N=128, BLOCK_K=512, STAGES=1, num_warps=4, AHEAD=0, DOT=0, DEFER=0)
 
 
 def row_bucket(rows: int) -> int:
@@ -83,14 +86,14 @@ def rule_config(n_rows_w: int, k: int, rows: int, elt: int) -> dict:
     holds every row times every weight column in registers, so the product goes on tensor
     cores, the rows padded to 16."""
     if row_bucket(rows) > 8:
-        return dict(BLOCK_N=32, BLOCK_K=128, STAGES=4, num_warps=4, AHEAD=0, DOT=1)
+        return dict(BLOCK_N=32, BLOCK_K=128, STAGES=4, num_warps=4, AHEAD=0, DOT=1, DEFER=0)
     warps = 4
     vec = 16 // elt * 32 * warps
     if k <= vec:
-        return dict(BLOCK_N=4, BLOCK_K=vec, STAGES=3, num_warps=warps, AHEAD=0, DOT=0)
+        return dict(BLOCK_N=4, BLOCK_K=vec, STAGES=3, num_warps=warps, AHEAD=0, DOT=0, DEFER=0)
     if k <= 2 * vec:
-        return dict(BLOCK_N=4, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=0, DOT=0)
-    return dict(BLOCK_N=2, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=1, DOT=0)
+        return dict(BLOCK_N=4, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=0, DOT=0, DEFER=0)
+    return dict(BLOCK_N=2, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=1, DOT=0, DEFER=0)
 
 
 def choose_config(n_rows_w: int, k: int, rows: int, elt: int, norm: bool = False, epi: int = 0,
@@ -101,33 +104,41 @@ def choose_config(n_rows_w: int, k: int, rows: int, elt: int, norm: bool = False
         entry = load_table(device_name).get(shape_key(n_rows_w, k, norm, epi, elt), {})
         tuned = entry.get(str(row_bucket(rows)))
         if tuned is not None:
-            return {key: tuned[key] for key in LAUNCH_KEYS}
+            return {key: tuned.get(key, 0) for key in LAUNCH_KEYS}
     return rule_config(n_rows_w, k, rows, elt)
 
 
 def candidates(k: int, rows: int, elt: int) -> list[dict]:
     """The configs `microbench tune` times for `rows` rows (a bucket) and a K: CUDA-core tiles
-    up to 8 rows (more of them at one or two rows, where they win), tensor-core tiles at every
-    bucket (three at one row, seven above), and the rule's choice always, so a tuned entry is
-    never slower than the rule as measured."""
+    up to 8 rows (more of them at one or two rows, where they win, the deferred-sum ones among
+    them), tensor-core tiles at every bucket (three at one row, seven above), and the rule's
+    choice always, so a tuned entry is never slower than the rule as measured."""
     warps = 4
     vec = 16 // elt * 32 * warps
     out = []
     if rows <= 8:
-        cuda = [(2, 2 * vec, 4, 1), (4, vec, 4, 0), (4, 2 * vec, 4, 0), (4, 2 * vec, 4, 1),
-                (8, vec, 4, 1), (2, 2 * vec, 8, 1), (1, 2 * vec, 4, 1)]
+        # (BLOCK_N, BLOCK_K, num_warps, AHEAD, DEFER)
+        cuda = [(2, 2 * vec, 4, 1, 0), (4, vec, 4, 0, 0), (4, 2 * vec, 4, 0, 0), (4, 2 * vec, 4, 1, 0),
+                (8, vec, 4, 1, 0), (2, 2 * vec, 8, 1, 0), (1, 2 * vec, 4, 1, 0)]
+        # deferred sums hold BLOCK_B · BLOCK_N · BLOCK_K fp32 partials in registers: small
+        # tiles, many programs per SM, at one or two rows only
+        cuda += [(4, vec // 4, 4, 0, 1), (4, vec // 2, 4, 0, 1), (8, vec // 4, 4, 0, 1),
+                 (4, vec // 2, 8, 0, 1), (8, vec // 2, 8, 0, 1), (2, vec // 2, 4, 0, 1),
+                 (4, vec // 4, 4, 0, 2), (8, vec // 2, 4, 0, 1)]
         if rows > 2:
             cuda = cuda[:4]
-        for bn, bk, w, ahead in cuda:
+        for bn, bk, w, ahead, defer in cuda:
             if bk // 2 < k or bk == vec:   # a chunk at least half used
-                out.append(dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=3, num_warps=w, AHEAD=ahead, DOT=0))
+                out.append(dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=3, num_warps=w, AHEAD=ahead, DOT=0,
+                                DEFER=defer))
     dots = [(16, 256, 4), (32, 128, 4), (32, 256, 3), (64, 128, 4), (16, 128, 6), (32, 128, 6),
             (64, 256, 3)]
     if rows == 1:
         dots = dots[:3]
     for bn, bk, stages in dots:
         if bk <= max(64, k):
-            out.append(dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=4, AHEAD=0, DOT=1))
+            out.append(dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=4, AHEAD=0, DOT=1,
+                            DEFER=0))
     rule = rule_config(0, k, rows, elt)
     if rule not in out:
         out.append(rule)

@@ -6,8 +6,9 @@
 #   usage:   MICROBENCH_GIT_REV=$(git rev-parse --short=12 HEAD) bash scripts/gpu.sh [stage ...]
 #   stages:  tests            the whole test suite (gpu-marked tests included); TESTS=path narrows it
 #            kernels          each decode kernel's bandwidth (microbench kernels; KPRESET, KBS, KCTX)
-#            tune             the skinny matmuls' configs measured (microbench tune); the table is
-#                             copied to the logs
+#            tune             the skinny matmuls' configs measured (microbench tune $TUNE_ARGS, e.g.
+#                             "--preset llama-8b --rows 1"; default every preset and bucket); the
+#                             table is copied to the logs
 #            sweep            the default sweep of opt-125m and llama-1b, each from a cold Triton cache
 #            sweep3           three back-to-back default sweeps (how far the numbers move between runs)
 #            repeat           each preset in $PRESETS swept with --repeat 3 (three fresh processes)
@@ -51,7 +52,7 @@ for st in $stages; do
       microbench kernels --preset ${KPRESET:-llama-8b} --bs ${KBS:-1,16,64} --context ${KCTX:-4096} \
         --out "$new" 2>&1 | tee "$LOG/kernels.log"; rc=$? ;;
     tune)
-      microbench tune 2>&1 | tee "$LOG/tune.log"; rc=$?
+      microbench tune ${TUNE_ARGS:-} 2>&1 | tee "$LOG/tune.log"; rc=$?
       cp kernels/configs/*.json "$LOG/" ;;
     sweep)
       # cold: a fresh Triton cache, so compilation is inside the measured wall time

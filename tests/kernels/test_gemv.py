@@ -120,6 +120,29 @@ def test_gemv_one_chunk_ahead(B, K, N, dtype, atol, rtol, device):
         assert_close(ahead, ref(), dtype, atol, rtol)
 
 
+@pytest.mark.parametrize("B, K, N", [(1, 200, 11), (2, 300, 13), (1, 64, 5)], ids=str)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+def test_gemv_deferred_sums(B, K, N, dtype, atol, rtol, device):
+    """DEFER (per-thread partial sums over the row, one reduction at the end; the chunk loop
+    unrolled 1 or 2 times) matches every fused form's reference, for a K of one chunk, several
+    and a ragged last one; the unroll factor does not change the sums."""
+    g = gen(29)
+    h = 2 * randn(B, K, g=g, dtype=dtype, device=device)
+    nw = _norm_w(K, g, dtype, device)
+    w, w_gu = _weight(N, K, g, dtype, device), 2 * _weight(2 * N, K, g, dtype, device)
+    r = randn(B, N, g=g, dtype=dtype, device=device)
+    calls = {"linear": (lambda c: linear(h, w, residual=r, config=c), lambda: linear_ref(h, w, residual=r)),
+             "rmsnorm_linear": (lambda c: rmsnorm_linear(h, nw, 1e-5, w, config=c),
+                                lambda: rmsnorm_linear_ref(h, nw, 1e-5, w)),
+             "swiglu": (lambda c: rmsnorm_linear_swiglu(h, nw, 1e-5, w_gu, config=c),
+                        lambda: rmsnorm_linear_swiglu_ref(h, nw, 1e-5, w_gu))}
+    cfg = dict(BLOCK_N=4, BLOCK_K=64 if device.type == "cpu" else 128, STAGES=3, num_warps=4, AHEAD=0, DOT=0)
+    for name, (fn, ref) in calls.items():
+        once = fn(dict(cfg, DEFER=1))
+        assert torch.equal(fn(dict(cfg, DEFER=2)), once), name
+        assert_close(once, ref(), dtype, atol, rtol)
+
+
 @pytest.mark.parametrize("B, K, N", [(1, 200, 40), (4, 130, 17), (11, 257, 50), (16, 64, 16)],
                          ids=str)
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)

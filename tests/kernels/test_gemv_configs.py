@@ -22,9 +22,9 @@ def test_tuned_entry_wins_for_its_shape_and_bucket_only(tmp_path, monkeypatch):
     monkeypatch.setattr(gc, "CONFIG_DIR", tmp_path)
     gc.load_table.cache_clear()
     try:
-        for rows in (3, 4):   # one bucket: one config
+        for rows in (3, 4):   # one bucket: one config; an entry tuned before DEFER reads DEFER=0
             got = gc.choose_config(6144, 4096, rows, 2, norm=True, epi=0, device_name="Fake GPU")
-            assert got == {k: tuned[k] for k in gc.LAUNCH_KEYS}
+            assert got == dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=1, DEFER=0)
         # another bucket, another fusion, another device: the rule
         for args, dev in (((6144, 4096, 2, 2, True, 0), "Fake GPU"),
                           ((6144, 4096, 4, 2, False, 1), "Fake GPU"),
@@ -54,7 +54,7 @@ def test_candidates_hold_the_rule_and_only_tiles_that_fit(rows):
 
 
 def test_tables_off_hides_every_table(tmp_path, monkeypatch):
-    tuned = dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=1)
+    tuned = dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=0, DEFER=2)
     key = gc.shape_key(512, 256, False, 0, 2)
     (tmp_path / "gemv_Fake_GPU.json").write_text(json.dumps({"configs": {key: {"1": tuned}}}))
     monkeypatch.setattr(gc, "CONFIG_DIR", tmp_path)
