@@ -1,0 +1,49 @@
+"""The helper scripts under scripts/ that run without a GPU."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("regs, warps, programs", [
+    (219, 4, 2),    # 224 per thread allocated: 28672 registers a program
+    (56, 4, 9),
+    (32, 4, 16),    # 16 programs of 128 threads fill the SM's 2048 threads
+    (31, 8, 8),
+    (255, 8, 1),
+])
+def test_programs_per_sm_by_registers_and_threads(regs, warps, programs):
+    assert _load("gemv_regs").programs_per_sm(regs, warps) == programs
+
+
+def test_gemv_regs_compiles_a_table_offline(tmp_path):
+    """ptxas (shipped in Triton) compiles a table's entries for SM 9.0 without a GPU, in a
+    process without the interpreter (which this test session may have on): a deferred-sum tile
+    and a register-hungry one both compile, within the 255-register limit and without spilling."""
+    key = "N=28672,K=4096,norm=1,epi=2,elt=2"
+    small = dict(BLOCK_N=4, BLOCK_K=512, STAGES=3, num_warps=4, AHEAD=0, DOT=0, DEFER=1, matmul="a")
+    big = dict(BLOCK_N=4, BLOCK_K=2048, STAGES=3, num_warps=4, AHEAD=0, DOT=0, DEFER=0, matmul="b")
+    table = tmp_path / "gemv_test.json"
+    table.write_text(json.dumps({"configs": {key: {"1": small}, key.replace("K=4096", "K=2048"): {"1": big}}}))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(SCRIPTS / "gemv_regs.py"), str(table)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["a", "b"]
+    for r in rows:
+        regs, spill, progs = map(int, r[-3:])
+        assert 0 < regs <= 255 and spill == 0 and progs == _load("gemv_regs").programs_per_sm(regs, 4)
