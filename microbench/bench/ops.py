@@ -1,5 +1,5 @@
 """Per-op costs of a decode step, through the decoder's own call path: host time to enqueue each
-op of the plan (measure_ops, eager_with_op_costs, with the Python glue of a piece between its
+op of the plan (measure_ops, OpCostSampler, with the Python glue of a piece between its
 launches) and GPU time per kernel family against the bytes it moves (kernel_lines), the
 model's per-op inputs.
 """
@@ -42,42 +42,74 @@ def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
     return out
 
 
-def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float, bound=None):
-    """Wall time of eager steps (each synchronised, as the sweep times them) and, sampled
-    between them, the host cost of each op of the step's plan at batch b (10 calls per sample)
-    and of the Python between launches, so all see the host in the same state: on the lent
-    machines its speed drifts by a fifth and more between seconds, which a profile measured once
-    at the start cannot follow.
+class OpCostSampler:
+    """Samples, one call of `sample()` at a time, the host cost of each op of the step's plan at
+    batch b (10 calls each), of a piece (5 calls) and of one whole step (`step`, synchronised
+    before it): what the model prices the eager step with. The sweep calls `sample()` before
+    each of the eager arm's samples in its rotation, so these see the host in the state the
+    timed steps see it (on the lent machines its speed drifts by a tenth and more between the
+    phases of one row).
 
     Through the decoder's wrappers (bound=None), the Python between launches is one middle
     piece's host time less its kernels' costs. For a bound step (`bound`, an
     engine.bound.BoundStep whose launches follow the plan), each op's cost is its own bound
     launch's, and the rest of a whole step's host time, spread over the pieces, is the loop
     between launches. Either way that remainder is `piece_glue_us`, which the model adds once
-    per piece. Returns (wall Stats per step, {op name: host us per call, median}, piece_glue_us)."""
-    plan = step_kernels(dec.shape, b, 0, dec.embed.element_size(), dec.attention_launches(b),
-                        fusion=dec.fusion)
-    if bound is None:
-        fns, piece = op_fns(dec, b), middle_piece(dec, b)
-    else:
-        fns, piece = bound_op_fns(bound, plan), bound.run
-    for fn in (step, piece, *fns.values()):
-        fn()
-    torch.cuda.synchronize()
-    op_samples: dict = {n: [] for n in fns}
-    piece_samples = []
+    per piece."""
 
-    def timed(fn, n):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return (time.perf_counter() - t0) * 1e6 / n
+    def __init__(self, step, dec, b: int, bound=None):
+        self.step, self.dec, self.bound = step, dec, bound
+        self.plan = step_kernels(dec.shape, b, 0, dec.embed.element_size(),
+                                 dec.attention_launches(b), fusion=dec.fusion)
+        if bound is None:
+            self.fns, self.piece = op_fns(dec, b), middle_piece(dec, b)
+        else:
+            self.fns, self.piece = bound_op_fns(bound, self.plan), bound.run
+        self.ops: dict = {n: [] for n in self.fns}
+        self.pieces: list = []
+        self.steps: list = []
+
+    def sample(self) -> None:
+        if not self.pieces:   # the first call compiles and warms every op
+            for fn in (self.step, self.piece, *self.fns.values()):
+                fn()
+        for n, fn in self.fns.items():
+            self.ops[n].append(_host_us(fn, 10))
+        self.pieces.append(_host_us(self.piece, 5))
+        self.steps.append(_host_us(self.step, 1))
+
+    def result(self):
+        """({op name: host us per call, median}, piece_glue_us, Stats of one step's host us)."""
+        costs = {n: summarize(v).median for n, v in self.ops.items()}
+        piece_us = summarize(self.pieces).median
+        step_host = summarize(self.steps)
+        if self.bound is not None:
+            glue = (piece_us - sum(costs[k.name] for k in self.plan)) / self.dec.n_pieces
+            return costs, glue, step_host
+        if "rmsnorm" in costs:
+            costs["final_norm"] = costs["rmsnorm"]
+        costs["attention_reduce"] = 0.0   # decode_attention's wrapper launches its reduce too
+        glue = piece_us - sum(costs.get(k.name, 0.0) for k in piece_kernels(self.plan))
+        return costs, glue, step_host
+
+
+def _host_us(fn, n: int) -> float:
+    """Host us per call of n back-to-back calls of fn, starting synchronised."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) * 1e6 / n
+
+
+def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float, bound=None):
+    """Wall time of eager steps (each synchronised, as the sweep times them) with an
+    OpCostSampler's sample taken before each: (wall Stats per step, {op name: host us per
+    call}, piece_glue_us)."""
+    sampler = OpCostSampler(step, dec, b, bound)
 
     def sample():
-        for n, fn in fns.items():
-            op_samples[n].append(timed(fn, 10))
-        piece_samples.append(timed(piece, 5))
+        sampler.sample()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -86,15 +118,7 @@ def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float, bound=No
         return (time.perf_counter() - t0) * 1e6 / steps
 
     wall = settle(sample, budget_s=budget_s)
-    costs = {n: summarize(v).median for n, v in op_samples.items()}
-    piece_us = summarize(piece_samples).median
-    if bound is not None:
-        glue = (piece_us - sum(costs[k.name] for k in plan)) / dec.n_pieces
-        return wall, costs, glue
-    if "rmsnorm" in costs:
-        costs["final_norm"] = costs["rmsnorm"]
-    costs["attention_reduce"] = 0.0   # decode_attention's wrapper launches its reduce too
-    glue = piece_us - sum(costs.get(k.name, 0.0) for k in piece_kernels(plan))
+    costs, glue, _ = sampler.result()
     return wall, costs, glue
 
 

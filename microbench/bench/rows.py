@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from microbench.bench.ops import eager_with_op_costs
+from microbench.bench.ops import OpCostSampler
 from microbench.bench.timing import (Stats, gpu_time_us, host_time_us, interleave, summarize,
                                      wall_sampler)
 from microbench.engine.nvtx import nvtx_range
@@ -72,14 +72,16 @@ class Budget:
 class Timer:
     """An arm's timer: wall time of `budget.steps` synchronised steps per sample, its fields
     named `{prefix}step_us`, ...; `scale` weighs its share of the row's time cap; with `event`,
-    the CUDA-event time of the same samples (`{prefix}event_us`); `after(step, row)` returns
-    secondary figures, measured once the rotation ends. Called as `timer(step, row)`, it times
-    the step alone (a rotation of one arm)."""
+    the CUDA-event time of the same samples (`{prefix}event_us`); `beside()`, when given, runs
+    untimed before each of the arm's samples (figures that must see the host as the timed
+    steps do); `after(step, row)` returns secondary figures once the rotation ends. Called as
+    `timer(step, row)`, it times the step alone (a rotation of one arm)."""
     prefix: str
     budget: Budget
     scale: float = 1.0
     event: bool = False
     after: Callable | None = None
+    beside: Callable | None = None
 
     def __call__(self, fn, row) -> dict:
         out = sample_rotation({"": (fn, self)})
@@ -132,7 +134,8 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
     budget = timers[0].budget
     cap = sum(t.scale * t.budget.budget_s for t in timers)
     events = {n: [] if t.event else None for n, (_, t) in arms.items()}
-    samplers = {n: ranged(wall_sampler(fn, t.budget.steps, events=events[n]), f"{n} steps")
+    samplers = {n: ranged(wall_sampler(fn, t.budget.steps, events=events[n]), f"{n} steps",
+                          t.beside)
                 for n, (fn, t) in arms.items()}
     for fn, _ in arms.values():
         for _ in range(WARMUP):
@@ -160,11 +163,13 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
     return out
 
 
-def ranged(sample, name: str):
+def ranged(sample, name: str, beside=None):
     """`sample` inside a range named `name` (NVTX and profiler), so a trace shows each arm's
     timed steps; the range opens before the sample's own clock starts and closes after it
-    stops."""
+    stops. `beside()`, when given, runs first, outside the range and the clock."""
     def call():
+        if beside is not None:
+            beside()
         with nvtx_range(name):
             return sample()
     return call
@@ -224,17 +229,22 @@ def graph_timer(budget: Budget) -> Timer:
     return Timer("graph_", budget, after=after)
 
 
-def eager_timer(dec, bs: int, budget: Budget, host_costs: dict, bound=None) -> Timer:
-    """The sweep's eager arm: eager steps are host-bound and the host is the noisier side, so
-    twice the share of the time cap; after the rotation, the plan's op host costs and the
-    piece glue, sampled between eager steps (ops.eager_with_op_costs; its own step times are
-    not the row's) and left in `host_costs` (op_host_us, piece_glue_us); then the host time of
-    one step (`eager_host_us`). With `bound` (the engine.bound.BoundStep the arm runs), the op
-    costs are its bound launches'."""
+def eager_timer(dec, bs: int, budget: Budget, host_costs: dict, step, bound=None) -> Timer:
+    """The sweep's eager arm (`step`): eager steps are host-bound and the host is the noisier
+    side, so twice the share of the time cap. Before each of its samples in the rotation, an
+    ops.OpCostSampler samples the plan's op host costs, the piece glue and one step's host time,
+    so the model's host inputs see the host as the timed steps do; after the rotation they are
+    left in `host_costs` (op_host_us, piece_glue_us) and the row gets `eager_host_us`. With
+    `bound` (the engine.bound.BoundStep the arm runs), the op costs are its bound launches'."""
+    made: list = []
+
+    def beside():
+        if not made:
+            made.append(OpCostSampler(step, dec, bs, bound))
+        made[0].sample()
+
     def after(fn, row) -> dict:
-        _, ops, glue = eager_with_op_costs(fn, dec, bs, budget.steps, budget.budget_s / 2,
-                                           bound=bound)
-        host = host_time_us(fn, budget_s=budget.budget_s)
+        ops, glue, host = made[0].result()
         host_costs.update(op_host_us=ops, piece_glue_us=glue)
         return {"eager_host_us": host.median}
-    return Timer("eager_", budget, scale=2.0, after=after)
+    return Timer("eager_", budget, scale=2.0, after=after, beside=beside)

@@ -155,15 +155,54 @@ def test_real_sampler_on_a_cpu_clock():
     assert row["speedup"] is None and isinstance(row["stable"], bool)
 
 
+class FakeOpCosts:
+    """ops.OpCostSampler's interface: counts its samples; fixed costs."""
+    made: list = []
+
+    def __init__(self, step, dec, b, bound=None):
+        self.n = 0
+        FakeOpCosts.made.append(self)
+
+    def sample(self):
+        self.n += 1
+
+    def result(self):
+        return {"qkv_proj": 4.0}, 1.0, Stats(3.0, 3.0, 3.0, self.n)
+
+
+def test_op_costs_are_sampled_before_each_eager_sample_in_the_rotation(monkeypatch):
+    """The model's host inputs (op costs, glue, one step's host time) are sampled inside the
+    rotation, once before each of the eager arm's samples and never outside it, so they see
+    the host as the timed eager steps do."""
+    clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0})
+    log = clk.log
+
+    class Logged(FakeOpCosts):
+        def sample(self):
+            log.append("costs")
+            super().sample()
+    monkeypatch.setattr(rows, "OpCostSampler", Logged)
+    b, costs = Budget(steps=1, budget_s=0.01), {}
+    eager = clk.arm("eager")
+    row = measure_row({"eager": Arm(eager, rows.eager_timer(None, 1, b, costs, eager)),
+                       "graph": Arm(clk.arm("graph"), wall_timer("graph_", b), diff="max_abs_diff")},
+                      1, 1, "full")
+    assert log.count("eager") == row["eager_n"] >= 10 and log.count("graph") == row["graph_n"]
+    assert all(log[i - 1] == "costs" for i, x in enumerate(log) if x == "eager")
+    assert log.count("costs") == row["eager_n"] == Logged.made[-1].n
+    assert costs == dict(op_host_us={"qkv_proj": 4.0}, piece_glue_us=1.0)
+    assert row["eager_host_us"] == 3.0
+
+
 def test_the_three_callers_give_the_same_timing_fields(monkeypatch):
     """The sweep's eager and graph arms, the TP sweep's and a reproduce lab's all come from
     measure_row: their timing fields are named alike ({arm}step_us, p20, p80, n)."""
     clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0, "full": 10.0})
-    monkeypatch.setattr(rows, "eager_with_op_costs",
-                        lambda fn, dec, bs, steps, budget_s, bound=None: (None, {"qkv_proj": 4.0}, 1.0))
+    monkeypatch.setattr(rows, "OpCostSampler", FakeOpCosts)
     b = Budget(steps=1, budget_s=0.01)
     costs = {}
-    sweep_like = measure_row({"eager": Arm(clk.arm("eager"), rows.eager_timer(None, 1, b, costs)),
+    eager = clk.arm("eager")
+    sweep_like = measure_row({"eager": Arm(eager, rows.eager_timer(None, 1, b, costs, eager)),
                               "graph": Arm(clk.arm("graph"), rows.graph_timer(b), diff="max_abs_diff")},
                              1, 1, "full")
     tp_like = measure_row({"eager": Arm(clk.arm("eager"), wall_timer("eager_", b, scale=2)),
