@@ -44,8 +44,8 @@ def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
 
 class OpCostSampler:
     """Samples, one call of `sample()` at a time, the host cost of each op of the step's plan at
-    batch b (10 calls each), of a piece (5 calls) and of one whole step (`step`, synchronised
-    before it): what the model prices the eager step with. The sweep calls `sample()` before
+    batch b (10 calls each), of a piece and of one whole step (`step`, synchronised before
+    it): what the model prices the eager step with. The sweep calls `sample()` before
     each of the eager arm's samples in its rotation, so these see the host in the state the
     timed steps see it (on the lent machines its speed drifts by a tenth and more between the
     phases of one row).
@@ -75,7 +75,9 @@ class OpCostSampler:
                 fn()
         for n, fn in self.fns.items():
             self.ops[n].append(_host_us(fn, 10))
-        self.pieces.append(_host_us(self.piece, 5))
+        # a bound step's piece is the whole step: one call (each adds a step's GPU work to the
+        # rotation's round); a middle piece is one layer: five
+        self.pieces.append(_host_us(self.piece, 1 if self.bound is not None else 5))
         self.steps.append(_host_us(self.step, 1))
 
     def result(self):
