@@ -245,6 +245,9 @@ def _launch(x, w, n_out, cfg, pdl, record, norm=False, epi=0, r=None, nw=None, e
     nw_ = nw if nw is not None else w
     cfg = {"AHEAD": 0, "DOT": 0, "DEFER": 0,
            **(cfg if cfg is not None else choose_config(x, w, norm, epi))}
+    if cfg["DEFER"] and (cfg["DOT"] or cfg["AHEAD"]):
+        raise ValueError(f"gemv config {cfg}: DEFER is a CUDA-core loop of its own; it takes "
+                         "DOT=0 and AHEAD=0")
     pdl = _utils.use_pdl(_gemv_kernel, x, pdl)
     # tensor-core tiles take at least 16 rows (the padding rows are masked off, loaded as zeros)
     block_b = max(16 if cfg["DOT"] else 1, triton.next_power_of_2(B))

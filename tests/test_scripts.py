@@ -18,6 +18,19 @@ def _load(name):
     return mod
 
 
+def test_gemv_regs_compiles_as_a_launch_specialises(tmp_path):
+    """The offline compile carries the alignment the JIT marks at a real launch: the weight
+    rows load 16 bytes a thread (PTX v4 loads), as the kernel does on the GPU."""
+    code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import gemv_regs; "
+            "cfg = dict(BLOCK_N=4, BLOCK_K=512, STAGES=3, num_warps=4, AHEAD=0, DOT=0, DEFER=1); "
+            "print(gemv_regs.compile_regs(6144, 4096, True, 0, cfg, 1, 90)['vector_loads'])")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) > 0
+
+
 @pytest.mark.parametrize("regs, warps, programs", [
     (219, 4, 2),    # 224 per thread allocated: 28672 registers a program
     (56, 4, 9),
@@ -27,6 +40,11 @@ def _load(name):
 ])
 def test_programs_per_sm_by_registers_and_threads(regs, warps, programs):
     assert _load("gemv_regs").programs_per_sm(regs, warps) == programs
+
+
+def test_programs_per_sm_by_shared_memory():
+    """A tile holding 48 KB of shared memory fits four programs an SM, whatever its registers."""
+    assert _load("gemv_regs").programs_per_sm(32, 4, 48 * 1024) == 4
 
 
 def test_gemv_regs_compiles_a_table_offline(tmp_path):
@@ -45,5 +63,6 @@ def test_gemv_regs_compiles_a_table_offline(tmp_path):
     rows = [line.split() for line in out.stdout.splitlines()[1:]]
     assert [r[0] for r in rows] == ["a", "b"]
     for r in rows:
-        regs, spill, progs = map(int, r[-3:])
-        assert 0 < regs <= 255 and spill == 0 and progs == _load("gemv_regs").programs_per_sm(regs, 4)
+        regs, spill, smem, progs = map(int, r[-4:])
+        assert 0 < regs <= 255 and spill == 0
+        assert progs == _load("gemv_regs").programs_per_sm(regs, 4, smem)

@@ -61,7 +61,7 @@ class DeviceProfile:
     kernel_fixed_us: float = 0.0
     # family -> {"fixed_us", "bytes_per_s"}: per-family lines (launch.kernel_lines)
     kernel_lines: dict = field(default_factory=dict)
-    # host us of Python between launches per piece of the step (launch.eager_with_op_costs)
+    # host us of Python between launches per piece of the step (bench.ops.OpCostSampler)
     piece_glue_us: float = 0.0
     # host us of one graph step's enqueue (input copy and replay call), measured beside a
     # sweep row; None: n_input_copies torch launches plus one replay call

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from microbench import kernels
 
 from microbench.bench.inputs import step_inputs
-from microbench.bench.timing import gpu_time_us, graph_of, host_time_us, settle, summarize
+from microbench.bench.timing import gpu_time_us, graph_of, host_time_us, summarize
 from microbench.engine.nvtx import nvtx_range
 from microbench.engine.plan import FAST_ROWS, SKINNY, Fusion, family, step_kernels
 from microbench.stats import fit_linear
@@ -42,13 +42,17 @@ def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
     return out
 
 
+# warm-up calls of every op before the first sample (as timing.host_time_us warms up)
+WARMUP = 3
+
+
 class OpCostSampler:
     """Samples, one call of `sample()` at a time, the host cost of each op of the step's plan at
     batch b (10 calls each), of a piece and of one whole step (`step`, synchronised before
-    it): what the model prices the eager step with. The sweep calls `sample()` before
-    each of the eager arm's samples in its rotation, so these see the host in the state the
-    timed steps see it (on the lent machines its speed drifts by a tenth and more between the
-    phases of one row).
+    it): what the model prices the eager step with. The sweep calls `sample()` before each
+    round of its rotation (rows.eager_timer), so these see the host in the state the timed
+    steps see it (on the lent machines its speed moves by a tenth to a half between the phases
+    of one row). The first call warms every op up (WARMUP calls) before sampling.
 
     Through the decoder's wrappers (bound=None), the Python between launches is one middle
     piece's host time less its kernels' costs. For a bound step (`bound`, an
@@ -70,9 +74,10 @@ class OpCostSampler:
         self.steps: list = []
 
     def sample(self) -> None:
-        if not self.pieces:   # the first call compiles and warms every op
-            for fn in (self.step, self.piece, *self.fns.values()):
-                fn()
+        if not self.pieces:   # the first call warms every op up
+            for _ in range(WARMUP):
+                for fn in (self.step, self.piece, *self.fns.values()):
+                    fn()
         for n, fn in self.fns.items():
             self.ops[n].append(_host_us(fn, 10))
         # a bound step's piece is the whole step: one call (each adds a step's GPU work to the
@@ -102,26 +107,6 @@ def _host_us(fn, n: int) -> float:
     for _ in range(n):
         fn()
     return (time.perf_counter() - t0) * 1e6 / n
-
-
-def eager_with_op_costs(step, dec, b: int, steps: int, budget_s: float, bound=None):
-    """Wall time of eager steps (each synchronised, as the sweep times them) with an
-    OpCostSampler's sample taken before each: (wall Stats per step, {op name: host us per
-    call}, piece_glue_us)."""
-    sampler = OpCostSampler(step, dec, b, bound)
-
-    def sample():
-        sampler.sample()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-            torch.cuda.synchronize()
-        return (time.perf_counter() - t0) * 1e6 / steps
-
-    wall = settle(sample, budget_s=budget_s)
-    costs, glue, _ = sampler.result()
-    return wall, costs, glue
 
 
 def bound_steps(dec) -> bool:

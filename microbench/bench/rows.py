@@ -12,8 +12,10 @@ How a row is measured (DESIGN.md's timing discipline):
    the host's drift hits every arm alike; sampling stops once the speedup's bootstrap interval is
    within 2% of it (stats.settled; rows without a graph arm: every arm's p20-p80 spread under 3%),
    or when the time cap ends (the budget times each arm's scale, summed): then `stable: false`;
-3. each arm's secondary figures (GPU time of back-to-back steps, host time of one step, the op
-   host costs) measured after, arm by arm.
+   before each round, untimed, an arm's timer may sample figures that must see the host as the
+   timed steps do (the eager arm: the op host costs and one step's host time, for the model);
+3. each arm's secondary figures (GPU time of back-to-back steps, the graph's host time) measured
+   after, arm by arm.
 
 A row's fields, for arms named by their prefix p (`eager_`, `graph_`, `torch_graph_`, or none):
 
@@ -33,6 +35,7 @@ plus what an arm's timer adds (host time, GPU time, event time). Timers that are
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from microbench.bench.ops import OpCostSampler
@@ -72,9 +75,10 @@ class Budget:
 class Timer:
     """An arm's timer: wall time of `budget.steps` synchronised steps per sample, its fields
     named `{prefix}step_us`, ...; `scale` weighs its share of the row's time cap; with `event`,
-    the CUDA-event time of the same samples (`{prefix}event_us`); `beside()`, when given, runs
-    untimed before each of the arm's samples (figures that must see the host as the timed
-    steps do); `after(step, row)` returns secondary figures once the rotation ends. Called as
+    the CUDA-event time of the same samples (`{prefix}event_us`); `beside(step)`, when given,
+    runs before each round of the rotation, untimed and off the time cap (figures that must see
+    the host as the timed steps do; the rounds alternate their order, so every arm follows it
+    alike); `after(step, row)` returns secondary figures once the rotation ends. Called as
     `timer(step, row)`, it times the step alone (a rotation of one arm)."""
     prefix: str
     budget: Budget
@@ -134,9 +138,13 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
     budget = timers[0].budget
     cap = sum(t.scale * t.budget.budget_s for t in timers)
     events = {n: [] if t.event else None for n, (_, t) in arms.items()}
-    samplers = {n: ranged(wall_sampler(fn, t.budget.steps, events=events[n]), f"{n} steps",
-                          t.beside)
+    samplers = {n: ranged(wall_sampler(fn, t.budget.steps, events=events[n]), f"{n} steps")
                 for n, (fn, t) in arms.items()}
+    besides = [partial(t.beside, fn) for fn, t in arms.values() if t.beside is not None]
+
+    def between():
+        for b in besides:
+            b()
     for fn, _ in arms.values():
         for _ in range(WARMUP):
             fn()
@@ -149,10 +157,11 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
                 v.clear()
         xs, _ = interleave(samplers, None, min_rounds=kw["min_samples"],
                            max_rounds=kw["max_samples"], budget_s=kw["budget_s"],
-                           on_round=on_round)
+                           on_round=on_round, between=between if besides else None)
         stable = done(xs)
     else:
-        xs, stable = interleave(samplers, done, budget_s=cap, on_round=on_round)
+        xs, stable = interleave(samplers, done, budget_s=cap, on_round=on_round,
+                                between=between if besides else None)
     out: dict = {}
     for n, (_, t) in arms.items():
         out.update(stats_fields(t.prefix, summarize(xs[n])))
@@ -163,13 +172,11 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
     return out
 
 
-def ranged(sample, name: str, beside=None):
+def ranged(sample, name: str):
     """`sample` inside a range named `name` (NVTX and profiler), so a trace shows each arm's
     timed steps; the range opens before the sample's own clock starts and closes after it
-    stops. `beside()`, when given, runs first, outside the range and the clock."""
+    stops."""
     def call():
-        if beside is not None:
-            beside()
         with nvtx_range(name):
             return sample()
     return call
@@ -229,16 +236,16 @@ def graph_timer(budget: Budget) -> Timer:
     return Timer("graph_", budget, after=after)
 
 
-def eager_timer(dec, bs: int, budget: Budget, host_costs: dict, step, bound=None) -> Timer:
-    """The sweep's eager arm (`step`): eager steps are host-bound and the host is the noisier
-    side, so twice the share of the time cap. Before each of its samples in the rotation, an
-    ops.OpCostSampler samples the plan's op host costs, the piece glue and one step's host time,
-    so the model's host inputs see the host as the timed steps do; after the rotation they are
-    left in `host_costs` (op_host_us, piece_glue_us) and the row gets `eager_host_us`. With
-    `bound` (the engine.bound.BoundStep the arm runs), the op costs are its bound launches'."""
+def eager_timer(dec, bs: int, budget: Budget, host_costs: dict, bound=None) -> Timer:
+    """The sweep's eager arm: eager steps are host-bound and the host is the noisier side, so
+    twice the share of the time cap. Before each round of the rotation an ops.OpCostSampler
+    samples the plan's op host costs, the piece glue and one step's host time, so the model's
+    host inputs see the host as the timed steps do; after the rotation they are left in
+    `host_costs` (op_host_us, piece_glue_us) and the row gets `eager_host_us`. With `bound` (the
+    engine.bound.BoundStep the arm runs), the op costs are its bound launches'."""
     made: list = []
 
-    def beside():
+    def beside(step):
         if not made:
             made.append(OpCostSampler(step, dec, bs, bound))
         made[0].sample()

@@ -156,7 +156,7 @@ class _Sweep:
         if bs in (cfg.bs[0], cfg.bs[-1]):
             self.to_profile.append((bs, padded, eager, graph))
         host_costs: dict = {}
-        arms = {"eager": Arm(eager, eager_timer(dec, bs, self.budget, host_costs, eager, bound))}
+        arms = {"eager": Arm(eager, eager_timer(dec, bs, self.budget, host_costs, bound))}
         if cfg.mode != "none":
             arms["graph"] = Arm(graph, graph_timer(self.budget), diff="max_abs_diff")
         if self.plain is not None:

@@ -79,7 +79,8 @@ def settle(sample, min_samples: int = 10, max_samples: int = 200, budget_s: floa
 
 
 def interleave(samplers: dict, done=None, min_rounds: int = 10, max_rounds: int = 200,
-               budget_s: float = 2.0, check_every: int = 5, on_round=None) -> tuple[dict, bool]:
+               budget_s: float = 2.0, check_every: int = 5, on_round=None,
+               between=None) -> tuple[dict, bool]:
     """Samples of several arms taken in rotation, so the host's drift hits every arm alike:
     round r calls each sampler once, in the given order on even rounds and reversed on odd
     ones (A B, B A, A B, ...: a balanced order, no arm always first after a pause). Sample i of
@@ -88,7 +89,9 @@ def interleave(samplers: dict, done=None, min_rounds: int = 10, max_rounds: int 
     Stops after `min_rounds` once `done(samples)` holds (checked every `check_every` rounds),
     or at `max_rounds`, or when `budget_s` seconds have passed. Returns ({name: [samples]},
     stable): stable when `done` held at the end (no `done`: True). `on_round(rounds, seconds,
-    budget_s)` after each round, between samples (a progress display)."""
+    budget_s)` after each round, between samples (a progress display). `between()` runs before
+    each round, untimed and off the time cap's clock: the rounds alternate their order, so every
+    arm follows it in half its samples."""
     names = list(samplers)
     xs: dict = {n: [] for n in names}
     t_end = time.perf_counter() + budget_s
@@ -97,6 +100,10 @@ def interleave(samplers: dict, done=None, min_rounds: int = 10, max_rounds: int 
     gc.disable()    # as settle: no collection pauses inside the samples
     try:
         for r in range(max_rounds):
+            if between is not None:
+                t0 = time.perf_counter()
+                between()
+                t_end += time.perf_counter() - t0
             for n in (names if r % 2 == 0 else names[::-1]):
                 xs[n].append(samplers[n]())
             k = r + 1

@@ -68,10 +68,11 @@ def test_kernel_line_ops_cover_the_plan(fusion, device):
 
 
 @pytest.mark.parametrize("b", [1, 17], ids=["skinny", "wide"])
-def test_eager_with_op_costs_samples_the_rows_plan(b, device, monkeypatch):
-    """The sweep's eager timing samples, between its steps, the host cost of every op of the
-    row's plan and the glue: a middle piece's host time less its kernels' costs. On a fake
-    clock (each op 5 us, a piece 100 us, a step 1000 us) the figures are exact."""
+def test_op_cost_sampler_samples_the_rows_plan(b, device, monkeypatch):
+    """The sweep's eager timing samples, once per round of its rotation, the host cost of every
+    op of the row's plan, the glue (a middle piece's host time less its kernels' costs) and one
+    step's host time. On a fake clock (each op 5 us, a piece 100 us, a step 1000 us) the
+    figures are exact, and one sample is taken per call."""
     import time
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     now = [0.0]
@@ -87,8 +88,11 @@ def test_eager_with_op_costs_samples_the_rows_plan(b, device, monkeypatch):
     real_ops = ops.op_fns(dec, b)
     monkeypatch.setattr(ops, "op_fns", lambda d, bb: {n: costing(5.0) for n in real_ops})
     monkeypatch.setattr(ops, "middle_piece", lambda d, bb: costing(100.0))
-    wall, costs, glue = ops.eager_with_op_costs(costing(1000.0), dec, b, steps=1, budget_s=0.0)
-    assert wall.median == pytest.approx(1000.0) and wall.n >= 10
+    sampler = ops.OpCostSampler(costing(1000.0), dec, b)
+    for _ in range(7):
+        sampler.sample()
+    costs, glue, step_host = sampler.result()
+    assert step_host.median == pytest.approx(1000.0) and step_host.n == 7
     planned = {k.name for k in dec.plan(b, 3)}
     assert planned <= set(costs) and costs["attention_reduce"] == 0.0
     assert costs["decode_attention"] == pytest.approx(5.0)
@@ -162,12 +166,17 @@ def test_bound_steps_give_their_launches_own_costs(b, fusion, device, monkeypatc
     fake = type(bound)(bound.inputs, [FakeLaunch(5.0) if isinstance(f, kernels.Launch)
                                       else tick(5.0) for f in bound.launches], bound.output)
     fake_run = fake.run
-    monkeypatch.setattr(fake, "run", lambda: (fake_run(), tick(3.0 * dec.n_pieces)()))
-    wall, costs, glue = ops.eager_with_op_costs(tick(1000.0), dec, b, steps=1, budget_s=0.0,
-                                                bound=fake)
-    assert wall.median == pytest.approx(1000.0)
+    runs = []
+    monkeypatch.setattr(fake, "run", lambda: (runs.append(1), fake_run(),
+                                              tick(3.0 * dec.n_pieces)()))
+    sampler = ops.OpCostSampler(tick(1000.0), dec, b, bound=fake)
+    for _ in range(4):
+        sampler.sample()
+    costs, glue, step_host = sampler.result()
+    assert step_host.median == pytest.approx(1000.0) and step_host.n == 4
     assert all(v == pytest.approx(5.0) for v in costs.values())
     assert glue == pytest.approx(3.0)
+    assert len(runs) == ops.WARMUP + 4   # a bound step's piece (the whole step): once a sample
     with pytest.raises(ValueError, match="launches"):
         ops.bound_op_fns(bound, plan[:-1])
     swapped = list(bound.launches)   # a torch call where the plan has a Triton kernel

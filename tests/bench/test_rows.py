@@ -170,10 +170,11 @@ class FakeOpCosts:
         return {"qkv_proj": 4.0}, 1.0, Stats(3.0, 3.0, 3.0, self.n)
 
 
-def test_op_costs_are_sampled_before_each_eager_sample_in_the_rotation(monkeypatch):
+def test_op_costs_are_sampled_before_each_round_of_the_rotation(monkeypatch):
     """The model's host inputs (op costs, glue, one step's host time) are sampled inside the
-    rotation, once before each of the eager arm's samples and never outside it, so they see
-    the host as the timed eager steps do."""
+    rotation, once before each round and never outside it, so they see the host as the timed
+    steps do; the rounds alternate, so eager and graph each follow the sampling in half their
+    samples."""
     clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0})
     log = clk.log
 
@@ -184,12 +185,14 @@ def test_op_costs_are_sampled_before_each_eager_sample_in_the_rotation(monkeypat
     monkeypatch.setattr(rows, "OpCostSampler", Logged)
     b, costs = Budget(steps=1, budget_s=0.01), {}
     eager = clk.arm("eager")
-    row = measure_row({"eager": Arm(eager, rows.eager_timer(None, 1, b, costs, eager)),
+    row = measure_row({"eager": Arm(eager, rows.eager_timer(None, 1, b, costs)),
                        "graph": Arm(clk.arm("graph"), wall_timer("graph_", b), diff="max_abs_diff")},
                       1, 1, "full")
-    assert log.count("eager") == row["eager_n"] >= 10 and log.count("graph") == row["graph_n"]
-    assert all(log[i - 1] == "costs" for i, x in enumerate(log) if x == "eager")
-    assert log.count("costs") == row["eager_n"] == Logged.made[-1].n
+    n = row["eager_n"]
+    assert log.count("eager") == n >= 10 and log.count("graph") == row["graph_n"] == n
+    assert log == ["costs", "eager", "graph", "costs", "graph", "eager"] * (n // 2) \
+        + ["costs", "eager", "graph"] * (n % 2)
+    assert log.count("costs") == n == Logged.made[-1].n
     assert costs == dict(op_host_us={"qkv_proj": 4.0}, piece_glue_us=1.0)
     assert row["eager_host_us"] == 3.0
 
@@ -202,7 +205,7 @@ def test_the_three_callers_give_the_same_timing_fields(monkeypatch):
     b = Budget(steps=1, budget_s=0.01)
     costs = {}
     eager = clk.arm("eager")
-    sweep_like = measure_row({"eager": Arm(eager, rows.eager_timer(None, 1, b, costs, eager)),
+    sweep_like = measure_row({"eager": Arm(eager, rows.eager_timer(None, 1, b, costs)),
                               "graph": Arm(clk.arm("graph"), rows.graph_timer(b), diff="max_abs_diff")},
                              1, 1, "full")
     tp_like = measure_row({"eager": Arm(clk.arm("eager"), wall_timer("eager_", b, scale=2)),

@@ -61,3 +61,36 @@ def test_interleave_at_the_cap_is_unstable():
     xs, stable = interleave({"a": lambda: 1.0}, lambda xs: False, min_rounds=10, max_rounds=10**6,
                             budget_s=0.0)
     assert len(xs["a"]) == 10 and stable is False          # the time cap, after the minimum
+
+
+def test_interleave_runs_between_before_each_round_off_the_time_cap(monkeypatch):
+    """`between` runs once before every round, outside the samples, and its time is not charged
+    to the budget: a between that takes 10 s does not stop a 1 s rotation at its minimum."""
+    import time as time_mod
+
+    from microbench.bench import timing
+    now = [0.0]
+    monkeypatch.setattr(time_mod, "perf_counter", lambda: now[0])
+    log = []
+
+    def sampler(name, us):
+        def s():
+            log.append(name)
+            now[0] += us * 1e-6
+            return us
+        return s
+
+    def between():
+        log.append("between")
+        now[0] += 10.0
+
+    xs, stable = timing.interleave({"a": sampler("a", 5.0), "b": sampler("b", 7.0)}, None,
+                                   min_rounds=3, max_rounds=6, budget_s=1.0, between=between)
+    assert len(xs["a"]) == len(xs["b"]) == 6 and stable
+    assert log == ["between", "a", "b", "between", "b", "a"] * 3
+    # without `between` charged off the clock, the same 10 s would end it at its minimum
+    now[0], log[:] = 0.0, []
+    xs, _ = timing.interleave({"a": sampler("a", 5.0), "b": sampler("b", 7.0)}, None,
+                              min_rounds=3, max_rounds=6, budget_s=1.0,
+                              on_round=lambda *a: now.__setitem__(0, now[0] + 10.0))
+    assert len(xs["a"]) == 3

@@ -120,12 +120,17 @@ def test_gemv_one_chunk_ahead(B, K, N, dtype, atol, rtol, device):
         assert_close(ahead, ref(), dtype, atol, rtol)
 
 
-@pytest.mark.parametrize("B, K, N", [(1, 200, 11), (2, 300, 13), (1, 64, 5)], ids=str)
+@pytest.mark.parametrize("B, K, N", [(1, 200, 11), (2, 300, 13), (1, 64, 5), (1, 193, 9)], ids=str)
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
-def test_gemv_deferred_sums(B, K, N, dtype, atol, rtol, device):
+def test_gemv_deferred_sums(B, K, N, dtype, atol, rtol, device, monkeypatch):
     """DEFER (per-thread partial sums over the row, one reduction at the end; the chunk loop
     unrolled 1 or 2 times) matches every fused form's reference, for a K of one chunk, several
-    and a ragged last one; the unroll factor does not change the sums."""
+    (an odd number of loop trips after the first among them) and a ragged last one, and the
+    kernel is launched with it. The unroll factor must not change the sums (compiled, it
+    changes the code; the interpreter ignores it)."""
+    from microbench.kernels import gemv
+    seen, real = [], gemv.launch
+    monkeypatch.setattr(gemv, "launch", lambda *a, **kw: (seen.append(kw["DEFER"]), real(*a, **kw))[1])
     g = gen(29)
     h = 2 * randn(B, K, g=g, dtype=dtype, device=device)
     nw = _norm_w(K, g, dtype, device)
@@ -141,6 +146,9 @@ def test_gemv_deferred_sums(B, K, N, dtype, atol, rtol, device):
         once = fn(dict(cfg, DEFER=1))
         assert torch.equal(fn(dict(cfg, DEFER=2)), once), name
         assert_close(once, ref(), dtype, atol, rtol)
+    assert seen == [1, 2] * len(calls)
+    with pytest.raises(ValueError, match="DEFER"):
+        linear(h, w, config=dict(cfg, DEFER=1, DOT=1))
 
 
 @pytest.mark.parametrize("B, K, N", [(1, 200, 40), (4, 130, 17), (11, 257, 50), (16, 64, 16)],
