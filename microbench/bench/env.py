@@ -61,7 +61,8 @@ def _version(module: str) -> str | None:
 
 
 def environment(device=None) -> dict:
-    """GPU, driver, clocks, library versions, git revision, the exact command, the date."""
+    """GPU, driver, clocks, library versions, git revision, the exact command, the date, and
+    the CPUs the host has and this process may run on."""
     import torch
     env = dict(
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -75,6 +76,11 @@ def environment(device=None) -> dict:
     )
     env["triton"] = _version("triton")
     env["cupy"] = _version("cupy")
+    # the host's share of the machine: launch costs depend on the cores this process may run on
+    # (NCCL's initialisation, among others, can narrow a thread's CPU affinity)
+    env["host_cpus"] = os.cpu_count()
+    if hasattr(os, "sched_getaffinity"):
+        env["cpus_allowed"] = len(os.sched_getaffinity(0))
     if torch.cuda.is_available():
         idx = torch.device(device or "cuda").index or 0
         p = torch.cuda.get_device_properties(idx)
