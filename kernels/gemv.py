@@ -85,6 +85,18 @@ def _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb, mask_
 
 
 @triton.jit
+def _load_w(w_rows, w2_rows, offs_k, mask_n, K: tl.constexpr, EPI: tl.constexpr):
+    """A chunk's weights [BN, BK], masked at N and K, and (EPI=2) the up rows' beside them;
+    else w2 is w. They stay in their own dtype until they are multiplied."""
+    wm = mask_n[:, None] & (offs_k < K)[None, :]
+    w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)
+    w2 = w
+    if EPI == 2:
+        w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
+    return w, w2
+
+
+@triton.jit
 def _part(acc3, acc32, ssv, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb, mask_b,
           K: tl.constexpr, NORM: tl.constexpr, EPI: tl.constexpr):
     """One BLOCK_K chunk on CUDA cores, not reduced (DEFER): acc3 [BB, BN, BK] += x · w
@@ -125,14 +137,9 @@ def _gemv_kernel(
     acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
     acc2 = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
     ss = tl.zeros([BLOCK_B], tl.float32)
-    # chunk 0's weights before the wait: no kernel of the step writes them. (Weights stay in
-    # their own dtype until they are multiplied.)
+    # chunk 0's weights before the wait: no kernel of the step writes them
     offs_k = tl.arange(0, BK)
-    wm = mask_n[:, None] & (offs_k < K)[None, :]
-    w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)
-    w2 = w
-    if EPI == 2:
-        w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
+    w, w2 = _load_w(w_rows, w2_rows, offs_k, mask_n, K, EPI)
     pdl_enter(USE_PDL)
     if DEFER:
         # per-thread partial sums over the whole row, reduced across the program once at the
@@ -145,11 +152,7 @@ def _gemv_kernel(
                                  stride_xb, mask_b, K, NORM, EPI)
         for k0 in tl.range(BK, K, BK, num_stages=1, loop_unroll_factor=DEFER):
             offs_k = k0 + tl.arange(0, BK)
-            wm = mask_n[:, None] & (offs_k < K)[None, :]
-            w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)
-            w2 = w
-            if EPI == 2:
-                w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
+            w, w2 = _load_w(w_rows, w2_rows, offs_k, mask_n, K, EPI)
             acc3, acc32, ssv = _part(acc3, acc32, ssv, w, w2, x_ptr, nw_ptr, offs_b, offs_k,
                                      stride_xb, mask_b, K, NORM, EPI)
         acc = tl.sum(acc3, axis=2)
@@ -160,11 +163,7 @@ def _gemv_kernel(
         # a program has two chunks of loads in flight
         for k0 in tl.range(BK, K, BK, num_stages=1):
             offs_n_k = k0 + tl.arange(0, BK)
-            wm = mask_n[:, None] & (offs_n_k < K)[None, :]
-            wn = tl.load(w_rows + offs_n_k[None, :], mask=wm, other=0.0)
-            w2n = wn
-            if EPI == 2:
-                w2n = tl.load(w2_rows + offs_n_k[None, :], mask=wm, other=0.0)
+            wn, w2n = _load_w(w_rows, w2_rows, offs_n_k, mask_n, K, EPI)
             acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_n_k - BK,
                                    stride_xb, mask_b, K, NORM, EPI, DOT, DOT_PRECISION, INTERPRET)
             w = wn
@@ -179,11 +178,7 @@ def _gemv_kernel(
         # With DOT the loop's weight loads feed tl.dot, so Triton pipelines STAGES of them.
         for k0 in tl.range(BK, K, BK, num_stages=STAGES):
             offs_k = k0 + tl.arange(0, BK)
-            wm = mask_n[:, None] & (offs_k < K)[None, :]
-            w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)   # [BN, BK]
-            w2 = w
-            if EPI == 2:
-                w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
+            w, w2 = _load_w(w_rows, w2_rows, offs_k, mask_n, K, EPI)   # [BN, BK]
             acc, acc2, ss = _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                                    mask_b, K, NORM, EPI, DOT, DOT_PRECISION, INTERPRET)
     if NORM:
