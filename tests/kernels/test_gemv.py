@@ -95,13 +95,8 @@ def test_linear_on_strided_rows(device):
     assert_close(linear(x, w, config=cfg), linear_ref(x, w), torch.float32)
 
 
-@pytest.mark.parametrize("B, K, N", [(1, 200, 11), (3, 256, 13), (2, 64, 5)], ids=str)
-@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
-def test_gemv_one_chunk_ahead(B, K, N, dtype, atol, rtol, device):
-    """AHEAD=1 (chunk c + 1's weights requested before chunk c is multiplied) sums the chunks in
-    the same order as the plain loop: every fused form equals it bit for bit, and the
-    reference, for a K of one chunk, several, and a ragged last one."""
-    g = gen(27)
+def _fused_calls(g, B, K, N, dtype, device):
+    """(h, w, {form: (call(config), reference())}) for the three fused forms on fresh inputs."""
     h = 2 * randn(B, K, g=g, dtype=dtype, device=device)
     nw = _norm_w(K, g, dtype, device)
     w, w_gu = _weight(N, K, g, dtype, device), 2 * _weight(2 * N, K, g, dtype, device)
@@ -111,6 +106,16 @@ def test_gemv_one_chunk_ahead(B, K, N, dtype, atol, rtol, device):
                                 lambda: rmsnorm_linear_ref(h, nw, 1e-5, w)),
              "swiglu": (lambda c: rmsnorm_linear_swiglu(h, nw, 1e-5, w_gu, config=c),
                         lambda: rmsnorm_linear_swiglu_ref(h, nw, 1e-5, w_gu))}
+    return h, w, calls
+
+
+@pytest.mark.parametrize("B, K, N", [(1, 200, 11), (3, 256, 13), (2, 64, 5)], ids=str)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+def test_gemv_one_chunk_ahead(B, K, N, dtype, atol, rtol, device):
+    """AHEAD=1 (chunk c + 1's weights requested before chunk c is multiplied) sums the chunks in
+    the same order as the plain loop: every fused form equals it bit for bit, and the
+    reference, for a K of one chunk, several, and a ragged last one."""
+    h, w, calls = _fused_calls(gen(27), B, K, N, dtype, device)
     cfg = (SMALL if device.type == "cpu"
            else dict(BLOCK_N=2, BLOCK_K=1024 // h.element_size() // 2, STAGES=3, num_warps=4))
     for name, (fn, ref) in calls.items():
@@ -131,16 +136,7 @@ def test_gemv_deferred_sums(B, K, N, dtype, atol, rtol, device, monkeypatch):
     from microbench.kernels import gemv
     seen, real = [], gemv.launch
     monkeypatch.setattr(gemv, "launch", lambda *a, **kw: (seen.append(kw["DEFER"]), real(*a, **kw))[1])
-    g = gen(29)
-    h = 2 * randn(B, K, g=g, dtype=dtype, device=device)
-    nw = _norm_w(K, g, dtype, device)
-    w, w_gu = _weight(N, K, g, dtype, device), 2 * _weight(2 * N, K, g, dtype, device)
-    r = randn(B, N, g=g, dtype=dtype, device=device)
-    calls = {"linear": (lambda c: linear(h, w, residual=r, config=c), lambda: linear_ref(h, w, residual=r)),
-             "rmsnorm_linear": (lambda c: rmsnorm_linear(h, nw, 1e-5, w, config=c),
-                                lambda: rmsnorm_linear_ref(h, nw, 1e-5, w)),
-             "swiglu": (lambda c: rmsnorm_linear_swiglu(h, nw, 1e-5, w_gu, config=c),
-                        lambda: rmsnorm_linear_swiglu_ref(h, nw, 1e-5, w_gu))}
+    h, w, calls = _fused_calls(gen(29), B, K, N, dtype, device)
     cfg = dict(BLOCK_N=4, BLOCK_K=64 if device.type == "cpu" else 128, STAGES=3, num_warps=4, AHEAD=0, DOT=0)
     for name, (fn, ref) in calls.items():
         once = fn(dict(cfg, DEFER=1))

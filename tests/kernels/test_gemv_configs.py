@@ -15,23 +15,30 @@ def test_device_key_makes_a_file_name():
     assert gc.device_key("NVIDIA H100 80GB HBM3") == "NVIDIA_H100_80GB_HBM3"
 
 
-def test_tuned_entry_wins_for_its_shape_and_bucket_only(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_table(tmp_path, monkeypatch):
+    """write(configs): a tuned table for the device "Fake GPU" that choose_config reads."""
+    monkeypatch.setattr(gc, "CONFIG_DIR", tmp_path)
+
+    def write(configs):
+        (tmp_path / "gemv_Fake_GPU.json").write_text(json.dumps({"configs": configs}))
+        gc.load_table.cache_clear()
+    yield write
+    gc.load_table.cache_clear()
+
+
+def test_tuned_entry_wins_for_its_shape_and_bucket_only(fake_table):
     tuned = dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=1, us=9.0)
     key = gc.shape_key(6144, 4096, True, 0, 2)
-    (tmp_path / "gemv_Fake_GPU.json").write_text(json.dumps({"configs": {key: {"4": tuned}}}))
-    monkeypatch.setattr(gc, "CONFIG_DIR", tmp_path)
-    gc.load_table.cache_clear()
-    try:
-        for rows in (3, 4):   # one bucket: one config; an entry tuned before DEFER reads DEFER=0
-            got = gc.choose_config(6144, 4096, rows, 2, norm=True, epi=0, device_name="Fake GPU")
-            assert got == dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=1, DEFER=0)
-        # another bucket, another fusion, another device: the rule
-        for args, dev in (((6144, 4096, 2, 2, True, 0), "Fake GPU"),
-                          ((6144, 4096, 4, 2, False, 1), "Fake GPU"),
-                          ((6144, 4096, 4, 2, True, 0), "Other GPU")):
-            assert gc.choose_config(*args, device_name=dev) == gc.rule_config(*args[:4])
-    finally:
-        gc.load_table.cache_clear()
+    fake_table({key: {"4": tuned}})
+    for rows in (3, 4):   # one bucket: one config; an entry tuned before DEFER reads DEFER=0
+        got = gc.choose_config(6144, 4096, rows, 2, norm=True, epi=0, device_name="Fake GPU")
+        assert got == dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=1, DEFER=0)
+    # another bucket, another fusion, another device: the rule
+    for args, dev in (((6144, 4096, 2, 2, True, 0), "Fake GPU"),
+                      ((6144, 4096, 4, 2, False, 1), "Fake GPU"),
+                      ((6144, 4096, 4, 2, True, 0), "Other GPU")):
+        assert gc.choose_config(*args, device_name=dev) == gc.rule_config(*args[:4])
 
 
 @pytest.mark.parametrize("k", [768, 2048, 4096, 14336])
@@ -53,19 +60,14 @@ def test_candidates_hold_the_rule_and_only_tiles_that_fit(rows):
         assert len({tuple(sorted(c.items())) for c in cands}) == len(cands)
 
 
-def test_tables_off_hides_every_table(tmp_path, monkeypatch):
+def test_tables_off_hides_every_table(fake_table):
     tuned = dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=0, DEFER=2)
     key = gc.shape_key(512, 256, False, 0, 2)
-    (tmp_path / "gemv_Fake_GPU.json").write_text(json.dumps({"configs": {key: {"1": tuned}}}))
-    monkeypatch.setattr(gc, "CONFIG_DIR", tmp_path)
-    gc.load_table.cache_clear()
-    try:
-        assert gc.choose_config(512, 256, 1, 2, device_name="Fake GPU") == tuned
-        with gc.tables_off():
-            assert gc.choose_config(512, 256, 1, 2, device_name="Fake GPU") == gc.rule_config(512, 256, 1, 2)
-        assert gc.choose_config(512, 256, 1, 2, device_name="Fake GPU") == tuned
-    finally:
-        gc.load_table.cache_clear()
+    fake_table({key: {"1": tuned}})
+    assert gc.choose_config(512, 256, 1, 2, device_name="Fake GPU") == tuned
+    with gc.tables_off():
+        assert gc.choose_config(512, 256, 1, 2, device_name="Fake GPU") == gc.rule_config(512, 256, 1, 2)
+    assert gc.choose_config(512, 256, 1, 2, device_name="Fake GPU") == tuned
 
 
 def test_the_clis_buckets_are_the_tables():
