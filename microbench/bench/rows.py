@@ -141,10 +141,7 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
     samplers = {n: ranged(wall_sampler(fn, t.budget.steps, events=events[n]), f"{n} steps")
                 for n, (fn, t) in arms.items()}
     besides = [partial(t.beside, fn) for fn, t in arms.values() if t.beside is not None]
-
-    def between():
-        for b in besides:
-            b()
+    between = (lambda: [b() for b in besides]) if besides else None
     for fn, _ in arms.values():
         for _ in range(WARMUP):
             fn()
@@ -157,11 +154,11 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
                 v.clear()
         xs, _ = interleave(samplers, None, min_rounds=kw["min_samples"],
                            max_rounds=kw["max_samples"], budget_s=kw["budget_s"],
-                           on_round=on_round, between=between if besides else None)
+                           on_round=on_round, between=between)
         stable = done(xs)
     else:
         xs, stable = interleave(samplers, done, budget_s=cap, on_round=on_round,
-                                between=between if besides else None)
+                                between=between)
     out: dict = {}
     for n, (_, t) in arms.items():
         out.update(stats_fields(t.prefix, summarize(xs[n])))
