@@ -12,6 +12,10 @@ attention, small element-wise kernels), fitted on the decoder's own kernels time
 bytes (its launch inside a graph, its first DRAM round trip, its tail; less where programmatic
 dependent launch overlaps it with the kernel before), BW_f the bandwidth it streams at. Without
 lines (datasheet GPUs, old runs) every kernel uses the copy line: the copy's fixed cost and BW.
+Where the op itself was timed at batches on both sides of b (the lines' points, a few batches
+from 1 to 128), the family line gives way to the op's own points, joined linearly in bytes:
+one line cannot follow a family whose members differ in shape (a cuBLAS matmul's efficiency
+depends on its N and K, not only its bytes), and the points are the op's measured cost.
 
 Eager step, per-kernel pipeline: the host enqueues kernel k after spending c_k (its launcher's
 host cost); the GPU starts it when it has been enqueued and the previous kernel has finished:
@@ -61,6 +65,8 @@ class DeviceProfile:
     kernel_fixed_us: float = 0.0
     # family -> {"fixed_us", "bytes_per_s"}: per-family lines (launch.kernel_lines)
     kernel_lines: dict = field(default_factory=dict)
+    # kernel name -> [(bytes, us), ...] by bytes: the lines' points, each op's own timings
+    kernel_points: dict = field(default_factory=dict)
     # host us of Python between launches per piece of the step (bench.ops.OpCostSampler)
     piece_glue_us: float = 0.0
     # host us of one graph step's enqueue (input copy and replay call), measured beside a
@@ -95,7 +101,27 @@ class DeviceProfile:
             kernel_fixed_us=max(0.0, launch.get("copy_curve", {}).get("fixed_us", 0.0)),
             kernel_lines={f: dict(fixed_us=v["fixed_us"], bytes_per_s=v["bytes_per_s"])
                           for f, v in launch.get("kernel_lines", {}).items()},
+            kernel_points=op_points(launch.get("kernel_lines", {})),
         )
+
+
+def op_points(lines: dict) -> dict:
+    """kernel name -> its [(bytes, us), ...] sorted by bytes, from kernel_lines' points."""
+    out: dict = {}
+    for v in lines.values():
+        for pt in v.get("points", ()):
+            out.setdefault(pt["op"], []).append((pt["bytes"], pt["us"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def between_points(pts, x: float) -> float | None:
+    """The piecewise-linear value at x of points [(x, y), ...] sorted by x; None outside them."""
+    if not pts or not pts[0][0] <= x <= pts[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[0][1]   # a single point, at exactly x
 
 
 # Datasheet figures (dense bf16 tensor rate, HBM/GDDR bandwidth): predictions, not measurements.
@@ -120,15 +146,19 @@ def datasheet_profile(gpu: str, host: DeviceProfile | None = None) -> DeviceProf
     src = "datasheet bandwidth and matrix rate; host constants " + (
         f"from {host.source}" if host else "assumed defaults")
     # the measured kernel lines belong to the measured GPU: the datasheet one uses the copy line
-    return replace(base, name=gpu, source=src, kernel_lines={}, **DATASHEET[gpu])
+    return replace(base, name=gpu, source=src, kernel_lines={}, kernel_points={},
+                   **DATASHEET[gpu])
 
 
 def kernel_time_us(k: Kernel, p: DeviceProfile) -> float:
     line = p.kernel_lines.get(family(k))
-    if line is None:
+    own = between_points(p.kernel_points.get(k.name), k.bytes)
+    if line is None and own is None:
         t = p.kernel_fixed_us + k.bytes / p.copy_bw * 1e6
     elif k.name == "attention_reduce":
         return 0.0   # the attention line is fitted on whole calls: split kernel and reduce
+    elif own is not None:
+        t = own
     else:
         t = line["fixed_us"] + (k.bytes / line["bytes_per_s"] * 1e6 if line["bytes_per_s"] else 0.0)
     return max(p.kernel_min_us, t, k.flops / p.matmul_flops * 1e6)

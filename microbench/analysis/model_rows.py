@@ -26,7 +26,7 @@ def resolve_profile(run: dict | None, gpu, copy_bw_gbs, tflops, launch_us,
                                              source=f"measured: {run_name}")
         measured = run.get("config", {}).get("preset")
         if preset and prof.kernel_lines and measured != preset:
-            prof = replace(prof, kernel_lines={}, source=prof.source + (
+            prof = replace(prof, kernel_lines={}, kernel_points={}, source=prof.source + (
                 f"; its kernel lines were fitted on {measured}'s kernels: copy line instead"))
     if gpu:
         prof = mdl.datasheet_profile(gpu, prof)

@@ -172,6 +172,40 @@ def test_from_launch_reads_the_kernel_lines():
     assert p.kernel_lines == dict(cublas=dict(fixed_us=4.0, bytes_per_s=2.5e12))
 
 
+def test_an_ops_own_points_replace_its_family_line_between_them():
+    """A cuBLAS matmul timed at two batches is joined linearly in bytes between them, whatever
+    the family line says; outside its points, and for ops never timed, the family line holds."""
+    from microbench.engine.plan import Kernel
+    lines = dict(cublas=dict(fixed_us=4.0, bytes_per_s=2e12, points=[
+        dict(op="down_proj", b=2, bytes=4_000_000, us=7.0),
+        dict(op="down_proj", b=8, bytes=6_000_000, us=9.0),
+        dict(op="o_proj", b=2, bytes=1_000_000, us=4.2)]))
+    launch = dict(replay_fit=dict(gpu_fixed_us=2.0), copy=dict(bytes_per_s=3e12),
+                  matmul=dict(flops_per_s=7e14), host_us=dict(torch=dict(median=9.0)),
+                  gpu_us_per_kernel=dict(torch=dict(median=1.0)),
+                  replay={"1": dict(host_us=dict(median=4.0))}, kernel_lines=lines)
+    p = mdl.DeviceProfile.from_launch(launch, "x", "y")
+    assert p.kernel_points["down_proj"] == [(4_000_000, 7.0), (6_000_000, 9.0)]
+    down = lambda n: mdl.kernel_time_us(Kernel("down_proj", "cublas", n, 0), p)
+    assert down(5_000_000) == pytest.approx(8.0)            # halfway between its points
+    assert down(4_000_000) == pytest.approx(7.0)
+    assert down(8_000_000) == pytest.approx(4.0 + 4.0)      # past them: the line (4 + 8 MB / 2 TB/s)
+    # a single point counts only at its own bytes
+    assert mdl.kernel_time_us(Kernel("o_proj", "cublas", 1_000_000, 0), p) == pytest.approx(4.2)
+    assert mdl.kernel_time_us(Kernel("o_proj", "cublas", 1_100_000, 0), p) == pytest.approx(4.55)
+    assert mdl.kernel_time_us(Kernel("qkv_proj", "cublas", 2_000_000, 0), p) == pytest.approx(5.0)
+    # the datasheet GPU keeps neither the lines nor the points
+    assert mdl.datasheet_profile("H200", p).kernel_points == {}
+
+
+def test_between_points():
+    pts = [(1.0, 10.0), (3.0, 30.0), (3.0, 32.0), (5.0, 40.0)]
+    assert mdl.between_points(pts, 2.0) == pytest.approx(20.0)
+    assert mdl.between_points(pts, 4.0) == pytest.approx(36.0)
+    assert mdl.between_points(pts, 0.5) is None and mdl.between_points(pts, 6.0) is None
+    assert mdl.between_points([], 1.0) is None and mdl.between_points(None, 1.0) is None
+
+
 def test_piece_glue_is_added_once_per_piece():
     p = profile()
     g = profile(piece_glue_us=7.0)
