@@ -2,6 +2,7 @@
 function that tests can call directly, and prints what it returns."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -94,6 +95,10 @@ def LADDER_OPTIONS(f):
               help="Tensor-parallel ranks, one GPU each (spawned here, or run under "
                    "torchrun --nproc-per-node N -m microbench.cli_tp sweep --tp N).")
 @click.option("--no-tp1", is_flag=True, help="With --tp: skip the TP-1 comparison on rank 0.")
+@click.option("--no-pin-cpu", is_flag=True,
+              help="Leave the measuring thread wherever the scheduler puts it. By default each "
+                   "row's rotation keeps it on a quick CPU, moving it when its CPU turns slow "
+                   "(docs/measuring.md).")
 @LADDER_OPTIONS
 @click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True,
               help="Measure in this many fresh processes, one after another, and report each "
@@ -105,7 +110,8 @@ def LADDER_OPTIONS(f):
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the table (or JSON).")
 def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, arms, split_launch,
-          full_max_size, tp, no_tp1, repeat, out, fmt, trace, as_json, quiet, **engine_opts):
+          full_max_size, tp, no_tp1, no_pin_cpu, repeat, out, fmt, trace, as_json, quiet,
+          **engine_opts):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
     from microbench.analysis.beside import predict_sweep
     from microbench.bench.sweep import run_sweep
@@ -117,7 +123,8 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
     cfg = SweepConfig(bs=bs, preset=preset, mode=mode, ladder=ladder, context=context,
                       dtype=dtype, backend=backend, steps=steps, time_budget=time_budget, out=out,
                       arms=tuple(a.strip() for a in (arms or "").split(",") if a.strip()),
-                      split_launch=split_launch, full_max_size=full_max_size)
+                      split_launch=split_launch, full_max_size=full_max_size,
+                      pin_cpu=not no_pin_cpu)
     try:
         if arms is not None and not cfg.arms:
             raise ValueError("--arms: give at least one arm of eager, graph, torch-eager, "
@@ -152,7 +159,9 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
     require_cuda("sweep")
     if tp > 1:
         from microbench.cli_tp import tp_sweep_main
-        text, code = tp_sweep_main(cfg.to_dict(), tp, compare_tp1=not no_tp1, as_json=as_json,
+        # TP ranks do not pin (SweepConfig.pin_cpu)
+        text, code = tp_sweep_main(dataclasses.replace(cfg, pin_cpu=False).to_dict(), tp,
+                                   compare_tp1=not no_tp1, as_json=as_json,
                                    quiet=quiet)
         if text is not None:
             click.echo(text)

@@ -22,7 +22,8 @@ def test_child_argv_repeats_every_option_but_its_own():
     assert argv[argv.index("--bs") + 1] == "1,4" and "--split-launch" in argv
     assert argv[argv.index("--arms") + 1] == "eager,graph"
     assert argv.count("--repeat") == 1 and "--json" not in argv and "/x" not in argv
-    assert "--no-tp1" not in argv                           # unset flags stay out
+    assert "--no-tp1" not in argv and "--no-pin-cpu" not in argv   # unset flags stay out
+    assert "--no-pin-cpu" in child_argv(sweep, params(no_pin_cpu=True), "/tmp/p1")
     # the child's own parse gives the parent's options back
     child = sweep.make_context("sweep", argv[1:])
     for k in ("bs", "preset", "mode", "ladder", "context", "time_budget", "steps", "split_launch"):

@@ -65,10 +65,13 @@ class Budget:
     """How long a row is sampled: `steps` synchronised steps per sample, rotations until the
     stopping rule holds or `budget_s` (times each arm's scale, summed over the arms) ends.
     `lockstep(fn, inner, budget_s)`, on TP ranks, gives the settle keywords that make every rank
-    take the same number of rotations (the stopping rule is then judged after, not used to stop)."""
+    take the same number of rotations (the stopping rule is then judged after, not used to stop).
+    `pin()`, when given, makes a hostcpu.HostPin: checked before each round, released after the
+    rotation, its summary the row's `host_pin`."""
     steps: int
     budget_s: float
     lockstep: Callable | None = None
+    pin: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -140,26 +143,22 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
     events = {n: [] if t.event else None for n, (_, t) in arms.items()}
     samplers = {n: ranged(wall_sampler(fn, t.budget.steps, events=events[n]), f"{n} steps")
                 for n, (fn, t) in arms.items()}
-    besides = [partial(t.beside, fn) for fn, t in arms.values() if t.beside is not None]
-    between = (lambda: [b() for b in besides]) if besides else None
+    pin = budget.pin() if budget.pin is not None else None
+    # the pin's check first, so the host costs sampled beside are sampled on the CPU it keeps
+    hooks = ([pin.check] if pin is not None else []) + [
+        partial(t.beside, fn) for fn, t in arms.values() if t.beside is not None]
+    between = (lambda: [h() for h in hooks]) if hooks else None
     for fn, _ in arms.values():
         for _ in range(WARMUP):
             fn()
     prefix = {t.prefix: n for n, (_, t) in arms.items()}
     done = rule(prefix)
-    if budget.lockstep is not None:   # every rank the same rotations: judge the rule after
-        kw = budget.lockstep(lambda: [s() for s in samplers.values()], 1, cap)
-        for v in events.values():   # the two calls that timed a rotation are not samples
-            if v is not None:
-                v.clear()
-        xs, _ = interleave(samplers, None, min_rounds=kw["min_samples"],
-                           max_rounds=kw["max_samples"], budget_s=kw["budget_s"],
-                           on_round=on_round, between=between)
-        stable = done(xs)
-    else:
-        xs, stable = interleave(samplers, done, budget_s=cap, on_round=on_round,
-                                between=between)
-    out: dict = {}
+    try:
+        xs, stable = _rotate(samplers, events, budget, done, cap, on_round, between)
+    finally:
+        if pin is not None:
+            pin.release()
+    out: dict = {} if pin is None else {"host_pin": pin.summary()}
     for n, (_, t) in arms.items():
         out.update(stats_fields(t.prefix, summarize(xs[n])))
         if events[n]:
@@ -167,6 +166,20 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
     out.update(speedups(prefix, xs, seed))
     out["stable"] = bool(stable)
     return out
+
+
+def _rotate(samplers, events, budget, done, cap, on_round, between):
+    """timing.interleave under the row's stopping rule, or in lockstep on TP ranks (every rank
+    the same rotations; the rule judged after). Returns (samples, stable)."""
+    if budget.lockstep is None:
+        return interleave(samplers, done, budget_s=cap, on_round=on_round, between=between)
+    kw = budget.lockstep(lambda: [s() for s in samplers.values()], 1, cap)
+    for v in events.values():   # the two calls that timed a rotation are not samples
+        if v is not None:
+            v.clear()
+    xs, _ = interleave(samplers, None, min_rounds=kw["min_samples"], max_rounds=kw["max_samples"],
+                       budget_s=kw["budget_s"], on_round=on_round, between=between)
+    return xs, done(xs)
 
 
 def ranged(sample, name: str):

@@ -85,6 +85,7 @@ class SweepConfigRecord:
     arms: list[str] | None = None
     split_launch: bool | None = None
     full_max_size: int | None = None
+    pin_cpu: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,8 @@ class SweepRow:
     speedup_repeat_spread: float | None = None
     speedup_ratios: list[float] | None = None
     speedup_repeats_ci: list[float] | None = None
+    # bench.hostcpu.HostPin.summary(): cpus_used, moves, checks, loop_us, loop_us_range
+    host_pin: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,9 @@ def _measure_lines(run: dict) -> list[str]:
         bare = ", ".join(f"{n} {v['median']:.1f}" for n, v in launch.get("host_us", {}).items())
         lines.append("eager host us per kernel (bound launches): " + ", ".join(
             f"bs {b} {v:.1f}" for b, v in per_kernel.items()) + f" | bare launch: {bare}")
+    pin = pin_line(run.get("rows") or [])
+    if pin:
+        lines.append(pin)
     kl = (launch or {}).get("kernel_lines")
     if kl:
         lines.append("model's kernel lines (GPU us in a graph): " + ", ".join(
@@ -282,3 +285,16 @@ def kernels_doc(run: dict) -> Doc:
             f"bandwidth {run['copy']['bytes_per_s'] / 1e12:.2f} TB/s (read + write)")
     return Doc([Table(["kernel", "B", "context", "MB", "us", "GB/s", "of copy"], rows,
                       title=head, records=run["rows"], left=1)])
+
+
+def pin_line(rows) -> str | None:
+    """The host CPU pin over a run's rows (bench.hostcpu): moves, checks and the probe loop's
+    times; None when no row was pinned."""
+    pins = [r["host_pin"] for r in rows if r.get("host_pin") and r["host_pin"].get("checks")]
+    if not pins:
+        return None
+    lo = min(p["loop_us_range"][0] for p in pins)
+    hi = max(p["loop_us_range"][1] for p in pins)
+    return (f"host CPU: each row's rotation kept on a quick CPU ({sum(p['moves'] for p in pins)} "
+            f"moves in {sum(p['checks'] for p in pins)} checks; probe loop per row "
+            + ", ".join(f"{p['loop_us']:.0f}" for p in pins) + f" us, range {lo:.0f}-{hi:.0f})")

@@ -36,6 +36,15 @@ def test_footer_judges_the_published_bundle_and_the_graphs_alone():
     assert "the bundle published" not in sweep_table(sweep_run(shape_check=dict(held=True)))
 
 
+def test_footer_says_what_the_cpu_pin_did():
+    run = sweep_run()
+    assert "host CPU" not in sweep_table(run)          # no row pinned (--no-pin-cpu, old runs)
+    run["rows"][0]["host_pin"] = dict(cpus_used=2, moves=3, checks=40, loop_us=101.4,
+                                      loop_us_range=[96.0, 180.0])
+    assert ("host CPU: each row's rotation kept on a quick CPU (3 moves in 40 checks; probe loop "
+            "per row 101 us, range 96-180)") in sweep_table(run)
+
+
 def test_repeat_line_counts_both_shape_verdicts():
     run = sweep_run(repeats=dict(k=3, max_spread=0.04, shape_held=[False, False, True],
                                  engine_shape_held=[True, True, False]))

@@ -1,0 +1,94 @@
+"""Keeps the measuring thread on a quick CPU while a row is sampled.
+
+On a shared host (a VM whose virtual CPUs share physical cores with other work) one CPU can run
+at half its speed for seconds at a time, and which CPUs are slow moves as the host's load moves.
+A host-bound eager step then reads up to twice as long depending on where and when it ran, and
+the speedup with it (`scripts/cpu_probe.py` times every CPU in turn and shows it). Pinning to a
+fixed CPU does not help: the slow one changes. So before each round of a rotation
+(timing.interleave's `between`, off the clock) `HostPin.check` times a short pure-Python loop
+on the CPU the thread is on; when that runs more than SLOW times its time when the CPU was
+chosen, it times every CPU the process may use and moves the thread to the quickest. A row's
+figures then describe the host at its quick state, as a benchmark on an isolated core would;
+`--no-pin-cpu` measures wherever the scheduler puts the thread.
+
+Only the calling thread is pinned, and only for the rotation (`release` restores the CPUs it
+was allowed), so compile workers and other threads started outside it keep every CPU.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+SLOW = 1.15         # a check this much slower than the chosen CPU's time moves the thread
+LOOP_N = 3000       # iterations of the probe loop: about 0.1 ms on a quick server core
+REPS = 3            # a probe is the quickest of this many loops
+
+
+def loop_us(n: int = LOOP_N, reps: int = REPS) -> float:
+    """The quickest of `reps` runs of a fixed pure-Python loop on this thread, in us."""
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        s = 0
+        for i in range(n):
+            s += i & 7
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e6
+
+
+def can_pin() -> bool:
+    """Whether this platform lets a thread choose its CPU and more than one CPU is allowed."""
+    return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1
+
+
+class HostPin:
+    """Moves the calling thread to the quickest allowed CPU when its current one turns slow.
+    `probe(cpu_or_None) -> us` and `set_cpus(cpus)` default to the loop above and
+    os.sched_setaffinity; tests pass fakes."""
+
+    def __init__(self, cpus=None, probe=None, set_cpus=None):
+        self.allowed = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+        self._set = set_cpus or (lambda cs: os.sched_setaffinity(0, cs))
+        self._probe = probe or (lambda cpu: loop_us())
+        self.current: int | None = None
+        self.chosen_us = 0.0
+        self.checks: list[float] = []   # every check's probe time, us
+        self.moves = 0
+        self.used: set = set()
+
+    def choose(self) -> int:
+        """Time every allowed CPU (the thread pinned to each in turn) and stay on the quickest."""
+        times = {}
+        for c in self.allowed:
+            self._set({c})
+            times[c] = self._probe(c)
+        best = min(times, key=times.get)
+        self._set({best})
+        if best != self.current:
+            self.moves += 1
+        self.current, self.chosen_us = best, times[best]
+        self.used.add(best)
+        return best
+
+    def check(self) -> None:
+        """Before a round: keep the current CPU while it is as quick as when chosen."""
+        if self.current is None:
+            self.choose()
+            return
+        t = self._probe(self.current)
+        self.checks.append(t)
+        if t > SLOW * self.chosen_us:
+            self.choose()
+
+    def release(self) -> None:
+        """Back to every CPU the thread was allowed; the next check chooses again."""
+        self._set(set(self.allowed))
+        self.current = None
+
+    def summary(self) -> dict:
+        """What the pin did over its checks: CPUs used, moves, the probe loop's median and range."""
+        xs = self.checks
+        return dict(cpus_used=len(self.used), moves=self.moves, checks=len(xs),
+                    loop_us=statistics.median(xs) if xs else None,
+                    loop_us_range=[min(xs), max(xs)] if xs else None)

@@ -1,0 +1,103 @@
+"""The host CPU pin (bench.hostcpu) with a fake probe: it chooses the quickest CPU, stays while
+that CPU stays quick, moves when it turns slow, and gives every CPU back after a rotation; a
+row sampled with a pin reports what it did; the probe loop itself on this machine."""
+import os
+
+import pytest
+
+from microbench.bench import hostcpu, rows
+from microbench.bench.hostcpu import SLOW, HostPin, loop_us
+from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
+from tests.bench.test_rows import Clock
+
+
+class Host:
+    """Fake CPUs: speed[c] is the probe time on CPU c; `pinned` what the thread may use now."""
+
+    def __init__(self, speed):
+        self.speed, self.pinned, self.probed = dict(speed), set(speed), []
+
+    def set_cpus(self, cs):
+        self.pinned = set(cs)
+
+    def probe(self, cpu):
+        assert self.pinned == {cpu}, "a CPU is timed while the thread is pinned to it alone"
+        self.probed.append(cpu)
+        return self.speed[cpu]
+
+    def pin(self):
+        return HostPin(cpus=self.speed, probe=self.probe, set_cpus=self.set_cpus)
+
+
+def test_chooses_the_quickest_cpu_and_stays_while_it_is_quick():
+    host = Host({0: 100.0, 1: 60.0, 2: 80.0})
+    pin = host.pin()
+    pin.check()                      # the first check chooses
+    assert pin.current == 1 and host.pinned == {1} and pin.moves == 1
+    host.speed[1] = 60.0 * (SLOW - 0.05)   # a little slower: within the allowance, kept
+    host.probed.clear()
+    pin.check()
+    assert host.probed == [1] and pin.current == 1 and pin.moves == 1
+
+
+def test_moves_when_its_cpu_turns_slow():
+    host = Host({0: 100.0, 1: 60.0, 2: 80.0})
+    pin = host.pin()
+    pin.check()
+    host.speed[1] = 120.0            # CPU 1 turns slow (another tenant on its core)
+    pin.check()
+    assert pin.current == 2 and host.pinned == {2} and pin.moves == 2
+    s = pin.summary()
+    assert s == dict(cpus_used=2, moves=2, checks=1, loop_us=120.0, loop_us_range=[120.0, 120.0])
+
+
+def test_release_gives_every_cpu_back_and_the_next_check_chooses_again():
+    host = Host({3: 50.0, 5: 70.0})
+    pin = host.pin()
+    pin.check()
+    pin.release()
+    assert host.pinned == {3, 5} and pin.current is None
+    host.speed[3] = 90.0
+    pin.check()
+    assert pin.current == 5
+
+
+def test_a_pinned_row_reports_the_pin_and_releases_it(monkeypatch):
+    host = Host({0: 100.0, 1: 60.0})
+    clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0})
+    b = Budget(steps=1, budget_s=60, pin=host.pin)
+    arms = {"eager": Arm(clk.arm("eager"), wall_timer("eager_", b)),
+            "graph": Arm(clk.arm("graph"), wall_timer("graph_", b))}
+    row = measure_row(arms, 1, 1, "full")
+    # one choice before the first round, a check before each later one
+    assert row["host_pin"]["checks"] == row["eager_n"] - 1 and row["host_pin"]["cpus_used"] == 1
+    assert host.pinned == {0, 1}
+    unpinned = measure_row({k: Arm(a.step, wall_timer(a.time.prefix, Budget(1, 60)))
+                            for k, a in arms.items()}, 1, 1, "full")
+    assert "host_pin" not in unpinned
+
+
+def test_the_pin_is_released_when_a_sample_fails(monkeypatch):
+    host = Host({0: 100.0, 1: 60.0})
+    clk = Clock(monkeypatch, {"eager": iter([20.0] * 8), "graph": 10.0})   # runs out mid-row
+    b = Budget(steps=1, budget_s=60, pin=host.pin)
+    arms = {"eager": Arm(clk.arm("eager"), wall_timer("eager_", b)),
+            "graph": Arm(clk.arm("graph"), wall_timer("graph_", b))}
+    with pytest.raises(StopIteration):
+        measure_row(arms, 1, 1, "full")
+    assert host.pinned == {0, 1}
+
+
+def test_the_probe_loop_times_real_work():
+    a, b = loop_us(n=2000), loop_us(n=20000)
+    assert 0 < a < b
+
+
+@pytest.mark.skipif(not hostcpu.can_pin(), reason="needs sched_setaffinity and two CPUs")
+def test_a_real_pin_moves_this_thread_and_gives_it_back():
+    before = os.sched_getaffinity(0)
+    pin = HostPin()
+    c = pin.choose()
+    assert os.sched_getaffinity(0) == {c}
+    pin.release()
+    assert os.sched_getaffinity(0) == before
