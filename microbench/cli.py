@@ -2,7 +2,6 @@
 function that tests can call directly, and prints what it returns."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -159,9 +158,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
     require_cuda("sweep")
     if tp > 1:
         from microbench.cli_tp import tp_sweep_main
-        # TP ranks do not pin (SweepConfig.pin_cpu)
-        text, code = tp_sweep_main(dataclasses.replace(cfg, pin_cpu=False).to_dict(), tp,
-                                   compare_tp1=not no_tp1, as_json=as_json,
+        text, code = tp_sweep_main(cfg.to_dict(), tp, compare_tp1=not no_tp1, as_json=as_json,
                                    quiet=quiet)
         if text is not None:
             click.echo(text)

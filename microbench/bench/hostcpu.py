@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from contextlib import contextmanager
 
 SLOW = 1.15         # a check this much slower than the chosen CPU's time moves the thread
 LOOP_N = 3000       # iterations of the probe loop: about 0.1 ms on a quick server core
@@ -92,3 +93,17 @@ class HostPin:
         return dict(cpus_used=len(self.used), moves=self.moves, checks=len(xs),
                     loop_us=statistics.median(xs) if xs else None,
                     loop_us_range=[min(xs), max(xs)] if xs else None)
+
+
+@contextmanager
+def on_quick_cpu(enabled: bool = True):
+    """The block runs with this thread on the quickest allowed CPU as timed on entry (no move
+    when not `enabled` or the platform cannot pin); every allowed CPU comes back on exit."""
+    pin = HostPin() if enabled and can_pin() else None
+    if pin is not None:
+        pin.choose()
+    try:
+        yield pin
+    finally:
+        if pin is not None:
+            pin.release()

@@ -13,7 +13,7 @@ from microbench.engine.runner import GraphRunner
 from microbench.bench import arms as arms_mod
 from microbench.bench.bandwidth import family_bandwidth, kernels_without_pdl
 from microbench.bench.env import environment, require_cuda
-from microbench.bench.hostcpu import HostPin, can_pin
+from microbench.bench.hostcpu import HostPin, can_pin, on_quick_cpu
 from microbench.bench.sweep_config import SweepConfig, max_seq_for
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
@@ -220,15 +220,9 @@ class _Sweep:
         """Launch costs, copy bandwidth, matrix rate and kernel lines: after every step is timed."""
         cfg, dec, run = self.cfg, self.dec, self.run
         self.say("measuring launch costs, copy bandwidth and matrix rate")
-        pin = self.budget.pin() if self.budget.pin is not None else None
-        if pin is not None:   # the bare launch costs on a quick CPU, as the rows' eager steps
-            pin.choose()
-        try:
+        with on_quick_cpu(cfg.pin_cpu):   # the bare launch costs on a quick CPU, as the rows'
             launch = measure_launch(self.dev, budget_s=min(cfg.time_budget, 0.5))
             launch["ops_host_us"] = measure_ops(dec, 1, budget_s=min(cfg.time_budget, 0.3))
-        finally:
-            if pin is not None:
-                pin.release()
         self.say("timing the step's kernels inside graphs (the model's per-family lines)")
         launch["kernel_lines"] = kernel_lines(
             dec, cfg.context, budget_s=min(cfg.time_budget, 0.1),

@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from microbench.bench.collectives import BIG_BYTES, gather, lockstep, measure_allreduce, point_at
 from microbench.bench.env import require_cuda
+from microbench.bench.hostcpu import HostPin, can_pin, on_quick_cpu
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
 from microbench.bench.ops import measure_ops
@@ -88,7 +89,9 @@ def single_gpu_steps(dec, ladder, cfg, say) -> dict:
             padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
             x = packed(t, p, s)
             arms = step_arms(lean_eager(dec, bs, x), lambda: runner.step_packed(x), cfg,
-                             Budget(cfg.steps, cfg.time_budget), check=False)
+                             Budget(cfg.steps, cfg.time_budget,
+                                    pin=HostPin if cfg.pin_cpu and can_pin() else None),
+                             check=False)
             row = measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode,
                               lambda m: say(f"TP 1, {m}"))
             row.update(attn_launches=dec.attention_launches(bs),
@@ -162,7 +165,8 @@ class _Rank:
                               interrupted=False,
                               decoder=dict(pdl_mode=pdl_modes.mode_name(self.dec_kw["pdl"])))
         say("rank 0 alone: launch costs, copy bandwidth, matrix rate")
-        run["launch"] = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
+        with on_quick_cpu(cfg.pin_cpu):
+            run["launch"] = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
         why = "not asked" if not compare_tp1 else tp1_skip_reason(
             shape, self.max_batch, self.max_seq, self.elt, torch.cuda.mem_get_info(dev)[0])
         if why is None:

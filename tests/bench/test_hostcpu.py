@@ -101,3 +101,13 @@ def test_a_real_pin_moves_this_thread_and_gives_it_back():
     assert os.sched_getaffinity(0) == {c}
     pin.release()
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(not hostcpu.can_pin(), reason="needs sched_setaffinity and two CPUs")
+def test_on_quick_cpu_pins_the_block_only():
+    before = os.sched_getaffinity(0)
+    with hostcpu.on_quick_cpu() as pin:
+        assert os.sched_getaffinity(0) == {pin.current}
+    assert os.sched_getaffinity(0) == before
+    with hostcpu.on_quick_cpu(False) as pin:
+        assert pin is None and os.sched_getaffinity(0) == before
