@@ -9,7 +9,9 @@ fixed CPU does not help: the slow one changes. So before each round of a rotatio
 on the CPU the thread is on; when that runs more than SLOW times its time when the CPU was
 chosen, it times every CPU the process may use and moves the thread to the quickest. A row's
 figures then describe the host at its quick state, as a benchmark on an isolated core would;
-`--no-pin-cpu` measures wherever the scheduler puts the thread.
+`--no-pin-cpu` measures wherever the scheduler puts the thread. TP ranks each choose once per
+row, from their own share of the CPUs (`rank_share`), and never move inside it: a rank choosing
+between rounds would hold the others up inside their timed collectives.
 
 Only the calling thread is pinned, and only for the rotation (`release` restores the CPUs it
 was allowed), so compile workers and other threads started outside it keep every CPU.
@@ -45,12 +47,16 @@ def can_pin() -> bool:
 
 class HostPin:
     """Moves the calling thread to the quickest allowed CPU when its current one turns slow.
-    `probe(cpu_or_None) -> us` and `set_cpus(cpus)` default to the loop above and
-    os.sched_setaffinity; tests pass fakes."""
+    `probe(cpu) -> us` and `set_cpus(cpus)` default to the loop above and os.sched_setaffinity;
+    tests pass fakes. `cpus`: the CPUs it may choose from (default: all this thread may use)."""
 
-    def __init__(self, cpus=None, probe=None, set_cpus=None):
+    def __init__(self, cpus=None, probe=None, set_cpus=None, every_round: bool = True):
         self.allowed = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+        # False: chosen once per rotation, never moved (TP ranks, whose rounds must not wait)
+        self.every_round = every_round
         self._set = set_cpus or (lambda cs: os.sched_setaffinity(0, cs))
+        # what release gives back: the thread's CPUs before the pin (with a fake setter, `cpus`)
+        self._restore = set(self.allowed) if set_cpus else set(os.sched_getaffinity(0))
         self._probe = probe or (lambda cpu: loop_us())
         self.current: int | None = None
         self.chosen_us = 0.0
@@ -83,8 +89,8 @@ class HostPin:
             self.choose()
 
     def release(self) -> None:
-        """Back to every CPU the thread was allowed; the next check chooses again."""
-        self._set(set(self.allowed))
+        """Back to the CPUs the thread had before the pin; the next check chooses again."""
+        self._set(self._restore)
         self.current = None
 
     def summary(self) -> dict:
@@ -93,6 +99,14 @@ class HostPin:
         return dict(cpus_used=len(self.used), moves=self.moves, checks=len(xs),
                     loop_us=statistics.median(xs) if xs else None,
                     loop_us_range=[min(xs), max(xs)] if xs else None)
+
+
+def rank_share(rank: int, world: int, cpus=None) -> list[int]:
+    """Rank `rank`'s share of the CPUs (every world-th, from its own index), so ranks that
+    each pick their quickest never pick the same one."""
+    cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+    share = cpus[rank::world]
+    return share or cpus
 
 
 @contextmanager

@@ -145,15 +145,17 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
                 for n, (fn, t) in arms.items()}
     pin = budget.pin() if budget.pin is not None else None
     # the pin's check first, so the host costs sampled beside are sampled on the CPU it keeps
-    hooks = ([pin.check] if pin is not None else []) + [
+    hooks = ([pin.check] if pin is not None and pin.every_round else []) + [
         partial(t.beside, fn) for fn, t in arms.values() if t.beside is not None]
     between = (lambda: [h() for h in hooks]) if hooks else None
-    for fn, _ in arms.values():
-        for _ in range(WARMUP):
-            fn()
     prefix = {t.prefix: n for n, (_, t) in arms.items()}
     done = rule(prefix)
     try:
+        if pin is not None:
+            pin.check()       # the first check chooses the CPU, before the warm-up
+        for fn, _ in arms.values():
+            for _ in range(WARMUP):
+                fn()
         xs, stable = _rotate(samplers, events, budget, done, cap, on_round, between)
     finally:
         if pin is not None:

@@ -29,9 +29,8 @@ class SweepConfig:
     split_launch: bool = False   # full mode: each size as two graphs (GraphRunner split_launch)
     # full_and_piecewise: the largest size the full pass captures (GraphRunner full_max_size)
     full_max_size: int | None = None
-    # keep each rotation's thread on a quick CPU (bench.hostcpu). In a TP sweep only rank 0's
-    # phase alone (launch costs, TP 1) pins: a rank choosing its CPU between rounds would hold
-    # the others up inside their timed collectives
+    # keep each rotation's thread on a quick CPU (bench.hostcpu); TP ranks choose once per row,
+    # each from its own share of the CPUs
     pin_cpu: bool = True
 
     def validate(self) -> "SweepConfig":

@@ -23,12 +23,14 @@ step. Times are rank 0's; `*_max_rank` fields hold the slowest rank's median.
 from __future__ import annotations
 
 import time
+from functools import partial
+
 import torch
 import torch.distributed as dist
 
 from microbench.bench.collectives import BIG_BYTES, gather, lockstep, measure_allreduce, point_at
 from microbench.bench.env import require_cuda
-from microbench.bench.hostcpu import HostPin, can_pin, on_quick_cpu
+from microbench.bench.hostcpu import HostPin, can_pin, on_quick_cpu, rank_share
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
 from microbench.bench.ops import measure_ops
@@ -228,8 +230,11 @@ class _Rank:
         model = (self.model(self.run, shard, cfg, self.world, self.elt)
                  if self.lead and self.model is not None else None)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
+        # each rank on a quick CPU of its own share, chosen once per row (bench.hostcpu)
+        pin = (partial(HostPin, cpus=rank_share(self.rank, self.world), every_round=False)
+               if cfg.pin_cpu and can_pin() else None)
         budget = Budget(cfg.steps, cfg.time_budget,
-                        lockstep=lambda fn, inner, b: lockstep(fn, inner, b, host))
+                        lockstep=lambda fn, inner, b: lockstep(fn, inner, b, host), pin=pin)
         for bs in cfg.bs:
             # tokens drawn on the host: every rank gets the same ones
             t, p, s = step_inputs(cfg.shape.vocab, bs, cfg.context, self.dev, gen, host_tokens=True)

@@ -69,8 +69,8 @@ def test_a_pinned_row_reports_the_pin_and_releases_it(monkeypatch):
     arms = {"eager": Arm(clk.arm("eager"), wall_timer("eager_", b)),
             "graph": Arm(clk.arm("graph"), wall_timer("graph_", b))}
     row = measure_row(arms, 1, 1, "full")
-    # one choice before the first round, a check before each later one
-    assert row["host_pin"]["checks"] == row["eager_n"] - 1 and row["host_pin"]["cpus_used"] == 1
+    # one choice before the warm-up, a check before each round
+    assert row["host_pin"]["checks"] == row["eager_n"] and row["host_pin"]["cpus_used"] == 1
     assert host.pinned == {0, 1}
     unpinned = measure_row({k: Arm(a.step, wall_timer(a.time.prefix, Budget(1, 60)))
                             for k, a in arms.items()}, 1, 1, "full")
@@ -86,6 +86,22 @@ def test_the_pin_is_released_when_a_sample_fails(monkeypatch):
     with pytest.raises(StopIteration):
         measure_row(arms, 1, 1, "full")
     assert host.pinned == {0, 1}
+
+
+def test_a_rank_pin_chooses_once_and_never_moves_inside_the_row(monkeypatch):
+    host = Host({0: 100.0, 1: 60.0, 2: 70.0, 3: 50.0})
+    clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0})
+    share = hostcpu.rank_share(1, 2, host.speed)
+    assert share == [1, 3] and hostcpu.rank_share(0, 2, host.speed) == [0, 2]
+    b = Budget(steps=1, budget_s=60, pin=lambda: HostPin(cpus=share, probe=host.probe,
+                                                         set_cpus=host.set_cpus, every_round=False))
+    arms = {"eager": Arm(clk.arm("eager"), wall_timer("eager_", b)),
+            "graph": Arm(clk.arm("graph"), wall_timer("graph_", b))}
+    row = measure_row(arms, 1, 1, "full")
+    assert sorted(host.probed) == [1, 3]                  # its share timed once, nothing after
+    assert row["host_pin"]["moves"] == 1 and row["host_pin"]["checks"] == 0
+    assert host.pinned == {1, 3}                         # its share back after the row
+    assert hostcpu.rank_share(5, 8, [0, 1]) == [0, 1]    # more ranks than CPUs: all of them
 
 
 def test_the_probe_loop_times_real_work():
@@ -111,3 +127,12 @@ def test_on_quick_cpu_pins_the_block_only():
     assert os.sched_getaffinity(0) == before
     with hostcpu.on_quick_cpu(False) as pin:
         assert pin is None and os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(not hostcpu.can_pin(), reason="needs sched_setaffinity and two CPUs")
+def test_a_pin_on_a_share_gives_back_every_cpu_the_thread_had():
+    before = os.sched_getaffinity(0)
+    pin = HostPin(cpus=hostcpu.rank_share(0, 2))
+    pin.choose()
+    pin.release()
+    assert os.sched_getaffinity(0) == before
