@@ -9,6 +9,7 @@ import warnings
 
 import torch
 
+from microbench.bench.hostcpu import HostPin, can_pin, on_quick_cpu
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
 from microbench.bench.ops import measure_ops
@@ -58,7 +59,11 @@ class Lab:
 
     def time(self, fn) -> dict:
         """Wall time of synchronised steps (step_us, p20, p80, n) and their event time."""
-        return wall_timer("", Budget(self.cfg.steps, self.cfg.time_budget), event=True)(fn, {})
+        return wall_timer("", self.budget(), event=True)(fn, {})
+
+    def budget(self) -> Budget:
+        """A row's sampling budget; its rotation on a quick CPU (bench.hostcpu), as the sweep's."""
+        return Budget(self.cfg.steps, self.cfg.time_budget, pin=HostPin if can_pin() else None)
 
     def measure(self, mode: str, sizes, bs_list) -> list[dict]:
         """Step time of each batch when `sizes` are captured in `mode`. Only the graphs these
@@ -88,7 +93,7 @@ class Lab:
 
     def arm_timer(self, prefix: str, scale: float = 1.0):
         """The timer of one arm of a paired row (rows.Timer: sampled in rotation)."""
-        return wall_timer(prefix, Budget(self.cfg.steps, self.cfg.time_budget), scale, event=True)
+        return wall_timer(prefix, self.budget(), scale, event=True)
 
     def pair(self, bs_list) -> list[dict]:
         """Eager against one full graph per batch (captured exactly), the two sampled in
@@ -119,8 +124,10 @@ class Lab:
         (once per run)."""
         if "launch" not in self.cache:
             self.say("measuring launch costs, copy bandwidth and matrix rate")
-            launch = measure_launch(self.dec.device, budget_s=min(self.cfg.time_budget, 0.5))
-            launch["ops_host_us"] = measure_ops(self.dec, 1, budget_s=min(self.cfg.time_budget, 0.3))
+            with on_quick_cpu():
+                launch = measure_launch(self.dec.device, budget_s=min(self.cfg.time_budget, 0.5))
+                launch["ops_host_us"] = measure_ops(self.dec, 1,
+                                                    budget_s=min(self.cfg.time_budget, 0.3))
             self.cache["launch"] = launch
         return self.cache["launch"]
 
