@@ -152,7 +152,7 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
             f"{k} {v}" for k, v in taken.items()) + " (options override)", err=True)
     try:
         prof = resolve_profile(run, gpu, copy_bw, tflops, launch_us, opts["preset"],
-                               run_name=profile_run)
+                               run_name=profile_run, context=opts["context"])
     except ValueError as e:
         usage(e)
     # the plan of the decoder that was measured, else today's decoder's

@@ -12,10 +12,11 @@ attention, small element-wise kernels), fitted on the decoder's own kernels time
 bytes (its launch inside a graph, its first DRAM round trip, its tail; less where programmatic
 dependent launch overlaps it with the kernel before), BW_f the bandwidth it streams at. Without
 lines (datasheet GPUs, old runs) every kernel uses the copy line: the copy's fixed cost and BW.
-Where the op itself was timed at batches on both sides of b (the lines' points, a few batches
-from 1 to 128), the family line gives way to the op's own points, joined linearly in bytes:
-one line cannot follow a family whose members differ in shape (a cuBLAS matmul's efficiency
-depends on its N and K, not only its bytes), and the points are the op's measured cost.
+Where the op itself was timed at batches on both sides of b (the lines' points, at
+bench.ops.LINE_BATCHES), the family line gives way to the op's own points, joined linearly in
+bytes: one line cannot follow a family whose members differ in shape (a cuBLAS matmul's
+efficiency depends on its N and K, not only its bytes), and the points are the op's measured
+cost. At a batch that is itself a line batch the op's time is its own timing at that batch.
 
 Eager step, per-kernel pipeline: the host enqueues kernel k after spending c_k (its launcher's
 host cost); the GPU starts it when it has been enqueued and the previous kernel has finished:
@@ -106,12 +107,13 @@ class DeviceProfile:
 
 
 def op_points(lines: dict) -> dict:
-    """kernel name -> its [(bytes, us), ...] sorted by bytes, from kernel_lines' points."""
+    """kernel name -> its [(bytes, us), ...] sorted by bytes, from kernel_lines' points (points
+    of equal bytes averaged into one)."""
     out: dict = {}
     for v in lines.values():
         for pt in v.get("points", ()):
-            out.setdefault(pt["op"], []).append((pt["bytes"], pt["us"]))
-    return {k: sorted(v) for k, v in out.items()}
+            out.setdefault(pt["op"], {}).setdefault(pt["bytes"], []).append(pt["us"])
+    return {k: sorted((b, sum(us) / len(us)) for b, us in v.items()) for k, v in out.items()}
 
 
 def between_points(pts, x: float) -> float | None:

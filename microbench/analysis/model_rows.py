@@ -12,12 +12,14 @@ from microbench.engine.plan import Fusion
 
 
 def resolve_profile(run: dict | None, gpu, copy_bw_gbs, tflops, launch_us,
-                    preset: str | None = None, run_name: str = "the run") -> mdl.DeviceProfile:
+                    preset: str | None = None, run_name: str = "the run",
+                    context: int | None = None) -> mdl.DeviceProfile:
     """A measured profile from a saved run (loaded; `run_name` says where from), a datasheet
     GPU, explicit numbers, or a mix: later sources override earlier ones (run, then --gpu, then
     explicit options). A run's kernel lines are fitted on its own preset's kernels (a 125M
     model's matmuls stream slower than a 70B's): for another `preset` they are dropped and every
-    kernel uses the copy line."""
+    kernel uses the copy line. Its ops' own points were timed at its context (attention's bytes
+    are its history's): at another `context` they are dropped and the lines price every op."""
     prof = None
     if run is not None:
         if "launch" not in run:
@@ -28,6 +30,10 @@ def resolve_profile(run: dict | None, gpu, copy_bw_gbs, tflops, launch_us,
         if preset and prof.kernel_lines and measured != preset:
             prof = replace(prof, kernel_lines={}, kernel_points={}, source=prof.source + (
                 f"; its kernel lines were fitted on {measured}'s kernels: copy line instead"))
+        at = run.get("config", {}).get("context")
+        if context is not None and prof.kernel_points and at is not None and at != context:
+            prof = replace(prof, kernel_points={}, source=prof.source + (
+                f"; its ops were timed at context {at}: the kernel lines instead"))
     if gpu:
         prof = mdl.datasheet_profile(gpu, prof)
     if prof is None:

@@ -1,10 +1,11 @@
 """Keeps the measuring thread on a quick CPU while a row is sampled.
 
 On a shared host (a VM whose virtual CPUs share physical cores with other work) one CPU can run
-at half its speed for seconds at a time, and which CPUs are slow moves as the host's load moves.
-A host-bound eager step then reads up to twice as long depending on where and when it ran, and
-the speedup with it (`scripts/cpu_probe.py` times every CPU in turn and shows it). Pinning to a
-fixed CPU does not help: the slow one changes. So before each round of a rotation
+far slower than the others for seconds at a time, and which CPUs are slow moves as the host's
+load moves. A host-bound eager step then reads longer or shorter depending on where and when it
+ran, and the speedup with it (`scripts/cpu_probe.py` times every CPU in turn and shows it).
+Pinning to a fixed CPU does not help: the slow one changes. So after a rotation's warm-up the
+thread goes to the quickest CPU, and before each round of the rotation
 (timing.interleave's `between`, off the clock) `HostPin.check` times a short pure-Python loop
 on the CPU the thread is on; when that runs more than SLOW times its time when the CPU was
 chosen, it times every CPU the process may use and moves the thread to the quickest. A row's
@@ -14,7 +15,9 @@ row, from their own share of the CPUs (`rank_share`), and never move inside it: 
 between rounds would hold the others up inside their timed collectives.
 
 Only the calling thread is pinned, and only for the rotation (`release` restores the CPUs it
-was allowed), so compile workers and other threads started outside it keep every CPU.
+had), so compile workers, thread pools and other threads started outside the rotation (the arms'
+set-up and warm-up included) keep every CPU; a thread or process started inside it would inherit
+the one CPU.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import time
 from contextlib import contextmanager
 
 SLOW = 1.15         # a check this much slower than the chosen CPU's time moves the thread
-LOOP_N = 3000       # iterations of the probe loop: about 0.1 ms on a quick server core
+LOOP_N = 3000       # iterations of the probe loop: a fraction of a millisecond
 REPS = 3            # a probe is the quickest of this many loops
 
 
@@ -47,34 +50,43 @@ def can_pin() -> bool:
 
 class HostPin:
     """Moves the calling thread to the quickest allowed CPU when its current one turns slow.
-    `probe(cpu) -> us` and `set_cpus(cpus)` default to the loop above and os.sched_setaffinity;
-    tests pass fakes. `cpus`: the CPUs it may choose from (default: all this thread may use)."""
+    `probe(cpu) -> us`, `set_cpus(cpus)` and `get_cpus()` default to the loop above and
+    os.sched_setaffinity / getaffinity; tests pass fakes. `cpus`: the CPUs it may choose from
+    (default: all this thread may use)."""
 
-    def __init__(self, cpus=None, probe=None, set_cpus=None, every_round: bool = True):
-        self.allowed = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+    def __init__(self, cpus=None, probe=None, set_cpus=None, get_cpus=None,
+                 every_round: bool = True):
+        get_cpus = get_cpus or (lambda: os.sched_getaffinity(0))
+        self.allowed = sorted(cpus if cpus is not None else get_cpus())
         # False: chosen once per rotation, never moved (TP ranks, whose rounds must not wait)
         self.every_round = every_round
         self._set = set_cpus or (lambda cs: os.sched_setaffinity(0, cs))
-        # what release gives back: the thread's CPUs before the pin (with a fake setter, `cpus`)
-        self._restore = set(self.allowed) if set_cpus else set(os.sched_getaffinity(0))
+        self._restore = set(get_cpus())     # what release gives back: the CPUs it had
         self._probe = probe or (lambda cpu: loop_us())
         self.current: int | None = None
         self.chosen_us = 0.0
         self.checks: list[float] = []   # every check's probe time, us
-        self.moves = 0
+        self.moves = 0                  # changes from one chosen CPU to another
         self.used: set = set()
 
     def choose(self) -> int:
-        """Time every allowed CPU (the thread pinned to each in turn) and stay on the quickest."""
-        times = {}
-        for c in self.allowed:
-            self._set({c})
-            times[c] = self._probe(c)
-        best = min(times, key=times.get)
-        self._set({best})
-        if best != self.current:
+        """Time every allowed CPU (the thread pinned to each in turn) and stay on the quickest.
+        Its reference time is a fresh probe there, not the scan's minimum (which a lucky reading
+        would set too low, and every later check would then call slow)."""
+        try:
+            times = {}
+            for c in self.allowed:
+                self._set({c})
+                times[c] = self._probe(c)
+            best = min(times, key=times.get)
+            self._set({best})
+        except BaseException:
+            self._set(self._restore)
+            self.current = None
+            raise
+        if self.current is not None and best != self.current:
             self.moves += 1
-        self.current, self.chosen_us = best, times[best]
+        self.current, self.chosen_us = best, self._probe(best)
         self.used.add(best)
         return best
 
@@ -101,6 +113,14 @@ class HostPin:
                     loop_us_range=[min(xs), max(xs)] if xs else None)
 
 
+def pin_factory(enabled: bool, cpus=None, every_round: bool = True):
+    """A rows.Budget `pin`: makes a HostPin over `cpus` per rotation, or None when not
+    `enabled` or the platform cannot pin."""
+    if not (enabled and can_pin()):
+        return None
+    return lambda: HostPin(cpus=cpus, every_round=every_round)
+
+
 def rank_share(rank: int, world: int, cpus=None) -> list[int]:
     """Rank `rank`'s share of the CPUs (every world-th, from its own index), so ranks that
     each pick their quickest never pick the same one."""
@@ -112,11 +132,11 @@ def rank_share(rank: int, world: int, cpus=None) -> list[int]:
 @contextmanager
 def on_quick_cpu(enabled: bool = True):
     """The block runs with this thread on the quickest allowed CPU as timed on entry (no move
-    when not `enabled` or the platform cannot pin); every allowed CPU comes back on exit."""
+    when not `enabled` or the platform cannot pin); the thread's CPUs come back on exit."""
     pin = HostPin() if enabled and can_pin() else None
-    if pin is not None:
-        pin.choose()
     try:
+        if pin is not None:
+            pin.choose()
         yield pin
     finally:
         if pin is not None:

@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from microbench.bench.hostcpu import HostPin, can_pin, on_quick_cpu
+from microbench.bench.hostcpu import on_quick_cpu, pin_factory
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
 from microbench.bench.ops import measure_ops
@@ -63,7 +63,7 @@ class Lab:
 
     def budget(self) -> Budget:
         """A row's sampling budget; its rotation on a quick CPU (bench.hostcpu), as the sweep's."""
-        return Budget(self.cfg.steps, self.cfg.time_budget, pin=HostPin if can_pin() else None)
+        return Budget(self.cfg.steps, self.cfg.time_budget, pin=pin_factory(True))
 
     def measure(self, mode: str, sizes, bs_list) -> list[dict]:
         """Step time of each batch when `sizes` are captured in `mode`. Only the graphs these

@@ -150,12 +150,12 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
     between = (lambda: [h() for h in hooks]) if hooks else None
     prefix = {t.prefix: n for n, (_, t) in arms.items()}
     done = rule(prefix)
+    for fn, _ in arms.values():
+        for _ in range(WARMUP):
+            fn()
     try:
-        if pin is not None:
-            pin.check()       # the first check chooses the CPU, before the warm-up
-        for fn, _ in arms.values():
-            for _ in range(WARMUP):
-                fn()
+        if pin is not None:   # the first check chooses the CPU: after the warm-up, so threads
+            pin.check()       # and workers it starts keep every CPU
         xs, stable = _rotate(samplers, events, budget, done, cap, on_round, between)
     finally:
         if pin is not None:

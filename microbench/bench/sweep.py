@@ -13,7 +13,7 @@ from microbench.engine.runner import GraphRunner
 from microbench.bench import arms as arms_mod
 from microbench.bench.bandwidth import family_bandwidth, kernels_without_pdl
 from microbench.bench.env import environment, require_cuda
-from microbench.bench.hostcpu import HostPin, can_pin, on_quick_cpu
+from microbench.bench.hostcpu import on_quick_cpu, pin_factory
 from microbench.bench.sweep_config import SweepConfig, max_seq_for
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
@@ -121,8 +121,7 @@ class _Sweep:
                                        *(["engine-eager"] if self.plain is not None else []),
                                        *self.extra)}
         self.elt = torch.finfo(dtype).bits // 8
-        self.budget = Budget(cfg.steps, cfg.time_budget,
-                             pin=HostPin if cfg.pin_cpu and can_pin() else None)
+        self.budget = Budget(cfg.steps, cfg.time_budget, pin=pin_factory(cfg.pin_cpu))
         self.gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
 
     def capture(self):

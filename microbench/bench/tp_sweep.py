@@ -23,14 +23,12 @@ step. Times are rank 0's; `*_max_rank` fields hold the slowest rank's median.
 from __future__ import annotations
 
 import time
-from functools import partial
-
 import torch
 import torch.distributed as dist
 
 from microbench.bench.collectives import BIG_BYTES, gather, lockstep, measure_allreduce, point_at
 from microbench.bench.env import require_cuda
-from microbench.bench.hostcpu import HostPin, can_pin, on_quick_cpu, rank_share
+from microbench.bench.hostcpu import on_quick_cpu, pin_factory, rank_share
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
 from microbench.bench.ops import measure_ops
@@ -91,8 +89,7 @@ def single_gpu_steps(dec, ladder, cfg, say) -> dict:
             padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
             x = packed(t, p, s)
             arms = step_arms(lean_eager(dec, bs, x), lambda: runner.step_packed(x), cfg,
-                             Budget(cfg.steps, cfg.time_budget,
-                                    pin=HostPin if cfg.pin_cpu and can_pin() else None),
+                             Budget(cfg.steps, cfg.time_budget, pin=pin_factory(cfg.pin_cpu)),
                              check=False)
             row = measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode,
                               lambda m: say(f"TP 1, {m}"))
@@ -231,8 +228,7 @@ class _Rank:
                  if self.lead and self.model is not None else None)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         # each rank on a quick CPU of its own share, chosen once per row (bench.hostcpu)
-        pin = (partial(HostPin, cpus=rank_share(self.rank, self.world), every_round=False)
-               if cfg.pin_cpu and can_pin() else None)
+        pin = pin_factory(cfg.pin_cpu, rank_share(self.rank, self.world), every_round=False)
         budget = Budget(cfg.steps, cfg.time_budget,
                         lockstep=lambda fn, inner, b: lockstep(fn, inner, b, host), pin=pin)
         for bs in cfg.bs:

@@ -234,3 +234,23 @@ def test_kernel_lines_stay_with_the_preset_they_were_fitted_on():
     other = resolve_profile(run, None, None, None, None, "llama-70b")
     assert same.kernel_lines and other.kernel_lines == {}
     assert "fitted on opt-125m" in other.source
+
+
+def test_op_points_stay_with_the_context_they_were_timed_at():
+    """Attention's points were timed on the run's context: at another context the lines
+    price every op, at the same one the points stay; equal bytes average into one point."""
+    import json
+    pts = [dict(op="decode_attention", b=1, bytes=1_000_000, us=4.0),
+           dict(op="decode_attention", b=2, bytes=1_000_000, us=6.0)]
+    launch = dict(replay_fit=dict(gpu_fixed_us=2.0), copy=dict(bytes_per_s=3e12),
+                  matmul=dict(flops_per_s=7e14), host_us=dict(torch=dict(median=9.0)),
+                  gpu_us_per_kernel=dict(torch=dict(median=1.0)),
+                  replay={"1": dict(host_us=dict(median=4.0))},
+                  kernel_lines=dict(attention=dict(fixed_us=1.0, bytes_per_s=1e12, points=pts)))
+    run = json.loads(json.dumps(dict(kind="sweep", config=dict(preset="opt-125m", context=512),
+                                      env={}, launch=launch)))
+    same = resolve_profile(run, None, None, None, None, "opt-125m", context=512)
+    other = resolve_profile(run, None, None, None, None, "opt-125m", context=4096)
+    assert same.kernel_points == {"decode_attention": [(1_000_000, 5.0)]}
+    assert other.kernel_points == {} and other.kernel_lines
+    assert "timed at context 512" in other.source

@@ -25,19 +25,24 @@ class Host:
         self.probed.append(cpu)
         return self.speed[cpu]
 
-    def pin(self):
-        return HostPin(cpus=self.speed, probe=self.probe, set_cpus=self.set_cpus)
+    def get_cpus(self):
+        return set(self.pinned)
+
+    def pin(self, cpus=None, every_round=True):
+        return HostPin(cpus=cpus if cpus is not None else self.speed, probe=self.probe,
+                       set_cpus=self.set_cpus, get_cpus=self.get_cpus, every_round=every_round)
 
 
 def test_chooses_the_quickest_cpu_and_stays_while_it_is_quick():
     host = Host({0: 100.0, 1: 60.0, 2: 80.0})
     pin = host.pin()
-    pin.check()                      # the first check chooses
-    assert pin.current == 1 and host.pinned == {1} and pin.moves == 1
+    pin.check()                      # the first check chooses (not a move: no CPU before it)
+    assert pin.current == 1 and host.pinned == {1} and pin.moves == 0
+    assert pin.chosen_us == 60.0     # a fresh probe on the chosen CPU
     host.speed[1] = 60.0 * (SLOW - 0.05)   # a little slower: within the allowance, kept
     host.probed.clear()
     pin.check()
-    assert host.probed == [1] and pin.current == 1 and pin.moves == 1
+    assert host.probed == [1] and pin.current == 1 and pin.moves == 0
 
 
 def test_moves_when_its_cpu_turns_slow():
@@ -46,9 +51,9 @@ def test_moves_when_its_cpu_turns_slow():
     pin.check()
     host.speed[1] = 120.0            # CPU 1 turns slow (another tenant on its core)
     pin.check()
-    assert pin.current == 2 and host.pinned == {2} and pin.moves == 2
+    assert pin.current == 2 and host.pinned == {2} and pin.moves == 1
     s = pin.summary()
-    assert s == dict(cpus_used=2, moves=2, checks=1, loop_us=120.0, loop_us_range=[120.0, 120.0])
+    assert s == dict(cpus_used=2, moves=1, checks=1, loop_us=120.0, loop_us_range=[120.0, 120.0])
 
 
 def test_release_gives_every_cpu_back_and_the_next_check_chooses_again():
@@ -69,7 +74,7 @@ def test_a_pinned_row_reports_the_pin_and_releases_it(monkeypatch):
     arms = {"eager": Arm(clk.arm("eager"), wall_timer("eager_", b)),
             "graph": Arm(clk.arm("graph"), wall_timer("graph_", b))}
     row = measure_row(arms, 1, 1, "full")
-    # one choice before the warm-up, a check before each round
+    # one choice after the warm-up, a check before each round
     assert row["host_pin"]["checks"] == row["eager_n"] and row["host_pin"]["cpus_used"] == 1
     assert host.pinned == {0, 1}
     unpinned = measure_row({k: Arm(a.step, wall_timer(a.time.prefix, Budget(1, 60)))
@@ -93,15 +98,35 @@ def test_a_rank_pin_chooses_once_and_never_moves_inside_the_row(monkeypatch):
     clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0})
     share = hostcpu.rank_share(1, 2, host.speed)
     assert share == [1, 3] and hostcpu.rank_share(0, 2, host.speed) == [0, 2]
-    b = Budget(steps=1, budget_s=60, pin=lambda: HostPin(cpus=share, probe=host.probe,
-                                                         set_cpus=host.set_cpus, every_round=False))
+    b = Budget(steps=1, budget_s=60, pin=lambda: host.pin(share, every_round=False))
     arms = {"eager": Arm(clk.arm("eager"), wall_timer("eager_", b)),
             "graph": Arm(clk.arm("graph"), wall_timer("graph_", b))}
     row = measure_row(arms, 1, 1, "full")
-    assert sorted(host.probed) == [1, 3]                  # its share timed once, nothing after
-    assert row["host_pin"]["moves"] == 1 and row["host_pin"]["checks"] == 0
-    assert host.pinned == {1, 3}                         # its share back after the row
+    assert sorted(host.probed) == [1, 3, 3]   # its share timed once, the chosen CPU again, no more
+    assert row["host_pin"]["checks"] == 0 and row["host_pin"]["cpus_used"] == 1
+    assert host.pinned == {0, 1, 2, 3}                   # every CPU it had, back after the row
     assert hostcpu.rank_share(5, 8, [0, 1]) == [0, 1]    # more ranks than CPUs: all of them
+
+
+def test_a_failing_probe_leaves_the_thread_its_cpus():
+    host = Host({0: 100.0, 1: 60.0})
+
+    def probe(cpu):
+        raise KeyboardInterrupt
+    pin = HostPin(cpus=[0, 1], probe=probe, set_cpus=host.set_cpus, get_cpus=host.get_cpus)
+    with pytest.raises(KeyboardInterrupt):
+        pin.check()
+    assert host.pinned == {0, 1} and pin.current is None
+
+
+def test_pin_factory():
+    assert hostcpu.pin_factory(False) is None
+    made = hostcpu.pin_factory(True, cpus=[0, 1], every_round=False)
+    if hostcpu.can_pin():
+        p = made()
+        assert p.allowed == [0, 1] and p.every_round is False
+    else:
+        assert made is None
 
 
 def test_the_probe_loop_times_real_work():
