@@ -5,6 +5,8 @@
 # nothing else is written under $OUT.
 #   usage:   MICROBENCH_GIT_REV=$(git rev-parse --short=12 HEAD) bash scripts/gpu.sh [stage ...]
 #   stages:  tests            the whole test suite (gpu-marked tests included); TESTS=path narrows it
+#                             (TESTS="-m gpu tests" deselects the kernel tests, which carry no mark)
+#            ktests           the kernel tests alone, compiled on the GPU (tests/kernels)
 #            kernels          each decode kernel's bandwidth (microbench kernels; KPRESET, KBS, KCTX)
 #            tune             the skinny matmuls' configs measured (microbench tune $TUNE_ARGS, e.g.
 #                             "--preset llama-8b --rows 1"; default every preset and bucket); the
@@ -48,6 +50,9 @@ for st in $stages; do
     tests)
       python3 -m pytest ${TESTS:-tests} -q -p no:cacheprovider 2>&1 | tee "$LOG/tests.log" | tail -15
       rc=$?; summary+=("tests: $(tail -1 "$LOG/tests.log")") ;;
+    ktests)
+      python3 -m pytest tests/kernels -q -p no:cacheprovider 2>&1 | tee "$LOG/ktests.log" | tail -5
+      rc=$?; summary+=("ktests: $(tail -1 "$LOG/ktests.log")") ;;
     kernels)
       microbench kernels --preset ${KPRESET:-llama-8b} --bs ${KBS:-1,16,64} --context ${KCTX:-4096} \
         --out "$new" 2>&1 | tee "$LOG/kernels.log"; rc=$? ;;
