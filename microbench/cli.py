@@ -14,7 +14,7 @@ from microbench.cli_serve import generate, serve
 from microbench.cli_startup import startup
 from microbench.cli_tune import tune
 from microbench.cli_output import FORMAT, TRACE, TraceWriter, echo_doc, progress_view, sweep_hooks
-from microbench.cli_types import CLI, OUT, ExperimentName, IntList, Ladder, Saver, usage
+from microbench.cli_types import CLI, NO_PIN_CPU, OUT, ExperimentName, IntList, Ladder, Saver, usage
 from microbench.engine.ladders import with_engine_options
 from microbench.engine.modes import MODES
 from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESETS
@@ -94,10 +94,7 @@ def LADDER_OPTIONS(f):
               help="Tensor-parallel ranks, one GPU each (spawned here, or run under "
                    "torchrun --nproc-per-node N -m microbench.cli_tp sweep --tp N).")
 @click.option("--no-tp1", is_flag=True, help="With --tp: skip the TP-1 comparison on rank 0.")
-@click.option("--no-pin-cpu", is_flag=True,
-              help="Leave the measuring thread wherever the scheduler puts it. By default each "
-                   "row's rotation keeps it on a quick CPU, moving it when its CPU turns slow "
-                   "(docs/measuring.md).")
+@NO_PIN_CPU
 @LADDER_OPTIONS
 @click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True,
               help="Measure in this many fresh processes, one after another, and report each "
@@ -263,11 +260,12 @@ def kernels(preset, bs, context, time_budget, out):
 @click.option("--gpu-memory-utilization", type=float, default=None,
               help="memory-headroom as an engine starts: profile a step, give the KV cache what "
                    "this fraction (0..1] of the device's memory leaves, then capture.")
+@NO_PIN_CPU
 @OUT
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the verdicts (or JSON).")
 def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budget,
-              gpu_memory_utilization, out, as_json, quiet):
+              gpu_memory_utilization, no_pin_cpu, out, as_json, quiet):
     """Reproduce published CUDA-graph phenomena (all eight, or those NAMED) and write a report
     (needs a CUDA GPU). Names: speedup-fade, ladder-collapse, off-stride, padding-waste,
     pool-growth, capture-cost, piecewise-vs-full, memory-headroom."""
@@ -282,7 +280,8 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
     cfg = ReproduceConfig(names=tuple(dict.fromkeys(names)) or NAMES, preset=preset, bs=bs,
                           context=context, dtype=dtype, steps=steps, time_budget=time_budget,
                           memory_budget_gib=memory_budget,
-                          gpu_memory_utilization=gpu_memory_utilization, out=out, progress=loud)
+                          gpu_memory_utilization=gpu_memory_utilization, out=out, progress=loud,
+                          pin_cpu=not no_pin_cpu)
     try:
         cfg.validate()
         check_writable(Path(out))

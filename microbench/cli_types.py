@@ -120,3 +120,9 @@ def read_run_arg(path, what: str) -> dict:
         return load_run(path)
     except RunFileError as e:
         usage(f"{what}: {e}")
+
+NO_PIN_CPU = click.option(
+    "--no-pin-cpu", is_flag=True,
+    help="Leave the measuring thread wherever the scheduler puts it. By default each row's "
+         "rotation keeps it on a quick CPU, moving it when its CPU turns slow "
+         "(docs/measuring.md).")

@@ -63,7 +63,7 @@ class Lab:
 
     def budget(self) -> Budget:
         """A row's sampling budget; its rotation on a quick CPU (bench.hostcpu), as the sweep's."""
-        return Budget(self.cfg.steps, self.cfg.time_budget, pin=pin_factory(True))
+        return Budget(self.cfg.steps, self.cfg.time_budget, pin=pin_factory(self.cfg.pin_cpu))
 
     def measure(self, mode: str, sizes, bs_list) -> list[dict]:
         """Step time of each batch when `sizes` are captured in `mode`. Only the graphs these
@@ -124,7 +124,7 @@ class Lab:
         (once per run)."""
         if "launch" not in self.cache:
             self.say("measuring launch costs, copy bandwidth and matrix rate")
-            with on_quick_cpu():
+            with on_quick_cpu(self.cfg.pin_cpu):
                 launch = measure_launch(self.dec.device, budget_s=min(self.cfg.time_budget, 0.5))
                 launch["ops_host_us"] = measure_ops(self.dec, 1,
                                                     budget_s=min(self.cfg.time_budget, 0.3))

@@ -33,6 +33,7 @@ class ReproduceConfig:
     seed: int = 0
     out: str = "runs"
     progress: bool = False
+    pin_cpu: bool = True   # each row's rotation on a quick CPU (bench.hostcpu)
 
     def validate(self) -> "ReproduceConfig":
         """Raise ValueError('--option: what was wrong; what is allowed') on a bad value."""

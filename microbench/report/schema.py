@@ -125,6 +125,7 @@ class ReproduceConfigRecord:
     names: list[str] | None = None
     steps: int | None = None
     time_budget: float | None = None
+    pin_cpu: bool | None = None
 
 
 # ---- rows ----------------------------------------------------------------------------------

@@ -161,3 +161,19 @@ def test_a_pin_on_a_share_gives_back_every_cpu_the_thread_had():
     pin.choose()
     pin.release()
     assert os.sched_getaffinity(0) == before
+
+
+def test_reproduce_pins_unless_told_not_to():
+    from types import SimpleNamespace
+
+    from microbench.bench import lab, reproduce
+    on = lab.Lab.budget(SimpleNamespace(cfg=reproduce.ReproduceConfig()))
+    off = lab.Lab.budget(SimpleNamespace(cfg=reproduce.ReproduceConfig(pin_cpu=False)))
+    assert off.pin is None and (on.pin is not None) == hostcpu.can_pin()
+
+
+def test_the_cli_passes_no_pin_cpu_to_both_commands():
+    from microbench.cli import reproduce, sweep
+    for cmd in (sweep, reproduce):
+        assert cmd.make_context(cmd.name, ["--no-pin-cpu"]).params["no_pin_cpu"] is True
+        assert cmd.make_context(cmd.name, []).params["no_pin_cpu"] is False

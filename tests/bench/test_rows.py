@@ -254,7 +254,7 @@ def test_reproduce_lab_pairs_eager_and_graph_in_rotation(monkeypatch):
             return t
         return sample
     monkeypatch.setattr(rows, "wall_sampler", sampler)
-    cfg = SimpleNamespace(steps=1, time_budget=60, seed=0)
+    cfg = SimpleNamespace(steps=1, time_budget=60, seed=0, pin_cpu=False)
     dec = SimpleNamespace(device=torch.device("cpu"), shape=SimpleNamespace(vocab=100))
     lab = CpuLab(cfg, dec, 16)
     got = lab.pair([1, 4])
