@@ -9,10 +9,9 @@ import warnings
 
 import torch
 
-from microbench.bench.hostcpu import on_quick_cpu, pin_factory
+from microbench.bench.hostcpu import pin_factory
 from microbench.bench.inputs import packed, step_inputs
-from microbench.bench.launch import measure_launch
-from microbench.bench.ops import measure_ops
+from microbench.bench.launch import measure_launch_and_ops
 from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
 from microbench.bench.sweep_config import max_seq_for
 from microbench.engine.decoder import ToyDecoder
@@ -124,11 +123,8 @@ class Lab:
         (once per run)."""
         if "launch" not in self.cache:
             self.say("measuring launch costs, copy bandwidth and matrix rate")
-            with on_quick_cpu(self.cfg.pin_cpu):
-                launch = measure_launch(self.dec.device, budget_s=min(self.cfg.time_budget, 0.5))
-                launch["ops_host_us"] = measure_ops(self.dec, 1,
-                                                    budget_s=min(self.cfg.time_budget, 0.3))
-            self.cache["launch"] = launch
+            self.cache["launch"] = measure_launch_and_ops(self.dec, self.cfg.time_budget,
+                                                          self.cfg.pin_cpu)
         return self.cache["launch"]
 
     def gpu(self) -> str:

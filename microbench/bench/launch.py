@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from microbench.bench.device import copy_bandwidth, copy_curve, matmul_rate
+from microbench.bench.hostcpu import on_quick_cpu
+from microbench.bench.ops import measure_ops
 from microbench.bench.timing import Stats, gpu_time_us, graph_of, host_time_us
 from microbench.engine.nvtx import nvtx_range
 from microbench.stats import fit_linear
@@ -56,6 +58,16 @@ def _cupy_launcher(x):
         kern((1,), (64,), (cx, n), stream=st)
     return launch
 
+
+
+def measure_launch_and_ops(dec, budget_s: float, pin_cpu: bool = True) -> dict:
+    """measure_launch on the decoder's device, plus the decoder's op host costs at one row
+    (`ops_host_us`): the device profile a run's model reads, measured after its rows on a quick
+    CPU as their eager steps were (hostcpu.on_quick_cpu)."""
+    with on_quick_cpu(pin_cpu):
+        launch = measure_launch(dec.device, budget_s=min(budget_s, 0.5))
+        launch["ops_host_us"] = measure_ops(dec, 1, budget_s=min(budget_s, 0.3))
+    return launch
 
 
 def measure_launch(device="cuda", budget_s: float = 1.0) -> dict:

@@ -13,11 +13,11 @@ from microbench.engine.runner import GraphRunner
 from microbench.bench import arms as arms_mod
 from microbench.bench.bandwidth import family_bandwidth, kernels_without_pdl
 from microbench.bench.env import environment, require_cuda
-from microbench.bench.hostcpu import on_quick_cpu, pin_factory
+from microbench.bench.hostcpu import pin_factory
 from microbench.bench.sweep_config import SweepConfig, max_seq_for
 from microbench.bench.inputs import packed, step_inputs
-from microbench.bench.launch import measure_launch
-from microbench.bench.ops import kernel_lines, measure_ops
+from microbench.bench.launch import measure_launch_and_ops
+from microbench.bench.ops import kernel_lines
 from microbench.bench.profile import kernel_breakdown, profile_kernels, trace_steps
 from microbench.bench.rows import Arm, Budget, eager_timer, graph_timer, measure_row, wall_timer
 from microbench.bench.timing import host_time_us
@@ -219,9 +219,7 @@ class _Sweep:
         """Launch costs, copy bandwidth, matrix rate and kernel lines: after every step is timed."""
         cfg, dec, run = self.cfg, self.dec, self.run
         self.say("measuring launch costs, copy bandwidth and matrix rate")
-        with on_quick_cpu(cfg.pin_cpu):   # the bare launch costs on a quick CPU, as the rows'
-            launch = measure_launch(self.dev, budget_s=min(cfg.time_budget, 0.5))
-            launch["ops_host_us"] = measure_ops(dec, 1, budget_s=min(cfg.time_budget, 0.3))
+        launch = measure_launch_and_ops(dec, cfg.time_budget, cfg.pin_cpu)
         self.say("timing the step's kernels inside graphs (the model's per-family lines)")
         launch["kernel_lines"] = kernel_lines(
             dec, cfg.context, budget_s=min(cfg.time_budget, 0.1),
