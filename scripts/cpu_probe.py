@@ -15,15 +15,6 @@ import statistics
 import time
 
 
-def python_loop_us(n=20000):
-    """Host time of a fixed pure-Python loop (no GPU), in us."""
-    t0 = time.perf_counter()
-    s = 0
-    for i in range(n):
-        s += i & 7
-    return (time.perf_counter() - t0) * 1e6
-
-
 def launch_us(fn, n, sync):
     """Mean host time of one call of `fn` over n back-to-back calls, in us (queue drained first)."""
     sync()
@@ -41,6 +32,7 @@ def main():
     ap.add_argument("--launches", type=int, default=400)
     args = ap.parse_args()
     import torch
+    from microbench.bench.hostcpu import loop_us
     from microbench.bench.launch import launchers
     if not torch.cuda.is_available():
         raise SystemExit("cpu_probe: needs a CUDA GPU (the launch timings launch kernels)")
@@ -60,8 +52,8 @@ def main():
         rng.shuffle(order)
         for c in order:
             os.sched_setaffinity(0, {c})
-            python_loop_us()  # settle on the new CPU
-            got[c]["python"].append(min(python_loop_us() for _ in range(5)))
+            loop_us(20000, 1)  # settle on the new CPU
+            got[c]["python"].append(loop_us(20000, 5))
             for k, fn in fns.items():
                 launch_us(fn, 50, torch.cuda.synchronize)
                 got[c][k].append(launch_us(fn, args.launches, torch.cuda.synchronize))

@@ -11,11 +11,7 @@ replay equals the eager step on the same batch within REPLAY_ATOL.
 """
 from __future__ import annotations
 
-MiB, GiB = 1 << 20, 1 << 30
-
-
-def _mib(n):
-    return f"{n / MiB:.1f} MiB" if n < 100 * MiB else f"{n / GiB:.2f} GiB"
+from microbench.analysis.judging import fmt_mib as _mib
 
 
 # An exact capture replays the eager step's own kernels on the same batch and inputs, so its

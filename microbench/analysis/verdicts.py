@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from microbench.analysis.beside import PUBLISHED_FADE, predict_published_fade
 from microbench.analysis.budget import budget_checks, budget_text
-from microbench.analysis.judging import (MiB, fmt_mib, fmt_x, ratio_band, row_where, slower,
-                                         verdict, within)
+from microbench.analysis.judging import (GiB, MiB, fmt_mib, fmt_x, ratio_band, row_where,
+                                         slower, verdict, within)
 from microbench.engine.plan import FAST_ROWS
 from microbench.stats import above, check_shape, fit_pool, speedup_interval
 
-GiB = 1 << 30
 NEAR = 0.8            # "back near bs 1": per-sequence throughput at least 80% of bs 1's
 
 # The published figures each verdict names (seeds in shared/seeds, named here in words).

@@ -133,7 +133,8 @@ def rank_share(rank: int, world: int, cpus=None) -> list[int]:
 def on_quick_cpu(enabled: bool = True):
     """The block runs with this thread on the quickest allowed CPU as timed on entry (no move
     when not `enabled` or the platform cannot pin); the thread's CPUs come back on exit."""
-    pin = HostPin() if enabled and can_pin() else None
+    make = pin_factory(enabled)
+    pin = make() if make is not None else None
     try:
         if pin is not None:
             pin.choose()
