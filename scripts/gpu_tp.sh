@@ -5,7 +5,10 @@
 # table is printed last. Every stage runs under a timeout, and spawned ranks die with their
 # parent, so a hung collective costs minutes, not the lease.
 #   usage (on the device):  MICROBENCH_GIT_REV=$(git rev-parse --short=12 HEAD) bash scripts/gpu_tp.sh [stage ...]
-#   stages: tests, launch, sweep (default: all three); TP (default 2), BUDGET (seconds per
+#   stages: tests, launch, sweep (default: all three), probe (scripts/tp_probe.py on
+#   $PROBE_PRESET, default llama-8b: the eager step's all-reduces made three ways; once as the
+#   ranks start by default, once with PyTorch's NCCL flight recorder and monitoring off);
+#   TP (default 2), BUDGET (seconds per
 #   measured figure, default 0.3), BS (default 1,4,16,64), PRESETS (default llama-1b llama-8b)
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
@@ -46,6 +49,12 @@ for st in $stages; do
           --bs "$BS" --time-budget "$BUDGET" --out "$new" 2>&1 | tee "$OUT/sweep-tp-$p.log"
         r=$?; [ $r -ne 0 ] && rc=$r
       done ;;
+    probe)
+      timeout -k 10 240 python3 scripts/tp_probe.py --preset "${PROBE_PRESET:-llama-8b}" --tp "$TP" \
+        2>&1 | tee "$OUT/tp-probe.log"; rc=$?
+      TORCH_NCCL_TRACE_BUFFER_SIZE=0 TORCH_NCCL_ENABLE_MONITORING=0 timeout -k 10 240 \
+        python3 scripts/tp_probe.py --preset "${PROBE_PRESET:-llama-8b}" --tp "$TP" 2>&1 \
+        | tee -a "$OUT/tp-probe.log"; r=$?; [ $r -ne 0 ] && rc=$r ;;
     *) echo "unknown stage $st"; rc=2 ;;
   esac
   summary+=("$st: rc=$rc in $(( $(date +%s) - t0 )) s")
@@ -58,5 +67,6 @@ for f in "$OUT"/sweep-tp-*.log; do
   grep -E '^ *(bs|--|[0-9]+) ' "$f" | grep -v ':' | head -8
   grep -E '^(capture per rank|TP 1( on|:)|all-reduce model|model:|run took|wall)' "$f"
 done
+[ -f "$OUT/tp-probe.log" ] && grep -E '^( *[0-9]+ +(c10d|nccl|none)|bs [0-9]+:|llama|arm)' "$OUT/tp-probe.log"
 [ -f "$OUT/launch-tp.log" ] && grep -E '^(fit|host time)' "$OUT/launch-tp.log"
 echo "== summary"; printf '%s\n' "${summary[@]}"

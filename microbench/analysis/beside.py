@@ -24,9 +24,7 @@ def predict_sweep(run: dict, dec, measured: list, context: int, elt: int, kernel
         best = row["graph_step_us"] or row["eager_step_us"]
         row["graph_mbu"] = row["step_bytes"] / (best * 1e-6) / profile.copy_bw
         # the host costs sampled beside the row's own steps (the host's speed drifts)
-        row_profile = replace(profile, op_host_us={**profile.op_host_us, **row["op_host_us"]},
-                              piece_glue_us=row["piece_glue_us"],
-                              graph_host_us=row.get("graph_host_us"))
+        row_profile = replace(sampled(profile, row), graph_host_us=row.get("graph_host_us"))
         if i == 0:
             # the first row's eager bill by launcher, from the host costs sampled beside its
             # own steps (the launch figures are the host's state at the end of the run)
@@ -82,6 +80,15 @@ def allreduce_fit(points: list[dict], world: int, host_us: float | None) -> dict
     return fit.to_dict()
 
 
+def sampled(profile: mdl.DeviceProfile, row: dict) -> mdl.DeviceProfile:
+    """`profile` with the host costs sampled beside the row's own eager steps, where the row
+    has them (the host's speed drifts within a run)."""
+    if row.get("op_host_us") is None:
+        return profile
+    return replace(profile, op_host_us={**profile.op_host_us, **row["op_host_us"]},
+                   piece_glue_us=row["piece_glue_us"])
+
+
 class TPRowModel:
     """The model beside the TP sweep's rows on rank 0: the device measured on rank 0
     (run["launch"]) and the all-reduce fit (run["allreduce"]), for the shard `shard`."""
@@ -100,7 +107,7 @@ class TPRowModel:
         shape, context, bs = self.cfg.shape, self.cfg.context, row["bs"]
         pad = row["padded_bs"] or bs
         plan = {"fusion": self.shard.fusion} if hasattr(self.shard, "fusion") else {}
-        pred = predict_tp(shape, self.world, bs, context, self.profile, self.ar,
+        pred = predict_tp(shape, self.world, bs, context, sampled(self.profile, row), self.ar,
                           padded=pad, elt=self.elt,
                           attn_launches=self.shard.attention_launches(bs),
                           padded_attn_launches=self.shard.attention_launches(pad), **plan)
@@ -108,7 +115,8 @@ class TPRowModel:
                                          "predicted_speedup", "predicted_allreduce_share_graph")})
         one = next((r for r in tp1.get("rows", []) if r["bs"] == bs), None)
         if one:
-            p1 = mdl.predict(shape, bs, context, self.profile, padded=pad, elt=self.elt,
+            p1 = mdl.predict(shape, bs, context, sampled(self.profile, one), padded=pad,
+                             elt=self.elt,
                              attn_launches=one["attn_launches"],
                              padded_attn_launches=one["padded_attn_launches"],
                              **tp1.get("plan", {}))

@@ -173,14 +173,22 @@ def gpu_time_us(shape: ModelShape, b: int, context: int, p: DeviceProfile, elt: 
 
 def eager_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
                   elt: int = 2, attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION) -> float:
+    return eager_pipeline_us(step_kernels(shape, b, context, elt, attn_launches, fusion), p,
+                             lambda k: kernel_time_us(k, p))
+
+
+def eager_pipeline_us(kernels, p: DeviceProfile, gpu_us) -> float:
+    """An eager step's end: the host enqueues `kernels` one after another (each its
+    kernel_host_us), the GPU runs each (gpu_us(k)) once it is enqueued and the one before has
+    finished; then the host's synchronise."""
     enq = end = 0.0
-    for k in step_kernels(shape, b, context, elt, attn_launches, fusion):
+    for k in kernels:
         # each piece of the step (they end at the attention calls, and at the LM head) spends
         # piece_glue_us of Python between its launches
         if k.name in ("decode_attention", "lm_head", "lm_head" + SKINNY):
             enq += p.piece_glue_us
         enq += p.kernel_host_us(k)
-        end = max(enq, end) + kernel_time_us(k, p)
+        end = max(enq, end) + gpu_us(k)
     return end + p.sync_us
 
 

@@ -23,14 +23,12 @@ nothing here touches a GPU.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from microbench.analysis import model as mdl
 from microbench.engine.shapes import ModelShape, tp_shape
-from microbench.engine.plan import Fusion, Kernel, step_kernels
+from microbench.engine.plan import ROW_PARALLEL, Fusion, Kernel, step_kernels, with_all_reduces
 from microbench.stats import fit_linear
-
-ROW_PARALLEL = ("o_proj", "down_proj")   # kernels whose output each rank holds a partial sum of
 
 
 @dataclass(frozen=True)
@@ -99,30 +97,20 @@ def tp_step_kernels(shape: ModelShape, tp: int, b: int, context: int, elt: int =
     decoder's `fusion`) with an `all_reduce` after each row-parallel matmul. An all-reduce's
     `bytes` is its message size S."""
     ks = step_kernels(tp_shape(shape, tp), b, context, elt, attn_launches, fusion)
-    if tp == 1:
-        return ks
-    ar = Kernel("all_reduce", "nccl", allreduce_bytes(shape, b, elt), 0)
-    out = []
-    for k in ks:
-        out.append(k)
-        if k.name.split(":")[0] in ROW_PARALLEL:   # o_proj or o_proj:skinny
-            out.append(ar)
-    return out
+    return ks if tp == 1 else with_all_reduces(ks, b, shape.hidden, elt)
 
 
 def tp_eager_step_us(shape: ModelShape, tp: int, b: int, context: int, p: mdl.DeviceProfile,
                      ar: AllReduceProfile | None, elt: int = 2, attn_launches: int = 2,
                      fusion: Fusion = Fusion.ATTENTION) -> float:
-    """model.eager_step_us's host/GPU pipeline over one rank's kernels and all-reduces."""
-    enq = end = 0.0
-    for k in tp_step_kernels(shape, tp, b, context, elt, attn_launches, fusion):
-        if k.name == "all_reduce":
-            enq += ar.host_us
-            end = max(enq, end) + allreduce_us(k.bytes, ar)
-        else:
-            enq += p.kernel_host_us(k)
-            end = max(enq, end) + mdl.kernel_time_us(k, p)
-    return end + p.sync_us
+    """model.eager_step_us's host/GPU pipeline over one rank's kernels and all-reduces. An
+    all-reduce's host cost is the profile's `all_reduce` op cost where it has one (sampled in
+    place, beside the row's steps), else the collective benchmark's enqueue cost."""
+    if ar is not None and ar.world > 1 and "all_reduce" not in p.op_host_us:
+        p = replace(p, op_host_us={**p.op_host_us, "all_reduce": ar.host_us})
+    gpu = lambda k: allreduce_us(k.bytes, ar) if k.name == "all_reduce" else mdl.kernel_time_us(k, p)
+    return mdl.eager_pipeline_us(tp_step_kernels(shape, tp, b, context, elt, attn_launches, fusion),
+                                 p, gpu)
 
 
 def tp_graph_step_us(shape: ModelShape, tp: int, b: int, context: int, p: mdl.DeviceProfile,

@@ -63,8 +63,9 @@ class OpCostSampler:
 
     def __init__(self, step, dec, b: int, bound=None):
         self.step, self.dec, self.bound = step, dec, bound
-        self.plan = step_kernels(dec.shape, b, 0, dec.embed.element_size(),
-                                 dec.attention_launches(b), fusion=dec.fusion)
+        # a tensor-parallel shard's plan holds its all-reduces: each is sampled as an op
+        # (every rank calls sample() at the same point of its rotation, so they pair up)
+        self.plan = dec.plan(b, 0)
         if bound is None:
             self.fns, self.piece = op_fns(dec, b), middle_piece(dec, b)
         else:

@@ -31,8 +31,8 @@ from microbench.bench.env import require_cuda
 from microbench.bench.hostcpu import on_quick_cpu, pin_factory, rank_share
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
-from microbench.bench.ops import measure_ops
-from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
+from microbench.bench.ops import kernel_lines, measure_ops
+from microbench.bench.rows import Arm, Budget, eager_timer, measure_row, wall_timer
 from microbench.bench.sweep_config import max_seq_for
 from microbench.bench.tp import (TIMEOUT, bind_all_reduce, build_shard, check_tp, decoder_plan,
                                  free_device_memory, launch_ranks, printer, rank_device,
@@ -56,24 +56,37 @@ def tp1_skip_reason(shape, max_batch: int, max_seq: int, elt: int, free_bytes: i
     return None
 
 
-def step_arms(eager, graph, cfg, budget: Budget, check: bool) -> dict:
-    """Eager (twice the budget: the host is the noisier side) and, unless --mode none, graph,
-    checked against eager's logits with `check`."""
-    arms = {"eager": Arm(eager, wall_timer("eager_", budget, scale=2))}
+def step_arms(dec, bs: int, x, graph, cfg, budget: Budget, check: bool, host_costs: dict) -> dict:
+    """The eager arm and, unless --mode none, the graph arm (checked against eager's logits
+    with `check`) of a row at bs on packed inputs x ([3, bs]). Eager runs the decoder's bound
+    step where it binds (the triton backend; a shard's all-reduces bound in place), as the
+    one-GPU sweep's eager arm, with rows.eager_timer: before each round it samples the plan's
+    op host costs (a shard's all-reduces among them), the glue and one step's host time into
+    `host_costs`. Every rank samples at the same point of the same rotation, so the sampled
+    collectives pair up. Else the plain step, timed alone (twice the budget: the host is the
+    noisier side)."""
+    if dec.backend == "triton":
+        bound = dec.bind(bs)   # binding runs one step: on a shard, a collective of every rank
+        host_costs["kernels"] = len(bound)
+        arms = {"eager": Arm(lambda: bound.step_packed(x),
+                             eager_timer(dec, bs, budget, host_costs, bound))}
+    else:
+        arms = {"eager": Arm(lambda: dec.step(x[0], x[1], x[2]),
+                             wall_timer("eager_", budget, scale=2))}
     if cfg.mode != "none":
         arms["graph"] = Arm(graph, wall_timer("graph_", budget),
                             diff="max_abs_diff" if check else None)
     return arms
 
 
-def lean_eager(dec, bs: int, x):
-    """The eager arm's step at bs on packed inputs x ([3, bs]): the decoder's bound step where it
-    binds (the triton backend; a shard's all-reduces bound in place), as the one-GPU sweep's
-    eager arm, else its plain step."""
-    if dec.backend != "triton":
-        return lambda: dec.step(x[0], x[1], x[2])
-    bound = dec.bind(bs)
-    return lambda: bound.step_packed(x)
+def host_fields(row: dict, host_costs: dict) -> dict:
+    """The row's host side as sampled beside its eager steps (the model's host inputs), and
+    the eager step's host time per kernel; nothing where the eager arm was not bound."""
+    if "op_host_us" in host_costs:
+        row.update(op_host_us=host_costs["op_host_us"], piece_glue_us=host_costs["piece_glue_us"],
+                   eager_kernels=host_costs["kernels"],
+                   eager_host_us_per_kernel=row["eager_host_us"] / host_costs["kernels"])
+    return row
 
 
 def single_gpu_steps(dec, ladder, cfg, say) -> dict:
@@ -88,11 +101,12 @@ def single_gpu_steps(dec, ladder, cfg, say) -> dict:
             t, p, s = step_inputs(dec.shape.vocab, bs, cfg.context, dec.device, gen, host_tokens=True)
             padded = runner.dispatcher.pad(bs) if cfg.mode != "none" else None
             x = packed(t, p, s)
-            arms = step_arms(lean_eager(dec, bs, x), lambda: runner.step_packed(x), cfg,
+            host_costs: dict = {}
+            arms = step_arms(dec, bs, x, lambda: runner.step_packed(x), cfg,
                              Budget(cfg.steps, cfg.time_budget, pin=pin_factory(cfg.pin_cpu)),
-                             check=False)
-            row = measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode,
-                              lambda m: say(f"TP 1, {m}"))
+                             False, host_costs)
+            row = host_fields(measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode,
+                                          lambda m: say(f"TP 1, {m}")), host_costs)
             row.update(attn_launches=dec.attention_launches(bs),
                        padded_attn_launches=dec.attention_launches(padded or bs))
             rows.append(row)
@@ -188,9 +202,13 @@ class _Rank:
         self.full = None
         free_device_memory()
         shard.fill_cache(cfg.context)
-        if self.lead:  # host cost per op through the decoder's wrappers, for the model
-            self.run["launch"]["ops_host_us"] = measure_ops(shard, 1,
-                                                            budget_s=min(cfg.time_budget, 0.3))
+        if self.lead:  # the model's per-op inputs, on the shard alone (no collective yet)
+            launch = self.run["launch"]
+            launch["ops_host_us"] = measure_ops(shard, 1, budget_s=min(cfg.time_budget, 0.3))
+            self.say("rank 0: the shard's kernels timed inside graphs (the model's lines)")
+            launch["kernel_lines"] = kernel_lines(
+                shard, cfg.context, budget_s=min(cfg.time_budget, 0.1),
+                replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
         bind_all_reduce(shard)
         warm_step(shard)
         dist.barrier(group=self.host)
@@ -235,11 +253,12 @@ class _Rank:
             # tokens drawn on the host: every rank gets the same ones
             t, p, s = step_inputs(cfg.shape.vocab, bs, cfg.context, self.dev, gen, host_tokens=True)
             x = packed(t, p, s)                                                # [3, bs]
-            # binding runs one step, a collective every rank makes here at the same batch size
-            arms = step_arms(lean_eager(shard, bs, x), lambda: runner.step_packed(x), cfg,
-                             budget, check=True)
+            host_costs: dict = {}
+            arms = step_arms(shard, bs, x, lambda: runner.step_packed(x), cfg, budget, True,
+                             host_costs)
             pad = self.pads[bs]
-            row = measure_row(arms, bs, pad, "eager" if pad is None else cfg.mode, self.say)
+            row = host_fields(measure_row(arms, bs, pad, "eager" if pad is None else cfg.mode,
+                                          self.say), host_costs)
             everyone = gather(dict(eager=row["eager_step_us"], graph=row["graph_step_us"],
                                    diff=row.get("max_abs_diff")), host)
             if self.lead:

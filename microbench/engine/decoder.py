@@ -332,10 +332,12 @@ class ToyDecoder(Binding):
 
     def plan(self, b: int, context: int, elt: int | None = None):
         """The kernels one eager step at batch b launches (plan.step_kernels for this
-        decoder's fusion and attention split)."""
+        decoder's fusion and attention split; a tensor-parallel shard's all-reduces in place,
+        plan.with_all_reduces)."""
         elt = self.embed.element_size() if elt is None else elt
-        return plan.step_kernels(self.shape, b, context, elt, self.attention_launches(b),
-                                 fusion=self.fusion)
+        ks = plan.step_kernels(self.shape, b, context, elt, self.attention_launches(b),
+                               fusion=self.fusion)
+        return ks if self.all_reduce is None else plan.with_all_reduces(ks, b, self.shape.hidden, elt)
 
     def weight_bytes(self) -> int:
         return self.shape.n_params * self.embed.element_size()

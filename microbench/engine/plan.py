@@ -203,6 +203,23 @@ def step_flops(shape: ModelShape, b: int, context: int,
     return sum(k.flops for k in step_kernels(shape, b, context, fusion=fusion))
 
 
+# kernels whose output a tensor-parallel rank holds a partial sum of: an all-reduce follows each
+ROW_PARALLEL = ("o_proj", "down_proj")
+
+
+def with_all_reduces(kernels: list[Kernel], b: int, hidden: int, elt: int = 2) -> list[Kernel]:
+    """A tensor-parallel shard's step: `kernels` (its plan) with an `all_reduce` of the [b,
+    hidden] partial sums after each row-parallel matmul, as ToyDecoder._reduce enqueues them.
+    An all-reduce's `bytes` is its message size."""
+    ar = Kernel("all_reduce", "nccl", b * hidden * elt, 0)
+    out = []
+    for k in kernels:
+        out.append(k)
+        if k.name.split(":")[0] in ROW_PARALLEL:   # o_proj or o_proj:skinny
+            out.append(ar)
+    return out
+
+
 def launch_counts(kernels) -> dict[str, int]:
     out: dict[str, int] = {}
     for k in kernels:

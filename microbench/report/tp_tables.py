@@ -90,6 +90,12 @@ def tp_sweep_footer(run: dict) -> str:
         bw = f"{fit['bus_bw'] / 1e9:.1f} GB/s" if fit.get("bus_bw") else "none resolved"
         lines.append(f"all-reduce model: {fit['latency_us']:.2f} us + bus bytes / {bw}; "
                      f"host enqueue {fit['host_us']:.1f} us")
+    host = [(r["bs"], r["eager_host_us"], r.get("op_host_us", {}).get("all_reduce"))
+            for r in run.get("rows", []) if r.get("eager_host_us")]
+    if host:
+        lines.append("eager host time per step, sampled beside the row's steps (one all-reduce's "
+                     "enqueue in place): " + "; ".join(
+                         f"bs {b} {h:.0f} us" + (f" ({a:.1f} us)" if a else "") for b, h, a in host))
     spread = [r["eager_step_us_max_rank"] / r["eager_step_us"] - 1 for r in run.get("rows", [])
               if r.get("eager_step_us_max_rank")]
     if spread:

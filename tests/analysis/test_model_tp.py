@@ -81,6 +81,20 @@ def test_tp_eager_step_by_hand():
     assert mtp.tp_eager_step_us(s, 2, 4, 16, p, AR) == pytest.approx(10 * n + 20 * 4 + 1.0)
 
 
+def test_tp_eager_step_takes_the_host_costs_sampled_in_place():
+    """Costs sampled beside a row's steps override the benchmark's: an all-reduce's in-place
+    host cost (the `all_reduce` op) replaces the collective benchmark's enqueue cost, and the
+    glue is paid once per piece (L + 1 pieces), as on one GPU."""
+    s, p = PRESETS["tiny"], _profile()
+    n = len(step_kernels(tp_shape(s, 2), 4, 16))
+    sampled = replace(p, op_host_us={"all_reduce": 45.0}, piece_glue_us=7.0)
+    want = 10 * n + 45.0 * 4 + 7.0 * (s.n_layers + 1) + 1.0
+    assert mtp.tp_eager_step_us(s, 2, 4, 16, sampled, AR) == pytest.approx(want)
+    # at TP 1 there is nothing to reduce: the single-GPU model's step, glue included
+    assert mtp.tp_eager_step_us(s, 1, 4, 16, sampled, None) == pytest.approx(
+        mdl.eager_step_us(s, 4, 16, sampled))
+
+
 def test_tp1_prediction_is_the_single_gpu_model():
     s, p = PRESETS["llama-1b"], _profile(copy_bw=3e12, matmul_flops=7e14)
     one = mtp.predict_tp(s, 1, 16, 512, p, None, padded=16)

@@ -12,7 +12,7 @@ from microbench.bench.timing import Stats
 from microbench.engine import decoder as decoder_mod
 from microbench.engine.decoder import ToyDecoder
 from microbench.engine.plan import Fusion
-from microbench.engine.shapes import PRESETS
+from microbench.engine.shapes import PRESETS, tp_shape
 
 TINY = PRESETS["tiny"]
 FUSIONS = pytest.mark.parametrize("fusion", [Fusion.ATTENTION, Fusion.MATMULS, Fusion.UNFUSED],
@@ -184,3 +184,27 @@ def test_bound_steps_give_their_launches_own_costs(b, fusion, device, monkeypatc
     swapped[i] = lambda: None
     with pytest.raises(ValueError, match="does not match"):
         ops.bound_op_fns(type(bound)(bound.inputs, swapped, bound.output), plan)
+
+
+@pytest.mark.parametrize("b", [1, 17], ids=["skinny", "wide"])
+def test_a_shards_plan_names_the_all_reduces_its_bound_step_makes(b, device):
+    """A tensor-parallel shard's plan (dec.plan) holds an all-reduce after each row-parallel
+    matmul, where its bound step enqueues one, so the TP sweep's eager timing samples each
+    all-reduce's host cost in place, as an op of the plan; a decoder without the hook has none."""
+    dec = ToyDecoder(tp_shape(TINY, 2), max_batch=20, max_seq=16, dtype=torch.float32,
+                     device=device)
+    assert "all_reduce" not in {k.name for k in dec.plan(b, 0)}
+    reduced = []
+    dec.all_reduce = lambda h: reduced.append(tuple(h.shape))
+    bound = dec.bind(b)
+    plan = dec.plan(b, 0)
+    names = [k.name for k in plan]
+    at = [i for i, n in enumerate(names) if n == "all_reduce"]
+    assert len(at) == 2 * TINY.n_layers
+    assert all(names[i - 1].split(":")[0] in ("o_proj", "down_proj") for i in at)
+    assert all(plan[i].bytes == b * TINY.hidden * 4 for i in at)
+    named = ops.bound_op_fns(bound, plan)      # the launches line up with the plan
+    reduced.clear()
+    named["all_reduce"]()
+    bound.run()
+    assert reduced == [(b, TINY.hidden)] * (1 + 2 * TINY.n_layers)

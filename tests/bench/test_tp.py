@@ -388,10 +388,14 @@ def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
-def test_lean_eager_binds_where_the_decoder_binds(backend, monkeypatch):
-    """The TP sweep's eager arm: a bound step on the triton backend, the plain step on the torch
-    backend (which does not bind); both compute the plain step's logits."""
-    from microbench.bench.tp_sweep import lean_eager
+def test_tp_eager_arm_binds_where_the_decoder_binds(backend, monkeypatch):
+    """The TP sweep's eager arm: a bound step on the triton backend, timed with the one-GPU
+    sweep's eager timer (op host costs sampled beside each round); the plain step, timed
+    alone, on the torch backend (which does not bind); both compute the plain step's logits."""
+    from types import SimpleNamespace
+
+    from microbench.bench.rows import Budget
+    from microbench.bench.tp_sweep import step_arms
     dec = ToyDecoder(PRESETS["tiny"], **_decoder_kw(backend))
     dec.fill_cache(5)
     t, p, s = _inputs(dec.shape.vocab, 5)
@@ -399,6 +403,11 @@ def test_lean_eager_binds_where_the_decoder_binds(backend, monkeypatch):
     binds = []
     real_bind = ToyDecoder.bind
     monkeypatch.setattr(ToyDecoder, "bind", lambda self, bs: binds.append(bs) or real_bind(self, bs))
-    step = lean_eager(dec, t.shape[0], x)
+    costs: dict = {}
+    arms = step_arms(dec, t.shape[0], x, None, SimpleNamespace(mode="none"), Budget(1, 0.01),
+                     False, costs)
+    assert list(arms) == ["eager"]
     assert binds == ([t.shape[0]] if backend == "triton" else [])
-    torch.testing.assert_close(step(), dec.step(t, p, s), atol=1e-6, rtol=1e-6)
+    assert (arms["eager"].time.beside is not None) == (backend == "triton")
+    assert costs.get("kernels") == (len(dec.plan(t.shape[0], 0)) if backend == "triton" else None)
+    torch.testing.assert_close(arms["eager"].step(), dec.step(t, p, s), atol=1e-6, rtol=1e-6)
