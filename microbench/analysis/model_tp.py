@@ -11,7 +11,8 @@ each of a layer's two row-parallel matmuls (O and down projection) the ranks all
 alpha: the fixed latency of one collective on the GPU (kernel start and the GPUs' handshake);
 BW_bus: the bus bandwidth as NCCL's tests define it for all-reduce, algorithm bandwidth S / t
 times 2(n-1)/n (the share of S each GPU must send and receive in a ring). Both are fitted to the
-collective benchmark's times inside CUDA graphs (`collectives.measure_allreduce`). Eagerly, the
+collective benchmark's times inside CUDA graphs (`collectives.measure_allreduce`), which also
+times the sweep's own message sizes: those take their measured time. Eagerly, the
 host also pays c_ar to enqueue each collective through torch.distributed.
 
     T_eager,TP(b) = model.eager_step_us's pipeline over the shard's kernels with the 2·L
@@ -38,14 +39,17 @@ class AllReduceProfile:
     bus_bw: float | None       # bytes/s, NCCL's bus bandwidth; None: no size was bandwidth-bound
     host_us: float = 10.0      # host cost to enqueue one all-reduce eagerly (torch.distributed)
     source: str = "assumed"
+    # ((bytes, us), ...) by bytes: the graph times the fit was made from; a message of exactly
+    # one of these sizes takes its own time (as an op timed at its own bytes does, model.py)
+    points: tuple = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "AllReduceProfile":
-        return cls(**{k: d[k] for k in ("world", "latency_us", "bus_bw", "host_us", "source")
-                      if k in d})
+        kw = {k: d[k] for k in ("world", "latency_us", "bus_bw", "host_us", "source") if k in d}
+        return cls(**kw, points=tuple((float(b), float(t)) for b, t in d.get("points", ())))
 
 
 # ---- shapes --------------------------------------------------------------------------------
@@ -61,9 +65,13 @@ def bus_bandwidth(nbytes: float, us: float, world: int) -> float:
 
 
 def allreduce_us(nbytes: float, ar: AllReduceProfile | None) -> float:
-    """GPU time of one all-reduce of nbytes: alpha + busbytes / BW_bus (0 on one rank)."""
+    """GPU time of one all-reduce of nbytes: its measured time where the benchmark timed
+    exactly nbytes, else alpha + busbytes / BW_bus (0 on one rank)."""
     if ar is None or ar.world <= 1:
         return 0.0
+    own = next((t for b, t in ar.points if b == nbytes), None)
+    if own is not None:
+        return own
     wire = bus_bytes(nbytes, ar.world) / ar.bus_bw * 1e6 if ar.bus_bw else 0.0
     return ar.latency_us + wire
 
@@ -76,12 +84,12 @@ def fit_allreduce(points, world: int, host_us: float = 10.0,
     if len(pts) < 2:
         raise ValueError("fit_allreduce needs at least two message sizes")
     a, b = fit_linear(*zip(*pts), relative=True)
+    kw = dict(world=world, host_us=host_us, source=source,
+              points=tuple(sorted((float(s), float(t)) for s, t in points)))
     # a bandwidth term under 0.1% of the latency even at the largest size is rounding noise
     if b * max(x for x, _ in pts) <= 1e-3 * abs(a):
-        return AllReduceProfile(world=world, latency_us=min(t for _, t in pts), bus_bw=None,
-                                host_us=host_us, source=source)
-    return AllReduceProfile(world=world, latency_us=max(0.0, a), bus_bw=1e6 / b,
-                            host_us=host_us, source=source)
+        return AllReduceProfile(latency_us=min(t for _, t in pts), bus_bw=None, **kw)
+    return AllReduceProfile(latency_us=max(0.0, a), bus_bw=1e6 / b, **kw)
 
 
 def allreduce_bytes(shape: ModelShape, b: int, elt: int = 2) -> int:

@@ -260,7 +260,8 @@ class _Rank:
             row = host_fields(measure_row(arms, bs, pad, "eager" if pad is None else cfg.mode,
                                           self.say), host_costs)
             everyone = gather(dict(eager=row["eager_step_us"], graph=row["graph_step_us"],
-                                   diff=row.get("max_abs_diff")), host)
+                                   diff=row.get("max_abs_diff"),
+                                   **{k: row.get(k) for k in HOST_FIELDS}), host)
             if self.lead:
                 tp_row(row, everyone, self.tp1, self.bench, cfg, self.elt)
                 if model is not None:
@@ -269,12 +270,30 @@ class _Rank:
                 self.save(self.run)
 
 
+# the host side each rank samples beside its eager steps (host_fields)
+HOST_FIELDS = ("eager_host_us", "op_host_us", "piece_glue_us")
+
+
+def slowest_host(row: dict, everyone: list) -> dict:
+    """Every rank's sampled step host time (`eager_host_us_per_rank`), and as the row's host
+    costs those of the rank whose step host time is longest (`host_rank`): the ranks meet at
+    every all-reduce, so an eager step the host bounds runs at its slowest rank's pace."""
+    hosts = [x.get("eager_host_us") for x in everyone]
+    if any(h is None for h in hosts):
+        return row
+    r = max(range(len(hosts)), key=hosts.__getitem__)
+    row.update(eager_host_us_per_rank=hosts, host_rank=r,
+               op_host_us=everyone[r]["op_host_us"], piece_glue_us=everyone[r]["piece_glue_us"])
+    return row
+
+
 def tp_row(row: dict, everyone: list, tp1: dict, bench: dict, cfg, elt: int) -> dict:
     """Rank 0's measured row, with the slowest rank's medians, the largest difference from
     eager over the ranks, the all-reduce shares and TP 1's times beside."""
     k, hid = 2 * cfg.shape.n_layers, cfg.shape.hidden
     bs, padded = row["bs"], row["padded_bs"]
     row["eager_step_us_max_rank"] = max(x["eager"] for x in everyone)
+    slowest_host(row, everyone)
     if row["graph_step_us"] is not None:
         row.update(graph_step_us_max_rank=max(x["graph"] for x in everyone),
                    max_abs_diff=max(x["diff"] for x in everyone))

@@ -190,6 +190,10 @@ class TPSweepRow(SweepRow):
     tp1_eager_step_us: float | None = None
     tp1_graph_step_us: float | None = None
     tp_gain_graph: float | None = None
+    # each rank's host time of one eager step, sampled beside its steps; the row's op_host_us
+    # and piece_glue_us are those of host_rank, the rank with the longest
+    eager_host_us_per_rank: list | None = None
+    host_rank: int | None = None
 
 
 @dataclass(frozen=True)

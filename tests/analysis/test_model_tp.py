@@ -42,6 +42,19 @@ def test_fit_recovers_latency_and_bus_bandwidth():
     assert mtp.AllReduceProfile.from_dict(fit.to_dict()) == fit
 
 
+def test_a_timed_message_size_takes_its_own_time():
+    """The benchmark times the sweep's own message sizes: those take their measured time (a
+    latency-bound point below the fitted line, as small messages sit), any other size the
+    line; the points survive the run record's round trip."""
+    pts = [(8192, 16.2), (32768, 17.0), (1 << 20, 26.0), (1 << 24, 90.6)]
+    fit = mtp.fit_allreduce(pts, 2, host_us=40.0)
+    assert mtp.allreduce_us(8192, fit) == 16.2 and mtp.allreduce_us(1 << 24, fit) == 90.6
+    line = fit.latency_us + mtp.bus_bytes(65536, 2) / fit.bus_bw * 1e6
+    assert mtp.allreduce_us(65536, fit) == pytest.approx(line)
+    assert line != pytest.approx(17.0, rel=0.01)
+    assert mtp.AllReduceProfile.from_dict(fit.to_dict()).points == fit.points
+
+
 @pytest.mark.parametrize("b", [1, 17], ids=["skinny", "cublas"])
 def test_allreduces_follow_the_row_parallel_matmuls_at_one_row_too(b):
     # at one row the matmuls are the skinny kernels (named o_proj:skinny, down_proj:skinny)

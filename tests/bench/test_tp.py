@@ -411,3 +411,17 @@ def test_tp_eager_arm_binds_where_the_decoder_binds(backend, monkeypatch):
     assert (arms["eager"].time.beside is not None) == (backend == "triton")
     assert costs.get("kernels") == (len(dec.plan(t.shape[0], 0)) if backend == "triton" else None)
     torch.testing.assert_close(arms["eager"].step(), dec.step(t, p, s), atol=1e-6, rtol=1e-6)
+
+
+def test_a_tp_row_takes_the_slowest_ranks_host_costs():
+    """The ranks meet at every all-reduce, so the model prices a TP row's eager step with the
+    host costs of the rank whose sampled step host time is longest; rows whose ranks sampled
+    nothing (an unbound eager arm) keep what they had."""
+    from microbench.bench.tp_sweep import slowest_host
+    ranks = [dict(eager_host_us=4000.0, op_host_us={"all_reduce": 40.0}, piece_glue_us=1.0),
+             dict(eager_host_us=4600.0, op_host_us={"all_reduce": 55.0}, piece_glue_us=2.0)]
+    row = slowest_host(dict(bs=1, op_host_us={"all_reduce": 40.0}, piece_glue_us=1.0), ranks)
+    assert row["host_rank"] == 1 and row["eager_host_us_per_rank"] == [4000.0, 4600.0]
+    assert row["op_host_us"] == {"all_reduce": 55.0} and row["piece_glue_us"] == 2.0
+    plain = slowest_host(dict(bs=1), [dict(eager_host_us=None)] * 2)
+    assert plain == dict(bs=1)
