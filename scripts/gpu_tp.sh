@@ -6,8 +6,8 @@
 # parent, so a hung collective costs minutes, not the lease.
 #   usage (on the device):  MICROBENCH_GIT_REV=$(git rev-parse --short=12 HEAD) bash scripts/gpu_tp.sh [stage ...]
 #   stages: tests, launch, sweep (default: all three), probe (scripts/tp_probe.py on
-#   $PROBE_PRESET, default llama-8b: the eager step's all-reduces made three ways; once as the
-#   ranks start by default, once with PyTorch's NCCL flight recorder and monitoring off);
+#   $PROBE_PRESET, default llama-8b: the eager step's all-reduces made three ways; with
+#   PROBE_RECORDER_OFF=1 once more with PyTorch's NCCL flight recorder and monitoring off);
 #   TP (default 2), BUDGET (seconds per
 #   measured figure, default 0.3), BS (default 1,4,16,64), PRESETS (default llama-1b llama-8b)
 set -u -o pipefail
@@ -52,9 +52,11 @@ for st in $stages; do
     probe)
       timeout -k 10 240 python3 scripts/tp_probe.py --preset "${PROBE_PRESET:-llama-8b}" --tp "$TP" \
         2>&1 | tee "$OUT/tp-probe.log"; rc=$?
-      TORCH_NCCL_TRACE_BUFFER_SIZE=0 TORCH_NCCL_ENABLE_MONITORING=0 timeout -k 10 240 \
-        python3 scripts/tp_probe.py --preset "${PROBE_PRESET:-llama-8b}" --tp "$TP" 2>&1 \
-        | tee -a "$OUT/tp-probe.log"; r=$?; [ $r -ne 0 ] && rc=$r ;;
+      if [ -n "${PROBE_RECORDER_OFF:-}" ]; then
+        TORCH_NCCL_TRACE_BUFFER_SIZE=0 TORCH_NCCL_ENABLE_MONITORING=0 timeout -k 10 240 \
+          python3 scripts/tp_probe.py --preset "${PROBE_PRESET:-llama-8b}" --tp "$TP" 2>&1 \
+          | tee -a "$OUT/tp-probe.log"; r=$?; [ $r -ne 0 ] && rc=$r
+      fi ;;
     *) echo "unknown stage $st"; rc=2 ;;
   esac
   summary+=("$st: rc=$rc in $(( $(date +%s) - t0 )) s")

@@ -2,9 +2,9 @@
 all-reduces made three ways, the arms interleaved in one process (fixed rounds, every rank in
 the same order, a host barrier before each round):
 
-    c10d   torch.distributed.all_reduce, as the TP sweep's eager arm makes it
-    nccl   NCCL called straight on the current stream through CuPy (as an engine's own NCCL
-           wrapper calls it: no events, no work objects), where CuPy has NCCL
+    c10d   torch.distributed.all_reduce (a work object, NCCL on a side stream behind events)
+    nccl   NCCL called straight on the current stream (bench.nccl.DirectAllReduce, as an
+           engine's own NCCL wrapper calls it, and as the TP sweep makes them)
     none   no all-reduce (the logits are wrong; the time is the shard's kernels alone)
 
 Per arm and batch size: the wall time of a synchronised step (what the sweep times) and the
@@ -24,35 +24,13 @@ import click
 import torch
 import torch.distributed as dist
 
+from microbench.bench.nccl import direct_all_reduce
 from microbench.bench.sweep_config import max_seq_for
 from microbench.bench.tp import bind_all_reduce, build_shard, launch_ranks, rank_device, warm_step
 from microbench.bench.inputs import packed, step_inputs
 from microbench.engine.shapes import PRESETS
 
 ROUNDS, STEPS = 40, 3
-
-
-def cupy_all_reduce(rank: int, world: int, host, dev):
-    """An in-place all-reduce through CuPy's NCCL bindings on torch's current stream, or None
-    (and why) where CuPy or its NCCL is missing."""
-    try:
-        import cupy
-        from cupy.cuda import nccl
-    except Exception as e:  # noqa: BLE001 - any import failure means the arm is skipped
-        return None, f"no CuPy NCCL ({type(e).__name__}: {e})"
-    if not getattr(nccl, "available", True):
-        return None, "CuPy has no NCCL"
-    cupy.cuda.Device(dev.index).use()
-    uid = [nccl.get_unique_id() if rank == 0 else None]
-    dist.broadcast_object_list(uid, src=0, group=host)
-    comm = nccl.NcclCommunicator(world, uid[0], rank)
-    kinds = {torch.bfloat16: getattr(nccl, "NCCL_BFLOAT16", None),
-             torch.float16: nccl.NCCL_FLOAT16, torch.float32: nccl.NCCL_FLOAT32}
-
-    def reduce(h):
-        comm.allReduce(h.data_ptr(), h.data_ptr(), h.numel(), kinds[h.dtype], nccl.NCCL_SUM,
-                       torch.cuda.current_stream().cuda_stream)
-    return reduce, None
 
 
 def probe_rank(rank: int, world: int, preset: str, bss: list, context: int):
@@ -65,7 +43,7 @@ def probe_rank(rank: int, world: int, preset: str, bss: list, context: int):
     bind_all_reduce(shard)
     warm_step(shard)
     arms = {"c10d": functools.partial(dist.all_reduce)}
-    nccl_ar, why = cupy_all_reduce(rank, world, host, dev)
+    nccl_ar, why = direct_all_reduce(rank, world, host)
     if nccl_ar is not None:
         arms["nccl"] = nccl_ar
     arms["none"] = lambda h: None

@@ -77,9 +77,10 @@ def allreduce_numels(hidden: int, elt: int, rows=LAUNCH_ROWS, big=BIG_BYTES) -> 
 
 
 def measure_allreduce(numels, dtype, device, k: int, budget_s: float, host_group, group=None,
-                      say=None, fit=None) -> dict:
+                      say=None, fit=None, reduce=None) -> dict:
     """The all-reduce benchmark (see the module docstring) over message sizes `numels`; k
-    collectives per sample and per graph. Returns dict(points=[...], host_us, fit) where fit is
+    collectives per sample and per graph, each through `reduce` when given (the TP sweep's
+    DirectAllReduce), else torch.distributed. Returns dict(points=[...], host_us, fit) where fit is
     fit(points, world, host_us) (analysis.beside.allreduce_fit, from the CLI: it adds the
     points' bus bandwidths and fits the graph times; None without it)."""
     import torch
@@ -94,7 +95,9 @@ def measure_allreduce(numels, dtype, device, k: int, budget_s: float, host_group
     for n in numels:
         if say:
             say(f"all-reduce of {n * elt} bytes")
-        fn = functools.partial(dist.all_reduce, buf[:n], group=group)
+        # the steps' own all-reduce path: `reduce` (bench.nccl.DirectAllReduce) or torch's
+        fn = (functools.partial(reduce, buf[:n]) if reduce is not None
+              else functools.partial(dist.all_reduce, buf[:n], group=group))
         if host_us is None:
             host_us = host_time_us(fn, inner=k, **lockstep(fn, k, budget_s, host_group)).median
         # k back to back, then a device-wide synchronise: NCCL's own stream included (the end

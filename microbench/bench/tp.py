@@ -132,12 +132,13 @@ def copy_cache_from(shard, full, tp: int, rank: int):
         mine.copy_(shard_kv(theirs, full.shape, tp, rank))
 
 
-def bind_all_reduce(dec, group=None):
-    """Sum the row-parallel matmuls' partial outputs over `group`, in place. On the skinny
-    path the residual add sits in those matmuls' epilogues: only the group's first rank adds it,
-    so the sum holds it once."""
+def bind_all_reduce(dec, group=None, reduce=None):
+    """Sum the row-parallel matmuls' partial outputs over `group`, in place: through `reduce`
+    (a bench.nccl.DirectAllReduce over that group) when given, else torch.distributed. On the
+    skinny path the residual add sits in those matmuls' epilogues: only the group's first rank
+    adds it, so the sum holds it once."""
     import torch.distributed as dist
-    dec.all_reduce = functools.partial(dist.all_reduce, group=group)
+    dec.all_reduce = reduce or functools.partial(dist.all_reduce, group=group)
     dec.residual_owner = dist.get_rank(group) == 0
     return dec
 

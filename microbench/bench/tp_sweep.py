@@ -30,6 +30,7 @@ from microbench.bench.collectives import BIG_BYTES, gather, lockstep, measure_al
 from microbench.bench.env import require_cuda
 from microbench.bench.hostcpu import on_quick_cpu, pin_factory, rank_share
 from microbench.bench.inputs import packed, step_inputs
+from microbench.bench.nccl import direct_all_reduce
 from microbench.bench.launch import measure_launch
 from microbench.bench.ops import kernel_lines, measure_ops
 from microbench.bench.rows import Arm, Budget, eager_timer, measure_row, wall_timer
@@ -209,7 +210,13 @@ class _Rank:
             launch["kernel_lines"] = kernel_lines(
                 shard, cfg.context, budget_s=min(cfg.time_budget, 0.1),
                 replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
-        bind_all_reduce(shard)
+        # the all-reduces go through NCCL directly where it loads, as an engine makes them
+        self.reduce, why = (direct_all_reduce(self.rank, self.world, self.host)
+                            if self.dev.type == "cuda" else (None, "CPU ranks: gloo"))
+        if self.lead:
+            self.run["decoder"]["all_reduce"] = ("NCCL direct" if self.reduce is not None
+                                                 else f"torch.distributed ({why})")
+        bind_all_reduce(shard, reduce=self.reduce)
         warm_step(shard)
         dist.barrier(group=self.host)
         self.build_s = time.perf_counter() - t0
@@ -232,7 +239,8 @@ class _Rank:
         self.say(f"all-reduces alone, {k} per sample")
         self.bench = measure_allreduce([b * shape.hidden for b in msg_rows]
                                        + [n // elt for n in BIG_BYTES[:3]], self.dtype, self.dev,
-                                       k, cfg.time_budget, self.host, fit=self.fit)
+                                       k, cfg.time_budget, self.host, fit=self.fit,
+                                       reduce=self.reduce)
         if self.lead:
             self.run.update(build_s=self.build_s, capture=cap,
                             capture_s_per_rank=[c["capture_s"] for c in caps],

@@ -44,9 +44,11 @@ def tp_sweep_header(run: dict) -> str:
     from microbench.report.tables import ladder_desc
     c, env = run["config"], run.get("env", {})
     lad = ladder_desc(run)
+    path = (run.get("decoder") or {}).get("all_reduce")
     return (f"{c['tp']} x {env.get('gpu')} | preset {c['preset']} at TP {c['tp']} | {c['dtype']} | "
-            f"mode {c['mode']} | ladder {lad} | context {c['context']} | NCCL {env.get('nccl')} | "
-            f"torch {env.get('torch')} triton {env.get('triton')}")
+            f"mode {c['mode']} | ladder {lad} | context {c['context']} | NCCL {env.get('nccl')}"
+            + (f" | all-reduce: {path}" if path else "")
+            + f" | torch {env.get('torch')} triton {env.get('triton')}")
 
 
 def tp_sweep_table(run: dict) -> str:

@@ -277,7 +277,13 @@ def _replay_rank(rank, world):
     dev = torch.device("cuda", torch.cuda.current_device())
     kw = dict(backend="triton", max_batch=GPU_MAX_B, max_seq=64, dtype=torch.bfloat16,
               device=dev, seed=0)
-    dec = bind_all_reduce(build_shard(PRESETS["tiny"], world, rank, **kw))
+    import torch.distributed as dist
+
+    from microbench.bench.nccl import DirectAllReduce
+    # the graphs all-reduce through NCCL directly (as the TP sweep does), the eager reference
+    # through torch.distributed: a two-way sum is the same bits either way
+    direct = DirectAllReduce(rank, world, dist.new_group(backend="gloo"))
+    dec = bind_all_reduce(build_shard(PRESETS["tiny"], world, rank, **kw), reduce=direct)
     ref = bind_all_reduce(build_shard(PRESETS["tiny"], world, rank, **kw))
     dec.fill_cache(GPU_CTX)
     ref.fill_cache(GPU_CTX)
@@ -326,12 +332,19 @@ def _unsharded_rank(rank, world):
     skinny matmuls with their fused prologues), 5 and 12 (cuBLAS), three steps each from a
     filled cache."""
     dev = torch.device("cuda", torch.cuda.current_device())
+    import torch.distributed as dist
+
+    from microbench.bench.nccl import DirectAllReduce
     kw = dict(backend="triton", max_batch=16, max_seq=64, dtype=torch.float32, device=dev, seed=0)
     out = {}
+    direct = DirectAllReduce(rank, world, dist.new_group(backend="gloo"))
     for bs in (1, 5, 12):
         full = ToyDecoder(PRESETS["tiny"], **kw)
         full.fill_cache(GPU_CTX)
-        shard = bind_all_reduce(build_shard(PRESETS["tiny"], world, rank, **kw))
+        # eager steps all-reducing through NCCL directly at 5 rows, through torch.distributed
+        # at the others
+        shard = bind_all_reduce(build_shard(PRESETS["tiny"], world, rank, **kw),
+                                reduce=direct if bs == 5 else None)
         copy_cache_from(shard, full, world, rank)
         worst = scale = 0.0
         for step in range(3):
@@ -425,3 +438,38 @@ def test_a_tp_row_takes_the_slowest_ranks_host_costs():
     assert row["op_host_us"] == {"all_reduce": 55.0} and row["piece_glue_us"] == 2.0
     plain = slowest_host(dict(bs=1), [dict(eager_host_us=None)] * 2)
     assert plain == dict(bs=1)
+
+
+def test_direct_all_reduce_calls_nccl_once_in_place_on_the_current_stream(monkeypatch):
+    """bench.nccl.DirectAllReduce: one ncclAllReduce per call, in place (send = receive), the
+    element count, NCCL's bfloat16 code, a sum; a non-contiguous tensor or an unsupported
+    dtype is a one-line error, as is a library that does not load."""
+    from types import SimpleNamespace
+
+    from microbench.bench import nccl
+    calls = []
+
+    class FakeLib:
+        def ncclAllReduce(self, *args):
+            calls.append(args)
+            return 0
+
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device=None: SimpleNamespace(cuda_stream=77))
+    ar = object.__new__(nccl.DirectAllReduce)
+    ar.lib, ar.comm, ar.world = FakeLib(), "comm", 2
+    t = torch.ones(3, 5, dtype=torch.bfloat16)
+    assert ar(t) is t
+    assert calls == [(t.data_ptr(), t.data_ptr(), 15, 9, 0, "comm", 77)]
+    with pytest.raises(ValueError, match="contiguous"):
+        ar(t.t())
+    with pytest.raises(ValueError, match="contiguous tensor of"):
+        ar(torch.ones(2, dtype=torch.complex64))
+    with pytest.raises(OSError):
+        nccl.load("libmicrobench-no-such-nccl.so")
+
+    def gone(name=nccl.LIBRARY):
+        raise OSError("gone")
+    monkeypatch.setattr(nccl, "load", gone)
+    got, why = nccl.direct_all_reduce(0, 2, None)
+    assert got is None and "not loadable" in why and "gone" in why
