@@ -22,7 +22,7 @@ from microbench.engine.ladders import parse_int_list
 from microbench.cli_types import Saver
 from microbench.engine.shapes import PRESETS, ModelShape
 from microbench.report.record import write_run
-from microbench.report.tp_tables import allreduce_table, tp_sweep_table
+from microbench.report.tp_tables import launch_tp_table, tp_sweep_table
 
 
 class FolderSaver(Saver):
@@ -77,7 +77,7 @@ def tp_launch_main(tp: int, time_budget: float = 0.3, out: str = "runs",
     if run is None:
         return None, 0
     text = json.dumps(run, indent=2, default=str) if as_json else (
-        allreduce_table(run["allreduce"]) + f"\nsaved: {where}")
+        launch_tp_table(run) + f"\nsaved: {where}")
     return text, 0
 
 

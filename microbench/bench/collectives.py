@@ -115,7 +115,8 @@ def measure_allreduce(numels, dtype, device, k: int, budget_s: float, host_group
         points.append(pt)
     del buf
     return dict(world=world, k=k, dtype=str(dtype).replace("torch.", ""), points=points,
-                host_us=host_us, fit=fit(points, world, host_us) if fit else None)
+                host_us=host_us, fit=fit(points, world, host_us) if fit else None,
+                path="torch.distributed" if reduce is None else "NCCL direct")
 
 
 def point_at(bench: dict, nbytes: int) -> dict | None:

@@ -280,16 +280,22 @@ def _bench_rank(rank, world, hidden, dtype, k, budget, out, progress, save, fit)
     from microbench.bench.collectives import allreduce_numels, measure_allreduce
     dev = rank_device()
     host = dist.new_group(backend="gloo", timeout=TIMEOUT)
+    from microbench.bench.nccl import direct_all_reduce
     dt = torch_dtype(dtype)
     elt = torch.finfo(dt).bits // 8
-    bench = measure_allreduce(allreduce_numels(hidden, elt), dt, dev, k, budget, host,
-                              say=printer(rank == 0 and progress), fit=fit)
+    # both paths in one process: NCCL called directly (the TP sweep's) where it loads, then
+    # torch.distributed's
+    direct, _ = direct_all_reduce(rank, world, host)
+    benches = [measure_allreduce(allreduce_numels(hidden, elt), dt, dev, k, budget, host,
+                                 say=printer(rank == 0 and progress), fit=fit, reduce=r)
+               for r in ([direct] if direct is not None else []) + [None]]
     if rank != 0:
         return None
     env = tp_environment(dev, world)
     run = dict(kind="launch-tp", config=dict(tp=world, hidden=hidden, dtype=dtype, k=k,
                                              time_budget=budget, out=out),
-               env=env, allreduce=bench, rows=bench["points"])
+               env=env, allreduce=benches[0], rows=benches[0]["points"],
+               allreduce_paths=benches)
     return run, (save(run) if save else None)
 
 

@@ -267,6 +267,7 @@ class AllreduceRecord:
     world: int
     dtype: str
     k: int
+    path: str | None = None     # "NCCL direct" or "torch.distributed"; None in older runs
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,13 @@ def _f(v, spec=".1f"):
 def render_tp_run(run: dict) -> str:
     """The table of a saved TP run, for `microbench show`."""
     if run.get("kind") == "launch-tp":
-        return allreduce_table(run["allreduce"])
+        return launch_tp_table(run)
     return tp_sweep_table(run)
+
+
+def launch_tp_table(run: dict) -> str:
+    """The all-reduce benchmark's table, one per path it timed (older runs: one)."""
+    return "\n\n".join(allreduce_table(b) for b in run.get("allreduce_paths", [run["allreduce"]]))
 
 
 # ---- tables --------------------------------------------------------------------------------
@@ -28,8 +33,10 @@ def allreduce_doc(bench: dict) -> Doc:
              _f(p["algbw"] / 1e9), _f(p["busbw"] / 1e9)] for p in bench["points"]]
     out = [Table(["size", "eager us", "graph us", "algbw GB/s", "busbw GB/s"], rows,
                  records=bench["points"],
-                 title=f"all-reduce (sum, {bench['dtype']}) on {bench['world']} ranks: time per "
-                       f"collective, {bench['k']} back to back (eager) or in one graph (graph)")]
+                 title=f"all-reduce (sum, {bench['dtype']}"
+                       + (f", {bench['path']}" if bench.get("path") else "")
+                       + f") on {bench['world']} ranks: time per collective, {bench['k']} back "
+                       f"to back (eager) or in one graph (graph)")]
     fit = bench.get("fit")
     if fit:
         bw = f"{fit['bus_bw'] / 1e9:.1f} GB/s" if fit.get("bus_bw") else "none resolved"

@@ -257,9 +257,22 @@ def test_tables_from_saved_runs():
     assert body[:5] == ["1", "1", "9000.0", "1500.0", "6.00"] and "21%" in body and "1.40" in body
     assert "capture per rank: 3.00 s, 3.10 s" in text and "200.0 GB/s" in text
     assert "slowest rank's eager median above rank 0's by at most 1.0%" in text
+    assert "all-reduce:" not in lines[0] and "eager host time per step" not in text
     bench = allreduce_table(_bench())
     assert "fit (graph): 8.00 us + bus bytes / 200.0 GB/s" in bench and "18.5 us" in bench
     assert render_tp_run(dict(kind="launch-tp", allreduce=_bench())) == bench
+    # the path the all-reduces took, and each row's sampled host time with the in-place
+    # all-reduce enqueue
+    row.update(eager_host_us=4635.3, op_host_us={"all_reduce": 24.9})
+    run["decoder"] = dict(all_reduce="NCCL direct")
+    text = render_tp_run(json.loads(json.dumps(run)))
+    assert "| all-reduce: NCCL direct |" in text.splitlines()[0]
+    assert "(one all-reduce's enqueue in place): bs 1 4635 us (24.9 us)" in text
+    # the benchmark of both paths: one table each, titled by its path
+    paths = [dict(_bench(), path="NCCL direct"), dict(_bench(), path="torch.distributed")]
+    both = render_tp_run(dict(kind="launch-tp", allreduce=paths[0], allreduce_paths=paths))
+    assert both.count("fit (graph)") == 2
+    assert "(sum, bfloat16, NCCL direct)" in both and "(sum, bfloat16, torch.distributed)" in both
 
 
 # ---- GPU: two CUDA GPUs, NCCL --------------------------------------------------------------
@@ -397,6 +410,11 @@ def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
     run, where = run_allreduce_bench(2, time_budget=0.05, hidden=256, k=4, out=str(tmp_path),
                                      save=save, fit=allreduce_fit)
     assert run["kind"] == "launch-tp" and run["allreduce"]["fit"]["latency_us"] > 0
+    # both paths timed, NCCL called directly first (the sweep's), then torch.distributed
+    assert [b["path"] for b in run["allreduce_paths"]] == ["NCCL direct", "torch.distributed"]
+    assert saved["decoder"]["all_reduce"] == "NCCL direct"
+    assert all(r["op_host_us"]["all_reduce"] > 0 and len(r["eager_host_us_per_rank"]) == 2
+               for r in saved["rows"])
     assert (Path(where) / "allreduce.csv").is_file()
 
 
