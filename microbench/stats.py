@@ -171,7 +171,10 @@ def merge_repeats(runs: list[dict]) -> dict:
     """One run from K runs of the same sweep, each measured in its own fresh process (pyperf's
     workers): the first run's rows and everything else it recorded, plus per row
     `speedup_repeats` (the K processes' median speedups, in process order, null where a
-    process measured none), `speedup_repeat_spread` (max / min - 1 over them) and, where every
+    process measured none), `speedup_repeat_spread` (max / min - 1 over them),
+    `eager_step_us_repeats`, `graph_step_us_repeats` and `host_loop_us_repeats` (each process's
+    medians, and the probe loop time of the CPU its rotation kept: how quick its host was) and,
+    where every
     process kept its paired ratios, `speedup_repeats_ci` (hierarchical_ci over them), and a
     `repeats` record: k, the worst spread over the rows, and each process's shape check.
     A batch size missing from a later run (interrupted) gets null from it."""
@@ -184,7 +187,11 @@ def merge_repeats(runs: list[dict]) -> dict:
         got = [(b.get(row["bs"]) or {}).get("speedup") for b in by_bs]
         have = [g for g in got if g]
         spread = max(have) / min(have) - 1 if len(have) > 1 else None
-        merged = dict(row, speedup_repeats=got, speedup_repeat_spread=spread)
+        merged = dict(row, speedup_repeats=got, speedup_repeat_spread=spread,
+                      **{f"{key}_repeats": [(b.get(row["bs"]) or {}).get(key) for b in by_bs]
+                         for key in ("eager_step_us", "graph_step_us")},
+                      host_loop_us_repeats=[((b.get(row["bs"]) or {}).get("host_pin") or {})
+                                            .get("loop_us") for b in by_bs])
         ratios = [(b.get(row["bs"]) or {}).get("speedup_ratios") for b in by_bs]
         if len(runs) > 1 and all(ratios):
             _, lo, hi = hierarchical_ci(ratios)

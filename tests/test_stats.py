@@ -138,6 +138,14 @@ def test_merge_repeats_keeps_the_first_run_and_adds_the_spread():
     assert m["rows"][1]["speedup_repeat_spread"] == 0.0
     assert m["repeats"]["k"] == 3 and m["repeats"]["max_spread"] == pytest.approx(0.1)
     assert m["repeats"]["shape_held"] == [True, True, False] and m["interrupted"] is True
+    # each process's medians and its CPU's probe loop, in process order (None where missing)
+    assert m["rows"][0]["eager_step_us_repeats"] == [10.0, 10.0, 10.0]
+    assert m["rows"][1]["graph_step_us_repeats"] == [None, None, None]
+    assert m["rows"][0]["host_loop_us_repeats"] == [None, None, None]
+    pinned = [_run([(1, 2.0)]), _run([(1, 2.4)])]
+    for run, loop in zip(pinned, (90.0, 110.0)):
+        run["rows"][0]["host_pin"] = dict(loop_us=loop)
+    assert merge_repeats(pinned)["rows"][0]["host_loop_us_repeats"] == [90.0, 110.0]
     assert "speedup_repeats" not in runs[0]["rows"][0]                 # inputs untouched
     one = merge_repeats([_run([(1, 2.0)])])
     assert one["rows"][0]["speedup_repeat_spread"] is None

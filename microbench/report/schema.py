@@ -176,6 +176,9 @@ class SweepRow:
     speedup_repeat_spread: float | None = None
     speedup_ratios: list[float] | None = None
     speedup_repeats_ci: list[float] | None = None
+    eager_step_us_repeats: list[float | None] | None = None
+    graph_step_us_repeats: list[float | None] | None = None
+    host_loop_us_repeats: list[float | None] | None = None
     # bench.hostcpu.HostPin.summary(): cpus_used, moves, checks, loop_us, loop_us_range
     host_pin: dict | None = None
 

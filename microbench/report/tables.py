@@ -114,6 +114,23 @@ def closing_lines(run: dict) -> list[str]:
     return lines
 
 
+def worst_repeat_line(rows: list) -> list[str]:
+    """The row whose speedup moved most across --repeat's processes: each process's eager and
+    graph medians and the probe loop time of the CPU it kept (a quicker host, a shorter loop),
+    so a spread that follows the host's speed shows as such."""
+    rows = [r for r in rows if r.get("speedup_repeat_spread") is not None
+            and r.get("eager_step_us_repeats")]
+    if not rows:
+        return []
+    r = max(rows, key=lambda r: r["speedup_repeat_spread"])
+    per = lambda key: "/".join(_f(v) for v in r.get(key) or [])
+    loops = r.get("host_loop_us_repeats") or []
+    return [f"widest at bs {r['bs']}: eager {per('eager_step_us_repeats')} us, graph "
+            f"{per('graph_step_us_repeats')} us per process"
+            + (f"; its CPU's probe loop {per('host_loop_us_repeats')} us"
+               if any(v is not None for v in loops) else "")]
+
+
 def _measure_lines(run: dict) -> list[str]:
     lines = []
     if any(r.get("stable") is False for r in run.get("rows", [])):
@@ -128,6 +145,7 @@ def _measure_lines(run: dict) -> list[str]:
                      + (f" (engine-eager against graph: in "
                         f"{sum(1 for h in rep['engine_shape_held'] if h)} of {rep['k']})"
                         if any(h is not None for h in rep.get("engine_shape_held", [])) else ""))
+        lines += worst_repeat_line(run.get("rows", []))
     cap = run.get("capture") or {}
     if cap.get("sizes"):
         lines.append(capture_line(cap))

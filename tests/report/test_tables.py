@@ -51,6 +51,13 @@ def test_repeat_line_counts_both_shape_verdicts():
     assert "shape held in 1 of 3 (engine-eager against graph: in 2 of 3)" in sweep_table(run)
     run["repeats"].pop("engine_shape_held")
     assert "shape held in 1 of 3\n" in sweep_table(run)
+    assert "widest at bs" not in sweep_table(run)      # rows merged before the per-process medians
+    # the widest row's per-process medians beside each process's CPU speed
+    run["rows"][0].update(speedup_repeat_spread=0.04, eager_step_us_repeats=[559.2, 593.7, 518.2],
+                          graph_step_us_repeats=[270.1, 271.0, 270.4],
+                          host_loop_us_repeats=[91.5, 97.0, 84.9])
+    assert ("widest at bs 1: eager 559.2/593.7/518.2 us, graph 270.1/271.0/270.4 us per process; "
+            "its CPU's probe loop 91.5/97.0/84.9 us") in sweep_table(run)
 
 
 def test_kernels_table():
