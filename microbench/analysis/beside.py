@@ -103,7 +103,11 @@ class TPRowModel:
 
     def predict(self, row: dict, tp1: dict) -> None:
         """The row's predicted step times, speedup and all-reduce share at TP, TP 1's
-        predictions where TP 1 was measured, and the errors against the measurements."""
+        predictions where TP 1 was measured, and the errors against the measurements; none
+        where the all-reduce benchmark gave no fit (fewer than two sizes): the model would
+        price the all-reduces at nothing."""
+        if self.ar is None and self.world > 1:
+            return
         shape, context, bs = self.cfg.shape, self.cfg.context, row["bs"]
         pad = row["padded_bs"] or bs
         plan = {"fusion": self.shard.fusion} if hasattr(self.shard, "fusion") else {}

@@ -10,9 +10,10 @@ The all-reduce benchmark, per message size S (elements of one dtype, in place, s
 
 * eager: k all-reduces issued back to back, wall time from the first enqueue to a device-wide
   synchronise after the last, per call. This is what an eager decode step pays per collective:
-  the host's enqueue through torch.distributed when that is slower than the GPU, the GPU's time
-  when not. (CUDA events on the caller's stream do not see it: NCCL runs on its own stream, so
-  events around eager all-reduces read far less than the collective takes.)
+  the host's enqueue (through NCCL directly, bench.nccl, or through torch.distributed) when that
+  is slower than the GPU, the GPU's time when not. (Through torch.distributed, CUDA events on
+  the caller's stream do not see it: NCCL runs on its own stream there, so events around eager
+  all-reduces read far less than the collective takes.)
 * graph: replays of one CUDA graph of k all-reduces, per call: GPU time alone, no host in it.
 * host: host time to enqueue one all-reduce (smallest size only; it does not depend on S).
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 
 import torch
+import torch.distributed as dist
 
 # ncclDataType_t and ncclRedOp_t values from nccl.h
 _DTYPES = {torch.int8: 0, torch.uint8: 1, torch.int32: 2, torch.int64: 4, torch.float16: 6,
@@ -45,7 +46,6 @@ class DirectAllReduce:
     id), through NCCL on the current stream. Call it as the decoder's all_reduce hook."""
 
     def __init__(self, rank: int, world: int, host_group, lib=None):
-        import torch.distributed as dist
         self.lib = lib or load()
         uid = _UniqueId()
         if rank == 0:

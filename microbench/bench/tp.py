@@ -41,6 +41,7 @@ import torch
 from microbench.engine.shapes import DTYPE_NAMES, ModelShape, torch_dtype, tp_shape
 from microbench.bench.env import environment, require_cuda
 from microbench.bench.inputs import step_inputs
+from microbench.bench.nccl import direct_all_reduce
 
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                 "NVSHMEM_DISABLE_NVLS": "1"}
@@ -280,7 +281,6 @@ def _bench_rank(rank, world, hidden, dtype, k, budget, out, progress, save, fit)
     from microbench.bench.collectives import allreduce_numels, measure_allreduce
     dev = rank_device()
     host = dist.new_group(backend="gloo", timeout=TIMEOUT)
-    from microbench.bench.nccl import direct_all_reduce
     dt = torch_dtype(dtype)
     elt = torch.finfo(dt).bits // 8
     # both paths in one process: NCCL called directly (the TP sweep's) where it loads, then

@@ -7,18 +7,21 @@ On each rank, in order (ranks meet at host barriers between the phases):
    then, where it fits in rank 0's free memory, the full model at TP 1: build, capture the
    same ladder, time the same batches (the others wait at a barrier on the host);
 2. every rank: its shard (tp.build_shard, sliced from rank 0's TP-1 model there), the KV cache
-   filled to the context, one eager step so the NCCL communicator is up, then its own graphs
-   captured into its own pool by a GraphRunner (whose warm-up steps all-reduce too);
+   filled to the context (rank 0 then times the shard's op host costs and kernel lines), the
+   all-reduce bound (NCCL called directly, bench.nccl, where it loads), one eager step, then its
+   own graphs captured into its own pool by a GraphRunner (whose warm-up steps all-reduce too);
 3. the all-reduces alone (collectives.measure_allreduce) at this sweep's message sizes, [bs,
    hidden] and [padded bs, hidden], with k = 2 · layers collectives per sample, plus three
    bandwidth-bound sizes for the fit the model uses;
 4. per batch size: eager and graph step time (decode-loop latency, synchronised after every
-   step as the single-GPU sweep is), every rank taking the same number of samples.
+   step as the single-GPU sweep is), every rank taking the same number of samples and sampling
+   its op host costs beside them at the same points.
 
 The all-reduce share of a step is measured apart, not profiled out of it: eager, 2·L
-collectives at [bs, hidden] issued back to back and timed by CUDA events, over the eager step;
-in the graph, the replay of a graph of 2·L collectives at [padded bs, hidden], over the graph
-step. Times are rank 0's; `*_max_rank` fields hold the slowest rank's median.
+collectives at [bs, hidden] issued back to back and timed to a device-wide synchronise, over
+the eager step; in the graph, the replay of a graph of 2·L collectives at [padded bs, hidden],
+over the graph step. Times are rank 0's; `*_max_rank` fields hold the slowest rank's median, and
+the host costs a row keeps are its slowest-host rank's (`host_rank`).
 """
 from __future__ import annotations
 
@@ -30,8 +33,8 @@ from microbench.bench.collectives import BIG_BYTES, gather, lockstep, measure_al
 from microbench.bench.env import require_cuda
 from microbench.bench.hostcpu import on_quick_cpu, pin_factory, rank_share
 from microbench.bench.inputs import packed, step_inputs
-from microbench.bench.nccl import direct_all_reduce
 from microbench.bench.launch import measure_launch
+from microbench.bench.nccl import direct_all_reduce
 from microbench.bench.ops import kernel_lines, measure_ops
 from microbench.bench.rows import Arm, Budget, eager_timer, measure_row, wall_timer
 from microbench.bench.sweep_config import max_seq_for

@@ -9,11 +9,11 @@ from microbench.report.plots import entry_lines
 from microbench.report.serve_tables import generate_doc, serve_doc
 from microbench.report.startup_table import startup_doc
 from microbench.report.tables import kernels_doc, launch_doc, sweep_doc
-from microbench.report.tp_tables import allreduce_doc, tp_sweep_doc
+from microbench.report.tp_tables import launch_tp_doc, tp_sweep_doc
 
 # the document of each kind that has tables (formats.Doc)
 DOCS = {"sweep": sweep_doc, "launch": lambda run: launch_doc(run["launch"]),
-        "kernels": kernels_doc, "launch-tp": lambda run: allreduce_doc(run["allreduce"]),
+        "kernels": kernels_doc, "launch-tp": launch_tp_doc,
         "sweep-tp": tp_sweep_doc, "generate": generate_doc, "serve": serve_doc,
         "startup": startup_doc}
 

@@ -176,8 +176,8 @@ class SweepRow:
     speedup_repeat_spread: float | None = None
     speedup_ratios: list[float] | None = None
     speedup_repeats_ci: list[float] | None = None
-    eager_step_us_repeats: list[float | None] | None = None
-    graph_step_us_repeats: list[float | None] | None = None
+    eager_step_us_repeats: list[float | None] | None = None   # each process's median, and
+    graph_step_us_repeats: list[float | None] | None = None   # the probe loop of its CPU
     host_loop_us_repeats: list[float | None] | None = None
     # bench.hostcpu.HostPin.summary(): cpus_used, moves, checks, loop_us, loop_us_range
     host_pin: dict | None = None
@@ -193,10 +193,8 @@ class TPSweepRow(SweepRow):
     tp1_eager_step_us: float | None = None
     tp1_graph_step_us: float | None = None
     tp_gain_graph: float | None = None
-    # each rank's host time of one eager step, sampled beside its steps; the row's op_host_us
-    # and piece_glue_us are those of host_rank, the rank with the longest
-    eager_host_us_per_rank: list | None = None
-    host_rank: int | None = None
+    eager_host_us_per_rank: list | None = None   # each rank's sampled host time of a step
+    host_rank: int | None = None    # the longest's rank: the row's op_host_us are its
 
 
 @dataclass(frozen=True)
@@ -286,9 +284,11 @@ class Kind:
 KINDS = {
     "sweep": Kind(SweepConfigRecord, SweepRow,
                   optional=dict(launch=LaunchRecord, capture=CaptureRecord)),
-    "sweep-tp": Kind(TPSweepConfigRecord, TPSweepRow, optional=dict(launch=LaunchRecord)),
+    "sweep-tp": Kind(TPSweepConfigRecord, TPSweepRow,
+                     optional=dict(launch=LaunchRecord, allreduce=AllreduceRecord)),
     "launch": Kind(LaunchConfigRecord, parts=dict(launch=LaunchRecord)),
-    "launch-tp": Kind(LaunchTPConfigRecord, AllreducePoint, parts=dict(allreduce=AllreduceRecord)),
+    "launch-tp": Kind(LaunchTPConfigRecord, AllreducePoint, parts=dict(allreduce=AllreduceRecord),
+                      optional=dict(allreduce_paths=[AllreduceRecord])),  # one per path timed
     "kernels": Kind(KernelsConfigRecord, KernelRow, parts=dict(copy=CopyRecord)),
     "reproduce": Kind(ReproduceConfigRecord, parts=dict(phenomena=[Phenomenon])),
     "generate": Kind(GenerateConfigRecord, GenerateRow, optional=dict(capture=CaptureRecord)),

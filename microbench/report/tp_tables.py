@@ -12,15 +12,20 @@ def _f(v, spec=".1f"):
 
 
 def render_tp_run(run: dict) -> str:
-    """The table of a saved TP run, for `microbench show`."""
+    """The table of a saved TP run (what `microbench show` prints for one)."""
     if run.get("kind") == "launch-tp":
         return launch_tp_table(run)
     return tp_sweep_table(run)
 
 
+def launch_tp_doc(run: dict) -> Doc:
+    """The all-reduce benchmark's tables, one per path it timed (older runs: one)."""
+    return Doc([part for b in run.get("allreduce_paths") or [run["allreduce"]]
+                for part in allreduce_doc(b).blocks])
+
+
 def launch_tp_table(run: dict) -> str:
-    """The all-reduce benchmark's table, one per path it timed (older runs: one)."""
-    return "\n\n".join(allreduce_table(b) for b in run.get("allreduce_paths", [run["allreduce"]]))
+    return render(launch_tp_doc(run))
 
 
 # ---- tables --------------------------------------------------------------------------------
@@ -99,11 +104,14 @@ def tp_sweep_footer(run: dict) -> str:
         bw = f"{fit['bus_bw'] / 1e9:.1f} GB/s" if fit.get("bus_bw") else "none resolved"
         lines.append(f"all-reduce model: {fit['latency_us']:.2f} us + bus bytes / {bw}; "
                      f"host enqueue {fit['host_us']:.1f} us")
-    host = [(r["bs"], r["eager_host_us"], r.get("op_host_us", {}).get("all_reduce"))
+    # the rank the model priced (the slowest host), else rank 0's own figure
+    host = [(r["bs"], (r.get("eager_host_us_per_rank") or [])[r["host_rank"]]
+             if r.get("host_rank") is not None else r["eager_host_us"],
+             r.get("op_host_us", {}).get("all_reduce"))
             for r in run.get("rows", []) if r.get("eager_host_us")]
     if host:
-        lines.append("eager host time per step, sampled beside the row's steps (one all-reduce's "
-                     "enqueue in place): " + "; ".join(
+        lines.append("eager host time per step on the slowest rank, sampled beside the row's "
+                     "steps (one all-reduce's enqueue in place): " + "; ".join(
                          f"bs {b} {h:.0f} us" + (f" ({a:.1f} us)" if a else "") for b, h, a in host))
     spread = [r["eager_step_us_max_rank"] / r["eager_step_us"] - 1 for r in run.get("rows", [])
               if r.get("eager_step_us_max_rank")]

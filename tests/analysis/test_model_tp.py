@@ -127,3 +127,28 @@ def test_tp_halves_a_weight_bound_step_less_the_allreduces():
     assert 0.5 < two["predicted_graph_step_us"] / one["predicted_graph_step_us"] < 0.6
     assert two["predicted_allreduce_share_graph"] == pytest.approx(
         160 * mtp.allreduce_us(8192 * 2, ar) / two["predicted_graph_step_us"])
+
+
+def test_tp_rows_get_no_prediction_without_an_allreduce_fit():
+    """Beside a TP sweep's rows: the model's columns where the all-reduce benchmark gave a fit,
+    and none where it did not (the all-reduces would be priced at nothing); each row is priced
+    with the host costs sampled beside it."""
+    from types import SimpleNamespace
+
+    from microbench.analysis.beside import TPRowModel
+    from microbench.engine.plan import Fusion
+    model = object.__new__(TPRowModel)
+    model.shard = SimpleNamespace(fusion=Fusion.ATTENTION, attention_launches=lambda b: 1)
+    model.cfg = SimpleNamespace(shape=PRESETS["tiny"], context=16)
+    model.world, model.elt, model.profile = 2, 2, _profile()
+    row = dict(bs=4, padded_bs=4, eager_step_us=300.0, graph_step_us=100.0, speedup=3.0)
+    model.ar = None
+    model.predict(row, {})
+    assert "predicted_speedup" not in row
+    model.ar = AR
+    model.predict(row, {})
+    cheap = row["predicted_eager_step_us"]
+    assert row["speedup_error"] == pytest.approx(row["predicted_speedup"] / 3.0 - 1)
+    row.update(op_host_us={"all_reduce": 45.0}, piece_glue_us=7.0)   # sampled beside the row
+    model.predict(row, {})
+    assert row["predicted_eager_step_us"] > cheap

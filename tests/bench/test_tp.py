@@ -268,11 +268,16 @@ def test_tables_from_saved_runs():
     text = render_tp_run(json.loads(json.dumps(run)))
     assert "| all-reduce: NCCL direct |" in text.splitlines()[0]
     assert "(one all-reduce's enqueue in place): bs 1 4635 us (24.9 us)" in text
+    # with every rank's figure, the slowest rank's (the one the model priced)
+    row.update(eager_host_us_per_rank=[4635.3, 5182.2], host_rank=1)
+    assert "in place): bs 1 5182 us (24.9 us)" in render_tp_run(json.loads(json.dumps(run)))
     # the benchmark of both paths: one table each, titled by its path
     paths = [dict(_bench(), path="NCCL direct"), dict(_bench(), path="torch.distributed")]
     both = render_tp_run(dict(kind="launch-tp", allreduce=paths[0], allreduce_paths=paths))
     assert both.count("fit (graph)") == 2
     assert "(sum, bfloat16, NCCL direct)" in both and "(sum, bfloat16, torch.distributed)" in both
+    from microbench.report.render import render_run
+    assert render_run(dict(kind="launch-tp", allreduce=paths[0], allreduce_paths=paths)) == both
 
 
 # ---- GPU: two CUDA GPUs, NCCL --------------------------------------------------------------
