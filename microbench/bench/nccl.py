@@ -75,8 +75,16 @@ class DirectAllReduce:
 
 
 def direct_all_reduce(rank: int, world: int, host_group):
-    """A DirectAllReduce, or (None, why) where NCCL's library cannot be loaded."""
+    """(a DirectAllReduce, None), or (None, why) on every rank where NCCL's library cannot be
+    loaded on some rank: the ranks agree first (over host_group), so none waits for a
+    communicator the others will not make."""
     try:
-        return DirectAllReduce(rank, world, host_group), None
+        lib, why = load(), None
     except OSError as e:
-        return None, f"{LIBRARY} not loadable ({e})"
+        lib, why = None, f"{LIBRARY} not loadable on rank {rank} ({e})"
+    every = [None] * world
+    dist.all_gather_object(every, why, group=host_group)
+    failed = next((w for w in every if w is not None), None)
+    if failed is not None:
+        return None, failed
+    return DirectAllReduce(rank, world, host_group, lib), None

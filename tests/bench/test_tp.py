@@ -490,9 +490,19 @@ def test_direct_all_reduce_calls_nccl_once_in_place_on_the_current_stream(monkey
         ar(torch.ones(2, dtype=torch.complex64))
     with pytest.raises(OSError):
         nccl.load("libmicrobench-no-such-nccl.so")
+    # a library that loads on rank 0 but not on rank 1: both ranks fall back, neither waits
+    for got, why in launch_ranks(_load_split_rank, 2, backend="gloo"):
+        assert got is None and why.startswith("libnccl.so.2 not loadable on rank 1 (gone")
 
-    def gone(name=nccl.LIBRARY):
-        raise OSError("gone")
-    monkeypatch.setattr(nccl, "load", gone)
-    got, why = nccl.direct_all_reduce(0, 2, None)
-    assert got is None and "not loadable" in why and "gone" in why
+
+def _load_split_rank(rank, world):
+    import torch.distributed as dist
+
+    from microbench.bench import nccl
+
+    def load(name=nccl.LIBRARY):
+        if rank == 1:
+            raise OSError("gone")
+        return object()
+    nccl.load = load
+    return nccl.direct_all_reduce(rank, world, dist.new_group(backend="gloo"))
