@@ -184,15 +184,15 @@ def merge_repeats(runs: list[dict]) -> dict:
     by_bs = [{r["bs"]: r for r in run.get("rows", [])} for run in runs]
     rows = []
     for row in first.get("rows", []):
-        got = [(b.get(row["bs"]) or {}).get("speedup") for b in by_bs]
+        same = [b.get(row["bs"]) or {} for b in by_bs]      # this batch size in each process
+        got = [r.get("speedup") for r in same]
         have = [g for g in got if g]
         spread = max(have) / min(have) - 1 if len(have) > 1 else None
         merged = dict(row, speedup_repeats=got, speedup_repeat_spread=spread,
-                      **{f"{key}_repeats": [(b.get(row["bs"]) or {}).get(key) for b in by_bs]
-                         for key in ("eager_step_us", "graph_step_us")},
-                      host_loop_us_repeats=[((b.get(row["bs"]) or {}).get("host_pin") or {})
-                                            .get("loop_us") for b in by_bs])
-        ratios = [(b.get(row["bs"]) or {}).get("speedup_ratios") for b in by_bs]
+                      eager_step_us_repeats=[r.get("eager_step_us") for r in same],
+                      graph_step_us_repeats=[r.get("graph_step_us") for r in same],
+                      host_loop_us_repeats=[(r.get("host_pin") or {}).get("loop_us") for r in same])
+        ratios = [r.get("speedup_ratios") for r in same]
         if len(runs) > 1 and all(ratios):
             _, lo, hi = hierarchical_ci(ratios)
             merged["speedup_repeats_ci"] = [lo, hi]

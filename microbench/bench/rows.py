@@ -248,6 +248,17 @@ def graph_timer(budget: Budget) -> Timer:
     return Timer("graph_", budget, after=after)
 
 
+def host_fields(row: dict, host_costs: dict, kernels: int | None = None) -> dict:
+    """The row's host side as eager_timer sampled it beside its steps (op_host_us,
+    piece_glue_us: the model's host inputs), and, for a bound eager step of `kernels` launches,
+    the step's host time per kernel; nothing where the eager arm was timed without it."""
+    if "op_host_us" in host_costs:
+        row.update(op_host_us=host_costs["op_host_us"], piece_glue_us=host_costs["piece_glue_us"])
+    if kernels:
+        row.update(eager_kernels=kernels, eager_host_us_per_kernel=row["eager_host_us"] / kernels)
+    return row
+
+
 def eager_timer(dec, bs: int, budget: Budget, host_costs: dict, bound=None) -> Timer:
     """The sweep's eager arm: eager steps are host-bound and the host is the noisier side, so
     twice the share of the time cap. Before each round of the rotation an ops.OpCostSampler

@@ -19,7 +19,8 @@ from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch_and_ops
 from microbench.bench.ops import kernel_lines
 from microbench.bench.profile import kernel_breakdown, profile_kernels, trace_steps
-from microbench.bench.rows import Arm, Budget, eager_timer, graph_timer, measure_row, wall_timer
+from microbench.bench.rows import (Arm, Budget, eager_timer, graph_timer, host_fields, measure_row,
+                                   wall_timer)
 from microbench.bench.timing import host_time_us
 from microbench.engine.nvtx import phase
 from microbench.engine.plan import Fusion, launch_counts, step_bytes
@@ -170,15 +171,12 @@ class _Sweep:
         row = measure_row(arms, bs, padded, ran_as, self.say, on_round=self.on_round)
         for arm in (*self.extra, *(a for a in arms if a not in self.extra)):
             self.arm_fns.append((arm, row, arms[arm].step))
-        if bound is not None:
-            row.update(eager_kernels=len(bound),
-                       eager_host_us_per_kernel=row["eager_host_us"] / len(bound))
+        # the host side of this row as measured beside its steps (the host's speed drifts)
+        host_fields(row, host_costs, len(bound) if bound is not None else None)
         row.update(throughput_fields(row, bs, padded))
         nbytes = step_bytes(cfg.shape, bs, cfg.context, self.elt, fusion=dec.fusion)
         best = row["graph_step_us"] or row["eager_step_us"]
         row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6))
-        # the host side of this row as measured beside its steps (the host's speed drifts)
-        row.update(op_host_us=host_costs["op_host_us"], piece_glue_us=host_costs["piece_glue_us"])
         self.measured.append((row, padded))
         self.run["rows"].append(row)
 

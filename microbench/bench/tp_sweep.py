@@ -36,7 +36,7 @@ from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
 from microbench.bench.nccl import direct_all_reduce
 from microbench.bench.ops import kernel_lines, measure_ops
-from microbench.bench.rows import Arm, Budget, eager_timer, measure_row, wall_timer
+from microbench.bench.rows import Arm, Budget, eager_timer, host_fields, measure_row, wall_timer
 from microbench.bench.sweep_config import max_seq_for
 from microbench.bench.tp import (TIMEOUT, bind_all_reduce, build_shard, check_tp, decoder_plan,
                                  free_device_memory, launch_ranks, printer, rank_device,
@@ -83,16 +83,6 @@ def step_arms(dec, bs: int, x, graph, cfg, budget: Budget, check: bool, host_cos
     return arms
 
 
-def host_fields(row: dict, host_costs: dict) -> dict:
-    """The row's host side as sampled beside its eager steps (the model's host inputs), and
-    the eager step's host time per kernel; nothing where the eager arm was not bound."""
-    if "op_host_us" in host_costs:
-        row.update(op_host_us=host_costs["op_host_us"], piece_glue_us=host_costs["piece_glue_us"],
-                   eager_kernels=host_costs["kernels"],
-                   eager_host_us_per_kernel=row["eager_host_us"] / host_costs["kernels"])
-    return row
-
-
 def single_gpu_steps(dec, ladder, cfg, say) -> dict:
     """TP 1 on this GPU alone: capture the ladder, time eager and graph steps per batch."""
     runner = GraphRunner(dec, ladder, mode=cfg.mode)
@@ -110,7 +100,8 @@ def single_gpu_steps(dec, ladder, cfg, say) -> dict:
                              Budget(cfg.steps, cfg.time_budget, pin=pin_factory(cfg.pin_cpu)),
                              False, host_costs)
             row = host_fields(measure_row(arms, bs, padded, "eager" if padded is None else cfg.mode,
-                                          lambda m: say(f"TP 1, {m}")), host_costs)
+                                          lambda m: say(f"TP 1, {m}")), host_costs,
+                              host_costs.get("kernels"))
             row.update(attn_launches=dec.attention_launches(bs),
                        padded_attn_launches=dec.attention_launches(padded or bs))
             rows.append(row)
@@ -269,7 +260,7 @@ class _Rank:
                              host_costs)
             pad = self.pads[bs]
             row = host_fields(measure_row(arms, bs, pad, "eager" if pad is None else cfg.mode,
-                                          self.say), host_costs)
+                                          self.say), host_costs, host_costs.get("kernels"))
             everyone = gather(dict(eager=row["eager_step_us"], graph=row["graph_step_us"],
                                    diff=row.get("max_abs_diff"),
                                    **{k: row.get(k) for k in HOST_FIELDS}), host)

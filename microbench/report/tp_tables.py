@@ -11,13 +11,6 @@ def _f(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
 
-def render_tp_run(run: dict) -> str:
-    """The table of a saved TP run (what `microbench show` prints for one)."""
-    if run.get("kind") == "launch-tp":
-        return launch_tp_table(run)
-    return tp_sweep_table(run)
-
-
 def launch_tp_doc(run: dict) -> Doc:
     """The all-reduce benchmark's tables, one per path it timed (older runs: one)."""
     return Doc([part for b in run.get("allreduce_paths") or [run["allreduce"]]

@@ -262,3 +262,14 @@ def test_reproduce_lab_pairs_eager_and_graph_in_rotation(monkeypatch):
         (1, 1, 4.0, [4.0, 4.0], True), (4, 4, 4.0, [4.0, 4.0], True)]
     assert lab.times[("full", 4, 4)] == dict(step_us=500.0, p20=500.0, p80=500.0, n=10, event_us=450.0)
     assert lab.times[("eager", None, 1)]["step_us"] == 2000.0
+
+
+def test_host_fields_are_what_the_eager_timer_sampled():
+    """Both sweeps' rows take their host side from rows.host_fields: the sampled op costs and
+    glue where the eager timer sampled them, the host time per kernel where the step was bound."""
+    costs = dict(op_host_us={"rmsnorm": 8.0}, piece_glue_us=3.0)
+    row = rows.host_fields(dict(bs=1, eager_host_us=620.0), costs, 62)
+    assert row["op_host_us"] == {"rmsnorm": 8.0} and row["piece_glue_us"] == 3.0
+    assert row["eager_kernels"] == 62 and row["eager_host_us_per_kernel"] == pytest.approx(10.0)
+    plain = rows.host_fields(dict(bs=1, eager_host_us=620.0), {})
+    assert plain == dict(bs=1, eager_host_us=620.0)

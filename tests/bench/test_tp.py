@@ -19,7 +19,8 @@ from microbench.engine.shapes import PRESETS, ModelShape, tp_shape, valid_tp
 from microbench.engine.decoder import ToyDecoder
 from microbench.bench.tp import (NO_MULTICAST, RankFailed, bind_all_reduce, build_shard, check_tp,
                            copy_cache_from, launch_ranks, shard_kv, shard_layer, torchrun_rank)
-from microbench.report.tp_tables import allreduce_table, render_tp_run, tp_sweep_table
+from microbench.report.render import render_run
+from microbench.report.tp_tables import allreduce_table, tp_sweep_table
 from microbench.cli_tp import validate_tp
 from microbench.bench.tp_sweep import tp1_skip_reason
 
@@ -249,7 +250,7 @@ def test_tables_from_saved_runs():
                capture_s_per_rank=[3.0, 3.1], pool_bytes_per_rank=[1 << 20, 1 << 20],
                tp1=dict(capture_s=2.0, sizes=3, pool_bytes=1 << 21), allreduce=_bench(),
                wall_s=60.0)
-    text = render_tp_run(json.loads(json.dumps(run)))
+    text = render_run(json.loads(json.dumps(run)))
     assert text == tp_sweep_table(run)
     lines = text.splitlines()
     assert "llama-8b at TP 2" in lines[0] and "NCCL 2.27.3" in lines[0]
@@ -260,24 +261,25 @@ def test_tables_from_saved_runs():
     assert "all-reduce:" not in lines[0] and "eager host time per step" not in text
     bench = allreduce_table(_bench())
     assert "fit (graph): 8.00 us + bus bytes / 200.0 GB/s" in bench and "18.5 us" in bench
-    assert render_tp_run(dict(kind="launch-tp", allreduce=_bench())) == bench
+    assert render_run(dict(kind="launch-tp", allreduce=_bench())) == bench
     # the path the all-reduces took, and each row's sampled host time with the in-place
     # all-reduce enqueue
     row.update(eager_host_us=4635.3, op_host_us={"all_reduce": 24.9})
     run["decoder"] = dict(all_reduce="NCCL direct")
-    text = render_tp_run(json.loads(json.dumps(run)))
+    text = render_run(json.loads(json.dumps(run)))
     assert "| all-reduce: NCCL direct |" in text.splitlines()[0]
     assert "(one all-reduce's enqueue in place): bs 1 4635 us (24.9 us)" in text
     # with every rank's figure, the slowest rank's (the one the model priced)
     row.update(eager_host_us_per_rank=[4635.3, 5182.2], host_rank=1)
-    assert "in place): bs 1 5182 us (24.9 us)" in render_tp_run(json.loads(json.dumps(run)))
+    assert "in place): bs 1 5182 us (24.9 us)" in render_run(json.loads(json.dumps(run)))
     # the benchmark of both paths: one table each, titled by its path
     paths = [dict(_bench(), path="NCCL direct"), dict(_bench(), path="torch.distributed")]
-    both = render_tp_run(dict(kind="launch-tp", allreduce=paths[0], allreduce_paths=paths))
+    both = render_run(dict(kind="launch-tp", allreduce=paths[0], allreduce_paths=paths))
     assert both.count("fit (graph)") == 2
     assert "(sum, bfloat16, NCCL direct)" in both and "(sum, bfloat16, torch.distributed)" in both
-    from microbench.report.render import render_run
-    assert render_run(dict(kind="launch-tp", allreduce=paths[0], allreduce_paths=paths)) == both
+    # what `microbench launch --tp` prints is what `microbench show` prints
+    from microbench.report.tp_tables import launch_tp_table
+    assert launch_tp_table(dict(kind="launch-tp", allreduce=paths[0], allreduce_paths=paths)) == both
 
 
 # ---- GPU: two CUDA GPUs, NCCL --------------------------------------------------------------
