@@ -50,7 +50,7 @@ import triton.language as tl
 
 from ._launch import launch
 
-from . import _utils, gemv_configs
+from . import _utils, gemv_configs, gemv_mma
 from ._utils import DTYPES, check_device, dot, interpreted, pdl_enter, pdl_launch_kw, to_dtype
 
 # Rows the kernel takes (one program multiplies all of them against each weight chunk).
@@ -243,14 +243,19 @@ def _launch(x, w, n_out, cfg, pdl, record, norm=False, epi=0, r=None, nw=None, e
     if cfg["DEFER"] and (cfg["DOT"] or cfg["AHEAD"]):
         raise ValueError(f"gemv config {cfg}: DEFER is a CUDA-core loop of its own; it takes "
                          "DOT=0 and AHEAD=0")
+    if cfg["DOT"] not in (0, 1, 2) or (cfg["DOT"] == 2 and cfg["AHEAD"]):
+        raise ValueError(f"gemv config {cfg}: DOT must be 0, 1 or 2, and DOT=2 (the weight on "
+                         "the tensor cores' wide side) takes AHEAD=0")
     pdl = _utils.use_pdl(_gemv_kernel, x, pdl)
-    # tensor-core tiles take at least 16 rows (the padding rows are masked off, loaded as zeros)
-    block_b = max(16 if cfg["DOT"] else 1, triton.next_power_of_2(B))
-    launch(record, _gemv_kernel, (triton.cdiv(n_out, cfg["BLOCK_N"]),),
+    kernel, keys = _gemv_kernel, cfg
+    if cfg["DOT"] == 2:
+        kernel = gemv_mma.gemv_mma_kernel
+        keys = {k: cfg[k] for k in ("BLOCK_N", "BLOCK_K", "STAGES", "num_warps")}
+    launch(record, kernel, (triton.cdiv(n_out, cfg["BLOCK_N"]),),
         x, nw_, w, r_, y, n_out, x.stride(0), w.stride(0), r_.stride(0), y.stride(0), float(eps),
-        B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=block_b, USE_PDL=pdl,
+        B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=gemv_mma.block_b(cfg, B), USE_PDL=pdl,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        INTERPRET=interpreted(_gemv_kernel), **cfg, **pdl_launch_kw(pdl))
+        INTERPRET=interpreted(kernel), **keys, **pdl_launch_kw(pdl))
     return y
 
 

@@ -13,7 +13,8 @@ not hold take `rule_config`, the rule the table was first seeded from.
 The keys of a config: BLOCK_N output features per program; BLOCK_K weight columns per chunk;
 STAGES chunks the compiler keeps in flight (tensor-core path); num_warps; AHEAD (CUDA-core path:
 the next chunk's loads issued before this chunk is multiplied); DOT (1: the chunk's product on
-tensor cores with the rows padded to 16, 0: on CUDA cores, every row against every weight);
+tensor cores with the rows padded to 16 as its M side, 2: the same with the weight rows as the
+M side and the rows as N, gemv_mma.py; 0: on CUDA cores, every row against every weight);
 DEFER (CUDA-core path, 0: each chunk's products summed across the program as it comes; n >= 1:
 per-thread partial sums kept over the whole row and summed once at the end, the chunk loop
 unrolled n times). Entries tuned before DEFER existed read as DEFER=0.
@@ -111,7 +112,7 @@ def choose_config(n_rows_w: int, k: int, rows: int, elt: int, norm: bool = False
 def candidates(k: int, rows: int, elt: int) -> list[dict]:
     """The configs `microbench tune` times for `rows` rows (a bucket) and a K: CUDA-core tiles
     up to 8 rows (more of them at one or two rows, where they win, the deferred-sum ones among
-    them), tensor-core tiles at every bucket (three at one row, seven above), and the rule's
+    them), tensor-core tiles of both sides at every bucket (fewer at one row), and the rule's
     choice always, so a tuned entry is never slower than the rule as measured."""
     warps = 4
     vec = 16 // elt * 32 * warps
@@ -138,6 +139,17 @@ def candidates(k: int, rows: int, elt: int) -> list[dict]:
     for bn, bk, stages in dots:
         if bk <= max(64, k):
             out.append(dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=4, AHEAD=0, DOT=1,
+                            DEFER=0))
+    # the weight on the tensor cores' wide side (gemv_mma.py): 64 or 128 weight rows per
+    # program as the warpgroup MMA's M, chunks pipelined STAGES deep (BLOCK_N, BLOCK_K, STAGES,
+    # num_warps); a tile whose stages overflow shared memory fails to compile and is skipped
+    mma = [(64, 64, 8, 4), (64, 128, 4, 4), (64, 128, 6, 4), (64, 256, 3, 4), (128, 64, 6, 4),
+           (128, 128, 4, 8), (32, 128, 6, 4), (32, 256, 4, 4), (16, 256, 4, 4)]
+    if rows == 1:
+        mma = mma[1:4]
+    for bn, bk, stages, w in mma:
+        if bk <= max(64, k):
+            out.append(dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=w, AHEAD=0, DOT=2,
                             DEFER=0))
     rule = rule_config(0, k, rows, elt)
     if rule not in out:

@@ -150,16 +150,20 @@ def test_gemv_deferred_sums(B, K, N, dtype, atol, rtol, device, monkeypatch):
 @pytest.mark.parametrize("B, K, N", [(1, 200, 40), (4, 130, 17), (11, 257, 50), (16, 64, 16)],
                          ids=str)
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
-def test_gemv_on_tensor_cores(B, K, N, dtype, atol, rtol, device):
-    """DOT=1 (the product on tensor cores, rows padded to 16) in every fused form against the
-    references, for one row, a few and a full bucket, K and N off the block sizes; the normed
-    rows enter the product in the weights' dtype, so the norm forms get one more rounding."""
-    g = gen(28)
+@pytest.mark.parametrize("side", [1, 2])
+def test_gemv_on_tensor_cores(B, K, N, dtype, atol, rtol, side, device):
+    """DOT=1 (the product on tensor cores, rows padded to 16 as its M side) and DOT=2 (the
+    weight rows as its M side, gemv_mma.py) in every fused form against the references, for
+    one row, a few and a full bucket, K and N off the block sizes; the normed rows enter the
+    product in the weights' dtype, so the norm forms get one more rounding."""
+    g = gen(28 + side)
     h = 2 * randn(B, K, g=g, dtype=dtype, device=device)
     nw = _norm_w(K, g, dtype, device)
     w, w_gu = _weight(N, K, g, dtype, device), 2 * _weight(2 * N, K, g, dtype, device)
     r = randn(B, N, g=g, dtype=dtype, device=device)
     cfg = SMALL_DOT if device.type == "cpu" else dict(SMALL_DOT, BLOCK_K=128, STAGES=3)
+    if side == 2:   # compiled, the warpgroup MMA's M: 64 weight rows
+        cfg = dict(cfg, DOT=2, BLOCK_N=16 if device.type == "cpu" else 64)
     assert_close(linear(h, w, residual=r, config=cfg), linear_ref(h, w, residual=r), dtype, atol, rtol)
     assert_close(linear(h, w, config=cfg), linear_ref(h, w), dtype, atol, rtol)
     tol = 4 if dtype != torch.float32 else 1   # the normed rows rounded once more
@@ -169,17 +173,30 @@ def test_gemv_on_tensor_cores(B, K, N, dtype, atol, rtol, device):
                  rmsnorm_linear_swiglu_ref(h, nw, 1e-5, w_gu), dtype, tol * atol, tol * rtol)
 
 
-@pytest.mark.parametrize("dot", [0, 1])
+@pytest.mark.parametrize("dot", [0, 1, 2])
 def test_a_row_is_summed_alike_whatever_rows_share_the_launch(dot, device):
     """Within a row bucket (9 to 16 rows here, one config), row i's result does not depend on
     how many rows are launched with it: the padded graph batch and the eager batch agree."""
     g = gen(29)
     h = randn(16, 300, g=g, dtype=torch.bfloat16, device=device)
     nw, w = _norm_w(300, g, torch.bfloat16, device), _weight(70, 300, g, torch.bfloat16, device)
-    cfg = dict(SMALL_DOT if dot else SMALL, BLOCK_N=16)
+    cfg = dict(SMALL_DOT if dot else SMALL, BLOCK_N=16, DOT=dot)
+    if dot == 2 and device.type == "cuda":
+        cfg["BLOCK_N"] = 64
     full = rmsnorm_linear(h, nw, 1e-5, w, config=cfg)
     for rows in (9, 12):
         assert torch.equal(rmsnorm_linear(h[:rows], nw, 1e-5, w, config=cfg), full[:rows])
+    gu = 2 * _weight(140, 300, g, torch.bfloat16, device)
+    full = rmsnorm_linear_swiglu(h, nw, 1e-5, gu, config=cfg)
+    assert torch.equal(rmsnorm_linear_swiglu(h[:11], nw, 1e-5, gu, config=cfg), full[:11])
+
+
+@pytest.mark.parametrize("bad", [dict(DOT=3), dict(DOT=2, AHEAD=1)], ids=str)
+def test_a_config_the_kernels_lack_is_refused(bad, device):
+    h = randn(2, 64, g=gen(30), dtype=torch.float16, device=device)
+    w = randn(8, 64, g=gen(31), dtype=torch.float16, device=device)
+    with pytest.raises(ValueError, match="DOT must be 0, 1 or 2"):
+        linear(h, w, config=dict(SMALL_DOT, **bad))
 
 
 BAD_CALLS = [
