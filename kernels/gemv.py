@@ -238,21 +238,26 @@ def _launch(x, w, n_out, cfg, pdl, record, norm=False, epi=0, r=None, nw=None, e
     y = torch.empty((B, n_out), dtype=x.dtype, device=x.device)
     r_ = r if r is not None else y
     nw_ = nw if nw is not None else w
-    cfg = {"AHEAD": 0, "DOT": 0, "DEFER": 0,
-           **(cfg if cfg is not None else choose_config(x, w, norm, epi))}
+    cfg = {**gemv_configs.DEFAULTS, **(cfg if cfg is not None else choose_config(x, w, norm, epi))}
     if cfg["DEFER"] and (cfg["DOT"] or cfg["AHEAD"]):
         raise ValueError(f"gemv config {cfg}: DEFER is a CUDA-core loop of its own; it takes "
                          "DOT=0 and AHEAD=0")
     if cfg["DOT"] not in (0, 1, 2) or (cfg["DOT"] == 2 and cfg["AHEAD"]):
         raise ValueError(f"gemv config {cfg}: DOT must be 0, 1 or 2, and DOT=2 (the weight on "
                          "the tensor cores' wide side) takes AHEAD=0")
+    if cfg["SPLIT"] < 1 or (cfg["SPLIT"] > 1 and cfg["DOT"] != 2):
+        raise ValueError(f"gemv config {cfg}: SPLIT (split-K) must be 1, or more with DOT=2")
     pdl = _utils.use_pdl(_gemv_kernel, x, pdl)
-    kernel, keys = _gemv_kernel, cfg
+    grid = (triton.cdiv(n_out, cfg["BLOCK_N"]),)
+    kernel, lead, keys = _gemv_kernel, (x, nw_, w, r_, y), dict(cfg)
+    del keys["SPLIT"]
     if cfg["DOT"] == 2:
-        kernel = gemv_mma.gemv_mma_kernel
-        keys = {k: cfg[k] for k in ("BLOCK_N", "BLOCK_K", "STAGES", "num_warps")}
-    launch(record, kernel, (triton.cdiv(n_out, cfg["BLOCK_N"]),),
-        x, nw_, w, r_, y, n_out, x.stride(0), w.stride(0), r_.stride(0), y.stride(0), float(eps),
+        part, ss, sem, tiles = gemv_mma.split_args(x, n_out, cfg, epi)
+        kernel, lead, grid = gemv_mma.gemv_mma_kernel, lead + (part, ss, sem), grid + (cfg["SPLIT"],)
+        keys = {k: cfg[k] for k in ("BLOCK_N", "BLOCK_K", "STAGES", "num_warps", "SPLIT")}
+        keys["TILES"] = tiles
+    launch(record, kernel, grid,
+        *lead, n_out, x.stride(0), w.stride(0), r_.stride(0), y.stride(0), float(eps),
         B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=gemv_mma.block_b(cfg, B), USE_PDL=pdl,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(kernel), **keys, **pdl_launch_kw(pdl))

@@ -17,7 +17,9 @@ tensor cores with the rows padded to 16 as its M side, 2: the same with the weig
 M side and the rows as N, gemv_mma.py; 0: on CUDA cores, every row against every weight);
 DEFER (CUDA-core path, 0: each chunk's products summed across the program as it comes; n >= 1:
 per-thread partial sums kept over the whole row and summed once at the end, the chunk loop
-unrolled n times). Entries tuned before DEFER existed read as DEFER=0.
+unrolled n times); SPLIT (DOT=2 only: K cut into SPLIT ranges, one program each, their partial
+sums added in split order by the last to finish). A key an entry lacks (tuned before the key
+existed) reads as in DEFAULTS.
 """
 from __future__ import annotations
 
@@ -28,12 +30,15 @@ import re
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-LAUNCH_KEYS = ("BLOCK_N", "BLOCK_K", "STAGES", "num_warps", "AHEAD", "DOT", "DEFER")
+LAUNCH_KEYS = ("BLOCK_N", "BLOCK_K", "STAGES", "num_warps", "AHEAD", "DOT", "DEFER", "SPLIT")
+# what a key a table entry lacks (one tuned before the key existed) reads as
+DEFAULTS = dict(AHEAD=0, DOT=0, DEFER=0, SPLIT=1)
 ROW_BUCKETS = (1, 2, 4, 8, 16)
 
 # Under the interpreter every program costs milliseconds of numpy: few, large ones (the kernel
 # tests pass smaller ones through `config=` to cover many programs and chunks on small shapes).
-INTERPRETED = dict(BLOCK_N=128, BLOCK_K=512, STAGES=1, num_warps=4, AHEAD=0, DOT=0, DEFER=0)
+INTERPRETED = dict(BLOCK_N=128, BLOCK_K=512, STAGES=1, num_warps=4, AHEAD=0, DOT=0, DEFER=0,
+                   SPLIT=1)
 
 
 def row_bucket(rows: int) -> int:
@@ -81,20 +86,27 @@ def load_table(device_name: str) -> dict:
 
 
 def rule_config(n_rows_w: int, k: int, rows: int, elt: int) -> dict:
-    """The untuned rule. Up to 8 rows, CUDA cores: one or two 16-byte loads per thread per row
-    of the tile, every thread along K (BLOCK_K = (16 / elt) · 32 · num_warps, or twice that),
-    and longer rows in chunks of twice that, one chunk ahead. Above 8 rows a CUDA-core tile
-    holds every row times every weight column in registers, so the product goes on tensor
-    cores, the rows padded to 16."""
-    if row_bucket(rows) > 8:
-        return dict(BLOCK_N=32, BLOCK_K=128, STAGES=4, num_warps=4, AHEAD=0, DOT=1, DEFER=0)
+    """The untuned rule. At one row, CUDA cores: one or two 16-byte loads per thread per row of
+    the tile, every thread along K (BLOCK_K = (16 / elt) · 32 · num_warps, or twice that), and
+    longer rows in chunks of twice that, one chunk ahead. Above one row a CUDA-core tile holds
+    every row times every weight column in registers, so the product goes on tensor cores with
+    the weight as the wide side (DOT=2), K split in two, four or eight while the column blocks
+    number fewer than 128 (so that most SMs get a program) and each split keeps two chunks."""
+    if rows > 1:
+        bk = 256 if k >= 512 else 64
+        blocks, split = -(-n_rows_w // 64), 1
+        while split < 8 and blocks * split < 128 and k >= 4 * split * bk:
+            split *= 2
+        return dict(BLOCK_N=64, BLOCK_K=bk, STAGES=3, num_warps=4, AHEAD=0, DOT=2, DEFER=0,
+                    SPLIT=split)
     warps = 4
     vec = 16 // elt * 32 * warps
+    one = dict(STAGES=3, num_warps=warps, DOT=0, DEFER=0, SPLIT=1)
     if k <= vec:
-        return dict(BLOCK_N=4, BLOCK_K=vec, STAGES=3, num_warps=warps, AHEAD=0, DOT=0, DEFER=0)
+        return dict(BLOCK_N=4, BLOCK_K=vec, AHEAD=0, **one)
     if k <= 2 * vec:
-        return dict(BLOCK_N=4, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=0, DOT=0, DEFER=0)
-    return dict(BLOCK_N=2, BLOCK_K=2 * vec, STAGES=3, num_warps=warps, AHEAD=1, DOT=0, DEFER=0)
+        return dict(BLOCK_N=4, BLOCK_K=2 * vec, AHEAD=0, **one)
+    return dict(BLOCK_N=2, BLOCK_K=2 * vec, AHEAD=1, **one)
 
 
 def choose_config(n_rows_w: int, k: int, rows: int, elt: int, norm: bool = False, epi: int = 0,
@@ -105,15 +117,16 @@ def choose_config(n_rows_w: int, k: int, rows: int, elt: int, norm: bool = False
         entry = load_table(device_name).get(shape_key(n_rows_w, k, norm, epi, elt), {})
         tuned = entry.get(str(row_bucket(rows)))
         if tuned is not None:
-            return {key: tuned.get(key, 0) for key in LAUNCH_KEYS}
+            return {key: tuned.get(key, DEFAULTS.get(key, 0)) for key in LAUNCH_KEYS}
     return rule_config(n_rows_w, k, rows, elt)
 
 
 def candidates(k: int, rows: int, elt: int) -> list[dict]:
     """The configs `microbench tune` times for `rows` rows (a bucket) and a K: CUDA-core tiles
     up to 8 rows (more of them at one or two rows, where they win, the deferred-sum ones among
-    them), tensor-core tiles of both sides at every bucket (fewer at one row), and the rule's
-    choice always, so a tuned entry is never slower than the rule as measured."""
+    them), tensor-core tiles of both sides at every bucket (fewer at one row), the wide-side
+    ones also with K split two, four or eight ways, and the rule's choice always, so a tuned
+    entry is never slower than the rule as measured."""
     warps = 4
     vec = 16 // elt * 32 * warps
     out = []
@@ -131,26 +144,25 @@ def candidates(k: int, rows: int, elt: int) -> list[dict]:
         for bn, bk, w, ahead, defer in cuda:
             if bk // 2 < k or bk == vec:   # a chunk at least half used
                 out.append(dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=3, num_warps=w, AHEAD=ahead, DOT=0,
-                                DEFER=defer))
-    dots = [(16, 256, 4), (32, 128, 4), (32, 256, 3), (64, 128, 4), (16, 128, 6), (32, 128, 6),
-            (64, 256, 3)]
+                                DEFER=defer, SPLIT=1))
+    # (BLOCK_N, BLOCK_K, STAGES, num_warps, SPLIT) on tensor cores, the rows as the M side
+    dots = [(16, 256, 4, 4, 1), (32, 128, 4, 4, 1), (32, 256, 3, 4, 1)]
+    # the weight as the wide side (gemv_mma.py): 64 or 128 weight rows per program as the
+    # warpgroup MMA's M, chunks pipelined STAGES deep; a tile whose stages overflow shared
+    # memory fails to compile and is skipped
+    mma = [(64, 64, 8, 4, 1), (64, 128, 4, 4, 1), (64, 128, 6, 4, 1), (64, 256, 3, 4, 1),
+           (128, 64, 6, 4, 1), (128, 128, 4, 8, 1), (32, 128, 6, 4, 1), (32, 256, 4, 4, 1),
+           (16, 256, 4, 4, 1)]
+    split = [(64, 256, 3, 4), (64, 128, 4, 4), (128, 128, 4, 8), (32, 256, 4, 4)]
     if rows == 1:
-        dots = dots[:3]
-    for bn, bk, stages in dots:
-        if bk <= max(64, k):
-            out.append(dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=4, AHEAD=0, DOT=1,
-                            DEFER=0))
-    # the weight on the tensor cores' wide side (gemv_mma.py): 64 or 128 weight rows per
-    # program as the warpgroup MMA's M, chunks pipelined STAGES deep (BLOCK_N, BLOCK_K, STAGES,
-    # num_warps); a tile whose stages overflow shared memory fails to compile and is skipped
-    mma = [(64, 64, 8, 4), (64, 128, 4, 4), (64, 128, 6, 4), (64, 256, 3, 4), (128, 64, 6, 4),
-           (128, 128, 4, 8), (32, 128, 6, 4), (32, 256, 4, 4), (16, 256, 4, 4)]
-    if rows == 1:
-        mma = mma[1:4]
-    for bn, bk, stages, w in mma:
-        if bk <= max(64, k):
-            out.append(dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=w, AHEAD=0, DOT=2,
-                            DEFER=0))
+        mma, split = mma[1:4], split[:1]
+    mma += [(bn, bk, st, w, sp) for bn, bk, st, w in split for sp in (2, 4, 8)
+            if k >= 2 * sp * bk]   # two chunks per split at least
+    for dot, tiles in ((1, dots), (2, mma)):
+        for bn, bk, stages, w, sp in tiles:
+            if bk <= max(64, k):
+                out.append(dict(BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=w, AHEAD=0,
+                                DOT=dot, DEFER=0, SPLIT=sp))
     rule = rule_config(0, k, rows, elt)
     if rule not in out:
         out.append(rule)

@@ -96,7 +96,7 @@ def test_ladder_padding_and_json():
     (("tune", "--rows", "0"), "--rows"),
     (("tune", "--rows", "32"), "--rows"),
     (("tune", "--ab", "nope"), "--ab"),
-    (("tune", "--ab", "opt-125m", "--rows", "4"), "--rows"),
+    (("tune", "--ab", "opt-125m", "--rows", "3"), "--rows"),
     (("tune", "--time-budget", "0"), "--time-budget"),
     (("tune", "--vary", "pdl"), "--vary"),
     (("tune", "--ab", "opt-125m", "--vary", "plan", "--table", "somewhere"), "--table"),

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from microbench.engine.shapes import ModelShape
 
 # Rows up to which a fused plan runs its matmuls as Triton skinny matmuls (kernels.gemv, which
-# takes up to its MAX_ROWS); above, cuBLAS. A measured choice: `microbench tune` times both on
-# every matmul of the presets at 1, 2, 4, 8 and 16 rows (results/h200/logs/tune.log); on the
-# H200, as on the H100 before it, above one row cuBLAS is faster on the large matmuls (QKV,
-# gate/up, the LM head) than every skinny tile tried, CUDA-core or tensor-core, by more than
-# the fused norms and epilogues save. The plan's own constant, so the analytic model imports no
-# torch.
-FAST_ROWS = 1
+# takes up to its MAX_ROWS); above, cuBLAS. A measured choice: `microbench tune` times the
+# skinny tiles and cuBLAS on every matmul of the presets at 1, 2, 4, 8 and 16 rows, and
+# `microbench tune --ab PRESET --vary plan` replays whole graphed steps of the fused plan
+# against the unfused one (cuBLAS, separate norm and SwiGLU kernels). Since the tiles with the
+# weight as the tensor cores' wide side (DOT=2, split-K where the column blocks are few), the
+# skinny path streams the large weights near the copy bandwidth from 1 to 16 rows. The plan's
+# own constant, so the analytic model imports no torch.
+FAST_ROWS = 16
 
 
 class Fusion(enum.IntEnum):

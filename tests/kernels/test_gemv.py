@@ -180,7 +180,7 @@ def test_a_row_is_summed_alike_whatever_rows_share_the_launch(dot, device):
     g = gen(29)
     h = randn(16, 300, g=g, dtype=torch.bfloat16, device=device)
     nw, w = _norm_w(300, g, torch.bfloat16, device), _weight(70, 300, g, torch.bfloat16, device)
-    cfg = dict(SMALL_DOT if dot else SMALL, BLOCK_N=16, DOT=dot)
+    cfg = dict(SMALL_DOT if dot else SMALL, BLOCK_N=16, DOT=dot, SPLIT=2 if dot == 2 else 1)
     if dot == 2 and device.type == "cuda":
         cfg["BLOCK_N"] = 64
     full = rmsnorm_linear(h, nw, 1e-5, w, config=cfg)
@@ -191,11 +191,33 @@ def test_a_row_is_summed_alike_whatever_rows_share_the_launch(dot, device):
     assert torch.equal(rmsnorm_linear_swiglu(h[:11], nw, 1e-5, gu, config=cfg), full[:11])
 
 
-@pytest.mark.parametrize("bad", [dict(DOT=3), dict(DOT=2, AHEAD=1)], ids=str)
-def test_a_config_the_kernels_lack_is_refused(bad, device):
+@pytest.mark.parametrize("B, K, N", [(1, 520, 40), (5, 384, 70), (16, 1000, 33)], ids=str)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+def test_gemv_split_k(B, K, N, dtype, atol, rtol, device):
+    """DOT=2 with K split 2, 3 and 4 ways (a ragged last split among them) matches every fused
+    form's reference; the sum is the same whichever split finishes last, so two launches agree
+    bit for bit; and every counter is left at zero for the next launch."""
+    from microbench.kernels import gemv_mma
+    h, w, calls = _fused_calls(gen(32), B, K, N, dtype, device)
+    bn = 16 if device.type == "cpu" else 64
+    tol = 4 if dtype != torch.float32 else 1   # the normed rows rounded once more
+    for split in (2, 3, 4):
+        cfg = dict(BLOCK_N=bn, BLOCK_K=64, STAGES=2, num_warps=4, AHEAD=0, DOT=2, SPLIT=split)
+        for name, (fn, ref) in calls.items():
+            got = fn(cfg)
+            assert torch.equal(fn(cfg), got), (split, name)
+            assert_close(got, ref(), dtype, tol * atol, tol * rtol)
+    assert not gemv_mma.semaphores(h.device, 1).any()
+
+
+@pytest.mark.parametrize("bad, match", [(dict(DOT=3), "DOT must be 0, 1 or 2"),
+                                        (dict(DOT=2, AHEAD=1), "DOT must be 0, 1 or 2"),
+                                        (dict(DOT=1, SPLIT=2), "SPLIT"), (dict(DOT=2, SPLIT=0), "SPLIT")],
+                         ids=str)
+def test_a_config_the_kernels_lack_is_refused(bad, match, device):
     h = randn(2, 64, g=gen(30), dtype=torch.float16, device=device)
     w = randn(8, 64, g=gen(31), dtype=torch.float16, device=device)
-    with pytest.raises(ValueError, match="DOT must be 0, 1 or 2"):
+    with pytest.raises(ValueError, match=match):
         linear(h, w, config=dict(SMALL_DOT, **bad))
 
 

@@ -31,9 +31,10 @@ def test_tuned_entry_wins_for_its_shape_and_bucket_only(fake_table):
     tuned = dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=1, us=9.0)
     key = gc.shape_key(6144, 4096, True, 0, 2)
     fake_table({key: {"4": tuned}})
-    for rows in (3, 4):   # one bucket: one config; an entry tuned before DEFER reads DEFER=0
+    for rows in (3, 4):   # one bucket, one config; an entry tuned before DEFER and SPLIT: 0, 1
         got = gc.choose_config(6144, 4096, rows, 2, norm=True, epi=0, device_name="Fake GPU")
-        assert got == dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=1, DEFER=0)
+        assert got == dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=1, DEFER=0,
+                           SPLIT=1)
     # another bucket, another fusion, another device: the rule
     for args, dev in (((6144, 4096, 2, 2, True, 0), "Fake GPU"),
                       ((6144, 4096, 4, 2, False, 1), "Fake GPU"),
@@ -46,7 +47,16 @@ def test_rule_keeps_the_reduction_order_per_bucket(k):
     """Every row count of a bucket gets one config (so one summation order)."""
     for lo, hi in ((1, 1), (2, 2), (3, 4), (5, 8), (9, 16)):
         assert len({tuple(sorted(gc.rule_config(4096, k, r, 2).items())) for r in range(lo, hi + 1)}) == 1
-    assert gc.rule_config(4096, k, 16, 2)["DOT"] == 1 and gc.rule_config(4096, k, 8, 2)["DOT"] == 0
+    assert gc.rule_config(4096, k, 1, 2)["DOT"] == 0 and gc.rule_config(4096, k, 2, 2)["DOT"] == 2
+
+
+def test_the_rule_splits_k_while_column_blocks_are_few():
+    """Above one row: 64 weight rows per block; K split while the blocks number under 128 and
+    each split keeps two 256-wide chunks at least."""
+    assert gc.rule_config(128256, 4096, 4, 2)["SPLIT"] == 1        # an LM head: 2004 blocks
+    assert gc.rule_config(4096, 14336, 4, 2)["SPLIT"] == 2         # 64 blocks
+    assert gc.rule_config(2048, 8192, 16, 2)["SPLIT"] == 4         # 32 blocks
+    assert gc.rule_config(768, 768, 16, 2)["SPLIT"] == 1           # K too short to split
 
 
 @pytest.mark.parametrize("rows", [1, 2, 4, 8, 16])
@@ -62,7 +72,7 @@ def test_candidates_hold_the_rule_and_only_tiles_that_fit(rows):
 
 
 def test_tables_off_hides_every_table(fake_table):
-    tuned = dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=0, DEFER=2)
+    tuned = dict(BLOCK_N=64, BLOCK_K=256, STAGES=3, num_warps=8, AHEAD=0, DOT=0, DEFER=2, SPLIT=1)
     key = gc.shape_key(512, 256, False, 0, 2)
     fake_table({key: {"1": tuned}})
     assert gc.choose_config(512, 256, 1, 2, device_name="Fake GPU") == tuned
