@@ -93,7 +93,9 @@ def rule_config(n_rows_w: int, k: int, rows: int, elt: int) -> dict:
     the weight as the wide side (DOT=2), K split in two, four or eight while the column blocks
     number fewer than 128 (so that most SMs get a program) and each split keeps two chunks."""
     if rows > 1:
-        bk = 256 if k >= 512 else 64
+        # 16-bit weights: 256-wide chunks; fp32 ones 64-wide, so three stages of a SwiGLU
+        # tile's gate and up rows fit in shared memory
+        bk = 256 if k >= 512 and elt <= 2 else 64
         blocks, split = -(-n_rows_w // 64), 1
         while split < 8 and blocks * split < 128 and k >= 4 * split * bk:
             split *= 2

@@ -23,11 +23,12 @@ def measure_ops(dec, b: int = 1, budget_s: float = 0.5) -> dict:
     """Host time to enqueue each op of a decode step as the eager arm runs it (its bound launch
     where the decoder binds, engine.bound; else through the decoder's wrappers), keyed by the
     kernel names of `plan.step_kernels`: the plan at batch b and,
-    for a fused decoder, the plan above `plan.FAST_ROWS` rows too (cuBLAS matmuls and
-    separate norm and swiglu kernels), so every batch size's plan finds its own costs. A Triton
+    for a fused decoder that takes batches above `plan.FAST_ROWS` rows, the plan there too
+    (cuBLAS matmuls and separate norm and swiglu kernels), so every batch size's plan finds its
+    own costs. A Triton
     launcher's host cost grows with the arguments it must inspect, so a 3-argument kernel's
     launch cost understates a 30-argument one's; this measures the real ones."""
-    batches = [b] + ([FAST_ROWS + 1] if dec.skinny(b) else [])
+    batches = [b] + ([FAST_ROWS + 1] if dec.skinny(b) and FAST_ROWS < dec.max_batch else [])
     out: dict = {}
     for bb in batches:
         for name, fn in costed_op_fns(dec, bb).items():

@@ -59,6 +59,17 @@ def test_the_rule_splits_k_while_column_blocks_are_few():
     assert gc.rule_config(768, 768, 16, 2)["SPLIT"] == 1           # K too short to split
 
 
+def test_the_rules_wide_tiles_fit_shared_memory():
+    """Three stages of a SwiGLU tile's gate and up chunks and the rows' chunk, at every element
+    size, within the H100's and H200's 227 KiB of shared memory per block (an fp32 decoder once
+    asked for 306 KiB)."""
+    for elt in (2, 4):
+        for k in (64, 768, 4096, 14336):
+            c = gc.rule_config(4096, k, 4, elt)
+            stage = (2 * c["BLOCK_N"] + 16) * c["BLOCK_K"] * elt
+            assert c["STAGES"] * stage <= 227 * 1024, (elt, k, c)
+
+
 @pytest.mark.parametrize("rows", [1, 2, 4, 8, 16])
 def test_candidates_hold_the_rule_and_only_tiles_that_fit(rows):
     for k in (768, 4096):
