@@ -205,7 +205,7 @@ def choose_config(x, w, norm: bool = False, epi: int = 0) -> dict:
     see gemv_configs): the tuned entry for this device, shape and row bucket, else the rule."""
     B, K = x.shape
     if interpreted(_gemv_kernel):
-        return dict(gemv_configs.INTERPRETED, DOT=int(gemv_configs.row_bucket(B) > 8))
+        return dict(gemv_configs.INTERPRETED, DOT=2 if B > 1 else 0)
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     return gemv_configs.choose_config(w.shape[0], K, B, x.element_size(), norm, epi,
                                       _device_name(index))
