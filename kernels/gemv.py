@@ -52,6 +52,7 @@ from ._launch import launch
 
 from . import _utils, gemv_configs, gemv_mma
 from ._utils import DTYPES, check_device, dot, interpreted, pdl_enter, pdl_launch_kw, to_dtype
+from .gemv_mma import load_w as _load_w
 
 # Rows the kernel takes (one program multiplies all of them against each weight chunk).
 MAX_ROWS = 16
@@ -82,18 +83,6 @@ def _chunk(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb, mask_
         if EPI == 2:
             acc2 += tl.sum(x[:, None, :] * w2.to(tl.float32)[None, :, :], axis=2)
     return acc, acc2, ss
-
-
-@triton.jit
-def _load_w(w_rows, w2_rows, offs_k, mask_n, K: tl.constexpr, EPI: tl.constexpr):
-    """A chunk's weights [BN, BK], masked at N and K, and (EPI=2) the up rows' beside them;
-    else w2 is w. They stay in their own dtype until they are multiplied."""
-    wm = mask_n[:, None] & (offs_k < K)[None, :]
-    w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)
-    w2 = w
-    if EPI == 2:
-        w2 = tl.load(w2_rows + offs_k[None, :], mask=wm, other=0.0)
-    return w, w2
 
 
 @triton.jit

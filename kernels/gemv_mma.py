@@ -40,8 +40,10 @@ def _chunk_t(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb, mas
 
 
 @triton.jit
-def _load_w_t(w_rows, w2_rows, offs_k, mask_n, K: tl.constexpr, EPI: tl.constexpr):
-    """A chunk's weights [BN, BK] (and, EPI=2, the up rows' beside them; else w2 is w)."""
+def load_w(w_rows, w2_rows, offs_k, mask_n, K: tl.constexpr, EPI: tl.constexpr):
+    """A chunk's weights [BN, BK], masked at N and K, and (EPI=2) the up rows' beside them;
+    else w2 is w. They stay in their own dtype until they are multiplied. (Both gemv kernels
+    load their weight chunks with it.)"""
     wm = mask_n[:, None] & (offs_k < K)[None, :]
     w = tl.load(w_rows + offs_k[None, :], mask=wm, other=0.0)
     w2 = w
@@ -91,7 +93,7 @@ def gemv_mma_kernel(
     ss = tl.zeros([BLOCK_B], tl.float32)
     # chunk 0's weights before the PDL wait: no kernel of the step writes them
     offs_k = lo + tl.arange(0, BLOCK_K)
-    w, w2 = _load_w_t(w_rows, w2_rows, offs_k, mask_n, K, EPI)
+    w, w2 = load_w(w_rows, w2_rows, offs_k, mask_n, K, EPI)
     pdl_enter(USE_PDL)
     acc, acc2, ss = _chunk_t(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                              mask_b, K, NORM, EPI, DOT_PRECISION, INTERPRET)
@@ -100,7 +102,7 @@ def gemv_mma_kernel(
     # them in flight. Chunks past K (a last split's ragged end) load nothing.
     for t in tl.range(1, TILES, num_stages=STAGES):
         offs_k = lo + t * BLOCK_K + tl.arange(0, BLOCK_K)
-        w, w2 = _load_w_t(w_rows, w2_rows, offs_k, mask_n, K, EPI)
+        w, w2 = load_w(w_rows, w2_rows, offs_k, mask_n, K, EPI)
         acc, acc2, ss = _chunk_t(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                                  mask_b, K, NORM, EPI, DOT_PRECISION, INTERPRET)
     if SPLIT == 1:
