@@ -215,9 +215,12 @@ def op_fns(dec, b: int) -> dict:
 # Kernel families of the model's per-family lines (model.family): each planned kernel belongs
 # to one; attention's line is fitted on whole calls (split kernel and reduce together).
 FAMILIES = ("skinny", "cublas", "attention", "small")
-# from one row to past the default sweep's largest (64), so the sweep interpolates; 128 also
+# from one row to past the default sweep's largest (64), so the sweep interpolates; both ends of
+# the skinny plan's rows (1 and FAST_ROWS) and the first row of the cuBLAS plan, so a batch in
+# either regime lies between two points of its own kernels (an op's skinny and cuBLAS forms are
+# different kernels, and outside its points an op falls back to its family's line); 128 also
 # covers attention's unsplit regime (no reduce kernel), which starts near 32 rows on an H100
-LINE_BATCHES = (1, 2, 8, 32, 128)
+LINE_BATCHES = tuple(sorted({1, 2, 8, FAST_ROWS, FAST_ROWS + 1, 32, 128}))
 
 
 # bytes of distinct data each op's timed chain streams: four H100 L2s, so none of it comes

@@ -155,8 +155,8 @@ class _Sweep:
         # what a decode step of bs replays: under full_and_piecewise a full graph where the full
         # pass captured its padded size, else a piecewise one (ran_as says which)
         ran_as, padded = runner.route(bs)
-        if bs in (cfg.bs[0], cfg.bs[-1]):
-            self.to_profile.append((bs, padded, eager, graph))
+        # every swept size is profiled: where each row's replay time goes, by kernel family
+        self.to_profile.append((bs, padded, eager, graph))
         host_costs: dict = {}
         arms = {"eager": Arm(eager, eager_timer(dec, bs, self.budget, host_costs, bound))}
         if cfg.mode != "none":
@@ -258,7 +258,7 @@ class _Sweep:
 
     def graphed_and_profiled(self):
         """Last, under the profiler: whether each arm launched a CUDA graph (at every batch
-        size, to count as graphed overall), and the kernels of the first and last rows."""
+        size, to count as graphed overall), and the kernels of every row."""
         run = self.run
         for arm, compiled in self.compiled.items():
             run["arms"][arm].update(setup_s=sum(compiled.setup_s.values()),

@@ -11,7 +11,7 @@ from microbench.bench import ops
 from microbench.bench.timing import Stats
 from microbench.engine import decoder as decoder_mod
 from microbench.engine.decoder import ToyDecoder
-from microbench.engine.plan import Fusion
+from microbench.engine.plan import FAST_ROWS, Fusion
 from microbench.engine.shapes import PRESETS, tp_shape
 
 TINY = PRESETS["tiny"]
@@ -208,3 +208,14 @@ def test_a_shards_plan_names_the_all_reduces_its_bound_step_makes(b, device):
     named["all_reduce"]()
     bound.run()
     assert reduced == [(b, TINY.hidden)] * (1 + 2 * TINY.n_layers)
+
+
+def test_line_batches_bracket_each_plan():
+    """The model reads an op's own timed points where a batch lies between two of them (else the
+    family line): every batch from 1 to 128 has a line batch at or below it and one at or above
+    it on the same side of FAST_ROWS, so the skinny plan's rows and the cuBLAS plan's rows are
+    each read from their own kernels."""
+    skinny = lambda b: b <= FAST_ROWS
+    for b in range(1, 129):
+        same = [p for p in ops.LINE_BATCHES if skinny(p) == skinny(b)]
+        assert min(same) <= b <= max(same), (b, ops.LINE_BATCHES)
