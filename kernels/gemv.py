@@ -7,7 +7,10 @@ library's tiling (plus, at one row, cuBLAS's split-K reduction kernels) only add
 program here owns BLOCK_N output features: it streams their rows of W once, in BLOCK_K chunks,
 and multiplies every input row against each chunk, either on CUDA cores in fp32 (DOT=0: every
 row times every weight column in registers, for few rows) or on tensor cores (DOT=1: the rows
-padded to 16 with masked loads, products summed in fp32, chunks pipelined STAGES deep). On CUDA
+padded to 16 with masked loads, products summed in fp32, chunks pipelined STAGES deep), or on
+tensor cores with the weight as the wide side (DOT=2, gemv_mma.py: its rows as the MMA's M side,
+the input rows padded to 16 as N, K optionally split across SPLIT programs; the rule's choice
+above one row). On CUDA
 cores each chunk's products are either summed across the program as the chunk comes (a
 reduction through shared memory, with barriers, per chunk) or, with DEFER, kept as per-thread
 partial sums over the whole row and summed once at the end, so the chunks' loads are never held
