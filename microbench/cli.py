@@ -98,8 +98,8 @@ def LADDER_OPTIONS(f):
 @LADDER_OPTIONS
 @click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True,
               help="Measure in this many fresh processes, one after another, and report each "
-                   "row's speedup in every one and their spread (the first process's run, "
-                   "plus speedup_repeats).")
+                   "row's speedup in every one and their spread (each row from the process "
+                   "with its median speedup, plus speedup_repeats).")
 @OUT
 @FORMAT
 @TRACE

@@ -167,16 +167,25 @@ def break_even_steps(capture_s: float, eager_us: float, graph_us: float) -> floa
 
 
 # ---- repeated runs in fresh processes ---------------------------------------------------------
+def median_process(values: list) -> int | None:
+    """Index of the process whose value is the median of those measured (the lower middle for
+    an even count; the earliest process on a tie), or None when none was."""
+    have = sorted((v, i) for i, v in enumerate(values) if v)
+    return have[(len(have) - 1) // 2][1] if have else None
+
+
 def merge_repeats(runs: list[dict]) -> dict:
     """One run from K runs of the same sweep, each measured in its own fresh process (pyperf's
-    workers): the first run's rows and everything else it recorded, plus per row
-    `speedup_repeats` (the K processes' median speedups, in process order, null where a
-    process measured none), `speedup_repeat_spread` (max / min - 1 over them),
+    workers). Each row is the row of the process whose speedup is that batch size's median
+    (`median_process`; `repeat_process` names it, 1-based), so one slow or lucky process does
+    not make the headline; the rest of the record (device figures, footer) is the first run's.
+    Per row it adds `speedup_repeats` (the K processes' median speedups, in process order, null
+    where a process measured none), `speedup_repeat_spread` (max / min - 1 over them),
     `eager_step_us_repeats`, `graph_step_us_repeats` and `host_loop_us_repeats` (each process's
     medians, and the probe loop time of the CPU its rotation kept: how quick its host was) and,
-    where every
-    process kept its paired ratios, `speedup_repeats_ci` (hierarchical_ci over them), and a
-    `repeats` record: k, the worst spread over the rows, and each process's shape check.
+    where every process kept its paired ratios, `speedup_repeats_ci` (hierarchical_ci over
+    them). The shape checks are judged again on the merged rows; the `repeats` record holds k,
+    the worst spread over the rows and each process's own shape checks.
     A batch size missing from a later run (interrupted) gets null from it."""
     if not runs:
         raise ValueError("no runs to merge")
@@ -188,7 +197,10 @@ def merge_repeats(runs: list[dict]) -> dict:
         got = [r.get("speedup") for r in same]
         have = [g for g in got if g]
         spread = max(have) / min(have) - 1 if len(have) > 1 else None
-        merged = dict(row, speedup_repeats=got, speedup_repeat_spread=spread,
+        pick = median_process(got)
+        merged = dict(same[pick] if pick is not None else row,
+                      repeat_process=None if pick is None else pick + 1,
+                      speedup_repeats=got, speedup_repeat_spread=spread,
                       eager_step_us_repeats=[r.get("eager_step_us") for r in same],
                       graph_step_us_repeats=[r.get("graph_step_us") for r in same],
                       host_loop_us_repeats=[(r.get("host_pin") or {}).get("loop_us") for r in same])
@@ -205,5 +217,9 @@ def merge_repeats(runs: list[dict]) -> dict:
                    engine_shape_held=[c.get("held") for c in bundle],
                    wall_s=[run.get("wall_s") for run in runs],
                    interrupted=[bool(run.get("interrupted")) for run in runs])
-    return dict(first, rows=rows, repeats=repeats,
-                interrupted=any(repeats["interrupted"]))
+    out = dict(first, rows=rows, repeats=repeats, interrupted=any(repeats["interrupted"]))
+    if "shape_check" in first:
+        out["shape_check"] = check_shape(rows)
+    if "shape_check_engine" in first:
+        out["shape_check_engine"] = check_shape(rows, prefix="engine_eager_")
+    return out

@@ -4,8 +4,8 @@ import pytest
 import numpy as np
 
 from microbench.stats import (break_even_steps, check_shape, fit_linear, fit_pool,
-                              hierarchical_ci, median_ci, merge_repeats, paired_ratio, row_noise,
-                              settled, speedup_interval, speedup_noise)
+                              hierarchical_ci, median_ci, median_process, merge_repeats,
+                              paired_ratio, row_noise, settled, speedup_interval, speedup_noise)
 
 
 def _rows(*speedups):
@@ -152,6 +152,26 @@ def test_merge_repeats_keeps_the_first_run_and_adds_the_spread():
     with pytest.raises(ValueError):
         merge_repeats([])
 
+
+
+def test_merge_repeats_takes_each_row_from_its_median_process():
+    runs = [_run([(1, 1.5), (4, 1.2)]), _run([(1, 2.4), (4, 1.1)]), _run([(1, 2.3), (4, 1.3)])]
+    for i, run in enumerate(runs):
+        for r in run["rows"]:
+            r.update(eager_step_us=100.0 + i, speedup_ci=[r["speedup"] * 0.99, r["speedup"] * 1.01])
+        run["shape_check"] = dict(held="from the process")
+    m = merge_repeats(runs)
+    # bs 1: 1.5 / 2.4 / 2.3 -> the median is process 3's; bs 4: 1.2 / 1.1 / 1.3 -> process 1's
+    assert [r["repeat_process"] for r in m["rows"]] == [3, 1]
+    assert [r["speedup"] for r in m["rows"]] == [2.3, 1.2]
+    assert [r["eager_step_us"] for r in m["rows"]] == [102.0, 100.0]   # the row comes whole
+    # the shape check is judged again on the merged rows: 2.3 at bs 1 above 1.2 at bs 4
+    assert m["shape_check"]["held"] is True and "shape_check_engine" not in m
+    runs[2]["rows"][1].update(speedup=2.35, speedup_ci=[2.34, 2.36])     # bs 4 now rises
+    runs[1]["rows"][1].update(speedup=2.5, speedup_ci=[2.49, 2.51])
+    assert merge_repeats(runs)["shape_check"]["held"] is False
+    assert median_process([None, 2.0, 1.0, 3.0, 4.0]) == 1       # lower middle of four
+    assert median_process([None, None]) is None
 
 
 def test_row_noise_is_the_spread_with_a_floor():

@@ -135,9 +135,10 @@ class SweepRow:
     decode step: the median and its p20 and p80 over n samples; graph fields are null under
     --mode none; padded_bs is null where no graph fits (the row ran eagerly). speedup is the
     median of paired ratios, speedup_ci its 95% bootstrap interval, stable whether sampling met
-    its stopping rule (bench/rows.py); under --repeat, speedup_repeats holds each process's
-    speedup and speedup_repeat_spread their max / min - 1, speedup_repeats_ci the hierarchical
-    interval over every process's paired ratios (speedup_ratios) (stats.merge_repeats)."""
+    its stopping rule (bench/rows.py); under --repeat, the row is the process with the median
+    speedup (repeat_process, 1-based), speedup_repeats holds each process's speedup and
+    speedup_repeat_spread their max / min - 1, speedup_repeats_ci the hierarchical interval over
+    every process's paired ratios (speedup_ratios) (stats.merge_repeats)."""
     bs: int
     padded_bs: int | None
     ran_as: str
@@ -173,6 +174,7 @@ class SweepRow:
     speedup_ci: list[float] | None = None
     stable: bool | None = None
     speedup_repeats: list[float | None] | None = None
+    repeat_process: int | None = None
     speedup_repeat_spread: float | None = None
     speedup_ratios: list[float] | None = None
     speedup_repeats_ci: list[float] | None = None

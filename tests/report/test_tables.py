@@ -52,6 +52,9 @@ def test_repeat_line_counts_both_shape_verdicts():
     run["repeats"].pop("engine_shape_held")
     assert "shape held in 1 of 3\n" in sweep_table(run)
     assert "widest at bs" not in sweep_table(run)      # rows merged before the per-process medians
+    assert "each row is the process" not in sweep_table(run)   # merged before rows were picked
+    run["rows"][0]["repeat_process"] = 2
+    assert "each row is the process with its median speedup: bs 1 from process 2;" in sweep_table(run)
     # the widest row's per-process medians beside each process's CPU speed
     run["rows"][0].update(speedup_repeat_spread=0.04, eager_step_us_repeats=[559.2, 593.7, 518.2],
                           graph_step_us_repeats=[270.1, 271.0, 270.4],
