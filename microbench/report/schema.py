@@ -131,14 +131,13 @@ class ReproduceConfigRecord:
 # ---- rows ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SweepRow:
-    """One batch size of a sweep (bench/sweep.py run_sweep). Times are microseconds of one
-    decode step: the median and its p20 and p80 over n samples; graph fields are null under
-    --mode none; padded_bs is null where no graph fits (the row ran eagerly). speedup is the
-    median of paired ratios, speedup_ci its 95% bootstrap interval, stable whether sampling met
-    its stopping rule (bench/rows.py); under --repeat, the row is the process with the median
-    speedup (repeat_process, 1-based), speedup_repeats holds each process's speedup and
-    speedup_repeat_spread their max / min - 1, speedup_repeats_ci the hierarchical interval over
-    every process's paired ratios (speedup_ratios) (stats.merge_repeats)."""
+    """One batch size of a sweep (bench/sweep.py run_sweep). Times are us of one decode step:
+    the median and its p20 and p80 over n samples; graph fields are null under --mode none;
+    padded_bs is null where no graph fits (the row ran eagerly). speedup is the median of paired
+    ratios, speedup_ci its 95% bootstrap interval, stable whether sampling met its stopping rule
+    (bench/rows.py); under --repeat (stats.merge_repeats) the row is the process with the median
+    speedup (repeat_process, from 1), speedup_repeats each process's speedup,
+    speedup_repeat_spread their max / min - 1, speedup_repeats_ci the hierarchical interval."""
     bs: int
     padded_bs: int | None
     ran_as: str
