@@ -146,7 +146,7 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
         usage(f"--profile: the run's preset {opts['preset']!r} or dtype {opts['dtype']!r} is "
                "not one this microbench knows; give --preset and --dtype")
     from microbench.analysis.model_rows import attach_measured, model_rows, resolve_profile, \
-        run_fusion
+        run_fast_rows, run_fusion
     if taken:
         click.echo("microbench: from the --profile run: " + ", ".join(
             f"{k} {v}" for k, v in taken.items()) + " (options override)", err=True)
@@ -157,7 +157,7 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
         usage(e)
     # the plan of the decoder that was measured, else today's decoder's
     res = model_rows(PRESETS[opts["preset"]], bs, opts["context"], ladder, prof, below,
-                     opts["dtype"], fusion=run_fusion(run))
+                     opts["dtype"], fusion=run_fusion(run), fast_rows=run_fast_rows(run))
     # measured beside predicted only when the prediction is of the measured device and host:
     # with --gpu or other numbers it is a different machine, and the error would mean nothing
     if run is not None and not (gpu or copy_bw or tflops or launch_us):

@@ -44,7 +44,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from microbench.engine.shapes import ModelShape
-from microbench.engine.plan import SKINNY, Fusion, Kernel, family, step_kernels
+from microbench.engine.plan import FAST_ROWS, SKINNY, Fusion, Kernel, family, step_kernels
 
 
 @dataclass(frozen=True)
@@ -167,14 +167,17 @@ def kernel_time_us(k: Kernel, p: DeviceProfile) -> float:
 
 
 def gpu_time_us(shape: ModelShape, b: int, context: int, p: DeviceProfile, elt: int = 2,
-                attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION) -> float:
-    return sum(kernel_time_us(k, p) for k in step_kernels(shape, b, context, elt, attn_launches, fusion))
+                attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION,
+                fast_rows: int = FAST_ROWS) -> float:
+    ks = step_kernels(shape, b, context, elt, attn_launches, fusion, fast_rows)
+    return sum(kernel_time_us(k, p) for k in ks)
 
 
 def eager_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
-                  elt: int = 2, attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION) -> float:
-    return eager_pipeline_us(step_kernels(shape, b, context, elt, attn_launches, fusion), p,
-                             lambda k: kernel_time_us(k, p))
+                  elt: int = 2, attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION,
+                  fast_rows: int = FAST_ROWS) -> float:
+    return eager_pipeline_us(step_kernels(shape, b, context, elt, attn_launches, fusion, fast_rows),
+                             p, lambda k: kernel_time_us(k, p))
 
 
 def eager_pipeline_us(kernels, p: DeviceProfile, gpu_us) -> float:
@@ -194,24 +197,25 @@ def eager_pipeline_us(kernels, p: DeviceProfile, gpu_us) -> float:
 
 def graph_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
                   padded: int | None = None, elt: int = 2, attn_launches: int = 2,
-                  fusion: Fusion = Fusion.ATTENTION) -> float:
+                  fusion: Fusion = Fusion.ATTENTION, fast_rows: int = FAST_ROWS) -> float:
     b = padded or b
     host = (p.graph_host_us if p.graph_host_us is not None
             else p.n_input_copies * p.host_us("torch") + p.replay_host_us)
     return (host + p.replay_gpu_fixed_us
-            + gpu_time_us(shape, b, context, p, elt, attn_launches, fusion) + p.sync_us)
+            + gpu_time_us(shape, b, context, p, elt, attn_launches, fusion, fast_rows) + p.sync_us)
 
 
 def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
             padded: int | None = None, elt: int = 2, attn_launches: int = 2,
-            padded_attn_launches: int | None = None, fusion: Fusion = Fusion.ATTENTION) -> dict:
+            padded_attn_launches: int | None = None, fusion: Fusion = Fusion.ATTENTION,
+            fast_rows: int = FAST_ROWS) -> dict:
     """Predicted eager and graph step time and speedup at batch b (graph at `padded`).
     attn_launches: kernels per attention call (2 with split-KV, 1 without) at b and at padded.
-    fusion: the decoder's plan (plan.step_kernels)."""
-    e = eager_step_us(shape, b, context, p, elt, attn_launches, fusion)
+    fusion, fast_rows: the decoder's plan (plan.step_kernels)."""
+    e = eager_step_us(shape, b, context, p, elt, attn_launches, fusion, fast_rows)
     g = graph_step_us(shape, b, context, p, padded, elt, padded_attn_launches or attn_launches,
-                      fusion)
-    ks = step_kernels(shape, b, context, elt, attn_launches, fusion)
+                      fusion, fast_rows)
+    ks = step_kernels(shape, b, context, elt, attn_launches, fusion, fast_rows)
     return dict(bs=b, padded_bs=padded or b, predicted_eager_step_us=e,
                 predicted_graph_step_us=g, predicted_speedup=(e / g) if g else None,
                 host_launch_us=sum(p.kernel_host_us(k) for k in ks),
@@ -219,10 +223,12 @@ def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
 
 
 def crossover(shape: ModelShape, context: int, p: DeviceProfile, below: float = 1.1,
-              max_bs: int = 4096, elt: int = 2, fusion: Fusion = Fusion.ATTENTION) -> int | None:
+              max_bs: int = 4096, elt: int = 2, fusion: Fusion = Fusion.ATTENTION,
+              fast_rows: int = FAST_ROWS) -> int | None:
     """Smallest batch size whose predicted speedup (exact capture) falls under `below`."""
     lo, hi = 1, max_bs
-    sp = lambda b: predict(shape, b, context, p, elt=elt, fusion=fusion)["predicted_speedup"]
+    sp = lambda b: predict(shape, b, context, p, elt=elt, fusion=fusion,
+                           fast_rows=fast_rows)["predicted_speedup"]
     if sp(hi) >= below:
         return None
     if sp(lo) < below:

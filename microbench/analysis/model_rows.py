@@ -8,7 +8,7 @@ from microbench.analysis import model as mdl
 from microbench.engine.shapes import ModelShape
 from microbench.engine.dispatch import PaddingDispatcher
 from microbench.engine.ladders import resolve_ladder
-from microbench.engine.plan import Fusion
+from microbench.engine.plan import FAST_ROWS, Fusion
 
 
 def resolve_profile(run: dict | None, gpu, copy_bw_gbs, tflops, launch_us,
@@ -69,21 +69,27 @@ def run_fusion(run: dict | None) -> Fusion:
     return Fusion.MATMULS if "rope_store_kv" in ops else Fusion.UNFUSED
 
 
+def run_fast_rows(run: dict | None) -> int:
+    """The rows up to which a saved run's decoder ran its skinny matmuls (its `decoder` record's
+    `fast_rows`); runs that did not record it, and no run, get today's plan.FAST_ROWS."""
+    return int(((run or {}).get("decoder") or {}).get("fast_rows") or FAST_ROWS)
+
+
 def model_rows(shape: ModelShape, bs, context: int, ladder: str, prof: mdl.DeviceProfile,
                below: float = 1.1, dtype: str = "bfloat16",
-               fusion: Fusion = Fusion.ATTENTION) -> dict:
+               fusion: Fusion = Fusion.ATTENTION, fast_rows: int = FAST_ROWS) -> dict:
     elt = 4 if dtype == "float32" else 2
     disp = PaddingDispatcher(resolve_ladder(ladder, max(bs)))
-    rows = [mdl.predict(shape, b, context, prof, padded=disp.pad(b) or b, elt=elt, fusion=fusion)
-            for b in bs]
+    rows = [mdl.predict(shape, b, context, prof, padded=disp.pad(b) or b, elt=elt, fusion=fusion,
+                        fast_rows=fast_rows) for b in bs]
     for r, b in zip(rows, bs):
         if disp.pad(b) is None:  # no graph: it runs eagerly
             r.update(predicted_graph_step_us=r["predicted_eager_step_us"], predicted_speedup=1.0,
                      padded_bs=None)
     return dict(preset=shape.name, context=context, ladder=ladder, profile=prof.to_dict(),
                 rows=rows, crossover_bs=mdl.crossover(shape, context, prof, below, elt=elt,
-                                                         fusion=fusion),
-                below=below, fusion=int(fusion))
+                                                         fusion=fusion, fast_rows=fast_rows),
+                below=below, fusion=int(fusion), fast_rows=fast_rows)
 
 
 def attach_measured(res: dict, run: dict) -> dict:
@@ -102,7 +108,7 @@ def attach_measured(res: dict, run: dict) -> dict:
                      speedup_error=r["predicted_speedup"] / m["speedup"] - 1)
             if m.get("op_host_us") is not None and m.get("predicted_speedup"):
                 # the sweep's own prediction for that row, with the host costs measured beside
-                # its eager steps (the host drifts within a run; this profile is its start)
+                # its eager steps (the host drifts within a run; the run-level profile is one sample, after the rows)
                 r.update(row_predicted_speedup=m["predicted_speedup"],
                          row_speedup_error=m["predicted_speedup"] / m["speedup"] - 1)
     return res

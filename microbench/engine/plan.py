@@ -58,9 +58,10 @@ def backend_fusion(fusion: Fusion | int, backend: str) -> Fusion:
     return Fusion(fusion) if backend == "triton" else Fusion.UNFUSED
 
 
-def is_skinny(fusion: Fusion | int, rows: int) -> bool:
-    """Whether a step of `rows` rows takes the fused skinny-matmul path."""
-    return rows <= FAST_ROWS and fusion >= Fusion.MATMULS
+def is_skinny(fusion: Fusion | int, rows: int, fast_rows: int = FAST_ROWS) -> bool:
+    """Whether a step of `rows` rows takes the fused skinny-matmul path (up to `fast_rows`
+    rows: today's FAST_ROWS, or what a saved run's decoder recorded)."""
+    return rows <= fast_rows and fusion >= Fusion.MATMULS
 
 
 def rope_in_store(fusion: Fusion | int) -> bool:
@@ -102,12 +103,13 @@ def family(k: Kernel) -> str:
 
 
 def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
-                 attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION) -> list[Kernel]:
+                 attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION,
+                 fast_rows: int = FAST_ROWS) -> list[Kernel]:
     """Kernels of one eager decode step of the triton backend at batch b, where each sequence
     attends to `context` cached positions plus its new token. elt: bytes per element.
     fusion: the decoder's plan (`ToyDecoder.fusion`); with Fusion.ATTENTION one attention
-    kernel whatever attn_launches says."""
-    k = _StepKernels(shape, b, context, elt, Fusion(fusion))
+    kernel whatever attn_launches says. fast_rows: the rows up to which it runs skinny."""
+    k = _StepKernels(shape, b, context, elt, Fusion(fusion), fast_rows)
     ks = k.embedding()
     for l in range(shape.n_layers):
         ks += k.norm_mm("qkv_proj", shape.hidden, shape.qkv_size, fused_res=l > 0)
@@ -119,9 +121,10 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
 class _StepKernels:
     """The kernels of one step's parts at batch b, for step_kernels."""
 
-    def __init__(self, shape: ModelShape, b: int, context: int, elt: int, fusion: Fusion):
+    def __init__(self, shape: ModelShape, b: int, context: int, elt: int, fusion: Fusion,
+                 fast_rows: int = FAST_ROWS):
         self.s, self.b, self.context, self.elt, self.fusion = shape, b, context, elt, fusion
-        self.skinny = is_skinny(fusion, b)
+        self.skinny = is_skinny(fusion, b, fast_rows)
 
     def embedding(self) -> list[Kernel]:
         b, h, elt = self.b, self.s.hidden, self.elt

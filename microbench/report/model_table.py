@@ -32,8 +32,8 @@ def model_table(res: dict) -> str:
     if in_row:
         out.append("in-row pred: the sweep's prediction for that row, with the host costs (each "
                    "op's, the Python between launches, the runner's enqueue) measured beside its "
-                   "steps; the columns before use this run's start-of-run profile, and the host's "
-                   "speed drifts within a run")
+                   "steps; the columns before use the run's profile, measured once after its "
+                   "rows, and the host's speed drifts within a run")
     c = res["crossover_bs"]
     out.append(f"speedup falls under {res['below']:.2f}x at bs {c}" if c else
                f"speedup stays above {res['below']:.2f}x up to bs 4096")

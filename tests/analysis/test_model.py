@@ -133,6 +133,23 @@ def test_run_fusion_reads_the_plan_a_run_measured():
     assert run_fusion({"launch": {}}) == 2
 
 
+def test_the_plan_a_run_recorded_sets_the_skinny_rows():
+    """A run whose decoder ran skinny up to one row is modelled with cuBLAS at four rows, as
+    it ran, not with today's FAST_ROWS."""
+    from microbench.analysis.model_rows import run_fast_rows
+    from microbench.engine.plan import FAST_ROWS, SKINNY, step_kernels
+    assert run_fast_rows({"decoder": {"fusion": 2, "fast_rows": 1}}) == 1
+    assert run_fast_rows({"decoder": {"fusion": 2}}) == run_fast_rows(None) == FAST_ROWS
+    names = lambda fr: {k.name for k in step_kernels(TINY, 4, 64, fast_rows=fr)}
+    assert "qkv_proj" + SKINNY in names(16) and "qkv_proj" in names(1)
+    p = mdl.DeviceProfile(name="x", source="t", copy_bw=3e12, matmul_flops=7e14,
+                          launch_host_us=dict(torch=10.0, cublas=20.0, triton=20.0))
+    one = model_rows(TINY, (1, 4), 64, "vllm", p, fast_rows=1)
+    assert one["fast_rows"] == 1
+    assert one["rows"][1]["kernels"] > model_rows(TINY, (1, 4), 64, "vllm", p)["rows"][1]["kernels"]
+    assert one["rows"][0]["kernels"] == model_rows(TINY, (1, 4), 64, "vllm", p)["rows"][0]["kernels"]
+
+
 def test_fused_and_unfused_plans_give_different_predictions():
     p = mdl.DeviceProfile(name="x", source="t", copy_bw=3e12, matmul_flops=7e14,
                           launch_host_us=dict(torch=10.0, cublas=20.0, triton=20.0))
