@@ -15,6 +15,7 @@ from microbench.bench.launch import measure_launch_and_ops
 from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
 from microbench.bench.sweep_config import max_seq_for
 from microbench.engine.decoder import ToyDecoder
+from microbench.engine.plan import Fusion
 from microbench.engine.dispatch import PaddingDispatcher
 from microbench.engine.runner import GraphRunner
 from microbench.engine.shapes import torch_dtype
@@ -95,10 +96,13 @@ class Lab:
         return wall_timer(prefix, self.budget(), scale, event=True)
 
     def pair(self, bs_list) -> list[dict]:
-        """Eager against one full graph per batch (captured exactly), the two sampled in
-        rotation by rows.measure_row: each row's speedup is the median of paired ratios, with
-        its bootstrap interval (speedup_ci) and `stable`. The eager and graph times join the
-        lab's cache, so later experiments reuse them as `measure` would."""
+        """Eager against one full graph per batch (captured exactly), sampled in rotation by
+        rows.measure_row: each row's speedup is the median of paired ratios, with its bootstrap
+        interval (speedup_ci) and `stable`. Where the decoder binds its steps (the triton
+        backend on one GPU), the engine-eager arm joins the rotation as the sweep's does: the
+        unfused plan's bound steps on the same weights and caches, what an engine's
+        enforce_eager runs (engine_eager_speedup against the same graph). The eager and graph
+        times join the lab's cache, so later experiments reuse them as `measure` would."""
         eager, full = self.capture([], "none"), self.capture(sorted(set(bs_list)), "full")
         rows = []
         try:
@@ -106,6 +110,9 @@ class Lab:
                 x, pad = self.inputs(bs), full.dispatcher.pad(bs)
                 arms = {"eager": Arm(lambda: eager.step_packed(x), self.arm_timer("eager_", 2.0)),
                         "graph": Arm(lambda: full.step_packed(x), self.arm_timer("graph_"))}
+                engine = self.engine_step(bs, x)
+                if engine is not None:
+                    arms["engine-eager"] = Arm(engine, self.arm_timer("engine_eager_"))
                 row = measure_row(arms, bs, pad, "full" if pad else "eager",
                                   lambda s: self.say("  " + s))
                 for arm, key in (("eager", ("eager", None, bs)),
@@ -117,6 +124,17 @@ class Lab:
             full.close()
             eager.close()
         return rows
+
+    def engine_step(self, bs: int, x):
+        """The engine-eager arm's step at bs on the packed inputs x (the unfused plan's bound
+        step), or None where the decoder does not bind (the torch backend, a TP shard)."""
+        dec = self.dec
+        if dec.backend != "triton" or dec.all_reduce is not None:
+            return None
+        if "plain" not in self.cache:
+            self.cache["plain"] = dec.with_fusion(Fusion.UNFUSED)
+        bound = self.cache["plain"].bind(bs)
+        return lambda: bound.step_packed(x)
 
     def launch(self) -> dict:
         """The device's launch costs, bandwidth and matrix rate, as the sweep measures them

@@ -93,7 +93,9 @@ def run_speedup_fade(lab: Lab) -> dict:
                          graph_step_us=g, graph_p20=r["graph_p20"], graph_p80=r["graph_p80"],
                          speedup=r["speedup"], speedup_ci=r.get("speedup_ci"),
                          stable=r.get("stable"), eager_tok_s=r["bs"] / e * 1e6,
-                         graph_tok_s=r["bs"] / g * 1e6))
+                         graph_tok_s=r["bs"] / g * 1e6,
+                         **{k: r[k] for k in ("engine_eager_step_us", "engine_eager_speedup",
+                                              "engine_eager_speedup_ci") if k in r}))
     info = dict(launch=launch)
     if lab.predict is not None:   # the model's columns (predicted_*) and its device profile
         info["profile"] = lab.predict(rows, lab.dec, launch, lab.gpu(), lab.context,

@@ -16,13 +16,18 @@ def timed(us, spread=0.01, **kw):
 
 
 # ---- speedup-fade ---------------------------------------------------------------------------
-def fade(*speedups, ci=0.02, bs=(1, 4, 16, 64), profile=None):
+def fade(*speedups, ci=0.02, bs=(1, 4, 16, 64), profile=None, engine=None):
+    """speedup-fade's entry; `engine`: the engine-eager arm's speedups (the bundle), if measured."""
     rows = []
-    for b, s in zip(bs, speedups):
+    for i, (b, s) in enumerate(zip(bs, speedups)):
         g = 500.0
         rows.append(dict(bs=b, padded_bs=b, ran_as="full", eager_step_us=s * g, graph_step_us=g,
                          speedup=s, speedup_ci=[s * (1 - ci), s * (1 + ci)] if ci is not None else None,
                          stable=True))
+        if engine:
+            x = engine[i]
+            rows[-1].update(engine_eager_step_us=x * g, engine_eager_speedup=x,
+                            engine_eager_speedup_ci=[x * (1 - ci), x * (1 + ci)])
     return dict(rows=rows, info=dict(profile=profile) if profile else {})
 
 
@@ -53,6 +58,25 @@ def test_speedup_fade_judges_on_intervals():
     # a saved run without intervals falls back to the p20-p80 noise band (3% floors)
     got = vd.judge("speedup-fade", fade(2.5, 1.6, 1.3, 1.13, ci=None))
     assert got["held"] is True and got["derived"]["shape_check"]["basis"] == "p20-p80 noise band"
+
+
+def test_speedup_fade_judges_the_bundle_where_the_engine_eager_arm_ran():
+    # the graphs alone rise at bs 64 (a plan with more launches there), the bundle fades:
+    # the published comparison (enforce_eager) is the bundle, so it holds, and says both
+    got = vd.judge("speedup-fade", fade(2.1, 1.5, 1.1, 1.3, engine=(5.3, 3.6, 2.7, 1.7)))
+    assert got["held"] is True, got["why"]
+    assert got["derived"]["judged"] == "engine-eager"
+    assert got["derived"]["shape_check_graphs_alone"]["held"] is False
+    assert "the graphs alone (eager against graph): 2.10x at bs 1" in got["measured"]
+    assert any("Toy physics: above" in n for n in got["notes"])
+    assert "engine-eager against graph (the bundle): shape held" in got["pass_if"]
+    # a bundle that does not fade fails, whatever the graphs alone do
+    flat = vd.judge("speedup-fade", fade(2.5, 1.6, 1.3, 1.13, engine=(1.3, 1.3, 1.3, 1.3)))
+    assert flat["held"] is False and "does not fade" in flat["why"]
+    rises = vd.judge("speedup-fade", fade(2.5, 1.6, 1.3, 1.13, engine=(2.5, 1.6, 1.9, 1.13)))
+    assert rises["held"] is False and "rises with batch size" in rises["why"]
+    # no engine-eager arm (older runs): the graphs alone are judged
+    assert vd.judge("speedup-fade", fade(2.5, 1.6, 1.3, 1.13))["derived"]["judged"] == "eager"
 
 
 def test_speedup_fade_states_the_model_at_the_published_setting():

@@ -244,7 +244,10 @@ def test_reproduce_lab_pairs_eager_and_graph_in_rotation(monkeypatch):
         def capture(self, sizes, mode="full", **kw):
             return Runner(sizes, mode)
 
-    us = {"none": 2000.0, "full": 500.0}
+        def engine_step(self, bs, x):   # the unfused plan's eager step, in the same rotation
+            return lambda: "engine"
+
+    us = {"none": 2000.0, "full": 500.0, "engine": 3000.0}
 
     def sampler(fn, inner, sync=None, events=None):
         def sample():
@@ -262,6 +265,10 @@ def test_reproduce_lab_pairs_eager_and_graph_in_rotation(monkeypatch):
         (1, 1, 4.0, [4.0, 4.0], True), (4, 4, 4.0, [4.0, 4.0], True)]
     assert lab.times[("full", 4, 4)] == dict(step_us=500.0, p20=500.0, p80=500.0, n=10, event_us=450.0)
     assert lab.times[("eager", None, 1)]["step_us"] == 2000.0
+    assert [(r["engine_eager_step_us"], r["engine_eager_speedup"]) for r in got] == [(3000.0, 6.0)] * 2
+    # a decoder that does not bind (the torch backend) has no engine-eager arm
+    torch_dec = SimpleNamespace(backend="torch", all_reduce=None)
+    assert Lab.engine_step(SimpleNamespace(dec=torch_dec, cache={}), 1, None) is None
 
 
 def test_host_fields_are_what_the_eager_timer_sampled():
