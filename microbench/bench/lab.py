@@ -125,6 +125,15 @@ class Lab:
             eager.close()
         return rows
 
+    def rotation(self, steps: dict, bs: int) -> dict:
+        """Steps {prefix: step} sampled in rotation at bs by rows.measure_row ("eager_" with
+        twice the share of the time cap, as in `pair`): the row has each prefix's step_us, p20,
+        p80, n and event_us, and against the "graph_" step every other's {prefix}speedup (its
+        time over the graph step's; for "eager_", speedup) with its bootstrap interval."""
+        arms = {p: Arm(fn, self.arm_timer(p, 2.0 if p == "eager_" else 1.0))
+                for p, fn in steps.items()}
+        return measure_row(arms, bs, None, "rotation", lambda s: self.say("  " + s))
+
     def engine_step(self, bs: int, x):
         """The engine-eager arm's step at bs on the packed inputs x (the unfused plan's bound
         step), or None where the decoder does not bind (the torch backend, a TP shard)."""

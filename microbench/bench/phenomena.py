@@ -7,29 +7,27 @@ that says what was measured and whether the phenomenon held. The verdict rules a
 any measurement and never tuned to pass. The report is rendered from the saved run by
 `microbench.report.plots.render_report`.
 
-Comparisons are noise-aware, as in `stats.speedup_noise`: a is slower than b when
-
-    t_a > t_b · (1 + n_a + n_b),   n = max(3%, (p80 - p20) / median)
-
-since a ratio's relative error is about the sum of its parts'.
+Arms that are compared run in one rotation where they can (speedup-fade, padding-waste), so
+their ratios are paired with bootstrap intervals; the rest compare noise-aware, as in
+`stats.speedup_noise`: a is slower than b when t_a > t_b · (1 + n_a + n_b), with
+n = max(3%, (p80 - p20) / median), a ratio's relative error being about the sum of its parts'.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from microbench.engine.dispatch import PaddingDispatcher
 from microbench.engine.shapes import torch_dtype
 from microbench.engine.ladders import pow2_capture_sizes, vllm_capture_sizes
 from microbench.engine.memory import kv_bytes_per_token
 from microbench.bench.headroom import run_budget
-from microbench.bench.lab import Lab, build_decoder, free_memory
+from microbench.bench.lab import Lab, build_decoder, free_memory, timed_row
 from microbench.bench.sweep_config import max_seq_for
 from microbench.stats import break_even_steps
 
 COLLAPSED, EXPLICIT = [1, 2], [1, 2, 4, 8, 16]
 OFF_STRIDE = dict(max_num_seqs=700, max_num_batched_tokens=700, max_capture_size=1024, context=128)
 PAD_BS = 37
-
-
 MiB, GiB = 1 << 20, 1 << 30
 
 
@@ -143,11 +141,39 @@ def run_off_stride(lab: Lab) -> dict:
     return dict(rows=rows, info=info)
 
 
+# padding-waste's arms -> their timer prefixes (Lab.rotation); the exact capture is the reference
+PAD_PREFIX = {"exact": "graph_", "stride-8": "stride8_", "pow2": "pow2_", "eager": "eager_"}
+
+
 def run_padding_waste(lab: Lab) -> dict:
+    """Batch PAD_BS on each ladder's graph (the one size it pads to, captured alone) and eagerly,
+    the four sampled in one rotation, so each arm's ratio to the exact capture is paired
+    (`vs_exact`, `vs_exact_ci`) and drift hits every arm alike."""
     arms = [("exact", [PAD_BS]), ("stride-8", vllm_capture_sizes(max_num_seqs=32)),
             ("pow2", pow2_capture_sizes(64)), ("eager", [])]
-    rows = [dict(arm=a, **lab.measure("full" if s else "none", s, [PAD_BS])[0]) for a, s in arms]
+    pads = {a: PaddingDispatcher(s).pad(PAD_BS) if s else None for a, s in arms}
+    runners = {}
+    try:
+        for a, _ in arms:
+            runners[a] = lab.capture([pads[a]] if pads[a] else [], "full" if pads[a] else "none")
+        x = lab.inputs(PAD_BS)
+        row = lab.rotation({PAD_PREFIX[a]: (lambda r=r: r.step_packed(x)) for a, r in runners.items()},
+                           PAD_BS)
+    finally:
+        for r in runners.values():
+            r.close()
+    rows = [dict(arm=a, **pad_row(row, PAD_PREFIX[a], pads[a])) for a, _ in arms]
     return dict(rows=padding_costs(rows), info=dict(ladders={a: s for a, s in arms}))
+
+
+def pad_row(row: dict, p: str, pad) -> dict:
+    """One padding-waste arm from the rotation's row: its timing, and its paired ratio to the
+    exact capture (`vs_exact`, with `vs_exact_ci` where the rotation gave an interval)."""
+    t = {k: row[p + k] for k in ("step_us", "p20", "p80", "n", "event_us")}
+    out = timed_row(PAD_BS, pad, "full" if pad else "eager", t)
+    key = "" if p == "eager_" else p
+    ratio = (1.0, None) if p == "graph_" else (row.get(f"{key}speedup"), row.get(f"{key}speedup_ci"))
+    return dict(out, vs_exact=ratio[0], vs_exact_ci=ratio[1])
 
 
 def run_pool_growth(lab: Lab) -> dict:

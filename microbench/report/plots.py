@@ -35,6 +35,7 @@ COLUMNS = {
                       ("padded rows", "padded_rows", "d"), ("step us", "step_us", ".1f"),
                       ("p20", "p20", ".1f"), ("p80", "p80", ".1f"), ("tok/s", "tok_s", ".0f"),
                       ("vs exact us", "extra_us", "+.1f"), ("vs exact", "extra_pct", "+.1%"),
+                      ("paired / exact", "vs_exact", ".3f"), ("95% CI", "vs_exact_ci", "ci"),
                       ("us per padded row", "us_per_padded_row", ".2f")],
     "pool-growth": [("arm", "arm", ""), ("sizes", "n_sizes", "d"), ("largest", "largest_size", "d"),
                     ("pool", "pool_bytes", "bytes"), ("MiB per size", "mib_per_size", ".1f")],
@@ -79,6 +80,8 @@ def _fmt(v, spec: str) -> str:
         return fmt_bytes(v)
     if spec == "d":
         return f"{int(v)}"
+    if spec == "ci":     # an interval [lo, hi]
+        return f"{v[0]:.3f}-{v[1]:.3f}"
     return format(v, spec) if spec else str(v)
 
 

@@ -198,6 +198,35 @@ def test_pool_growth_counts_the_logits_apart():
     assert got["held"] is False and "pool less the logits" in got["why"]
 
 
+# ---- padding-waste --------------------------------------------------------------------------
+def padding(pow2_ci, stride8_ci=(0.998, 1.012), spread=0.04):
+    """padding-waste's entry at bs 37: exact 760 us, stride-8 40 and pow2 64 rows, eager 1210,
+    each with a wide p20-p80 spread, and the rotation's paired intervals against exact."""
+    from microbench.bench.phenomena import padding_costs
+    rows = []
+    for arm, pad, us, ci in (("exact", 37, 760.0, None), ("stride-8", 40, 766.0, stride8_ci),
+                             ("pow2", 64, 795.0, pow2_ci), ("eager", None, 1210.0, None)):
+        rows.append(dict(arm=arm, bs=37, padded_bs=pad, **timed(us, spread),
+                         vs_exact=us / 760.0, vs_exact_ci=list(ci) if ci else None))
+    return dict(rows=padding_costs(rows), info={})
+
+
+def test_padding_waste_judges_the_paired_interval():
+    # pow2 +4.6%: within the arms' 4% noise bands, but the paired interval separates from 1
+    assert vd.judge("padding-waste", padding((1.03, 1.06)))["held"] is True
+    # the same medians with a paired interval that reaches 1: nothing measurable
+    got = vd.judge("padding-waste", padding((0.99, 1.10)))
+    assert got["held"] is False and "costs nothing measurable" in got["why"]
+    # stride-8 (3 padded rows) wholly faster than the exact capture: fails
+    got = vd.judge("padding-waste", padding((1.03, 1.06), stride8_ci=(0.90, 0.95)))
+    assert got["held"] is False and "more padded rows ran faster" in got["why"]
+    assert "(paired, 95%)" in got["measured"] and "pow2 / exact wholly above 1" in got["pass_if"]
+    # runs timed arm by arm (no intervals) fall back to the noise bands: +4.6% within 8%
+    old = padding(None, stride8_ci=None)
+    got = vd.judge("padding-waste", old)
+    assert got["held"] is False and "(noise bands)" in got["measured"]
+
+
 # ---- memory-headroom ------------------------------------------------------------------------
 def headroom(budget, pool=0.4 * GiB, per_token=36864):
     series = [dict(n_sizes=n, largest_size=n, pool_bytes=pool * n / 4) for n in (1, 2, 4)]

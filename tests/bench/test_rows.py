@@ -280,3 +280,48 @@ def test_host_fields_are_what_the_eager_timer_sampled():
     assert row["eager_kernels"] == 62 and row["eager_host_us_per_kernel"] == pytest.approx(10.0)
     plain = rows.host_fields(dict(bs=1, eager_host_us=620.0), {})
     assert plain == dict(bs=1, eager_host_us=620.0)
+
+
+def test_padding_waste_samples_its_four_arms_in_one_rotation(monkeypatch):
+    """run_padding_waste captures each ladder's one size and samples exact, stride-8, pow2 and
+    eager in one rotation: each arm's ratio to the exact capture is paired, with an interval."""
+    from types import SimpleNamespace
+
+    from microbench.bench import phenomena as ph
+    from microbench.bench.lab import Lab
+
+    closed = []
+
+    class Runner:
+        def __init__(self, sizes, mode):
+            self.key = f"{mode}{sizes}"
+
+        def step_packed(self, x):
+            return self.key
+
+        def close(self):
+            closed.append(self.key)
+
+    class CpuLab(Lab):
+        def capture(self, sizes, mode="full", **kw):
+            return Runner(sizes, mode)
+
+    us = {"full[37]": 760.0, "full[40]": 766.0, "full[64]": 795.0, "none[]": 1210.0}
+
+    def sampler(fn, inner, sync=None, events=None):
+        def sample():
+            t = us[fn()]
+            if events is not None:
+                events.append(0.9 * t)
+            return t
+        return sample
+    monkeypatch.setattr(rows, "wall_sampler", sampler)
+    cfg = SimpleNamespace(steps=1, time_budget=60, seed=0, pin_cpu=False)
+    lab = CpuLab(cfg, SimpleNamespace(device=torch.device("cpu"), shape=SimpleNamespace(vocab=100)), 16)
+    got = {r["arm"]: r for r in ph.run_padding_waste(lab)["rows"]}
+    assert [(a, r["padded_bs"], r["step_us"]) for a, r in got.items()] == [
+        ("exact", 37, 760.0), ("stride-8", 40, 766.0), ("pow2", 64, 795.0), ("eager", None, 1210.0)]
+    assert got["pow2"]["vs_exact"] == pytest.approx(795 / 760)
+    assert got["pow2"]["vs_exact_ci"] == pytest.approx([795 / 760] * 2)
+    assert got["eager"]["vs_exact"] == pytest.approx(1210 / 760) and got["exact"]["vs_exact"] == 1.0
+    assert sorted(closed) == sorted(us)                      # every runner closed
