@@ -12,6 +12,7 @@ import torch
 from microbench.bench.hostcpu import pin_factory
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch_and_ops
+from microbench.bench.ops import kernel_lines
 from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
 from microbench.bench.sweep_config import max_seq_for
 from microbench.engine.decoder import ToyDecoder
@@ -146,12 +147,18 @@ class Lab:
         return lambda: bound.step_packed(x)
 
     def launch(self) -> dict:
-        """The device's launch costs, bandwidth and matrix rate, as the sweep measures them
-        (once per run)."""
+        """The device's launch costs, bandwidth, matrix rate and kernel lines, as the sweep
+        measures them (once per run)."""
         if "launch" not in self.cache:
             self.say("measuring launch costs, copy bandwidth and matrix rate")
-            self.cache["launch"] = measure_launch_and_ops(self.dec, self.cfg.time_budget,
-                                                          self.cfg.pin_cpu)
+            launch = measure_launch_and_ops(self.dec, self.cfg.time_budget, self.cfg.pin_cpu)
+            # the step's kernels timed inside graphs, as the sweep's model has them: without
+            # these lines the model would price every kernel at the copy bandwidth alone
+            self.say("timing the step's kernels inside graphs (the model's per-family lines)")
+            launch["kernel_lines"] = kernel_lines(
+                self.dec, self.context, budget_s=min(self.cfg.time_budget, 0.1),
+                replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
+            self.cache["launch"] = launch
         return self.cache["launch"]
 
     def gpu(self) -> str:

@@ -325,3 +325,21 @@ def test_padding_waste_samples_its_four_arms_in_one_rotation(monkeypatch):
     assert got["pow2"]["vs_exact_ci"] == pytest.approx([795 / 760] * 2)
     assert got["eager"]["vs_exact"] == pytest.approx(1210 / 760) and got["exact"]["vs_exact"] == 1.0
     assert sorted(closed) == sorted(us)                      # every runner closed
+
+
+def test_the_lab_measures_the_kernel_lines_the_sweep_does(monkeypatch):
+    """Lab.launch adds the per-family kernel lines (ops.kernel_lines) to the launch figures,
+    with the replay's fixed GPU cost taken off, once per run: speedup-fade's model prices the
+    step's kernels as the sweep's does, not at the copy bandwidth alone."""
+    from types import SimpleNamespace
+
+    from microbench.bench import lab as lab_mod
+    calls = []
+    monkeypatch.setattr(lab_mod, "measure_launch_and_ops",
+                        lambda dec, budget, pin: dict(replay_fit=dict(gpu_fixed_us=1.5)))
+    monkeypatch.setattr(lab_mod, "kernel_lines", lambda dec, context, budget_s, replay_fixed_us:
+                        calls.append((context, replay_fixed_us)) or {"skinny": {}})
+    cfg = SimpleNamespace(time_budget=0.5, pin_cpu=False)
+    lab = lab_mod.Lab(cfg, SimpleNamespace(), 512)
+    assert lab.launch()["kernel_lines"] == {"skinny": {}} and lab.launch() is lab.launch()
+    assert calls == [(512, 1.5)]
