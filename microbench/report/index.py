@@ -79,10 +79,15 @@ def _sweep_headline(run: dict) -> str:
         s = _num(first.get("speedup"))
         parts.append(f"speedup {s:.2f}x at bs {first['bs']}" if s is not None
                      else f"no speedup at bs {first['bs']}")
-    check = run.get("shape_check")
-    if isinstance(check, dict):
-        parts.append("shape check held" if check.get("held")
-                     else f"shape check not held ({check.get('why') or 'no reason given'})")
+    # the bundle (engine-eager against graph), what the published figures measure, then the
+    # graphs alone (eager against graph); runs before the bundle was judged have the second
+    for key, what in (("shape_check_engine", "bundle "), ("shape_check", "")):
+        check = run.get(key)
+        if isinstance(check, dict) and check.get("held") is not None:
+            alone = "graphs-alone " if what == "" and "shape_check_engine" in run else ""
+            parts.append(f"{what}{alone}shape check held" if check.get("held") else
+                         f"{what}{alone}shape check not held "
+                         f"({check.get('why') or 'no reason given'})")
     text = "; ".join(parts) or "no rows"
     tp = run["config"].get("tp")
     return f"TP {tp}: {text}" if isinstance(tp, int) and tp > 1 else text

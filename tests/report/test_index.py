@@ -117,3 +117,10 @@ def test_pipes_in_a_command_are_escaped(tmp_path):
 def test_no_torch_import():
     code = "import sys, microbench.report.index; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_sweep_headline_names_the_bundle_before_the_graphs_alone():
+    run = dict(_sweep(), shape_check=dict(held=False, why="speedup rises with batch size"),
+               shape_check_engine=dict(held=True, why="held"))
+    assert headline(run) == ("speedup 3.25x at bs 1; bundle shape check held; graphs-alone shape "
+                             "check not held (speedup rises with batch size)")
