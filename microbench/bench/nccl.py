@@ -7,7 +7,8 @@ another. Eagerly that costs the host several times a kernel launch per collectiv
 step (scripts/tp_probe.py measures both in place); inside a CUDA graph both become nodes.
 
 The library is the NCCL PyTorch already loaded (`libnccl.so.2`); the communicator is made once
-per process group from a unique id that rank 0 draws and the host group broadcasts.
+per process group from a unique id that rank 0 draws and the host group broadcasts, and
+destroyed by `close` once every rank is done with it (`close_all`).
 """
 from __future__ import annotations
 
@@ -28,15 +29,16 @@ class _UniqueId(ctypes.Structure):
 
 
 def load(name: str = LIBRARY):
-    """NCCL's C library with the three calls used here typed, or OSError."""
+    """NCCL's C library with the calls used here typed, or OSError."""
     lib = ctypes.CDLL(name)
     lib.ncclGetUniqueId.argtypes = [ctypes.POINTER(_UniqueId)]
     lib.ncclCommInitRank.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, _UniqueId,
                                      ctypes.c_int]
     lib.ncclAllReduce.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
                                   ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.ncclCommDestroy.argtypes = [ctypes.c_void_p]
     lib.ncclGetErrorString.restype = ctypes.c_char_p
-    for f in (lib.ncclGetUniqueId, lib.ncclCommInitRank, lib.ncclAllReduce):
+    for f in (lib.ncclGetUniqueId, lib.ncclCommInitRank, lib.ncclAllReduce, lib.ncclCommDestroy):
         f.restype = ctypes.c_int
     return lib
 
@@ -63,7 +65,19 @@ class DirectAllReduce:
             raise RuntimeError(f"{what}: NCCL error {code} "
                                f"({self.lib.ncclGetErrorString(code).decode()})")
 
+    def close(self) -> None:
+        """Destroy the communicator (ncclCommDestroy) after the device's queued work, once;
+        a later call does nothing, and an all-reduce after it is an error. Every rank must be
+        past its last collective first (close_all waits for them)."""
+        if self.comm is None:
+            return
+        torch.cuda.synchronize()
+        comm, self.comm = self.comm, None
+        self._check(self.lib.ncclCommDestroy(comm), "ncclCommDestroy")
+
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        if self.comm is None:
+            raise RuntimeError("all-reduce: the NCCL communicator was closed")
         if t.dtype not in _DTYPES or not t.is_contiguous():
             raise ValueError(f"all-reduce: a contiguous tensor of {', '.join(map(str, _DTYPES))} "
                              f"is needed, got {t.dtype}, strides {t.stride()}")
@@ -72,6 +86,15 @@ class DirectAllReduce:
                                            torch.cuda.current_stream(t.device).cuda_stream),
                     "ncclAllReduce")
         return t
+
+
+def close_all(reduce, host_group) -> None:
+    """Every rank's DirectAllReduce closed once all ranks reach this point (a barrier over
+    `host_group` first, so no rank destroys its communicator while a peer is still inside a
+    collective on it); nothing when `reduce` is None (the torch.distributed path)."""
+    dist.barrier(group=host_group)
+    if reduce is not None:
+        reduce.close()
 
 
 def direct_all_reduce(rank: int, world: int, host_group):

@@ -41,7 +41,7 @@ import torch
 from microbench.engine.shapes import DTYPE_NAMES, ModelShape, torch_dtype, tp_shape
 from microbench.bench.env import environment, require_cuda
 from microbench.bench.inputs import step_inputs
-from microbench.bench.nccl import direct_all_reduce
+from microbench.bench.nccl import close_all, direct_all_reduce
 
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                 "NVSHMEM_DISABLE_NVLS": "1"}
@@ -289,6 +289,7 @@ def _bench_rank(rank, world, hidden, dtype, k, budget, out, progress, save, fit)
     benches = [measure_allreduce(allreduce_numels(hidden, elt), dt, dev, k, budget, host,
                                  say=printer(rank == 0 and progress), fit=fit, reduce=r)
                for r in ([direct] if direct is not None else []) + [None]]
+    close_all(direct, host)
     if rank != 0:
         return None
     env = tp_environment(dev, world)

@@ -34,7 +34,7 @@ from microbench.bench.env import require_cuda
 from microbench.bench.hostcpu import on_quick_cpu, pin_factory, rank_share
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch
-from microbench.bench.nccl import direct_all_reduce
+from microbench.bench.nccl import close_all, direct_all_reduce
 from microbench.bench.ops import kernel_lines, measure_ops
 from microbench.bench.rows import Arm, Budget, eager_timer, host_fields, measure_row, wall_timer
 from microbench.bench.sweep_config import max_seq_for
@@ -121,15 +121,18 @@ def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool, sa
     dist.barrier(group=r.host)
     r.build_shard()
     runner = GraphRunner(r.shard, r.ladder, mode=cfg.mode)
+    stopped = False
     try:
         r.capture(runner)
         r.time_rows(runner)
     except KeyboardInterrupt:
         if not r.lead:
             raise
-        r.run["interrupted"] = True
+        r.run["interrupted"] = stopped = True
     finally:
         runner.close()
+    if not stopped:   # (after Ctrl-C the other ranks are gone: no barrier to meet them at)
+        close_all(r.reduce, r.host)   # no graph holds it now; every rank is past its collectives
     if not r.lead:
         return None
     r.run["wall_s"] = time.perf_counter() - r.t_start

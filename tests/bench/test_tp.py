@@ -497,6 +497,31 @@ def test_direct_all_reduce_calls_nccl_once_in_place_on_the_current_stream(monkey
         assert got is None and why.startswith("libnccl.so.2 not loadable on rank 1 (gone")
 
 
+def test_direct_all_reduce_closes_its_communicator_once(monkeypatch):
+    """DirectAllReduce.close: ncclCommDestroy once, after the device's queued work; a second
+    close does nothing and an all-reduce after it is a one-line error. close_all meets the
+    other ranks at a barrier first, and with no direct path (None) only meets them."""
+    from microbench.bench import nccl
+    destroyed, synced, barriers = [], [], []
+
+    class FakeLib:
+        def ncclCommDestroy(self, comm):
+            destroyed.append(comm)
+            return 0
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: synced.append(1))
+    monkeypatch.setattr(nccl.dist, "barrier", lambda group=None: barriers.append(group))
+    ar = object.__new__(nccl.DirectAllReduce)
+    ar.lib, ar.comm, ar.world = FakeLib(), "comm", 2
+    nccl.close_all(ar, "host")
+    ar.close()
+    assert destroyed == ["comm"] and synced == [1] and barriers == ["host"]
+    with pytest.raises(RuntimeError, match="communicator was closed"):
+        ar(torch.ones(2, dtype=torch.bfloat16))
+    nccl.close_all(None, "host")
+    assert barriers == ["host", "host"] and destroyed == ["comm"]
+
+
 def _load_split_rank(rank, world):
     import torch.distributed as dist
 
