@@ -522,6 +522,38 @@ def test_direct_all_reduce_closes_its_communicator_once(monkeypatch):
     assert barriers == ["host", "host"] and destroyed == ["comm"]
 
 
+def _one_rank_direct(rank, world):
+    import torch.distributed as dist
+
+    from microbench.bench import nccl
+    host = dist.new_group(backend="gloo")
+    ar = nccl.DirectAllReduce(rank, world, host)
+    t = torch.arange(6, dtype=torch.bfloat16, device="cuda")
+    same = bool(torch.equal(ar(t.clone()), t))          # a sum over one rank: unchanged
+    nccl.close_all(ar, host)
+    ar.close()                                          # a second close does nothing
+    try:
+        ar(t)
+        after = "no error"
+    except RuntimeError as e:
+        after = str(e)
+    return same, ar.comm, after
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_direct_all_reduce_makes_and_destroys_a_real_communicator():
+    """On one GPU: NCCL's library, a one-rank communicator made and destroyed through the
+    typed calls (ncclCommInitRank, ncclAllReduce, ncclCommDestroy)."""
+    try:
+        from microbench.bench import nccl
+        nccl.load()
+    except OSError:
+        pytest.skip("libnccl.so.2 does not load here")
+    ((same, comm, after),) = launch_ranks(_one_rank_direct, 1, backend="gloo")
+    assert same and comm is None and "communicator was closed" in after
+
+
 def _load_split_rank(rank, world):
     import torch.distributed as dist
 
