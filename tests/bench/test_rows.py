@@ -222,6 +222,19 @@ def test_the_three_callers_give_the_same_timing_fields(monkeypatch):
     assert set(tp_like) <= set(sweep_like)
 
 
+def fake_wall_clock(monkeypatch, us: dict):
+    """rows.wall_sampler replaced: a step's sample is us[what the step returns], its event time
+    nine tenths of it."""
+    def sampler(fn, inner, sync=None, events=None):
+        def sample():
+            t = us[fn()]
+            if events is not None:
+                events.append(0.9 * t)
+            return t
+        return sample
+    monkeypatch.setattr(rows, "wall_sampler", sampler)
+
+
 def test_reproduce_lab_pairs_eager_and_graph_in_rotation(monkeypatch):
     """Lab.pair (speedup-fade's rows) goes through measure_row with rotating timers, and
     leaves each arm's time in the lab's cache for the experiments after it."""
@@ -249,14 +262,7 @@ def test_reproduce_lab_pairs_eager_and_graph_in_rotation(monkeypatch):
 
     us = {"none": 2000.0, "full": 500.0, "engine": 3000.0}
 
-    def sampler(fn, inner, sync=None, events=None):
-        def sample():
-            t = us[fn()]
-            if events is not None:
-                events.append(0.9 * t)
-            return t
-        return sample
-    monkeypatch.setattr(rows, "wall_sampler", sampler)
+    fake_wall_clock(monkeypatch, us)
     cfg = SimpleNamespace(steps=1, time_budget=60, seed=0, pin_cpu=False)
     dec = SimpleNamespace(device=torch.device("cpu"), shape=SimpleNamespace(vocab=100))
     lab = CpuLab(cfg, dec, 16)
@@ -308,14 +314,7 @@ def test_padding_waste_samples_its_four_arms_in_one_rotation(monkeypatch):
 
     us = {"full[37]": 760.0, "full[40]": 766.0, "full[64]": 795.0, "none[]": 1210.0}
 
-    def sampler(fn, inner, sync=None, events=None):
-        def sample():
-            t = us[fn()]
-            if events is not None:
-                events.append(0.9 * t)
-            return t
-        return sample
-    monkeypatch.setattr(rows, "wall_sampler", sampler)
+    fake_wall_clock(monkeypatch, us)
     cfg = SimpleNamespace(steps=1, time_budget=60, seed=0, pin_cpu=False)
     lab = CpuLab(cfg, SimpleNamespace(device=torch.device("cpu"), shape=SimpleNamespace(vocab=100)), 16)
     got = {r["arm"]: r for r in ph.run_padding_waste(lab)["rows"]}
