@@ -185,7 +185,8 @@ def merge_repeats(runs: list[dict]) -> dict:
     medians, and the probe loop time of the CPU its rotation kept: how quick its host was) and,
     where every process kept its paired ratios, `speedup_repeats_ci` (hierarchical_ci over
     them). The shape checks are judged again on the merged rows; the `repeats` record holds k,
-    the worst spread over the rows and each process's own shape checks.
+    the worst spread over the rows, each process's own shape checks and `first_rows` (the first
+    process's rows, without their paired ratios: what its footer lines were measured beside).
     A batch size missing from a later run (interrupted) gets null from it."""
     if not runs:
         raise ValueError("no runs to merge")
@@ -216,7 +217,9 @@ def merge_repeats(runs: list[dict]) -> dict:
                    shape_held=[c.get("held") for c in checks],
                    engine_shape_held=[c.get("held") for c in bundle],
                    wall_s=[run.get("wall_s") for run in runs],
-                   interrupted=[bool(run.get("interrupted")) for run in runs])
+                   interrupted=[bool(run.get("interrupted")) for run in runs],
+                   first_rows=[{k: v for k, v in r.items() if k != "speedup_ratios"}
+                               for r in first.get("rows", [])])
     out = dict(first, rows=rows, repeats=repeats, interrupted=any(repeats["interrupted"]))
     if "shape_check" in first:
         out["shape_check"] = check_shape(rows)

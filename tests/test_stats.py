@@ -165,6 +165,8 @@ def test_merge_repeats_takes_each_row_from_its_median_process():
     assert [r["repeat_process"] for r in m["rows"]] == [3, 1]
     assert [r["speedup"] for r in m["rows"]] == [2.3, 1.2]
     assert [r["eager_step_us"] for r in m["rows"]] == [102.0, 100.0]   # the row comes whole
+    # the first process's rows stay beside, without their paired ratios (its footer's rows)
+    assert [r["eager_step_us"] for r in m["repeats"]["first_rows"]] == [100.0, 100.0]
     # the shape check is judged again on the merged rows: 2.3 at bs 1 above 1.2 at bs 4
     assert m["shape_check"]["held"] is True and "shape_check_engine" not in m
     runs[2]["rows"][1].update(speedup=2.35, speedup_ci=[2.34, 2.36])     # bs 4 now rises

@@ -148,7 +148,8 @@ def _measure_lines(run: dict) -> list[str]:
         picked = [(r["bs"], r["repeat_process"]) for r in run.get("rows", []) if r.get("repeat_process")]
         if picked:
             lines.append("each row is the process with its median speedup: " + ", ".join(
-                f"bs {b} from process {p}" for b, p in picked) + "; the lines below are process 1's")
+                f"bs {b} from process {p}" for b, p in picked) + "; the lines below are process "
+                "1's, except the shape checks and the model's error, judged on these rows")
         lines += worst_repeat_line(run.get("rows", []))
     cap = run.get("capture") or {}
     if cap.get("sizes"):
@@ -168,7 +169,7 @@ def _measure_lines(run: dict) -> list[str]:
         bare = ", ".join(f"{n} {v['median']:.1f}" for n, v in launch.get("host_us", {}).items())
         lines.append("eager host us per kernel (bound launches): " + ", ".join(
             f"bs {b} {v:.1f}" for b, v in per_kernel.items()) + f" | bare launch: {bare}")
-    pin = pin_line(run.get("rows") or [])
+    pin = pin_line(own_rows(run))
     if pin:
         lines.append(pin)
     kl = (launch or {}).get("kernel_lines")
@@ -183,8 +184,8 @@ def _measure_lines(run: dict) -> list[str]:
                      + (f" (input copy {parts['copy']:.1f}, replay call {parts['replay']:.1f})"
                         if parts else ""))
     eb = run.get("eager_breakdown")
-    if eb and run.get("rows"):
-        r0 = run["rows"][0]
+    if eb and own_rows(run):
+        r0 = own_rows(run)[0]
         lines.append(f"eager step at bs {r0['bs']}: host {r0.get('eager_host_us', 0):.0f} us measured; "
                      "launches by launcher (host costs sampled beside its steps): " + ", ".join(
                          f"{k} {v['kernels']} kernels {v['host_us']:.0f} us" for k, v in eb.items()))
@@ -207,9 +208,15 @@ def capture_line(cap: dict) -> str:
                 for p in passes))
 
 
+def own_rows(run: dict) -> list:
+    """The rows the run-level figures were measured beside: under --repeat the first process's
+    (repeats.first_rows, as its launch costs and profile are), else the table's."""
+    return (run.get("repeats") or {}).get("first_rows") or run.get("rows") or []
+
+
 def _replay_lines(run: dict) -> list[str]:
     lines = []
-    gpu_us = {str(r["bs"]): r.get("graph_gpu_us") for r in run.get("rows", [])}
+    gpu_us = {str(r["bs"]): r.get("graph_gpu_us") for r in own_rows(run)}
     for bs, fams in (run.get("graph_gpu_breakdown") or {}).items():
         tot = sum(f["us"] for f in fams.values())
         top = sorted(fams.items(), key=lambda kv: -kv[1]["us"])
@@ -219,9 +226,10 @@ def _replay_lines(run: dict) -> list[str]:
             + ("; kernels launched with PDL overlap (a kernel's time includes its wait for the "
                "one before), so this sums past the step" if run.get("decoder", {}).get("pdl") else ""))
     lines += family_bw_lines(run)
-    if run.get("eager_gpu_busy_us") is not None and run.get("rows"):
-        lines.append(f"eager step at bs {run['rows'][0]['bs']}: GPU busy {run['eager_gpu_busy_us']:.0f} us "
-                     f"of a {run['rows'][0]['eager_step_us']:.0f} us step")
+    if run.get("eager_gpu_busy_us") is not None and own_rows(run):
+        r0 = own_rows(run)[0]
+        lines.append(f"eager step at bs {r0['bs']}: GPU busy {run['eager_gpu_busy_us']:.0f} us "
+                     f"of a {r0['eager_step_us']:.0f} us step")
     return lines
 
 
@@ -236,7 +244,7 @@ def _arm_lines(run: dict) -> list[str]:
             bits.append(f"set-up {info['setup_s']:.1f} s ({'compile and record' if 'compile' in arm else 'capture'})")
         if "inductor_cudagraph_skips" in info:
             bits.append(f"Inductor skipped {info['inductor_cudagraph_skips']} graphs")
-        diffs = [r[f"{arm.replace('-', '_')}_max_abs_diff"] for r in run.get("rows", [])
+        diffs = [r[f"{arm.replace('-', '_')}_max_abs_diff"] for r in own_rows(run)
                  if r.get(f"{arm.replace('-', '_')}_max_abs_diff") is not None]
         if diffs:
             bits.append(f"logits within {max(diffs):.3g} of eager's")

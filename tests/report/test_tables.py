@@ -83,3 +83,19 @@ def test_render_error_is_one_line():
     with pytest.raises(RenderError) as e:
         render_run(run)
     assert "\n" not in str(e.value) and "launch run is incomplete" in str(e.value)
+
+
+def test_repeat_footer_reads_the_first_process_rows_beside_its_profile():
+    """Under --repeat the footer's profile lines are the first process's: its GPU busy time
+    beside its own eager step, not beside the merged row's (from another process)."""
+    run = sweep_run(eager_gpu_busy_us=306.0)
+    run["rows"][0].update(eager_step_us=530.0, repeat_process=2)
+    first = [dict(r) for r in run["rows"]]
+    first[0].update(eager_step_us=612.0)
+    run["repeats"] = dict(k=3, max_spread=0.05, shape_held=[True] * 3, first_rows=first)
+    text = sweep_table(run)
+    assert "eager step at bs 1: GPU busy 306 us of a 612 us step" in text
+    assert ("bs 1 from process 2; the lines below are process 1's, except the shape checks and "
+            "the model's error, judged on these rows") in text
+    run["repeats"].pop("first_rows")          # runs merged before first_rows: the table's rows
+    assert "GPU busy 306 us of a 530 us step" in sweep_table(run)
