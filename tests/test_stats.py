@@ -222,3 +222,20 @@ def test_merge_repeats_gives_a_hierarchical_interval_where_ratios_were_kept():
     assert 1.97 <= lo <= 2.1 <= hi <= 2.23
     del runs[1]["rows"][0]["speedup_ratios"]
     assert "speedup_repeats_ci" not in merge_repeats(runs)["rows"][0]
+
+
+def test_merged_shape_is_judged_on_the_interval_across_processes():
+    """Neighbouring merged rows may come from different processes: a rise that separates on
+    each row's own interval but not on the hierarchical one (processes resampled) is no rise."""
+    def run(s1, s4):
+        r = _run([(1, s1), (4, s4)])
+        for row in r["rows"]:
+            s = row["speedup"]
+            row.update(speedup_ci=[s * 0.995, s * 1.005], speedup_ratios=[s * 0.995, s, s * 1.005])
+        r["shape_check"] = {}
+        return r
+    # bs 1: 2.0 / 2.3 / 2.2 -> process 3's 2.2; bs 4: 2.4 / 2.1 / 2.25 -> process 3's 2.25
+    m = merge_repeats([run(2.0, 2.4), run(2.3, 2.1), run(2.2, 2.25)])
+    assert [r["speedup"] for r in m["rows"]] == [2.2, 2.25]
+    assert check_shape(m["rows"])["held"] is False          # own intervals: 2.25 above 2.2
+    assert m["shape_check"]["held"] is True                  # across processes: they overlap

@@ -28,6 +28,14 @@ def ratio_band(a: dict, b: dict) -> tuple[float, float]:
     return r / (1 + n), r * (1 + n)
 
 
+def vs_exact_band(r: dict, ex: dict) -> tuple[float, float]:
+    """(lo, hi) of a padding-waste arm's step time over the exact capture's: the paired
+    bootstrap interval of the rotation (`vs_exact_ci`), or for runs timed arm by arm the ratio
+    widened by both timings' noise (ratio_band)."""
+    ci = r.get("vs_exact_ci")
+    return (float(ci[0]), float(ci[1])) if ci else ratio_band(r, ex)
+
+
 def within(x: float, figure: float, factor: float) -> bool:
     return figure / factor <= x <= figure * factor
 

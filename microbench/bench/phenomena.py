@@ -2,10 +2,9 @@
 the toy decoder (run by bench.reproduce, in the lab of bench.lab).
 
 Each experiment is a pair: `run(lab)` measures on the GPU and returns rows (dicts whose field
-order is the CSV's column order) and `info`; its judge (analysis.verdicts.JUDGES) is a pure function of the saved entry
-that says what was measured and whether the phenomenon held. The verdict rules are fixed before
-any measurement and never tuned to pass. The report is rendered from the saved run by
-`microbench.report.plots.render_report`.
+order is the CSV's column order) and `info`; its judge (analysis.verdicts.JUDGES) is a pure
+function of the saved entry that says what was measured and whether the phenomenon held. The
+report is rendered from the saved run by `microbench.report.plots.render_report`.
 
 Arms that are compared run in one rotation where they can (speedup-fade, padding-waste), so
 their ratios are paired with bootstrap intervals; the rest compare noise-aware, as in
@@ -157,8 +156,8 @@ def run_padding_waste(lab: Lab) -> dict:
         for a, _ in arms:
             runners[a] = lab.capture([pads[a]] if pads[a] else [], "full" if pads[a] else "none")
         x = lab.inputs(PAD_BS)
-        row = lab.rotation({PAD_PREFIX[a]: (lambda r=r: r.step_packed(x)) for a, r in runners.items()},
-                           PAD_BS)
+        steps = {PAD_PREFIX[a]: (lambda r=r: r.step_packed(x)) for a, r in runners.items()}
+        row = lab.rotation(steps, PAD_BS)
     finally:
         for r in runners.values():
             r.close()
@@ -172,8 +171,9 @@ def pad_row(row: dict, p: str, pad) -> dict:
     t = {k: row[p + k] for k in ("step_us", "p20", "p80", "n", "event_us")}
     out = timed_row(PAD_BS, pad, "full" if pad else "eager", t)
     key = "" if p == "eager_" else p
-    ratio = (1.0, None) if p == "graph_" else (row.get(f"{key}speedup"), row.get(f"{key}speedup_ci"))
-    return dict(out, vs_exact=ratio[0], vs_exact_ci=ratio[1])
+    ratio = ((1.0, None) if p == "graph_"
+             else (row.get(f"{key}speedup"), row.get(f"{key}speedup_ci")))
+    return dict(out, vs_exact=ratio[0], vs_exact_ci=ratio[1], stable=row.get("stable"))
 
 
 def run_pool_growth(lab: Lab) -> dict:

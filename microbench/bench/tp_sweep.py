@@ -131,12 +131,13 @@ def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool, sa
         r.run["interrupted"] = stopped = True
     finally:
         runner.close()
+    out = None
+    if r.lead:   # saved before the teardown, so a peer lost at its barrier costs no run
+        r.run["wall_s"] = time.perf_counter() - r.t_start
+        out = r.run, r.save(r.run)
     if not stopped:   # (after Ctrl-C the other ranks are gone: no barrier to meet them at)
         close_all(r.reduce, r.host)   # no graph holds it now; every rank is past its collectives
-    if not r.lead:
-        return None
-    r.run["wall_s"] = time.perf_counter() - r.t_start
-    return r.run, r.save(r.run)
+    return out
 
 
 class _Rank:

@@ -145,12 +145,13 @@ def _measure_lines(run: dict) -> list[str]:
                      + (f" (engine-eager against graph: in "
                         f"{sum(1 for h in rep['engine_shape_held'] if h)} of {rep['k']})"
                         if any(h is not None for h in rep.get("engine_shape_held", [])) else ""))
-        picked = [(r["bs"], r["repeat_process"]) for r in run.get("rows", []) if r.get("repeat_process")]
+        lines += worst_repeat_line(run.get("rows", []))
+        picked = [(r["bs"], r["repeat_process"]) for r in run.get("rows", [])
+                  if r.get("repeat_process")]
         if picked:
             lines.append("each row is the process with its median speedup: " + ", ".join(
                 f"bs {b} from process {p}" for b, p in picked) + "; the lines below are process "
                 "1's, except the shape checks and the model's error, judged on these rows")
-        lines += worst_repeat_line(run.get("rows", []))
     cap = run.get("capture") or {}
     if cap.get("sizes"):
         lines.append(capture_line(cap))

@@ -37,6 +37,8 @@ def fade(*speedups, ci=0.02, bs=(1, 4, 16, 64), profile=None, engine=None):
     ((1.3, 1.3, 1.3, 1.3), "does not fade"),                 # a gain that never fades
     ((2.5, 1.6, 1.9, 1.13), "rises with batch size"),        # a separated rise
     ((1.15, 1.1, 1.05, 1.02), "reaches below 1.25x"),        # a marginal gain
+    ((1.5, 1.45, 1.42, 1.4), "the fade's depth (bs 1 over bs 64, 1.07)"),  # barely fades
+    ((12.0, 6.0, 3.0, 1.2), "the fade's depth (bs 1 over bs 64, 10.00)"),  # far steeper
 ])
 def test_speedup_fade_fails_on_shapes_that_miss_the_claim(speedups, why):
     got = vd.judge("speedup-fade", fade(*speedups))
