@@ -109,11 +109,14 @@ class Lab:
         try:
             for bs in bs_list:
                 x, pad = self.inputs(bs), full.dispatcher.pad(bs)
+                # each arm's logits of one step checked against eager's, as the sweep does
                 arms = {"eager": Arm(lambda: eager.step_packed(x), self.arm_timer("eager_", 2.0)),
-                        "graph": Arm(lambda: full.step_packed(x), self.arm_timer("graph_"))}
+                        "graph": Arm(lambda: full.step_packed(x), self.arm_timer("graph_"),
+                                     diff="max_abs_diff")}
                 engine = self.engine_step(bs, x)
                 if engine is not None:
-                    arms["engine-eager"] = Arm(engine, self.arm_timer("engine_eager_"))
+                    arms["engine-eager"] = Arm(engine, self.arm_timer("engine_eager_"),
+                                               diff="engine_eager_max_abs_diff")
                 row = measure_row(arms, bs, pad, "full" if pad else "eager",
                                   lambda s: self.say("  " + s))
                 for arm, key in (("eager", ("eager", None, bs)),
@@ -129,10 +132,12 @@ class Lab:
     def rotation(self, steps: dict, bs: int) -> dict:
         """Steps {prefix: step} sampled in rotation at bs by rows.measure_row ("eager_" with
         twice the share of the time cap, as in `pair`): the row has each prefix's step_us, p20,
-        p80, n and event_us, and against the "graph_" step every other's {prefix}speedup (its
-        time over the graph step's; for "eager_", speedup) with its bootstrap interval."""
-        arms = {p: Arm(fn, self.arm_timer(p, 2.0 if p == "eager_" else 1.0))
-                for p, fn in steps.items()}
+        p80, n and event_us, against the "graph_" step every other's {prefix}speedup (its time
+        over the graph step's; for "eager_", speedup) with its bootstrap interval, and each
+        step's largest logit difference from the first step's ({prefix}max_abs_diff)."""
+        arms = {p: Arm(fn, self.arm_timer(p, 2.0 if p == "eager_" else 1.0),
+                       diff=None if i == 0 else f"{p}max_abs_diff")
+                for i, (p, fn) in enumerate(steps.items())}
         return measure_row(arms, bs, None, "rotation", lambda s: self.say("  " + s))
 
     def engine_step(self, bs: int, x):

@@ -26,7 +26,8 @@ from microbench.stats import break_even_steps
 
 COLLAPSED, EXPLICIT = [1, 2], [1, 2, 4, 8, 16]
 OFF_STRIDE = dict(max_num_seqs=700, max_num_batched_tokens=700, max_capture_size=1024, context=128)
-PAD_BS = 37
+PAD_BS = 37   # padding-waste's batch; its arms' timer prefixes, the exact capture the reference:
+PAD_PREFIX = {"exact": "graph_", "stride-8": "stride8_", "pow2": "pow2_", "eager": "eager_"}
 MiB, GiB = 1 << 20, 1 << 30
 
 
@@ -91,8 +92,9 @@ def run_speedup_fade(lab: Lab) -> dict:
                          speedup=r["speedup"], speedup_ci=r.get("speedup_ci"),
                          stable=r.get("stable"), eager_tok_s=r["bs"] / e * 1e6,
                          graph_tok_s=r["bs"] / g * 1e6,
-                         **{k: r[k] for k in ("engine_eager_step_us", "engine_eager_speedup",
-                                              "engine_eager_speedup_ci") if k in r}))
+                         **{k: r[k] for k in ("max_abs_diff", "engine_eager_step_us",
+                                              "engine_eager_speedup", "engine_eager_speedup_ci",
+                                              "engine_eager_max_abs_diff") if k in r}))
     info = dict(launch=launch)
     if lab.predict is not None:   # the model's columns (predicted_*) and its device profile
         info["profile"] = lab.predict(rows, lab.dec, launch, lab.gpu(), lab.context,
@@ -140,29 +142,26 @@ def run_off_stride(lab: Lab) -> dict:
     return dict(rows=rows, info=info)
 
 
-# padding-waste's arms -> their timer prefixes (Lab.rotation); the exact capture is the reference
-PAD_PREFIX = {"exact": "graph_", "stride-8": "stride8_", "pow2": "pow2_", "eager": "eager_"}
-
-
 def run_padding_waste(lab: Lab) -> dict:
     """Batch PAD_BS on each ladder's graph (the one size it pads to, captured alone) and eagerly,
-    the four sampled in one rotation, so each arm's ratio to the exact capture is paired
-    (`vs_exact`, `vs_exact_ci`) and drift hits every arm alike."""
-    arms = [("exact", [PAD_BS]), ("stride-8", vllm_capture_sizes(max_num_seqs=32)),
-            ("pow2", pow2_capture_sizes(64)), ("eager", [])]
-    pads = {a: PaddingDispatcher(s).pad(PAD_BS) if s else None for a, s in arms}
+    the four sampled in one rotation (eager first: the graphs' logits are checked against it),
+    so each arm's ratio to the exact capture is paired (`vs_exact`, `vs_exact_ci`)."""
+    arms = {"eager": [], "exact": [PAD_BS], "stride-8": vllm_capture_sizes(max_num_seqs=32),
+            "pow2": pow2_capture_sizes(64)}
+    pads = {a: PaddingDispatcher(s).pad(PAD_BS) if s else None for a, s in arms.items()}
     runners = {}
     try:
-        for a, _ in arms:
+        for a in arms:
             runners[a] = lab.capture([pads[a]] if pads[a] else [], "full" if pads[a] else "none")
         x = lab.inputs(PAD_BS)
-        steps = {PAD_PREFIX[a]: (lambda r=r: r.step_packed(x)) for a, r in runners.items()}
-        row = lab.rotation(steps, PAD_BS)
+        row = lab.rotation({PAD_PREFIX[a]: (lambda r=r: r.step_packed(x))
+                            for a, r in runners.items()}, PAD_BS)
     finally:
         for r in runners.values():
             r.close()
-    rows = [dict(arm=a, **pad_row(row, PAD_PREFIX[a], pads[a])) for a, _ in arms]
-    return dict(rows=padding_costs(rows), info=dict(ladders={a: s for a, s in arms}))
+    rows = [dict(arm=a, **pad_row(row, PAD_PREFIX[a], pads[a]))
+            for a in ("exact", "stride-8", "pow2", "eager")]
+    return dict(rows=padding_costs(rows), info=dict(ladders=arms))
 
 
 def pad_row(row: dict, p: str, pad) -> dict:
@@ -173,7 +172,8 @@ def pad_row(row: dict, p: str, pad) -> dict:
     key = "" if p == "eager_" else p
     ratio = ((1.0, None) if p == "graph_"
              else (row.get(f"{key}speedup"), row.get(f"{key}speedup_ci")))
-    return dict(out, vs_exact=ratio[0], vs_exact_ci=ratio[1], stable=row.get("stable"))
+    return dict(out, vs_exact=ratio[0], vs_exact_ci=ratio[1], stable=row.get("stable"),
+                max_abs_diff=row.get(f"{p}max_abs_diff"))
 
 
 def run_pool_growth(lab: Lab) -> dict:

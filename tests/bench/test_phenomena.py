@@ -27,6 +27,13 @@ HAS_CUDA = torch.cuda.is_available()
 CFG = rp.ReproduceConfig(preset="tiny", context=32, steps=1, time_budget=0.01)
 
 
+class Step(tuple):
+    """A fake step's output: (bs, graph size, mode) for the fake clock, and as logits (what
+    measure_row checks against the reference arm's) the same values whatever the arm."""
+    def float(self):
+        return torch.zeros(2)
+
+
 class FakeRunner:
     """Routes like GraphRunner; its 'pool' follows a fixed rule: a shared pool keeps the
     largest size's activations (ACT B per row, an OPT-125m-like 0.38 GiB at 512 rows) plus
@@ -52,7 +59,7 @@ class FakeRunner:
 
     def step_packed(self, x):
         bs = x.shape[1]
-        self.last = (bs, self.dispatcher.pad(bs), self.mode)
+        self.last = Step((bs, self.dispatcher.pad(bs), self.mode))
         return self.last
 
     def close(self):
@@ -69,7 +76,7 @@ class FakeLab(ph.Lab):
 
     def engine_step(self, bs, x):
         """The engine-eager arm: the unfused plan's eager step, 2000 us more than eager's."""
-        return lambda: (bs, None, "engine")
+        return lambda: Step((bs, None, "engine"))
 
     def time(self, fn):
         bs, pad, mode = fn()

@@ -222,6 +222,15 @@ def test_the_three_callers_give_the_same_timing_fields(monkeypatch):
     assert set(tp_like) <= set(sweep_like)
 
 
+class Named(str):
+    """A fake step's output: its name, for the fake clock, and as logits (measure_row checks
+    them against the first arm's) a value set per name in LOGITS (0 unless set)."""
+    LOGITS: dict = {}
+
+    def float(self):
+        return torch.tensor([self.LOGITS.get(str(self), 0.0)])
+
+
 def fake_wall_clock(monkeypatch, us: dict):
     """rows.wall_sampler replaced: a step's sample is us[what the step returns], its event time
     nine tenths of it."""
@@ -248,7 +257,7 @@ def test_reproduce_lab_pairs_eager_and_graph_in_rotation(monkeypatch):
             self.mode, self.dispatcher = mode, PaddingDispatcher(sizes if mode != "none" else [])
 
         def step_packed(self, x):
-            return self.mode
+            return Named(self.mode)
 
         def close(self):
             pass
@@ -258,11 +267,12 @@ def test_reproduce_lab_pairs_eager_and_graph_in_rotation(monkeypatch):
             return Runner(sizes, mode)
 
         def engine_step(self, bs, x):   # the unfused plan's eager step, in the same rotation
-            return lambda: "engine"
+            return lambda: Named("engine")
 
     us = {"none": 2000.0, "full": 500.0, "engine": 3000.0}
 
     fake_wall_clock(monkeypatch, us)
+    monkeypatch.setattr(Named, "LOGITS", {"engine": 0.5})
     cfg = SimpleNamespace(steps=1, time_budget=60, seed=0, pin_cpu=False)
     dec = SimpleNamespace(device=torch.device("cpu"), shape=SimpleNamespace(vocab=100))
     lab = CpuLab(cfg, dec, 16)
@@ -272,6 +282,8 @@ def test_reproduce_lab_pairs_eager_and_graph_in_rotation(monkeypatch):
     assert lab.times[("full", 4, 4)] == dict(step_us=500.0, p20=500.0, p80=500.0, n=10, event_us=450.0)
     assert lab.times[("eager", None, 1)]["step_us"] == 2000.0
     assert [(r["engine_eager_step_us"], r["engine_eager_speedup"]) for r in got] == [(3000.0, 6.0)] * 2
+    # every arm's logits checked against eager's: the unfused plan's here differ by 0.5
+    assert [(r["max_abs_diff"], r["engine_eager_max_abs_diff"]) for r in got] == [(0.0, 0.5)] * 2
     # a decoder that does not bind (the torch backend) has no engine-eager arm
     torch_dec = SimpleNamespace(backend="torch", all_reduce=None)
     assert Lab.engine_step(SimpleNamespace(dec=torch_dec, cache={}), 1, None) is None
@@ -303,7 +315,7 @@ def test_padding_waste_samples_its_four_arms_in_one_rotation(monkeypatch):
             self.key = f"{mode}{sizes}"
 
         def step_packed(self, x):
-            return self.key
+            return Named(self.key)
 
         def close(self):
             closed.append(self.key)
@@ -315,6 +327,7 @@ def test_padding_waste_samples_its_four_arms_in_one_rotation(monkeypatch):
     us = {"full[37]": 760.0, "full[40]": 766.0, "full[64]": 795.0, "none[]": 1210.0}
 
     fake_wall_clock(monkeypatch, us)
+    monkeypatch.setattr(Named, "LOGITS", {"full[64]": 0.25})
     cfg = SimpleNamespace(steps=1, time_budget=60, seed=0, pin_cpu=False)
     lab = CpuLab(cfg, SimpleNamespace(device=torch.device("cpu"), shape=SimpleNamespace(vocab=100)), 16)
     got = {r["arm"]: r for r in ph.run_padding_waste(lab)["rows"]}
@@ -324,6 +337,9 @@ def test_padding_waste_samples_its_four_arms_in_one_rotation(monkeypatch):
     assert got["pow2"]["vs_exact_ci"] == pytest.approx([795 / 760] * 2)
     assert got["eager"]["vs_exact"] == pytest.approx(1210 / 760) and got["exact"]["vs_exact"] == 1.0
     assert sorted(closed) == sorted(us)                      # every runner closed
+    # each graph's logits checked against eager's (the rotation's first arm)
+    assert [got[a]["max_abs_diff"] for a in ("exact", "stride-8", "pow2", "eager")] == [
+        0.0, 0.0, 0.25, None]
 
 
 def test_the_lab_measures_the_kernel_lines_the_sweep_does(monkeypatch):
