@@ -108,7 +108,8 @@ def attach_measured(res: dict, run: dict) -> dict:
                      speedup_error=r["predicted_speedup"] / m["speedup"] - 1)
             if m.get("op_host_us") is not None and m.get("predicted_speedup"):
                 # the sweep's own prediction for that row, with the host costs measured beside
-                # its eager steps (the host drifts within a run; the run-level profile is one sample, after the rows)
+                # its eager steps (the host drifts within a run; the run-level profile is one
+                # sample, taken after the rows)
                 r.update(row_predicted_speedup=m["predicted_speedup"],
                          row_speedup_error=m["predicted_speedup"] / m["speedup"] - 1)
     return res

@@ -12,7 +12,7 @@ import torch
 from microbench.bench.hostcpu import pin_factory
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_launch_and_ops
-from microbench.bench.ops import kernel_lines
+from microbench.bench.ops import bound_steps, kernel_lines
 from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
 from microbench.bench.sweep_config import max_seq_for
 from microbench.engine.decoder import ToyDecoder
@@ -144,7 +144,7 @@ class Lab:
         """The engine-eager arm's step at bs on the packed inputs x (the unfused plan's bound
         step), or None where the decoder does not bind (the torch backend, a TP shard)."""
         dec = self.dec
-        if dec.backend != "triton" or dec.all_reduce is not None:
+        if not bound_steps(dec):     # the sweep's rule for which decoders bind
             return None
         if "plain" not in self.cache:
             self.cache["plain"] = dec.with_fusion(Fusion.UNFUSED)

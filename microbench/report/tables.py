@@ -136,22 +136,7 @@ def _measure_lines(run: dict) -> list[str]:
     if any(r.get("stable") is False for r in run.get("rows", [])):
         lines.append("~: unstable row (its speedup's 95% interval stayed wider than +-2% until "
                      "the time budget ended)")
-    rep = run.get("repeats")
-    if rep:
-        worst = rep.get("max_spread")
-        lines.append(f"--repeat {rep['k']}: speedups of {rep['k']} fresh processes, worst spread "
-                     f"{_f(worst, '.1%')} (max / min - 1); shape held in "
-                     f"{sum(1 for h in rep.get('shape_held', []) if h)} of {rep['k']}"
-                     + (f" (engine-eager against graph: in "
-                        f"{sum(1 for h in rep['engine_shape_held'] if h)} of {rep['k']})"
-                        if any(h is not None for h in rep.get("engine_shape_held", [])) else ""))
-        lines += worst_repeat_line(run.get("rows", []))
-        picked = [(r["bs"], r["repeat_process"]) for r in run.get("rows", [])
-                  if r.get("repeat_process")]
-        if picked:
-            lines.append("each row is the process with its median speedup: " + ", ".join(
-                f"bs {b} from process {p}" for b, p in picked) + "; the lines below are process "
-                "1's, except the shape checks and the model's error, judged on these rows")
+    lines += repeat_lines(run)
     cap = run.get("capture") or {}
     if cap.get("sizes"):
         lines.append(capture_line(cap))
@@ -190,6 +175,27 @@ def _measure_lines(run: dict) -> list[str]:
         lines.append(f"eager step at bs {r0['bs']}: host {r0.get('eager_host_us', 0):.0f} us measured; "
                      "launches by launcher (host costs sampled beside its steps): " + ", ".join(
                          f"{k} {v['kernels']} kernels {v['host_us']:.0f} us" for k, v in eb.items()))
+    return lines
+
+
+def repeat_lines(run: dict) -> list[str]:
+    """Under --repeat: the worst spread and each process's shape checks, the widest row, and
+    which process each merged row is; nothing for a run of one process."""
+    rep = run.get("repeats")
+    if not rep:
+        return []
+    held = lambda key: sum(1 for h in rep.get(key, []) if h)
+    lines = [f"--repeat {rep['k']}: speedups of {rep['k']} fresh processes, worst spread "
+             f"{_f(rep.get('max_spread'), '.1%')} (max / min - 1); shape held in "
+             f"{held('shape_held')} of {rep['k']}"
+             + (f" (engine-eager against graph: in {held('engine_shape_held')} of {rep['k']})"
+                if any(h is not None for h in rep.get("engine_shape_held", [])) else "")]
+    lines += worst_repeat_line(run.get("rows", []))
+    picked = [(r["bs"], r["repeat_process"]) for r in run.get("rows", []) if r.get("repeat_process")]
+    if picked:
+        lines.append("each row is the process with its median speedup: " + ", ".join(
+            f"bs {b} from process {p}" for b, p in picked) + "; the lines below are process 1's, "
+            "except the shape checks and the model's error, judged on these rows")
     return lines
 
 

@@ -287,6 +287,15 @@ def test_reproduce_lab_pairs_eager_and_graph_in_rotation(monkeypatch):
     # a decoder that does not bind (the torch backend) has no engine-eager arm
     torch_dec = SimpleNamespace(backend="torch", all_reduce=None)
     assert Lab.engine_step(SimpleNamespace(dec=torch_dec, cache={}), 1, None) is None
+    # a triton decoder: the unfused twin made once, bound at each batch, its step on x
+    made = []
+    plain = SimpleNamespace(bind=lambda bs: SimpleNamespace(step_packed=lambda x: ("bound", bs, x)))
+    triton_dec = SimpleNamespace(backend="triton", all_reduce=None,
+                                 with_fusion=lambda f: made.append(f) or plain)
+    host = SimpleNamespace(dec=triton_dec, cache={})
+    assert Lab.engine_step(host, 4, "x")() == ("bound", 4, "x")
+    assert Lab.engine_step(host, 1, "y")() == ("bound", 1, "y") and len(made) == 1
+    assert made == [0]                                   # Fusion.UNFUSED
 
 
 def test_host_fields_are_what_the_eager_timer_sampled():

@@ -124,3 +124,6 @@ def test_sweep_headline_names_the_bundle_before_the_graphs_alone():
                shape_check_engine=dict(held=True, why="held"))
     assert headline(run) == ("speedup 3.25x at bs 1; bundle shape check held; graphs-alone shape "
                              "check not held (speedup rises with batch size)")
+    run["rows"][1]["engine_eager_speedup"] = 5.27          # bs 1's row: both ratios named
+    assert headline(run).startswith("at bs 1 engine-eager / graph 5.27x (the bundle), eager / "
+                                    "graph 3.25x (graphs alone); bundle shape check held")
