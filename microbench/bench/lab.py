@@ -11,8 +11,8 @@ import torch
 
 from microbench.bench.hostcpu import pin_factory
 from microbench.bench.inputs import packed, step_inputs
-from microbench.bench.launch import measure_launch_and_ops
-from microbench.bench.ops import bound_steps, kernel_lines
+from microbench.bench.launch import measure_device_profile
+from microbench.bench.ops import bound_steps
 from microbench.bench.rows import Arm, Budget, measure_row, wall_timer
 from microbench.bench.sweep_config import max_seq_for
 from microbench.engine.decoder import ToyDecoder
@@ -155,15 +155,11 @@ class Lab:
         """The device's launch costs, bandwidth, matrix rate and kernel lines, as the sweep
         measures them (once per run)."""
         if "launch" not in self.cache:
-            self.say("measuring launch costs, copy bandwidth and matrix rate")
-            launch = measure_launch_and_ops(self.dec, self.cfg.time_budget, self.cfg.pin_cpu)
-            # the step's kernels timed inside graphs, as the sweep's model has them: without
-            # these lines the model would price every kernel at the copy bandwidth alone
-            self.say("timing the step's kernels inside graphs (the model's per-family lines)")
-            launch["kernel_lines"] = kernel_lines(
-                self.dec, self.context, budget_s=min(self.cfg.time_budget, 0.1),
-                replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
-            self.cache["launch"] = launch
+            # with the kernel lines, as the sweep's model has them: without them the model
+            # would price every kernel at the copy bandwidth alone
+            self.cache["launch"] = measure_device_profile(self.dec, self.context,
+                                                          self.cfg.time_budget, self.cfg.pin_cpu,
+                                                          self.say)
         return self.cache["launch"]
 
     def gpu(self) -> str:

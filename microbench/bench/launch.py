@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from microbench.bench.device import copy_bandwidth, copy_curve, matmul_rate
 from microbench.bench.hostcpu import on_quick_cpu
-from microbench.bench.ops import measure_ops
+from microbench.bench.ops import kernel_lines, measure_ops
 from microbench.bench.timing import Stats, gpu_time_us, graph_of, host_time_us
 from microbench.engine.nvtx import nvtx_range
 from microbench.stats import fit_linear
@@ -67,6 +67,21 @@ def measure_launch_and_ops(dec, budget_s: float, pin_cpu: bool = True) -> dict:
     with on_quick_cpu(pin_cpu):
         launch = measure_launch(dec.device, budget_s=min(budget_s, 0.5))
         launch["ops_host_us"] = measure_ops(dec, 1, budget_s=min(budget_s, 0.3))
+    return launch
+
+
+def measure_device_profile(dec, context: int, budget_s: float, pin_cpu: bool = True,
+                           say=None) -> dict:
+    """measure_launch_and_ops, then the step's kernels timed inside graphs (ops.kernel_lines,
+    the replay's fixed GPU cost taken off): the device profile the sweep's and the reproduce
+    lab's models read, measured after their rows."""
+    say = say or (lambda s: None)
+    say("measuring launch costs, copy bandwidth and matrix rate")
+    launch = measure_launch_and_ops(dec, budget_s, pin_cpu)
+    say("timing the step's kernels inside graphs (the model's per-family lines)")
+    launch["kernel_lines"] = kernel_lines(
+        dec, context, budget_s=min(budget_s, 0.1),
+        replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
     return launch
 
 

@@ -16,8 +16,7 @@ from microbench.bench.env import environment, require_cuda
 from microbench.bench.hostcpu import pin_factory
 from microbench.bench.sweep_config import SweepConfig, max_seq_for
 from microbench.bench.inputs import packed, step_inputs
-from microbench.bench.launch import measure_launch_and_ops
-from microbench.bench.ops import kernel_lines
+from microbench.bench.launch import measure_device_profile
 from microbench.bench.profile import kernel_breakdown, profile_kernels, trace_steps
 from microbench.bench.rows import (Arm, Budget, eager_timer, graph_timer, host_fields, measure_row,
                                    wall_timer)
@@ -216,12 +215,7 @@ class _Sweep:
     def measure_device(self):
         """Launch costs, copy bandwidth, matrix rate and kernel lines: after every step is timed."""
         cfg, dec, run = self.cfg, self.dec, self.run
-        self.say("measuring launch costs, copy bandwidth and matrix rate")
-        launch = measure_launch_and_ops(dec, cfg.time_budget, cfg.pin_cpu)
-        self.say("timing the step's kernels inside graphs (the model's per-family lines)")
-        launch["kernel_lines"] = kernel_lines(
-            dec, cfg.context, budget_s=min(cfg.time_budget, 0.1),
-            replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
+        launch = measure_device_profile(dec, cfg.context, cfg.time_budget, cfg.pin_cpu, self.say)
         run["launch"] = launch
         # the eager step's host time per kernel, beside the bare launch costs above
         run["eager_host_us_per_kernel"] = {str(r["bs"]): r["eager_host_us_per_kernel"]

@@ -358,10 +358,11 @@ def test_the_lab_measures_the_kernel_lines_the_sweep_does(monkeypatch):
     from types import SimpleNamespace
 
     from microbench.bench import lab as lab_mod
+    from microbench.bench import launch as launch_mod
     calls = []
-    monkeypatch.setattr(lab_mod, "measure_launch_and_ops",
+    monkeypatch.setattr(launch_mod, "measure_launch_and_ops",
                         lambda dec, budget, pin: dict(replay_fit=dict(gpu_fixed_us=1.5)))
-    monkeypatch.setattr(lab_mod, "kernel_lines", lambda dec, context, budget_s, replay_fixed_us:
+    monkeypatch.setattr(launch_mod, "kernel_lines", lambda dec, context, budget_s, replay_fixed_us:
                         calls.append((context, replay_fixed_us)) or {"skinny": {}})
     cfg = SimpleNamespace(time_budget=0.5, pin_cpu=False)
     lab = lab_mod.Lab(cfg, SimpleNamespace(), 512)
