@@ -17,7 +17,7 @@ from ._utils import (DTYPES, INDEX_DTYPES, check_device, dot, interpreted, pdl_e
 
 LOG2E = 1.4426950408889634
 # Heuristic knobs (see choose_num_splits).
-_PROGRAMS_PER_SM = 2
+PROGRAMS_PER_SM = 2
 MIN_TOKENS_PER_SPLIT = 256
 MAX_SPLITS = 64
 CPU_SMS = 4  # stand-in "SM count" on CPU: any small deterministic value will do there
@@ -39,9 +39,9 @@ def sm_count(device_index):
 def choose_num_splits(batch, num_kv_heads, max_seq, block_n, num_sms, min_tokens=None):
     """Shapes-only split count. Each split covers whole BLOCK_N tiles, at least `min_tokens`
     (default MIN_TOKENS_PER_SPLIT) of the cache's max_seq; as many splits as give every SM about
-    _PROGRAMS_PER_SM (batch, kv head, split) programs, at most MAX_SPLITS; none left empty."""
+    PROGRAMS_PER_SM (batch, kv head, split) programs, at most MAX_SPLITS; none left empty."""
     min_tokens = MIN_TOKENS_PER_SPLIT if min_tokens is None else min_tokens
-    want = triton.cdiv(_PROGRAMS_PER_SM * num_sms, max(batch * num_kv_heads, 1))
+    want = triton.cdiv(PROGRAMS_PER_SM * num_sms, max(batch * num_kv_heads, 1))
     if want <= 1 or max_seq < 2 * min_tokens:
         return 1
     n_tiles = triton.cdiv(max_seq, block_n)

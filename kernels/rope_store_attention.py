@@ -9,25 +9,50 @@ import triton.language as tl
 from ._launch import launch
 
 from ._utils import as_mask, check_device, dot, interpreted, pdl_enter, pdl_launch_kw, to_dtype, use_pdl
-from .decode_attention import (CPU_SMS, CUDA_NUM_STAGES, LOG2E, block_n_for, check_attention,
+from .decode_attention import (CPU_SMS, CUDA_NUM_STAGES, LOG2E, PROGRAMS_PER_SM, block_n_for,
+                               check_attention,
                                choose_num_splits, decode_attention_ref, output_like, sm_count,
                                split_partials)
 from .rope import check_rope, rope_store_kv_ref
 from .store_kv import check_store_kv
 
 
-def fused_num_splits_for(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,
-                         block_n=None):
-    """The split count rope_store_attention picks: as decode_attention's, but a split may be a
-    single BLOCK_N tile (its K and V then load before the PDL wait; the splits merge in the
-    kernel, so more of them cost no reduce kernel)."""
+# Splits a "streaming" launch takes when the (sequence, kv head) programs alone fill the GPU.
+# On the H200, at bs 64 with llama-8b's heads (128 wide), two streaming splits per (sequence,
+# kv head) moved the KV cache about a tenth faster at context 512 and a sixth faster at 4096
+# than one split with its first tile loaded early; with 64-wide heads (llama-1b, opt-125m) they
+# were no faster or slower, so narrower heads never stream.
+STREAM_SPLITS = 2
+STREAM_MIN_HEAD_DIM = 128
+
+
+def fused_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,
+               num_splits=None):
+    """(num_splits, stream): how rope_store_attention launches for these shapes.
+
+    With fewer (sequence, kv head) programs than fill every SM PROGRAMS_PER_SM times, the split
+    count is decode_attention's, except that a split may be a single BLOCK_N tile; each split's
+    first K and V tiles load before the PDL wait (the splits merge in the kernel, so more of them
+    cost no reduce kernel). When the programs alone fill the GPU and the heads are at least
+    STREAM_MIN_HEAD_DIM wide, each (sequence, kv head) takes STREAM_SPLITS splits of at least
+    two tiles that "stream": nothing loads before the wait, and each tile's V loads after its
+    softmax, as in decode_attention. `num_splits` given: that count, streaming under the same
+    condition."""
     device = torch.device(device)
     if device.type == "cuda":
         sms = sm_count(device.index if device.index is not None else torch.cuda.current_device())
     else:
         sms = CPU_SMS
-    bn = block_n or block_n_for(device, head_dim, dtype)
-    return choose_num_splits(batch, num_kv_heads, max_seq, bn, sms, min_tokens=bn)
+    bn = block_n_for(device, head_dim, dtype)
+    n_tiles = triton.cdiv(max_seq, bn)
+    fills = batch * num_kv_heads >= PROGRAMS_PER_SM * sms and head_dim >= STREAM_MIN_HEAD_DIM
+    if num_splits is None:
+        if fills and n_tiles >= 2 * STREAM_SPLITS:
+            num_splits = STREAM_SPLITS
+        else:
+            num_splits = min(choose_num_splits(batch, num_kv_heads, max_seq, bn, sms, min_tokens=bn),
+                             n_tiles)
+    return num_splits, bool(fills and triton.cdiv(n_tiles, num_splits) >= 2)
 
 
 @triton.jit
@@ -56,6 +81,28 @@ def _attend_kv(q, k, v, n, mask_n, pos, k_new, v_new, qk_scale, m_i, l_i, acc,
 
 
 @triton.jit
+def _attend_streamed(q, k_base, v_base, n, mask_n, mask_d, stride_cn, pos, k_new, v_new, qk_scale,
+                     m_i, l_i, acc, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+    """_attend_kv on a tile it loads itself, as decode_attention's loop does: K, the softmax,
+    then V. (Its own copy of the softmax step: built from shared pieces, the other loop's code
+    changed and ran up to 1.6x slower on the H200.)"""
+    m = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(k_base + n[:, None] * stride_cn, mask=m, other=0.0, eviction_policy="evict_first")
+    new = (n == pos)[:, None]
+    k = tl.where(new, k_new[None, :], k)
+    s = dot(q, tl.trans(k), DOT_PRECISION, INTERPRET) * qk_scale
+    s = tl.where(mask_n[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = tl.load(v_base + n[:, None] * stride_cn, mask=m, other=0.0, eviction_policy="evict_first")
+    v = tl.where(new, v_new[None, :], v)
+    acc = acc * alpha[:, None] + dot(to_dtype(p, v.dtype), v, DOT_PRECISION, INTERPRET)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _load_kv(k_base, v_base, n, mask_n, mask_d, stride_cn):
     m = mask_n[:, None] & mask_d[None, :]
     k = tl.load(k_base + n[:, None] * stride_cn, mask=m, other=0.0, eviction_policy="evict_first")
@@ -73,17 +120,18 @@ def _rope_attend_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, S_CHUNK: tl.constexpr,
     SINGLE: tl.constexpr, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
-    TILES_PER_SPLIT: tl.constexpr, USE_PDL: tl.constexpr,
+    TILES_PER_SPLIT: tl.constexpr, STREAM: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     # Before the PDL wait, everything that does not depend on the kernel before: the step's
     # inputs (slots, seq_lens: written before the step), RoPE's cos and sin at the new token's
-    # position, and this split's first K and V tiles of history. No kernel of the step writes
-    # the cache rows before the new token's, and that row (n == pos) is taken from registers,
-    # never from the cache. (With one tile per split, as the wrapper picks on the GPU, only the
-    # QKV row, the arithmetic and the merge are left after the wait.)
+    # position, and (unless STREAM) this split's first K and V tiles of history. No kernel of
+    # the step writes the cache rows before the new token's, and that row (n == pos) is taken
+    # from registers, never from the cache. (With one tile per split, as the wrapper picks on
+    # the GPU at small batch, only the QKV row, the arithmetic and the merge are left after the
+    # wait.)
     seq_len = tl.minimum(tl.load(seq_lens_ptr + b), max_seq)
     pos = seq_len - 1                                  # the new token's position
     slot = tl.load(slots_ptr + b).to(tl.int64)
@@ -95,7 +143,8 @@ def _rope_attend_kernel(
     v_base = vc_ptr + slot * stride_cs + kvh * stride_ch + offs_d[None, :]
     n0 = lo + tl.arange(0, BLOCK_N)
     mask0 = n0 < hi
-    k0, v0 = _load_kv(k_base, v_base, n0, mask0, mask_d, stride_cn)
+    if not STREAM:
+        k0, v0 = _load_kv(k_base, v_base, n0, mask0, mask_d, stride_cn)
     # RoPE at pos, as the rope kernel computes it: inv_freq[i] = theta^(-i/HALF) in fp64,
     # rounded to fp32; angle = pos · inv_freq[d mod HALF]
     part = tl.where(offs_d < HALF, offs_d + HALF, offs_d - HALF)   # each lane's partner
@@ -130,25 +179,41 @@ def _rope_attend_kernel(
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    if lo < hi:  # column lo is valid: m stays finite
-        m_i, l_i, acc = _attend_kv(q, k0, v0, n0, mask0, pos, k_new, v_new, qk_scale, m_i, l_i, acc,
-                                   DOT_PRECISION, INTERPRET)
-    if not INTERPRET:
-        for start in range(lo + BLOCK_N, hi, BLOCK_N):
-            n = start + tl.arange(0, BLOCK_N)
-            mask_n = n < hi
-            k, v = _load_kv(k_base, v_base, n, mask_n, mask_d, stride_cn)
-            m_i, l_i, acc = _attend_kv(q, k, v, n, mask_n, pos, k_new, v_new, qk_scale, m_i, l_i, acc,
+    if STREAM:  # every tile in the loop (split 0's column 0 is valid: m stays finite)
+        if not INTERPRET:
+            for start in range(lo, hi, BLOCK_N):
+                n = start + tl.arange(0, BLOCK_N)
+                m_i, l_i, acc = _attend_streamed(q, k_base, v_base, n, n < hi, mask_d, stride_cn,
+                                                 pos, k_new, v_new, qk_scale, m_i, l_i, acc,
+                                                 DOT_PRECISION, INTERPRET)
+        else:
+            for t in range(TILES_PER_SPLIT):
+                start = lo + t * BLOCK_N
+                if start < hi:
+                    n = start + tl.arange(0, BLOCK_N)
+                    m_i, l_i, acc = _attend_streamed(q, k_base, v_base, n, n < hi, mask_d,
+                                                     stride_cn, pos, k_new, v_new, qk_scale, m_i,
+                                                     l_i, acc, DOT_PRECISION, INTERPRET)
+    else:
+        if lo < hi:  # column lo is valid: m stays finite
+            m_i, l_i, acc = _attend_kv(q, k0, v0, n0, mask0, pos, k_new, v_new, qk_scale, m_i, l_i, acc,
                                        DOT_PRECISION, INTERPRET)
-    else:  # constexpr trip count under the interpreter (triton#9171)
-        for t in range(1, TILES_PER_SPLIT):
-            start = lo + t * BLOCK_N
-            if start < hi:
+        if not INTERPRET:
+            for start in range(lo + BLOCK_N, hi, BLOCK_N):
                 n = start + tl.arange(0, BLOCK_N)
                 mask_n = n < hi
                 k, v = _load_kv(k_base, v_base, n, mask_n, mask_d, stride_cn)
-                m_i, l_i, acc = _attend_kv(q, k, v, n, mask_n, pos, k_new, v_new, qk_scale, m_i, l_i,
-                                           acc, DOT_PRECISION, INTERPRET)
+                m_i, l_i, acc = _attend_kv(q, k, v, n, mask_n, pos, k_new, v_new, qk_scale, m_i, l_i, acc,
+                                           DOT_PRECISION, INTERPRET)
+        else:  # constexpr trip count under the interpreter (triton#9171)
+            for t in range(1, TILES_PER_SPLIT):
+                start = lo + t * BLOCK_N
+                if start < hi:
+                    n = start + tl.arange(0, BLOCK_N)
+                    mask_n = n < hi
+                    k, v = _load_kv(k_base, v_base, n, mask_n, mask_d, stride_cn)
+                    m_i, l_i, acc = _attend_kv(q, k, v, n, mask_n, pos, k_new, v_new, qk_scale, m_i, l_i,
+                                               acc, DOT_PRECISION, INTERPRET)
 
     out_rows = out_ptr + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
     if SINGLE:
@@ -228,8 +293,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     block_d = triton.next_power_of_2(D)
     block_n = block_n_for(q.device, D, q.dtype)
     n_tiles = triton.cdiv(max_seq, block_n)
-    if num_splits is None:
-        num_splits = min(fused_num_splits_for(B, Hkv, max_seq, q.device, D, q.dtype), n_tiles)
+    num_splits, stream = fused_plan(B, Hkv, max_seq, q.device, D, q.dtype, num_splits)
     split_size = triton.cdiv(n_tiles, num_splits) * block_n
     single = num_splits == 1
     o_part, m_part, l_part = split_partials(B, H, num_splits, D, out)
@@ -245,7 +309,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
         BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_S=block_s, S_CHUNK=min(block_s, 8), SINGLE=single,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(_rope_attend_kernel), TILES_PER_SPLIT=split_size // block_n,
-        USE_PDL=pdl, num_warps=4, num_stages=CUDA_NUM_STAGES,
+        STREAM=int(stream), USE_PDL=pdl, num_warps=4, num_stages=CUDA_NUM_STAGES,
         **pdl_launch_kw(pdl),
     )
     return out

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from microbench.kernels import rope_store_attention, rope_store_attention_ref
-from tests.utils import (ATTENTION_SHAPES, DTYPE_TOLS, assert_close, attention_inputs, f16, fused_qkv,
+from microbench.kernels.rope_store_attention import STREAM_SPLITS, fused_plan
+from tests.utils import (ATTENTION_SHAPES, DTYPE_TOLS, TOL, assert_close, attention_inputs, f16, fused_qkv,
                          gen, i32)
 
 SPLITS = pytest.mark.parametrize("num_splits", [1, 3, None], ids=lambda n: f"splits={n}")
@@ -73,6 +74,32 @@ def test_rope_store_attention_out_and_own_counters(device):
     res = rope_store_attention(q, k, v, kc, vc, slots, seq_lens, 0.125, num_splits=2, out=out)
     assert res is out
     assert_close(out, rope_store_attention_ref(q, k, v, kr, vr, slots, seq_lens, 0.125), torch.float16)
+
+
+def test_fused_plan_streams_only_when_the_programs_fill_the_gpu():
+    """On the CPU the stand-in GPU has 4 SMs, filled by 8 (sequence, kv head) programs: 16 of
+    them with 128-wide heads over 4 tiles stream in STREAM_SPLITS splits; 6 of them, or 64-wide
+    heads, take decode_attention's split count and load their first tile early; a split of one
+    tile never streams."""
+    f16 = torch.float16
+    assert fused_plan(2, 8, 64, "cpu", 128, f16) == (STREAM_SPLITS, True)
+    assert fused_plan(3, 2, 64, "cpu", 128, f16)[1] is False
+    assert fused_plan(2, 8, 64, "cpu", 64, f16)[1] is False
+    assert fused_plan(2, 8, 64, "cpu", 128, f16, num_splits=4) == (4, False)
+    assert fused_plan(2, 8, 64, "cpu", 128, f16, num_splits=1) == (1, True)
+
+
+@SPLITS
+def test_rope_store_attention_streamed(num_splits, device):
+    """A batch whose (sequence, kv head) programs fill the GPU (the CPU's stand-in, or the
+    device's SMs) takes the streaming loop: output and caches as the references give."""
+    B, H, Hkv, D, max_seq = (34, 32, 8, 128, 300) if device.type == "cuda" else (4, 8, 2, 128, 70)
+    dtype = torch.bfloat16
+    atol, rtol = TOL[dtype]
+    assert fused_plan(B, Hkv, max_seq, device, D, dtype, num_splits)[1]
+    args = fused_attention_inputs(B, H, Hkv, D, max_seq, B + 3, dtype, device, seed=15)
+    sem = torch.zeros(B * Hkv, dtype=torch.int32, device=device)
+    check_fused_attention(*args, dtype, atol, rtol, sem, num_splits=num_splits)
 
 
 @pytest.mark.gpu
