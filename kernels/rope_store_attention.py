@@ -19,9 +19,9 @@ from .store_kv import check_store_kv
 
 # Splits a "streaming" launch takes when the (sequence, kv head) programs alone fill the GPU.
 # On the H200, at bs 64 with llama-8b's heads (128 wide), two streaming splits per (sequence,
-# kv head) moved the KV cache about a tenth faster at context 512 and a sixth faster at 4096
-# than one split with its first tile loaded early; with 64-wide heads (llama-1b, opt-125m) they
-# were no faster or slower, so narrower heads never stream.
+# kv head) moved the KV cache faster than one split with its first tile loaded early, at
+# contexts 512 and 4096; with 64-wide heads (llama-1b, opt-125m) they were no faster or slower,
+# so narrower heads never stream (docs/bandwidth.md, "Streaming attention at large batch").
 STREAM_SPLITS = 2
 STREAM_MIN_HEAD_DIM = 128
 
@@ -84,8 +84,8 @@ def _attend_kv(q, k, v, n, mask_n, pos, k_new, v_new, qk_scale, m_i, l_i, acc,
 def _attend_streamed(q, k_base, v_base, n, mask_n, mask_d, stride_cn, pos, k_new, v_new, qk_scale,
                      m_i, l_i, acc, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
     """_attend_kv on a tile it loads itself, as decode_attention's loop does: K, the softmax,
-    then V. (Its own copy of the softmax step: built from shared pieces, the other loop's code
-    changed and ran up to 1.6x slower on the H200.)"""
+    then V. (Its own copy of the softmax step: built from pieces shared with _attend_kv, it
+    changed the other loop's compiled code, which then ran slower on the H200.)"""
     m = mask_n[:, None] & mask_d[None, :]
     k = tl.load(k_base + n[:, None] * stride_cn, mask=m, other=0.0, eviction_policy="evict_first")
     new = (n == pos)[:, None]
