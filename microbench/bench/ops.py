@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from microbench import kernels
 
 from microbench.bench.inputs import step_inputs
+from microbench.bench.mix import layer_mix
 from microbench.bench.timing import gpu_time_us, graph_of, host_time_us, summarize
 from microbench.engine.nvtx import nvtx_range
 from microbench.engine.plan import FAST_ROWS, SKINNY, Fusion, family, step_kernels
@@ -235,27 +236,36 @@ def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1,
 
     Each op runs inside a graph as a chain of calls on distinct data (each layer's weights and
     KV cache, then copies of the weights and other slots' caches) until the chain has streamed
-    `min_bytes`, at least 4 calls: weights and KV history come from DRAM as in a step, and with
-    PDL neighbours overlap as in a step. The replay's own fixed GPU cost (`replay_fixed_us`,
-    from measure_launch; the model charges it once per graph step) is taken off before
-    dividing by the calls. Points are taken at `batches` (those up to the decoder's max batch),
-    each with the plan's byte count for that op and batch."""
+    `min_bytes`, at least 4 calls: weights and KV history come from DRAM as in a step. The
+    replay's own fixed GPU cost (`replay_fixed_us`, from measure_launch; the model charges it
+    once per graph step) is taken off before dividing by the calls. A layer's ops are then
+    timed in pairs with their neighbours (bench.mix): each of their points is its alone time
+    (`alone_us`) scaled by the layer's mix factor (`mix`), since with PDL an op overlaps a twin
+    more than the ops it runs between in a step. Points are taken at `batches` (those up to the
+    decoder's max batch), each with the plan's byte count for that op and batch."""
+    def chain_us(calls, n, label):
+        with nvtx_range(label):
+            g = graph_of(lambda: [f() for f in calls], 1)
+            t = (gpu_time_us(g.replay, inner=3, budget_s=budget_s).median - replay_fixed_us) / n
+        del g
+        return t
+
     pts: dict = {f: [] for f in FAMILIES}
     for b in (b for b in batches if b <= dec.max_batch):
         plan = {k.name: k for k in step_kernels(dec.shape, b, context, dec.embed.element_size(),
                                                 dec.attention_launches(b), fusion=dec.fusion)}
-        for name, make in layer_op_fns(dec, b, context).items():
-            k = plan.get(name)
-            if k is None:
-                continue
+        fns = {name: make for name, make in layer_op_fns(dec, b, context).items() if name in plan}
+        alone, at_b = {}, {}
+        for name, make in fns.items():
+            k = plan[name]
             n = min(512, max(4, -(-min_bytes // max(k.bytes, 1))))
-            calls = [make(i) for i in range(n)]
-            with nvtx_range(f"kernel line {family(k)}: {name}, b {b}"):
-                g = graph_of(lambda calls=calls: [f() for f in calls], 1)
-                t = (gpu_time_us(g.replay, inner=3, budget_s=budget_s).median
-                     - replay_fixed_us) / n
-            del g, calls
-            pts[family(k)].append(dict(op=name, b=b, bytes=k.bytes, us=t, calls=n))
+            alone[name] = chain_us([make(i) for i in range(n)], n,
+                                   f"kernel line {family(k)}: {name}, b {b}")
+            at_b[name] = dict(op=name, b=b, bytes=k.bytes, us=alone[name], calls=n)
+            pts[family(k)].append(at_b[name])
+        mix = layer_mix(dec, b, context, fns, plan, alone, chain_us, min_bytes)
+        for name in (mix or {}).get("cycle", ()):
+            at_b[name].update(alone_us=alone[name], us=alone[name] * mix["factor"], mix=mix["factor"])
     out = {}
     for f, ps in pts.items():
         if not ps:

@@ -112,10 +112,16 @@ def step_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
     k = _StepKernels(shape, b, context, elt, Fusion(fusion), fast_rows)
     ks = k.embedding()
     for l in range(shape.n_layers):
-        ks += k.norm_mm("qkv_proj", shape.hidden, shape.qkv_size, fused_res=l > 0)
-        ks += k.attention(attn_launches)
-        ks += k.o_and_ffn()
+        ks += k.layer(l, attn_launches)
     return ks + k.norm_mm("lm_head", shape.hidden, shape.vocab, fused_res=True)
+
+
+def layer_kernels(shape: ModelShape, b: int, context: int, elt: int = 2,
+                  attn_launches: int = 2, fusion: Fusion = Fusion.ATTENTION,
+                  fast_rows: int = FAST_ROWS) -> list[Kernel]:
+    """One layer's kernels in launch order, as step_kernels plans every layer after the first
+    (whose norm adds the residual); the step repeats them n_layers times."""
+    return _StepKernels(shape, b, context, elt, Fusion(fusion), fast_rows).layer(1, attn_launches)
 
 
 class _StepKernels:
@@ -125,6 +131,11 @@ class _StepKernels:
                  fast_rows: int = FAST_ROWS):
         self.s, self.b, self.context, self.elt, self.fusion = shape, b, context, elt, fusion
         self.skinny = is_skinny(fusion, b, fast_rows)
+
+    def layer(self, l: int, attn_launches: int) -> list[Kernel]:
+        """Layer l: the norm and QKV projection, attention, the O projection and the FFN."""
+        ks = self.norm_mm("qkv_proj", self.s.hidden, self.s.qkv_size, fused_res=l > 0)
+        return ks + self.attention(attn_launches) + self.o_and_ffn()
 
     def embedding(self) -> list[Kernel]:
         b, h, elt = self.b, self.s.hidden, self.elt

@@ -163,6 +163,10 @@ def _measure_lines(run: dict) -> list[str]:
         lines.append("model's kernel lines (GPU us in a graph): " + ", ".join(
             f"{f} {v['fixed_us']:.1f}" + (f" + bytes / {v['bytes_per_s'] / 1e12:.2f} TB/s"
                                            if v.get("bytes_per_s") else "") for f, v in kl.items()))
+        mixes = {p["b"]: p["mix"] for v in kl.values() for p in v.get("points", ()) if "mix" in p}
+        if mixes:
+            lines.append("a layer's ops beside their neighbours over alone (mix factor): "
+                         + ", ".join(f"bs {b} {m:.2f}" for b, m in sorted(mixes.items())))
     if run.get("runner_host_us"):
         parts = run.get("runner_host_parts_us") or {}
         lines.append(f"runner host work per graph step (bs {run['config']['bs'][0]}): "

@@ -5,7 +5,8 @@ import torch
 
 from microbench.engine.decoder import ToyDecoder
 from microbench.engine.plan import (FAST_ROWS, Fusion, attention_fused, backend_fusion, is_skinny,
-                                    rope_in_store, split_qkv, step_bytes, step_kernels)
+                                    layer_kernels, rope_in_store, split_qkv, step_bytes,
+                                    step_kernels)
 from microbench.engine.shapes import PRESETS
 from microbench.kernels.gemv import MAX_ROWS
 
@@ -86,3 +87,18 @@ def test_byte_and_flop_counts_against_the_decoder():
     for b in (1, 3, 9):
         fused, unfused = step_bytes(TINY, b, ctx, elt), step_bytes(TINY, b, ctx, elt, fusion=Fusion.UNFUSED)
         assert 0 < unfused - fused < b * TINY.n_layers * 40 * TINY.hidden * elt
+
+
+@pytest.mark.parametrize("fusion", list(Fusion))
+@pytest.mark.parametrize("b", [1, FAST_ROWS, FAST_ROWS + 1, 64])
+def test_layer_kernels_is_the_layer_the_step_repeats(fusion, b):
+    """Every layer after the first plans exactly layer_kernels: a step of one more layer adds
+    those kernels, and they sit just before the step's head (final norm and LM head)."""
+    import dataclasses
+    lk = layer_kernels(TINY, b, 100, fusion=fusion)
+    three = step_kernels(dataclasses.replace(TINY, n_layers=3), b, 100, fusion=fusion)
+    two = step_kernels(dataclasses.replace(TINY, n_layers=2), b, 100, fusion=fusion)
+    assert len(three) - len(two) == len(lk)
+    head = len(three) - 1 - max(i for i, k in enumerate(three) if k.name.startswith("down_proj"))
+    assert three[len(three) - head - 2 * len(lk):len(three) - head] == lk + lk
+    assert lk[0].name.startswith("rmsnorm" if not is_skinny(fusion, b) else "qkv_proj")

@@ -99,3 +99,20 @@ def test_repeat_footer_reads_the_first_process_rows_beside_its_profile():
             "the model's error, judged on these rows") in text
     run["repeats"].pop("first_rows")          # runs merged before first_rows: the table's rows
     assert "GPU busy 306 us of a 530 us step" in sweep_table(run)
+
+
+def test_footer_gives_the_kernel_lines_and_each_batchs_mix_factor():
+    """The footer prints the model's family lines and, where the run timed a layer's ops beside
+    their neighbours, the mix factor per line batch (runs from before it print none)."""
+    from tests.report.runs import LAUNCH
+    pts = [dict(op="qkv_proj:skinny", b=1, bytes=1e6, us=3.3, alone_us=3.0, mix=1.1),
+           dict(op="lm_head:skinny", b=1, bytes=9e6, us=9.0),
+           dict(op="qkv_proj:skinny", b=16, bytes=2e6, us=4.6, alone_us=4.0, mix=1.15)]
+    launch = dict(LAUNCH, kernel_lines=dict(skinny=dict(fixed_us=2.0, bytes_per_s=2.5e12,
+                                                        points=pts)))
+    out = sweep_table(sweep_run(launch=launch))
+    assert "model's kernel lines (GPU us in a graph): skinny 2.0 + bytes / 2.50 TB/s" in out
+    assert "beside their neighbours over alone (mix factor): bs 1 1.10, bs 16 1.15" in out
+    for p in pts:
+        p.pop("mix", None)
+    assert "mix factor" not in sweep_table(sweep_run(launch=launch))
