@@ -83,6 +83,9 @@ class OpCostSampler:
                     fn()
         for n, fn in self.fns.items():
             self.ops[n].append(_host_us(fn, 10))
+        # the op loops leave the piece's own launch path cold (its first call after them is
+        # the slowest), while the rotation times its steps back to back: one untimed call first
+        self.piece()
         # a bound step's piece is the whole step: one call (each adds a step's GPU work to the
         # rotation's round); a middle piece is one layer: five
         self.pieces.append(_host_us(self.piece, 1 if self.bound is not None else 5))
@@ -246,9 +249,7 @@ def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1,
     def chain_us(calls, n, label):
         with nvtx_range(label):
             g = graph_of(lambda: [f() for f in calls], 1)
-            t = (gpu_time_us(g.replay, inner=3, budget_s=budget_s).median - replay_fixed_us) / n
-        del g
-        return t
+            return (gpu_time_us(g.replay, inner=3, budget_s=budget_s).median - replay_fixed_us) / n
 
     pts: dict = {f: [] for f in FAMILIES}
     for b in (b for b in batches if b <= dec.max_batch):
