@@ -5,13 +5,17 @@ programmatic dependent launch such a chain overlaps its calls more than a step d
 launches early onto the SMs the call before leaves idle and loads its first weights there while
 that call still runs, and a skinny op at a few rows leaves most SMs idle. In a step the op runs
 between other ops, which leave it less room, so the ops' chain times summed fall short of the
-step's GPU time, most for the smallest models (docs/model.md, "Ops beside their neighbours").
+step's GPU time, most for the smallest models (docs/measuring.md, "Kernel lines").
 
 So each line batch also times, for every op of one layer (plan.layer_kernels, in launch order,
 taken as a cycle: the layer's last op is followed by the next layer's first), a chain of that
 op alternating with the op after it, on distinct data. Half the pairs' sum counts every op once
 beside the op before it and once beside the op after it: that is what the layer costs in a step.
-Its ratio to the same ops' alone sum, the mix factor, scales the layer's op points.
+Its ratio to the same ops' alone sum, the mix factor, scales the layer's op points (and so the
+family lines fitted on them, which also price the final norm). Two approximations: in the
+unfused plan RoPE and the KV store are not timed as ops, so QKV is paired with attention across
+them; and a tensor-parallel step puts an all-reduce after O and down, so its sweep keeps the
+alone times (kernel_lines' `mix=False`).
 """
 from __future__ import annotations
 
@@ -47,7 +51,9 @@ def mix_factor(pair_us: list[float], alone_us: list[float]) -> float:
 def layer_mix(dec, b: int, context: int, fns: dict, plan: dict, alone: dict,
               chain_us: Callable, min_bytes: int) -> dict | None:
     """The layer's ops at batch b timed in pairs: {factor, cycle, pairs: [{ops, us, calls}]},
-    or None when fewer than two of its ops were timed. fns: layer_op_fns' name -> make(i);
+    or None when fewer than two of its ops were timed or a time came out non-positive (a
+    noisy replay less the replay's fixed cost: the points then keep their alone times).
+    fns: layer_op_fns' name -> make(i);
     plan: name -> the plan's Kernel at b; alone: name -> the op's alone us per call;
     chain_us(calls, n, label): GPU us per unit of a graph of `calls` holding n units."""
     names = [k.name for k in layer_kernels(dec.shape, b, context, dec.embed.element_size(),
@@ -62,5 +68,8 @@ def layer_mix(dec, b: int, context: int, fns: dict, plan: dict, alone: dict,
         calls = [f for i in range(n) for f in (fns[first](i), fns[second](i))]
         us = chain_us(calls, n, f"kernel pair: {first} then {second}, b {b}")
         pairs.append(dict(ops=[first, second], us=us, calls=n))
-    factor = mix_factor([p["us"] for p in pairs], [alone[name] for name in cycle])
+    try:
+        factor = mix_factor([p["us"] for p in pairs], [alone[name] for name in cycle])
+    except ValueError:
+        return None
     return dict(factor=factor, cycle=cycle, pairs=pairs)

@@ -227,24 +227,24 @@ FAMILIES = ("skinny", "cublas", "attention", "small")
 LINE_BATCHES = tuple(sorted({1, 2, 8, FAST_ROWS, FAST_ROWS + 1, 32, 128}))
 
 
-# bytes of distinct data each op's timed chain streams: four H100 L2s, so none of it comes
-# from the L2 (a small model's weights of one kind, over all its layers, would fit in it)
+# bytes of distinct data each op's timed chain streams: four H100 L2s, none served from the L2
 LINE_MIN_BYTES = 200 << 20
 
 
 def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1,
-                 replay_fixed_us: float = 0.0, min_bytes: int = LINE_MIN_BYTES) -> dict:
+                 replay_fixed_us: float = 0.0, min_bytes: int = LINE_MIN_BYTES,
+                 mix: bool = True) -> dict:
     """GPU time of each of the step's ops against the bytes it must move, fitted per kernel
     family as t = fixed_us + bytes / bytes_per_s (model.kernel_time_us uses the lines).
 
     Each op runs inside a graph as a chain of calls on distinct data (each layer's weights and
     KV cache, then copies of the weights and other slots' caches) until the chain has streamed
     `min_bytes`, at least 4 calls: weights and KV history come from DRAM as in a step. The
-    replay's own fixed GPU cost (`replay_fixed_us`, from measure_launch; the model charges it
-    once per graph step) is taken off before dividing by the calls. A layer's ops are then
-    timed in pairs with their neighbours (bench.mix): each of their points is its alone time
-    (`alone_us`) scaled by the layer's mix factor (`mix`), since with PDL an op overlaps a twin
-    more than the ops it runs between in a step. Points are taken at `batches` (those up to the
+    replay's fixed GPU cost (`replay_fixed_us`; the model charges it once per graph step) is
+    taken off before dividing by the calls. A layer's ops are then timed in pairs with their
+    neighbours (bench.mix; not with `mix=False`): each of their points is its alone time
+    (`alone_us`) times the layer's mix factor (`mix`), since with PDL an op overlaps a twin more
+    than the ops it runs between in a step. Points are taken at `batches` (those up to the
     decoder's max batch), each with the plan's byte count for that op and batch."""
     def chain_us(calls, n, label):
         with nvtx_range(label):
@@ -264,9 +264,10 @@ def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1,
                                    f"kernel line {family(k)}: {name}, b {b}")
             at_b[name] = dict(op=name, b=b, bytes=k.bytes, us=alone[name], calls=n)
             pts[family(k)].append(at_b[name])
-        mix = layer_mix(dec, b, context, fns, plan, alone, chain_us, min_bytes)
-        for name in (mix or {}).get("cycle", ()):
-            at_b[name].update(alone_us=alone[name], us=alone[name] * mix["factor"], mix=mix["factor"])
+        pairs = layer_mix(dec, b, context, fns, plan, alone, chain_us, min_bytes) if mix else None
+        for name in (pairs or {}).get("cycle", ()):
+            f = pairs["factor"]
+            at_b[name].update(alone_us=alone[name], us=alone[name] * f, mix=f)
     out = {}
     for f, ps in pts.items():
         if not ps:

@@ -205,9 +205,11 @@ class _Rank:
             launch = self.run["launch"]
             launch["ops_host_us"] = measure_ops(shard, 1, budget_s=min(cfg.time_budget, 0.3))
             self.say("rank 0: the shard's kernels timed inside graphs (the model's lines)")
+            # each op's chain alone: in the TP step an all-reduce sits between O or down and
+            # the op after it, which the one-GPU mix factor's pairs do not have
             launch["kernel_lines"] = kernel_lines(
                 shard, cfg.context, budget_s=min(cfg.time_budget, 0.1),
-                replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]))
+                replay_fixed_us=max(0.0, launch["replay_fit"]["gpu_fixed_us"]), mix=False)
         # the all-reduces go through NCCL directly where it loads, as an engine makes them
         self.reduce, why = (direct_all_reduce(self.rank, self.world, self.host)
                             if self.dev.type == "cuda" else (None, "CPU ranks: gloo"))

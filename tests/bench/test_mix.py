@@ -91,3 +91,69 @@ def test_kernel_lines_scale_the_layers_points_by_their_mix():
             assert p["us"] == pytest.approx(p["alone_us"] * p["mix"])
         assert all("mix" not in p for p in at_b if p["op"] == "embedding"
                    or p["op"].startswith("lm_head"))
+
+
+
+def _fake_lines(monkeypatch, dec, pair_scale=1.25):
+    """kernel_lines on the CPU with fake ops and a fake clock: op `name` costs 1 + len(name)/10
+    us a call alone and `pair_scale` times that in a pair chain; graphs replay their calls once,
+    and the chain's GPU time is what its calls cost."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from microbench.bench.timing import Stats
+    real = ops.layer_op_fns
+    spent, label = [0.0], [""]
+
+    def fake_fns(d, b, context):
+        def make_for(name):
+            return lambda i: (lambda: spent.__setitem__(0, spent[0] + 1 + len(name) / 10))
+        return {name: make_for(name) for name in real(d, b, context)}
+
+    @contextmanager
+    def named(text):
+        label[0] = text
+        yield
+
+    def timed(fn, **kw):
+        spent[0] = 0.0
+        fn()
+        us = spent[0] * (pair_scale if label[0].startswith("kernel pair") else 1.0)
+        return Stats(us, us, us, 1)
+
+    monkeypatch.setattr(ops, "layer_op_fns", fake_fns)
+    monkeypatch.setattr(ops, "nvtx_range", named)
+    monkeypatch.setattr(ops, "graph_of", lambda fn, n: SimpleNamespace(replay=fn))
+    monkeypatch.setattr(ops, "gpu_time_us", timed)
+
+
+@pytest.mark.parametrize("fusion", [Fusion.ATTENTION, Fusion.UNFUSED], ids=["fused", "unfused"])
+def test_kernel_lines_scale_the_layer_ops_points_and_nothing_else(fusion, monkeypatch):
+    """Each op of the layer's cycle keeps its alone time as alone_us and its point becomes that
+    times the layer's factor (here 1.25: every op costs a quarter more beside its neighbours);
+    the embedding and the LM head keep their alone times; mix=False (the TP sweep) scales none."""
+    dec = ToyDecoder(PRESETS["tiny"], fusion=fusion, device="cpu", **TINY_KW)
+    _fake_lines(monkeypatch, dec)
+    lines = ops.kernel_lines(dec, 5, batches=(1, 17), min_bytes=1)
+    points = [p for v in lines.values() for p in v["points"]]
+    assert {p["b"] for p in points} == {1, 17}
+    for p in points:
+        alone = 1 + len(p["op"]) / 10
+        if p["op"] == "embedding" or p["op"].startswith("lm_head"):
+            assert "mix" not in p and p["us"] == pytest.approx(alone)
+        else:
+            assert p["mix"] == pytest.approx(1.25) and p["alone_us"] == pytest.approx(alone)
+            assert p["us"] == pytest.approx(1.25 * alone)
+    unmixed = ops.kernel_lines(dec, 5, batches=(1,), min_bytes=1, mix=False)
+    assert all("mix" not in p for v in unmixed.values() for p in v["points"])
+
+
+def test_a_non_positive_pair_time_leaves_the_alone_times(monkeypatch):
+    """A pair chain whose replay, less the replay's fixed cost, comes out at or below zero (a
+    noisy host) gives no factor: the points keep their alone times and the lines are still made."""
+    dec = ToyDecoder(PRESETS["tiny"], device="cpu", **TINY_KW)
+    _fake_lines(monkeypatch, dec, pair_scale=0.0)
+    lines = ops.kernel_lines(dec, 5, batches=(1,), min_bytes=1)
+    points = [p for v in lines.values() for p in v["points"]]
+    assert points and all("mix" not in p for p in points)
+    assert all(p["us"] == pytest.approx(1 + len(p["op"]) / 10) for p in points)

@@ -1,5 +1,7 @@
 """The step plan: Fusion, the skinny decision, the QKV split, and the byte and flop counts of
 step_kernels against the decoder's own weights and caches."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -94,7 +96,6 @@ def test_byte_and_flop_counts_against_the_decoder():
 def test_layer_kernels_is_the_layer_the_step_repeats(fusion, b):
     """Every layer after the first plans exactly layer_kernels: a step of one more layer adds
     those kernels, and they sit just before the step's head (final norm and LM head)."""
-    import dataclasses
     lk = layer_kernels(TINY, b, 100, fusion=fusion)
     three = step_kernels(dataclasses.replace(TINY, n_layers=3), b, 100, fusion=fusion)
     two = step_kernels(dataclasses.replace(TINY, n_layers=2), b, 100, fusion=fusion)
