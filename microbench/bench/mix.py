@@ -68,8 +68,7 @@ def layer_mix(dec, b: int, context: int, fns: dict, plan: dict, alone: dict,
         calls = [f for i in range(n) for f in (fns[first](i), fns[second](i))]
         us = chain_us(calls, n, f"kernel pair: {first} then {second}, b {b}")
         pairs.append(dict(ops=[first, second], us=us, calls=n))
-    try:
-        factor = mix_factor([p["us"] for p in pairs], [alone[name] for name in cycle])
-    except ValueError:
+    pair_us, alone_us = [p["us"] for p in pairs], [alone[name] for name in cycle]
+    if min(pair_us + alone_us) <= 0:
         return None
-    return dict(factor=factor, cycle=cycle, pairs=pairs)
+    return dict(factor=mix_factor(pair_us, alone_us), cycle=cycle, pairs=pairs)

@@ -86,8 +86,8 @@ class OpCostSampler:
         # the op loops leave the piece's own launch path cold (its first call after them is
         # the slowest), while the rotation times its steps back to back: one untimed call first
         self.piece()
-        # a bound step's piece is the whole step: one call (each adds a step's GPU work to the
-        # rotation's round); a middle piece is one layer: five
+        # a bound step's piece is the whole step: one timed call (each adds a step's GPU work
+        # to the rotation's round); a middle piece is one layer: five
         self.pieces.append(_host_us(self.piece, 1 if self.bound is not None else 5))
         self.steps.append(_host_us(self.step, 1))
 

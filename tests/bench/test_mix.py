@@ -30,6 +30,9 @@ def test_mix_factor_is_half_the_pairs_over_the_ops_alone():
     assert mix.mix_factor([7.0, 5.5, 4.5], alone) == pytest.approx(1.0)
     # ops that overlapped their twins more than their neighbours (chains of one op too quick)
     assert mix.mix_factor([8.4, 6.6, 5.4], alone) == pytest.approx(1.2)
+    # uneven pairs: half their sum over the alone sum, not the mean of the pairs' own ratios
+    # (which would read 1.333 here)
+    assert mix.mix_factor([7.0, 5.5, 9.0], alone) == pytest.approx(21.5 / 2 / 8.5)
     # and neighbours that overlap more than twins
     assert mix.mix_factor([6.3, 4.95, 4.05], alone) == pytest.approx(0.9)
 
