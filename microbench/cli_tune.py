@@ -16,15 +16,19 @@ from microbench.report.record import check_writable
 # the row buckets of kernels/gemv_configs.py (ROW_BUCKETS) and what --ab can vary
 # (bench.tune.VARIANTS; a test holds each pair equal), written here so `--help` imports no torch
 BUCKETS = (1, 2, 4, 8, 16)
-VARY = ("table", "pdl", "plan", "attention")
+VARY = ("table", "pdl", "plan", "attention", "blas")
+BLAS_ROWS = (32, 64, 128)       # --vary blas's default batches: the wide path's row buckets
+RECORDED = ("pdl", "blas")      # the --vary choices whose winner is written into a table
 
 
 @click.command()
 @click.option("--preset", "presets", multiple=True, type=click.Choice(list(PRESETS)),
               default=("opt-125m", "llama-1b", "llama-8b"), show_default=True,
               help="Models whose matmul shapes are tuned (repeat the option for several).")
-@click.option("--rows", type=IntList(1, 16), default="1,2,4,8,16", show_default=True,
-              help="Row buckets to tune: powers of two up to 16.")
+@click.option("--rows", type=IntList(1, 1024), default=None,
+              help="Row buckets to tune: powers of two up to 16 [default: 1,2,4,8,16]; with "
+                   f"--vary blas powers of two above {FAST_ROWS} "
+                   f"[default: {','.join(map(str, BLAS_ROWS))}].")
 @click.option("--time-budget", type=click.FloatRange(0.005, 10), default=0.05, show_default=True,
               help="Seconds of timing per candidate at most.")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
@@ -39,36 +43,46 @@ VARY = ("table", "pdl", "plan", "attention")
                    "before their wait, after it, or without PDL; the fastest beyond noise at the "
                    "smallest --rows batch is recorded in the device's PDL table, which decoders "
                    "then follow at every batch size), plan (the fused plan against the unfused one, cuBLAS matmuls), "
-                   "attention (RoPE, KV store and attention fused against separate kernels).")
+                   "attention (RoPE, KV store and attention fused against separate kernels), "
+                   "blas (the wide matmuls through cuBLAS against cuBLASLt; the faster beyond "
+                   "noise at each --rows bucket is recorded in the device's BLAS table, which "
+                   "decoders then follow).")
 @click.option("--table", "table_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder to write the table (or --vary pdl's) into (default: the installed "
+              help="Folder to write the table (or --vary pdl's or blas's) into (default: the installed "
                    "package's kernels/configs, the only folder the decoder reads tables from).")
 def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
     """Time every candidate config of the skinny matmuls, and cuBLAS, at each preset's shapes and
     each row bucket on this GPU, and write the fastest into the device's table
     (kernels/configs/gemv_<device>.json), which the decoder then uses (needs a CUDA GPU)."""
-    bad = [r for r in rows if r not in BUCKETS]
-    if bad:
-        usage(f"--rows: {bad[0]} is not a row bucket; allowed {', '.join(map(str, BUCKETS))}")
     if vary != "table" and not ab_preset:
         usage("--vary: only with --ab PRESET")
+    rows = rows or (BLAS_ROWS if vary == "blas" else BUCKETS)
+    if vary == "blas":
+        bad = [r for r in rows if r <= FAST_ROWS or r & (r - 1)]
+        if bad:
+            usage(f"--rows: with --vary blas {bad[0]} is not a wide row bucket; allowed powers "
+                  f"of two above {FAST_ROWS} (the decoder's cuBLAS rows), e.g. 32,64,128")
+    else:
+        bad = [r for r in rows if r not in BUCKETS]
+        if bad:
+            usage(f"--rows: {bad[0]} is not a row bucket; allowed {', '.join(map(str, BUCKETS))}")
     if ab_preset and vary == "table" and max(rows) > FAST_ROWS:
         usage(f"--rows: with --ab --vary table at most {FAST_ROWS} (above it the decoder runs "
               f"cuBLAS, which no table changes)")
-    if ab_preset and vary != "pdl" and table_dir:
-        usage(f"--table: --ab --vary {vary} writes no table (only --vary pdl and tuning do)")
+    if ab_preset and vary not in RECORDED and table_dir:
+        usage(f"--table: --ab --vary {vary} writes no table (only --vary pdl, blas and tuning do)")
     require_cuda("tune")
     import torch
 
-    from microbench.engine import pdl
+    from microbench.engine import blas, pdl
     from microbench.kernels import gemv_configs
     if vary == "pdl" and torch.cuda.get_device_capability()[0] < 9:
         usage(f"--vary pdl: {torch.cuda.get_device_name()} has no programmatic dependent "
               "launch (it needs compute capability 9.0 or newer)")
     directory = Path(table_dir) if table_dir else None
-    tables = pdl if ab_preset else gemv_configs
+    tables = {"pdl": pdl, "blas": blas}.get(vary, pdl) if ab_preset else gemv_configs
     path = tables.table_path(torch.cuda.get_device_name(), directory)
-    if not ab_preset or vary == "pdl":
+    if not ab_preset or vary in RECORDED:
         try:
             check_writable(path.parent)
             if path.exists():
@@ -87,7 +101,7 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
                f"table: {path}")
 
 
-def _ab(preset: str, rows, vary: str, pdl_path: Path) -> None:
+def _ab(preset: str, rows, vary: str, path: Path) -> None:
     from microbench.bench.tune import VARIANTS, step_ab
     names = [name for name, _ in VARIANTS[vary]]
     click.echo(f"{preset}: graph steps of {', '.join(names)}, interleaved")
@@ -101,27 +115,50 @@ def _ab(preset: str, rows, vary: str, pdl_path: Path) -> None:
             click.echo(f"bs {bs}: {names[0]}/{n} {q['median']:.3f} ({q['ci'][0]:.3f}-{q['ci'][1]:.3f}, "
                        f"{q['n']} pairs)")
     if vary == "pdl":
-        _record_pdl(preset, min(results, key=lambda r: r["bs"]), pdl_path)
+        _record_pdl(preset, min(results, key=lambda r: r["bs"]), path)
+    elif vary == "blas":
+        _record_blas(preset, results, path)
+
+
+def _meta() -> dict:
+    """What a recorded choice's run was: device, date, command, versions, revision."""
+    import torch
+
+    from microbench.bench.env import environment
+    env = environment(torch.device("cuda"))
+    return dict(device=torch.cuda.get_device_name(),
+                **{k: env.get(k) for k in ("date", "command", "torch", "triton", "git")})
+
+
+def _entry(r: dict, mode: str, prefix: str = "") -> dict:
+    """A table entry: the mode kept and what the --ab result r measured."""
+    return dict(mode=mode, bs=r["bs"], context=r["context"], rounds=r["rounds"],
+                median_us={n.removeprefix(prefix): r[n]["median"] for n in r["arms"]},
+                ratios={f"{r['arms'][0]}/{n}": q["median"] for n, q in r["ratios"].items()})
 
 
 def _record_pdl(preset: str, r: dict, path: Path) -> None:
     """The PDL mode result r keeps (bench.tune.fastest), recorded for the preset's shape in the
     device's table."""
-    import torch
-
-    from microbench.bench.env import environment
     from microbench.bench.tune import fastest
     from microbench.engine import pdl
     mode = fastest(r).removeprefix("pdl-")
-    env = environment(torch.device("cuda"))
-    meta = dict(device=torch.cuda.get_device_name(),
-                **{k: env.get(k) for k in ("date", "command", "torch", "triton", "git")})
-    entry = dict(mode=mode, preset=preset, bs=r["bs"], context=r["context"], rounds=r["rounds"],
-                 median_us={n.removeprefix("pdl-"): r[n]["median"] for n in r["arms"]},
-                 ratios={f"{r['arms'][0]}/{n}": q["median"] for n, q in r["ratios"].items()})
-    _write_table(path, pdl.merge_table(path, meta, pdl.shape_key(PRESETS[preset], r["elt"]), entry))
+    entry = dict(_entry(r, mode, "pdl-"), preset=preset)
+    _write_table(path, pdl.merge_table(path, _meta(), pdl.shape_key(PRESETS[preset], r["elt"]), entry))
     click.echo(f"kept at bs {r['bs']}: {mode} (the fastest beyond noise, else early); recorded "
                f"for {preset} in {path}")
+
+
+def _record_blas(preset: str, results: list, path: Path) -> None:
+    """The interface each --vary blas result keeps (bench.tune.fastest: cuBLASLt only where it
+    is faster beyond noise), recorded per row bucket for the preset's shape."""
+    from microbench.bench.tune import fastest
+    from microbench.engine import blas, pdl
+    entries = {r["bs"]: dict(_entry(r, fastest(r)), preset=preset) for r in results}
+    key = pdl.shape_key(PRESETS[preset], results[0]["elt"])
+    _write_table(path, blas.merge_table(path, _meta(), key, entries))
+    kept = ", ".join(f"bs {bs} {e['mode']}" for bs, e in entries.items())
+    click.echo(f"kept {kept} (cuBLASLt where faster beyond noise); recorded for {preset} in {path}")
 
 
 def _write_table(path: Path, table: dict) -> None:

@@ -101,6 +101,11 @@ def test_ladder_padding_and_json():
     (("tune", "--vary", "pdl"), "--vary"),
     (("tune", "--ab", "opt-125m", "--vary", "plan", "--table", "somewhere"), "--table"),
     (("tune", "--ab", "opt-125m", "--vary", "nope"), "--vary"),
+    (("tune", "--vary", "blas"), "--vary"),
+    (("tune", "--ab", "llama-8b", "--vary", "blas", "--rows", "16"), "--rows"),
+    (("tune", "--ab", "llama-8b", "--vary", "blas", "--rows", "48"), "--rows"),
+    (("tune", "--ab", "llama-8b", "--rows", "64"), "--rows"),
+    (("tune", "--rows", "2000"), "--rows"),
     (("tune", "--workers", "0"), "--workers"),
     (("tune", "--preset", "gpt-5"), "--preset"),
 ])

@@ -107,7 +107,10 @@ class _Sweep:
         # which plan the step ran, and whether its Triton kernels launch with PDL
         launched = use_pdl(dec.embed, dec.pdl)   # False off Hopper, whatever was asked
         run["decoder"] = dict(fusion=int(dec.fusion), fast_rows=FAST_ROWS, pdl=launched,
-                              pdl_mode=mode_name(dec.pdl) if launched else "off")
+                              pdl_mode=mode_name(dec.pdl) if launched else "off",
+                              # the batch sizes (swept or captured) whose matmuls run cuBLASLt
+                              cublaslt_rows=[b for b in sorted(set(cfg.bs) | set(self.ladder))
+                                             if b > FAST_ROWS and dec.blas(b) == "cublaslt"])
         self.runner = self.trunner = self.twin = None
         self.compiled = {}     # arm -> its compiled step (arms.COMPILED_ARMS)
         # the unfused plan on the same weights and caches (arm engine-eager); the torch backend

@@ -44,10 +44,10 @@ import copy
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 
 from microbench import kernels
 
+from microbench.engine import blas as blas_modes
 from microbench.engine import pdl as pdl_modes
 from microbench.engine import plan
 from microbench.engine.bound import Binding
@@ -78,7 +78,8 @@ class ToyDecoder(Binding):
     def __init__(self, shape: ModelShape, backend: str = "triton", max_batch: int = 64,
                  max_seq: int = 1024, dtype: torch.dtype = torch.bfloat16,
                  device: str | torch.device = "cuda", seed: int = 0,
-                 fusion: Fusion = Fusion.ATTENTION, pdl: bool | str | None = None):
+                 fusion: Fusion = Fusion.ATTENTION, pdl: bool | str | None = None,
+                 blas: str | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if max_batch < 1 or max_seq < 1:
@@ -93,6 +94,11 @@ class ToyDecoder(Binding):
         # one launch only after the wait, False turns it off; None takes the mode measured for
         # this shape on this device (engine/pdl.py)
         self.pdl = pdl_modes.resolve(pdl, shape, dtype, self.device)
+        # the wide matmuls' cuBLAS interface per row count (engine/blas.py; None: the table's),
+        # and the zero bias the cuBLASLt interface adds, made here so no capture allocates it
+        self.blas = blas_modes.resolve(blas, shape, dtype, self.device)
+        self._zeros = torch.zeros(max(shape.qkv_size, shape.hidden, 2 * shape.ffn, shape.vocab),
+                                  dtype=dtype, device=self.device)
         self.scratch_slot = max_batch
         self.scale = shape.head_dim ** -0.5
         # Tensor parallelism: a callable that all-reduces a row-parallel matmul's output in
@@ -263,12 +269,9 @@ class ToyDecoder(Binding):
                 self._rec["record"].append(partial(self.all_reduce, h))
 
     def _mm(self, x, w):
-        """x @ w^T through cuBLAS (F.linear); while binding, recorded as torch.mm into the same
-        output."""
-        y = F.linear(x, w)
-        if self._rec:
-            self._rec["record"].append(partial(torch.mm, x, w.t(), out=y))
-        return y
+        """x @ w^T through cuBLAS, by the interface chosen for its rows (engine/blas.py);
+        while binding, recorded into the same output."""
+        return blas_modes.linear(x, w, self.blas(x.shape[0]), self._zeros, self._rec.get("record"))
 
     def step(self, tokens, positions, slots):
         """One decode step for len(tokens) sequences: returns logits [B, vocab]."""

@@ -36,10 +36,13 @@ def sweep_header(run: dict) -> str:
     lad = ladder_desc(run)
     # the PDL mode the Triton kernels launched with (runs before it was recorded: not shown)
     pdl = (run.get("decoder") or {}).get("pdl_mode")
+    # the batch sizes whose matmuls ran cuBLASLt (engine/blas.py), where any did
+    lt = (run.get("decoder") or {}).get("cublaslt_rows")
+    lt = f" | cuBLASLt at {lt[0]}" + (f"-{lt[-1]} ({len(lt)} sizes)" if len(lt) > 1 else "") if lt else ""
     return (f"GPU {env.get('gpu')} | preset {c['preset']} | {c['dtype']} | mode {c['mode']}"
             f"{' (split launch)' if c.get('split_launch') else ''} | "
-            f"ladder {lad} | context {c['context']}{f' | PDL {pdl}' if pdl else ''} | torch {env.get('torch')} "
-            f"triton {env.get('triton')}")
+            f"ladder {lad} | context {c['context']}{f' | PDL {pdl}' if pdl else ''}{lt} | "
+            f"torch {env.get('torch')} triton {env.get('triton')}")
 
 
 def sweep_table(run: dict) -> str:

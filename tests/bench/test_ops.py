@@ -9,7 +9,7 @@ import torch
 from microbench import kernels
 from microbench.bench import ops
 from microbench.bench.timing import Stats
-from microbench.engine import decoder as decoder_mod
+from microbench.engine import blas as blas_mod
 from microbench.engine.decoder import ToyDecoder
 from microbench.engine.plan import FAST_ROWS, Fusion
 from microbench.engine.shapes import PRESETS, tp_shape
@@ -128,7 +128,7 @@ def test_piece_kernels_are_what_a_middle_piece_launches(b, layers, device, monke
         monkeypatch.setattr(kernels, name, spy(name, getattr(kernels, name)))
     for name in ("rmsnorm", "swiglu"):
         setattr(dec.ops, name, spy(name, getattr(dec.ops, name)))
-    monkeypatch.setattr(decoder_mod.F, "linear", spy("F.linear", decoder_mod.F.linear))
+    monkeypatch.setattr(blas_mod.F, "linear", spy("F.linear", blas_mod.F.linear))
     ops.middle_piece(dec, b)()
     assert calls == want and want
 

@@ -50,8 +50,9 @@ def test_the_clis_vary_choices_are_the_variants():
     # asked for explicitly), so ratios read "reference / variant"
     for vary, arms in tune.VARIANTS.items():
         assert len(arms) >= 2 and all(kw for _, kw in arms[1:])
-        assert arms[0][1] == ({"pdl": True} if vary == "pdl" else {})
+        assert arms[0][1] == {"pdl": {"pdl": True}, "blas": {"blas": "cublas"}}.get(vary, {})
     assert [kw["pdl"] for _, kw in tune.VARIANTS["pdl"]] == [True, "late", False]
+    assert [kw["blas"] for _, kw in tune.VARIANTS["blas"]] == ["cublas", "cublaslt"]
 
 
 def test_fastest_keeps_the_reference_unless_another_arm_is_faster_beyond_noise():
@@ -87,6 +88,35 @@ def test_the_pdl_ab_records_its_fastest_mode_for_the_presets_shape(tmp_path, mon
     entry = json.loads(path.read_text())["choices"][pdl.shape_key(PRESETS["llama-8b"], 2)]
     assert entry["mode"] == "off" and entry["median_us"]["off"] == 4616.1
     assert entry["ratios"]["pdl-early/pdl-off"] == 1.113
+
+
+def test_the_blas_ab_records_cublaslt_only_where_it_is_faster_beyond_noise(tmp_path, monkeypatch):
+    import torch
+
+    from microbench import cli_tune
+    from microbench.engine import blas, pdl
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+
+    def result(bs, lt_us, ci):
+        return {"bs": bs, "elt": 2, "context": 512, "rounds": 40, "arms": ["cublas", "cublaslt"],
+                "cublas": {"median": 6000.0}, "cublaslt": {"median": lt_us},
+                "ratios": {"cublaslt": {"median": 6000.0 / lt_us, "ci": ci}}}
+    path = tmp_path / "blas_Fake_GPU.json"
+    # bs 32: faster, but its interval reaches 1; bs 64: faster beyond noise; bs 128: slower
+    cli_tune._record_blas("llama-8b", [result(32, 5990.0, [0.998, 1.004]),
+                                       result(64, 5800.0, [1.030, 1.038]),
+                                       result(128, 6100.0, [0.981, 0.986])], path)
+    got = json.loads(path.read_text())["choices"][pdl.shape_key(PRESETS["llama-8b"], 2)]
+    assert {b: e["mode"] for b, e in got.items()} == {"32": "cublas", "64": "cublaslt",
+                                                       "128": "cublas"}
+    assert got["64"]["median_us"] == {"cublas": 6000.0, "cublaslt": 5800.0}
+    assert got["64"]["preset"] == "llama-8b" and got["64"]["run"] == 0
+    monkeypatch.setattr(blas, "CONFIG_DIR", tmp_path)
+    blas.load_table.cache_clear()
+    try:
+        assert blas.choose(PRESETS["llama-8b"], 2, "Fake GPU", 64) == "cublaslt"
+    finally:
+        blas.load_table.cache_clear()
 
 
 def test_a_table_written_into_a_new_folder(tmp_path):

@@ -11,9 +11,9 @@ from microbench.engine.shapes import PRESETS
 TINY = PRESETS["tiny"]
 
 
-def make(device, fusion=Fusion.ATTENTION, max_batch=12, dtype=torch.float32):
+def make(device, fusion=Fusion.ATTENTION, max_batch=20, dtype=torch.float32, blas=None):
     dec = ToyDecoder(TINY, max_batch=max_batch, max_seq=16, dtype=dtype, device=device,
-                     fusion=fusion)
+                     fusion=fusion, blas=blas)
     dec.fill_cache(7)
     return dec
 
@@ -27,7 +27,7 @@ def packed_inputs(bs, pos, device, seed):
 
 
 @pytest.mark.parametrize("fusion", list(Fusion), ids=lambda f: f.name.lower())
-@pytest.mark.parametrize("bs", [1, 3, 11], ids=lambda b: f"bs{b}")
+@pytest.mark.parametrize("bs", [1, 3, 19], ids=lambda b: f"bs{b}")
 def test_bound_step_equals_the_step(fusion, bs, device):
     """Every batch size (skinny and cuBLAS paths), every plan: a bound step on fresh inputs gives
     the logits and KV-cache writes of a plain step on the same inputs, step after step."""
@@ -44,12 +44,27 @@ def test_bound_step_equals_the_step(fusion, bs, device):
 
 
 @pytest.mark.parametrize("fusion", list(Fusion), ids=lambda f: f.name.lower())
-@pytest.mark.parametrize("bs", [1, 11])
+@pytest.mark.parametrize("bs", [1, 19])
 def test_bound_step_launches_the_plan(fusion, bs, device):
     """A bound step holds one launch per kernel of the step's plan (what the model counts)."""
     dec = make(device, fusion)
     bound = dec.bind(bs)
     assert len(bound) == len(dec.plan(bs, 0))
+
+
+@pytest.mark.parametrize("blas", ["cublas", "cublaslt"])
+def test_bound_wide_step_equals_the_step_through_either_blas_interface(blas, device):
+    """Above FAST_ROWS the matmuls go through cuBLAS (F.linear) or cuBLASLt (addmm with a zero
+    bias): bound or not, either gives the logits of the other within float32 rounding, and the
+    bound step's recorded launches write the output the step reads on new inputs."""
+    ref = make(device, blas="cublas")
+    dec = make(device, blas=blas)
+    bound = dec.bind(19)
+    for seed in (1, 2):
+        x = packed_inputs(19, 7 + seed, device, seed)
+        want = ref.step(*x)
+        torch.testing.assert_close(dec.step(*x), want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(bound.step_packed(x), want, atol=1e-4, rtol=1e-4)
 
 
 def test_binding_leaves_real_sequences_alone(device):
@@ -63,8 +78,8 @@ def test_binding_leaves_real_sequences_alone(device):
 
 def test_bind_rejects_what_it_cannot_bind(device):
     dec = make(device)
-    with pytest.raises(ValueError, match="outside 1..12"):
-        dec.bind(13)
+    with pytest.raises(ValueError, match="outside 1..20"):
+        dec.bind(21)
     twin = ToyDecoder(TINY, backend="torch", max_batch=4, max_seq=16, dtype=torch.float32,
                       device=device)
     with pytest.raises(ValueError, match="triton backend"):
@@ -102,7 +117,7 @@ def test_bound_steps_match_plain_steps_on_the_gpu(preset, fusion):
         assert torch.equal(got, want), (bs, (got.float() - want.float()).abs().max().item())
 
 
-@pytest.mark.parametrize("bs", [1, 11])
+@pytest.mark.parametrize("bs", [1, 19])
 def test_bound_step_records_the_shards_all_reduces(bs, device):
     """A tensor-parallel shard's all-reduces (the decoder's all_reduce hook, in place) are
     bound too, in their places among the kernels: with a stand-in hook (scale by 0.5) the bound

@@ -19,6 +19,15 @@ def test_sweep_table_has_header_rows_and_footer():
     assert "3.00" in out and "run took 1.5 s" in out
 
 
+@pytest.mark.parametrize("rows, says", [([], None), ([64], " | cuBLASLt at 64 | "),
+                                         ([32, 40, 48, 56, 64], " | cuBLASLt at 32-64 (5 sizes) | ")])
+def test_sweep_header_names_the_sizes_whose_matmuls_ran_cublaslt(rows, says):
+    run = sweep_run(decoder=dict(pdl_mode="early", cublaslt_rows=rows))
+    head = sweep_table(run).splitlines()[0]
+    assert "| PDL early | " in head
+    assert (says in head) if says else "cuBLASLt" not in head
+
+
 def test_sweep_table_shows_extra_arms_in_recorded_order():
     run = sweep_run(arms={"eager": {}, "graph": {}, "torch-graph": {}, "compile": {}})
     run["rows"][0].update(torch_graph_step_us=400.0, compile_step_us=350.0)
