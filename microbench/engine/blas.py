@@ -61,7 +61,8 @@ def choose(shape, elt: int, device_name: str, rows: int) -> str:
 
 def resolve(blas: str | None, shape, dtype: torch.dtype, device: torch.device):
     """`rows -> mode` for a decoder: `blas` at every row count when given (one of MODES; anything
-    else raises), else the table's choice on a CUDA `device` (DEFAULT elsewhere)."""
+    else raises), else the table's choices on a CUDA `device`, read once here (DEFAULT
+    elsewhere). The function is a plain dict lookup, which torch.compile traces."""
     if blas is not None:
         if blas not in MODES:
             raise ValueError(f"blas must be one of {', '.join(MODES)} or None, got {blas!r}")
@@ -69,8 +70,9 @@ def resolve(blas: str | None, shape, dtype: torch.dtype, device: torch.device):
     if device.type != "cuda":
         return lambda rows: DEFAULT
     elt = torch.empty((), dtype=dtype).element_size()
-    name = torch.cuda.get_device_name(device)
-    return functools.lru_cache(maxsize=None)(lambda rows: choose(shape, elt, name, rows))
+    entries = load_table(torch.cuda.get_device_name(device)).get(shape_key(shape, elt), {})
+    modes = {int(b): e["mode"] for b, e in entries.items()}
+    return lambda rows: modes.get(row_bucket(rows), DEFAULT)
 
 
 def linear(x, w, mode: str, zeros, record: list | None = None):

@@ -94,9 +94,11 @@ class ToyDecoder(Binding):
         # one launch only after the wait, False turns it off; None takes the mode measured for
         # this shape on this device (engine/pdl.py)
         self.pdl = pdl_modes.resolve(pdl, shape, dtype, self.device)
-        # the wide matmuls' cuBLAS interface per row count (engine/blas.py; None: the table's),
-        # and the zero bias the cuBLASLt interface adds, made here so no capture allocates it
-        self.blas = blas_modes.resolve(blas, shape, dtype, self.device)
+        # the wide matmuls' cuBLAS interface per row count (engine/blas.py; None: the table's,
+        # which the torch reference backend does not take), and the zero bias the cuBLASLt
+        # interface adds, made here so no capture allocates it
+        self.blas = blas_modes.resolve(blas or (None if backend == "triton" else "cublas"),
+                                       shape, dtype, self.device)
         self._zeros = torch.zeros(max(shape.qkv_size, shape.hidden, 2 * shape.ffn, shape.vocab),
                                   dtype=dtype, device=self.device)
         self.scratch_slot = max_batch

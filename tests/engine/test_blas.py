@@ -89,3 +89,33 @@ def test_linear_is_the_product_and_its_recorded_launch_writes_the_same_output(mo
     launch()
     torch.testing.assert_close(y.float(), x.float() @ w.float().t(), **tol)
     assert not zeros.any()
+
+
+def test_the_choice_traces_under_torch_compile(table_dir, monkeypatch):
+    """The compile arm runs a decoder's step under torch.compile: the choice must be something
+    dynamo traces in one graph (a cached function there broke the trace)."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    record(blas.table_path("Fake GPU"), L8, {64: "cublaslt"})
+    choice = blas.resolve(None, L8, torch.bfloat16, torch.device("cuda"))
+
+    def step(x):
+        return x * 2 if choice(x.shape[0]) == "cublaslt" else x
+
+    compiled = torch.compile(step, backend="eager", fullgraph=True)
+    x = torch.ones(64, 3)
+    assert torch.equal(compiled(x), 2 * x)
+    assert torch.equal(compiled(torch.ones(17, 3)), torch.ones(17, 3))
+
+
+def test_the_reference_backend_keeps_cublas_unless_told(monkeypatch):
+    from microbench.engine import decoder as decoder_mod
+    from microbench.engine.decoder import ToyDecoder
+    asked = []
+    real = blas.resolve
+    monkeypatch.setattr(decoder_mod.blas_modes, "resolve",
+                        lambda b, *a: (asked.append(b), real(b, *a))[1])
+    kw = dict(max_batch=2, max_seq=8, device="cpu")
+    ToyDecoder(PRESETS["tiny"], backend="torch", **kw)
+    ToyDecoder(PRESETS["tiny"], backend="triton", **kw)
+    dec = ToyDecoder(PRESETS["tiny"], backend="torch", blas="cublaslt", **kw)
+    assert asked == ["cublas", None, "cublaslt"] and dec.blas(32) == "cublaslt"
