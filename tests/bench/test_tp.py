@@ -565,3 +565,28 @@ def _load_split_rank(rank, world):
         return object()
     nccl.load = load
     return nccl.direct_all_reduce(rank, world, dist.new_group(backend="gloo"))
+
+
+def test_the_tp_sweeps_kernel_lines_keep_each_ops_chain_alone(monkeypatch):
+    """Rank 0 prices its shard's ops with kernel lines of each op's chain alone (mix=False): in
+    a TP step an all-reduce sits between O or down and the op after it, which the one-GPU mix
+    factor's pairs do not have. Every collective and the shard itself are stand-ins here."""
+    from types import SimpleNamespace
+
+    from microbench.bench import tp_sweep
+    calls = []
+    monkeypatch.setattr(tp_sweep, "build_shard", lambda *a, **k: SimpleNamespace(
+        fill_cache=lambda context: None))
+    monkeypatch.setattr(tp_sweep, "measure_ops", lambda *a, **k: {"rmsnorm": 1.0})
+    monkeypatch.setattr(tp_sweep, "kernel_lines", lambda *a, **k: calls.append(k) or {})
+    for name in ("free_device_memory", "bind_all_reduce", "warm_step"):
+        monkeypatch.setattr(tp_sweep, name, lambda *a, **k: None)
+    monkeypatch.setattr(tp_sweep.dist, "barrier", lambda *a, **k: None)
+    rank = tp_sweep._Rank.__new__(tp_sweep._Rank)
+    rank.cfg = SimpleNamespace(shape=PRESETS["tiny"], context=8, time_budget=0.1, preset="tiny")
+    rank.world, rank.rank, rank.lead, rank.full, rank.host = 2, 0, True, None, None
+    rank.dec_kw, rank.say, rank.dev = {}, lambda s: None, torch.device("cpu")
+    rank.run = dict(launch=dict(replay_fit=dict(gpu_fixed_us=2.0)), decoder={})
+    rank.build_shard()
+    assert len(calls) == 1 and calls[0]["mix"] is False and calls[0]["replay_fixed_us"] == 2.0
+    assert rank.run["launch"]["ops_host_us"] == {"rmsnorm": 1.0}
