@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from microbench.engine.pdl import shape_key
+from microbench.engine.pdl import read_choices, shape_key
 from microbench.kernels.gemv_configs import CONFIG_DIR, device_key, row_bucket
 
 MODES = ("cublas", "cublaslt")
@@ -36,20 +36,10 @@ def table_path(device_name: str, directory: Path | None = None) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def load_table(device_name: str) -> dict:
-    """The measured choices for a device ({} when none was measured there)."""
-    path = table_path(device_name)
-    if not path.exists():
-        return {}
-    try:
-        choices = json.loads(path.read_text()).get("choices", {})
-        bad = [f"{k} rows {b}" for k, e in choices.items() for b, c in e.items()
-               if c.get("mode") not in MODES]
-    except (ValueError, AttributeError) as e:
-        raise ValueError(f"BLAS table {path} is not a table `microbench tune --ab P --vary blas` "
-                         f"writes: {e}") from None
-    if bad:
-        raise ValueError(f"BLAS table {path}: entry {bad[0]} has no mode among {', '.join(MODES)}")
-    return choices
+    """The measured choices for a device ({} when none was measured there): per model shape,
+    per row bucket."""
+    return read_choices(table_path(device_name), "BLAS", "blas", MODES,
+                        lambda c: ((f"{k} rows {b}", e) for k, es in c.items() for b, e in es.items()))
 
 
 def choose(shape, elt: int, device_name: str, rows: int) -> str:

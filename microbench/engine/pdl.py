@@ -48,22 +48,29 @@ def shape_key(shape: ModelShape, elt: int) -> str:
             f"head_dim={s.head_dim},ffn={s.ffn},vocab={s.vocab},elt={elt}")
 
 
-@functools.lru_cache(maxsize=None)
-def load_table(device_name: str) -> dict:
-    """The measured choices for a device ({} when none was measured there)."""
-    path = table_path(device_name)
+def read_choices(path: Path, name: str, vary: str, modes, entries) -> dict:
+    """A measured-choice table's `choices` ({} when the file is absent), as `microbench tune
+    --ab P --vary <vary>` writes them: `entries(choices)` yields (label, entry) pairs whose
+    "mode" must be among `modes`. A file that is not such a table raises a one-line ValueError
+    naming it. (engine/blas.py reads its table through this too.)"""
     if not path.exists():
         return {}
     try:
         choices = json.loads(path.read_text()).get("choices", {})
-        bad = [k for k, e in choices.items() if e.get("mode") not in MODES]
+        bad = [label for label, e in entries(choices) if e.get("mode") not in modes]
     except (ValueError, AttributeError) as e:
-        raise ValueError(f"PDL table {path} is not a table `microbench tune --ab P --vary pdl` "
-                         f"writes: {e}") from None
+        raise ValueError(f"{name} table {path} is not a table `microbench tune --ab P --vary "
+                         f"{vary}` writes: {e}") from None
     if bad:
-        raise ValueError(f"PDL table {path}: entry {bad[0]} has no mode among "
-                         f"{', '.join(MODES)}")
+        raise ValueError(f"{name} table {path}: entry {bad[0]} has no mode among "
+                         f"{', '.join(modes)}")
     return choices
+
+
+@functools.lru_cache(maxsize=None)
+def load_table(device_name: str) -> dict:
+    """The measured choices for a device ({} when none was measured there)."""
+    return read_choices(table_path(device_name), "PDL", "pdl", MODES, lambda c: c.items())
 
 
 def choose(shape: ModelShape, elt: int, device_name: str) -> str:
