@@ -17,7 +17,7 @@ from microbench.report.record import check_writable
 # (bench.tune.VARIANTS; a test holds each pair equal), written here so `--help` imports no torch
 BUCKETS = (1, 2, 4, 8, 16)
 VARY = ("table", "pdl", "plan", "attention", "blas")
-BLAS_ROWS = (32, 64, 128)       # --vary blas's default batches: the wide path's row buckets
+BLAS_ROWS = (32, 64, 128)       # --vary blas's default batches (rows of the wide path)
 RECORDED = ("pdl", "blas")      # the --vary choices whose winner is written into a table
 
 
@@ -27,7 +27,7 @@ RECORDED = ("pdl", "blas")      # the --vary choices whose winner is written int
               help="Models whose matmul shapes are tuned (repeat the option for several).")
 @click.option("--rows", type=IntList(1, 1024), default=None,
               help="Row buckets to tune: powers of two up to 16 [default: 1,2,4,8,16]; with "
-                   f"--vary blas powers of two above {FAST_ROWS} "
+                   f"--vary blas batch sizes above {FAST_ROWS} "
                    f"[default: {','.join(map(str, BLAS_ROWS))}].")
 @click.option("--time-budget", type=click.FloatRange(0.005, 10), default=0.05, show_default=True,
               help="Seconds of timing per candidate at most.")
@@ -45,8 +45,8 @@ RECORDED = ("pdl", "blas")      # the --vary choices whose winner is written int
                    "then follow at every batch size), plan (the fused plan against the unfused one, cuBLAS matmuls), "
                    "attention (RoPE, KV store and attention fused against separate kernels), "
                    "blas (the wide matmuls through cuBLAS against cuBLASLt; the faster beyond "
-                   "noise at each --rows bucket is recorded in the device's BLAS table, which "
-                   "decoders then follow).")
+                   "noise at each --rows batch is recorded in the device's BLAS table, which "
+                   "decoders then follow between measured batches that both chose cuBLASLt).")
 @click.option("--table", "table_dir", type=click.Path(file_okay=False), default=None,
               help="Folder to write the table (or --vary pdl's or blas's) into (default: the installed "
                    "package's kernels/configs, the only folder the decoder reads tables from).")
@@ -58,17 +58,14 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
         usage("--vary: only with --ab PRESET")
     rows = rows or (BLAS_ROWS if vary == "blas" else BUCKETS)
     if vary == "blas":
-        bad = [r for r in rows if r <= FAST_ROWS or r & (r - 1)]
+        bad = [r for r in rows if r <= FAST_ROWS]
         if bad:
-            usage(f"--rows: with --vary blas {bad[0]} is not a wide row bucket; allowed powers "
-                  f"of two above {FAST_ROWS} (the decoder's cuBLAS rows), e.g. 32,64,128")
+            usage(f"--rows: with --vary blas {bad[0]} is not above {FAST_ROWS}; allowed batch "
+                  f"sizes above {FAST_ROWS} (the decoder's cuBLAS rows), e.g. 24,32,64,128")
     else:
         bad = [r for r in rows if r not in BUCKETS]
         if bad:
             usage(f"--rows: {bad[0]} is not a row bucket; allowed {', '.join(map(str, BUCKETS))}")
-    if ab_preset and vary == "table" and max(rows) > FAST_ROWS:
-        usage(f"--rows: with --ab --vary table at most {FAST_ROWS} (above it the decoder runs "
-              f"cuBLAS, which no table changes)")
     if ab_preset and vary not in RECORDED and table_dir:
         usage(f"--table: --ab --vary {vary} writes no table (only --vary pdl, blas and tuning do)")
     require_cuda("tune")
@@ -151,7 +148,7 @@ def _record_pdl(preset: str, r: dict, path: Path) -> None:
 
 def _record_blas(preset: str, results: list, path: Path) -> None:
     """The interface each --vary blas result keeps (bench.tune.fastest: cuBLASLt only where it
-    is faster beyond noise), recorded per row bucket for the preset's shape."""
+    is faster beyond noise), recorded at its batch size for the preset's shape."""
     from microbench.bench.tune import fastest
     from microbench.engine import blas, pdl
     entries = {r["bs"]: dict(_entry(r, fastest(r)), preset=preset) for r in results}

@@ -103,7 +103,7 @@ def test_ladder_padding_and_json():
     (("tune", "--ab", "opt-125m", "--vary", "nope"), "--vary"),
     (("tune", "--vary", "blas"), "--vary"),
     (("tune", "--ab", "llama-8b", "--vary", "blas", "--rows", "16"), "--rows"),
-    (("tune", "--ab", "llama-8b", "--vary", "blas", "--rows", "48"), "--rows"),
+    (("tune", "--ab", "llama-8b", "--vary", "blas", "--rows", "32,8"), "--rows"),
     (("tune", "--ab", "llama-8b", "--rows", "64"), "--rows"),
     (("tune", "--rows", "2000"), "--rows"),
     (("tune", "--workers", "0"), "--workers"),

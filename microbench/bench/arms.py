@@ -56,10 +56,13 @@ def torch_twin(dec):
     """The same decoder on the PyTorch reference backend, sharing weights and KV caches."""
     import copy
 
+    from microbench.engine import blas
     from microbench.engine.decoder import kernel_ops
     from microbench.engine.plan import Fusion
     twin = copy.copy(dec)        # shallow: the same weight and cache tensors
     twin.backend, twin.ops, twin.fusion = "torch", kernel_ops("torch"), Fusion.UNFUSED
+    # the reference backend's matmuls stay on cuBLAS, as a torch-backend decoder's do
+    twin.blas = blas.resolve(blas.DEFAULT, dec.shape, dec.dtype, dec.device)
     return twin
 
 

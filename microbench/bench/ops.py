@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 
 from microbench import kernels
 
@@ -207,12 +206,12 @@ def op_fns(dec, b: int) -> dict:
         fns["lm_head" + SKINNY] = lambda: dec.norm_linear(x, nw, dec.embed)
     else:
         fns["rmsnorm"] = lambda: ops.rmsnorm(x, nw, s.norm_eps, residual=res)
-        fns["qkv_proj"] = lambda: F.linear(x, L["wqkv"])
-        fns["o_proj"] = lambda: F.linear(o.reshape(b, s.q_size), L["wo"])
-        fns["gate_up_proj"] = lambda: F.linear(x, L["wgu"])
-        fns["lm_head"] = lambda: F.linear(x, dec.embed)
+        fns["qkv_proj"] = lambda: dec.linear(x, L["wqkv"])
+        fns["o_proj"] = lambda: dec.linear(o.reshape(b, s.q_size), L["wo"])
+        fns["gate_up_proj"] = lambda: dec.linear(x, L["wgu"])
+        fns["lm_head"] = lambda: dec.linear(x, dec.embed)
         fns["swiglu"] = lambda: ops.swiglu(gu)
-        fns["down_proj"] = lambda: F.linear(f, L["wdown"])
+        fns["down_proj"] = lambda: dec.linear(f, L["wdown"])
     return fns
 
 
@@ -321,12 +320,12 @@ def layer_op_fns(dec, b: int, context: int) -> dict:
         fns["lm_head" + SKINNY] = _per_call(lambda i: dec.norm_linear(x, dec.final_norm, we(i)))
     else:
         fns["rmsnorm"] = _per_call(lambda i: dec.ops.rmsnorm(x, nw(i), s.norm_eps, residual=res))
-        fns["qkv_proj"] = _per_call(lambda i: F.linear(x, wq(i)))
-        fns["o_proj"] = _per_call(lambda i: F.linear(o, wo(i)))
-        fns["gate_up_proj"] = _per_call(lambda i: F.linear(x, wgu(i)))
+        fns["qkv_proj"] = _per_call(lambda i: dec.linear(x, wq(i)))
+        fns["o_proj"] = _per_call(lambda i: dec.linear(o, wo(i)))
+        fns["gate_up_proj"] = _per_call(lambda i: dec.linear(x, wgu(i)))
         fns["swiglu"] = _per_call(lambda i: dec.ops.swiglu(gu))
-        fns["down_proj"] = _per_call(lambda i: F.linear(f, wd(i)))
-        fns["lm_head"] = _per_call(lambda i: F.linear(x, we(i)))
+        fns["down_proj"] = _per_call(lambda i: dec.linear(f, wd(i)))
+        fns["lm_head"] = _per_call(lambda i: dec.linear(x, we(i)))
     return fns
 
 

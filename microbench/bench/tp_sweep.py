@@ -157,10 +157,12 @@ class _Rank:
         self.ladder = cfg.ladder_sizes() if cfg.mode != "none" else []
         self.max_batch = max(max(cfg.bs), max(self.ladder, default=1))
         self.max_seq = max_seq_for(cfg.context)
-        # one PDL mode for the TP-1 model and every shard: the one measured for the full shape
+        # one PDL mode for the TP-1 model and every shard: the one measured for the full shape;
+        # cuBLAS for both's wide matmuls (a shard's shapes are in no BLAS table, and TP 1
+        # against TP N compares one interface)
         self.dec_kw = dict(backend=cfg.backend, max_batch=self.max_batch, max_seq=self.max_seq,
                            dtype=dtype, device=dev, seed=cfg.seed,
-                           pdl=pdl_modes.resolve(None, cfg.shape, dtype, dev))
+                           pdl=pdl_modes.resolve(None, cfg.shape, dtype, dev), blas="cublas")
         self.save = save or (lambda run: None)
         self.fit, self.model = fit, model
         self.run = self.full = None

@@ -38,7 +38,8 @@ def sweep_header(run: dict) -> str:
     pdl = (run.get("decoder") or {}).get("pdl_mode")
     # the batch sizes whose matmuls ran cuBLASLt (engine/blas.py), where any did
     lt = (run.get("decoder") or {}).get("cublaslt_rows")
-    lt = f" | cuBLASLt at {lt[0]}" + (f"-{lt[-1]} ({len(lt)} sizes)" if len(lt) > 1 else "") if lt else ""
+    lt = (f" | cuBLASLt at {lt[0]}" if len(lt) == 1 else
+          f" | cuBLASLt at {len(lt)} sizes, {lt[0]} to {lt[-1]}") if lt else ""
     return (f"GPU {env.get('gpu')} | preset {c['preset']} | {c['dtype']} | mode {c['mode']}"
             f"{' (split launch)' if c.get('split_launch') else ''} | "
             f"ladder {lad} | context {c['context']}{f' | PDL {pdl}' if pdl else ''}{lt} | "

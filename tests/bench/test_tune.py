@@ -114,7 +114,7 @@ def test_the_blas_ab_records_cublaslt_only_where_it_is_faster_beyond_noise(tmp_p
     monkeypatch.setattr(blas, "CONFIG_DIR", tmp_path)
     blas.load_table.cache_clear()
     try:
-        assert blas.choose(PRESETS["llama-8b"], 2, "Fake GPU", 64) == "cublaslt"
+        assert blas.lt_spans(PRESETS["llama-8b"], 2, "Fake GPU") == ((64, 64),)
     finally:
         blas.load_table.cache_clear()
 
