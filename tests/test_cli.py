@@ -113,6 +113,12 @@ def test_bad_options(args, option):
     assert_usage_error(args, option)
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU message")
+def test_tune_vary_blas_takes_any_batch_size_above_16():
+    code, out, _ = run("tune", "--ab", "llama-8b", "--vary", "blas", "--rows", "17,24,48")
+    assert code == 1 and "needs a CUDA GPU" in out and "--rows" not in out
+
+
 def test_unwritable_out(tmp_path):
     f = tmp_path / "file"
     f.write_text("")

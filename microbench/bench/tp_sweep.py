@@ -140,6 +140,14 @@ def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool, sa
     return out
 
 
+def decoder_kw(cfg, max_batch: int, max_seq: int, dtype, dev) -> dict:
+    """The TP-1 decoder's and every shard's settings (bench.tp.build_shard): the PDL mode measured
+    for the full shape, and cuBLAS above 16 rows (a shard's shapes are in no BLAS table)."""
+    return dict(backend=cfg.backend, max_batch=max_batch, max_seq=max_seq, dtype=dtype,
+                device=dev, seed=cfg.seed, pdl=pdl_modes.resolve(None, cfg.shape, dtype, dev),
+                blas="cublas")
+
+
 class _Rank:
     """One rank's sweep: its device, host group, decoder settings and (on rank 0) the run;
     the methods are the phases of the module docstring, in order."""
@@ -157,12 +165,7 @@ class _Rank:
         self.ladder = cfg.ladder_sizes() if cfg.mode != "none" else []
         self.max_batch = max(max(cfg.bs), max(self.ladder, default=1))
         self.max_seq = max_seq_for(cfg.context)
-        # one PDL mode for the TP-1 model and every shard: the one measured for the full shape;
-        # cuBLAS for both's wide matmuls (a shard's shapes are in no BLAS table, and TP 1
-        # against TP N compares one interface)
-        self.dec_kw = dict(backend=cfg.backend, max_batch=self.max_batch, max_seq=self.max_seq,
-                           dtype=dtype, device=dev, seed=cfg.seed,
-                           pdl=pdl_modes.resolve(None, cfg.shape, dtype, dev), blas="cublas")
+        self.dec_kw = decoder_kw(cfg, self.max_batch, self.max_seq, dtype, dev)
         self.save = save or (lambda run: None)
         self.fit, self.model = fit, model
         self.run = self.full = None

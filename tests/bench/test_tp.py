@@ -590,3 +590,19 @@ def test_the_tp_sweeps_kernel_lines_keep_each_ops_chain_alone(monkeypatch):
     rank.build_shard()
     assert len(calls) == 1 and calls[0]["mix"] is False and calls[0]["replay_fixed_us"] == 2.0
     assert rank.run["launch"]["ops_host_us"] == {"rmsnorm": 1.0}
+
+
+def test_the_tp_sweeps_decoder_settings_build_a_shard_on_cublas(monkeypatch):
+    """The settings the TP sweep gives the TP-1 decoder and every shard reach the real
+    build_shard, and both run cuBLAS above 16 rows, whatever the one-GPU table says."""
+    from types import SimpleNamespace
+
+    from microbench.bench.tp_sweep import decoder_kw
+    from microbench.engine import blas
+    monkeypatch.setattr(blas, "resolve", lambda b, *a: (lambda rows: b or "cublaslt"))
+    cfg = SimpleNamespace(backend="triton", seed=0, shape=PRESETS["tiny"])
+    kw = decoder_kw(cfg, 20, 16, torch.float32, torch.device("cpu"))
+    shard = build_shard(PRESETS["tiny"], 2, 1, **kw)
+    full = ToyDecoder(PRESETS["tiny"], **kw)
+    assert shard.blas(32) == full.blas(32) == "cublas"
+    assert ToyDecoder(PRESETS["tiny"], **dict(kw, blas=None)).blas(32) == "cublaslt"

@@ -55,6 +55,7 @@ def test_a_choice_holds_for_its_shape_element_size_and_device_only(table_dir):
     assert on_cuda(PRESETS["llama-1b"])(64) == "cublas"
     record(L8, {64: "cublaslt"}, device="Other GPU")
     blas.load_table.cache_clear()
+    assert blas.lt_spans(L8, 2, "Other GPU") == ((64, 64),)
     assert blas.lt_spans(L8, 2, "Third GPU") == ()
     assert blas.resolve(None, L8, torch.bfloat16, torch.device("cpu"))(64) == "cublas"
 
@@ -120,14 +121,24 @@ def test_linear_is_the_product_and_its_recorded_launch_writes_the_same_output(mo
     assert not zeros.any()
 
 
-@pytest.mark.parametrize("mode", blas.MODES)
+def fake_table(monkeypatch, lt_rows=(19,)):
+    """resolve as a table that chose cuBLASLt at `lt_rows` would make it (an explicit mode
+    still holds everywhere)."""
+    monkeypatch.setattr(blas, "resolve", lambda b, *a: (lambda rows: b) if b else
+                        (lambda rows: "cublaslt" if rows in lt_rows else "cublas"))
+
+
+@pytest.mark.parametrize("mode", [*blas.MODES, None])
 def test_a_decoder_sends_its_wide_matmuls_through_its_choice_and_binds_them(mode, monkeypatch):
-    """Every cuBLAS kernel of a wide step goes through the decoder's choice, plain and bound
-    (the bound step records addmm for cuBLASLt, mm for cuBLAS); skinny steps never ask."""
+    """Every cuBLAS kernel of a wide step goes through the decoder's choice for its row count,
+    plain and bound (the bound step records addmm for cuBLASLt, mm for cuBLAS); skinny steps
+    never ask. None: a table that chose cuBLASLt at 19 rows only."""
     from microbench.engine import decoder as decoder_mod
     from microbench.engine.decoder import ToyDecoder
+    fake_table(monkeypatch)
     dec = ToyDecoder(TINY, backend="triton", max_batch=20, max_seq=8, dtype=torch.float32,
                      device="cpu", blas=mode)
+    mode = mode or "cublaslt"
     seen = []
     real = blas.linear
     monkeypatch.setattr(decoder_mod.blas_modes, "linear",
@@ -144,14 +155,38 @@ def test_a_decoder_sends_its_wide_matmuls_through_its_choice_and_binds_them(mode
     assert seen == []
 
 
-def test_the_reference_backend_and_the_torch_twin_keep_cublas():
+def test_the_reference_backend_and_the_torch_twin_keep_cublas(monkeypatch):
+    """Where the table chose cuBLASLt, a triton decoder follows it; the torch backend, and the
+    torch twin of a decoder that follows it, keep cuBLAS unless told otherwise."""
     from microbench.bench.arms import torch_twin
     from microbench.engine.decoder import ToyDecoder
+    fake_table(monkeypatch, lt_rows=(32,))
     kw = dict(max_batch=2, max_seq=8, device="cpu")
-    lt = ToyDecoder(TINY, backend="triton", blas="cublaslt", **kw)
-    assert lt.blas(32) == "cublaslt" and torch_twin(lt).blas(32) == "cublas"
+    dec = ToyDecoder(TINY, backend="triton", **kw)
+    assert dec.blas(32) == "cublaslt" and torch_twin(dec).blas(32) == "cublas"
     assert ToyDecoder(TINY, backend="torch", **kw).blas(32) == "cublas"
     assert ToyDecoder(TINY, backend="torch", blas="cublaslt", **kw).blas(32) == "cublaslt"
+
+
+@pytest.mark.parametrize("fns", ["op_fns", "layer_op_fns"])
+def test_the_models_op_timings_go_through_the_decoders_choice(fns, monkeypatch):
+    """The per-op timings the model's host costs and kernel lines come from time the wide
+    matmuls through the decoder's own interface, not plain F.linear."""
+    from microbench.bench import ops
+    from microbench.engine import decoder as decoder_mod
+    from microbench.engine.decoder import ToyDecoder
+    dec = ToyDecoder(TINY, backend="triton", max_batch=20, max_seq=8, dtype=torch.float32,
+                     device="cpu", blas="cublaslt")
+    dec.fill_cache(4)
+    seen = []
+    real = blas.linear
+    monkeypatch.setattr(decoder_mod.blas_modes, "linear",
+                        lambda x, w, m, *a: (seen.append(m), real(x, w, m, *a))[1])
+    got = ops.op_fns(dec, 19) if fns == "op_fns" else ops.layer_op_fns(dec, 19, 4)
+    for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"):
+        seen.clear()
+        (got[name] if fns == "op_fns" else got[name](0))()
+        assert seen == ["cublaslt"], name
 
 
 @pytest.mark.gpu
