@@ -21,6 +21,7 @@ from microbench.engine.shapes import DTYPE_NAMES, MAX_BATCH, MAX_CONTEXT, PRESET
 from microbench.report.plots import entry_lines, render_report
 from microbench.report.record import check_writable, run_id, write_run
 from microbench.report.tables import kernels_table, launch_table, sweep_doc
+from microbench.report.tp_tables import tp_sweep_doc
 
 # Commands that need no GPU (--help, ladder, model, show, index) must not import torch: bench,
 # analysis and engine.runner load inside the commands that use them (engine.modes is torch-free).
@@ -136,12 +137,13 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
                                  "captures one pass per rank); use full or piecewise")
             if set(cfg.arms) - {"eager", "graph"}:
                 raise ValueError("--arms: with --tp only eager and graph run")
-            from microbench.cli_tp import validate_tp
+            from microbench.cli_tp import torchrun_rank, validate_tp
             validate_tp(preset, tp)
+            if repeat > 1 and torchrun_rank() is not None:
+                raise ValueError("--repeat: not under torchrun (each repeat starts its own "
+                                 "ranks); run microbench sweep --tp N --repeat K alone")
         elif no_tp1:
             raise ValueError("--no-tp1: only with --tp 2 or more")
-        if repeat > 1 and tp > 1:
-            raise ValueError("--repeat: not with --tp yet (one process per repeat on one GPU)")
         if (trace or fmt != "table") and (tp > 1 or repeat > 1):
             raise ValueError(f"--{'trace' if trace else 'format'}: not with --tp or --repeat")
         if trace:
@@ -153,7 +155,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
     except ValueError as e:
         usage(e if str(e).startswith("--") else ValueError(f"--out: {e}"))
     require_cuda("sweep")
-    if tp > 1:
+    if tp > 1 and repeat == 1:
         from microbench.cli_tp import tp_sweep_main
         text, code = tp_sweep_main(cfg.to_dict(), tp, compare_tp1=not no_tp1, as_json=as_json,
                                    quiet=quiet)
@@ -162,7 +164,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
         return code
     view = progress_view(not (quiet or as_json))
     say = view.say if view else None
-    save = Saver(out, "sweep", preset)
+    save = Saver(out, "sweep", preset if tp == 1 else f"{preset}-tp{tp}")
     tracer = TraceWriter(trace, save) if trace else None
     if repeat > 1:
         from microbench.cli_repeat import run_repeats
@@ -182,7 +184,7 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
     if as_json:
         click.echo(json.dumps(run, indent=2, default=str))
     else:
-        echo_doc(sweep_doc(run), fmt)
+        echo_doc(sweep_doc(run) if tp == 1 else tp_sweep_doc(run), fmt)
         if not quiet:
             click.echo(f"saved: {save.dir}" + (f"\ntrace: {tracer.path}" if tracer and tracer.path
                                               else ""), err=fmt != "table")

@@ -5,7 +5,8 @@
 # table is printed last. Every stage runs under a timeout, and spawned ranks die with their
 # parent, so a hung collective costs minutes, not the lease.
 #   usage (on the device):  MICROBENCH_GIT_REV=$(git rev-parse --short=12 HEAD) bash scripts/gpu_tp.sh [stage ...]
-#   stages: tests, launch, sweep (default: all three), probe (scripts/tp_probe.py on
+#   stages: tests, launch, sweep (default: all three), repeat (the sweep of each preset in
+#   $PRESETS in $REPEAT fresh processes, default 3: `microbench sweep --tp N --repeat K`), probe (scripts/tp_probe.py on
 #   $PROBE_PRESET, default llama-8b: the eager step's all-reduces made three ways; with
 #   PROBE_RECORDER_OFF=1 once more with PyTorch's NCCL flight recorder and monitoring off);
 #   TP (default 2), BUDGET (seconds per
@@ -49,6 +50,14 @@ for st in $stages; do
           --bs "$BS" --time-budget "$BUDGET" --out "$new" 2>&1 | tee "$OUT/sweep-tp-$p.log"
         r=$?; [ $r -ne 0 ] && rc=$r
       done ;;
+    repeat)
+      rc=0
+      for p in $PRESETS; do
+        /usr/bin/time -f "wall %e s" timeout -k 10 580 microbench sweep --tp "$TP" --preset "$p" \
+          --bs "$BS" --time-budget "$BUDGET" --repeat "${REPEAT:-3}" --out "$new" 2>&1 \
+          | tee "$OUT/repeat-tp-$p.log"
+        r=$?; [ $r -ne 0 ] && rc=$r
+      done ;;
     probe)
       timeout -k 10 240 python3 scripts/tp_probe.py --preset "${PROBE_PRESET:-llama-8b}" --tp "$TP" \
         2>&1 | tee "$OUT/tp-probe.log"; rc=$?
@@ -63,11 +72,11 @@ for st in $stages; do
 done
 (cd "$new" && tar cf "$OUT/results.tar" .)
 echo "== short table"
-for f in "$OUT"/sweep-tp-*.log; do
+for f in "$OUT"/sweep-tp-*.log "$OUT"/repeat-tp-*.log; do
   [ -f "$f" ] || continue
   echo "-- $(basename "$f" .log)"
   grep -E '^ *(bs|--|[0-9]+) ' "$f" | grep -v ':' | head -8
-  grep -E '^(capture per rank|TP 1( on|:)|all-reduce model|model:|run took|wall)' "$f"
+  grep -E '^(capture per rank|TP 1( on|:)|all-reduce model|published shape|--repeat|model:|run took|wall)' "$f"
 done
 [ -f "$OUT/tp-probe.log" ] && grep -E '^( *[0-9]+ +(c10d|nccl|none)|bs [0-9]+:|llama|arm)' "$OUT/tp-probe.log"
 [ -f "$OUT/launch-tp.log" ] && grep -E '^(fit|host time)' "$OUT/launch-tp.log"

@@ -77,3 +77,101 @@ def test_a_process_that_fails_after_saving_rows_is_not_merged():
         return type("Done", (), dict(returncode=1 if "process-2" in " ".join(cmd) else done.returncode))()
     with pytest.raises(RuntimeError, match="process 2 of 2 failed .exit status 1.$"):
         run_repeats(sweep, params(), 2, run=failing)
+
+
+
+# ---- --repeat with --tp: the TP sweep in K fresh processes ---------------------------------
+def tp_process(speedups, loops=(90.0, 95.0, 110.0)):
+    """A subprocess.run stand-in for `microbench sweep --tp 2 ... --repeat 1`: the n-th call
+    writes a TP run into a folder of its --out (as cli_tp's saver does) whose rows at bs 1, 4
+    and 16 have speedups[n], each with its paired ratios and interval (stats.paired_ratio), the
+    probe loop of its CPU and the TP-1 figures, judged by check_shape as the TP sweep judges."""
+    from microbench.stats import check_shape, paired_ratio
+    calls = []
+
+    def run(cmd):
+        out = Path(cmd[cmd.index("--out") + 1])
+        n = len(calls)
+        calls.append(cmd)
+        rows = []
+        for b, s in zip((1, 4, 16), speedups[n]):
+            graph = [4000.0 + b + i % 5 for i in range(24)]          # paired, a little noise
+            eager = [g * s * (1 + 0.002 * ((i * 7) % 5 - 2)) for i, g in enumerate(graph)]
+            pr = paired_ratio(eager, graph)
+            rows.append(dict(bs=b, padded_bs=b, eager_step_us=graph[0] * s, graph_step_us=graph[0],
+                             speedup=pr["median"], speedup_ci=pr["ci"],
+                             speedup_ratios=[e / g for e, g in zip(eager, graph)], stable=True,
+                             host_pin=dict(cpus_used=1, moves=0, checks=0, loop_us=loops[n]),
+                             tp1_eager_step_us=5000.0, tp1_graph_step_us=4300.0,
+                             tp_gain_graph=4300.0 / graph[0], allreduce_share_graph=0.1,
+                             predicted_speedup=s * 1.02, speedup_error=0.02))
+        folder = out / f"20261201-00000{n}-sweep-llama-8b-tp2-h200"
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps(dict(
+            kind="sweep-tp", config=dict(tp=2, preset="llama-8b", dtype="bfloat16", mode="full",
+                                         ladder="vllm", context=512, bs=[1, 4, 16]),
+            env=dict(gpu="NVIDIA H200", nccl="2.27.3", command="microbench sweep"),
+            ladder=[1, 2, 4, 8, 16], rows=rows, shape_check=check_shape(rows),
+            capture_s_per_rank=[3.0, 3.1], pool_bytes_per_rank=[1 << 20, 1 << 20],
+            tp1=dict(capture_s=2.0, sizes=5, pool_bytes=1 << 21), wall_s=60.0)))
+        return type("Done", (), dict(returncode=0))()
+    return run, calls
+
+
+def sweep_tp_repeat(monkeypatch, tmp_path, speedups):
+    """`microbench sweep --tp 2 --preset llama-8b --bs 1,4,16 --repeat 3` on the CPU, its
+    processes the stand-ins above; returns (exit code, output, saved run, their commands)."""
+    import functools
+
+    from click.testing import CliRunner
+
+    import microbench.cli_repeat as cr
+    from microbench.cli import main
+    fake, calls = tp_process(speedups)
+    monkeypatch.setattr("microbench.cli.require_cuda", lambda name: None)
+    monkeypatch.setattr(cr, "run_repeats", functools.partial(cr.run_repeats, run=fake))
+    r = CliRunner().invoke(main, ["sweep", "--tp", "2", "--preset", "llama-8b", "--bs", "1,4,16",
+                                  "--no-tp1", "--repeat", "3", "--out", str(tmp_path)])
+    saved = sorted(tmp_path.glob("*/run.json"))
+    return r.exit_code, r.output, (json.loads(saved[0].read_text()) if saved else None), calls
+
+
+def test_repeat_under_tp_merges_tp_processes(monkeypatch, tmp_path):
+    code, out, saved, calls = sweep_tp_repeat(
+        monkeypatch, tmp_path, [(1.30, 1.10, 1.02), (1.20, 1.12, 1.01), (1.25, 1.08, 1.03)])
+    assert code == 0, out
+    # each process is the TP sweep, tp1 comparison off as the user asked, one repeat each
+    assert all(c[c.index("--tp") + 1] == "2" and "--no-tp1" in c and
+               c[c.index("--repeat") + 1] == "1" for c in calls) and len(calls) == 3
+    assert saved["kind"] == "sweep-tp" and "llama-8b-tp2" in sorted(tmp_path.glob("*"))[0].name
+    assert [round(s, 2) for s in saved["rows"][0]["speedup_repeats"]] == [1.30, 1.20, 1.25]
+    assert saved["rows"][0]["repeat_process"] == 3        # the median process at bs 1
+    assert saved["repeats"]["k"] == 3 and saved["rows"][0]["speedup_repeats_ci"]
+    assert saved["shape_check"]["held"] is True
+    assert next(l for l in out.splitlines() if "llama-8b at TP 2" in l).startswith("2 x NVIDIA H200")
+    assert "repeat spread (CI)" in out and "95% CI" in out
+    assert "--repeat 3: speedups of 3 fresh processes, worst spread 8.3%" in out
+    assert "its CPU's probe loop 90.0/95.0/110.0 us" in out
+    assert "eager against graph, the graphs alone: held" in out
+
+
+def test_repeat_under_tp_judges_the_shape_on_the_merged_rows(monkeypatch, tmp_path):
+    """Speedups that rise with batch size in every process: NOT held, in the run and the
+    table (a TP run judged nothing before)."""
+    code, out, saved, _ = sweep_tp_repeat(
+        monkeypatch, tmp_path, [(1.02, 1.10, 1.30), (1.01, 1.12, 1.31), (1.03, 1.09, 1.29)])
+    assert code == 0, out
+    assert saved["shape_check"]["held"] is False
+    assert saved["repeats"]["shape_held"] == [False, False, False]
+    assert "the graphs alone: NOT held: speedup is not largest at the smallest batch" in out
+
+
+def test_repeat_under_torchrun_is_a_usage_error(monkeypatch):
+    from click.testing import CliRunner
+
+    from microbench.cli import main
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = CliRunner().invoke(main, ["sweep", "--tp", "2", "--preset", "llama-8b", "--repeat", "2"])
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "--repeat: not under torchrun" in lines[0]

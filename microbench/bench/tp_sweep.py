@@ -45,6 +45,7 @@ from microbench.engine import pdl as pdl_modes
 from microbench.engine.decoder import ToyDecoder
 from microbench.engine.runner import GraphRunner
 from microbench.engine.shapes import torch_dtype, tp_shape
+from microbench.stats import check_shape
 
 GIB = 1 << 30
 
@@ -280,6 +281,8 @@ class _Rank:
                 if model is not None:
                     model.predict(row, self.tp1)
                 self.run["rows"].append(row)
+                # judged as the one-GPU sweep judges its rows, on each row's interval
+                self.run["shape_check"] = check_shape(self.run["rows"])
                 self.save(self.run)
 
 

@@ -90,8 +90,14 @@ def speedup_cells(r: dict, repeats: bool = False) -> list[str]:
 def sweep_footer(run: dict) -> str:
     """The lines under the sweep's table: how it was measured, the device, the GPU time
     of a replay, each arm, the shape check and the model's error."""
-    lines = _measure_lines(run) + _replay_lines(run) + _arm_lines(run)
-    checks = dict(run)
+    lines = _measure_lines(run) + _replay_lines(run) + _arm_lines(run) + shape_lines(run)
+    return "\n".join(lines + closing_lines(run))
+
+
+def shape_lines(run: dict) -> list[str]:
+    """The shape checks' verdicts (one GPU or TP): the bundle an operator toggles, where the run
+    has an engine-eager arm, and eager against graph."""
+    lines, checks = [], dict(run)
     if "shape_check_engine" not in run and any(r.get("engine_eager_speedup") for r in run.get("rows", [])):
         # runs saved before the sweep judged the bundle: judged here from their rows
         checks["shape_check_engine"] = check_shape(run["rows"], prefix="engine_eager_")
@@ -101,7 +107,7 @@ def sweep_footer(run: dict) -> str:
         if sc and sc.get("held") is not None:
             lines.append(f"published shape (largest at bs 1, fading, never below 1), {what}: "
                          f"{'held' if sc['held'] else 'NOT held: ' + sc['why']}")
-    return "\n".join(lines + closing_lines(run))
+    return lines
 
 
 def closing_lines(run: dict) -> list[str]:
@@ -136,11 +142,7 @@ def worst_repeat_line(rows: list) -> list[str]:
 
 
 def _measure_lines(run: dict) -> list[str]:
-    lines = []
-    if any(r.get("stable") is False for r in run.get("rows", [])):
-        lines.append("~: unstable row (its speedup's 95% interval stayed wider than +-2% until "
-                     "the time budget ended)")
-    lines += repeat_lines(run)
+    lines = unstable_lines(run) + repeat_lines(run)
     cap = run.get("capture") or {}
     if cap.get("sizes"):
         lines.append(capture_line(cap))
@@ -184,6 +186,14 @@ def _measure_lines(run: dict) -> list[str]:
                      "launches by launcher (host costs sampled beside its steps): " + ", ".join(
                          f"{k} {v['kernels']} kernels {v['host_us']:.0f} us" for k, v in eb.items()))
     return lines
+
+
+def unstable_lines(run: dict) -> list[str]:
+    """What "~" after a speedup means, where a row has it."""
+    if not any(r.get("stable") is False for r in run.get("rows", [])):
+        return []
+    return ["~: unstable row (its speedup's 95% interval stayed wider than +-2% until the time "
+            "budget ended)"]
 
 
 def repeat_lines(run: dict) -> list[str]:

@@ -4,7 +4,8 @@ microbench.cli_tp's.
 from __future__ import annotations
 
 from microbench.report.formats import Doc, Table, render
-from microbench.report.tables import closing_lines, fmt_bytes
+from microbench.report.tables import (closing_lines, fmt_bytes, repeat_lines, shape_lines,
+                                      speedup_cells, unstable_lines)
 
 
 def _f(v, spec=".1f"):
@@ -61,12 +62,14 @@ def tp_sweep_table(run: dict) -> str:
 
 
 def tp_sweep_doc(run: dict) -> Doc:
-    heads = ["bs", "pad", "eager us", "graph us", "speedup", "pred", "AR eager", "AR graph",
+    repeats = bool(run.get("repeats"))
+    heads = ["bs", "pad", "eager us", "graph us", "speedup", "95% CI",
+             *(["repeat spread (CI)"] if repeats else []), "pred", "AR eager", "AR graph",
              "pred AR", "TP1 eager", "TP1 graph", "TP1/TP graph"]
     rows = []
     for r in run.get("rows", []):
         rows.append([str(r["bs"]), _f(r.get("padded_bs"), "d"), _f(r.get("eager_step_us")),
-                     _f(r.get("graph_step_us")), _f(r.get("speedup"), ".2f"),
+                     _f(r.get("graph_step_us")), *speedup_cells(r, repeats),
                      _f(r.get("predicted_speedup"), ".2f"),
                      _f(r.get("allreduce_share_eager"), ".0%"),
                      _f(r.get("allreduce_share_graph"), ".0%"),
@@ -81,6 +84,7 @@ def tp_sweep_footer(run: dict) -> str:
     lines = ["AR: share of the step in all-reduce, 2 per layer timed alone (eager: each at the "
              "longer of its host enqueue and its time back to back at [bs, hidden]; graph: a "
              "graph of them at [pad, hidden]); pred AR: the model's"]
+    lines += unstable_lines(run) + repeat_lines(run)
     caps, pools = run.get("capture_s_per_rank"), run.get("pool_bytes_per_rank")
     if caps:
         lines.append("capture per rank: " + ", ".join(f"{c:.2f} s" for c in caps)
@@ -113,4 +117,4 @@ def tp_sweep_footer(run: dict) -> str:
     diffs = [r["max_abs_diff"] for r in run.get("rows", []) if r.get("max_abs_diff") is not None]
     if diffs:
         lines.append(f"graph against eager logits: max abs diff {max(diffs):.3g}")
-    return "\n".join(lines + closing_lines(run))
+    return "\n".join(lines + shape_lines(run) + closing_lines(run))

@@ -259,6 +259,14 @@ def test_tables_from_saved_runs():
     assert "capture per rank: 3.00 s, 3.10 s" in text and "200.0 GB/s" in text
     assert "slowest rank's eager median above rank 0's by at most 1.0%" in text
     assert "all-reduce:" not in lines[0] and "eager host time per step" not in text
+    assert "published shape" not in text and "~" not in text     # judged nothing: no line
+    # a row that missed its stopping rule, and the shape check the TP sweep now saves
+    from microbench.stats import check_shape
+    unstable = dict(run, rows=[dict(row, stable=False, speedup_ci=[5.5, 6.5])])
+    unstable["shape_check"] = check_shape(unstable["rows"])
+    text = render_run(json.loads(json.dumps(unstable)))
+    assert "6.00~" in text and "5.50-6.50" in text and "~: unstable row" in text
+    assert "eager against graph, the graphs alone: held" in text
     bench = allreduce_table(_bench())
     assert "fit (graph): 8.00 us + bus bytes / 200.0 GB/s" in bench and "18.5 us" in bench
     assert render_run(dict(kind="launch-tp", allreduce=_bench())) == bench
@@ -412,6 +420,9 @@ def test_tp_sweep_and_allreduce_bench_end_to_end(tmp_path):
         assert 0 < r["allreduce_share_graph"] < 1 and r["predicted_graph_step_us"] > 0
         assert r["max_abs_diff"] <= 0.1
     assert len(saved["pool_bytes_per_rank"]) == 2 and saved["env"]["nccl_nvls_enable"] == "0"
+    # judged as the one-GPU sweep judges, on the rows' intervals
+    assert saved["shape_check"]["held"] in (True, False)
+    assert len(saved["shape_check"]["intervals"]) == 2
     save = FolderSaver(tmp_path, "launch", "tp2",
                        write=functools.partial(write_run, csv_name="allreduce.csv"))
     run, where = run_allreduce_bench(2, time_budget=0.05, hidden=256, k=4, out=str(tmp_path),
