@@ -54,7 +54,9 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
         for i in range(k):
             out = Path(tmp) / f"process-{i + 1}"
             say(f"repeat {i + 1} of {k}: a fresh process")
-            res = run([sys.executable, "-c", CHILD, *child_argv(command, params, str(out))])
+            # the child's own table is not printed: the merged run's is, once, after the last
+            res = run([sys.executable, "-c", CHILD, *child_argv(command, params, str(out))],
+                      stdout=subprocess.DEVNULL)
             found = sorted(out.glob("*/run.json"))
             if res.returncode != 0 or not found:
                 # a failed process may still have saved its partial rows: not merged

@@ -6,7 +6,8 @@
 # parent, so a hung collective costs minutes, not the lease.
 #   usage (on the device):  MICROBENCH_GIT_REV=$(git rev-parse --short=12 HEAD) bash scripts/gpu_tp.sh [stage ...]
 #   stages: tests, launch, sweep (default: all three), repeat (the sweep of each preset in
-#   $PRESETS in $REPEAT fresh processes, default 3: `microbench sweep --tp N --repeat K`), probe (scripts/tp_probe.py on
+#   $PRESETS in $REPEAT fresh processes, default 3: `microbench sweep --tp N --repeat K`, each
+#   preset under a $REPEAT_S timeout, default 500 s: one preset per call), probe (scripts/tp_probe.py on
 #   $PROBE_PRESET, default llama-8b: the eager step's all-reduces made three ways; with
 #   PROBE_RECORDER_OFF=1 once more with PyTorch's NCCL flight recorder and monitoring off);
 #   TP (default 2), BUDGET (seconds per
@@ -32,6 +33,8 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log
   env | grep -E '^(NCCL|TORCH_SYMM|NVSHMEM)' ; } >"$OUT/device.txt" 2>&1
 head -30 "$OUT/device.txt"
 new=$(mktemp -d)   # every stage's runs land here (--out), then go into one tar
+# packed after every stage, so a call stopped at its time limit still returns what it made
+pack() { (cd "$new" && tar cf "$OUT/results.tar" .); }
 summary=()
 for st in $stages; do
   t0=$(date +%s)
@@ -53,7 +56,7 @@ for st in $stages; do
     repeat)
       rc=0
       for p in $PRESETS; do
-        /usr/bin/time -f "wall %e s" timeout -k 10 580 microbench sweep --tp "$TP" --preset "$p" \
+        /usr/bin/time -f "wall %e s" timeout -k 10 "${REPEAT_S:-500}" microbench sweep --tp "$TP" --preset "$p" \
           --bs "$BS" --time-budget "$BUDGET" --repeat "${REPEAT:-3}" --out "$new" 2>&1 \
           | tee "$OUT/repeat-tp-$p.log"
         r=$?; [ $r -ne 0 ] && rc=$r
@@ -69,8 +72,8 @@ for st in $stages; do
     *) echo "unknown stage $st"; rc=2 ;;
   esac
   summary+=("$st: rc=$rc in $(( $(date +%s) - t0 )) s")
+  pack
 done
-(cd "$new" && tar cf "$OUT/results.tar" .)
 echo "== short table"
 for f in "$OUT"/sweep-tp-*.log "$OUT"/repeat-tp-*.log; do
   [ -f "$f" ] || continue

@@ -1,6 +1,7 @@
 """`microbench sweep --repeat K` on the CPU: each child's command line, and K fake processes
 (writing synthetic runs where a child would) merged into one run."""
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ def fake_process(speedups):
     """A subprocess.run stand-in: the n-th call writes a run whose rows have speedups[n]."""
     calls = []
 
-    def run(cmd):
+    def run(cmd, **kw):
+        assert kw == {"stdout": subprocess.DEVNULL}       # a child's own table is not shown
         out = Path(cmd[cmd.index("--out") + 1])
         n = len(calls)
         calls.append(cmd)
@@ -72,8 +74,8 @@ def test_a_process_that_fails_after_saving_rows_is_not_merged():
     fails the repeat rather than letting those rows into the merge."""
     run, _ = fake_process([(2.0, 1.5), (2.1, 1.5)])
 
-    def failing(cmd):
-        done = run(cmd)
+    def failing(cmd, **kw):
+        done = run(cmd, **kw)
         return type("Done", (), dict(returncode=1 if "process-2" in " ".join(cmd) else done.returncode))()
     with pytest.raises(RuntimeError, match="process 2 of 2 failed .exit status 1.$"):
         run_repeats(sweep, params(), 2, run=failing)
@@ -81,27 +83,32 @@ def test_a_process_that_fails_after_saving_rows_is_not_merged():
 
 
 # ---- --repeat with --tp: the TP sweep in K fresh processes ---------------------------------
-def tp_process(speedups, loops=(90.0, 95.0, 110.0)):
+def tp_process(speedups):
     """A subprocess.run stand-in for `microbench sweep --tp 2 ... --repeat 1`: the n-th call
     writes a TP run into a folder of its --out (as cli_tp's saver does) whose rows at bs 1, 4
-    and 16 have speedups[n], each with its paired ratios and interval (stats.paired_ratio), the
-    probe loop of its CPU and the TP-1 figures, judged by check_shape as the TP sweep judges."""
+    and 16 have speedups[n], each with its paired ratios and interval (stats.paired_ratio) and
+    the fields a TP row holds (a TP row's probe loop is not timed: loop_us null), judged by
+    check_shape as the TP sweep judges."""
     from microbench.stats import check_shape, paired_ratio
     calls = []
 
-    def run(cmd):
+    def run(cmd, **kw):
         out = Path(cmd[cmd.index("--out") + 1])
         n = len(calls)
         calls.append(cmd)
         rows = []
         for b, s in zip((1, 4, 16), speedups[n]):
-            graph = [4000.0 + b + i % 5 for i in range(24)]          # paired, a little noise
+            graph = [4000.0 + b + n + i % 5 for i in range(24)]      # paired, a little noise
             eager = [g * s * (1 + 0.002 * ((i * 7) % 5 - 2)) for i, g in enumerate(graph)]
             pr = paired_ratio(eager, graph)
-            rows.append(dict(bs=b, padded_bs=b, eager_step_us=graph[0] * s, graph_step_us=graph[0],
-                             speedup=pr["median"], speedup_ci=pr["ci"],
-                             speedup_ratios=[e / g for e, g in zip(eager, graph)], stable=True,
-                             host_pin=dict(cpus_used=1, moves=0, checks=0, loop_us=loops[n]),
+            rows.append(dict(bs=b, padded_bs=b, ran_as="full", eager_step_us=graph[0] * s,
+                             eager_p20=graph[0] * s * 0.99, eager_p80=graph[0] * s * 1.01,
+                             eager_n=24, graph_step_us=graph[0], graph_p20=graph[0] - 1,
+                             graph_p80=graph[0] + 1, graph_n=24, speedup=pr["median"],
+                             speedup_ci=pr["ci"], speedup_ratios=[e / g for e, g in zip(eager, graph)],
+                             stable=True, max_abs_diff=0.0, eager_host_us=2000.0 + 100 * n,
+                             eager_step_us_max_rank=graph[0] * s * (1.01 + 0.01 * n),
+                             host_pin=dict(cpus_used=1, moves=0, checks=0, loop_us=None),
                              tp1_eager_step_us=5000.0, tp1_graph_step_us=4300.0,
                              tp_gain_graph=4300.0 / graph[0], allreduce_share_graph=0.1,
                              predicted_speedup=s * 1.02, speedup_error=0.02))
@@ -109,18 +116,21 @@ def tp_process(speedups, loops=(90.0, 95.0, 110.0)):
         folder.mkdir(parents=True)
         (folder / "run.json").write_text(json.dumps(dict(
             kind="sweep-tp", config=dict(tp=2, preset="llama-8b", dtype="bfloat16", mode="full",
-                                         ladder="vllm", context=512, bs=[1, 4, 16]),
-            env=dict(gpu="NVIDIA H200", nccl="2.27.3", command="microbench sweep"),
+                                         ladder="vllm", context=512, bs=[1, 4, 16], steps=10,
+                                         time_budget=1.0, backend="triton", compare_tp1=False),
+            env=dict(gpu="NVIDIA H200", nccl="2.27.3", torch="2.11.0+cu130", triton="3.6.0",
+                     command="microbench sweep"),
             ladder=[1, 2, 4, 8, 16], rows=rows, shape_check=check_shape(rows),
             capture_s_per_rank=[3.0, 3.1], pool_bytes_per_rank=[1 << 20, 1 << 20],
-            tp1=dict(capture_s=2.0, sizes=5, pool_bytes=1 << 21), wall_s=60.0)))
+            tp1=dict(skipped="--no-tp1"), wall_s=60.0)))
         return type("Done", (), dict(returncode=0))()
     return run, calls
 
 
 def sweep_tp_repeat(monkeypatch, tmp_path, speedups):
-    """`microbench sweep --tp 2 --preset llama-8b --bs 1,4,16 --repeat 3` on the CPU, its
-    processes the stand-ins above; returns (exit code, output, saved run, their commands)."""
+    """`microbench sweep --tp 2 --preset llama-8b --bs 1,4,16 --no-tp1 --repeat 3` on the CPU,
+    its processes the stand-ins above; returns (exit code, output, saved run, its folder, the
+    processes' commands)."""
     import functools
 
     from click.testing import CliRunner
@@ -133,17 +143,20 @@ def sweep_tp_repeat(monkeypatch, tmp_path, speedups):
     r = CliRunner().invoke(main, ["sweep", "--tp", "2", "--preset", "llama-8b", "--bs", "1,4,16",
                                   "--no-tp1", "--repeat", "3", "--out", str(tmp_path)])
     saved = sorted(tmp_path.glob("*/run.json"))
-    return r.exit_code, r.output, (json.loads(saved[0].read_text()) if saved else None), calls
+    return (r.exit_code, r.output, json.loads(saved[0].read_text()) if saved else None,
+            saved[0].parent if saved else None, calls)
 
 
 def test_repeat_under_tp_merges_tp_processes(monkeypatch, tmp_path):
-    code, out, saved, calls = sweep_tp_repeat(
+    from microbench.report.record import load_run
+    from microbench.report.render import render_run
+    code, out, saved, folder, calls = sweep_tp_repeat(
         monkeypatch, tmp_path, [(1.30, 1.10, 1.02), (1.20, 1.12, 1.01), (1.25, 1.08, 1.03)])
     assert code == 0, out
     # each process is the TP sweep, tp1 comparison off as the user asked, one repeat each
     assert all(c[c.index("--tp") + 1] == "2" and "--no-tp1" in c and
                c[c.index("--repeat") + 1] == "1" for c in calls) and len(calls) == 3
-    assert saved["kind"] == "sweep-tp" and "llama-8b-tp2" in sorted(tmp_path.glob("*"))[0].name
+    assert saved["kind"] == "sweep-tp" and "llama-8b-tp2" in folder.name
     assert [round(s, 2) for s in saved["rows"][0]["speedup_repeats"]] == [1.30, 1.20, 1.25]
     assert saved["rows"][0]["repeat_process"] == 3        # the median process at bs 1
     assert saved["repeats"]["k"] == 3 and saved["rows"][0]["speedup_repeats_ci"]
@@ -151,19 +164,31 @@ def test_repeat_under_tp_merges_tp_processes(monkeypatch, tmp_path):
     assert next(l for l in out.splitlines() if "llama-8b at TP 2" in l).startswith("2 x NVIDIA H200")
     assert "repeat spread (CI)" in out and "95% CI" in out
     assert "--repeat 3: speedups of 3 fresh processes, worst spread 8.3%" in out
-    assert "its CPU's probe loop 90.0/95.0/110.0 us" in out
+    assert "probe loop" not in out                         # a TP row's is not timed
     assert "eager against graph, the graphs alone: held" in out
+    # the footer's per-run lines are process 1's, as the repeat line says: its host time and
+    # its slowest rank (1.0% above), though bs 1's row comes from process 3 (1.03% above)
+    assert "in place): bs 1 2000 us; bs 4 2000 us; bs 16 2000 us" in out
+    assert "above rank 0's by at most 1.0%" in out
+    # the saved run is a valid TP run: `microbench show` prints what the sweep printed
+    assert render_run(load_run(folder)) in out
 
 
 def test_repeat_under_tp_judges_the_shape_on_the_merged_rows(monkeypatch, tmp_path):
-    """Speedups that rise with batch size in every process: NOT held, in the run and the
-    table (a TP run judged nothing before)."""
-    code, out, saved, _ = sweep_tp_repeat(
-        monkeypatch, tmp_path, [(1.02, 1.10, 1.30), (1.01, 1.12, 1.31), (1.03, 1.09, 1.29)])
+    """Process 1 rises (NOT held); processes 2 and 3 fade, so the merged rows (each batch's
+    median process) fade: held, though process 1's own check did not. Then every process
+    rises: NOT held on the merged rows too."""
+    code, out, saved, _, _ = sweep_tp_repeat(
+        monkeypatch, tmp_path / "a", [(1.02, 1.10, 1.30), (1.30, 1.10, 1.02), (1.29, 1.11, 1.03)])
+    assert code == 0, out
+    assert saved["repeats"]["shape_held"] == [False, True, True]
+    assert saved["shape_check"]["held"] is True
+    assert "the graphs alone: held" in out and "shape held in 2 of 3" in out
+    code, out, saved, _, _ = sweep_tp_repeat(
+        monkeypatch, tmp_path / "b", [(1.02, 1.10, 1.30), (1.01, 1.12, 1.31), (1.03, 1.09, 1.29)])
     assert code == 0, out
     assert saved["shape_check"]["held"] is False
-    assert saved["repeats"]["shape_held"] == [False, False, False]
-    assert "the graphs alone: NOT held: speedup is not largest at the smallest batch" in out
+    assert "the graphs alone: NOT held" in out and "shape held in 0 of 3" in out
 
 
 def test_repeat_under_torchrun_is_a_usage_error(monkeypatch):

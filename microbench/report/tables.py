@@ -98,6 +98,9 @@ def shape_lines(run: dict) -> list[str]:
     """The shape checks' verdicts (one GPU or TP): the bundle an operator toggles, where the run
     has an engine-eager arm, and eager against graph."""
     lines, checks = [], dict(run)
+    if "shape_check" not in run and any(r.get("speedup") for r in run.get("rows", [])):
+        # TP runs saved before the TP sweep judged its rows: judged here from them
+        checks["shape_check"] = check_shape(run["rows"])
     if "shape_check_engine" not in run and any(r.get("engine_eager_speedup") for r in run.get("rows", [])):
         # runs saved before the sweep judged the bundle: judged here from their rows
         checks["shape_check_engine"] = check_shape(run["rows"], prefix="engine_eager_")

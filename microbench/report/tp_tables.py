@@ -4,8 +4,8 @@ microbench.cli_tp's.
 from __future__ import annotations
 
 from microbench.report.formats import Doc, Table, render
-from microbench.report.tables import (closing_lines, fmt_bytes, repeat_lines, shape_lines,
-                                      speedup_cells, unstable_lines)
+from microbench.report.tables import (closing_lines, fmt_bytes, own_rows, repeat_lines,
+                                      shape_lines, speedup_cells, unstable_lines)
 
 
 def _f(v, spec=".1f"):
@@ -95,6 +95,8 @@ def tp_sweep_footer(run: dict) -> str:
     elif t1:
         lines.append(f"TP 1 on rank 0 alone: capture {t1['capture_s']:.2f} s for {t1['sizes']} "
                      f"sizes, pool {fmt_bytes(t1['pool_bytes'])}")
+    # under --repeat the lines below are process 1's, measured beside its own rows
+    own = own_rows(run)
     ar = run.get("allreduce") or {}
     fit = ar.get("fit")
     if fit:
@@ -105,16 +107,16 @@ def tp_sweep_footer(run: dict) -> str:
     host = [(r["bs"], (r.get("eager_host_us_per_rank") or [])[r["host_rank"]]
              if r.get("host_rank") is not None else r["eager_host_us"],
              r.get("op_host_us", {}).get("all_reduce"))
-            for r in run.get("rows", []) if r.get("eager_host_us")]
+            for r in own if r.get("eager_host_us")]
     if host:
         lines.append("eager host time per step on the slowest rank, sampled beside the row's "
                      "steps (one all-reduce's enqueue in place): " + "; ".join(
                          f"bs {b} {h:.0f} us" + (f" ({a:.1f} us)" if a else "") for b, h, a in host))
-    spread = [r["eager_step_us_max_rank"] / r["eager_step_us"] - 1 for r in run.get("rows", [])
+    spread = [r["eager_step_us_max_rank"] / r["eager_step_us"] - 1 for r in own
               if r.get("eager_step_us_max_rank")]
     if spread:
         lines.append(f"slowest rank's eager median above rank 0's by at most {max(spread):.1%}")
-    diffs = [r["max_abs_diff"] for r in run.get("rows", []) if r.get("max_abs_diff") is not None]
+    diffs = [r["max_abs_diff"] for r in own if r.get("max_abs_diff") is not None]
     if diffs:
         lines.append(f"graph against eager logits: max abs diff {max(diffs):.3g}")
     return "\n".join(lines + shape_lines(run) + closing_lines(run))

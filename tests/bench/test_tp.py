@@ -259,14 +259,16 @@ def test_tables_from_saved_runs():
     assert "capture per rank: 3.00 s, 3.10 s" in text and "200.0 GB/s" in text
     assert "slowest rank's eager median above rank 0's by at most 1.0%" in text
     assert "all-reduce:" not in lines[0] and "eager host time per step" not in text
-    assert "published shape" not in text and "~" not in text     # judged nothing: no line
-    # a row that missed its stopping rule, and the shape check the TP sweep now saves
-    from microbench.stats import check_shape
-    unstable = dict(run, rows=[dict(row, stable=False, speedup_ci=[5.5, 6.5])])
-    unstable["shape_check"] = check_shape(unstable["rows"])
+    assert "~" not in text
+    # a run saved before the TP sweep judged its rows: judged from them when shown
+    assert "eager against graph, the graphs alone: held" in text
+    # a row that missed its stopping rule, and the shape check the TP sweep now saves (shown
+    # as saved, not judged again)
+    unstable = dict(run, rows=[dict(row, stable=False, speedup_ci=[5.5, 6.5])],
+                    shape_check=dict(held=False, why="speedup rises with batch size"))
     text = render_run(json.loads(json.dumps(unstable)))
     assert "6.00~" in text and "5.50-6.50" in text and "~: unstable row" in text
-    assert "eager against graph, the graphs alone: held" in text
+    assert "the graphs alone: NOT held: speedup rises with batch size" in text
     bench = allreduce_table(_bench())
     assert "fit (graph): 8.00 us + bus bytes / 200.0 GB/s" in bench and "18.5 us" in bench
     assert render_run(dict(kind="launch-tp", allreduce=_bench())) == bench
