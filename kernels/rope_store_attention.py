@@ -26,12 +26,21 @@ STREAM_SPLITS = 2
 STREAM_MIN_HEAD_DIM = 128
 
 
+def capped_splits(batch, num_kv_heads, n_tiles, sms):
+    """At most as many splits of whole tiles as give every SM PROGRAMS_PER_SM (sequence, kv
+    head, split) programs. decode_attention's count rounds the tiles per split down, so it can
+    exceed that (five one-tile splits where three were wanted); this rounds them up."""
+    want = triton.cdiv(PROGRAMS_PER_SM * sms, max(batch * num_kv_heads, 1))
+    return 1 if want <= 1 else triton.cdiv(n_tiles, triton.cdiv(n_tiles, want))
+
+
 def fused_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,
-               num_splits=None):
+               num_splits=None, capped=False):
     """(num_splits, stream): how rope_store_attention launches for these shapes.
 
     With fewer (sequence, kv head) programs than fill every SM PROGRAMS_PER_SM times, the split
-    count is decode_attention's, except that a split may be a single BLOCK_N tile; each split's
+    count is decode_attention's, except that a split may be a single BLOCK_N tile (`capped`:
+    capped_splits' count instead, which never exceeds the programs wanted); each split's
     first K and V tiles load before the PDL wait (the splits merge in the kernel, so more of them
     cost no reduce kernel). When the programs alone fill the GPU and the heads are at least
     STREAM_MIN_HEAD_DIM wide, each (sequence, kv head) takes STREAM_SPLITS splits of at least
@@ -49,6 +58,8 @@ def fused_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.b
     if num_splits is None:
         if fills and n_tiles >= 2 * STREAM_SPLITS:
             num_splits = STREAM_SPLITS
+        elif capped and max_seq >= 2 * bn:
+            num_splits = capped_splits(batch, num_kv_heads, n_tiles, sms)
         else:
             num_splits = min(choose_num_splits(batch, num_kv_heads, max_seq, bn, sms, min_tokens=bn),
                              n_tiles)
@@ -258,7 +269,8 @@ def _rope_attend_kernel(
 
 
 def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, theta=10000.0,
-                         num_splits=None, out=None, semaphores=None, pdl=True, record=None):
+                         num_splits=None, out=None, semaphores=None, pdl=True, record=None,
+                         capped=False):
     """RoPE, the KV store and decode attention in one kernel, for one new token per sequence at
     position seq_lens[b] − 1: q and k are rotated there (q is left as it was, k rotated on its
     way into k_cache[slots[b], :, seq_lens[b] − 1], v copied into v_cache), and
@@ -271,6 +283,8 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     semaphores: an int32 tensor of at least B·Hkv zeros that the kernel leaves zeroed (a
     decoder keeps one, so a captured graph holds no memset); None allocates one per call.
     pdl: launch with programmatic dependent launch where the device has it.
+    capped: with num_splits None, fused_plan's capped split count (a decoder's measured choice,
+    engine/splits.py).
     Returns out (a new [B, H, D] tensor, or `out` when given)."""
     check_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits)
     check_rope(q, k, seq_lens)
@@ -293,7 +307,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     block_d = triton.next_power_of_2(D)
     block_n = block_n_for(q.device, D, q.dtype)
     n_tiles = triton.cdiv(max_seq, block_n)
-    num_splits, stream = fused_plan(B, Hkv, max_seq, q.device, D, q.dtype, num_splits)
+    num_splits, stream = fused_plan(B, Hkv, max_seq, q.device, D, q.dtype, num_splits, capped)
     split_size = triton.cdiv(n_tiles, num_splits) * block_n
     single = num_splits == 1
     o_part, m_part, l_part = split_partials(B, H, num_splits, D, out)
@@ -316,7 +330,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
 
 
 def rope_store_attention_ref(q, k, v, k_cache, v_cache, slots, seq_lens, scale, theta=10000.0,
-                             num_splits=None, out=None, semaphores=None, pdl=True):
+                             num_splits=None, out=None, semaphores=None, pdl=True, capped=False):
     """Reference: rope_store_kv_ref at positions seq_lens − 1 (writes the caches), then
     decode_attention_ref with the rotated q. Bytes: rope_store_kv_ref's plus
     decode_attention_ref's, less the new K and V read back (they stay in registers)."""

@@ -16,9 +16,10 @@ from microbench.report.record import check_writable
 # the row buckets of kernels/gemv_configs.py (ROW_BUCKETS) and what --ab can vary
 # (bench.tune.VARIANTS; a test holds each pair equal), written here so `--help` imports no torch
 BUCKETS = (1, 2, 4, 8, 16)
-VARY = ("table", "pdl", "plan", "attention", "blas")
+VARY = ("table", "pdl", "plan", "attention", "blas", "splits")
 BLAS_ROWS = (32, 64, 128)       # --vary blas's default batches (rows of the wide path)
-RECORDED = ("pdl", "blas")      # the --vary choices whose winner is written into a table
+SPLIT_ROWS = (8, 16, 32)        # --vary splits's: where the two split rules differ
+RECORDED = ("pdl", "blas", "splits")   # the --vary choices whose winner is written into a table
 
 
 @click.command()
@@ -28,7 +29,8 @@ RECORDED = ("pdl", "blas")      # the --vary choices whose winner is written int
 @click.option("--rows", type=IntList(1, 1024), default=None,
               help="Row buckets to tune: powers of two up to 16 [default: 1,2,4,8,16]; with "
                    f"--vary blas batch sizes above {FAST_ROWS} "
-                   f"[default: {','.join(map(str, BLAS_ROWS))}].")
+                   f"[default: {','.join(map(str, BLAS_ROWS))}]; with --vary splits any batch "
+                   f"sizes [default: {','.join(map(str, SPLIT_ROWS))}].")
 @click.option("--time-budget", type=click.FloatRange(0.005, 10), default=0.05, show_default=True,
               help="Seconds of timing per candidate at most.")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
@@ -46,9 +48,12 @@ RECORDED = ("pdl", "blas")      # the --vary choices whose winner is written int
                    "attention (RoPE, KV store and attention fused against separate kernels), "
                    "blas (the wide matmuls through cuBLAS against cuBLASLt; the faster beyond "
                    "noise at each --rows batch is recorded in the device's BLAS table, which "
-                   "decoders then follow between measured batches that both chose cuBLASLt).")
+                   "decoders then follow between measured batches that both chose cuBLASLt), "
+                   "splits (the fused attention's split count rounded up to fill the GPU against "
+                   "capped at it; the faster beyond noise at each --rows batch is recorded in the "
+                   "device's splits table, which decoders follow at exactly those batches).")
 @click.option("--table", "table_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder to write the table (or --vary pdl's or blas's) into (default: the installed "
+              help="Folder to write the table (or --vary pdl's, blas's or splits's) into (default: the installed "
                    "package's kernels/configs, the only folder the decoder reads tables from).")
 def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
     """Time every candidate config of the skinny matmuls, and cuBLAS, at each preset's shapes and
@@ -56,8 +61,10 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
     (kernels/configs/gemv_<device>.json), which the decoder then uses (needs a CUDA GPU)."""
     if vary != "table" and not ab_preset:
         usage("--vary: only with --ab PRESET")
-    rows = rows or (BLAS_ROWS if vary == "blas" else BUCKETS)
-    if vary == "blas":
+    rows = rows or {"blas": BLAS_ROWS, "splits": SPLIT_ROWS}.get(vary, BUCKETS)
+    if vary == "splits":
+        pass                          # any batch size: the table holds each one measured
+    elif vary == "blas":
         bad = [r for r in rows if r <= FAST_ROWS]
         if bad:
             usage(f"--rows: with --vary blas {bad[0]} is not above {FAST_ROWS}; allowed batch "
@@ -67,17 +74,18 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
         if bad:
             usage(f"--rows: {bad[0]} is not a row bucket; allowed {', '.join(map(str, BUCKETS))}")
     if ab_preset and vary not in RECORDED and table_dir:
-        usage(f"--table: --ab --vary {vary} writes no table (only --vary pdl, blas and tuning do)")
+        usage(f"--table: --ab --vary {vary} writes no table (only --vary pdl, blas, splits and "
+              "tuning do)")
     require_cuda("tune")
     import torch
 
-    from microbench.engine import blas, pdl
+    from microbench.engine import blas, pdl, splits
     from microbench.kernels import gemv_configs
     if vary == "pdl" and torch.cuda.get_device_capability()[0] < 9:
         usage(f"--vary pdl: {torch.cuda.get_device_name()} has no programmatic dependent "
               "launch (it needs compute capability 9.0 or newer)")
     directory = Path(table_dir) if table_dir else None
-    tables = {"pdl": pdl, "blas": blas}.get(vary, pdl) if ab_preset else gemv_configs
+    tables = {"pdl": pdl, "blas": blas, "splits": splits}.get(vary, pdl) if ab_preset else gemv_configs
     path = tables.table_path(torch.cuda.get_device_name(), directory)
     if not ab_preset or vary in RECORDED:
         try:
@@ -113,8 +121,8 @@ def _ab(preset: str, rows, vary: str, path: Path) -> None:
                        f"{q['n']} pairs)")
     if vary == "pdl":
         _record_pdl(preset, min(results, key=lambda r: r["bs"]), path)
-    elif vary == "blas":
-        _record_blas(preset, results, path)
+    elif vary in ("blas", "splits"):
+        _record_per_batch(preset, results, path, vary)
 
 
 def _meta() -> dict:
@@ -146,16 +154,18 @@ def _record_pdl(preset: str, r: dict, path: Path) -> None:
                f"for {preset} in {path}")
 
 
-def _record_blas(preset: str, results: list, path: Path) -> None:
-    """The interface each --vary blas result keeps (bench.tune.fastest: cuBLASLt only where it
-    is faster beyond noise), recorded at its batch size for the preset's shape."""
+def _record_per_batch(preset: str, results: list, path: Path, vary: str) -> None:
+    """The mode each --vary blas or splits result keeps (bench.tune.fastest: the second arm,
+    cuBLASLt or capped, only where it is faster beyond noise), recorded at its batch size for
+    the preset's shape."""
     from microbench.bench.tune import fastest
     from microbench.engine import blas, pdl
     entries = {r["bs"]: dict(_entry(r, fastest(r)), preset=preset) for r in results}
     key = pdl.shape_key(PRESETS[preset], results[0]["elt"])
     _write_table(path, blas.merge_table(path, _meta(), key, entries))
     kept = ", ".join(f"bs {bs} {e['mode']}" for bs, e in entries.items())
-    click.echo(f"kept {kept} (cuBLASLt where faster beyond noise); recorded for {preset} in {path}")
+    second = {"blas": "cuBLASLt", "splits": "capped"}[vary]
+    click.echo(f"kept {kept} ({second} where faster beyond noise); recorded for {preset} in {path}")
 
 
 def _write_table(path: Path, table: dict) -> None:

@@ -110,7 +110,10 @@ class _Sweep:
                               pdl_mode=mode_name(dec.pdl) if launched else "off",
                               # the batch sizes (swept or captured) whose matmuls run cuBLASLt
                               cublaslt_rows=[b for b in sorted(set(cfg.bs) | set(self.ladder))
-                                             if b > FAST_ROWS and dec.blas(b) == "cublaslt"])
+                                             if b > FAST_ROWS and dec.blas(b) == "cublaslt"],
+                              # and those whose fused attention took the capped split count
+                              capped_split_rows=[b for b in sorted(set(cfg.bs) | set(self.ladder))
+                                                 if dec.attention_fused and dec.capped_splits(b)])
         self.runner = self.trunner = self.twin = None
         self.compiled = {}     # arm -> its compiled step (arms.COMPILED_ARMS)
         # the unfused plan on the same weights and caches (arm engine-eager); the torch backend

@@ -97,14 +97,16 @@ def shard_kv(cache: torch.Tensor, shape: ModelShape, tp: int, rank: int) -> torc
 
 def build_shard(shape: ModelShape, tp: int, rank: int, *, backend: str = "triton",
                 max_batch: int = 64, max_seq: int = 1024, dtype=torch.bfloat16,
-                device="cuda", seed: int = 0, full=None, pdl=None, blas: str = "cublas"):
+                device="cuda", seed: int = 0, full=None, pdl=None, blas: str = "cublas",
+                splits: str = "fill"):
     """Rank `rank`'s ToyDecoder over `tp` ranks, its weights sliced from the full model built
     with `seed` (or from `full`, a full ToyDecoder already built). Without `full`, the full
     model is built with the smallest cache and freed layer by layer as it is sliced, so a rank
     never holds two full copies (llama-8b: 15 GB in bf16, a TP-2 shard 8 GB). pdl: the
     kernels' PDL mode; None takes the one measured for the full model's shape (a shard's shape
     is in no table), so a shard launches as its TP-1 model does. blas: the wide matmuls'
-    interface (engine/blas.py); cuBLAS unless told, a shard's shapes being in no table either."""
+    interface (engine/blas.py), and splits the fused attention's (engine/splits.py); cuBLAS and
+    the default splits unless told, a shard's shapes being in no table either."""
     from microbench.engine import pdl as pdl_modes
     from microbench.engine.decoder import ToyDecoder
     sshape = tp_shape(shape, tp)
@@ -121,7 +123,7 @@ def build_shard(shape: ModelShape, tp: int, rank: int, *, backend: str = "triton
     embed, final_norm = full.embed, full.final_norm
     del full
     shard = ToyDecoder(sshape, backend=backend, max_batch=max_batch, max_seq=max_seq,
-                       dtype=dtype, device=device, seed=seed, pdl=pdl, blas=blas)
+                       dtype=dtype, device=device, seed=seed, pdl=pdl, blas=blas, splits=splits)
     for mine, w in zip(shard.layers, layers):
         mine.update(w)  # the shard's own random weights are freed here
     shard.embed, shard.final_norm = embed, final_norm

@@ -143,10 +143,11 @@ def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool, sa
 
 def decoder_kw(cfg, max_batch: int, max_seq: int, dtype, dev) -> dict:
     """The TP-1 decoder's and every shard's settings (bench.tp.build_shard): the PDL mode measured
-    for the full shape, and cuBLAS above 16 rows (a shard's shapes are in no BLAS table)."""
+    for the full shape, cuBLAS above 16 rows and the default attention splits (a shard's shapes
+    are in no BLAS or splits table)."""
     return dict(backend=cfg.backend, max_batch=max_batch, max_seq=max_seq, dtype=dtype,
                 device=dev, seed=cfg.seed, pdl=pdl_modes.resolve(None, cfg.shape, dtype, dev),
-                blas="cublas")
+                blas="cublas", splits="fill")
 
 
 class _Rank:

@@ -213,14 +213,15 @@ def run_tune(presets, buckets=gemv_configs.ROW_BUCKETS, budget_s: float = 0.05,
 # ---- decoders' whole graphed steps, interleaved in one process ------------------------------
 # What `tune --ab` can vary: the arms' names and the decoder settings each is built with. The
 # first arm is the one every other arm's ratio is taken against: the default decoder, except
-# for pdl and blas, whose arms are the modes (engine/pdl.py, engine/blas.py), each asked for
-# explicitly.
+# for pdl, blas and splits, whose arms are the modes (engine/pdl.py, engine/blas.py,
+# engine/splits.py), each asked for explicitly.
 VARIANTS = {
     "table": (("tuned", {}), ("rule", {"table": False})),
     "pdl": tuple((f"pdl-{name}", {"pdl": pdl}) for name, pdl in PDL_MODES.items()),
     "plan": (("fused", {}), ("unfused", {"fusion": "UNFUSED"})),
     "attention": (("fused-attention", {}), ("separate-attention", {"fusion": "MATMULS"})),
     "blas": (("cublas", {"blas": "cublas"}), ("cublaslt", {"blas": "cublaslt"})),
+    "splits": (("fill", {"splits": "fill"}), ("capped", {"splits": "capped"})),
 }
 
 

@@ -48,6 +48,7 @@ import torch
 from microbench import kernels
 
 from microbench.engine import blas as blas_modes
+from microbench.engine import splits as splits_modes
 from microbench.engine import pdl as pdl_modes
 from microbench.engine import plan
 from microbench.engine.bound import Binding
@@ -79,7 +80,7 @@ class ToyDecoder(Binding):
                  max_seq: int = 1024, dtype: torch.dtype = torch.bfloat16,
                  device: str | torch.device = "cuda", seed: int = 0,
                  fusion: Fusion = Fusion.ATTENTION, pdl: bool | str | None = None,
-                 blas: str | None = None):
+                 blas: str | None = None, splits: str | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if max_batch < 1 or max_seq < 1:
@@ -99,6 +100,9 @@ class ToyDecoder(Binding):
         # interface adds, made here so no capture allocates it
         self.blas = blas_modes.resolve(blas or (None if backend == "triton" else "cublas"),
                                        shape, dtype, self.device)
+        # batch -> whether the fused attention takes the capped split count (engine/splits.py;
+        # None: the table's)
+        self.capped_splits = splits_modes.resolve(splits, shape, dtype, self.device)
         self._zeros = torch.zeros(max(shape.qkv_size, shape.hidden, 2 * shape.ffn, shape.vocab),
                                   dtype=dtype, device=self.device)
         self.scratch_slot = max_batch
@@ -237,7 +241,8 @@ class ToyDecoder(Binding):
             sem = self.attn_semaphores if B * self.shape.n_kv_heads <= self.attn_semaphores.numel() else None
             return kernels.rope_store_attention(*self.split_qkv(q), self.k_cache[l], self.v_cache[l],
                                                 slots, seq_lens, self.scale, self.shape.rope_theta,
-                                                out=out, semaphores=sem, pdl=self.pdl, **self._rec)
+                                                out=out, semaphores=sem, pdl=self.pdl,
+                                                capped=self.capped_splits(B), **self._rec)
         args = (q, self.k_cache[l], self.v_cache[l], slots, seq_lens, self.scale)
         if out is None:
             return self.ops.decode_attention(*args, pdl=self.pdl, **self._rec)

@@ -31,6 +31,14 @@ def ladder_desc(run: dict) -> str:
     return f"{run['config']['ladder']} ({len(ladder)} sizes, max {ladder[-1]})" if ladder else "none"
 
 
+def sizes_note(what: str, sizes) -> str:
+    """' | <what> at 64' or ' | <what> at 3 sizes, 32 to 128' for the header; '' for none."""
+    if not sizes:
+        return ""
+    return (f" | {what} at {sizes[0]}" if len(sizes) == 1 else
+            f" | {what} at {len(sizes)} sizes, {sizes[0]} to {sizes[-1]}")
+
+
 def sweep_header(run: dict) -> str:
     c, env = run["config"], run.get("env", {})
     lad = ladder_desc(run)
@@ -38,8 +46,9 @@ def sweep_header(run: dict) -> str:
     pdl = (run.get("decoder") or {}).get("pdl_mode")
     # the batch sizes whose matmuls ran cuBLASLt (engine/blas.py), where any did
     lt = (run.get("decoder") or {}).get("cublaslt_rows")
-    lt = (f" | cuBLASLt at {lt[0]}" if len(lt) == 1 else
-          f" | cuBLASLt at {len(lt)} sizes, {lt[0]} to {lt[-1]}") if lt else ""
+    lt = sizes_note("cuBLASLt", lt)
+    # and those whose fused attention took the capped split count (engine/splits.py)
+    lt += sizes_note("attention splits capped", (run.get("decoder") or {}).get("capped_split_rows"))
     return (f"GPU {env.get('gpu')} | preset {c['preset']} | {c['dtype']} | mode {c['mode']}"
             f"{' (split launch)' if c.get('split_launch') else ''} | "
             f"ladder {lad} | context {c['context']}{f' | PDL {pdl}' if pdl else ''}{lt} | "

@@ -619,3 +619,10 @@ def test_the_tp_sweeps_decoder_settings_build_a_shard_on_cublas(monkeypatch):
     full = ToyDecoder(PRESETS["tiny"], **kw)
     assert shard.blas(32) == full.blas(32) == "cublas"
     assert ToyDecoder(PRESETS["tiny"], **dict(kw, blas=None)).blas(32) == "cublaslt"
+    # and the fused attention's default split count, whatever the splits table says
+    from microbench.engine import splits
+    monkeypatch.setattr(splits, "resolve", lambda s, *a: (lambda batch: s != "fill"))
+    shard = build_shard(PRESETS["tiny"], 2, 1, **kw)
+    full = ToyDecoder(PRESETS["tiny"], **kw)
+    assert shard.capped_splits(16) is full.capped_splits(16) is False
+    assert ToyDecoder(PRESETS["tiny"], **dict(kw, splits=None)).capped_splits(16) is True

@@ -50,9 +50,11 @@ def test_the_clis_vary_choices_are_the_variants():
     # asked for explicitly), so ratios read "reference / variant"
     for vary, arms in tune.VARIANTS.items():
         assert len(arms) >= 2 and all(kw for _, kw in arms[1:])
-        assert arms[0][1] == {"pdl": {"pdl": True}, "blas": {"blas": "cublas"}}.get(vary, {})
+        assert arms[0][1] == {"pdl": {"pdl": True}, "blas": {"blas": "cublas"},
+                              "splits": {"splits": "fill"}}.get(vary, {})
     assert [kw["pdl"] for _, kw in tune.VARIANTS["pdl"]] == [True, "late", False]
     assert [kw["blas"] for _, kw in tune.VARIANTS["blas"]] == ["cublas", "cublaslt"]
+    assert [kw["splits"] for _, kw in tune.VARIANTS["splits"]] == ["fill", "capped"]
 
 
 def test_fastest_keeps_the_reference_unless_another_arm_is_faster_beyond_noise():
@@ -103,9 +105,9 @@ def test_the_blas_ab_records_cublaslt_only_where_it_is_faster_beyond_noise(tmp_p
                 "ratios": {"cublaslt": {"median": 6000.0 / lt_us, "ci": ci}}}
     path = tmp_path / "blas_Fake_GPU.json"
     # bs 32: faster, but its interval reaches 1; bs 64: faster beyond noise; bs 128: slower
-    cli_tune._record_blas("llama-8b", [result(32, 5990.0, [0.998, 1.004]),
-                                       result(64, 5800.0, [1.030, 1.038]),
-                                       result(128, 6100.0, [0.981, 0.986])], path)
+    cli_tune._record_per_batch("llama-8b", [result(32, 5990.0, [0.998, 1.004]),
+                                            result(64, 5800.0, [1.030, 1.038]),
+                                            result(128, 6100.0, [0.981, 0.986])], path, "blas")
     got = json.loads(path.read_text())["choices"][pdl.shape_key(PRESETS["llama-8b"], 2)]
     assert {b: e["mode"] for b, e in got.items()} == {"32": "cublas", "64": "cublaslt",
                                                        "128": "cublas"}
@@ -117,6 +119,35 @@ def test_the_blas_ab_records_cublaslt_only_where_it_is_faster_beyond_noise(tmp_p
         assert blas.lt_spans(PRESETS["llama-8b"], 2, "Fake GPU") == ((64, 64),)
     finally:
         blas.load_table.cache_clear()
+
+
+def test_the_splits_ab_records_capped_only_where_it_is_faster_beyond_noise(tmp_path, monkeypatch):
+    """As measured on the H200: capped faster at bs 16, slower at 8 and 32; a decoder then
+    caps at 16 alone (not between measured sizes, as the BLAS table's spans do)."""
+    import torch
+
+    from microbench import cli_tune
+    from microbench.engine import pdl, splits
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+
+    def result(bs, fill_us, capped_us, ci):
+        return {"bs": bs, "elt": 2, "context": 512, "rounds": 40, "arms": ["fill", "capped"],
+                "fill": {"median": fill_us}, "capped": {"median": capped_us},
+                "ratios": {"capped": {"median": fill_us / capped_us, "ci": ci}}}
+    path = tmp_path / "splits_Fake_GPU.json"
+    cli_tune._record_per_batch("llama-1b", [result(8, 972.3, 974.7, [0.997, 0.998]),
+                                            result(16, 1113.1, 1081.5, [1.029, 1.030]),
+                                            result(32, 1273.8, 1278.1, [0.996, 0.997])],
+                               path, "splits")
+    got = json.loads(path.read_text())["choices"][pdl.shape_key(PRESETS["llama-1b"], 2)]
+    assert {b: e["mode"] for b, e in got.items()} == {"8": "fill", "16": "capped", "32": "fill"}
+    monkeypatch.setattr(splits, "CONFIG_DIR", tmp_path)
+    splits.load_table.cache_clear()
+    try:
+        assert splits.capped_sizes(PRESETS["llama-1b"], 2, "Fake GPU") == {16}
+        assert splits.capped_sizes(PRESETS["llama-8b"], 2, "Fake GPU") == frozenset()
+    finally:
+        splits.load_table.cache_clear()
 
 
 def test_a_table_written_into_a_new_folder(tmp_path):

@@ -89,6 +89,37 @@ def test_fused_plan_streams_only_when_the_programs_fill_the_gpu():
     assert fused_plan(2, 8, 64, "cpu", 128, f16, num_splits=1) == (1, True)
 
 
+def test_capped_splits_never_launch_more_programs_than_wanted():
+    """llama-1b's heads at context 512 on the H200 (132 SMs, 128-key tiles: 5 of them): at bs 16,
+    128 (sequence, kv head) pairs want 3 splits each; decode_attention's rule gives 5 one-tile
+    splits, the capped count 3 (of 2, 2 and 1 tiles). Where the pairs fill the GPU, or a split
+    of one tile is all that was wanted, the two agree."""
+    from microbench.kernels.decode_attention import choose_num_splits
+    from microbench.kernels.rope_store_attention import capped_splits
+    assert choose_num_splits(16, 8, 576, 128, 132, min_tokens=128) == 5
+    assert capped_splits(16, 8, 5, 132) == 3
+    assert capped_splits(4, 8, 5, 132) == 5 and capped_splits(64, 8, 5, 132) == 1
+    for b in range(1, 70):   # never more programs than wanted, never more splits than tiles
+        n = capped_splits(b, 8, 5, 132)
+        assert 1 <= n <= 5 and (n == 1 or b * 8 * n <= 2 * 132 + b * 8)
+    # on the CPU's stand-in (4 SMs, 16-key tiles): 2 pairs over 10 tiles want 4 splits
+    f16 = torch.float16
+    assert fused_plan(1, 2, 160, "cpu", 64, f16) == (5, False)
+    assert fused_plan(1, 2, 160, "cpu", 64, f16, capped=True) == (4, False)
+    assert fused_plan(1, 2, 16, "cpu", 64, f16, capped=True) == (1, False)   # one tile
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+def test_rope_store_attention_capped(dtype, atol, rtol, device):
+    """The capped split count computes what the references give (fewer, longer splits)."""
+    B, H, Hkv, D, max_seq = 1, 4, 2, 64, 160
+    assert fused_plan(B, Hkv, max_seq, device, D, dtype, capped=True) != \
+        fused_plan(B, Hkv, max_seq, device, D, dtype) or device.type == "cuda"
+    args = fused_attention_inputs(B, H, Hkv, D, max_seq, 150, dtype, device, seed=16)
+    sem = torch.zeros(B * Hkv, dtype=torch.int32, device=device)
+    check_fused_attention(*args, dtype, atol, rtol, sem, capped=True)
+
+
 @SPLITS
 def test_rope_store_attention_streamed(num_splits, device):
     """A batch whose (sequence, kv head) programs fill the GPU (the CPU's stand-in, or the

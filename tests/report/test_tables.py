@@ -26,6 +26,13 @@ def test_sweep_header_names_the_sizes_whose_matmuls_ran_cublaslt(rows, says):
     head = sweep_table(run).splitlines()[0]
     assert "| PDL early | " in head
     assert (says in head) if says else "cuBLASLt" not in head
+    assert "splits" not in head
+
+
+def test_sweep_header_names_the_sizes_whose_attention_splits_were_capped():
+    run = sweep_run(decoder=dict(pdl_mode="early", cublaslt_rows=[64], capped_split_rows=[16]))
+    head = sweep_table(run).splitlines()[0]
+    assert " | cuBLASLt at 64 | attention splits capped at 16 | " in head
 
 
 def test_sweep_table_shows_extra_arms_in_recorded_order():
