@@ -20,7 +20,8 @@
 #            ab               whole graph steps of decoders interleaved in one process
 #                             (microbench tune --ab), per preset in $AB_PRESETS and per variant in
 #                             $VARY (default table: the tuned matmul table against the rule; blas:
-#                             cuBLAS against cuBLASLt, AB_ROWS=32,64,128) at the batch sizes
+#                             cuBLAS against cuBLASLt, AB_ROWS=32,64,128; splits: the fused
+#                             attention's split count, AB_ROWS=8,16,32) at the batch sizes
 #                             $AB_ROWS (default 1)
 #            startup          the compile arm's set-up, cold and warm compile caches (microbench startup)
 #            headroom         memory-headroom under --gpu-memory-utilization 0.9
@@ -103,8 +104,9 @@ for st in $stages; do
           r=$?; [ $r -ne 0 ] && rc=$r
         done
       done
-      # --vary pdl and --vary blas record their choices in the device's tables
-      cp kernels/configs/pdl_*.json kernels/configs/blas_*.json "$LOG/" 2>/dev/null ;;
+      # --vary pdl, blas and splits record their choices in the device's tables
+      cp kernels/configs/pdl_*.json kernels/configs/blas_*.json kernels/configs/splits_*.json \
+        "$LOG/" 2>/dev/null ;;
     startup)
       microbench startup --preset opt-125m --bs 1 --timeout 240 --out "$new" 2>&1 | tee "$LOG/startup.log"; rc=$? ;;
     headroom)
