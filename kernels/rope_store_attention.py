@@ -9,7 +9,7 @@ import triton.language as tl
 from ._launch import launch
 
 from ._utils import as_mask, check_device, dot, interpreted, pdl_enter, pdl_launch_kw, to_dtype, use_pdl
-from .decode_attention import (CPU_SMS, CUDA_NUM_STAGES, LOG2E, PROGRAMS_PER_SM, block_n_for,
+from .decode_attention import (CPU_SMS, CUDA_NUM_STAGES, LOG2E, MAX_SPLITS, PROGRAMS_PER_SM, block_n_for,
                                check_attention,
                                choose_num_splits, decode_attention_ref, output_like, sm_count,
                                split_partials)
@@ -27,11 +27,14 @@ STREAM_MIN_HEAD_DIM = 128
 
 
 def capped_splits(batch, num_kv_heads, n_tiles, sms):
-    """At most as many splits of whole tiles as give every SM PROGRAMS_PER_SM (sequence, kv
-    head, split) programs. decode_attention's count rounds the tiles per split down, so it can
-    exceed that (five one-tile splits where three were wanted); this rounds them up."""
+    """The split count (whole tiles each, at most MAX_SPLITS) that reaches PROGRAMS_PER_SM
+    (sequence, kv head, split) programs per SM with the fewest splits: decode_attention's count
+    rounds the tiles per split down, so it can launch more, shorter splits than wanted (five
+    one-tile splits where three were wanted); this rounds them up."""
     want = triton.cdiv(PROGRAMS_PER_SM * sms, max(batch * num_kv_heads, 1))
-    return 1 if want <= 1 else triton.cdiv(n_tiles, triton.cdiv(n_tiles, want))
+    if want <= 1:
+        return 1
+    return triton.cdiv(n_tiles, max(triton.cdiv(n_tiles, want), triton.cdiv(n_tiles, MAX_SPLITS)))
 
 
 def fused_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,

@@ -157,10 +157,19 @@ def _record_pdl(preset: str, r: dict, path: Path) -> None:
 def _record_per_batch(preset: str, results: list, path: Path, vary: str) -> None:
     """The mode each --vary blas or splits result keeps (bench.tune.fastest: the second arm,
     cuBLASLt or capped, only where it is faster beyond noise), recorded at its batch size for
-    the preset's shape."""
-    from microbench.bench.tune import fastest
-    from microbench.engine import blas, pdl
+    the preset's shape; for splits with the two split counts compared (engine/splits.py), and
+    "fill" where they are equal (the arms launched alike)."""
+    from microbench.bench.tune import ab_max_seq, fastest
+    from microbench.engine import blas, pdl, splits
     entries = {r["bs"]: dict(_entry(r, fastest(r)), preset=preset) for r in results}
+    if vary == "splits":
+        import torch
+        dtype = {2: torch.bfloat16, 4: torch.float32}[results[0]["elt"]]
+        for r in results:
+            pair = splits.split_pair(PRESETS[preset], r["bs"], ab_max_seq(r["context"]),
+                                     torch.device("cuda", torch.cuda.current_device()), dtype)
+            entries[r["bs"]].update(splits=pair, mode=entries[r["bs"]]["mode"]
+                                    if pair["fill"] != pair["capped"] else "fill")
     key = pdl.shape_key(PRESETS[preset], results[0]["elt"])
     _write_table(path, blas.merge_table(path, _meta(), key, entries))
     kept = ", ".join(f"bs {bs} {e['mode']}" for bs, e in entries.items())

@@ -225,6 +225,11 @@ VARIANTS = {
 }
 
 
+def ab_max_seq(context: int) -> int:
+    """The cache length of the decoders `tune --ab` times: the context and a few positions."""
+    return context + 8
+
+
 def _graphed_step(preset: str, bs: int, context: int, table: bool = True, **dec_kw):
     """A GraphRunner with `bs` captured for `preset`, built with decoder settings `dec_kw`, its
     skinny matmuls bound with the tuned table's configs (table) or the rule's (the table hidden
@@ -238,7 +243,8 @@ def _graphed_step(preset: str, bs: int, context: int, table: bool = True, **dec_
     if "fusion" in dec_kw:
         dec_kw["fusion"] = Fusion[dec_kw["fusion"]]
     with contextlib.nullcontext() if table else gemv_configs.tables_off():
-        dec = ToyDecoder(PRESETS[preset], max_batch=bs, max_seq=context + 8, device="cuda", **dec_kw)
+        dec = ToyDecoder(PRESETS[preset], max_batch=bs, max_seq=ab_max_seq(context), device="cuda",
+                         **dec_kw)
         runner = GraphRunner(dec, [bs], mode="full")
         runner.capture()
     t, p, s = step_inputs(dec.shape.vocab, bs, context, "cuda", torch.Generator("cuda").manual_seed(0))

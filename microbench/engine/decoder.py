@@ -102,7 +102,7 @@ class ToyDecoder(Binding):
                                        shape, dtype, self.device)
         # batch -> whether the fused attention takes the capped split count (engine/splits.py;
         # None: the table's)
-        self.capped_splits = splits_modes.resolve(splits, shape, dtype, self.device)
+        self.capped_splits = splits_modes.resolve(splits, shape, dtype, self.device, max_seq)
         self._zeros = torch.zeros(max(shape.qkv_size, shape.hidden, 2 * shape.ffn, shape.vocab),
                                   dtype=dtype, device=self.device)
         self.scratch_slot = max_batch

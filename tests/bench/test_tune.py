@@ -122,30 +122,39 @@ def test_the_blas_ab_records_cublaslt_only_where_it_is_faster_beyond_noise(tmp_p
 
 
 def test_the_splits_ab_records_capped_only_where_it_is_faster_beyond_noise(tmp_path, monkeypatch):
-    """As measured on the H200: capped faster at bs 16, slower at 8 and 32; a decoder then
-    caps at 16 alone (not between measured sizes, as the BLAS table's spans do)."""
+    """As measured on the H200 for llama-1b: capped faster at bs 16, slower at 32; at bs 8 both
+    rules launch five splits, so a ratio beyond noise there (the A/B's own floor) records fill.
+    A decoder then caps at 16 alone (not between measured sizes, as the BLAS table's spans
+    do)."""
     import torch
 
     from microbench import cli_tune
     from microbench.engine import pdl, splits
+    import sys
+    rsa = sys.modules["microbench.kernels.rope_store_attention"]   # the module, not the function
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(rsa, "sm_count", lambda index: 132)
 
     def result(bs, fill_us, capped_us, ci):
         return {"bs": bs, "elt": 2, "context": 512, "rounds": 40, "arms": ["fill", "capped"],
                 "fill": {"median": fill_us}, "capped": {"median": capped_us},
                 "ratios": {"capped": {"median": fill_us / capped_us, "ci": ci}}}
     path = tmp_path / "splits_Fake_GPU.json"
-    cli_tune._record_per_batch("llama-1b", [result(8, 972.3, 974.7, [0.997, 0.998]),
+    cli_tune._record_per_batch("llama-1b", [result(8, 975.0, 973.5, [1.001, 1.002]),
                                             result(16, 1113.1, 1081.5, [1.029, 1.030]),
                                             result(32, 1273.8, 1278.1, [0.996, 0.997])],
                                path, "splits")
     got = json.loads(path.read_text())["choices"][pdl.shape_key(PRESETS["llama-1b"], 2)]
     assert {b: e["mode"] for b, e in got.items()} == {"8": "fill", "16": "capped", "32": "fill"}
+    assert got["16"]["splits"] == {"fill": 5, "capped": 3} == got["8"]["splits"] | {"capped": 3}
     monkeypatch.setattr(splits, "CONFIG_DIR", tmp_path)
     splits.load_table.cache_clear()
     try:
-        assert splits.capped_sizes(PRESETS["llama-1b"], 2, "Fake GPU") == {16}
-        assert splits.capped_sizes(PRESETS["llama-8b"], 2, "Fake GPU") == frozenset()
+        one = splits.resolve(None, PRESETS["llama-1b"], torch.bfloat16, torch.device("cuda"), 576)
+        assert [b for b in range(1, 65) if one(b)] == [16]
+        eight = splits.resolve(None, PRESETS["llama-8b"], torch.bfloat16, torch.device("cuda"), 576)
+        assert not any(eight(b) for b in range(1, 65))
     finally:
         splits.load_table.cache_clear()
 
