@@ -6,8 +6,9 @@ across processes instead of hiding in one process's interval.
 Each process is the same command with `--repeat 1`, a temporary `--out` and `--quiet`, run one
 after another (one GPU; under --tp each process starts its own ranks); their run.json files
 are merged by `stats.merge_repeats`: each row from the process with that row's median speedup,
-the first process's device figures and footer, plus, per row, `speedup_repeats` (every process's median speedup) and `speedup_repeat_spread`
-(max / min - 1), and a `repeats` record (k, the worst spread, each process's shape check).
+the first process's device figures and footer, plus, per row, `speedup_repeats` (every
+process's median speedup) and `speedup_repeat_spread` (max / min - 1), and a `repeats` record
+(k, the worst spread, each process's shape check).
 """
 from __future__ import annotations
 

@@ -160,7 +160,7 @@ def _record_per_batch(preset: str, results: list, path: Path, vary: str) -> None
     the preset's shape; for splits with the two split counts compared (engine/splits.py), and
     "fill" where they are equal (the arms launched alike)."""
     from microbench.bench.tune import ab_max_seq, fastest
-    from microbench.engine import blas, pdl, splits
+    from microbench.engine import pdl, splits
     entries = {r["bs"]: dict(_entry(r, fastest(r)), preset=preset) for r in results}
     if vary == "splits":
         import torch
@@ -171,7 +171,7 @@ def _record_per_batch(preset: str, results: list, path: Path, vary: str) -> None
             entries[r["bs"]].update(splits=pair, mode=entries[r["bs"]]["mode"]
                                     if pair["fill"] != pair["capped"] else "fill")
     key = pdl.shape_key(PRESETS[preset], results[0]["elt"])
-    _write_table(path, blas.merge_table(path, _meta(), key, entries))
+    _write_table(path, pdl.merge_per_batch(path, _meta(), key, entries))
     kept = ", ".join(f"bs {bs} {e['mode']}" for bs, e in entries.items())
     second = {"blas": "cuBLASLt", "splits": "capped"}[vary]
     click.echo(f"kept {kept} ({second} where faster beyond noise); recorded for {preset} in {path}")

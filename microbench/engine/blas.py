@@ -18,14 +18,13 @@ per matmul.
 from __future__ import annotations
 
 import functools
-import json
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from microbench.engine.pdl import read_choices, shape_key
+from microbench.engine.pdl import read_per_batch, shape_key
 from microbench.kernels.gemv_configs import CONFIG_DIR, device_key
 
 MODES = ("cublas", "cublaslt")
@@ -40,8 +39,7 @@ def table_path(device_name: str, directory: Path | None = None) -> Path:
 def load_table(device_name: str) -> dict:
     """The measured choices for a device ({} when none was measured there): per model shape,
     per measured row count."""
-    return read_choices(table_path(device_name), "BLAS", "blas", MODES,
-                        lambda c: ((f"{k} rows {r}", e) for k, es in c.items() for r, e in es.items()))
+    return read_per_batch(table_path(device_name), "BLAS", "blas", MODES, "rows")
 
 
 def lt_spans(shape, elt: int, device_name: str) -> tuple:
@@ -94,15 +92,3 @@ def linear(x, w, mode: str, zeros, record: list | None = None):
     if record is not None:
         record.append(partial(torch.mm, x, w.t(), out=y))
     return y
-
-
-def merge_table(path: Path, meta: dict, key: str, entries: dict) -> dict:
-    """The table at `path` (or a new one) with `key`'s entries set at the row counts of
-    `entries` ({rows: entry}) and `meta` (the measuring run) appended to its runs."""
-    table = json.loads(path.read_text()) if path.exists() else {"device": meta.get("device"),
-                                                                 "runs": [], "choices": {}}
-    table["runs"].append(meta)
-    mine = table["choices"].setdefault(key, {})
-    for rows, entry in entries.items():
-        mine[str(rows)] = dict(entry, run=len(table["runs"]) - 1)
-    return table

@@ -48,9 +48,9 @@ import torch
 from microbench import kernels
 
 from microbench.engine import blas as blas_modes
-from microbench.engine import splits as splits_modes
 from microbench.engine import pdl as pdl_modes
 from microbench.engine import plan
+from microbench.engine import splits as splits_modes
 from microbench.engine.bound import Binding
 from microbench.engine.plan import Fusion
 from microbench.engine.shapes import ModelShape

@@ -11,6 +11,8 @@ one process, and records the fastest in the device's table, `kernels/configs/pdl
 keyed by the model's shape and element size. A decoder built with `pdl=None` takes the table's
 choice for its shape, else DEFAULT. One choice per model: measured at one batch size and
 context (those `tune --ab` was given, bs 1 and context 512 by default), it applies to all.
+The readers and writers of these measured-choice tables are here too; the BLAS and attention
+splits tables (engine/blas.py, engine/splits.py), one choice per measured batch size, use them.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def read_choices(path: Path, name: str, vary: str, modes, entries) -> dict:
     """A measured-choice table's `choices` ({} when the file is absent), as `microbench tune
     --ab P --vary <vary>` writes them: `entries(choices)` yields (label, entry) pairs whose
     "mode" must be among `modes`. A file that is not such a table raises a one-line ValueError
-    naming it. (engine/blas.py reads its table through this too.)"""
+    naming it."""
     if not path.exists():
         return {}
     try:
@@ -93,11 +95,35 @@ def resolve(pdl, shape: ModelShape, dtype: torch.dtype, device: torch.device):
     return pdl
 
 
-def merge_table(path: Path, meta: dict, key: str, entry: dict) -> dict:
-    """The table at `path` (or a new one) with `key`'s entry set to `entry` and `meta` (the
-    measuring run: device, command, versions, revision) appended to its runs."""
+def read_per_batch(path: Path, name: str, vary: str, modes, unit: str) -> dict:
+    """read_choices for a table holding, per model shape, one choice per measured batch size
+    (the BLAS and attention splits tables); `unit` names the batch in a bad entry's label."""
+    return read_choices(path, name, vary, modes,
+                        lambda c: ((f"{k} {unit} {b}", e) for k, es in c.items() for b, e in es.items()))
+
+
+def _open_table(path: Path, meta: dict) -> dict:
+    """The table at `path` (or a new one) with `meta` (the measuring run: device, command,
+    versions, revision) appended to its runs."""
     table = json.loads(path.read_text()) if path.exists() else {"device": meta.get("device"),
                                                                  "runs": [], "choices": {}}
     table["runs"].append(meta)
+    return table
+
+
+def merge_table(path: Path, meta: dict, key: str, entry: dict) -> dict:
+    """The table at `path` (or a new one) with `key`'s entry set to `entry` and `meta` appended
+    to its runs."""
+    table = _open_table(path, meta)
     table["choices"][key] = dict(entry, run=len(table["runs"]) - 1)
+    return table
+
+
+def merge_per_batch(path: Path, meta: dict, key: str, entries: dict) -> dict:
+    """A per-batch table at `path` (or a new one) with `key`'s entries set at the batch sizes of
+    `entries` ({batch: entry}), others kept, and `meta` appended to its runs."""
+    table = _open_table(path, meta)
+    mine = table["choices"].setdefault(key, {})
+    for batch, entry in entries.items():
+        mine[str(batch)] = dict(entry, run=len(table["runs"]) - 1)
     return table

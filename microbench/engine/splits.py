@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from microbench.engine.pdl import read_choices, shape_key
+from microbench.engine.pdl import read_per_batch, shape_key
 from microbench.kernels.gemv_configs import CONFIG_DIR, device_key
 
 MODES = ("fill", "capped")
@@ -38,8 +38,7 @@ def table_path(device_name: str, directory: Path | None = None) -> Path:
 def load_table(device_name: str) -> dict:
     """The measured choices for a device ({} when none was measured there): per model shape,
     per measured batch size."""
-    return read_choices(table_path(device_name), "attention splits", "splits", MODES,
-                        lambda c: ((f"{k} bs {b}", e) for k, es in c.items() for b, e in es.items()))
+    return read_per_batch(table_path(device_name), "attention splits", "splits", MODES, "bs")
 
 
 def split_pair(shape, batch: int, max_seq: int, device, dtype: torch.dtype) -> dict:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from microbench.engine import blas
-from microbench.engine.pdl import shape_key
+from microbench.engine.pdl import merge_per_batch, shape_key
 from microbench.engine.shapes import PRESETS
 
 L8 = PRESETS["llama-8b"]
@@ -26,7 +26,7 @@ def table_dir(tmp_path, monkeypatch):
 def record(shape, modes: dict, command="microbench tune --ab P --vary blas", device="Fake GPU"):
     path = blas.table_path(device)
     entries = {rows: dict(mode=m, bs=rows) for rows, m in modes.items()}
-    path.write_text(json.dumps(blas.merge_table(path, dict(device=device, command=command),
+    path.write_text(json.dumps(merge_per_batch(path, dict(device=device, command=command),
                                                 shape_key(shape, 2), entries)))
 
 

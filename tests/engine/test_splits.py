@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from microbench.engine import splits
-from microbench.engine.blas import merge_table
-from microbench.engine.pdl import shape_key
+from microbench.engine.pdl import merge_per_batch, shape_key
 from microbench.engine.shapes import PRESETS
 
 L1 = PRESETS["llama-1b"]
@@ -37,7 +36,7 @@ def record(shape, modes: dict, max_seq=576, device="Fake GPU"):
     path = splits.table_path(device)
     entries = {b: dict(mode=m, bs=b, splits=splits.split_pair(shape, b, max_seq, CUDA, torch.bfloat16))
                for b, m in modes.items()}
-    path.write_text(json.dumps(merge_table(path, dict(device=device), shape_key(shape, 2), entries)))
+    path.write_text(json.dumps(merge_per_batch(path, dict(device=device), shape_key(shape, 2), entries)))
     splits.load_table.cache_clear()
 
 
