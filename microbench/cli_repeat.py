@@ -9,10 +9,15 @@ are merged by `stats.merge_repeats`: each row from the process with that row's m
 the first process's device figures and footer, plus, per row, `speedup_repeats` (every
 process's median speedup) and `speedup_repeat_spread` (max / min - 1), and a `repeats` record
 (k, the worst spread, each process's shape check).
+
+Each child is told the host's quick probe time (bench.hostcpu's MICROBENCH_HOST_LOOP_US): the
+lower of the parent's own and the children's so far, so a child that starts while the whole
+host is slow waits for it, as the rows of one process do, instead of measuring another host.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import click
 
+from microbench.bench import hostcpu
 from microbench.stats import merge_repeats
 
 # the child: this package's CLI under the same interpreter (no reliance on PATH)
@@ -51,19 +57,28 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
     that writes no run raises RuntimeError naming it."""
     say = say or (lambda s: None)
     runs = []
+    with hostcpu.on_quick_cpu(not params.get("no_pin_cpu", False)):
+        pass                      # times the CPUs once: the parent's share of the reference
     with tempfile.TemporaryDirectory(prefix="microbench-repeat-") as tmp:
         for i in range(k):
             out = Path(tmp) / f"process-{i + 1}"
             say(f"repeat {i + 1} of {k}: a fresh process")
+            env = dict(os.environ)
+            if hostcpu.HOST.us is not None:
+                env[hostcpu.REF_ENV] = f"{hostcpu.HOST.us:.3f}"
             # the child's own table is not printed: the merged run's is, once, after the last
             res = run([sys.executable, "-c", CHILD, *child_argv(command, params, str(out))],
-                      stdout=subprocess.DEVNULL)
+                      stdout=subprocess.DEVNULL, env=env)
             found = sorted(out.glob("*/run.json"))
             if res.returncode != 0 or not found:
                 # a failed process may still have saved its partial rows: not merged
                 raise RuntimeError(f"--repeat: process {i + 1} of {k} failed (exit status "
                                    f"{res.returncode}{'' if found else ', no run written'})")
             runs.append(json.loads(found[0].read_text()))
+            for row in runs[-1].get("rows", []):     # the child's reference, for the next
+                ref = (row.get("host_pin") or {}).get("reference_us")
+                if ref:
+                    hostcpu.HOST.update(ref)
     merged = merge_repeats(runs)
     # the run is the user's command; each process's own command line stays under `repeats`
     merged["repeats"]["commands"] = [r.get("env", {}).get("command") for r in runs]

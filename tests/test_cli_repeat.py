@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from microbench.bench import hostcpu
 from microbench.cli import sweep
 from microbench.cli_repeat import child_argv, run_repeats
 
@@ -31,21 +32,27 @@ def test_child_argv_repeats_every_option_but_its_own():
         assert child.params[k] == params()[k], k
 
 
-def fake_process(speedups):
-    """A subprocess.run stand-in: the n-th call writes a run whose rows have speedups[n]."""
-    calls = []
+def fake_process(speedups, refs=None):
+    """A subprocess.run stand-in: the n-th call writes a run whose rows have speedups[n] (and,
+    with refs, a host pin whose reference probe time is refs[n]); `envs` keeps the host
+    reference each child was given."""
+    calls, envs = [], []
 
     def run(cmd, **kw):
-        assert kw == {"stdout": subprocess.DEVNULL}       # a child's own table is not shown
+        assert kw.keys() == {"stdout", "env"}
+        assert kw["stdout"] == subprocess.DEVNULL          # a child's own table is not shown
+        envs.append(kw["env"].get(hostcpu.REF_ENV))
         out = Path(cmd[cmd.index("--out") + 1])
         n = len(calls)
         calls.append(cmd)
-        rows = [dict(bs=b, speedup=s) for b, s in zip((1, 4), speedups[n])]
+        pin = {} if refs is None else dict(host_pin=dict(checks=3, reference_us=refs[n]))
+        rows = [dict(bs=b, speedup=s, **pin) for b, s in zip((1, 4), speedups[n])]
         if rows:
             (out / "sweep-fake").mkdir(parents=True)
             (out / "sweep-fake" / "run.json").write_text(json.dumps(dict(
                 kind="sweep", rows=rows, shape_check=dict(held=True), process=n)))
         return type("Done", (), dict(returncode=0 if rows else 1))()
+    run.envs = envs
     return run, calls
 
 
@@ -61,6 +68,34 @@ def test_run_repeats_merges_fresh_processes():
     # the merged run records the user's command, not a child's (those stay under repeats)
     assert "--repeat 1" not in merged["env"]["command"]
     assert len(merged["repeats"]["commands"]) == 3
+
+
+def test_each_child_is_given_the_quickest_host_reference_so_far(monkeypatch):
+    """The parent times the CPUs once (its own reference), then each child is told the lowest
+    reference seen: the parent's or an earlier child's, so a child that starts on a slow host
+    waits for it rather than taking the slow host as its own reference."""
+    monkeypatch.setattr(hostcpu, "HOST", hostcpu.Reference())
+    monkeypatch.setattr(hostcpu, "on_quick_cpu", fake_quick_cpu(120.0))
+    run, _ = fake_process([(2.0, 1.5), (2.1, 1.5), (2.0, 1.6)], refs=[110.0, 130.0, 125.0])
+    run_repeats(sweep, params(), 3, run=run)
+    assert run.envs == ["120.000", "110.000", "110.000"]
+    # --no-pin-cpu: the parent times nothing and the children are told nothing
+    monkeypatch.setattr(hostcpu, "HOST", hostcpu.Reference())
+    run, _ = fake_process([(2.0, 1.5), (2.1, 1.5)])
+    run_repeats(sweep, params(no_pin_cpu=True), 2, run=run)
+    assert run.envs == [None, None]
+
+
+def fake_quick_cpu(us):
+    """hostcpu.on_quick_cpu's stand-in: when enabled, its choice sets the reference to `us`."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def quick(enabled=True):
+        if enabled:
+            hostcpu.HOST.update(us)
+        yield None
+    return quick
 
 
 def test_a_process_that_writes_nothing_is_an_error():

@@ -14,6 +14,17 @@ figures then describe the host at its quick state, as a benchmark on an isolated
 row, from their own share of the CPUs (`rank_share`), and never move inside it: a rank choosing
 between rounds would hold the others up inside their timed collectives.
 
+The quickest CPU can be slow too: on this kind of host every CPU at once runs at half speed or
+less for seconds (another tenant's load on the physical machine). A row sampled then describes
+another host, and a `--repeat` process that happens to run in such a phase reads a different
+speedup for a host-bound eager step. So, as nvbench stops timing while the GPU's clock is
+throttled and waits for it to recover, the pin keeps the host's quick probe time (`Reference`:
+the quickest chosen CPU's fresh probe in this process, or the one a `--repeat` parent passes in
+MICROBENCH_HOST_LOOP_US) and, while the quickest CPU runs more than THROTTLE times it, sleeps
+RECOVERY_S and times the CPUs again, up to HOST_WAIT_S per rotation (off the row's time cap).
+Rounds that run on a slow host after that are counted in the row's `host_pin` (`slow_rounds`),
+with the seconds waited. TP ranks do not wait: a rank sleeping would hold the others.
+
 Only the calling thread is pinned, and only for the rotation (`release` restores the CPUs it
 had), so compile workers, thread pools and other threads started outside the rotation (the arms'
 set-up and warm-up included) keep every CPU; a thread or process started inside it would inherit
@@ -29,6 +40,10 @@ from contextlib import contextmanager
 SLOW = 1.15         # a check this much slower than the chosen CPU's time moves the thread
 LOOP_N = 3000       # iterations of the probe loop: a fraction of a millisecond
 REPS = 3            # a probe is the quickest of this many loops
+THROTTLE = 1.35     # the quickest CPU this much slower than the host's reference: a slow host
+RECOVERY_S = 0.25   # sleep between scans while the host is slow
+HOST_WAIT_S = 15.0  # the most a rotation waits, in all, for a slow host to recover
+REF_ENV = "MICROBENCH_HOST_LOOP_US"   # a --repeat parent's reference for its children
 
 
 def loop_us(n: int = LOOP_N, reps: int = REPS) -> float:
@@ -48,14 +63,42 @@ def can_pin() -> bool:
     return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1
 
 
+class Reference:
+    """The host's quick probe time, us: the lowest fresh probe of a chosen CPU seen so far (or
+    given). `slow(t)`: a probe of `t` us is more than THROTTLE times it."""
+
+    def __init__(self, us: float | None = None):
+        self.us = us
+
+    def update(self, us: float) -> None:
+        self.us = us if self.us is None else min(self.us, us)
+
+    def slow(self, us: float) -> bool:
+        return self.us is not None and us > THROTTLE * self.us
+
+
+def _inherited() -> float | None:
+    """The reference a --repeat parent passed in REF_ENV (None when absent or not a number)."""
+    try:
+        v = float(os.environ.get(REF_ENV, ""))
+    except ValueError:
+        return None
+    return v if v > 0 else None
+
+
+HOST = Reference(_inherited())   # this process's reference, shared by every row's pin
+
+
 class HostPin:
     """Moves the calling thread to the quickest allowed CPU when its current one turns slow.
     `probe(cpu) -> us`, `set_cpus(cpus)` and `get_cpus()` default to the loop above and
     os.sched_setaffinity / getaffinity; tests pass fakes. `cpus`: the CPUs it may choose from
-    (default: all this thread may use)."""
+    (default: all this thread may use). `reference`: a Reference to wait on while the host is
+    slow (None: never wait), `wait_s` the most this pin waits in all, `sleep` time.sleep."""
 
     def __init__(self, cpus=None, probe=None, set_cpus=None, get_cpus=None,
-                 every_round: bool = True):
+                 every_round: bool = True, reference: Reference | None = None,
+                 wait_s: float = HOST_WAIT_S, sleep=None):
         get_cpus = get_cpus or (lambda: os.sched_getaffinity(0))
         self.allowed = sorted(cpus if cpus is not None else get_cpus())
         # False: chosen once per rotation, never moved (TP ranks, whose rounds must not wait)
@@ -68,37 +111,60 @@ class HostPin:
         self.checks: list[float] = []   # every check's probe time, us
         self.moves = 0                  # changes from one chosen CPU to another
         self.used: set = set()
+        self.reference, self.wait_s = reference, wait_s
+        self._sleep = sleep or time.sleep
+        self.waited_s = 0.0             # slept waiting for a slow host to recover
+        self.slow_rounds = 0            # checks that kept a CPU slower than the reference allows
+
+    def _slow(self, us: float) -> bool:
+        return self.reference is not None and self.reference.slow(us)
 
     def choose(self) -> int:
         """Time every allowed CPU (the thread pinned to each in turn) and stay on the quickest.
         Its reference time is a fresh probe there, not the scan's minimum (which a lucky reading
-        would set too low, and every later check would then call slow)."""
+        would set too low, and every later check would then call slow). While that probe says
+        the whole host is slow, sleep and time them again, within the pin's wait."""
         try:
-            times = {}
-            for c in self.allowed:
-                self._set({c})
-                times[c] = self._probe(c)
-            best = min(times, key=times.get)
-            self._set({best})
+            while True:
+                times = {}
+                for c in self.allowed:
+                    self._set({c})
+                    times[c] = self._probe(c)
+                best = min(times, key=times.get)
+                self._set({best})
+                fresh = self._probe(best)
+                if not self._slow(fresh) or self.waited_s + RECOVERY_S > self.wait_s:
+                    break
+                self._sleep(RECOVERY_S)
+                self.waited_s += RECOVERY_S
         except BaseException:
             self._set(self._restore)
             self.current = None
             raise
         if self.current is not None and best != self.current:
             self.moves += 1
-        self.current, self.chosen_us = best, self._probe(best)
+        self.current, self.chosen_us = best, fresh
         self.used.add(best)
+        if self.reference is not None:
+            self.reference.update(fresh)
         return best
 
-    def check(self) -> None:
-        """Before a round: keep the current CPU while it is as quick as when chosen."""
+    def check(self) -> bool:
+        """Before a round: keep the current CPU while it is as quick as when chosen and the host
+        is not slow; otherwise choose again. Returns whether it waited for the host (the steps
+        that follow then start from an idle GPU)."""
+        waited = self.waited_s
         if self.current is None:
             self.choose()
-            return
+            return self.waited_s > waited
         t = self._probe(self.current)
         self.checks.append(t)
-        if t > SLOW * self.chosen_us:
+        if t > SLOW * self.chosen_us or (self._slow(t) and self.waited_s + RECOVERY_S <= self.wait_s):
             self.choose()
+            t = self.chosen_us
+        if self._slow(t):
+            self.slow_rounds += 1
+        return self.waited_s > waited
 
     def release(self) -> None:
         """Back to the CPUs the thread had before the pin; the next check chooses again."""
@@ -106,19 +172,26 @@ class HostPin:
         self.current = None
 
     def summary(self) -> dict:
-        """What the pin did over its checks: CPUs used, moves, the probe loop's median and range."""
+        """What the pin did over its checks: CPUs used, moves, the probe loop's median and range;
+        with a reference, its time, the seconds waited for the host and the slow rounds."""
         xs = self.checks
-        return dict(cpus_used=len(self.used), moves=self.moves, checks=len(xs),
-                    loop_us=statistics.median(xs) if xs else None,
-                    loop_us_range=[min(xs), max(xs)] if xs else None)
+        out = dict(cpus_used=len(self.used), moves=self.moves, checks=len(xs),
+                   loop_us=statistics.median(xs) if xs else None,
+                   loop_us_range=[min(xs), max(xs)] if xs else None)
+        if self.reference is not None:
+            out.update(reference_us=self.reference.us, waited_s=self.waited_s,
+                       slow_rounds=self.slow_rounds)
+        return out
 
 
 def pin_factory(enabled: bool, cpus=None, every_round: bool = True):
     """A rows.Budget `pin`: makes a HostPin over `cpus` per rotation, or None when not
-    `enabled` or the platform cannot pin."""
+    `enabled` or the platform cannot pin. Pins checked every round wait for a slow host
+    (against HOST); a pin that chooses once (a TP rank) does not."""
     if not (enabled and can_pin()):
         return None
-    return lambda: HostPin(cpus=cpus, every_round=every_round)
+    return lambda: HostPin(cpus=cpus, every_round=every_round,
+                           reference=HOST if every_round else None)
 
 
 def rank_share(rank: int, world: int, cpus=None) -> list[int]:
@@ -131,8 +204,9 @@ def rank_share(rank: int, world: int, cpus=None) -> list[int]:
 
 @contextmanager
 def on_quick_cpu(enabled: bool = True):
-    """The block runs with this thread on the quickest allowed CPU as timed on entry (no move
-    when not `enabled` or the platform cannot pin); the thread's CPUs come back on exit."""
+    """The block runs with this thread on the quickest allowed CPU as timed on entry, after
+    waiting for a slow host (no move when not `enabled` or the platform cannot pin); the
+    thread's CPUs come back on exit."""
     make = pin_factory(enabled)
     pin = make() if make is not None else None
     try:

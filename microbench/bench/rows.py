@@ -145,7 +145,7 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
                 for n, (fn, t) in arms.items()}
     pin = budget.pin() if budget.pin is not None else None
     # the pin's check first, so the host costs sampled beside are sampled on the CPU it keeps
-    hooks = ([pin.check] if pin is not None and pin.every_round else []) + [
+    hooks = ([partial(_check_pin, pin, arms)] if pin is not None and pin.every_round else []) + [
         partial(t.beside, fn) for fn, t in arms.values() if t.beside is not None]
     between = (lambda: [h() for h in hooks]) if hooks else None
     prefix = {t.prefix: n for n, (_, t) in arms.items()}
@@ -168,6 +168,14 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
     out.update(speedups(prefix, xs, seed))
     out["stable"] = bool(stable)
     return out
+
+
+def _check_pin(pin, arms: dict) -> None:
+    """Before a round: the pin's check; when it slept waiting for a slow host, one untimed step
+    of each arm, so the round does not start from an idle GPU."""
+    if pin.check():
+        for fn, _ in arms.values():
+            fn()
 
 
 def _rotate(samplers, events, budget, done, cap, on_round, between):

@@ -180,7 +180,8 @@ class SweepRow:
     eager_step_us_repeats: list[float | None] | None = None   # each process's median, and
     graph_step_us_repeats: list[float | None] | None = None   # the probe loop of its CPU
     host_loop_us_repeats: list[float | None] | None = None
-    host_pin: dict | None = None   # hostcpu.HostPin.summary(): cpus_used, moves, checks, loop_us
+    host_pin: dict | None = None   # hostcpu.HostPin.summary(): cpus_used, moves, checks, loop_us,
+    #   loop_us_range; reference_us, waited_s, slow_rounds (the wait for a slow host)
 
 
 @dataclass(frozen=True)

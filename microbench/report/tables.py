@@ -362,6 +362,14 @@ def pin_line(rows) -> str | None:
         return None
     lo = min(p["loop_us_range"][0] for p in pins)
     hi = max(p["loop_us_range"][1] for p in pins)
+    refs = [p["reference_us"] for p in pins if p.get("reference_us")]
+    wait = ""
+    if refs:   # runs before the host reference have none
+        waited = sum(p.get("waited_s") or 0 for p in pins)
+        slow = sum(p.get("slow_rounds") or 0 for p in pins)
+        wait = (f"; host's quick loop {min(refs):.0f} us, waited {waited:.1f} s for a slow host"
+                + (f", {slow} rounds on a slow host" if slow else ""))
     return (f"host CPU: each row's rotation kept on a quick CPU ({sum(p['moves'] for p in pins)} "
             f"moves in {sum(p['checks'] for p in pins)} checks; probe loop per row "
-            + ", ".join(f"{p['loop_us']:.0f}" for p in pins) + f" us, range {lo:.0f}-{hi:.0f})")
+            + ", ".join(f"{p['loop_us']:.0f}" for p in pins) + f" us, range {lo:.0f}-{hi:.0f}"
+            + wait + ")")

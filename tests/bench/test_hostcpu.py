@@ -28,9 +28,10 @@ class Host:
     def get_cpus(self):
         return set(self.pinned)
 
-    def pin(self, cpus=None, every_round=True):
+    def pin(self, cpus=None, every_round=True, **kw):
         return HostPin(cpus=cpus if cpus is not None else self.speed, probe=self.probe,
-                       set_cpus=self.set_cpus, get_cpus=self.get_cpus, every_round=every_round)
+                       set_cpus=self.set_cpus, get_cpus=self.get_cpus, every_round=every_round,
+                       **kw)
 
 
 def test_chooses_the_quickest_cpu_and_stays_while_it_is_quick():
@@ -54,6 +55,9 @@ def test_moves_when_its_cpu_turns_slow():
     assert pin.current == 2 and host.pinned == {2} and pin.moves == 1
     s = pin.summary()
     assert s == dict(cpus_used=2, moves=1, checks=1, loop_us=120.0, loop_us_range=[120.0, 120.0])
+    # with a reference, the summary says what waiting for the host did
+    ref = host.pin(reference=hostcpu.Reference(50.0))
+    assert ref.summary()["reference_us"] == 50.0 and ref.summary()["slow_rounds"] == 0
 
 
 def test_release_gives_every_cpu_back_and_the_next_check_chooses_again():
@@ -177,3 +181,102 @@ def test_the_cli_passes_no_pin_cpu_to_both_commands():
     for cmd in (sweep, reproduce):
         assert cmd.make_context(cmd.name, ["--no-pin-cpu"]).params["no_pin_cpu"] is True
         assert cmd.make_context(cmd.name, []).params["no_pin_cpu"] is False
+
+
+# ---- a slow host: every CPU slow at once -------------------------------------------------
+class Sleeper:
+    """time.sleep's stand-in: records each sleep and runs `then(n)` after the n-th (n from 1)."""
+
+    def __init__(self, then=lambda n: None):
+        self.slept, self.then = [], then
+
+    def __call__(self, s):
+        self.slept.append(s)
+        self.then(len(self.slept))
+
+
+@pytest.fixture
+def throttle(monkeypatch):
+    """THROTTLE as the code has it: the conftest's patches that turn waiting off are undone."""
+    monkeypatch.undo()
+    monkeypatch.setattr(hostcpu, "HOST", hostcpu.Reference())
+    assert 1 < hostcpu.THROTTLE < 2
+    return hostcpu.THROTTLE
+
+
+def test_a_slow_host_is_waited_for_until_it_recovers(throttle):
+    host = Host({0: 210.0, 1: 200.0})          # every CPU about twice its quick time
+    sleep = Sleeper(lambda n: host.speed.update({0: 105.0, 1: 100.0}) if n == 3 else None)
+    ref = hostcpu.Reference(100.0)
+    pin = host.pin(reference=ref, sleep=sleep)
+    assert pin.check() is True                 # it waited: the caller re-warms its steps
+    assert sleep.slept == [hostcpu.RECOVERY_S] * 3 and pin.waited_s == 3 * hostcpu.RECOVERY_S
+    assert pin.current == 1 and pin.chosen_us == 100.0 and pin.slow_rounds == 0
+    assert pin.check() is False and pin.summary()["waited_s"] == 3 * hostcpu.RECOVERY_S
+
+
+def test_a_host_that_stays_slow_is_waited_for_within_the_pins_wait_then_counted(throttle):
+    host = Host({0: 210.0, 1: 200.0})
+    sleep = Sleeper()
+    pin = host.pin(reference=hostcpu.Reference(100.0), sleep=sleep, wait_s=1.0)
+    pin.check()
+    assert sum(sleep.slept) == pytest.approx(1.0) and pin.current == 1
+    pin.check()
+    pin.check()                                # no more waiting: the rounds run, counted slow
+    assert sum(sleep.slept) == pytest.approx(1.0) and pin.slow_rounds == 2
+    s = pin.summary()
+    assert s["slow_rounds"] == 2 and s["waited_s"] == pytest.approx(1.0) and s["reference_us"] == 100.0
+
+
+def test_a_cpu_slowing_within_its_allowance_but_past_the_hosts_is_chosen_again(throttle):
+    """Chosen at 1.3x the reference (not slow), the CPU then reads 1.4x: within SLOW of its own
+    choice, but a slow host by the reference, so the pin times the CPUs and waits."""
+    host = Host({0: 130.0, 1: 300.0})
+    sleep = Sleeper(lambda n: host.speed.update({0: 101.0}))
+    pin = host.pin(reference=hostcpu.Reference(100.0), sleep=sleep)
+    pin.check()
+    assert pin.chosen_us == 130.0 and sleep.slept == []
+    host.speed[0] = 140.0
+    assert 140.0 < SLOW * 130.0 and 140.0 > throttle * 100.0
+    assert pin.check() is True and pin.chosen_us == 101.0 and pin.slow_rounds == 0
+
+
+def test_without_a_reference_a_pin_never_waits_and_the_reference_keeps_the_quickest(throttle):
+    host = Host({0: 210.0, 1: 200.0})
+    sleep = Sleeper()
+    pin = host.pin(sleep=sleep)
+    pin.check()
+    assert sleep.slept == [] and "waited_s" not in pin.summary()
+    ref = hostcpu.Reference()
+    pin = host.pin(reference=ref, sleep=sleep)
+    pin.check()                                # the first choice sets the reference
+    assert ref.us == 200.0 and sleep.slept == []
+    host.speed.update({0: 90.0, 1: 95.0})
+    pin.release()
+    pin.check()
+    assert ref.us == 90.0                      # a quicker host lowers it
+
+
+def test_rotations_wait_but_tp_ranks_do_not(monkeypatch):
+    monkeypatch.setattr(hostcpu, "can_pin", lambda: True)
+    assert hostcpu.pin_factory(True)().reference is hostcpu.HOST
+    assert hostcpu.pin_factory(True, [0, 1], every_round=False)().reference is None
+
+
+def test_the_reference_comes_from_a_repeat_parent(monkeypatch):
+    monkeypatch.setenv(hostcpu.REF_ENV, "111.5")
+    assert hostcpu._inherited() == 111.5
+    for bad in ("", "fast", "-3"):
+        monkeypatch.setenv(hostcpu.REF_ENV, bad)
+        assert hostcpu._inherited() is None
+
+
+def test_a_round_after_a_wait_starts_with_one_untimed_step_of_each_arm():
+    calls = []
+    arms = {n: (lambda n=n: calls.append(n), None) for n in ("eager", "graph")}
+    waits = iter([True, False])
+    pin = type("Pin", (), dict(check=lambda self: next(waits)))()
+    rows._check_pin(pin, arms)
+    assert calls == ["eager", "graph"]
+    rows._check_pin(pin, arms)
+    assert calls == ["eager", "graph"]

@@ -59,6 +59,11 @@ def test_footer_says_what_the_cpu_pin_did():
                                       loop_us_range=[96.0, 180.0])
     assert ("host CPU: each row's rotation kept on a quick CPU (3 moves in 40 checks; probe loop "
             "per row 101 us, range 96-180)") in sweep_table(run)
+    # with the host's reference: what waiting for a slow host did, summed over the rows
+    run["rows"][0]["host_pin"].update(reference_us=95.2, waited_s=1.5, slow_rounds=0)
+    assert "range 96-180; host's quick loop 95 us, waited 1.5 s for a slow host)" in sweep_table(run)
+    run["rows"][0]["host_pin"].update(slow_rounds=4)
+    assert "waited 1.5 s for a slow host, 4 rounds on a slow host)" in sweep_table(run)
 
 
 def test_repeat_line_counts_both_shape_verdicts():
