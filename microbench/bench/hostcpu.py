@@ -21,9 +21,12 @@ speedup for a host-bound eager step. So, as nvbench stops timing while the GPU's
 throttled and waits for it to recover, the pin keeps the host's quick probe time (`Reference`:
 the quickest chosen CPU's fresh probe in this process, or the one a `--repeat` parent passes in
 MICROBENCH_HOST_LOOP_US) and, while the quickest CPU runs more than THROTTLE times it, sleeps
-RECOVERY_S and times the CPUs again, up to HOST_WAIT_S per rotation (off the row's time cap).
-Rounds that run on a slow host after that are counted in the row's `host_pin` (`slow_rounds`),
-with the seconds waited. TP ranks do not wait: a rank sleeping would hold the others.
+RECOVERY_S and times the CPUs again, up to HOST_WAIT_S of sleep per rotation (each scan between
+the sleeps adds well under a millisecond per CPU; all of it off the row's time cap). Rounds that
+run on a slow host after that are counted in the row's `host_pin` (`slow_rounds`), with the
+seconds slept. A process that starts on a slow host takes that as its reference until it sees a
+quicker one, so it waits only once the host has been quick in its sight (or its --repeat
+parent's). TP ranks' rows do not wait: a rank sleeping would hold the others.
 
 Only the calling thread is pinned, and only for the rotation (`release` restores the CPUs it
 had), so compile workers, thread pools and other threads started outside the rotation (the arms'
@@ -113,7 +116,7 @@ class HostPin:
         self.used: set = set()
         self.reference, self.wait_s = reference, wait_s
         self._sleep = sleep or time.sleep
-        self.waited_s = 0.0             # slept waiting for a slow host to recover
+        self.waited_s = 0.0             # slept waiting for a slow host to recover (the sleeps)
         self.slow_rounds = 0            # checks that kept a CPU slower than the reference allows
 
     def _slow(self, us: float) -> bool:

@@ -155,7 +155,7 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
             fn()
     try:
         if pin is not None:   # the first check chooses the CPU: after the warm-up, so threads
-            pin.check()       # and workers it starts keep every CPU
+            _check_pin(pin, arms)   # and workers it starts keep every CPU
         xs, stable = _rotate(samplers, events, budget, done, cap, on_round, between)
     finally:
         if pin is not None:

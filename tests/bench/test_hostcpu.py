@@ -195,13 +195,15 @@ class Sleeper:
         self.then(len(self.slept))
 
 
+REAL_THROTTLE = hostcpu.THROTTLE   # read at import, before the conftest turns waiting off
+
+
 @pytest.fixture
 def throttle(monkeypatch):
-    """THROTTLE as the code has it: the conftest's patches that turn waiting off are undone."""
-    monkeypatch.undo()
-    monkeypatch.setattr(hostcpu, "HOST", hostcpu.Reference())
-    assert 1 < hostcpu.THROTTLE < 2
-    return hostcpu.THROTTLE
+    """THROTTLE as the code has it (the suite's conftest turns waiting off)."""
+    assert 1 < REAL_THROTTLE < 2
+    monkeypatch.setattr(hostcpu, "THROTTLE", REAL_THROTTLE)
+    return REAL_THROTTLE
 
 
 def test_a_slow_host_is_waited_for_until_it_recovers(throttle):
@@ -280,3 +282,24 @@ def test_a_round_after_a_wait_starts_with_one_untimed_step_of_each_arm():
     assert calls == ["eager", "graph"]
     rows._check_pin(pin, arms)
     assert calls == ["eager", "graph"]
+
+
+def test_a_wait_in_the_rows_first_check_is_followed_by_an_untimed_step(monkeypatch, throttle):
+    """The rotation's first check chooses the CPU after the warm-up; when it slept waiting for
+    the host, each arm takes one untimed step before the first timed sample."""
+    host = Host({0: 210.0, 1: 200.0})
+    sleep = Sleeper(lambda n: host.speed.update({0: 105.0, 1: 100.0}) if n == 2 else None)
+    clk = Clock(monkeypatch, {"eager": 20.0, "graph": 10.0})
+    b = Budget(steps=1, budget_s=60,
+               pin=lambda: host.pin(reference=hostcpu.Reference(100.0), sleep=sleep))
+    arms = {}
+    for name in ("eager", "graph"):
+        def step(name=name):     # an untimed call (the fake sampler times without calling)
+            clk.log.append((name, len(sleep.slept)))
+        step.name = name
+        arms[name] = Arm(step, wall_timer(f"{name}_", b))
+    row = measure_row(arms, 1, 1, "full")
+    assert row["host_pin"]["waited_s"] == 2 * hostcpu.RECOVERY_S
+    first_sample = next(i for i, e in enumerate(clk.log) if isinstance(e, str))
+    assert clk.log[first_sample - 2:first_sample] == [("eager", 2), ("graph", 2)]
+    assert all(e[1] == 0 for e in clk.log[:first_sample - 2])       # the warm-up, before
