@@ -180,8 +180,7 @@ class SweepRow:
     eager_step_us_repeats: list[float | None] | None = None   # each process's median, and
     graph_step_us_repeats: list[float | None] | None = None   # the probe loop of its CPU
     host_loop_us_repeats: list[float | None] | None = None
-    host_pin: dict | None = None   # hostcpu.HostPin.summary(): cpus_used, moves, checks, loop_us,
-    #   loop_us_range; reference_us, waited_s, slow_rounds (the wait for a slow host)
+    host_pin: dict | None = None   # hostcpu.HostPin.summary(): the CPU pin and its host wait
 
 
 @dataclass(frozen=True)
