@@ -11,8 +11,9 @@ process's median speedup) and `speedup_repeat_spread` (max / min - 1), and a `re
 (k, the worst spread, each process's shape check).
 
 Each child is told the host's quick probe time (bench.hostcpu's MICROBENCH_HOST_LOOP_US): the
-lower of the parent's own and the children's so far, so a child that starts while the whole
-host is slow waits for it, as the rows of one process do, instead of measuring another host.
+lowest of the parent's own (the lower quartile of PARENT_SCANS scans before the first child) and
+the children's so far, so a child that starts while the whole host is slow waits for it, as the
+rows of one process do, instead of measuring another host.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from microbench.stats import merge_repeats
 # the child: this package's CLI under the same interpreter (no reliance on PATH)
 CHILD = "import sys; from microbench.cli import main; sys.exit(main())"
 OWN = ("repeat", "out", "as_json", "quiet")      # options the parent sets for each child
+PARENT_SCANS = 5   # the parent times the CPUs this many times before the first child
 
 
 def child_argv(command: click.Command, params: dict, out: str) -> list[str]:
@@ -57,15 +59,17 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
     that writes no run raises RuntimeError naming it."""
     say = say or (lambda s: None)
     runs = []
-    with hostcpu.on_quick_cpu(not params.get("no_pin_cpu", False)):
-        pass                      # times the CPUs once: the parent's share of the reference
+    with hostcpu.on_quick_cpu(not params.get("no_pin_cpu", False)) as pin:
+        for _ in range(PARENT_SCANS - 1 if pin is not None else 0):
+            pin.choose()          # the parent's own reference: the quartile of its scans
+    ref = hostcpu.HOST.us         # then the lowest of it and the children's, for the next
     with tempfile.TemporaryDirectory(prefix="microbench-repeat-") as tmp:
         for i in range(k):
             out = Path(tmp) / f"process-{i + 1}"
             say(f"repeat {i + 1} of {k}: a fresh process")
             env = dict(os.environ)
-            if hostcpu.HOST.us is not None:
-                env[hostcpu.REF_ENV] = f"{hostcpu.HOST.us:.3f}"
+            if ref is not None:
+                env[hostcpu.REF_ENV] = f"{ref:.3f}"
             # the child's own table is not printed: the merged run's is, once, after the last
             res = run([sys.executable, "-c", CHILD, *child_argv(command, params, str(out))],
                       stdout=subprocess.DEVNULL, env=env)
@@ -76,9 +80,9 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
                                    f"{res.returncode}{'' if found else ', no run written'})")
             runs.append(json.loads(found[0].read_text()))
             for row in runs[-1].get("rows", []):     # the child's reference, for the next
-                ref = (row.get("host_pin") or {}).get("reference_us")
-                if ref:
-                    hostcpu.HOST.update(ref)
+                theirs = (row.get("host_pin") or {}).get("reference_us")
+                if theirs:
+                    ref = theirs if ref is None else min(ref, theirs)
     merged = merge_repeats(runs)
     # the run is the user's command; each process's own command line stays under `repeats`
     merged["repeats"]["commands"] = [r.get("env", {}).get("command") for r in runs]

@@ -86,16 +86,36 @@ def test_each_child_is_given_the_quickest_host_reference_so_far(monkeypatch):
     assert run.envs == [None, None]
 
 
-def fake_quick_cpu(us):
-    """hostcpu.on_quick_cpu's stand-in: when enabled, its choice sets the reference to `us`."""
+def fake_quick_cpu(us, *more):
+    """hostcpu.on_quick_cpu's stand-in: when enabled, its choice adds `us` to the reference,
+    and each further choice of the pin it yields the next of `more` (then `us` again)."""
     from contextlib import contextmanager
+
+    class Pin:
+        def __init__(self):
+            self.left = list(more)
+
+        def choose(self):
+            hostcpu.HOST.update(self.left.pop(0) if self.left else us)
 
     @contextmanager
     def quick(enabled=True):
         if enabled:
             hostcpu.HOST.update(us)
-        yield None
+        yield Pin() if enabled else None
     return quick
+
+
+def test_the_parents_reference_is_the_quartile_of_its_scans(monkeypatch):
+    """A first scan on a slow host does not become the children's reference: the parent scans
+    PARENT_SCANS times and passes their lower quartile."""
+    from microbench import cli_repeat
+    assert cli_repeat.PARENT_SCANS == 5
+    monkeypatch.setattr(hostcpu, "HOST", hostcpu.Reference())
+    monkeypatch.setattr(hostcpu, "on_quick_cpu", fake_quick_cpu(300.0, 120.0, 118.0, 121.0, 119.0))
+    run, _ = fake_process([(2.0, 1.5)], refs=[200.0])
+    run_repeats(sweep, params(), 1, run=run)
+    assert run.envs == ["119.000"]
 
 
 def test_a_process_that_writes_nothing_is_an_error():

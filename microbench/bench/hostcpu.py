@@ -19,13 +19,15 @@ less for seconds (another tenant's load on the physical machine). A row sampled 
 another host, and a `--repeat` process that happens to run in such a phase reads a different
 speedup for a host-bound eager step. So, as nvbench stops timing while the GPU's clock is
 throttled and waits for it to recover, the pin keeps the host's quick probe time (`Reference`:
-the quickest chosen CPU's fresh probe in this process, or the one a `--repeat` parent passes in
-MICROBENCH_HOST_LOOP_US) and, while the quickest CPU runs more than THROTTLE times it, sleeps
-RECOVERY_S and times the CPUs again, up to HOST_WAIT_S of sleep per rotation (each scan between
-the sleeps adds well under a millisecond per CPU; all of it off the row's time cap). Rounds that
-run on a slow host after that are counted in the row's `host_pin` (`slow_rounds`), with the
-seconds slept. A process that starts on a slow host takes that as its reference until it sees a
-quicker one, so it waits only once the host has been quick in its sight (or its --repeat
+the lower quartile of the chosen CPUs' fresh probes in this process, or, when lower, the one a
+`--repeat` parent passes in MICROBENCH_HOST_LOOP_US) and, while the quickest CPU runs more than
+THROTTLE times it, sleeps RECOVERY_S and times the CPUs again, up to HOST_WAIT_S of sleep per
+rotation (each scan between the sleeps adds well under a millisecond per CPU; all of it off the
+row's time cap). A quartile, not the minimum: one lucky probe would otherwise set a time the host
+rarely runs at, and a tight THROTTLE would then wait on a quick host. Rounds that run on a slow
+host after that are counted in the row's `host_pin` (`slow_rounds`), with the seconds slept. A
+process that starts on a slow host takes that as its reference until quick probes make a quarter
+of its own, so it waits only once the host has been quick in its sight (or its --repeat
 parent's). TP ranks' rows do not wait: a rank sleeping would hold the others.
 
 Only the calling thread is pinned, and only for the rotation (`release` restores the CPUs it
@@ -43,7 +45,7 @@ from contextlib import contextmanager
 SLOW = 1.15         # a check this much slower than the chosen CPU's time moves the thread
 LOOP_N = 3000       # iterations of the probe loop: a fraction of a millisecond
 REPS = 3            # a probe is the quickest of this many loops
-THROTTLE = 1.35     # the quickest CPU this much slower than the host's reference: a slow host
+THROTTLE = 1.10     # the quickest CPU this much slower than the host's reference: a slow host
 RECOVERY_S = 0.25   # sleep between scans while the host is slow
 HOST_WAIT_S = 15.0  # the most a rotation waits, in all, for a slow host to recover
 REF_ENV = "MICROBENCH_HOST_LOOP_US"   # a --repeat parent's reference for its children
@@ -67,14 +69,26 @@ def can_pin() -> bool:
 
 
 class Reference:
-    """The host's quick probe time, us: the lowest fresh probe of a chosen CPU seen so far (or
-    given). `slow(t)`: a probe of `t` us is more than THROTTLE times it."""
+    """The host's quick probe time, us: the lower quartile of the fresh probes of chosen CPUs
+    seen so far (`update`), or the `given` time when that is lower (None: neither yet).
+    `slow(t)`: a probe of `t` us is more than THROTTLE times it."""
 
-    def __init__(self, us: float | None = None):
-        self.us = us
+    def __init__(self, given: float | None = None):
+        self.given = given
+        self.seen: list[float] = []
 
     def update(self, us: float) -> None:
-        self.us = us if self.us is None else min(self.us, us)
+        self.seen.append(us)
+
+    @property
+    def us(self) -> float | None:
+        own = None
+        if len(self.seen) == 1:
+            own = self.seen[0]
+        elif self.seen:
+            own = statistics.quantiles(self.seen, n=4, method="inclusive")[0]
+        known = [v for v in (self.given, own) if v is not None]
+        return min(known) if known else None
 
     def slow(self, us: float) -> bool:
         return self.us is not None and us > THROTTLE * self.us
