@@ -71,6 +71,12 @@ def test_fastest_keeps_the_reference_unless_another_arm_is_faster_beyond_noise()
     r["ratios"] = {"pdl-late": {"median": 0.95, "ci": [0.949, 0.951]},
                    "pdl-off": {"median": 1.001, "ci": [0.998, 1.004]}}
     assert tune.fastest(r) == "pdl-early"
+    # faster beyond noise but within the A/B's floor (two arms launching the same kernels read
+    # up to about 1% apart): the reference stays
+    r["ratios"]["pdl-off"] = {"median": 1.005, "ci": [1.005, 1.006]}
+    assert 1.006 < 1 + tune.AB_FLOOR and tune.fastest(r) == "pdl-early"
+    r["ratios"]["pdl-off"] = {"median": 1.021, "ci": [1.021, 1.022]}
+    assert tune.fastest(r) == "pdl-off"
 
 
 def test_the_pdl_ab_records_its_fastest_mode_for_the_presets_shape(tmp_path, monkeypatch):
