@@ -11,9 +11,10 @@ process's median speedup) and `speedup_repeat_spread` (max / min - 1), and a `re
 (k, the worst spread, each process's shape check).
 
 Each child is told the host's quick probe time (bench.hostcpu's MICROBENCH_HOST_LOOP_US): the
-lowest of the parent's own (the lower quartile of PARENT_SCANS scans before the first child) and
-the children's so far, so a child that starts while the whole host is slow waits for it, as the
-rows of one process do, instead of measuring another host.
+lowest of the parent's own (the lower quartile of PARENT_SCANS scans before the first child,
+which, like a row's, wait for a slow host) and the children's so far (each one's last row's), so a
+child that starts while the whole host is slow waits for it, as the rows of one process do,
+instead of measuring another host.
 """
 from __future__ import annotations
 
@@ -79,10 +80,12 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
                 raise RuntimeError(f"--repeat: process {i + 1} of {k} failed (exit status "
                                    f"{res.returncode}{'' if found else ', no run written'})")
             runs.append(json.loads(found[0].read_text()))
-            for row in runs[-1].get("rows", []):     # the child's reference, for the next
-                theirs = (row.get("host_pin") or {}).get("reference_us")
-                if theirs:
-                    ref = theirs if ref is None else min(ref, theirs)
+            # the child's reference, for the next: its last row's, the quartile of all its
+            # probes (an early row's rests on one or two, as near its luck as a minimum)
+            theirs = [r["host_pin"]["reference_us"] for r in runs[-1].get("rows", [])
+                      if (r.get("host_pin") or {}).get("reference_us")]
+            if theirs:
+                ref = theirs[-1] if ref is None else min(ref, theirs[-1])
     merged = merge_repeats(runs)
     # the run is the user's command; each process's own command line stays under `repeats`
     merged["repeats"]["commands"] = [r.get("env", {}).get("command") for r in runs]

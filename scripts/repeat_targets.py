@@ -14,7 +14,23 @@ from pathlib import Path
 
 
 def load(folder):
-    return json.loads((Path(folder) / "run.json").read_text())
+    try:
+        return json.loads((Path(folder) / "run.json").read_text())
+    except (OSError, ValueError) as e:
+        sys.exit(f"cannot read {folder}/run.json ({e.__class__.__name__}); give --repeat run folders")
+
+
+def pct(v):
+    """v as a percentage, or '-' for a figure the run lacks (a failed row, an old run)."""
+    return "-" if v is None else f"{v:.1%}"
+
+
+def num(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def ratio_err(pred, meas):
+    return "-" if pred is None or not meas else f"{pred / meas - 1:+.1%}"
 
 
 def spread_table(runs):
@@ -25,15 +41,16 @@ def spread_table(runs):
         rp = run["repeats"]
         cells = []
         for r in run["rows"]:
-            reps = "/".join(f"{x:.3f}" for x in r["speedup_repeats"])
-            cells.append(f"{r['speedup_repeat_spread']:.1%} ({reps})")
+            reps = "/".join(num(x, ".3f") for x in r.get("speedup_repeats") or [])
+            cells.append(f"{pct(r.get('speedup_repeat_spread'))} ({reps})")
         errs = [abs(r["speedup_error"]) for r in run["rows"] if r.get("speedup_error") is not None]
-        out.append(f"| `{Path(folder).name}` | `{run['env'].get('git', '?')[:7]}` | "
+        worst = rp.get("max_spread")
+        held = lambda key: f"{sum(1 for h in rp.get(key) or [] if h)} of {rp['k']}"
+        out.append(f"| `{Path(folder).name}` | `{(run['env'].get('git') or '?')[:7]}` | "
                    + " | ".join(cells)
-                   + f" | {rp['max_spread']:.1%} | {'yes' if rp['max_spread'] <= 0.05 else 'no'}"
-                   + f" | {sum(rp['engine_shape_held'])} of {rp['k']}"
-                   + f" | {sum(rp['shape_held'])} of {rp['k']}"
-                   + f" | {max(errs):.1%} |")
+                   + f" | {pct(worst)} | {'-' if worst is None else 'yes' if worst <= 0.05 else 'no'}"
+                   + f" | {held('engine_shape_held')} | {held('shape_held')}"
+                   + f" | {pct(max(errs, default=None))} |")
     return out
 
 
@@ -43,20 +60,25 @@ def steps_table(runs):
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for folder, run in runs:
         for r in run["rows"]:
-            g, e = r["predicted_graph_step_us"], r["predicted_eager_step_us"]
+            g, e = r.get("predicted_graph_step_us"), r.get("predicted_eager_step_us")
+            gm, em = r.get("graph_step_us"), r.get("eager_step_us")
             out.append(f"| `{Path(folder).name}` | {r['bs']} "
-                       f"| {r['predicted_speedup']:.2f} / {r['speedup']:.2f} "
-                       f"| {g:.1f} / {r['graph_step_us']:.1f} | {g / r['graph_step_us'] - 1:+.1%} "
-                       f"| {e:.1f} / {r['eager_step_us']:.1f} | {e / r['eager_step_us'] - 1:+.1%} "
-                       f"| {r['graph_host_us']:.1f} |")
+                       f"| {num(r.get('predicted_speedup'), '.2f')} / {num(r.get('speedup'), '.2f')} "
+                       f"| {num(g, '.1f')} / {num(gm, '.1f')} | {ratio_err(g, gm)} "
+                       f"| {num(e, '.1f')} / {num(em, '.1f')} | {ratio_err(e, em)} "
+                       f"| {num(r.get('graph_host_us'), '.1f')} |")
     return out
 
 
 def main(folders):
     runs = [(f, load(f)) for f in folders]
-    bad = [f for f, r in runs if not r.get("repeats")]
+    bad = [f for f, r in runs if not r.get("repeats") or not r.get("rows")]
     if bad:
-        sys.exit(f"not a --repeat run: {', '.join(bad)}")
+        sys.exit(f"not a --repeat run with rows: {', '.join(bad)}")
+    sizes = {tuple(r["bs"] for r in run["rows"]) for _, run in runs}
+    if len(sizes) > 1:
+        sys.exit(f"the runs swept different batch sizes ({'; '.join(map(str, sorted(sizes)))}); "
+                 "give runs of one --bs list")
     print("\n".join(spread_table(runs)))
     print()
     print("\n".join(steps_table(runs)))

@@ -45,8 +45,11 @@ def fake_process(speedups, refs=None):
         out = Path(cmd[cmd.index("--out") + 1])
         n = len(calls)
         calls.append(cmd)
-        pin = {} if refs is None else dict(host_pin=dict(checks=3, reference_us=refs[n]))
-        rows = [dict(bs=b, speedup=s, **pin) for b, s in zip((1, 4), speedups[n])]
+        ref = None if refs is None else refs[n]
+        per_row = ref if isinstance(ref, tuple) else (ref, ref)
+        rows = [dict(bs=b, speedup=s, **({} if r is None else
+                                         dict(host_pin=dict(checks=3, reference_us=r))))
+                for b, s, r in zip((1, 4), speedups[n], per_row)]
         if rows:
             (out / "sweep-fake").mkdir(parents=True)
             (out / "sweep-fake" / "run.json").write_text(json.dumps(dict(
@@ -71,7 +74,7 @@ def test_run_repeats_merges_fresh_processes():
 
 
 def test_each_child_is_given_the_quickest_host_reference_so_far(monkeypatch):
-    """The parent times the CPUs once (its own reference), then each child is told the lowest
+    """The parent times the CPUs (its own reference), then each child is told the lowest
     reference seen: the parent's or an earlier child's, so a child that starts on a slow host
     waits for it rather than taking the slow host as its own reference."""
     monkeypatch.setattr(hostcpu, "HOST", hostcpu.Reference())
@@ -104,6 +107,16 @@ def fake_quick_cpu(us, *more):
             hostcpu.HOST.update(us)
         yield Pin() if enabled else None
     return quick
+
+
+def test_a_childs_reference_is_its_last_rows(monkeypatch):
+    """A child's first row rests on one or two probes (near their luck); its last row's
+    reference is the quartile of all of them, and that is what the next child is told."""
+    monkeypatch.setattr(hostcpu, "HOST", hostcpu.Reference())
+    monkeypatch.setattr(hostcpu, "on_quick_cpu", fake_quick_cpu(120.0))
+    run, _ = fake_process([(2.0, 1.5), (2.1, 1.5)], refs=[(80.0, 100.0), (95.0, 105.0)])
+    run_repeats(sweep, params(), 2, run=run)
+    assert run.envs == ["120.000", "100.000"]
 
 
 def test_the_parents_reference_is_the_quartile_of_its_scans(monkeypatch):
