@@ -25,11 +25,12 @@ THROTTLE times it, sleeps RECOVERY_S and times the CPUs again, up to HOST_WAIT_S
 rotation (each scan between the sleeps adds well under a millisecond per CPU; all of it off the
 row's time cap). A quartile, not the minimum: one lucky probe would otherwise set a time the host
 rarely runs at, and a tight THROTTLE would then wait on a quick host (with only a few probes the
-quartile is still near their lowest; a --repeat parent passes on each child's last row's). Rounds that run on a slow
-host after that are counted in the row's `host_pin` (`slow_rounds`), with the seconds slept. A
-process that starts on a slow host takes that as its reference until quick probes make a quarter
-of its own, so it waits only once the host has been quick in its sight (or its --repeat
-parent's). TP ranks' rows do not wait: a rank sleeping would hold the others.
+quartile is still near their lowest; a --repeat parent passes on each child's last row's).
+Rounds that run on a slow host after that are counted in the row's `host_pin` (`slow_rounds`),
+with the seconds slept. A process that starts on a slow host takes that as its reference until
+quick probes make a quarter of its own, so it waits only once the host has been quick in its
+sight (or its --repeat parent's). TP ranks' rows do not wait: a rank sleeping would hold the
+others.
 
 Only the calling thread is pinned, and only for the rotation (`release` restores the CPUs it
 had), so compile workers, thread pools and other threads started outside the rotation (the arms'
