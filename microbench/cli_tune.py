@@ -29,8 +29,9 @@ RECORDED = ("pdl", "blas", "splits")   # the --vary choices whose winner is writ
 @click.option("--rows", type=IntList(1, 1024), default=None,
               help="Row buckets to tune: powers of two up to 16 [default: 1,2,4,8,16]; with "
                    f"--vary blas batch sizes above {FAST_ROWS} "
-                   f"[default: {','.join(map(str, BLAS_ROWS))}]; with --vary splits any batch "
-                   f"sizes [default: {','.join(map(str, SPLIT_ROWS))}].")
+                   f"[default: {','.join(map(str, BLAS_ROWS))}]; with --vary pdl any batch "
+                   "sizes [default: 1,2,4,8,16]; with --vary splits any batch sizes "
+                   f"[default: {','.join(map(str, SPLIT_ROWS))}].")
 @click.option("--time-budget", type=click.FloatRange(0.005, 10), default=0.05, show_default=True,
               help="Seconds of timing per candidate at most.")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
@@ -42,9 +43,9 @@ RECORDED = ("pdl", "blas", "splits")   # the --vary choices whose winner is writ
               help="With --ab, what the decoders differ by: table (the tuned configs against "
                    f"the rule's; --rows up to {FAST_ROWS}, the rows the decoder runs skinny "
                    "matmuls at), pdl (the kernels launched with PDL letting the next one launch "
-                   "before their wait, after it, or without PDL; the fastest beyond noise at the "
-                   "smallest --rows batch is recorded in the device's PDL table, which decoders "
-                   "then follow at every batch size), plan (the fused plan against the unfused one, cuBLAS matmuls), "
+                   "before their wait, after it, or without PDL; the fastest beyond noise at each "
+                   "--rows batch is recorded in the device's PDL table, which decoders then "
+                   "follow between measured batches that chose alike), plan (the fused plan against the unfused one, cuBLAS matmuls), "
                    "attention (RoPE, KV store and attention fused against separate kernels), "
                    "blas (the wide matmuls through cuBLAS against cuBLASLt; the faster beyond "
                    "noise at each --rows batch is recorded in the device's BLAS table, which "
@@ -62,7 +63,7 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
     if vary != "table" and not ab_preset:
         usage("--vary: only with --ab PRESET")
     rows = rows or {"blas": BLAS_ROWS, "splits": SPLIT_ROWS}.get(vary, BUCKETS)
-    if vary == "splits":
+    if vary in ("pdl", "splits"):
         pass                          # any batch size: the table holds each one measured
     elif vary == "blas":
         bad = [r for r in rows if r <= FAST_ROWS]
@@ -119,9 +120,7 @@ def _ab(preset: str, rows, vary: str, path: Path) -> None:
         for n, q in r["ratios"].items():
             click.echo(f"bs {bs}: {names[0]}/{n} {q['median']:.3f} ({q['ci'][0]:.3f}-{q['ci'][1]:.3f}, "
                        f"{q['n']} pairs)")
-    if vary == "pdl":
-        _record_pdl(preset, min(results, key=lambda r: r["bs"]), path)
-    elif vary in ("blas", "splits"):
+    if vary in RECORDED:
         _record_per_batch(preset, results, path, vary)
 
 
@@ -142,26 +141,16 @@ def _entry(r: dict, mode: str, prefix: str = "") -> dict:
                 ratios={f"{r['arms'][0]}/{n}": q["median"] for n, q in r["ratios"].items()})
 
 
-def _record_pdl(preset: str, r: dict, path: Path) -> None:
-    """The PDL mode result r keeps (bench.tune.fastest), recorded for the preset's shape in the
-    device's table."""
-    from microbench.bench.tune import fastest
-    from microbench.engine import pdl
-    mode = fastest(r).removeprefix("pdl-")
-    entry = dict(_entry(r, mode, "pdl-"), preset=preset)
-    _write_table(path, pdl.merge_table(path, _meta(), pdl.shape_key(PRESETS[preset], r["elt"]), entry))
-    click.echo(f"kept at bs {r['bs']}: {mode} (the fastest beyond noise, else early); recorded "
-               f"for {preset} in {path}")
-
-
 def _record_per_batch(preset: str, results: list, path: Path, vary: str) -> None:
-    """The mode each --vary blas or splits result keeps (bench.tune.fastest: the second arm,
-    cuBLASLt or capped, only where it is faster beyond noise), recorded at its batch size for
-    the preset's shape; for splits with the two split counts compared (engine/splits.py), and
-    "fill" where they are equal (the arms launched alike)."""
+    """The mode each --vary pdl, blas or splits result keeps (bench.tune.fastest: another arm
+    than the first, early, cuBLAS or fill, only where it is faster beyond noise), recorded at its
+    batch size for the preset's shape; for splits with the two split counts compared
+    (engine/splits.py), and "fill" where they are equal (the arms launched alike)."""
     from microbench.bench.tune import ab_max_seq, fastest
     from microbench.engine import pdl, splits
-    entries = {r["bs"]: dict(_entry(r, fastest(r)), preset=preset) for r in results}
+    prefix = "pdl-" if vary == "pdl" else ""
+    entries = {r["bs"]: dict(_entry(r, fastest(r).removeprefix(prefix), prefix), preset=preset)
+               for r in results}
     if vary == "splits":
         import torch
         dtype = {2: torch.bfloat16, 4: torch.float32}[results[0]["elt"]]
@@ -173,8 +162,8 @@ def _record_per_batch(preset: str, results: list, path: Path, vary: str) -> None
     key = pdl.shape_key(PRESETS[preset], results[0]["elt"])
     _write_table(path, pdl.merge_per_batch(path, _meta(), key, entries))
     kept = ", ".join(f"bs {bs} {e['mode']}" for bs, e in entries.items())
-    second = {"blas": "cuBLASLt", "splits": "capped"}[vary]
-    click.echo(f"kept {kept} ({second} where faster beyond noise); recorded for {preset} in {path}")
+    other = {"pdl": "late or off", "blas": "cuBLASLt", "splits": "capped"}[vary]
+    click.echo(f"kept {kept} ({other} where faster beyond noise); recorded for {preset} in {path}")
 
 
 def _write_table(path: Path, table: dict) -> None:

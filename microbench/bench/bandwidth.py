@@ -84,7 +84,7 @@ def kernels_without_pdl(dec, bs: int, size: int, mode: str, context: int) -> lis
     that launches without PDL: the same weights, caches and plan, each kernel timed alone. The
     graph is freed before returning."""
     twin = copy.copy(dec)   # shares the weights and caches; only the launch flag differs
-    twin.pdl = False
+    twin.pdl_at = lambda batch: False
     runner = GraphRunner(twin, [size], mode=mode)
     try:
         runner.capture()

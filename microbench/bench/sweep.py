@@ -84,7 +84,7 @@ class _Sweep:
 
         from microbench.engine.decoder import ToyDecoder
         from microbench.engine.plan import FAST_ROWS
-        from microbench.engine.pdl import mode_name
+        from microbench.engine.pdl import modes_at
         from microbench.kernels.gemv import use_pdl
         self.cfg, self.say, self.on_capture, self.on_round = cfg, say, on_capture, on_round
         # a long phase's name is a status line when no progress display follows phases
@@ -104,15 +104,19 @@ class _Sweep:
         dec.fill_cache(cfg.context)
         torch.cuda.synchronize()
         run["build_s"] = time.perf_counter() - t0
-        # which plan the step ran, and whether its Triton kernels launch with PDL
-        launched = use_pdl(dec.embed, dec.pdl)   # False off Hopper, whatever was asked
-        run["decoder"] = dict(fusion=int(dec.fusion), fast_rows=FAST_ROWS, pdl=launched,
-                              pdl_mode=mode_name(dec.pdl) if launched else "off",
-                              # the batch sizes (swept or captured) whose matmuls run cuBLASLt
-                              cublaslt_rows=[b for b in sorted(set(cfg.bs) | set(self.ladder))
+        # which plan the step ran, and how its Triton kernels launch at each batch size (swept
+        # or captured): the PDL mode (off wherever the GPU has none, whatever was asked)
+        sizes = sorted(set(cfg.bs) | set(self.ladder))
+        pdl_rows = modes_at(dec.pdl_at, sizes, lambda arg: use_pdl(dec.embed, arg))
+        run["decoder"] = dict(fusion=int(dec.fusion), fast_rows=FAST_ROWS,
+                              pdl=any(mode != "off" for mode in pdl_rows), pdl_rows=pdl_rows,
+                              # the mode of the first batch size, as runs before pdl_rows had
+                              pdl_mode=next(m for m, bs in pdl_rows.items() if sizes[0] in bs),
+                              # the batch sizes whose matmuls run cuBLASLt
+                              cublaslt_rows=[b for b in sizes
                                              if b > FAST_ROWS and dec.blas(b) == "cublaslt"],
                               # and those whose fused attention took the capped split count
-                              capped_split_rows=[b for b in sorted(set(cfg.bs) | set(self.ladder))
+                              capped_split_rows=[b for b in sizes
                                                  if dec.attention_fused and dec.capped_splits(b)])
         self.runner = self.trunner = self.twin = None
         self.compiled = {}     # arm -> its compiled step (arms.COMPILED_ARMS)
@@ -259,6 +263,7 @@ class _Sweep:
     def graphed_and_profiled(self):
         """Last, under the profiler: whether each arm launched a CUDA graph (at every batch
         size, to count as graphed overall), and the kernels of every row."""
+        from microbench.kernels.gemv import use_pdl
         run = self.run
         for arm, compiled in self.compiled.items():
             run["arms"][arm].update(setup_s=sum(compiled.setup_s.values()),
@@ -282,7 +287,7 @@ class _Sweep:
                 # each plan family's bytes against its kernels' own time (with PDL a kernel's
                 # time includes its wait for the one before: timed again without), and the copy
                 # bandwidth
-                if run["decoder"]["pdl"]:
+                if use_pdl(self.dec.embed, self.dec.pdl_at(padded)):
                     fams = kernel_breakdown(kernels_without_pdl(self.dec, bs, padded, self.cfg.mode,
                                                                 self.cfg.context))
                 copy_bw = (run.get("launch") or {}).get("copy", {}).get("bytes_per_s")

@@ -182,7 +182,8 @@ class _Rank:
                               env=env, ladder=self.ladder, shape=shape.to_dict(),
                               shard_shape=tp_shape(shape, self.world).to_dict(), rows=[],
                               interrupted=False,
-                              decoder=dict(pdl_mode=pdl_modes.mode_name(self.dec_kw["pdl"])))
+                              decoder=dict(pdl_rows=pdl_modes.modes_at(
+                                  self.dec_kw["pdl"], set(cfg.bs) | set(self.ladder))))
         say("rank 0 alone: launch costs, copy bandwidth, matrix rate")
         with on_quick_cpu(cfg.pin_cpu):
             run["launch"] = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))

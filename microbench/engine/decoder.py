@@ -79,7 +79,7 @@ class ToyDecoder(Binding):
     def __init__(self, shape: ModelShape, backend: str = "triton", max_batch: int = 64,
                  max_seq: int = 1024, dtype: torch.dtype = torch.bfloat16,
                  device: str | torch.device = "cuda", seed: int = 0,
-                 fusion: Fusion = Fusion.ATTENTION, pdl: bool | str | None = None,
+                 fusion: Fusion = Fusion.ATTENTION, pdl=None,
                  blas: str | None = None, splits: str | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -92,9 +92,10 @@ class ToyDecoder(Binding):
         self.fusion = plan.backend_fusion(fusion, backend)
         # the Triton kernels launch with programmatic dependent launch where the GPU has it:
         # True lets the next one launch early and waits for its inputs, "late" lets the next
-        # one launch only after the wait, False turns it off; None takes the mode measured for
-        # this shape on this device (engine/pdl.py)
-        self.pdl = pdl_modes.resolve(pdl, shape, dtype, self.device)
+        # one launch only after the wait, False turns it off; None takes the modes measured for
+        # this shape on this device, per batch size (engine/pdl.py). pdl_at(batch) is the mode
+        # a step of that many rows launches with, eager or captured.
+        self.pdl_at = pdl_modes.resolve(pdl, shape, dtype, self.device)
         # the wide matmuls' cuBLAS interface per row count (engine/blas.py; None: the table's,
         # which the torch reference backend does not take), and the zero bias the cuBLASLt
         # interface adds, made here so no capture allocates it
@@ -196,7 +197,8 @@ class ToyDecoder(Binding):
         (on the skinny path there never is one: h is the full hidden state)."""
         eps = self.shape.norm_eps
         if self.skinny(h.shape[0]) and residual is None:
-            return kernels.rmsnorm_linear(h, norm_w, eps, w, pdl=self.pdl, **self._rec), h
+            return kernels.rmsnorm_linear(h, norm_w, eps, w, pdl=self.pdl_at(h.shape[0]),
+                                          **self._rec), h
         if residual is None:
             x, residual = self.ops.rmsnorm(h, norm_w, eps, **self._rec), h
         else:
@@ -207,7 +209,7 @@ class ToyDecoder(Binding):
         """x @ w^T (+ residual in the skinny matmul's epilogue; the wide path adds none: its
         residual rides with the next fused norm)."""
         if self.skinny(x.shape[0]):
-            return kernels.linear(x, w, residual=residual, pdl=self.pdl, **self._rec)
+            return kernels.linear(x, w, residual=residual, pdl=self.pdl_at(x.shape[0]), **self._rec)
         if residual is not None:
             raise ValueError("linear: a residual is added on the skinny path only")
         return self._mm(x, w)
@@ -217,7 +219,8 @@ class ToyDecoder(Binding):
         calls it (its norm carries the residual); the three-kernel form keeps the method total."""
         eps = self.shape.norm_eps
         if self.skinny(h.shape[0]):
-            return kernels.rmsnorm_linear_swiglu(h, norm_w, eps, w_gu, pdl=self.pdl, **self._rec)
+            return kernels.rmsnorm_linear_swiglu(h, norm_w, eps, w_gu, pdl=self.pdl_at(h.shape[0]),
+                                                  **self._rec)
         x = self.ops.rmsnorm(h, norm_w, eps, **self._rec)
         return self.ops.swiglu(self._mm(x, w_gu), **self._rec)
 
@@ -226,7 +229,8 @@ class ToyDecoder(Binding):
         s = self.shape
         if plan.rope_in_store(self.fusion):
             return kernels.rope_store_kv(q, k, v, self.k_cache[l], self.v_cache[l], slots,
-                                         positions, s.rope_theta, pdl=self.pdl, **self._rec)
+                                         positions, s.rope_theta, pdl=self.pdl_at(q.shape[0]),
+                                         **self._rec)
         q, k = self.ops.rope(q, k, positions, s.rope_theta, **self._rec)
         self.ops.store_kv(self.k_cache[l], self.v_cache[l], k, v, slots, positions, **self._rec)
         return q
@@ -241,14 +245,15 @@ class ToyDecoder(Binding):
             sem = self.attn_semaphores if B * self.shape.n_kv_heads <= self.attn_semaphores.numel() else None
             return kernels.rope_store_attention(*self.split_qkv(q), self.k_cache[l], self.v_cache[l],
                                                 slots, seq_lens, self.scale, self.shape.rope_theta,
-                                                out=out, semaphores=sem, pdl=self.pdl,
+                                                out=out, semaphores=sem, pdl=self.pdl_at(B),
                                                 capped=self.capped_splits(B), **self._rec)
         args = (q, self.k_cache[l], self.v_cache[l], slots, seq_lens, self.scale)
+        pdl = self.pdl_at(q.shape[0])
         if out is None:
-            return self.ops.decode_attention(*args, pdl=self.pdl, **self._rec)
+            return self.ops.decode_attention(*args, pdl=pdl, **self._rec)
         if self.backend == "triton":
-            return self.ops.decode_attention(*args, out=out, pdl=self.pdl, **self._rec)
-        return out.copy_(self.ops.decode_attention(*args, pdl=self.pdl))
+            return self.ops.decode_attention(*args, out=out, pdl=pdl, **self._rec)
+        return out.copy_(self.ops.decode_attention(*args, pdl=pdl))
 
     @staticmethod
     def seq_lens_for(positions):
@@ -259,7 +264,8 @@ class ToyDecoder(Binding):
         """(the new tokens' embedding rows, seq_lens_for(positions)): one Triton kernel in the
         fused-attention plan (kernels.embed_seq_lens), else an index gather, an add and a cast."""
         if self.attention_fused:
-            return kernels.embed_seq_lens(self.embed, tokens, positions, pdl=self.pdl, **self._rec)
+            return kernels.embed_seq_lens(self.embed, tokens, positions,
+                                          pdl=self.pdl_at(tokens.shape[0]), **self._rec)
         h, next_pos = self.embed[tokens], positions + 1
         seq_lens = next_pos.to(torch.int32)
         if self._rec:

@@ -1,18 +1,21 @@
 """How a decoder's Triton kernels launch: with programmatic dependent launch (PDL) letting the
 next kernel launch before a kernel's wait ("early"), after it ("late"), or without PDL ("off"),
-chosen per device and model shape by measurement.
+chosen per device, model shape and batch size by measurement.
 
 PDL overlaps each kernel's launch, and a matmul's first weight loads, with the tail of the
 kernel before; but a kernel whose programs sit resident waiting holds SM slots that the running
-kernel's later waves could use. Which wins depends on the model: in whole graphed bs-1 steps on
-the H200 PDL made opt-125m and llama-1b faster and llama-8b slower (docs/bandwidth.md). So
-`microbench tune --ab PRESET --vary pdl` times the three modes in whole steps, interleaved in
-one process, and records the fastest in the device's table, `kernels/configs/pdl_<device>.json`,
-keyed by the model's shape and element size. A decoder built with `pdl=None` takes the table's
-choice for its shape, else DEFAULT. One choice per model: measured at one batch size and
-context (those `tune --ab` was given, bs 1 and context 512 by default), it applies to all.
+kernel's later waves could use. Which wins depends on the model and the batch: in whole graphed
+steps on the H200 early was fastest for opt-125m at one row and late above it (docs/bandwidth.md).
+So `microbench tune --ab PRESET --vary pdl --rows 1,4,16` times the three modes in whole steps,
+interleaved in one process, and records at each batch size the fastest beyond noise in the
+device's table, `kernels/configs/pdl_<device>.json`, keyed by the model's shape and element size.
+A decoder built with `pdl=None` follows the table where it measured: a measured batch size takes
+its own choice, a size between two neighbouring measured ones that chose alike takes theirs, and
+every other size (below the smallest, above the largest, between two that differ) takes DEFAULT,
+as on a shape or device the table does not hold.
 The readers and writers of these measured-choice tables are here too; the BLAS and attention
-splits tables (engine/blas.py, engine/splits.py), one choice per measured batch size, use them.
+splits tables (engine/blas.py, engine/splits.py), also one choice per measured batch size, use
+them.
 """
 from __future__ import annotations
 
@@ -71,28 +74,51 @@ def read_choices(path: Path, name: str, vary: str, modes, entries) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def load_table(device_name: str) -> dict:
-    """The measured choices for a device ({} when none was measured there)."""
-    return read_choices(table_path(device_name), "PDL", "pdl", MODES, lambda c: c.items())
+    """The measured choices for a device ({} when none was measured there): per model shape,
+    per measured batch size."""
+    return read_per_batch(table_path(device_name), "PDL", "pdl", MODES, "bs")
 
 
-def choose(shape: ModelShape, elt: int, device_name: str) -> str:
-    """The mode a decoder of `shape` launches its kernels with on `device_name`: the table's
-    measured choice, else DEFAULT."""
-    entry = load_table(device_name).get(shape_key(shape, elt))
-    return entry["mode"] if entry else DEFAULT
+def measured(shape: ModelShape, elt: int, device_name: str) -> tuple:
+    """((batch, mode), ...) in batch order: the choices the table holds for `shape`."""
+    entries = load_table(device_name).get(shape_key(shape, elt), {})
+    return tuple(sorted((int(b), e["mode"]) for b, e in entries.items()))
+
+
+def choose(batch: int, choices: tuple) -> str:
+    """The mode at `batch` given measured()'s choices: a measured batch size's own; between two
+    neighbouring measured sizes that chose alike, theirs; DEFAULT elsewhere."""
+    for (lo, lo_mode), (hi, hi_mode) in zip(choices, choices[1:]):
+        if lo < batch < hi and lo_mode == hi_mode:
+            return lo_mode
+    return next((mode for b, mode in choices if b == batch), DEFAULT)
 
 
 def resolve(pdl, shape: ModelShape, dtype: torch.dtype, device: torch.device):
-    """The `pdl` argument a decoder passes its kernels: `pdl` as given (True, "early", "late" or
-    False; anything else raises), or for None the mode measured for `shape` on a CUDA `device`
-    (early elsewhere: nothing launches with PDL off CUDA)."""
-    if pdl is None:
-        pdl = True
-        if device.type == "cuda":
-            elt = torch.empty((), dtype=dtype).element_size()
-            pdl = MODES[choose(shape, elt, torch.cuda.get_device_name(device))]
-    kernels.pdl_mode(pdl)
-    return pdl
+    """`batch -> the pdl argument` a decoder passes its kernels at that batch size: `pdl` at
+    every size when given (True, "early", "late" or False; anything else raises), a callable
+    `pdl` as it is (a TP shard takes its full model's), or for None the modes measured for
+    `shape` on a CUDA `device` (early elsewhere: nothing launches with PDL off CUDA)."""
+    if callable(pdl):
+        return pdl
+    if pdl is not None:
+        kernels.pdl_mode(pdl)
+        return lambda batch: pdl
+    if device.type != "cuda":
+        return lambda batch: True
+    elt = torch.empty((), dtype=dtype).element_size()
+    choices = measured(shape, elt, torch.cuda.get_device_name(device))
+    return lambda batch: MODES[choose(batch, choices)]
+
+
+def modes_at(pdl_at, sizes, launches=lambda arg: arg is not False) -> dict:
+    """{mode name: [batch sizes]} of `pdl_at` (resolve's result) over `sizes`; a size whose
+    kernels do not launch with PDL (`launches(arg)` false: off, or a GPU without PDL) is "off"."""
+    out: dict = {}
+    for b in sorted(sizes):
+        arg = pdl_at(b)
+        out.setdefault(mode_name(arg) if launches(arg) else "off", []).append(b)
+    return out
 
 
 def read_per_batch(path: Path, name: str, vary: str, modes, unit: str) -> dict:
@@ -108,14 +134,6 @@ def _open_table(path: Path, meta: dict) -> dict:
     table = json.loads(path.read_text()) if path.exists() else {"device": meta.get("device"),
                                                                  "runs": [], "choices": {}}
     table["runs"].append(meta)
-    return table
-
-
-def merge_table(path: Path, meta: dict, key: str, entry: dict) -> dict:
-    """The table at `path` (or a new one) with `key`'s entry set to `entry` and `meta` appended
-    to its runs."""
-    table = _open_table(path, meta)
-    table["choices"][key] = dict(entry, run=len(table["runs"]) - 1)
     return table
 
 

@@ -42,8 +42,13 @@ def sizes_note(what: str, sizes) -> str:
 def sweep_header(run: dict) -> str:
     c, env = run["config"], run.get("env", {})
     lad = ladder_desc(run)
-    # the PDL mode the Triton kernels launched with (runs before it was recorded: not shown)
-    pdl = (run.get("decoder") or {}).get("pdl_mode")
+    # the PDL mode the Triton kernels launched with, per batch size where the sizes differ
+    # (runs before it was recorded: not shown)
+    dec = run.get("decoder") or {}
+    by_mode = dec.get("pdl_rows") or {}
+    pdl = ("".join(sizes_note(f"PDL {mode}", sizes) for mode, sizes in by_mode.items())
+           if len(by_mode) > 1 else f" | PDL {next(iter(by_mode))}" if by_mode
+           else f" | PDL {dec['pdl_mode']}" if dec.get("pdl_mode") else "")
     # the batch sizes whose matmuls ran cuBLASLt (engine/blas.py), where any did
     lt = (run.get("decoder") or {}).get("cublaslt_rows")
     lt = sizes_note("cuBLASLt", lt)
@@ -51,7 +56,7 @@ def sweep_header(run: dict) -> str:
     lt += sizes_note("attention splits capped", (run.get("decoder") or {}).get("capped_split_rows"))
     return (f"GPU {env.get('gpu')} | preset {c['preset']} | {c['dtype']} | mode {c['mode']}"
             f"{' (split launch)' if c.get('split_launch') else ''} | "
-            f"ladder {lad} | context {c['context']}{f' | PDL {pdl}' if pdl else ''}{lt} | "
+            f"ladder {lad} | context {c['context']}{pdl}{lt} | "
             f"torch {env.get('torch')} triton {env.get('triton')}")
 
 
@@ -261,7 +266,7 @@ def _replay_lines(run: dict) -> list[str]:
         lines.append(f"kernel time in one replay at bs {bs}{ev}: {tot:.0f} us = " + ", ".join(
             f"{k} {v['us']:.0f} ({v['n']})" for k, v in top)
             + ("; kernels launched with PDL overlap (a kernel's time includes its wait for the "
-               "one before), so this sums past the step" if run.get("decoder", {}).get("pdl") else ""))
+               "one before), so this sums past the step" if launched_pdl(run, bs) else ""))
     lines += family_bw_lines(run)
     if run.get("eager_gpu_busy_us") is not None and own_rows(run):
         r0 = own_rows(run)[0]
@@ -294,7 +299,6 @@ def family_bw_lines(run: dict) -> list[str]:
     copy bandwidth (run.json's graph_family_bw, bench.bandwidth), largest time first; a run
     whose decoder launched with PDL timed these kernels in a replay captured without it."""
     copy = ((run.get("launch") or {}).get("copy") or {}).get("bytes_per_s")
-    pdl = (run.get("decoder") or {}).get("pdl")
     lines = []
     for bs, fams in (run.get("graph_family_bw") or {}).items():
         parts = []
@@ -309,8 +313,20 @@ def family_bw_lines(run: dict) -> list[str]:
                              f"{v['us_at_copy']:.0f} at copy)")
         head = f"by plan family at bs {bs}" + (f" (copy {copy / 1e12:.2f} TB/s)" if copy else "")
         lines.append(head + ": " + "; ".join(parts)
-                     + ("; kernels timed in a replay without PDL, each alone" if pdl else ""))
+                     + ("; kernels timed in a replay without PDL, each alone"
+                        if launched_pdl(run, bs) else ""))
     return lines
+
+
+def launched_pdl(run: dict, bs) -> bool:
+    """Whether the graph replayed for batch `bs` launched its kernels with PDL: the mode at the
+    size it was padded to (decoder.pdl_rows), or the run's one flag before modes per size."""
+    dec = run.get("decoder") or {}
+    if "pdl_rows" not in dec:
+        return bool(dec.get("pdl"))
+    row = next((r for r in own_rows(run) if str(r["bs"]) == str(bs)), {})
+    size = row.get("padded_bs") or int(bs)
+    return any(size in sizes for mode, sizes in dec["pdl_rows"].items() if mode != "off")
 
 
 def launch_table(launch: dict) -> str:

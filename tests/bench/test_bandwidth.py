@@ -102,5 +102,5 @@ def test_kernels_without_pdl_time_the_same_kernels():
     runner.close()
     alone = kernels_without_pdl(dec, 3, 4, "full", 40)
     counts = lambda ks: {f: d["n"] for f, d in kernel_breakdown(ks).items()}
-    assert dec.pdl and counts(alone) == counts(with_pdl)
+    assert dec.pdl_at(4) is True and counts(alone) == counts(with_pdl)
     assert all(us > 0 for _, us in alone)

@@ -79,23 +79,31 @@ def test_fastest_keeps_the_reference_unless_another_arm_is_faster_beyond_noise()
     assert tune.fastest(r) == "pdl-off"
 
 
-def test_the_pdl_ab_records_its_fastest_mode_for_the_presets_shape(tmp_path, monkeypatch):
+def test_the_pdl_ab_records_the_fastest_mode_beyond_noise_at_each_batch_size(tmp_path, monkeypatch):
     import torch
 
     from microbench import cli_tune
     from microbench.engine import pdl
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
-    r = {"bs": 1, "elt": 2, "context": 512, "rounds": 40,
-         "arms": ["pdl-early", "pdl-late", "pdl-off"],
-         "pdl-early": {"median": 5137.5}, "pdl-late": {"median": 4883.1},
-         "pdl-off": {"median": 4616.1},
-         "ratios": {"pdl-late": {"median": 1.052, "ci": [1.051, 1.053]},
-                    "pdl-off": {"median": 1.113, "ci": [1.113, 1.113]}}}
+
+    def result(bs, late, off):
+        """A pdl A/B at bs: early at 500 us, each other arm's (median us, ratio interval)."""
+        return {"bs": bs, "elt": 2, "context": 512, "rounds": 40,
+                "arms": ["pdl-early", "pdl-late", "pdl-off"], "pdl-early": {"median": 500.0},
+                "pdl-late": {"median": late[0]}, "pdl-off": {"median": off[0]},
+                "ratios": {"pdl-late": {"median": 500.0 / late[0], "ci": late[1]},
+                           "pdl-off": {"median": 500.0 / off[0], "ci": off[1]}}}
     path = tmp_path / "pdl_Fake_GPU.json"
-    cli_tune._record_pdl("llama-8b", r, path)
-    entry = json.loads(path.read_text())["choices"][pdl.shape_key(PRESETS["llama-8b"], 2)]
-    assert entry["mode"] == "off" and entry["median_us"]["off"] == 4616.1
-    assert entry["ratios"]["pdl-early/pdl-off"] == 1.113
+    # bs 1: both slower; bs 4: late faster but inside the floor; bs 16: late faster beyond it
+    cli_tune._record_per_batch("opt-125m", [result(1, (527.0, [0.946, 0.951]), (616.0, [0.81, 0.82])),
+                                            result(4, (497.0, [1.004, 1.008]), (560.0, [0.89, 0.90])),
+                                            result(16, (473.0, [1.054, 1.058]), (523.0, [0.95, 0.96]))],
+                               path, "pdl")
+    got = json.loads(path.read_text())["choices"][pdl.shape_key(PRESETS["opt-125m"], 2)]
+    assert {b: e["mode"] for b, e in got.items()} == {"1": "early", "4": "early", "16": "late"}
+    assert got["16"]["median_us"] == {"early": 500.0, "late": 473.0, "off": 523.0}
+    assert got["16"]["ratios"]["pdl-early/pdl-late"] == 500.0 / 473.0
+    assert got["16"]["preset"] == "opt-125m" and got["16"]["run"] == 0
 
 
 def test_the_blas_ab_records_cublaslt_only_where_it_is_faster_beyond_noise(tmp_path, monkeypatch):

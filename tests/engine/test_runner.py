@@ -173,7 +173,7 @@ def test_programmatic_dependent_launch_changes_no_result(preset):
     results = {}
     for pdl in (True, "late", False):
         dec = make(preset, 2, pdl=pdl)
-        assert gemv.use_pdl(dec.embed, dec.pdl) == bool(pdl)
+        assert gemv.use_pdl(dec.embed, dec.pdl_at(1)) == bool(pdl)
         runner = GraphRunner(dec, [1], mode="full")
         runner.capture()
         outs = []

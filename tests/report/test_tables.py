@@ -137,3 +137,28 @@ def test_footer_gives_the_kernel_lines_and_each_batchs_mix_factor():
     for p in pts:
         p.pop("mix", None)
     assert "mix factor" not in sweep_table(sweep_run(launch=launch))
+
+
+def test_sweep_header_names_each_pdl_mode_with_its_sizes_where_the_sizes_differ():
+    mixed = sweep_run(decoder=dict(pdl=True, pdl_mode="early",
+                                   pdl_rows={"early": [1], "late": [2, 4, 8]}))
+    assert " | PDL early at 1 | PDL late at 3 sizes, 2 to 8 | " in sweep_table(mixed).splitlines()[0]
+    one = sweep_run(decoder=dict(pdl=True, pdl_mode="late", pdl_rows={"late": [1, 2, 4, 8]}))
+    head = sweep_table(one).splitlines()[0]
+    assert " | PDL late | " in head and " at " not in head.split("PDL")[1].split("|")[0]
+
+
+def test_kernel_time_notes_name_pdl_only_at_the_sizes_whose_graph_launched_with_it():
+    from microbench.report.tables import family_bw_lines, launched_pdl
+    fam = {"skinny": dict(bytes=1e6, us=10.0, copy_share=0.5, us_over=5.0, us_at_copy=5.0)}
+    # bs 3 is padded to 4, captured without PDL; bs 1 launched early
+    run = sweep_run(decoder=dict(pdl=True, pdl_rows={"early": [1], "off": [3, 4]}),
+                    rows=[dict(sweep_run()["rows"][0], bs=1, padded_bs=1),
+                          dict(sweep_run()["rows"][1], bs=3, padded_bs=4)],
+                    graph_family_bw={"1": fam, "3": fam})
+    assert launched_pdl(run, "1") and not launched_pdl(run, "3")
+    one, three = family_bw_lines(run)
+    assert one.endswith("without PDL, each alone") and "PDL" not in three
+    # a run before modes per size: its one flag
+    old = sweep_run(decoder=dict(pdl=True, pdl_mode="early"), graph_family_bw={"4": fam})
+    assert launched_pdl(old, "4") and family_bw_lines(old)[0].endswith("each alone")
