@@ -15,6 +15,14 @@ lowest of the parent's own (the lower quartile of PARENT_SCANS scans before the 
 which, like a row's, wait for a slow host) and the children's so far (each one's last row's), so a
 child that starts while the whole host is slow waits for it, as the rows of one process do,
 instead of measuring another host.
+
+A child's wait for a slow host is capped (hostcpu.HOST_WAIT_S a rotation): a slow phase longer
+than that leaves rounds sampled on a slow host, which the child counts (`host_pin.slow_rounds`).
+Such a process describes another host, so up to EXTRA more processes are run to replace those
+(the count, from the host probe, is known before any speedup is looked at); the merged run lists
+each replaced process and its slow rows under `repeats.replaced`, and which processes it kept
+under `repeats.kept`. A process is replaced only while enough tries are left to reach K;
+after that it is kept as it is.
 """
 from __future__ import annotations
 
@@ -34,6 +42,14 @@ from microbench.stats import merge_repeats
 CHILD = "import sys; from microbench.cli import main; sys.exit(main())"
 OWN = ("repeat", "out", "as_json", "quiet")      # options the parent sets for each child
 PARENT_SCANS = 5   # the parent times the CPUs this many times before the first child
+EXTRA = 2          # at most this many more processes replace ones measured on a slow host
+
+
+def slow_rows(run: dict) -> list:
+    """The rows of a child's run sampled in part on a slow host, after its wait ran out:
+    [{"bs", "slow_rounds"}, ...] ([] for a run measured on a quick host throughout)."""
+    return [dict(bs=r["bs"], slow_rounds=r["host_pin"]["slow_rounds"]) for r in run.get("rows", [])
+            if (r.get("host_pin") or {}).get("slow_rounds")]
 
 
 def child_argv(command: click.Command, params: dict, out: str) -> list[str]:
@@ -59,15 +75,18 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
     (stats.merge_repeats). `run` starts a process (subprocess.run's signature); a process
     that writes no run raises RuntimeError naming it."""
     say = say or (lambda s: None)
-    runs = []
+    runs, kept, replaced = [], [], []
     with hostcpu.on_quick_cpu(not params.get("no_pin_cpu", False)) as pin:
         for _ in range(PARENT_SCANS - 1 if pin is not None else 0):
             pin.choose()          # the parent's own reference: the quartile of its scans
     ref = hostcpu.HOST.us         # then the lowest of it and the children's, for the next
     with tempfile.TemporaryDirectory(prefix="microbench-repeat-") as tmp:
-        for i in range(k):
-            out = Path(tmp) / f"process-{i + 1}"
-            say(f"repeat {i + 1} of {k}: a fresh process")
+        i = 0
+        while len(runs) < k and i < k + EXTRA:
+            i += 1
+            out = Path(tmp) / f"process-{i}"
+            say(f"repeat {len(runs) + 1} of {k}: a fresh process"
+                + (f" (process {i}, {len(replaced)} replaced)" if replaced else ""))
             env = dict(os.environ)
             if ref is not None:
                 env[hostcpu.REF_ENV] = f"{ref:.3f}"
@@ -77,16 +96,27 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
             found = sorted(out.glob("*/run.json"))
             if res.returncode != 0 or not found:
                 # a failed process may still have saved its partial rows: not merged
-                raise RuntimeError(f"--repeat: process {i + 1} of {k} failed (exit status "
+                which = f"{i} of {k}" if not replaced else f"{i} ({len(replaced)} replaced)"
+                raise RuntimeError(f"--repeat: process {which} failed (exit status "
                                    f"{res.returncode}{'' if found else ', no run written'})")
-            runs.append(json.loads(found[0].read_text()))
+            child = json.loads(found[0].read_text())
             # the child's reference, for the next: its last row's, the quartile of all its
             # probes (an early row's rests on one or two, as near its luck as a minimum)
-            theirs = [r["host_pin"]["reference_us"] for r in runs[-1].get("rows", [])
+            theirs = [r["host_pin"]["reference_us"] for r in child.get("rows", [])
                       if (r.get("host_pin") or {}).get("reference_us")]
             if theirs:
                 ref = theirs[-1] if ref is None else min(ref, theirs[-1])
+            slow = slow_rows(child)
+            if slow and k + EXTRA - i >= k - len(runs):   # a later process can still replace it
+                replaced.append(dict(process=i, slow_rows=slow))
+                say(f"process {i} sampled on a slow host after its wait ran out ("
+                    + ", ".join(f"bs {r['bs']}: {r['slow_rounds']} rounds" for r in slow)
+                    + "); another process replaces it")
+                continue
+            runs.append(child)
+            kept.append(i)
     merged = merge_repeats(runs)
+    merged["repeats"].update(kept=kept, replaced=replaced)
     # the run is the user's command; each process's own command line stays under `repeats`
     merged["repeats"]["commands"] = [r.get("env", {}).get("command") for r in runs]
     merged["env"] = {**merged.get("env", {}),

@@ -32,10 +32,11 @@ def test_child_argv_repeats_every_option_but_its_own():
         assert child.params[k] == params()[k], k
 
 
-def fake_process(speedups, refs=None):
+def fake_process(speedups, refs=None, slow=None):
     """A subprocess.run stand-in: the n-th call writes a run whose rows have speedups[n] (and,
-    with refs, a host pin whose reference probe time is refs[n]); `envs` keeps the host
-    reference each child was given."""
+    with refs, a host pin whose reference probe time is refs[n]; with slow, slow[n] rounds of
+    its first row sampled on a slow host); `envs` keeps the host reference each child was
+    given."""
     calls, envs = [], []
 
     def run(cmd, **kw):
@@ -50,6 +51,8 @@ def fake_process(speedups, refs=None):
         rows = [dict(bs=b, speedup=s, **({} if r is None else
                                          dict(host_pin=dict(checks=3, reference_us=r))))
                 for b, s, r in zip((1, 4), speedups[n], per_row)]
+        if slow and rows:
+            rows[0]["host_pin"] = dict(checks=3, reference_us=100.0, slow_rounds=slow[n])
         if rows:
             (out / "sweep-fake").mkdir(parents=True)
             (out / "sweep-fake" / "run.json").write_text(json.dumps(dict(
@@ -268,3 +271,41 @@ def test_repeat_under_torchrun_is_a_usage_error(monkeypatch):
     r = CliRunner().invoke(main, ["sweep", "--tp", "2", "--preset", "llama-8b", "--repeat", "2"])
     lines = [l for l in r.output.splitlines() if l.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and "--repeat: not under torchrun" in lines[0]
+
+
+def test_a_process_sampled_on_a_slow_host_is_replaced_by_another():
+    """A child whose wait for a slow host ran out (rounds sampled on it, as the second process
+    of a llama-1b --repeat 3 on the H200 did: 56 rounds at bs 1, its speedups 1.51 where the
+    others read 1.08) is run again in a fresh process; the merge keeps the others, and says
+    which it replaced and why."""
+    from microbench.report.tables import repeat_lines
+    run, calls = fake_process([(1.07, 1.07), (1.51, 1.50), (1.09, 1.06), (1.08, 1.07)],
+                              slow=[0, 56, 0, 0])
+    said = []
+    merged = run_repeats(sweep, params(), 3, said.append, run=run)
+    assert len(calls) == 4 and merged["rows"][0]["speedup_repeats"] == [1.07, 1.09, 1.08]
+    assert merged["repeats"]["kept"] == [1, 3, 4]
+    assert merged["repeats"]["replaced"] == [dict(process=2, slow_rows=[dict(bs=1, slow_rounds=56)])]
+    assert any("process 2 sampled on a slow host" in line for line in said)
+    lines = repeat_lines(dict(merged, repeats=dict(merged["repeats"], max_spread=0.02)))
+    assert any(line.startswith("replaced, sampled on a slow host after its wait ran out: "
+                               "process 2 (bs 1: 56 rounds); kept processes 1, 3, 4")
+               for line in lines)
+    # the rows name the processes as they started: the merged bs 1 row is the third kept one
+    assert merged["rows"][0]["repeat_process"] == 3
+    assert any("bs 1 from process 4" in line for line in lines)
+
+
+def test_replacements_stop_when_no_more_processes_are_left_to_reach_k():
+    """With every process on a slow host, EXTRA of them are replaced and the last K kept, as
+    they are: the merge still has K processes and lists the replaced."""
+    from microbench import cli_repeat
+    n = 3 + cli_repeat.EXTRA
+    run, calls = fake_process([(2.0 + i / 10, 1.5) for i in range(n)], slow=[5] * n)
+    merged = run_repeats(sweep, params(), 3, run=run)
+    assert len(calls) == n and merged["repeats"]["kept"] == list(range(cli_repeat.EXTRA + 1, n + 1))
+    assert [x["process"] for x in merged["repeats"]["replaced"]] == list(range(1, cli_repeat.EXTRA + 1))
+    # a quick host throughout: K processes, none replaced
+    run, calls = fake_process([(2.0, 1.5)] * 3, slow=[0, 0, 0])
+    merged = run_repeats(sweep, params(), 3, run=run)
+    assert len(calls) == 3 and merged["repeats"]["replaced"] == [] and merged["repeats"]["kept"] == [1, 2, 3]

@@ -225,12 +225,20 @@ def repeat_lines(run: dict) -> list[str]:
              f"{held('shape_held')} of {rep['k']}"
              + (f" (engine-eager against graph: in {held('engine_shape_held')} of {rep['k']})"
                 if any(h is not None for h in rep.get("engine_shape_held", [])) else "")]
+    if rep.get("replaced"):
+        lines.append("replaced, sampled on a slow host after its wait ran out: " + "; ".join(
+            f"process {x['process']} (" + ", ".join(f"bs {r['bs']}: {r['slow_rounds']} rounds"
+                                                for r in x["slow_rows"]) + ")"
+            for x in rep["replaced"]) + "; kept processes " + ", ".join(map(str, rep["kept"])))
     lines += worst_repeat_line(run.get("rows", []))
+    # processes are named in the order they started (rows count the kept ones from 1)
+    name = lambda p: (rep.get("kept") or [])[p - 1] if len(rep.get("kept") or []) >= p else p
     picked = [(r["bs"], r["repeat_process"]) for r in run.get("rows", []) if r.get("repeat_process")]
     if picked:
         lines.append("each row is the process with its median speedup: " + ", ".join(
-            f"bs {b} from process {p}" for b, p in picked) + "; the lines below are process 1's, "
-            "except the shape checks and the model's error, judged on these rows")
+            f"bs {b} from process {name(p)}" for b, p in picked) + f"; the lines below are "
+            f"process {name(1)}'s, except the shape checks and the model's error, judged on "
+            "these rows")
     return lines
 
 
