@@ -6,7 +6,7 @@ across processes instead of hiding in one process's interval.
 Each process is the same command with `--repeat 1`, a temporary `--out` and `--quiet`, run one
 after another (one GPU; under --tp each process starts its own ranks); their run.json files
 are merged by `stats.merge_repeats`: each row from the process with that row's median speedup,
-the first process's device figures and footer, plus, per row, `speedup_repeats` (every
+the first kept process's device figures and footer, plus, per row, `speedup_repeats` (every
 process's median speedup) and `speedup_repeat_spread` (max / min - 1), and a `repeats` record
 (k, the worst spread, each process's shape check).
 
@@ -22,7 +22,7 @@ Such a process describes another host, so up to EXTRA more processes are run to 
 (the count, from the host probe, is known before any speedup is looked at); the merged run lists
 each replaced process and its slow rows under `repeats.replaced`, and which processes it kept
 under `repeats.kept`. A process is replaced only while enough tries are left to reach K;
-after that it is kept as it is.
+after that it is kept as it is, and listed under `repeats.slow_kept`.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from pathlib import Path
 import click
 
 from microbench.bench import hostcpu
+from microbench.report.tables import slow_text
 from microbench.stats import merge_repeats
 
 # the child: this package's CLI under the same interpreter (no reliance on PATH)
@@ -75,7 +76,7 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
     (stats.merge_repeats). `run` starts a process (subprocess.run's signature); a process
     that writes no run raises RuntimeError naming it."""
     say = say or (lambda s: None)
-    runs, kept, replaced = [], [], []
+    runs, kept, replaced, slow_kept = [], [], [], []
     with hostcpu.on_quick_cpu(not params.get("no_pin_cpu", False)) as pin:
         for _ in range(PARENT_SCANS - 1 if pin is not None else 0):
             pin.choose()          # the parent's own reference: the quartile of its scans
@@ -109,14 +110,15 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
             slow = slow_rows(child)
             if slow and k + EXTRA - i >= k - len(runs):   # a later process can still replace it
                 replaced.append(dict(process=i, slow_rows=slow))
-                say(f"process {i} sampled on a slow host after its wait ran out ("
-                    + ", ".join(f"bs {r['bs']}: {r['slow_rounds']} rounds" for r in slow)
-                    + "); another process replaces it")
+                say(f"process {i} sampled on a slow host after its wait ran out ({slow_text(slow)}); "
+                    "another process replaces it")
                 continue
+            if slow:
+                slow_kept.append(dict(process=i, slow_rows=slow))
             runs.append(child)
             kept.append(i)
     merged = merge_repeats(runs)
-    merged["repeats"].update(kept=kept, replaced=replaced)
+    merged["repeats"].update(kept=kept, replaced=replaced, slow_kept=slow_kept)
     # the run is the user's command; each process's own command line stays under `repeats`
     merged["repeats"]["commands"] = [r.get("env", {}).get("command") for r in runs]
     merged["env"] = {**merged.get("env", {}),

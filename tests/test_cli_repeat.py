@@ -305,7 +305,15 @@ def test_replacements_stop_when_no_more_processes_are_left_to_reach_k():
     merged = run_repeats(sweep, params(), 3, run=run)
     assert len(calls) == n and merged["repeats"]["kept"] == list(range(cli_repeat.EXTRA + 1, n + 1))
     assert [x["process"] for x in merged["repeats"]["replaced"]] == list(range(1, cli_repeat.EXTRA + 1))
+    # the kept ones are flagged, in the run and in the footer
+    assert [x["process"] for x in merged["repeats"]["slow_kept"]] == merged["repeats"]["kept"]
+    from microbench.report.tables import repeat_lines
+    lines = repeat_lines(dict(merged, repeats=dict(merged["repeats"], max_spread=0.1)))
+    assert any(line.startswith("kept, no tries left, sampled on a slow host after its wait ran "
+                               f"out: process {cli_repeat.EXTRA + 1} (bs 1: 5 rounds)")
+               for line in lines)
     # a quick host throughout: K processes, none replaced
     run, calls = fake_process([(2.0, 1.5)] * 3, slow=[0, 0, 0])
     merged = run_repeats(sweep, params(), 3, run=run)
     assert len(calls) == 3 and merged["repeats"]["replaced"] == [] and merged["repeats"]["kept"] == [1, 2, 3]
+    assert merged["repeats"]["slow_kept"] == []

@@ -45,6 +45,7 @@ from microbench.engine import pdl as pdl_modes
 from microbench.engine.decoder import ToyDecoder
 from microbench.engine.runner import GraphRunner
 from microbench.engine.shapes import torch_dtype, tp_shape
+from microbench.kernels.gemv import use_pdl
 from microbench.stats import check_shape
 
 GIB = 1 << 30
@@ -142,8 +143,8 @@ def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool, sa
 
 
 def decoder_kw(cfg, max_batch: int, max_seq: int, dtype, dev) -> dict:
-    """The TP-1 decoder's and every shard's settings (bench.tp.build_shard): the PDL mode measured
-    for the full shape, cuBLAS above 16 rows and the default attention splits (a shard's shapes
+    """The TP-1 decoder's and every shard's settings (bench.tp.build_shard): the PDL modes measured
+    for the full shape, per batch size, cuBLAS above 16 rows and the default attention splits (a shard's shapes
     are in no BLAS or splits table)."""
     return dict(backend=cfg.backend, max_batch=max_batch, max_seq=max_seq, dtype=dtype,
                 device=dev, seed=cfg.seed, pdl=pdl_modes.resolve(None, cfg.shape, dtype, dev),
@@ -183,7 +184,8 @@ class _Rank:
                               shard_shape=tp_shape(shape, self.world).to_dict(), rows=[],
                               interrupted=False,
                               decoder=dict(pdl_rows=pdl_modes.modes_at(
-                                  self.dec_kw["pdl"], set(cfg.bs) | set(self.ladder))))
+                                  self.dec_kw["pdl"], set(cfg.bs) | set(self.ladder),
+                                  lambda arg: use_pdl(torch.empty(1, device=dev), arg))))
         say("rank 0 alone: launch costs, copy bandwidth, matrix rate")
         with on_quick_cpu(cfg.pin_cpu):
             run["launch"] = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))

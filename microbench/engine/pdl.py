@@ -5,7 +5,8 @@ chosen per device, model shape and batch size by measurement.
 PDL overlaps each kernel's launch, and a matmul's first weight loads, with the tail of the
 kernel before; but a kernel whose programs sit resident waiting holds SM slots that the running
 kernel's later waves could use. Which wins depends on the model and the batch: in whole graphed
-steps on the H200 early was fastest for opt-125m at one row and late above it (docs/bandwidth.md).
+steps on the H200 opt-125m was fastest early at one row and late at 2, 4 and 16 rows
+(docs/bandwidth.md).
 So `microbench tune --ab PRESET --vary pdl --rows 1,4,16` times the three modes in whole steps,
 interleaved in one process, and records at each batch size the fastest beyond noise in the
 device's table, `kernels/configs/pdl_<device>.json`, keyed by the model's shape and element size.
@@ -76,7 +77,16 @@ def read_choices(path: Path, name: str, vary: str, modes, entries) -> dict:
 def load_table(device_name: str) -> dict:
     """The measured choices for a device ({} when none was measured there): per model shape,
     per measured batch size."""
-    return read_per_batch(table_path(device_name), "PDL", "pdl", MODES, "bs")
+    # a table written with one entry per shape is read as one per batch (per_batch)
+    return read_per_batch(table_path(device_name), "PDL", "pdl", MODES, "bs",
+                          lambda c: per_batch(dict(choices=c))["choices"])
+
+
+def per_batch(table: dict) -> dict:
+    """`table` with each entry written one per shape (before the PDL mode was chosen per batch
+    size: the entry itself, measured at its "bs") moved under that batch size."""
+    return dict(table, choices={k: {str(e.get("bs", 1)): e} if "mode" in e else e
+                                for k, e in table.get("choices", {}).items()})
 
 
 def measured(shape: ModelShape, elt: int, device_name: str) -> tuple:
@@ -108,7 +118,11 @@ def resolve(pdl, shape: ModelShape, dtype: torch.dtype, device: torch.device):
         return lambda batch: True
     elt = torch.empty((), dtype=dtype).element_size()
     choices = measured(shape, elt, torch.cuda.get_device_name(device))
-    return lambda batch: MODES[choose(batch, choices)]
+    # worked out once (every kernel call asks): above the largest measured size, DEFAULT
+    top = max((b for b, _ in choices), default=0)
+    at = tuple(MODES[choose(b, choices)] for b in range(top + 1))
+    default = MODES[DEFAULT]
+    return lambda batch: at[batch] if batch <= top else default
 
 
 def modes_at(pdl_at, sizes, launches=lambda arg: arg is not False) -> dict:
@@ -121,11 +135,14 @@ def modes_at(pdl_at, sizes, launches=lambda arg: arg is not False) -> dict:
     return out
 
 
-def read_per_batch(path: Path, name: str, vary: str, modes, unit: str) -> dict:
+def read_per_batch(path: Path, name: str, vary: str, modes, unit: str,
+                   as_read=lambda c: c) -> dict:
     """read_choices for a table holding, per model shape, one choice per measured batch size
-    (the BLAS and attention splits tables); `unit` names the batch in a bad entry's label."""
-    return read_choices(path, name, vary, modes,
-                        lambda c: ((f"{k} {unit} {b}", e) for k, es in c.items() for b, e in es.items()))
+    (the PDL, BLAS and attention splits tables), its choices as `as_read` gives them; `unit`
+    names the batch in a bad entry's label."""
+    entries = lambda c: ((f"{k} {unit} {b}", e)
+                         for k, es in as_read(c).items() for b, e in es.items())
+    return as_read(read_choices(path, name, vary, modes, entries))
 
 
 def _open_table(path: Path, meta: dict) -> dict:
@@ -140,7 +157,7 @@ def _open_table(path: Path, meta: dict) -> dict:
 def merge_per_batch(path: Path, meta: dict, key: str, entries: dict) -> dict:
     """A per-batch table at `path` (or a new one) with `key`'s entries set at the batch sizes of
     `entries` ({batch: entry}), others kept, and `meta` appended to its runs."""
-    table = _open_table(path, meta)
+    table = per_batch(_open_table(path, meta))
     mine = table["choices"].setdefault(key, {})
     for batch, entry in entries.items():
         mine[str(batch)] = dict(entry, run=len(table["runs"]) - 1)

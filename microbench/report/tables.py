@@ -31,11 +31,17 @@ def ladder_desc(run: dict) -> str:
     return f"{run['config']['ladder']} ({len(ladder)} sizes, max {ladder[-1]})" if ladder else "none"
 
 
-def sizes_note(what: str, sizes) -> str:
-    """' | <what> at 64' or ' | <what> at 3 sizes, 32 to 128' for the header; '' for none."""
+def slow_text(slow_rows) -> str:
+    """'bs 1: 56 rounds, bs 4: 3 rounds': a --repeat process's rows sampled on a slow host."""
+    return ", ".join(f"bs {r['bs']}: {r['slow_rounds']} rounds" for r in slow_rows)
+
+
+def sizes_note(what: str, sizes, listed: int = 1) -> str:
+    """' | <what> at 64', ' | <what> at 2, 4, 16' (up to `listed` sizes) or ' | <what> at 3
+    sizes, 32 to 128' for the header; '' for none."""
     if not sizes:
         return ""
-    return (f" | {what} at {sizes[0]}" if len(sizes) == 1 else
+    return (f" | {what} at {', '.join(map(str, sizes))}" if len(sizes) <= listed else
             f" | {what} at {len(sizes)} sizes, {sizes[0]} to {sizes[-1]}")
 
 
@@ -46,7 +52,8 @@ def sweep_header(run: dict) -> str:
     # (runs before it was recorded: not shown)
     dec = run.get("decoder") or {}
     by_mode = dec.get("pdl_rows") or {}
-    pdl = ("".join(sizes_note(f"PDL {mode}", sizes) for mode, sizes in by_mode.items())
+    # (a mode at a few sizes names them: they need not be a range)
+    pdl = ("".join(sizes_note(f"PDL {mode}", sizes, listed=4) for mode, sizes in by_mode.items())
            if len(by_mode) > 1 else f" | PDL {next(iter(by_mode))}" if by_mode
            else f" | PDL {dec['pdl_mode']}" if dec.get("pdl_mode") else "")
     # the batch sizes whose matmuls ran cuBLASLt (engine/blas.py), where any did
@@ -225,11 +232,11 @@ def repeat_lines(run: dict) -> list[str]:
              f"{held('shape_held')} of {rep['k']}"
              + (f" (engine-eager against graph: in {held('engine_shape_held')} of {rep['k']})"
                 if any(h is not None for h in rep.get("engine_shape_held", [])) else "")]
-    if rep.get("replaced"):
-        lines.append("replaced, sampled on a slow host after its wait ran out: " + "; ".join(
-            f"process {x['process']} (" + ", ".join(f"bs {r['bs']}: {r['slow_rounds']} rounds"
-                                                for r in x["slow_rows"]) + ")"
-            for x in rep["replaced"]) + "; kept processes " + ", ".join(map(str, rep["kept"])))
+    for key, what in (("replaced", "replaced"), ("slow_kept", "kept, no tries left")):
+        if rep.get(key):
+            lines.append(f"{what}, sampled on a slow host after its wait ran out: " + "; ".join(
+                f"process {x['process']} ({slow_text(x['slow_rows'])})" for x in rep[key])
+                + "; kept processes " + ", ".join(map(str, rep["kept"])))
     lines += worst_repeat_line(run.get("rows", []))
     # processes are named in the order they started (rows count the kept ones from 1)
     name = lambda p: (rep.get("kept") or [])[p - 1] if len(rep.get("kept") or []) >= p else p

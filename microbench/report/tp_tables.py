@@ -95,7 +95,7 @@ def tp_sweep_footer(run: dict) -> str:
     elif t1:
         lines.append(f"TP 1 on rank 0 alone: capture {t1['capture_s']:.2f} s for {t1['sizes']} "
                      f"sizes, pool {fmt_bytes(t1['pool_bytes'])}")
-    # under --repeat the lines below are process 1's, measured beside its own rows
+    # under --repeat the lines below are the first kept process's, measured beside its own rows
     own = own_rows(run)
     ar = run.get("allreduce") or {}
     fit = ar.get("fit")

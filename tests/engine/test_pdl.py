@@ -44,8 +44,24 @@ def test_a_recorded_choice_is_taken_for_its_shape_and_element_size_only(table_di
     assert len(t2["runs"]) == 2 and t2["choices"][pdl.shape_key(PRESETS["llama-1b"], 2)]["1"]["run"] == 1
 
 
+def test_a_table_written_one_entry_per_shape_is_read_and_extended_per_batch(table_dir):
+    """Tables from before the choice per batch size hold one entry per shape, measured at its
+    "bs": a decoder reads it as that batch size's, and a new A/B adds batch sizes beside it."""
+    path = pdl.table_path("Fake GPU")
+    key = pdl.shape_key(PRESETS["opt-125m"], 2)
+    path.write_text(json.dumps(dict(device="Fake GPU", runs=[{}], choices={
+        key: dict(mode="late", preset="opt-125m", bs=1, run=0)})))
+    assert pdl.measured(PRESETS["opt-125m"], 2, "Fake GPU") == ((1, "late"),)
+    t = pdl.merge_per_batch(path, dict(command="b"), key, {16: dict(mode="off")})
+    assert {b: e["mode"] for b, e in t["choices"][key].items()} == {"1": "late", "16": "off"}
+    path.write_text(json.dumps(dict(choices={key: dict(mode="sometimes", bs=4)})))
+    pdl.load_table.cache_clear()
+    with pytest.raises(ValueError, match="bs 4 has no mode among early, late, off"):
+        pdl.measured(PRESETS["opt-125m"], 2, "Fake GPU")
+
+
 def test_a_batch_size_takes_its_own_choice_or_its_neighbours_shared_one_else_early():
-    # as measured for opt-125m on the H200: early at one row, late from 4 rows up
+    # early at 1 and 2 rows, late from 4 to 16, off at 64 (each rule's case in one table)
     choices = ((1, "early"), (2, "early"), (4, "late"), (8, "late"), (16, "late"), (64, "off"))
     got = {b: pdl.choose(b, choices) for b in (1, 2, 3, 4, 5, 8, 12, 16, 17, 32, 64, 65, 128)}
     assert got == {1: "early", 2: "early", 3: "early",     # 3: between early and late: default

@@ -141,8 +141,9 @@ def test_footer_gives_the_kernel_lines_and_each_batchs_mix_factor():
 
 def test_sweep_header_names_each_pdl_mode_with_its_sizes_where_the_sizes_differ():
     mixed = sweep_run(decoder=dict(pdl=True, pdl_mode="early",
-                                   pdl_rows={"early": [1], "late": [2, 4, 8]}))
-    assert " | PDL early at 1 | PDL late at 3 sizes, 2 to 8 | " in sweep_table(mixed).splitlines()[0]
+                                   pdl_rows={"early": [1, 8, 32, 64, 128], "late": [2, 4, 16]}))
+    assert (" | PDL early at 5 sizes, 1 to 128 | PDL late at 2, 4, 16 | "
+            in sweep_table(mixed).splitlines()[0])
     one = sweep_run(decoder=dict(pdl=True, pdl_mode="late", pdl_rows={"late": [1, 2, 4, 8]}))
     head = sweep_table(one).splitlines()[0]
     assert " | PDL late | " in head and " at " not in head.split("PDL")[1].split("|")[0]
@@ -151,8 +152,8 @@ def test_sweep_header_names_each_pdl_mode_with_its_sizes_where_the_sizes_differ(
 def test_kernel_time_notes_name_pdl_only_at_the_sizes_whose_graph_launched_with_it():
     from microbench.report.tables import family_bw_lines, launched_pdl
     fam = {"skinny": dict(bytes=1e6, us=10.0, copy_share=0.5, us_over=5.0, us_at_copy=5.0)}
-    # bs 3 is padded to 4, captured without PDL; bs 1 launched early
-    run = sweep_run(decoder=dict(pdl=True, pdl_rows={"early": [1], "off": [3, 4]}),
+    # bs 3 is padded to 4, captured without PDL (bs 3's own eager mode is early); bs 1 early
+    run = sweep_run(decoder=dict(pdl=True, pdl_rows={"early": [1, 3], "off": [4]}),
                     rows=[dict(sweep_run()["rows"][0], bs=1, padded_bs=1),
                           dict(sweep_run()["rows"][1], bs=3, padded_bs=4)],
                     graph_family_bw={"1": fam, "3": fam})
