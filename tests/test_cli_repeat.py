@@ -274,10 +274,10 @@ def test_repeat_under_torchrun_is_a_usage_error(monkeypatch):
 
 
 def test_a_process_sampled_on_a_slow_host_is_replaced_by_another():
-    """A child whose wait for a slow host ran out (rounds sampled on it, as the second process
-    of a llama-1b --repeat 3 on the H200 did: 56 rounds at bs 1, its speedups 1.51 where the
-    others read 1.08) is run again in a fresh process; the merge keeps the others, and says
-    which it replaced and why."""
+    """A child whose wait for a slow host ran out (rounds sampled on it, as in a llama-1b
+    --repeat 3 on the H200, where a process that sampled 56 rounds on a slow host at bs 1 read
+    1.50 at bs 4 and the others 1.07) is run again in a fresh process; the merge keeps the
+    others, and says which it replaced and why."""
     from microbench.report.tables import repeat_lines
     run, calls = fake_process([(1.07, 1.07), (1.51, 1.50), (1.09, 1.06), (1.08, 1.07)],
                               slow=[0, 56, 0, 0])
