@@ -110,8 +110,8 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
             slow = slow_rows(child)
             if slow and k + EXTRA - i >= k - len(runs):   # a later process can still replace it
                 replaced.append(dict(process=i, slow_rows=slow))
-                say(f"process {i} sampled on a slow host after its wait ran out ({slow_text(slow)}); "
-                    "another process replaces it")
+                say(f"process {i} sampled on a slow host after its wait ran out "
+                    f"({slow_text(slow)}); another process replaces it")
                 continue
             if slow:
                 slow_kept.append(dict(process=i, slow_rows=slow))

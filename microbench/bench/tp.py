@@ -104,9 +104,10 @@ def build_shard(shape: ModelShape, tp: int, rank: int, *, backend: str = "triton
     model is built with the smallest cache and freed layer by layer as it is sliced, so a rank
     never holds two full copies (llama-8b: 15 GB in bf16, a TP-2 shard 8 GB). pdl: the
     kernels' PDL mode; None takes the modes measured for the full model's shape, per batch size
-    (a shard's shape is in no table), so a shard launches as its TP-1 model does. blas: the wide matmuls'
-    interface (engine/blas.py), and splits the fused attention's (engine/splits.py); cuBLAS and
-    the default splits unless told, a shard's shapes being in no table either."""
+    (a shard's shape is in no table), so a shard launches as its TP-1 model does. blas: the
+    wide matmuls' interface (engine/blas.py), and splits the fused attention's
+    (engine/splits.py); cuBLAS and the default splits unless told, a shard's shapes being in no
+    table either."""
     from microbench.engine import pdl as pdl_modes
     from microbench.engine.decoder import ToyDecoder
     sshape = tp_shape(shape, tp)

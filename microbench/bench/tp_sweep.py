@@ -143,9 +143,9 @@ def sweep_rank(rank: int, world: int, cfg, compare_tp1: bool, progress: bool, sa
 
 
 def decoder_kw(cfg, max_batch: int, max_seq: int, dtype, dev) -> dict:
-    """The TP-1 decoder's and every shard's settings (bench.tp.build_shard): the PDL modes measured
-    for the full shape, per batch size, cuBLAS above 16 rows and the default attention splits (a shard's shapes
-    are in no BLAS or splits table)."""
+    """The TP-1 decoder's and every shard's settings (bench.tp.build_shard): the PDL modes
+    measured for the full shape, per batch size, cuBLAS above 16 rows and the default attention
+    splits (a shard's shapes are in no BLAS or splits table)."""
     return dict(backend=cfg.backend, max_batch=max_batch, max_seq=max_seq, dtype=dtype,
                 device=dev, seed=cfg.seed, pdl=pdl_modes.resolve(None, cfg.shape, dtype, dev),
                 blas="cublas", splits="fill")

@@ -136,7 +136,7 @@ class SweepRow:
     padded_bs is null where no graph fits (the row ran eagerly). speedup is the median of paired
     ratios, speedup_ci its 95% bootstrap interval, stable whether sampling met its stopping rule
     (bench/rows.py); under --repeat (stats.merge_repeats) the row is the process with the median
-    speedup (repeat_process, from 1 among the kept processes), speedup_repeats each process's speedup,
+    speedup (repeat_process, the kept ones from 1), speedup_repeats each process's speedup,
     speedup_repeat_spread their max / min - 1, speedup_repeats_ci the hierarchical interval."""
     bs: int
     padded_bs: int | None

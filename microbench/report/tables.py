@@ -239,7 +239,8 @@ def repeat_lines(run: dict) -> list[str]:
                 + "; kept processes " + ", ".join(map(str, rep["kept"])))
     lines += worst_repeat_line(run.get("rows", []))
     # processes are named in the order they started (rows count the kept ones from 1)
-    name = lambda p: (rep.get("kept") or [])[p - 1] if len(rep.get("kept") or []) >= p else p
+    kept = rep.get("kept") or list(range(1, rep["k"] + 1))
+    name = lambda p: kept[p - 1]
     picked = [(r["bs"], r["repeat_process"]) for r in run.get("rows", []) if r.get("repeat_process")]
     if picked:
         lines.append("each row is the process with its median speedup: " + ", ".join(
