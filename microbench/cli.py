@@ -98,21 +98,29 @@ def LADDER_OPTIONS(f):
 @NO_PIN_CPU
 @LADDER_OPTIONS
 @click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True,
-              help="Measure in this many fresh processes, one after another, and report each "
-                   "row's speedup in every one and their spread (each row from the process "
-                   "with its median speedup, plus speedup_repeats).")
+              help="Measure in this many fresh processes and report each row's speedup in "
+                   "every one and their spread (each row from the process with its median "
+                   "speedup, plus speedup_repeats).")
+@click.option("--repeat-mode", type=click.Choice(["interleaved", "sequential"]), default=None,
+              help="With --repeat: interleaved (the default at --tp 1) starts the processes "
+                   "together and lets them use the GPU in turns, one phase at a time (the "
+                   "build, each batch size, the device figures), in rotating order, so each "
+                   "row's figures are measured seconds apart; it holds every process's decoder "
+                   "in GPU memory at once. sequential (the only mode with --tp) runs one "
+                   "process after another.")
 @OUT
 @FORMAT
 @TRACE
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the table (or JSON).")
 def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget, arms, split_launch,
-          full_max_size, tp, no_tp1, no_pin_cpu, repeat, out, fmt, trace, as_json, quiet,
-          **engine_opts):
+          full_max_size, tp, no_tp1, no_pin_cpu, repeat, repeat_mode, out, fmt, trace, as_json,
+          quiet, **engine_opts):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
     from microbench.analysis.beside import predict_sweep
     from microbench.bench.sweep import run_sweep
     from microbench.bench.sweep_config import SweepConfig
+    from microbench.bench.turns import gate_from_env
     try:
         ladder = with_engine_options(ladder, **engine_opts)
     except ValueError as e:
@@ -144,6 +152,11 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
                                  "ranks); run microbench sweep --tp N --repeat K alone")
         elif no_tp1:
             raise ValueError("--no-tp1: only with --tp 2 or more")
+        if repeat_mode is not None and repeat == 1:
+            raise ValueError("--repeat-mode: only with --repeat 2 or more")
+        if repeat_mode == "interleaved" and tp > 1:
+            raise ValueError("--repeat-mode: interleaved not with --tp (each process starts "
+                             "its own ranks); use sequential")
         if (trace or fmt != "table") and (tp > 1 or repeat > 1):
             raise ValueError(f"--{'trace' if trace else 'format'}: not with --tp or --repeat")
         if trace:
@@ -170,14 +183,16 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
         from microbench.cli_repeat import run_repeats
         ctx = click.get_current_context()
         try:
-            run = run_repeats(ctx.command, ctx.params, repeat, say)
+            run = run_repeats(ctx.command, ctx.params, repeat, say, mode=repeat_mode or (
+                "interleaved" if tp == 1 else "sequential"))
         except RuntimeError as e:   # a process failed: one line, no merged run
             raise click.ClickException(str(e)) from None
         save(run)
     else:
         try:
+            # a --repeat parent's gate (interleaved): run each phase when it is this one's turn
             run = run_sweep(cfg, on_run=save, predict=predict_sweep, on_trace=tracer,
-                            **sweep_hooks(view))
+                            turn=gate_from_env(), **sweep_hooks(view))
         finally:
             if view:
                 view.close()

@@ -234,7 +234,8 @@ def test_repeat_under_tp_merges_tp_processes(monkeypatch, tmp_path):
     assert saved["shape_check"]["held"] is True
     assert next(l for l in out.splitlines() if "llama-8b at TP 2" in l).startswith("2 x NVIDIA H200")
     assert "repeat spread (CI)" in out and "95% CI" in out
-    assert "--repeat 3: speedups of 3 fresh processes, worst spread 8.3%" in out
+    assert ("--repeat 3: speedups of 3 fresh processes run one after another, worst spread 8.3%"
+            in out)
     assert "probe loop" not in out                         # a TP row's is not timed
     assert "eager against graph, the graphs alone: held" in out
     # the footer's per-run lines are process 1's, as the repeat line says: its host time and
@@ -317,3 +318,87 @@ def test_replacements_stop_when_no_more_processes_are_left_to_reach_k():
     merged = run_repeats(sweep, params(), 3, run=run)
     assert len(calls) == 3 and merged["repeats"]["replaced"] == [] and merged["repeats"]["kept"] == [1, 2, 3]
     assert merged["repeats"]["slow_kept"] == []
+
+
+# ---- --repeat-mode interleaved: the processes still needed start together -----------------
+def fake_turns(run):
+    """bench.turns.run_in_turns' stand-in over fake_process's `run`: each group's processes
+    run (one after another here), and `groups` keeps each group's process count."""
+    groups = []
+
+    def in_turns(cmds, envs, on_turn=None):
+        groups.append(len(cmds))
+        for j in range(len(cmds)):
+            on_turn(j, "build")
+        return [run(c, stdout=subprocess.DEVNULL, env=e).returncode for c, e in zip(cmds, envs)]
+    in_turns.groups = groups
+    return in_turns
+
+
+def test_interleaved_processes_start_together_and_replacements_after(monkeypatch):
+    """Interleaved, the K processes are one group, all told the parent's host reference; one
+    sampled on a slow host is replaced by a process started once they have all finished."""
+    from microbench.report.tables import repeat_lines
+    monkeypatch.setattr(hostcpu, "HOST", hostcpu.Reference())
+    monkeypatch.setattr(hostcpu, "on_quick_cpu", fake_quick_cpu(120.0))
+    run, calls = fake_process([(1.07, 1.07), (1.51, 1.50), (1.09, 1.06), (1.08, 1.07)],
+                              refs=[110.0, 100.0, 105.0, 90.0], slow=[0, 56, 0, 0])
+    in_turns = fake_turns(run)
+    said = []
+    merged = run_repeats(sweep, params(), 3, said.append, run=None, mode="interleaved",
+                         in_turns=in_turns)
+    assert in_turns.groups == [3, 1] and len(calls) == 4
+    # the group shares the parent's reference; the replacement gets the lowest seen since
+    assert run.envs == ["120.000", "120.000", "120.000", "100.000"]
+    assert merged["repeats"]["kept"] == [1, 3, 4] and merged["repeats"]["mode"] == "interleaved"
+    assert [x["process"] for x in merged["repeats"]["replaced"]] == [2]
+    assert said[0] == "repeat: 3 fresh processes at once, taking the GPU in turns"
+    assert "process 3: build" in said
+    assert any(s.startswith("repeat: 1 fresh processes at once") and "processes 4 to 4" in s
+               for s in said)
+    lines = repeat_lines(dict(merged, repeats=dict(merged["repeats"], max_spread=0.02)))
+    assert lines[0].startswith("--repeat 3: speedups of 3 fresh processes taking the GPU in "
+                               "turns, worst spread 2.0%")
+
+
+def test_interleaved_replacements_stop_as_sequential_ones_do():
+    """Every process on a slow host: the same processes are replaced and kept as when they run
+    one after another, in two groups (three, then the two tries left)."""
+    from microbench import cli_repeat
+    n = 3 + cli_repeat.EXTRA
+    run, calls = fake_process([(2.0 + i / 10, 1.5) for i in range(n)], slow=[5] * n)
+    in_turns = fake_turns(run)
+    merged = run_repeats(sweep, params(), 3, run=None, mode="interleaved", in_turns=in_turns)
+    assert in_turns.groups == [3, cli_repeat.EXTRA] and len(calls) == n
+    assert merged["repeats"]["kept"] == list(range(cli_repeat.EXTRA + 1, n + 1))
+    assert [x["process"] for x in merged["repeats"]["replaced"]] == list(
+        range(1, cli_repeat.EXTRA + 1))
+
+
+def test_the_cli_interleaves_at_tp1_and_says_when_it_cannot(monkeypatch, tmp_path):
+    """The default at TP 1 is interleaved, --repeat-mode sequential is passed on, and
+    --repeat-mode without --repeat, or interleaved with --tp, is a one-line usage error."""
+    from click.testing import CliRunner
+
+    import microbench.cli_repeat as cr
+    from microbench.cli import main
+    modes = []
+
+    def fake_repeats(command, params, k, say=None, mode=None):
+        modes.append(mode)
+        raise RuntimeError("stop here")
+    monkeypatch.setattr("microbench.cli.require_cuda", lambda name: None)
+    monkeypatch.setattr(cr, "run_repeats", fake_repeats)
+    base = ["sweep", "--bs", "1,4", "--out", str(tmp_path)]
+    for extra in ([], ["--repeat-mode", "sequential"]):
+        r = CliRunner().invoke(main, base + ["--repeat", "2"] + extra)
+        assert r.exit_code == 1 and "stop here" in r.output
+    assert modes == ["interleaved", "sequential"]
+    for argv, msg in ((["--repeat-mode", "sequential"], "--repeat-mode: only with --repeat 2"),
+                      (["--tp", "2", "--preset", "llama-8b", "--repeat", "2", "--repeat-mode",
+                        "interleaved"], "--repeat-mode: interleaved not with --tp")):
+        r = CliRunner().invoke(main, base + argv)
+        lines = [l for l in r.output.splitlines() if l.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and msg in lines[0], r.output
+    # the child never gets the option back: it runs alone, at its parent's gates
+    assert "--repeat-mode" not in child_argv(sweep, params(repeat_mode="interleaved"), "/p")

@@ -27,7 +27,7 @@ from microbench.stats import check_shape
 
 def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, predict=None,
               on_capture=None, on_rows=None, on_phase=None, on_trace=None,
-              on_round=None) -> dict:
+              on_round=None, turn=None) -> dict:
     """Run the sweep; returns the run dict (config, env, launch, capture, rows, totals).
     on_row(row) for each row once it is complete (its model columns come after every step is
     timed), on_run(run) whenever the run changes (to save it), on_progress(text) for status
@@ -37,7 +37,10 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, pred
     seconds) when a long phase (compiling) starts (seconds None) and ends, on_round(rounds,
     seconds, cap) after each round of a row's rotation (timing.interleave). on_trace(prof) gets
     the PyTorch profiler of one eager and one graphed step at the first batch size, last
-    (profile.trace_steps; the CLI writes it as a Chrome trace).
+    (profile.trace_steps; the CLI writes it as a Chrome trace). turn(phase), when given
+    (bench.turns' gate of a --repeat process), is called before each phase that uses the GPU
+    (the build and capture, each row, the device figures and everything after) and returns
+    when this process may run it.
 
     Order matters: every step is timed first; the device's launch costs, copy bandwidth,
     matrix rate and kernel lines after (their many small graphs, captured, replayed and freed,
@@ -47,7 +50,16 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, pred
     say = on_progress or (lambda s: None)
     require_cuda("sweep")
     cfg.validate()
+    waited = [0.0]
+
+    def gate(phase):   # the time spent waiting for a turn is not the sweep's own
+        if turn is not None:
+            t0 = time.perf_counter()
+            turn(phase)
+            waited[0] += time.perf_counter() - t0
+
     t_start = time.perf_counter()
+    gate("build")
     sw = _Sweep(cfg, say, on_capture, on_phase, on_round)
     run = sw.run
     save = on_run or (lambda r: None)
@@ -56,10 +68,12 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, pred
         for i, bs in enumerate(cfg.bs):
             if on_rows:
                 on_rows(i, len(cfg.bs), bs)
+            gate(f"bs {bs}")
             sw.measure(bs)
             save(run)
         if on_rows:
             on_rows(len(cfg.bs), len(cfg.bs), None)
+        gate("device")
         sw.measure_device()
         sw.predict(predict, on_row)
         save(run)
@@ -71,7 +85,7 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, pred
         run["interrupted"] = True
     finally:
         # whatever happened, the rows measured so far are kept and the pool is given back
-        sw.close(t_start)
+        sw.close(t_start, waited[0] if turn is not None else None)
         save(run)
     return run
 
@@ -303,13 +317,17 @@ class _Sweep:
             steps[f"graph step, bs {bs} (graph {padded})"] = graph
         trace_steps(steps, on_trace)
 
-    def close(self, t_start: float):
+    def close(self, t_start: float, turn_wait_s: float | None = None):
+        """The shape checks, the wall time (less turn_wait_s, the time spent waiting for turns,
+        recorded beside it) and the runners' counts; the runners give their pools back."""
         run = self.run
         run["shape_check"] = check_shape(run["rows"])
         if any(r.get("engine_eager_speedup") for r in run["rows"]):
             # the bundle an operator toggles (unfused kernels and no graphs), as published
             run["shape_check_engine"] = check_shape(run["rows"], prefix="engine_eager_")
-        run["wall_s"] = time.perf_counter() - t_start
+        run["wall_s"] = time.perf_counter() - t_start - (turn_wait_s or 0.0)
+        if turn_wait_s is not None:
+            run["turn_wait_s"] = turn_wait_s
         if self.runner is not None:
             run["runner_counts"] = dict(self.runner.counts)
             self.runner.close()

@@ -227,7 +227,9 @@ def repeat_lines(run: dict) -> list[str]:
     if not rep:
         return []
     held = lambda key: sum(1 for h in rep.get(key, []) if h)
-    lines = [f"--repeat {rep['k']}: speedups of {rep['k']} fresh processes, worst spread "
+    how = {"interleaved": " taking the GPU in turns", "sequential": " run one after another"}
+    lines = [f"--repeat {rep['k']}: speedups of {rep['k']} fresh processes"
+             f"{how.get(rep.get('mode'), '')}, worst spread "
              f"{_f(rep.get('max_spread'), '.1%')} (max / min - 1); shape held in "
              f"{held('shape_held')} of {rep['k']}"
              + (f" (engine-eager against graph: in {held('engine_shape_held')} of {rep['k']})"

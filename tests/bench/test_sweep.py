@@ -70,6 +70,25 @@ def test_sweep_full_and_piecewise_with_full_max_size(tmp_path):
     assert passes == dict(piecewise=[1, 2, 4], full=[1, 2])
 
 
+def test_repeat_interleaved_end_to_end(tmp_path):
+    """--repeat 2 at TP 1: two real processes that take the GPU in turns (bench.turns), merged;
+    each waited for the other's phases, and that wait is not counted in its wall time."""
+    from click.testing import CliRunner
+
+    from microbench.cli import main
+    from microbench.report.record import load_run
+    r = CliRunner().invoke(main, ["sweep", "--preset", "tiny", "--bs", "1,3", "--context", "32",
+                                  "--time-budget", "0.05", "--steps", "2", "--no-pin-cpu",
+                                  "--repeat", "2", "--out", str(tmp_path), "--quiet"])
+    assert r.exit_code == 0, r.output
+    (run_dir,) = list(tmp_path.iterdir())
+    run = load_run(run_dir)
+    assert run["repeats"]["mode"] == "interleaved" and run["repeats"]["kept"] == [1, 2]
+    assert all(len(row["speedup_repeats"]) == 2 for row in run["rows"])
+    assert run["turn_wait_s"] > 0 and all(w > 0 for w in run["repeats"]["wall_s"])
+    assert "fresh processes taking the GPU in turns" in r.output
+
+
 def test_sweep_arms_side_by_side(tmp_path):
     """Every arm runs, agrees with eager, and is called graphed only if it launched a graph."""
     from microbench.bench.sweep import run_sweep
