@@ -105,9 +105,9 @@ def LADDER_OPTIONS(f):
               help="With --repeat: interleaved (the default at --tp 1) starts the processes "
                    "together and lets them use the GPU in turns, one phase at a time (the "
                    "build, each batch size, the device figures), in rotating order, so each "
-                   "row's figures are measured seconds apart; it holds every process's decoder "
-                   "in GPU memory at once. sequential (the only mode with --tp) runs one "
-                   "process after another.")
+                   "row's figures are measured one right after another; it holds every "
+                   "process's decoder in GPU memory at once. sequential (the only mode with "
+                   "--tp) runs one process after another.")
 @OUT
 @FORMAT
 @TRACE

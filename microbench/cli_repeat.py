@@ -6,7 +6,7 @@ spread across processes instead of hiding in one process's interval.
 Each process is the same command with `--repeat 1`, a temporary `--out` and `--quiet`. With
 `--repeat-mode interleaved` (the default at TP 1) they start together and take the GPU in
 turns, one phase of their sweeps at a time, in an order that rotates (bench.turns), so each
-row's K figures are measured within seconds of each other and a host whose speed drifts over
+row's K figures are measured one right after another and a host whose speed drifts over
 minutes moves all K alike; `sequential` runs one after another (one GPU; under --tp each
 process starts its own ranks, so TP runs are sequential). Their run.json files are merged by
 `stats.merge_repeats`: each row from the process with that row's median speedup, the first kept
@@ -105,16 +105,19 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
                     for out in outs]
             # a child's own table is not printed: the merged run's is, once, after the last
             if mode == "interleaved":
-                say(f"repeat: {n} fresh processes at once, taking the GPU in turns"
-                    + (f" (processes {procs[0]} to {procs[-1]}, {len(replaced)} replaced)"
-                       if replaced else ""))
+                say((f"repeat: {n} fresh processes at once, taking the GPU in turns" if n > 1
+                     else "repeat: a fresh process")
+                    + (f" (process{'es' if n > 1 else ''} {', '.join(map(str, procs))}, "
+                       f"{len(replaced)} replaced)" if replaced else ""))
                 codes = in_turns(cmds, [env] * n, on_turn=lambda j, phase: say(
                     f"process {procs[j]}: {phase}"))
             else:
                 say(f"repeat {len(runs) + 1} of {k}: a fresh process"
                     + (f" (process {i}, {len(replaced)} replaced)" if replaced else ""))
                 codes = [run(cmds[0], stdout=subprocess.DEVNULL, env=env).returncode]
-            for p, out, code in zip(procs, outs, codes):
+            # one that failed stopped the others (their status None): it is the one named
+            order = sorted(range(n), key=lambda j: codes[j] in (0, None))
+            for p, out, code in ((procs[j], outs[j], codes[j]) for j in order):
                 found = sorted(out.glob("*/run.json"))
                 if code != 0 or not found:
                     # a failed process may still have saved its partial rows: not merged
@@ -140,6 +143,8 @@ def run_repeats(command: click.Command, params: dict, k: int, say=None,
                 kept.append(p)
     merged = merge_repeats(runs)
     merged["repeats"].update(mode=mode, kept=kept, replaced=replaced, slow_kept=slow_kept)
+    if mode == "interleaved":   # each kept process's time waiting for its turns, off its wall_s
+        merged["repeats"]["turn_wait_s"] = [r.get("turn_wait_s") for r in runs]
     # the run is the user's command; each process's own command line stays under `repeats`
     merged["repeats"]["commands"] = [r.get("env", {}).get("command") for r in runs]
     merged["env"] = {**merged.get("env", {}),

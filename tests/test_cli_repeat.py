@@ -354,25 +354,46 @@ def test_interleaved_processes_start_together_and_replacements_after(monkeypatch
     assert [x["process"] for x in merged["repeats"]["replaced"]] == [2]
     assert said[0] == "repeat: 3 fresh processes at once, taking the GPU in turns"
     assert "process 3: build" in said
-    assert any(s.startswith("repeat: 1 fresh processes at once") and "processes 4 to 4" in s
-               for s in said)
+    assert "repeat: a fresh process (process 4, 1 replaced)" in said
+    assert merged["repeats"]["turn_wait_s"] == [None, None, None]   # the fakes record none
     lines = repeat_lines(dict(merged, repeats=dict(merged["repeats"], max_spread=0.02)))
     assert lines[0].startswith("--repeat 3: speedups of 3 fresh processes taking the GPU in "
                                "turns, worst spread 2.0%")
 
 
-def test_interleaved_replacements_stop_as_sequential_ones_do():
-    """Every process on a slow host: the same processes are replaced and kept as when they run
-    one after another, in two groups (three, then the two tries left)."""
+@pytest.mark.parametrize("slow", [[0, 0, 0, 0, 0], [5, 0, 0, 0, 0], [0, 5, 5, 0, 0],
+                                  [5, 5, 5, 0, 0], [5, 5, 5, 5, 5], [0, 0, 5, 5, 0],
+                                  [5, 0, 5, 0, 5]])
+def test_interleaved_replaces_the_processes_sequential_would(slow):
+    """Whichever processes sample on a slow host, groups started together (three, then the
+    tries still needed) replace and keep the same processes as running them one after another
+    does, and run as many."""
     from microbench import cli_repeat
-    n = 3 + cli_repeat.EXTRA
-    run, calls = fake_process([(2.0 + i / 10, 1.5) for i in range(n)], slow=[5] * n)
+    assert len(slow) == 3 + cli_repeat.EXTRA
+    speedups = [(2.0 + i / 10, 1.5) for i in range(len(slow))]
+    seq_run, seq_calls = fake_process(speedups, slow=slow)
+    seq = run_repeats(sweep, params(), 3, run=seq_run)
+    run, calls = fake_process(speedups, slow=slow)
     in_turns = fake_turns(run)
-    merged = run_repeats(sweep, params(), 3, run=None, mode="interleaved", in_turns=in_turns)
-    assert in_turns.groups == [3, cli_repeat.EXTRA] and len(calls) == n
-    assert merged["repeats"]["kept"] == list(range(cli_repeat.EXTRA + 1, n + 1))
-    assert [x["process"] for x in merged["repeats"]["replaced"]] == list(
-        range(1, cli_repeat.EXTRA + 1))
+    inter = run_repeats(sweep, params(), 3, run=None, mode="interleaved", in_turns=in_turns)
+    assert len(calls) == len(seq_calls) and sum(in_turns.groups) == len(calls)
+    assert in_turns.groups[0] == 3
+    for key in ("kept", "replaced", "slow_kept"):
+        assert inter["repeats"][key] == seq["repeats"][key], key
+    assert inter["rows"][0]["speedup_repeats"] == seq["rows"][0]["speedup_repeats"]
+
+
+def test_interleaved_names_the_process_that_failed_not_those_it_stopped():
+    """A process of a group that fails stops the others (their status None): the error names
+    it, and nothing is merged."""
+    run, _ = fake_process([(2.0, 1.5)] * 3)
+
+    def in_turns(cmds, envs, on_turn=None):
+        for c, e in zip(cmds, envs):
+            run(c, stdout=subprocess.DEVNULL, env=e)
+        return [None, 3, None]
+    with pytest.raises(RuntimeError, match=r"process 2 of 3 failed \(exit status 3\)$"):
+        run_repeats(sweep, params(), 3, run=None, mode="interleaved", in_turns=in_turns)
 
 
 def test_the_cli_interleaves_at_tp1_and_says_when_it_cannot(monkeypatch, tmp_path):
@@ -393,7 +414,10 @@ def test_the_cli_interleaves_at_tp1_and_says_when_it_cannot(monkeypatch, tmp_pat
     for extra in ([], ["--repeat-mode", "sequential"]):
         r = CliRunner().invoke(main, base + ["--repeat", "2"] + extra)
         assert r.exit_code == 1 and "stop here" in r.output
-    assert modes == ["interleaved", "sequential"]
+    # at TP 2 the default is sequential: each process starts its own ranks
+    r = CliRunner().invoke(main, base + ["--tp", "2", "--preset", "llama-8b", "--repeat", "2"])
+    assert r.exit_code == 1 and "stop here" in r.output
+    assert modes == ["interleaved", "sequential", "sequential"]
     for argv, msg in ((["--repeat-mode", "sequential"], "--repeat-mode: only with --repeat 2"),
                       (["--tp", "2", "--preset", "llama-8b", "--repeat", "2", "--repeat-mode",
                         "interleaved"], "--repeat-mode: interleaved not with --tp")):

@@ -55,8 +55,10 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, pred
     def gate(phase):   # the time spent waiting for a turn is not the sweep's own
         if turn is not None:
             t0 = time.perf_counter()
-            turn(phase)
-            waited[0] += time.perf_counter() - t0
+            try:
+                turn(phase)
+            finally:
+                waited[0] += time.perf_counter() - t0
 
     t_start = time.perf_counter()
     gate("build")
