@@ -182,7 +182,8 @@ def merge_repeats(runs: list[dict]) -> dict:
     Per row it adds `speedup_repeats` (the K processes' median speedups, in process order, null
     where a process measured none), `speedup_repeat_spread` (max / min - 1 over them),
     `eager_step_us_repeats`, `graph_step_us_repeats` and `host_loop_us_repeats` (each process's
-    medians, and the probe loop time of the CPU its rotation kept: how quick its host was) and,
+    medians, and the probe loop time of the CPU its rotation kept: how quick its host was),
+    `host_pin_repeats` (each process's whole `host_pin`: its waits and slow rounds too) and,
     where every process kept its paired ratios, `speedup_repeats_ci` (hierarchical_ci over
     them). The shape checks are judged again on the merged rows; the `repeats` record holds k,
     the worst spread over the rows, each process's own shape checks and `first_rows` (the first
@@ -204,7 +205,8 @@ def merge_repeats(runs: list[dict]) -> dict:
                       speedup_repeats=got, speedup_repeat_spread=spread,
                       eager_step_us_repeats=[r.get("eager_step_us") for r in same],
                       graph_step_us_repeats=[r.get("graph_step_us") for r in same],
-                      host_loop_us_repeats=[(r.get("host_pin") or {}).get("loop_us") for r in same])
+                      host_loop_us_repeats=[(r.get("host_pin") or {}).get("loop_us") for r in same],
+                      host_pin_repeats=[r.get("host_pin") for r in same])
         ratios = [r.get("speedup_ratios") for r in same]
         if len(runs) > 1 and all(ratios):
             _, lo, hi = hierarchical_ci(ratios)

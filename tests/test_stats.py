@@ -146,6 +146,8 @@ def test_merge_repeats_keeps_the_first_run_and_adds_the_spread():
     for run, loop in zip(pinned, (90.0, 110.0)):
         run["rows"][0]["host_pin"] = dict(loop_us=loop)
     assert merge_repeats(pinned)["rows"][0]["host_loop_us_repeats"] == [90.0, 110.0]
+    assert merge_repeats(pinned)["rows"][0]["host_pin_repeats"] == [dict(loop_us=90.0),
+                                                                    dict(loop_us=110.0)]
     assert "speedup_repeats" not in runs[0]["rows"][0]                 # inputs untouched
     one = merge_repeats([_run([(1, 2.0)])])
     assert one["rows"][0]["speedup_repeat_spread"] is None
