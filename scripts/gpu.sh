@@ -68,6 +68,7 @@ for st in $stages; do
         TRITON_CACHE_DIR=$(mktemp -d) /usr/bin/time -f "wall %e s (cold Triton cache)" \
           microbench sweep --bs 1,4,16,64 --preset $p --out "$new" 2>&1 | tee "$LOG/sweep-$p.log"
         r=$?; [ $r -ne 0 ] && rc=$r
+        pack
       done ;;
     sweep3)
       rc=0
@@ -82,6 +83,7 @@ for st in $stages; do
         microbench sweep --bs ${BS:-1,4,16,64} --preset $p --repeat ${REPEAT:-3} --out "$new" 2>&1 \
           | tee "$LOG/repeat-$p.log"
         r=$?; [ $r -ne 0 ] && rc=$r
+        pack   # each preset's run kept, should the call's time limit stop the next
       done ;;
     launch)
       microbench launch --out "$new" 2>&1 | tee "$LOG/launch.log"; rc=$? ;;
