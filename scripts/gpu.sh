@@ -14,6 +14,8 @@
 #            sweep            the default sweep of opt-125m and llama-1b, each from a cold Triton cache
 #            sweep3           three back-to-back default sweeps (how far the numbers move between runs)
 #            repeat           each preset in $PRESETS swept with --repeat 3 (three fresh processes)
+#            repeat-modes     the same, with --repeat-mode sequential then interleaved, $ROUNDS
+#                             times (default 1) per preset: the two modes' spreads on one host
 #            launch           launch, replay, copy and matmul constants (microbench launch)
 #            arms             the arms in $ARMS side by side, per preset in $PRESETS, batch sizes $BS
 #            trace            a sweep with --trace (a Perfetto trace of one eager and one graphed step)
@@ -84,6 +86,19 @@ for st in $stages; do
           | tee "$LOG/repeat-$p.log"
         r=$?; [ $r -ne 0 ] && rc=$r
         pack   # each preset's run kept, should the call's time limit stop the next
+      done ;;
+    repeat-modes)
+      rc=0
+      for p in ${PRESETS:-opt-125m llama-1b}; do
+        for i in $(seq ${ROUNDS:-1}); do
+          for m in sequential interleaved; do
+            microbench sweep --bs ${BS:-1,4,16,64} --preset $p --repeat ${REPEAT:-3} \
+              --repeat-mode $m --out "$new" 2>&1 | tee "$LOG/repeat-$p-$m-$i.log" \
+              | grep -E "worst spread|replaced|kept, no|widest"
+            r=$?; [ $r -ne 0 ] && rc=$r
+            pack
+          done
+        done
       done ;;
     launch)
       microbench launch --out "$new" 2>&1 | tee "$LOG/launch.log"; rc=$? ;;
