@@ -120,9 +120,11 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
     from microbench.analysis.beside import predict_sweep
     from microbench.bench.sweep import run_sweep
     from microbench.bench.sweep_config import SweepConfig
+    from microbench.bench.hostcpu import quiet_tolerance
     from microbench.bench.turns import gate_from_env
     try:
         ladder = with_engine_options(ladder, **engine_opts)
+        quiet_tolerance()
     except ValueError as e:
         usage(e)
     cfg = SweepConfig(bs=bs, preset=preset, mode=mode, ladder=ladder, context=context,
@@ -290,6 +292,7 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
 
     from microbench.analysis.beside import predict_fade
     from microbench.analysis.verdicts import judge
+    from microbench.bench.hostcpu import quiet_tolerance
     from microbench.bench.reproduce import NAMES, ReproduceConfig, run_reproduce
     from microbench.report.record import write_reproduce_run
     t0 = time.perf_counter()
@@ -304,6 +307,10 @@ def reproduce(names, preset, bs, context, dtype, time_budget, steps, memory_budg
         check_writable(Path(out))
     except ValueError as e:
         usage(e if str(e).startswith(("--", "NAMES")) else ValueError(f"--out: {e}"))
+    try:
+        quiet_tolerance()
+    except ValueError as e:
+        usage(e)
     require_cuda("reproduce")
     say = progress_view(loud)
     save = Saver(out, "reproduce", preset, write=write_reproduce_run)

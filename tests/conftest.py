@@ -33,8 +33,10 @@ def device():
 @pytest.fixture(autouse=True)
 def _host_never_slow(monkeypatch):
     """Timings in the suite never wait for a slow host (bench.hostcpu): this machine's own drift
-    would add seconds to a row. Each test starts with no host reference; the waiting itself is
-    tested in tests/bench/test_hostcpu.py, which sets THROTTLE back."""
+    would add seconds to a row, and neither do they drop rounds the host was slow around. Each
+    test starts with no host reference; the waiting and the dropping are tested in
+    tests/bench/test_hostcpu.py, which sets THROTTLE and MICROBENCH_HOST_QUIET back."""
     from microbench.bench import hostcpu
     monkeypatch.setattr(hostcpu, "HOST", hostcpu.Reference())
     monkeypatch.setattr(hostcpu, "THROTTLE", float("inf"))
+    monkeypatch.setenv(hostcpu.QUIET_ENV, "0")

@@ -509,3 +509,9 @@ def test_help_does_not_import_rich_and_is_quick():
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", _after(["--help"])], capture_output=True, timeout=60)
     assert p.returncode == 0 and time.perf_counter() - t0 < 2.0   # well under on an idle machine
+
+
+@pytest.mark.parametrize("command", ["sweep", "reproduce"])
+def test_a_bad_quiet_tolerance_is_a_usage_error(monkeypatch, command):
+    monkeypatch.setenv("MICROBENCH_HOST_QUIET", "tight")
+    assert_usage_error((command,), "MICROBENCH_HOST_QUIET")

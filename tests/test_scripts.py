@@ -66,3 +66,24 @@ def test_gemv_regs_compiles_a_table_offline(tmp_path):
         regs, spill, smem, progs = map(int, r[-4:])
         assert 0 < regs <= 255 and spill == 0
         assert progs == _load("gemv_regs").programs_per_sm(regs, 4, smem)
+
+
+def test_host_series_replay_drops_rounds_the_host_was_slow_around(tmp_path, capsys):
+    """Three files whose rounds agree while the probe is quick and read 20% slower eager steps
+    while it is 8% over: with no tolerance their windows spread; at 1.04 they agree."""
+    hs = _load("host_series")
+    paths = []
+    for k in range(3):
+        rounds = []
+        for i in range(400):
+            slow = (i // 50 + k) % 3 == 0
+            rounds.append([i * 0.01, 108.0 if slow else 100.0, 720.0 if slow else 600.0, 250.0])
+        p = tmp_path / f"p{k}.json"
+        p.write_text(json.dumps(dict(cpu=0, probes={}, rounds=rounds)))
+        paths.append(str(p))
+    hs.replay(paths)
+    out = capsys.readouterr().out
+    none = out.split("tolerance none:")[1].split("tolerance")[0]
+    tight = out.split("tolerance 1.04:")[1].split("tolerance")[0]
+    assert "0.5 s windows" in none and "within 5% in 100%" not in none
+    assert tight.count("within 5% in 100%") == 3

@@ -32,6 +32,15 @@ quick probes make a quarter of its own, so it waits only once the host has been 
 sight (or its --repeat parent's). TP ranks' rows do not wait: a rank sleeping would hold the
 others.
 
+Within the quick state the host still moves: rounds whose probe loop is a few percent over the
+reference run the host-bound eager step slower by as much or more (`scripts/host_series.py`
+times a thousand rounds and shows it), and a row sampled over a second catches whichever level
+the host was at. So a round counts only when the probe loop just before and just after it
+(`HostPin.quiet`, timing.interleave's `quiet`) is within QUIET times the reference: rounds
+the host was not quick around are taken and dropped, up to another time cap, and a row that
+still has too few counted rounds keeps them all (`host_pin.quiet_rounds` of `rounds`).
+MICROBENCH_HOST_QUIET sets QUIET for a run (0: count every round), for an A/B of the rule.
+
 Only the calling thread is pinned, and only for the rotation (`release` restores the CPUs it
 had), so compile workers, thread pools and other threads started outside the rotation (the arms'
 set-up and warm-up included) keep every CPU; a thread or process started inside it would inherit
@@ -51,6 +60,20 @@ THROTTLE = 1.10     # the quickest CPU this much slower than the host's referenc
 RECOVERY_S = 0.25   # sleep between scans while the host is slow
 HOST_WAIT_S = 15.0  # the most a rotation waits, in all, for a slow host to recover
 REF_ENV = "MICROBENCH_HOST_LOOP_US"   # a --repeat parent's reference for its children
+QUIET_ENV = "MICROBENCH_HOST_QUIET"
+QUIET_DEFAULT = 1.04  # a round counts when the probes around it are within this of the reference
+
+
+def quiet_tolerance() -> float | None:
+    """QUIET for this process: QUIET_ENV when it is a number (0 or less: None, every round
+    counts), else QUIET_DEFAULT."""
+    v = os.environ.get(QUIET_ENV, "")
+    try:
+        q = float(v) if v else QUIET_DEFAULT
+    except ValueError:
+        raise ValueError(f"{QUIET_ENV}: expected a number such as 1.04 (0: count every round), "
+                         f"got {v!r}") from None
+    return q if q > 0 else None
 
 
 def loop_us(n: int = LOOP_N, reps: int = REPS) -> float:
@@ -134,6 +157,8 @@ class HostPin:
         self._sleep = sleep or time.sleep
         self.waited_s = 0.0             # slept waiting for a slow host to recover (the sleeps)
         self.slow_rounds = 0            # checks that kept a CPU slower than the reference allows
+        self.quiet_tol = quiet_tolerance() if reference is not None else None
+        self.rounds: dict = {}          # the rotation's round counts (timing.interleave's counts)
 
     def _slow(self, us: float) -> bool:
         return self.reference is not None and self.reference.slow(us)
@@ -185,6 +210,13 @@ class HostPin:
             self.slow_rounds += 1
         return self.waited_s > waited
 
+    def quiet(self) -> bool:
+        """Whether the host is quick now: a fresh probe on the current CPU within quiet_tol
+        times the reference (True when there is no tolerance, reference or CPU yet)."""
+        if self.quiet_tol is None or self.current is None or self.reference.us is None:
+            return True
+        return self._probe(self.current) <= self.quiet_tol * self.reference.us
+
     def release(self) -> None:
         """Back to the CPUs the thread had before the pin; the next check chooses again."""
         self._set(self._restore)
@@ -199,7 +231,8 @@ class HostPin:
                    loop_us_range=[min(xs), max(xs)] if xs else None)
         if self.reference is not None:
             out.update(reference_us=self.reference.us, waited_s=self.waited_s,
-                       slow_rounds=self.slow_rounds)
+                       slow_rounds=self.slow_rounds, quiet_tol=self.quiet_tol)
+        out.update(self.rounds)
         return out
 
 

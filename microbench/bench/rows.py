@@ -156,7 +156,9 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
     try:
         if pin is not None:   # the first check chooses the CPU: after the warm-up, so threads
             _check_pin(pin, arms)   # and workers it starts keep every CPU
-        xs, stable = _rotate(samplers, events, budget, done, cap, on_round, between)
+        quiet = pin.quiet if pin is not None and pin.quiet_tol is not None else None
+        xs, stable = _rotate(samplers, events, budget, done, cap, on_round, between, quiet,
+                             pin.rounds if pin is not None else None)
     finally:
         if pin is not None:
             pin.release()
@@ -178,11 +180,13 @@ def _check_pin(pin, arms: dict) -> None:
             fn()
 
 
-def _rotate(samplers, events, budget, done, cap, on_round, between):
-    """timing.interleave under the row's stopping rule, or in lockstep on TP ranks (every rank
-    the same rotations; the rule judged after). Returns (samples, stable)."""
+def _rotate(samplers, events, budget, done, cap, on_round, between, quiet, counts):
+    """timing.interleave under the row's stopping rule, counting only the rounds the host was
+    quick around (`quiet`, hostcpu.HostPin.quiet), or in lockstep on TP ranks (every rank the
+    same rotations, every round counted; the rule judged after). Returns (samples, stable)."""
     if budget.lockstep is None:
-        return interleave(samplers, done, budget_s=cap, on_round=on_round, between=between)
+        return interleave(samplers, done, budget_s=cap, on_round=on_round, between=between,
+                          quiet=quiet, counts=counts)
     kw = budget.lockstep(lambda: [s() for s in samplers.values()], 1, cap)
     for v in events.values():   # the two calls that timed a rotation are not samples
         if v is not None:

@@ -80,7 +80,7 @@ def settle(sample, min_samples: int = 10, max_samples: int = 200, budget_s: floa
 
 def interleave(samplers: dict, done=None, min_rounds: int = 10, max_rounds: int = 200,
                budget_s: float = 2.0, check_every: int = 5, on_round=None,
-               between=None) -> tuple[dict, bool]:
+               between=None, quiet=None, counts: dict | None = None) -> tuple[dict, bool]:
     """Samples of several arms taken in rotation, so the host's drift hits every arm alike:
     round r calls each sampler once, in the given order on even rounds and reversed on odd
     ones (A B, B A, A B, ...: a balanced order, no arm always first after a pause). Sample i of
@@ -91,33 +91,68 @@ def interleave(samplers: dict, done=None, min_rounds: int = 10, max_rounds: int 
     stable): stable when `done` held at the end (no `done`: True). `on_round(rounds, seconds,
     budget_s)` after each round, between samples (a progress display). `between()` runs before
     each round, untimed and off the time cap's clock: the rounds alternate their order, so every
-    arm follows it in half its samples."""
+    arm follows it in half its samples.
+
+    `quiet()`, when given, says whether the host is quick now; it is asked after `between()`
+    before each round and once after the last, off the clock. A round counts only when the
+    answers on both sides of it are yes: the rounds and the stopping rule see counted rounds
+    alone, and the time cap waits up to another `budget_s` for `min_rounds` of them. If fewer
+    than `min_rounds` are counted by then, every round is returned, as without `quiet`.
+    `counts`, when given, is filled with the rounds taken (`rounds`) and counted
+    (`quiet_rounds`; with `quiet` only)."""
     names = list(samplers)
     xs: dict = {n: [] for n in names}
+    all_xs: dict = {n: [] for n in names}
     t_end = time.perf_counter() + budget_s
     ok = False
     gc_was_enabled = gc.isenabled()
     gc.disable()    # as settle: no collection pauses inside the samples
     try:
-        for r in range(max_rounds):
+        before = True
+        for r in range(max_rounds if quiet is None else 4 * max_rounds):
+            t0 = time.perf_counter()
             if between is not None:
-                t0 = time.perf_counter()
                 between()
-                t_end += time.perf_counter() - t0
+            if quiet is not None and r == 0:
+                before = quiet()
+            t_end += time.perf_counter() - t0
+            got = {}
             for n in (names if r % 2 == 0 else names[::-1]):
-                xs[n].append(samplers[n]())
-            k = r + 1
+                got[n] = samplers[n]()
+            for n in names:
+                all_xs[n].append(got[n])
+            if quiet is None:
+                counted = True
+            else:   # the answer after this round is the one before the next
+                t0 = time.perf_counter()
+                after = quiet()
+                t_end += time.perf_counter() - t0
+                counted, before = before and after, after
+            if counted:
+                for n in names:
+                    xs[n].append(got[n])
+            k = len(xs[names[0]])
             if on_round is not None:
                 on_round(k, budget_s - (t_end - time.perf_counter()), budget_s)
-            if k >= min_rounds and done is not None and (k - min_rounds) % check_every == 0:
+            checked = counted and done is not None and k >= min_rounds
+            if checked and (k - min_rounds) % check_every == 0:
                 ok = done(xs)
                 if ok:
                     break
-            if k >= min_rounds and time.perf_counter() > t_end:
+            if k >= max_rounds:
+                break
+            late = time.perf_counter() - t_end
+            if (k >= min_rounds and late > 0) or (quiet is not None and late > budget_s):
                 break
     finally:
         if gc_was_enabled:
             gc.enable()
+    if counts is not None:
+        counts["rounds"] = len(all_xs[names[0]])
+        if quiet is not None:
+            counts["quiet_rounds"] = len(xs[names[0]])
+    if quiet is not None and len(xs[names[0]]) < min_rounds:
+        xs, ok = all_xs, False
     if done is None:
         return xs, True
     return xs, ok or done(xs)

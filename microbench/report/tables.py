@@ -403,6 +403,11 @@ def pin_line(rows) -> str | None:
         slow = sum(p.get("slow_rounds") or 0 for p in pins)
         wait = (f"; host's quick loop {min(refs):.0f} us, waited {waited:.1f} s for a slow host"
                 + (f", {slow} rounds on a slow host" if slow else ""))
+    quiet = [p for p in pins if p.get("quiet_rounds") is not None]
+    if quiet:   # runs before the rule have none
+        wait += (f"; {sum(p['quiet_rounds'] for p in quiet)} of {sum(p['rounds'] for p in quiet)}"
+                 f" rounds counted, the loop within {quiet[0]['quiet_tol']:.2f}x of quick "
+                 f"around them")
     return (f"host CPU: each row's rotation kept on a quick CPU ({sum(p['moves'] for p in pins)} "
             f"moves in {sum(p['checks'] for p in pins)} checks; probe loop per row "
             + ", ".join(f"{p['loop_us']:.0f}" for p in pins) + f" us, range {lo:.0f}-{hi:.0f}"

@@ -322,3 +322,69 @@ def test_a_wait_in_the_rows_first_check_is_followed_by_an_untimed_step(monkeypat
     first_sample = next(i for i, e in enumerate(clk.log) if isinstance(e, str))
     assert clk.log[first_sample - 2:first_sample] == [("eager", 2), ("graph", 2)]
     assert all(e[1] == 0 for e in clk.log[:first_sample - 2])       # the warm-up, before
+
+
+# ---- rounds the host was not quiet around ---------------------------------------------------
+def test_quiet_is_a_fresh_probe_within_the_tolerance_of_the_reference(monkeypatch):
+    monkeypatch.setenv(hostcpu.QUIET_ENV, "1.04")
+    host = Host({0: 100.0})
+    pin = host.pin(reference=hostcpu.Reference(100.0))
+    assert pin.quiet_tol == 1.04 and pin.quiet() is True     # no CPU chosen yet: no judgement
+    pin.check()
+    host.probed.clear()
+    host.speed[0] = 104.0
+    assert pin.quiet() is True and host.probed == [0]
+    host.speed[0] = 104.5
+    assert pin.quiet() is False
+    assert host.pin().quiet_tol is None                       # no reference (a TP rank): none
+    monkeypatch.setenv(hostcpu.QUIET_ENV, "0")
+    assert host.pin(reference=hostcpu.Reference(100.0)).quiet_tol is None
+    monkeypatch.delenv(hostcpu.QUIET_ENV)
+    assert hostcpu.quiet_tolerance() == hostcpu.QUIET_DEFAULT
+    monkeypatch.setenv(hostcpu.QUIET_ENV, "tight")
+    with pytest.raises(ValueError, match=hostcpu.QUIET_ENV):
+        hostcpu.quiet_tolerance()
+
+
+class Drifting:
+    """A host that is slow for 18 rounds, quick for 12, and so on: slow, its probe loop reads 8%
+    over the reference (inside THROTTLE: nothing waits) and the host-bound eager step 15% over
+    its quick time; the graph step is GPU-bound and never moves. Each sample moves time on."""
+
+    def __init__(self):
+        self.n = 0
+
+    def slow(self):
+        return (self.n // 36) % 2 == 0
+
+    def samples(self, quick, slow):
+        while True:
+            v = slow if self.slow() else quick
+            self.n += 1
+            yield v
+
+    def probe(self, cpu):
+        return 108.0 if self.slow() else 100.0
+
+
+@pytest.mark.parametrize("tol, want", [("1.04", 600.0 / 255.0), ("0", 690.0 / 255.0)])
+def test_a_row_counts_the_rounds_of_a_quick_host_only(monkeypatch, tol, want):
+    """Sampled while the host is slow more often than not, the row's speedup is the slow host's
+    unless rounds the host was slow around are dropped: then it is the quick host's."""
+    monkeypatch.setenv(hostcpu.QUIET_ENV, tol)
+    host, drift = Host({0: 100.0}), Drifting()
+    clk = Clock(monkeypatch, {"eager": drift.samples(600.0, 690.0),
+                              "graph": drift.samples(255.0, 255.0)})
+    b = Budget(steps=1, budget_s=60, pin=lambda: HostPin(
+        cpus=[0], probe=drift.probe, set_cpus=host.set_cpus, get_cpus=host.get_cpus,
+        reference=hostcpu.Reference(100.0)))
+    arms = {"eager": Arm(clk.arm("eager"), wall_timer("eager_", b)),
+            "graph": Arm(clk.arm("graph"), wall_timer("graph_", b))}
+    row = measure_row(arms, 1, 1, "full")
+    assert row["speedup"] == pytest.approx(want)
+    pin = row["host_pin"]
+    assert pin["rounds"] >= row["eager_n"]
+    if tol == "0":
+        assert "quiet_rounds" not in pin and pin["quiet_tol"] is None
+    else:
+        assert pin["quiet_rounds"] == row["eager_n"] < pin["rounds"] and pin["quiet_tol"] == 1.04

@@ -94,3 +94,37 @@ def test_interleave_runs_between_before_each_round_off_the_time_cap(monkeypatch)
                               min_rounds=3, max_rounds=6, budget_s=1.0,
                               on_round=lambda *a: now.__setitem__(0, now[0] + 10.0))
     assert len(xs["a"]) == 3
+
+
+def test_interleave_counts_only_rounds_the_host_was_quiet_around():
+    """A round counts when quiet() said yes before and after it: a no drops both rounds it
+    sits between; min_rounds and max_rounds count counted rounds; counts says how many of each."""
+    answers = iter([True, True, False, True, True, True, True])   # before round 0, after each
+    r = iter(range(100))
+    counts = {}
+    xs, stable = interleave({"a": lambda: float(next(r))}, min_rounds=3, max_rounds=3,
+                            budget_s=60, quiet=lambda: next(answers), counts=counts)
+    assert xs == {"a": [0.0, 3.0, 4.0]} and stable is True
+    assert counts == {"rounds": 5, "quiet_rounds": 3}
+
+
+def test_interleave_with_a_host_never_quiet_keeps_every_round_after_a_second_cap(monkeypatch):
+    """With too few counted rounds at the time cap it goes on for up to another cap, then
+    returns every round taken (and the rule judged on them); quiet()'s own time is off the
+    clock."""
+    import time as time_mod
+    now = [0.0]
+    monkeypatch.setattr(time_mod, "perf_counter", lambda: now[0])
+
+    def sample():
+        now[0] += 0.1
+        return 1.0
+
+    def quiet():
+        now[0] += 5.0
+        return False
+    counts = {}
+    xs, stable = interleave({"a": sample, "b": sample}, lambda xs: False, min_rounds=10,
+                            max_rounds=200, budget_s=1.0, quiet=quiet, counts=counts)
+    assert counts == {"rounds": 10, "quiet_rounds": 0}     # 0.2 s a round, two 1 s caps
+    assert len(xs["a"]) == len(xs["b"]) == 10 and stable is False

@@ -64,6 +64,10 @@ def test_footer_says_what_the_cpu_pin_did():
     assert "range 96-180; host's quick loop 95 us, waited 1.5 s for a slow host)" in sweep_table(run)
     run["rows"][0]["host_pin"].update(slow_rounds=4)
     assert "waited 1.5 s for a slow host, 4 rounds on a slow host)" in sweep_table(run)
+    # with rounds dropped where the host was not quick around them
+    run["rows"][0]["host_pin"].update(quiet_tol=1.04, rounds=90, quiet_rounds=35)
+    assert ("4 rounds on a slow host; 35 of 90 rounds counted, the loop within 1.04x of quick "
+            "around them)") in sweep_table(run)
 
 
 def test_repeat_line_counts_both_shape_verdicts():
