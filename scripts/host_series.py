@@ -14,8 +14,8 @@ belongs to the process). Run it in several processes to compare their whole-run 
 --replay reads rounds written with --json (gzipped or not) and prints, per file, the same
 windows, then the rule the sweep applies (bench.hostcpu's QUIET): each round counted only when
 the probes before and after it are within a tolerance of the host's quick probe (the files'
-pooled lower decile), at several tolerances, with how far three processes' one-window medians
-would spread: every combination of one window from each of three files.
+pooled lower decile), at several tolerances, with how far the processes' one-window medians
+would spread: every combination of one window from each file.
     usage: python3 scripts/host_series.py [--preset opt-125m] [--bs 1] [--seconds 20] [--json F]
            python3 scripts/host_series.py --replay F1.json.gz F2.json.gz F3.json.gz
 """
@@ -66,8 +66,17 @@ def replay(paths):
         print_windows(rounds)
     probes = sorted(x[1] for rounds in runs.values() for x in rounds)
     ref = probes[len(probes) // 10]
-    print(f"quick probe (pooled lower decile): {ref:.1f} us; a round counted when the probes "
-          f"before and after it are within the tolerance")
+    print(f"quick probe (pooled lower decile): {ref:.1f} us; the eager step by the probe "
+          f"before its round, over quick (eager median us, rounds):")
+    bands = ((0, 1.04), (1.04, 1.07), (1.07, 1.10), (1.10, float("inf")))
+    for name, rounds in runs.items():
+        cells = []
+        for lo, hi in bands:
+            es = [x[2] for x in rounds if lo * ref < x[1] <= hi * ref]
+            cells.append(f"{lo:.2f}-{hi:.2f}x: " + (f"{statistics.median(es):.1f} ({len(es)})"
+                                                    if es else "-"))
+        print(f"  {name}: " + ", ".join(cells))
+    print("a round counted when the probes before and after it are within the tolerance")
     for tol in (None, 1.10, 1.07, 1.05, 1.04, 1.03):
         print(f"  tolerance {'none' if tol is None else f'{tol:.2f}'}:")
         for w in (0.5, 1.0, 2.0):
