@@ -37,8 +37,9 @@ reference run the host-bound eager step slower by as much or more (`scripts/host
 times a thousand rounds and shows it), and a row sampled over a second catches whichever level
 the host was at. So a round counts only when the probe loop just before and just after it
 (`HostPin.quiet`, timing.interleave's `quiet`) is within QUIET times the reference: rounds
-the host was not quick around are taken and dropped, up to another time cap, and a row that
-still has too few counted rounds keeps them all (`host_pin.quiet_rounds` of `rounds`).
+the host was not quick around are taken and dropped, with what was sampled beside them, up to
+another time cap, and a row that still has too few counted rounds keeps them all and is
+unstable (`host_pin.quiet_rounds` of `rounds`, `quiet_fallback`).
 MICROBENCH_HOST_QUIET sets QUIET for a run (0: count every round), for an A/B of the rule.
 
 Only the calling thread is pinned, and only for the rotation (`release` restores the CPUs it
@@ -48,6 +49,7 @@ the one CPU.
 """
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -65,15 +67,19 @@ QUIET_DEFAULT = 1.04  # a round counts when the probes around it are within this
 
 
 def quiet_tolerance() -> float | None:
-    """QUIET for this process: QUIET_ENV when it is a number (0 or less: None, every round
-    counts), else QUIET_DEFAULT."""
+    """QUIET for this process: QUIET_ENV when set (0: None, every round counts; otherwise a
+    finite factor of at least 1), else QUIET_DEFAULT."""
     v = os.environ.get(QUIET_ENV, "")
     try:
         q = float(v) if v else QUIET_DEFAULT
     except ValueError:
-        raise ValueError(f"{QUIET_ENV}: expected a number such as 1.04 (0: count every round), "
-                         f"got {v!r}") from None
-    return q if q > 0 else None
+        q = float("nan")
+    if q == 0:
+        return None
+    if not (math.isfinite(q) and q >= 1):
+        raise ValueError(f"{QUIET_ENV}: expected 0 (count every round) or a factor of at least "
+                         f"1 such as 1.04, got {v!r}")
+    return q
 
 
 def loop_us(n: int = LOOP_N, reps: int = REPS) -> float:
@@ -224,7 +230,9 @@ class HostPin:
 
     def summary(self) -> dict:
         """What the pin did over its checks: CPUs used, moves, the probe loop's median and range;
-        with a reference, its time, the seconds waited for the host and the slow rounds."""
+        with a reference, its time, the seconds waited for the host and the slow rounds, the
+        quiet tolerance and the rotation's round counts (`rounds`, `quiet_rounds`,
+        `quiet_fallback`: timing.interleave's counts)."""
         xs = self.checks
         out = dict(cpus_used=len(self.used), moves=self.moves, checks=len(xs),
                    loop_us=statistics.median(xs) if xs else None,

@@ -90,6 +90,11 @@ class OpCostSampler:
         self.pieces.append(_host_us(self.piece, 1 if self.bound is not None else 5))
         self.steps.append(_host_us(self.step, 1))
 
+    def keep(self, rounds) -> None:
+        """Keep the samples of the calls numbered `rounds` (0-based; one call a round) only."""
+        for xs in (*self.ops.values(), self.pieces, self.steps):
+            xs[:] = [xs[i] for i in rounds if i < len(xs)]
+
     def result(self):
         """({op name: host us per call, median}, piece_glue_us, Stats of one step's host us)."""
         costs = {n: summarize(v).median for n, v in self.ops.items()}

@@ -81,14 +81,17 @@ class Timer:
     the CUDA-event time of the same samples (`{prefix}event_us`); `beside(step)`, when given,
     runs before each round of the rotation, untimed and off the time cap (figures that must see
     the host as the timed steps do; the rounds alternate their order, so every arm follows it
-    alike); `after(step, row)` returns secondary figures once the rotation ends. Called as
-    `timer(step, row)`, it times the step alone (a rotation of one arm)."""
+    alike); `keep(indices)`, when given, is told which rounds' samples the rotation returned
+    (those the host was quick around, timing.interleave's `quiet`), so the figures `beside`
+    took keep the same rounds; `after(step, row)` returns secondary figures once the rotation
+    ends. Called as `timer(step, row)`, it times the step alone (a rotation of one arm)."""
     prefix: str
     budget: Budget
     scale: float = 1.0
     event: bool = False
     after: Callable | None = None
     beside: Callable | None = None
+    keep: Callable | None = None
 
     def __call__(self, fn, row) -> dict:
         out = sample_rotation({"": (fn, self)})
@@ -157,11 +160,21 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
         if pin is not None:   # the first check chooses the CPU: after the warm-up, so threads
             _check_pin(pin, arms)   # and workers it starts keep every CPU
         quiet = pin.quiet if pin is not None and pin.quiet_tol is not None else None
+        counts: dict = {}
         xs, stable = _rotate(samplers, events, budget, done, cap, on_round, between, quiet,
-                             pin.rounds if pin is not None else None)
+                             counts)
     finally:
         if pin is not None:
             pin.release()
+    kept = counts.pop("kept", None)
+    if kept is not None:   # the figures sampled with each round, of the rounds returned only
+        for n, (_, t) in arms.items():
+            if events[n]:
+                events[n][:] = [events[n][i] for i in kept]
+            if t.keep is not None:
+                t.keep(kept)
+    if pin is not None:
+        pin.rounds.update(counts)
     out: dict = {} if pin is None else {"host_pin": pin.summary()}
     for n, (_, t) in arms.items():
         out.update(stats_fields(t.prefix, summarize(xs[n])))
@@ -285,8 +298,12 @@ def eager_timer(dec, bs: int, budget: Budget, host_costs: dict, bound=None) -> T
             made.append(OpCostSampler(step, dec, bs, bound))
         made[0].sample()
 
+    def keep(rounds):
+        if made:
+            made[0].keep(rounds)
+
     def after(fn, row) -> dict:
         ops, glue, host = made[0].result()
         host_costs.update(op_host_us=ops, piece_glue_us=glue)
         return {"eager_host_us": host.median}
-    return Timer("eager_", budget, scale=2.0, after=after, beside=beside)
+    return Timer("eager_", budget, scale=2.0, after=after, beside=beside, keep=keep)

@@ -94,46 +94,46 @@ def interleave(samplers: dict, done=None, min_rounds: int = 10, max_rounds: int 
     arm follows it in half its samples.
 
     `quiet()`, when given, says whether the host is quick now; it is asked after `between()`
-    before each round and once after the last, off the clock. A round counts only when the
-    answers on both sides of it are yes: the rounds and the stopping rule see counted rounds
-    alone, and the time cap waits up to another `budget_s` for `min_rounds` of them. If fewer
-    than `min_rounds` are counted by then, every round is returned, as without `quiet`.
-    `counts`, when given, is filled with the rounds taken (`rounds`) and counted
-    (`quiet_rounds`; with `quiet` only)."""
+    just before each round and again just after it, both off the clock. A round counts only when
+    both answers are yes: the rounds and the stopping rule see counted rounds alone, and
+    `on_round` the rounds taken. Short of `min_rounds` counted rounds at the time cap, it goes
+    on for up to another `budget_s` (at most 4 * max_rounds rounds in all); still short, it
+    returns every round taken and stable False, as a row at its cap without the rule. `counts`,
+    when given, is filled with the rounds taken (`rounds`) and, with `quiet`, the rounds
+    counted (`quiet_rounds`), the indices of the rounds returned (`kept`, so figures sampled
+    beside each round can be kept alike) and `quiet_fallback` when every round was returned."""
     names = list(samplers)
     xs: dict = {n: [] for n in names}
     all_xs: dict = {n: [] for n in names}
+    kept: list = []
     t_end = time.perf_counter() + budget_s
     ok = False
     gc_was_enabled = gc.isenabled()
     gc.disable()    # as settle: no collection pauses inside the samples
     try:
-        before = True
         for r in range(max_rounds if quiet is None else 4 * max_rounds):
             t0 = time.perf_counter()
             if between is not None:
                 between()
-            if quiet is not None and r == 0:
-                before = quiet()
+            before = quiet() if quiet is not None else True
             t_end += time.perf_counter() - t0
             got = {}
             for n in (names if r % 2 == 0 else names[::-1]):
                 got[n] = samplers[n]()
             for n in names:
                 all_xs[n].append(got[n])
-            if quiet is None:
-                counted = True
-            else:   # the answer after this round is the one before the next
+            counted = True
+            if quiet is not None:
                 t0 = time.perf_counter()
-                after = quiet()
+                counted = quiet() and before
                 t_end += time.perf_counter() - t0
-                counted, before = before and after, after
             if counted:
+                kept.append(r)
                 for n in names:
                     xs[n].append(got[n])
-            k = len(xs[names[0]])
+            k = len(kept)
             if on_round is not None:
-                on_round(k, budget_s - (t_end - time.perf_counter()), budget_s)
+                on_round(r + 1, budget_s - (t_end - time.perf_counter()), budget_s)
             checked = counted and done is not None and k >= min_rounds
             if checked and (k - min_rounds) % check_every == 0:
                 ok = done(xs)
@@ -147,12 +147,16 @@ def interleave(samplers: dict, done=None, min_rounds: int = 10, max_rounds: int 
     finally:
         if gc_was_enabled:
             gc.enable()
+    taken = len(all_xs[names[0]])
+    fallback = quiet is not None and len(kept) < min_rounds
     if counts is not None:
-        counts["rounds"] = len(all_xs[names[0]])
+        counts["rounds"] = taken
         if quiet is not None:
-            counts["quiet_rounds"] = len(xs[names[0]])
-    if quiet is not None and len(xs[names[0]]) < min_rounds:
-        xs, ok = all_xs, False
+            counts.update(quiet_rounds=len(kept), kept=list(range(taken)) if fallback else kept)
+            if fallback:
+                counts["quiet_fallback"] = True
+    if fallback:
+        return all_xs, False
     if done is None:
         return xs, True
     return xs, ok or done(xs)

@@ -408,6 +408,9 @@ def pin_line(rows) -> str | None:
         wait += (f"; {sum(p['quiet_rounds'] for p in quiet)} of {sum(p['rounds'] for p in quiet)}"
                  f" rounds counted, the loop within {quiet[0]['quiet_tol']:.2f}x of quick "
                  f"around them")
+        fell = sum(1 for p in quiet if p.get("quiet_fallback"))
+        if fell:
+            wait += f", {fell} row{'s' * (fell != 1)} short of them kept every round"
     return (f"host CPU: each row's rotation kept on a quick CPU ({sum(p['moves'] for p in pins)} "
             f"moves in {sum(p['checks'] for p in pins)} checks; probe loop per row "
             + ", ".join(f"{p['loop_us']:.0f}" for p in pins) + f" us, range {lo:.0f}-{hi:.0f}"

@@ -4,6 +4,7 @@ row sampled with a pin reports what it did; the probe loop itself on this machin
 import os
 
 import pytest
+import torch
 
 from microbench.bench import hostcpu, rows
 from microbench.bench.hostcpu import SLOW, HostPin, loop_us
@@ -341,15 +342,58 @@ def test_quiet_is_a_fresh_probe_within_the_tolerance_of_the_reference(monkeypatc
     assert host.pin(reference=hostcpu.Reference(100.0)).quiet_tol is None
     monkeypatch.delenv(hostcpu.QUIET_ENV)
     assert hostcpu.quiet_tolerance() == hostcpu.QUIET_DEFAULT
-    monkeypatch.setenv(hostcpu.QUIET_ENV, "tight")
-    with pytest.raises(ValueError, match=hostcpu.QUIET_ENV):
-        hostcpu.quiet_tolerance()
+    for bad in ("tight", "nan", "inf", "0.5", "-1"):
+        monkeypatch.setenv(hostcpu.QUIET_ENV, bad)
+        with pytest.raises(ValueError, match=hostcpu.QUIET_ENV):
+            hostcpu.quiet_tolerance()
+    monkeypatch.setenv(hostcpu.QUIET_ENV, "1")
+    assert hostcpu.quiet_tolerance() == 1.0
+
+
+def test_figures_sampled_beside_the_rounds_keep_the_counted_rounds_only(monkeypatch):
+    """The CUDA-event times and what a timer samples beside each round (the eager arm's op host
+    costs) keep the rounds the host was quick around, as the step times do."""
+    monkeypatch.setenv(hostcpu.QUIET_ENV, "1.04")
+    host = Host({0: 100.0})
+    answers = iter([True, True, True, False] + [True] * 100)   # round 1 ends slow: dropped
+    rounds = iter(range(1000))
+
+    def sampler(fn, inner, sync=None, events=None):
+        def sample():
+            r = next(rounds) // 2                  # both arms' samples of round r
+            if events is not None:
+                events.append(float(r))
+            return 20.0 if fn.name == "eager" else 10.0
+        return sample
+    Clock(monkeypatch, {})
+    monkeypatch.setattr(rows, "wall_sampler", sampler)
+    kept = []
+
+    def make_pin():
+        pin = HostPin(cpus=[0], probe=host.probe, set_cpus=host.set_cpus,
+                      get_cpus=host.get_cpus, reference=hostcpu.Reference(100.0))
+        pin.quiet = lambda: next(answers)
+        return pin
+    b = Budget(steps=1, budget_s=60, pin=make_pin)
+    step = lambda: torch.zeros(2)
+    step.name = "eager"
+    gstep = lambda: torch.zeros(2)
+    gstep.name = "graph"
+    arms = {"eager": Arm(step, rows.Timer("eager_", b, keep=kept.extend)),
+            "graph": Arm(gstep, rows.Timer("graph_", b, event=True))}
+    row = measure_row(arms, 1, 1, "full")
+    assert row["host_pin"]["quiet_rounds"] == row["eager_n"] == row["host_pin"]["rounds"] - 1
+    assert kept[:2] == [0, 2] and 1 not in kept and "kept" not in row["host_pin"]
+    taken = range(row["host_pin"]["rounds"])
+    assert row["graph_event_us"] == rows.summarize([float(i) for i in kept]).median
+    assert row["graph_event_us"] != rows.summarize([float(i) for i in taken]).median
 
 
 class Drifting:
-    """A host that is slow for 18 rounds, quick for 12, and so on: slow, its probe loop reads 8%
-    over the reference (inside THROTTLE: nothing waits) and the host-bound eager step 15% over
-    its quick time; the graph step is GPU-bound and never moves. Each sample moves time on."""
+    """A host that is slow for 18 rounds, then quick for 18, and so on: slow, its probe loop
+    reads 8% over the reference (inside THROTTLE: nothing waits) and the host-bound eager step
+    15% over its quick time; the graph step is GPU-bound and never moves. Each sample moves
+    time on."""
 
     def __init__(self):
         self.n = 0

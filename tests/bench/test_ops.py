@@ -241,3 +241,13 @@ def test_line_batches_bracket_each_plan():
     for b in range(1, 129):
         same = [p for p in ops.LINE_BATCHES if skinny(p) == skinny(b)]
         assert min(same) <= b <= max(same), (b, ops.LINE_BATCHES)
+
+
+def test_op_cost_sampler_keeps_the_samples_of_the_rounds_it_is_told():
+    from microbench.bench.ops import OpCostSampler
+    s = OpCostSampler.__new__(OpCostSampler)
+    s.ops = {"qkv": [1.0, 2.0, 3.0, 4.0], "o": [5.0, 6.0, 7.0, 8.0]}
+    s.pieces, s.steps = [10.0, 20.0, 30.0, 40.0], [0.1, 0.2, 0.3, 0.4]
+    s.keep([0, 2, 3])
+    assert s.ops == {"qkv": [1.0, 3.0, 4.0], "o": [5.0, 7.0, 8.0]}
+    assert s.pieces == [10.0, 30.0, 40.0] and s.steps == [0.1, 0.3, 0.4]

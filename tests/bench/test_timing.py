@@ -97,34 +97,62 @@ def test_interleave_runs_between_before_each_round_off_the_time_cap(monkeypatch)
 
 
 def test_interleave_counts_only_rounds_the_host_was_quiet_around():
-    """A round counts when quiet() said yes before and after it: a no drops both rounds it
-    sits between; min_rounds and max_rounds count counted rounds; counts says how many of each."""
-    answers = iter([True, True, False, True, True, True, True])   # before round 0, after each
+    """A round counts when quiet() said yes just before and just after it; min_rounds and
+    max_rounds count counted rounds; counts says how many of each and which were kept."""
+    # (before, after) per round: r1 turns slow during it, r2 starts slow, r0, r3, r4 quick
+    answers = iter([True, True, True, False, False, True, True, True, True, True])
     r = iter(range(100))
     counts = {}
     xs, stable = interleave({"a": lambda: float(next(r))}, min_rounds=3, max_rounds=3,
                             budget_s=60, quiet=lambda: next(answers), counts=counts)
     assert xs == {"a": [0.0, 3.0, 4.0]} and stable is True
-    assert counts == {"rounds": 5, "quiet_rounds": 3}
+    assert counts == {"rounds": 5, "quiet_rounds": 3, "kept": [0, 3, 4]}
+
+
+def test_interleave_asks_quiet_after_between_just_before_each_round():
+    """The answer before a round is taken after between() (which may move the thread or sample
+    other figures), not the one after the round before: a host that turns slow in between()
+    drops the next round though the round before ended quick and the round itself ends quick."""
+    host = {"quick": True, "betweens": 0}
+    log = []
+
+    def between():
+        log.append("between")
+        host["betweens"] += 1
+        host["quick"] = host["betweens"] != 2      # slow only in the second between()
+
+    def quiet():
+        log.append("quiet")
+        return host["quick"]
+    r = iter(range(100))
+
+    def sample():
+        host["quick"] = True                        # quick again by the round's end
+        return float(next(r))
+    xs, _ = interleave({"a": sample}, lambda xs: True, min_rounds=2, max_rounds=20,
+                       budget_s=60, between=between, quiet=quiet)
+    assert log[:4] == ["between", "quiet", "quiet", "between"]
+    assert xs == {"a": [0.0, 2.0]}
 
 
 def test_interleave_with_a_host_never_quiet_keeps_every_round_after_a_second_cap(monkeypatch):
     """With too few counted rounds at the time cap it goes on for up to another cap, then
-    returns every round taken (and the rule judged on them); quiet()'s own time is off the
-    clock."""
+    returns every round taken, unstable; quiet()'s own time is off the clock."""
     import time as time_mod
     now = [0.0]
     monkeypatch.setattr(time_mod, "perf_counter", lambda: now[0])
 
     def sample():
-        now[0] += 0.1
+        now[0] += 0.15
         return 1.0
 
     def quiet():
         now[0] += 5.0
         return False
     counts = {}
-    xs, stable = interleave({"a": sample, "b": sample}, lambda xs: False, min_rounds=10,
+    xs, stable = interleave({"a": sample, "b": sample}, lambda xs: True, min_rounds=10,
                             max_rounds=200, budget_s=1.0, quiet=quiet, counts=counts)
-    assert counts == {"rounds": 10, "quiet_rounds": 0}     # 0.2 s a round, two 1 s caps
-    assert len(xs["a"]) == len(xs["b"]) == 10 and stable is False
+    # 0.3 s a round: past the second 1 s cap after 7 rounds
+    assert counts == {"rounds": 7, "quiet_rounds": 0, "kept": list(range(7)),
+                      "quiet_fallback": True}
+    assert len(xs["a"]) == len(xs["b"]) == 7 and stable is False

@@ -68,6 +68,8 @@ def test_footer_says_what_the_cpu_pin_did():
     run["rows"][0]["host_pin"].update(quiet_tol=1.04, rounds=90, quiet_rounds=35)
     assert ("4 rounds on a slow host; 35 of 90 rounds counted, the loop within 1.04x of quick "
             "around them)") in sweep_table(run)
+    run["rows"][0]["host_pin"].update(quiet_fallback=True)
+    assert "around them, 1 row short of them kept every round)" in sweep_table(run)
 
 
 def test_repeat_line_counts_both_shape_verdicts():
