@@ -118,9 +118,9 @@ def sweep(bs, preset, mode, ladder, context, dtype, backend, steps, time_budget,
           quiet, **engine_opts):
     """Eager against graph step time per batch size (needs a CUDA GPU)."""
     from microbench.analysis.beside import predict_sweep
+    from microbench.bench.hostcpu import quiet_tolerance
     from microbench.bench.sweep import run_sweep
     from microbench.bench.sweep_config import SweepConfig
-    from microbench.bench.hostcpu import quiet_tolerance
     from microbench.bench.turns import gate_from_env
     try:
         ladder = with_engine_options(ladder, **engine_opts)
