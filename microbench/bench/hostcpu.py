@@ -164,7 +164,6 @@ class HostPin:
         self.waited_s = 0.0             # slept waiting for a slow host to recover (the sleeps)
         self.slow_rounds = 0            # checks that kept a CPU slower than the reference allows
         self.quiet_tol = quiet_tolerance() if reference is not None else None
-        self.rounds: dict = {}          # the rotation's round counts (timing.interleave's counts)
 
     def _slow(self, us: float) -> bool:
         return self.reference is not None and self.reference.slow(us)
@@ -230,9 +229,8 @@ class HostPin:
 
     def summary(self) -> dict:
         """What the pin did over its checks: CPUs used, moves, the probe loop's median and range;
-        with a reference, its time, the seconds waited for the host and the slow rounds, the
-        quiet tolerance and the rotation's round counts (`rounds`, `quiet_rounds`,
-        `quiet_fallback`: timing.interleave's counts)."""
+        with a reference, its time, the seconds waited for the host, the slow rounds and the
+        quiet tolerance (a row adds its rotation's round counts beside: rows.sample_rotation)."""
         xs = self.checks
         out = dict(cpus_used=len(self.used), moves=self.moves, checks=len(xs),
                    loop_us=statistics.median(xs) if xs else None,
@@ -240,7 +238,6 @@ class HostPin:
         if self.reference is not None:
             out.update(reference_us=self.reference.us, waited_s=self.waited_s,
                        slow_rounds=self.slow_rounds, quiet_tol=self.quiet_tol)
-        out.update(self.rounds)
         return out
 
 

@@ -173,9 +173,8 @@ def sample_rotation(arms: dict, seed: int = 0, on_round=None) -> dict:
                 events[n][:] = [events[n][i] for i in kept]
             if t.keep is not None:
                 t.keep(kept)
-    if pin is not None:
-        pin.rounds.update(counts)
-    out: dict = {} if pin is None else {"host_pin": pin.summary()}
+    # the pin's summary with the rotation's round counts (rounds, quiet_rounds, quiet_fallback)
+    out: dict = {} if pin is None else {"host_pin": {**pin.summary(), **counts}}
     for n, (_, t) in arms.items():
         out.update(stats_fields(t.prefix, summarize(xs[n])))
         if events[n]:
