@@ -178,6 +178,7 @@ class _Rank:
         """Rank 0 alone: the device profile, then TP 1 where it fits (the others wait)."""
         cfg, shape, dev, say = self.cfg, self.cfg.shape, self.dev, self.say
         env = tp_environment(dev, self.world)
+        on_dev = torch.empty(1, device=dev)   # what use_pdl asks the device's PDL support of
         self.run = run = dict(kind="sweep-tp", config=dict(cfg.to_dict(), tp=self.world,
                                                            compare_tp1=compare_tp1),
                               env=env, ladder=self.ladder, shape=shape.to_dict(),
@@ -185,7 +186,7 @@ class _Rank:
                               interrupted=False,
                               decoder=dict(pdl_rows=pdl_modes.modes_at(
                                   self.dec_kw["pdl"], set(cfg.bs) | set(self.ladder),
-                                  lambda arg: use_pdl(torch.empty(1, device=dev), arg))))
+                                  lambda arg: use_pdl(on_dev, arg))))
         say("rank 0 alone: launch costs, copy bandwidth, matrix rate")
         with on_quick_cpu(cfg.pin_cpu):
             run["launch"] = measure_launch(dev, budget_s=min(cfg.time_budget, 0.5))
