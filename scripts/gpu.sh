@@ -46,7 +46,17 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$LOG/install.log
 head -20 "$LOG/device.txt"
 # one tar per call of this script (a second call in the same command keeps the first's)
 tarball="$OUT/results-$$.tar"
-pack() { (cd "$new" && tar cf "$tarball" .); }
+# written beside the tar under a lock, then renamed over it: the background packer below and a
+# stage's own pack take turns, and the device's time limit never returns a half-written tar
+pack() {
+  ( flock 9 2>/dev/null; cd "$new" && tar cf "$tarball.part" . && mv -f "$tarball.part" "$tarball" ) \
+    9>"$new.lock"
+}
+# every PACK_S seconds the logs so far, so a stage the time limit stops (a sweep waiting out a
+# slow host) still returns what it printed
+( while sleep "${PACK_S:-30}"; do pack; done ) &
+packer=$!
+trap 'kill $packer 2>/dev/null' EXIT
 summary=()
 for st in $stages; do
   t0=$(date +%s)
@@ -141,6 +151,8 @@ for st in $stages; do
   # packed after every stage, so a run stopped at its time limit still returns what it made
   pack
 done
+kill $packer 2>/dev/null
+pack   # after any background pack still running, so the tar holds the finished logs
 echo "== short table"
 for f in "$LOG"/sweep-*.log "$LOG"/sweep3-*.log "$LOG"/repeat-*.log "$LOG"/arms-*.log; do
   [ -f "$f" ] || continue
