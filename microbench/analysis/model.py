@@ -21,9 +21,14 @@ cost. At a batch that is itself a line batch the op's time is its own timing at 
 Eager step, per-kernel pipeline: the host enqueues kernel k after spending c_k (its launcher's
 host cost); the GPU starts it when it has been enqueued and the previous kernel has finished:
 
-    enq_k = enq_{k-1} + c_k ;  end_k = max(enq_k, end_{k-1}) + t_k ;  T_eager = end_last + c_sync
+    enq_k = enq_{k-1} + c_k ;  end_k = max(enq_k, end_{k-1} + s) + t_k
+    T_eager = end_last + c_sync
 
-so the GPU waits whenever the host enqueues slower than the GPU drains. c_k is the host cost of
+so the GPU waits whenever the host enqueues slower than the GPU drains. s is what a kernel the
+GPU meets already queued in a stream costs beyond the same kernel as a graph node (t_k is timed
+in graphs): a tiny Triton kernel's GPU time per launch queued behind a sleep, less its time per
+node in a graph (launch.measure_launch); it shows where the GPU, not the host, is the bottleneck.
+c_k is the host cost of
 k's call through the decoder's wrapper; each piece of the step (a layer's launches between two
 attention calls) adds g, measured as a piece's host time less its kernels' costs timed one op at
 a time: the Python between launches (views, slicing, dispatch) and whatever ops cost more inside
@@ -73,6 +78,9 @@ class DeviceProfile:
     # host us of one graph step's enqueue (input copy and replay call), measured beside a
     # sweep row; None: n_input_copies torch launches plus one replay call
     graph_host_us: float | None = None
+    # GPU us a kernel launched into a stream, met already queued, costs beyond the same kernel
+    # as a graph node: the eager pipeline's gap between back-to-back kernels
+    stream_gap_us: float = 0.0
 
     def host_us(self, launcher: str) -> float:
         return self.launch_host_us.get(launcher, self.launch_host_us.get("torch", 5.0))
@@ -103,7 +111,18 @@ class DeviceProfile:
             kernel_lines={f: dict(fixed_us=v["fixed_us"], bytes_per_s=v["bytes_per_s"])
                           for f, v in launch.get("kernel_lines", {}).items()},
             kernel_points=op_points(launch.get("kernel_lines", {})),
+            stream_gap_us=stream_gap_us(launch),
         )
+
+
+def stream_gap_us(launch: dict, launcher: str = "triton") -> float:
+    """The decoder's launcher's GPU time per kernel queued in a stream less its time per graph
+    node (0 for runs that did not time the queued kernels, or where it came out negative)."""
+    queued = launch.get("gpu_us_per_kernel_queued", {}).get(launcher)
+    node = launch.get("gpu_us_per_kernel", {}).get(launcher)
+    if not queued or not node:
+        return 0.0
+    return max(0.0, queued["median"] - node["median"])
 
 
 def op_points(lines: dict) -> dict:
@@ -147,9 +166,10 @@ def datasheet_profile(gpu: str, host: DeviceProfile | None = None) -> DeviceProf
     base = host or DeviceProfile(name=gpu, source="", copy_bw=1.0, matmul_flops=1.0)
     src = "datasheet bandwidth and matrix rate; host constants " + (
         f"from {host.source}" if host else "assumed defaults")
-    # the measured kernel lines belong to the measured GPU: the datasheet one uses the copy line
+    # the measured kernel lines and stream gap belong to the measured GPU: the datasheet one
+    # uses the copy line and no gap
     return replace(base, name=gpu, source=src, kernel_lines={}, kernel_points={},
-                   **DATASHEET[gpu])
+                   stream_gap_us=0.0, **DATASHEET[gpu])
 
 
 def kernel_time_us(k: Kernel, p: DeviceProfile) -> float:
@@ -184,14 +204,16 @@ def eager_pipeline_us(kernels, p: DeviceProfile, gpu_us) -> float:
     """An eager step's end: the host enqueues `kernels` one after another (each its
     kernel_host_us), the GPU runs each (gpu_us(k)) once it is enqueued and the one before has
     finished; then the host's synchronise."""
-    enq = end = 0.0
+    enq, end = 0.0, None
     for k in kernels:
         # each piece of the step (they end at the attention calls, and at the LM head) spends
         # piece_glue_us of Python between its launches
         if k.name in ("decode_attention", "lm_head", "lm_head" + SKINNY):
             enq += p.piece_glue_us
         enq += p.kernel_host_us(k)
-        end = max(enq, end) + gpu_us(k)
+        # a kernel already queued starts stream_gap_us after the one before ends; one the GPU
+        # waits for (the first, too) starts once enqueued
+        end = (enq if end is None else max(enq, end + p.stream_gap_us)) + gpu_us(k)
     return end + p.sync_us
 
 

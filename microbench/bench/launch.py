@@ -1,9 +1,10 @@
 """Launch costs: host time to enqueue one kernel, per launcher (a tiny PyTorch op, a cuBLAS
 matmul through F.linear, a Triton kernel through its JIT launcher, a raw CUDA kernel through
 CuPy); GPU time per kernel when those kernels run back to back (inside a graph, so the host is
-out); graph replay host and GPU time for graphs of 1, 10, 100 and 1000 nodes, fitted as a fixed
-cost plus a cost per node; and, with them, the device's ceilings (bench.device), all in one
-`measure_launch` dict.
+out), and when they meet the GPU already queued in a stream (the host far ahead, as in a
+GPU-bound eager step); graph replay host and GPU time for graphs of 1, 10, 100 and 1000 nodes,
+fitted as a fixed cost plus a cost per node; and, with them, the device's ceilings
+(bench.device), all in one `measure_launch` dict.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from microbench.bench.device import copy_bandwidth, copy_curve, matmul_rate
 from microbench.bench.hostcpu import on_quick_cpu
 from microbench.bench.ops import kernel_lines, measure_ops
-from microbench.bench.timing import Stats, gpu_time_us, graph_of, host_time_us
+from microbench.bench.timing import Stats, gpu_time_us, graph_of, host_time_us, queued_gpu_time_us
 from microbench.engine.nvtx import nvtx_range
 from microbench.stats import fit_linear
 
@@ -88,7 +89,8 @@ def measure_device_profile(dec, context: int, budget_s: float, pin_cpu: bool = T
 def measure_launch(device="cuda", budget_s: float = 1.0) -> dict:
     """All launch figures; every Stats is in microseconds."""
     kw = dict(budget_s=budget_s)
-    result = dict(host_us={}, gpu_us_per_kernel={}, replay={}, notes=[])
+    result = dict(host_us={}, gpu_us_per_kernel={}, gpu_us_per_kernel_queued={}, replay={},
+                  notes=[])
     fns = launchers(device)
     if "cupy" not in fns:
         result["notes"].append("cupy not installed: raw CUDA launcher skipped "
@@ -99,6 +101,8 @@ def measure_launch(device="cuda", budget_s: float = 1.0) -> dict:
             result["host_us"][name] = host_time_us(fn, inner=100, **kw).to_dict()
             g = graph_of(fn, 100)
             result["gpu_us_per_kernel"][name] = _scaled(gpu_time_us(g.replay, inner=10, **kw), 0.01)
+            result["gpu_us_per_kernel_queued"][name] = queued_gpu_time_us(fn, inner=100,
+                                                                          **kw).to_dict()
         del g
     host, gpu = [], []
     for n in NODE_COUNTS:

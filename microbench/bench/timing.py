@@ -206,6 +206,40 @@ def gpu_time_us(fn, inner: int = 20, warmup: int = 5, **settle_kw) -> Stats:
     return settle(sample, **settle_kw)
 
 
+def queued_gpu_time_us(fn, inner: int = 100, warmup: int = 5, sleep_cycles: int = 1 << 20,
+                       **settle_kw) -> Stats:
+    """GPU time per call of `fn` when `inner` calls meet the GPU already queued in a stream, as
+    an eager step's kernels do when the GPU is the bottleneck: they are enqueued behind a sleep
+    kernel that outlasts their enqueueing, so the events around them time the GPU taking stream
+    launches back to back (graph_of's nodes are the same calls taken from a graph). A sample
+    whose enqueueing outlasted the sleep is taken again with twice the sleep."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    slept, start, end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+    cycles = [sleep_cycles]
+
+    def sample():
+        while True:
+            t0 = time.perf_counter()
+            slept.record()
+            torch.cuda._sleep(cycles[0])
+            start.record()
+            for _ in range(inner):
+                fn()
+            host_us = (time.perf_counter() - t0) * 1e6
+            end.record()
+            end.synchronize()
+            if host_us < slept.elapsed_time(start) * 1e3:   # all queued before the GPU got there
+                return start.elapsed_time(end) * 1e3 / inner
+            if cycles[0] > 1 << 34:   # seconds of sleep: the host cannot be that slow
+                raise RuntimeError("queued_gpu_time_us: the host never got ahead of the GPU")
+            cycles[0] *= 2
+
+    return settle(sample, **settle_kw)
+
+
 def step_time_us(fn, inner: int = 20, warmup: int = 5, sync_each: bool = False,
                  **settle_kw) -> tuple[Stats, Stats]:
     """(GPU time, wall time) per call over `inner` calls, from the same samples: CUDA events

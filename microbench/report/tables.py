@@ -3,6 +3,7 @@ document (formats.Doc: a header line, tables, footer lines), printed in any of f
 """
 from __future__ import annotations
 
+from microbench.analysis.model import stream_gap_us
 from microbench.stats import check_shape
 from microbench.report.formats import Doc, Table, render, rich_table
 
@@ -197,6 +198,9 @@ def _measure_lines(run: dict) -> list[str]:
         if mixes:
             lines.append("a layer's ops beside their neighbours over alone (mix factor): "
                          + ", ".join(f"bs {b} {m:.2f}" for b, m in sorted(mixes.items())))
+    if (launch or {}).get("gpu_us_per_kernel_queued"):
+        lines.append("eager kernels the GPU meets queued in a stream: "
+                     f"+{stream_gap_us(launch):.2f} us each over a graph node (triton)")
     if run.get("runner_host_us"):
         parts = run.get("runner_host_parts_us") or {}
         lines.append(f"runner host work per graph step (bs {run['config']['bs'][0]}): "
@@ -353,16 +357,18 @@ def launch_table(launch: dict) -> str:
 
 def launch_doc(launch: dict) -> Doc:
     """A launch run's document: launch costs per launcher, then replay cost per node count."""
+    queued = launch.get("gpu_us_per_kernel_queued", {})   # runs before it lack it
     rows = [[n, _f(v["median"], ".2f"), _f(v["p20"], ".2f"), _f(v["p80"], ".2f"),
-             _f(launch["gpu_us_per_kernel"][n]["median"], ".2f")]
+             _f(launch["gpu_us_per_kernel"][n]["median"], ".2f"),
+             _f(queued[n]["median"], ".2f") if n in queued else "-"]
             for n, v in launch["host_us"].items()]
     rrows = [[n, _f(v["host_us"]["median"], ".2f"), _f(v["gpu_us"]["median"], ".2f")]
              for n, v in launch["replay"].items()]
     fit = launch["replay_fit"]
     return Doc([
-        Table(["launcher", "host us", "p20", "p80", "GPU us/kernel"], rows, left=1,
+        Table(["launcher", "host us", "p20", "p80", "GPU us/kernel", "queued"], rows, left=1,
               name="launchers", title="host time to enqueue one kernel, and GPU time per kernel "
-                                      "back to back (in a graph)"),
+                                      "back to back: in a graph, and queued in a stream"),
         Table(["nodes", "host us", "GPU us"], rrows, name="replay",
               title="graph replay of n tiny-kernel nodes"),
         f"fit: host {fit['host_fixed_us']:.2f} us + {fit['host_per_node_us']:.4f} us/node; "

@@ -231,6 +231,40 @@ def test_piece_glue_is_added_once_per_piece():
     assert mdl.graph_step_us(TINY, 1, 8, g) == mdl.graph_step_us(TINY, 1, 8, p)
 
 
+def test_stream_gap_is_paid_where_the_gpu_is_the_bottleneck_only():
+    n = len(step_kernels(TINY, 4, 8))
+    # GPU-bound (free launches, 1 GB/s): every kernel after the first waits 0.5 us behind the
+    # one before, the first starts at once; the graph step has no gap
+    gpu = dict(copy_bw=1e9, kernel_min_us=0.0, launch_host_us=dict(torch=0.0, cublas=0.0,
+               triton=0.0), replay_host_us=0.0, replay_gpu_fixed_us=0.0)
+    p, q = profile(**gpu), profile(stream_gap_us=0.5, **gpu)
+    assert mdl.eager_step_us(TINY, 4, 8, q) == pytest.approx(mdl.eager_step_us(TINY, 4, 8, p)
+                                                             + 0.5 * (n - 1))
+    assert mdl.graph_step_us(TINY, 4, 8, q) == mdl.graph_step_us(TINY, 4, 8, p)
+    # launch-bound (10 us to enqueue, 1 us on the GPU): the GPU waits for every kernel, so a
+    # gap shorter than that wait costs nothing
+    assert mdl.eager_step_us(TINY, 1, 8, profile(stream_gap_us=0.5)) == pytest.approx(
+        mdl.eager_step_us(TINY, 1, 8, profile()))
+
+
+def test_stream_gap_from_the_queued_and_graph_timings_of_the_triton_launcher():
+    launch = dict(replay_fit=dict(gpu_fixed_us=2.0), copy=dict(bytes_per_s=3e12),
+                  matmul=dict(flops_per_s=7e14), host_us=dict(torch=dict(median=9.0)),
+                  gpu_us_per_kernel=dict(torch=dict(median=1.0), triton=dict(median=1.5)),
+                  gpu_us_per_kernel_queued=dict(torch=dict(median=9.0),
+                                                triton=dict(median=2.25)),
+                  replay={"1": dict(host_us=dict(median=4.0))})
+    assert mdl.DeviceProfile.from_launch(launch, "x", "y").stream_gap_us == pytest.approx(0.75)
+    # a queued figure under the graph's reads as no gap; a run without it (older) as none
+    launch["gpu_us_per_kernel_queued"]["triton"]["median"] = 1.0
+    assert mdl.DeviceProfile.from_launch(launch, "x", "y").stream_gap_us == 0.0
+    del launch["gpu_us_per_kernel_queued"]
+    assert mdl.DeviceProfile.from_launch(launch, "x", "y").stream_gap_us == 0.0
+    # the gap belongs to the GPU measured, not to a datasheet one priced with its host
+    measured = profile(stream_gap_us=0.75)
+    assert mdl.datasheet_profile("L4", measured).stream_gap_us == 0.0
+
+
 def test_measured_graph_host_replaces_the_launch_sum():
     p = profile()
     q = profile(graph_host_us=50.0)

@@ -156,3 +156,93 @@ def test_interleave_with_a_host_never_quiet_keeps_every_round_after_a_second_cap
     assert counts == {"rounds": 7, "quiet_rounds": 0, "kept": list(range(7)),
                       "quiet_fallback": True}
     assert len(xs["a"]) == len(xs["b"]) == 7 and stable is False
+
+
+class _FakeGpu:
+    """One stream on a fake clock: the host spends `launch_us` per call it enqueues (perf_counter
+    reads the host clock), the GPU starts each piece of work once it is enqueued and the work
+    before it has ended, a sleep of c cycles takes c / 1000 us and a kernel `kernel_us`; events
+    read the GPU clock where they sit in the stream."""
+
+    def __init__(self, launch_us: float, kernel_us: float):
+        self.host = self.gpu = 0.0
+        self.launch_us, self.kernel_us, self.sleeps = launch_us, kernel_us, []
+
+    def run(self, us):
+        self.gpu = max(self.gpu, self.host) + us
+
+    def launch(self):
+        self.host += self.launch_us
+        self.run(self.kernel_us)
+
+    def sleep(self, cycles):
+        self.sleeps.append(cycles)
+        self.run(cycles / 1000)
+
+    def event(self):
+        gpu = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                self.at = None
+
+            def record(self):
+                gpu.run(0.0)
+                self.at = gpu.gpu
+
+            def synchronize(self):
+                gpu.host = max(gpu.host, self.at)
+
+            def elapsed_time(self, other):
+                return (other.at - self.at) / 1e3   # milliseconds, as CUDA events give
+        return Event
+
+
+def _fake_cuda(monkeypatch, launch_us, kernel_us):
+    import time
+
+    import torch
+    gpu = _FakeGpu(launch_us, kernel_us)
+    monkeypatch.setattr(torch.cuda, "Event", gpu.event())
+    monkeypatch.setattr(torch.cuda, "_sleep", gpu.sleep)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: gpu.run(0.0))
+    monkeypatch.setattr(time, "perf_counter", lambda: gpu.host / 1e6)
+    return gpu
+
+
+def test_queued_gpu_time_is_the_gpus_rate_once_the_sleep_outlasts_the_enqueueing(monkeypatch):
+    from microbench.bench.timing import queued_gpu_time_us
+    # the host takes 12 us a launch, the GPU 2 us a kernel: 100 launches need 1200 us of host
+    # time ahead of the GPU; a 64 us sleep is too short, so the sleep doubles until it is not
+    gpu = _fake_cuda(monkeypatch, launch_us=12.0, kernel_us=2.0)
+    st = queued_gpu_time_us(gpu.launch, inner=100, sleep_cycles=64_000, min_samples=3,
+                            budget_s=1e9)
+    assert st.median == pytest.approx(2.0)
+    assert gpu.sleeps[:6] == [64_000, 128_000, 256_000, 512_000, 1_024_000, 2_048_000]
+    assert gpu.sleeps[-1] == 2_048_000
+
+
+def test_queued_gpu_time_without_a_long_enough_sleep_would_time_the_host(monkeypatch):
+    from microbench.bench import timing
+    # the same fake through plain gpu_time_us: the events time the host's launch rate, which
+    # the queued figure must not (this is the difference the sleep makes)
+    gpu = _fake_cuda(monkeypatch, launch_us=12.0, kernel_us=2.0)
+    st = timing.gpu_time_us(gpu.launch, inner=100, min_samples=3, budget_s=1e9)
+    assert st.median == pytest.approx(12.0, rel=0.01)
+
+
+@pytest.mark.gpu
+def test_queued_triton_kernels_run_faster_than_the_host_launches_them():
+    """On a GPU: a tiny Triton kernel queued behind the sleep costs the GPU less per launch than
+    the host takes to launch it (the events timed the GPU, not the host feeding it), and no
+    less than its time as a graph node less a microsecond (a stream launch is no cheaper)."""
+    import torch
+
+    from microbench.kernels.noop import add_one
+    from microbench.bench.timing import graph_of, gpu_time_us, host_time_us, queued_gpu_time_us
+    x = torch.zeros(64, device="cuda")
+    fn = lambda: add_one(x)
+    host = host_time_us(fn, inner=100, budget_s=0.3).median
+    queued = queued_gpu_time_us(fn, inner=100, budget_s=0.3).median
+    node = gpu_time_us(graph_of(fn, 100).replay, inner=10, budget_s=0.3).median / 100
+    assert 0 < queued < host and queued > node - 1.0

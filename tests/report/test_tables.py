@@ -145,6 +145,22 @@ def test_footer_gives_the_kernel_lines_and_each_batchs_mix_factor():
     assert "mix factor" not in sweep_table(sweep_run(launch=launch))
 
 
+def test_footer_and_launch_table_give_the_kernels_queued_in_a_stream():
+    """A run that timed its launchers' kernels queued in a stream prints them beside the graph
+    figure, and the footer the gap the model's eager pipeline adds; older runs print neither."""
+    from microbench.report.tables import launch_table
+    from tests.report.runs import LAUNCH
+    launch = dict(LAUNCH, gpu_us_per_kernel=dict(torch=dict(median=1.0), triton=dict(median=1.5)),
+                  gpu_us_per_kernel_queued=dict(torch=dict(median=2.5), triton=dict(median=2.25)))
+    out = sweep_table(sweep_run(launch=launch))
+    assert "eager kernels the GPU meets queued in a stream: +0.75 us each over a graph node" in out
+    assert "queued in a stream" not in sweep_table(sweep_run(launch=LAUNCH))
+    row = next(ln for ln in launch_table(launch).splitlines() if ln.strip().startswith("torch"))
+    assert row.split()[-2:] == ["1.00", "2.50"]
+    row = next(ln for ln in launch_table(LAUNCH).splitlines() if ln.strip().startswith("torch"))
+    assert row.split()[-2:] == ["1.00", "-"]
+
+
 def test_sweep_header_names_each_pdl_mode_with_its_sizes_where_the_sizes_differ():
     mixed = sweep_run(decoder=dict(pdl=True, pdl_mode="early",
                                    pdl_rows={"early": [1, 8, 32, 64, 128], "late": [2, 4, 16]}))
