@@ -47,16 +47,21 @@ head -20 "$LOG/device.txt"
 # one tar per call of this script (a second call in the same command keeps the first's)
 tarball="$OUT/results-$$.tar"
 # written beside the tar under a lock, then renamed over it: the background packer below and a
-# stage's own pack take turns, and the device's time limit never returns a half-written tar
+# stage's own pack take turns, and the device's time limit never returns a half-written tar.
+# tar exits 1 when a log grows while it reads it; that tar is still whole.
 pack() {
-  ( flock 9 2>/dev/null; cd "$new" && tar cf "$tarball.part" . && mv -f "$tarball.part" "$tarball" ) \
-    9>"$new.lock"
+  ( flock 9 || echo "gpu.sh: packing without a lock (no flock)" >&2
+    cd "$new" && { tar --warning=no-file-changed -cf "$tarball.part" .; [ $? -le 1 ]; } \
+      && mv -f "$tarball.part" "$tarball" ) 9>"$new.lock"
 }
 # every PACK_S seconds the logs so far, so a stage the time limit stops (a sweep waiting out a
-# slow host) still returns what it printed
-( while sleep "${PACK_S:-30}"; do pack; done ) &
+# slow host) still returns what it printed. On TERM it ends its sleep at once, or a pack under
+# way first; its output goes nowhere, so nothing it leaves behind holds a caller's pipe open.
+( s=; trap 'kill $s 2>/dev/null; exit 0' TERM
+  while :; do sleep "${PACK_S:-30}" & s=$!; wait $s; pack; done ) >/dev/null 2>&1 &
 packer=$!
-trap 'kill $packer 2>/dev/null' EXIT
+stop_packer() { kill $packer 2>/dev/null; wait $packer 2>/dev/null; }
+trap stop_packer EXIT
 summary=()
 for st in $stages; do
   t0=$(date +%s)
@@ -151,8 +156,9 @@ for st in $stages; do
   # packed after every stage, so a run stopped at its time limit still returns what it made
   pack
 done
-kill $packer 2>/dev/null
-pack   # after any background pack still running, so the tar holds the finished logs
+stop_packer
+pack   # after the background packer has stopped, so the tar holds the finished logs
+rm -f "$new.lock"
 echo "== short table"
 for f in "$LOG"/sweep-*.log "$LOG"/sweep3-*.log "$LOG"/repeat-*.log "$LOG"/arms-*.log; do
   [ -f "$f" ] || continue

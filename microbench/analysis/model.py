@@ -214,7 +214,7 @@ def eager_pipeline_us(kernels, p: DeviceProfile, gpu_us) -> float:
         # a kernel already queued starts stream_gap_us after the one before ends; one the GPU
         # waits for (the first, too) starts once enqueued
         end = (enq if end is None else max(enq, end + p.stream_gap_us)) + gpu_us(k)
-    return end + p.sync_us
+    return (0.0 if end is None else end) + p.sync_us
 
 
 def graph_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,

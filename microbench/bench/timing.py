@@ -206,13 +206,17 @@ def gpu_time_us(fn, inner: int = 20, warmup: int = 5, **settle_kw) -> Stats:
     return settle(sample, **settle_kw)
 
 
+MAX_SLEEP_CYCLES = 1 << 31   # about a second of torch.cuda._sleep on a 2 GHz GPU
+
+
 def queued_gpu_time_us(fn, inner: int = 100, warmup: int = 5, sleep_cycles: int = 1 << 20,
                        **settle_kw) -> Stats:
     """GPU time per call of `fn` when `inner` calls meet the GPU already queued in a stream, as
     an eager step's kernels do when the GPU is the bottleneck: they are enqueued behind a sleep
     kernel that outlasts their enqueueing, so the events around them time the GPU taking stream
     launches back to back (graph_of's nodes are the same calls taken from a graph). A sample
-    whose enqueueing outlasted the sleep is taken again with twice the sleep."""
+    whose enqueueing outlasted the sleep is taken again with twice the sleep, up to
+    `MAX_SLEEP_CYCLES` (about a second), past which it raises RuntimeError."""
     import torch
     for _ in range(warmup):
         fn()
@@ -233,8 +237,9 @@ def queued_gpu_time_us(fn, inner: int = 100, warmup: int = 5, sleep_cycles: int 
             end.synchronize()
             if host_us < slept.elapsed_time(start) * 1e3:   # all queued before the GPU got there
                 return start.elapsed_time(end) * 1e3 / inner
-            if cycles[0] > 1 << 34:   # seconds of sleep: the host cannot be that slow
-                raise RuntimeError("queued_gpu_time_us: the host never got ahead of the GPU")
+            if cycles[0] * 2 > MAX_SLEEP_CYCLES:
+                raise RuntimeError(f"the host took {host_us:.0f} us to enqueue {inner} calls, "
+                                   "longer than the longest sleep kernel tried")
             cycles[0] *= 2
 
     return settle(sample, **settle_kw)

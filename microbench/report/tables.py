@@ -3,7 +3,6 @@ document (formats.Doc: a header line, tables, footer lines), printed in any of f
 """
 from __future__ import annotations
 
-from microbench.analysis.model import stream_gap_us
 from microbench.stats import check_shape
 from microbench.report.formats import Doc, Table, render, rich_table
 
@@ -198,9 +197,10 @@ def _measure_lines(run: dict) -> list[str]:
         if mixes:
             lines.append("a layer's ops beside their neighbours over alone (mix factor): "
                          + ", ".join(f"bs {b} {m:.2f}" for b, m in sorted(mixes.items())))
-    if (launch or {}).get("gpu_us_per_kernel_queued"):
+    gap = (run.get("profile") or {}).get("stream_gap_us")   # the model's, from this run's launch
+    if gap is not None and (launch or {}).get("gpu_us_per_kernel_queued"):
         lines.append("eager kernels the GPU meets queued in a stream: "
-                     f"+{stream_gap_us(launch):.2f} us each over a graph node (triton)")
+                     f"+{gap:.2f} us each over a graph node (triton)")
     if run.get("runner_host_us"):
         parts = run.get("runner_host_parts_us") or {}
         lines.append(f"runner host work per graph step (bs {run['config']['bs'][0]}): "

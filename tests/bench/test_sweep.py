@@ -46,6 +46,9 @@ def test_short_sweep_end_to_end(tmp_path):
               "predicted_speedup"):
         assert row[k] > 0
     assert run["env"]["gpu"] and run["capture_s"] > 0 and run["pool_bytes"] > 0
+    # the launchers' kernels timed queued in a stream, and the model's gap read from them
+    assert run["launch"]["gpu_us_per_kernel_queued"]["triton"]["median"] > 0
+    assert run["profile"]["stream_gap_us"] >= 0
     assert (run_dir / "sweep.csv").read_text().startswith("bs,padded_bs")
     json.dumps(run)
 

@@ -219,7 +219,17 @@ def test_queued_gpu_time_is_the_gpus_rate_once_the_sleep_outlasts_the_enqueueing
                             budget_s=1e9)
     assert st.median == pytest.approx(2.0)
     assert gpu.sleeps[:6] == [64_000, 128_000, 256_000, 512_000, 1_024_000, 2_048_000]
-    assert gpu.sleeps[-1] == 2_048_000
+    # the sleep found long enough serves every later sample: one try each
+    assert gpu.sleeps[5:] == [2_048_000] * st.n
+
+
+def test_queued_gpu_time_gives_up_on_a_host_slower_than_the_longest_sleep(monkeypatch):
+    from microbench.bench.timing import MAX_SLEEP_CYCLES, queued_gpu_time_us
+    # a host taking a second a launch: no sleep up to the cap outlasts 100 launches
+    gpu = _fake_cuda(monkeypatch, launch_us=1e6, kernel_us=2.0)
+    with pytest.raises(RuntimeError, match="longer than the longest sleep kernel tried"):
+        queued_gpu_time_us(gpu.launch, inner=100, min_samples=3, budget_s=1e9)
+    assert max(gpu.sleeps) <= MAX_SLEEP_CYCLES
 
 
 def test_queued_gpu_time_without_a_long_enough_sleep_would_time_the_host(monkeypatch):

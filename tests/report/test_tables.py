@@ -152,7 +152,7 @@ def test_footer_and_launch_table_give_the_kernels_queued_in_a_stream():
     from tests.report.runs import LAUNCH
     launch = dict(LAUNCH, gpu_us_per_kernel=dict(torch=dict(median=1.0), triton=dict(median=1.5)),
                   gpu_us_per_kernel_queued=dict(torch=dict(median=2.5), triton=dict(median=2.25)))
-    out = sweep_table(sweep_run(launch=launch))
+    out = sweep_table(sweep_run(launch=launch, profile=dict(stream_gap_us=0.75)))
     assert "eager kernels the GPU meets queued in a stream: +0.75 us each over a graph node" in out
     assert "queued in a stream" not in sweep_table(sweep_run(launch=LAUNCH))
     row = next(ln for ln in launch_table(launch).splitlines() if ln.strip().startswith("torch"))
