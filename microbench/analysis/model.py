@@ -28,14 +28,13 @@ so the GPU waits whenever the host enqueues slower than the GPU drains. s is wha
 GPU meets already queued in a stream costs beyond the same kernel as a graph node (t_k is timed
 in graphs): a tiny Triton kernel's GPU time per launch queued behind a sleep, less its time per
 node in a graph (launch.measure_launch); it shows where the GPU, not the host, is the bottleneck.
-c_k is the host cost of
-k's call through the decoder's wrapper; each piece of the step (a layer's launches between two
-attention calls) adds g, measured as a piece's host time less its kernels' costs timed one op at
-a time: the Python between launches (views, slicing, dispatch) and whatever ops cost more inside
-a step than in a loop of their own. On a noisy host it can come out negative; it is used as
-measured. Graph step: the runner
-enqueues its input copies (c_torch each), one replay call (host: c_replay), then the GPU runs every
-node back to back with a fixed replay start cost g_0:
+c_k is the host cost of k's call through the decoder's wrapper; each piece of the step (a
+layer's launches between two attention calls) adds g, measured as a piece's host time less its
+kernels' costs timed one op at a time: the Python between launches (views, slicing, dispatch)
+and whatever ops cost more inside a step than in a loop of their own. On a noisy host it can
+come out negative; it is used as measured. Graph step: the runner enqueues its input copies
+(c_torch each), one replay call (host: c_replay), then the GPU runs every node back to back
+with a fixed replay start cost g_0:
 
     T_graph(b) = n_copy · c_torch + c_replay + g_0 + sum_k t_k(pad(b)) + c_sync
 

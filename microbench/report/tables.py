@@ -198,7 +198,7 @@ def _measure_lines(run: dict) -> list[str]:
             lines.append("a layer's ops beside their neighbours over alone (mix factor): "
                          + ", ".join(f"bs {b} {m:.2f}" for b, m in sorted(mixes.items())))
     gap = (run.get("profile") or {}).get("stream_gap_us")   # the model's, from this run's launch
-    if gap is not None and (launch or {}).get("gpu_us_per_kernel_queued"):
+    if gap is not None and "triton" in (launch or {}).get("gpu_us_per_kernel_queued", {}):
         lines.append("eager kernels the GPU meets queued in a stream: "
                      f"+{gap:.2f} us each over a graph node (triton)")
     if run.get("runner_host_us"):
