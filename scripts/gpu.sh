@@ -67,7 +67,9 @@ for st in $stages; do
   t0=$(date +%s)
   case $st in
     tests)
-      python3 -m pytest ${TESTS:-tests} -q -p no:cacheprovider 2>&1 | tee "$LOG/tests.log" | tail -15
+      # the slowest tests named in the log, to see where the suite's device time goes
+      python3 -m pytest ${TESTS:-tests} -q -p no:cacheprovider --durations=15 2>&1 \
+        | tee "$LOG/tests.log" | tail -15
       rc=$?; summary+=("tests: $(tail -1 "$LOG/tests.log")") ;;
     ktests)
       python3 -m pytest tests/kernels -q -p no:cacheprovider 2>&1 | tee "$LOG/ktests.log" | tail -5
