@@ -3,7 +3,7 @@ footer lines), from the run dict, live or loaded; printed in any of formats.FORM
 from __future__ import annotations
 
 from microbench.report.formats import Doc, Table, render
-from microbench.report.tables import fmt_bytes
+from microbench.report.tables import capture_line
 
 
 def fmt(v, spec: str = ".1f") -> str:
@@ -25,9 +25,7 @@ def _header(run: dict, what: str) -> str:
 def _capture_line(name: str, cap: dict | None) -> str | None:
     if not cap or not cap.get("sizes"):
         return None
-    skipped = f", skipped (out of memory): {cap['skipped']}" if cap.get("skipped") else ""
-    return (f"{name}capture: {cap['capture_s']:.2f} s for {len(cap['sizes'])} sizes, pool "
-            f"{fmt_bytes(cap['pool_bytes'])}{skipped}")
+    return name + capture_line(cap)
 
 
 def _footer(run: dict, lines: list[str]) -> list[str]:

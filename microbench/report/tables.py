@@ -256,15 +256,29 @@ def repeat_lines(run: dict) -> list[str]:
     return lines
 
 
+def _capture_parts(cap: dict) -> str:
+    """Where the capture's seconds went, from its sizes: the eager warm-up steps before each
+    recording (where Triton compiles a kernel variant on its first use, so a cold compile cache
+    makes them most of the total) and the recordings themselves; empty when a size lacks
+    either figure."""
+    sizes = cap.get("sizes") or []
+    if not sizes or any("warmup_s" not in s or "capture_s" not in s for s in sizes):
+        return ""
+    warm, rec = sum(s["warmup_s"] for s in sizes), sum(s["capture_s"] for s in sizes)
+    return f" (warm-up steps {warm:.2f} s, compiles on first use included; recording {rec:.2f} s)"
+
+
 def capture_line(cap: dict) -> str:
     """The footer's capture line from a run's `capture` (GraphRunner's capture report): one
-    pass, or each pass of full_and_piecewise with its sizes, seconds and pool growth."""
+    pass, or each pass of full_and_piecewise with its sizes, seconds and pool growth; the
+    seconds split into warm-up steps and recording (_capture_parts)."""
     passes = cap.get("passes") or []
     if len(passes) < 2:
-        return (f"capture: {cap['capture_s']:.2f} s for {len(cap['sizes'])} sizes, "
-                f"pool {fmt_bytes(cap['pool_bytes'])}"
+        return (f"capture: {cap['capture_s']:.2f} s for {len(cap['sizes'])} sizes"
+                f"{_capture_parts(cap)}, pool {fmt_bytes(cap['pool_bytes'])}"
                 + (f", skipped (out of memory): {cap['skipped']}" if cap.get("skipped") else ""))
-    return (f"capture: {cap['capture_s']:.2f} s, pool {fmt_bytes(cap['pool_bytes'])}, in "
+    return (f"capture: {cap['capture_s']:.2f} s{_capture_parts(cap)}, pool "
+            f"{fmt_bytes(cap['pool_bytes'])}, in "
             f"{len(passes)} passes: " + "; ".join(
                 f"{p['routine']} {len(p['sizes'])} sizes in {p['capture_s']:.2f} s, pool +"
                 f"{fmt_bytes(p['pool_bytes'])}"

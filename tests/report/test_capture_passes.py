@@ -77,9 +77,23 @@ def test_footer_capture_line_one_pass_and_two():
     single = dict(capture_s=9.61, pool_bytes=328 * MiB, sizes=[{}] * 19, skipped=[])
     assert capture_line(single) == "capture: 9.61 s for 19 sizes, pool 328.0 MiB"
     assert capture_line(CAPTURE) == (
-        "capture: 5.20 s, pool 160.0 MiB, in 2 passes: piecewise 4 sizes in 3.14 s, pool "
+        "capture: 5.20 s (warm-up steps 0.70 s, compiles on first use included; recording "
+        "3.50 s), pool 160.0 MiB, in 2 passes: piecewise 4 sizes in 3.14 s, pool "
         "+120.0 MiB; full 3 sizes in 2.00 s, pool +40.0 MiB, skipped (out of memory): [8]")
     assert capture_line(CAPTURE) in sweep_footer(sweep_run(capture=CAPTURE))
+
+
+def test_footer_capture_line_says_how_much_was_warm_up():
+    """A cold Triton cache puts its compiles in the warm-up steps before each recording: the
+    line splits the two, so 22 s of capture with 21.9 s of warm-up reads as compiles."""
+    sizes = [dict(size=s, warmup_s=w, capture_s=0.012, pool_bytes=0, routine="full")
+             for s, w in ((1, 2.54), (2, 3.17), (4, 0.04))]
+    cap = dict(capture_s=5.9, pool_bytes=322 * MiB, sizes=sizes, skipped=[],
+               passes=[dict(routine="full", sizes=[1, 2, 4], capture_s=5.9,
+                            pool_bytes=322 * MiB, skipped=[])])
+    assert capture_line(cap) == (
+        "capture: 5.90 s for 3 sizes (warm-up steps 5.75 s, compiles on first use included; "
+        "recording 0.04 s), pool 322.0 MiB")
 
 
 def test_run_record_holds_both_passes_and_old_runs_still_read():
