@@ -22,7 +22,9 @@ is slow waits for it, as the rows of one process do, instead of measuring anothe
 
 A child's wait for a slow host is capped (hostcpu.HOST_WAIT_S a rotation): a slow phase longer
 than that leaves rounds sampled on a slow host, which the child counts (`host_pin.slow_rounds`).
-Such a process describes another host, so up to EXTRA more processes are run to replace those
+The child samples such a row again at its next turns, up to sweep.ROW_RETRIES times
+(sweep.measure_until_quick); a row still slow after them leaves a process that describes
+another host, so up to EXTRA more processes are run to replace those
 (the count, from the host probe, is known before any speedup is looked at; interleaved, the
 replacements start together once the first K have finished); the merged run lists each
 replaced process and its slow rows under `repeats.replaced`, and which processes it kept under

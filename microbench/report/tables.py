@@ -410,7 +410,8 @@ def kernels_doc(run: dict) -> Doc:
 
 def pin_line(rows) -> str | None:
     """The host CPU pin over a run's rows (bench.hostcpu): moves, checks and the probe loop's
-    times; None when no row was pinned."""
+    times, the host's quick time and waits, the rounds counted, and the rows sampled again
+    after a slow host (sweep.measure_until_quick); None when no row was pinned."""
     pins = [r["host_pin"] for r in rows if r.get("host_pin") and r["host_pin"].get("checks")]
     if not pins:
         return None
@@ -431,6 +432,11 @@ def pin_line(rows) -> str | None:
         fell = sum(1 for p in quiet if p.get("quiet_fallback"))
         if fell:
             wait += f", {fell} row{'s' * (fell != 1)} short of them kept every round"
+    retried = [(r["bs"], len(r["host_pin"]["retried_slow_rounds"])) for r in rows
+               if (r.get("host_pin") or {}).get("retried_slow_rounds")]
+    if retried:   # sweep.measure_until_quick
+        wait += ("; sampled again after a slow host outlasted the wait: " + ", ".join(
+            f"bs {bs} ({n} {'try' if n == 1 else 'tries'} dropped)" for bs, n in retried))
     return (f"host CPU: each row's rotation kept on a quick CPU ({sum(p['moves'] for p in pins)} "
             f"moves in {sum(p['checks'] for p in pins)} checks; probe loop per row "
             + ", ".join(f"{p['loop_us']:.0f}" for p in pins) + f" us, range {lo:.0f}-{hi:.0f}"

@@ -53,6 +53,37 @@ def test_short_sweep_end_to_end(tmp_path):
     json.dumps(run)
 
 
+def test_rows_on_a_slow_host_are_sampled_again_and_the_sweep_still_completes(tmp_path,
+                                                                              monkeypatch):
+    """Every probe slower than the host allows, and no time to wait it out: each row counts
+    slow rounds, is taken back and sampled again ROW_RETRIES times, and the run that follows
+    (device figures, the model, the graphed check, the profile) reads the kept rows only."""
+    from click.testing import CliRunner
+
+    from microbench.bench import hostcpu
+    from microbench.bench.sweep import ROW_RETRIES
+    from microbench.cli import main
+    from microbench.report.record import load_run
+    if not hostcpu.can_pin():
+        pytest.skip("needs more than one CPU to pin to")
+    monkeypatch.setattr(hostcpu, "THROTTLE", 1e-9)        # every probe: a slow host
+    monkeypatch.setattr(hostcpu, "RECOVERY_S", 1e9)       # past any wait: no sleeping
+    r = CliRunner().invoke(main, ["sweep", "--preset", "tiny", "--bs", "1,3", "--context", "32",
+                                  "--time-budget", "0.05", "--steps", "2", "--out", str(tmp_path),
+                                  "--quiet"])
+    assert r.exit_code == 0, r.output
+    (run_dir,) = list(tmp_path.iterdir())
+    run = load_run(run_dir)
+    assert [row["bs"] for row in run["rows"]] == [1, 3]
+    for row in run["rows"]:
+        assert row["host_pin"]["slow_rounds"] > 0
+        assert len(row["host_pin"]["retried_slow_rounds"]) == ROW_RETRIES
+        assert row["predicted_speedup"] > 0 and row["graph_graphed"] is True
+    assert sorted(run["graph_gpu_breakdown"]) == ["1", "3"]
+    assert (f"sampled again after a slow host outlasted the wait: bs 1 ({ROW_RETRIES} tries "
+            f"dropped), bs 3 ({ROW_RETRIES} tries dropped)") in r.output
+
+
 def test_sweep_full_and_piecewise_with_full_max_size(tmp_path):
     """--full-max-size caps the full pass: bs 1 replays a full graph, bs 3 (padded to 4, above
     the cap) a piecewise one; the capture report holds both passes."""

@@ -70,6 +70,10 @@ def test_footer_says_what_the_cpu_pin_did():
             "around them)") in sweep_table(run)
     run["rows"][0]["host_pin"].update(quiet_fallback=True)
     assert "around them, 1 row short of them kept every round)" in sweep_table(run)
+    # a row sampled again after a slow host outlasted its wait (sweep.measure_until_quick)
+    run["rows"][0]["host_pin"].update(retried_slow_rounds=[12, 3])
+    assert ("kept every round; sampled again after a slow host outlasted the wait: bs 1 "
+            "(2 tries dropped))") in sweep_table(run)
 
 
 def test_repeat_line_counts_both_shape_verdicts():
