@@ -22,7 +22,9 @@ is slow waits for it, as the rows of one process do, instead of measuring anothe
 
 A child's wait for a slow host is capped (hostcpu.HOST_WAIT_S a rotation): a slow phase longer
 than that leaves rounds sampled on a slow host, which the child counts (`host_pin.slow_rounds`).
-The child samples such a row again at its next turns, up to sweep.ROW_RETRIES times
+Under the quiet rule those rounds are dropped with the others the host was not quick around,
+unless the row, short of quick rounds, kept them all (hostcpu.slow_in_figures). The child
+samples a row whose figures keep them again at its next turns, up to sweep.ROW_RETRIES times
 (sweep.measure_until_quick); a row still slow after them leaves a process that describes
 another host, so up to EXTRA more processes are run to replace those
 (the count, from the host probe, is known before any speedup is looked at; interleaved, the
@@ -55,10 +57,11 @@ EXTRA = 2          # at most this many more processes replace ones measured on a
 
 
 def slow_rows(run: dict) -> list:
-    """The rows of a child's run sampled in part on a slow host, after its wait ran out:
-    [{"bs", "slow_rounds"}, ...] ([] for a run measured on a quick host throughout)."""
-    return [dict(bs=r["bs"], slow_rounds=r["host_pin"]["slow_rounds"]) for r in run.get("rows", [])
-            if (r.get("host_pin") or {}).get("slow_rounds")]
+    """The rows of a child's run whose figures keep rounds sampled on a slow host, after its
+    wait ran out (hostcpu.slow_in_figures: under the quiet rule, only rows that fell back to
+    every round): [{"bs", "slow_rounds"}, ...] ([] for a run whose figures are all quick)."""
+    return [dict(bs=r["bs"], slow_rounds=hostcpu.slow_in_figures(r.get("host_pin")))
+            for r in run.get("rows", []) if hostcpu.slow_in_figures(r.get("host_pin"))]
 
 
 def child_argv(command: click.Command, params: dict, out: str) -> list[str]:

@@ -297,6 +297,24 @@ def test_a_process_sampled_on_a_slow_host_is_replaced_by_another():
     assert any("bs 1 from process 4" in line for line in lines)
 
 
+def test_slow_rounds_the_quiet_rule_dropped_replace_no_process():
+    """Under the quiet rule a round on a slow host is not quick around and is dropped with the
+    others: a row that kept only quick rounds describes the quick host, and its process is
+    kept (at 0ead4fa one such process was replaced, and its replacement ran alone, minutes
+    later). A row that fell back to every round keeps the slow ones, and is replaced."""
+    from microbench.cli_repeat import slow_rows
+    pin = dict(checks=30, reference_us=104.8, slow_rounds=12, quiet_tol=1.04, rounds=40,
+               quiet_rounds=20)
+    assert slow_rows(dict(rows=[dict(bs=4, host_pin=pin)])) == []
+    assert slow_rows(dict(rows=[dict(bs=4, host_pin=dict(pin, quiet_fallback=True))])) == [
+        dict(bs=4, slow_rounds=12)]
+    # every round counted (MICROBENCH_HOST_QUIET=0, or a run from before the rule)
+    assert slow_rows(dict(rows=[dict(bs=4, host_pin=dict(pin, quiet_tol=None))])) == [
+        dict(bs=4, slow_rounds=12)]
+    assert slow_rows(dict(rows=[dict(bs=1), dict(bs=4, host_pin=dict(slow_rounds=3))])) == [
+        dict(bs=4, slow_rounds=3)]
+
+
 def test_replacements_stop_when_no_more_processes_are_left_to_reach_k():
     """With every process on a slow host, EXTRA of them are replaced and the last K kept, as
     they are: the merge still has K processes and lists the replaced."""

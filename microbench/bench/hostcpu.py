@@ -241,6 +241,17 @@ class HostPin:
         return out
 
 
+def slow_in_figures(host_pin: dict | None) -> int:
+    """The rounds of a row sampled on a slow host after its wait ran out that its figures keep,
+    from the row's `host_pin`: all of its `slow_rounds` where every round counts (no quiet rule:
+    `quiet_tol` None, or a run from before the rule) or where the row, short of quiet rounds,
+    kept them all (`quiet_fallback`); otherwise none, since the probes around such a round are
+    over THROTTLE, and so over QUIET, times the reference, and the round is dropped."""
+    hp = host_pin or {}
+    slow = hp.get("slow_rounds") or 0
+    return slow if hp.get("quiet_tol") is None or hp.get("quiet_fallback") else 0
+
+
 def pin_factory(enabled: bool, cpus=None, every_round: bool = True):
     """A rows.Budget `pin`: makes a HostPin over `cpus` per rotation, or None when not
     `enabled` or the platform cannot pin. Pins checked every round wait for a slow host

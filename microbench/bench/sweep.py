@@ -13,7 +13,7 @@ from microbench.engine.runner import GraphRunner
 from microbench.bench import arms as arms_mod
 from microbench.bench.bandwidth import family_bandwidth, kernels_without_pdl
 from microbench.bench.env import environment, require_cuda
-from microbench.bench.hostcpu import pin_factory
+from microbench.bench.hostcpu import pin_factory, slow_in_figures
 from microbench.bench.sweep_config import SweepConfig, max_seq_for
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_device_profile
@@ -92,31 +92,29 @@ def run_sweep(cfg: SweepConfig, on_row=None, on_progress=None, on_run=None, pred
     return run
 
 
-ROW_RETRIES = 2   # a row sampled on a slow host after its wait ran out: sampled again this often
-
-
-def slow_rounds(row: dict) -> int:
-    """The rounds of a row sampled on a slow host after its wait ran out (bench.hostcpu)."""
-    return (row.get("host_pin") or {}).get("slow_rounds") or 0
+ROW_RETRIES = 2   # a row whose figures kept rounds on a slow host: sampled again this often
 
 
 def measure_until_quick(bs: int, measure, retract, gate, say, retries: int = ROW_RETRIES) -> dict:
-    """Row `bs` by measure(bs) -> row; while it has rounds sampled on a slow host after its
-    wait ran out, take it back (retract()) and sample it again at the process's next turn
-    (gate, a --repeat process's; without one, at once, after the row's own wait), up to
-    `retries` times. A slow phase longer than one row's wait then costs a row a few seconds
-    more, measured in turn beside the other processes' rows, where it used to cost a whole
-    replacement process run after the others (cli_repeat). The kept row's `host_pin` lists the
-    slow rounds of the tries it replaced (`retried_slow_rounds`); a row still slow after them is
-    kept, and --repeat replaces its process as before."""
+    """Row `bs` by measure(bs) -> row; while its figures keep rounds sampled on a slow host after
+    its wait ran out (hostcpu.slow_in_figures: with the quiet rule, only a row that fell back to
+    every round), sample it again at the process's next turn (gate, a --repeat process's;
+    without one, at once) and take the earlier try back (retract(row)), up to `retries` times.
+    Each try waits for the host again, so a slow phase that outlasts one row's wait costs the
+    row up to that wait and its time cap again per try, measured in turn beside the other
+    processes' rows, where it used to cost a whole replacement process run after the others
+    (cli_repeat). The kept row's `host_pin` lists the slow rounds of the tries it replaced
+    (`retried_slow_rounds`); a row still slow after them is kept, and --repeat replaces its
+    process as before. An interrupt during a try keeps the try before it."""
     row, dropped = measure(bs), []
-    while slow_rounds(row) and len(dropped) < retries:
-        dropped.append(slow_rounds(row))
+    while slow_in_figures(row.get("host_pin")) and len(dropped) < retries:
+        dropped.append(slow_in_figures(row.get("host_pin")))
         say(f"bs {bs}: {dropped[-1]} rounds sampled on a slow host after the wait ran out; "
             "sampling the row again")
-        retract()
         gate(f"bs {bs} again")
-        row = measure(bs)
+        new = measure(bs)
+        retract(row)
+        row = new
     if dropped:
         row["host_pin"]["retried_slow_rounds"] = dropped
     return row
@@ -169,7 +167,7 @@ class _Sweep:
         # the unfused plan on the same weights and caches (arm engine-eager); the torch backend
         # has no bound steps, so neither arm there
         self.plain = dec.with_fusion(Fusion.UNFUSED) if cfg.backend == "triton" else None
-        self.to_profile = []   # (bs, padded, eager, graph): profiled after every timing
+        self.to_profile = []   # (bs, padded, eager, graph, row): profiled after every timing
         self.extra = [a for a in cfg.arms if a in arms_mod.EXTRA_ARMS]
         self.arm_fns = []      # (arm, row, step callable), for the graphed check
         self.measured = []     # (row, padded): the rows the model predicts once the device is measured
@@ -179,6 +177,7 @@ class _Sweep:
         self.elt = torch.finfo(dtype).bits // 8
         self.budget = Budget(cfg.steps, cfg.time_budget, pin=pin_factory(cfg.pin_cpu))
         self.gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+        self.gen_states = {}   # bs -> the generator's state its inputs were drawn from
 
     def capture(self):
         cfg, run, dec = self.cfg, self.run, self.dec
@@ -199,6 +198,9 @@ class _Sweep:
         """One batch size's row: every arm timed (rows.measure_row), then what follows from it;
         the row, also added to the run."""
         cfg, dec, runner = self.cfg, self.dec, self.runner
+        # a batch size's inputs are the same on every try (measure_until_quick), and so are
+        # those of the rows after it
+        self.gen.set_state(self.gen_states.setdefault(bs, self.gen.get_state()))
         t, p, s = step_inputs(cfg.shape.vocab, bs, cfg.context, self.dev, self.gen)
         x = packed(t, p, s)                                                   # [3, bs]
         # the eager arms run bound steps (engine.bound): each kernel's checks, outputs and
@@ -211,8 +213,6 @@ class _Sweep:
         # what a decode step of bs replays: under full_and_piecewise a full graph where the full
         # pass captured its padded size, else a piecewise one (ran_as says which)
         ran_as, padded = runner.route(bs)
-        # every swept size is profiled: where each row's replay time goes, by kernel family
-        self.to_profile.append((bs, padded, eager, graph))
         host_costs: dict = {}
         arms = {"eager": Arm(eager, eager_timer(dec, bs, self.budget, host_costs, bound))}
         if cfg.mode != "none":
@@ -233,15 +233,17 @@ class _Sweep:
         nbytes = step_bytes(cfg.shape, bs, cfg.context, self.elt, fusion=dec.fusion)
         best = row["graph_step_us"] or row["eager_step_us"]
         row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6))
+        # every swept size is profiled: where each row's replay time goes, by kernel family
+        self.to_profile.append((bs, padded, eager, graph, row))
         self.measured.append((row, padded))
         self.run["rows"].append(row)
         return row
 
-    def retract(self):
-        """Take back the last row measure() added, and what it queued for later phases."""
-        row = self.run["rows"].pop()
-        self.measured.pop()
-        self.to_profile.pop()
+    def retract(self, row: dict):
+        """Take back a row measure() added, and what it queued for later phases."""
+        self.run["rows"][:] = [r for r in self.run["rows"] if r is not row]
+        self.measured = [m for m in self.measured if m[0] is not row]
+        self.to_profile = [e for e in self.to_profile if e[4] is not row]
         self.arm_fns = [a for a in self.arm_fns if a[1] is not row]
 
     def extra_arm(self, arm: str, bs: int, t, p, s, x) -> Arm:
@@ -257,8 +259,10 @@ class _Sweep:
         compiled = self.compiled[arm]
 
         def compile_bs(row):
-            with phase(f"bs {bs}: torch.compile of {arm} (compile, warm up, record)", self.on_phase):
-                compiled.prepare(t, p, s)
+            if bs not in compiled.setup_s:   # a row's second try (measure_until_quick) is warm
+                with phase(f"bs {bs}: torch.compile of {arm} (compile, warm up, record)",
+                           self.on_phase):
+                    compiled.prepare(t, p, s)
             row[f"{k}_setup_s"] = compiled.setup_s[bs]
         return Arm(lambda: compiled(t, p, s), timer, diff=f"{k}_max_abs_diff",
                    prepare=compile_bs)
@@ -327,7 +331,7 @@ class _Sweep:
         for arm, row, fn in self.arm_fns:
             row[f"{arms_mod.key(arm)}_graphed"] = g = arms_mod.launched_graph(fn)
             run["arms"][arm]["graphed"] = run["arms"][arm].get("graphed", True) and g
-        for bs, padded, eager, graph in self.to_profile:
+        for bs, padded, eager, graph, _ in self.to_profile:
             # The profiler sees every kernel a graph replay runs: the graph's kernel nodes.
             replay = profile_kernels(graph) if padded else None
             if bs == self.cfg.bs[0]:
@@ -352,7 +356,7 @@ class _Sweep:
     def trace(self, on_trace):
         """One eager and one graphed step at the first batch size under the PyTorch profiler,
         handed to on_trace(prof)."""
-        bs, padded, eager, graph = self.to_profile[0]
+        bs, padded, eager, graph, _ = self.to_profile[0]
         steps = {f"eager step, bs {bs}": eager}
         if padded:
             steps[f"graph step, bs {bs} (graph {padded})"] = graph

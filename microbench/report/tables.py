@@ -243,10 +243,17 @@ def repeat_lines(run: dict) -> list[str]:
             lines.append(f"{what}, sampled on a slow host after its wait ran out: " + "; ".join(
                 f"process {x['process']} ({slow_text(x['slow_rows'])})" for x in rep[key])
                 + "; kept processes " + ", ".join(map(str, rep["kept"])))
-    lines += worst_repeat_line(run.get("rows", []))
     # processes are named in the order they started (rows count the kept ones from 1)
     kept = rep.get("kept") or list(range(1, rep["k"] + 1))
     name = lambda p: kept[p - 1]
+    # rows a kept process sampled again after a slow host (sweep.measure_until_quick)
+    retried = [f"process {name(i + 1)} bs {r['bs']} ({_tries(hp['retried_slow_rounds'])})"
+               for r in run.get("rows", [])
+               for i, hp in enumerate(r.get("host_pin_repeats") or [])
+               if (hp or {}).get("retried_slow_rounds")]
+    if retried:
+        lines.append("sampled again after a slow host outlasted the wait: " + ", ".join(retried))
+    lines += worst_repeat_line(run.get("rows", []))
     picked = [(r["bs"], r["repeat_process"]) for r in run.get("rows", []) if r.get("repeat_process")]
     if picked:
         lines.append("each row is the process with its median speedup: " + ", ".join(
@@ -408,6 +415,12 @@ def kernels_doc(run: dict) -> Doc:
                       title=head, records=run["rows"], left=1)])
 
 
+def _tries(dropped: list) -> str:
+    """'1 try dropped', '2 tries dropped': the tries a row took back
+    (host_pin.retried_slow_rounds)."""
+    return f"{len(dropped)} {'try' if len(dropped) == 1 else 'tries'} dropped"
+
+
 def pin_line(rows) -> str | None:
     """The host CPU pin over a run's rows (bench.hostcpu): moves, checks and the probe loop's
     times, the host's quick time and waits, the rounds counted, and the rows sampled again
@@ -432,11 +445,10 @@ def pin_line(rows) -> str | None:
         fell = sum(1 for p in quiet if p.get("quiet_fallback"))
         if fell:
             wait += f", {fell} row{'s' * (fell != 1)} short of them kept every round"
-    retried = [(r["bs"], len(r["host_pin"]["retried_slow_rounds"])) for r in rows
+    retried = [f"bs {r['bs']} ({_tries(r['host_pin']['retried_slow_rounds'])})" for r in rows
                if (r.get("host_pin") or {}).get("retried_slow_rounds")]
     if retried:   # sweep.measure_until_quick
-        wait += ("; sampled again after a slow host outlasted the wait: " + ", ".join(
-            f"bs {bs} ({n} {'try' if n == 1 else 'tries'} dropped)" for bs, n in retried))
+        wait += "; sampled again after a slow host outlasted the wait: " + ", ".join(retried)
     return (f"host CPU: each row's rotation kept on a quick CPU ({sum(p['moves'] for p in pins)} "
             f"moves in {sum(p['checks'] for p in pins)} checks; probe loop per row "
             + ", ".join(f"{p['loop_us']:.0f}" for p in pins) + f" us, range {lo:.0f}-{hi:.0f}"

@@ -66,8 +66,27 @@ def test_rows_on_a_slow_host_are_sampled_again_and_the_sweep_still_completes(tmp
     from microbench.report.record import load_run
     if not hostcpu.can_pin():
         pytest.skip("needs more than one CPU to pin to")
+    from microbench.bench import sweep as sweep_mod
     monkeypatch.setattr(hostcpu, "THROTTLE", 1e-9)        # every probe: a slow host
     monkeypatch.setattr(hostcpu, "RECOVERY_S", 1e9)       # past any wait: no sleeping
+    seen = {}
+    last_phase = sweep_mod._Sweep.graphed_and_profiled
+
+    def spy(self):   # what the last phases read: the kept rows' entries only
+        seen.update(rows=[id(r) for r in self.run["rows"]],
+                    measured=[id(r) for r, _ in self.measured],
+                    profiled=[id(e[4]) for e in self.to_profile],
+                    graphed={id(a[1]) for a in self.arm_fns})
+        return last_phase(self)
+    monkeypatch.setattr(sweep_mod._Sweep, "graphed_and_profiled", spy)
+    drawn, draw = [], sweep_mod.step_inputs
+
+    def inputs_spy(vocab, bs, *a):   # each try of a row draws the same inputs
+        t, p, s = draw(vocab, bs, *a)
+        if len(a) == 3:              # a row's draw, from the sweep's generator
+            drawn.append((bs, t.tolist(), p.tolist(), s.tolist()))
+        return t, p, s
+    monkeypatch.setattr(sweep_mod, "step_inputs", inputs_spy)
     r = CliRunner().invoke(main, ["sweep", "--preset", "tiny", "--bs", "1,3", "--context", "32",
                                   "--time-budget", "0.05", "--steps", "2", "--out", str(tmp_path),
                                   "--quiet"])
@@ -80,6 +99,11 @@ def test_rows_on_a_slow_host_are_sampled_again_and_the_sweep_still_completes(tmp
         assert len(row["host_pin"]["retried_slow_rounds"]) == ROW_RETRIES
         assert row["predicted_speedup"] > 0 and row["graph_graphed"] is True
     assert sorted(run["graph_gpu_breakdown"]) == ["1", "3"]
+    assert len(seen["rows"]) == 2 and seen["measured"] == seen["profiled"] == seen["rows"]
+    assert seen["graphed"] == set(seen["rows"])
+    assert [d[0] for d in drawn] == [1] * (ROW_RETRIES + 1) + [3] * (ROW_RETRIES + 1)
+    assert all(d == drawn[0] for d in drawn[:ROW_RETRIES + 1])
+    assert all(d == drawn[-1] for d in drawn[ROW_RETRIES + 1:])
     assert (f"sampled again after a slow host outlasted the wait: bs 1 ({ROW_RETRIES} tries "
             f"dropped), bs 3 ({ROW_RETRIES} tries dropped)") in r.output
 

@@ -92,6 +92,12 @@ def test_repeat_line_counts_both_shape_verdicts():
                           host_loop_us_repeats=[91.5, 97.0, 84.9])
     assert ("widest at bs 1: eager 559.2/593.7/518.2 us, graph 270.1/271.0/270.4 us per process; "
             "its CPU's probe loop 91.5/97.0/84.9 us") in sweep_table(run)
+    # a row another process sampled again after a slow host, named as the processes started
+    assert "sampled again" not in sweep_table(run)
+    run["repeats"]["kept"] = [1, 2, 4]
+    run["rows"][0]["host_pin_repeats"] = [{}, None, dict(slow_rounds=0, retried_slow_rounds=[12])]
+    assert ("sampled again after a slow host outlasted the wait: process 4 bs 1 (1 try dropped)"
+            in sweep_table(run))
 
 
 def test_kernels_table():
