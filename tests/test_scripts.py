@@ -109,3 +109,25 @@ def test_eager_gap_per_kernel_beside_the_host_and_gpu_balance(tmp_path, capsys):
         (tmp_path / "launch").mkdir()
         (tmp_path / "launch" / "run.json").write_text(json.dumps(dict(kind="launch", rows=[])))
         eg.table([str(tmp_path / "launch")])
+
+
+def test_targets_from_the_committed_runs(capsys):
+    """scripts/targets.py on committed H200 runs: with the torch-compile arm each comparison is
+    judged; a default sweep without it leaves that row unjudged, never 'yes'."""
+    h200 = SCRIPTS.parent / "results" / "h200"
+    mod = _load("targets")
+    kern = h200 / "20261201-053615-kernels-llama-8b-h200"
+    mod.main(h200 / "20261201-142853-sweep-opt-125m-h200",
+             h200 / "20261201-143057-sweep-llama-1b-h200",
+             h200 / "20261201-124450-sweep-llama-8b-h200", kern)
+    out = capsys.readouterr().out
+    assert "| opt-125m bs 1 graph step | <= 200 us | 276.1 us | no |" in out
+    assert ("| llama-8b bs 1 graph / torch-compile | <= 0.80 | 0.743 (4350.8 / 5858.8 us) | yes |"
+            in out)
+    mod.main(h200 / "20261202-011435-sweep-opt-125m-h200",
+             h200 / "20261202-011831-sweep-llama-1b-h200",
+             h200 / "20261202-004738-sweep-llama-8b-h200", kern)
+    out = capsys.readouterr().out
+    assert ("| opt-125m bs 1 graph / torch-compile | <= 0.80 | no torch-compile arm in this run "
+            "| - |") in out
+    assert "| llama-8b bs 4 / bs 1 | <= 1.05 |" in out
