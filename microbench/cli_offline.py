@@ -147,14 +147,15 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
                "not one this microbench knows; give --preset and --dtype")
     from microbench.analysis.model_rows import attach_measured, model_rows, resolve_profile, \
         run_fast_rows, run_fusion
-    if taken:
-        click.echo("microbench: from the --profile run: " + ", ".join(
-            f"{k} {v}" for k, v in taken.items()) + " (options override)", err=True)
     try:
         prof = resolve_profile(run, gpu, copy_bw, tflops, launch_us, opts["preset"],
                                run_name=profile_run, context=opts["context"])
     except ValueError as e:
         usage(e)
+    # said once the run is known to hold a profile, so a run without one is one line
+    if taken:
+        click.echo("microbench: from the --profile run: " + ", ".join(
+            f"{k} {v}" for k, v in taken.items()) + " (options override)", err=True)
     # the plan of the decoder that was measured, else today's decoder's
     res = model_rows(PRESETS[opts["preset"]], bs, opts["context"], ladder, prof, below,
                      opts["dtype"], fusion=run_fusion(run), fast_rows=run_fast_rows(run))

@@ -25,10 +25,13 @@ class IntList(click.ParamType):
             return value
         allowed = f"{self.lo}..{self.hi}" if self.hi else f">= {self.lo}"
         try:
-            vals = parse_int_list(value, "value")
+            vals = [int(t) for t in str(value).split(",")]
         except ValueError:
             self.fail(f"{value!r} is not a comma-separated list of integers "
                       f"(allowed: each {allowed}, e.g. 1,4,16)", param, ctx)
+        if min(vals) < self.lo:
+            self.fail(f"{min(vals)} is below the minimum {self.lo} (allowed: each {allowed})",
+                      param, ctx)
         if self.hi is not None and max(vals) > self.hi:
             self.fail(f"{max(vals)} is above the limit {self.hi} (allowed: {self.lo}..{self.hi})",
                       param, ctx)

@@ -153,6 +153,7 @@ def test_show_missing_or_bad_run(tmp_path):
     (("model", "--gpu", "B200"), "--gpu"),
     (("model", "--copy-bw", "0", "--tflops", "100"), "--copy-bw"),
     (("model", "--bs", "0", "--gpu", "H100"), "--bs"),
+    (("sweep", "--bs", "1,0"), "below the minimum 1"),
     (("model", "--context", "99999", "--gpu", "H100"), "--context"),
     (("model",), "--profile"),
     (("kernels", "--bs", "x"), "--bs"),
@@ -166,6 +167,8 @@ def test_model_profile_must_hold_launch_measurements(tmp_path):
     d = write_run(tmp_path / "r", sweep_run())   # a valid sweep interrupted before its launch
     code, out, _ = run("model", "--profile", str(d))
     assert code == 2 and "holds no launch measurements" in out and "Traceback" not in out
+    # one line: the note on what was taken from the run comes only once it holds a profile
+    assert len([l for l in out.splitlines() if l.strip()]) == 1
 
 
 @pytest.mark.parametrize("run_dict", [dict(config={}), dict(kind="launch", config={})])

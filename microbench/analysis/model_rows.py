@@ -23,7 +23,8 @@ def resolve_profile(run: dict | None, gpu, copy_bw_gbs, tflops, launch_us,
     prof = None
     if run is not None:
         if "launch" not in run:
-            raise ValueError(f"--profile: {run_name} holds no launch measurements")
+            raise ValueError(f"--profile: {run_name} holds no launch measurements (a sweep "
+                             "or launch run that finished has them)")
         prof = mdl.DeviceProfile.from_launch(run["launch"], name=run["env"].get("gpu") or "?",
                                              source=f"measured: {run_name}")
         measured = run.get("config", {}).get("preset")

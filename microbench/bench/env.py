@@ -22,7 +22,8 @@ def require_cuda(command: str):
     import torch
     if not torch.cuda.is_available():
         raise GPURequired(f"`microbench {command}` needs a CUDA GPU and none was found; "
-                          f"`microbench ladder`, `model` and `show` work without one")
+                          f"`microbench ladder`, `model`, `show`, `compare` and `index` work "
+                          f"without one")
 
 
 def git_revision() -> str | None:
