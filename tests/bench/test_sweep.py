@@ -28,7 +28,8 @@ def inputs(bs, vocab, seed=0):
     return tokens, positions, slots
 
 
-def test_short_sweep_end_to_end(tmp_path):
+def short_sweep(tmp_path):
+    """`microbench sweep` of the tiny preset at bs 1 and 3, quick: (CLI result, run folder, run)."""
     from click.testing import CliRunner
 
     from microbench.cli import main
@@ -38,7 +39,11 @@ def test_short_sweep_end_to_end(tmp_path):
                                   "--quiet"])
     assert r.exit_code == 0, r.output
     (run_dir,) = list(tmp_path.iterdir())
-    run = load_run(run_dir)
+    return r, run_dir, load_run(run_dir)
+
+
+def test_short_sweep_end_to_end(tmp_path):
+    r, run_dir, run = short_sweep(tmp_path)
     assert [row["bs"] for row in run["rows"]] == [1, 3]
     row = run["rows"][1]
     assert row["padded_bs"] == 4 and row["ran_as"] == "full" and row["speedup"] > 0
@@ -58,12 +63,8 @@ def test_rows_on_a_slow_host_are_sampled_again_and_the_sweep_still_completes(tmp
     """Every probe slower than the host allows, and no time to wait it out: each row counts
     slow rounds, is taken back and sampled again ROW_RETRIES times, and the run that follows
     (device figures, the model, the graphed check, the profile) reads the kept rows only."""
-    from click.testing import CliRunner
-
     from microbench.bench import hostcpu
     from microbench.bench.sweep import ROW_RETRIES
-    from microbench.cli import main
-    from microbench.report.record import load_run
     if not hostcpu.can_pin():
         pytest.skip("needs more than one CPU to pin to")
     from microbench.bench import sweep as sweep_mod
@@ -87,12 +88,7 @@ def test_rows_on_a_slow_host_are_sampled_again_and_the_sweep_still_completes(tmp
             drawn.append((bs, t.tolist(), p.tolist(), s.tolist()))
         return t, p, s
     monkeypatch.setattr(sweep_mod, "step_inputs", inputs_spy)
-    r = CliRunner().invoke(main, ["sweep", "--preset", "tiny", "--bs", "1,3", "--context", "32",
-                                  "--time-budget", "0.05", "--steps", "2", "--out", str(tmp_path),
-                                  "--quiet"])
-    assert r.exit_code == 0, r.output
-    (run_dir,) = list(tmp_path.iterdir())
-    run = load_run(run_dir)
+    r, _, run = short_sweep(tmp_path)
     assert [row["bs"] for row in run["rows"]] == [1, 3]
     for row in run["rows"]:
         assert row["host_pin"]["slow_rounds"] > 0
