@@ -107,9 +107,9 @@ def measure_until_quick(bs: int, measure, retract, gate, say, retries: int = ROW
     (`retried_slow_rounds`); a row still slow after them is kept, and --repeat replaces its
     process as before. An interrupt during a try keeps the try before it."""
     row, dropped = measure(bs), []
-    while (slow := slow_in_figures(row.get("host_pin"))) and len(dropped) < retries:
-        dropped.append(slow)
-        say(f"bs {bs}: {slow} rounds sampled on a slow host after the wait ran out; "
+    while slow_in_figures(row.get("host_pin")) and len(dropped) < retries:
+        dropped.append(slow_in_figures(row.get("host_pin")))
+        say(f"bs {bs}: {dropped[-1]} rounds sampled on a slow host after the wait ran out; "
             "sampling the row again")
         gate(f"bs {bs} again")
         new = measure(bs)
