@@ -123,3 +123,45 @@ def pdl_enter(USE_PDL: tl.constexpr):
     if USE_PDL == 2:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+# ---- L2 prefetch of weights before the PDL wait -----------------------------------------------
+# A skinny matmul's weights are never written during a step, so a program may ask L2 for them
+# before it waits for the kernel before it: while that kernel runs (or its tail drains, or an
+# attention call spends its time in latency), the memory keeps streaming the next weights.
+# `prefetch.global.L2` brings one 128-byte line into L2 and returns nothing; Triton has no
+# prefetch op, so it goes through inline PTX, one instruction per pointer (a pointer block
+# spread over the program's threads; duplicates cost one L2 lookup each).
+
+LINE_BYTES = 128
+
+
+@triton.jit
+def prefetch_l2(rows, lo, hi, LINES: tl.constexpr, LINE: tl.constexpr, EVICT_LAST: tl.constexpr):
+    """Ask L2 for LINES lines of LINE elements of each row from element lo on, none past
+    element hi - 1 (the pointers are clamped there, so a short row repeats its last line).
+    rows: a [R, 1] block of row pointers, each row valid to element hi - 1."""
+    offs = tl.minimum(lo + tl.arange(0, LINES) * LINE, hi - 1)
+    ptrs = rows + offs[None, :]
+    if EVICT_LAST:
+        tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1];", "=r,l", [ptrs],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [ptrs],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+def prefetch_lines(rest_elems: int, elt: int, programs: int, rows_per_program: int,
+                   budget_bytes: int) -> int:
+    """Lines per weight row (a power of two, or 0) that each of `programs` programs prefetches
+    to cover the `rest_elems` elements of its rows after the first chunk, while the whole
+    launch asks for at most `budget_bytes` (L2 holds tens of MB: prefetching a weight larger
+    than that would evict its own first lines before they are read)."""
+    if rest_elems <= 0 or budget_bytes <= 0:
+        return 0
+    line = LINE_BYTES // elt
+    want = triton.next_power_of_2(triton.cdiv(rest_elems, line))
+    fit = budget_bytes // (programs * rows_per_program * LINE_BYTES)
+    if fit < 1:
+        return 0
+    return min(want, 1 << (fit.bit_length() - 1))
