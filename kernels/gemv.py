@@ -45,7 +45,6 @@ at the store (the gate/up values and the matmul before the residual add are neve
 CUDA cores the normalised x is not either, on tensor cores it enters in the weights' dtype). The unfused path rounds each kernel's output, so the two paths differ by up to
 an ulp or two; each path's graph replay equals its own eager step bit for bit.
 """
-import contextlib
 import functools
 
 import torch
@@ -55,8 +54,7 @@ import triton.language as tl
 from ._launch import launch
 
 from . import _utils, gemv_configs, gemv_mma
-from ._utils import (DTYPES, check_device, dot, interpreted, pdl_enter, pdl_launch_kw,
-                     prefetch_l2, prefetch_lines, to_dtype)
+from ._utils import DTYPES, check_device, dot, interpreted, pdl_enter, pdl_launch_kw, to_dtype
 from .gemv_mma import load_w as _load_w
 
 # Rows the kernel takes (one program multiplies all of them against each weight chunk).
@@ -116,7 +114,6 @@ def _gemv_kernel(
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
     AHEAD: tl.constexpr, DOT: tl.constexpr, USE_PDL: tl.constexpr,
     DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr, DEFER: tl.constexpr = 0,
-    PF_LINES: tl.constexpr = 0, PF_LINE: tl.constexpr = 64, PF_LAST: tl.constexpr = 0,
 ):
     pid = tl.program_id(0)
     # BLOCK_K is fixed per weight shape and row bucket, never per row count: each row's dot
@@ -135,11 +132,6 @@ def _gemv_kernel(
     # chunk 0's weights before the wait: no kernel of the step writes them
     offs_k = tl.arange(0, BK)
     w, w2 = _load_w(w_rows, w2_rows, offs_k, mask_n, K, EPI)
-    if PF_LINES and not INTERPRET:   # and the next PF_LINES lines of each row into L2
-        pf_rows = w_ptr + tl.minimum(offs_n, N - 1)[:, None] * stride_wn
-        prefetch_l2(pf_rows, BK, K, PF_LINES, PF_LINE, PF_LAST)
-        if EPI == 2:
-            prefetch_l2(pf_rows + N * stride_wn, BK, K, PF_LINES, PF_LINE, PF_LAST)
     pdl_enter(USE_PDL)
     if DEFER:
         # per-thread partial sums over the whole row, reduced across the program once at the
@@ -193,23 +185,6 @@ def _gemv_kernel(
         acc = acc / (1.0 + tl.exp(-acc)) * acc2
     tl.store(y_ptr + offs_b[:, None] * stride_yb + offs_n[None, :],
              to_dtype(acc, y_ptr.dtype.element_ty), mask=mask)
-
-
-# L2 prefetch of each program's weights past its first chunk, before the PDL wait (_utils.
-# prefetch_l2): at most `budget` bytes a launch, 0 for none; `evict_last` marks the lines to be
-# kept over others. Read when a launch is made, so a bound step keeps what it was bound with.
-_PREFETCH = {"budget": 0, "evict_last": False}
-
-
-@contextlib.contextmanager
-def prefetching(budget: int, evict_last: bool = False):
-    """Within the block the skinny matmuls prefetch up to `budget` bytes a launch into L2."""
-    before = dict(_PREFETCH)
-    _PREFETCH.update(budget=int(budget), evict_last=bool(evict_last))
-    try:
-        yield
-    finally:
-        _PREFETCH.update(before)
 
 
 @functools.lru_cache(maxsize=None)
@@ -268,19 +243,11 @@ def _launch(x, w, n_out, cfg, pdl, record, norm=False, epi=0, r=None, nw=None, e
     grid = (triton.cdiv(n_out, cfg["BLOCK_N"]),)
     kernel, lead, keys = _gemv_kernel, (x, nw_, w, r_, y), dict(cfg)
     del keys["SPLIT"]
-    rest = K - cfg["BLOCK_K"]                 # a program's weight elements per row after chunk 0
     if cfg["DOT"] == 2:
         part, ss, sem, tiles = gemv_mma.split_args(x, n_out, cfg, epi)
         kernel, lead, grid = gemv_mma.gemv_mma_kernel, lead + (part, ss, sem), grid + (cfg["SPLIT"],)
         keys = {k: cfg[k] for k in ("BLOCK_N", "BLOCK_K", "STAGES", "num_warps", "SPLIT")}
         keys["TILES"] = tiles
-        rest = min(rest, (tiles - 1) * cfg["BLOCK_K"])
-    if _PREFETCH["budget"] and not interpreted(kernel):
-        lines = prefetch_lines(rest, x.element_size(), grid[0] * (grid[1] if len(grid) > 1 else 1),
-                               cfg["BLOCK_N"] * (2 if epi == 2 else 1), _PREFETCH["budget"])
-        if lines:
-            keys.update(PF_LINES=lines, PF_LINE=128 // x.element_size(),
-                        PF_LAST=int(_PREFETCH["evict_last"]))
     launch(record, kernel, grid,
         *lead, n_out, x.stride(0), w.stride(0), r_.stride(0), y.stride(0), float(eps),
         B=B, K=K, NORM=norm, EPI=epi, BLOCK_B=gemv_mma.block_b(cfg, B), USE_PDL=pdl,

@@ -17,7 +17,7 @@ row's result does not depend on how many rows share the launch.
 import triton
 import triton.language as tl
 
-from ._utils import dot, pdl_enter, prefetch_l2, to_dtype
+from ._utils import dot, pdl_enter, to_dtype
 
 
 @triton.jit
@@ -78,7 +78,6 @@ def gemv_mma_kernel(
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
     SPLIT: tl.constexpr, TILES: tl.constexpr,
     USE_PDL: tl.constexpr, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
-    PF_LINES: tl.constexpr = 0, PF_LINE: tl.constexpr = 64, PF_LAST: tl.constexpr = 0,
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -95,12 +94,6 @@ def gemv_mma_kernel(
     # chunk 0's weights before the PDL wait: no kernel of the step writes them
     offs_k = lo + tl.arange(0, BLOCK_K)
     w, w2 = load_w(w_rows, w2_rows, offs_k, mask_n, K, EPI)
-    if PF_LINES and not INTERPRET:   # and the next PF_LINES lines of this split's rows into L2
-        pf_rows = w_ptr + tl.minimum(offs_n, N - 1)[:, None] * stride_wn
-        pf_hi = tl.minimum(lo + TILES * BLOCK_K, K)
-        prefetch_l2(pf_rows, lo + BLOCK_K, pf_hi, PF_LINES, PF_LINE, PF_LAST)
-        if EPI == 2:
-            prefetch_l2(pf_rows + N * stride_wn, lo + BLOCK_K, pf_hi, PF_LINES, PF_LINE, PF_LAST)
     pdl_enter(USE_PDL)
     acc, acc2, ss = _chunk_t(acc, acc2, ss, w, w2, x_ptr, nw_ptr, offs_b, offs_k, stride_xb,
                              mask_b, K, NORM, EPI, DOT_PRECISION, INTERPRET)

@@ -16,7 +16,7 @@ from microbench.report.record import check_writable
 # the row buckets of kernels/gemv_configs.py (ROW_BUCKETS) and what --ab can vary
 # (bench.tune.VARIANTS; a test holds each pair equal), written here so `--help` imports no torch
 BUCKETS = (1, 2, 4, 8, 16)
-VARY = ("table", "pdl", "plan", "attention", "blas", "splits", "prefetch")
+VARY = ("table", "pdl", "plan", "attention", "blas", "splits")
 BLAS_ROWS = (32, 64, 128)       # --vary blas's default batches (rows of the wide path)
 SPLIT_ROWS = (8, 16, 32)        # --vary splits's: where the two split rules differ
 RECORDED = ("pdl", "blas", "splits")   # the --vary choices whose winner is written into a table

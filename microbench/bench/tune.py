@@ -222,9 +222,6 @@ VARIANTS = {
     "attention": (("fused-attention", {}), ("separate-attention", {"fusion": "MATMULS"})),
     "blas": (("cublas", {"blas": "cublas"}), ("cublaslt", {"blas": "cublaslt"})),
     "splits": (("fill", {"splits": "fill"}), ("capped", {"splits": "capped"})),
-    "prefetch": (("no-prefetch", {}), ("prefetch-16m", {"prefetch": (16 << 20, False)}),
-                 ("prefetch-all", {"prefetch": (1 << 40, False)}),
-                 ("prefetch-16m-last", {"prefetch": (16 << 20, True)})),
 }
 
 
@@ -233,8 +230,7 @@ def ab_max_seq(context: int) -> int:
     return context + 8
 
 
-def _graphed_step(preset: str, bs: int, context: int, table: bool = True, prefetch=(0, False),
-                  **dec_kw):
+def _graphed_step(preset: str, bs: int, context: int, table: bool = True, **dec_kw):
     """A GraphRunner with `bs` captured for `preset`, built with decoder settings `dec_kw`, its
     skinny matmuls bound with the tuned table's configs (table) or the rule's (the table hidden
     while the step is bound)."""
@@ -246,8 +242,7 @@ def _graphed_step(preset: str, bs: int, context: int, table: bool = True, prefet
     from microbench.engine.runner import GraphRunner
     if "fusion" in dec_kw:
         dec_kw["fusion"] = Fusion[dec_kw["fusion"]]
-    from microbench.kernels import gemv
-    with contextlib.nullcontext() if table else gemv_configs.tables_off(), gemv.prefetching(*prefetch):
+    with contextlib.nullcontext() if table else gemv_configs.tables_off():
         dec = ToyDecoder(PRESETS[preset], max_batch=bs, max_seq=ab_max_seq(context), device="cuda",
                          **dec_kw)
         runner = GraphRunner(dec, [bs], mode="full")
