@@ -19,6 +19,8 @@
 #            launch           launch, replay, copy and matmul constants (microbench launch)
 #            arms             the arms in $ARMS side by side, per preset in $PRESETS, batch sizes $BS
 #            trace            a sweep with --trace (a Perfetto trace of one eager and one graphed step)
+#                             per preset in $TRACE_PRESETS and batch in $TRACE_BS, and the graphed
+#                             step's time kernel by kernel (scripts/trace_marginal.py)
 #            ab               whole graph steps of decoders interleaved in one process
 #                             (microbench tune --ab), per preset in $AB_PRESETS and per variant in
 #                             $VARY (default table: the tuned matmul table against the rule; blas:
@@ -128,8 +130,19 @@ for st in $stages; do
         pack
       done ;;
     trace)
-      microbench sweep --bs 1,4 --preset opt-125m --trace "$new/trace" --out "$new" 2>&1 | tee "$LOG/trace.log"
-      rc=$?; ls -la "$new/trace" >>"$LOG/trace.log" 2>&1 ;;
+      # per preset in $TRACE_PRESETS and batch size in $TRACE_BS: a sweep of that size with
+      # --trace, then where its graphed step's time goes kernel by kernel (trace_marginal.py)
+      rc=0
+      for p in ${TRACE_PRESETS:-opt-125m}; do
+        for b in ${TRACE_BS:-1}; do
+          microbench sweep --bs $b --preset $p --trace "$new/trace" --out "$new" --quiet 2>&1 \
+            | tee "$LOG/trace-$p-bs$b.log" | tail -3
+          r=$?; [ $r -ne 0 ] && rc=$r
+          t=$(ls -t "$new"/trace/*.trace.json | head -1)
+          python3 scripts/trace_marginal.py "$t" 2>&1 | tee -a "$LOG/trace-$p-bs$b.log"
+          gzip "$t"
+        done
+      done ;;
     ab)
       rc=0
       for p in ${AB_PRESETS:-opt-125m llama-8b}; do

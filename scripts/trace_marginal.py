@@ -1,0 +1,80 @@
+"""Where a graphed step's time goes, kernel by kernel, from a sweep's profiler trace.
+
+usage: python scripts/trace_marginal.py TRACE.json[.gz] [--top 12]
+
+`microbench sweep --bs N --trace DIR` writes one eager and one graphed step under the PyTorch
+profiler. With programmatic dependent launch the graph's kernels overlap (each starts before
+the one before it ends, and waits), so their durations sum past the step. This takes the
+graph replay's kernels (those correlated with its cudaGraphLaunch) in the order they end, and
+charges each the time from the previous kernel's end to its own: its marginal cost on the
+step's critical path, which sums to the span from the first kernel's start to the last one's
+end. It prints that per kernel family (the sweep's families: bench.profile.KERNEL_FAMILIES),
+the kernels with the largest marginal cost, and per family the median marginal cost a call."""
+import argparse
+import gzip
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def family(name: str) -> str:
+    from microbench.bench.profile import KERNEL_FAMILIES
+    return next((f for key, f in KERNEL_FAMILIES if key in name.lower()), "other")
+
+
+def graph_kernels(events: list) -> list:
+    """The kernels of the trace's graph replay: those whose correlation id is a
+    cudaGraphLaunch's (the last one, if several), sorted by start."""
+    launches = [e for e in events if e.get("name") == "cudaGraphLaunch" and e.get("ph") == "X"]
+    if not launches:
+        raise SystemExit("no cudaGraphLaunch in the trace: was it written with a graph arm?")
+    corr = launches[-1].get("args", {}).get("correlation")
+    ks = [e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X"
+          and e.get("args", {}).get("correlation") == corr]
+    if not ks:
+        raise SystemExit(f"no kernel correlated with cudaGraphLaunch {corr}")
+    return sorted(ks, key=lambda e: e["ts"])
+
+
+def marginal(kernels: list) -> list:
+    """(name, marginal us, duration us) per kernel, in order of their ends: the first kernel is
+    charged its whole duration, each later one the time from the previous end to its own."""
+    out, last_end = [], None
+    for e in sorted(kernels, key=lambda e: e["ts"] + e["dur"]):
+        end = e["ts"] + e["dur"]
+        out.append((e["name"], e["dur"] if last_end is None else end - last_end, e["dur"]))
+        last_end = end
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trace")
+    ap.add_argument("--top", type=int, default=12)
+    a = ap.parse_args(argv)
+    opener = gzip.open if a.trace.endswith(".gz") else open
+    with opener(a.trace, "rt") as f:
+        events = json.load(f)["traceEvents"]
+    ks = graph_kernels(events)
+    rows = marginal(ks)
+    span = max(e["ts"] + e["dur"] for e in ks) - min(e["ts"] for e in ks)
+    print(f"{a.trace}: graph replay of {len(ks)} kernels, {span:.1f} us from the first start to "
+          f"the last end; durations sum to {sum(d for _, _, d in rows):.1f} us")
+    fams: dict = {}
+    for name, m, d in rows:
+        fams.setdefault(family(name), []).append((m, d))
+    print("family            calls  marginal us  share  median a call  duration us")
+    for fam, xs in sorted(fams.items(), key=lambda kv: -sum(m for m, _ in kv[1])):
+        tot = sum(m for m, _ in xs)
+        print(f"{fam:<17} {len(xs):>5} {tot:>12.1f} {tot / span:>6.1%} "
+              f"{statistics.median(m for m, _ in xs):>14.2f} {sum(d for _, d in xs):>12.1f}")
+    print(f"the {a.top} kernels with the largest marginal cost:")
+    for name, m, d in sorted(rows, key=lambda r: -r[1])[:a.top]:
+        print(f"  {m:8.2f} us (duration {d:8.2f})  {name[:90]}")
+
+
+if __name__ == "__main__":
+    main()
