@@ -61,7 +61,7 @@ def table_path(device_name: str, directory: Path | None = None) -> Path:
     return Path(directory or CONFIG_DIR) / f"gemv_{device_key(device_name)}.json"
 
 
-_TABLES = {"on": True}
+_TABLES = {"on": True, "file": None}
 
 
 @contextlib.contextmanager
@@ -74,6 +74,24 @@ def tables_off():
         yield
     finally:
         _TABLES["on"] = before
+
+
+@contextlib.contextmanager
+def table_from(path):
+    """Within the block the wrappers read the tuned entries of the table at `path` instead of
+    the device's (what `microbench tune --ab --vary previous-table` binds its second arm under:
+    a table before a re-tune against the re-tuned one)."""
+    before = _TABLES["file"]
+    _TABLES["file"] = str(path)
+    try:
+        yield
+    finally:
+        _TABLES["file"] = before
+
+
+@functools.lru_cache(maxsize=None)
+def _load_file(path: str) -> dict:
+    return json.loads(Path(path).read_text()).get("configs", {})
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,7 +134,8 @@ def choose_config(n_rows_w: int, k: int, rows: int, elt: int, norm: bool = False
     """The config for `rows` rows against a [n_rows_w, k] weight: the device's tuned entry for
     the shape and row bucket, else `rule_config`."""
     if device_name is not None and _TABLES["on"]:
-        entry = load_table(device_name).get(shape_key(n_rows_w, k, norm, epi, elt), {})
+        table = _load_file(_TABLES["file"]) if _TABLES["file"] else load_table(device_name)
+        entry = table.get(shape_key(n_rows_w, k, norm, epi, elt), {})
         tuned = entry.get(str(row_bucket(rows)))
         if tuned is not None:
             return {key: tuned.get(key, DEFAULTS.get(key, 0)) for key in LAUNCH_KEYS}
@@ -157,7 +176,7 @@ def candidates(k: int, rows: int, elt: int) -> list[dict]:
            (16, 256, 4, 4, 1)]
     split = [(64, 256, 3, 4), (64, 128, 4, 4), (128, 128, 4, 8), (32, 256, 4, 4)]
     if rows == 1:
-        mma, split = mma[1:4], split[:1]
+        mma, split = mma[1:6], split[:1]
     mma += [(bn, bk, st, w, sp) for bn, bk, st, w in split for sp in (2, 4, 8)
             if k >= 2 * sp * bk]   # two chunks per split at least
     for dot, tiles in ((1, dots), (2, mma)):

@@ -3,6 +3,7 @@ the device's table (registered on the command group in cli.py)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -16,7 +17,7 @@ from microbench.report.record import check_writable
 # the row buckets of kernels/gemv_configs.py (ROW_BUCKETS) and what --ab can vary
 # (bench.tune.VARIANTS; a test holds each pair equal), written here so `--help` imports no torch
 BUCKETS = (1, 2, 4, 8, 16)
-VARY = ("table", "pdl", "plan", "attention", "blas", "splits")
+VARY = ("table", "pdl", "plan", "attention", "blas", "splits", "previous-table")
 BLAS_ROWS = (32, 64, 128)       # --vary blas's default batches (rows of the wide path)
 SPLIT_ROWS = (8, 16, 32)        # --vary splits's: where the two split rules differ
 RECORDED = ("pdl", "blas", "splits")   # the --vary choices whose winner is written into a table
@@ -75,6 +76,9 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
         bad = [r for r in rows if r not in BUCKETS]
         if bad:
             usage(f"--rows: {bad[0]} is not a row bucket; allowed {', '.join(map(str, BUCKETS))}")
+    if vary == "previous-table" and not os.path.isfile(os.environ.get("MICROBENCH_AB_TABLE", "")):
+        usage("--vary previous-table: set MICROBENCH_AB_TABLE to a copy of the device's gemv "
+              "table taken before a re-tune")
     if ab_preset and vary not in RECORDED and table_dir:
         usage(f"--table: --ab --vary {vary} writes no table (only --vary pdl, blas, splits and "
               "tuning do)")

@@ -222,6 +222,8 @@ VARIANTS = {
     "attention": (("fused-attention", {}), ("separate-attention", {"fusion": "MATMULS"})),
     "blas": (("cublas", {"blas": "cublas"}), ("cublaslt", {"blas": "cublaslt"})),
     "splits": (("fill", {"splits": "fill"}), ("capped", {"splits": "capped"})),
+    # the device's table against the one at $MICROBENCH_AB_TABLE (a copy taken before a re-tune)
+    "previous-table": (("tuned", {}), ("previous", {"table_file": "MICROBENCH_AB_TABLE"})),
 }
 
 
@@ -230,7 +232,8 @@ def ab_max_seq(context: int) -> int:
     return context + 8
 
 
-def _graphed_step(preset: str, bs: int, context: int, table: bool = True, **dec_kw):
+def _graphed_step(preset: str, bs: int, context: int, table: bool = True,
+                  table_file: str | None = None, **dec_kw):
     """A GraphRunner with `bs` captured for `preset`, built with decoder settings `dec_kw`, its
     skinny matmuls bound with the tuned table's configs (table) or the rule's (the table hidden
     while the step is bound)."""
@@ -242,7 +245,14 @@ def _graphed_step(preset: str, bs: int, context: int, table: bool = True, **dec_
     from microbench.engine.runner import GraphRunner
     if "fusion" in dec_kw:
         dec_kw["fusion"] = Fusion[dec_kw["fusion"]]
-    with contextlib.nullcontext() if table else gemv_configs.tables_off():
+    if table_file is not None:
+        path = os.environ.get(table_file, "")
+        if not os.path.isfile(path):
+            raise ValueError(f"--vary previous-table: ${table_file} must name a table file, got {path!r}")
+        swap = gemv_configs.table_from(path)
+    else:
+        swap = contextlib.nullcontext() if table else gemv_configs.tables_off()
+    with swap:
         dec = ToyDecoder(PRESETS[preset], max_batch=bs, max_seq=ab_max_seq(context), device="cuda",
                          **dec_kw)
         runner = GraphRunner(dec, [bs], mode="full")
