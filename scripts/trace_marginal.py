@@ -1,6 +1,6 @@
 """Where a graphed step's time goes, kernel by kernel, from a sweep's profiler trace.
 
-usage: python scripts/trace_marginal.py TRACE.json[.gz] [--top 12]
+usage: python scripts/trace_marginal.py TRACE.json[.gz] [--top 12] [--layer N [--skip 1 --tail 1]]
 
 `microbench sweep --bs N --trace DIR` writes one eager and one graphed step under the PyTorch
 profiler. With programmatic dependent launch the graph's kernels overlap (each starts before
@@ -9,7 +9,10 @@ graph replay's kernels (those correlated with its cudaGraphLaunch) in the order 
 charges each the time from the previous kernel's end to its own: its marginal cost on the
 step's critical path, which sums to the span from the first kernel's start to the last one's
 end. It prints that per kernel family (the sweep's families: bench.profile.KERNEL_FAMILIES),
-the kernels with the largest marginal cost, and per family the median marginal cost a call."""
+the kernels with the largest marginal cost, and per family the median marginal cost a call.
+With --layer N (a layer's kernel count in the step's plan), it also prints, for each position
+inside a layer, the median marginal cost over the layers: the kernels after the first --skip
+and before the last --tail (the embedding and the LM head) taken N at a time."""
 import argparse
 import gzip
 import json
@@ -54,6 +57,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("trace")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--layer", type=int, default=0, help="kernels per layer (0: no per-layer table)")
+    ap.add_argument("--skip", type=int, default=1, help="kernels before the first layer")
+    ap.add_argument("--tail", type=int, default=1, help="kernels after the last layer")
     a = ap.parse_args(argv)
     opener = gzip.open if a.trace.endswith(".gz") else open
     with opener(a.trace, "rt") as f:
@@ -74,6 +80,15 @@ def main(argv=None) -> None:
     print(f"the {a.top} kernels with the largest marginal cost:")
     for name, m, d in sorted(rows, key=lambda r: -r[1])[:a.top]:
         print(f"  {m:8.2f} us (duration {d:8.2f})  {name[:90]}")
+    if a.layer:
+        body = rows[a.skip:len(rows) - a.tail]
+        if not body or len(body) % a.layer:
+            raise SystemExit(f"--layer {a.layer}: {len(body)} kernels between --skip {a.skip} and "
+                             f"--tail {a.tail} are not whole layers of {a.layer}")
+        print(f"per position in a layer ({len(body) // a.layer} layers): median marginal us, name")
+        for j in range(a.layer):
+            ms = [m for _, m, _ in body[j::a.layer]]
+            print(f"  {j}: {statistics.median(ms):7.2f}  {body[j][0][:60]}")
 
 
 if __name__ == "__main__":
