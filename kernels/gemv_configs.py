@@ -83,6 +83,7 @@ def table_from(path):
     a table before a re-tune against the re-tuned one)."""
     before = _TABLES["file"]
     _TABLES["file"] = str(path)
+    _load_file.cache_clear()    # read as it is now, not as an earlier block read it
     try:
         yield
     finally:

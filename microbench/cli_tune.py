@@ -21,6 +21,25 @@ VARY = ("table", "pdl", "plan", "attention", "blas", "splits", "previous-table")
 BLAS_ROWS = (32, 64, 128)       # --vary blas's default batches (rows of the wide path)
 SPLIT_ROWS = (8, 16, 32)        # --vary splits's: where the two split rules differ
 RECORDED = ("pdl", "blas", "splits")   # the --vary choices whose winner is written into a table
+AB_TABLE_ENV = "MICROBENCH_AB_TABLE"   # --vary previous-table's second arm reads this table
+
+
+def previous_table_problem(path: str, device_name: str | None = None) -> str | None:
+    """What is wrong with `path` as --vary previous-table's table (None: nothing): it must be a
+    gemv table file with tuned entries, for `device_name` when given."""
+    if not path:
+        return (f"set {AB_TABLE_ENV} to a copy of the device's gemv table "
+                "(kernels/configs/gemv_<device>.json) taken before a re-tune")
+    try:
+        table = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        return f"{AB_TABLE_ENV}={path}: not a readable JSON table ({e.__class__.__name__})"
+    if not isinstance(table, dict) or not isinstance(table.get("configs"), dict) or not table["configs"]:
+        return f"{AB_TABLE_ENV}={path}: no tuned entries (a gemv table has a non-empty 'configs')"
+    if device_name is not None and table.get("device") != device_name:
+        return (f"{AB_TABLE_ENV}={path}: a table for {table.get('device')!r}, not this GPU "
+                f"({device_name!r})")
+    return None
 
 
 @click.command()
@@ -54,7 +73,9 @@ RECORDED = ("pdl", "blas", "splits")   # the --vary choices whose winner is writ
                    "decoders then follow between measured batches that both chose cuBLASLt), "
                    "splits (the fused attention's split count rounded up to fill the GPU against "
                    "capped at it; the faster beyond noise at each --rows batch is recorded in the "
-                   "device's splits table, which decoders follow at exactly those batches).")
+                   "device's splits table, which decoders follow at exactly those batches), "
+                   f"previous-table (the device's gemv table against the one at ${AB_TABLE_ENV}, "
+                   "a copy taken before a re-tune; --rows up to 16).")
 @click.option("--table", "table_dir", type=click.Path(file_okay=False), default=None,
               help="Folder to write the table (or --vary pdl's, blas's or splits's) into (default: the installed "
                    "package's kernels/configs, the only folder the decoder reads tables from).")
@@ -76,9 +97,10 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
         bad = [r for r in rows if r not in BUCKETS]
         if bad:
             usage(f"--rows: {bad[0]} is not a row bucket; allowed {', '.join(map(str, BUCKETS))}")
-    if vary == "previous-table" and not os.path.isfile(os.environ.get("MICROBENCH_AB_TABLE", "")):
-        usage("--vary previous-table: set MICROBENCH_AB_TABLE to a copy of the device's gemv "
-              "table taken before a re-tune")
+    if vary == "previous-table":
+        problem = previous_table_problem(os.environ.get(AB_TABLE_ENV, ""))
+        if problem:
+            usage(f"--vary previous-table: {problem}")
     if ab_preset and vary not in RECORDED and table_dir:
         usage(f"--table: --ab --vary {vary} writes no table (only --vary pdl, blas, splits and "
               "tuning do)")
@@ -87,6 +109,10 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
 
     from microbench.engine import blas, pdl, splits
     from microbench.kernels import gemv_configs
+    if vary == "previous-table":
+        problem = previous_table_problem(os.environ[AB_TABLE_ENV], torch.cuda.get_device_name())
+        if problem:
+            usage(f"--vary previous-table: {problem}")
     if vary == "pdl" and torch.cuda.get_device_capability()[0] < 9:
         usage(f"--vary pdl: {torch.cuda.get_device_name()} has no programmatic dependent "
               "launch (it needs compute capability 9.0 or newer)")

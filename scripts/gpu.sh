@@ -19,14 +19,18 @@
 #            launch           launch, replay, copy and matmul constants (microbench launch)
 #            arms             the arms in $ARMS side by side, per preset in $PRESETS, batch sizes $BS
 #            trace            a sweep with --trace (a Perfetto trace of one eager and one graphed step)
-#                             per preset in $TRACE_PRESETS and batch in $TRACE_BS, and the graphed
-#                             step's time kernel by kernel (scripts/trace_marginal.py)
+#                             per preset in $TRACE_PRESETS and batch in $TRACE_BS (both lists
+#                             space-separated), and the graphed step's time kernel by kernel and
+#                             per position in a layer (scripts/trace_marginal.py --layer
+#                             $TRACE_LAYER: default 5, a layer's kernels in the fused plan up to
+#                             16 rows; 0 for none, as above 16 rows)
 #            ab               whole graph steps of decoders interleaved in one process
 #                             (microbench tune --ab), per preset in $AB_PRESETS and per variant in
 #                             $VARY (default table: the tuned matmul table against the rule; blas:
 #                             cuBLAS against cuBLASLt, AB_ROWS=32,64,128; splits: the fused
-#                             attention's split count, AB_ROWS=8,16,32) at the batch sizes
-#                             $AB_ROWS (default 1)
+#                             attention's split count, AB_ROWS=8,16,32; previous-table: the
+#                             device's gemv table against the copy at $MICROBENCH_AB_TABLE) at
+#                             the batch sizes $AB_ROWS (default 1)
 #            startup          the compile arm's set-up, cold and warm compile caches (microbench startup)
 #            headroom         memory-headroom under --gpu-memory-utilization 0.9
 #            reproduce        the eight phenomena and their report (stopped after $REPRODUCE_S s)
@@ -134,12 +138,16 @@ for st in $stages; do
       # --trace, then where its graphed step's time goes kernel by kernel (trace_marginal.py)
       rc=0
       for p in ${TRACE_PRESETS:-opt-125m}; do
-        for b in ${TRACE_BS:-1}; do
+        for b in ${TRACE_BS:-1}; do   # one batch size a sweep: the trace is of the first
           microbench sweep --bs $b --preset $p --trace "$new/trace" --out "$new" --quiet 2>&1 \
             | tee "$LOG/trace-$p-bs$b.log" | tail -3
           r=$?; [ $r -ne 0 ] && rc=$r
-          t=$(ls -t "$new"/trace/*.trace.json | head -1)
-          python3 scripts/trace_marginal.py "$t" 2>&1 | tee -a "$LOG/trace-$p-bs$b.log"
+          t=$(ls -t "$new"/trace/*.trace.json 2>/dev/null | head -1)
+          if [ -z "$t" ]; then
+            echo "no trace written for $p at bs $b" | tee -a "$LOG/trace-$p-bs$b.log"; rc=1; continue
+          fi
+          python3 scripts/trace_marginal.py "$t" --layer ${TRACE_LAYER:-5} 2>&1 | tee -a "$LOG/trace-$p-bs$b.log"
+          r=$?; [ $r -ne 0 ] && rc=$r
           gzip "$t"
         done
       done ;;

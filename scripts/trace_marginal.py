@@ -29,12 +29,18 @@ def family(name: str) -> str:
 
 
 def graph_kernels(events: list) -> list:
-    """The kernels of the trace's graph replay: those whose correlation id is a
-    cudaGraphLaunch's (the last one, if several), sorted by start."""
-    launches = [e for e in events if e.get("name") == "cudaGraphLaunch" and e.get("ph") == "X"]
+    """The kernels of the trace's graph replay: those whose correlation id is its
+    cudaGraphLaunch's (the latest one, with a note on stderr, if there are several), sorted by
+    start. A trace without one, or whose launch has no kernels, stops with a one-line error."""
+    launches = [e for e in events if e.get("name") == "cudaGraphLaunch" and e.get("ph") == "X"
+                and e.get("args", {}).get("correlation") is not None]
     if not launches:
         raise SystemExit("no cudaGraphLaunch in the trace: was it written with a graph arm?")
-    corr = launches[-1].get("args", {}).get("correlation")
+    launch = max(launches, key=lambda e: e["ts"])
+    if len(launches) > 1:
+        print(f"note: {len(launches)} graph launches in the trace; taking the latest",
+              file=sys.stderr)
+    corr = launch["args"]["correlation"]
     ks = [e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X"
           and e.get("args", {}).get("correlation") == corr]
     if not ks:
@@ -43,12 +49,13 @@ def graph_kernels(events: list) -> list:
 
 
 def marginal(kernels: list) -> list:
-    """(name, marginal us, duration us) per kernel, in order of their ends: the first kernel is
-    charged its whole duration, each later one the time from the previous end to its own."""
-    out, last_end = [], None
+    """(name, marginal us, duration us) per kernel, in order of their ends: the first to end is
+    charged from the earliest start, each later one from the previous end to its own, so the
+    charges sum to the span from the first start to the last end."""
+    out, last_end = [], min(e["ts"] for e in kernels)
     for e in sorted(kernels, key=lambda e: e["ts"] + e["dur"]):
         end = e["ts"] + e["dur"]
-        out.append((e["name"], e["dur"] if last_end is None else end - last_end, e["dur"]))
+        out.append((e["name"], end - last_end, e["dur"]))
         last_end = end
     return out
 
@@ -62,8 +69,11 @@ def main(argv=None) -> None:
     ap.add_argument("--tail", type=int, default=1, help="kernels after the last layer")
     a = ap.parse_args(argv)
     opener = gzip.open if a.trace.endswith(".gz") else open
-    with opener(a.trace, "rt") as f:
-        events = json.load(f)["traceEvents"]
+    try:
+        with opener(a.trace, "rt") as f:
+            events = json.load(f)["traceEvents"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"{a.trace}: not a readable profiler trace ({e.__class__.__name__})")
     ks = graph_kernels(events)
     rows = marginal(ks)
     span = max(e["ts"] + e["dur"] for e in ks) - min(e["ts"] for e in ks)

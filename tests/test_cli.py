@@ -119,6 +119,30 @@ def test_tune_vary_blas_takes_any_batch_size_above_16():
     assert code == 1 and "needs a CUDA GPU" in out and "--rows" not in out
 
 
+@pytest.mark.parametrize("content", [None, "{not json", json.dumps({"configs": {}}),
+                                     json.dumps([1, 2])])
+def test_tune_vary_previous_table_needs_a_table_to_compare(tmp_path, monkeypatch, content):
+    """--vary previous-table reads its second arm's table from MICROBENCH_AB_TABLE: unset, or a
+    file that is not a gemv table with entries, is one line and exit 2, before any GPU work."""
+    if content is None:
+        monkeypatch.delenv("MICROBENCH_AB_TABLE", raising=False)
+    else:
+        f = tmp_path / "before.json"
+        f.write_text(content)
+        monkeypatch.setenv("MICROBENCH_AB_TABLE", str(f))
+    assert_usage_error(("tune", "--ab", "opt-125m", "--vary", "previous-table"), "previous-table")
+
+
+def test_previous_table_is_checked_against_the_gpu(tmp_path):
+    from microbench.cli_tune import previous_table_problem
+    f = tmp_path / "before.json"
+    f.write_text(json.dumps({"device": "NVIDIA H200", "configs": {"N=1,K=2,norm=0,epi=0,elt=2": {}}}))
+    assert previous_table_problem(str(f)) is None
+    assert previous_table_problem(str(f), "NVIDIA H200") is None
+    assert "not this GPU" in previous_table_problem(str(f), "NVIDIA H100 80GB HBM3")
+    assert "MICROBENCH_AB_TABLE" in previous_table_problem("")
+
+
 def test_unwritable_out(tmp_path):
     f = tmp_path / "file"
     f.write_text("")

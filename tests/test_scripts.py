@@ -131,3 +131,52 @@ def test_targets_from_the_committed_runs(capsys):
     assert ("| opt-125m bs 1 graph / torch-compile | <= 0.80 | no torch-compile arm in this run "
             "| - |") in out
     assert "| llama-8b bs 4 / bs 1 | <= 1.05 |" in out
+
+
+def _trace(path, kernels, corr=7, launches=1):
+    """A profiler trace with `launches` cudaGraphLaunch events (the last at correlation corr),
+    the graph's kernels (name, start, duration) under corr, and an eager kernel under another."""
+    ev = [{"name": "cudaGraphLaunch", "ph": "X", "cat": "cuda_runtime", "ts": 1000 * i, "dur": 5,
+           "args": {"correlation": corr - launches + 1 + i}} for i in range(launches)]
+    ev += [{"name": n, "ph": "X", "cat": "kernel", "ts": t, "dur": d, "args": {"correlation": corr}}
+           for n, t, d in kernels]
+    ev.append({"name": "eager_kernel", "ph": "X", "cat": "kernel", "ts": 0, "dur": 50,
+               "args": {"correlation": 3}})
+    path.write_text(json.dumps({"traceEvents": ev}))
+    return str(path)
+
+
+def test_trace_marginal_charges_each_kernel_from_the_previous_end(tmp_path, capsys):
+    """Overlapping kernels (PDL): each is charged from the previous kernel's end to its own, the
+    charges sum to the replay's span, and kernels of other launches are left out."""
+    tm = _load("trace_marginal")
+    # embed, then two layers of (matmul, attention) overlapping, then the LM head
+    ks = [("_embed_kernel", 100, 2), ("_gemv_kernel", 101, 6), ("_rope_attend_kernel", 105, 5),
+          ("_gemv_kernel", 109, 4), ("_rope_attend_kernel", 112, 6), ("_gemv_kernel", 116, 20)]
+    f = _trace(tmp_path / "t.json", ks)
+    rows = tm.marginal(tm.graph_kernels(json.loads(Path(f).read_text())["traceEvents"]))
+    assert [round(m, 6) for _, m, _ in rows] == [2, 5, 3, 3, 5, 18]
+    assert sum(m for _, m, _ in rows) == 136 - 100
+    tm.main([f, "--layer", "2"])
+    out = capsys.readouterr().out
+    assert "graph replay of 6 kernels, 36.0 us" in out and "eager_kernel" not in out
+    assert "0:    4.00  _gemv_kernel" in out and "1:    4.00  _rope_attend_kernel" in out
+
+
+def test_trace_marginal_takes_the_latest_graph_launch_and_refuses_what_it_cannot_read(tmp_path):
+    tm = _load("trace_marginal")
+    f = _trace(tmp_path / "t.json", [("_gemv_kernel", 5000, 3)], corr=9, launches=3)
+    assert [n for n, _, _ in tm.marginal(tm.graph_kernels(json.loads(Path(f).read_text())["traceEvents"]))] == ["_gemv_kernel"]
+    for bad in (tmp_path / "missing.json", tmp_path / "broken.json"):
+        if bad.name == "broken.json":
+            bad.write_text("{")
+        with pytest.raises(SystemExit, match="not a readable profiler trace"):
+            tm.main([str(bad)])
+    nolaunch = tmp_path / "n.json"
+    nolaunch.write_text(json.dumps({"traceEvents": [{"name": "k", "ph": "X", "cat": "kernel",
+                                                     "ts": 0, "dur": 1, "args": {}}]}))
+    with pytest.raises(SystemExit, match="no cudaGraphLaunch"):
+        tm.main([str(nolaunch)])
+    f = _trace(tmp_path / "t3.json", [("a", 0, 1), ("b", 1, 1), ("c", 2, 1)])
+    with pytest.raises(SystemExit, match="not whole layers"):
+        tm.main([f, "--layer", "2", "--skip", "0", "--tail", "0"])

@@ -236,7 +236,8 @@ def _graphed_step(preset: str, bs: int, context: int, table: bool = True,
                   table_file: str | None = None, **dec_kw):
     """A GraphRunner with `bs` captured for `preset`, built with decoder settings `dec_kw`, its
     skinny matmuls bound with the tuned table's configs (table) or the rule's (the table hidden
-    while the step is bound)."""
+    while the step is bound), or with the table at the path in environment variable
+    `table_file`."""
     import torch
 
     from microbench.bench.inputs import step_inputs
@@ -245,11 +246,8 @@ def _graphed_step(preset: str, bs: int, context: int, table: bool = True,
     from microbench.engine.runner import GraphRunner
     if "fusion" in dec_kw:
         dec_kw["fusion"] = Fusion[dec_kw["fusion"]]
-    if table_file is not None:
-        path = os.environ.get(table_file, "")
-        if not os.path.isfile(path):
-            raise ValueError(f"--vary previous-table: ${table_file} must name a table file, got {path!r}")
-        swap = gemv_configs.table_from(path)
+    if table_file is not None:   # the name of the variable that holds the table's path
+        swap = gemv_configs.table_from(os.environ[table_file])
     else:
         swap = contextlib.nullcontext() if table else gemv_configs.tables_off()
     with swap:

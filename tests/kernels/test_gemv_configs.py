@@ -95,3 +95,44 @@ def test_tables_off_hides_every_table(fake_table):
 def test_the_clis_buckets_are_the_tables():
     from microbench.cli_tune import BUCKETS
     assert BUCKETS == gc.ROW_BUCKETS
+
+
+def test_table_from_binds_another_tables_entries(fake_table, tmp_path):
+    """Inside table_from(path) the wrappers read that file's entries, not the device's (tune --ab
+    --vary previous-table's second arm); after it, the device's again; a file rewritten between
+    two blocks is read as it is now."""
+    key = gc.shape_key(6144, 4096, True, 0, 2)
+    device = dict(BLOCK_N=4, BLOCK_K=512, STAGES=3, num_warps=4, AHEAD=0, DOT=0, DEFER=1, SPLIT=1)
+    other = dict(BLOCK_N=128, BLOCK_K=64, STAGES=6, num_warps=4, AHEAD=0, DOT=2, DEFER=0, SPLIT=1)
+    fake_table({key: {"1": device}})
+    f = tmp_path / "before.json"
+    f.write_text(json.dumps({"device": "Fake GPU", "configs": {key: {"1": other}}}))
+    pick = lambda: gc.choose_config(6144, 4096, 1, 2, norm=True, epi=0, device_name="Fake GPU")
+    assert pick() == device
+    with gc.table_from(f):
+        assert pick() == other
+        # a shape the other table lacks takes the rule, not the device's entry
+        assert gc.choose_config(4096, 4096, 1, 2, device_name="Fake GPU") == gc.rule_config(4096, 4096, 1, 2)
+    assert pick() == device
+    f.write_text(json.dumps({"configs": {key: {"1": dict(other, BLOCK_K=128)}}}))
+    with gc.table_from(f):
+        assert pick()["BLOCK_K"] == 128
+
+
+def test_one_row_candidates_hold_the_128_row_wide_side_tiles():
+    """The tiles that win every LM head from two rows up are timed at one row too (they were
+    missing there, and the one-row LM heads kept slower CUDA-core tiles)."""
+    for k in (768, 2048, 4096):
+        got = {(c["BLOCK_N"], c["BLOCK_K"], c["STAGES"], c["num_warps"])
+               for c in gc.candidates(k, 1, 2) if c["DOT"] == 2 and c["SPLIT"] == 1}
+        assert {(128, 64, 6, 4), (128, 128, 4, 8)} <= got, (k, got)
+
+
+def test_every_committed_entry_is_a_candidate_of_its_bucket():
+    """A table entry the tuner could not have chosen would be a hand edit."""
+    for path in sorted(gc.CONFIG_DIR.glob("gemv_*.json")):
+        for key, buckets in json.loads(path.read_text())["configs"].items():
+            k, elt = int(key.split("K=")[1].split(",")[0]), int(key.split("elt=")[1])
+            for bucket, entry in buckets.items():
+                cfg = {name: entry.get(name, gc.DEFAULTS.get(name, 0)) for name in gc.LAUNCH_KEYS}
+                assert cfg in gc.candidates(k, int(bucket), elt), (path.name, key, bucket, cfg)
