@@ -21,9 +21,10 @@
 #            trace            a sweep with --trace (a Perfetto trace of one eager and one graphed step)
 #                             per preset in $TRACE_PRESETS and batch in $TRACE_BS (both lists
 #                             space-separated), and the graphed step's time kernel by kernel and
-#                             per position in a layer (scripts/trace_marginal.py --layer
-#                             $TRACE_LAYER: default 5, a layer's kernels in the fused plan up to
-#                             16 rows; 0 for none, as above 16 rows)
+#                             per position in a layer and per op, named by the step plan
+#                             (scripts/trace_marginal.py --layer $TRACE_LAYER: default 5, a
+#                             layer's kernels in the fused plan up to 16 rows; 0 for none, as
+#                             above 16 rows)
 #            ab               whole graph steps of decoders interleaved in one process
 #                             (microbench tune --ab), per preset in $AB_PRESETS and per variant in
 #                             $VARY (default table: the tuned matmul table against the rule; blas:
@@ -146,7 +147,7 @@ for st in $stages; do
           if [ -z "$t" ]; then
             echo "no trace written for $p at bs $b" | tee -a "$LOG/trace-$p-bs$b.log"; rc=1; continue
           fi
-          python3 scripts/trace_marginal.py "$t" --layer ${TRACE_LAYER:-5} 2>&1 | tee -a "$LOG/trace-$p-bs$b.log"
+          python3 scripts/trace_marginal.py "$t" --layer ${TRACE_LAYER:-5} --preset $p --bs $b 2>&1 | tee -a "$LOG/trace-$p-bs$b.log"
           r=$?; [ $r -ne 0 ] && rc=$r
           gzip "$t"
         done

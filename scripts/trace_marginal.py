@@ -1,6 +1,7 @@
 """Where a graphed step's time goes, kernel by kernel, from a sweep's profiler trace.
 
 usage: python scripts/trace_marginal.py TRACE.json[.gz] [--top 12] [--layer N [--skip 1 --tail 1]]
+           [--preset P --bs B [--context 512]]
 
 `microbench sweep --bs N --trace DIR` writes one eager and one graphed step under the PyTorch
 profiler. With programmatic dependent launch the graph's kernels overlap (each starts before
@@ -12,7 +13,10 @@ end. It prints that per kernel family (the sweep's families: bench.profile.KERNE
 the kernels with the largest marginal cost, and per family the median marginal cost a call.
 With --layer N (a layer's kernel count in the step's plan), it also prints, for each position
 inside a layer, the median marginal cost over the layers: the kernels after the first --skip
-and before the last --tail (the embedding and the LM head) taken N at a time."""
+and before the last --tail (the embedding and the LM head) taken N at a time. With --preset,
+--bs and --context (the traced sweep's), each kernel takes its op's name from the step plan
+(engine.plan.step_kernels, whose order is the launch order), and a table per op adds the bytes
+the plan says it moves and their rate on the critical path: bytes over marginal time."""
 import argparse
 import gzip
 import json
@@ -55,9 +59,25 @@ def marginal(kernels: list) -> list:
     out, last_end = [], min(e["ts"] for e in kernels)
     for e in sorted(kernels, key=lambda e: e["ts"] + e["dur"]):
         end = e["ts"] + e["dur"]
-        out.append((e["name"], end - last_end, e["dur"]))
+        out.append((e.get("op", e["name"]), end - last_end, e["dur"]))
         last_end = end
     return out
+
+
+def name_by_plan(kernels: list, preset: str, bs: int, context: int) -> dict:
+    """Give each kernel (sorted by start) its op's name from the step plan ("op" key); returns
+    {op name: bytes the plan says one call moves}. A plan of another length stops in one line."""
+    from microbench.engine.plan import step_kernels
+    from microbench.engine.shapes import PRESETS
+    if preset not in PRESETS:
+        raise SystemExit(f"--preset: {preset!r} is not one of {', '.join(PRESETS)}")
+    plan = step_kernels(PRESETS[preset], bs, context)
+    if len(plan) != len(kernels):
+        raise SystemExit(f"--preset {preset} --bs {bs}: the plan has {len(plan)} kernels, the "
+                         f"graph replay {len(kernels)}: not this sweep's step")
+    for e, k in zip(kernels, plan):
+        e["op"] = k.name
+    return {k.name: k.bytes for k in plan}
 
 
 def main(argv=None) -> None:
@@ -67,6 +87,9 @@ def main(argv=None) -> None:
     ap.add_argument("--layer", type=int, default=0, help="kernels per layer (0: no per-layer table)")
     ap.add_argument("--skip", type=int, default=1, help="kernels before the first layer")
     ap.add_argument("--tail", type=int, default=1, help="kernels after the last layer")
+    ap.add_argument("--preset", default=None, help="the traced sweep's preset: ops named by its plan")
+    ap.add_argument("--bs", type=int, default=1, help="the traced batch size (with --preset)")
+    ap.add_argument("--context", type=int, default=512, help="the sweep's context (with --preset)")
     a = ap.parse_args(argv)
     opener = gzip.open if a.trace.endswith(".gz") else open
     try:
@@ -75,13 +98,14 @@ def main(argv=None) -> None:
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"{a.trace}: not a readable profiler trace ({e.__class__.__name__})")
     ks = graph_kernels(events)
+    op_bytes = name_by_plan(ks, a.preset, a.bs, a.context) if a.preset else {}
     rows = marginal(ks)
     span = max(e["ts"] + e["dur"] for e in ks) - min(e["ts"] for e in ks)
     print(f"{a.trace}: graph replay of {len(ks)} kernels, {span:.1f} us from the first start to "
           f"the last end; durations sum to {sum(d for _, _, d in rows):.1f} us")
     fams: dict = {}
-    for name, m, d in rows:
-        fams.setdefault(family(name), []).append((m, d))
+    for e, (_, m, d) in zip(sorted(ks, key=lambda e: e["ts"] + e["dur"]), rows):
+        fams.setdefault(family(e["name"]), []).append((m, d))
     print("family            calls  marginal us  share  median a call  duration us")
     for fam, xs in sorted(fams.items(), key=lambda kv: -sum(m for m, _ in kv[1])):
         tot = sum(m for m, _ in xs)
@@ -99,6 +123,16 @@ def main(argv=None) -> None:
         for j in range(a.layer):
             ms = [m for _, m, _ in body[j::a.layer]]
             print(f"  {j}: {statistics.median(ms):7.2f}  {body[j][0][:60]}")
+    if op_bytes:
+        ops: dict = {}
+        for name, m, _ in rows:
+            ops.setdefault(name, []).append(m)
+        print("op                     calls  marginal us  median a call       MB  GB/s on the path")
+        for name, ms in sorted(ops.items(), key=lambda kv: -sum(kv[1])):
+            mb, tot = op_bytes[name] * len(ms) / 1e6, sum(ms)
+            rate = f"{mb / tot * 1e3:16.0f}" if tot > 0 else f"{'-':>16}"
+            print(f"{name:<22} {len(ms):>5} {tot:>12.1f} {statistics.median(ms):>14.2f} "
+                  f"{mb:>8.1f} {rate}")
 
 
 if __name__ == "__main__":

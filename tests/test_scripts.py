@@ -180,3 +180,23 @@ def test_trace_marginal_takes_the_latest_graph_launch_and_refuses_what_it_cannot
     f = _trace(tmp_path / "t3.json", [("a", 0, 1), ("b", 1, 1), ("c", 2, 1)])
     with pytest.raises(SystemExit, match="not whole layers"):
         tm.main([f, "--layer", "2", "--skip", "0", "--tail", "0"])
+
+
+def test_trace_marginal_names_the_kernels_by_the_step_plan(tmp_path, capsys):
+    """With the sweep's preset and batch size each kernel takes its op's name in launch order,
+    and each op's bytes from the plan over its marginal time give its rate on the path; a plan
+    of another length is not this trace's step."""
+    from microbench.engine.plan import step_kernels
+    from microbench.engine.shapes import PRESETS
+    tm = _load("trace_marginal")
+    plan = step_kernels(PRESETS["tiny"], 1, 512)
+    ks = [(f"k{i}", 10 * i, 10) for i in range(len(plan))]      # back to back, 10 us each
+    f = _trace(tmp_path / "t.json", ks)
+    tm.main([f, "--preset", "tiny", "--bs", "1", "--layer", "5"])
+    out = capsys.readouterr().out
+    assert "  0:   10.00  qkv_proj:skinny" in out and "  1:   10.00  decode_attention" in out
+    lm = next(k for k in plan if k.name.startswith("lm_head"))
+    line = next(l for l in out.splitlines() if l.startswith(lm.name))
+    assert line.split()[-1] == f"{lm.bytes / 10e-6 / 1e9:.0f}"          # bytes / 10 us, GB/s
+    with pytest.raises(SystemExit, match="not this sweep's step"):
+        tm.main([f, "--preset", "tiny", "--bs", "64"])
