@@ -11,6 +11,10 @@
 #            tune             the skinny matmuls' configs measured (microbench tune $TUNE_ARGS, e.g.
 #                             "--preset llama-8b --rows 1"; default every preset and bucket); the
 #                             table is copied to the logs
+#            retune           the buckets $RETUNE_ROWS (default 1) tuned again for every preset,
+#                             then each preset in $AB_PRESETS timed in whole graph steps with the
+#                             new table against the one before (tune --ab --vary previous-table);
+#                             both tables go to the logs: keep an entry only where the step agrees
 #            sweep            the default sweep of opt-125m and llama-1b, each from a cold Triton cache
 #            sweep3           three back-to-back default sweeps (how far the numbers move between runs)
 #            repeat           each preset in $PRESETS swept with --repeat 3 (three fresh processes)
@@ -87,6 +91,26 @@ for st in $stages; do
     tune)
       microbench tune ${TUNE_ARGS:-} 2>&1 | tee "$LOG/tune.log"; rc=$?
       cp kernels/configs/*.json "$LOG/" ;;
+    retune)
+      # a tile faster alone can make the step slower, so a re-tune is judged by whole steps:
+      # the table before it is kept, the rows $RETUNE_ROWS re-tuned, and each preset's graph
+      # steps with the new table timed against the kept one at those rows (--vary previous-table)
+      rows=${RETUNE_ROWS:-1}
+      before=$(python3 -c 'import torch; from microbench.kernels import gemv_configs as g
+print(g.table_path(torch.cuda.get_device_name()))' 2>/dev/null)
+      if [ -z "$before" ] || [ ! -f "$before" ]; then
+        echo "retune: no gemv table for this GPU (${before:-no CUDA device}) to compare against"; rc=1
+      else
+        cp "$before" "$LOG/gemv-before.json"
+        microbench tune --rows $rows 2>&1 | tee "$LOG/retune.log"; rc=$?
+        cp "$before" "$LOG/gemv-after.json"
+        for p in ${AB_PRESETS:-opt-125m llama-1b llama-8b}; do
+          [ $rc -ne 0 ] && break
+          MICROBENCH_AB_TABLE="$LOG/gemv-before.json" microbench tune --ab $p \
+            --vary previous-table --rows $rows 2>&1 | tee -a "$LOG/retune-ab.log"
+          r=$?; [ $r -ne 0 ] && rc=$r
+        done
+      fi ;;
     sweep)
       # cold: a fresh Triton cache, so compilation is inside the measured wall time
       rc=0
