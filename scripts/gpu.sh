@@ -171,7 +171,8 @@ print(g.table_path(torch.cuda.get_device_name()))' 2>/dev/null)
           if [ -z "$t" ]; then
             echo "no trace written for $p at bs $b" | tee -a "$LOG/trace-$p-bs$b.log"; rc=1; continue
           fi
-          python3 scripts/trace_marginal.py "$t" --layer ${TRACE_LAYER:-5} --preset $p --bs $b 2>&1 | tee -a "$LOG/trace-$p-bs$b.log"
+          python3 scripts/trace_marginal.py "$t" --layer ${TRACE_LAYER:-5} --preset $p --bs $b 2>&1 \
+            | tee -a "$LOG/trace-$p-bs$b.log"
           r=$?; [ $r -ne 0 ] && rc=$r
           gzip "$t"
         done
