@@ -18,14 +18,16 @@ def params(**over):
     return p.params
 
 
-def test_child_argv_repeats_every_option_but_its_own():
-    argv = child_argv(sweep, params(), "/tmp/p1")
-    assert argv[0] == "sweep" and argv[-5:] == ["--repeat", "1", "--out", "/tmp/p1", "--quiet"]
+def test_child_argv_repeats_every_option_but_its_own(tmp_path):
+    # the child's --out is a directory to be; a fixed path could exist as a file on the host
+    out = str(tmp_path / "p1")
+    argv = child_argv(sweep, params(), out)
+    assert argv[0] == "sweep" and argv[-5:] == ["--repeat", "1", "--out", out, "--quiet"]
     assert argv[argv.index("--bs") + 1] == "1,4" and "--split-launch" in argv
     assert argv[argv.index("--arms") + 1] == "eager,graph"
     assert argv.count("--repeat") == 1 and "--json" not in argv and "/x" not in argv
     assert "--no-tp1" not in argv and "--no-pin-cpu" not in argv   # unset flags stay out
-    assert "--no-pin-cpu" in child_argv(sweep, params(no_pin_cpu=True), "/tmp/p1")
+    assert "--no-pin-cpu" in child_argv(sweep, params(no_pin_cpu=True), out)
     # the child's own parse gives the parent's options back
     child = sweep.make_context("sweep", argv[1:])
     for k in ("bs", "preset", "mode", "ladder", "context", "time_budget", "steps", "split_launch"):
