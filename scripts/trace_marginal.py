@@ -12,8 +12,12 @@ step's critical path, which sums to the span from the first kernel's start to th
 end. It prints that per kernel family (the sweep's families: bench.profile.KERNEL_FAMILIES),
 the kernels with the largest marginal cost, and per family the median marginal cost a call.
 With --layer N (a layer's kernel count in the step's plan), it also prints, for each position
-inside a layer, the median marginal cost over the layers: the kernels after the first --skip
-and before the last --tail (the embedding and the LM head) taken N at a time. With --preset,
+inside a layer, the median over the layers of the marginal cost, of how long the kernel had
+started before the previous one ended (its lead: under PDL its launch and its work before the
+wait overlap the kernel before; negative, a gap), and of its duration: the kernels after the
+first --skip and before the last --tail (the embedding and the LM head) taken N at a time. A
+kernel that leads by much and still costs its time alone after the previous end did little of
+its work early. With --preset,
 --bs and --context (the traced sweep's), each kernel takes its op's name from the step plan
 (engine.plan.step_kernels, whose order is the launch order), and a table per op adds the bytes
 the plan says it moves and their rate on the critical path: bytes over marginal time."""
@@ -61,6 +65,16 @@ def marginal(kernels: list) -> list:
         end = e["ts"] + e["dur"]
         out.append((e.get("op", e["name"]), end - last_end, e["dur"]))
         last_end = end
+    return out
+
+
+def leads(kernels: list) -> list:
+    """Per kernel, in order of their ends as marginal() gives them: how long before the previous
+    kernel's end it started, in us (0 for the first; negative where it started after a gap)."""
+    out, last_end = [], None
+    for e in sorted(kernels, key=lambda e: e["ts"] + e["dur"]):
+        out.append(0.0 if last_end is None else last_end - e["ts"])
+        last_end = e["ts"] + e["dur"]
     return out
 
 
@@ -119,10 +133,14 @@ def main(argv=None) -> None:
         if not body or len(body) % a.layer:
             raise SystemExit(f"--layer {a.layer}: {len(body)} kernels between --skip {a.skip} and "
                              f"--tail {a.tail} are not whole layers of {a.layer}")
-        print(f"per position in a layer ({len(body) // a.layer} layers): median marginal us, name")
+        lead = leads(ks)[a.skip:len(rows) - a.tail]
+        print(f"per position in a layer ({len(body) // a.layer} layers): median marginal us, "
+              "lead us (started before the previous end), duration us, name")
         for j in range(a.layer):
             ms = [m for _, m, _ in body[j::a.layer]]
-            print(f"  {j}: {statistics.median(ms):7.2f}  {body[j][0][:60]}")
+            ds = [d for _, _, d in body[j::a.layer]]
+            print(f"  {j}: {statistics.median(ms):7.2f} {statistics.median(lead[j::a.layer]):7.2f} "
+                  f"{statistics.median(ds):7.2f}  {body[j][0][:60]}")
     if op_bytes:
         ops: dict = {}
         for name, m, _ in rows:

@@ -148,7 +148,8 @@ def _trace(path, kernels, corr=7, launches=1):
 
 def test_trace_marginal_charges_each_kernel_from_the_previous_end(tmp_path, capsys):
     """Overlapping kernels (PDL): each is charged from the previous kernel's end to its own, the
-    charges sum to the replay's span, and kernels of other launches are left out."""
+    charges sum to the replay's span, each one's lead is how long it had started before the
+    previous end, and kernels of other launches are left out."""
     tm = _load("trace_marginal")
     # embed, then two layers of (matmul, attention) overlapping, then the LM head
     ks = [("_embed_kernel", 100, 2), ("_gemv_kernel", 101, 6), ("_rope_attend_kernel", 105, 5),
@@ -157,10 +158,18 @@ def test_trace_marginal_charges_each_kernel_from_the_previous_end(tmp_path, caps
     rows = tm.marginal(tm.graph_kernels(json.loads(Path(f).read_text())["traceEvents"]))
     assert [round(m, 6) for _, m, _ in rows] == [2, 5, 3, 3, 5, 18]
     assert sum(m for _, m, _ in rows) == 136 - 100
+    kernels = tm.graph_kernels(json.loads(Path(f).read_text())["traceEvents"])
+    assert [round(x, 6) for x in tm.leads(kernels)] == [0, 1, 2, 1, 1, 2]
     tm.main([f, "--layer", "2"])
     out = capsys.readouterr().out
     assert "graph replay of 6 kernels, 36.0 us" in out and "eager_kernel" not in out
-    assert "0:    4.00  _gemv_kernel" in out and "1:    4.00  _rope_attend_kernel" in out
+    # per position: marginal, lead and duration medians over the two layers
+    assert "  0:    4.00    1.00    5.00  _gemv_kernel" in out
+    assert "  1:    4.00    1.50    5.50  _rope_attend_kernel" in out
+    # a kernel that starts after a gap leads by a negative time
+    g = _trace(tmp_path / "g.json", [("a", 0, 4), ("b", 7, 2)])
+    gk = tm.graph_kernels(json.loads(Path(g).read_text())["traceEvents"])
+    assert tm.leads(gk) == [0.0, -3]
 
 
 def test_trace_marginal_takes_the_latest_graph_launch_and_refuses_what_it_cannot_read(tmp_path):
@@ -194,7 +203,8 @@ def test_trace_marginal_names_the_kernels_by_the_step_plan(tmp_path, capsys):
     f = _trace(tmp_path / "t.json", ks)
     tm.main([f, "--preset", "tiny", "--bs", "1", "--layer", "5"])
     out = capsys.readouterr().out
-    assert "  0:   10.00  qkv_proj:skinny" in out and "  1:   10.00  decode_attention" in out
+    assert "  0:   10.00    0.00   10.00  qkv_proj:skinny" in out
+    assert "  1:   10.00    0.00   10.00  decode_attention" in out
     lm = next(k for k in plan if k.name.startswith("lm_head"))
     line = next(l for l in out.splitlines() if l.startswith(lm.name))
     assert line.split()[-1] == f"{lm.bytes / 10e-6 / 1e9:.0f}"          # bytes / 10 us, GB/s
