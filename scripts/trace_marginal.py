@@ -112,6 +112,10 @@ def main(argv=None) -> None:
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"{a.trace}: not a readable profiler trace ({e.__class__.__name__})")
     ks = graph_kernels(events)
+    by_end = sorted(ks, key=lambda e: e["ts"] + e["dur"])
+    if [id(e) for e in by_end] != [id(e) for e in ks]:
+        print("note: some kernels end before one launched ahead of them; the per-position "
+              "table counts positions in order of their ends", file=sys.stderr)
     op_bytes = name_by_plan(ks, a.preset, a.bs, a.context) if a.preset else {}
     rows = marginal(ks)
     span = max(e["ts"] + e["dur"] for e in ks) - min(e["ts"] for e in ks)

@@ -170,6 +170,10 @@ def test_trace_marginal_charges_each_kernel_from_the_previous_end(tmp_path, caps
     g = _trace(tmp_path / "g.json", [("a", 0, 4), ("b", 7, 2)])
     gk = tm.graph_kernels(json.loads(Path(g).read_text())["traceEvents"])
     assert tm.leads(gk) == [0.0, -3]
+    # taken in order of their ends, as marginal() takes them: b ends inside a, which began first
+    o = _trace(tmp_path / "o.json", [("a", 0, 10), ("b", 2, 3), ("c", 9, 4)])
+    ok = tm.graph_kernels(json.loads(Path(o).read_text())["traceEvents"])
+    assert [n for n, _, _ in tm.marginal(ok)] == ["b", "a", "c"] and tm.leads(ok) == [0.0, 5, 1]
 
 
 def test_trace_marginal_takes_the_latest_graph_launch_and_refuses_what_it_cannot_read(tmp_path):
