@@ -56,12 +56,17 @@ def graph_kernels(events: list) -> list:
     return sorted(ks, key=lambda e: e["ts"])
 
 
+def by_end(kernels: list) -> list:
+    """The kernels in order of their ends, the order every per-kernel figure here is taken in."""
+    return sorted(kernels, key=lambda e: e["ts"] + e["dur"])
+
+
 def marginal(kernels: list) -> list:
     """(name, marginal us, duration us) per kernel, in order of their ends: the first to end is
     charged from the earliest start, each later one from the previous end to its own, so the
     charges sum to the span from the first start to the last end."""
     out, last_end = [], min(e["ts"] for e in kernels)
-    for e in sorted(kernels, key=lambda e: e["ts"] + e["dur"]):
+    for e in by_end(kernels):
         end = e["ts"] + e["dur"]
         out.append((e.get("op", e["name"]), end - last_end, e["dur"]))
         last_end = end
@@ -72,7 +77,7 @@ def leads(kernels: list) -> list:
     """Per kernel, in order of their ends as marginal() gives them: how long before the previous
     kernel's end it started, in us (0 for the first; negative where it started after a gap)."""
     out, last_end = [], None
-    for e in sorted(kernels, key=lambda e: e["ts"] + e["dur"]):
+    for e in by_end(kernels):
         out.append(0.0 if last_end is None else last_end - e["ts"])
         last_end = e["ts"] + e["dur"]
     return out
@@ -112,8 +117,8 @@ def main(argv=None) -> None:
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"{a.trace}: not a readable profiler trace ({e.__class__.__name__})")
     ks = graph_kernels(events)
-    by_end = sorted(ks, key=lambda e: e["ts"] + e["dur"])
-    if [id(e) for e in by_end] != [id(e) for e in ks]:
+    ends = by_end(ks)
+    if [id(e) for e in ends] != [id(e) for e in ks]:
         print("note: some kernels end before one launched ahead of them; the per-position "
               "table counts positions in order of their ends", file=sys.stderr)
     op_bytes = name_by_plan(ks, a.preset, a.bs, a.context) if a.preset else {}
@@ -122,7 +127,7 @@ def main(argv=None) -> None:
     print(f"{a.trace}: graph replay of {len(ks)} kernels, {span:.1f} us from the first start to "
           f"the last end; durations sum to {sum(d for _, _, d in rows):.1f} us")
     fams: dict = {}
-    for e, (_, m, d) in zip(sorted(ks, key=lambda e: e["ts"] + e["dur"]), rows):
+    for e, (_, m, d) in zip(ends, rows):
         fams.setdefault(family(e["name"]), []).append((m, d))
     print("family            calls  marginal us  share  median a call  duration us")
     for fam, xs in sorted(fams.items(), key=lambda kv: -sum(m for m, _ in kv[1])):
