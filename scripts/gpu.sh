@@ -36,6 +36,9 @@
 #                             attention's split count, AB_ROWS=8,16,32; previous-table: the
 #                             device's gemv table against the copy at $MICROBENCH_AB_TABLE) at
 #                             the batch sizes $AB_ROWS (default 1)
+#            probe            scripts/step_probe.py once per ';'-separated argument set in
+#                             $PROBE_ARGS (whole graph steps whose attention split count or
+#                             gemv table differ, interleaved in one process)
 #            startup          the compile arm's set-up, cold and warm compile caches (microbench startup)
 #            headroom         memory-headroom under --gpu-memory-utilization 0.9
 #            reproduce        the eight phenomena and their report (stopped after $REPRODUCE_S s)
@@ -188,6 +191,13 @@ print(g.table_path(torch.cuda.get_device_name()))' 2>/dev/null)
       # --vary pdl, blas and splits record their choices in the device's tables
       cp kernels/configs/pdl_*.json kernels/configs/blas_*.json kernels/configs/splits_*.json \
         "$LOG/" 2>/dev/null ;;
+    probe)
+      rc=0
+      IFS=';' read -ra sets <<< "${PROBE_ARGS:?probe: set PROBE_ARGS}"
+      for a in "${sets[@]}"; do
+        python3 scripts/step_probe.py $a 2>&1 | tee -a "$LOG/probe.log"
+        r=$?; [ $r -ne 0 ] && rc=$r
+      done ;;
     startup)
       microbench startup --preset opt-125m --bs 1 --timeout 240 --out "$new" 2>&1 | tee "$LOG/startup.log"; rc=$? ;;
     headroom)
