@@ -6,7 +6,8 @@ usage: python scripts/step_probe.py --preset llama-8b --bs 1 --arm default --arm
            --arm table=PATH --arm splits=3,table=PATH
 
 An arm is `default` (the decoder as the sweep builds it) or comma-separated settings:
-`splits=N` (every rope_store_attention launch takes N KV splits, 1 to the cache's tiles) and
+`splits=N` (every rope_store_attention launch takes N KV splits, 1 to the cache's tiles),
+`block_n=N` (its K/V tiles hold N keys: 16, 32, 64 or 128; the split count follows) and
 `table=PATH` (the skinny matmuls bound with the gemv table at PATH instead of the device's).
 The first arm is the reference of the ratios. Needs a CUDA GPU. This is a probe, for choosing
 what to build: a setting worth keeping goes into the decoder or a table, measured by the
@@ -19,8 +20,14 @@ import click
 
 # rope_store_attention's module (the package re-exports its function under the same name)
 RSA = importlib.import_module("microbench.kernels.rope_store_attention")
-_FORCED = {"splits": None}
+_FORCED = {"splits": None, "block_n": None}
 _fused_plan = RSA.fused_plan
+_block_n_for = RSA.block_n_for
+
+
+def _forced_block_n(device, head_dim, dtype):
+    """block_n_for, with the keys per K/V tile the arm being built forces (if any)."""
+    return _FORCED["block_n"] or _block_n_for(device, head_dim, dtype)
 
 
 def _forced_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=None, num_splits=None,
@@ -40,10 +47,13 @@ def parse_arm(spec: str) -> dict:
     out = {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")
-        if not sep or key not in ("splits", "table") or key in out:
-            raise click.BadParameter(f"{spec!r}: each setting is splits=N or table=PATH, once each; "
-                                     f"or the arm is 'default'", param_hint="--arm")
-        if key == "splits":
+        if not sep or key not in ("splits", "block_n", "table") or key in out:
+            raise click.BadParameter(f"{spec!r}: each setting is splits=N, block_n=N or table=PATH, "
+                                     f"once each; or the arm is 'default'", param_hint="--arm")
+        if key == "block_n" and value not in ("16", "32", "64", "128"):
+            raise click.BadParameter(f"{spec!r}: block_n must be 16, 32, 64 or 128",
+                                     param_hint="--arm")
+        if key in ("splits", "block_n"):
             if not value.isdigit() or int(value) < 1:
                 raise click.BadParameter(f"{spec!r}: splits must be a whole number >= 1",
                                          param_hint="--arm")
@@ -71,6 +81,7 @@ def main(preset, bs, arms, rounds):
     if not torch.cuda.is_available():
         raise click.UsageError("step_probe times graphed steps on a CUDA GPU; none is visible")
     RSA.fused_plan = _forced_plan
+    RSA.block_n_for = _forced_block_n
     build = tune._graphed_step
 
     def build_arm(preset, bs, context, probe_arm=None, **kw):
@@ -78,11 +89,11 @@ def main(preset, bs, arms, rounds):
         if "table" in s:   # _graphed_step reads the table's path from the variable it names
             os.environ[f"MICROBENCH_PROBE_TABLE_{list(settings).index(probe_arm)}"] = s["table"]
             kw["table_file"] = f"MICROBENCH_PROBE_TABLE_{list(settings).index(probe_arm)}"
-        _FORCED["splits"] = s.get("splits")
+        _FORCED.update(splits=s.get("splits"), block_n=s.get("block_n"))
         try:
             return build(preset, bs, context, **kw)
         finally:
-            _FORCED["splits"] = None
+            _FORCED.update(splits=None, block_n=None)
 
     tune._graphed_step = build_arm
     tune.VARIANTS["probe"] = tuple((spec, {"probe_arm": spec}) for spec in settings)
