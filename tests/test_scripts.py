@@ -214,3 +214,32 @@ def test_trace_marginal_names_the_kernels_by_the_step_plan(tmp_path, capsys):
     assert line.split()[-1] == f"{lm.bytes / 10e-6 / 1e9:.0f}"          # bytes / 10 us, GB/s
     with pytest.raises(SystemExit, match="not this sweep's step"):
         tm.main([f, "--preset", "tiny", "--bs", "64"])
+
+
+def test_step_probe_arms_and_the_plan_they_force(tmp_path):
+    import click
+    import torch
+    probe = _load("step_probe")
+    table = tmp_path / "t.json"
+    table.write_text("{}")
+    assert probe.parse_arm("default") == {}
+    assert probe.parse_arm(f"splits=3,block_n=32,table={table}") == dict(
+        splits=3, block_n=32, table=str(table))
+    for bad in ("splits=0", "splits=x", "block_n=48", "pdl=off", "splits=2,splits=3",
+                f"table={tmp_path / 'missing.json'}", "splits"):
+        with pytest.raises(click.BadParameter):
+            probe.parse_arm(bad)
+    cpu = torch.device("cpu")
+    # nothing forced: the decoder's own plan; forced: the arm's split count and tile
+    assert probe._forced_plan(1, 8, 520, cpu, 128, torch.bfloat16) == probe._fused_plan(
+        1, 8, 520, cpu, 128, torch.bfloat16)
+    assert probe._forced_block_n(cpu, 128, torch.bfloat16) == probe._block_n_for(
+        cpu, 128, torch.bfloat16)
+    probe._FORCED.update(splits=3, block_n=32)
+    try:
+        assert probe._forced_plan(1, 8, 520, cpu, 128, torch.bfloat16)[0] == 3
+        assert probe._forced_block_n(cpu, 128, torch.bfloat16) == 32
+        # a count the caller passes is kept (the kernel's own num_splits argument)
+        assert probe._forced_plan(1, 8, 520, cpu, 128, torch.bfloat16, 2)[0] == 2
+    finally:
+        probe._FORCED.update(splits=None, block_n=None)
