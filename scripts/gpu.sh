@@ -37,8 +37,8 @@
 #                             device's gemv table against the copy at $MICROBENCH_AB_TABLE) at
 #                             the batch sizes $AB_ROWS (default 1)
 #            probe            scripts/step_probe.py once per ';'-separated argument set in
-#                             $PROBE_ARGS (whole graph steps whose attention split count or
-#                             gemv table differ, interleaved in one process)
+#                             $PROBE_ARGS (whole graph steps whose attention split count, keys
+#                             per K/V tile or gemv table differ, interleaved in one process)
 #            startup          the compile arm's set-up, cold and warm compile caches (microbench startup)
 #            headroom         memory-headroom under --gpu-memory-utilization 0.9
 #            reproduce        the eight phenomena and their report (stopped after $REPRODUCE_S s)
@@ -193,11 +193,18 @@ print(g.table_path(torch.cuda.get_device_name()))' 2>/dev/null)
         "$LOG/" 2>/dev/null ;;
     probe)
       rc=0
-      IFS=';' read -ra sets <<< "${PROBE_ARGS:?probe: set PROBE_ARGS}"
-      for a in "${sets[@]}"; do
-        python3 scripts/step_probe.py $a 2>&1 | tee -a "$LOG/probe.log"
-        r=$?; [ $r -ne 0 ] && rc=$r
-      done ;;
+      if [ -z "${PROBE_ARGS:-}" ]; then
+        echo "probe: set PROBE_ARGS (step_probe.py's arguments, sets separated by ';')" \
+          | tee -a "$LOG/probe.log"; rc=2
+      else
+        IFS=';' read -ra sets <<< "$PROBE_ARGS"
+        for a in "${sets[@]}"; do
+          read -ra argv <<< "$a"   # split on spaces, no glob expansion
+          [ ${#argv[@]} -eq 0 ] && continue
+          python3 scripts/step_probe.py "${argv[@]}" 2>&1 | tee -a "$LOG/probe.log"
+          r=$?; [ $r -ne 0 ] && rc=$r
+        done
+      fi ;;
     startup)
       microbench startup --preset opt-125m --bs 1 --timeout 240 --out "$new" 2>&1 | tee "$LOG/startup.log"; rc=$? ;;
     headroom)

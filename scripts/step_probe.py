@@ -1,33 +1,34 @@
 """Whole graphed steps of one preset's decoders that differ in the fused attention's split count
-or in the skinny matmuls' table, interleaved in one process (the sampling of `microbench tune
---ab`: bench.tune.step_ab, AB/BA order, CUDA events, paired ratios with bootstrap intervals).
+or keys per tile, or in the skinny matmuls' table, interleaved in one process (the sampling of
+`microbench tune --ab`: bench.tune.step_ab, AB/BA order, CUDA events, paired ratios with
+bootstrap intervals).
 
 usage: python scripts/step_probe.py --preset llama-8b --bs 1 --arm default --arm splits=3 \
-           --arm table=PATH --arm splits=3,table=PATH
+           --arm block_n=32 --arm table=PATH --arm splits=3,table=PATH
 
 An arm is `default` (the decoder as the sweep builds it) or comma-separated settings:
-`splits=N` (every rope_store_attention launch takes N KV splits, 1 to the cache's tiles),
-`block_n=N` (its K/V tiles hold N keys: 16, 32, 64 or 128; the split count follows) and
-`table=PATH` (the skinny matmuls bound with the gemv table at PATH instead of the device's).
-The first arm is the reference of the ratios. Needs a CUDA GPU. This is a probe, for choosing
-what to build: a setting worth keeping goes into the decoder or a table, measured by the
-toolkit's own commands."""
+`splits=N` (every rope_store_attention launch takes N KV splits; N >= 1, and keep it at most
+the cache's K/V tiles: nothing here checks that), `block_n=N` (its K/V tiles hold N keys: 16,
+32, 64 or 128; the split count follows unless `splits` is given too) and `table=PATH` (the
+skinny matmuls bound with the gemv table at PATH instead of the device's). The first arm is the
+reference of the ratios. Needs a CUDA GPU. This is a probe, for choosing what to build: a
+setting worth keeping goes into the decoder or a table, measured by the toolkit's own commands."""
+import contextlib
 import importlib
+import json
 import os
 import sys
 
 import click
+
+from microbench.engine.shapes import PRESETS
 
 # rope_store_attention's module (the package re-exports its function under the same name)
 RSA = importlib.import_module("microbench.kernels.rope_store_attention")
 _FORCED = {"splits": None, "block_n": None}
 _fused_plan = RSA.fused_plan
 _block_n_for = RSA.block_n_for
-
-
-def _forced_block_n(device, head_dim, dtype):
-    """block_n_for, with the keys per K/V tile the arm being built forces (if any)."""
-    return _FORCED["block_n"] or _block_n_for(device, head_dim, dtype)
+BLOCK_N = ("16", "32", "64", "128")
 
 
 def _forced_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=None, num_splits=None,
@@ -40,6 +41,11 @@ def _forced_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=None,
                        capped=capped, **kw)
 
 
+def _forced_block_n(device, head_dim, dtype):
+    """block_n_for, with the keys per K/V tile the arm being built forces (if any)."""
+    return _FORCED["block_n"] or _block_n_for(device, head_dim, dtype)
+
+
 def parse_arm(spec: str) -> dict:
     """'default' -> {}; 'splits=3,table=p.json' -> {'splits': 3, 'table': 'p.json'}."""
     if spec == "default":
@@ -50,54 +56,82 @@ def parse_arm(spec: str) -> dict:
         if not sep or key not in ("splits", "block_n", "table") or key in out:
             raise click.BadParameter(f"{spec!r}: each setting is splits=N, block_n=N or table=PATH, "
                                      f"once each; or the arm is 'default'", param_hint="--arm")
-        if key == "block_n" and value not in ("16", "32", "64", "128"):
-            raise click.BadParameter(f"{spec!r}: block_n must be 16, 32, 64 or 128",
-                                     param_hint="--arm")
-        if key in ("splits", "block_n"):
-            if not value.isdigit() or int(value) < 1:
+        if key == "splits":
+            if not value.isdecimal() or int(value) < 1:
                 raise click.BadParameter(f"{spec!r}: splits must be a whole number >= 1",
                                          param_hint="--arm")
             out[key] = int(value)
+        elif key == "block_n":
+            if value not in BLOCK_N:
+                raise click.BadParameter(f"{spec!r}: block_n must be one of {', '.join(BLOCK_N)}",
+                                         param_hint="--arm")
+            out[key] = int(value)
         else:
-            if not os.path.isfile(value):
-                raise click.BadParameter(f"{spec!r}: no table file {value}", param_hint="--arm")
-            out[key] = value
+            out[key] = _table(spec, value)
     return out
 
 
-@click.command()
-@click.option("--preset", required=True)
-@click.option("--bs", type=click.IntRange(1, 512), default=1, show_default=True)
-@click.option("--arm", "arms", multiple=True, required=True,
-              help="default, or splits=N and/or table=PATH (comma-separated); two at least")
-@click.option("--rounds", type=click.IntRange(2, 400), default=40, show_default=True)
-def main(preset, bs, arms, rounds):
-    settings = {spec: parse_arm(spec) for spec in arms}
-    if len(settings) < 2:
-        raise click.UsageError("--arm: give two different arms at least")
-    import torch
+def _table(spec: str, path: str) -> str:
+    """`path`, once it reads as a gemv table with entries (a file without them would bind every
+    matmul with the rule, silently)."""
+    try:
+        configs = json.loads(open(path).read()).get("configs")
+    except (OSError, ValueError, AttributeError) as e:
+        raise click.BadParameter(f"{spec!r}: {path} is not a readable gemv table ({e})",
+                                 param_hint="--arm") from None
+    if not isinstance(configs, dict) or not configs:
+        raise click.BadParameter(f"{spec!r}: {path} holds no 'configs' entries", param_hint="--arm")
+    return path
 
+
+@contextlib.contextmanager
+def arms_patched(settings: dict):
+    """While open, bench.tune builds the arm `settings` names: its VARIANTS["probe"] lists the
+    arms, and its _graphed_step builds each with that arm's table and, through _FORCED, its
+    attention split count and tile (rope_store_attention reads fused_plan and block_n_for from
+    its module when it launches, which the graph captures inside _graphed_step). All of it is
+    put back on exit."""
     from microbench.bench import tune
-    if not torch.cuda.is_available():
-        raise click.UsageError("step_probe times graphed steps on a CUDA GPU; none is visible")
-    RSA.fused_plan = _forced_plan
-    RSA.block_n_for = _forced_block_n
     build = tune._graphed_step
+    saved = (RSA.fused_plan, RSA.block_n_for, build)
 
     def build_arm(preset, bs, context, probe_arm=None, **kw):
         s = settings[probe_arm]
         if "table" in s:   # _graphed_step reads the table's path from the variable it names
-            os.environ[f"MICROBENCH_PROBE_TABLE_{list(settings).index(probe_arm)}"] = s["table"]
-            kw["table_file"] = f"MICROBENCH_PROBE_TABLE_{list(settings).index(probe_arm)}"
+            var = f"MICROBENCH_PROBE_TABLE_{list(settings).index(probe_arm)}"
+            os.environ[var] = s["table"]
+            kw["table_file"] = var
         _FORCED.update(splits=s.get("splits"), block_n=s.get("block_n"))
         try:
             return build(preset, bs, context, **kw)
         finally:
             _FORCED.update(splits=None, block_n=None)
 
-    tune._graphed_step = build_arm
+    RSA.fused_plan, RSA.block_n_for, tune._graphed_step = _forced_plan, _forced_block_n, build_arm
     tune.VARIANTS["probe"] = tuple((spec, {"probe_arm": spec}) for spec in settings)
-    r = tune.step_ab(preset, bs, "probe", rounds=rounds)
+    try:
+        yield tune
+    finally:
+        RSA.fused_plan, RSA.block_n_for, tune._graphed_step = saved
+        del tune.VARIANTS["probe"]
+
+
+@click.command()
+@click.option("--preset", required=True, type=click.Choice(list(PRESETS)))
+@click.option("--bs", type=click.IntRange(1, 512), default=1, show_default=True)
+@click.option("--arm", "arms", multiple=True, required=True,
+              help="default, or splits=N, block_n=N and/or table=PATH (comma-separated); two "
+                   "at least")
+@click.option("--rounds", type=click.IntRange(2, 400), default=40, show_default=True)
+def main(preset, bs, arms, rounds):
+    settings = {spec: parse_arm(spec) for spec in arms}
+    if len(settings) < 2:
+        raise click.UsageError("--arm: give two different arms at least")
+    import torch
+    if not torch.cuda.is_available():
+        raise click.UsageError("step_probe times graphed steps on a CUDA GPU; none is visible")
+    with arms_patched(settings) as tune:
+        r = tune.step_ab(preset, bs, "probe", rounds=rounds)
     names = r["arms"]
     click.echo(f"{preset} bs {bs}: graph steps of {', '.join(names)}, interleaved, context "
                f"{r['context']}")

@@ -221,12 +221,15 @@ def test_step_probe_arms_and_the_plan_they_force(tmp_path):
     import torch
     probe = _load("step_probe")
     table = tmp_path / "t.json"
-    table.write_text("{}")
+    table.write_text(json.dumps({"configs": {"N=8,K=8,norm=0,epi=0,elt=2": {"1": {}}}}))
+    (tmp_path / "empty.json").write_text(json.dumps({"configs": {}}))
+    (tmp_path / "bad.json").write_text("{not json")
     assert probe.parse_arm("default") == {}
     assert probe.parse_arm(f"splits=3,block_n=32,table={table}") == dict(
         splits=3, block_n=32, table=str(table))
-    for bad in ("splits=0", "splits=x", "block_n=48", "pdl=off", "splits=2,splits=3",
-                f"table={tmp_path / 'missing.json'}", "splits"):
+    for bad in ("splits=0", "splits=x", "splits=\u00b2", "block_n=48", "pdl=off",
+                "splits=2,splits=3", "splits", f"table={tmp_path / 'missing.json'}",
+                f"table={tmp_path / 'empty.json'}", f"table={tmp_path / 'bad.json'}"):
         with pytest.raises(click.BadParameter):
             probe.parse_arm(bad)
     cpu = torch.device("cpu")
@@ -243,3 +246,39 @@ def test_step_probe_arms_and_the_plan_they_force(tmp_path):
         assert probe._forced_plan(1, 8, 520, cpu, 128, torch.bfloat16, 2)[0] == 2
     finally:
         probe._FORCED.update(splits=None, block_n=None)
+
+
+def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(tmp_path,
+                                                                               monkeypatch):
+    import torch
+
+    from microbench.bench import tune
+    probe = _load("step_probe")
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"configs": {"N=8,K=8,norm=0,epi=0,elt=2": {"1": {}}}}))
+    cpu = torch.device("cpu")
+    seen = []
+
+    def fake_build(preset, bs, context, table_file=None):
+        # what rope_store_attention would read from its module while this arm's graph is captured
+        seen.append(dict(splits=probe.RSA.fused_plan(bs, 8, 520, cpu, 128, torch.bfloat16)[0],
+                         block_n=probe.RSA.block_n_for(cpu, 128, torch.bfloat16),
+                         table=os.environ.get(table_file) if table_file else None))
+        return "runner", "step"
+
+    monkeypatch.setattr(tune, "_graphed_step", fake_build)
+    settings = {"default": {}, f"splits=3,block_n=32,table={table}": dict(
+        splits=3, block_n=32, table=str(table))}
+    with probe.arms_patched(settings) as patched:
+        assert [name for name, _ in patched.VARIANTS["probe"]] == list(settings)
+        for name, kw in patched.VARIANTS["probe"]:
+            assert patched._graphed_step("tiny", 1, 512, **kw) == ("runner", "step")
+        # between arms nothing is forced
+        assert probe._FORCED == dict(splits=None, block_n=None)
+    default = probe._fused_plan(1, 8, 520, cpu, 128, torch.bfloat16)[0]
+    assert seen == [dict(splits=default, block_n=probe._block_n_for(cpu, 128, torch.bfloat16),
+                         table=None),
+                    dict(splits=3, block_n=32, table=str(table))]
+    assert tune._graphed_step is fake_build and "probe" not in tune.VARIANTS
+    assert probe.RSA.fused_plan is probe._fused_plan
+    assert probe.RSA.block_n_for is probe._block_n_for
