@@ -24,20 +24,22 @@ RECORDED = ("pdl", "blas", "splits")   # the --vary choices whose winner is writ
 AB_TABLE_ENV = "MICROBENCH_AB_TABLE"   # --vary previous-table's second arm reads this table
 
 
-def previous_table_problem(path: str, device_name: str | None = None) -> str | None:
+def previous_table_problem(path: str, device_name: str | None = None,
+                           name: str = AB_TABLE_ENV) -> str | None:
     """What is wrong with `path` as --vary previous-table's table (None: nothing): it must be a
-    gemv table file with tuned entries, for `device_name` when given."""
+    gemv table file with tuned entries, for `device_name` when given. `name` is what the
+    messages call the setting that gave the path (scripts/step_probe.py's `table=` too)."""
     if not path:
-        return (f"set {AB_TABLE_ENV} to a copy of the device's gemv table "
+        return (f"set {name} to a copy of the device's gemv table "
                 "(kernels/configs/gemv_<device>.json) taken before a re-tune")
     try:
         table = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
-        return f"{AB_TABLE_ENV}={path}: not a readable JSON table ({e.__class__.__name__})"
+        return f"{name}={path}: not a readable JSON table ({e.__class__.__name__})"
     if not isinstance(table, dict) or not isinstance(table.get("configs"), dict) or not table["configs"]:
-        return f"{AB_TABLE_ENV}={path}: no tuned entries (a gemv table has a non-empty 'configs')"
+        return f"{name}={path}: no tuned entries (a gemv table has a non-empty 'configs')"
     if device_name is not None and table.get("device") != device_name:
-        return (f"{AB_TABLE_ENV}={path}: a table for {table.get('device')!r}, not this GPU "
+        return (f"{name}={path}: a table for {table.get('device')!r}, not this GPU "
                 f"({device_name!r})")
     return None
 

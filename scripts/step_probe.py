@@ -15,12 +15,13 @@ reference of the ratios. Needs a CUDA GPU. This is a probe, for choosing what to
 setting worth keeping goes into the decoder or a table, measured by the toolkit's own commands."""
 import contextlib
 import importlib
-import json
 import os
 import sys
 
 import click
+import torch
 
+from microbench.cli_tune import previous_table_problem
 from microbench.engine.shapes import PRESETS
 
 # rope_store_attention's module (the package re-exports its function under the same name)
@@ -31,14 +32,12 @@ _block_n_for = RSA.block_n_for
 BLOCK_N = ("16", "32", "64", "128")
 
 
-def _forced_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=None, num_splits=None,
-                 capped=False):
+def _forced_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,
+                 num_splits=None, capped=False):
     """fused_plan, with the split count the arm being built forces (if any)."""
     if num_splits is None and _FORCED["splits"] is not None:
         num_splits = _FORCED["splits"]
-    kw = {} if dtype is None else dict(dtype=dtype)
-    return _fused_plan(batch, num_kv_heads, max_seq, device, head_dim, num_splits=num_splits,
-                       capped=capped, **kw)
+    return _fused_plan(batch, num_kv_heads, max_seq, device, head_dim, dtype, num_splits, capped)
 
 
 def _forced_block_n(device, head_dim, dtype):
@@ -74,13 +73,9 @@ def parse_arm(spec: str) -> dict:
 def _table(spec: str, path: str) -> str:
     """`path`, once it reads as a gemv table with entries (a file without them would bind every
     matmul with the rule, silently)."""
-    try:
-        configs = json.loads(open(path).read()).get("configs")
-    except (OSError, ValueError, AttributeError) as e:
-        raise click.BadParameter(f"{spec!r}: {path} is not a readable gemv table ({e})",
-                                 param_hint="--arm") from None
-    if not isinstance(configs, dict) or not configs:
-        raise click.BadParameter(f"{spec!r}: {path} holds no 'configs' entries", param_hint="--arm")
+    problem = previous_table_problem(path, name="table")
+    if problem:
+        raise click.BadParameter(f"{spec!r}: {problem}", param_hint="--arm")
     return path
 
 
@@ -127,7 +122,6 @@ def main(preset, bs, arms, rounds):
     settings = {spec: parse_arm(spec) for spec in arms}
     if len(settings) < 2:
         raise click.UsageError("--arm: give two different arms at least")
-    import torch
     if not torch.cuda.is_available():
         raise click.UsageError("step_probe times graphed steps on a CUDA GPU; none is visible")
     with arms_patched(settings) as tune:
