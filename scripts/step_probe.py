@@ -4,13 +4,15 @@ or keys per tile, or in the skinny matmuls' table, interleaved in one process (t
 bootstrap intervals).
 
 usage: python scripts/step_probe.py --preset llama-8b --bs 1 --arm default --arm splits=3 \
-           --arm block_n=32 --arm table=PATH --arm splits=3,table=PATH
+           --arm block_n=32 --arm table=PATH --arm splits=3,table=PATH --arm qkv_attention
 
 An arm is `default` (the decoder as the sweep builds it) or comma-separated settings:
 `splits=N` (every rope_store_attention launch takes N KV splits; N >= 1, and keep it at most
 the cache's K/V tiles: nothing here checks that), `block_n=N` (its K/V tiles hold N keys: 16,
 32, 64 or 128; the split count follows unless `splits` is given too) and `table=PATH` (the
-skinny matmuls bound with the gemv table at PATH instead of the device's). The first arm is the
+skinny matmuls bound with the gemv table at PATH instead of the device's), or `qkv_attention`
+(at one row, each layer's QKV matmul and attention in one launch: kernels.qkv_attention). The
+first arm is the
 reference of the ratios. Needs a CUDA GPU. This is a probe, for choosing what to build: a
 setting worth keeping goes into the decoder or a table, measured by the toolkit's own commands."""
 import contextlib
@@ -52,9 +54,12 @@ def parse_arm(spec: str) -> dict:
     out = {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")
+        if spec == "qkv_attention":
+            return {"qkv_attention": True}
         if not sep or key not in ("splits", "block_n", "table") or key in out:
             raise click.BadParameter(f"{spec!r}: each setting is splits=N, block_n=N or table=PATH, "
-                                     f"once each; or the arm is 'default'", param_hint="--arm")
+                                     f"once each; or the arm is 'default' or 'qkv_attention'",
+                                     param_hint="--arm")
         if key == "splits":
             if not value.isdecimal() or int(value) < 1:
                 raise click.BadParameter(f"{spec!r}: splits must be a whole number >= 1",
@@ -80,6 +85,44 @@ def _table(spec: str, path: str) -> str:
 
 
 @contextlib.contextmanager
+def qkv_attention_step():
+    """While open, decoders built run each one-row layer's QKV matmul and attention as one
+    launch (kernels.rmsnorm_qkv_attention): the QKV matmul leaves the piece before attention,
+    and the attention call takes the hidden state instead of the QKV row. Each layer has its own
+    counters, made at the first (eager, uncaptured) call."""
+    from microbench import kernels
+    from microbench.engine.decoder import ToyDecoder
+    from microbench.kernels.qkv_attention import semaphore_count
+    pre, attend = ToyDecoder._pre_attention, ToyDecoder.attention
+
+    def pre_attention(self, l, h, residual, positions, slots):
+        if h.shape[0] != 1 or not self.attention_fused:
+            return pre(self, l, h, residual, positions, slots)
+        return h, h          # the hidden state, also the residual the skinny path keeps
+
+    def attention(self, l, q, slots, seq_lens, out=None):
+        if q.shape[0] != 1 or not self.attention_fused:
+            return attend(self, l, q, slots, seq_lens, out)
+        s = self.shape
+        if getattr(self, "qkv_sems", None) is None:
+            if q.is_cuda and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("qkv_attention: the counters must exist before capture")
+            self.qkv_sems = torch.zeros(s.n_layers, semaphore_count(s.n_kv_heads),
+                                        dtype=torch.int32, device=self.device)
+        L = self.layers[l]
+        return kernels.rmsnorm_qkv_attention(
+            q, L["attn_norm"], s.norm_eps, L["wqkv"], s.n_heads, self.k_cache[l], self.v_cache[l],
+            slots, seq_lens, self.scale, s.rope_theta, out=out, semaphores=self.qkv_sems[l],
+            pdl=self.pdl_at(1), capped=self.capped_splits(1), **self._rec)[1]
+
+    ToyDecoder._pre_attention, ToyDecoder.attention = pre_attention, attention
+    try:
+        yield
+    finally:
+        ToyDecoder._pre_attention, ToyDecoder.attention = pre, attend
+
+
+@contextlib.contextmanager
 def arms_patched(settings: dict):
     """While open, bench.tune builds the arm `settings` names: its VARIANTS["probe"] lists the
     arms, and its _graphed_step builds each with that arm's table and, through _FORCED, its
@@ -97,8 +140,10 @@ def arms_patched(settings: dict):
             os.environ[var] = s["table"]
             kw["table_file"] = var
         _FORCED.update(splits=s.get("splits"), block_n=s.get("block_n"))
+        fused = qkv_attention_step() if s.get("qkv_attention") else contextlib.nullcontext()
         try:
-            return build(preset, bs, context, **kw)
+            with fused:
+                return build(preset, bs, context, **kw)
         finally:
             _FORCED.update(splits=None, block_n=None)
 
