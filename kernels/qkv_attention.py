@@ -90,6 +90,7 @@ def _qkv_attend_kernel(
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
     S_CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
     TILES_PER_SPLIT: tl.constexpr, USE_PDL: tl.constexpr, MAX_POLLS: tl.constexpr = 1 << 24,
+    TICKET: tl.constexpr = 1,
 ):
     # P matmul programs per kv head (its query heads' columns, then K's, then V's), NUM_SPLITS
     # attention programs per kv head; the grid: M(0), M(1), A(0), M(2), A(1), ..., A(HKV-1)
@@ -100,9 +101,12 @@ def _qkv_attend_kernel(
     # came after every program it waits for, whatever order the GPU starts them in. The last
     # ticket resets the counter (each layer has its own: the next layer's programs take theirs
     # before their PDL wait, while this launch may still run).
-    pid = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu")
-    if pid == HKV * (P + NUM_SPLITS) - 1:
-        tl.store(ticket_ptr, 0)
+    if TICKET:
+        pid = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu")
+        if pid == HKV * (P + NUM_SPLITS) - 1:
+            tl.store(ticket_ptr, 0)
+    else:   # by program id: relies on the GPU starting programs in id order
+        pid = tl.program_id(0)
     first = pid < P
     t = tl.maximum(pid - P, 0)
     unit = t // (P + NUM_SPLITS)
@@ -245,7 +249,8 @@ def qkv_config(h, w_qkv, config=None) -> dict:
 
 def rmsnorm_qkv_attention(h, norm_w, eps, w_qkv, n_heads, k_cache, v_cache, slots, seq_lens,
                           scale, theta=10000.0, num_splits=None, qkv=None, out=None,
-                          semaphores=None, config=None, pdl=True, record=None, capped=False):
+                          semaphores=None, config=None, pdl=True, record=None, capped=False,
+                          ticket=True):
     """qkv = rmsnorm(h, norm_w, eps) · w_qkvᵀ for one row, then rope_store_attention on it, in
     one launch. h: [1, K]; w_qkv: [(n_heads + 2·Hkv)·D, K] (Hkv and D from the caches).
     semaphores: int32 zeros, at least semaphore_count(Hkv), left zeroed (None: allocated per
@@ -300,7 +305,7 @@ def rmsnorm_qkv_attention(h, norm_w, eps, w_qkv, n_heads, k_cache, v_cache, slot
         BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(D), BLOCK_S=block_s,
         S_CHUNK=min(block_s, 8), DOT_PRECISION="ieee" if h.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(_qkv_attend_kernel), TILES_PER_SPLIT=split_size // block_n,
-        USE_PDL=pdl, num_warps=cfg["num_warps"], num_stages=CUDA_NUM_STAGES,
+        USE_PDL=pdl, TICKET=int(ticket), num_warps=cfg["num_warps"], num_stages=CUDA_NUM_STAGES,
         **pdl_launch_kw(pdl),
     )
     return qkv, out

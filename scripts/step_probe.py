@@ -54,8 +54,8 @@ def parse_arm(spec: str) -> dict:
     out = {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")
-        if spec == "qkv_attention":
-            return {"qkv_attention": True}
+        if spec in ("qkv_attention", "qkv_attention_pid"):
+            return {"qkv_attention": spec}
         if not sep or key not in ("splits", "block_n", "table") or key in out:
             raise click.BadParameter(f"{spec!r}: each setting is splits=N, block_n=N or table=PATH, "
                                      f"once each; or the arm is 'default' or 'qkv_attention'",
@@ -85,7 +85,7 @@ def _table(spec: str, path: str) -> str:
 
 
 @contextlib.contextmanager
-def qkv_attention_step():
+def qkv_attention_step(ticket=True):
     """While open, decoders built run each one-row layer's QKV matmul and attention as one
     launch (kernels.rmsnorm_qkv_attention): the QKV matmul leaves the piece before attention,
     and the attention call takes the hidden state instead of the QKV row. Each layer has its own
@@ -113,7 +113,7 @@ def qkv_attention_step():
         return kernels.rmsnorm_qkv_attention(
             q, L["attn_norm"], s.norm_eps, L["wqkv"], s.n_heads, self.k_cache[l], self.v_cache[l],
             slots, seq_lens, self.scale, s.rope_theta, out=out, semaphores=self.qkv_sems[l],
-            pdl=self.pdl_at(1), capped=self.capped_splits(1), **self._rec)[1]
+            pdl=self.pdl_at(1), capped=self.capped_splits(1), ticket=ticket, **self._rec)[1]
 
     ToyDecoder._pre_attention, ToyDecoder.attention = pre_attention, attention
     try:
@@ -140,7 +140,8 @@ def arms_patched(settings: dict):
             os.environ[var] = s["table"]
             kw["table_file"] = var
         _FORCED.update(splits=s.get("splits"), block_n=s.get("block_n"))
-        fused = qkv_attention_step() if s.get("qkv_attention") else contextlib.nullcontext()
+        fused = (qkv_attention_step(ticket=s["qkv_attention"] == "qkv_attention")
+                 if s.get("qkv_attention") else contextlib.nullcontext())
         try:
             with fused:
                 return build(preset, bs, context, **kw)
@@ -179,6 +180,12 @@ def main(preset, bs, arms, rounds):
     for n, q in r["ratios"].items():
         click.echo(f"  {names[0]}/{n} {q['median']:.3f} ({q['ci'][0]:.3f}-{q['ci'][1]:.3f}, "
                    f"{q['n']} pairs)")
+    if any(s.get("qkv_attention") for s in settings.values()):
+        from microbench.kernels import gemv, qkv_attention
+        for k in (qkv_attention._qkv_attend_kernel, gemv._gemv_kernel):
+            for c in k.device_caches[torch.cuda.current_device()][0].values():
+                click.echo(f"  compiled {k.fn.__name__}: {c.n_regs} registers, {c.n_spills} "
+                           f"spills, {c.metadata.shared} B shared, {c.metadata.num_warps} warps")
 
 
 if __name__ == "__main__":

@@ -58,15 +58,15 @@ def test_rmsnorm_qkv_attention(H, Hkv, D, max_seq, S, num_splits, config, dtype,
 
 @pytest.mark.parametrize("call, match", [
     (lambda a: rmsnorm_qkv_attention(torch.cat([a[0], a[0]]), *a[1:]), "one row"),
-    (lambda a: rmsnorm_qkv_attention(*a[:3], 7, *a[4:]), "kv heads evenly"),
-    (lambda a: rmsnorm_qkv_attention(*a[:3], 4, *a[4:], config=dict(BLOCK_N=4, BLOCK_K=32, STAGES=1,
+    (lambda a: rmsnorm_qkv_attention(*a[:4], 7, *a[5:]), "kv heads evenly"),
+    (lambda a: rmsnorm_qkv_attention(*a[:4], 4, *a[5:], config=dict(BLOCK_N=4, BLOCK_K=32, STAGES=1,
                                                                      num_warps=4)), "rows"),
     (lambda a: rmsnorm_qkv_attention(*a, config=dict(BLOCK_N=64, BLOCK_K=32, STAGES=1, num_warps=4)),
      "divides the head dim"),
     (lambda a: rmsnorm_qkv_attention(*a, config=dict(BLOCK_N=4, BLOCK_K=32, STAGES=1, num_warps=4, DOT=2)),
      "CUDA-core tile"),
-    (lambda a: rmsnorm_qkv_attention(*a, semaphores=torch.zeros(2, dtype=torch.int32, device=a[0].device)),
-     "semaphores"),
+    (lambda a: rmsnorm_qkv_attention(*a, semaphores=torch.zeros(2, dtype=torch.int32, device=a[0].device),
+                                     config=CONFIGS[0]), "semaphores"),
 ])
 def test_bad_arguments_raise_value_error(call, match, device):
     h, nw, w, kc, vc, slots, seq_lens = inputs(8, 2, 32, 40, 3, torch.float32, device, seed=5)
