@@ -250,7 +250,7 @@ def qkv_config(h, w_qkv, config=None) -> dict:
 def rmsnorm_qkv_attention(h, norm_w, eps, w_qkv, n_heads, k_cache, v_cache, slots, seq_lens,
                           scale, theta=10000.0, num_splits=None, qkv=None, out=None,
                           semaphores=None, config=None, pdl=True, record=None, capped=False,
-                          ticket=True):
+                          ticket=True, merge_chunk=8, num_warps=None):
     """qkv = rmsnorm(h, norm_w, eps) · w_qkvᵀ for one row, then rope_store_attention on it, in
     one launch. h: [1, K]; w_qkv: [(n_heads + 2·Hkv)·D, K] (Hkv and D from the caches).
     semaphores: int32 zeros, at least semaphore_count(Hkv), left zeroed (None: allocated per
@@ -303,9 +303,9 @@ def rmsnorm_qkv_attention(h, norm_w, eps, w_qkv, n_heads, k_cache, v_cache, slot
         BLOCK_NW=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["STAGES"], DEFER=cfg["DEFER"],
         NUM_SPLITS=num_splits, BLOCK_H=max(16, triton.next_power_of_2(H // Hkv)),
         BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(D), BLOCK_S=block_s,
-        S_CHUNK=min(block_s, 8), DOT_PRECISION="ieee" if h.dtype == torch.float32 else "tf32",
+        S_CHUNK=min(block_s, merge_chunk), DOT_PRECISION="ieee" if h.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(_qkv_attend_kernel), TILES_PER_SPLIT=split_size // block_n,
-        USE_PDL=pdl, TICKET=int(ticket), num_warps=cfg["num_warps"], num_stages=CUDA_NUM_STAGES,
+        USE_PDL=pdl, TICKET=int(ticket), num_warps=num_warps or cfg["num_warps"], num_stages=CUDA_NUM_STAGES,
         **pdl_launch_kw(pdl),
     )
     return qkv, out

@@ -54,8 +54,14 @@ def parse_arm(spec: str) -> dict:
     out = {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")
-        if spec in ("qkv_attention", "qkv_attention_pid"):
-            return {"qkv_attention": spec}
+        if spec.startswith("qkv_attention"):
+            # qkv_attention[_pid][,chunk=N][,warps=N]: tickets or program ids, the merge's
+            # partials per load, the launch's warps
+            head, *rest = spec.split(",")
+            kw = {k: int(v) for k, _, v in (r.partition("=") for r in rest)}
+            return {"qkv_attention": dict(ticket=head == "qkv_attention",
+                                          merge_chunk=kw.get("chunk", 8),
+                                          num_warps=kw.get("warps"))}
         if not sep or key not in ("splits", "block_n", "table") or key in out:
             raise click.BadParameter(f"{spec!r}: each setting is splits=N, block_n=N or table=PATH, "
                                      f"once each; or the arm is 'default' or 'qkv_attention'",
@@ -85,7 +91,7 @@ def _table(spec: str, path: str) -> str:
 
 
 @contextlib.contextmanager
-def qkv_attention_step(ticket=True):
+def qkv_attention_step(**launch_kw):
     """While open, decoders built run each one-row layer's QKV matmul and attention as one
     launch (kernels.rmsnorm_qkv_attention): the QKV matmul leaves the piece before attention,
     and the attention call takes the hidden state instead of the QKV row. Each layer has its own
@@ -113,7 +119,7 @@ def qkv_attention_step(ticket=True):
         return kernels.rmsnorm_qkv_attention(
             q, L["attn_norm"], s.norm_eps, L["wqkv"], s.n_heads, self.k_cache[l], self.v_cache[l],
             slots, seq_lens, self.scale, s.rope_theta, out=out, semaphores=self.qkv_sems[l],
-            pdl=self.pdl_at(1), capped=self.capped_splits(1), ticket=ticket, **self._rec)[1]
+            pdl=self.pdl_at(1), capped=self.capped_splits(1), **launch_kw, **self._rec)[1]
 
     ToyDecoder._pre_attention, ToyDecoder.attention = pre_attention, attention
     try:
@@ -140,8 +146,8 @@ def arms_patched(settings: dict):
             os.environ[var] = s["table"]
             kw["table_file"] = var
         _FORCED.update(splits=s.get("splits"), block_n=s.get("block_n"))
-        fused = (qkv_attention_step(ticket=s["qkv_attention"] == "qkv_attention")
-                 if s.get("qkv_attention") else contextlib.nullcontext())
+        fused = (qkv_attention_step(**s["qkv_attention"]) if s.get("qkv_attention")
+                 else contextlib.nullcontext())
         try:
             with fused:
                 return build(preset, bs, context, **kw)
