@@ -188,7 +188,7 @@ def main(preset, bs, arms, rounds):
                    f"{q['n']} pairs)")
     if any(s.get("qkv_attention") for s in settings.values()):
         from microbench.kernels import gemv, qkv_attention
-        for k in (qkv_attention._qkv_attend_kernel, gemv._gemv_kernel):
+        for k in (qkv_attention._qkv_attend_kernel, gemv._gemv_kernel, RSA._rope_attend_kernel):
             for c in k.device_caches[torch.cuda.current_device()][0].values():
                 click.echo(f"  compiled {k.fn.__name__}: {c.n_regs} registers, {c.n_spills} "
                            f"spills, {c.metadata.shared} B shared, {c.metadata.num_warps} warps")
