@@ -28,7 +28,7 @@ from microbench.engine.shapes import PRESETS
 
 # rope_store_attention's module (the package re-exports its function under the same name)
 RSA = importlib.import_module("microbench.kernels.rope_store_attention")
-_FORCED = {"splits": None, "block_n": None}
+_FORCED = {"splits": None, "block_n": None, "stream": None}
 _fused_plan = RSA.fused_plan
 _block_n_for = RSA.block_n_for
 BLOCK_N = ("16", "32", "64", "128")
@@ -39,7 +39,8 @@ def _forced_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch
     """fused_plan, with the split count the arm being built forces (if any)."""
     if num_splits is None and _FORCED["splits"] is not None:
         num_splits = _FORCED["splits"]
-    return _fused_plan(batch, num_kv_heads, max_seq, device, head_dim, dtype, num_splits, capped)
+    n, stream = _fused_plan(batch, num_kv_heads, max_seq, device, head_dim, dtype, num_splits, capped)
+    return n, bool(stream if _FORCED["stream"] is None else _FORCED["stream"])
 
 
 def _forced_block_n(device, head_dim, dtype):
@@ -62,6 +63,9 @@ def parse_arm(spec: str) -> dict:
             return {"qkv_attention": dict(ticket=head == "qkv_attention",
                                           merge_chunk=kw.get("chunk", 8),
                                           num_warps=kw.get("warps"))}
+        if part == "stream":   # nothing loaded before the PDL wait, K then V per tile
+            out["stream"] = True
+            continue
         if not sep or key not in ("splits", "block_n", "table") or key in out:
             raise click.BadParameter(f"{spec!r}: each setting is splits=N, block_n=N or table=PATH, "
                                      f"once each; or the arm is 'default' or 'qkv_attention'",
@@ -145,14 +149,14 @@ def arms_patched(settings: dict):
             var = f"MICROBENCH_PROBE_TABLE_{list(settings).index(probe_arm)}"
             os.environ[var] = s["table"]
             kw["table_file"] = var
-        _FORCED.update(splits=s.get("splits"), block_n=s.get("block_n"))
+        _FORCED.update(splits=s.get("splits"), block_n=s.get("block_n"), stream=s.get("stream"))
         fused = (qkv_attention_step(**s["qkv_attention"]) if s.get("qkv_attention")
                  else contextlib.nullcontext())
         try:
             with fused:
                 return build(preset, bs, context, **kw)
         finally:
-            _FORCED.update(splits=None, block_n=None)
+            _FORCED.update(splits=None, block_n=None, stream=None)
 
     RSA.fused_plan, RSA.block_n_for, tune._graphed_step = _forced_plan, _forced_block_n, build_arm
     tune.VARIANTS["probe"] = tuple((spec, {"probe_arm": spec}) for spec in settings)
@@ -186,7 +190,7 @@ def main(preset, bs, arms, rounds):
     for n, q in r["ratios"].items():
         click.echo(f"  {names[0]}/{n} {q['median']:.3f} ({q['ci'][0]:.3f}-{q['ci'][1]:.3f}, "
                    f"{q['n']} pairs)")
-    if any(s.get("qkv_attention") for s in settings.values()):
+    if any(s.get("qkv_attention") or s.get("stream") for s in settings.values()):
         from microbench.kernels import gemv, qkv_attention
         for k in (qkv_attention._qkv_attend_kernel, gemv._gemv_kernel, RSA._rope_attend_kernel):
             for c in k.device_caches[torch.cuda.current_device()][0].values():

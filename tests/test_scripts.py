@@ -245,7 +245,7 @@ def test_step_probe_arms_and_the_plan_they_force(tmp_path):
         # a count the caller passes is kept (the kernel's own num_splits argument)
         assert probe._forced_plan(1, 8, 520, cpu, 128, torch.bfloat16, 2)[0] == 2
     finally:
-        probe._FORCED.update(splits=None, block_n=None)
+        probe._FORCED.update(splits=None, block_n=None, stream=None)
 
 
 def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(tmp_path,
@@ -274,7 +274,7 @@ def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(t
         for name, kw in patched.VARIANTS["probe"]:
             assert patched._graphed_step("tiny", 1, 512, **kw) == ("runner", "step")
         # between arms nothing is forced
-        assert probe._FORCED == dict(splits=None, block_n=None)
+        assert probe._FORCED == dict(splits=None, block_n=None, stream=None)
     default = probe._fused_plan(1, 8, 520, cpu, 128, torch.bfloat16)[0]
     assert seen == [dict(splits=default, block_n=probe._block_n_for(cpu, 128, torch.bfloat16),
                          table=None),
