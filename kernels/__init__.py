@@ -7,7 +7,6 @@ from .decode_attention import decode_attention, decode_attention_ref
 from .embed import embed_seq_lens, embed_seq_lens_ref
 from .gemv import (linear, linear_ref, rmsnorm_linear, rmsnorm_linear_ref, rmsnorm_linear_swiglu,
                    rmsnorm_linear_swiglu_ref)
-from .qkv_attention import rmsnorm_qkv_attention, rmsnorm_qkv_attention_ref
 from .rmsnorm import rmsnorm, rmsnorm_ref
 from .rope import rope, rope_ref, rope_store_kv, rope_store_kv_ref
 from .rope_store_attention import rope_store_attention, rope_store_attention_ref
@@ -21,7 +20,6 @@ __all__ = [
     "rmsnorm", "rmsnorm_ref",
     "linear", "linear_ref", "rmsnorm_linear", "rmsnorm_linear_ref",
     "rmsnorm_linear_swiglu", "rmsnorm_linear_swiglu_ref",
-    "rmsnorm_qkv_attention", "rmsnorm_qkv_attention_ref",
     "rope", "rope_ref", "rope_store_kv", "rope_store_kv_ref",
     "store_kv", "store_kv_ref",
     "swiglu", "swiglu_ref",

@@ -1,19 +1,19 @@
-"""Whole graphed steps of one preset's decoders that differ in the fused attention's split count
-or keys per tile, or in the skinny matmuls' table, interleaved in one process (the sampling of
+"""Whole graphed steps of one preset's decoders that differ in the fused attention's split count,
+keys per tile or launch, or in the skinny matmuls' table, interleaved in one process (the sampling of
 `microbench tune --ab`: bench.tune.step_ab, AB/BA order, CUDA events, paired ratios with
 bootstrap intervals).
 
 usage: python scripts/step_probe.py --preset llama-8b --bs 1 --arm default --arm splits=3 \
-           --arm block_n=32 --arm table=PATH --arm splits=3,table=PATH --arm qkv_attention
+           --arm block_n=32 --arm table=PATH --arm splits=3,table=PATH --arm stream
 
 An arm is `default` (the decoder as the sweep builds it) or comma-separated settings:
 `splits=N` (every rope_store_attention launch takes N KV splits; N >= 1, and keep it at most
 the cache's K/V tiles: nothing here checks that), `block_n=N` (its K/V tiles hold N keys: 16,
-32, 64 or 128; the split count follows unless `splits` is given too) and `table=PATH` (the
-skinny matmuls bound with the gemv table at PATH instead of the device's), or `qkv_attention`
-(at one row, each layer's QKV matmul and attention in one launch: kernels.qkv_attention). The
-first arm is the
-reference of the ratios. Needs a CUDA GPU. This is a probe, for choosing what to build: a
+32, 64 or 128; the split count follows unless `splits` is given too), `stream` (its streaming
+launch: nothing loaded before the PDL wait, each tile's V after its softmax) and `table=PATH`
+(the skinny matmuls bound with the gemv table at PATH instead of the device's). The first arm
+is the reference of the ratios; the compiled Triton kernels' registers, spills and shared
+memory are printed last. Needs a CUDA GPU. This is a probe, for choosing what to build: a
 setting worth keeping goes into the decoder or a table, measured by the toolkit's own commands."""
 import contextlib
 import importlib
@@ -36,7 +36,8 @@ BLOCK_N = ("16", "32", "64", "128")
 
 def _forced_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,
                  num_splits=None, capped=False):
-    """fused_plan, with the split count the arm being built forces (if any)."""
+    """fused_plan, with the split count and the streaming launch the arm being built forces (if
+    any)."""
     if num_splits is None and _FORCED["splits"] is not None:
         num_splits = _FORCED["splits"]
     n, stream = _fused_plan(batch, num_kv_heads, max_seq, device, head_dim, dtype, num_splits, capped)
@@ -55,20 +56,12 @@ def parse_arm(spec: str) -> dict:
     out = {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")
-        if spec.startswith("qkv_attention"):
-            # qkv_attention[_pid][,chunk=N][,warps=N]: tickets or program ids, the merge's
-            # partials per load, the launch's warps
-            head, *rest = spec.split(",")
-            kw = {k: int(v) for k, _, v in (r.partition("=") for r in rest)}
-            return {"qkv_attention": dict(ticket=head == "qkv_attention",
-                                          merge_chunk=kw.get("chunk", 8),
-                                          num_warps=kw.get("warps"))}
-        if part == "stream":   # nothing loaded before the PDL wait, K then V per tile
+        if part == "stream" and part not in out:   # nothing loaded before the PDL wait
             out["stream"] = True
             continue
         if not sep or key not in ("splits", "block_n", "table") or key in out:
-            raise click.BadParameter(f"{spec!r}: each setting is splits=N, block_n=N or table=PATH, "
-                                     f"once each; or the arm is 'default' or 'qkv_attention'",
+            raise click.BadParameter(f"{spec!r}: each setting is splits=N, block_n=N, stream or "
+                                     f"table=PATH, once each; or the arm is 'default'",
                                      param_hint="--arm")
         if key == "splits":
             if not value.isdecimal() or int(value) < 1:
@@ -95,44 +88,6 @@ def _table(spec: str, path: str) -> str:
 
 
 @contextlib.contextmanager
-def qkv_attention_step(**launch_kw):
-    """While open, decoders built run each one-row layer's QKV matmul and attention as one
-    launch (kernels.rmsnorm_qkv_attention): the QKV matmul leaves the piece before attention,
-    and the attention call takes the hidden state instead of the QKV row. Each layer has its own
-    counters, made at the first (eager, uncaptured) call."""
-    from microbench import kernels
-    from microbench.engine.decoder import ToyDecoder
-    from microbench.kernels.qkv_attention import semaphore_count
-    pre, attend = ToyDecoder._pre_attention, ToyDecoder.attention
-
-    def pre_attention(self, l, h, residual, positions, slots):
-        if h.shape[0] != 1 or not self.attention_fused:
-            return pre(self, l, h, residual, positions, slots)
-        return h, h          # the hidden state, also the residual the skinny path keeps
-
-    def attention(self, l, q, slots, seq_lens, out=None):
-        if q.shape[0] != 1 or not self.attention_fused:
-            return attend(self, l, q, slots, seq_lens, out)
-        s = self.shape
-        if getattr(self, "qkv_sems", None) is None:
-            if q.is_cuda and torch.cuda.is_current_stream_capturing():
-                raise RuntimeError("qkv_attention: the counters must exist before capture")
-            self.qkv_sems = torch.zeros(s.n_layers, semaphore_count(s.n_kv_heads),
-                                        dtype=torch.int32, device=self.device)
-        L = self.layers[l]
-        return kernels.rmsnorm_qkv_attention(
-            q, L["attn_norm"], s.norm_eps, L["wqkv"], s.n_heads, self.k_cache[l], self.v_cache[l],
-            slots, seq_lens, self.scale, s.rope_theta, out=out, semaphores=self.qkv_sems[l],
-            pdl=self.pdl_at(1), capped=self.capped_splits(1), **launch_kw, **self._rec)[1]
-
-    ToyDecoder._pre_attention, ToyDecoder.attention = pre_attention, attention
-    try:
-        yield
-    finally:
-        ToyDecoder._pre_attention, ToyDecoder.attention = pre, attend
-
-
-@contextlib.contextmanager
 def arms_patched(settings: dict):
     """While open, bench.tune builds the arm `settings` names: its VARIANTS["probe"] lists the
     arms, and its _graphed_step builds each with that arm's table and, through _FORCED, its
@@ -150,11 +105,8 @@ def arms_patched(settings: dict):
             os.environ[var] = s["table"]
             kw["table_file"] = var
         _FORCED.update(splits=s.get("splits"), block_n=s.get("block_n"), stream=s.get("stream"))
-        fused = (qkv_attention_step(**s["qkv_attention"]) if s.get("qkv_attention")
-                 else contextlib.nullcontext())
         try:
-            with fused:
-                return build(preset, bs, context, **kw)
+            return build(preset, bs, context, **kw)
         finally:
             _FORCED.update(splits=None, block_n=None, stream=None)
 
@@ -190,12 +142,11 @@ def main(preset, bs, arms, rounds):
     for n, q in r["ratios"].items():
         click.echo(f"  {names[0]}/{n} {q['median']:.3f} ({q['ci'][0]:.3f}-{q['ci'][1]:.3f}, "
                    f"{q['n']} pairs)")
-    if any(s.get("qkv_attention") or s.get("stream") for s in settings.values()):
-        from microbench.kernels import gemv, qkv_attention
-        for k in (qkv_attention._qkv_attend_kernel, gemv._gemv_kernel, RSA._rope_attend_kernel):
-            for c in k.device_caches[torch.cuda.current_device()][0].values():
-                click.echo(f"  compiled {k.fn.__name__}: {c.n_regs} registers, {c.n_spills} "
-                           f"spills, {c.metadata.shared} B shared, {c.metadata.num_warps} warps")
+    from microbench.kernels import gemv, gemv_mma
+    for k in (gemv._gemv_kernel, gemv_mma.gemv_mma_kernel, RSA._rope_attend_kernel):
+        for c in k.device_caches[torch.cuda.current_device()][0].values():
+            click.echo(f"  compiled {k.fn.__name__}: {c.n_regs} registers, {c.n_spills} "
+                       f"spills, {c.metadata.shared} B shared, {c.metadata.num_warps} warps")
 
 
 if __name__ == "__main__":

@@ -227,8 +227,9 @@ def test_step_probe_arms_and_the_plan_they_force(tmp_path):
     assert probe.parse_arm("default") == {}
     assert probe.parse_arm(f"splits=3,block_n=32,table={table}") == dict(
         splits=3, block_n=32, table=str(table))
+    assert probe.parse_arm("block_n=64,stream") == dict(block_n=64, stream=True)
     for bad in ("splits=0", "splits=x", "splits=\u00b2", "block_n=48", "pdl=off",
-                "splits=2,splits=3", "splits", f"table={tmp_path / 'missing.json'}",
+                "splits=2,splits=3", "splits", "stream,stream", "stream=1", f"table={tmp_path / 'missing.json'}",
                 f"table={tmp_path / 'empty.json'}", f"table={tmp_path / 'bad.json'}"):
         with pytest.raises(click.BadParameter):
             probe.parse_arm(bad)
@@ -238,9 +239,11 @@ def test_step_probe_arms_and_the_plan_they_force(tmp_path):
         1, 8, 520, cpu, 128, torch.bfloat16)
     assert probe._forced_block_n(cpu, 128, torch.bfloat16) == probe._block_n_for(
         cpu, 128, torch.bfloat16)
-    probe._FORCED.update(splits=3, block_n=32)
+    # (two kv heads at one row do not fill the CPU's stand-in SMs: no streaming by default)
+    assert probe._forced_plan(1, 2, 520, cpu, 128, torch.bfloat16)[1] is False
+    probe._FORCED.update(splits=3, block_n=32, stream=True)
     try:
-        assert probe._forced_plan(1, 8, 520, cpu, 128, torch.bfloat16)[0] == 3
+        assert probe._forced_plan(1, 2, 520, cpu, 128, torch.bfloat16) == (3, True)
         assert probe._forced_block_n(cpu, 128, torch.bfloat16) == 32
         # a count the caller passes is kept (the kernel's own num_splits argument)
         assert probe._forced_plan(1, 8, 520, cpu, 128, torch.bfloat16, 2)[0] == 2
@@ -261,24 +264,25 @@ def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(t
 
     def fake_build(preset, bs, context, table_file=None):
         # what rope_store_attention would read from its module while this arm's graph is captured
-        seen.append(dict(splits=probe.RSA.fused_plan(bs, 8, 520, cpu, 128, torch.bfloat16)[0],
+        splits, stream = probe.RSA.fused_plan(bs, 2, 520, cpu, 128, torch.bfloat16)
+        seen.append(dict(splits=splits, stream=stream,
                          block_n=probe.RSA.block_n_for(cpu, 128, torch.bfloat16),
                          table=os.environ.get(table_file) if table_file else None))
         return "runner", "step"
 
     monkeypatch.setattr(tune, "_graphed_step", fake_build)
-    settings = {"default": {}, f"splits=3,block_n=32,table={table}": dict(
-        splits=3, block_n=32, table=str(table))}
+    settings = {"default": {}, f"splits=3,block_n=32,stream,table={table}": dict(
+        splits=3, block_n=32, stream=True, table=str(table))}
     with probe.arms_patched(settings) as patched:
         assert [name for name, _ in patched.VARIANTS["probe"]] == list(settings)
         for name, kw in patched.VARIANTS["probe"]:
             assert patched._graphed_step("tiny", 1, 512, **kw) == ("runner", "step")
         # between arms nothing is forced
         assert probe._FORCED == dict(splits=None, block_n=None, stream=None)
-    default = probe._fused_plan(1, 8, 520, cpu, 128, torch.bfloat16)[0]
-    assert seen == [dict(splits=default, block_n=probe._block_n_for(cpu, 128, torch.bfloat16),
-                         table=None),
-                    dict(splits=3, block_n=32, table=str(table))]
+    default = probe._fused_plan(1, 2, 520, cpu, 128, torch.bfloat16)[0]
+    assert seen == [dict(splits=default, stream=False,
+                         block_n=probe._block_n_for(cpu, 128, torch.bfloat16), table=None),
+                    dict(splits=3, stream=True, block_n=32, table=str(table))]
     assert tune._graphed_step is fake_build and "probe" not in tune.VARIANTS
     assert probe.RSA.fused_plan is probe._fused_plan
     assert probe.RSA.block_n_for is probe._block_n_for
