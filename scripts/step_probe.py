@@ -10,7 +10,9 @@ An arm is `default` (the decoder as the sweep builds it) or comma-separated sett
 `splits=N` (every rope_store_attention launch takes N KV splits; N >= 1, and keep it at most
 the cache's K/V tiles: nothing here checks that), `block_n=N` (its K/V tiles hold N keys: 16,
 32, 64 or 128; the split count follows unless `splits` is given too), `stream` (its streaming
-launch: nothing loaded before the PDL wait, each tile's V after its softmax) and `table=PATH`
+launch: nothing loaded before the PDL wait, each tile's V after its softmax), `warps=N` (2, 4
+or 8 warps a program), `chunk=N` (its merge loads the partials of N splits at once: 1, 2, 4 or
+8, at most the splits' power of two) and `table=PATH`
 (the skinny matmuls bound with the gemv table at PATH instead of the device's). The first arm
 is the reference of the ratios; the compiled Triton kernels' registers, spills and shared
 memory are printed last. Needs a CUDA GPU. This is a probe, for choosing what to build: a
@@ -28,10 +30,13 @@ from microbench.engine.shapes import PRESETS
 
 # rope_store_attention's module (the package re-exports its function under the same name)
 RSA = importlib.import_module("microbench.kernels.rope_store_attention")
-_FORCED = {"splits": None, "block_n": None, "stream": None}
+_FORCED = {"splits": None, "block_n": None, "stream": None, "warps": None, "chunk": None}
 _fused_plan = RSA.fused_plan
 _block_n_for = RSA.block_n_for
+_launch = RSA.launch
 BLOCK_N = ("16", "32", "64", "128")
+WARPS = ("2", "4", "8")
+CHUNK = ("1", "2", "4", "8")
 
 
 def _forced_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,
@@ -42,6 +47,16 @@ def _forced_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch
         num_splits = _FORCED["splits"]
     n, stream = _fused_plan(batch, num_kv_heads, max_seq, device, head_dim, dtype, num_splits, capped)
     return n, bool(stream if _FORCED["stream"] is None else _FORCED["stream"])
+
+
+def _forced_launch(record, kernel, grid, *args, **kw):
+    """rope_store_attention's launch, with the warps and the merge's partials per load (S_CHUNK,
+    at most its BLOCK_S) the arm being built forces (if any)."""
+    if _FORCED["warps"]:
+        kw["num_warps"] = _FORCED["warps"]
+    if _FORCED["chunk"]:
+        kw["S_CHUNK"] = min(_FORCED["chunk"], kw["BLOCK_S"])
+    return _launch(record, kernel, grid, *args, **kw)
 
 
 def _forced_block_n(device, head_dim, dtype):
@@ -59,10 +74,10 @@ def parse_arm(spec: str) -> dict:
         if part == "stream" and part not in out:   # nothing loaded before the PDL wait
             out["stream"] = True
             continue
-        if not sep or key not in ("splits", "block_n", "table") or key in out:
-            raise click.BadParameter(f"{spec!r}: each setting is splits=N, block_n=N, stream or "
-                                     f"table=PATH, once each; or the arm is 'default'",
-                                     param_hint="--arm")
+        if not sep or key not in ("splits", "block_n", "warps", "chunk", "table") or key in out:
+            raise click.BadParameter(f"{spec!r}: each setting is splits=N, block_n=N, warps=N, "
+                                     f"chunk=N, stream or table=PATH, once each; or the arm is "
+                                     f"'default'", param_hint="--arm")
         if key == "splits":
             if not value.isdecimal() or int(value) < 1:
                 raise click.BadParameter(f"{spec!r}: splits must be a whole number >= 1",
@@ -71,6 +86,12 @@ def parse_arm(spec: str) -> dict:
         elif key == "block_n":
             if value not in BLOCK_N:
                 raise click.BadParameter(f"{spec!r}: block_n must be one of {', '.join(BLOCK_N)}",
+                                         param_hint="--arm")
+            out[key] = int(value)
+        elif key in ("warps", "chunk"):
+            allowed = WARPS if key == "warps" else CHUNK
+            if value not in allowed:
+                raise click.BadParameter(f"{spec!r}: {key} must be one of {', '.join(allowed)}",
                                          param_hint="--arm")
             out[key] = int(value)
         else:
@@ -96,7 +117,7 @@ def arms_patched(settings: dict):
     put back on exit."""
     from microbench.bench import tune
     build = tune._graphed_step
-    saved = (RSA.fused_plan, RSA.block_n_for, build)
+    saved = (RSA.fused_plan, RSA.block_n_for, RSA.launch, build)
 
     def build_arm(preset, bs, context, probe_arm=None, **kw):
         s = settings[probe_arm]
@@ -104,18 +125,19 @@ def arms_patched(settings: dict):
             var = f"MICROBENCH_PROBE_TABLE_{list(settings).index(probe_arm)}"
             os.environ[var] = s["table"]
             kw["table_file"] = var
-        _FORCED.update(splits=s.get("splits"), block_n=s.get("block_n"), stream=s.get("stream"))
+        _FORCED.update({k: s.get(k) for k in _FORCED})
         try:
             return build(preset, bs, context, **kw)
         finally:
-            _FORCED.update(splits=None, block_n=None, stream=None)
+            _FORCED.update(dict.fromkeys(_FORCED))
 
-    RSA.fused_plan, RSA.block_n_for, tune._graphed_step = _forced_plan, _forced_block_n, build_arm
+    RSA.fused_plan, RSA.block_n_for, RSA.launch = _forced_plan, _forced_block_n, _forced_launch
+    tune._graphed_step = build_arm
     tune.VARIANTS["probe"] = tuple((spec, {"probe_arm": spec}) for spec in settings)
     try:
         yield tune
     finally:
-        RSA.fused_plan, RSA.block_n_for, tune._graphed_step = saved
+        RSA.fused_plan, RSA.block_n_for, RSA.launch, tune._graphed_step = saved
         del tune.VARIANTS["probe"]
 
 

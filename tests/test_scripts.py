@@ -228,8 +228,10 @@ def test_step_probe_arms_and_the_plan_they_force(tmp_path):
     assert probe.parse_arm(f"splits=3,block_n=32,table={table}") == dict(
         splits=3, block_n=32, table=str(table))
     assert probe.parse_arm("block_n=64,stream") == dict(block_n=64, stream=True)
+    assert probe.parse_arm("warps=8,chunk=2") == dict(warps=8, chunk=2)
     for bad in ("splits=0", "splits=x", "splits=\u00b2", "block_n=48", "pdl=off",
-                "splits=2,splits=3", "splits", "stream,stream", "stream=1", f"table={tmp_path / 'missing.json'}",
+                "splits=2,splits=3", "splits", "stream,stream", "stream=1", "warps=3", "chunk=16",
+                "warps=8,warps=4", f"table={tmp_path / 'missing.json'}",
                 f"table={tmp_path / 'empty.json'}", f"table={tmp_path / 'bad.json'}"):
         with pytest.raises(click.BadParameter):
             probe.parse_arm(bad)
@@ -248,7 +250,22 @@ def test_step_probe_arms_and_the_plan_they_force(tmp_path):
         # a count the caller passes is kept (the kernel's own num_splits argument)
         assert probe._forced_plan(1, 8, 520, cpu, 128, torch.bfloat16, 2)[0] == 2
     finally:
-        probe._FORCED.update(splits=None, block_n=None, stream=None)
+        probe._FORCED.update(dict.fromkeys(probe._FORCED))
+
+
+def test_step_probe_forces_the_attention_launchs_warps_and_merge_chunk(monkeypatch):
+    probe = _load("step_probe")
+    got = []
+    monkeypatch.setattr(probe, "_launch", lambda record, kernel, grid, *a, **kw: got.append(kw))
+    kw = dict(num_warps=4, S_CHUNK=8, BLOCK_S=4, USE_PDL=1)
+    probe._forced_launch(None, "k", (1,), **kw)
+    probe._FORCED.update(warps=8, chunk=8)
+    try:
+        probe._forced_launch(None, "k", (1,), **kw)
+    finally:
+        probe._FORCED.update(dict.fromkeys(probe._FORCED))
+    # nothing forced: as asked; forced: 8 warps, and the chunk capped at the splits' BLOCK_S
+    assert got == [kw, dict(kw, num_warps=8, S_CHUNK=4)]
 
 
 def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(tmp_path,
@@ -266,23 +283,26 @@ def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(t
         # what rope_store_attention would read from its module while this arm's graph is captured
         splits, stream = probe.RSA.fused_plan(bs, 2, 520, cpu, 128, torch.bfloat16)
         seen.append(dict(splits=splits, stream=stream,
+                         warps=probe._FORCED["warps"] if probe.RSA.launch is probe._forced_launch
+                         else "not patched",
                          block_n=probe.RSA.block_n_for(cpu, 128, torch.bfloat16),
                          table=os.environ.get(table_file) if table_file else None))
         return "runner", "step"
 
     monkeypatch.setattr(tune, "_graphed_step", fake_build)
-    settings = {"default": {}, f"splits=3,block_n=32,stream,table={table}": dict(
-        splits=3, block_n=32, stream=True, table=str(table))}
+    settings = {"default": {}, f"splits=3,block_n=32,stream,warps=8,table={table}": dict(
+        splits=3, block_n=32, stream=True, warps=8, table=str(table))}
     with probe.arms_patched(settings) as patched:
         assert [name for name, _ in patched.VARIANTS["probe"]] == list(settings)
         for name, kw in patched.VARIANTS["probe"]:
             assert patched._graphed_step("tiny", 1, 512, **kw) == ("runner", "step")
         # between arms nothing is forced
-        assert probe._FORCED == dict(splits=None, block_n=None, stream=None)
+        assert set(probe._FORCED.values()) == {None}
     default = probe._fused_plan(1, 2, 520, cpu, 128, torch.bfloat16)[0]
-    assert seen == [dict(splits=default, stream=False,
+    assert seen == [dict(splits=default, stream=False, warps=None,
                          block_n=probe._block_n_for(cpu, 128, torch.bfloat16), table=None),
-                    dict(splits=3, stream=True, block_n=32, table=str(table))]
+                    dict(splits=3, stream=True, warps=8, block_n=32, table=str(table))]
     assert tune._graphed_step is fake_build and "probe" not in tune.VARIANTS
     assert probe.RSA.fused_plan is probe._fused_plan
     assert probe.RSA.block_n_for is probe._block_n_for
+    assert probe.RSA.launch is probe._launch
