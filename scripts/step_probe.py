@@ -1,5 +1,5 @@
-"""Whole graphed steps of one preset's decoders that differ in the fused attention's split count,
-keys per tile or launch, or in the skinny matmuls' table, interleaved in one process (the sampling of
+"""Whole graphed steps of one preset's decoders that differ in the fused attention's split
+count, keys per tile or launch, or in the skinny matmuls' table, interleaved in one process (the sampling of
 `microbench tune --ab`: bench.tune.step_ab, AB/BA order, CUDA events, paired ratios with
 bootstrap intervals).
 
@@ -10,7 +10,8 @@ An arm is `default` (the decoder as the sweep builds it) or comma-separated sett
 `splits=N` (every rope_store_attention launch takes N KV splits; N >= 1, and keep it at most
 the cache's K/V tiles: nothing here checks that), `block_n=N` (its K/V tiles hold N keys: 16,
 32, 64 or 128; the split count follows unless `splits` is given too), `stream` (its streaming
-launch: nothing loaded before the PDL wait, each tile's V after its softmax), `warps=N` (2, 4
+launch: nothing loaded before the PDL wait, each tile's V after its softmax; the split count
+stays the plan's, or the arm's `splits`), `warps=N` (2, 4
 or 8 warps a program), `chunk=N` (its merge loads the partials of N splits at once: 1, 2, 4 or
 8, at most the splits' power of two) and `table=PATH`
 (the skinny matmuls bound with the gemv table at PATH instead of the device's). The first arm
@@ -45,7 +46,8 @@ def _forced_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch
     any)."""
     if num_splits is None and _FORCED["splits"] is not None:
         num_splits = _FORCED["splits"]
-    n, stream = _fused_plan(batch, num_kv_heads, max_seq, device, head_dim, dtype, num_splits, capped)
+    n, stream = _fused_plan(batch, num_kv_heads, max_seq, device, head_dim, dtype, num_splits,
+                            capped)
     return n, bool(stream if _FORCED["stream"] is None else _FORCED["stream"])
 
 
@@ -112,9 +114,9 @@ def _table(spec: str, path: str) -> str:
 def arms_patched(settings: dict):
     """While open, bench.tune builds the arm `settings` names: its VARIANTS["probe"] lists the
     arms, and its _graphed_step builds each with that arm's table and, through _FORCED, its
-    attention split count and tile (rope_store_attention reads fused_plan and block_n_for from
-    its module when it launches, which the graph captures inside _graphed_step). All of it is
-    put back on exit."""
+    attention split count, tile, streaming launch, warps and merge chunk (rope_store_attention
+    reads fused_plan, block_n_for and launch from its module when it launches, which the graph
+    captures inside _graphed_step). All of it is put back on exit."""
     from microbench.bench import tune
     build = tune._graphed_step
     saved = (RSA.fused_plan, RSA.block_n_for, RSA.launch, build)
@@ -145,8 +147,8 @@ def arms_patched(settings: dict):
 @click.option("--preset", required=True, type=click.Choice(list(PRESETS)))
 @click.option("--bs", type=click.IntRange(1, 512), default=1, show_default=True)
 @click.option("--arm", "arms", multiple=True, required=True,
-              help="default, or splits=N, block_n=N and/or table=PATH (comma-separated); two "
-                   "at least")
+              help="default, or any of splits=N, block_n=N, stream, warps=N, chunk=N and "
+                   "table=PATH (comma-separated); two at least")
 @click.option("--rounds", type=click.IntRange(2, 400), default=40, show_default=True)
 def main(preset, bs, arms, rounds):
     settings = {spec: parse_arm(spec) for spec in arms}

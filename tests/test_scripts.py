@@ -257,15 +257,41 @@ def test_step_probe_forces_the_attention_launchs_warps_and_merge_chunk(monkeypat
     probe = _load("step_probe")
     got = []
     monkeypatch.setattr(probe, "_launch", lambda record, kernel, grid, *a, **kw: got.append(kw))
-    kw = dict(num_warps=4, S_CHUNK=8, BLOCK_S=4, USE_PDL=1)
+    kw = dict(num_warps=4, S_CHUNK=4, BLOCK_S=4, USE_PDL=1)
     probe._forced_launch(None, "k", (1,), **kw)
-    probe._FORCED.update(warps=8, chunk=8)
     try:
-        probe._forced_launch(None, "k", (1,), **kw)
+        for warps, chunk in ((8, 2), (2, 8)):
+            probe._FORCED.update(warps=warps, chunk=chunk)
+            probe._forced_launch(None, "k", (1,), **kw)
     finally:
         probe._FORCED.update(dict.fromkeys(probe._FORCED))
-    # nothing forced: as asked; forced: 8 warps, and the chunk capped at the splits' BLOCK_S
-    assert got == [kw, dict(kw, num_warps=8, S_CHUNK=4)]
+    # nothing forced: as asked; forced: the warps, and the chunk capped at the splits' BLOCK_S
+    assert got == [kw, dict(kw, num_warps=8, S_CHUNK=2), dict(kw, num_warps=2, S_CHUNK=4)]
+
+
+def test_step_probe_settings_reach_the_fused_attention_launch(monkeypatch):
+    """Through the patched module, rope_store_attention launches with the arm's split count,
+    streaming launch, warps and merge chunk, and still computes the reference's attention."""
+    import torch
+
+    from microbench.kernels import rope_store_attention_ref
+    from tests.utils import attention_inputs, fused_qkv, gen
+    probe = _load("step_probe")
+    monkeypatch.setattr(probe.RSA, "fused_plan", probe._forced_plan)
+    monkeypatch.setattr(probe.RSA, "launch", probe._forced_launch)
+    q, kc, vc, slots, seq_lens = attention_inputs(2, 4, 2, 16, 40, 3, torch.float32, "cpu", seed=3)
+    _, _, k, v = fused_qkv(2, 4, 2, 16, gen(4), torch.float32, "cpu")
+    kr, vr = kc.clone(), vc.clone()
+    want = rope_store_attention_ref(q, k, v, kr, vr, slots, seq_lens, 0.25)
+    rec = []
+    probe._FORCED.update(splits=3, stream=True, warps=2, chunk=2)
+    try:
+        out = probe.RSA.rope_store_attention(q, k, v, kc, vc, slots, seq_lens, 0.25, record=rec)
+    finally:
+        probe._FORCED.update(dict.fromkeys(probe._FORCED))
+    kw = rec[0].kwargs
+    assert (rec[0].grid[2], kw["STREAM"], kw["num_warps"], kw["S_CHUNK"]) == (3, 1, 2, 2)
+    torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
 
 
 def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(tmp_path,
