@@ -1,7 +1,7 @@
 """Whole graphed steps of one preset's decoders that differ in the fused attention's split
-count, keys per tile or launch, or in the skinny matmuls' table, interleaved in one process (the sampling of
-`microbench tune --ab`: bench.tune.step_ab, AB/BA order, CUDA events, paired ratios with
-bootstrap intervals).
+count, keys per tile or launch, or in the skinny matmuls' table, interleaved in one process
+(the sampling of `microbench tune --ab`: bench.tune.step_ab, AB/BA order, CUDA events, paired
+ratios with bootstrap intervals).
 
 usage: python scripts/step_probe.py --preset llama-8b --bs 1 --arm default --arm splits=3 \
            --arm block_n=32 --arm table=PATH --arm splits=3,table=PATH --arm stream
@@ -11,13 +11,13 @@ An arm is `default` (the decoder as the sweep builds it) or comma-separated sett
 the cache's K/V tiles: nothing here checks that), `block_n=N` (its K/V tiles hold N keys: 16,
 32, 64 or 128; the split count follows unless `splits` is given too), `stream` (its streaming
 launch: nothing loaded before the PDL wait, each tile's V after its softmax; the split count
-stays the plan's, or the arm's `splits`), `warps=N` (2, 4
-or 8 warps a program), `chunk=N` (its merge loads the partials of N splits at once: 1, 2, 4 or
-8, at most the splits' power of two) and `table=PATH`
-(the skinny matmuls bound with the gemv table at PATH instead of the device's). The first arm
-is the reference of the ratios; the compiled Triton kernels' registers, spills and shared
-memory are printed last. Needs a CUDA GPU. This is a probe, for choosing what to build: a
-setting worth keeping goes into the decoder or a table, measured by the toolkit's own commands."""
+stays the plan's, or the arm's `splits`), `warps=N` (2, 4 or 8 warps a program), `chunk=N`
+(its merge loads the partials of N splits at once: 1, 2, 4 or 8, at most the splits' power of
+two) and `table=PATH` (the skinny matmuls bound with the gemv table at PATH instead of the
+device's). The first arm is the reference of the ratios; the compiled Triton kernels'
+registers, spills and shared memory are printed last. Needs a CUDA GPU. This is a probe, for
+choosing what to build: a setting worth keeping goes into the decoder or a table, measured by
+the toolkit's own commands."""
 import contextlib
 import importlib
 import os

@@ -269,6 +269,7 @@ def test_step_probe_forces_the_attention_launchs_warps_and_merge_chunk(monkeypat
     assert got == [kw, dict(kw, num_warps=8, S_CHUNK=2), dict(kw, num_warps=2, S_CHUNK=4)]
 
 
+@pytest.mark.interpreter
 def test_step_probe_settings_reach_the_fused_attention_launch(monkeypatch):
     """Through the patched module, rope_store_attention launches with the arm's split count,
     streaming launch, warps and merge chunk, and still computes the reference's attention."""
