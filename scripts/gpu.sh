@@ -38,7 +38,8 @@
 #                             the batch sizes $AB_ROWS (default 1)
 #            probe            scripts/step_probe.py once per ';'-separated argument set in
 #                             $PROBE_ARGS (whole graph steps whose attention split count, keys
-#                             per K/V tile or gemv table differ, interleaved in one process)
+#                             per K/V tile, launch or gemv table differ, interleaved in one
+#                             process)
 #            startup          the compile arm's set-up, cold and warm compile caches (microbench startup)
 #            headroom         memory-headroom under --gpu-memory-utilization 0.9
 #            reproduce        the eight phenomena and their report (stopped after $REPRODUCE_S s)

@@ -35,9 +35,9 @@ _FORCED = {"splits": None, "block_n": None, "stream": None, "warps": None, "chun
 _fused_plan = RSA.fused_plan
 _block_n_for = RSA.block_n_for
 _launch = RSA.launch
-BLOCK_N = ("16", "32", "64", "128")
-WARPS = ("2", "4", "8")
-CHUNK = ("1", "2", "4", "8")
+# the settings that take one of a few values, and those values
+CHOICES = {"block_n": ("16", "32", "64", "128"), "warps": ("2", "4", "8"),
+           "chunk": ("1", "2", "4", "8")}
 
 
 def _forced_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,
@@ -76,7 +76,7 @@ def parse_arm(spec: str) -> dict:
         if part == "stream" and part not in out:   # nothing loaded before the PDL wait
             out["stream"] = True
             continue
-        if not sep or key not in ("splits", "block_n", "warps", "chunk", "table") or key in out:
+        if not sep or key not in ("splits", "table", *CHOICES) or key in out:
             raise click.BadParameter(f"{spec!r}: each setting is splits=N, block_n=N, warps=N, "
                                      f"chunk=N, stream or table=PATH, once each; or the arm is "
                                      f"'default'", param_hint="--arm")
@@ -85,16 +85,10 @@ def parse_arm(spec: str) -> dict:
                 raise click.BadParameter(f"{spec!r}: splits must be a whole number >= 1",
                                          param_hint="--arm")
             out[key] = int(value)
-        elif key == "block_n":
-            if value not in BLOCK_N:
-                raise click.BadParameter(f"{spec!r}: block_n must be one of {', '.join(BLOCK_N)}",
-                                         param_hint="--arm")
-            out[key] = int(value)
-        elif key in ("warps", "chunk"):
-            allowed = WARPS if key == "warps" else CHUNK
-            if value not in allowed:
-                raise click.BadParameter(f"{spec!r}: {key} must be one of {', '.join(allowed)}",
-                                         param_hint="--arm")
+        elif key in CHOICES:
+            if value not in CHOICES[key]:
+                raise click.BadParameter(f"{spec!r}: {key} must be one of "
+                                         f"{', '.join(CHOICES[key])}", param_hint="--arm")
             out[key] = int(value)
         else:
             out[key] = _table(spec, value)
