@@ -40,6 +40,9 @@
 #                             $PROBE_ARGS (whole graph steps whose attention split count, keys
 #                             per K/V tile, launch or gemv table differ, interleaved in one
 #                             process)
+#            timeline         scripts/attention_timeline.py once per ';'-separated argument set in
+#                             $TIMELINE_ARGS (default bs 1 of each preset): when each program
+#                             of the fused attention starts, passes its PDL wait and ends
 #            startup          the compile arm's set-up, cold and warm compile caches (microbench startup)
 #            headroom         memory-headroom under --gpu-memory-utilization 0.9
 #            reproduce        the eight phenomena and their report (stopped after $REPRODUCE_S s)
@@ -77,6 +80,19 @@ pack() {
 packer=$!
 stop_packer() { kill $packer 2>/dev/null; wait $packer 2>/dev/null; }
 trap stop_packer EXIT
+# run_sets SCRIPT LOG SETS: python3 SCRIPT once per ';'-separated argument set in SETS (each
+# split on spaces, no glob expansion), output appended to LOG; returns the last failure's status
+run_sets() {
+  local script=$1 log=$2 sets a r rc=0
+  IFS=';' read -ra sets <<< "$3"
+  for a in "${sets[@]}"; do
+    read -ra argv <<< "$a"
+    [ ${#argv[@]} -eq 0 ] && continue
+    python3 "$script" "${argv[@]}" 2>&1 | tee -a "$log"
+    r=$?; [ $r -ne 0 ] && rc=$r
+  done
+  return $rc
+}
 summary=()
 for st in $stages; do
   t0=$(date +%s)
@@ -193,19 +209,15 @@ print(g.table_path(torch.cuda.get_device_name()))' 2>/dev/null)
       cp kernels/configs/pdl_*.json kernels/configs/blas_*.json kernels/configs/splits_*.json \
         "$LOG/" 2>/dev/null ;;
     probe)
-      rc=0
       if [ -z "${PROBE_ARGS:-}" ]; then
         echo "probe: set PROBE_ARGS (step_probe.py's arguments, sets separated by ';')" \
           | tee -a "$LOG/probe.log"; rc=2
       else
-        IFS=';' read -ra sets <<< "$PROBE_ARGS"
-        for a in "${sets[@]}"; do
-          read -ra argv <<< "$a"   # split on spaces, no glob expansion
-          [ ${#argv[@]} -eq 0 ] && continue
-          python3 scripts/step_probe.py "${argv[@]}" 2>&1 | tee -a "$LOG/probe.log"
-          r=$?; [ $r -ne 0 ] && rc=$r
-        done
+        run_sets scripts/step_probe.py "$LOG/probe.log" "$PROBE_ARGS"; rc=$?
       fi ;;
+    timeline)
+      run_sets scripts/attention_timeline.py "$LOG/timeline.log" \
+        "${TIMELINE_ARGS:---preset opt-125m;--preset llama-1b;--preset llama-8b}"; rc=$? ;;
     startup)
       microbench startup --preset opt-125m --bs 1 --timeout 240 --out "$new" 2>&1 | tee "$LOG/startup.log"; rc=$? ;;
     headroom)

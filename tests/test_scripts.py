@@ -333,3 +333,83 @@ def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(t
     assert probe.RSA.fused_plan is probe._fused_plan
     assert probe.RSA.block_n_for is probe._block_n_for
     assert probe.RSA.launch is probe._launch
+
+
+def test_attention_timeline_kernel_compiles_with_its_timer_reads():
+    """The timed copy of the fused attention compiles for SM 9.0 without a GPU (ptxas ships in
+    Triton; a process without the interpreter): the record's pointer follows sem_ptr, and the
+    PTX reads the global timer three times and the SM's number once."""
+    code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import attention_timeline as at\n"
+            "import triton\n"
+            "from triton.backends.compiler import GPUTarget\n"
+            "from triton.compiler import ASTSource\n"
+            "k = at.timed_kernel()\n"
+            "const = dict(GROUP=4, HEAD_DIM=128, HALF=64, BLOCK_H=16, BLOCK_N=64, BLOCK_D=128,\n"
+            "             BLOCK_S=16, S_CHUNK=8, SINGLE=0, DOT_PRECISION='tf32', INTERPRET=False,\n"
+            "             TILES_PER_SPLIT=1, STREAM=0, USE_PDL=1)\n"
+            "ptr = dict(slots_ptr='*i32', seq_lens_ptr='*i32', o_part_ptr='*fp32', m_part_ptr='*fp32',\n"
+            "           l_part_ptr='*fp32', sem_ptr='*i32', times_ptr='*i64')\n"
+            "sig = {n: 'constexpr' if n in const else ptr.get(n, '*bf16') if n.endswith('_ptr')\n"
+            "       else 'fp32' if n in ('qk_scale', 'theta') else 'i32' for n in k.arg_names}\n"
+            "src = ASTSource(k, sig, constexprs={(k.arg_names.index(n),): v for n, v in const.items()})\n"
+            "ptx = triton.compile(src, target=GPUTarget('cuda', 90, 32),\n"
+            "                     options={'num_warps': 4, 'num_stages': 1}).asm['ptx']\n"
+            "i = k.arg_names.index('sem_ptr')\n"
+            "print(k.arg_names[i + 1], ptx.count('%globaltimer'), ptx.count('%smid'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["times_ptr", "3", "1"]
+
+
+def test_attention_timeline_refuses_a_kernel_its_patches_do_not_fit():
+    at = _load("attention_timeline")
+    src = at.kernel_source()
+    assert at.timed_source(src).count("globaltimer()") == 3
+    for anchor, _ in at.PATCHES:   # an anchor gone, or twice: the copy would time the wrong place
+        for bad in (src.replace(anchor, ""), src.replace(anchor, anchor + anchor)):
+            with pytest.raises(RuntimeError, match="update PATCHES"):
+                at.timed_source(bad)
+
+
+def test_attention_timeline_metrics_of_one_layer_and_their_medians():
+    """Four programs: three started before the release (5000 ns), one after it."""
+    import numpy as np
+    at = _load("attention_timeline")
+    rec = np.array([[0, 5000, 7000, 3], [1000, 5000, 8000, 3], [2000, 5200, 7500, 7],
+                    [9000, 9500, 12000, 9]], dtype=np.int64)
+    m = at.layer_metrics(rec)
+    assert m == pytest.approx(dict(lead=5.0, late=1, last=4.0, passed=4.5, work=2.4, span=7.0))
+    later = rec + np.array([0, 0, 2000, 0])          # every program ends 2 us later
+    s = at.summarise([[rec, rec], [later, later]])
+    assert s["span"] == pytest.approx(8.0) and s["work"] == pytest.approx(3.4)
+    assert (s["programs"], s["sms"], s["late"]) == (4, 3, 1)
+    with pytest.raises(ValueError, match="no attention launch"):
+        at.summarise([[]])
+
+
+def test_attention_timeline_launches_the_timed_copy_with_a_record_per_layer(monkeypatch):
+    """Other kernels launch untouched; the attention launches the copy, with the layer's record
+    (grid x 4 int64) inserted after sem_ptr and kept for the next launch of the same layer."""
+    import torch
+    at = _load("attention_timeline")
+    sent = []
+    monkeypatch.setattr(at, "_launch", lambda record, kernel, grid, *args, **kw: sent.append(
+        (kernel, grid, args, kw)))
+    rec = at.Recorder()
+    other = object()
+    rec.launch(None, other, (3,), "x", BLOCK=4)
+    assert sent[-1] == (other, (3,), ("x",), {"BLOCK": 4})
+    q = torch.zeros(1)
+    layer0, layer1 = torch.zeros(2), torch.zeros(2)
+    args = (q, "k", "v", layer0, "vc", "slots", "lens", "out", "o", "m", "l", "sem", 7, 8)
+    rec.launch([], at.RSA._rope_attend_kernel, (1, 8, 9), *args, GROUP=4)
+    kernel, grid, got, kw = sent[-1]
+    assert kernel is rec.kernel and kw == {"GROUP": 4} and grid == (1, 8, 9)
+    assert got[:12] == args[:12] and got[13:] == (7, 8)
+    assert got[12].dtype == torch.int64 and got[12].numel() == 72 * at.FIELDS
+    rec.launch([], at.RSA._rope_attend_kernel, (1, 8, 9), *args[:3], layer1, *args[4:])
+    rec.launch([], at.RSA._rope_attend_kernel, (1, 8, 9), *args)
+    assert sent[-1][2][12] is got[12] and len(rec.records) == 2
+    assert [r.shape for r in rec.snapshot()] == [(72, at.FIELDS)] * 2
