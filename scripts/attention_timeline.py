@@ -1,7 +1,7 @@
 """When each program of the fused attention starts, passes its PDL wait and ends, in a graphed
 decode step: where a one-row attention's time on the critical path goes.
 
-usage: python scripts/attention_timeline.py --preset llama-8b --bs 1 [--replays 30]
+usage: python scripts/attention_timeline.py --preset llama-8b --bs 1 [--replays 30] [--table PATH]
 
 Builds the graphed step `microbench tune --ab` times (bench.tune._graphed_step), with
 rope_store_attention launching a copy of its kernel that reads the GPU's global timer
@@ -9,7 +9,8 @@ rope_store_attention launching a copy of its kernel that reads the GPU's global 
 and its end (after the merge, in the program that merges), and stores them with its SM's number.
 The decoder's own kernel is not touched: the copy is made from its source with the three reads
 and one more pointer argument added, and the module's launch is patched only while the step is
-built. After each replay the script reads every layer's record and prints, as medians over the
+built. `--table PATH` binds the skinny matmuls with the gemv table at PATH instead of the
+device's (the matmul before the attention decides when its programs can start). After each replay the script reads every layer's record and prints, as medians over the
 layers and replays:
 
   lead     how long the first program started before the wait released (release = the
@@ -28,6 +29,7 @@ commands."""
 import importlib
 import inspect
 import linecache
+import os
 import sys
 import textwrap
 
@@ -136,7 +138,17 @@ def summarise(snapshots: list) -> dict:
 @click.option("--bs", type=click.IntRange(1, 512), default=1, show_default=True)
 @click.option("--context", type=click.IntRange(1, 8192), default=512, show_default=True)
 @click.option("--replays", type=click.IntRange(1, 1000), default=30, show_default=True)
-def main(preset, bs, context, replays):
+@click.option("--table", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="a gemv table to bind the skinny matmuls with (default: the device's)")
+def main(preset, bs, context, replays, table):
+    kw = {}
+    if table is not None:
+        from microbench.cli_tune import previous_table_problem
+        problem = previous_table_problem(table, name="table")
+        if problem:
+            raise click.BadParameter(problem, param_hint="--table")
+        os.environ["MICROBENCH_TIMELINE_TABLE"] = table   # _graphed_step reads the path there
+        kw["table_file"] = "MICROBENCH_TIMELINE_TABLE"
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         raise click.UsageError("attention_timeline reads a PDL kernel's timer on a CUDA GPU of "
                                "compute capability 9.0 or newer; none is visible")
@@ -144,7 +156,7 @@ def main(preset, bs, context, replays):
     rec = Recorder()
     RSA.launch = rec.launch
     try:
-        _, step = tune._graphed_step(preset, bs, context)
+        _, step = tune._graphed_step(preset, bs, context, **kw)
     finally:
         RSA.launch = _launch
     snaps = []
@@ -153,7 +165,8 @@ def main(preset, bs, context, replays):
         torch.cuda.synchronize()
         snaps.append(rec.snapshot())
     s = summarise(snaps)
-    click.echo(f"{preset} bs {bs} context {context}: {len(snaps[0])} layers, {s['programs']} "
+    click.echo(f"{preset} bs {bs} context {context}{', table ' + table if table else ''}: "
+               f"{len(snaps[0])} layers, {s['programs']} "
                f"programs a launch on {s['sms']} SMs, {replays} replays; medians over layers "
                f"and replays")
     click.echo(f"  lead {s['lead']:.2f} us  late {s['late']:.0f} programs  last {s['last']:.2f} "

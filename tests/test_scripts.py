@@ -413,3 +413,21 @@ def test_attention_timeline_launches_the_timed_copy_with_a_record_per_layer(monk
     rec.launch([], at.RSA._rope_attend_kernel, (1, 8, 9), *args)
     assert sent[-1][2][12] is got[12] and len(rec.records) == 2
     assert [r.shape for r in rec.snapshot()] == [(72, at.FIELDS)] * 2
+
+
+def test_attention_timeline_refuses_a_table_without_entries(tmp_path):
+    from click.testing import CliRunner
+    at = _load("attention_timeline")
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"configs": {}}))
+    out = CliRunner().invoke(at.main, ["--preset", "llama-8b", "--table", str(empty)])
+    assert out.exit_code == 2 and "--table" in out.output and "Traceback" not in out.output
+
+
+def test_attention_timeline_says_it_needs_a_gpu():
+    import torch
+    from click.testing import CliRunner
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the script would run")
+    out = CliRunner().invoke(_load("attention_timeline").main, ["--preset", "llama-8b"])
+    assert out.exit_code == 2 and "CUDA GPU" in out.output
