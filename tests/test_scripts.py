@@ -18,17 +18,23 @@ def _load(name):
     return mod
 
 
+def _compiled_offline(*argv, timeout=120):
+    """Run python with `argv` in a process without the interpreter (which this test session may
+    have on), so Triton compiles for a GPU target; fails the test on a non-zero exit."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_gemv_regs_compiles_as_a_launch_specialises(tmp_path):
     """The offline compile carries the alignment the JIT marks at a real launch: the weight
     rows load 16 bytes a thread (PTX v4 loads), as the kernel does on the GPU."""
     code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import gemv_regs; "
             "cfg = dict(BLOCK_N=4, BLOCK_K=512, STAGES=3, num_warps=4, AHEAD=0, DOT=0, DEFER=1); "
             "print(gemv_regs.compile_regs(6144, 4096, True, 0, cfg, 1, 90)['vector_loads'])")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert int(out.stdout.split()[-1]) > 0
+    assert int(_compiled_offline("-c", code).split()[-1]) > 0
 
 
 @pytest.mark.parametrize("regs, warps, programs", [
@@ -56,11 +62,8 @@ def test_gemv_regs_compiles_a_table_offline(tmp_path):
     big = dict(BLOCK_N=4, BLOCK_K=2048, STAGES=3, num_warps=4, AHEAD=0, DOT=0, DEFER=0, matmul="b")
     table = tmp_path / "gemv_test.json"
     table.write_text(json.dumps({"configs": {key: {"1": small}, key.replace("K=4096", "K=2048"): {"1": big}}}))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, str(SCRIPTS / "gemv_regs.py"), str(table)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    rows = [line.split() for line in out.stdout.splitlines()[1:]]
+    out = _compiled_offline(str(SCRIPTS / "gemv_regs.py"), str(table))
+    rows = [line.split() for line in out.splitlines()[1:]]
     assert [r[0] for r in rows] == ["a", "b"]
     for r in rows:
         regs, spill, smem, progs = map(int, r[-4:])
@@ -356,11 +359,7 @@ def test_attention_timeline_kernel_compiles_with_its_timer_reads():
             "                     options={'num_warps': 4, 'num_stages': 1}).asm['ptx']\n"
             "i = k.arg_names.index('sem_ptr')\n"
             "print(k.arg_names[i + 1], ptx.count('%globaltimer'), ptx.count('%smid'))\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=180)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["times_ptr", "3", "1"]
+    assert _compiled_offline("-c", code, timeout=180).split() == ["times_ptr", "3", "1"]
 
 
 def test_attention_timeline_refuses_a_kernel_its_patches_do_not_fit():
