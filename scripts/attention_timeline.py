@@ -5,13 +5,16 @@ usage: python scripts/attention_timeline.py --preset llama-8b --bs 1 [--replays 
 
 Builds the graphed step `microbench tune --ab` times (bench.tune._graphed_step), with
 rope_store_attention launching a copy of its kernel that reads the GPU's global timer
-(%globaltimer, nanoseconds) at three points of every program: its start, just past its PDL wait,
-and its end (after the merge, in the program that merges), and stores them with its SM's number.
-The decoder's own kernel is not touched: the copy is made from its source with the three reads
-and one more pointer argument added, and the module's launch is patched only while the step is
+(%globaltimer) at three points of every program: its start, just past its PDL wait, and its end
+(after the merge, in the program that merges; as the thread that stores the record reaches it),
+and stores them with its SM's number. The timer counts nanoseconds but moves in coarser ticks:
+the script prints the smallest step between the times it read, and a gap below it reads 0. The
+decoder's own kernel is not touched: the copy is made from its source with the three reads and
+one more pointer argument added, and the module's launch is patched only while the step is
 built. `--table PATH` binds the skinny matmuls with the gemv table at PATH instead of the
-device's (the matmul before the attention decides when its programs can start). After each replay the script reads every layer's record and prints, as medians over the
-layers and replays:
+device's (the matmul before the attention decides when its programs can start). Before each
+replay the records are zeroed; after it the script checks that every program wrote its row
+(0 < start <= past the wait <= end) and prints, as medians over the layers and replays:
 
   lead     how long the first program started before the wait released (release = the
            earliest pass of the wait: the QKV matmul before it has finished)
@@ -22,6 +25,8 @@ layers and replays:
   work     one program's wait to end (median over programs)
   span     the release to the last program's end: the attention's share of the critical path,
            less its exit
+
+and, from the first layer of the first replay, how many SMs its programs ran on.
 
 Needs a CUDA GPU of compute capability 9.0 or newer (PDL). This is a probe, like
 step_probe.py: what it finds goes into the kernels and the docs, measured by the toolkit's own
@@ -42,6 +47,7 @@ from microbench.engine.shapes import PRESETS
 RSA = importlib.import_module("microbench.kernels.rope_store_attention")
 _launch = RSA.launch
 FIELDS = 4   # per program: start, past the wait, end (ns), SM
+NAME = "<rope_attend_timed>"   # the copy's source file name, for linecache and tracebacks
 # (anchor in the kernel's source, text inserted after it): each anchor must occur exactly once
 PATCHES = (
     ("sem_ptr,", " times_ptr,"),
@@ -49,8 +55,8 @@ PATCHES = (
     ("    pdl_enter(USE_PDL)\n", "    t_wait = tl.extra.cuda.globaltimer()\n"),
 )
 # appended at the kernel body's own indent, so it runs last in every program
-TAIL = """    t_end = tl.extra.cuda.globaltimer()
-    rec = times_ptr + ((b * HKV + kvh) * num_splits + split) * 4
+TAIL = f"""    t_end = tl.extra.cuda.globaltimer()
+    rec = times_ptr + ((b * HKV + kvh) * num_splits + split) * {FIELDS}
     tl.store(rec, t_start)
     tl.store(rec + 1, t_wait)
     tl.store(rec + 2, t_end)
@@ -78,11 +84,10 @@ def timed_kernel():
     """A JIT kernel built from timed_source, with the module's globals (its helpers, tl)."""
     import triton
     src = timed_source(kernel_source())
-    name = "<rope_attend_timed>"
     # inspect.getsource, which the JIT calls, finds source registered in linecache
-    linecache.cache[name] = (len(src), None, src.splitlines(True), name)
+    linecache.cache[NAME] = (len(src), None, src.splitlines(True), NAME)
     scope = dict(vars(RSA))
-    exec(compile(src, name, "exec"), scope)
+    exec(compile(src, NAME, "exec"), scope)
     return triton.jit(scope["_rope_attend_kernel"])
 
 
@@ -93,17 +98,25 @@ class Recorder:
     def __init__(self):
         self.kernel = timed_kernel()
         self.records = {}
+        params = list(inspect.signature(RSA._rope_attend_kernel.fn).parameters)
+        self.cache_arg = params.index("kc_ptr")   # the layer's K cache keys its record
+        self.sem_arg = params.index("sem_ptr")    # the record's pointer goes after it
 
     def launch(self, record, kernel, grid, *args, **kw):
         if kernel is not RSA._rope_attend_kernel:
             return _launch(record, kernel, grid, *args, **kw)
-        key = (args[3].data_ptr(), tuple(grid))          # args[3]: this layer's K cache
+        key = (args[self.cache_arg].data_ptr(), tuple(grid))
         if key not in self.records:
             n = int(np.prod(grid))
             self.records[key] = torch.zeros(n * FIELDS, dtype=torch.int64, device=args[0].device)
-        sem = list(inspect.signature(RSA._rope_attend_kernel.fn).parameters).index("sem_ptr")
+        sem = self.sem_arg
         args = args[:sem + 1] + (self.records[key],) + args[sem + 1:]
         return _launch(record, self.kernel, grid, *args, **kw)
+
+    def reset(self):
+        """Zero every record, so a program that does not write its row shows."""
+        for r in self.records.values():
+            r.zero_()
 
     def snapshot(self) -> list:
         """Each layer's record, [programs, FIELDS], in the order the layers first launched."""
@@ -113,6 +126,9 @@ class Recorder:
 def layer_metrics(rec: np.ndarray) -> dict:
     """The module docstring's metrics (us, and a count) for one layer's record."""
     start, passed, end = (rec[:, i].astype(np.float64) for i in range(3))
+    if not ((start > 0) & (start <= passed) & (passed <= end)).all():
+        raise ValueError("attention_timeline: a program's record is missing or out of order "
+                         "(not 0 < start <= past the wait <= end)")
     release = passed.min()
     return {"lead": (release - start.min()) / 1e3,
             "late": int((start > release).sum()),
@@ -123,13 +139,16 @@ def layer_metrics(rec: np.ndarray) -> dict:
 
 
 def summarise(snapshots: list) -> dict:
-    """Median of every metric over all layers of all snapshots, and the programs a launch."""
+    """Median of every metric over all layers of all snapshots, the programs a launch, and the
+    timer's step (the smallest gap between distinct times read, us)."""
     rows = [layer_metrics(rec) for snap in snapshots for rec in snap]
     if not rows:
         raise ValueError("attention_timeline: no attention launch was recorded")
     out = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
     out["programs"] = int(snapshots[0][0].shape[0])
-    out["sms"] = len(np.unique(snapshots[0][0][:, 3]))
+    out["sms"] = len(np.unique(snapshots[0][0][:, 3]))   # the first layer of the first replay
+    times = np.unique(np.concatenate([rec[:, :3].ravel() for snap in snapshots for rec in snap]))
+    out["tick"] = float(np.diff(times).min()) / 1e3 if len(times) > 1 else 0.0
     return out
 
 
@@ -161,6 +180,7 @@ def main(preset, bs, context, replays, table):
         RSA.launch = _launch
     snaps = []
     for _ in range(replays):
+        rec.reset()
         step()
         torch.cuda.synchronize()
         snaps.append(rec.snapshot())
@@ -169,8 +189,9 @@ def main(preset, bs, context, replays, table):
                f"{len(snaps[0])} layers, {s['programs']} "
                f"programs a launch on {s['sms']} SMs, {replays} replays; medians over layers "
                f"and replays")
-    click.echo(f"  lead {s['lead']:.2f} us  late {s['late']:.0f} programs  last {s['last']:.2f} "
-               f"us  passed {s['passed']:.2f} us  work {s['work']:.2f} us  span {s['span']:.2f} us")
+    click.echo(f"  lead {s['lead']:.2f} us  late {s['late']:.1f} programs  last {s['last']:.2f} "
+               f"us  passed {s['passed']:.2f} us  work {s['work']:.2f} us  span {s['span']:.2f} us"
+               f"  (timer step {s['tick']:.3f} us)")
 
 
 if __name__ == "__main__":

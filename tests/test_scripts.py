@@ -373,19 +373,26 @@ def test_attention_timeline_refuses_a_kernel_its_patches_do_not_fit():
 
 
 def test_attention_timeline_metrics_of_one_layer_and_their_medians():
-    """Four programs: three started before the release (5000 ns), one after it."""
+    """Four programs: three started before the release (6000 ns), one after it."""
     import numpy as np
     at = _load("attention_timeline")
-    rec = np.array([[0, 5000, 7000, 3], [1000, 5000, 8000, 3], [2000, 5200, 7500, 7],
-                    [9000, 9500, 12000, 9]], dtype=np.int64)
+    rec = np.array([[1000, 6000, 8000, 3], [2000, 6000, 9000, 3], [3000, 6200, 8500, 7],
+                    [10000, 10500, 13000, 9]], dtype=np.int64)
     m = at.layer_metrics(rec)
     assert m == pytest.approx(dict(lead=5.0, late=1, last=4.0, passed=4.5, work=2.4, span=7.0))
     later = rec + np.array([0, 0, 2000, 0])          # every program ends 2 us later
     s = at.summarise([[rec, rec], [later, later]])
     assert s["span"] == pytest.approx(8.0) and s["work"] == pytest.approx(3.4)
     assert (s["programs"], s["sms"], s["late"]) == (4, 3, 1)
+    assert s["tick"] == pytest.approx(0.2)           # 6000 -> 6200, the closest distinct times
     with pytest.raises(ValueError, match="no attention launch"):
         at.summarise([[]])
+    # a row left zero (a program that never wrote it) or out of order is refused, not averaged
+    for bad in (np.zeros(4, dtype=np.int64), np.array([5000, 4000, 9000, 1])):
+        broken = rec.copy()
+        broken[2] = bad
+        with pytest.raises(ValueError, match="missing or out of order"):
+            at.layer_metrics(broken)
 
 
 def test_attention_timeline_launches_the_timed_copy_with_a_record_per_layer(monkeypatch):
@@ -412,6 +419,9 @@ def test_attention_timeline_launches_the_timed_copy_with_a_record_per_layer(monk
     rec.launch([], at.RSA._rope_attend_kernel, (1, 8, 9), *args)
     assert sent[-1][2][12] is got[12] and len(rec.records) == 2
     assert [r.shape for r in rec.snapshot()] == [(72, at.FIELDS)] * 2
+    got[12].fill_(7)
+    rec.reset()                                      # before each replay: every record zeroed
+    assert all((r == 0).all() for r in rec.snapshot())
 
 
 def test_attention_timeline_refuses_a_table_without_entries(tmp_path):
@@ -430,3 +440,17 @@ def test_attention_timeline_says_it_needs_a_gpu():
         pytest.skip("a GPU is visible: the script would run")
     out = CliRunner().invoke(_load("attention_timeline").main, ["--preset", "llama-8b"])
     assert out.exit_code == 2 and "CUDA GPU" in out.output
+
+
+@pytest.mark.gpu
+def test_attention_timeline_runs_on_a_gpu():
+    """On a PDL GPU the timed copy compiles, every program writes its row (the script refuses
+    otherwise), and the metrics print."""
+    import torch
+    from click.testing import CliRunner
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs compute capability 9.0 or newer")
+    out = CliRunner().invoke(_load("attention_timeline").main,
+                             ["--preset", "tiny", "--context", "64", "--replays", "2"])
+    assert out.exit_code == 0, out.output
+    assert "span" in out.output and "timer step" in out.output
