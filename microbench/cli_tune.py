@@ -132,9 +132,13 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
     if ab_preset:
         return _ab(ab_preset, rows, vary, path)
 
-    from microbench.bench.tune import merge_table, run_tune
+    from microbench.bench.tune import chosen_by_steps, merge_table, run_tune
     got = run_tune(presets, tuple(sorted(set(rows))), time_budget, workers,
                    on_progress=lambda line: click.echo(line, err=True))
+    before = json.loads(path.read_text()).get("configs", {}) if path.exists() else {}
+    for key, b in chosen_by_steps(before, got["entries"]):
+        click.echo(f"kept {key} rows {b}: chosen by whole steps ({before[key][b]['chosen_by']}); "
+                   "drop its chosen_by to let a tune replace it", err=True)
     _write_table(path, merge_table(path, got["meta"], got["entries"]))
     click.echo(f"tuned {sum(len(b) for b in got['entries'].values())} (shape, rows) entries; "
                f"table: {path}")

@@ -86,13 +86,23 @@ def entry(cfg: dict, us: float, cublas_us: float, nbytes: int, copy_bps: float, 
                 matmul=f"{mm.model} {mm.name}")
 
 
+def chosen_by_steps(configs: dict, entries: dict) -> list:
+    """The (shape key, bucket) pairs of `entries` whose entry in `configs` carries `chosen_by`:
+    set by hand after a whole-step A/B chose it over the tile `tune` times fastest alone, which
+    a tune, timing each matmul alone, cannot judge."""
+    return [(key, b) for key, buckets in entries.items() for b in buckets
+            if "chosen_by" in configs.get(key, {}).get(b, {})]
+
+
 def merge_table(path: Path, meta: dict, entries: dict) -> dict:
     """The table at `path` with `entries` ({shape key: {bucket: entry}}) written over its own,
-    and `meta` (device, versions, command) recorded for the run that wrote them."""
+    except those chosen by whole steps (chosen_by_steps: kept; drop an entry's `chosen_by` to
+    let a tune replace it), and `meta` (device, versions, command) recorded for the run."""
     old = json.loads(path.read_text()) if path.exists() else {}
     configs = old.get("configs", {})
+    keep = set(chosen_by_steps(configs, entries))
     for key, buckets in entries.items():
-        configs.setdefault(key, {}).update(buckets)
+        configs.setdefault(key, {}).update({b: e for b, e in buckets.items() if (key, b) not in keep})
     runs = old.get("runs", []) + [meta]
     return dict(device=meta["device"], runs=runs, configs=dict(sorted(configs.items())))
 

@@ -43,6 +43,22 @@ def test_merge_keeps_other_entries_and_records_each_run(tmp_path):
     assert [r["command"] for r in got["runs"]] == ["a", "b"] and len(got["configs"]) == 2
 
 
+def test_merge_keeps_an_entry_chosen_by_whole_steps(tmp_path):
+    """A tune replaces what it timed, except an entry a whole-step A/B chose (`chosen_by`)."""
+    path = tmp_path / "gemv_X.json"
+    key = "N=6144,K=4096,norm=1,epi=0,elt=2"
+    chosen = {"BLOCK_N": 64, "DOT": 2, "chosen_by": "whole graph steps"}
+    path.write_text(json.dumps({"device": "X", "runs": [],
+                                "configs": {key: {"1": chosen, "2": {"BLOCK_N": 64}}}}))
+    fresh = {key: {"1": {"BLOCK_N": 4}, "2": {"BLOCK_N": 32}}}
+    assert tune.chosen_by_steps(json.loads(path.read_text())["configs"], fresh) == [(key, "1")]
+    got = tune.merge_table(path, dict(device="X", command="tune"), fresh)
+    assert got["configs"][key] == {"1": chosen, "2": {"BLOCK_N": 32}}
+    # without its mark the entry is the tune's again
+    path.write_text(json.dumps({"device": "X", "configs": {key: {"1": {"BLOCK_N": 64}}}}))
+    assert tune.merge_table(path, dict(device="X", command="tune"), fresh)["configs"][key]["1"] == {"BLOCK_N": 4}
+
+
 def test_the_clis_vary_choices_are_the_variants():
     from microbench.cli_tune import VARY
     assert VARY == tuple(tune.VARIANTS)
