@@ -83,7 +83,7 @@ trap stop_packer EXIT
 # run_sets SCRIPT LOG SETS: python3 SCRIPT once per ';'-separated argument set in SETS (each
 # split on spaces, no glob expansion), output appended to LOG; returns the last failure's status
 run_sets() {
-  local script=$1 log=$2 sets a r rc=0
+  local script=$1 log=$2 sets argv a r rc=0
   IFS=';' read -ra sets <<< "$3"
   for a in "${sets[@]}"; do
     read -ra argv <<< "$a"
