@@ -135,11 +135,13 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
     from microbench.bench.tune import chosen_by_steps, merge_table, run_tune
     got = run_tune(presets, tuple(sorted(set(rows))), time_budget, workers,
                    on_progress=lambda line: click.echo(line, err=True))
-    before = json.loads(path.read_text()).get("configs", {}) if path.exists() else {}
-    for key, b in chosen_by_steps(before, got["entries"]):
-        click.echo(f"kept {key} rows {b}: chosen by whole steps ({before[key][b]['chosen_by']}); "
-                   "drop its chosen_by to let a tune replace it", err=True)
-    _write_table(path, merge_table(path, got["meta"], got["entries"]))
+    merged = merge_table(path, got["meta"], got["entries"])
+    # a tune's own entries carry no chosen_by: those that do in the merge are the kept ones
+    for key, b in chosen_by_steps(merged["configs"], got["entries"]):
+        click.echo(f"kept {key} rows {b}: chosen by whole steps "
+                   f"({merged['configs'][key][b]['chosen_by']}); drop its chosen_by to let a "
+                   "tune replace it", err=True)
+    _write_table(path, merged)
     click.echo(f"tuned {sum(len(b) for b in got['entries'].values())} (shape, rows) entries; "
                f"table: {path}")
 

@@ -41,8 +41,9 @@
 #                             per K/V tile, launch or gemv table differ, interleaved in one
 #                             process)
 #            timeline         scripts/attention_timeline.py once per ';'-separated argument set in
-#                             $TIMELINE_ARGS (default bs 1 of each preset): when each program
-#                             of the fused attention starts, passes its PDL wait and ends
+#                             $TIMELINE_ARGS (default: bs 1 of opt-125m, llama-1b and llama-8b):
+#                             when each program of the fused attention starts, passes its PDL
+#                             wait and ends
 #            startup          the compile arm's set-up, cold and warm compile caches (microbench startup)
 #            headroom         memory-headroom under --gpu-memory-utilization 0.9
 #            reproduce        the eight phenomena and their report (stopped after $REPRODUCE_S s)
