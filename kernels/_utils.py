@@ -123,3 +123,50 @@ def pdl_enter(USE_PDL: tl.constexpr):
     if USE_PDL == 2:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+# ---- L2 prefetch of the next kernels' weights ------------------------------------------------
+# A one-row decode attention call spends its time in a chain of dependent steps, not in memory
+# traffic, so while it runs the memory would idle. Past its PDL wait (the QKV matmul before it
+# has read its weights) it can ask L2 for weights the kernels after it will read: no kernel of
+# the step writes them. `cp.async.bulk.prefetch.L2` (SM 9.0) asks for a contiguous range of
+# bytes (16-byte aligned, a multiple of 16 long) and returns at once; Triton has no op for it,
+# so it goes through inline PTX.
+
+PREFETCH_FIELDS = 2      # a prefetch table's row: (address, bytes)
+
+
+def prefetch_table(regions, device) -> torch.Tensor:
+    """An int64 [len(regions), PREFETCH_FIELDS] tensor of (address, bytes) rows for the regions
+    given as (tensor, first byte, bytes), each start 16-byte aligned and each length a multiple
+    of 16 (what the bulk prefetch takes)."""
+    rows = []
+    for t, start, nbytes in regions:
+        addr = t.data_ptr() + start
+        if addr % 16 or nbytes % 16 or nbytes <= 0 or start + nbytes > t.numel() * t.element_size():
+            raise ValueError(f"prefetch region of {nbytes} bytes from byte {start} of a tensor of "
+                             f"{t.numel() * t.element_size()} bytes at {t.data_ptr():#x}: the start "
+                             "must be 16-byte aligned, the length a positive multiple of 16, and "
+                             "the range inside the tensor")
+        rows.append((addr, nbytes))
+    return torch.tensor(rows, dtype=torch.int64, device=device).reshape(-1, PREFETCH_FIELDS)
+
+
+@triton.jit
+def prefetch_regions(tab_ptr, pid, programs, REGIONS: tl.constexpr, CHUNKS: tl.constexpr):
+    """Program `pid` of `programs` asks L2 for its share of each of the REGIONS (address, bytes)
+    rows at tab_ptr: each region is cut into programs · CHUNKS pieces of equal length (a
+    multiple of 16 bytes), and each of this program's CHUNKS pieces is one bulk prefetch (give
+    CHUNKS the program's thread count, so each thread issues one). Compiled kernels only."""
+    piece = pid * CHUNKS + tl.arange(0, CHUNKS)
+    for r in tl.static_range(REGIONS):
+        addr = tl.load(tab_ptr + r * 2)
+        nbytes = tl.load(tab_ptr + r * 2 + 1)
+        chunk = tl.cdiv(tl.cdiv(nbytes, programs * CHUNKS), 16) * 16
+        off = piece.to(tl.int64) * chunk
+        size = tl.minimum(tl.maximum(nbytes - off, 0), chunk).to(tl.int32)
+        ptr = (addr + tl.minimum(off, nbytes - 16)).to(tl.pointer_type(tl.int8))
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.s32 p, $2, 0; "
+            "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+            "=r,l,r", [ptr, size], dtype=tl.int32, is_pure=False, pack=1)
