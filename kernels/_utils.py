@@ -153,11 +153,13 @@ def prefetch_table(regions, device) -> torch.Tensor:
 
 
 @triton.jit
-def prefetch_regions(tab_ptr, pid, programs, REGIONS: tl.constexpr, CHUNKS: tl.constexpr):
+def prefetch_regions(tab_ptr, pid, programs, REGIONS: tl.constexpr, CHUNKS: tl.constexpr,
+                     BULK: tl.constexpr = 1):
     """Program `pid` of `programs` asks L2 for its share of each of the REGIONS (address, bytes)
     rows at tab_ptr: each region is cut into programs · CHUNKS pieces of equal length (a
-    multiple of 16 bytes), and each of this program's CHUNKS pieces is one bulk prefetch (give
-    CHUNKS the program's thread count, so each thread issues one). Compiled kernels only."""
+    multiple of 16 bytes), and each of this program's CHUNKS pieces is one bulk prefetch (BULK),
+    or one `prefetch.global.L2` a 128-byte line of it (give CHUNKS the program's thread count, so
+    each thread asks for one piece). Compiled kernels only."""
     piece = pid * CHUNKS + tl.arange(0, CHUNKS)
     for r in tl.static_range(REGIONS):
         addr = tl.load(tab_ptr + r * 2)
@@ -165,8 +167,17 @@ def prefetch_regions(tab_ptr, pid, programs, REGIONS: tl.constexpr, CHUNKS: tl.c
         chunk = tl.cdiv(tl.cdiv(nbytes, programs * CHUNKS), 16) * 16
         off = piece.to(tl.int64) * chunk
         size = tl.minimum(tl.maximum(nbytes - off, 0), chunk).to(tl.int32)
-        ptr = (addr + tl.minimum(off, nbytes - 16)).to(tl.pointer_type(tl.int8))
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.s32 p, $2, 0; "
-            "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-            "=r,l,r", [ptr, size], dtype=tl.int32, is_pure=False, pack=1)
+        if BULK:
+            ptr = (addr + tl.minimum(off, nbytes - 16)).to(tl.pointer_type(tl.int8))
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.s32 p, $2, 0; "
+                "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+                "=r,l,r", [ptr, size], dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            for line in range(0, chunk, 128):
+                ptr = (addr + tl.minimum(off + line, nbytes - 1)).to(tl.pointer_type(tl.int8))
+                tl.inline_asm_elementwise(
+                    "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p prefetch.global.L2 [$1]; "
+                    "mov.u32 $0, 0; }",
+                    "=r,l,r", [ptr, size - line.to(tl.int32)], dtype=tl.int32, is_pure=False,
+                    pack=1)

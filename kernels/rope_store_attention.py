@@ -136,7 +136,7 @@ def _rope_attend_kernel(
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, S_CHUNK: tl.constexpr,
     SINGLE: tl.constexpr, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
     TILES_PER_SPLIT: tl.constexpr, STREAM: tl.constexpr, USE_PDL: tl.constexpr,
-    PF_REGIONS: tl.constexpr, PF_CHUNKS: tl.constexpr,
+    PF_REGIONS: tl.constexpr, PF_CHUNKS: tl.constexpr, PF_BULK: tl.constexpr = 1,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -174,7 +174,7 @@ def _rope_attend_kernel(
         # past the wait the QKV matmul has read its weights: ask L2 for the next kernels'
         # (the table at pf_ptr), which this call's chain of dependent steps leaves time to read
         prefetch_regions(pf_ptr, (b * HKV + kvh) * num_splits + split,
-                         tl.num_programs(0) * HKV * num_splits, PF_REGIONS, PF_CHUNKS)
+                         tl.num_programs(0) * HKV * num_splits, PF_REGIONS, PF_CHUNKS, PF_BULK)
 
     offs_h = tl.arange(0, BLOCK_H)
     heads = kvh * GROUP + offs_h

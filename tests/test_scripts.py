@@ -224,8 +224,8 @@ def test_step_probe_arms_and_the_plan_they_force(tmp_path):
         splits=3, block_n=32, table=str(table))
     assert probe.parse_arm("block_n=64,stream") == dict(block_n=64, stream=True)
     assert probe.parse_arm("warps=8,chunk=2") == dict(warps=8, chunk=2)
-    assert probe.parse_arm("prefetch=o+gu16") == dict(prefetch="o+gu16")
-    for bad in ("prefetch=gu", "prefetch=o+o", "prefetch=down", "splits=0", "splits=x", "splits=\u00b2", "block_n=48", "pdl=off",
+    assert probe.parse_arm("prefetch=o+gu16,lines") == dict(prefetch="o+gu16", lines=True)
+    for bad in ("prefetch=gu", "prefetch=o+o", "prefetch=down", "lines,lines", "splits=0", "splits=x", "splits=\u00b2", "block_n=48", "pdl=off",
                 "splits=2,splits=3", "splits", "stream,stream", "stream=1", "warps=3", "chunk=16",
                 "warps=8,warps=4", f"table={tmp_path / 'missing.json'}",
                 f"table={tmp_path / 'empty.json'}", f"table={tmp_path / 'bad.json'}"):
