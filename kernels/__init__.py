@@ -2,7 +2,7 @@
 `Launch` is one kernel launch bound for replay (the `record=` argument every wrapper takes);
 `pdl_mode` checks the `pdl=` argument every PDL kernel's wrapper takes."""
 from ._launch import Launch
-from ._utils import pdl_mode, prefetch_table
+from ._utils import pdl_mode
 from .decode_attention import decode_attention, decode_attention_ref
 from .embed import embed_seq_lens, embed_seq_lens_ref
 from .gemv import (linear, linear_ref, rmsnorm_linear, rmsnorm_linear_ref, rmsnorm_linear_swiglu,
@@ -14,7 +14,7 @@ from .store_kv import store_kv, store_kv_ref
 from .swiglu import swiglu, swiglu_ref
 
 __all__ = [
-    "Launch", "pdl_mode", "prefetch_table",
+    "Launch", "pdl_mode",
     "decode_attention", "decode_attention_ref", "rope_store_attention", "rope_store_attention_ref",
     "embed_seq_lens", "embed_seq_lens_ref",
     "rmsnorm", "rmsnorm_ref",

@@ -8,8 +8,7 @@ import triton.language as tl
 
 from ._launch import launch
 
-from ._utils import (PREFETCH_FIELDS, as_mask, check_device, dot, interpreted, pdl_enter, pdl_launch_kw,
-                     prefetch_regions, to_dtype, use_pdl)
+from ._utils import as_mask, check_device, dot, interpreted, pdl_enter, pdl_launch_kw, to_dtype, use_pdl
 from .decode_attention import (CPU_SMS, CUDA_NUM_STAGES, LOG2E, MAX_SPLITS, PROGRAMS_PER_SM, block_n_for,
                                check_attention,
                                choose_num_splits, decode_attention_ref, output_like, sm_count,
@@ -131,12 +130,11 @@ def _rope_attend_kernel(
     o_part_ptr, m_part_ptr, l_part_ptr, sem_ptr,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
     stride_cs, stride_ch, stride_cn, stride_ob, stride_oh,
-    H, HKV, max_seq, split_size, num_splits, qk_scale, theta, pf_ptr,
+    H, HKV, max_seq, split_size, num_splits, qk_scale, theta,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, S_CHUNK: tl.constexpr,
     SINGLE: tl.constexpr, DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
     TILES_PER_SPLIT: tl.constexpr, STREAM: tl.constexpr, USE_PDL: tl.constexpr,
-    PF_REGIONS: tl.constexpr, PF_CHUNKS: tl.constexpr, PF_BULK: tl.constexpr = 1,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -170,11 +168,6 @@ def _rope_attend_kernel(
     cos = tl.cos(angle)
     sin = tl.sin(angle)
     pdl_enter(USE_PDL)
-    if PF_REGIONS:
-        # past the wait the QKV matmul has read its weights: ask L2 for the next kernels'
-        # (the table at pf_ptr), which this call's chain of dependent steps leaves time to read
-        prefetch_regions(pf_ptr, (b * HKV + kvh) * num_splits + split,
-                         tl.num_programs(0) * HKV * num_splits, PF_REGIONS, PF_CHUNKS, PF_BULK)
 
     offs_h = tl.arange(0, BLOCK_H)
     heads = kvh * GROUP + offs_h
@@ -280,7 +273,7 @@ def _rope_attend_kernel(
 
 def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, theta=10000.0,
                          num_splits=None, out=None, semaphores=None, pdl=True, record=None,
-                         capped=False, prefetch=None):
+                         capped=False):
     """RoPE, the KV store and decode attention in one kernel, for one new token per sequence at
     position seq_lens[b] − 1: q and k are rotated there (q is left as it was, k rotated on its
     way into k_cache[slots[b], :, seq_lens[b] − 1], v copied into v_cache), and
@@ -295,9 +288,6 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     pdl: launch with programmatic dependent launch where the device has it.
     capped: with num_splits None, fused_plan's capped split count (a decoder's measured choice,
     engine/splits.py).
-    prefetch: None, or a table of memory regions (_utils.prefetch_table: int64 rows of address
-    and bytes) that the programs, past their PDL wait, ask L2 for between them: the weights of
-    the kernels after this one. Compiled kernels only; the interpreter ignores it.
     Returns out (a new [B, H, D] tensor, or `out` when given)."""
     check_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits)
     check_rope(q, k, seq_lens)
@@ -306,11 +296,6 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
         raise ValueError(f"rope_store_attention: k_cache and v_cache must share strides, got "
                          f"{k_cache.stride()} and {v_cache.stride()}")
     check_device("rope_store_attention", _rope_attend_kernel, q)
-    if prefetch is not None and (prefetch.dtype != torch.int64 or prefetch.dim() != 2
-                                 or prefetch.shape[1] != PREFETCH_FIELDS or prefetch.device != q.device):
-        raise ValueError(f"rope_store_attention: prefetch must be an int64 [regions, "
-                         f"{PREFETCH_FIELDS}] table on {q.device} (prefetch_table), got "
-                         f"{prefetch.dtype} {tuple(prefetch.shape)} on {prefetch.device}")
     B, H, D = q.shape
     Hkv, max_seq = k_cache.shape[1], k_cache.shape[2]
     out = output_like("rope_store_attention", q, out)
@@ -332,20 +317,16 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     group = H // Hkv
     block_s = triton.next_power_of_2(num_splits)
     pdl = use_pdl(_rope_attend_kernel, q, pdl)
-    regions = 0 if prefetch is None or interpreted(_rope_attend_kernel) else prefetch.shape[0]
-    num_warps = 4
     launch(record, _rope_attend_kernel, (B, Hkv, num_splits),
         q, k, v, k_cache, v_cache, slots, seq_lens, out, o_part, m_part, l_part, semaphores,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         *k_cache.stride()[:3], out.stride(0), out.stride(1),
         H, Hkv, max_seq, split_size, num_splits, float(scale) * LOG2E, float(theta),
-        prefetch if regions else semaphores,
         GROUP=group, HEAD_DIM=D, HALF=D // 2, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_S=block_s, S_CHUNK=min(block_s, 8), SINGLE=single,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         INTERPRET=interpreted(_rope_attend_kernel), TILES_PER_SPLIT=split_size // block_n,
-        STREAM=int(stream), USE_PDL=pdl, PF_REGIONS=regions, PF_CHUNKS=32 * num_warps,
-        num_warps=num_warps, num_stages=CUDA_NUM_STAGES,
+        STREAM=int(stream), USE_PDL=pdl, num_warps=4, num_stages=CUDA_NUM_STAGES,
         **pdl_launch_kw(pdl),
     )
     return out

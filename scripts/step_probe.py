@@ -13,9 +13,7 @@ the cache's K/V tiles: nothing here checks that), `block_n=N` (its K/V tiles hol
 launch: nothing loaded before the PDL wait, each tile's V after its softmax; the split count
 stays the plan's, or the arm's `splits`), `warps=N` (2, 4 or 8 warps a program), `chunk=N`
 (its merge loads the partials of N splits at once: 1, 2, 4 or 8, at most the splits' power of
-two), `prefetch=SPEC` (the weights the fused attention asks L2 for past its PDL wait, the
-decoder's `prefetch` setting: `o`, `guN` or `o+guN`; with `lines`, one `prefetch.global.L2`
-a 128-byte line instead of one bulk prefetch a thread) and `table=PATH` (the skinny matmuls bound with the gemv table at PATH instead of the
+two) and `table=PATH` (the skinny matmuls bound with the gemv table at PATH instead of the
 device's). The first arm is the reference of the ratios; the compiled Triton kernels'
 registers, spills and shared memory are printed last. Needs a CUDA GPU. This is a probe, for
 choosing what to build: a setting worth keeping goes into the decoder or a table, measured by
@@ -29,13 +27,11 @@ import click
 import torch
 
 from microbench.cli_tune import previous_table_problem
-from microbench.engine.decoder import prefetch_items
 from microbench.engine.shapes import PRESETS
 
 # rope_store_attention's module (the package re-exports its function under the same name)
 RSA = importlib.import_module("microbench.kernels.rope_store_attention")
-_FORCED = {"splits": None, "block_n": None, "stream": None, "warps": None, "chunk": None,
-           "lines": None}
+_FORCED = {"splits": None, "block_n": None, "stream": None, "warps": None, "chunk": None}
 _fused_plan = RSA.fused_plan
 _block_n_for = RSA.block_n_for
 _launch = RSA.launch
@@ -62,8 +58,6 @@ def _forced_launch(record, kernel, grid, *args, **kw):
         kw["num_warps"] = _FORCED["warps"]
     if _FORCED["chunk"]:
         kw["S_CHUNK"] = min(_FORCED["chunk"], kw["BLOCK_S"])
-    if _FORCED["lines"]:
-        kw["PF_BULK"] = 0
     return _launch(record, kernel, grid, *args, **kw)
 
 
@@ -79,13 +73,13 @@ def parse_arm(spec: str) -> dict:
     out = {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")
-        if part in ("stream", "lines") and part not in out:
-            out[part] = True   # stream: nothing loaded before the PDL wait; lines: see above
+        if part == "stream" and part not in out:   # nothing loaded before the PDL wait
+            out["stream"] = True
             continue
-        if not sep or key not in ("splits", "table", "prefetch", *CHOICES) or key in out:
+        if not sep or key not in ("splits", "table", *CHOICES) or key in out:
             raise click.BadParameter(f"{spec!r}: each setting is splits=N, block_n=N, warps=N, "
-                                     f"chunk=N, stream, prefetch=SPEC, lines or table=PATH, once each; "
-                                     f"or the arm is 'default'", param_hint="--arm")
+                                     f"chunk=N, stream or table=PATH, once each; or the arm is "
+                                     f"'default'", param_hint="--arm")
         if key == "splits":
             if not value.isdecimal() or int(value) < 1:
                 raise click.BadParameter(f"{spec!r}: splits must be a whole number >= 1",
@@ -96,12 +90,6 @@ def parse_arm(spec: str) -> dict:
                 raise click.BadParameter(f"{spec!r}: {key} must be one of "
                                          f"{', '.join(CHOICES[key])}", param_hint="--arm")
             out[key] = int(value)
-        elif key == "prefetch":
-            try:
-                prefetch_items(value)
-            except ValueError as e:
-                raise click.BadParameter(f"{spec!r}: {e}", param_hint="--arm") from None
-            out[key] = value
         else:
             out[key] = _table(spec, value)
     return out
@@ -133,8 +121,6 @@ def arms_patched(settings: dict):
             var = f"MICROBENCH_PROBE_TABLE_{list(settings).index(probe_arm)}"
             os.environ[var] = s["table"]
             kw["table_file"] = var
-        if "prefetch" in s:
-            kw["prefetch"] = s["prefetch"]
         _FORCED.update({k: s.get(k) for k in _FORCED})
         try:
             return build(preset, bs, context, **kw)
@@ -155,8 +141,8 @@ def arms_patched(settings: dict):
 @click.option("--preset", required=True, type=click.Choice(list(PRESETS)))
 @click.option("--bs", type=click.IntRange(1, 512), default=1, show_default=True)
 @click.option("--arm", "arms", multiple=True, required=True,
-              help="default, or any of splits=N, block_n=N, stream, warps=N, chunk=N, "
-                   "prefetch=SPEC, lines and table=PATH (comma-separated); two at least")
+              help="default, or any of splits=N, block_n=N, stream, warps=N, chunk=N and "
+                   "table=PATH (comma-separated); two at least")
 @click.option("--rounds", type=click.IntRange(2, 400), default=40, show_default=True)
 def main(preset, bs, arms, rounds):
     settings = {spec: parse_arm(spec) for spec in arms}

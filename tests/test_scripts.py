@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils import compiled_offline
-
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
@@ -20,13 +18,23 @@ def _load(name):
     return mod
 
 
+def _compiled_offline(*argv, timeout=120):
+    """Run python with `argv` in a process without the interpreter (which this test session may
+    have on), so Triton compiles for a GPU target; fails the test on a non-zero exit."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_gemv_regs_compiles_as_a_launch_specialises(tmp_path):
     """The offline compile carries the alignment the JIT marks at a real launch: the weight
     rows load 16 bytes a thread (PTX v4 loads), as the kernel does on the GPU."""
     code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import gemv_regs; "
             "cfg = dict(BLOCK_N=4, BLOCK_K=512, STAGES=3, num_warps=4, AHEAD=0, DOT=0, DEFER=1); "
             "print(gemv_regs.compile_regs(6144, 4096, True, 0, cfg, 1, 90)['vector_loads'])")
-    assert int(compiled_offline("-c", code).split()[-1]) > 0
+    assert int(_compiled_offline("-c", code).split()[-1]) > 0
 
 
 @pytest.mark.parametrize("regs, warps, programs", [
@@ -54,7 +62,7 @@ def test_gemv_regs_compiles_a_table_offline(tmp_path):
     big = dict(BLOCK_N=4, BLOCK_K=2048, STAGES=3, num_warps=4, AHEAD=0, DOT=0, DEFER=0, matmul="b")
     table = tmp_path / "gemv_test.json"
     table.write_text(json.dumps({"configs": {key: {"1": small}, key.replace("K=4096", "K=2048"): {"1": big}}}))
-    out = compiled_offline(str(SCRIPTS / "gemv_regs.py"), str(table))
+    out = _compiled_offline(str(SCRIPTS / "gemv_regs.py"), str(table))
     rows = [line.split() for line in out.splitlines()[1:]]
     assert [r[0] for r in rows] == ["a", "b"]
     for r in rows:
@@ -224,8 +232,7 @@ def test_step_probe_arms_and_the_plan_they_force(tmp_path):
         splits=3, block_n=32, table=str(table))
     assert probe.parse_arm("block_n=64,stream") == dict(block_n=64, stream=True)
     assert probe.parse_arm("warps=8,chunk=2") == dict(warps=8, chunk=2)
-    assert probe.parse_arm("prefetch=o+gu16,lines") == dict(prefetch="o+gu16", lines=True)
-    for bad in ("prefetch=gu", "prefetch=o+o", "prefetch=down", "lines,lines", "splits=0", "splits=x", "splits=\u00b2", "block_n=48", "pdl=off",
+    for bad in ("splits=0", "splits=x", "splits=\u00b2", "block_n=48", "pdl=off",
                 "splits=2,splits=3", "splits", "stream,stream", "stream=1", "warps=3", "chunk=16",
                 "warps=8,warps=4", f"table={tmp_path / 'missing.json'}",
                 f"table={tmp_path / 'empty.json'}", f"table={tmp_path / 'bad.json'}"):
@@ -302,20 +309,19 @@ def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(t
     cpu = torch.device("cpu")
     seen = []
 
-    def fake_build(preset, bs, context, table_file=None, prefetch=None):
+    def fake_build(preset, bs, context, table_file=None):
         # what rope_store_attention would read from its module while this arm's graph is captured
         splits, stream = probe.RSA.fused_plan(bs, 2, 520, cpu, 128, torch.bfloat16)
         seen.append(dict(splits=splits, stream=stream,
                          warps=probe._FORCED["warps"] if probe.RSA.launch is probe._forced_launch
                          else "not patched",
                          block_n=probe.RSA.block_n_for(cpu, 128, torch.bfloat16),
-                         table=os.environ.get(table_file) if table_file else None,
-                         prefetch=prefetch))
+                         table=os.environ.get(table_file) if table_file else None))
         return "runner", "step"
 
     monkeypatch.setattr(tune, "_graphed_step", fake_build)
-    settings = {"default": {}, f"splits=3,block_n=32,stream,warps=8,prefetch=o,table={table}": dict(
-        splits=3, block_n=32, stream=True, warps=8, prefetch="o", table=str(table))}
+    settings = {"default": {}, f"splits=3,block_n=32,stream,warps=8,table={table}": dict(
+        splits=3, block_n=32, stream=True, warps=8, table=str(table))}
     with probe.arms_patched(settings) as patched:
         assert [name for name, _ in patched.VARIANTS["probe"]] == list(settings)
         for name, kw in patched.VARIANTS["probe"]:
@@ -324,10 +330,8 @@ def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(t
         assert set(probe._FORCED.values()) == {None}
     default = probe._fused_plan(1, 2, 520, cpu, 128, torch.bfloat16)[0]
     assert seen == [dict(splits=default, stream=False, warps=None,
-                         block_n=probe._block_n_for(cpu, 128, torch.bfloat16), table=None,
-                         prefetch=None),
-                    dict(splits=3, stream=True, warps=8, block_n=32, table=str(table),
-                         prefetch="o")]
+                         block_n=probe._block_n_for(cpu, 128, torch.bfloat16), table=None),
+                    dict(splits=3, stream=True, warps=8, block_n=32, table=str(table))]
     assert tune._graphed_step is fake_build and "probe" not in tune.VARIANTS
     assert probe.RSA.fused_plan is probe._fused_plan
     assert probe.RSA.block_n_for is probe._block_n_for
@@ -345,7 +349,7 @@ def test_attention_timeline_kernel_compiles_with_its_timer_reads():
             "k = at.timed_kernel()\n"
             "const = dict(GROUP=4, HEAD_DIM=128, HALF=64, BLOCK_H=16, BLOCK_N=64, BLOCK_D=128,\n"
             "             BLOCK_S=16, S_CHUNK=8, SINGLE=0, DOT_PRECISION='tf32', INTERPRET=False,\n"
-            "             TILES_PER_SPLIT=1, STREAM=0, USE_PDL=1, PF_REGIONS=0, PF_CHUNKS=128)\n"
+            "             TILES_PER_SPLIT=1, STREAM=0, USE_PDL=1)\n"
             "ptr = dict(slots_ptr='*i32', seq_lens_ptr='*i32', o_part_ptr='*fp32', m_part_ptr='*fp32',\n"
             "           l_part_ptr='*fp32', sem_ptr='*i32', times_ptr='*i64')\n"
             "sig = {n: 'constexpr' if n in const else ptr.get(n, '*bf16') if n.endswith('_ptr')\n"
@@ -355,7 +359,7 @@ def test_attention_timeline_kernel_compiles_with_its_timer_reads():
             "                     options={'num_warps': 4, 'num_stages': 1}).asm['ptx']\n"
             "i = k.arg_names.index('sem_ptr')\n"
             "print(k.arg_names[i + 1], ptx.count('%globaltimer'), ptx.count('%smid'))\n")
-    assert compiled_offline("-c", code, timeout=180).split() == ["times_ptr", "3", "1"]
+    assert _compiled_offline("-c", code, timeout=180).split() == ["times_ptr", "3", "1"]
 
 
 def test_attention_timeline_refuses_a_kernel_its_patches_do_not_fit():

@@ -5,10 +5,6 @@ inputs, and one comparison. A kernel test is parametrized over its shapes and ov
     def test_op(shape, dtype, atol, rtol, device):
         assert_close(op(x), op_ref(x), dtype, atol, rtol)
 """
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -106,13 +102,3 @@ def attention_inputs(B, H, Hkv, D, max_seq, S, dtype, device, seed=7):
     k_cache.masked_fill_(unread, float("nan"))
     v_cache.masked_fill_(unread, float("nan"))
     return q, k_cache, v_cache, slots.to(torch.int32).to(device), seq_lens.to(device)
-
-
-def compiled_offline(*argv, timeout=120):
-    """Run python with `argv` in a process without the interpreter (which this test session may
-    have on), so Triton compiles for a GPU target; fails the test on a non-zero exit."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True,
-                         timeout=timeout)
-    assert out.returncode == 0, out.stderr
-    return out.stdout

@@ -75,44 +75,12 @@ def kernel_ops(backend: str) -> KernelOps:
     return KernelOps(backend)
 
 
-def prefetch_items(spec: str | None) -> list[str]:
-    """The items of a decoder's `prefetch` setting (ToyDecoder._prefetch_tables says what each
-    names); [] for None or 'off'. Raises ValueError for anything else."""
-    if spec in (None, "off"):
-        return []
-    items = spec.split("+")
-    if len(set(items)) != len(items) or any(
-            i != "o" and not (i.startswith("gu") and i[2:].isdecimal() and int(i[2:]) > 0)
-            for i in items):
-        raise ValueError(f"prefetch {spec!r}: give 'off' or '+'-joined items, each once: 'o' "
-                         "(the O weight) or 'guN' (the first N MiB of gate/up, N >= 1)")
-    return items
-
-
-def prefetch_regions(layer: dict, items: list[str]) -> list[tuple]:
-    """(tensor, first byte, bytes) of each region prefetch_items' `items` name in one layer's
-    weights: `o` the whole O weight; `guN` N MiB of gate/up (at most the whole), half from the
-    first gate rows and half from the first up rows (wgu holds the gate rows, then the up rows)."""
-    regions = []
-    for item in items:
-        if item == "o":
-            wo = layer["wo"]
-            regions.append((wo, 0, wo.numel() * wo.element_size()))
-            continue
-        wgu = layer["wgu"]
-        half = wgu.numel() * wgu.element_size() // 2          # the gate rows' bytes
-        each = min(int(item[2:]) * 2 ** 20 // 2, half) // 16 * 16
-        regions += [(wgu, 0, each), (wgu, half, each)]
-    return regions
-
-
 class ToyDecoder(Binding):
     def __init__(self, shape: ModelShape, backend: str = "triton", max_batch: int = 64,
                  max_seq: int = 1024, dtype: torch.dtype = torch.bfloat16,
                  device: str | torch.device = "cuda", seed: int = 0,
                  fusion: Fusion = Fusion.ATTENTION, pdl=None,
-                 blas: str | None = None, splits: str | None = None,
-                 prefetch: str | None = None):
+                 blas: str | None = None, splits: str | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if max_batch < 1 or max_seq < 1:
@@ -159,20 +127,6 @@ class ToyDecoder(Binding):
         # head), kept here so a captured step holds no memset
         self.attn_semaphores = torch.zeros((max_batch + 1) * s.n_kv_heads, dtype=torch.int32,
                                            device=self.device)
-        # per layer, the weights the fused attention asks L2 for on the skinny path (None: none)
-        self.prefetch = prefetch
-        self.prefetch_tables = self._prefetch_tables(prefetch)
-
-    def _prefetch_tables(self, spec: str | None):
-        """Per layer, the kernels.prefetch_table of the weights `spec` names, which the fused
-        attention asks L2 for past its PDL wait at up to plan.FAST_ROWS rows (the matmuls after
-        it stream their weights alone there): '+'-joined items, `o` (the layer's whole O weight)
-        and `guN` (the first N MiB of its gate/up weight, half from the gate rows and half from
-        the up rows, where the gate/up matmul's first programs read). None or 'off': none."""
-        items = prefetch_items(spec)
-        if not items or not self.attention_fused or self.device.type != "cuda":
-            return None
-        return [kernels.prefetch_table(prefetch_regions(L, items), self.device) for L in self.layers]
 
     # ---- the step, as pieces between attention calls ------------------------------------
     @property
@@ -289,12 +243,10 @@ class ToyDecoder(Binding):
         if self.attention_fused:
             B = q.shape[0]
             sem = self.attn_semaphores if B * self.shape.n_kv_heads <= self.attn_semaphores.numel() else None
-            pf = self.prefetch_tables[l] if self.prefetch_tables and self.skinny(B) else None
             return kernels.rope_store_attention(*self.split_qkv(q), self.k_cache[l], self.v_cache[l],
                                                 slots, seq_lens, self.scale, self.shape.rope_theta,
                                                 out=out, semaphores=sem, pdl=self.pdl_at(B),
-                                                capped=self.capped_splits(B), prefetch=pf,
-                                                **self._rec)
+                                                capped=self.capped_splits(B), **self._rec)
         args = (q, self.k_cache[l], self.v_cache[l], slots, seq_lens, self.scale)
         pdl = self.pdl_at(q.shape[0])
         if out is None:

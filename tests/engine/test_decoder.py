@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from microbench.engine.decoder import ToyDecoder, kernel_ops, prefetch_items, prefetch_regions
+from microbench.engine.decoder import ToyDecoder, kernel_ops
 from microbench.engine.plan import Fusion, launch_counts, step_kernels
 from microbench.engine.shapes import PRESETS
 
@@ -133,31 +133,6 @@ def test_bad_arguments():
         ToyDecoder(TINY, max_batch=0, device="cpu")
     with pytest.raises(ValueError, match="context"):
         make().fill_cache(1000)
-
-
-def test_prefetch_settings_and_the_regions_they_name():
-    assert prefetch_items(None) == prefetch_items("off") == []
-    assert prefetch_items("o+gu16") == ["o", "gu16"]
-    for bad in ("o+o", "gu", "gu0", "gux", "qkv", "o,gu4", ""):
-        with pytest.raises(ValueError, match="'off' or '\\+'-joined items"):
-            prefetch_items(bad)
-    with pytest.raises(ValueError, match="prefetch 'down'"):
-        make_prefetching("down")
-    L = make().layers[1]
-    wo, wgu = L["wo"], L["wgu"]
-    half = wgu.numel() * wgu.element_size() // 2
-    assert prefetch_regions(L, ["o"]) == [(wo, 0, wo.numel() * wo.element_size())]
-    # tiny's gate rows hold less than the 1 MiB asked for: each half is taken whole
-    assert prefetch_regions(L, ["gu1"]) == [(wgu, 0, half), (wgu, half, half)]
-    big = {"wgu": torch.empty(2 * 1024, 1024, dtype=torch.bfloat16)}   # 2 MiB of gate rows
-    assert prefetch_regions(big, ["gu1"]) == [(big["wgu"], 0, 2 ** 19), (big["wgu"], 2 ** 21, 2 ** 19)]
-    # on the CPU (the interpreter ignores prefetches) the decoder keeps no tables
-    assert make_prefetching("o+gu1").prefetch_tables is None
-
-
-def make_prefetching(spec):
-    return ToyDecoder(TINY, max_batch=2, max_seq=8, dtype=torch.float32, device="cpu",
-                      prefetch=spec)
 
 
 def test_planned_launches_match_the_decoder():

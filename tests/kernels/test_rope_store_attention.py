@@ -3,10 +3,10 @@ inside it) against rope_store_kv_ref + decode_attention_ref, on fresh random inp
 import pytest
 import torch
 
-from microbench.kernels import prefetch_table, rope_store_attention, rope_store_attention_ref
+from microbench.kernels import rope_store_attention, rope_store_attention_ref
 from microbench.kernels.rope_store_attention import STREAM_SPLITS, fused_plan
-from tests.utils import (ATTENTION_SHAPES, DTYPE_TOLS, TOL, assert_close, attention_inputs,
-                         compiled_offline, f16, fused_qkv, gen, i32)
+from tests.utils import (ATTENTION_SHAPES, DTYPE_TOLS, TOL, assert_close, attention_inputs, f16, fused_qkv,
+                         gen, i32)
 
 SPLITS = pytest.mark.parametrize("num_splits", [1, 3, None], ids=lambda n: f"splits={n}")
 
@@ -164,66 +164,11 @@ def test_rope_store_attention_cuda_graph_replay(device):
         assert_close(kc, kr, dtype)
 
 
-@pytest.mark.parametrize("B, num_splits", [(1, None), (3, 2)])
-def test_prefetch_changes_no_result(B, num_splits, device):
-    """Asking L2 for other tensors' bytes (two regions of a weight, cut among the programs)
-    changes neither the output nor the caches, and leaves the weight as it was. Compiled, the
-    bulk prefetches run; the interpreter ignores them."""
-    dtype = torch.bfloat16
-    args = fused_attention_inputs(B, 8, 2, 64, 96, 37, dtype, device, seed=15)
-    twin = [a.clone() for a in args]
-    w = torch.randn(1000, 24, generator=gen(16), dtype=torch.float32).to(dtype).to(device)
-    w0 = w.clone()
-    table = prefetch_table([(w, 0, 16 * 800), (w, 16 * 900, 16 * 600)], device)
-    sems = [torch.zeros(B * 2, dtype=torch.int32, device=device) for _ in range(2)]
-    got = rope_store_attention(*args, 0.125, num_splits=num_splits, semaphores=sems[0],
-                               prefetch=table)
-    want = rope_store_attention(*twin, 0.125, num_splits=num_splits, semaphores=sems[1])
-    assert torch.equal(got, want) and torch.equal(w, w0) and not sems[0].any()
-    for a, b in zip(args[3:5], twin[3:5]):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
-
-
-def test_prefetch_compiles_to_one_bulk_prefetch_a_thread_and_region():
-    """Compiled for SM 9.0 without a GPU: each region of the table is one bulk L2 prefetch in
-    the PTX (each thread issues its own piece), and none without a table."""
-    code = ("import importlib, triton\n"
-            "from triton.backends.compiler import GPUTarget\n"
-            "from triton.compiler import ASTSource\n"
-            "k = importlib.import_module('microbench.kernels.rope_store_attention')._rope_attend_kernel\n"
-            "for regions in (0, 2):\n"
-            "    const = dict(GROUP=4, HEAD_DIM=128, HALF=64, BLOCK_H=16, BLOCK_N=64, BLOCK_D=128,\n"
-            "                 BLOCK_S=16, S_CHUNK=8, SINGLE=0, DOT_PRECISION='tf32', INTERPRET=False,\n"
-            "                 TILES_PER_SPLIT=1, STREAM=0, USE_PDL=1, PF_REGIONS=regions, PF_CHUNKS=128)\n"
-            "    ptr = dict(slots_ptr='*i32', seq_lens_ptr='*i32', o_part_ptr='*fp32', m_part_ptr='*fp32',\n"
-            "               l_part_ptr='*fp32', sem_ptr='*i32', pf_ptr='*i64')\n"
-            "    sig = {n: 'constexpr' if n in const else ptr.get(n, '*bf16') if n.endswith('_ptr')\n"
-            "           else 'fp32' if n in ('qk_scale', 'theta') else 'i32' for n in k.arg_names}\n"
-            "    src = ASTSource(k, sig, constexprs={(k.arg_names.index(n),): v for n, v in const.items()})\n"
-            "    ptx = triton.compile(src, target=GPUTarget('cuda', 90, 32),\n"
-            "                         options={'num_warps': 4, 'num_stages': 1}).asm['ptx']\n"
-            "    print(ptx.count('cp.async.bulk.prefetch.L2.global'))\n")
-    assert compiled_offline("-c", code, timeout=240).split() == ["0", "2"]
-
-
-def test_prefetch_table_rows_and_refusals():
-    w = torch.zeros(64, 8, dtype=torch.bfloat16)            # 1024 bytes
-    t = prefetch_table([(w, 0, 1024), (w, 512, 256)], "cpu")
-    assert t.dtype == torch.int64 and t.tolist() == [[w.data_ptr(), 1024], [w.data_ptr() + 512, 256]]
-    for start, nbytes in ((8, 256), (0, 40), (0, 0), (512, 528)):   # unaligned, ragged, empty, past
-        with pytest.raises(ValueError, match="16-byte aligned"):
-            prefetch_table([(w, start, nbytes)], "cpu")
-
-
 BAD_CALLS = [
     ("semaphores", lambda d: rope_store_attention(
         f16(1, 2, 64, dev=d), f16(1, 1, 64, dev=d), f16(1, 1, 64, dev=d), f16(2, 1, 8, 64, dev=d),
         f16(2, 1, 8, 64, dev=d), i32(1, dev=d), i32(1, dev=d, fill=1), 0.125, semaphores=f16(4, dev=d)),
      "semaphores must be int32"),
-    ("prefetch", lambda d: rope_store_attention(
-        f16(1, 2, 64, dev=d), f16(1, 1, 64, dev=d), f16(1, 1, 64, dev=d), f16(2, 1, 8, 64, dev=d),
-        f16(2, 1, 8, 64, dev=d), i32(1, dev=d), i32(1, dev=d, fill=1), 0.125,
-        prefetch=i32(4, 2, dev=d)), "prefetch must be an int64"),
     ("kv", lambda d: rope_store_attention(
         f16(1, 2, 64, dev=d), f16(1, 2, 64, dev=d), f16(1, 2, 64, dev=d), f16(2, 1, 8, 64, dev=d),
         f16(2, 1, 8, 64, dev=d), i32(1, dev=d), i32(1, dev=d, fill=1), 0.125), "k and v"),
