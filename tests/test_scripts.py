@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -454,3 +455,74 @@ def test_attention_timeline_runs_on_a_gpu():
                              ["--preset", "tiny", "--context", "64", "--replays", "2"])
     assert out.exit_code == 0, out.output
     assert "span" in out.output and "timer step" in out.output
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", ["stream", "flag"])
+def test_boundary_probe_chain_matches_its_reference(mode):
+    """The relay chain of an odd number of programs, each streaming several weight chunks,
+    equals its float32 reference; in the flag mode every kernel's counter ends at its program
+    count (each program released once) and the spin let every kernel through."""
+    bp = _load("boundary_probe")
+    chain = bp.Chain(5, 7, 0.25, torch.device("cpu"))
+    assert chain.nchunk > 1
+    out = chain.step(bp.MODES[mode])
+    want = bp.reference(chain.w, 5, 7)
+    assert bp.off_reference(out, want) is None
+    counts = chain.cnt[:5].tolist()
+    assert counts == ([7] * 5 if mode == "flag" else [0] * 5)
+
+
+def test_boundary_probe_check_catches_a_kernel_that_read_early():
+    """A last kernel that read zeros (its input not yet written) is off the reference."""
+    bp = _load("boundary_probe")
+    w = torch.randn(4 * 9 * 128, dtype=torch.bfloat16)
+    want = bp.reference(w, 4, 9)
+    pid = torch.arange(9, dtype=torch.float32)
+    early = 1.0 + w.float().view(4, 9, -1).sum(dim=2)[3] * 1e-4 + pid * 1e-3
+    assert bp.off_reference(early, want) is not None
+    assert bp.off_reference(want + 1e-7, want) is None
+
+
+def test_boundary_probe_modes_compile_to_their_waits():
+    """Offline for SM 9.0: only `pdl` waits with griddepcontrol.wait; the flag modes poll with
+    acquire loads (one thread, or every thread for flag-all) and release with an atomic add."""
+    code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import boundary_probe as bp\n"
+            "from triton.backends.compiler import GPUTarget\n"
+            "from triton.compiler import ASTSource\n"
+            "import triton\n"
+            "k = bp._relay\n"
+            "for mode in (0, 1, 2, 3):\n"
+            "    sig = dict(src_ptr='*fp32', dst_ptr='*fp32', w_ptr='*bf16', prev_cnt_ptr='*i32',\n"
+            "               cnt_ptr='*i32', P='i32')\n"
+            "    const = dict(MODE=mode, FIRST=False, CHUNK=4096, NCHUNK=2, READ_N=1024, GDC=True)\n"
+            "    sig.update({n: 'constexpr' for n in const})\n"
+            "    src = ASTSource(k, sig, constexprs={(k.arg_names.index(n),): v for n, v in const.items()})\n"
+            "    ptx = triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': 4}).asm['ptx']\n"
+            "    print(mode, ptx.count('griddepcontrol.wait'), ptx.count('griddepcontrol.launch_dependents'),\n"
+            "          ptx.count('ld.global.gpu.acquire'), ptx.count('ld.acquire.gpu'),\n"
+            "          ptx.count('atom.global.gpu.release.add'))\n")
+    rows = {int(r.split()[0]): [int(v) for v in r.split()[1:]]
+            for r in _compiled_offline("-c", code).splitlines()}
+    assert rows[0] == [0, 0, 0, 0, 0]
+    assert rows[1] == [1, 1, 0, 0, 0]
+    assert rows[2][:2] == [0, 1] and rows[2][2] > 0 and rows[2][3] == 0 and rows[2][4] == 1
+    assert rows[3][:3] == [0, 1, 0] and rows[3][3] > 0 and rows[3][4] == 1
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--modes", "pdl,bogus"], "bogus: modes are stream, pdl, flag, flag-all"),
+    (["--programs", "0"], "each must be at least 1"),
+    (["--mib", "x"], "give comma-separated numbers"),
+])
+def test_boundary_probe_rejects_bad_input(args, says):
+    from click.testing import CliRunner
+    out = CliRunner().invoke(_load("boundary_probe").main, args)
+    assert out.exit_code != 0 and says in out.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_boundary_probe_says_it_needs_a_gpu():
+    from click.testing import CliRunner
+    out = CliRunner().invoke(_load("boundary_probe").main, [])
+    assert out.exit_code != 0 and "needs a CUDA GPU" in str(out.exception) + out.output

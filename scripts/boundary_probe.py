@@ -1,0 +1,218 @@
+"""What one kernel boundary costs inside a CUDA graph, by how the next kernel waits for the one
+before it.
+
+A chain of L kernels, captured in one graph. Each program loads its share of a weight (which no
+kernel writes, so it is loaded before any wait, as the decoder's matmuls do), waits for the
+kernel before, reads that kernel's whole output (every program needs all of it, as a matmul's
+programs need the whole input row), streams the rest of its weight share and writes one value.
+The time per boundary is a replay's time over L. The ways of waiting, each in its own graph,
+timed interleaved in one process:
+
+  stream   no PDL: a kernel starts once the one before has completed
+  pdl      PDL, launch_dependents first: the kernel launches while the one before runs, and
+           griddepcontrol.wait holds it until that kernel has completed and flushed (the
+           decoder's "early" mode)
+  flag     PDL as above, without griddepcontrol.wait: each program spins on a counter that the
+           programs of the kernel before increment (release, after their stores) until all
+           have (acquire); one thread polls (Triton makes the scalar atomic_add of 0 one
+           thread's ld.acquire) and a barrier releases the rest; the counters are zeroed at the
+           start of each step
+  flag-all the same, every thread polling with its own ld.acquire.gpu
+
+The flag modes cannot deadlock: a PDL kernel's programs launch only once every program of the
+kernel before has run launch_dependents (is running or done), and no program spins on a later
+kernel. A bounded spin (MAX_POLLS) makes a counting error a wrong value, never a hang: every mode's
+last output is checked against the float32 reference of the chain before anything is timed.
+
+usage: python scripts/boundary_probe.py [--programs 132,528,1056] [--mib 0,8] [--layers 64]
+           [--rounds 200] [--modes stream,pdl,flag,flag-all]
+Needs a CUDA GPU of SM 9.0 or newer for the PDL modes (stream runs anywhere with CUDA). This is a
+probe for choosing what to build, not a toolkit measurement."""
+import os
+import sys
+
+import click
+import torch
+import triton
+import triton.language as tl
+
+MODES = {"stream": 0, "pdl": 1, "flag": 2, "flag-all": 3}
+READ = 1024          # elements of the kernel before's output each program reads
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_POLLS = tl.constexpr(1 << 22)  # a spin gives up after this many polls
+
+
+@triton.jit
+def _ld_acquire(ptr):
+    """One acquire load at GPU scope (every thread of the program issues it)."""
+    return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptr],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _relay(src_ptr, dst_ptr, w_ptr, prev_cnt_ptr, cnt_ptr, P, MODE: tl.constexpr,
+           FIRST: tl.constexpr, CHUNK: tl.constexpr, NCHUNK: tl.constexpr, READ_N: tl.constexpr,
+           GDC: tl.constexpr = True):
+    pid = tl.program_id(0)
+    offs = tl.arange(0, CHUNK)
+    w_base = w_ptr + pid.to(tl.int64) * (CHUNK * NCHUNK)
+    wsum = tl.sum(tl.load(w_base + offs).to(tl.float32))      # chunk 0, before any wait
+    if MODE == 1:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+    if MODE >= 2:
+        if GDC:     # (off under the CPU interpreter, which has no griddepcontrol)
+            tl.extra.cuda.gdc_launch_dependents()
+        if not FIRST:
+            if MODE == 2:
+                n = tl.atomic_add(prev_cnt_ptr, 0, sem="acquire", scope="gpu")
+            else:
+                n = tl.max(_ld_acquire(prev_cnt_ptr + tl.zeros([1], tl.int32)), axis=0)
+            polls = 0
+            while (n < P) & (polls < MAX_POLLS):
+                if MODE == 2:
+                    n = tl.atomic_add(prev_cnt_ptr, 0, sem="acquire", scope="gpu")
+                else:
+                    n = tl.max(_ld_acquire(prev_cnt_ptr + tl.zeros([1], tl.int32)), axis=0)
+                polls += 1
+            tl.debug_barrier()
+    # the kernel before's output, from L2 (.cg: written by other programs)
+    x = tl.load(src_ptr + tl.arange(0, READ_N) % P, cache_modifier=".cg")
+    for c in range(1, NCHUNK):
+        wsum += tl.sum(tl.load(w_base + c * CHUNK + offs).to(tl.float32))
+    tl.store(dst_ptr + pid, tl.sum(x) * (0.5 / READ_N) + 1.0 + wsum * 1e-4 + pid * 1e-3)
+    if MODE >= 2:
+        tl.debug_barrier()          # every thread's store done before the release counts it
+        tl.atomic_add(cnt_ptr, 1, sem="release", scope="gpu")
+
+
+def reference(w: torch.Tensor, layers: int, programs: int) -> torch.Tensor:
+    """The chain in float32 PyTorch: kernel i's output from kernel i - 1's (zeros before the
+    first), each program adding its weight share's sum."""
+    wsum = w.float().view(layers, programs, -1).sum(dim=2)
+    x = torch.zeros(programs, device=w.device)
+    idx = torch.arange(READ, device=w.device) % programs
+    pid = torch.arange(programs, device=w.device, dtype=torch.float32)
+    for i in range(layers):
+        x = x[idx].sum() * (0.5 / READ) + 1.0 + wsum[i] * 1e-4 + pid * 1e-3
+    return x
+
+
+def off_reference(out: torch.Tensor, want: torch.Tensor):
+    """How far the chain's last output is off its reference, when beyond float32 summation
+    order (1e-5 of the largest value): a kernel adds about 1 to half its input's mean, so one
+    that read its input before it was written (zeros: the outputs are zeroed before the checked
+    replay) is off by a quarter or more at the end of the chain. None when within."""
+    err = (out.float() - want).abs().max().item()
+    return None if err <= 1e-5 * max(1.0, want.abs().max().item()) else err
+
+
+class Chain:
+    """L relay kernels over one weight, their outputs and counters, launched in one mode."""
+
+    def __init__(self, layers: int, programs: int, mib: float, device):
+        chunk = 4096 if mib else 128
+        nchunk = max(1, round(mib * 2**20 / (2 * programs * chunk))) if mib else 1
+        self.layers, self.programs, self.chunk, self.nchunk = layers, programs, chunk, nchunk
+        self.bytes = 2 * programs * chunk * nchunk      # weight bytes a kernel reads
+        g = torch.Generator(device=device).manual_seed(0)
+        self.w = torch.randn(layers * programs * chunk * nchunk, device=device, generator=g,
+                             dtype=torch.bfloat16)
+        self.bufs = torch.zeros(layers + 1, programs, device=device)
+        self.cnt = torch.zeros(layers + 1, dtype=torch.int32, device=device)
+
+    def step(self, mode: int):
+        self.cnt.zero_()
+        per = self.programs * self.chunk * self.nchunk
+        for i in range(self.layers):
+            _relay[(self.programs,)](
+                self.bufs[i], self.bufs[i + 1], self.w[i * per:], self.cnt[max(i - 1, 0):],
+                self.cnt[i:], self.programs, MODE=mode,
+                FIRST=i == 0, CHUNK=self.chunk, NCHUNK=self.nchunk, READ_N=READ, GDC=not INTERPRET,
+                num_warps=4, **({"launch_pdl": True} if mode and i else {}))
+        # (the first kernel launches without PDL: it follows the counters' memset, not a kernel)
+        return self.bufs[self.layers]
+
+
+def _ints(text):
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give comma-separated whole numbers") from None
+    if any(v < 1 for v in vals):
+        raise click.BadParameter(f"{text!r}: each must be at least 1")
+    return vals
+
+
+@click.command()
+@click.option("--programs", default="132,528,1056", show_default=True,
+              help="programs a kernel (comma-separated)")
+@click.option("--mib", default="0,8", show_default=True,
+              help="weight MiB each kernel streams (comma-separated; 0: a 256-byte share)")
+@click.option("--layers", default=64, show_default=True, type=click.IntRange(2, 4096))
+@click.option("--rounds", default=200, show_default=True, type=click.IntRange(5, 100000))
+@click.option("--modes", default="stream,pdl,flag,flag-all", show_default=True)
+def main(programs, mib, layers, rounds, modes):
+    progs = _ints(programs)
+    try:
+        mibs = [float(v) for v in mib.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{mib!r}: give comma-separated numbers", param_hint="--mib")
+    names = modes.split(",")
+    bad = [m for m in names if m not in MODES]
+    if bad:
+        raise click.BadParameter(f"{', '.join(bad)}: modes are {', '.join(MODES)}",
+                                 param_hint="--modes")
+    if not torch.cuda.is_available():
+        sys.exit("boundary_probe needs a CUDA GPU; none is visible")
+    if torch.cuda.get_device_capability()[0] < 9 and names != ["stream"]:
+        sys.exit("the pdl and flag modes need SM 9.0 or newer; give --modes stream")
+    dev = torch.device("cuda")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
+          f"{triton.__version__}; {layers} kernels a graph, {rounds} rounds, modes interleaved "
+          f"in rotating order; per boundary = replay / kernels")
+    print("programs  weight MiB  mode       median us/boundary  p25-p75            "
+          "over pdl  weight GB/s")
+    for p in progs:
+        for m in mibs:
+            chain = Chain(layers, p, m, dev)
+            want = reference(chain.w, layers, p)
+            graphs = {}
+            for name in names:
+                chain.step(MODES[name])                         # compile, warm
+                torch.cuda.synchronize()
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    chain.step(MODES[name])
+                chain.bufs.zero_()
+                g.replay()
+                torch.cuda.synchronize()
+                err = off_reference(chain.bufs[layers], want)
+                if err is not None:
+                    sys.exit(f"{name} at {p} programs, {m} MiB: output off the reference by "
+                             f"{err:.3g}; a boundary let a kernel read before its input was "
+                             "written")
+                graphs[name] = g
+            times = {name: [] for name in names}
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+            for r in range(rounds):
+                for j in range(len(names)):
+                    name = names[(r + j) % len(names)]
+                    ev[0].record()
+                    graphs[name].replay()
+                    ev[1].record()
+                    ev[1].synchronize()
+                    times[name].append(ev[0].elapsed_time(ev[1]) * 1e3 / layers)
+            ref = torch.tensor(times["pdl"]).median().item() if "pdl" in times else None
+            for name in names:
+                t = torch.tensor(times[name])
+                med = t.median().item()
+                q = torch.quantile(t, torch.tensor([0.25, 0.75])).tolist()
+                over = f"{med / ref:8.3f}" if ref else "       -"
+                bw = f"{chain.bytes / med / 1e3:10.0f}" if m else "         -"
+                print(f"{p:8d}  {chain.bytes / 2**20:10.2f}  {name:8s}  {med:18.3f}  "
+                      f"{q[0]:8.3f}-{q[1]:8.3f}  {over}  {bw}")
+
+
+if __name__ == "__main__":
+    main()
