@@ -18,6 +18,9 @@ timed interleaved in one process:
            thread's ld.acquire) and a barrier releases the rest; the counters are zeroed at the
            start of each step
   flag-all the same, every thread polling with its own ld.acquire.gpu
+  flag-late  flag, with launch_dependents after the spin: only the next kernel's programs are
+           resident and polling, not the whole chain's
+  flag-nap flag, sleeping about 256 ns between polls
 
 The flag modes cannot deadlock: a PDL kernel's programs launch only once every program of the
 kernel before has run launch_dependents (is running or done), and no program spins on a later
@@ -25,7 +28,7 @@ kernel. A bounded spin (MAX_POLLS) makes a counting error a wrong value, never a
 last output is checked against the float32 reference of the chain before anything is timed.
 
 usage: python scripts/boundary_probe.py [--programs 132,528,1056] [--mib 0,8] [--layers 64]
-           [--rounds 200] [--modes stream,pdl,flag,flag-all]
+           [--rounds 200] [--modes stream,pdl,flag,flag-all,flag-late,flag-nap]
 Needs a CUDA GPU of SM 9.0 or newer for the PDL modes (stream runs anywhere with CUDA). This is a
 probe for choosing what to build, not a toolkit measurement."""
 import os
@@ -36,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-MODES = {"stream": 0, "pdl": 1, "flag": 2, "flag-all": 3}
+MODES = {"stream": 0, "pdl": 1, "flag": 2, "flag-all": 3, "flag-late": 4, "flag-nap": 5}
 READ = 1024          # elements of the kernel before's output each program reads
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_POLLS = tl.constexpr(1 << 22)  # a spin gives up after this many polls
@@ -47,6 +50,25 @@ def _ld_acquire(ptr):
     """One acquire load at GPU scope (every thread of the program issues it)."""
     return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptr],
                                      dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _count(ptr, ALL: tl.constexpr):
+    """The counter at ptr, read with acquire: by one thread (Triton makes a scalar atomic_add of
+    0 one thread's ld.acquire, the value shared through a barrier), or by every thread (ALL)."""
+    if ALL:
+        n = tl.max(_ld_acquire(ptr + tl.zeros([1], tl.int32)), axis=0)
+    else:
+        n = tl.atomic_add(ptr, 0, sem="acquire", scope="gpu")
+    return n
+
+
+@triton.jit
+def _nap(n):
+    """Sleep about 256 ns (every thread)."""
+    return tl.inline_asm_elementwise("nanosleep.u32 256; mov.b32 $0, $1;", "=r,r",
+                                     [n + tl.zeros([1], tl.int32)], dtype=tl.int32,
+                                     is_pure=False, pack=1)
 
 
 @triton.jit
@@ -61,21 +83,20 @@ def _relay(src_ptr, dst_ptr, w_ptr, prev_cnt_ptr, cnt_ptr, P, MODE: tl.constexpr
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
     if MODE >= 2:
-        if GDC:     # (off under the CPU interpreter, which has no griddepcontrol)
+        # (GDC is off under the CPU interpreter, which has no griddepcontrol)
+        if GDC and MODE != 4:
             tl.extra.cuda.gdc_launch_dependents()
         if not FIRST:
-            if MODE == 2:
-                n = tl.atomic_add(prev_cnt_ptr, 0, sem="acquire", scope="gpu")
-            else:
-                n = tl.max(_ld_acquire(prev_cnt_ptr + tl.zeros([1], tl.int32)), axis=0)
+            n = _count(prev_cnt_ptr, MODE == 3)
             polls = 0
             while (n < P) & (polls < MAX_POLLS):
-                if MODE == 2:
-                    n = tl.atomic_add(prev_cnt_ptr, 0, sem="acquire", scope="gpu")
-                else:
-                    n = tl.max(_ld_acquire(prev_cnt_ptr + tl.zeros([1], tl.int32)), axis=0)
+                if MODE == 5:
+                    _nap(n)
+                n = _count(prev_cnt_ptr, MODE == 3)
                 polls += 1
             tl.debug_barrier()
+        if GDC and MODE == 4:
+            tl.extra.cuda.gdc_launch_dependents()
     # the kernel before's output, from L2 (.cg: written by other programs)
     x = tl.load(src_ptr + tl.arange(0, READ_N) % P, cache_modifier=".cg")
     for c in range(1, NCHUNK):
@@ -111,8 +132,9 @@ class Chain:
     """L relay kernels over one weight, their outputs and counters, launched in one mode."""
 
     def __init__(self, layers: int, programs: int, mib: float, device):
-        chunk = 4096 if mib else 128
-        nchunk = max(1, round(mib * 2**20 / (2 * programs * chunk))) if mib else 1
+        share = mib * 2**20 / (2 * programs)              # weight elements a program reads
+        chunk = min(4096, max(128, 1 << max(0, int(share).bit_length() - 1)))
+        nchunk = max(1, round(share / chunk))
         self.layers, self.programs, self.chunk, self.nchunk = layers, programs, chunk, nchunk
         self.bytes = 2 * programs * chunk * nchunk      # weight bytes a kernel reads
         g = torch.Generator(device=device).manual_seed(0)
@@ -151,7 +173,7 @@ def _ints(text):
               help="weight MiB each kernel streams (comma-separated; 0: a 256-byte share)")
 @click.option("--layers", default=64, show_default=True, type=click.IntRange(2, 4096))
 @click.option("--rounds", default=200, show_default=True, type=click.IntRange(5, 100000))
-@click.option("--modes", default="stream,pdl,flag,flag-all", show_default=True)
+@click.option("--modes", default="stream,pdl,flag,flag-all,flag-late,flag-nap", show_default=True)
 def main(programs, mib, layers, rounds, modes):
     progs = _ints(programs)
     try:

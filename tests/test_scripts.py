@@ -458,7 +458,7 @@ def test_attention_timeline_runs_on_a_gpu():
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("mode", ["stream", "flag"])
+@pytest.mark.parametrize("mode", ["stream", "flag", "flag-late", "flag-nap"])
 def test_boundary_probe_chain_matches_its_reference(mode):
     """The relay chain of an odd number of programs, each streaming several weight chunks,
     equals its float32 reference; in the flag mode every kernel's counter ends at its program
@@ -470,7 +470,7 @@ def test_boundary_probe_chain_matches_its_reference(mode):
     want = bp.reference(chain.w, 5, 7)
     assert bp.off_reference(out, want) is None
     counts = chain.cnt[:5].tolist()
-    assert counts == ([7] * 5 if mode == "flag" else [0] * 5)
+    assert counts == ([7] * 5 if mode.startswith("flag") else [0] * 5)
 
 
 def test_boundary_probe_check_catches_a_kernel_that_read_early():
@@ -486,13 +486,14 @@ def test_boundary_probe_check_catches_a_kernel_that_read_early():
 
 def test_boundary_probe_modes_compile_to_their_waits():
     """Offline for SM 9.0: only `pdl` waits with griddepcontrol.wait; the flag modes poll with
-    acquire loads (one thread, or every thread for flag-all) and release with an atomic add."""
+    acquire loads (one thread, or every thread for flag-all) and release with an atomic add;
+    only flag-nap sleeps, and only flag-late lets the next kernel launch after its spin."""
     code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import boundary_probe as bp\n"
             "from triton.backends.compiler import GPUTarget\n"
             "from triton.compiler import ASTSource\n"
             "import triton\n"
             "k = bp._relay\n"
-            "for mode in (0, 1, 2, 3):\n"
+            "for mode in (0, 1, 2, 3, 4, 5):\n"
             "    sig = dict(src_ptr='*fp32', dst_ptr='*fp32', w_ptr='*bf16', prev_cnt_ptr='*i32',\n"
             "               cnt_ptr='*i32', P='i32')\n"
             "    const = dict(MODE=mode, FIRST=False, CHUNK=4096, NCHUNK=2, READ_N=1024, GDC=True)\n"
@@ -501,17 +502,22 @@ def test_boundary_probe_modes_compile_to_their_waits():
             "    ptx = triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': 4}).asm['ptx']\n"
             "    print(mode, ptx.count('griddepcontrol.wait'), ptx.count('griddepcontrol.launch_dependents'),\n"
             "          ptx.count('ld.global.gpu.acquire'), ptx.count('ld.acquire.gpu'),\n"
-            "          ptx.count('atom.global.gpu.release.add'))\n")
+            "          ptx.count('atom.global.gpu.release.add'), ptx.count('nanosleep'),\n"
+            "          int(ptx.find('griddepcontrol.launch_dependents') > ptx.find('.acquire')))\n")
     rows = {int(r.split()[0]): [int(v) for v in r.split()[1:]]
             for r in _compiled_offline("-c", code).splitlines()}
-    assert rows[0] == [0, 0, 0, 0, 0]
-    assert rows[1] == [1, 1, 0, 0, 0]
-    assert rows[2][:2] == [0, 1] and rows[2][2] > 0 and rows[2][3] == 0 and rows[2][4] == 1
+    assert rows[0][:6] == [0, 0, 0, 0, 0, 0]
+    assert rows[1][:6] == [1, 1, 0, 0, 0, 0]
+    for mode in (2, 4, 5):
+        assert rows[mode][:2] == [0, 1] and rows[mode][2] > 0 and rows[mode][3:5] == [0, 1]
     assert rows[3][:3] == [0, 1, 0] and rows[3][3] > 0 and rows[3][4] == 1
+    assert [rows[m][5] for m in (2, 3, 4)] == [0, 0, 0] and rows[5][5] > 0
+    # flag-late lets the next kernel launch after its spin, the others before
+    assert [rows[m][6] for m in (2, 3, 4, 5)] == [0, 0, 1, 0]
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--modes", "pdl,bogus"], "bogus: modes are stream, pdl, flag, flag-all"),
+    (["--modes", "pdl,bogus"], "bogus: modes are stream, pdl, flag, flag-all, flag-late, flag-nap"),
     (["--programs", "0"], "each must be at least 1"),
     (["--mib", "x"], "give comma-separated numbers"),
 ])
