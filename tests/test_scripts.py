@@ -532,3 +532,19 @@ def test_boundary_probe_says_it_needs_a_gpu():
     from click.testing import CliRunner
     out = CliRunner().invoke(_load("boundary_probe").main, [])
     assert out.exit_code != 0 and "needs a CUDA GPU" in str(out.exception) + out.output
+
+
+@pytest.mark.gpu
+def test_boundary_probe_runs_every_mode_against_its_reference():
+    """On a GPU of SM 9.0 or newer every mode's chain, graphed, equals its float32 reference
+    (the probe exits non-zero if one does not) and prints a row per mode and size."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the PDL and flag modes need SM 9.0")
+    from click.testing import CliRunner
+    bp = _load("boundary_probe")
+    out = CliRunner().invoke(bp.main, ["--programs", "33,264", "--mib", "0,1", "--layers", "6",
+                                       "--rounds", "5"])
+    assert out.exit_code == 0, out.output
+    rows = [line.split() for line in out.output.splitlines() if line.split()[:1] in (["33"], ["264"])]
+    assert len(rows) == 2 * 2 * len(bp.MODES)
+    assert {r[2] for r in rows} == set(bp.MODES)
