@@ -460,28 +460,52 @@ def test_attention_timeline_runs_on_a_gpu():
 @pytest.mark.interpreter
 @pytest.mark.parametrize("mode", ["stream", "flag", "flag-late", "flag-nap"])
 def test_boundary_probe_chain_matches_its_reference(mode):
-    """The relay chain of an odd number of programs, each streaming several weight chunks,
-    equals its float32 reference; in the flag mode every kernel's counter ends at its program
-    count (each program released once) and the spin let every kernel through."""
+    """The relay chain of an odd number of programs, each streaming several weight chunks with
+    a ragged last one, equals its float32 reference at every kernel; in the flag modes every
+    kernel's counter ends at its program count (each program released once) and no spin gave
+    up. (The interpreter runs one program after another, so this checks the counting, not the
+    ordering: the gpu test below does that.)"""
     bp = _load("boundary_probe")
-    chain = bp.Chain(5, 7, 0.25, torch.device("cpu"))
-    assert chain.nchunk > 1
-    out = chain.step(bp.MODES[mode])
-    want = bp.reference(chain.w, 5, 7)
-    assert bp.off_reference(out, want) is None
-    counts = chain.cnt[:5].tolist()
-    assert counts == ([7] * 5 if mode.startswith("flag") else [0] * 5)
+    chain = bp.Chain(5, 7, 0.3, torch.device("cpu"))
+    assert chain.nchunk > 1 and chain.share % chain.chunk
+    chain.step(bp.MODES[mode])
+    assert chain.problem(bp.MODES[mode], bp.reference(chain.w, 5, 7)) is None
+    assert chain.cnt[:5].tolist() == ([7] * 5 if mode.startswith("flag") else [0] * 5)
 
 
-def test_boundary_probe_check_catches_a_kernel_that_read_early():
-    """A last kernel that read zeros (its input not yet written) is off the reference."""
+def test_boundary_probe_check_catches_an_early_read_anywhere_in_the_chain():
+    """A second kernel of 64 that read zeros (its input not yet written) is caught, though the
+    chain halves its error at every kernel after it; so are a counter short of its programs and
+    a spin that gave up."""
     bp = _load("boundary_probe")
-    w = torch.randn(4 * 9 * 128, dtype=torch.bfloat16)
-    want = bp.reference(w, 4, 9)
-    pid = torch.arange(9, dtype=torch.float32)
-    early = 1.0 + w.float().view(4, 9, -1).sum(dim=2)[3] * 1e-4 + pid * 1e-3
+    w = torch.randn(64 * 9 * 128, dtype=torch.bfloat16)
+    want = bp.reference(w, 64, 9)
+    wsum, pid = w.float().view(64, 9, -1).sum(dim=2), torch.arange(9, dtype=torch.float32)
+    early, x = want.clone(), torch.zeros(9)
+    for i in range(1, 64):
+        x = x.sum() * 0.5 / 9 + 1.0 + wsum[i] * 1e-4 + pid * 1e-3
+        early[i] = x
     assert bp.off_reference(early, want) is not None
     assert bp.off_reference(want + 1e-7, want) is None
+
+    chain = bp.Chain(4, 9, 0, torch.device("cpu"))
+    chain.bufs[1:] = bp.reference(chain.w, 4, 9)
+    chain.cnt[:4] = 9
+    assert chain.problem(bp.MODES["flag"], bp.reference(chain.w, 4, 9)) is None
+    chain.cnt[2] = 8
+    assert "counters" in chain.problem(bp.MODES["flag"], bp.reference(chain.w, 4, 9))
+    chain.cnt[2], chain.cnt[4] = 9, 1
+    assert "gave up" in chain.problem(bp.MODES["flag"], bp.reference(chain.w, 4, 9))
+
+
+@pytest.mark.parametrize("mib, programs", [(2, 1056), (3, 528), (6, 1056), (8, 132), (0.3, 7)])
+def test_boundary_probe_weight_share_is_the_size_asked_for(mib, programs):
+    """A kernel streams the MiB asked for, to within one element a program, in power-of-two
+    chunks of at most 4096 elements that cover the share."""
+    share, chunk, nchunk = _load("boundary_probe").weight_share(mib, programs)
+    assert abs(2 * programs * share - mib * 2**20) <= 2 * programs
+    assert chunk & (chunk - 1) == 0 and chunk <= 4096
+    assert chunk * (nchunk - 1) < share <= chunk * nchunk
 
 
 def test_boundary_probe_modes_compile_to_their_waits():
@@ -495,8 +519,9 @@ def test_boundary_probe_modes_compile_to_their_waits():
             "k = bp._relay\n"
             "for mode in (0, 1, 2, 3, 4, 5):\n"
             "    sig = dict(src_ptr='*fp32', dst_ptr='*fp32', w_ptr='*bf16', prev_cnt_ptr='*i32',\n"
-            "               cnt_ptr='*i32', P='i32')\n"
-            "    const = dict(MODE=mode, FIRST=False, CHUNK=4096, NCHUNK=2, READ_N=1024, GDC=True)\n"
+            "               cnt_ptr='*i32', gave_up_ptr='*i32', P='i32')\n"
+            "    const = dict(MODE=mode, FIRST=False, SHARE=8000, CHUNK=4096, NCHUNK=2, READ_N=1024,\n"
+            "                 GDC=True)\n"
             "    sig.update({n: 'constexpr' for n in const})\n"
             "    src = ASTSource(k, sig, constexprs={(k.arg_names.index(n),): v for n, v in const.items()})\n"
             "    ptx = triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': 4}).asm['ptx']\n"
@@ -517,14 +542,19 @@ def test_boundary_probe_modes_compile_to_their_waits():
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--modes", "pdl,bogus"], "bogus: modes are stream, pdl, flag, flag-all, flag-late, flag-nap"),
+    (["--modes", "pdl,bogus"], "unknown 'bogus'; modes are stream, pdl, flag, flag-all, flag-late, flag-nap"),
+    (["--modes", "pdl,"], "unknown ''"),
     (["--programs", "0"], "each must be at least 1"),
-    (["--mib", "x"], "give comma-separated numbers"),
+    (["--programs", "1.5"], "give comma-separated whole numbers"),
+    (["--mib", "x"], "give comma-separated numbers from 0 up to 1e6"),
+    (["--mib", "nan"], "give comma-separated numbers from 0 up to 1e6"),
+    (["--mib", "inf"], "give comma-separated numbers from 0 up to 1e6"),
+    (["--mib", "-8"], "give comma-separated numbers from 0 up to 1e6"),
 ])
 def test_boundary_probe_rejects_bad_input(args, says):
     from click.testing import CliRunner
     out = CliRunner().invoke(_load("boundary_probe").main, args)
-    assert out.exit_code != 0 and says in out.output
+    assert out.exit_code == 2 and says in out.output and out.exception.__class__ is SystemExit
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
