@@ -138,10 +138,11 @@ def off_reference(out: torch.Tensor, want: torch.Tensor):
 
 
 def weight_share(mib: float, programs: int) -> tuple[int, int, int]:
-    """(SHARE, CHUNK, NCHUNK): the weight elements a program reads for `mib` MiB a kernel (at
-    least 128), the elements it loads at a time (a power of two, at most 4096) and how many
-    chunks that takes."""
-    share = max(128, round(mib * 2**20 / (2 * programs)))
+    """(SHARE, CHUNK, NCHUNK): the weight elements a program reads for `mib` MiB a kernel (a
+    multiple of 64, at least 128: each program's share starts on a 128-byte boundary, so its
+    loads stay 16-byte vectors), the elements it loads at a time (a power of two, at most 4096)
+    and how many chunks that takes."""
+    share = max(128, 64 * round(mib * 2**20 / (2 * programs) / 64))
     chunk = min(4096, triton.next_power_of_2(share))
     return share, chunk, triton.cdiv(share, chunk)
 

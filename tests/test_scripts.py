@@ -500,10 +500,12 @@ def test_boundary_probe_check_catches_an_early_read_anywhere_in_the_chain():
 
 @pytest.mark.parametrize("mib, programs", [(2, 1056), (3, 528), (6, 1056), (8, 132), (0.3, 7)])
 def test_boundary_probe_weight_share_is_the_size_asked_for(mib, programs):
-    """A kernel streams the MiB asked for, to within one element a program, in power-of-two
-    chunks of at most 4096 elements that cover the share."""
+    """A kernel streams the MiB asked for, to within 32 elements a program, in shares of a
+    multiple of 64 elements (aligned loads) and power-of-two chunks of at most 4096 elements
+    that cover the share."""
     share, chunk, nchunk = _load("boundary_probe").weight_share(mib, programs)
-    assert abs(2 * programs * share - mib * 2**20) <= 2 * programs
+    assert share % 64 == 0
+    assert abs(2 * programs * share - mib * 2**20) <= 2 * programs * 32
     assert chunk & (chunk - 1) == 0 and chunk <= 4096
     assert chunk * (nchunk - 1) < share <= chunk * nchunk
 
@@ -511,7 +513,8 @@ def test_boundary_probe_weight_share_is_the_size_asked_for(mib, programs):
 def test_boundary_probe_modes_compile_to_their_waits():
     """Offline for SM 9.0: only `pdl` waits with griddepcontrol.wait; the flag modes poll with
     acquire loads (one thread, or every thread for flag-all) and release with an atomic add;
-    only flag-nap sleeps, and only flag-late lets the next kernel launch after its spin."""
+    only flag-nap sleeps, and only flag-late lets the next kernel launch after its spin; every
+    mode loads its weight share as 16-byte vectors."""
     code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import boundary_probe as bp\n"
             "from triton.backends.compiler import GPUTarget\n"
             "from triton.compiler import ASTSource\n"
@@ -523,12 +526,15 @@ def test_boundary_probe_modes_compile_to_their_waits():
             "    const = dict(MODE=mode, FIRST=False, SHARE=8000, CHUNK=4096, NCHUNK=2, READ_N=1024,\n"
             "                 GDC=True)\n"
             "    sig.update({n: 'constexpr' for n in const})\n"
-            "    src = ASTSource(k, sig, constexprs={(k.arg_names.index(n),): v for n, v in const.items()})\n"
+            "    attrs = {(k.arg_names.index('w_ptr'),): [['tt.divisibility', 16]]}\n"
+            "    src = ASTSource(k, sig, constexprs={(k.arg_names.index(n),): v for n, v in const.items()},\n"
+            "                    attrs=attrs)\n"
             "    ptx = triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': 4}).asm['ptx']\n"
             "    print(mode, ptx.count('griddepcontrol.wait'), ptx.count('griddepcontrol.launch_dependents'),\n"
             "          ptx.count('ld.global.gpu.acquire'), ptx.count('ld.acquire.gpu'),\n"
             "          ptx.count('atom.global.gpu.release.add'), ptx.count('nanosleep'),\n"
-            "          int(ptx.find('griddepcontrol.launch_dependents') > ptx.find('.acquire')))\n")
+            "          int(ptx.find('griddepcontrol.launch_dependents') > ptx.find('.acquire')),\n"
+            "          ptx.count('ld.global.v4'))\n")
     rows = {int(r.split()[0]): [int(v) for v in r.split()[1:]]
             for r in _compiled_offline("-c", code).splitlines()}
     assert rows[0][:6] == [0, 0, 0, 0, 0, 0]
@@ -539,6 +545,8 @@ def test_boundary_probe_modes_compile_to_their_waits():
     assert [rows[m][5] for m in (2, 3, 4)] == [0, 0, 0] and rows[5][5] > 0
     # flag-late lets the next kernel launch after its spin, the others before
     assert [rows[m][6] for m in (2, 3, 4, 5)] == [0, 0, 1, 0]
+    # a share of a multiple of 64 elements loads its weights as 16-byte vectors in every mode
+    assert all(rows[m][7] > 0 for m in rows)
 
 
 @pytest.mark.parametrize("args, says", [
