@@ -26,10 +26,11 @@ timed interleaved in one process:
 The flag modes cannot deadlock: a PDL kernel's programs launch only once every program of the
 kernel before has run launch_dependents (is running or done), and no program spins on a later
 kernel. A spin gives up after MAX_POLLS polls, so a counting error cannot hang the GPU; a spin
-that gave up counts itself, and the probe stops. Before anything is timed, each mode's graph is
-replayed once with every output zeroed and every kernel's output is checked against the chain's
-float32 reference (a kernel that read its input before it was written reads zeros and is off
-by about half a unit), and in the flag modes every counter against its program count.
+that gave up counts itself, and the probe stops, whether in the checked replay or while timed.
+Before anything is timed, each mode's graph is replayed once with every output zeroed and every
+kernel's output is checked against the chain's float32 reference (a kernel that read its input
+before it was written reads zeros and is off by about half a unit), and in the flag modes every
+counter against its program count.
 
 usage: python scripts/boundary_probe.py [--programs 132,528,1056] [--mib 0,8] [--layers 64]
            [--rounds 200] [--modes stream,pdl,flag,flag-all,flag-late,flag-nap]
@@ -46,6 +47,7 @@ import triton.language as tl
 MODES = {"stream": 0, "pdl": 1, "flag": 2, "flag-all": 3, "flag-late": 4, "flag-nap": 5}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_POLLS = tl.constexpr(1 << 22)  # a spin gives up after this many polls
+MOST_PROGRAMS = 8192
 
 
 @triton.jit
@@ -139,9 +141,9 @@ def off_reference(out: torch.Tensor, want: torch.Tensor):
 
 def weight_share(mib: float, programs: int) -> tuple[int, int, int]:
     """(SHARE, CHUNK, NCHUNK): the weight elements a program reads for `mib` MiB a kernel (a
-    multiple of 64, at least 128: each program's share starts on a 128-byte boundary, so its
-    loads stay 16-byte vectors), the elements it loads at a time (a power of two, at most 4096)
-    and how many chunks that takes."""
+    multiple of 64, at least 128: each program's share starts on a 128-byte boundary, so chunks
+    of 1024 elements or more load as 16-byte vectors, as the matmuls' do), the elements it loads
+    at a time (a power of two, at most 4096) and how many chunks that takes."""
     share = max(128, 64 * round(mib * 2**20 / (2 * programs) / 64))
     chunk = min(4096, triton.next_power_of_2(share))
     return share, chunk, triton.cdiv(share, chunk)
@@ -174,29 +176,34 @@ class Chain:
         return self.bufs[1:]
 
     def problem(self, mode: int, want: torch.Tensor):
-        """What is wrong with the outputs and counters the last step left (None if nothing):
-        any kernel's output off `want`, in the flag modes a counter short of its program
-        count, or a spin that gave up."""
+        """What is wrong with the outputs and counters the steps since `gave_up` was last
+        zeroed left (None if nothing): a spin that gave up (first: the outputs after it are off
+        too), in the flag modes a counter short of its program count, or any kernel's output
+        off `want`."""
+        if self.gave_up():
+            return f"{self.gave_up()} spins gave up after {MAX_POLLS.value} polls"
+        counts = self.cnt[:self.layers].tolist()
+        if mode >= 2 and counts != [self.programs] * self.layers:
+            return f"counters {counts} where each should reach {self.programs}"
         err = off_reference(self.bufs[1:], want)
         if err is not None:
             return (f"output off the reference by {err:.3g}: a kernel read its input before it "
                     "was written")
-        counts = self.cnt[:self.layers].tolist()
-        if mode >= 2 and counts != [self.programs] * self.layers:
-            return f"counters {counts} where each should reach {self.programs}"
-        if self.cnt[self.layers].item():
-            return f"{self.cnt[self.layers].item()} spins gave up after {MAX_POLLS.value} polls"
         return None
 
+    def gave_up(self) -> int:
+        """How many spins gave up since the count was last zeroed."""
+        return int(self.cnt[self.layers].item())
 
-def _ints(text, option):
+
+def _ints(text, option, most):
     try:
         vals = [int(v) for v in text.split(",")]
     except ValueError:
         raise click.BadParameter(f"{text!r}: give comma-separated whole numbers",
                                  param_hint=option) from None
-    if any(v < 1 for v in vals):
-        raise click.BadParameter(f"{text!r}: each must be at least 1", param_hint=option)
+    if any(not 1 <= v <= most for v in vals):
+        raise click.BadParameter(f"{text!r}: each must be from 1 to {most}", param_hint=option)
     return vals
 
 
@@ -213,18 +220,23 @@ def _mibs(text):
 
 @click.command()
 @click.option("--programs", default="132,528,1056", show_default=True,
-              help="programs a kernel (comma-separated)")
+              help=f"programs a kernel (comma-separated, at most {MOST_PROGRAMS})")
 @click.option("--mib", default="0,8", show_default=True,
               help="weight MiB each kernel streams (comma-separated; 0: a 256-byte share)")
 @click.option("--layers", default=64, show_default=True, type=click.IntRange(2, 4096))
 @click.option("--rounds", default=200, show_default=True, type=click.IntRange(5, 100000))
 @click.option("--modes", default="stream,pdl,flag,flag-all,flag-late,flag-nap", show_default=True)
 def main(programs, mib, layers, rounds, modes):
-    progs, mibs, names = _ints(programs, "--programs"), _mibs(mib), modes.split(",")
+    # (at most MOST_PROGRAMS: the check's tolerance grows with the program count, and one stale
+    # value of the output before counts 1/programs of a kernel's input)
+    progs = _ints(programs, "--programs", MOST_PROGRAMS)
+    mibs, names = _mibs(mib), modes.split(",")
     bad = [m for m in names if m not in MODES]
     if bad:
         raise click.BadParameter(f"unknown {', '.join(map(repr, bad))}; modes are "
                                  f"{', '.join(MODES)}", param_hint="--modes")
+    if len(set(names)) < len(names):
+        raise click.BadParameter(f"{modes!r}: give each mode once", param_hint="--modes")
     if not torch.cuda.is_available():
         sys.exit("boundary_probe needs a CUDA GPU; none is visible")
     if torch.cuda.get_device_capability()[0] < 9 and names != ["stream"]:
@@ -257,6 +269,7 @@ def run(progs, mibs, layers, rounds, names):
                 with torch.cuda.graph(g):
                     chain.step(MODES[name])
                 chain.bufs.zero_()
+                chain.cnt[layers].zero_()
                 g.replay()
                 torch.cuda.synchronize()
                 wrong = chain.problem(MODES[name], want)
@@ -273,6 +286,9 @@ def run(progs, mibs, layers, rounds, names):
                     ev[1].record()
                     ev[1].synchronize()
                     times[name].append(ev[0].elapsed_time(ev[1]) * 1e3 / layers)
+            if chain.gave_up():
+                sys.exit(f"{p} programs, {m} MiB: {chain.gave_up()} spins gave up after "
+                         f"{MAX_POLLS.value} polls while timed; the figures would hold the stalls")
             ref = torch.tensor(times["pdl"]).median().item() if "pdl" in times else None
             for name in names:
                 t = torch.tensor(times[name])
@@ -282,6 +298,7 @@ def run(progs, mibs, layers, rounds, names):
                 bw = f"{chain.bytes / med / 1e3:10.0f}" if m else "         -"
                 print(f"{p:8d}  {chain.bytes / 2**20:10.2f}  {name:9s}  {med:18.3f}  "
                       f"{q[0]:8.3f}-{q[1]:8.3f}  {over}  {bw}")
+            del graphs, chain, want      # freed before the next size's chain is made
 
 
 if __name__ == "__main__":

@@ -468,9 +468,10 @@ def test_boundary_probe_chain_matches_its_reference(mode):
     bp = _load("boundary_probe")
     chain = bp.Chain(5, 7, 0.3, torch.device("cpu"))
     assert chain.nchunk > 1 and chain.share % chain.chunk
-    chain.step(bp.MODES[mode])
-    assert chain.problem(bp.MODES[mode], bp.reference(chain.w, 5, 7)) is None
-    assert chain.cnt[:5].tolist() == ([7] * 5 if mode.startswith("flag") else [0] * 5)
+    for _ in range(2):      # a second step starts from zeroed counters, as each replay does
+        chain.step(bp.MODES[mode])
+        assert chain.problem(bp.MODES[mode], bp.reference(chain.w, 5, 7)) is None
+        assert chain.cnt[:5].tolist() == ([7] * 5 if mode.startswith("flag") else [0] * 5)
 
 
 def test_boundary_probe_check_catches_an_early_read_anywhere_in_the_chain():
@@ -488,14 +489,36 @@ def test_boundary_probe_check_catches_an_early_read_anywhere_in_the_chain():
     assert bp.off_reference(early, want) is not None
     assert bp.off_reference(want + 1e-7, want) is None
 
-    chain = bp.Chain(4, 9, 0, torch.device("cpu"))
-    chain.bufs[1:] = bp.reference(chain.w, 4, 9)
-    chain.cnt[:4] = 9
-    assert chain.problem(bp.MODES["flag"], bp.reference(chain.w, 4, 9)) is None
+    chain = bp.Chain(64, 9, 0, torch.device("cpu"))
+    chain.w = w
+    chain.bufs[1:] = want
+    chain.cnt[:64] = 9
+    assert chain.problem(bp.MODES["flag"], want) is None
+    chain.bufs[1:] = early
+    assert "off the reference" in chain.problem(bp.MODES["flag"], want)
+    chain.bufs[1:] = want
     chain.cnt[2] = 8
-    assert "counters" in chain.problem(bp.MODES["flag"], bp.reference(chain.w, 4, 9))
-    chain.cnt[2], chain.cnt[4] = 9, 1
-    assert "gave up" in chain.problem(bp.MODES["flag"], bp.reference(chain.w, 4, 9))
+    assert "counters" in chain.problem(bp.MODES["flag"], want)
+    assert chain.problem(bp.MODES["stream"], want) is None      # no counters without flags
+    chain.cnt[2], chain.cnt[64] = 9, 1
+    assert "gave up" in chain.problem(bp.MODES["flag"], want)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", ["flag", "flag-late"])
+def test_boundary_probe_a_spin_that_runs_out_counts_itself(mode):
+    """A kernel whose kernel before never counted its programs polls MAX_POLLS times, goes on,
+    and counts each program that gave up; the probe then names that, not the wrong outputs."""
+    import triton.language as tl
+    bp = _load("boundary_probe")
+    bp.MAX_POLLS = tl.constexpr(5)
+    chain = bp.Chain(2, 5, 0, torch.device("cpu"))
+    cnt = chain.cnt
+    bp._relay[(5,)](chain.bufs[0], chain.bufs[1], chain.w, cnt[0:], cnt[1:], cnt[2:], 5,
+                    MODE=bp.MODES[mode], FIRST=False, SHARE=chain.share, CHUNK=chain.chunk,
+                    NCHUNK=chain.nchunk, READ_N=8, GDC=False)
+    assert chain.gave_up() == 5
+    assert "5 spins gave up" in chain.problem(bp.MODES[mode], bp.reference(chain.w, 2, 5))
 
 
 @pytest.mark.parametrize("mib, programs", [(2, 1056), (3, 528), (6, 1056), (8, 132), (0.3, 7)])
@@ -514,10 +537,12 @@ def test_boundary_probe_modes_compile_to_their_waits():
     """Offline for SM 9.0: only `pdl` waits with griddepcontrol.wait; the flag modes poll with
     acquire loads (one thread, or every thread for flag-all) and release with an atomic add;
     only flag-nap sleeps, and only flag-late lets the next kernel launch after its spin; every
-    mode loads its weight share as 16-byte vectors."""
+    mode loads its weight share as 16-byte vectors, and the flag modes store before they
+    release."""
     code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import boundary_probe as bp\n"
             "from triton.backends.compiler import GPUTarget\n"
             "from triton.compiler import ASTSource\n"
+            "import re\n"
             "import triton\n"
             "k = bp._relay\n"
             "for mode in (0, 1, 2, 3, 4, 5):\n"
@@ -530,15 +555,20 @@ def test_boundary_probe_modes_compile_to_their_waits():
             "    src = ASTSource(k, sig, constexprs={(k.arg_names.index(n),): v for n, v in const.items()},\n"
             "                    attrs=attrs)\n"
             "    ptx = triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': 4}).asm['ptx']\n"
+            "    # the release add: an atom (Triton 3.6) or, its result unused, a red (3.9)\n"
+            "    rel = list(re.finditer(r'(atom|red)\\.global\\.gpu\\.release\\.add', ptx))\n"
             "    print(mode, ptx.count('griddepcontrol.wait'), ptx.count('griddepcontrol.launch_dependents'),\n"
             "          ptx.count('ld.global.gpu.acquire'), ptx.count('ld.acquire.gpu'),\n"
-            "          ptx.count('atom.global.gpu.release.add'), ptx.count('nanosleep'),\n"
+            "          len(rel), ptx.count('nanosleep'),\n"
             "          int(ptx.find('griddepcontrol.launch_dependents') > ptx.find('.acquire')),\n"
-            "          ptx.count('ld.global.v4'))\n")
+            "          ptx.count('ld.global.v4'),\n"
+            "          int(0 <= ptx.rfind('st.global') < (rel[-1].start() if rel else -1)))\n")
     rows = {int(r.split()[0]): [int(v) for v in r.split()[1:]]
             for r in _compiled_offline("-c", code).splitlines()}
     assert rows[0][:6] == [0, 0, 0, 0, 0, 0]
     assert rows[1][:6] == [1, 1, 0, 0, 0, 0]
+    for mode in (2, 3, 4, 5):       # (plus the gave-up count's atomic, which is not a release)
+        assert rows[mode][4] == 1
     for mode in (2, 4, 5):
         assert rows[mode][:2] == [0, 1] and rows[mode][2] > 0 and rows[mode][3:5] == [0, 1]
     assert rows[3][:3] == [0, 1, 0] and rows[3][3] > 0 and rows[3][4] == 1
@@ -546,13 +576,17 @@ def test_boundary_probe_modes_compile_to_their_waits():
     # flag-late lets the next kernel launch after its spin, the others before
     assert [rows[m][6] for m in (2, 3, 4, 5)] == [0, 0, 1, 0]
     # a share of a multiple of 64 elements loads its weights as 16-byte vectors in every mode
-    assert all(rows[m][7] > 0 for m in rows)
+    assert all(rows[m][7] == 8 for m in rows)     # 4 a thread before the wait, 4 in the loop
+    # the flag modes store the output before the release that counts it
+    assert all(rows[m][8] for m in (2, 3, 4, 5))
 
 
 @pytest.mark.parametrize("args, says", [
     (["--modes", "pdl,bogus"], "unknown 'bogus'; modes are stream, pdl, flag, flag-all, flag-late, flag-nap"),
     (["--modes", "pdl,"], "unknown ''"),
-    (["--programs", "0"], "each must be at least 1"),
+    (["--programs", "0"], "each must be from 1 to 8192"),
+    (["--programs", "132,9000"], "each must be from 1 to 8192"),
+    (["--modes", "pdl,pdl"], "give each mode once"),
     (["--programs", "1.5"], "give comma-separated whole numbers"),
     (["--mib", "x"], "give comma-separated numbers from 0 up to 1e6"),
     (["--mib", "nan"], "give comma-separated numbers from 0 up to 1e6"),
