@@ -5,9 +5,8 @@ A chain of L kernels, captured in one graph. Each program loads the first chunk 
 a weight (which no kernel writes, so it is loaded before any wait, as the decoder's matmuls do),
 waits for the kernel before, reads that kernel's whole output (every program needs all of it, as
 a matmul's programs need the whole input row), streams the rest of its weight share and writes
-one value.
-The time per boundary is a replay's time over L. The ways of waiting, each in its own graph,
-timed interleaved in one process:
+one value. The time per boundary is a replay's time over L. The ways of waiting, each in its own
+graph, timed interleaved in one process:
 
   stream   no PDL: a kernel starts once the one before has completed
   pdl      PDL, launch_dependents first: the kernel launches while the one before runs, and
@@ -19,7 +18,7 @@ timed interleaved in one process:
            thread's ld.acquire) and a barrier releases the rest; the counters are zeroed at the
            start of each step
   flag-all the same, every thread polling with its own ld.acquire.gpu
-  flag-late  flag, with launch_dependents after the spin: only the next kernel's programs are
+  flag-late flag, with launch_dependents after the spin: only the next kernel's programs are
            resident and polling, not the whole chain's
   flag-nap flag, with a `nanosleep.u32 256` between polls (PTX sleeps up to twice that)
 
