@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from microbench.bench.turns import rotated
+
 MODES = {"stream": 0, "pdl": 1, "flag": 2, "flag-all": 3, "flag-late": 4, "flag-nap": 5}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_POLLS = tl.constexpr(1 << 22)  # a spin gives up after this many polls
@@ -278,8 +280,7 @@ def run(progs, mibs, layers, rounds, names):
             times = {name: [] for name in names}
             ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
             for r in range(rounds):
-                for j in range(len(names)):
-                    name = names[(r + j) % len(names)]
+                for name in rotated(names, r):
                     ev[0].record()
                     graphs[name].replay()
                     ev[1].record()
