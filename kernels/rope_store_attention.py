@@ -17,6 +17,10 @@ from .rope import check_rope, rope_store_kv_ref
 from .store_kv import check_store_kv
 
 
+# Keys per K/V tile a launch may be asked for (block_n): tl.dot needs at least 16 rows, and
+# beyond 128 a tile of 128-wide heads no longer fits the registers.
+MIN_BLOCK_N, MAX_BLOCK_N = 16, 128
+
 # Splits a "streaming" launch takes when the (sequence, kv head) programs alone fill the GPU.
 # On the H200, at bs 64 with llama-8b's heads (128 wide), two streaming splits per (sequence,
 # kv head) moved the KV cache faster than one split with its first tile loaded early, at
@@ -37,9 +41,27 @@ def capped_splits(batch, num_kv_heads, n_tiles, sms):
     return triton.cdiv(n_tiles, max(triton.cdiv(n_tiles, want), triton.cdiv(n_tiles, MAX_SPLITS)))
 
 
+def half_tile(device, head_dim, dtype):
+    """Keys per K/V tile of the "half-tile" launch (engine/splits.py): half of block_n_for's, at
+    least MIN_BLOCK_N. Shorter tiles make more of them over the same cache, so the split rule
+    gives more (and shorter) splits: more programs in flight for a one-row step, each with a
+    smaller first tile before its PDL wait."""
+    return max(block_n_for(device, head_dim, dtype) // 2, MIN_BLOCK_N)
+
+
+def check_block_n(block_n):
+    """A block_n argument: None (block_n_for's) or a power of two from MIN_BLOCK_N to
+    MAX_BLOCK_N (ValueError otherwise)."""
+    if block_n is not None and (not isinstance(block_n, int) or block_n < MIN_BLOCK_N
+                                or block_n > MAX_BLOCK_N or block_n & (block_n - 1)):
+        raise ValueError(f"rope_store_attention: block_n must be a power of two from {MIN_BLOCK_N} "
+                         f"to {MAX_BLOCK_N} (keys per K/V tile) or None, got {block_n!r}")
+
+
 def fused_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,
-               num_splits=None, capped=False):
-    """(num_splits, stream): how rope_store_attention launches for these shapes.
+               num_splits=None, capped=False, block_n=None):
+    """(num_splits, stream): how rope_store_attention launches for these shapes, with K/V tiles
+    of `block_n` keys (None: block_n_for's).
 
     With fewer (sequence, kv head) programs than fill every SM PROGRAMS_PER_SM times, the split
     count is decode_attention's, except that a split may be a single BLOCK_N tile (`capped`:
@@ -55,7 +77,7 @@ def fused_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.b
         sms = sm_count(device.index if device.index is not None else torch.cuda.current_device())
     else:
         sms = CPU_SMS
-    bn = block_n_for(device, head_dim, dtype)
+    bn = block_n or block_n_for(device, head_dim, dtype)
     n_tiles = triton.cdiv(max_seq, bn)
     fills = batch * num_kv_heads >= PROGRAMS_PER_SM * sms and head_dim >= STREAM_MIN_HEAD_DIM
     if num_splits is None:
@@ -273,7 +295,7 @@ def _rope_attend_kernel(
 
 def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, theta=10000.0,
                          num_splits=None, out=None, semaphores=None, pdl=True, record=None,
-                         capped=False):
+                         capped=False, block_n=None):
     """RoPE, the KV store and decode attention in one kernel, for one new token per sequence at
     position seq_lens[b] − 1: q and k are rotated there (q is left as it was, k rotated on its
     way into k_cache[slots[b], :, seq_lens[b] − 1], v copied into v_cache), and
@@ -288,6 +310,8 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     pdl: launch with programmatic dependent launch where the device has it.
     capped: with num_splits None, fused_plan's capped split count (a decoder's measured choice,
     engine/splits.py).
+    block_n: keys per K/V tile (a power of two, 16 to 128; None: block_n_for's); the split count
+    follows it (half_tile's, for a decoder's measured "half-tile" choice).
     Returns out (a new [B, H, D] tensor, or `out` when given)."""
     check_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits)
     check_rope(q, k, seq_lens)
@@ -295,6 +319,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     if k_cache.stride() != v_cache.stride():
         raise ValueError(f"rope_store_attention: k_cache and v_cache must share strides, got "
                          f"{k_cache.stride()} and {v_cache.stride()}")
+    check_block_n(block_n)
     check_device("rope_store_attention", _rope_attend_kernel, q)
     B, H, D = q.shape
     Hkv, max_seq = k_cache.shape[1], k_cache.shape[2]
@@ -308,9 +333,10 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
                          f"elements on {q.device}, got {semaphores.dtype} [{semaphores.numel()}] on "
                          f"{semaphores.device}")
     block_d = triton.next_power_of_2(D)
-    block_n = block_n_for(q.device, D, q.dtype)
+    block_n = block_n or block_n_for(q.device, D, q.dtype)
     n_tiles = triton.cdiv(max_seq, block_n)
-    num_splits, stream = fused_plan(B, Hkv, max_seq, q.device, D, q.dtype, num_splits, capped)
+    num_splits, stream = fused_plan(B, Hkv, max_seq, q.device, D, q.dtype, num_splits, capped,
+                                    block_n)
     split_size = triton.cdiv(n_tiles, num_splits) * block_n
     single = num_splits == 1
     o_part, m_part, l_part = split_partials(B, H, num_splits, D, out)
@@ -333,7 +359,8 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
 
 
 def rope_store_attention_ref(q, k, v, k_cache, v_cache, slots, seq_lens, scale, theta=10000.0,
-                             num_splits=None, out=None, semaphores=None, pdl=True, capped=False):
+                             num_splits=None, out=None, semaphores=None, pdl=True, capped=False,
+                             block_n=None):
     """Reference: rope_store_kv_ref at positions seq_lens − 1 (writes the caches), then
     decode_attention_ref with the rotated q. Bytes: rope_store_kv_ref's plus
     decode_attention_ref's, less the new K and V read back (they stay in registers)."""

@@ -73,9 +73,10 @@ def previous_table_problem(path: str, device_name: str | None = None,
                    "blas (the wide matmuls through cuBLAS against cuBLASLt; the faster beyond "
                    "noise at each --rows batch is recorded in the device's BLAS table, which "
                    "decoders then follow between measured batches that both chose cuBLASLt), "
-                   "splits (the fused attention's split count rounded up to fill the GPU against "
-                   "capped at it; the faster beyond noise at each --rows batch is recorded in the "
-                   "device's splits table, which decoders follow at exactly those batches), "
+                   "splits (the fused attention's split count rounded up to fill the GPU, "
+                   "capped at it, and the first rule over K/V tiles of half as many keys; the "
+                   "fastest beyond noise at each --rows batch is recorded in the device's splits "
+                   "table, which decoders follow at exactly those batches), "
                    f"previous-table (the device's gemv table against the one at ${AB_TABLE_ENV}, "
                    "a copy taken before a re-tune; --rows up to 16).")
 @click.option("--table", "table_dir", type=click.Path(file_okay=False), default=None,
@@ -183,8 +184,9 @@ def _entry(r: dict, mode: str, prefix: str = "") -> dict:
 def _record_per_batch(preset: str, results: list, path: Path, vary: str) -> None:
     """The mode each --vary pdl, blas or splits result keeps (bench.tune.fastest: another arm
     than the first, early, cuBLAS or fill, only where it is faster beyond noise), recorded at its
-    batch size for the preset's shape; for splits with the two split counts compared
-    (engine/splits.py), and "fill" where they are equal (the arms launched alike)."""
+    batch size for the preset's shape; for splits with what each mode launched there
+    (engine/splits.py: split counts and keys per tile), and "fill" where the kept mode launched
+    as fill did."""
     from microbench.bench.tune import ab_max_seq, fastest
     from microbench.engine import pdl, splits
     prefix = "pdl-" if vary == "pdl" else ""
@@ -196,12 +198,13 @@ def _record_per_batch(preset: str, results: list, path: Path, vary: str) -> None
         for r in results:
             pair = splits.split_pair(PRESETS[preset], r["bs"], ab_max_seq(r["context"]),
                                      torch.device("cuda", torch.cuda.current_device()), dtype)
-            entries[r["bs"]].update(splits=pair, mode=entries[r["bs"]]["mode"]
-                                    if pair["fill"] != pair["capped"] else "fill")
+            mode = entries[r["bs"]]["mode"]
+            entries[r["bs"]].update(splits=pair, mode="fill" if splits.launches_alike(pair, mode)
+                                    else mode)
     key = pdl.shape_key(PRESETS[preset], results[0]["elt"])
     _write_table(path, pdl.merge_per_batch(path, _meta(), key, entries))
     kept = ", ".join(f"bs {bs} {e['mode']}" for bs, e in entries.items())
-    other = {"pdl": "late or off", "blas": "cuBLASLt", "splits": "capped"}[vary]
+    other = {"pdl": "late or off", "blas": "cuBLASLt", "splits": "capped or half-tile"}[vary]
     click.echo(f"kept {kept} ({other} where faster beyond noise); recorded for {preset} in {path}")
 
 

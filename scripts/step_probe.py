@@ -41,13 +41,13 @@ CHOICES = {"block_n": ("16", "32", "64", "128"), "warps": ("2", "4", "8"),
 
 
 def _forced_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,
-                 num_splits=None, capped=False):
+                 num_splits=None, capped=False, block_n=None):
     """fused_plan, with the split count and the streaming launch the arm being built forces (if
     any)."""
     if num_splits is None and _FORCED["splits"] is not None:
         num_splits = _FORCED["splits"]
     n, stream = _fused_plan(batch, num_kv_heads, max_seq, device, head_dim, dtype, num_splits,
-                            capped)
+                            capped, block_n)
     return n, bool(stream if _FORCED["stream"] is None else _FORCED["stream"])
 
 
@@ -121,6 +121,8 @@ def arms_patched(settings: dict):
             var = f"MICROBENCH_PROBE_TABLE_{list(settings).index(probe_arm)}"
             os.environ[var] = s["table"]
             kw["table_file"] = var
+        if s.get("block_n"):   # the arm's tile, not the splits table's (a half-tile choice
+            kw["splits"] = "fill"   # passes its own block_n, which block_n_for cannot change)
         _FORCED.update({k: s.get(k) for k in _FORCED})
         try:
             return build(preset, bs, context, **kw)

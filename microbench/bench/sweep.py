@@ -159,9 +159,10 @@ class _Sweep:
                               # the batch sizes whose matmuls run cuBLASLt
                               cublaslt_rows=[b for b in sizes
                                              if b > FAST_ROWS and dec.blas(b) == "cublaslt"],
-                              # and those whose fused attention took the capped split count
-                              capped_split_rows=[b for b in sizes
-                                                 if dec.attention_fused and dec.capped_splits(b)])
+                              # and those whose fused attention split the cache otherwise
+                              # than by the default rule (engine/splits.py)
+                              capped_split_rows=split_rows(dec, sizes, "capped"),
+                              half_tile_rows=split_rows(dec, sizes, "half-tile"))
         self.runner = self.trunner = self.twin = None
         self.compiled = {}     # arm -> its compiled step (arms.COMPILED_ARMS)
         # the unfused plan on the same weights and caches (arm engine-eager); the torch backend
@@ -390,3 +391,9 @@ def throughput_fields(row: dict, bs: int, padded) -> dict:
                 eager_tok_s_per_seq=eager_tok_s / bs,
                 graph_tok_s_per_seq=(graph_tok_s / bs) if graph_tok_s else None,
                 padding_waste=((padded - bs) / padded) if padded else 0.0)
+
+
+def split_rows(dec, sizes, mode: str) -> list:
+    """The batch sizes among `sizes` at which `dec`'s fused attention splits its cache in `mode`
+    (engine/splits.py; none when the attention is not fused)."""
+    return [b for b in sizes if dec.attention_fused and dec.split_mode(b) == mode]

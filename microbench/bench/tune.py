@@ -231,7 +231,7 @@ VARIANTS = {
     "plan": (("fused", {}), ("unfused", {"fusion": "UNFUSED"})),
     "attention": (("fused-attention", {}), ("separate-attention", {"fusion": "MATMULS"})),
     "blas": (("cublas", {"blas": "cublas"}), ("cublaslt", {"blas": "cublaslt"})),
-    "splits": (("fill", {"splits": "fill"}), ("capped", {"splits": "capped"})),
+    "splits": tuple((mode, {"splits": mode}) for mode in ("fill", "capped", "half-tile")),
     # the device's table against the one at $MICROBENCH_AB_TABLE (a copy taken before a re-tune)
     "previous-table": (("tuned", {}), ("previous", {"table_file": "MICROBENCH_AB_TABLE"})),
 }

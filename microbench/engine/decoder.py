@@ -101,9 +101,9 @@ class ToyDecoder(Binding):
         # interface adds, made here so no capture allocates it
         self.blas = blas_modes.resolve(blas or (None if backend == "triton" else "cublas"),
                                        shape, dtype, self.device)
-        # batch -> whether the fused attention takes the capped split count (engine/splits.py;
-        # None: the table's)
-        self.capped_splits = splits_modes.resolve(splits, shape, dtype, self.device, max_seq)
+        # batch -> how the fused attention splits the cache: "fill", "capped" or "half-tile"
+        # (engine/splits.py; None: the table's)
+        self.split_mode = splits_modes.resolve(splits, shape, dtype, self.device, max_seq)
         self._zeros = torch.zeros(max(shape.qkv_size, shape.hidden, 2 * shape.ffn, shape.vocab),
                                   dtype=dtype, device=self.device)
         self.scratch_slot = max_batch
@@ -246,7 +246,7 @@ class ToyDecoder(Binding):
             return kernels.rope_store_attention(*self.split_qkv(q), self.k_cache[l], self.v_cache[l],
                                                 slots, seq_lens, self.scale, self.shape.rope_theta,
                                                 out=out, semaphores=sem, pdl=self.pdl_at(B),
-                                                capped=self.capped_splits(B), **self._rec)
+                                                **self._split_kw(B), **self._rec)
         args = (q, self.k_cache[l], self.v_cache[l], slots, seq_lens, self.scale)
         pdl = self.pdl_at(q.shape[0])
         if out is None:
@@ -254,6 +254,12 @@ class ToyDecoder(Binding):
         if self.backend == "triton":
             return self.ops.decode_attention(*args, out=out, pdl=pdl, **self._rec)
         return out.copy_(self.ops.decode_attention(*args, pdl=pdl))
+
+    def _split_kw(self, batch: int) -> dict:
+        """rope_store_attention's split arguments for a step of `batch` rows."""
+        mode = self.split_mode(batch)
+        return dict(capped=mode == "capped",
+                    block_n=splits_modes.block_n(mode, self.shape, self.device, self.dtype))
 
     @staticmethod
     def seq_lens_for(positions):

@@ -1,20 +1,28 @@
-"""How many KV splits the fused attention kernel takes at a batch size, chosen per device, model
-shape and batch size by measurement.
+"""How the fused attention kernel splits a sequence's KV cache at a batch size, chosen per device,
+model shape and batch size by measurement.
 
 Below the batch at which its (sequence, kv head) programs fill the GPU, rope_store_attention
-splits each sequence's KV cache so every SM gets about two programs. The count it takes by
-default ("fill", decode_attention's rule) rounds the tiles per split down, so it may launch
-more, shorter splits than that ("capped" rounds them up: kernels/rope_store_attention.py,
-capped_splits). More splits hide latency at small batch and cost a merge of more partials;
-which is faster depends on the shape and the batch, with no rule that holds across models. So
-`microbench tune --ab PRESET --vary splits --rows 8,16,32` times whole graph steps of the two,
-interleaved in one process, and records at each batch size the faster beyond noise in the
+splits each sequence's KV cache so every SM gets about two programs. Three ways of launching it:
+
+* "fill" (the default, decode_attention's rule) rounds the tiles per split down, so it may
+  launch more, shorter splits than that;
+* "capped" rounds them up (kernels/rope_store_attention.py, capped_splits): fewer splits;
+* "half-tile" keeps fill's rule over K/V tiles of half as many keys (half_tile): more tiles, so
+  more and shorter splits, each loading a smaller first tile before its PDL wait.
+
+More splits hide latency at small batch and cost a merge of more partials; which is faster
+depends on the shape and the batch, with no rule that holds across models. So `microbench tune
+--ab PRESET --vary splits --rows 1,2,4,8,16,32` times whole graph steps of the three,
+interleaved in one process, and records at each batch size the fastest beyond noise in the
 device's table, `kernels/configs/splits_<device>.json`, keyed by the model's shape and element
-size (`pdl.shape_key`), with the two split counts it compared (`split_pair`; a batch size
-whose two counts are equal records "fill"). The counts depend on the cache length, so a
-decoder built with `splits=None` takes "capped" at exactly the measured batch sizes that chose
-it and where its own cache gives the same two counts, and "fill" everywhere else (`DEFAULT`);
-a graph captured at a batch size and the eager step at that size launch alike.
+size (`pdl.shape_key`), with what each mode launched there (`split_pair`: the split counts and,
+under `keys`, the keys per tile; a batch size where the chosen mode launches as fill does
+records "fill"). Both depend on the cache length, so a decoder built with `splits=None` takes a
+measured mode at exactly the measured batch sizes that chose it and where its own cache gives
+the same launches as were compared, and "fill" everywhere else (`DEFAULT`); a graph captured at
+a batch size and the eager step at that size launch alike. (Entries measured before the
+half-tile mode existed record the split counts of fill and capped only; they hold where those
+counts still agree.)
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ import torch
 from microbench.engine.pdl import read_per_batch, shape_key
 from microbench.kernels.gemv_configs import CONFIG_DIR, device_key
 
-MODES = ("fill", "capped")
+MODES = ("fill", "capped", "half-tile")
 DEFAULT = "fill"
 
 
@@ -41,34 +49,65 @@ def load_table(device_name: str) -> dict:
     return read_per_batch(table_path(device_name), "attention splits", "splits", MODES, "bs")
 
 
+def block_n(mode: str, shape, device, dtype: torch.dtype) -> int | None:
+    """The keys per K/V tile a launch in `mode` asks rope_store_attention for (None: the
+    kernel's own, block_n_for's)."""
+    from microbench.kernels.rope_store_attention import half_tile
+    return half_tile(torch.device(device), shape.head_dim, dtype) if mode == "half-tile" else None
+
+
 def split_pair(shape, batch: int, max_seq: int, device, dtype: torch.dtype) -> dict:
-    """The fused attention's split counts for `shape` at `batch` over a cache of `max_seq`
-    positions on `device`: {"fill": the default's, "capped": the capped rule's}."""
+    """What the fused attention launches for `shape` at `batch` over a cache of `max_seq`
+    positions on `device` in each mode: {"fill": splits, "capped": splits, "half-tile": splits,
+    "keys": {mode: keys per tile}}."""
+    from microbench.kernels.decode_attention import block_n_for
     from microbench.kernels.rope_store_attention import fused_plan
-    return {mode: fused_plan(batch, shape.n_kv_heads, max_seq, device, shape.head_dim, dtype,
-                             capped=mode == "capped")[0] for mode in MODES}
+    device = torch.device(device)
+    keys = {mode: block_n(mode, shape, device, dtype) or block_n_for(device, shape.head_dim, dtype)
+            for mode in MODES}
+    counts = {mode: fused_plan(batch, shape.n_kv_heads, max_seq, device, shape.head_dim, dtype,
+                               capped=mode == "capped", block_n=keys[mode])[0] for mode in MODES}
+    return dict(counts, keys=keys)
 
 
-def capped_sizes(shape, elt: int, device_name: str, pair) -> frozenset:
-    """The batch sizes at which `shape` on `device_name` measured "capped" faster, and where
-    `pair(batch)` (the caller's split_pair) gives the two counts that were compared."""
+def launches_alike(pair: dict, mode: str) -> bool:
+    """Whether `mode` launches as fill does in split_pair's `pair`."""
+    return pair[mode] == pair["fill"] and pair["keys"][mode] == pair["keys"]["fill"]
+
+
+def _holds(entry: dict, pair: dict) -> bool:
+    """Whether what a table entry recorded as compared (its "splits": counts per mode, and the
+    keys per tile, for entries that record them) is what `pair` launches, its own mode among
+    them."""
+    recorded = entry.get("splits")
+    if not isinstance(recorded, dict) or entry["mode"] not in recorded:
+        return False
+    keys = recorded.get("keys", {})
+    return (all(pair.get(m) == n for m, n in recorded.items() if m != "keys")
+            and all(pair["keys"].get(m) == k for m, k in keys.items())
+            and (entry["mode"] != "half-tile" or "half-tile" in keys))
+
+
+def measured_modes(shape, elt: int, device_name: str, pair) -> dict:
+    """{batch: mode} for the batch sizes at which `shape` on `device_name` measured a mode other
+    than fill faster, and where `pair(batch)` (the caller's split_pair) launches what was
+    compared."""
     entries = load_table(device_name).get(shape_key(shape, elt), {})
-    return frozenset(int(b) for b, e in entries.items()
-                     if e["mode"] == "capped" and e.get("splits") == pair(int(b)))
+    return {int(b): e["mode"] for b, e in entries.items()
+            if e["mode"] != DEFAULT and _holds(e, pair(int(b)))}
 
 
 def resolve(splits: str | None, shape, dtype: torch.dtype, device: torch.device, max_seq: int):
-    """`batch -> capped?` for a decoder whose cache holds `max_seq` positions: `splits` at every
+    """`batch -> mode` for a decoder whose cache holds `max_seq` positions: `splits` at every
     batch size when given (one of MODES; anything else raises), else the table's choices on a
     CUDA `device`, read once here (DEFAULT elsewhere)."""
     if splits is not None:
         if splits not in MODES:
             raise ValueError(f"splits must be one of {', '.join(MODES)} or None, got {splits!r}")
-        capped = splits == "capped"
-        return lambda batch: capped
+        return lambda batch: splits
     if device.type != "cuda":
-        return lambda batch: False
+        return lambda batch: DEFAULT
     elt = torch.empty((), dtype=dtype).element_size()
-    sizes = capped_sizes(shape, elt, torch.cuda.get_device_name(device),
-                         lambda b: split_pair(shape, b, max_seq, device, dtype))
-    return lambda batch: batch in sizes
+    modes = measured_modes(shape, elt, torch.cuda.get_device_name(device),
+                           lambda b: split_pair(shape, b, max_seq, device, dtype))
+    return lambda batch: modes.get(batch, DEFAULT)

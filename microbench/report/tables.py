@@ -59,8 +59,10 @@ def sweep_header(run: dict) -> str:
     # the batch sizes whose matmuls ran cuBLASLt (engine/blas.py), where any did
     lt = (run.get("decoder") or {}).get("cublaslt_rows")
     lt = sizes_note("cuBLASLt", lt)
-    # and those whose fused attention took the capped split count (engine/splits.py)
-    lt += sizes_note("attention splits capped", (run.get("decoder") or {}).get("capped_split_rows"))
+    # and those whose fused attention took the capped split count or half-size K/V tiles
+    # (engine/splits.py)
+    lt += sizes_note("attention splits capped", dec.get("capped_split_rows"))
+    lt += sizes_note("attention tiles halved", dec.get("half_tile_rows"))
     return (f"GPU {env.get('gpu')} | preset {c['preset']} | {c['dtype']} | mode {c['mode']}"
             f"{' (split launch)' if c.get('split_launch') else ''} | "
             f"ladder {lad} | context {c['context']}{pdl}{lt} | "

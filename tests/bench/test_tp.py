@@ -621,8 +621,8 @@ def test_the_tp_sweeps_decoder_settings_build_a_shard_on_cublas(monkeypatch):
     assert ToyDecoder(PRESETS["tiny"], **dict(kw, blas=None)).blas(32) == "cublaslt"
     # and the fused attention's default split count, whatever the splits table says
     from microbench.engine import splits
-    monkeypatch.setattr(splits, "resolve", lambda s, *a: (lambda batch: s != "fill"))
+    monkeypatch.setattr(splits, "resolve", lambda s, *a: (lambda batch: s or "half-tile"))
     shard = build_shard(PRESETS["tiny"], 2, 1, **kw)
     full = ToyDecoder(PRESETS["tiny"], **kw)
-    assert shard.capped_splits(16) is full.capped_splits(16) is False
-    assert ToyDecoder(PRESETS["tiny"], **dict(kw, splits=None)).capped_splits(16) is True
+    assert shard.split_mode(16) == full.split_mode(16) == "fill"
+    assert ToyDecoder(PRESETS["tiny"], **dict(kw, splits=None)).split_mode(16) == "half-tile"

@@ -70,7 +70,7 @@ def test_the_clis_vary_choices_are_the_variants():
                               "splits": {"splits": "fill"}}.get(vary, {})
     assert [kw["pdl"] for _, kw in tune.VARIANTS["pdl"]] == [True, "late", False]
     assert [kw["blas"] for _, kw in tune.VARIANTS["blas"]] == ["cublas", "cublaslt"]
-    assert [kw["splits"] for _, kw in tune.VARIANTS["splits"]] == ["fill", "capped"]
+    assert [kw["splits"] for _, kw in tune.VARIANTS["splits"]] == ["fill", "capped", "half-tile"]
 
 
 def test_fastest_keeps_the_reference_unless_another_arm_is_faster_beyond_noise():
@@ -151,11 +151,11 @@ def test_the_blas_ab_records_cublaslt_only_where_it_is_faster_beyond_noise(tmp_p
         blas.load_table.cache_clear()
 
 
-def test_the_splits_ab_records_capped_only_where_it_is_faster_beyond_noise(tmp_path, monkeypatch):
+def test_the_splits_ab_records_a_mode_only_where_it_is_faster_beyond_noise(tmp_path, monkeypatch):
     """As measured on the H200 for llama-1b: capped faster at bs 16, slower at 32; at bs 8 both
-    rules launch five splits, so a ratio beyond noise there (the A/B's own floor) records fill.
-    A decoder then caps at 16 alone (not between measured sizes, as the BLAS table's spans
-    do)."""
+    split rules launch five splits, so a ratio beyond noise there (the A/B's own floor) records
+    fill; half-size tiles faster at bs 1. A decoder then caps at 16 alone and halves its tiles
+    at 1 alone (not between measured sizes, as the BLAS table's spans do)."""
     import torch
 
     from microbench import cli_tune
@@ -166,27 +166,57 @@ def test_the_splits_ab_records_capped_only_where_it_is_faster_beyond_noise(tmp_p
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(rsa, "sm_count", lambda index: 132)
 
-    def result(bs, fill_us, capped_us, ci):
-        return {"bs": bs, "elt": 2, "context": 512, "rounds": 40, "arms": ["fill", "capped"],
-                "fill": {"median": fill_us}, "capped": {"median": capped_us},
-                "ratios": {"capped": {"median": fill_us / capped_us, "ci": ci}}}
+    def result(bs, fill_us, capped_us, half_us, ci, half_ci=(0.97, 0.98)):
+        return {"bs": bs, "elt": 2, "context": 512, "rounds": 40,
+                "arms": ["fill", "capped", "half-tile"], "fill": {"median": fill_us},
+                "capped": {"median": capped_us}, "half-tile": {"median": half_us},
+                "ratios": {"capped": {"median": fill_us / capped_us, "ci": ci},
+                           "half-tile": {"median": fill_us / half_us, "ci": half_ci}}}
     path = tmp_path / "splits_Fake_GPU.json"
-    cli_tune._record_per_batch("llama-1b", [result(8, 975.0, 973.5, [1.001, 1.002]),
-                                            result(16, 1113.1, 1081.5, [1.029, 1.030]),
-                                            result(32, 1273.8, 1278.1, [0.996, 0.997])],
+    cli_tune._record_per_batch("llama-1b", [result(1, 870.0, 870.2, 846.1, [0.999, 1.001],
+                                                   [1.027, 1.031]),
+                                            result(8, 975.0, 973.5, 990.0, [1.001, 1.002]),
+                                            result(16, 1113.1, 1081.5, 1090.0, [1.029, 1.030]),
+                                            result(32, 1273.8, 1278.1, 1290.0, [0.996, 0.997])],
                                path, "splits")
     got = json.loads(path.read_text())["choices"][pdl.shape_key(PRESETS["llama-1b"], 2)]
-    assert {b: e["mode"] for b, e in got.items()} == {"8": "fill", "16": "capped", "32": "fill"}
-    assert got["16"]["splits"] == {"fill": 5, "capped": 3} == got["8"]["splits"] | {"capped": 3}
+    assert {b: e["mode"] for b, e in got.items()} == {"1": "half-tile", "8": "fill",
+                                                      "16": "capped", "32": "fill"}
+    keys = {"fill": 128, "capped": 128, "half-tile": 64}
+    assert got["16"]["splits"] == {"fill": 5, "capped": 3, "half-tile": 3, "keys": keys}
+    assert got["8"]["splits"] == got["1"]["splits"] == {"fill": 5, "capped": 5, "half-tile": 9,
+                                                        "keys": keys}
     monkeypatch.setattr(splits, "CONFIG_DIR", tmp_path)
     splits.load_table.cache_clear()
     try:
         one = splits.resolve(None, PRESETS["llama-1b"], torch.bfloat16, torch.device("cuda"), 576)
-        assert [b for b in range(1, 65) if one(b)] == [16]
+        assert {b: one(b) for b in range(1, 65) if one(b) != "fill"} == {1: "half-tile",
+                                                                         16: "capped"}
         eight = splits.resolve(None, PRESETS["llama-8b"], torch.bfloat16, torch.device("cuda"), 576)
-        assert not any(eight(b) for b in range(1, 65))
+        assert all(eight(b) == "fill" for b in range(1, 65))
     finally:
         splits.load_table.cache_clear()
+
+
+def test_the_splits_ab_records_fill_where_the_faster_mode_launched_as_fill(tmp_path, monkeypatch):
+    """On a device whose rule already takes the smallest tile, half-tile launches as fill does:
+    a ratio beyond noise there (the A/B's own floor) records fill."""
+    import torch
+
+    from microbench import cli_tune
+    from microbench.engine import pdl, splits
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    same = {"fill": 5, "capped": 5, "half-tile": 5, "keys": dict.fromkeys(splits.MODES, 16)}
+    monkeypatch.setattr(splits, "split_pair", lambda *a: same)
+    r = {"bs": 1, "elt": 2, "context": 512, "rounds": 40, "arms": ["fill", "capped", "half-tile"],
+         "fill": {"median": 870.0}, "capped": {"median": 871.0}, "half-tile": {"median": 850.0},
+         "ratios": {"capped": {"median": 0.999, "ci": [0.998, 1.0]},
+                    "half-tile": {"median": 1.024, "ci": [1.02, 1.03]}}}
+    path = tmp_path / "splits_Fake_GPU.json"
+    cli_tune._record_per_batch("llama-1b", [r], path, "splits")
+    got = json.loads(path.read_text())["choices"][pdl.shape_key(PRESETS["llama-1b"], 2)]
+    assert got["1"]["mode"] == "fill" and got["1"]["splits"] == same
 
 
 def test_a_table_written_into_a_new_folder(tmp_path):

@@ -31,8 +31,8 @@ CUDA = torch.device("cuda")
 
 
 def record(shape, modes: dict, max_seq=576, device="Fake GPU"):
-    """Entries as `tune --ab P --vary splits` writes them: each with the two split counts it
-    compared over a cache of max_seq positions."""
+    """Entries as `tune --ab P --vary splits` writes them: each with what the modes launched
+    over a cache of max_seq positions."""
     path = splits.table_path(device)
     entries = {b: dict(mode=m, bs=b, splits=splits.split_pair(shape, b, max_seq, CUDA, torch.bfloat16))
                for b, m in modes.items()}
@@ -44,61 +44,99 @@ def on_cuda(shape=L1, dtype=torch.bfloat16, max_seq=576):
     return splits.resolve(None, shape, dtype, CUDA, max_seq)
 
 
-def test_the_two_counts_compared(table_dir):
+def test_what_each_mode_launches(table_dir):
     """llama-1b at context 512 (five 128-key tiles): the default launches five one-tile splits
-    at bs 16 where three were wanted; at context 4096 both rules give three."""
-    assert splits.split_pair(L1, 16, 576, CUDA, torch.bfloat16) == {"fill": 5, "capped": 3}
-    assert splits.split_pair(L1, 24, 576, CUDA, torch.bfloat16) == {"fill": 3, "capped": 2}
-    assert splits.split_pair(L1, 8, 576, CUDA, torch.bfloat16) == {"fill": 5, "capped": 5}
-    assert splits.split_pair(L1, 16, 4104, CUDA, torch.bfloat16) == {"fill": 3, "capped": 3}
+    at bs 16 where three were wanted; at context 4096 both rules give three. Half-size tiles
+    (64 keys) make nine of them: the default rule then launches nine one-tile splits at bs 8,
+    three at bs 16 and four at context 4096."""
+    keys = {"fill": 128, "capped": 128, "half-tile": 64}
+    assert splits.split_pair(L1, 16, 576, CUDA, torch.bfloat16) == {
+        "fill": 5, "capped": 3, "half-tile": 3, "keys": keys}
+    assert splits.split_pair(L1, 24, 576, CUDA, torch.bfloat16) == {
+        "fill": 3, "capped": 2, "half-tile": 3, "keys": keys}
+    assert splits.split_pair(L1, 8, 576, CUDA, torch.bfloat16) == {
+        "fill": 5, "capped": 5, "half-tile": 9, "keys": keys}
+    assert splits.split_pair(L1, 16, 4104, CUDA, torch.bfloat16) == {
+        "fill": 3, "capped": 3, "half-tile": 4, "keys": keys}
+    # llama-8b's 128-wide heads: 64-key tiles by default, 32 halved
+    assert splits.split_pair(PRESETS["llama-8b"], 1, 576, CUDA, torch.bfloat16)["keys"] == {
+        "fill": 64, "capped": 64, "half-tile": 32}
 
 
-def test_capped_holds_at_exactly_the_measured_sizes_that_chose_it(table_dir):
-    assert [on_cuda()(b) for b in (8, 16, 32)] == [False] * 3      # no table: the default
-    record(L1, {8: "fill", 16: "capped", 24: "capped", 32: "fill"})
+def test_a_mode_holds_at_exactly_the_measured_sizes_that_chose_it(table_dir):
+    assert [on_cuda()(b) for b in (8, 16, 32)] == ["fill"] * 3      # no table: the default
+    record(L1, {1: "half-tile", 8: "fill", 16: "capped", 24: "capped", 32: "fill"})
     choice = on_cuda()
-    assert choice(16) and choice(24)
+    assert choice(16) == choice(24) == "capped" and choice(1) == "half-tile"
     # never between or around measured sizes: the split rule's effect is not monotone in batch
-    assert not any(choice(b) for b in (8, 15, 17, 20, 23, 25, 32, 40))
-    assert not on_cuda(dtype=torch.float32)(16)                  # float32: not measured
-    assert not on_cuda(PRESETS["llama-8b"])(16)                  # another shape
-    assert not splits.resolve(None, L1, torch.bfloat16, torch.device("cpu"), 576)(16)
-    # a longer cache gives other counts than those compared: the default there
-    assert not on_cuda(max_seq=4104)(16)
-    # an entry without the counts compared (or with others) never applies
+    assert all(choice(b) == "fill" for b in (2, 8, 15, 17, 20, 23, 25, 32, 40))
+    assert on_cuda(dtype=torch.float32)(16) == "fill"              # float32: not measured
+    assert on_cuda(PRESETS["llama-8b"])(16) == "fill"              # another shape
+    assert splits.resolve(None, L1, torch.bfloat16, torch.device("cpu"), 576)(16) == "fill"
+    # a longer cache gives other launches than those compared: the default there
+    assert on_cuda(max_seq=4104)(16) == "fill" and on_cuda(max_seq=4104)(1) == "fill"
+    # an entry without the launches compared (or with others) never applies
     path = splits.table_path("Fake GPU")
     table = json.loads(path.read_text())
-    del table["choices"][shape_key(L1, 2)]["16"]["splits"]
-    table["choices"][shape_key(L1, 2)]["24"]["splits"] = {"fill": 5, "capped": 3}
+    mine = table["choices"][shape_key(L1, 2)]
+    del mine["16"]["splits"]
+    mine["24"]["splits"] = dict(mine["24"]["splits"], capped=3)
+    mine["1"]["splits"]["keys"]["half-tile"] = 32
     path.write_text(json.dumps(table))
     splits.load_table.cache_clear()
-    assert not on_cuda()(16) and not on_cuda()(24)
+    assert on_cuda()(16) == on_cuda()(24) == on_cuda()(1) == "fill"
+
+
+def test_an_entry_measured_before_half_tiles_holds_on_its_two_counts(table_dir):
+    """Entries written when the table compared fill and capped only record their two split
+    counts: capped holds where those still agree; a half-tile entry must record its tiles."""
+    path = splits.table_path("Fake GPU")
+    old = {"16": dict(mode="capped", bs=16, splits={"fill": 5, "capped": 3}),
+           "24": dict(mode="capped", bs=24, splits={"fill": 5, "capped": 3}),
+           "1": dict(mode="half-tile", bs=1, splits={"fill": 5, "capped": 5, "half-tile": 9})}
+    path.write_text(json.dumps({"choices": {shape_key(L1, 2): old}}))
+    assert on_cuda()(16) == "capped"
+    assert on_cuda()(24) == "fill"        # bs 24 launches 3 and 2 splits, not 5 and 3
+    assert on_cuda()(1) == "fill"         # no keys per tile recorded
 
 
 def test_an_explicit_mode_holds_everywhere_and_a_bad_one_is_refused():
-    assert splits.resolve("capped", L1, torch.bfloat16, torch.device("cpu"), 576)(5) is True
-    assert splits.resolve("fill", L1, torch.bfloat16, CUDA, 576)(16) is False
-    with pytest.raises(ValueError, match="splits must be one of fill, capped"):
+    assert splits.resolve("capped", L1, torch.bfloat16, torch.device("cpu"), 576)(5) == "capped"
+    assert splits.resolve("fill", L1, torch.bfloat16, CUDA, 576)(16) == "fill"
+    assert splits.resolve("half-tile", L1, torch.bfloat16, CUDA, 576)(3) == "half-tile"
+    with pytest.raises(ValueError, match="splits must be one of fill, capped, half-tile"):
         splits.resolve("more", L1, torch.bfloat16, torch.device("cpu"), 576)
 
 
 def test_a_broken_table_is_one_line_naming_the_file(table_dir):
     path = splits.table_path("Fake GPU")
     path.write_text(json.dumps({"choices": {shape_key(L1, 2): {"16": {"mode": "half"}}}}))
-    with pytest.raises(ValueError, match=r"attention splits table .* bs 16 has no mode among fill, capped"):
+    with pytest.raises(ValueError, match=r"attention splits table .* bs 16 has no mode among "
+                                         r"fill, capped, half-tile"):
         on_cuda()
 
 
+def test_only_a_mode_that_launches_otherwise_than_fill_is_recorded_as_itself():
+    pair = {"fill": 5, "capped": 5, "half-tile": 9, "keys": {"fill": 128, "capped": 128,
+                                                            "half-tile": 64}}
+    assert splits.launches_alike(pair, "capped") and not splits.launches_alike(pair, "half-tile")
+    # on a device whose tiles cannot halve (16 keys), half-tile launches as fill does
+    same = dict(pair, **{"half-tile": 5, "keys": dict.fromkeys(("fill", "capped", "half-tile"), 16)})
+    assert splits.launches_alike(same, "half-tile")
+
+
 @pytest.mark.interpreter
-@pytest.mark.parametrize("mode", [None, "fill", "capped"])
+@pytest.mark.parametrize("mode", [None, "fill", "capped", "half-tile"])
 def test_a_decoder_passes_its_choice_to_the_fused_attention_plain_and_bound(mode, monkeypatch):
     """Every fused attention call of a step asks the kernel for the decoder's choice at the
     step's batch size, in the plain step and in the launches a bound step records. None: a
     table that chose capped at 3 only."""
     from microbench import kernels
     from microbench.engine.decoder import ToyDecoder
-    monkeypatch.setattr(splits, "resolve", lambda s, *a: (lambda b: s == "capped") if s else
-                        (lambda b: b == 3))
+    monkeypatch.setattr(splits, "resolve", lambda s, *a: (lambda b: s) if s else
+                        (lambda b: "capped" if b == 3 else "fill"))
+    # on the CPU block_n_for's tile is 16 keys, which cannot halve: ask for a 32-key rule
+    monkeypatch.setattr(splits, "block_n", lambda m, *a: 16 if m == "half-tile" else None)
     dec = ToyDecoder(TINY, backend="triton", max_batch=4, max_seq=40, dtype=torch.float32,
                      device="cpu", splits=mode)
     dec.fill_cache(20)
@@ -106,15 +144,18 @@ def test_a_decoder_passes_its_choice_to_the_fused_attention_plain_and_bound(mode
     real = kernels.rope_store_attention
 
     def spy(*a, **kw):
-        seen.append(kw["capped"])
+        seen.append((kw["capped"], kw["block_n"]))
         return real(*a, **kw)
     monkeypatch.setattr(kernels, "rope_store_attention", spy)
+
+    def want(b):
+        m = mode or ("capped" if b == 3 else "fill")
+        return m == "capped", 16 if m == "half-tile" else None
     for b in (3, 2):
         seen.clear()
         t = torch.arange(b) % TINY.vocab
         dec.step(t, torch.full((b,), 20), torch.arange(b))
-        want = mode == "capped" or (mode is None and b == 3)
-        assert seen == [want] * TINY.n_layers
+        assert seen == [want(b)] * TINY.n_layers
     seen.clear()
     bound = dec.bind(3)
-    assert seen == [mode != "fill"] * TINY.n_layers and bound.launches
+    assert seen == [want(3)] * TINY.n_layers and bound.launches

@@ -1,5 +1,7 @@
 """rope_store_attention (RoPE, the KV store and decode attention in one kernel, the split merge
 inside it) against rope_store_kv_ref + decode_attention_ref, on fresh random inputs."""
+import sys
+
 import pytest
 import torch
 
@@ -126,6 +128,39 @@ def test_rope_store_attention_capped(dtype, atol, rtol, device):
     check_fused_attention(*args, dtype, atol, rtol, sem, capped=True)
 
 
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLS)
+@pytest.mark.parametrize("block_n", [32, 64])
+def test_rope_store_attention_with_the_tile_asked_for(block_n, dtype, atol, rtol, device,
+                                                     monkeypatch):
+    """K/V tiles of the keys asked for (the decoder's measured "half-tile" launch asks for half
+    of block_n_for's) compute what the references give, the split count following the tiles:
+    over a cache of 5.5 tiles of 32 keys, 64-key tiles make half as many splits. The new token sits in
+    the last, partial tile."""
+    B, H, Hkv, D, max_seq = 2, 4, 1, 64, 5 * 32 + 16
+    short, long = (fused_plan(B, Hkv, max_seq, device, D, dtype, block_n=n)[0] for n in (32, 64))
+    assert (short, long) == (6, 3)
+    args = fused_attention_inputs(B, H, Hkv, D, max_seq, max_seq - 1, dtype, device, seed=17)
+    sem = torch.zeros(B * Hkv, dtype=torch.int32, device=device)
+    rsa = sys.modules["microbench.kernels.rope_store_attention"]   # the module, not the function
+    seen = []
+
+    def spy(record, kernel, grid, *a, **kw):
+        seen.append((grid, kw["BLOCK_N"]))
+        return real(record, kernel, grid, *a, **kw)
+    real = rsa.launch
+    monkeypatch.setattr(rsa, "launch", spy)
+    check_fused_attention(*args, dtype, atol, rtol, sem, block_n=block_n)
+    assert seen == [((B, Hkv, short if block_n == 32 else long), block_n)]
+
+
+def test_half_tile_halves_the_rules_tile_down_to_the_smallest():
+    from microbench.kernels.rope_store_attention import half_tile
+    cuda = torch.device("cuda")
+    assert half_tile(cuda, 64, torch.bfloat16) == 64 and half_tile(cuda, 128, torch.bfloat16) == 32
+    assert half_tile(cuda, 128, torch.float32) == 16      # 32-key tiles halved
+    assert half_tile(torch.device("cpu"), 64, torch.bfloat16) == 16   # 16 cannot halve
+
+
 @SPLITS
 def test_rope_store_attention_streamed(num_splits, device):
     """A batch whose (sequence, kv head) programs fill the GPU (the CPU's stand-in, or the
@@ -172,6 +207,10 @@ BAD_CALLS = [
     ("kv", lambda d: rope_store_attention(
         f16(1, 2, 64, dev=d), f16(1, 2, 64, dev=d), f16(1, 2, 64, dev=d), f16(2, 1, 8, 64, dev=d),
         f16(2, 1, 8, 64, dev=d), i32(1, dev=d), i32(1, dev=d, fill=1), 0.125), "k and v"),
+    *((f"block_n={n}", lambda d, n=n: rope_store_attention(
+        f16(1, 2, 64, dev=d), f16(1, 1, 64, dev=d), f16(1, 1, 64, dev=d), f16(2, 1, 8, 64, dev=d),
+        f16(2, 1, 8, 64, dev=d), i32(1, dev=d), i32(1, dev=d, fill=1), 0.125, block_n=n),
+       "block_n must be a power of two from 16 to 128") for n in (8, 48, 256, 0, 32.0)),
 ]
 
 
