@@ -310,10 +310,12 @@ def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(t
     cpu = torch.device("cpu")
     seen = []
 
-    def fake_build(preset, bs, context, table_file=None):
-        # what rope_store_attention would read from its module while this arm's graph is captured
+    def fake_build(preset, bs, context, table_file=None, splits=None):
+        # what rope_store_attention would read from its module while this arm's graph is
+        # captured, and the decoder's split mode (an arm's tile replaces the splits table's)
+        mode = splits
         splits, stream = probe.RSA.fused_plan(bs, 2, 520, cpu, 128, torch.bfloat16)
-        seen.append(dict(splits=splits, stream=stream,
+        seen.append(dict(splits=splits, stream=stream, mode=mode,
                          warps=probe._FORCED["warps"] if probe.RSA.launch is probe._forced_launch
                          else "not patched",
                          block_n=probe.RSA.block_n_for(cpu, 128, torch.bfloat16),
@@ -330,9 +332,10 @@ def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(t
         # between arms nothing is forced
         assert set(probe._FORCED.values()) == {None}
     default = probe._fused_plan(1, 2, 520, cpu, 128, torch.bfloat16)[0]
-    assert seen == [dict(splits=default, stream=False, warps=None,
+    assert seen == [dict(splits=default, stream=False, mode=None, warps=None,
                          block_n=probe._block_n_for(cpu, 128, torch.bfloat16), table=None),
-                    dict(splits=3, stream=True, warps=8, block_n=32, table=str(table))]
+                    dict(splits=3, stream=True, mode="fill", warps=8, block_n=32,
+                         table=str(table))]
     assert tune._graphed_step is fake_build and "probe" not in tune.VARIANTS
     assert probe.RSA.fused_plan is probe._fused_plan
     assert probe.RSA.block_n_for is probe._block_n_for
