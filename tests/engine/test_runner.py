@@ -188,15 +188,18 @@ def test_programmatic_dependent_launch_changes_no_result(preset):
 
 @gpu
 @pytest.mark.parametrize("preset", ["tiny", "opt-125m"])
-def test_each_split_mode_replays_its_eager_step(preset):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_each_split_mode_replays_its_eager_step(preset, dtype):
     """The fused attention's three ways of splitting the cache (engine/splits.py: fill, capped,
     half-size tiles) over long, ragged histories: each graph replays its own eager step bit for
-    bit, and the three give the same logits within rounding (their splits merge in other
-    orders)."""
+    bit, and in float32 the three give the same logits within rounding (their splits merge in
+    other orders; in bfloat16 one attention output an ulp apart grows through opt-125m's twelve
+    random layers to logits 0.9 apart, too far for a tolerance that would catch a wrong merge)."""
     from microbench.engine import splits
     ctx, outs = 500, {}
     for mode in splits.MODES:
-        dec = ToyDecoder(PRESETS[preset], max_batch=16, max_seq=576, device="cuda", splits=mode)
+        dec = ToyDecoder(PRESETS[preset], max_batch=16, max_seq=576, dtype=dtype, device="cuda",
+                         splits=mode)
         dec.fill_cache(ctx)
         runner = GraphRunner(dec, [1, 4, 16], mode="full")
         runner.capture()
@@ -217,11 +220,12 @@ def test_each_split_mode_replays_its_eager_step(preset):
                 torch.testing.assert_close(got.float(), want.float(), atol=0.1, rtol=0.02)
             outs[mode].append(got.float())
         runner.close()
-    for mode in ("capped", "half-tile"):
-        for a, b in zip(outs[mode], outs["fill"]):
-            torch.testing.assert_close(a, b, atol=0.1, rtol=0.02)
     # half-size tiles launch other splits than fill at every batch here: some logit rounds apart
     assert any(not torch.equal(a, b) for a, b in zip(outs["half-tile"], outs["fill"]))
+    if dtype == torch.float32:
+        for mode in ("capped", "half-tile"):
+            for a, b in zip(outs[mode], outs["fill"]):
+                torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-3)
 
 
 @gpu
