@@ -17,9 +17,11 @@ from .rope import check_rope, rope_store_kv_ref
 from .store_kv import check_store_kv
 
 
-# Keys per K/V tile a launch may be asked for (block_n): tl.dot needs at least 16 rows, and
-# beyond 128 a tile of 128-wide heads no longer fits the registers.
+# Keys per K/V tile a launch may be asked for (block_n): tl.dot needs at least 16 rows, and no
+# tile beyond 128 keys of 128-wide heads (MAX_TILE values) was ever compiled for a GPU: wider
+# heads take proportionally fewer keys.
 MIN_BLOCK_N, MAX_BLOCK_N = 16, 128
+MAX_TILE = 128 * 128
 
 # Splits a "streaming" launch takes when the (sequence, kv head) programs alone fill the GPU.
 # On the H200, at bs 64 with llama-8b's heads (128 wide), two streaming splits per (sequence,
@@ -49,13 +51,15 @@ def half_tile(device, head_dim, dtype):
     return max(block_n_for(device, head_dim, dtype) // 2, MIN_BLOCK_N)
 
 
-def check_block_n(block_n):
-    """A block_n argument: None (block_n_for's) or a power of two from MIN_BLOCK_N to
-    MAX_BLOCK_N (ValueError otherwise)."""
-    if block_n is not None and (not isinstance(block_n, int) or block_n < MIN_BLOCK_N
-                                or block_n > MAX_BLOCK_N or block_n & (block_n - 1)):
-        raise ValueError(f"rope_store_attention: block_n must be a power of two from {MIN_BLOCK_N} "
-                         f"to {MAX_BLOCK_N} (keys per K/V tile) or None, got {block_n!r}")
+def check_block_n(block_n, head_dim):
+    """A block_n argument for heads `head_dim` wide: None (block_n_for's) or a power of two from
+    MIN_BLOCK_N to MAX_BLOCK_N and at most MAX_TILE values a tile (ValueError otherwise)."""
+    most = min(MAX_BLOCK_N, MAX_TILE // triton.next_power_of_2(head_dim))
+    if block_n is not None and (type(block_n) is not int or not MIN_BLOCK_N <= block_n <= most
+                                or block_n & (block_n - 1)):
+        raise ValueError(f"rope_store_attention: block_n must be None or a power of two from "
+                         f"{MIN_BLOCK_N} to {most} (keys per K/V tile of {head_dim}-wide heads), "
+                         f"got {block_n!r}")
 
 
 def fused_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.bfloat16,
@@ -72,6 +76,7 @@ def fused_plan(batch, num_kv_heads, max_seq, device, head_dim=128, dtype=torch.b
     two tiles that "stream": nothing loads before the wait, and each tile's V loads after its
     softmax, as in decode_attention. `num_splits` given: that count, streaming under the same
     condition."""
+    check_block_n(block_n, head_dim)
     device = torch.device(device)
     if device.type == "cuda":
         sms = sm_count(device.index if device.index is not None else torch.cuda.current_device())
@@ -319,7 +324,7 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     if k_cache.stride() != v_cache.stride():
         raise ValueError(f"rope_store_attention: k_cache and v_cache must share strides, got "
                          f"{k_cache.stride()} and {v_cache.stride()}")
-    check_block_n(block_n)
+    check_block_n(block_n, q.shape[-1])
     check_device("rope_store_attention", _rope_attend_kernel, q)
     B, H, D = q.shape
     Hkv, max_seq = k_cache.shape[1], k_cache.shape[2]

@@ -185,22 +185,29 @@ def _record_per_batch(preset: str, results: list, path: Path, vary: str) -> None
     """The mode each --vary pdl, blas or splits result keeps (bench.tune.fastest: another arm
     than the first, early, cuBLAS or fill, only where it is faster beyond noise), recorded at its
     batch size for the preset's shape; for splits with what each mode launched there
-    (engine/splits.py: split counts and keys per tile), and "fill" where the kept mode launched
-    as fill did."""
+    (engine/splits.py: split counts and keys per tile), an arm that launched as fill did never
+    kept over it (its ratio is two copies of one launch: the A/B's noise)."""
     from microbench.bench.tune import ab_max_seq, fastest
     from microbench.engine import pdl, splits
     prefix = "pdl-" if vary == "pdl" else ""
-    entries = {r["bs"]: dict(_entry(r, fastest(r).removeprefix(prefix), prefix), preset=preset)
-               for r in results}
+    launches = {}
     if vary == "splits":
         import torch
         dtype = {2: torch.bfloat16, 4: torch.float32}[results[0]["elt"]]
-        for r in results:
-            pair = splits.split_pair(PRESETS[preset], r["bs"], ab_max_seq(r["context"]),
-                                     torch.device("cuda", torch.cuda.current_device()), dtype)
-            mode = entries[r["bs"]]["mode"]
-            entries[r["bs"]].update(splits=pair, mode="fill" if splits.launches_alike(pair, mode)
-                                    else mode)
+        device = torch.device("cuda", torch.cuda.current_device())
+        launches = {r["bs"]: splits.split_launches(PRESETS[preset], r["bs"],
+                                                   ab_max_seq(r["context"]), device, dtype)
+                    for r in results}
+
+    def kept(r: dict) -> str:
+        if r["bs"] not in launches:
+            return fastest(r)
+        alike = lambda m: splits.launches_alike(launches[r["bs"]], m)
+        return fastest(dict(r, ratios={m: q for m, q in r["ratios"].items() if not alike(m)}))
+    entries = {r["bs"]: dict(_entry(r, kept(r).removeprefix(prefix), prefix), preset=preset)
+               for r in results}
+    for bs, launched in launches.items():
+        entries[bs]["splits"] = launched
     key = pdl.shape_key(PRESETS[preset], results[0]["elt"])
     _write_table(path, pdl.merge_per_batch(path, _meta(), key, entries))
     kept = ", ".join(f"bs {bs} {e['mode']}" for bs, e in entries.items())

@@ -324,7 +324,8 @@ def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(t
 
     monkeypatch.setattr(tune, "_graphed_step", fake_build)
     settings = {"default": {}, f"splits=3,block_n=32,stream,warps=8,table={table}": dict(
-        splits=3, block_n=32, stream=True, warps=8, table=str(table))}
+        splits=3, block_n=32, stream=True, warps=8, table=str(table)),
+        "block_n=32": dict(block_n=32), "splits=2": dict(splits=2)}
     with probe.arms_patched(settings) as patched:
         assert [name for name, _ in patched.VARIANTS["probe"]] == list(settings)
         for name, kw in patched.VARIANTS["probe"]:
@@ -335,7 +336,13 @@ def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(t
     assert seen == [dict(splits=default, stream=False, mode=None, warps=None,
                          block_n=probe._block_n_for(cpu, 128, torch.bfloat16), table=None),
                     dict(splits=3, stream=True, mode="fill", warps=8, block_n=32,
-                         table=str(table))]
+                         table=str(table)),
+                    # an arm forcing the tile or the count alone builds on fill too
+                    dict(splits=probe._fused_plan(1, 2, 520, cpu, 128, torch.bfloat16,
+                                                  block_n=32)[0],
+                         stream=False, mode="fill", warps=None, block_n=32, table=None),
+                    dict(splits=2, stream=False, mode="fill", warps=None,
+                         block_n=probe._block_n_for(cpu, 128, torch.bfloat16), table=None)]
     assert tune._graphed_step is fake_build and "probe" not in tune.VARIANTS
     assert probe.RSA.fused_plan is probe._fused_plan
     assert probe.RSA.block_n_for is probe._block_n_for

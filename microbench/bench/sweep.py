@@ -159,8 +159,8 @@ class _Sweep:
                               # the batch sizes whose matmuls run cuBLASLt
                               cublaslt_rows=[b for b in sizes
                                              if b > FAST_ROWS and dec.blas(b) == "cublaslt"],
-                              # and those whose fused attention split the cache otherwise
-                              # than by the default rule (engine/splits.py)
+                              # and those whose fused attention split the cache in another
+                              # mode than fill (engine/splits.py)
                               capped_split_rows=split_rows(dec, sizes, "capped"),
                               half_tile_rows=split_rows(dec, sizes, "half-tile"))
         self.runner = self.trunner = self.twin = None

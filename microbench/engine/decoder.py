@@ -104,6 +104,7 @@ class ToyDecoder(Binding):
         # batch -> how the fused attention splits the cache: "fill", "capped" or "half-tile"
         # (engine/splits.py; None: the table's)
         self.split_mode = splits_modes.resolve(splits, shape, dtype, self.device, max_seq)
+        self._split_args = {}   # batch -> _split_kw's arguments
         self._zeros = torch.zeros(max(shape.qkv_size, shape.hidden, 2 * shape.ffn, shape.vocab),
                                   dtype=dtype, device=self.device)
         self.scratch_slot = max_batch
@@ -256,10 +257,15 @@ class ToyDecoder(Binding):
         return out.copy_(self.ops.decode_attention(*args, pdl=pdl))
 
     def _split_kw(self, batch: int) -> dict:
-        """rope_store_attention's split arguments for a step of `batch` rows."""
-        mode = self.split_mode(batch)
-        return dict(capped=mode == "capped",
-                    block_n=splits_modes.block_n(mode, self.shape, self.device, self.dtype))
+        """rope_store_attention's split arguments for a step of `batch` rows (worked out once
+        per batch size: the eager step asks at every layer)."""
+        kw = self._split_args.get(batch)
+        if kw is None:
+            mode = self.split_mode(batch)
+            kw = self._split_args[batch] = dict(
+                capped=mode == "capped",
+                block_n=splits_modes.block_n(mode, self.shape, self.device, self.dtype))
+        return kw
 
     @staticmethod
     def seq_lens_for(positions):

@@ -15,9 +15,8 @@ depends on the shape and the batch, with no rule that holds across models. So `m
 --ab PRESET --vary splits --rows 1,2,4,8,16,32` times whole graph steps of the three,
 interleaved in one process, and records at each batch size the fastest beyond noise in the
 device's table, `kernels/configs/splits_<device>.json`, keyed by the model's shape and element
-size (`pdl.shape_key`), with what each mode launched there (`split_pair`: the split counts and,
-under `keys`, the keys per tile; a batch size where the chosen mode launches as fill does
-records "fill"). Both depend on the cache length, so a decoder built with `splits=None` takes a
+size (`pdl.shape_key`), with what each mode launched there (`split_launches`: the split counts and,
+under `keys`, the keys per tile; a mode that launches as fill does is never kept over fill). Both depend on the cache length, so a decoder built with `splits=None` takes a
 measured mode at exactly the measured batch sizes that chose it and where its own cache gives
 the same launches as were compared, and "fill" everywhere else (`DEFAULT`); a graph captured at
 a batch size and the eager step at that size launch alike. (Entries measured before the
@@ -56,7 +55,7 @@ def block_n(mode: str, shape, device, dtype: torch.dtype) -> int | None:
     return half_tile(torch.device(device), shape.head_dim, dtype) if mode == "half-tile" else None
 
 
-def split_pair(shape, batch: int, max_seq: int, device, dtype: torch.dtype) -> dict:
+def split_launches(shape, batch: int, max_seq: int, device, dtype: torch.dtype) -> dict:
     """What the fused attention launches for `shape` at `batch` over a cache of `max_seq`
     positions on `device` in each mode: {"fill": splits, "capped": splits, "half-tile": splits,
     "keys": {mode: keys per tile}}."""
@@ -70,31 +69,33 @@ def split_pair(shape, batch: int, max_seq: int, device, dtype: torch.dtype) -> d
     return dict(counts, keys=keys)
 
 
-def launches_alike(pair: dict, mode: str) -> bool:
-    """Whether `mode` launches as fill does in split_pair's `pair`."""
-    return pair[mode] == pair["fill"] and pair["keys"][mode] == pair["keys"]["fill"]
+def launches_alike(launches: dict, mode: str) -> bool:
+    """Whether `mode` launches as fill does in split_launches's `launches`."""
+    return (launches[mode] == launches["fill"]
+            and launches["keys"][mode] == launches["keys"]["fill"])
 
 
-def _holds(entry: dict, pair: dict) -> bool:
-    """Whether what a table entry recorded as compared (its "splits": counts per mode, and the
-    keys per tile, for entries that record them) is what `pair` launches, its own mode among
-    them."""
+def _holds(entry: dict, launches: dict) -> bool:
+    """Whether what a table entry recorded as compared (its "splits": counts per mode, fill's
+    and its own mode's among them, and the keys per tile, which a half-tile entry must record)
+    is what `launches` launches."""
     recorded = entry.get("splits")
-    if not isinstance(recorded, dict) or entry["mode"] not in recorded:
+    if not isinstance(recorded, dict) or not {"fill", entry["mode"]} <= recorded.keys():
         return False
     keys = recorded.get("keys", {})
-    return (all(pair.get(m) == n for m, n in recorded.items() if m != "keys")
-            and all(pair["keys"].get(m) == k for m, k in keys.items())
-            and (entry["mode"] != "half-tile" or "half-tile" in keys))
+    if not isinstance(keys, dict) or (entry["mode"] == "half-tile" and "half-tile" not in keys):
+        return False
+    return (all(launches.get(m) == n for m, n in recorded.items() if m != "keys")
+            and all(launches["keys"].get(m) == k for m, k in keys.items()))
 
 
-def measured_modes(shape, elt: int, device_name: str, pair) -> dict:
+def measured_modes(shape, elt: int, device_name: str, launches) -> dict:
     """{batch: mode} for the batch sizes at which `shape` on `device_name` measured a mode other
-    than fill faster, and where `pair(batch)` (the caller's split_pair) launches what was
-    compared."""
+    than fill faster, and where `launches(batch)` (the caller's split_launches) launches what
+    was compared."""
     entries = load_table(device_name).get(shape_key(shape, elt), {})
     return {int(b): e["mode"] for b, e in entries.items()
-            if e["mode"] != DEFAULT and _holds(e, pair(int(b)))}
+            if e["mode"] != DEFAULT and _holds(e, launches(int(b)))}
 
 
 def resolve(splits: str | None, shape, dtype: torch.dtype, device: torch.device, max_seq: int):
@@ -109,5 +110,5 @@ def resolve(splits: str | None, shape, dtype: torch.dtype, device: torch.device,
         return lambda batch: DEFAULT
     elt = torch.empty((), dtype=dtype).element_size()
     modes = measured_modes(shape, elt, torch.cuda.get_device_name(device),
-                           lambda b: split_pair(shape, b, max_seq, device, dtype))
+                           lambda b: split_launches(shape, b, max_seq, device, dtype))
     return lambda batch: modes.get(batch, DEFAULT)

@@ -57,8 +57,7 @@ def sweep_header(run: dict) -> str:
            if len(by_mode) > 1 else f" | PDL {next(iter(by_mode))}" if by_mode
            else f" | PDL {dec['pdl_mode']}" if dec.get("pdl_mode") else "")
     # the batch sizes whose matmuls ran cuBLASLt (engine/blas.py), where any did
-    lt = (run.get("decoder") or {}).get("cublaslt_rows")
-    lt = sizes_note("cuBLASLt", lt)
+    lt = sizes_note("cuBLASLt", dec.get("cublaslt_rows"))
     # and those whose fused attention took the capped split count or half-size K/V tiles
     # (engine/splits.py)
     lt += sizes_note("attention splits capped", dec.get("capped_split_rows"))

@@ -34,7 +34,7 @@ def record(shape, modes: dict, max_seq=576, device="Fake GPU"):
     """Entries as `tune --ab P --vary splits` writes them: each with what the modes launched
     over a cache of max_seq positions."""
     path = splits.table_path(device)
-    entries = {b: dict(mode=m, bs=b, splits=splits.split_pair(shape, b, max_seq, CUDA, torch.bfloat16))
+    entries = {b: dict(mode=m, bs=b, splits=splits.split_launches(shape, b, max_seq, CUDA, torch.bfloat16))
                for b, m in modes.items()}
     path.write_text(json.dumps(merge_per_batch(path, dict(device=device), shape_key(shape, 2), entries)))
     splits.load_table.cache_clear()
@@ -50,16 +50,16 @@ def test_what_each_mode_launches(table_dir):
     (64 keys) make nine of them: the default rule then launches nine one-tile splits at bs 8,
     three at bs 16 and four at context 4096."""
     keys = {"fill": 128, "capped": 128, "half-tile": 64}
-    assert splits.split_pair(L1, 16, 576, CUDA, torch.bfloat16) == {
+    assert splits.split_launches(L1, 16, 576, CUDA, torch.bfloat16) == {
         "fill": 5, "capped": 3, "half-tile": 3, "keys": keys}
-    assert splits.split_pair(L1, 24, 576, CUDA, torch.bfloat16) == {
+    assert splits.split_launches(L1, 24, 576, CUDA, torch.bfloat16) == {
         "fill": 3, "capped": 2, "half-tile": 3, "keys": keys}
-    assert splits.split_pair(L1, 8, 576, CUDA, torch.bfloat16) == {
+    assert splits.split_launches(L1, 8, 576, CUDA, torch.bfloat16) == {
         "fill": 5, "capped": 5, "half-tile": 9, "keys": keys}
-    assert splits.split_pair(L1, 16, 4104, CUDA, torch.bfloat16) == {
+    assert splits.split_launches(L1, 16, 4104, CUDA, torch.bfloat16) == {
         "fill": 3, "capped": 3, "half-tile": 4, "keys": keys}
     # llama-8b's 128-wide heads: 64-key tiles by default, 32 halved
-    assert splits.split_pair(PRESETS["llama-8b"], 1, 576, CUDA, torch.bfloat16)["keys"] == {
+    assert splits.split_launches(PRESETS["llama-8b"], 1, 576, CUDA, torch.bfloat16)["keys"] == {
         "fill": 64, "capped": 64, "half-tile": 32}
 
 
@@ -73,8 +73,10 @@ def test_a_mode_holds_at_exactly_the_measured_sizes_that_chose_it(table_dir):
     assert on_cuda(dtype=torch.float32)(16) == "fill"              # float32: not measured
     assert on_cuda(PRESETS["llama-8b"])(16) == "fill"              # another shape
     assert splits.resolve(None, L1, torch.bfloat16, torch.device("cpu"), 576)(16) == "fill"
-    # a longer cache gives other launches than those compared: the default there
+    # a longer cache gives other launches than those compared: the default there (at 584
+    # positions fill and capped still launch five splits at bs 1, half-size tiles ten, not nine)
     assert on_cuda(max_seq=4104)(16) == "fill" and on_cuda(max_seq=4104)(1) == "fill"
+    assert on_cuda(max_seq=584)(1) == "fill"
     # an entry without the launches compared (or with others) never applies
     path = splits.table_path("Fake GPU")
     table = json.loads(path.read_text())
@@ -100,6 +102,20 @@ def test_an_entry_measured_before_half_tiles_holds_on_its_two_counts(table_dir):
     assert on_cuda()(1) == "fill"         # no keys per tile recorded
 
 
+@pytest.mark.parametrize("recorded", [
+    {"capped": 3},                                            # no fill count
+    {"fill": 5, "half-tile": 3, "keys": {"fill": 128}},       # not its own mode's count
+    {"fill": 5, "capped": 3, "keys": None},                   # keys not a mapping
+    {"fill": 5, "capped": 3, "keys": [128]},
+    [5, 3],                                                   # counts not a mapping
+], ids=str)
+def test_an_entry_that_does_not_say_what_it_compared_never_applies(recorded, table_dir):
+    path = splits.table_path("Fake GPU")
+    path.write_text(json.dumps({"choices": {shape_key(L1, 2): {
+        "16": dict(mode="capped", bs=16, splits=recorded)}}}))
+    assert on_cuda()(16) == "fill"
+
+
 def test_an_explicit_mode_holds_everywhere_and_a_bad_one_is_refused():
     assert splits.resolve("capped", L1, torch.bfloat16, torch.device("cpu"), 576)(5) == "capped"
     assert splits.resolve("fill", L1, torch.bfloat16, CUDA, 576)(16) == "fill"
@@ -120,6 +136,9 @@ def test_only_a_mode_that_launches_otherwise_than_fill_is_recorded_as_itself():
     pair = {"fill": 5, "capped": 5, "half-tile": 9, "keys": {"fill": 128, "capped": 128,
                                                             "half-tile": 64}}
     assert splits.launches_alike(pair, "capped") and not splits.launches_alike(pair, "half-tile")
+    # the same counts over other tiles launch otherwise (opt-125m at bs 32: one split either way)
+    one = dict(pair, fill=1, capped=1, **{"half-tile": 1})
+    assert not splits.launches_alike(one, "half-tile")
     # on a device whose tiles cannot halve (16 keys), half-tile launches as fill does
     same = dict(pair, **{"half-tile": 5, "keys": dict.fromkeys(("fill", "capped", "half-tile"), 16)})
     assert splits.launches_alike(same, "half-tile")
@@ -159,3 +178,17 @@ def test_a_decoder_passes_its_choice_to_the_fused_attention_plain_and_bound(mode
     seen.clear()
     bound = dec.bind(3)
     assert seen == [want(3)] * TINY.n_layers and bound.launches
+
+
+def test_the_sizes_each_split_mode_ran_are_named_from_the_decoders_choice():
+    """run["decoder"]'s capped_split_rows and half_tile_rows: the sizes whose fused attention
+    took that mode; none when the attention is not fused."""
+    from types import SimpleNamespace
+
+    from microbench.bench.sweep import split_rows
+    modes = {1: "half-tile", 4: "fill", 16: "capped", 32: "half-tile"}
+    dec = SimpleNamespace(attention_fused=True, split_mode=modes.get)
+    assert split_rows(dec, [1, 4, 16, 32], "half-tile") == [1, 32]
+    assert split_rows(dec, [1, 4, 16, 32], "capped") == [16]
+    dec.attention_fused = False
+    assert split_rows(dec, [1, 4, 16, 32], "half-tile") == []

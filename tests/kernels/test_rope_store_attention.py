@@ -153,6 +153,15 @@ def test_rope_store_attention_with_the_tile_asked_for(block_n, dtype, atol, rtol
     assert seen == [((B, Hkv, short if block_n == 32 else long), block_n)]
 
 
+def test_fused_plan_refuses_a_tile_it_cannot_launch():
+    with pytest.raises(ValueError, match="block_n must be None or a power of two from 16 to 128"):
+        fused_plan(1, 2, 64, "cpu", 64, torch.float16, block_n=48)
+    with pytest.raises(ValueError, match="from 16 to 64"):
+        fused_plan(1, 2, 64, "cpu", 256, torch.float16, block_n=128)
+    assert fused_plan(1, 2, 64, "cpu", 64, torch.float16, block_n=None) == fused_plan(
+        1, 2, 64, "cpu", 64, torch.float16)
+
+
 def test_half_tile_halves_the_rules_tile_down_to_the_smallest():
     from microbench.kernels.rope_store_attention import half_tile
     cuda = torch.device("cuda")
@@ -210,7 +219,11 @@ BAD_CALLS = [
     *((f"block_n={n}", lambda d, n=n: rope_store_attention(
         f16(1, 2, 64, dev=d), f16(1, 1, 64, dev=d), f16(1, 1, 64, dev=d), f16(2, 1, 8, 64, dev=d),
         f16(2, 1, 8, 64, dev=d), i32(1, dev=d), i32(1, dev=d, fill=1), 0.125, block_n=n),
-       "block_n must be a power of two from 16 to 128") for n in (8, 48, 256, 0, 32.0)),
+       "block_n must be None or a power of two from 16 to 128") for n in (8, 48, 256, 0, 32.0, True)),
+    ("block_n wide heads", lambda d: rope_store_attention(
+        f16(1, 2, 256, dev=d), f16(1, 1, 256, dev=d), f16(1, 1, 256, dev=d),
+        f16(2, 1, 8, 256, dev=d), f16(2, 1, 8, 256, dev=d), i32(1, dev=d), i32(1, dev=d, fill=1),
+        0.125, block_n=128), "from 16 to 64 .keys per K/V tile of 256-wide heads"),
 ]
 
 
