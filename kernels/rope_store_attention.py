@@ -315,8 +315,9 @@ def rope_store_attention(q, k, v, k_cache, v_cache, slots, seq_lens, scale, thet
     pdl: launch with programmatic dependent launch where the device has it.
     capped: with num_splits None, fused_plan's capped split count (a decoder's measured choice,
     engine/splits.py).
-    block_n: keys per K/V tile (a power of two, 16 to 128; None: block_n_for's); the split count
-    follows it (half_tile's, for a decoder's measured "half-tile" choice).
+    block_n: keys per K/V tile (a power of two, 16 to 128, fewer for heads over 128 wide; None:
+    block_n_for's); the split count follows it (half_tile's, for a decoder's measured
+    "half-tile" choice).
     Returns out (a new [B, H, D] tensor, or `out` when given)."""
     check_attention(q, k_cache, v_cache, slots, seq_lens, scale, num_splits)
     check_rope(q, k, seq_lens)

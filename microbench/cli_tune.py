@@ -199,12 +199,12 @@ def _record_per_batch(preset: str, results: list, path: Path, vary: str) -> None
                                                    ab_max_seq(r["context"]), device, dtype)
                     for r in results}
 
-    def kept(r: dict) -> str:
+    def keep(r: dict) -> str:
         if r["bs"] not in launches:
             return fastest(r)
         alike = lambda m: splits.launches_alike(launches[r["bs"]], m)
         return fastest(dict(r, ratios={m: q for m, q in r["ratios"].items() if not alike(m)}))
-    entries = {r["bs"]: dict(_entry(r, kept(r).removeprefix(prefix), prefix), preset=preset)
+    entries = {r["bs"]: dict(_entry(r, keep(r).removeprefix(prefix), prefix), preset=preset)
                for r in results}
     for bs, launched in launches.items():
         entries[bs]["splits"] = launched
