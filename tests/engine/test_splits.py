@@ -154,7 +154,8 @@ def test_a_decoder_passes_its_choice_to_the_fused_attention_plain_and_bound(mode
     from microbench.engine.decoder import ToyDecoder
     monkeypatch.setattr(splits, "resolve", lambda s, *a: (lambda b: s) if s else
                         (lambda b: "capped" if b == 3 else "fill"))
-    # on the CPU block_n_for's tile is 16 keys, which cannot halve: ask for a 32-key rule
+    # on the CPU block_n_for's tile is 16 keys, which cannot halve: half-tile asks for those 16
+    # keys explicitly here, so what the test sees is the argument passed, not another tile
     monkeypatch.setattr(splits, "block_n", lambda m, *a: 16 if m == "half-tile" else None)
     dec = ToyDecoder(TINY, backend="triton", max_batch=4, max_seq=40, dtype=torch.float32,
                      device="cpu", splits=mode)
