@@ -7,7 +7,12 @@ across the processes (max / min - 1 of their median speedups; target at most 5%)
 published shape held in every process (engine-eager against graph, and eager against graph), and
 the model's worst speedup error on the merged rows (target at most 10%). A second table gives
 each merged row's predicted against measured steps, and the runner's enqueue measured beside
-the row (`graph_host_us`), which the predicted graph step includes. Every figure is read from the runs."""
+the row (`graph_host_us`), which the predicted graph step includes. A third, for runs that keep
+each process's host record (`host_pin_repeats`), gives each process's median speedup per row
+beside what its CPU pin saw while sampling the row: the seconds it waited for a slow host
+(at most hostcpu.HOST_WAIT_S a rotation), the rounds sampled on a slow host after that wait ran
+out, the rounds counted (the host quick around them) of those sampled, and the row's probe
+loop. Every figure is read from the runs."""
 import json
 import sys
 from pathlib import Path
@@ -70,6 +75,27 @@ def steps_table(runs):
     return out
 
 
+def host_cell(speedup, pin):
+    """One process's median speedup at a row, with what its CPU pin saw while sampling it."""
+    pin = pin or {}
+    return (f"{num(speedup, '.3f')} (waited {num(pin.get('waited_s'), '.1f')} s, "
+            f"{pin.get('slow_rounds', '-')} slow, {pin.get('quiet_rounds', '-')}/"
+            f"{pin.get('rounds', '-')} counted, loop {num(pin.get('loop_us'), '.0f')} us)")
+
+
+def host_table(runs):
+    out = ["| run | bs | each process: median speedup (seconds waited for a slow host, rounds "
+           "on a slow host, rounds counted / sampled, probe loop) |", "| --- | --- | --- |"]
+    for folder, run in runs:
+        for r in run["rows"]:
+            pins = r.get("host_pin_repeats")
+            if not pins:
+                continue
+            cells = [host_cell(x, p) for x, p in zip(r.get("speedup_repeats") or [], pins)]
+            out.append(f"| `{Path(folder).name}` | {r['bs']} | {' / '.join(cells)} |")
+    return out if len(out) > 2 else []
+
+
 def main(folders):
     runs = [(f, load(f)) for f in folders]
     bad = [f for f, r in runs if not r.get("repeats") or not r.get("rows")]
@@ -82,6 +108,10 @@ def main(folders):
     print("\n".join(spread_table(runs)))
     print()
     print("\n".join(steps_table(runs)))
+    host = host_table(runs)
+    if host:
+        print()
+        print("\n".join(host))
 
 
 if __name__ == "__main__":

@@ -630,3 +630,41 @@ def test_boundary_probe_runs_every_mode_against_its_reference():
     rows = [line.split() for line in out.output.splitlines() if line.split()[:1] in (["33"], ["264"])]
     assert len(rows) == 2 * 2 * len(bp.MODES)
     assert {r[2] for r in rows} == set(bp.MODES)
+
+
+def _repeat_run(folder, rows, pins=True):
+    """A --repeat run folder as the sweep writes it, with the fields repeat_targets reads."""
+    folder.mkdir()
+    out = []
+    for bs, speedups in rows:
+        row = dict(bs=bs, speedup_repeats=speedups,
+                   speedup_repeat_spread=max(speedups) / min(speedups) - 1)
+        if pins:
+            row["host_pin_repeats"] = [dict(waited_s=15.0 if i == 0 else 0.5, slow_rounds=27 * (i == 0),
+                                            quiet_rounds=12, rounds=132, loop_us=109.2 - i)
+                                       for i in range(len(speedups))]
+        out.append(row)
+    run = dict(env=dict(git="abcdef123456"), rows=out,
+               repeats=dict(k=3, max_spread=max(r["speedup_repeat_spread"] for r in out),
+                            shape_held=[True, False, True], engine_shape_held=[True] * 3))
+    (folder / "run.json").write_text(json.dumps(run))
+    return str(folder)
+
+
+def test_repeat_targets_prints_each_processs_host_record_beside_its_speedup(tmp_path, capsys):
+    """The third table: each process's median speedup at a row with the seconds its pin waited
+    for a slow host, the rounds sampled on one after that, the rounds counted and its probe
+    loop; a run without per-process host records adds no such table."""
+    rt = _load("repeat_targets")
+    new = _repeat_run(tmp_path / "new", [(1, [2.445, 2.176, 2.217]), (4, [1.695, 1.61, 1.668])])
+    rt.main([new])
+    out = capsys.readouterr().out
+    assert ("| `new` | 1 | 2.445 (waited 15.0 s, 27 slow, 12/132 counted, loop 109 us) / "
+            "2.176 (waited 0.5 s, 0 slow, 12/132 counted, loop 108 us) / ") in out
+    assert "| 12.4% (2.445/2.176/2.217) |" in out and "| 12.4% | no |" in out
+    old = _repeat_run(tmp_path / "old", [(1, [2.3, 2.31, 2.29]), (4, [1.7, 1.71, 1.69])], pins=False)
+    rt.main([old])
+    out = capsys.readouterr().out
+    assert "waited" not in out and "| 1.2% | yes | 3 of 3 | 2 of 3 |" in out
+    with pytest.raises(SystemExit, match="cannot read"):
+        rt.main([str(tmp_path / "missing")])
