@@ -23,17 +23,36 @@ def quiet_profile(activities):
             yield prof
 
 
-def profile_kernels(fn) -> list[tuple[str, float]]:
-    """(name, GPU us) of every kernel one call of `fn` runs, from the PyTorch profiler (which
-    sees the kernels inside a graph replay too). Copies and memsets are left out."""
+def kernel_spans(fn) -> list[tuple[str, float, float]]:
+    """(name, start us, end us) of every kernel one call of `fn` runs, on the profiler's GPU
+    timeline, from the PyTorch profiler (which sees the kernels inside a graph replay too).
+    Copies and memsets are left out."""
     fn()
     torch.cuda.synchronize()
     with quiet_profile([ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return [(e.name, e.device_time) for e in prof.events()
+    return [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
             if e.device_type == torch.autograd.DeviceType.CUDA
             and "memcpy" not in e.name.lower() and "memset" not in e.name.lower()]
+
+
+def profile_kernels(fn) -> list[tuple[str, float]]:
+    """(name, GPU us) of every kernel one call of `fn` runs (kernel_spans' lengths)."""
+    return [(name, end - start) for name, start, end in kernel_spans(fn)]
+
+
+def busy_us(spans) -> float:
+    """How long at least one of `spans` ((name, start, end), kernel_spans's) was running: the
+    length of their union. Kernels launched with PDL start before the one ahead of them ends,
+    so the sum of their lengths counts the overlap twice; the union never exceeds the time from
+    the first start to the last end."""
+    total, reach = 0.0, float("-inf")
+    for _, start, end in sorted(spans, key=lambda s: s[1]):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def count_kernels(fn) -> int:

@@ -17,7 +17,7 @@ from microbench.bench.hostcpu import pin_factory, slow_in_figures
 from microbench.bench.sweep_config import SweepConfig, max_seq_for
 from microbench.bench.inputs import packed, step_inputs
 from microbench.bench.launch import measure_device_profile
-from microbench.bench.profile import kernel_breakdown, profile_kernels, trace_steps
+from microbench.bench.profile import busy_us, kernel_breakdown, kernel_spans, profile_kernels, trace_steps
 from microbench.bench.rows import (Arm, Budget, eager_timer, graph_timer, host_fields, measure_row,
                                    wall_timer)
 from microbench.bench.timing import host_time_us
@@ -336,10 +336,11 @@ class _Sweep:
             # The profiler sees every kernel a graph replay runs: the graph's kernel nodes.
             replay = profile_kernels(graph) if padded else None
             if bs == self.cfg.bs[0]:
-                eager_kernels = profile_kernels(eager)
+                eager_kernels = kernel_spans(eager)
                 run["kernels_per_step"]["measured"] = len(eager_kernels)
-                # GPU busy time of one eager step, against the host time its launches take
-                run["eager_gpu_busy_us"] = sum(us for _, us in eager_kernels)
+                # GPU busy time of one eager step (while any of its kernels ran: PDL's overlap
+                # counted once), against the host time its launches take
+                run["eager_gpu_busy_us"] = busy_us(eager_kernels)
                 run["kernels_per_step"]["graph_kernels"] = len(replay) if replay else None
             if replay:
                 # where the GPU time of one replay goes, by kernel family
