@@ -19,7 +19,7 @@ from microbench.report.record import check_writable
 BUCKETS = (1, 2, 4, 8, 16)
 VARY = ("table", "pdl", "plan", "attention", "blas", "splits", "previous-table")
 BLAS_ROWS = (32, 64, 128)       # --vary blas's default batches (rows of the wide path)
-SPLIT_ROWS = (1, 2, 4, 8, 16, 32)   # --vary splits's: where the split modes launch otherwise
+SPLIT_ROWS = (1, 2, 4, 8, 16, 32, 64)   # --vary splits's: the sweep's sizes and those between
 RECORDED = ("pdl", "blas", "splits")   # the --vary choices whose winner is written into a table
 AB_TABLE_ENV = "MICROBENCH_AB_TABLE"   # --vary previous-table's second arm reads this table
 

@@ -33,7 +33,7 @@
 #                             (microbench tune --ab), per preset in $AB_PRESETS and per variant in
 #                             $VARY (default table: the tuned matmul table against the rule; blas:
 #                             cuBLAS against cuBLASLt, AB_ROWS=32,64,128; splits: the fused
-#                             attention's split count and tile, AB_ROWS=1,2,4,8,16,32;
+#                             attention's split count and tile, AB_ROWS=1,2,4,8,16,32,64;
 #                             previous-table: the device's gemv table against the copy at
 #                             $MICROBENCH_AB_TABLE) at
 #                             the batch sizes $AB_ROWS (default 1)

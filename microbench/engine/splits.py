@@ -12,7 +12,7 @@ splits each sequence's KV cache so every SM gets about two programs. Three ways 
 
 More splits hide latency at small batch and cost a merge of more partials; which is faster
 depends on the shape and the batch, with no rule that holds across models. So `microbench tune
---ab PRESET --vary splits --rows 1,2,4,8,16,32` times whole graph steps of the three,
+--ab PRESET --vary splits --rows 1,2,4,8,16,32,64` times whole graph steps of the three,
 interleaved in one process, and records at each batch size the fastest beyond noise in the
 device's table, `kernels/configs/splits_<device>.json`, keyed by the model's shape and element
 size (`pdl.shape_key`), with what each mode launched there (`split_launches`: the split counts and,
