@@ -4,10 +4,9 @@ time from kernels' spans."""
 import json
 import warnings
 
+import pytest
 import torch
 from torch.profiler import ProfilerActivity
-
-import pytest
 
 from microbench.bench.profile import busy_us, quiet_profile, trace_steps
 
