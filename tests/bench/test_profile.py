@@ -46,9 +46,9 @@ def test_each_arms_samples_sit_in_a_named_range():
 
 
 def test_busy_time_counts_overlapping_kernels_once():
-    """Kernels launched with PDL start before the one ahead ends: an eager llama-8b step's
-    kernel lengths summed past the step (about 6.9 ms of kernels in a 4.4 ms step). The busy
-    time is their union: here 0-12 (three overlapping), a gap, 20-25, and 21-23 inside it."""
+    """Kernels launched with PDL start before the one ahead ends, so a GPU-bound eager step's
+    kernel lengths can sum past the step. The busy time is their union: here 0-12 (three
+    overlapping), a gap, 20-25, and 21-23 inside it."""
     spans = [("b", 4.0, 10.0), ("a", 0.0, 6.0), ("c", 9.0, 12.0), ("e", 21.0, 23.0),
              ("d", 20.0, 25.0)]
     assert busy_us(spans) == pytest.approx(12.0 + 5.0)
