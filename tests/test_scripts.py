@@ -121,16 +121,16 @@ def test_targets_from_the_committed_runs(capsys):
     h200 = SCRIPTS.parent / "results" / "h200"
     mod = _load("targets")
     kern = h200 / "20261201-053615-kernels-llama-8b-h200"
-    mod.main(h200 / "20261201-142853-sweep-opt-125m-h200",
-             h200 / "20261201-143057-sweep-llama-1b-h200",
-             h200 / "20261201-124450-sweep-llama-8b-h200", kern)
+    mod.main(h200 / "20261202-163734-sweep-opt-125m-h200",
+             h200 / "20261202-124316-sweep-llama-1b-h200",
+             h200 / "20261202-105930-sweep-llama-8b-h200", kern)
     out = capsys.readouterr().out
-    assert "| opt-125m bs 1 graph step | <= 200 us | 276.1 us | no |" in out
-    assert ("| llama-8b bs 1 graph / torch-compile | <= 0.80 | 0.743 (4350.8 / 5858.8 us) | yes |"
+    assert "| opt-125m bs 1 graph step | <= 200 us | 269.7 us | no |" in out
+    assert ("| llama-8b bs 1 graph / torch-compile | <= 0.80 | 0.745 (4319.6 / 5798.0 us) | yes |"
             in out)
-    mod.main(h200 / "20261202-011435-sweep-opt-125m-h200",
-             h200 / "20261202-011831-sweep-llama-1b-h200",
-             h200 / "20261202-004738-sweep-llama-8b-h200", kern)
+    mod.main(h200 / "20261202-165137-sweep-opt-125m-h200",
+             h200 / "20261202-165707-sweep-llama-1b-h200",
+             h200 / "20261202-170133-sweep-llama-8b-h200", kern)
     out = capsys.readouterr().out
     assert ("| opt-125m bs 1 graph / torch-compile | <= 0.80 | no torch-compile arm in this run "
             "| - |") in out
