@@ -52,7 +52,7 @@ def previous_table_problem(path: str, device_name: str | None = None,
               help="Row buckets to tune: powers of two up to 16 [default: 1,2,4,8,16]; with "
                    f"--vary blas batch sizes above {FAST_ROWS} "
                    f"[default: {','.join(map(str, BLAS_ROWS))}]; with --vary pdl any batch "
-                   "sizes [default: 1,2,4,8,16]; with --vary splits any batch sizes "
+                   "sizes [default: 1,2,4,8,16], and so with plan and attention; with --vary splits any batch sizes "
                    f"[default: {','.join(map(str, SPLIT_ROWS))}].")
 @click.option("--time-budget", type=click.FloatRange(0.005, 10), default=0.05, show_default=True,
               help="Seconds of timing per candidate at most.")
@@ -89,8 +89,8 @@ def tune(presets, rows, time_budget, workers, ab_preset, vary, table_dir):
     if vary != "table" and not ab_preset:
         usage("--vary: only with --ab PRESET")
     rows = rows or {"blas": BLAS_ROWS, "splits": SPLIT_ROWS}.get(vary, BUCKETS)
-    if vary in ("pdl", "splits"):
-        pass                          # any batch size: the table holds each one measured
+    if vary in ("pdl", "splits", "plan", "attention"):
+        pass                          # any batch size: these settings apply at every size
     elif vary == "blas":
         bad = [r for r in rows if r <= FAST_ROWS]
         if bad:

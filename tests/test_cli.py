@@ -119,6 +119,14 @@ def test_tune_vary_blas_takes_any_batch_size_above_16():
     assert code == 1 and "needs a CUDA GPU" in out and "--rows" not in out
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU message")
+@pytest.mark.parametrize("vary", ["plan", "attention"])
+def test_tune_vary_plan_and_attention_take_any_batch_size(vary):
+    """The plan and the attention's fusion apply at every batch size, the cuBLAS rows too."""
+    code, out, _ = run("tune", "--ab", "llama-8b", "--vary", vary, "--rows", "3,64")
+    assert code == 1 and "needs a CUDA GPU" in out and "--rows" not in out
+
+
 @pytest.mark.parametrize("content", [None, "{not json", json.dumps({"configs": {}}),
                                      json.dumps([1, 2])])
 def test_tune_vary_previous_table_needs_a_table_to_compare(tmp_path, monkeypatch, content):
