@@ -146,7 +146,7 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
         usage(f"--profile: the run's preset {opts['preset']!r} or dtype {opts['dtype']!r} is "
                "not one this microbench knows; give --preset and --dtype")
     from microbench.analysis.model_rows import attach_measured, model_rows, resolve_profile, \
-        run_fast_rows, run_fusion
+        run_fast_rows, run_fusion, run_separate_rows
     try:
         prof = resolve_profile(run, gpu, copy_bw, tflops, launch_us, opts["preset"],
                                run_name=profile_run, context=opts["context"])
@@ -158,7 +158,8 @@ def model(preset, bs, context, ladder, dtype, profile_run, gpu, copy_bw, tflops,
             f"{k} {v}" for k, v in taken.items()) + " (options override)", err=True)
     # the plan of the decoder that was measured, else today's decoder's
     res = model_rows(PRESETS[opts["preset"]], bs, opts["context"], ladder, prof, below,
-                     opts["dtype"], fusion=run_fusion(run), fast_rows=run_fast_rows(run))
+                     opts["dtype"], fusion=run_fusion(run), fast_rows=run_fast_rows(run),
+                     separate_rows=run_separate_rows(run))
     # measured beside predicted only when the prediction is of the measured device and host:
     # with --gpu or other numbers it is a different machine, and the error would mean nothing
     if run is not None and not (gpu or copy_bw or tflops or launch_us):

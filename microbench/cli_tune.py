@@ -74,7 +74,8 @@ def previous_table_problem(path: str, device_name: str | None = None,
                    "noise at each --rows batch is recorded in the device's BLAS table, which "
                    "decoders then follow between measured batches that both chose cuBLASLt), "
                    "splits (the fused attention's split count rounded up to fill the GPU, "
-                   "capped at it, and the first rule over K/V tiles of half as many keys; the "
+                   "capped at it, the first rule over K/V tiles of half as many keys, and the "
+                   "attention as separate kernels; the "
                    "fastest beyond noise at each --rows batch is recorded in the device's splits "
                    "table, which decoders follow at exactly those batches), "
                    f"previous-table (the device's gemv table against the one at ${AB_TABLE_ENV}, "
@@ -211,7 +212,7 @@ def _record_per_batch(preset: str, results: list, path: Path, vary: str) -> None
     key = pdl.shape_key(PRESETS[preset], results[0]["elt"])
     _write_table(path, pdl.merge_per_batch(path, _meta(), key, entries))
     kept = ", ".join(f"bs {bs} {e['mode']}" for bs, e in entries.items())
-    other = {"pdl": "late or off", "blas": "cuBLASLt", "splits": "capped or half-tile"}[vary]
+    other = {"pdl": "late or off", "blas": "cuBLASLt", "splits": "capped, half-tile or separate"}[vary]
     click.echo(f"kept {kept} ({other} where faster beyond noise); recorded for {preset} in {path}")
 
 

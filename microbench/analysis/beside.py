@@ -32,7 +32,7 @@ def predict_sweep(run: dict, dec, measured: list, context: int, elt: int, kernel
         pred = mdl.predict(dec.shape, bs, context, row_profile, padded=padded or bs, elt=elt,
                            attn_launches=dec.attention_launches(bs),
                            padded_attn_launches=dec.attention_launches(padded or bs),
-                           fusion=dec.fusion)
+                           fusion=dec.fusion_at(bs), padded_fusion=dec.fusion_at(padded or bs))
         row.update(predicted_eager_step_us=pred["predicted_eager_step_us"],
                    predicted_graph_step_us=pred["predicted_graph_step_us"],
                    predicted_speedup=pred["predicted_speedup"])
@@ -60,7 +60,8 @@ def predict_fade(rows: list[dict], dec, launch: dict, gpu: str, context: int, el
         pad = r["padded_bs"] or r["bs"]
         p = mdl.predict(dec.shape, r["bs"], context, prof, padded=pad, elt=elt,
                         attn_launches=dec.attention_launches(r["bs"]),
-                        padded_attn_launches=dec.attention_launches(pad))
+                        padded_attn_launches=dec.attention_launches(pad),
+                        fusion=dec.fusion_at(r["bs"]), padded_fusion=dec.fusion_at(pad))
         r.update(predicted_speedup=p["predicted_speedup"],
                  predicted_eager_step_us=p["predicted_eager_step_us"],
                  predicted_graph_step_us=p["predicted_graph_step_us"])

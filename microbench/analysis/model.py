@@ -48,7 +48,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from microbench.engine.shapes import ModelShape
-from microbench.engine.plan import FAST_ROWS, SKINNY, Fusion, Kernel, family, step_kernels
+from microbench.engine.plan import FAST_ROWS, SKINNY, Fusion, Kernel, family, plan_at, step_kernels
 
 
 @dataclass(frozen=True)
@@ -229,13 +229,14 @@ def graph_step_us(shape: ModelShape, b: int, context: int, p: DeviceProfile,
 def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
             padded: int | None = None, elt: int = 2, attn_launches: int = 2,
             padded_attn_launches: int | None = None, fusion: Fusion = Fusion.ATTENTION,
-            fast_rows: int = FAST_ROWS) -> dict:
+            fast_rows: int = FAST_ROWS, padded_fusion: Fusion | None = None) -> dict:
     """Predicted eager and graph step time and speedup at batch b (graph at `padded`).
     attn_launches: kernels per attention call (2 with split-KV, 1 without) at b and at padded.
-    fusion, fast_rows: the decoder's plan (plan.step_kernels)."""
+    fusion, fast_rows: the decoder's plan (plan.step_kernels) at b; padded_fusion: its plan at
+    `padded` where that differs (ToyDecoder.fusion_at)."""
     e = eager_step_us(shape, b, context, p, elt, attn_launches, fusion, fast_rows)
     g = graph_step_us(shape, b, context, p, padded, elt, padded_attn_launches or attn_launches,
-                      fusion, fast_rows)
+                      fusion if padded_fusion is None else padded_fusion, fast_rows)
     ks = step_kernels(shape, b, context, elt, attn_launches, fusion, fast_rows)
     return dict(bs=b, padded_bs=padded or b, predicted_eager_step_us=e,
                 predicted_graph_step_us=g, predicted_speedup=(e / g) if g else None,
@@ -245,10 +246,12 @@ def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
 
 def crossover(shape: ModelShape, context: int, p: DeviceProfile, below: float = 1.1,
               max_bs: int = 4096, elt: int = 2, fusion: Fusion = Fusion.ATTENTION,
-              fast_rows: int = FAST_ROWS) -> int | None:
-    """Smallest batch size whose predicted speedup (exact capture) falls under `below`."""
+              fast_rows: int = FAST_ROWS, separate_rows=()) -> int | None:
+    """Smallest batch size whose predicted speedup (exact capture) falls under `below`; each
+    size in the plan plan.plan_at gives it (separate_rows: the sizes whose attention runs as
+    separate kernels)."""
     lo, hi = 1, max_bs
-    sp = lambda b: predict(shape, b, context, p, elt=elt, fusion=fusion,
+    sp = lambda b: predict(shape, b, context, p, elt=elt, fusion=plan_at(fusion, b, separate_rows),
                            fast_rows=fast_rows)["predicted_speedup"]
     if sp(hi) >= below:
         return None

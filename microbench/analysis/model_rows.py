@@ -8,7 +8,7 @@ from microbench.analysis import model as mdl
 from microbench.engine.shapes import ModelShape
 from microbench.engine.dispatch import PaddingDispatcher
 from microbench.engine.ladders import resolve_ladder
-from microbench.engine.plan import FAST_ROWS, Fusion
+from microbench.engine.plan import FAST_ROWS, Fusion, plan_at
 
 
 def resolve_profile(run: dict | None, gpu, copy_bw_gbs, tflops, launch_us,
@@ -70,6 +70,12 @@ def run_fusion(run: dict | None) -> Fusion:
     return Fusion.MATMULS if "rope_store_kv" in ops else Fusion.UNFUSED
 
 
+def run_separate_rows(run: dict | None) -> list:
+    """The batch sizes at which a saved run's decoder ran its attention as separate kernels (its
+    `decoder` record's `separate_attention_rows`); none in runs that did not record it."""
+    return list(((run or {}).get("decoder") or {}).get("separate_attention_rows") or [])
+
+
 def run_fast_rows(run: dict | None) -> int:
     """The rows up to which a saved run's decoder ran its skinny matmuls (its `decoder` record's
     `fast_rows`); runs that did not record it, and no run, get today's plan.FAST_ROWS."""
@@ -78,18 +84,23 @@ def run_fast_rows(run: dict | None) -> int:
 
 def model_rows(shape: ModelShape, bs, context: int, ladder: str, prof: mdl.DeviceProfile,
                below: float = 1.1, dtype: str = "bfloat16",
-               fusion: Fusion = Fusion.ATTENTION, fast_rows: int = FAST_ROWS) -> dict:
+               fusion: Fusion = Fusion.ATTENTION, fast_rows: int = FAST_ROWS,
+               separate_rows=()) -> dict:
+    """The model's rows at batch sizes `bs`, each in the plan plan.plan_at gives its size
+    (separate_rows: the sizes whose attention ran as separate kernels, run_separate_rows)."""
     elt = 4 if dtype == "float32" else 2
     disp = PaddingDispatcher(resolve_ladder(ladder, max(bs)))
-    rows = [mdl.predict(shape, b, context, prof, padded=disp.pad(b) or b, elt=elt, fusion=fusion,
-                        fast_rows=fast_rows) for b in bs]
+    at = lambda b: plan_at(fusion, b, separate_rows)
+    rows = [mdl.predict(shape, b, context, prof, padded=disp.pad(b) or b, elt=elt, fusion=at(b),
+                        fast_rows=fast_rows, padded_fusion=at(disp.pad(b) or b)) for b in bs]
     for r, b in zip(rows, bs):
         if disp.pad(b) is None:  # no graph: it runs eagerly
             r.update(predicted_graph_step_us=r["predicted_eager_step_us"], predicted_speedup=1.0,
                      padded_bs=None)
     return dict(preset=shape.name, context=context, ladder=ladder, profile=prof.to_dict(),
                 rows=rows, crossover_bs=mdl.crossover(shape, context, prof, below, elt=elt,
-                                                         fusion=fusion, fast_rows=fast_rows),
+                                                         fusion=fusion, fast_rows=fast_rows,
+                                                         separate_rows=separate_rows),
                 below=below, fusion=int(fusion), fast_rows=fast_rows)
 
 

@@ -57,7 +57,7 @@ def layer_mix(dec, b: int, context: int, fns: dict, plan: dict, alone: dict,
     plan: name -> the plan's Kernel at b; alone: name -> the op's alone us per call;
     chain_us(calls, n, label): GPU us per unit of a graph of `calls` holding n units."""
     names = [k.name for k in layer_kernels(dec.shape, b, context, dec.embed.element_size(),
-                                           dec.attention_launches(b), fusion=dec.fusion)]
+                                           dec.attention_launches(b), fusion=dec.fusion_at(b))]
     cycle = layer_cycle(names, alone)
     if len(cycle) < 2:
         return None

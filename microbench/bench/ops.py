@@ -130,7 +130,7 @@ def costed_op_fns(dec, b: int) -> dict:
     if not bound_steps(dec):
         return op_fns(dec, b)
     plan = step_kernels(dec.shape, b, 0, dec.embed.element_size(), dec.attention_launches(b),
-                        fusion=dec.fusion)
+                        fusion=dec.fusion_at(b))
     return bound_op_fns(dec.bind(b), plan)
 
 
@@ -187,18 +187,19 @@ def op_fns(dec, b: int) -> dict:
     v = qkv[:, s.q_size + s.kv_size:].view(b, s.n_kv_heads, s.head_dim)
     o, gu, f = r(b, s.n_heads, s.head_dim), r(b, 2 * s.ffn), r(b, s.ffn)
     nw = L["attn_norm"]
+    fused = dec.attention_fused_at(b)
     fns = {
         # the fused-attention plan's embedding kernel writes seq_lens too
-        "embedding": lambda: dec.embed_inputs(tokens, positions) if dec.attention_fused else dec.embed[tokens],
+        "embedding": lambda: dec.embed_inputs(tokens, positions) if fused else dec.embed[tokens],
         # the fused attention takes the QKV row (and writes the new K and V itself)
-        "decode_attention": lambda: dec.attention(0, qkv if dec.attention_fused else q, slots, seq),
+        "decode_attention": lambda: dec.attention(0, qkv if fused else q, slots, seq),
     }
-    if not dec.attention_fused:   # else seq_lens come from the embedding kernel
+    if not fused:   # else seq_lens come from the embedding kernel
         fns["seq_lens_add"] = lambda: positions + 1
         fns["seq_lens_cast"] = lambda: positions.to(torch.int32)
-    if dec.attention_fused:
+    if fused:
         pass                                  # rope and the KV store are inside attention
-    elif dec.fusion == Fusion.MATMULS:
+    elif dec.fusion_at(b) == Fusion.MATMULS:
         fns["rope_store_kv"] = lambda: dec.rope_store(0, q, k, v, slots, positions)
     else:
         fns["rope"] = lambda: ops.rope(q, k, positions, s.rope_theta)
@@ -258,7 +259,7 @@ def kernel_lines(dec, context: int, batches=LINE_BATCHES, budget_s: float = 0.1,
     pts: dict = {f: [] for f in FAMILIES}
     for b in (b for b in batches if b <= dec.max_batch):
         plan = {k.name: k for k in step_kernels(dec.shape, b, context, dec.embed.element_size(),
-                                                dec.attention_launches(b), fusion=dec.fusion)}
+                                                dec.attention_launches(b), fusion=dec.fusion_at(b))}
         fns = {name: make for name, make in layer_op_fns(dec, b, context).items() if name in plan}
         alone, at_b = {}, {}
         for name, make in fns.items():
@@ -306,13 +307,14 @@ def layer_op_fns(dec, b: int, context: int) -> dict:
 
     lay = dec.layers
     slots_of = lambda i: slot_sets[(i // L) % n_bases]
+    fused = dec.attention_fused_at(b)
     fns = {
-        "embedding": _per_call(lambda i: dec.embed_inputs(tokens, positions) if dec.attention_fused
+        "embedding": _per_call(lambda i: dec.embed_inputs(tokens, positions) if fused
                               else dec.embed[tokens]),
-        "decode_attention": _per_call(lambda i: dec.attention(i % L, qkv if dec.attention_fused else q,
+        "decode_attention": _per_call(lambda i: dec.attention(i % L, qkv if fused else q,
                                                              slots_of(i), seq)),
     }
-    if dec.fusion == Fusion.MATMULS:
+    if dec.fusion_at(b) == Fusion.MATMULS:
         fns["rope_store_kv"] = _per_call(
             lambda i: dec.rope_store(i % L, q, k, v, slots_of(i), positions))
     wq, wo, wgu, wd, we = (_weights(dec, key) for key in ("wqkv", "wo", "wgu", "wdown", "embed"))

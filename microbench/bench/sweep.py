@@ -160,9 +160,10 @@ class _Sweep:
                               cublaslt_rows=[b for b in sizes
                                              if b > FAST_ROWS and dec.blas(b) == "cublaslt"],
                               # and those whose fused attention split the cache in another
-                              # mode than fill (engine/splits.py)
+                              # mode than fill, or ran as separate kernels (engine/splits.py)
                               capped_split_rows=split_rows(dec, sizes, "capped"),
-                              half_tile_rows=split_rows(dec, sizes, "half-tile"))
+                              half_tile_rows=split_rows(dec, sizes, "half-tile"),
+                              separate_attention_rows=split_rows(dec, sizes, "separate"))
         self.runner = self.trunner = self.twin = None
         self.compiled = {}     # arm -> its compiled step (arms.COMPILED_ARMS)
         # the unfused plan on the same weights and caches (arm engine-eager); the torch backend
@@ -231,7 +232,7 @@ class _Sweep:
         # the host side of this row as measured beside its steps (the host's speed drifts)
         host_fields(row, host_costs, len(bound) if bound is not None else None)
         row.update(throughput_fields(row, bs, padded))
-        nbytes = step_bytes(cfg.shape, bs, cfg.context, self.elt, fusion=dec.fusion)
+        nbytes = step_bytes(cfg.shape, bs, cfg.context, self.elt, fusion=dec.fusion_at(bs))
         best = row["graph_step_us"] or row["eager_step_us"]
         row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6))
         # every swept size is profiled: where each row's replay time goes, by kernel family
@@ -395,6 +396,6 @@ def throughput_fields(row: dict, bs: int, padded) -> dict:
 
 
 def split_rows(dec, sizes, mode: str) -> list:
-    """The batch sizes among `sizes` at which `dec`'s fused attention splits its cache in `mode`
-    (engine/splits.py; none when the attention is not fused)."""
-    return [b for b in sizes if dec.attention_fused and dec.split_mode(b) == mode]
+    """The batch sizes among `sizes` at which `dec`'s attention launches in `mode`
+    (engine/splits.py; none when the decoder's plan does not fuse attention)."""
+    return [b for b in sizes if dec.fusion == Fusion.ATTENTION and dec.split_mode(b) == mode]

@@ -27,6 +27,7 @@ import triton
 
 from microbench.bench.timing import WeightCycle, stream_copies
 from microbench.engine.pdl import MODES as PDL_MODES
+from microbench.engine.splits import MODES as SPLIT_MODES
 from microbench.engine.shapes import PRESETS, ModelShape
 from microbench.kernels import gemv_configs
 
@@ -231,7 +232,7 @@ VARIANTS = {
     "plan": (("fused", {}), ("unfused", {"fusion": "UNFUSED"})),
     "attention": (("fused-attention", {}), ("separate-attention", {"fusion": "MATMULS"})),
     "blas": (("cublas", {"blas": "cublas"}), ("cublaslt", {"blas": "cublaslt"})),
-    "splits": tuple((mode, {"splits": mode}) for mode in ("fill", "capped", "half-tile")),
+    "splits": tuple((mode, {"splits": mode}) for mode in SPLIT_MODES),
     # the device's table against the one at $MICROBENCH_AB_TABLE (a copy taken before a re-tune)
     "previous-table": (("tuned", {}), ("previous", {"table_file": "MICROBENCH_AB_TABLE"})),
 }

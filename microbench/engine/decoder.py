@@ -28,8 +28,9 @@ attention kernel (`kernels.rope_store_attention`): it reads the QKV row itself, 
 
     qkv = rmsnorm(h) @ Wqkv^T ; o = rope_store_attention(qkv) ; O ; gate/up ; down
 
-five kernels, four of them weight-streaming matmuls. Fusion.UNFUSED runs one kernel per
-operation.
+five kernels, four of them weight-streaming matmuls; at the batch sizes where the device's
+attention table measured separate kernels faster (engine/splits.py), a step runs the
+Fusion.MATMULS plan instead (`fusion_at`). Fusion.UNFUSED runs one kernel per operation.
 
 then a final norm and the tied LM head. The step is written as `n_layers + 1` *pieces* separated
 by the attention calls, so the graph runner can capture the pieces alone (piecewise mode) while
@@ -101,8 +102,8 @@ class ToyDecoder(Binding):
         # interface adds, made here so no capture allocates it
         self.blas = blas_modes.resolve(blas or (None if backend == "triton" else "cublas"),
                                        shape, dtype, self.device)
-        # batch -> how the fused attention splits the cache: "fill", "capped" or "half-tile"
-        # (engine/splits.py; None: the table's)
+        # batch -> how the attention launches: the fused kernel's split of the cache ("fill",
+        # "capped" or "half-tile"), or "separate" kernels (engine/splits.py; None: the table's)
         self.split_mode = splits_modes.resolve(splits, shape, dtype, self.device, max_seq)
         self._split_args = {}   # batch -> _split_kw's arguments
         self._zeros = torch.zeros(max(shape.qkv_size, shape.hidden, 2 * shape.ffn, shape.vocab),
@@ -134,10 +135,18 @@ class ToyDecoder(Binding):
     def n_pieces(self) -> int:
         return self.shape.n_layers + 1
 
-    @property
-    def attention_fused(self) -> bool:
-        """Whether attention takes the QKV row and does RoPE and the KV store itself."""
-        return plan.attention_fused(self.fusion)
+    def fusion_at(self, b: int) -> Fusion:
+        """The plan a step of b rows runs: the decoder's, except that a fused-attention decoder
+        runs the Fusion.MATMULS plan (attention as separate kernels) at the batch sizes whose
+        attention mode is "separate" (engine/splits.py)."""
+        if self.fusion == Fusion.ATTENTION and self.split_mode(b) == splits_modes.SEPARATE:
+            return Fusion.MATMULS
+        return self.fusion
+
+    def attention_fused_at(self, b: int) -> bool:
+        """Whether a step of b rows hands attention the QKV row, to do RoPE and the KV store
+        itself."""
+        return plan.attention_fused(self.fusion_at(b))
 
     def split_qkv(self, qkv):
         """Views q [B, H, D], k and v [B, Hkv, D] of a fused QKV row [B, (H + 2Hkv)D]."""
@@ -148,7 +157,7 @@ class ToyDecoder(Binding):
         residual) when attention does RoPE and the KV store itself."""
         L = self.layers[l]
         qkv, residual = self.norm_linear(h, L["attn_norm"], L["wqkv"], residual)  # [B, (H+2Hkv)D]
-        if self.attention_fused:
+        if self.attention_fused_at(qkv.shape[0]):
             return qkv, residual
         q, k, v = self.split_qkv(qkv)
         return self.rope_store(l, q, k, v, slots, positions), residual
@@ -228,7 +237,7 @@ class ToyDecoder(Binding):
     def rope_store(self, l: int, q, k, v, slots, positions):
         """RoPE on q and k, k and v into layer l's cache; returns the rotated q."""
         s = self.shape
-        if plan.rope_in_store(self.fusion):
+        if plan.rope_in_store(self.fusion_at(q.shape[0])):
             return kernels.rope_store_kv(q, k, v, self.k_cache[l], self.v_cache[l], slots,
                                          positions, s.rope_theta, pdl=self.pdl_at(q.shape[0]),
                                          **self._rec)
@@ -241,7 +250,7 @@ class ToyDecoder(Binding):
         runner's piecewise mode keeps attention's output at a fixed address). With the
         attention fused, q is the QKV row [B, (H + 2Hkv)D] and the new token (at position
         seq_lens - 1) is rotated and stored by the same kernel."""
-        if self.attention_fused:
+        if self.attention_fused_at(q.shape[0]):
             B = q.shape[0]
             sem = self.attn_semaphores if B * self.shape.n_kv_heads <= self.attn_semaphores.numel() else None
             return kernels.rope_store_attention(*self.split_qkv(q), self.k_cache[l], self.v_cache[l],
@@ -275,7 +284,7 @@ class ToyDecoder(Binding):
     def embed_inputs(self, tokens, positions):
         """(the new tokens' embedding rows, seq_lens_for(positions)): one Triton kernel in the
         fused-attention plan (kernels.embed_seq_lens), else an index gather, an add and a cast."""
-        if self.attention_fused:
+        if self.attention_fused_at(tokens.shape[0]):
             return kernels.embed_seq_lens(self.embed, tokens, positions,
                                           pdl=self.pdl_at(tokens.shape[0]), **self._rec)
         h, next_pos = self.embed[tokens], positions + 1
@@ -349,7 +358,7 @@ class ToyDecoder(Binding):
         """Kernels one decode_attention call at batch b launches (split-KV adds a reduce,
         unless the attention is fused: its splits merge themselves)."""
         from microbench.kernels.decode_attention import num_splits_for
-        if self.attention_fused:
+        if self.attention_fused_at(b):
             return 1
         return 1 if num_splits_for(b, self.shape.n_kv_heads, self.max_seq, self.device) == 1 else 2
 
@@ -360,11 +369,11 @@ class ToyDecoder(Binding):
 
     def plan(self, b: int, context: int, elt: int | None = None):
         """The kernels one eager step at batch b launches (plan.step_kernels for this
-        decoder's fusion and attention split; a tensor-parallel shard's all-reduces in place,
+        decoder's plan at b and attention split; a tensor-parallel shard's all-reduces in place,
         plan.with_all_reduces)."""
         elt = self.embed.element_size() if elt is None else elt
         ks = plan.step_kernels(self.shape, b, context, elt, self.attention_launches(b),
-                               fusion=self.fusion)
+                               fusion=self.fusion_at(b))
         return ks if self.all_reduce is None else plan.with_all_reduces(ks, b, self.shape.hidden, elt)
 
     def weight_bytes(self) -> int:

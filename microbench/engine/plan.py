@@ -64,6 +64,14 @@ def is_skinny(fusion: Fusion | int, rows: int, fast_rows: int = FAST_ROWS) -> bo
     return rows <= fast_rows and fusion >= Fusion.MATMULS
 
 
+def plan_at(fusion: Fusion | int, b: int, separate_rows=()) -> Fusion:
+    """The plan a step of b rows runs in a decoder of `fusion` whose attention runs as separate
+    kernels at the batch sizes `separate_rows` (engine/splits.py's "separate" mode, measured per
+    batch size): Fusion.MATMULS there when the decoder fuses attention, `fusion` elsewhere."""
+    fusion = Fusion(fusion)
+    return Fusion.MATMULS if fusion == Fusion.ATTENTION and b in separate_rows else fusion
+
+
 def rope_in_store(fusion: Fusion | int) -> bool:
     """Whether RoPE and the KV store are one kernel (rope_store_kv) outside attention."""
     return fusion == Fusion.MATMULS

@@ -1,5 +1,6 @@
-"""How the fused attention kernel splits a sequence's KV cache at a batch size, chosen per device,
-model shape and batch size by measurement.
+"""How the attention launches at a batch size, chosen per device, model shape and batch size by
+measurement: how the fused attention kernel splits a sequence's KV cache, or the attention as
+separate kernels.
 
 Below the batch at which its (sequence, kv head) programs fill the GPU, rope_store_attention
 splits each sequence's KV cache so every SM gets about two programs. Three ways of launching it:
@@ -8,15 +9,21 @@ splits each sequence's KV cache so every SM gets about two programs. Three ways 
   launch more, shorter splits than that;
 * "capped" rounds them up (kernels/rope_store_attention.py, capped_splits): fewer splits;
 * "half-tile" keeps fill's rule over K/V tiles of half as many keys (half_tile): more tiles, so
-  more and shorter splits, each loading a smaller first tile before its PDL wait.
+  more and shorter splits, each loading a smaller first tile before its PDL wait;
+* "separate" runs that batch size's step in the Fusion.MATMULS plan (`ToyDecoder.fusion_at`):
+  RoPE and the KV store in one kernel (rope_store_kv), then decode_attention (with its reduce
+  when it splits), the embedding as an index gather with seq_lens on the side. At large batch
+  decode_attention streams the cache faster than the fused kernel does, and its extra kernels
+  cost little beside it.
 
 More splits hide latency at small batch and cost a merge of more partials; which is faster
 depends on the shape and the batch, with no rule that holds across models. So `microbench tune
---ab PRESET --vary splits --rows 1,2,4,8,16,32,64` times whole graph steps of the three,
+--ab PRESET --vary splits --rows 1,2,4,8,16,32,64` times whole graph steps of the four,
 interleaved in one process, and records at each batch size the fastest beyond noise in the
 device's table, `kernels/configs/splits_<device>.json`, keyed by the model's shape and element
 size (`pdl.shape_key`), with what each mode launched there (`split_launches`: the split counts and,
-under `keys`, the keys per tile; a mode that launches as fill does is never kept over fill). Both depend on the cache length, so a decoder built with `splits=None` takes a
+under `keys`, the keys per tile, separate's those of decode_attention; a mode that launches as
+fill does is never kept over fill). Both depend on the cache length, so a decoder built with `splits=None` takes a
 measured mode at exactly the measured batch sizes that chose it and where its own cache gives
 the same launches as were compared, and "fill" everywhere else (`DEFAULT`); a graph captured at
 a batch size and the eager step at that size launch alike. (Entries measured before the
@@ -33,7 +40,8 @@ import torch
 from microbench.engine.pdl import read_per_batch, shape_key
 from microbench.kernels.gemv_configs import CONFIG_DIR, device_key
 
-MODES = ("fill", "capped", "half-tile")
+MODES = ("fill", "capped", "half-tile", "separate")
+SEPARATE = "separate"   # the mode whose step runs the attention as separate kernels
 DEFAULT = "fill"
 
 
@@ -56,22 +64,26 @@ def block_n(mode: str, shape, device, dtype: torch.dtype) -> int | None:
 
 
 def split_launches(shape, batch: int, max_seq: int, device, dtype: torch.dtype) -> dict:
-    """What the fused attention launches for `shape` at `batch` over a cache of `max_seq`
-    positions on `device` in each mode: {"fill": splits, "capped": splits, "half-tile": splits,
-    "keys": {mode: keys per tile}}."""
-    from microbench.kernels.decode_attention import block_n_for
+    """What the attention launches for `shape` at `batch` over a cache of `max_seq` positions on
+    `device` in each mode: {"fill": splits, "capped": splits, "half-tile": splits, "separate":
+    decode_attention's splits, "keys": {mode: keys per tile}}."""
+    from microbench.kernels.decode_attention import block_n_for, num_splits_for
     from microbench.kernels.rope_store_attention import fused_plan
     device = torch.device(device)
     keys = {mode: block_n(mode, shape, device, dtype) or block_n_for(device, shape.head_dim, dtype)
             for mode in MODES}
     counts = {mode: fused_plan(batch, shape.n_kv_heads, max_seq, device, shape.head_dim, dtype,
-                               capped=mode == "capped", block_n=keys[mode])[0] for mode in MODES}
+                               capped=mode == "capped", block_n=keys[mode])[0]
+              for mode in MODES if mode != SEPARATE}
+    counts[SEPARATE] = num_splits_for(batch, shape.n_kv_heads, max_seq, device, shape.head_dim,
+                                      dtype)
     return dict(counts, keys=keys)
 
 
 def launches_alike(launches: dict, mode: str) -> bool:
-    """Whether `mode` launches as fill does in split_launches's `launches`."""
-    return (launches[mode] == launches["fill"]
+    """Whether `mode` launches as fill does in split_launches's `launches` (separate never
+    does: its kernels are others)."""
+    return (mode != SEPARATE and launches[mode] == launches["fill"]
             and launches["keys"][mode] == launches["keys"]["fill"])
 
 

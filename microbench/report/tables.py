@@ -58,10 +58,11 @@ def sweep_header(run: dict) -> str:
            else f" | PDL {dec['pdl_mode']}" if dec.get("pdl_mode") else "")
     # the batch sizes whose matmuls ran cuBLASLt (engine/blas.py), where any did
     lt = sizes_note("cuBLASLt", dec.get("cublaslt_rows"))
-    # and those whose fused attention took the capped split count or half-size K/V tiles
-    # (engine/splits.py)
+    # and those whose fused attention took the capped split count or half-size K/V tiles, or
+    # whose attention ran as separate kernels (engine/splits.py)
     lt += sizes_note("attention splits capped", dec.get("capped_split_rows"))
     lt += sizes_note("attention tiles halved", dec.get("half_tile_rows"))
+    lt += sizes_note("attention separate", dec.get("separate_attention_rows"))
     return (f"GPU {env.get('gpu')} | preset {c['preset']} | {c['dtype']} | mode {c['mode']}"
             f"{' (split launch)' if c.get('split_launch') else ''} | "
             f"ladder {lad} | context {c['context']}{pdl}{lt} | "

@@ -159,6 +159,27 @@ def test_fused_and_unfused_plans_give_different_predictions():
     assert fused["predicted_eager_step_us"] < plain["predicted_eager_step_us"]
 
 
+def test_a_separate_attention_size_is_predicted_in_its_own_plan():
+    """A size whose attention runs as separate kernels (plan.plan_at) is predicted in the
+    MATMULS plan: the eager step at b in its plan, the graph at the padded size in that size's;
+    model_rows and the crossover follow the sizes given."""
+    from microbench.engine.plan import plan_at
+    p = mdl.DeviceProfile(name="x", source="t", copy_bw=3e12, matmul_flops=7e14,
+                          launch_host_us=dict(torch=10.0, cublas=20.0, triton=20.0))
+    assert plan_at(Fusion.ATTENTION, 64, [64]) == Fusion.MATMULS
+    assert plan_at(Fusion.ATTENTION, 60, [64]) == Fusion.ATTENTION
+    assert plan_at(Fusion.UNFUSED, 64, [64]) == Fusion.UNFUSED
+    fused = mdl.predict(TINY, 60, 64, p, padded=64)
+    mixed = mdl.predict(TINY, 60, 64, p, padded=64, padded_fusion=Fusion.MATMULS)
+    assert mixed["predicted_eager_step_us"] == fused["predicted_eager_step_us"]
+    assert mixed["predicted_graph_step_us"] != fused["predicted_graph_step_us"]
+    assert mixed["predicted_graph_step_us"] == mdl.predict(
+        TINY, 64, 64, p, fusion=Fusion.MATMULS)["predicted_graph_step_us"]
+    rows = {r["bs"]: r for r in model_rows(TINY, [4, 64], 64, "vllm", p, separate_rows=[64])["rows"]}
+    assert rows[64]["kernels"] == mdl.predict(TINY, 64, 64, p, fusion=Fusion.MATMULS)["kernels"]
+    assert rows[4]["kernels"] == mdl.predict(TINY, 4, 64, p)["kernels"]
+
+
 def test_family_lines_time_kernels_by_hand():
     """With measured lines, a kernel takes its family's fixed cost plus its bytes at the
     family's bandwidth; the attention line holds the reduce (0 on its own); a family without a

@@ -216,7 +216,7 @@ def test_torch_backend_runs_unfused():
     backend runs one reference op per operation."""
     dec = ToyDecoder(TINY, backend="torch", max_batch=2, max_seq=8, device="cpu",
                      fusion=Fusion.ATTENTION)
-    assert dec.fusion == Fusion.UNFUSED and not dec.attention_fused and not dec.skinny(1)
+    assert dec.fusion == Fusion.UNFUSED and not dec.attention_fused_at(1) and not dec.skinny(1)
     assert dec.launches_per_step(1).get("cublas") == 4 * TINY.n_layers + 1
 
 

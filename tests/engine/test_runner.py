@@ -190,11 +190,12 @@ def test_programmatic_dependent_launch_changes_no_result(preset):
 @pytest.mark.parametrize("preset", ["tiny", "opt-125m"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_each_split_mode_replays_its_eager_step(preset, dtype):
-    """The fused attention's three ways of splitting the cache (engine/splits.py: fill, capped,
-    half-size tiles) over long, ragged histories: each graph replays its own eager step bit for
-    bit, and in float32 the three give the same logits within rounding (their splits merge in
-    other orders; in bfloat16 an attention output an ulp apart grows through opt-125m's twelve
-    random layers past any tolerance tight enough to catch a wrong merge)."""
+    """The attention's four modes (engine/splits.py: the fused kernel's fill, capped and
+    half-size tiles, and separate kernels) over long, ragged histories: each graph replays its
+    own eager step bit for bit, and in float32 the four give the same logits within rounding
+    (their splits merge in other orders; in bfloat16 an attention output an ulp apart grows
+    through opt-125m's twelve random layers past any tolerance tight enough to catch a wrong
+    merge)."""
     from microbench.engine import splits
     ctx, outs = 500, {}
     for mode in splits.MODES:
@@ -223,9 +224,38 @@ def test_each_split_mode_replays_its_eager_step(preset, dtype):
     # half-size tiles launch other splits than fill at every batch here: some logit rounds apart
     assert any(not torch.equal(a, b) for a, b in zip(outs["half-tile"], outs["fill"]))
     if dtype == torch.float32:
-        for mode in ("capped", "half-tile"):
+        for mode in ("capped", "half-tile", "separate"):
             for a, b in zip(outs[mode], outs["fill"]):
                 torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-3)
+
+
+@gpu
+def test_a_separate_size_replays_its_eager_step_and_pads_from_a_fused_one(monkeypatch):
+    """A table that runs the attention as separate kernels at bs 4 only: the graph of 4 replays
+    its eager step bit for bit, and bs 3 (eager fused) padded to it gives its logits within
+    rounding, as does bs 16 (fused both ways)."""
+    from microbench.engine import splits
+    monkeypatch.setattr(splits, "resolve", lambda s, *a: lambda b: "separate" if b == 4 else "fill")
+    dec = ToyDecoder(PRESETS["tiny"], max_batch=16, max_seq=576, dtype=torch.float32,
+                     device="cuda")
+    dec.fill_cache(500)
+    runner = GraphRunner(dec, [1, 4, 16], mode="full")
+    runner.capture()
+    for bs in (3, 4, 16):
+        g = torch.Generator(device="cuda").manual_seed(bs)
+        t = torch.randint(dec.shape.vocab, (bs,), generator=g, device="cuda")
+        p = torch.randint(250, 500, (bs,), generator=g, device="cuda")
+        s = torch.randperm(bs, generator=g, device="cuda")
+        caches = [c.clone() for c in dec.k_cache + dec.v_cache]
+        got = runner.step(t, p, s)
+        for c, saved in zip(dec.k_cache + dec.v_cache, caches):
+            c.copy_(saved)
+        want = dec.step(t, p, s)
+        if bs == 3:
+            torch.testing.assert_close(got, want, atol=1e-2, rtol=1e-3)
+        else:
+            assert torch.equal(got, want), bs
+    runner.close()
 
 
 @gpu

@@ -18,10 +18,12 @@ def table_dir(tmp_path, monkeypatch):
     """A splits table folder, and a stand-in CUDA device: an H200's 132 SMs."""
     import sys
     rsa = sys.modules["microbench.kernels.rope_store_attention"]   # the module, not the function
+    da = sys.modules["microbench.kernels.decode_attention"]
     monkeypatch.setattr(splits, "CONFIG_DIR", tmp_path)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(rsa, "sm_count", lambda index: 132)
+    monkeypatch.setattr(da, "sm_count", lambda index: 132)
     splits.load_table.cache_clear()
     yield tmp_path
     splits.load_table.cache_clear()
@@ -48,19 +50,24 @@ def test_what_each_mode_launches(table_dir):
     """llama-1b at context 512 (five 128-key tiles): the default launches five one-tile splits
     at bs 16 where three were wanted; at context 4096 both rules give three. Half-size tiles
     (64 keys) make nine of them: the default rule then launches nine one-tile splits at bs 8,
-    three at bs 16 and four at context 4096."""
-    keys = {"fill": 128, "capped": 128, "half-tile": 64}
+    three at bs 16 and four at context 4096. Separate kernels take decode_attention's own rule,
+    whose splits hold at least 256 keys: three two-tile splits at each of these."""
+    keys = {"fill": 128, "capped": 128, "half-tile": 64, "separate": 128}
     assert splits.split_launches(L1, 16, 576, CUDA, torch.bfloat16) == {
-        "fill": 5, "capped": 3, "half-tile": 3, "keys": keys}
+        "fill": 5, "capped": 3, "half-tile": 3, "separate": 3, "keys": keys}
     assert splits.split_launches(L1, 24, 576, CUDA, torch.bfloat16) == {
-        "fill": 3, "capped": 2, "half-tile": 3, "keys": keys}
+        "fill": 3, "capped": 2, "half-tile": 3, "separate": 3, "keys": keys}
     assert splits.split_launches(L1, 8, 576, CUDA, torch.bfloat16) == {
-        "fill": 5, "capped": 5, "half-tile": 9, "keys": keys}
+        "fill": 5, "capped": 5, "half-tile": 9, "separate": 3, "keys": keys}
     assert splits.split_launches(L1, 16, 4104, CUDA, torch.bfloat16) == {
-        "fill": 3, "capped": 3, "half-tile": 4, "keys": keys}
+        "fill": 3, "capped": 3, "half-tile": 4, "separate": 3, "keys": keys}
     # llama-8b's 128-wide heads: 64-key tiles by default, 32 halved
-    assert splits.split_launches(PRESETS["llama-8b"], 1, 576, CUDA, torch.bfloat16)["keys"] == {
-        "fill": 64, "capped": 64, "half-tile": 32}
+    l8 = splits.split_launches(PRESETS["llama-8b"], 1, 576, CUDA, torch.bfloat16)
+    assert l8["keys"] == {"fill": 64, "capped": 64, "half-tile": 32, "separate": 64}
+    # at bs 64 its 512 (sequence, kv head) pairs fill the GPU: the fused kernel streams two
+    # splits a pair, decode_attention one
+    l8 = splits.split_launches(PRESETS["llama-8b"], 64, 576, CUDA, torch.bfloat16)
+    assert l8["fill"] == 2 and l8["separate"] == 1
 
 
 def test_a_mode_holds_at_exactly_the_measured_sizes_that_chose_it(table_dir):
@@ -120,7 +127,8 @@ def test_an_explicit_mode_holds_everywhere_and_a_bad_one_is_refused():
     assert splits.resolve("capped", L1, torch.bfloat16, torch.device("cpu"), 576)(5) == "capped"
     assert splits.resolve("fill", L1, torch.bfloat16, CUDA, 576)(16) == "fill"
     assert splits.resolve("half-tile", L1, torch.bfloat16, CUDA, 576)(3) == "half-tile"
-    with pytest.raises(ValueError, match="splits must be one of fill, capped, half-tile"):
+    assert splits.resolve("separate", L1, torch.bfloat16, CUDA, 576)(64) == "separate"
+    with pytest.raises(ValueError, match="splits must be one of fill, capped, half-tile, separate"):
         splits.resolve("more", L1, torch.bfloat16, torch.device("cpu"), 576)
 
 
@@ -128,7 +136,7 @@ def test_a_broken_table_is_one_line_naming_the_file(table_dir):
     path = splits.table_path("Fake GPU")
     path.write_text(json.dumps({"choices": {shape_key(L1, 2): {"16": {"mode": "half"}}}}))
     with pytest.raises(ValueError, match=r"attention splits table .* bs 16 has no mode among "
-                                         r"fill, capped, half-tile"):
+                                         r"fill, capped, half-tile, separate"):
         on_cuda()
 
 
@@ -142,6 +150,9 @@ def test_only_a_mode_that_launches_otherwise_than_fill_is_recorded_as_itself():
     # on a device whose tiles cannot halve (16 keys), half-tile launches as fill does
     same = dict(pair, **{"half-tile": 5, "keys": dict.fromkeys(("fill", "capped", "half-tile"), 16)})
     assert splits.launches_alike(same, "half-tile")
+    # separate kernels never launch as the fused one does, whatever their split count and tiles
+    sep = dict(pair, separate=5, keys=dict(pair["keys"], separate=128))
+    assert not splits.launches_alike(sep, "separate")
 
 
 @pytest.mark.interpreter
@@ -181,15 +192,53 @@ def test_a_decoder_passes_its_choice_to_the_fused_attention_plain_and_bound(mode
     assert seen == [want(3)] * TINY.n_layers and bound.launches
 
 
+@pytest.mark.interpreter
+def test_a_separate_size_runs_the_matmuls_plans_attention_plain_and_bound(monkeypatch):
+    """At a batch size whose mode is separate a fused-attention decoder runs the MATMULS plan:
+    its step (plain and bound) launches rope_store_kv where the fused kernel was, its plan says
+    so, and its logits are that plan's bit for bit. Other sizes keep the fused kernel."""
+    from microbench import kernels
+    from microbench.engine.decoder import ToyDecoder
+    from microbench.engine.plan import Fusion
+    monkeypatch.setattr(splits, "resolve", lambda s, *a: lambda b: "separate" if b == 3 else "fill")
+    dec = ToyDecoder(TINY, backend="triton", max_batch=4, max_seq=40, dtype=torch.float32,
+                     device="cpu")
+    dec.fill_cache(20)
+    seen = []
+    for name in ("rope_store_attention", "rope_store_kv"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name,
+                            lambda *a, _n=name, _r=real, **kw: seen.append(_n) or _r(*a, **kw))
+    L = TINY.n_layers
+    inputs = lambda b: (torch.arange(b) % TINY.vocab, torch.full((b,), 20), torch.arange(b))
+    assert dec.fusion_at(3) == Fusion.MATMULS and dec.fusion_at(2) == Fusion.ATTENTION
+    got = dec.step(*inputs(3))
+    assert seen == ["rope_store_kv"] * L
+    names = [k.name for k in dec.plan(3, 20)]
+    assert "rope_store_kv" in names and "seq_lens_cast" in names
+    assert "rope_store_kv" not in [k.name for k in dec.plan(2, 20)]
+    seen.clear()
+    # the step writes the same new K and V again, so the MATMULS plan sees the same cache
+    assert torch.equal(got, dec.with_fusion(Fusion.MATMULS).step(*inputs(3)))
+    seen.clear()
+    dec.step(*inputs(2))
+    assert seen == ["rope_store_attention"] * L
+    seen.clear()
+    assert dec.bind(3).launches and seen == ["rope_store_kv"] * L
+
+
 def test_the_sizes_each_split_mode_ran_are_named_from_the_decoders_choice():
-    """run["decoder"]'s capped_split_rows and half_tile_rows: the sizes whose fused attention
-    took that mode; none when the attention is not fused."""
+    """run["decoder"]'s capped_split_rows, half_tile_rows and separate_attention_rows: the sizes
+    whose attention took that mode; none when the decoder's plan does not fuse attention."""
     from types import SimpleNamespace
 
     from microbench.bench.sweep import split_rows
-    modes = {1: "half-tile", 4: "fill", 16: "capped", 32: "half-tile"}
-    dec = SimpleNamespace(attention_fused=True, split_mode=modes.get)
-    assert split_rows(dec, [1, 4, 16, 32], "half-tile") == [1, 32]
-    assert split_rows(dec, [1, 4, 16, 32], "capped") == [16]
-    dec.attention_fused = False
-    assert split_rows(dec, [1, 4, 16, 32], "half-tile") == []
+    from microbench.engine.plan import Fusion
+    modes = {1: "half-tile", 4: "fill", 16: "capped", 32: "half-tile", 64: "separate"}
+    dec = SimpleNamespace(fusion=Fusion.ATTENTION, split_mode=modes.get)
+    assert split_rows(dec, [1, 4, 16, 32, 64], "half-tile") == [1, 32]
+    assert split_rows(dec, [1, 4, 16, 32, 64], "capped") == [16]
+    assert split_rows(dec, [1, 4, 16, 32, 64], "separate") == [64]
+    dec.fusion = Fusion.MATMULS
+    assert split_rows(dec, [1, 4, 16, 32, 64], "half-tile") == []
+    assert split_rows(dec, [1, 4, 16, 32, 64], "separate") == []
