@@ -101,8 +101,10 @@ PREDICT = functools.partial(predict_fade, profile=DeviceProfile(
 
 
 def fake_dec(*_):
+    from microbench.engine.plan import Fusion
     return SimpleNamespace(device=torch.device("cpu"), shape=PRESETS["tiny"],
-                           attention_launches=lambda b: 2, skinny=lambda b: b <= 1)
+                           attention_launches=lambda b: 2, skinny=lambda b: b <= 1,
+                           fusion_at=lambda b: Fusion.ATTENTION)
 
 
 def build_fake_run() -> dict:

@@ -70,7 +70,8 @@ def test_the_clis_vary_choices_are_the_variants():
                               "splits": {"splits": "fill"}}.get(vary, {})
     assert [kw["pdl"] for _, kw in tune.VARIANTS["pdl"]] == [True, "late", False]
     assert [kw["blas"] for _, kw in tune.VARIANTS["blas"]] == ["cublas", "cublaslt"]
-    assert [kw["splits"] for _, kw in tune.VARIANTS["splits"]] == ["fill", "capped", "half-tile"]
+    assert [kw["splits"] for _, kw in tune.VARIANTS["splits"]] == ["fill", "capped", "half-tile",
+                                                                   "separate"]
 
 
 def test_fastest_keeps_the_reference_unless_another_arm_is_faster_beyond_noise():
@@ -155,17 +156,20 @@ def test_the_splits_ab_records_a_mode_only_where_it_is_faster_beyond_noise(tmp_p
     """As measured on the H200 for llama-1b: capped faster at bs 16, slower at 32; at bs 1 and 8
     both split rules launch five splits, so capped's ratio beyond the A/B's floor there is noise
     and never kept: fill at 8, and at 1 half-size tiles, faster beyond noise though slower than
-    that copy of fill. A decoder then caps at 16 alone and halves its tiles at 1 alone (not
-    between measured sizes, as the BLAS table's spans do)."""
+    that copy of fill. At bs 64 separate kernels, faster beyond noise (as measured there). A
+    decoder then caps at 16 alone, halves its tiles at 1 alone and runs separate kernels at 64
+    alone (not between measured sizes, as the BLAS table's spans do)."""
     import torch
 
     from microbench import cli_tune
     from microbench.engine import pdl, splits
     import sys
     rsa = sys.modules["microbench.kernels.rope_store_attention"]   # the module, not the function
+    da = sys.modules["microbench.kernels.decode_attention"]
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(rsa, "sm_count", lambda index: 132)
+    monkeypatch.setattr(da, "sm_count", lambda index: 132)
 
     def result(bs, fill_us, capped_us, half_us, ci, half_ci=(0.97, 0.98)):
         return {"bs": bs, "elt": 2, "context": 512, "rounds": 40,
@@ -173,26 +177,34 @@ def test_the_splits_ab_records_a_mode_only_where_it_is_faster_beyond_noise(tmp_p
                 "capped": {"median": capped_us}, "half-tile": {"median": half_us},
                 "ratios": {"capped": {"median": fill_us / capped_us, "ci": ci},
                            "half-tile": {"median": fill_us / half_us, "ci": half_ci}}}
+    bs64 = result(64, 1515.8, 1517.8, 1409.6, [0.998, 1.000], [1.075, 1.076])
+    bs64["arms"].append("separate")
+    bs64["separate"] = {"median": 1398.7}
+    bs64["ratios"]["separate"] = {"median": 1515.8 / 1398.7, "ci": [1.083, 1.084]}
     path = tmp_path / "splits_Fake_GPU.json"
     cli_tune._record_per_batch("llama-1b", [result(1, 870.0, 840.0, 846.1, [1.030, 1.040],
                                                    [1.027, 1.031]),
                                             result(8, 975.0, 960.0, 990.0, [1.012, 1.014]),
                                             result(16, 1113.1, 1081.5, 1090.0, [1.029, 1.030]),
-                                            result(32, 1273.8, 1278.1, 1290.0, [0.996, 0.997])],
+                                            result(32, 1273.8, 1278.1, 1290.0, [0.996, 0.997]),
+                                            bs64],
                                path, "splits")
     got = json.loads(path.read_text())["choices"][pdl.shape_key(PRESETS["llama-1b"], 2)]
     assert {b: e["mode"] for b, e in got.items()} == {"1": "half-tile", "8": "fill",
-                                                      "16": "capped", "32": "fill"}
-    keys = {"fill": 128, "capped": 128, "half-tile": 64}
-    assert got["16"]["splits"] == {"fill": 5, "capped": 3, "half-tile": 3, "keys": keys}
+                                                      "16": "capped", "32": "fill",
+                                                      "64": "separate"}
+    keys = {"fill": 128, "capped": 128, "half-tile": 64, "separate": 128}
+    assert got["16"]["splits"] == {"fill": 5, "capped": 3, "half-tile": 3, "separate": 3,
+                                   "keys": keys}
     assert got["8"]["splits"] == got["1"]["splits"] == {"fill": 5, "capped": 5, "half-tile": 9,
-                                                        "keys": keys}
+                                                        "separate": 3, "keys": keys}
     monkeypatch.setattr(splits, "CONFIG_DIR", tmp_path)
     splits.load_table.cache_clear()
     try:
         one = splits.resolve(None, PRESETS["llama-1b"], torch.bfloat16, torch.device("cuda"), 576)
         assert {b: one(b) for b in range(1, 65) if one(b) != "fill"} == {1: "half-tile",
-                                                                         16: "capped"}
+                                                                         16: "capped",
+                                                                         64: "separate"}
         eight = splits.resolve(None, PRESETS["llama-8b"], torch.bfloat16, torch.device("cuda"), 576)
         assert all(eight(b) == "fill" for b in range(1, 65))
     finally:
