@@ -227,6 +227,44 @@ def test_a_separate_size_runs_the_matmuls_plans_attention_plain_and_bound(monkey
     assert dec.bind(3).launches and seen == ["rope_store_kv"] * L
 
 
+@pytest.mark.interpreter
+def test_fused_and_separate_attention_agree_with_the_reference_at_the_gpus_tiles(monkeypatch):
+    """Over long, ragged histories, with the tiles and split counts an H200 launches (132 SMs,
+    16 KiB K/V tiles) forced on the interpreter: the fused kernel (fill) and separate kernels
+    give the torch backend's logits within float32 rounding. The fused kernel splits the cache
+    into five one-tile splits here and decode_attention into three, each with its last split
+    past every history, so a wrong merge or an empty split would show."""
+    import sys
+
+    import triton
+
+    from microbench.engine.decoder import ToyDecoder
+    da = sys.modules["microbench.kernels.decode_attention"]
+    rsa = sys.modules["microbench.kernels.rope_store_attention"]
+    gpu_tile = lambda device, head_dim, dtype: min(max(
+        da._CUDA_TILE_BYTES // (triton.next_power_of_2(head_dim) * dtype.itemsize), 32), 128)
+    for m in (da, rsa):
+        monkeypatch.setattr(m, "block_n_for", gpu_tile)
+    monkeypatch.setattr(da, "CPU_SMS", 132)
+    monkeypatch.setattr(rsa, "CPU_SMS", 132)
+    ctx, bs = 500, 3
+    cpu = torch.device("cpu")
+    assert da.num_splits_for(bs, TINY.n_kv_heads, 576, cpu, TINY.head_dim, torch.float32) == 3
+    assert rsa.fused_plan(bs, TINY.n_kv_heads, 576, cpu, TINY.head_dim, torch.float32)[0] == 5
+    g = torch.Generator().manual_seed(3)
+    t = torch.randint(TINY.vocab, (bs,), generator=g)
+    p = torch.randint(ctx // 2, ctx, (bs,), generator=g)
+    s = torch.randperm(bs, generator=g)
+    outs = {}
+    for name, kw in (("fill", dict(splits="fill")), ("separate", dict(splits="separate")),
+                     ("torch", dict(backend="torch"))):
+        dec = ToyDecoder(TINY, max_batch=16, max_seq=576, dtype=torch.float32, device="cpu", **kw)
+        dec.fill_cache(ctx)
+        outs[name] = dec.step(t, p, s)
+    for name in ("fill", "separate"):
+        torch.testing.assert_close(outs[name], outs["torch"], atol=2e-4, rtol=2e-4)
+
+
 def test_the_sizes_each_split_mode_ran_are_named_from_the_decoders_choice():
     """run["decoder"]'s capped_split_rows, half_tile_rows and separate_attention_rows: the sizes
     whose attention took that mode; none when the decoder's plan does not fuse attention."""
