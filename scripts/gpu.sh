@@ -5,7 +5,8 @@
 # nothing else is written under $OUT.
 #   usage:   MICROBENCH_GIT_REV=$(git rev-parse --short=12 HEAD) bash scripts/gpu.sh [stage ...]
 #   stages:  tests            the whole test suite (gpu-marked tests included); TESTS=path narrows it
-#                             (TESTS="-m gpu tests" deselects the kernel tests, which carry no mark)
+#                             (TESTS="-m gpu tests" deselects the kernel tests, which carry no mark;
+#                             quotes inside it group words: TESTS='tests -k "a or b"')
 #            ktests           the kernel tests alone, compiled on the GPU (tests/kernels)
 #            kernels          each decode kernel's bandwidth (microbench kernels; KPRESET, KBS, KCTX)
 #            tune             the skinny matmuls' configs measured (microbench tune $TUNE_ARGS, e.g.
@@ -100,8 +101,10 @@ for st in $stages; do
   t0=$(date +%s)
   case $st in
     tests)
-      # the slowest tests named in the log, to see where the suite's device time goes
-      python3 -m pytest ${TESTS:-tests} -q -p no:cacheprovider --durations=15 2>&1 \
+      # the slowest tests named in the log, to see where the suite's device time goes; $TESTS
+      # is read as shell words, so a -k expression can be quoted inside it
+      eval "targs=(${TESTS:-tests})"
+      python3 -m pytest "${targs[@]}" -q -p no:cacheprovider --durations=15 2>&1 \
         | tee "$LOG/tests.log" | tail -15
       rc=$?; summary+=("tests: $(tail -1 "$LOG/tests.log")") ;;
     ktests)
