@@ -121,9 +121,10 @@ def arms_patched(settings: dict):
             var = f"MICROBENCH_PROBE_TABLE_{list(settings).index(probe_arm)}"
             os.environ[var] = s["table"]
             kw["table_file"] = var
-        if s.get("block_n") or s.get("splits"):
-            # the arm's tile or split count over the splits table's mode: a table's half-tile
-            # choice would halve the forced tile, and its capped one is no count the arm asked
+        if any(s.get(k) for k in _FORCED):
+            # the arm's fused-attention settings over the splits table's mode: a table's
+            # half-tile choice would halve the forced tile, its capped one is no count the arm
+            # asked, and its separate one would not run the fused kernel at all
             kw["splits"] = "fill"
         _FORCED.update({k: s.get(k) for k in _FORCED})
         try:

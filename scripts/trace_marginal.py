@@ -86,14 +86,20 @@ def leads(kernels: list) -> list:
 def name_by_plan(kernels: list, preset: str, bs: int, context: int) -> dict:
     """Give each kernel (sorted by start) its op's name from the step plan ("op" key); returns
     {op name: bytes the plan says one call moves}. A plan of another length stops in one line."""
-    from microbench.engine.plan import step_kernels
+    from microbench.engine.plan import Fusion, step_kernels
     from microbench.engine.shapes import PRESETS
     if preset not in PRESETS:
         raise SystemExit(f"--preset: {preset!r} is not one of {', '.join(PRESETS)}")
-    plan = step_kernels(PRESETS[preset], bs, context)
-    if len(plan) != len(kernels):
-        raise SystemExit(f"--preset {preset} --bs {bs}: the plan has {len(plan)} kernels, the "
-                         f"graph replay {len(kernels)}: not this sweep's step")
+    # the fused plan, or, at a size the splits table runs as separate attention kernels, the
+    # MATMULS plan with or without decode_attention's reduce: the one as long as the replay
+    plans = [step_kernels(PRESETS[preset], bs, context)]
+    plans += [step_kernels(PRESETS[preset], bs, context, attn_launches=n, fusion=Fusion.MATMULS)
+              for n in (2, 1)]
+    plan = next((p for p in plans if len(p) == len(kernels)), None)
+    if plan is None:
+        raise SystemExit(f"--preset {preset} --bs {bs}: the plans have "
+                         f"{', '.join(str(len(p)) for p in plans)} kernels, the graph replay "
+                         f"{len(kernels)}: not this sweep's step")
     for e, k in zip(kernels, plan):
         e["op"] = k.name
     return {k.name: k.bytes for k in plan}

@@ -209,7 +209,7 @@ def test_trace_marginal_names_the_kernels_by_the_step_plan(tmp_path, capsys):
     """With the sweep's preset and batch size each kernel takes its op's name in launch order,
     and each op's bytes from the plan over its marginal time give its rate on the path; a plan
     of another length is not this trace's step."""
-    from microbench.engine.plan import step_kernels
+    from microbench.engine.plan import Fusion, step_kernels
     from microbench.engine.shapes import PRESETS
     tm = _load("trace_marginal")
     plan = step_kernels(PRESETS["tiny"], 1, 512)
@@ -224,6 +224,13 @@ def test_trace_marginal_names_the_kernels_by_the_step_plan(tmp_path, capsys):
     assert line.split()[-1] == f"{lm.bytes / 10e-6 / 1e9:.0f}"          # bytes / 10 us, GB/s
     with pytest.raises(SystemExit, match="not this sweep's step"):
         tm.main([f, "--preset", "tiny", "--bs", "64"])
+    # a size whose attention ran as separate kernels: the MATMULS plan, reduce or not
+    for n in (2, 1):
+        sep = step_kernels(PRESETS["tiny"], 4, 512, attn_launches=n, fusion=Fusion.MATMULS)
+        f = _trace(tmp_path / f"s{n}.json", [(f"k{i}", 10 * i, 10) for i in range(len(sep))])
+        ks = tm.graph_kernels(json.loads(open(f).read())["traceEvents"])
+        assert tm.name_by_plan(ks, "tiny", 4, 512) == {k.name: k.bytes for k in sep}
+        assert [e["op"] for e in ks] == [k.name for k in sep]
 
 
 def test_step_probe_arms_and_the_plan_they_force(tmp_path):
@@ -331,7 +338,7 @@ def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(t
     monkeypatch.setattr(tune, "_graphed_step", fake_build)
     settings = {"default": {}, f"splits=3,block_n=32,stream,warps=8,table={table}": dict(
         splits=3, block_n=32, stream=True, warps=8, table=str(table)),
-        "block_n=32": dict(block_n=32), "splits=2": dict(splits=2)}
+        "block_n=32": dict(block_n=32), "splits=2": dict(splits=2), "warps=2": dict(warps=2)}
     with probe.arms_patched(settings) as patched:
         assert [name for name, _ in patched.VARIANTS["probe"]] == list(settings)
         for name, kw in patched.VARIANTS["probe"]:
@@ -348,6 +355,10 @@ def test_step_probe_builds_each_arm_with_its_settings_and_puts_everything_back(t
                                                   block_n=32)[0],
                          stream=False, mode="fill", warps=None, block_n=32, table=None),
                     dict(splits=2, stream=False, mode="fill", warps=None,
+                         block_n=probe._block_n_for(cpu, 128, torch.bfloat16), table=None),
+                    # and so does any other setting of the fused kernel (a separate size in the
+                    # table would not launch it)
+                    dict(splits=default, stream=False, mode="fill", warps=2,
                          block_n=probe._block_n_for(cpu, 128, torch.bfloat16), table=None)]
     assert tune._graphed_step is fake_build and "probe" not in tune.VARIANTS
     assert probe.RSA.fused_plan is probe._fused_plan

@@ -232,7 +232,8 @@ class _Sweep:
         # the host side of this row as measured beside its steps (the host's speed drifts)
         host_fields(row, host_costs, len(bound) if bound is not None else None)
         row.update(throughput_fields(row, bs, padded))
-        nbytes = step_bytes(cfg.shape, bs, cfg.context, self.elt, fusion=dec.fusion_at(bs))
+        nbytes = step_bytes(cfg.shape, bs, cfg.context, self.elt, fusion=dec.fusion_at(bs),
+                            attn_launches=dec.attention_launches(bs))
         best = row["graph_step_us"] or row["eager_step_us"]
         row.update(step_bytes=nbytes, bw_use=nbytes / (best * 1e-6))
         # every swept size is profiled: where each row's replay time goes, by kernel family

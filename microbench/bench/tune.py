@@ -229,8 +229,11 @@ def run_tune(presets, buckets=gemv_configs.ROW_BUCKETS, budget_s: float = 0.05,
 VARIANTS = {
     "table": (("tuned", {}), ("rule", {"table": False})),
     "pdl": tuple((f"pdl-{name}", {"pdl": pdl}) for name, pdl in PDL_MODES.items()),
-    "plan": (("fused", {}), ("unfused", {"fusion": "UNFUSED"})),
-    "attention": (("fused-attention", {}), ("separate-attention", {"fusion": "MATMULS"})),
+    # the fused arms pin the fused attention's default split rule: the splits table may run a
+    # batch size's attention as separate kernels, which would make the two arms alike
+    "plan": (("fused", {"splits": "fill"}), ("unfused", {"fusion": "UNFUSED"})),
+    "attention": (("fused-attention", {"splits": "fill"}),
+                  ("separate-attention", {"fusion": "MATMULS"})),
     "blas": (("cublas", {"blas": "cublas"}), ("cublaslt", {"blas": "cublaslt"})),
     "splits": tuple((mode, {"splits": mode}) for mode in SPLIT_MODES),
     # the device's table against the one at $MICROBENCH_AB_TABLE (a copy taken before a re-tune)

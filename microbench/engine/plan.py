@@ -217,10 +217,12 @@ class _StepKernels:
 
 
 def step_bytes(shape: ModelShape, b: int, context: int, elt: int = 2,
-               fusion: Fusion = Fusion.ATTENTION) -> int:
+               fusion: Fusion = Fusion.ATTENTION, attn_launches: int = 2) -> int:
     """Bytes a step must move: every kernel's reads and writes (weights once, the KV history of
-    every sequence, the new KV, activations)."""
-    return sum(k.bytes for k in step_kernels(shape, b, context, elt, fusion=fusion))
+    every sequence, the new KV, activations). attn_launches as in step_kernels: a decoder
+    passes its own (`ToyDecoder.attention_launches`), so a split-KV reduce that does not run
+    is not counted."""
+    return sum(k.bytes for k in step_kernels(shape, b, context, elt, attn_launches, fusion))
 
 
 def step_flops(shape: ModelShape, b: int, context: int,

@@ -3,7 +3,7 @@ import pytest
 
 from microbench.analysis import model as mdl
 from microbench.engine.shapes import PRESETS
-from microbench.analysis.model_rows import model_rows, resolve_profile
+from microbench.analysis.model_rows import model_rows, resolve_profile, run_separate_rows
 from microbench.engine.plan import Fusion, step_bytes, step_kernels
 
 TINY = PRESETS["tiny"]
@@ -178,6 +178,20 @@ def test_a_separate_attention_size_is_predicted_in_its_own_plan():
     rows = {r["bs"]: r for r in model_rows(TINY, [4, 64], 64, "vllm", p, separate_rows=[64])["rows"]}
     assert rows[64]["kernels"] == mdl.predict(TINY, 64, 64, p, fusion=Fusion.MATMULS)["kernels"]
     assert rows[4]["kernels"] == mdl.predict(TINY, 4, 64, p)["kernels"]
+    # 60 pads to 64 (vLLM's sizes): eager in the fused plan, the graph in 64's
+    rows = {r["bs"]: r for r in model_rows(TINY, [60], 64, "vllm", p, separate_rows=[64])["rows"]}
+    assert rows[60]["padded_bs"] == 64
+    assert rows[60]["predicted_graph_step_us"] == mixed["predicted_graph_step_us"]
+    assert rows[60]["predicted_eager_step_us"] == fused["predicted_eager_step_us"]
+    # every size separate: the crossover of the MATMULS plan; none: the fused plan's
+    # (this profile's two plans cross under 4 and 4.5 at sizes that differ)
+    for below in (4.0, 4.5):
+        every = mdl.crossover(TINY, 64, p, below=below, separate_rows=range(1, 4097))
+        fused_only = mdl.crossover(TINY, 64, p, below=below)
+        assert every == mdl.crossover(TINY, 64, p, below=below, fusion=Fusion.MATMULS)
+        assert every is not None and fused_only is not None and every != fused_only
+    assert run_separate_rows({"decoder": {"separate_attention_rows": [32, 64]}}) == [32, 64]
+    assert run_separate_rows({"decoder": {}}) == run_separate_rows(None) == []
 
 
 def test_family_lines_time_kernels_by_hand():

@@ -63,11 +63,13 @@ def test_the_clis_vary_choices_are_the_variants():
     from microbench.cli_tune import VARY
     assert VARY == tuple(tune.VARIANTS)
     # every arm differs from the first, the default decoder (pdl: its arms are the modes, each
-    # asked for explicitly), so ratios read "reference / variant"
+    # asked for explicitly; the fused arms of plan and attention keep the fused kernel at every
+    # size), so ratios read "reference / variant"
     for vary, arms in tune.VARIANTS.items():
         assert len(arms) >= 2 and all(kw for _, kw in arms[1:])
         assert arms[0][1] == {"pdl": {"pdl": True}, "blas": {"blas": "cublas"},
-                              "splits": {"splits": "fill"}}.get(vary, {})
+                              "splits": {"splits": "fill"}, "plan": {"splits": "fill"},
+                              "attention": {"splits": "fill"}}.get(vary, {})
     assert [kw["pdl"] for _, kw in tune.VARIANTS["pdl"]] == [True, "late", False]
     assert [kw["blas"] for _, kw in tune.VARIANTS["blas"]] == ["cublas", "cublaslt"]
     assert [kw["splits"] for _, kw in tune.VARIANTS["splits"]] == ["fill", "capped", "half-tile",

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from microbench.engine.decoder import ToyDecoder
+from microbench.engine.plan import Fusion
 from microbench.engine.runner import GraphRunner, head_layers
 from microbench.engine.shapes import PRESETS
 
@@ -243,6 +244,7 @@ def test_a_separate_size_replays_its_eager_step_and_pads_from_a_fused_one(monkey
     dec = ToyDecoder(PRESETS["tiny"], max_batch=16, max_seq=576, dtype=torch.float32,
                      device="cuda")
     dec.fill_cache(500)
+    assert dec.fusion_at(4) == Fusion.MATMULS and dec.fusion_at(3) == Fusion.ATTENTION
     runner = GraphRunner(dec, [1, 4, 16], mode="full")
     runner.capture()
     for bs in (3, 4, 16):

@@ -227,6 +227,33 @@ def test_a_separate_size_runs_the_matmuls_plans_attention_plain_and_bound(monkey
     assert dec.bind(3).launches and seen == ["rope_store_kv"] * L
 
 
+@pytest.mark.parametrize("kv_splits", [1, 4])
+def test_a_separate_sizes_step_bytes_count_the_reduce_only_when_it_runs(kv_splits, monkeypatch):
+    """The bytes a sweep row's MBU divides by (plan.step_bytes with the decoder's fusion and
+    attention launches at that size) are those of the kernels the decoder plans there: at a
+    separate size decode_attention's reduce is counted when its KV splits, and not otherwise;
+    a fused size has no reduce either way."""
+    import sys
+
+    from microbench.engine.decoder import ToyDecoder
+    from microbench.engine.plan import Fusion, step_bytes
+    da = sys.modules["microbench.kernels.decode_attention"]
+    monkeypatch.setattr(da, "num_splits_for", lambda *a, **kw: kv_splits)
+    monkeypatch.setattr(splits, "resolve", lambda s, *a: lambda b: "separate" if b == 3 else "fill")
+    dec = ToyDecoder(TINY, backend="triton", max_batch=4, max_seq=40, dtype=torch.float32,
+                     device="cpu")
+    for b in (2, 3):
+        names = [k.name for k in dec.plan(b, 20)]
+        got = step_bytes(TINY, b, 20, 4, fusion=dec.fusion_at(b),
+                         attn_launches=dec.attention_launches(b))
+        assert got == sum(k.bytes for k in dec.plan(b, 20))
+        assert ("attention_reduce" in names) == (b == 3 and kv_splits > 1)
+    # the count the sweep used to record (a reduce whatever the split) is more than that
+    extra = step_bytes(TINY, 3, 20, 4, fusion=Fusion.MATMULS) - step_bytes(
+        TINY, 3, 20, 4, fusion=Fusion.MATMULS, attn_launches=dec.attention_launches(3))
+    assert (extra > 0) == (kv_splits == 1)
+
+
 @pytest.mark.interpreter
 def test_fused_and_separate_attention_agree_with_the_reference_at_the_gpus_tiles(monkeypatch):
     """Over long, ragged histories, with the tiles and split counts an H200 launches (132 SMs,

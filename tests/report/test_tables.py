@@ -31,11 +31,13 @@ def test_sweep_header_names_the_sizes_whose_matmuls_ran_cublaslt(rows, says):
 
 def test_sweep_header_names_the_sizes_whose_attention_splits_were_capped_or_tiles_halved():
     run = sweep_run(decoder=dict(pdl_mode="early", cublaslt_rows=[64], capped_split_rows=[16],
-                                 half_tile_rows=[1]))
+                                 half_tile_rows=[1], separate_attention_rows=[32, 64]))
     head = sweep_table(run).splitlines()[0]
-    assert " | cuBLASLt at 64 | attention splits capped at 16 | attention tiles halved at 1 | " in head
-    run = sweep_run(decoder=dict(pdl_mode="early", half_tile_rows=[]))
+    assert (" | cuBLASLt at 64 | attention splits capped at 16 | attention tiles halved at 1 | "
+            "attention separate at 2 sizes, 32 to 64 | ") in head
+    run = sweep_run(decoder=dict(pdl_mode="early", half_tile_rows=[], separate_attention_rows=[]))
     assert "halved" not in sweep_table(run).splitlines()[0]
+    assert "separate" not in sweep_table(run).splitlines()[0]
 
 
 def test_sweep_table_shows_extra_arms_in_recorded_order():
