@@ -3,7 +3,8 @@ measurement: how the fused attention kernel splits a sequence's KV cache, or the
 separate kernels.
 
 Below the batch at which its (sequence, kv head) programs fill the GPU, rope_store_attention
-splits each sequence's KV cache so every SM gets about two programs. Three ways of launching it:
+splits each sequence's KV cache so every SM gets about two programs. Four ways of launching the
+attention at a batch size:
 
 * "fill" (the default, decode_attention's rule) rounds the tiles per split down, so it may
   launch more, shorter splits than that;
