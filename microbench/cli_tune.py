@@ -19,7 +19,9 @@ from microbench.report.record import check_writable
 BUCKETS = (1, 2, 4, 8, 16)
 VARY = ("table", "pdl", "plan", "attention", "blas", "splits", "previous-table")
 BLAS_ROWS = (32, 64, 128)       # --vary blas's default batches (rows of the wide path)
-SPLIT_ROWS = (1, 2, 4, 8, 16, 32, 64)   # --vary splits's: the sweep's sizes and those between
+# --vary splits's: every size the default sweep (--bs 1,4,16,64, the vllm ladder) captures, since
+# a decoder runs a measured attention mode only at a measured size (engine.splits)
+SPLIT_ROWS = (1, 2, 4, 8, *range(16, 129, 8))
 RECORDED = ("pdl", "blas", "splits")   # the --vary choices whose winner is written into a table
 AB_TABLE_ENV = "MICROBENCH_AB_TABLE"   # --vary previous-table's second arm reads this table
 
@@ -53,7 +55,7 @@ def previous_table_problem(path: str, device_name: str | None = None,
                    f"--vary blas batch sizes above {FAST_ROWS} "
                    f"[default: {','.join(map(str, BLAS_ROWS))}]; with --vary pdl any batch "
                    "sizes [default: 1,2,4,8,16], and so with plan and attention; with --vary splits any batch sizes "
-                   f"[default: {','.join(map(str, SPLIT_ROWS))}].")
+                   "[default: every size the default sweep captures, 1,2,4,8 and 16 to 128 by 8].")
 @click.option("--time-budget", type=click.FloatRange(0.005, 10), default=0.05, show_default=True,
               help="Seconds of timing per candidate at most.")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,

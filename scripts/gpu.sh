@@ -34,7 +34,7 @@
 #                             (microbench tune --ab), per preset in $AB_PRESETS and per variant in
 #                             $VARY (default table: the tuned matmul table against the rule; blas:
 #                             cuBLAS against cuBLASLt, AB_ROWS=32,64,128; splits: the fused
-#                             attention's split count and tile, AB_ROWS=1,2,4,8,16,32,64;
+#                             attention's mode, AB_ROWS as the sweep's ladder: 1,2,4,8,16,24,...,128;
 #                             previous-table: the device's gemv table against the copy at
 #                             $MICROBENCH_AB_TABLE) at
 #                             the batch sizes $AB_ROWS (default 1)

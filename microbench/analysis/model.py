@@ -235,13 +235,21 @@ def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
     fusion, fast_rows: the decoder's plan (plan.step_kernels) at b; padded_fusion: its plan at
     `padded` where that differs (ToyDecoder.fusion_at)."""
     e = eager_step_us(shape, b, context, p, elt, attn_launches, fusion, fast_rows)
+    g_fusion = fusion if padded_fusion is None else padded_fusion
     g = graph_step_us(shape, b, context, p, padded, elt, padded_attn_launches or attn_launches,
-                      fusion if padded_fusion is None else padded_fusion, fast_rows)
+                      g_fusion, fast_rows)
     ks = step_kernels(shape, b, context, elt, attn_launches, fusion, fast_rows)
+    # the replayed graph's kernels by plan family (skinny, cublas, attention, small): what a
+    # sweep's `by plan family` footer line measures, each kernel alone in a replay
+    by_family: dict = {}
+    for k in step_kernels(shape, padded or b, context, elt, padded_attn_launches or attn_launches,
+                          g_fusion, fast_rows):
+        by_family[family(k)] = by_family.get(family(k), 0.0) + kernel_time_us(k, p)
     return dict(bs=b, padded_bs=padded or b, predicted_eager_step_us=e,
                 predicted_graph_step_us=g, predicted_speedup=(e / g) if g else None,
                 host_launch_us=sum(p.kernel_host_us(k) for k in ks),
-                gpu_busy_us=sum(kernel_time_us(k, p) for k in ks), kernels=len(ks))
+                gpu_busy_us=sum(kernel_time_us(k, p) for k in ks), kernels=len(ks),
+                graph_gpu_us_by_family=by_family)
 
 
 def crossover(shape: ModelShape, context: int, p: DeviceProfile, below: float = 1.1,

@@ -112,8 +112,16 @@ def attach_measured(res: dict, run: dict) -> dict:
             cfg.get("context") != res["context"]:
         return res
     measured = {r["bs"]: r for r in run.get("rows", []) if r.get("speedup")}
+    families = run.get("graph_family_bw") or {}
     for r in res["rows"]:
+        fam = families.get(str(r["bs"]))
+        if fam and r.get("padded_bs"):
+            # the sweep's kernels of that row's graph, each timed alone in a replay, per plan
+            # family: where the predicted GPU time parts from the measured one
+            r["measured_graph_gpu_us_by_family"] = {f: d["us"] for f, d in fam.items()}
         m = measured.get(r["bs"])
+        if m and m.get("graph_gpu_us") and r.get("padded_bs"):
+            r["measured_graph_gpu_us"] = m["graph_gpu_us"]   # events around its replays
         if m:
             r.update(measured_eager_step_us=m["eager_step_us"],
                      measured_graph_step_us=m["graph_step_us"], measured_speedup=m["speedup"],

@@ -34,6 +34,18 @@ def model_table(res: dict) -> str:
                    "op's, the Python between launches, the runner's enqueue) measured beside its "
                    "steps; the columns before use the run's profile, measured once after its "
                    "rows, and the host's speed drifts within a run")
+    gpu_rows = [r for r in res["rows"] if r.get("measured_graph_gpu_us")]
+    if gpu_rows:
+        out.append("a graph's GPU us, predicted / measured (events around the row's replays), "
+                   "then by plan family against the run's kernels each timed alone in a replay "
+                   "(which sum past the step where PDL overlaps them):")
+        for r in gpu_rows:
+            pred = r.get("graph_gpu_us_by_family", {})
+            total, meas = sum(pred.values()), r["measured_graph_gpu_us"]
+            fam = r.get("measured_graph_gpu_us_by_family", {})
+            out.append(f"  bs {r['bs']}: GPU {total:.0f} / {meas:.0f} ({total / meas - 1:+.0%})"
+                       + "".join(f", {f} {pred.get(f, 0.0):.0f} / {fam[f]:.0f}"
+                                 for f in sorted(fam, key=lambda f: -fam[f])))
     c = res["crossover_bs"]
     out.append(f"speedup falls under {res['below']:.2f}x at bs {c}" if c else
                f"speedup stays above {res['below']:.2f}x up to bs 4096")

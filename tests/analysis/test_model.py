@@ -123,6 +123,52 @@ def test_measured_runs_sit_beside_predictions():
     assert "in-row pred" in text.splitlines()[1] and "+10%" in text.splitlines()[3]
 
 
+def test_a_runs_graph_gpu_time_and_families_sit_beside_the_models():
+    from microbench.analysis.model_rows import attach_measured
+    from microbench.report.model_table import model_table
+    p = mdl.datasheet_profile("H100")
+    res = model_rows(TINY, (1, 4), 64, "vllm", p)
+    r1 = res["rows"][0]
+    fam = r1["graph_gpu_us_by_family"]
+    # the families are the graph's kernels, each once: they sum to the GPU time the graph
+    # step is predicted from
+    assert set(fam) == {"skinny", "attention", "small"}
+    assert sum(fam.values()) == pytest.approx(r1["predicted_graph_step_us"] - p.replay_host_us
+                                              - p.n_input_copies * p.host_us("torch")
+                                              - p.replay_gpu_fixed_us - p.sync_us)
+    graph_gpu = lambda r: (r["predicted_graph_step_us"] - p.replay_host_us
+                           - p.n_input_copies * p.host_us("torch") - p.replay_gpu_fixed_us - p.sync_us)
+    # bs 3 replays the graph of 4, whose attention runs as separate kernels: the families are
+    # that graph's kernels, not those of bs 3's eager step
+    r3 = model_rows(TINY, (3,), 64, "vllm", p, separate_rows=[4])["rows"][0]
+    assert r3["padded_bs"] == 4
+    assert sum(r3["graph_gpu_us_by_family"].values()) == pytest.approx(graph_gpu(r3))
+    assert sum(r3["graph_gpu_us_by_family"].values()) != pytest.approx(r3["gpu_busy_us"])
+    run = dict(kind="sweep", config=dict(preset="tiny", context=64),
+               rows=[dict(bs=1, eager_step_us=900.0, graph_step_us=300.0, speedup=3.0,
+                          graph_gpu_us=250.0)],
+               graph_family_bw={"1": {"skinny": dict(us=200.0), "attention": dict(us=80.0),
+                                      "small": dict(us=0.0)}})
+    out = attach_measured(res, run)
+    assert out["rows"][0]["measured_graph_gpu_us"] == 250.0
+    assert out["rows"][0]["measured_graph_gpu_us_by_family"] == dict(skinny=200.0, attention=80.0,
+                                                                    small=0.0)
+    assert "measured_graph_gpu_us" not in out["rows"][1]      # bs 4 was not measured
+    line = next(l for l in model_table(out).splitlines() if l.startswith("  bs 1: GPU"))
+    total = sum(fam.values())
+    assert line.startswith(f"  bs 1: GPU {total:.0f} / 250 ({total / 250 - 1:+.0%})")
+    assert line.endswith(f"skinny {fam['skinny']:.0f} / 200, attention {fam['attention']:.0f} / 80, "
+                         f"small {fam['small']:.0f} / 0")
+    # a row that ran eagerly (no graph captured its size) has no graph time to compare
+    eager = model_rows(TINY, (1,), 64, "1", p)   # ladder "1": bs 1 only
+    assert eager["rows"][0]["padded_bs"] == 1
+    no_graph = attach_measured(model_rows(TINY, (2,), 64, "1", p),
+                               dict(run, rows=[dict(run["rows"][0], bs=2)],
+                                    graph_family_bw={"2": run["graph_family_bw"]["1"]}))
+    assert "measured_graph_gpu_us" not in no_graph["rows"][0]
+    assert "a graph's GPU us" not in model_table(no_graph)
+
+
 def test_run_fusion_reads_the_plan_a_run_measured():
     from microbench.analysis.model_rows import run_fusion
     assert run_fusion({"decoder": {"fusion": 1}}) == Fusion.MATMULS       # the record's plan

@@ -59,6 +59,14 @@ def test_merge_keeps_an_entry_chosen_by_whole_steps(tmp_path):
     assert tune.merge_table(path, dict(device="X", command="tune"), fresh)["configs"][key]["1"] == {"BLOCK_N": 4}
 
 
+def test_splits_default_rows_are_the_default_sweeps_capture_sizes():
+    # a decoder runs a measured attention mode only at a measured size, so --vary splits
+    # measures, by default, every size the first command's sweep captures
+    from microbench.bench.sweep_config import SweepConfig
+    from microbench.cli_tune import SPLIT_ROWS
+    assert list(SPLIT_ROWS) == SweepConfig().ladder_sizes()
+
+
 def test_the_clis_vary_choices_are_the_variants():
     from microbench.cli_tune import VARY
     assert VARY == tuple(tune.VARIANTS)
