@@ -34,7 +34,8 @@
 #                             (microbench tune --ab), per preset in $AB_PRESETS and per variant in
 #                             $VARY (default table: the tuned matmul table against the rule; blas:
 #                             cuBLAS against cuBLASLt, AB_ROWS=32,64,128; splits: the fused
-#                             attention's mode, AB_ROWS as the sweep's ladder: 1,2,4,8,16,24,...,128;
+#                             attention's mode, at every size the default sweep captures with
+#                             AB_ROWS=1,2,4,8,16,24,32,40,48,56,64,72,80,88,96,104,112,120,128;
 #                             previous-table: the device's gemv table against the copy at
 #                             $MICROBENCH_AB_TABLE) at
 #                             the batch sizes $AB_ROWS (default 1)

@@ -240,7 +240,8 @@ def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
                       g_fusion, fast_rows)
     ks = step_kernels(shape, b, context, elt, attn_launches, fusion, fast_rows)
     # the replayed graph's kernels by plan family (skinny, cublas, attention, small): what a
-    # sweep's `by plan family` footer line measures, each kernel alone in a replay
+    # sweep's `by plan family` footer line measures, each kernel alone in a replay; with the
+    # replay's fixed GPU cost, the GPU time that events around a replay measure
     by_family: dict = {}
     for k in step_kernels(shape, padded or b, context, elt, padded_attn_launches or attn_launches,
                           g_fusion, fast_rows):
@@ -249,6 +250,7 @@ def predict(shape: ModelShape, b: int, context: int, p: DeviceProfile,
                 predicted_graph_step_us=g, predicted_speedup=(e / g) if g else None,
                 host_launch_us=sum(p.kernel_host_us(k) for k in ks),
                 gpu_busy_us=sum(kernel_time_us(k, p) for k in ks), kernels=len(ks),
+                graph_gpu_us=p.replay_gpu_fixed_us + sum(by_family.values()),
                 graph_gpu_us_by_family=by_family)
 
 

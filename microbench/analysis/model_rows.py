@@ -96,7 +96,7 @@ def model_rows(shape: ModelShape, bs, context: int, ladder: str, prof: mdl.Devic
     for r, b in zip(rows, bs):
         if disp.pad(b) is None:  # no graph: it runs eagerly
             r.update(predicted_graph_step_us=r["predicted_eager_step_us"], predicted_speedup=1.0,
-                     padded_bs=None)
+                     padded_bs=None, graph_gpu_us=None, graph_gpu_us_by_family=None)
     return dict(preset=shape.name, context=context, ladder=ladder, profile=prof.to_dict(),
                 rows=rows, crossover_bs=mdl.crossover(shape, context, prof, below, elt=elt,
                                                          fusion=fusion, fast_rows=fast_rows,
@@ -112,16 +112,22 @@ def attach_measured(res: dict, run: dict) -> dict:
             cfg.get("context") != res["context"]:
         return res
     measured = {r["bs"]: r for r in run.get("rows", []) if r.get("speedup")}
+    # the run's GPU figures per row were measured beside its profile: under --repeat by the
+    # first process (repeats.first_rows, as report.tables.own_rows reads them)
+    first = {r["bs"]: r for r in (run.get("repeats") or {}).get("first_rows") or run.get("rows", [])}
     families = run.get("graph_family_bw") or {}
     for r in res["rows"]:
-        fam = families.get(str(r["bs"]))
-        if fam and r.get("padded_bs"):
-            # the sweep's kernels of that row's graph, each timed alone in a replay, per plan
-            # family: where the predicted GPU time parts from the measured one
-            r["measured_graph_gpu_us_by_family"] = {f: d["us"] for f, d in fam.items()}
+        own = first.get(r["bs"])
+        if own and own.get("graph_gpu_us") and r.get("padded_bs") \
+                and own.get("padded_bs") == r["padded_bs"]:
+            # the same graph as predicted: events around its replays, and its kernels each
+            # timed alone in a replay per plan family (where the predicted GPU time parts from
+            # the measured one)
+            r["measured_graph_gpu_us"] = own["graph_gpu_us"]
+            fam = families.get(str(r["bs"]))
+            if fam:
+                r["measured_graph_gpu_us_by_family"] = {f: d["us"] for f, d in fam.items()}
         m = measured.get(r["bs"])
-        if m and m.get("graph_gpu_us") and r.get("padded_bs"):
-            r["measured_graph_gpu_us"] = m["graph_gpu_us"]   # events around its replays
         if m:
             r.update(measured_eager_step_us=m["eager_step_us"],
                      measured_graph_step_us=m["graph_step_us"], measured_speedup=m["speedup"],

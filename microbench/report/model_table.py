@@ -40,12 +40,12 @@ def model_table(res: dict) -> str:
                    "then by plan family against the run's kernels each timed alone in a replay "
                    "(which sum past the step where PDL overlaps them):")
         for r in gpu_rows:
-            pred = r.get("graph_gpu_us_by_family", {})
-            total, meas = sum(pred.values()), r["measured_graph_gpu_us"]
-            fam = r.get("measured_graph_gpu_us_by_family", {})
-            out.append(f"  bs {r['bs']}: GPU {total:.0f} / {meas:.0f} ({total / meas - 1:+.0%})"
-                       + "".join(f", {f} {pred.get(f, 0.0):.0f} / {fam[f]:.0f}"
-                                 for f in sorted(fam, key=lambda f: -fam[f])))
+            pred, meas = r["graph_gpu_us_by_family"], r.get("measured_graph_gpu_us_by_family", {})
+            total, ev = r["graph_gpu_us"], r["measured_graph_gpu_us"]
+            fams = sorted(set(pred) | set(meas), key=lambda f: -max(pred.get(f, 0), meas.get(f, 0)))
+            out.append(f"  bs {r['bs']}: GPU {total:.0f} / {ev:.0f} ({total / ev - 1:+.0%})" + "".join(
+                f", {f} " + " / ".join(f"{d[f]:.0f}" if f in d else "-" for d in (pred, meas))
+                for f in fams))
     c = res["crossover_bs"]
     out.append(f"speedup falls under {res['below']:.2f}x at bs {c}" if c else
                f"speedup stays above {res['below']:.2f}x up to bs 4096")

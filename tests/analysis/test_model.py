@@ -130,41 +130,52 @@ def test_a_runs_graph_gpu_time_and_families_sit_beside_the_models():
     res = model_rows(TINY, (1, 4), 64, "vllm", p)
     r1 = res["rows"][0]
     fam = r1["graph_gpu_us_by_family"]
-    # the families are the graph's kernels, each once: they sum to the GPU time the graph
-    # step is predicted from
+    # the families are the graph's kernels, each once: with the replay's fixed GPU cost they
+    # are the GPU time the graph step is predicted from
+    host = p.replay_host_us + p.n_input_copies * p.host_us("torch") + p.sync_us
     assert set(fam) == {"skinny", "attention", "small"}
-    assert sum(fam.values()) == pytest.approx(r1["predicted_graph_step_us"] - p.replay_host_us
-                                              - p.n_input_copies * p.host_us("torch")
-                                              - p.replay_gpu_fixed_us - p.sync_us)
-    graph_gpu = lambda r: (r["predicted_graph_step_us"] - p.replay_host_us
-                           - p.n_input_copies * p.host_us("torch") - p.replay_gpu_fixed_us - p.sync_us)
+    assert r1["graph_gpu_us"] == pytest.approx(p.replay_gpu_fixed_us + sum(fam.values()))
+    assert r1["graph_gpu_us"] == pytest.approx(r1["predicted_graph_step_us"] - host)
     # bs 3 replays the graph of 4, whose attention runs as separate kernels: the families are
     # that graph's kernels, not those of bs 3's eager step
     r3 = model_rows(TINY, (3,), 64, "vllm", p, separate_rows=[4])["rows"][0]
     assert r3["padded_bs"] == 4
-    assert sum(r3["graph_gpu_us_by_family"].values()) == pytest.approx(graph_gpu(r3))
+    assert r3["graph_gpu_us"] == pytest.approx(r3["predicted_graph_step_us"] - host)
     assert sum(r3["graph_gpu_us_by_family"].values()) != pytest.approx(r3["gpu_busy_us"])
-    run = dict(kind="sweep", config=dict(preset="tiny", context=64),
-               rows=[dict(bs=1, eager_step_us=900.0, graph_step_us=300.0, speedup=3.0,
-                          graph_gpu_us=250.0)],
+    row1 = dict(bs=1, padded_bs=1, eager_step_us=900.0, graph_step_us=300.0, speedup=3.0,
+                graph_gpu_us=250.0)
+    run = dict(kind="sweep", config=dict(preset="tiny", context=64), rows=[row1],
                graph_family_bw={"1": {"skinny": dict(us=200.0), "attention": dict(us=80.0),
-                                      "small": dict(us=0.0)}})
+                                      "other": dict(us=3.0)}})
     out = attach_measured(res, run)
     assert out["rows"][0]["measured_graph_gpu_us"] == 250.0
     assert out["rows"][0]["measured_graph_gpu_us_by_family"] == dict(skinny=200.0, attention=80.0,
-                                                                    small=0.0)
+                                                                    other=3.0)
     assert "measured_graph_gpu_us" not in out["rows"][1]      # bs 4 was not measured
     line = next(l for l in model_table(out).splitlines() if l.startswith("  bs 1: GPU"))
-    total = sum(fam.values())
+    total = r1["graph_gpu_us"]
     assert line.startswith(f"  bs 1: GPU {total:.0f} / 250 ({total / 250 - 1:+.0%})")
-    assert line.endswith(f"skinny {fam['skinny']:.0f} / 200, attention {fam['attention']:.0f} / 80, "
-                         f"small {fam['small']:.0f} / 0")
-    # a row that ran eagerly (no graph captured its size) has no graph time to compare
-    eager = model_rows(TINY, (1,), 64, "1", p)   # ladder "1": bs 1 only
-    assert eager["rows"][0]["padded_bs"] == 1
-    no_graph = attach_measured(model_rows(TINY, (2,), 64, "1", p),
-                               dict(run, rows=[dict(run["rows"][0], bs=2)],
-                                    graph_family_bw={"2": run["graph_family_bw"]["1"]}))
+    # every family either side has names: one the model has no kernels of, one the run lacks
+    assert f"skinny {fam['skinny']:.0f} / 200" in line and f"attention {fam['attention']:.0f} / 80" in line
+    assert "other - / 3" in line and f"small {fam['small']:.0f} / -" in line
+    # under --repeat the GPU figures are the first process's, measured beside its profile
+    rep = dict(run, rows=[dict(row1, graph_gpu_us=240.0)],
+               repeats=dict(first_rows=[dict(row1, graph_gpu_us=260.0)]))
+    assert attach_measured(model_rows(TINY, (1,), 64, "vllm", p), rep)["rows"][0][
+        "measured_graph_gpu_us"] == 260.0
+    # a run whose row replayed another graph than the model's (another ladder) is not compared
+    padded = dict(run, rows=[dict(row1, bs=3, padded_bs=3)],
+                  graph_family_bw={"3": run["graph_family_bw"]["1"]})
+    other = attach_measured(model_rows(TINY, (3,), 64, "vllm", p), padded)
+    assert other["rows"][0]["padded_bs"] == 4
+    assert "measured_graph_gpu_us" not in other["rows"][0]
+    assert "measured_graph_gpu_us_by_family" not in other["rows"][0]
+    assert "a graph's GPU us" not in model_table(other)
+    # nor a row that ran eagerly (no graph captured its size): it has no graph to predict
+    eager = model_rows(TINY, (2,), 64, "1", p)   # ladder "1": bs 1 only
+    assert eager["rows"][0]["padded_bs"] is None and eager["rows"][0]["graph_gpu_us"] is None
+    no_graph = attach_measured(eager, dict(run, rows=[dict(row1, bs=2, padded_bs=None)],
+                                           graph_family_bw={"2": run["graph_family_bw"]["1"]}))
     assert "measured_graph_gpu_us" not in no_graph["rows"][0]
     assert "a graph's GPU us" not in model_table(no_graph)
 
