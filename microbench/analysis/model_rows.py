@@ -105,8 +105,9 @@ def model_rows(shape: ModelShape, bs, context: int, ladder: str, prof: mdl.Devic
 
 
 def attach_measured(res: dict, run: dict) -> dict:
-    """Put a saved sweep's measurements beside the predictions, for the batch sizes both have,
-    when the sweep ran the same preset at the same context (validating the model on a run)."""
+    """Put a saved sweep's measurements beside the predictions, for the batch sizes both have
+    and whose graphs are of one size (the model's ladder pads a batch as the run's did), when
+    the sweep ran the same preset at the same context (validating the model on a run)."""
     cfg = run.get("config", {})
     if run.get("kind") != "sweep" or cfg.get("preset") != res["preset"] or \
             cfg.get("context") != res["context"]:
@@ -128,7 +129,7 @@ def attach_measured(res: dict, run: dict) -> dict:
             if fam:
                 r["measured_graph_gpu_us_by_family"] = {f: d["us"] for f, d in fam.items()}
         m = measured.get(r["bs"])
-        if m:
+        if m and m.get("padded_bs", r["padded_bs"]) == r["padded_bs"]:
             r.update(measured_eager_step_us=m["eager_step_us"],
                      measured_graph_step_us=m["graph_step_us"], measured_speedup=m["speedup"],
                      speedup_error=r["predicted_speedup"] / m["speedup"] - 1)

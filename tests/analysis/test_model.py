@@ -170,6 +170,7 @@ def test_a_runs_graph_gpu_time_and_families_sit_beside_the_models():
     assert other["rows"][0]["padded_bs"] == 4
     assert "measured_graph_gpu_us" not in other["rows"][0]
     assert "measured_graph_gpu_us_by_family" not in other["rows"][0]
+    assert "measured_speedup" not in other["rows"][0]          # nor are the speedups
     assert "a graph's GPU us" not in model_table(other)
     # nor a row that ran eagerly (no graph captured its size): it has no graph to predict
     eager = model_rows(TINY, (2,), 64, "1", p)   # ladder "1": bs 1 only
