@@ -140,9 +140,14 @@ def closing_lines(run: dict) -> list[str]:
     """A sweep footer's last lines (one GPU or TP): the model's worst error, an interruption,
     the run's wall time."""
     lines = []
-    errs = [abs(r["speedup_error"]) for r in run.get("rows", []) if r.get("speedup_error") is not None]
+    errs = [(abs(r["speedup_error"]), r["bs"]) for r in run.get("rows", [])
+            if r.get("speedup_error") is not None]
     if errs:
-        lines.append(f"model: worst speedup error {max(errs):.1%}")
+        err, bs = max(errs)
+        # a one-GPU sweep's: model --profile sets its measurements beside the predictions
+        where = (" (`microbench model --profile` on this run sets its GPU time, by kernel "
+                 "family, beside the run's)" if run.get("kind") == "sweep" else "")
+        lines.append(f"model: worst speedup error {err:.1%}, at bs {bs}{where}")
     if run.get("interrupted"):
         lines.append("interrupted: rows above were measured before Ctrl-C")
     if run.get("wall_s"):

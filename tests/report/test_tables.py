@@ -19,6 +19,17 @@ def test_sweep_table_has_header_rows_and_footer():
     assert "3.00" in out and "run took 1.5 s" in out
 
 
+def test_footer_names_the_models_worst_error_and_its_batch():
+    run = sweep_run()
+    run["rows"][0]["speedup_error"], run["rows"][1]["speedup_error"] = 0.02, -0.081
+    line = next(l for l in sweep_table(run).splitlines() if l.startswith("model:"))
+    assert line.startswith("model: worst speedup error 8.1%, at bs 4 (`microbench model --profile`")
+    # a run model --profile does not set beside its predictions (a TP sweep's) is not pointed there
+    run["kind"] = "sweep-tp"
+    from microbench.report.tables import closing_lines
+    assert closing_lines(run)[0] == "model: worst speedup error 8.1%, at bs 4"
+
+
 @pytest.mark.parametrize("rows, says", [([], None), ([64], " | cuBLASLt at 64 | "),
                                          ([32, 48, 128], " | cuBLASLt at 3 sizes, 32 to 128 | ")])
 def test_sweep_header_names_the_sizes_whose_matmuls_ran_cublaslt(rows, says):
