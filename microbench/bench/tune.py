@@ -25,6 +25,7 @@ from pathlib import Path
 
 import triton
 
+from microbench.bench.sweep_config import max_seq_for
 from microbench.bench.timing import WeightCycle, stream_copies
 from microbench.engine.pdl import MODES as PDL_MODES
 from microbench.engine.splits import MODES as SPLIT_MODES
@@ -242,8 +243,10 @@ VARIANTS = {
 
 
 def ab_max_seq(context: int) -> int:
-    """The cache length of the decoders `tune --ab` times: the context and a few positions."""
-    return context + 8
+    """The cache length of the decoders `tune --ab` times: the sweep's at that context, so the
+    attention launches a splits entry records are those the sweep's decoder makes (the split
+    rule counts the cache's tiles)."""
+    return max_seq_for(context)
 
 
 def _graphed_step(preset: str, bs: int, context: int, table: bool = True,

@@ -25,12 +25,12 @@ interleaved in one process, and records at each batch size the fastest beyond no
 device's table, `kernels/configs/splits_<device>.json`, keyed by the model's shape and element
 size (`pdl.shape_key`), with what each mode launched there (`split_launches`: the split counts and,
 under `keys`, the keys per tile, separate's those of decode_attention; a mode that launches as
-fill does is never kept over fill). Both depend on the cache length, so a decoder built with `splits=None` takes a
-measured mode at exactly the measured batch sizes that chose it and where its own cache gives
-the same launches as were compared, and "fill" everywhere else (`DEFAULT`); a graph captured at
-a batch size and the eager step at that size launch alike. (Entries measured before the
-half-tile mode existed record the split counts of fill and capped only; they hold where those
-counts still agree.)
+fill does is never kept over fill). Both depend on the cache length (the A/B's decoders have
+the sweep's, `sweep_config.max_seq_for`), so a decoder built with `splits=None` takes a
+measured mode at exactly the measured batch sizes that chose it and where its own cache
+launches that mode and fill as they were compared, and "fill" everywhere else (`DEFAULT`); a
+graph captured at a batch size and the eager step at that size launch alike. (Entries measured
+before the half-tile mode existed record the split counts of fill and capped only.)
 """
 from __future__ import annotations
 
@@ -90,17 +90,19 @@ def launches_alike(launches: dict, mode: str) -> bool:
 
 
 def _holds(entry: dict, launches: dict) -> bool:
-    """Whether what a table entry recorded as compared (its "splits": counts per mode, fill's
-    and its own mode's among them, and the keys per tile, which a half-tile entry must record)
-    is what `launches` launches."""
+    """Whether fill and the entry's own mode launch as the entry recorded them when compared
+    (its "splits": counts per mode, fill's and its own among them, and keys per tile, which a
+    half-tile entry must record): the entry measured its mode against fill, so it holds wherever
+    those two launch as they did, whatever the other modes would launch there."""
     recorded = entry.get("splits")
     if not isinstance(recorded, dict) or not {"fill", entry["mode"]} <= recorded.keys():
         return False
     keys = recorded.get("keys", {})
     if not isinstance(keys, dict) or (entry["mode"] == "half-tile" and "half-tile" not in keys):
         return False
-    return (all(launches.get(m) == n for m, n in recorded.items() if m != "keys")
-            and all(launches["keys"].get(m) == k for m, k in keys.items()))
+    pair = ("fill", entry["mode"])
+    return (all(launches.get(m) == recorded[m] for m in pair)
+            and all(launches["keys"].get(m) == keys[m] for m in pair if m in keys))
 
 
 def measured_modes(shape, elt: int, device_name: str, launches) -> dict:

@@ -109,6 +109,34 @@ def test_an_entry_measured_before_half_tiles_holds_on_its_two_counts(table_dir):
     assert on_cuda()(1) == "fill"         # no keys per tile recorded
 
 
+def test_an_entry_holds_where_its_mode_and_fill_launch_as_compared(table_dir):
+    """The entry measured its mode against fill: another mode launching otherwise at this cache
+    (another count of half-size tiles, say) leaves it standing; its own mode or fill doing so
+    does not."""
+    path = splits.table_path("Fake GPU")
+    at = splits.split_launches(L1, 24, 576, CUDA, torch.bfloat16)
+    assert (at["fill"], at["capped"]) == (3, 2)
+    def entry(**counts):
+        path.write_text(json.dumps({"choices": {shape_key(L1, 2): {"24": dict(
+            mode="capped", bs=24, splits=dict(at, **counts))}}}))
+        splits.load_table.cache_clear()
+        return on_cuda()(24)
+    assert entry() == "capped"
+    assert entry(**{"half-tile": at["half-tile"] + 1, "separate": at["separate"] + 1}) == "capped"
+    assert entry(capped=at["capped"] + 1) == "fill"
+    assert entry(fill=at["fill"] + 1) == "fill"
+    assert entry(keys=dict(at["keys"], capped=at["keys"]["capped"] // 2)) == "fill"
+    assert entry(keys=dict(at["keys"], **{"half-tile": 16})) == "capped"
+
+
+def test_the_ab_times_decoders_with_the_sweeps_cache():
+    # the split rule counts the cache's tiles: an entry records the launches at the A/B's
+    # cache, which must be the sweep's for the entry to hold in the sweep's decoder
+    from microbench.bench.sweep_config import max_seq_for
+    from microbench.bench.tune import ab_max_seq
+    assert [ab_max_seq(c) for c in (1, 512, 4096)] == [max_seq_for(c) for c in (1, 512, 4096)]
+
+
 @pytest.mark.parametrize("recorded", [
     {"capped": 3},                                            # no fill count
     {"fill": 5, "half-tile": 3, "keys": {"fill": 128}},       # not its own mode's count
@@ -307,3 +335,25 @@ def test_the_sizes_each_split_mode_ran_are_named_from_the_decoders_choice():
     dec.fusion = Fusion.MATMULS
     assert split_rows(dec, [1, 4, 16, 32, 64], "half-tile") == []
     assert split_rows(dec, [1, 4, 16, 32, 64], "separate") == []
+
+
+@pytest.mark.parametrize("preset", ["opt-125m", "llama-1b", "llama-8b"])
+def test_the_h200_table_measured_every_size_the_default_sweep_captures_and_each_entry_holds(
+        preset, table_dir, monkeypatch):
+    """The committed H200 table: a decoder takes a measured mode only at a measured size, and
+    only where its launches are those compared, so every size the first command's sweep
+    captures has an entry, and each holds there (on the stand-in H200's 132 SMs, at the default
+    sweep's cache): a change to the kernels' launch rules that left an entry behind fails here
+    rather than silently running fill."""
+    from microbench.bench.sweep_config import SweepConfig, max_seq_for
+    from microbench.kernels.gemv_configs import CONFIG_DIR
+    monkeypatch.setattr(splits, "CONFIG_DIR", CONFIG_DIR)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    splits.load_table.cache_clear()
+    shape, cfg = PRESETS[preset], SweepConfig()
+    raw = json.loads(splits.table_path("NVIDIA H200").read_text())["choices"][shape_key(shape, 2)]
+    assert {int(b) for b in raw} >= set(cfg.ladder_sizes())
+    assert {e["context"] for e in raw.values()} == {cfg.context}
+    choice = on_cuda(shape, max_seq=max_seq_for(cfg.context))
+    assert {b: choice(b) for b in cfg.ladder_sizes()} == {b: raw[str(b)]["mode"]
+                                                          for b in cfg.ladder_sizes()}
