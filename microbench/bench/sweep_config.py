@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from microbench.bench.model_options import check_batch_sizes, check_full_max_size, check_model_options
-from microbench.engine.shapes import MAX_BATCH, ModelShape, PRESETS
+from microbench.engine.shapes import MAX_BATCH, ModelShape, PRESETS, max_seq_for  # noqa: F401 (re-exported)
 from microbench.engine.ladders import resolve_ladder
 from microbench.engine.runner import MODES
 
@@ -76,7 +76,3 @@ def checked_ladder(spec: str, max_bs: int) -> list[int]:
         raise ValueError(f"--ladder: size {sizes[-1]} is above the limit {MAX_BATCH}")
     return sizes
 
-
-def max_seq_for(context: int) -> int:
-    # room for the new token; a multiple of 64 keeps attention's tiles whole
-    return -(-(context + 1) // 64) * 64

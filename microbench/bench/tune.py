@@ -25,8 +25,8 @@ from pathlib import Path
 
 import triton
 
-from microbench.bench.sweep_config import max_seq_for
 from microbench.bench.timing import WeightCycle, stream_copies
+from microbench.engine.shapes import max_seq_for
 from microbench.engine.pdl import MODES as PDL_MODES
 from microbench.engine.splits import MODES as SPLIT_MODES
 from microbench.engine.shapes import PRESETS, ModelShape

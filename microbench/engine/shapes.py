@@ -94,6 +94,13 @@ PRESETS: dict[str, ModelShape] = {
 }
 
 
+def max_seq_for(context: int) -> int:
+    """The cache length a decoder gets for `context` cached positions (the sweep's, and the
+    A/B's that measure the tables it reads): room for the new token, in a multiple of 64 that
+    keeps attention's tiles whole."""
+    return -(-(context + 1) // 64) * 64
+
+
 def check_dtype(name: str, option: str = "dtype") -> str:
     """`name` if it is one of DTYPE_NAMES, else a ValueError naming the choices."""
     if name not in DTYPE_NAMES:

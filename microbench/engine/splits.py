@@ -25,12 +25,13 @@ interleaved in one process, and records at each batch size the fastest beyond no
 device's table, `kernels/configs/splits_<device>.json`, keyed by the model's shape and element
 size (`pdl.shape_key`), with what each mode launched there (`split_launches`: the split counts and,
 under `keys`, the keys per tile, separate's those of decode_attention; a mode that launches as
-fill does is never kept over fill). Both depend on the cache length (the A/B's decoders have
-the sweep's, `sweep_config.max_seq_for`), so a decoder built with `splits=None` takes a
-measured mode at exactly the measured batch sizes that chose it and where its own cache
-launches that mode and fill as they were compared, and "fill" everywhere else (`DEFAULT`); a
-graph captured at a batch size and the eager step at that size launch alike. (Entries measured
-before the half-tile mode existed record the split counts of fill and capped only.)
+fill does is never kept over fill), and the context it ran at. Both depend on the cache length
+(the A/B's decoders have the sweep's for that context, `shapes.max_seq_for`), so a decoder built
+with `splits=None` takes a measured mode at exactly the measured batch sizes that chose it,
+where its own cache is the one measured and launches that mode and fill as they were compared
+(`_holds`), and "fill" everywhere else (`DEFAULT`); a graph captured at a batch size and the
+eager step at that size launch alike. (Entries measured before the half-tile mode existed
+record the split counts of fill and capped only.)
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from pathlib import Path
 import torch
 
 from microbench.engine.pdl import read_per_batch, shape_key
+from microbench.engine.shapes import max_seq_for
 from microbench.kernels.gemv_configs import CONFIG_DIR, device_key
 
 MODES = ("fill", "capped", "half-tile", "separate")
@@ -89,29 +91,35 @@ def launches_alike(launches: dict, mode: str) -> bool:
             and launches["keys"][mode] == launches["keys"]["fill"])
 
 
-def _holds(entry: dict, launches: dict) -> bool:
-    """Whether fill and the entry's own mode launch as the entry recorded them when compared
-    (its "splits": counts per mode, fill's and its own among them, and keys per tile, which a
-    half-tile entry must record): the entry measured its mode against fill, so it holds wherever
-    those two launch as they did, whatever the other modes would launch there."""
+def _holds(entry: dict, launches: dict, max_seq: int) -> bool:
+    """Whether a table entry applies to a decoder whose cache holds `max_seq` positions and
+    launches `launches` (split_launches) at the entry's batch size. The entry timed its mode
+    against fill over the cache a sweep at its `context` gets (max_seq_for), so the cache must be
+    that one; and fill and its own mode must launch as it recorded them (its "splits": counts per
+    mode, fill's and its own among them, and keys per tile, which a half-tile entry must record
+    and which, when recorded, must name both), whatever the other modes would launch there."""
+    context = entry.get("context")
+    if type(context) is not int or max_seq_for(context) != max_seq:
+        return False
     recorded = entry.get("splits")
     if not isinstance(recorded, dict) or not {"fill", entry["mode"]} <= recorded.keys():
         return False
     keys = recorded.get("keys", {})
-    if not isinstance(keys, dict) or (entry["mode"] == "half-tile" and "half-tile" not in keys):
-        return False
     pair = ("fill", entry["mode"])
+    if not isinstance(keys, dict) or (entry["mode"] == "half-tile" and not keys) \
+            or (keys and not set(pair) <= keys.keys()):
+        return False
     return (all(launches.get(m) == recorded[m] for m in pair)
-            and all(launches["keys"].get(m) == keys[m] for m in pair if m in keys))
+            and all(launches["keys"].get(m) == keys[m] for m in pair if keys))
 
 
-def measured_modes(shape, elt: int, device_name: str, launches) -> dict:
+def measured_modes(shape, elt: int, device_name: str, launches, max_seq: int) -> dict:
     """{batch: mode} for the batch sizes at which `shape` on `device_name` measured a mode other
-    than fill faster, and where `launches(batch)` (the caller's split_launches) launches what
-    was compared."""
+    than fill faster, where a decoder whose cache holds `max_seq` positions and launches
+    `launches(batch)` (its split_launches) runs what was compared (_holds)."""
     entries = load_table(device_name).get(shape_key(shape, elt), {})
     return {int(b): e["mode"] for b, e in entries.items()
-            if e["mode"] != DEFAULT and _holds(e, launches(int(b)))}
+            if e["mode"] != DEFAULT and _holds(e, launches(int(b)), max_seq)}
 
 
 def resolve(splits: str | None, shape, dtype: torch.dtype, device: torch.device, max_seq: int):
@@ -126,5 +134,5 @@ def resolve(splits: str | None, shape, dtype: torch.dtype, device: torch.device,
         return lambda batch: DEFAULT
     elt = torch.empty((), dtype=dtype).element_size()
     modes = measured_modes(shape, elt, torch.cuda.get_device_name(device),
-                           lambda b: split_launches(shape, b, max_seq, device, dtype))
+                           lambda b: split_launches(shape, b, max_seq, device, dtype), max_seq)
     return lambda batch: modes.get(batch, DEFAULT)

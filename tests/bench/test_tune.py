@@ -221,6 +221,36 @@ def test_the_splits_ab_records_a_mode_only_where_it_is_faster_beyond_noise(tmp_p
         splits.load_table.cache_clear()
 
 
+def test_the_splits_ab_records_the_launches_at_the_sweeps_cache(tmp_path, monkeypatch):
+    """An entry records what each mode launched over the cache a sweep at its context gets,
+    the one the A/B's decoders had: at llama-8b's bs 24 half-size tiles launch one split fewer
+    there than over the context and a few positions, so the record tells the two apart."""
+    import sys
+
+    import torch
+
+    from microbench import cli_tune
+    from microbench.engine import pdl, splits
+    from microbench.engine.shapes import max_seq_for
+    rsa = sys.modules["microbench.kernels.rope_store_attention"]
+    da = sys.modules["microbench.kernels.decode_attention"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(rsa, "sm_count", lambda index: 132)
+    monkeypatch.setattr(da, "sm_count", lambda index: 132)
+    shape, cuda = PRESETS["llama-8b"], torch.device("cuda", 0)
+    at = lambda max_seq: splits.split_launches(shape, 24, max_seq, cuda, torch.bfloat16)
+    assert at(max_seq_for(512)) != at(512 + 8)
+    r = {"bs": 24, "elt": 2, "context": 512, "rounds": 40, "arms": ["fill", "capped"],
+         "fill": {"median": 1000.0}, "capped": {"median": 950.0},
+         "ratios": {"capped": {"median": 1.05, "ci": [1.04, 1.06]}}}
+    path = tmp_path / "splits_Fake_GPU.json"
+    cli_tune._record_per_batch("llama-8b", [r], path, "splits")
+    got = json.loads(path.read_text())["choices"][pdl.shape_key(shape, 2)]["24"]
+    assert got["mode"] == "capped" and got["context"] == 512
+    assert got["splits"] == at(max_seq_for(512))
+
+
 def test_the_splits_ab_records_fill_where_the_faster_mode_launched_as_fill(tmp_path, monkeypatch):
     """On a device whose rule already takes the smallest tile, half-tile launches as fill does:
     a ratio beyond noise there (the A/B's own floor) records fill."""

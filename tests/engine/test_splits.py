@@ -7,7 +7,7 @@ import torch
 
 from microbench.engine import splits
 from microbench.engine.pdl import merge_per_batch, shape_key
-from microbench.engine.shapes import PRESETS
+from microbench.engine.shapes import PRESETS, max_seq_for
 
 L1 = PRESETS["llama-1b"]
 TINY = PRESETS["tiny"]
@@ -32,11 +32,13 @@ def table_dir(tmp_path, monkeypatch):
 CUDA = torch.device("cuda")
 
 
-def record(shape, modes: dict, max_seq=576, device="Fake GPU"):
-    """Entries as `tune --ab P --vary splits` writes them: each with what the modes launched
-    over a cache of max_seq positions."""
+def record(shape, modes: dict, context=512, device="Fake GPU"):
+    """Entries as `tune --ab P --vary splits` writes them: each with the context it ran at and
+    what the modes launched over that context's cache (max_seq_for: 576 positions for 512)."""
     path = splits.table_path(device)
-    entries = {b: dict(mode=m, bs=b, splits=splits.split_launches(shape, b, max_seq, CUDA, torch.bfloat16))
+    max_seq = max_seq_for(context)
+    entries = {b: dict(mode=m, bs=b, context=context,
+                       splits=splits.split_launches(shape, b, max_seq, CUDA, torch.bfloat16))
                for b, m in modes.items()}
     path.write_text(json.dumps(merge_per_batch(path, dict(device=device), shape_key(shape, 2), entries)))
     splits.load_table.cache_clear()
@@ -100,9 +102,10 @@ def test_an_entry_measured_before_half_tiles_holds_on_its_two_counts(table_dir):
     """Entries written when the table compared fill and capped only record their two split
     counts: capped holds where those still agree; a half-tile entry must record its tiles."""
     path = splits.table_path("Fake GPU")
-    old = {"16": dict(mode="capped", bs=16, splits={"fill": 5, "capped": 3}),
-           "24": dict(mode="capped", bs=24, splits={"fill": 5, "capped": 3}),
-           "1": dict(mode="half-tile", bs=1, splits={"fill": 5, "capped": 5, "half-tile": 9})}
+    old = {"16": dict(mode="capped", bs=16, context=512, splits={"fill": 5, "capped": 3}),
+           "24": dict(mode="capped", bs=24, context=512, splits={"fill": 5, "capped": 3}),
+           "1": dict(mode="half-tile", bs=1, context=512,
+                     splits={"fill": 5, "capped": 5, "half-tile": 9})}
     path.write_text(json.dumps({"choices": {shape_key(L1, 2): old}}))
     assert on_cuda()(16) == "capped"
     assert on_cuda()(24) == "fill"        # bs 24 launches 3 and 2 splits, not 5 and 3
@@ -116,9 +119,10 @@ def test_an_entry_holds_where_its_mode_and_fill_launch_as_compared(table_dir):
     path = splits.table_path("Fake GPU")
     at = splits.split_launches(L1, 24, 576, CUDA, torch.bfloat16)
     assert (at["fill"], at["capped"]) == (3, 2)
+
     def entry(**counts):
         path.write_text(json.dumps({"choices": {shape_key(L1, 2): {"24": dict(
-            mode="capped", bs=24, splits=dict(at, **counts))}}}))
+            mode="capped", bs=24, context=512, splits=dict(at, **counts))}}}))
         splits.load_table.cache_clear()
         return on_cuda()(24)
     assert entry() == "capped"
@@ -127,6 +131,29 @@ def test_an_entry_holds_where_its_mode_and_fill_launch_as_compared(table_dir):
     assert entry(fill=at["fill"] + 1) == "fill"
     assert entry(keys=dict(at["keys"], capped=at["keys"]["capped"] // 2)) == "fill"
     assert entry(keys=dict(at["keys"], **{"half-tile": 16})) == "capped"
+
+
+def test_an_entry_holds_only_over_the_cache_its_context_gives(table_dir):
+    """Counts alone do not pin a launch (how many tiles a split takes follows the cache), so an
+    entry applies only to a decoder with the cache its context gives: llama-1b's bs-24 fill and
+    capped counts are 3 and 2 over 320 positions as over 576, yet 576 is what was measured."""
+    at = lambda max_seq: splits.split_launches(L1, 24, max_seq, CUDA, torch.bfloat16)
+    assert (at(320)["fill"], at(320)["capped"]) == (at(576)["fill"], at(576)["capped"])
+    record(L1, {24: "capped"})
+    assert on_cuda(max_seq=576)(24) == "capped"
+    assert on_cuda(max_seq=320)(24) == on_cuda(max_seq=640)(24) == "fill"
+    record(L1, {24: "capped"}, context=300)            # measured at 300: a 320-position cache
+    assert on_cuda(max_seq=320)(24) == "capped" and on_cuda(max_seq=576)(24) == "fill"
+    # an entry that does not say its context, or whose keys leave out fill's, never applies
+    path = splits.table_path("Fake GPU")
+    table = json.loads(path.read_text())
+    entry = table["choices"][shape_key(L1, 2)]["24"]
+    for bad in (dict(entry, context=None), dict(entry, context="300"),
+                dict(entry, splits=dict(entry["splits"], keys={"capped": 128}))):
+        table["choices"][shape_key(L1, 2)]["24"] = bad
+        path.write_text(json.dumps(table))
+        splits.load_table.cache_clear()
+        assert on_cuda(max_seq=320)(24) == "fill"
 
 
 def test_the_ab_times_decoders_with_the_sweeps_cache():
@@ -147,7 +174,7 @@ def test_the_ab_times_decoders_with_the_sweeps_cache():
 def test_an_entry_that_does_not_say_what_it_compared_never_applies(recorded, table_dir):
     path = splits.table_path("Fake GPU")
     path.write_text(json.dumps({"choices": {shape_key(L1, 2): {
-        "16": dict(mode="capped", bs=16, splits=recorded)}}}))
+        "16": dict(mode="capped", bs=16, context=512, splits=recorded)}}}))
     assert on_cuda()(16) == "fill"
 
 
@@ -342,9 +369,10 @@ def test_the_h200_table_measured_every_size_the_default_sweep_captures_and_each_
         preset, table_dir, monkeypatch):
     """The committed H200 table: a decoder takes a measured mode only at a measured size, and
     only where its launches are those compared, so every size the first command's sweep
-    captures has an entry, and each holds there (on the stand-in H200's 132 SMs, at the default
-    sweep's cache): a change to the kernels' launch rules that left an entry behind fails here
-    rather than silently running fill."""
+    captures has an entry, and each mode other than fill holds there (on the stand-in H200's
+    132 SMs, at the default sweep's cache): a change to the kernels' launch rules that left
+    such an entry behind fails here
+    rather than silently running fill (fill's own entries, the default's, are not checked)."""
     from microbench.bench.sweep_config import SweepConfig, max_seq_for
     from microbench.kernels.gemv_configs import CONFIG_DIR
     monkeypatch.setattr(splits, "CONFIG_DIR", CONFIG_DIR)
