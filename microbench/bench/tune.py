@@ -26,10 +26,9 @@ from pathlib import Path
 import triton
 
 from microbench.bench.timing import WeightCycle, stream_copies
-from microbench.engine.shapes import max_seq_for
 from microbench.engine.pdl import MODES as PDL_MODES
 from microbench.engine.splits import MODES as SPLIT_MODES
-from microbench.engine.shapes import PRESETS, ModelShape
+from microbench.engine.shapes import PRESETS, ModelShape, max_seq_for
 from microbench.kernels import gemv_configs
 
 # what a candidate tile may raise on a device it does not fit (shared memory, registers): the

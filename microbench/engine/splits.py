@@ -20,9 +20,8 @@ attention at a batch size:
 More splits hide latency at small batch and cost a merge of more partials; which is faster
 depends on the shape and the batch, with no rule that holds across models. So `microbench tune
 --ab PRESET --vary splits` times whole graph steps of the four (by default at every size the
-default sweep captures),
-interleaved in one process, and records at each batch size the fastest beyond noise in the
-device's table, `kernels/configs/splits_<device>.json`, keyed by the model's shape and element
+default sweep captures), interleaved in one process, and records at each batch size the fastest
+beyond noise in the device's table, `kernels/configs/splits_<device>.json`, keyed by the model's shape and element
 size (`pdl.shape_key`), with what each mode launched there (`split_launches`: the split counts and,
 under `keys`, the keys per tile, separate's those of decode_attention; a mode that launches as
 fill does is never kept over fill), and the context it ran at. Both depend on the cache length
