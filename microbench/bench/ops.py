@@ -228,8 +228,11 @@ FAMILIES = ("skinny", "cublas", "attention", "small")
 # the skinny plan's rows (1 and FAST_ROWS) and the first row of the cuBLAS plan, so a batch in
 # either regime lies between two points of its own kernels (an op's skinny and cuBLAS forms are
 # different kernels, and outside its points an op falls back to its family's line); 128 also
-# covers attention's unsplit regime (no reduce kernel), which starts near 32 rows on an H100
-LINE_BATCHES = tuple(sorted({1, 2, 8, FAST_ROWS, FAST_ROWS + 1, 32, 128}))
+# covers attention's unsplit regime (no reduce kernel), which starts near 32 rows on an H100.
+# 64, the default sweep's largest row, is a point of its own: between 32 and 128 neither a
+# cuBLAS matmul's time nor the attention's (whose launch mode may change between them) is
+# linear in its bytes, and joining those two points predicted bs 64 several percent long
+LINE_BATCHES = tuple(sorted({1, 2, 8, FAST_ROWS, FAST_ROWS + 1, 32, 64, 128}))
 
 
 # bytes of distinct data each op's timed chain streams: four H100 L2s, none served from the L2
