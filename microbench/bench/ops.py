@@ -231,7 +231,7 @@ FAMILIES = ("skinny", "cublas", "attention", "small")
 # covers attention's unsplit regime (no reduce kernel), which starts near 32 rows on an H100.
 # 64, the default sweep's largest row, is a point of its own: between 32 and 128 neither a
 # cuBLAS matmul's time nor the attention's (whose launch mode may change between them) is
-# linear in its bytes, and joining those two points predicted bs 64 several percent long
+# linear in its bytes, so a line joining those two points would misprice it
 LINE_BATCHES = tuple(sorted({1, 2, 8, FAST_ROWS, FAST_ROWS + 1, 32, 64, 128}))
 
 

@@ -243,6 +243,13 @@ def test_line_batches_bracket_each_plan():
         assert min(same) <= b <= max(same), (b, ops.LINE_BATCHES)
 
 
+def test_the_default_sweeps_largest_row_is_a_line_batch():
+    """Between the points at 32 and 128 neither a cuBLAS matmul's time nor the attention's is
+    linear in its bytes, so the default sweep's largest row is timed as a point of its own."""
+    from microbench.bench.sweep_config import DEFAULT_BS
+    assert max(DEFAULT_BS) in ops.LINE_BATCHES, (DEFAULT_BS, ops.LINE_BATCHES)
+
+
 def test_op_cost_sampler_keeps_the_samples_of_the_rounds_it_is_told():
     from microbench.bench.ops import OpCostSampler
     s = OpCostSampler.__new__(OpCostSampler)
