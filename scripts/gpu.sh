@@ -43,6 +43,10 @@
 #                             $PROBE_ARGS (whole graph steps whose attention split count, keys
 #                             per K/V tile, launch or gemv table differ, interleaved in one
 #                             process)
+#            mlp              scripts/mlp_probe.py once per ';'-separated argument set in
+#                             $MLP_ARGS (default --preset llama-1b): a chain of FFNs, the
+#                             decoder's two kernels a layer against one kernel with a grid-wide
+#                             barrier, interleaved in one process
 #            timeline         scripts/attention_timeline.py once per ';'-separated argument set in
 #                             $TIMELINE_ARGS (default: bs 1 of opt-125m, llama-1b and llama-8b):
 #                             when each program of the fused attention starts, passes its PDL
@@ -221,6 +225,8 @@ print(g.table_path(torch.cuda.get_device_name()))' 2>/dev/null)
       else
         run_sets scripts/step_probe.py "$LOG/probe.log" "$PROBE_ARGS"; rc=$?
       fi ;;
+    mlp)
+      run_sets scripts/mlp_probe.py "$LOG/mlp.log" "${MLP_ARGS:---preset llama-1b}"; rc=$? ;;
     timeline)
       run_sets scripts/attention_timeline.py "$LOG/timeline.log" \
         "${TIMELINE_ARGS:---preset opt-125m;--preset llama-1b;--preset llama-8b}"; rc=$? ;;

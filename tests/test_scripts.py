@@ -686,3 +686,89 @@ def test_repeat_targets_prints_each_processs_host_record_beside_its_speedup(tmp_
     assert "waited" not in out and "| 1.2% | yes | 3 of 3 | 2 of 3 |" in out
     with pytest.raises(SystemExit, match="cannot read"):
         rt.main([str(tmp_path / "missing")])
+
+
+def _mlp_chain(bs, **shape):
+    import dataclasses
+    from microbench.engine.shapes import PRESETS
+    mp = _load("mlp_probe")
+    s = dataclasses.replace(PRESETS["tiny"], **shape)
+    return mp, mp.Chain(s, bs, torch.device("cpu"))
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("bs", [1, 3])
+def test_mlp_probe_arms_match_the_reference(bs):
+    """On a shape whose F is no multiple of C and whose hidden size is no multiple of the
+    chunks, every arm's last layer equals the chain's float32 reference (the interpreter runs
+    the fused kernel as its two phases: programs run one after another there, so a barrier
+    would wait for programs that have not started)."""
+    mp, chain = _mlp_chain(bs, hidden=80, ffn=200)
+    want = mp.reference(chain.h0, chain.layers, chain.shape.norm_eps)
+    arms = [("two", {}), ("fused", dict(mp.DEFAULTS, C=16, BK=32, BO=16)),
+            ("fused", dict(mp.DEFAULTS, C=16, BK=32, BO=32, DT=1)),
+            ("split", dict(mp.DEFAULTS, C=32, BK=64, BO=32, W=2))]
+    outs = []
+    for kind, cfg in arms:
+        out = chain.step(kind, cfg)
+        assert chain.problem(out, want) is None, (kind, cfg)
+        outs.append(out.float().clone())
+    assert all((o - outs[0]).abs().max() < 0.05 for o in outs[1:])
+
+
+@pytest.mark.interpreter
+def test_mlp_probe_check_catches_a_partial_read_before_it_was_stored():
+    """A reduction that read one program's partial before that program stored it (a NaN, as the
+    checked replay leaves the partials) is caught, and a kernel whose sums are off by 1%
+    (within the tolerance a chain of bf16 layers needs) is not mistaken for one; a spin that
+    gave up is named."""
+    mp, chain = _mlp_chain(1, n_layers=1, hidden=80, ffn=200)
+    cfg = dict(mp.DEFAULTS, C=16, BK=32, BO=16)
+    want = mp.reference(chain.h0, chain.layers, chain.shape.norm_eps)
+    P = chain.grid(cfg)[0]
+    for phase in (1, 2):
+        if phase == 2:
+            chain.parts[P][0, 5].fill_(float("nan"))
+        args, kw = chain.ffn_args(0, cfg, phase, 0)
+        mp._ffn[(P,)](*args, **kw)
+    assert "before it was stored" in chain.problem(chain.hs[0], want)
+    assert chain.problem((want * 1.01).to(torch.bfloat16), want) is None
+    assert "off the reference" in chain.problem((want * 1.1).to(torch.bfloat16), want)
+    out = chain.step("fused", cfg)
+    assert chain.problem(out, want) is None
+    chain.cnt[-1] = 2
+    assert "2 spins gave up" in chain.problem(out, want)
+
+
+def test_mlp_probe_arm_settings():
+    """Arms parse with their defaults filled in; a setting that is not a power of two, an
+    unknown key or DT other than 0 or 1 is refused with a one-line message."""
+    import click
+    mp = _load("mlp_probe")
+    assert mp.parse_arm("two") == ("two", {})
+    assert mp.parse_arm("fused:C=32,DT=1") == ("fused", dict(mp.DEFAULTS, C=32, DT=1))
+    assert mp.parse_arm("split") == ("split", mp.DEFAULTS)
+    for bad in ("fused:C=48", "fused:Q=4", "fused:DT=2", "two:C=64", "three"):
+        with pytest.raises(click.BadParameter):
+            mp.parse_arm(bad)
+
+
+def test_mlp_probe_fused_kernel_compiles_to_its_barrier():
+    """Offline for SM 9.0, the one-launch kernel waits once with griddepcontrol.wait, stores
+    its partials before the release add that counts it, polls with acquire, and loads its
+    weights as 16-byte vectors; the two-launch form's first phase has no counter at all."""
+    code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import mlp_probe as mp\n"
+            "import re\n"
+            "from microbench.engine.shapes import PRESETS\n"
+            "cfg = dict(mp.DEFAULTS, C=64, BK=128, BO=256, W=8, DT=1)\n"
+            "for phase in (0, 1):\n"
+            "    ptx = mp.compile_offline(PRESETS['llama-1b'], 1, cfg, phase).asm['ptx']\n"
+            "    rel = [m.start() for m in re.finditer(r'(atom|red)\\.global\\.gpu\\.release', ptx)]\n"
+            "    acq = ptx.count('ld.global.gpu.acquire')\n"
+            "    st = ptx.find('st.global')\n"
+            "    print(phase, ptx.count('griddepcontrol.wait'), len(rel), acq,\n"
+            "          int(bool(rel) and 0 <= st < rel[0]), ptx.count('ld.global.v4'))\n")
+    rows = {int(r.split()[0]): [int(v) for v in r.split()[1:]]
+            for r in _compiled_offline("-c", code).splitlines()}
+    assert rows[0][:4] == [1, 1, 2, 1] and rows[0][4] > 0
+    assert rows[1][:3] == [1, 0, 0] and rows[1][4] > 0
