@@ -772,3 +772,20 @@ def test_mlp_probe_fused_kernel_compiles_to_its_barrier():
             for r in _compiled_offline("-c", code).splitlines()}
     assert rows[0][:4] == [1, 1, 2, 1] and rows[0][4] > 0
     assert rows[1][:3] == [1, 0, 0] and rows[1][4] > 0
+
+
+@pytest.mark.gpu
+def test_mlp_probe_runs_its_arms_on_the_gpu():
+    """On the GPU the one-launch kernel's barrier holds (its checked replay finds no partial
+    read before it was stored and no spin that gave up) and every arm is timed."""
+    from click.testing import CliRunner
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs compute capability 9.0 or newer")
+    out = CliRunner().invoke(_load("mlp_probe").main,
+                             ["--preset", "tiny", "--arm", "two", "--arm", "fused:C=16,BK=64",
+                              "--arm", "split:C=16,DT=1", "--rounds", "5"])
+    assert out.exit_code == 0, out.output
+    assert all(arm in out.output for arm in ("two", "fused:C=16,BK=64", "split:C=16,DT=1"))
+    assert "weight GB/s" in out.output
