@@ -349,12 +349,13 @@ def run(preset, bs, specs, rounds):
         sys.exit(f"{chain.gave_up()} spins gave up while timed; the figures would hold the stalls")
     ffn_bytes = 3 * s.ffn * s.hidden * 2
     ref = torch.tensor(times[names[0]]).median().item()
-    print(f"arm{'':28s}median us/layer  p25-p75          / first arm  weight GB/s")
+    width = max(31, *map(len, names))
+    print(f"{'arm':{width}s}  median us/layer  p25-p75          / first arm  weight GB/s")
     for n in names:
         t = torch.tensor(times[n])
         med = t.median().item()
         q = torch.quantile(t, torch.tensor([0.25, 0.75])).tolist()
-        print(f"{n:31s}  {med:15.3f}  {q[0]:7.3f}-{q[1]:7.3f}  {med / ref:10.3f}  "
+        print(f"{n:{width}s}  {med:15.3f}  {q[0]:7.3f}-{q[1]:7.3f}  {med / ref:10.3f}  "
               f"{ffn_bytes / med / 1e3:11.0f}")
 
 
