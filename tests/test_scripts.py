@@ -748,6 +748,7 @@ def test_mlp_probe_arm_settings():
     assert mp.parse_arm("two") == ("two", {})
     assert mp.parse_arm("fused:C=32,DT=1") == ("fused", dict(mp.DEFAULTS, C=32, DT=1))
     assert mp.parse_arm("split") == ("split", mp.DEFAULTS)
+    assert mp.parse_arm("partials:W=8") == ("partials", dict(mp.DEFAULTS, W=8))
     for bad in ("fused:C=48", "fused:Q=4", "fused:DT=2", "two:C=64", "three"):
         with pytest.raises(click.BadParameter):
             mp.parse_arm(bad)
