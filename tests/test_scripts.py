@@ -95,20 +95,21 @@ def test_host_series_replay_drops_rounds_the_host_was_slow_around(tmp_path, caps
 
 def test_eager_gap_per_kernel_beside_the_host_and_gpu_balance(tmp_path, capsys):
     """A GPU-bound row (host 600 us under a 900 us graph GPU time) whose eager step is 50 us
-    over its graph step in 100 kernels reads 0.50 us a kernel; the stream gap the run timed is
-    printed beside (2.25 queued less 1.50 as a graph node); a run without it prints '-'."""
+    over its graph step in 100 kernels reads 0.50 us a kernel; the stream gaps the run timed are
+    printed beside (Triton's 2.25 queued less 1.50 as a graph node, cuBLAS's 3.00 less 2.10); a
+    run without them prints '-'."""
     eg = _load("eager_gap")
     row = dict(bs=1, eager_step_us=1000.0, graph_step_us=950.0, eager_host_us=600.0,
                graph_gpu_us=900.0, eager_kernels=100, predicted_eager_step_us=960.0)
-    launch = dict(gpu_us_per_kernel=dict(triton=dict(median=1.5)),
-                  gpu_us_per_kernel_queued=dict(triton=dict(median=2.25)))
+    launch = dict(gpu_us_per_kernel=dict(triton=dict(median=1.5), cublas=dict(median=2.1)),
+                  gpu_us_per_kernel_queued=dict(triton=dict(median=2.25), cublas=dict(median=3.0)))
     for name, run in (("new", dict(launch=launch)), ("old", {})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "run.json").write_text(json.dumps(
             dict(kind="sweep", env=dict(git="abcdef123"), rows=[row], **run)))
     out = eg.table([str(tmp_path / "new"), str(tmp_path / "old")])
-    assert out[2] == "| `new` | `abcdef1` | 1 | 0.67 | 0.50 | -4.0% | 0.75 |"
-    assert out[3] == "| `old` | `abcdef1` | 1 | 0.67 | 0.50 | -4.0% | - |"
+    assert out[2] == "| `new` | `abcdef1` | 1 | 0.67 | 0.50 | -4.0% | 0.75 | 0.90 |"
+    assert out[3] == "| `old` | `abcdef1` | 1 | 0.67 | 0.50 | -4.0% | - | - |"
     with pytest.raises(SystemExit, match="not a sweep run"):
         (tmp_path / "launch").mkdir()
         (tmp_path / "launch" / "run.json").write_text(json.dumps(dict(kind="launch", rows=[])))
