@@ -24,17 +24,18 @@ Arms (`--arm`, two or more):
              then reads the zeros the layer before left, so its output is not checked; this
              arm prices the programs' own streaming)
 
-`fused`, `split` and `partials` take settings after a colon: `fused:C=64,BK=128,BO=256,W=8,DT=1` (features
-a program, hidden columns a gate/up chunk, output columns a down chunk, warps, and DT=1 to read
-W_down transposed, [F, hidden], so that a program's share is C contiguous rows instead of C
-values of each of W_down's rows). Defaults: C = 64, BK = 128, BO = 64, W = 4, DT = 0.
+`fused`, `split` and `partials` take settings after a colon, e.g.
+`fused:C=64,BK=128,BO=256,W=8,DT=1`: features a program, hidden columns a gate/up chunk, output
+columns a down chunk, warps, and DT=1 to read W_down transposed ([F, hidden]), so that a
+program's share is C contiguous rows instead of C values of each of W_down's rows. Defaults:
+C = 32, BK = 128, BO = 256, W = 4, DT = 1.
 
 Before anything is timed, every arm's graph is replayed once from the same input with its
 outputs zeroed and its partials (each layer has its own) filled with NaN, and its last layer's
 output is checked for NaN (a program that passed the barrier before another had stored its
 partial reads a NaN, which every layer after carries) and against the chain's float32
-reference. The spins give up after MAX_POLLS polls and
-count themselves, so a counting error cannot hang the GPU; the probe stops if any did.
+reference. The spins give up after MAX_POLLS polls and count themselves, so a counting error
+cannot hang the GPU; the probe stops if any did.
 
 usage: python scripts/mlp_probe.py --preset llama-1b [--bs 1] [--arm two --arm fused ...]
            [--rounds 200]
@@ -59,7 +60,7 @@ from microbench.kernels.gemv_mma import load_w
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_POLLS = tl.constexpr(1 << 22)   # a spin gives up after this many polls
-DEFAULTS = {"C": 64, "BK": 128, "BO": 64, "W": 4, "DT": 0}
+DEFAULTS = {"C": 32, "BK": 128, "BO": 256, "W": 4, "DT": 1}
 MAX_ROWS = 16
 
 
@@ -106,10 +107,12 @@ def _ffn(h_ptr, nw_ptr, wgu_ptr, wd_ptr, part_ptr, y_ptr, cnt_ptr, gave_up_ptr, 
         part = part_ptr + pid * (B * K) + offs_b[:, None] * K
         if DT:
             d_rows = wd_ptr + offs_c[:, None] * K
-            wd = tl.load(d_rows + offs_o[None, :], mask=mask_c[:, None], other=0.0)   # [C, BO]
+            wd = tl.load(d_rows + offs_o[None, :], mask=mask_c[:, None] & (offs_o < K)[None, :],
+                         other=0.0)                                              # [C, BO]
         else:
             d_cols = wd_ptr + offs_c[None, :]
-            wd = tl.load(d_cols + offs_o[:, None] * F, mask=mask_c[None, :], other=0.0)  # [BO, C]
+            wd = tl.load(d_cols + offs_o[:, None] * F, mask=(offs_o < K)[:, None] & mask_c[None, :],
+                         other=0.0)                                              # [BO, C]
         for o0 in tl.range(BO, K + BO, BO, num_stages=1):
             # the next chunk's loads before this one's products (the last is fully masked)
             o_next = o0 + offs_o
@@ -270,7 +273,9 @@ class Chain:
         if out.isnan().any():
             return "NaN in the output: a partial was read before it was stored"
         err = off_reference(out, want)
-        return None if err is None else f"output off the reference by {err:.3g} of its largest value"
+        if err is None:
+            return None
+        return f"output off the reference by {err:.3g} of its largest value"
 
 
 def resident_programs(compiled, sms: int) -> int:

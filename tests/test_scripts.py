@@ -701,14 +701,15 @@ def _mlp_chain(bs, **shape):
 @pytest.mark.parametrize("bs", [1, 3])
 def test_mlp_probe_arms_match_the_reference(bs):
     """On a shape whose F is no multiple of C and whose hidden size is no multiple of the
-    chunks, every arm's last layer equals the chain's float32 reference (the interpreter runs
+    chunks (or is smaller than one), every arm's last layer equals the chain's float32 reference (the interpreter runs
     the fused kernel as its two phases: programs run one after another there, so a barrier
     would wait for programs that have not started)."""
     mp, chain = _mlp_chain(bs, hidden=80, ffn=200)
     want = mp.reference(chain.h0, chain.layers, chain.shape.norm_eps)
-    arms = [("two", {}), ("fused", dict(mp.DEFAULTS, C=16, BK=32, BO=16)),
+    arms = [("two", {}), ("fused", dict(mp.DEFAULTS, C=16, BK=32, BO=16, DT=0)),
             ("fused", dict(mp.DEFAULTS, C=16, BK=32, BO=32, DT=1)),
-            ("split", dict(mp.DEFAULTS, C=32, BK=64, BO=32, W=2))]
+            ("fused", dict(mp.DEFAULTS, C=16, BK=32, BO=128, DT=1)),     # a chunk past the row
+            ("split", dict(mp.DEFAULTS, C=32, BK=64, BO=32, W=2, DT=0))]
     outs = []
     for kind, cfg in arms:
         out = chain.step(kind, cfg)
@@ -724,7 +725,7 @@ def test_mlp_probe_check_catches_a_partial_read_before_it_was_stored():
     (within the tolerance a chain of bf16 layers needs) is not mistaken for one; a spin that
     gave up is named."""
     mp, chain = _mlp_chain(1, n_layers=1, hidden=80, ffn=200)
-    cfg = dict(mp.DEFAULTS, C=16, BK=32, BO=16)
+    cfg = dict(mp.DEFAULTS, C=16, BK=32, BO=16, DT=0)
     want = mp.reference(chain.h0, chain.layers, chain.shape.norm_eps)
     P = chain.grid(cfg)[0]
     for phase in (1, 2):
