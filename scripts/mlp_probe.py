@@ -21,8 +21,8 @@ Arms (`--arm`, two or more):
   split      the same programs in two launches, the second doing the reduction (the barrier
              replaced by a kernel boundary under PDL)
   partials   split's first launch alone: the partial sums without their reduction (each layer
-             then reads the zeros the layer before left, so its output is not checked; this
-             arm prices the programs' own streaming)
+             reads whatever the last arm replayed left in the layer outputs, so its output is
+             not checked; this arm prices the programs' own streaming)
 
 `fused`, `split` and `partials` take settings after a colon, e.g.
 `fused:C=64,BK=128,BO=256,W=8,DT=1`: features a program, hidden columns a gate/up chunk, output
@@ -156,7 +156,7 @@ def _ffn(h_ptr, nw_ptr, wgu_ptr, wd_ptr, part_ptr, y_ptr, cnt_ptr, gave_up_ptr, 
 
 
 def parse_arm(spec: str) -> tuple[str, dict]:
-    """'two' -> ('two', {}); 'fused:C=32,W=8' -> ('fused', {C: 32, BK: 128, BO: 64, W: 8})."""
+    """'two' -> ('two', {}); 'fused:C=16,W=8' -> ('fused', DEFAULTS with C 16 and W 8)."""
     kind, _, rest = spec.partition(":")
     if kind == "two" and not rest:
         return kind, {}
@@ -294,7 +294,7 @@ def resident_programs(compiled, sms: int) -> int:
 @click.option("--bs", type=click.IntRange(1, MAX_ROWS), default=1, show_default=True)
 @click.option("--arm", "arms", multiple=True, default=("two", "fused", "split"),
               show_default=True,
-              help="two, fused[:C=,BK=,BO=,W=,DT=], split[:...] or partials[:...]; two at least")
+              help="two, fused[:C=,BK=,BO=,W=,DT=], split[:...] or partials[:...]; at least two arms")
 @click.option("--rounds", type=click.IntRange(5, 100000), default=200, show_default=True)
 def main(preset, bs, arms, rounds):
     specs = {spec: parse_arm(spec) for spec in arms}
@@ -318,7 +318,9 @@ def run(preset, bs, specs, rounds):
     for spec, (kind, cfg) in specs.items():
         if kind != "two":
             P = chain.grid(cfg)[0]
-            args, kw = chain.ffn_args(0, cfg, 0 if kind == "fused" else 1, 0)
+            # the build every layer but the first launches (with PDL where the decoder has it)
+            args, kw = chain.ffn_args(min(1, s.n_layers - 1), cfg, 0 if kind == "fused" else 1,
+                                      pdl_mode(chain.pdl) if s.n_layers > 1 else 0)
             compiled = _ffn.warmup(*args, grid=(P,), **kw)
             compiled._init_handles()          # loads it, which sets its register count
             fit = resident_programs(compiled, sms)
