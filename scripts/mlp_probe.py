@@ -294,7 +294,8 @@ def resident_programs(compiled, sms: int) -> int:
 @click.option("--bs", type=click.IntRange(1, MAX_ROWS), default=1, show_default=True)
 @click.option("--arm", "arms", multiple=True, default=("two", "fused", "split"),
               show_default=True,
-              help="two, fused[:C=,BK=,BO=,W=,DT=], split[:...] or partials[:...]; at least two arms")
+              help="two, fused[:C=,BK=,BO=,W=,DT=], split[:...] or partials[:...]; two "
+                   "arms at least")
 @click.option("--rounds", type=click.IntRange(5, 100000), default=200, show_default=True)
 def main(preset, bs, arms, rounds):
     specs = {spec: parse_arm(spec) for spec in arms}
