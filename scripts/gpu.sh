@@ -47,6 +47,9 @@
 #                             $MLP_ARGS (default --preset llama-1b): a chain of FFNs, the
 #                             decoder's two kernels a layer against one kernel with a grid-wide
 #                             barrier, interleaved in one process
+#            queued           scripts/queued_step.py once per ';'-separated argument set in
+#                             $QUEUED_ARGS (default: llama-8b and llama-1b at bs 1, 16 and 64):
+#                             the eager step with the host out of the way, against its graph
 #            timeline         scripts/attention_timeline.py once per ';'-separated argument set in
 #                             $TIMELINE_ARGS (default: bs 1 of opt-125m, llama-1b and llama-8b):
 #                             when each program of the fused attention starts, passes its PDL
@@ -227,6 +230,9 @@ print(g.table_path(torch.cuda.get_device_name()))' 2>/dev/null)
       fi ;;
     mlp)
       run_sets scripts/mlp_probe.py "$LOG/mlp.log" "${MLP_ARGS:---preset llama-1b}"; rc=$? ;;
+    queued)
+      run_sets scripts/queued_step.py "$LOG/queued.log" \
+        "${QUEUED_ARGS:---preset llama-8b;--preset llama-1b}"; rc=$? ;;
     timeline)
       run_sets scripts/attention_timeline.py "$LOG/timeline.log" \
         "${TIMELINE_ARGS:---preset opt-125m;--preset llama-1b;--preset llama-8b}"; rc=$? ;;

@@ -796,3 +796,72 @@ def test_mlp_probe_runs_its_arms_on_the_gpu():
     assert out.exit_code == 0, out.output
     assert all(arm in out.output for arm in ("two", "fused:C=16,BK=64", "split:C=16,DT=1"))
     assert "weight GB/s" in out.output
+
+
+@pytest.mark.parametrize("text,sizes", [("1,16,64", [1, 16, 64]), ("7", [7]), ("512,1", [512, 1])])
+def test_queued_step_batch_sizes(text, sizes):
+    assert _load("queued_step").parse_batches(text) == sizes
+
+
+@pytest.mark.parametrize("args", [["--bs", "0"], ["--bs", "1,1"], ["--bs", "513"], ["--bs", "a"],
+                                  ["--bs", "1,,4"], ["--rounds", "2"], ["--preset", "gpt-5"]])
+def test_queued_step_rejects_bad_input(args):
+    from click.testing import CliRunner
+    out = CliRunner().invoke(_load("queued_step").main, args)
+    assert out.exit_code == 2 and out.exception.__class__ is SystemExit
+    assert len([line for line in out.output.splitlines() if line.startswith("Error")]) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_queued_step_says_it_needs_a_gpu():
+    from click.testing import CliRunner
+    out = CliRunner().invoke(_load("queued_step").main, ["--bs", "1"])
+    assert out.exit_code != 0 and "on a CUDA GPU; none is visible" in out.output
+
+
+def test_queued_step_logits_check_catches_a_step_that_is_not_the_graphs():
+    qs = _load("queued_step")
+    g = torch.Generator().manual_seed(3)
+    graph = (torch.randn(3, 37, generator=g) * 4).to(torch.bfloat16)
+    assert qs.logits_match(graph, graph.clone()) is None
+    # a bf16 rounding's worth apart still matches; one row from another step does not
+    assert qs.logits_match(graph, (graph.float() * (1 + 2 ** -8)).to(torch.bfloat16)) is None
+    other = graph.clone()
+    other[1] = (torch.randn(37, generator=g) * 4).to(torch.bfloat16)
+    assert "logits differ by" in qs.logits_match(graph, other)
+    assert "shape (2, 37)" in qs.logits_match(graph, graph[:2])
+    nan = graph.clone()
+    nan[2, 5] = float("nan")
+    assert qs.logits_match(graph, nan) == "logits not finite"
+
+
+def test_queued_step_report_takes_the_paired_differences_per_kernel():
+    qs = _load("queued_step")
+    rounds = 8
+    graph = [1000.0 + i for i in range(rounds)]
+    r = dict(kernels=100, graph=graph, queued=[x + 150.0 for x in graph],
+             paced=[x + 400.0 for x in graph], host_us=[300.0] * rounds)
+    lines = qs.report("llama-8b", 64, 512, r, (2.0, 1.25))
+    text = "\n".join(lines)
+    assert lines[0].startswith("llama-8b bs 64: 100 kernels a step, context 512, 8 rounds")
+    # queued - graph: 150 us over 100 kernels; paced - queued: 250 us
+    assert "queued - graph: 150.0 us (150.0-150.0), 1.50 us a kernel" in text
+    assert "paced - queued: 250.0 us (250.0-250.0), 2.50 us a kernel" in text
+    assert "gap 0.75 us a kernel" in text
+
+
+@pytest.mark.gpu
+def test_queued_step_runs_on_a_gpu():
+    """On a GPU the tiny preset's bound steps give their graphs' logits (the script stops
+    otherwise), and each arm is timed: a queued eager step takes the GPU no less time than
+    its graph less a microsecond a kernel."""
+    from click.testing import CliRunner
+    out = CliRunner().invoke(_load("queued_step").main, ["--preset", "tiny", "--bs", "1,3",
+                                                         "--rounds", "6"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("the bound step's logits are the graph's") == 2
+    for block in out.output.split("tiny bs ")[1:]:
+        n = int(block.split(":")[1].split()[0])
+        us = {line.split()[0]: float(line.split()[1]) for line in block.splitlines()[1:4]}
+        assert set(us) == {"graph", "queued", "paced"}
+        assert us["queued"] > us["graph"] - n and us["paced"] > 0

@@ -209,18 +209,15 @@ def gpu_time_us(fn, inner: int = 20, warmup: int = 5, **settle_kw) -> Stats:
 MAX_SLEEP_CYCLES = 1 << 31   # about a second of torch.cuda._sleep on a 2 GHz GPU
 
 
-def queued_gpu_time_us(fn, inner: int = 100, warmup: int = 5, sleep_cycles: int = 1 << 20,
-                       **settle_kw) -> Stats:
-    """GPU time per call of `fn` when `inner` calls meet the GPU already queued in a stream, as
-    an eager step's kernels do when the GPU is the bottleneck: they are enqueued behind a sleep
-    kernel that outlasts their enqueueing, so the events around them time the GPU taking stream
-    launches back to back (graph_of's nodes are the same calls taken from a graph). A sample
-    whose enqueueing outlasted the sleep is taken again with twice the sleep, up to
-    `MAX_SLEEP_CYCLES` (about a second), past which it raises RuntimeError."""
+def queued_sampler(fn, inner: int = 100, sleep_cycles: int = 1 << 20):
+    """A sampler (a zero-argument callable returning one measurement): GPU time per call of
+    `fn` when `inner` calls meet the GPU already queued in a stream, as an eager step's kernels
+    do when the GPU is the bottleneck. They are enqueued behind a sleep kernel that outlasts
+    their enqueueing, so the events around them time the GPU taking stream launches back to back
+    (graph_of's nodes are the same calls taken from a graph). A sample whose enqueueing outlasted
+    the sleep is taken again with twice the sleep, up to `MAX_SLEEP_CYCLES` (about a second),
+    past which it raises RuntimeError; the sleep found long enough serves later samples."""
     import torch
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
     slept, start, end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
     cycles = [sleep_cycles]
 
@@ -242,7 +239,17 @@ def queued_gpu_time_us(fn, inner: int = 100, warmup: int = 5, sleep_cycles: int 
                                    "longer than the longest sleep kernel tried")
             cycles[0] *= 2
 
-    return settle(sample, **settle_kw)
+    return sample
+
+
+def queued_gpu_time_us(fn, inner: int = 100, warmup: int = 5, sleep_cycles: int = 1 << 20,
+                       **settle_kw) -> Stats:
+    """queued_sampler's GPU time per call of `fn`, sampled until settled."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    return settle(queued_sampler(fn, inner, sleep_cycles), **settle_kw)
 
 
 def step_time_us(fn, inner: int = 20, warmup: int = 5, sync_each: bool = False,
