@@ -7,14 +7,16 @@ model prices it as the graph's kernels plus, per kernel the GPU meets queued in 
 stream gap timed on a tiny Triton kernel (the footer's `+... us each over a graph node`). This
 builds the sweep's decoder (its cache filled to the context) and captures a graph at each batch
 size; per batch size it binds the step, checks that one bound step gives the graph's logits, and
-times three arms with CUDA events, in rotation in one process (bench.timing.interleave):
+times three arms with CUDA events, in rotation in one process (bench.timing.interleave; the
+graph arm behind a sleep as long as the queued arm's):
 
   graph    the graph's replay, enqueued behind a sleep kernel
   queued   the bound step's launches, enqueued behind a sleep kernel that outlasts their
            enqueueing (bench.timing.queued_sampler): the GPU meets every kernel already
            queued, so the time is the GPU's alone
-  paced    the bound step's launches with the GPU idle, as the sweep's eager step runs: the
-           GPU waits wherever the host has not yet launched the next kernel
+  paced    the bound step's launches with the GPU idle, as the sweep's eager step runs them
+           (without its input copy): the GPU waits wherever the host has not yet launched the
+           next kernel
 
 It prints each arm's median with its 95% interval and, from the paired samples of each round:
 queued less graph, per kernel (what stream launches cost the GPU over graph nodes on the step's
@@ -121,8 +123,10 @@ def measure(dec, runner, bs: int, context: int, rounds: int) -> dict:
         replay()
         bound.run()
     torch.cuda.synchronize()
-    samplers = {"graph": queued_sampler(replay, inner=1),
-                "queued": queued_sampler(bound.run, inner=1), "paced": paced}
+    queued = queued_sampler(bound.run, inner=1)
+    queued()                    # finds the sleep that outlasts a bound step's enqueueing ...
+    samplers = {"graph": queued_sampler(replay, inner=1, sleep_cycles=queued.cycles[0]),
+                "queued": queued, "paced": paced}   # ... and the graph arm sleeps as long
     xs, _ = interleave(samplers, min_rounds=rounds, max_rounds=rounds, budget_s=1e9)
     return dict(kernels=len(bound), host_us=host_us, **xs)
 

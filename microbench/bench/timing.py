@@ -216,7 +216,8 @@ def queued_sampler(fn, inner: int = 100, sleep_cycles: int = 1 << 20):
     their enqueueing, so the events around them time the GPU taking stream launches back to back
     (graph_of's nodes are the same calls taken from a graph). A sample whose enqueueing outlasted
     the sleep is taken again with twice the sleep, up to `MAX_SLEEP_CYCLES` (about a second),
-    past which it raises RuntimeError; the sleep found long enough serves later samples."""
+    past which it raises RuntimeError; the sleep found long enough serves later samples (its
+    cycles are the sampler's `cycles[0]`, so another arm can sleep as long)."""
     import torch
     slept, start, end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
     cycles = [sleep_cycles]
@@ -239,6 +240,7 @@ def queued_sampler(fn, inner: int = 100, sleep_cycles: int = 1 << 20):
                                    "longer than the longest sleep kernel tried")
             cycles[0] *= 2
 
+    sample.cycles = cycles
     return sample
 
 
