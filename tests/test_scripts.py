@@ -826,6 +826,28 @@ def test_queued_step_says_it_needs_a_gpu():
     assert out.exit_code != 0 and "on a CUDA GPU; none is visible" in out.output
 
 
+def test_queued_step_a_host_too_slow_for_the_sleep_is_a_one_line_error(monkeypatch):
+    import contextlib
+
+    from click.testing import CliRunner
+
+    from microbench.bench import hostcpu
+    qs = _load("queued_step")
+
+    def too_slow(*args):
+        raise RuntimeError("the host took 2000000 us to enqueue 1 calls, longer than the "
+                           "longest sleep kernel tried")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(hostcpu, "on_quick_cpu", contextlib.nullcontext)
+    monkeypatch.setattr(qs, "build", lambda *a: (None, None))
+    monkeypatch.setattr(qs, "tiny_gap_us", lambda: (1.5, 0.75))
+    monkeypatch.setattr(qs, "measure", too_slow)
+    out = CliRunner().invoke(qs.main, ["--bs", "4"])
+    assert out.exit_code == 1 and out.exception.__class__ is SystemExit
+    assert out.output.splitlines() == ["Error: bs 4: the host took 2000000 us to enqueue 1 calls, "
+                                       "longer than the longest sleep kernel tried"]
+
+
 def test_queued_step_logits_check_catches_a_step_that_is_not_the_graphs():
     qs = _load("queued_step")
     g = torch.Generator().manual_seed(3)
