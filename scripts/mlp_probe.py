@@ -371,10 +371,6 @@ def run(preset, bs, specs, rounds):
               f"{ffn_bytes / med / 1e3:11.0f}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def compile_offline(shape, bs: int, cfg: dict, phase: int = 0, sm: int = 90):
     """The kernel compiled for SM `sm` without a GPU, specialised as a launch for `shape` at
     `bs` rows would be (16-byte aligned tensors): Triton's compiled kernel."""
@@ -393,3 +389,7 @@ def compile_offline(shape, bs: int, cfg: dict, phase: int = 0, sm: int = 90):
     src = ASTSource(_ffn, sig, constexprs={(names.index(n),): v for n, v in const.items()},
                     attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", sm, 32), options={"num_warps": cfg["W"]})
+
+
+if __name__ == "__main__":
+    main()
