@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from microbench.bench.turns import rotated
+from microbench.bench.timing import replays_in_turns
 
 MODES = {"stream": 0, "pdl": 1, "flag": 2, "flag-all": 3, "flag-late": 4, "flag-nap": 5}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -277,15 +277,8 @@ def run(progs, mibs, layers, rounds, names):
                 if wrong:
                     sys.exit(f"{name} at {p} programs, {m} MiB: {wrong}")
                 graphs[name] = g
-            times = {name: [] for name in names}
-            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-            for r in range(rounds):
-                for name in rotated(names, r):
-                    ev[0].record()
-                    graphs[name].replay()
-                    ev[1].record()
-                    ev[1].synchronize()
-                    times[name].append(ev[0].elapsed_time(ev[1]) * 1e3 / layers)
+            times = {name: [t / layers for t in ts]
+                     for name, ts in replays_in_turns(graphs, rounds).items()}
             if chain.gave_up():
                 sys.exit(f"{p} programs, {m} MiB: {chain.gave_up()} spins gave up after "
                          f"{MAX_POLLS.value} polls while timed; the figures would hold the stalls")

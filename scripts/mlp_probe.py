@@ -49,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from microbench.bench.turns import rotated
+from microbench.bench.timing import replays_in_turns
 from microbench.engine import pdl as pdl_table
 from microbench.engine.shapes import PRESETS
 from microbench.engine.weights import random_weights
@@ -348,15 +348,8 @@ def run(preset, bs, specs, rounds):
             sys.exit(f"{spec}: {wrong}")
         graphs[spec] = g
     names = list(graphs)
-    times = {n: [] for n in names}
-    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-    for r in range(rounds):
-        for n in rotated(names, r):
-            ev[0].record()
-            graphs[n].replay()
-            ev[1].record()
-            ev[1].synchronize()
-            times[n].append(ev[0].elapsed_time(ev[1]) * 1e3 / s.n_layers)
+    times = {n: [t / s.n_layers for t in ts]
+             for n, ts in replays_in_turns(graphs, rounds).items()}
     if chain.gave_up():
         sys.exit(f"{chain.gave_up()} spins gave up while timed; the figures would hold the stalls")
     ffn_bytes = 3 * s.ffn * s.hidden * 2

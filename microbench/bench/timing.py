@@ -327,6 +327,28 @@ def graph_of(fn, n: int):
     return g
 
 
+def replays_in_turns(graphs: dict, rounds: int, event=None) -> dict:
+    """Each graph replayed once a round for `rounds` rounds, the order rotating from round to
+    round (1 2 3, then 2 3 1, ...: no graph always follows the same one), each replay timed
+    alone between two CUDA events and waited for: {name: [us a replay]}, sample i of every
+    graph from round i. `event` makes the events (torch.cuda.Event by default)."""
+    from .turns import rotated
+    if event is None:
+        import torch
+        event = torch.cuda.Event
+    names = list(graphs)
+    times: dict = {name: [] for name in names}
+    start, end = event(enable_timing=True), event(enable_timing=True)
+    for r in range(rounds):
+        for name in rotated(names, r):
+            start.record()
+            graphs[name].replay()
+            end.record()
+            end.synchronize()
+            times[name].append(start.elapsed_time(end) * 1e3)
+    return times
+
+
 # ---- weights streamed from DRAM ---------------------------------------------------------------
 # A graph of back-to-back matmul calls reads its weight from the L2 after the first call unless
 # each call reads another copy: this many bytes of copies in all, one call per copy, stream from

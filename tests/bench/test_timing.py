@@ -1,6 +1,6 @@
 import pytest
 
-from microbench.bench.timing import interleave, quantile, settle, summarize
+from microbench.bench.timing import interleave, quantile, replays_in_turns, settle, summarize
 
 
 def test_summarize_known_samples():
@@ -41,6 +41,40 @@ def test_interleave_rotates_in_balanced_order_and_pairs_rounds():
                              "c": _recorder(log, "c", 3.0)}, min_rounds=4, max_rounds=4, budget_s=60)
     assert log == list("abc" "cba" "abc" "cba")
     assert xs == {"a": [2.0] * 4, "b": [1.0] * 4, "c": [3.0] * 4} and stable is True
+
+
+def test_replays_in_turns_rotates_the_order_and_times_each_replay_alone():
+    """Round r starts at graph r mod n; each sample is the one replay's time between its two
+    events (here a clock the replays advance by their own cost), in microseconds."""
+    clock, order = [0.0], []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+            self.t = None
+
+        def record(self):
+            self.t = clock[0]
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):   # milliseconds, as CUDA events give them
+            return end.t - self.t
+
+    class Graph:
+        def __init__(self, name, ms):
+            self.name, self.ms = name, ms
+
+        def replay(self):
+            order.append(self.name)
+            clock[0] += self.ms
+
+    graphs = {n: Graph(n, ms) for n, ms in (("a", 0.001), ("b", 0.002), ("c", 0.004))}
+    times = replays_in_turns(graphs, 4, event=Event)
+    assert order == list("abc" "bca" "cab" "abc")
+    assert {n: [round(t, 6) for t in ts] for n, ts in times.items()} == {
+        "a": [1.0] * 4, "b": [2.0] * 4, "c": [4.0] * 4}
 
 
 def test_interleave_stops_on_the_rule_checked_every_few_rounds():
