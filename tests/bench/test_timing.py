@@ -44,9 +44,10 @@ def test_interleave_rotates_in_balanced_order_and_pairs_rounds():
 
 
 def test_replays_in_turns_rotates_the_order_and_times_each_replay_alone():
-    """Round r starts at graph r mod n; each sample is the one replay's time between its two
-    events (here a clock the replays advance by their own cost), in microseconds."""
-    clock, order = [0.0], []
+    """Round r starts at graph r mod n; sample i of each graph is its replay in round i, timed
+    between its two events once the end event was waited for, in microseconds (here a clock
+    the replays advance by a cost that changes from round to round)."""
+    clock, order, waited = [0.0], [], []
 
     class Event:
         def __init__(self, enable_timing):
@@ -55,26 +56,29 @@ def test_replays_in_turns_rotates_the_order_and_times_each_replay_alone():
 
         def record(self):
             self.t = clock[0]
+            waited.append(False)
 
         def synchronize(self):
-            pass
+            waited[-1] = True
 
         def elapsed_time(self, end):   # milliseconds, as CUDA events give them
+            assert waited[-1], "read before the end event was waited for"
             return end.t - self.t
 
     class Graph:
         def __init__(self, name, ms):
-            self.name, self.ms = name, ms
+            self.name, self.ms, self.replays = name, ms, 0
 
         def replay(self):
             order.append(self.name)
-            clock[0] += self.ms
+            clock[0] += self.ms * (1 + self.replays)   # round i costs (i + 1) times the base
+            self.replays += 1
 
     graphs = {n: Graph(n, ms) for n, ms in (("a", 0.001), ("b", 0.002), ("c", 0.004))}
     times = replays_in_turns(graphs, 4, event=Event)
     assert order == list("abc" "bca" "cab" "abc")
     assert {n: [round(t, 6) for t in ts] for n, ts in times.items()} == {
-        "a": [1.0] * 4, "b": [2.0] * 4, "c": [4.0] * 4}
+        "a": [1.0, 2.0, 3.0, 4.0], "b": [2.0, 4.0, 6.0, 8.0], "c": [4.0, 8.0, 12.0, 16.0]}
 
 
 def test_interleave_stops_on_the_rule_checked_every_few_rounds():
